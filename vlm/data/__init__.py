@@ -1,0 +1,1 @@
+"""Data: sample schema, chat templates, shard writing and reading, collation and packing."""

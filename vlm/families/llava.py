@@ -1,0 +1,71 @@
+"""LLaVA family: encoder -> 2-layer MLP projector -> LLM (LLaVA-1.5).
+
+Generic builder `build_llava(...)` for any encoders and any LLM `vlm.llm` can load; named sizes:
+`tiny` (tests and the default run, CPU) and `0.5b` (CLIP ViT-L/14-336 + a Qwen2-0.5B-shaped LLM,
+random init unless local weights are given, for GPUs).
+"""
+from __future__ import annotations
+
+from vlm.families import Family, register_family
+from vlm.model import ModelConfig, MultimodalLM
+
+
+def resolve_llm(spec: str | dict, seed: int | None = 0):
+    """'tiny:<arch>' | {'model_type': ..., sizes} (random, shipped tokenizer) | a local HF folder."""
+    from vlm import llm as L
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        return L.build_tiny_llm(spec.pop("model_type"), seed=seed, **spec)
+    if spec.startswith("tiny:"):
+        return L.build_tiny_llm(spec.split(":", 1)[1], seed=seed)
+    return L.load_llm(spec)
+
+
+def build_multimodal(cls, family: str, llm: str | dict, encoders: dict[str, str | dict],
+                     connectors: dict[str, dict] | None = None, llm_mode: str = "frozen", lora: dict | None = None,
+                     system: str | None = None, extra: dict | None = None, seed: int | None = 0):
+    """Shared by the families: build the encoders and the LLM from names, then the model."""
+    import torch
+    from encoders import build_encoder
+    if seed is not None:
+        torch.manual_seed(seed)
+    model, tok = resolve_llm(llm, seed)
+    encs = {}
+    for modality, spec in encoders.items():
+        if spec is None:
+            continue
+        kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
+        encs[modality] = build_encoder(kw.pop("name"), **kw)
+    cfg = ModelConfig(family=family, llm={}, encoders={}, llm_mode=llm_mode, lora=lora, system=system,
+                      connectors={m: dict((connectors or {}).get(m, {})) for m in encs}, extra=dict(extra or {}))
+    return cls(cfg, model, tok, encs)
+
+
+def build_llava(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny:llama", projector: str = "mlp2x_gelu",
+                audio: str | dict | None = None, music: str | dict | None = None, video: str | dict | None = None,
+                audio_pool: int = 1, music_pool: int = 1, llm_mode: str = "frozen", lora: dict | None = None,
+                seed: int | None = 0) -> MultimodalLM:
+    encs = {"image": vision, "audio": audio, "music": music, "video": video}
+    conns = {m: {"type": projector} for m in encs}
+    conns["audio"]["pool"] = audio_pool
+    conns["music"]["pool"] = music_pool
+    return build_multimodal(MultimodalLM, "llava", llm, encs, conns, llm_mode, lora, seed=seed)
+
+
+# A Qwen2-0.5B-shaped LLM (random init; give a local folder as `llm` for real weights).
+QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                 num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
+                 tie_word_embeddings=True, rope_theta=1000000.0)
+
+register_family(Family(
+    name="llava",
+    description="LLaVA-1.5: encoder -> 2-layer MLP projector -> LLM (projector, then projector + LLM)",
+    model_cls=MultimodalLM,
+    builder=build_llava,
+    sizes={
+        "tiny": dict(vision="tiny-clip", llm="tiny:llama", audio="whisper:tiny", music="mert:tiny",
+                     video="video:tiny", audio_pool=2, music_pool=4),
+        "0.5b": dict(vision="clip-vit-l-336", llm=QWEN2_05B),
+    },
+    modalities=("image", "audio", "music", "video"),
+))

@@ -1,0 +1,257 @@
+"""The language model: any Hugging Face causal LM from a local folder, or a tiny one from config.
+
+    from vlm.llm import load_llm, build_tiny_llm, set_llm_mode
+    llm, tok = load_llm("/models/qwen2-0.5b")            # local folder, never the hub
+    llm, tok = build_tiny_llm("llama", hidden_size=64)   # random weights + the shipped tiny tokenizer
+    set_llm_mode(llm, "lora", lora={"r": 8})             # frozen | full | lora (peft)
+
+Connectors that work inside the LLM (inner adaptors) reach its parts through
+`llm_parts(llm)`: embeddings, decoder layers, final norm and LM head.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlm.errors import UserError, require
+
+ASSETS = Path(__file__).parent / "assets"
+MODES = ("frozen", "full", "lora")
+# Placeholders that mark where media tokens go; added to every tokenizer as special tokens.
+PLACEHOLDERS = {"image": "<image>", "audio": "<audio>", "music": "<music>", "video": "<video>"}
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+TINY_VOCAB = 1024
+
+# Tiny architectures for tests and the default run; any other HF model type works from a folder.
+TINY_ARCH = {
+    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "qwen2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "mistral": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, sliding_window=None),
+    "gemma": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=16),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer
+# ---------------------------------------------------------------------------------------------
+def train_tiny_tokenizer(corpus: Path = ASSETS / "corpus.txt", vocab_size: int = TINY_VOCAB):
+    """Byte-level BPE trained with `tokenizers` on the text we ship; encodes any string."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", *CHAT_TOKENS, *PLACEHOLDERS.values()]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train([str(corpus)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", additional_special_tokens=[*CHAT_TOKENS, *PLACEHOLDERS.values()])
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_file() -> str:
+    """The shipped tokenizer file (vlm/assets/tiny_tokenizer); trained from the corpus if absent."""
+    folder = ASSETS / "tiny_tokenizer"
+    if not (folder / "tokenizer.json").exists():
+        train_tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(_tiny_tokenizer_file())
+
+
+def add_special_tokens(tokenizer) -> int:
+    """Make sure placeholders, chat markers and a pad token exist; returns how many were added."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in [*CHAT_TOKENS, *PLACEHOLDERS.values()] if t not in vocab]
+    added = tokenizer.add_special_tokens({"additional_special_tokens": missing}) if missing else 0
+    if tokenizer.pad_token is None:
+        added += tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return added
+
+
+# ---------------------------------------------------------------------------------------------
+# building / loading
+# ---------------------------------------------------------------------------------------------
+def llm_config(model_type: str, vocab_size: int, **overrides):
+    from transformers import AutoConfig
+    require(model_type in TINY_ARCH or overrides, f"unknown tiny LLM architecture '{model_type}'; "
+            f"choose one of {sorted(TINY_ARCH)} or give its sizes")
+    kw = {**TINY_ARCH.get(model_type, {}), **overrides}
+    kw.setdefault("max_position_embeddings", 2048)
+    kw.setdefault("tie_word_embeddings", False)
+    try:
+        cfg = AutoConfig.for_model(model_type, vocab_size=vocab_size, **kw)
+    except ValueError as e:
+        raise UserError(f"unknown LLM model_type '{model_type}': {e}") from None
+    cfg._attn_implementation = kw.get("attn_implementation", "sdpa")
+    return cfg
+
+
+def from_config(config):
+    """An AutoModelForCausalLM from a config (random init), fp32, SDPA attention."""
+    from transformers import AutoModelForCausalLM
+    config._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+    return AutoModelForCausalLM.from_config(config, attn_implementation=config._attn_implementation)
+
+
+def build_tiny_llm(model_type: str = "llama", seed: int | None = None, **overrides):
+    """A tiny random LLM of any registered architecture, with the shipped tokenizer."""
+    tok = tiny_tokenizer()
+    add_special_tokens(tok)
+    cfg = llm_config(model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return from_config(cfg), tok
+
+
+def load_llm(path: str | os.PathLike, trust_remote_code: bool = False, dtype=torch.float32):
+    """AutoModelForCausalLM + tokenizer from a local folder; safetensors only, no hub, no remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    p = Path(path)
+    require(p.is_dir(), f"LLM folder not found: {p}")
+    require((p / "config.json").exists(), f"{p}: no config.json (not a Hugging Face model folder)")
+    weights = list(p.glob("*.safetensors"))
+    require(weights, f"{p}: no *.safetensors weights (pickled .bin files are never loaded)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code, dtype=dtype,
+                                                     attn_implementation="sdpa")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{p}: cannot load the LLM: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # safetensors raises its own error type on a corrupt file
+        if "safetensor" in type(e).__module__.lower() or "header" in str(e).lower():
+            raise UserError(f"{p}: corrupt weights file: {str(e).splitlines()[0]}") from None
+        raise
+    try:
+        tok = AutoTokenizer.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{p}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+    if add_special_tokens(tok):
+        resize_embeddings(model, len(tok))
+    return model, tok
+
+
+def resize_embeddings(llm, n: int) -> None:
+    """Grow the vocabulary to n rows; new rows start at the mean of the old ones (as LLaVA does)."""
+    old = llm.get_input_embeddings().weight.shape[0]
+    if n <= old:
+        return
+    llm.resize_token_embeddings(n, mean_resizing=False)
+    with torch.no_grad():
+        for w in {id(m.weight): m.weight for m in (llm.get_input_embeddings(), llm.get_output_embeddings())
+                  if m is not None}.values():
+            w[old:] = w[:old].mean(0, keepdim=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# parts, for connectors that work inside the LLM
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LLMParts:
+    embed_tokens: nn.Module
+    layers: nn.ModuleList
+    norm: nn.Module
+    lm_head: nn.Module
+    backbone: nn.Module  # the decoder stack (LlamaModel, Qwen2Model ...)
+
+
+def base_model(llm):
+    """The plain HF causal LM under a peft wrapper, if any."""
+    from peft import PeftModel
+    return llm.get_base_model() if isinstance(llm, PeftModel) else llm
+
+
+def llm_parts(llm) -> LLMParts:
+    causal = base_model(llm)
+    backbone = causal.get_decoder()
+    layers = next((getattr(backbone, n) for n in ("layers", "h", "blocks") if hasattr(backbone, n)), None)
+    norm = next((getattr(backbone, n) for n in ("norm", "final_layernorm", "ln_f") if hasattr(backbone, n)), None)
+    if layers is None or norm is None:
+        raise UserError(f"LLM {type(causal).__name__}: cannot find its decoder layers / final norm")
+    return LLMParts(causal.get_input_embeddings(), layers, norm, causal.get_output_embeddings(), backbone)
+
+
+# ---------------------------------------------------------------------------------------------
+# modes
+# ---------------------------------------------------------------------------------------------
+DEFAULT_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+
+
+def set_llm_mode(llm, mode: str, lora: dict | None = None):
+    """frozen: no parameter trains; full: all do; lora: only peft adapters. Returns the (maybe wrapped) LLM."""
+    require(mode in MODES, f"llm mode '{mode}' is not one of {MODES}")
+    from peft import LoraConfig, PeftModel, get_peft_model
+    if mode == "lora":
+        if not isinstance(llm, PeftModel):
+            cfg = LoraConfig(**{**DEFAULT_LORA, **(lora or {})}, task_type="CAUSAL_LM")
+            llm = get_peft_model(llm, cfg)
+        for n, p in llm.named_parameters():
+            p.requires_grad_("lora_" in n)
+        return llm
+    for p in llm.parameters():
+        p.requires_grad_(mode == "full")
+    if isinstance(llm, PeftModel):  # leaving lora: adapters stay but follow the mode
+        for n, p in llm.named_parameters():
+            p.requires_grad_(mode == "full")
+    return llm
+
+
+def lora_config_dict(llm) -> dict | None:
+    from peft import PeftModel
+    if not isinstance(llm, PeftModel):
+        return None
+    cfg = llm.peft_config["default"]
+    tm = cfg.target_modules
+    return dict(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=sorted(tm) if isinstance(tm, (set, list)) else tm)
+
+
+def merged_copy(llm):
+    """A plain HF model with LoRA adapters merged in (for export); the input is left as it is."""
+    from peft import PeftModel
+    if not isinstance(llm, PeftModel):
+        return llm
+    return copy.deepcopy(llm).merge_and_unload()
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(cls) -> str:
+    import inspect
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def cache_kwarg(module) -> str:
+    """The KV-cache argument of a decoder's forward: `cache` in transformers >= 5.2x, `past_key_values` before."""
+    return _cache_kwarg(type(module))
+
+
+def config_dict(llm) -> dict:
+    d = base_model(llm).config.to_dict()
+    return json.loads(json.dumps(d, default=str))
+
+
+def config_from_dict(d: dict):
+    from transformers import AutoConfig
+    d = dict(d)
+    model_type = d.pop("model_type", None)
+    require(model_type is not None, "LLM config has no model_type")
+    cfg = AutoConfig.for_model(model_type, **d)
+    cfg._attn_implementation = "sdpa"
+    return cfg
