@@ -18,7 +18,7 @@ import torch
 
 from vlm import llm as llm_lib
 from vlm.errors import UserError, require
-from vlm.model import MultimodalLM, replace_dir
+from vlm.model import MultimodalLM, blank_item, replace_dir
 
 TARGETS = ("hf-llava",)
 
@@ -40,7 +40,7 @@ def to_hf_llava(model: MultimodalLM, out: str | Path) -> Path:
     cfg = LlavaConfig(vision_config=enc.hf_vision_config.to_dict(), text_config=text_cfg.to_dict(),
                       image_token_id=model.placeholder_id["image"], projector_hidden_act="gelu",
                       vision_feature_select_strategy=enc.feature_select, vision_feature_layer=enc.feature_layer,
-                      image_seq_length=model.num_media_tokens("image", enc.preprocess.blank()),
+                      image_seq_length=model.num_media_tokens("image", blank_item(enc.preprocess)),
                       multimodal_projector_bias=True, tie_word_embeddings=text_cfg.tie_word_embeddings)
     hf = LlavaForConditionalGeneration(cfg).eval()
     with torch.no_grad():
@@ -55,7 +55,8 @@ def to_hf_llava(model: MultimodalLM, out: str | Path) -> Path:
         hf.save_pretrained(tmp, safe_serialization=True)
         model.tokenizer.save_pretrained(tmp)
         pre = enc.preprocess
-        CLIPImageProcessor(size={"shortest_edge": pre.size}, crop_size={"height": pre.size, "width": pre.size},
+        h, w = pre.size
+        CLIPImageProcessor(size={"shortest_edge": min(h, w)}, crop_size={"height": h, "width": w},
                            image_mean=list(pre.mean), image_std=list(pre.std), do_convert_rgb=True,
                            resample=3 if pre.interpolation == "bicubic" else 2).save_pretrained(tmp)
         replace_dir(tmp, out)

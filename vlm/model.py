@@ -52,6 +52,7 @@ class ModelConfig:
 
 
 class MultimodalLM(nn.Module):
+    CE_CHUNK = 2**28  # logits elements (1 GiB in fp32) above which the loss is computed in chunks
     def __init__(self, config: ModelConfig, llm, tokenizer, encoders: dict[str, nn.Module]):
         super().__init__()
         self.config = config
@@ -106,13 +107,7 @@ class MultimodalLM(nn.Module):
             list(conn(torch.stack(feats)).unbind(0))                     # [N, T, D_lm]
 
     def _blank_item(self, modality: str) -> torch.Tensor:
-        from PIL import Image
-        pre = self.encoders[modality].preprocess
-        if modality == "image":
-            return pre(Image.new("RGB", (64, 64)))
-        if modality in ("audio", "music"):
-            return pre(torch.zeros(pre.sample_rate), pre.sample_rate)
-        return pre.blank()
+        return blank_item(self.encoders[modality].preprocess)
 
     def embed(self, input_ids: torch.Tensor, media: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
         """Token embeddings with media features written over their placeholder tokens. [B, L, D_lm]"""
@@ -165,8 +160,7 @@ class MultimodalLM(nn.Module):
             target = labels[:, 1:]                                       # [B, L-1]
             sel = target != IGNORE
             # Only label positions go through the LM head: no [B, L, V] logits tensor in training.
-            logits = self.head(hidden[:, :-1][sel], has_media)           # [N, V]
-            tok_loss = F.cross_entropy(logits.float(), target[sel], reduction="none")
+            tok_loss = self.token_losses(hidden[:, :-1][sel], target[sel], has_media)  # [N]
             n = sel.sum()
             out["n_tokens"] = n
             if reduction == "none":
@@ -177,6 +171,20 @@ class MultimodalLM(nn.Module):
             else:
                 out["loss"] = tok_loss.sum() / n.clamp(min=1)
         return out
+
+    def token_losses(self, hidden: torch.Tensor, target: torch.Tensor, has_media: bool = True) -> torch.Tensor:
+        """Cross-entropy per token of hidden [N, D] against target [N]. Past CE_CHUNK logits elements the
+        head + loss run in recomputed chunks, so the fp32 [N, V] logits never exist at once (a 152k
+        vocabulary at 8k label tokens would be 5 GB, plus its gradient)."""
+        def ce(h, t):
+            return F.cross_entropy(self.head(h, has_media).float(), t, reduction="none")
+        vocab = self.parts.lm_head.weight.shape[0]
+        if hidden.shape[0] * vocab <= self.CE_CHUNK or not torch.is_grad_enabled():
+            return ce(hidden, target)
+        from torch.utils.checkpoint import checkpoint
+        step = max(1, self.CE_CHUNK // vocab)
+        return torch.cat([checkpoint(ce, hidden[i:i + step], target[i:i + step], use_reentrant=False)
+                          for i in range(0, hidden.shape[0], step)])
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
@@ -275,6 +283,16 @@ class MultimodalLM(nn.Module):
         return cls(config, llm, tokenizer, encs)
 
 
+def blank_item(pre) -> torch.Tensor:
+    """A preprocessed all-black image / silent second / black clip for any encoder's preprocess."""
+    from PIL import Image
+    if hasattr(pre, "num_frames"):
+        return pre([Image.new("RGB", (64, 64))] * pre.num_frames)
+    if hasattr(pre, "sample_rate"):
+        return pre(torch.zeros(pre.sample_rate), pre.sample_rate)
+    return pre(Image.new("RGB", (64, 64)))
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Put folder src at dst atomically enough: dst is either the old or the new folder, never a mix."""
     if dst.exists():
@@ -310,5 +328,5 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Multimo
     except (SafetensorError, OSError, RuntimeError) as e:
         raise UserError(f"{p / WEIGHTS_FILE}: corrupt or mismatched weights ({str(e).splitlines()[0]})") from None
     require(not missing and not unexpected,
-            f"{p / WEIGHTS_FILE}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            f"{p / WEIGHTS_FILE}: weights do not match config.json (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     return model.to(device).eval()

@@ -1,0 +1,170 @@
+"""MultimodalLM: splicing, label masking, KV-cache generation, save/load, hf-llava export, CLI errors."""
+import json
+
+import pytest
+import torch
+
+import helpers_media as M
+import vlm
+from vlm.cli import main as cli
+from vlm.data.collate import collate
+from vlm.data.template import IGNORE
+from vlm.errors import UserError
+from vlm.families import build
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build("llava", "tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory):
+    return M.mp4(tmp_path_factory.mktemp("v") / "clip.mp4")
+
+
+def _mixed_batch(model, video_file):
+    p = model.processor
+    s1 = p({"conversations": [{"from": "human", "value": "<image>\n<audio>\nWhat do you see and hear?"},
+                              {"from": "gpt", "value": "A red circle and a tone."}]},
+           media={"image": [M.image("red")], "audio": [M.waveform(0.7)]})
+    s2 = p({"conversations": [{"from": "human", "value": "<music> then <image> and <image>: same colour?"},
+                              {"from": "gpt", "value": "no"},
+                              {"from": "human", "value": "Which is blue?"},
+                              {"from": "gpt", "value": "the second"}]},
+           media={"image": [M.image("red"), M.image("blue", shape="square")], "music": [M.waveform(2.0, 24000)]})
+    s3 = p({"conversations": [{"from": "human", "value": "<video>\nDescribe the clip."},
+                              {"from": "gpt", "value": "A red square moves right."}]}, media={"video": [video_file]})
+    s4 = p({"conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]})
+    return [s1, s2, s3, s4]
+
+
+def test_labels_cover_assistant_turns_only(model):
+    tok = model.tokenizer
+    s = model.processor({"conversations": [
+        {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "And the shape?"}, {"from": "gpt", "value": "circle"}]},
+        media={"image": [M.image()]})
+    kept = [t for t, l in zip(s.input_ids, s.labels) if l != IGNORE]
+    assert tok.decode(kept) == "red<|im_end|>circle<|im_end|>"
+    assert all(l == IGNORE or l == t for t, l in zip(s.input_ids, s.labels))
+    n_img = sum(t == model.placeholder_id["image"] for t in s.input_ids)
+    assert n_img == model.num_media_tokens("image", s.media["image"][0]) > 1
+
+
+def test_mixed_modalities_any_order_splice_features(model, video_file):
+    samples = _mixed_batch(model, video_file)
+    batch = collate(samples, model.tokenizer.pad_token_id)
+    assert [len(batch["media"][m]) for m in ("image", "audio", "music", "video")] == [3, 1, 1, 1]
+    emb = model.embed(batch["input_ids"], batch["media"])
+    for m, items in batch["media"].items():
+        want = torch.cat(model.encode_modality(m, items))
+        got = emb[batch["input_ids"] == model.placeholder_id[m]]
+        assert torch.allclose(got, want, atol=1e-6), m
+    out = model(**batch)
+    assert torch.isfinite(out["loss"]) and out["n_tokens"] == (batch["labels"][:, 1:] != IGNORE).sum()
+    out["loss"].backward()
+    assert model.connectors["image"].linear_1.weight.grad is not None
+    model.zero_grad(set_to_none=True)
+
+
+def test_placeholder_media_mismatch_is_an_error(model):
+    with pytest.raises(UserError, match="placeholder"):
+        model.processor({"conversations": [{"from": "human", "value": "<image> <image>"}, {"from": "gpt", "value": "x"}]},
+                        media={"image": [M.image()]})
+    s = model.processor({"conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]},
+                        media={"image": [M.image()]})
+    b = collate([s], model.tokenizer.pad_token_id)
+    with pytest.raises(UserError, match="no image items"):
+        model(b["input_ids"], b["labels"])
+
+
+def test_generation_same_tokens_with_and_without_kv_cache(model):
+    p1 = model.processor.prompt("<image>\nWhat colour is the shape?", {"image": [M.image("green")]})
+    p2 = model.processor.prompt("Hello there, what is this?")
+    b = collate([p1, p2], model.tokenizer.pad_token_id, left_pad=True)
+    kw = dict(media=b["media"], attention_mask=b["attention_mask"], max_new_tokens=12, eos_token_id=-1)
+    greedy = model.generate(b["input_ids"], use_cache=True, **kw)
+    assert greedy == model.generate(b["input_ids"], use_cache=False, **kw)
+    assert all(len(r) == 12 for r in greedy)
+    # a left-padded row generates what it generates alone
+    alone = model.generate(torch.tensor([p2.input_ids]), max_new_tokens=12, eos_token_id=-1)
+    assert alone[0] == greedy[1]
+    sampled = [model.generate(b["input_ids"], use_cache=c, do_sample=True, temperature=1.5, top_k=50, top_p=0.9,
+                              generator=torch.Generator().manual_seed(7), **kw) for c in (True, False)]
+    assert sampled[0] == sampled[1]
+
+
+def test_save_load_identical_logits(model, tmp_path, video_file):
+    batch = collate(_mixed_batch(model, video_file), model.tokenizer.pad_token_id)
+    path = model.save_pretrained(tmp_path / "ckpt")
+    assert {"config.json", "model.safetensors"} <= {p.name for p in path.iterdir()}
+    assert not list(tmp_path.glob(".ckpt.tmp-*"))
+    loaded = vlm.load(path)
+    with torch.no_grad():
+        a = model(**batch, return_logits=True)["logits"]
+        b = loaded(**batch, return_logits=True)["logits"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_hf_llava_export_gives_same_logits(tmp_path, arch):
+    from transformers import LlavaForConditionalGeneration
+    m = build("llava", vision="tiny-clip", llm=f"tiny:{arch}").eval()
+    ck = m.save_pretrained(tmp_path / "ckpt")
+    assert cli(["export", str(ck), "--to", "hf-llava", "--out", str(tmp_path / "hf")]) == 0
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    s = m.processor({"conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
+                                       {"from": "gpt", "value": "a red circle"}]}, media={"image": [M.image()]})
+    ids = torch.tensor([s.input_ids])
+    with torch.no_grad():
+        ours = m(ids, media=s.media, return_logits=True)["logits"]
+        theirs = hf(input_ids=ids, pixel_values=torch.stack(s.media["image"])).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_frozen_llm_bit_identical_after_step(model, video_file):
+    m = build("llava", vision="tiny-clip", llm="tiny:llama", llm_mode="frozen")
+    before = {k: v.clone() for k, v in m.llm.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    s = m.processor({"conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]},
+                    media={"image": [M.image()]})
+    m(**collate([s], m.tokenizer.pad_token_id))["loss"].backward()
+    assert all(p.grad is None for p in m.llm.parameters())
+    opt.step()
+    assert all(torch.equal(v, before[k]) for k, v in m.llm.state_dict().items())
+
+
+def test_bad_checkpoints_one_line_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        vlm.load(tmp_path / "empty")
+    assert cli(["export", str(tmp_path / "empty"), "--to", "hf-llava", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.json" in err[0]
+    m = build("llava", vision="tiny-clip", llm="tiny:llama")
+    ck = m.save_pretrained(tmp_path / "ck")
+    (ck / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="model.safetensors"):
+        vlm.load(ck)
+    (ck / "config.json").write_text("{nope")
+    with pytest.raises(UserError, match="invalid JSON"):
+        vlm.load(ck)
+
+
+def test_unknown_encoder_is_an_error_naming_it():
+    with pytest.raises(UserError, match="no-such-encoder"):
+        build("llava", vision="no-such-encoder", llm="tiny:llama")
+
+
+def test_cli_lists_and_help(capsys):
+    assert cli(["list", "families"]) == 0
+    assert "llava" in capsys.readouterr().out
+    assert cli(["list", "encoders"]) == 0
+    out = capsys.readouterr().out
+    for name in ("tiny-clip", "whisper:tiny", "mert:tiny"):
+        assert name in out
+    for cmd in (["--help"], ["list", "--help"], ["export", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            cli(cmd)
+        assert e.value.code == 0
