@@ -114,7 +114,9 @@ def build_tiny_llm(model_type: str = "llama", seed: int | None = None, **overrid
     """A tiny random LLM of any registered architecture, with the shipped tokenizer."""
     tok = tiny_tokenizer()
     add_special_tokens(tok)
-    cfg = llm_config(model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+    # A larger vocab_size (e.g. a Qwen2-shaped 151,936) is kept: rows past the tokenizer are unused.
+    vocab = max(len(tok), overrides.pop("vocab_size", 0))
+    cfg = llm_config(model_type, vocab_size=vocab, bos_token_id=tok.bos_token_id,
                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **overrides)
     if seed is not None:
         torch.manual_seed(seed)

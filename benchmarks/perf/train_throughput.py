@@ -56,8 +56,8 @@ def run(base, name: str, device: str, steps: int, warmup: int, compile_model: bo
     B, T = batch or cfg["batch"], cfg["text_len"]
     pid = model.placeholder_id["image"]
     vocab = len(model.tokenizer)
-    ids = torch.randint(0, vocab, (B, n_img + T), device=device)
-    ids[ids == pid] = 0
+    ids = torch.randint(100, vocab, (B, n_img + T), device=device)   # ids < 100: special tokens, placeholders
+    ids[:, :n_img] = pid
     ids[:, :n_img] = pid
     labels = ids.clone()
     labels[:, :n_img] = -100
