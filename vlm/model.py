@@ -111,8 +111,8 @@ class MultimodalLM(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, media: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
         """Token embeddings with media features written over their placeholder tokens. [B, L, D_lm]"""
-        embeds = self.parts.embed_tokens(input_ids)                      # [B, L, D_lm]
         media = media or {}
+        embeds = self.embed_tokens(input_ids, any(media.values()))       # [B, L, D_lm]
         for m, pid in self.placeholder_id.items():
             mask = input_ids == pid
             items = media.get(m) or []
@@ -130,6 +130,10 @@ class MultimodalLM(nn.Module):
         return embeds
 
     # ---------------------------------------------------------------- LLM hooks
+    def embed_tokens(self, input_ids: torch.Tensor, has_media: bool = True) -> torch.Tensor:
+        """Hook: token ids -> embeddings. [B, L] -> [B, L, D_lm]"""
+        return self.parts.embed_tokens(input_ids)
+
     def run_backbone(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None,
                      use_cache=False, has_media=True):
         """Hook: the decoder stack. Returns (last hidden state [B, L, D], cache)."""
@@ -224,7 +228,7 @@ class MultimodalLM(nn.Module):
             done |= torch.isin(nxt, eos)
             if done.all():
                 break
-            step_embeds = self.parts.embed_tokens(nxt[:, None])          # [B, 1, D]
+            step_embeds = self.embed_tokens(nxt[:, None], has_media)     # [B, 1, D]
             embeds = torch.cat([embeds, step_embeds], 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         out = torch.stack(new, 1).tolist() if new else [[] for _ in range(B)]

@@ -3,6 +3,9 @@
     from vlm.families import build, list_families
     model = build("llava", "tiny")            # a named size
     model = build("llava", vision="tiny-clip", llm="tiny:qwen2")   # the generic builder
+
+A family's default recipes (`Family.recipes[size]`, plain YAML-able mappings in the schema of
+`vlm.train.recipe`) are the built-in recipes `FAMILY-SIZE`: `vlm recipe show llava-tiny`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ class Family:
     builder: Callable                                  # generic: builder(**settings) -> model
     sizes: dict[str, dict] = field(default_factory=dict)  # named presets: settings for the builder
     modalities: tuple[str, ...] = ("image",)
+    recipes: dict[str, dict] = field(default_factory=dict)  # size -> default training recipe (vlm.train.recipe)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -60,4 +64,4 @@ def build(family: str, size: str | None = None, **settings):
 
 
 def _load_all() -> None:
-    from vlm.families import llava  # noqa: F401  (each module registers itself)
+    from vlm.families import iaa, llava  # noqa: F401  (each module registers itself)

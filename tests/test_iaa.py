@@ -1,0 +1,83 @@
+"""IAA family: text-only input is the base LLM bit for bit; adaptors carry the multimodal path."""
+import pytest
+import torch
+
+import helpers_media as M
+import vlm
+from vlm.connectors.inner_adaptor import default_adaptor_layers
+from vlm.data.collate import collate
+from vlm.families import build
+from vlm.llm import build_tiny_llm
+
+
+def test_default_layers_follow_the_reference():
+    assert default_adaptor_layers(32) == [0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26, 30, 31]
+    assert default_adaptor_layers(24) == [0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 23]
+    assert default_adaptor_layers(2) == [0, 1]
+
+
+def _train_steps(model, steps=3):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    s = model.processor({"conversations": [{"from": "human", "value": "<image>\nWhat colour?"},
+                                           {"from": "gpt", "value": "red"}]}, media={"image": [M.image()]})
+    batch = collate([s, s], model.tokenizer.pad_token_id)
+    for _ in range(steps):
+        model(**batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return batch
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma"])
+def test_text_path_is_the_base_llm_after_training(arch):
+    model = build("iaa", vision="tiny-clip", llm=f"tiny:{arch}", adaptor_layers=[1])
+    base, _ = build_tiny_llm(arch, seed=0)
+    llm_before = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("llm.") for n in trainable)
+    assert any(n.startswith("iaa.adaptors.") for n in trainable) and "iaa.lm_head.weight" in trainable
+    _train_steps(model)
+    for k, v in model.llm.state_dict().items():
+        assert torch.equal(v, llm_before[k]), k
+    model.eval()
+    p = model.processor.prompt("How many circles are there?")
+    ids = torch.tensor([p.input_ids])
+    with torch.no_grad():
+        assert torch.equal(model(ids, return_logits=True)["logits"], base(ids).logits)
+        ours = model.generate(ids, max_new_tokens=10, eos_token_id=-1)
+        ref = [base.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None,
+                             pad_token_id=0, min_new_tokens=10)[0, ids.shape[1]:].tolist()]
+    assert ours == ref
+
+
+def test_adaptors_carry_the_multimodal_path_and_cache_works_on_both():
+    model = build("iaa", "tiny").eval()
+    q = model.processor.prompt("<image>\nWhat colour?", {"image": [M.image()]})
+    ids = torch.tensor([q.input_ids])
+    with torch.no_grad():
+        before = model(ids, media=q.media, return_logits=True)["logits"]
+        model.iaa.adaptors[str(model.iaa.adaptor_layers[0])].mlp.down_proj.weight.add_(0.5)
+        after = model(ids, media=q.media, return_logits=True)["logits"]
+    assert not torch.allclose(before, after)
+    for media in (q.media, None):
+        kw = dict(media=media, max_new_tokens=10, eos_token_id=-1)
+        x = ids if media else torch.tensor([model.processor.prompt("Hello, what is it?").input_ids])
+        assert model.generate(x, use_cache=True, **kw) == model.generate(x, use_cache=False, **kw)
+    # the explicit override sends text through the multimodal path, which now differs
+    t = torch.tensor([model.processor.prompt("Hello").input_ids])
+    with torch.no_grad():
+        auto = model(t, return_logits=True)["logits"]
+        model.path = "multimodal"
+        forced = model(t, return_logits=True)["logits"]
+        model.path = "auto"
+    assert not torch.equal(auto, forced)
+
+
+def test_iaa_checkpoint_round_trip(tmp_path):
+    model = build("iaa", "tiny")
+    batch = _train_steps(model, 1)
+    model.eval()
+    loaded = vlm.load(model.save_pretrained(tmp_path / "iaa"))
+    assert type(loaded).__name__ == "IAAModel" and loaded.iaa.adaptor_layers == model.iaa.adaptor_layers
+    with torch.no_grad():
+        assert torch.equal(model(**batch, return_logits=True)["logits"], loaded(**batch, return_logits=True)["logits"])
