@@ -35,6 +35,25 @@ FORMAT_VERSION = 1
 
 
 @dataclass
+class MediaContext:
+    """What a connector may look at besides the media: the batch's tokens and which row each item is in."""
+    input_ids: torch.Tensor                     # [B, L]
+    labels: torch.Tensor | None                 # [B, L]; -100 off the answers (None when generating)
+    attention_mask: torch.Tensor | None         # [B, L]
+    text_embeds: torch.Tensor                   # [B, L, D_lm] token embeddings before media are written
+    rows: list[int]                             # batch row of each item
+
+    def prompt_mean(self, row: int, placeholder_ids) -> torch.Tensor:
+        """Mean embedding of a row's prompt tokens (not media, not padding, not the answers). [D_lm]"""
+        keep = ~torch.isin(self.input_ids[row], torch.tensor(list(placeholder_ids), device=self.input_ids.device))
+        if self.attention_mask is not None:
+            keep &= self.attention_mask[row].bool()
+        if self.labels is not None:
+            keep &= self.labels[row] == IGNORE
+        return self.text_embeds[row][keep].mean(0)
+
+
+@dataclass
 class ModelConfig:
     family: str
     llm: dict                                   # the LLM's HF config (to_dict), rebuilt without its folder
@@ -81,7 +100,7 @@ class MultimodalLM(nn.Module):
     @property
     def processor(self) -> Processor:
         if self._processor is None:
-            self._processor = Processor(self.tokenizer, {m: e.preprocess for m, e in self.encoders.items()},
+            self._processor = Processor(self.tokenizer, {m: self.media_preprocess(m) for m in self.encoders},
                                         self.num_media_tokens, self.config.system)
         return self._processor
 
@@ -99,8 +118,10 @@ class MultimodalLM(nn.Module):
         self.config.lora = llm_lib.lora_config_dict(self.llm)
 
     # ---------------------------------------------------------------- media
-    def encode_modality(self, modality: str, items: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Hook: preprocessed items -> one [T_i, D_lm] tensor per item."""
+    def encode_modality(self, modality: str, items: list[torch.Tensor], context: "MediaContext | None" = None
+                        ) -> list[torch.Tensor]:
+        """Hook: preprocessed items -> one [T_i, D_lm] tensor per item. `context` tells which row each item
+        sits in and that row's prompt, for connectors that look at the text (text-conditioned zoom)."""
         feats = self.encoders[modality].encode(items)                    # list of [T_i, D_enc]
         conn = self.connectors[modality]
         return [conn(f[None])[0] for f in feats] if len({f.shape for f in feats}) > 1 else \
@@ -109,10 +130,16 @@ class MultimodalLM(nn.Module):
     def _blank_item(self, modality: str) -> torch.Tensor:
         return blank_item(self.encoders[modality].preprocess)
 
-    def embed(self, input_ids: torch.Tensor, media: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
+    def media_preprocess(self, modality: str):
+        """Hook: raw item -> preprocessed tensor (the encoder's own preprocess unless a family zooms or tiles)."""
+        return self.encoders[modality].preprocess
+
+    def embed(self, input_ids: torch.Tensor, media: dict[str, list[torch.Tensor]] | None = None,
+              labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with media features written over their placeholder tokens. [B, L, D_lm]"""
         media = media or {}
         embeds = self.embed_tokens(input_ids, any(media.values()))       # [B, L, D_lm]
+        text_embeds = embeds
         for m, pid in self.placeholder_id.items():
             mask = input_ids == pid
             items = media.get(m) or []
@@ -123,11 +150,22 @@ class MultimodalLM(nn.Module):
                     embeds = embeds + 0.0 * blank.sum()
                 continue
             require(m in self.encoders, f"the batch has {m} items but the model has no {m} encoder")
-            feats = torch.cat(self.encode_modality(m, [x.to(embeds.device) for x in items]))  # [N_tok, D_lm]
+            items = [x.to(embeds.device) for x in items]
+            ctx = MediaContext(input_ids, labels, attention_mask, text_embeds, self._item_rows(m, mask, items))
+            feats = torch.cat(self.encode_modality(m, items, ctx))      # [N_tok, D_lm]
             n = int(mask.sum())
             require(n == feats.shape[0], f"{n} <{m}> placeholder tokens but {feats.shape[0]} {m} features")
             embeds = embeds.masked_scatter(mask[..., None], feats.to(embeds.dtype))
         return embeds
+
+    def _item_rows(self, modality: str, mask: torch.Tensor, items: list[torch.Tensor]) -> list[int]:
+        """The batch row of each item: items fill their placeholder runs in row-major order."""
+        rows = mask.nonzero()[:, 0].tolist()                             # row of each placeholder token
+        out, pos = [], 0
+        for it in items:
+            out.append(rows[min(pos, len(rows) - 1)] if rows else 0)
+            pos += self.num_media_tokens(modality, it)
+        return out
 
     # ---------------------------------------------------------------- LLM hooks
     def embed_tokens(self, input_ids: torch.Tensor, has_media: bool = True) -> torch.Tensor:
@@ -155,7 +193,7 @@ class MultimodalLM(nn.Module):
                 reduction: str = "mean", return_logits: bool = False, **_):
         """Loss on the label tokens (assistant turns). reduction: mean | sum | none (per position [B, L-1])."""
         has_media = any(media.values()) if media else False
-        embeds = self.embed(input_ids, media)
+        embeds = self.embed(input_ids, media, labels, attention_mask)
         hidden, _ = self.run_backbone(embeds, attention_mask, position_ids, has_media=has_media)
         out = {}
         if return_logits or labels is None:
@@ -204,7 +242,7 @@ class MultimodalLM(nn.Module):
                                                                self.tokenizer.eos_token_id]
         eos = torch.tensor([e for e in ([eos] if isinstance(eos, int) else eos) if e is not None], device=self.device)
         has_media = any(media.values()) if media else False
-        embeds = self.embed(input_ids, media)
+        embeds = self.embed(input_ids, media, None, mask)
         B = input_ids.shape[0]
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         new = []
