@@ -1,0 +1,390 @@
+"""The one Encoder interface and the preprocessing objects that feed it.
+
+Every encoder in the suite (vision, audio, music, video) is an ``nn.Module`` with
+``modality``, ``output_dim``, ``name``, ``preprocess``, ``feature_layer`` and
+``forward(x) -> [B, T, D]``. Preprocessing travels with the encoder: it carries the
+mean/std, size and sample rate of the weights (timm ``PretrainedCfg`` style), so a
+caller never has to know how to feed an encoder.
+
+[Contract] ``preprocess(raw)`` returns the input of ONE item; ``forward`` takes a batch of
+such items stacked on dim 0; ``encode`` takes a list of items of possibly different shapes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlm.errors import UserError
+
+# [Contract] interpolation names are torchvision's InterpolationMode values.
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+class Preprocess:
+    """Base of the preprocessing objects: a callable with its settings as attributes."""
+
+    kind: ClassVar[str] = ""
+
+    def __call__(self, raw: Any) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "kind")
+        return f"{type(self).__name__}({args})"
+
+
+class ImagePreprocess(Preprocess):
+    """PIL image -> float tensor [3, H, W], as timm / open_clip eval transforms do it.
+
+    ``crop=True``: resize the shorter side to ``size / crop_pct`` then centre-crop ``size``;
+    ``crop=False``: resize (squash) to exactly ``size``.
+    """
+
+    kind = "image"
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        mean: tuple[float, ...] | list[float],
+        std: tuple[float, ...] | list[float],
+        interpolation: str = "bicubic",
+        crop: bool = True,
+        crop_pct: float = 1.0,
+    ) -> None:
+        from torchvision import transforms as T
+
+        if interpolation not in _INTERPOLATIONS:
+            raise UserError(f"unknown interpolation {interpolation!r}; use one of {_INTERPOLATIONS}")
+        self.size = _pair(size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.interpolation = interpolation
+        self.crop = bool(crop)
+        self.crop_pct = float(crop_pct)
+        mode = T.InterpolationMode(interpolation)
+        if self.crop:
+            h, w = self.size
+            # timm: scale = size / crop_pct; the shorter side goes to it (a square target).
+            resize: Any = T.Resize(int(math.floor(min(h, w) / self.crop_pct)), interpolation=mode)
+            steps = [resize, T.CenterCrop(self.size)]
+        else:
+            steps = [T.Resize(self.size, interpolation=mode)]
+        self._transform = T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def __call__(self, image: Any) -> Tensor:
+        """``image``: a PIL image, a uint8 HWC array or a CHW tensor -> [3, H, W] float."""
+        from PIL import Image
+
+        if isinstance(image, Tensor):
+            from torchvision.transforms.functional import to_pil_image
+
+            image = to_pil_image(image)
+        elif not isinstance(image, Image.Image):
+            image = Image.fromarray(image)
+        return self._transform(image.convert("RGB"))  # [3, H, W]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "size": list(self.size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop": self.crop,
+            "crop_pct": self.crop_pct,
+        }
+
+
+class AudioPreprocess(Preprocess):
+    """``(waveform [C, N] or [N], sr)`` -> the encoder input of one clip.
+
+    ``features="log_mel"`` (Whisper): mono, resampled, log-mel [n_mels, frames] of the
+    ACTUAL length (``frames = N // hop_length``, no padding to the 30 s window), computed
+    as Whisper's feature extractor does: power STFT (hann, n_fft 400, hop 160 at 16 kHz),
+    Slaney mel filters, ``log10(max(x, 1e-10))``, dynamic range clamped to 8, ``(x + 4) / 4``.
+    ``features="waveform"`` (HuBERT / MERT): mono, resampled, zero-mean unit-variance [N]
+    when ``normalize`` (as Wav2Vec2FeatureExtractor ``do_normalize``).
+    A path (str / Path) is read with soundfile.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        sample_rate: int,
+        features: str = "waveform",
+        n_mels: int = 80,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        normalize: bool = True,
+    ) -> None:
+        if features not in ("waveform", "log_mel"):
+            raise UserError(f"unknown audio features {features!r}; use 'waveform' or 'log_mel'")
+        self.sample_rate = int(sample_rate)
+        self.features = features
+        self.n_mels = int(n_mels)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.normalize = bool(normalize)
+        self._mel: nn.Module | None = None
+
+    def _mel_transform(self) -> nn.Module:
+        if self._mel is None:
+            import torchaudio
+
+            self._mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=self.sample_rate,
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                n_mels=self.n_mels,
+                power=2.0,
+                norm="slaney",
+                mel_scale="slaney",
+                center=True,
+                pad_mode="reflect",
+            )
+        return self._mel
+
+    def load(self, raw: Any, sr: int | None = None) -> Tensor:
+        """Raw input -> mono float waveform [N] at ``sample_rate``."""
+        import torchaudio.functional as AF
+
+        if isinstance(raw, tuple):
+            raw, sr = raw
+        if isinstance(raw, (str, Path)):
+            import soundfile as sf
+
+            data, sr = sf.read(str(raw), dtype="float32", always_2d=True)  # [N, C]
+            raw = torch.from_numpy(data).T  # [C, N]
+        if sr is None:
+            raise UserError("audio preprocess needs the sample rate: call it with (waveform, sr)")
+        wav = torch.as_tensor(raw, dtype=torch.float32)
+        if wav.dim() == 2:
+            wav = wav.mean(dim=0)  # [C, N] -> [N] mono
+        if wav.dim() != 1:
+            raise UserError(f"audio waveform must be [C, N] or [N], got shape {tuple(wav.shape)}")
+        if int(sr) != self.sample_rate:
+            wav = AF.resample(wav, int(sr), self.sample_rate)  # [N']
+        return wav
+
+    def __call__(self, raw: Any, sr: int | None = None) -> Tensor:
+        wav = self.load(raw, sr)  # [N]
+        if self.features == "waveform":
+            if self.normalize:
+                wav = (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + 1e-7)
+            return wav  # [N]
+        mel = self._mel_transform()(wav)[:, :-1]  # [n_mels, N // hop]; Whisper drops the last frame
+        if mel.shape[-1] == 0:
+            raise UserError(f"audio clip too short: {wav.numel()} samples < hop {self.hop_length}")
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        return (log_spec + 4.0) / 4.0  # [n_mels, frames]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "sample_rate": self.sample_rate,
+            "features": self.features,
+            "n_mels": self.n_mels,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "normalize": self.normalize,
+        }
+
+
+class VideoPreprocess(Preprocess):
+    """mp4 path or bytes -> [F, 3, H, W]: ``num_frames`` frames sampled uniformly with decord,
+    each through the image preprocess. A list of PIL images / a uint8 [F, H, W, 3] array is
+    accepted too (already decoded frames, sampled the same way)."""
+
+    kind = "video"
+
+    def __init__(self, num_frames: int, image: ImagePreprocess) -> None:
+        if num_frames < 1:
+            raise UserError(f"num_frames must be >= 1, got {num_frames}")
+        self.num_frames = int(num_frames)
+        self.image = image
+
+    def frame_indices(self, total: int) -> list[int]:
+        """Uniform sampling: the centres of ``num_frames`` equal segments of the clip."""
+        step = total / self.num_frames
+        return [min(total - 1, int(step * (i + 0.5))) for i in range(self.num_frames)]
+
+    def decode(self, raw: Any) -> list[Any]:
+        """Raw video -> the sampled frames as PIL images."""
+        from PIL import Image
+
+        if isinstance(raw, (str, Path, bytes, bytearray)):
+            import decord
+
+            src = io.BytesIO(bytes(raw)) if isinstance(raw, (bytes, bytearray)) else str(raw)
+            try:
+                reader = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=1)
+            except Exception as err:  # decord raises its own DECORDError
+                what = str(raw) if isinstance(raw, (str, Path)) else f"{len(raw)} bytes of video"
+                raise UserError(f"cannot decode video {what}: {str(err).splitlines()[0]}") from err
+            if len(reader) == 0:
+                raise UserError(f"video {raw if isinstance(raw, (str, Path)) else '(bytes)'} has no frames")
+            frames = reader.get_batch(self.frame_indices(len(reader))).asnumpy()  # [F, H, W, 3] uint8
+            return [Image.fromarray(f) for f in frames]
+        frames_in = list(raw)
+        return [frames_in[i] for i in self.frame_indices(len(frames_in))]
+
+    def __call__(self, raw: Any) -> Tensor:
+        return torch.stack([self.image(f) for f in self.decode(raw)])  # [F, 3, H, W]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "num_frames": self.num_frames, "image": self.image.to_dict()}
+
+
+def preprocess_from_dict(d: dict[str, Any]) -> Preprocess:
+    """Inverse of ``Preprocess.to_dict``."""
+    args = {k: v for k, v in d.items() if k != "kind"}
+    kind = d.get("kind")
+    if kind == "image":
+        return ImagePreprocess(**args)
+    if kind == "audio":
+        return AudioPreprocess(**args)
+    if kind == "video":
+        return VideoPreprocess(args["num_frames"], preprocess_from_dict(args["image"]))  # type: ignore[arg-type]
+    raise UserError(f"unknown preprocess kind {kind!r} in encoder spec")
+
+
+_SPEC_CLASSES: dict[str, type[Encoder]] = {}
+
+
+class Encoder(nn.Module):
+    """Token features of one modality: ``forward(x [B, ...]) -> [B, T, D]``.
+
+    Subclasses declare ``class X(Encoder, kind="...")`` so ``build_encoder_from_spec`` can
+    rebuild them from ``spec()``; they implement ``forward``, ``spec_args`` and ``from_spec``.
+    """
+
+    modality: str
+    output_dim: int
+    name: str
+    preprocess: Preprocess
+    feature_layer: int
+    kind: ClassVar[str] = ""
+    # Tokens before the patch grid in forward's output (CLS, registers); 0 for audio.
+    num_prefix_tokens: int = 0
+
+    def __init_subclass__(cls, kind: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            if kind in _SPEC_CLASSES:
+                raise ValueError(f"encoder spec kind {kind!r} registered twice")
+            cls.kind = kind
+            _SPEC_CLASSES[kind] = cls
+
+    # ----------------------------------------------------------------- interface
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def num_tokens(self, item: Tensor) -> int:
+        """T for ONE preprocessed item; default: a shape-only dry run, cached per shape."""
+        cache: dict[tuple[int, ...], int] = self.__dict__.setdefault("_num_tokens_cache", {})
+        key = tuple(item.shape)
+        if key not in cache:
+            with torch.no_grad():
+                cache[key] = int(self.forward(self._to_model(item[None])).shape[1])
+        return cache[key]
+
+    def patch_grid(self, item: Tensor) -> tuple[int, int] | None:
+        """(rows, cols) of the patch tokens after the prefix tokens, or None if not a grid."""
+        return None
+
+    def encode(self, items: list[Tensor]) -> list[Tensor]:
+        """Variable-size items -> list of [T_i, D]: same-shaped items run as one batch."""
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[tuple(item.shape)].append(i)
+        out: list[Tensor | None] = [None] * len(items)
+        for idx in groups.values():
+            feats = self.forward(self._to_model(torch.stack([items[i] for i in idx])))  # [b, T, D]
+            for j, i in enumerate(idx):
+                out[i] = feats[j]  # [T, D]
+        return out  # type: ignore[return-value]
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-serialisable description; ``build_encoder_from_spec`` rebuilds the same
+        architecture (random weights, no file access) so a checkpoint loads into it."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "feature_layer": self.feature_layer,
+            "preprocess": self.preprocess.to_dict(),
+            **self.spec_args(),
+        }
+
+    def spec_args(self) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Encoder:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def weights_module(self) -> nn.Module:
+        """The module that a native checkpoint of this architecture fits (timm / HF / open_clip)."""
+        return self
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a local .safetensors file into this encoder (its own state_dict keys, or the
+        native keys of the wrapped model, with any common key prefix such as ``model.``)."""
+        from encoders.weights import load_into, read_safetensors
+
+        state = read_safetensors(path)
+        targets = [self] if self.weights_module() is self else [self, self.weights_module()]
+        load_into(targets, state, source=str(path))
+
+    # ------------------------------------------------------------------ helpers
+    def _to_model(self, x: Tensor) -> Tensor:
+        """Move a batch to the encoder's device and (floating) dtype."""
+        p = next(self.parameters(), None)
+        if p is None:
+            return x
+        return x.to(device=p.device, dtype=p.dtype if x.is_floating_point() else x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, modality={self.modality!r}, output_dim={self.output_dim}, "
+            f"feature_layer={self.feature_layer}"
+        )
+
+
+def spec_class(kind: str) -> type[Encoder]:
+    """The Encoder subclass that rebuilds specs of ``kind``."""
+    if kind not in _SPEC_CLASSES:
+        raise UserError(f"unknown encoder spec kind {kind!r}; known: {sorted(_SPEC_CLASSES)}")
+    return _SPEC_CLASSES[kind]
+
+
+def pool_grid(tokens: Tensor, grid: tuple[int, int], prefix: int, k: int) -> Tensor:
+    """Average-pool the patch grid of ``tokens`` [B, prefix + h*w, D] by ``k`` (ceil mode),
+    keeping the prefix tokens -> [B, prefix + ceil(h/k)*ceil(w/k), D]."""
+    if k <= 1:
+        return tokens
+    b, _, d = tokens.shape
+    h, w = grid
+    pre, patches = tokens[:, :prefix], tokens[:, prefix:]  # [B, P, D], [B, h*w, D]
+    patches = patches.transpose(1, 2).reshape(b, d, h, w)  # [B, D, h, w]
+    pooled = F.avg_pool2d(patches, k, k, ceil_mode=True, count_include_pad=False)  # [B, D, h', w']
+    return torch.cat([pre, pooled.flatten(2).transpose(1, 2)], dim=1)  # [B, P + h'*w', D]

@@ -1,0 +1,83 @@
+"""Encoder registry: named presets and prefix builders, listing, and rebuilding from a spec.
+
+    @register_encoder("tiny-vit", "image", "timm ViT, 32 px, 2 layers (tests)")
+    def tiny_vit(*, weights=None, feature_layer=None, **kw) -> Encoder: ...
+
+    @register_encoder("timm:", "image", "any timm model: timm:<model_name>[.<tag>]")
+    def timm_builder(target: str, *, weights=None, feature_layer=None, **kw) -> Encoder: ...
+
+A name ending in ':' is a prefix builder: it gets the rest of the name as ``target``.
+Exact names win over prefixes (``video:tiny`` is a preset, ``video:tiny-vit`` a prefix build).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from encoders.base import Encoder, spec_class
+from vlm.errors import UserError
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    name: str
+    modality: str
+    description: str
+    builder: Callable[..., Encoder]
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.name.endswith(":")
+
+
+_REGISTRY: dict[str, EncoderEntry] = {}
+
+
+def register_encoder(
+    name: str, modality: str, description: str
+) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
+    """Decorator registering a builder under ``name``; a duplicate name is an error."""
+
+    def wrap(fn: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        if name in _REGISTRY:
+            raise ValueError(f"encoder {name!r} is already registered")
+        _REGISTRY[name] = EncoderEntry(name, modality, description, fn)
+        return fn
+
+    return wrap
+
+
+def list_encoders(pattern: str | None = None) -> list[dict[str, str]]:
+    """Registered presets and prefix builders, sorted; ``pattern`` is an fnmatch pattern."""
+    rows = []
+    for name in sorted(_REGISTRY):
+        entry = _REGISTRY[name]
+        if pattern is None or fnmatch.fnmatch(name, pattern):
+            kind = "builder" if entry.is_prefix else "preset"
+            rows.append({"name": name, "modality": entry.modality, "description": entry.description, "kind": kind})
+    return rows
+
+
+def build_encoder(name: str, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:
+    """Build an encoder by preset name or ``prefix:target``; ``weights`` is a local .safetensors
+    file, ``feature_layer`` which hidden layer forward returns (None: the preset's default)."""
+    entry = _REGISTRY.get(name)
+    if entry is not None and not entry.is_prefix:
+        return entry.builder(weights=weights, feature_layer=feature_layer, **kw)
+    prefix, sep, target = name.partition(":")
+    entry = _REGISTRY.get(prefix + ":") if sep else None
+    if entry is None or not target:
+        known = ", ".join(sorted(_REGISTRY))
+        raise UserError(f"unknown encoder {name!r}; known: {known}")
+    return entry.builder(target, weights=weights, feature_layer=feature_layer, **kw)
+
+
+def build_encoder_from_spec(spec: dict[str, Any]) -> Encoder:
+    """Rebuild the architecture that ``Encoder.spec()`` described: random weights, no file
+    access; load a checkpoint's state_dict into it afterwards."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise UserError(f"not an encoder spec (no 'kind'): {str(spec)[:80]}")
+    return spec_class(spec["kind"]).from_spec(spec)
