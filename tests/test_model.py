@@ -168,3 +168,17 @@ def test_cli_lists_and_help(capsys):
         with pytest.raises(SystemExit) as e:
             cli(cmd)
         assert e.value.code == 0
+
+
+def test_cli_chat_answers_and_rejects_extra_placeholders(tmp_path, capsys):
+    m = build("llava", vision="tiny-clip", llm="tiny:llama")
+    ck = m.save_pretrained(tmp_path / "ck")
+    M.image().save(tmp_path / "a.png")
+    assert cli(["chat", str(ck), "<image>\nWhat colour?", "--image", str(tmp_path / "a.png"),
+                "--max-new-tokens", "4"]) == 0
+    capsys.readouterr()
+    assert cli(["chat", str(ck), "<image> and <image>?", "--image", str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "placeholder" in err[0]
+    assert cli(["chat", str(ck), "<image>?", "--image", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err

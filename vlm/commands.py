@@ -41,7 +41,51 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _read_media(kind: str, path: str):
+    """A media file from the command line, decoded the way the data pipeline does it."""
+    from pathlib import Path
+    from vlm.errors import UserError
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--{kind} file not found: {p}")
+    try:
+        if kind == "image":
+            from PIL import Image
+            return Image.open(p).convert("RGB")
+        if kind in ("audio", "music"):
+            import soundfile as sf
+            import torch
+            data, sr = sf.read(str(p), dtype="float32", always_2d=True)   # [N, C]
+            return torch.from_numpy(data).T, sr
+        return str(p)                                                   # video: the encoder's decord preprocess
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"--{kind} {p}: cannot decode ({str(e).splitlines()[0]})") from None
+
+
+def cmd_chat(args) -> int:
+    import vlm
+    model = vlm.load(args.ckpt)
+    media = {k: [_read_media(k, f) for f in getattr(args, k) or []] for k in ("image", "audio", "music", "video")}
+    answer = model.chat(args.prompt, {k: v for k, v in media.items() if v}, max_new_tokens=args.max_new_tokens,
+                        do_sample=args.temperature > 0, temperature=max(args.temperature, 1e-5))
+    print(answer)
+    return 0
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="answer one prompt with a checkpoint",
+                       description="One user turn through a checkpoint. Placeholders <image> <audio> <music> <video> "
+                                   "in the prompt take the given files in order.")
+    p.add_argument("ckpt", help="checkpoint folder")
+    p.add_argument("prompt", help='e.g. "<image>\nWhat colour is the shape?"')
+    for k in ("image", "audio", "music", "video"):
+        p.add_argument(f"--{k}", action="append", metavar="FILE", help=f"{k} file (repeat for several)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("list", help="list registered encoders, families, recipes or benchmarks",
                        description="List registered things, each with its modality and a one-line description.")
     choices = [k for k in _listers() if k != "recipes" or importlib.util.find_spec("vlm.train.recipe")]
