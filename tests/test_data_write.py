@@ -1,0 +1,437 @@
+"""Shard writing, converters, the synthetic-world data set and `vlm data` (CPU, no network).
+
+    python -m pytest tests/test_data_write.py -q -x
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import webdataset as wds
+from PIL import Image
+
+from vlm.cli import main as vlm_main
+from vlm.data import convert
+from vlm.data.synth_common import COLORS
+from vlm.data.synthetic import EVAL_TASKS, TASK_CHOICES, TRAIN_WEIGHTS, available_tasks, build_synthetic_world
+from vlm.data.writer import Audio, ShardWriter, encode_image, encode_mp4, media_fields, validate_sample
+from vlm.errors import UserError
+
+SEED = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def read_raw(folder) -> list[dict]:
+    """Every sample of a shard folder as raw bytes, read with plain webdataset."""
+    files = sorted(glob.glob(os.path.join(str(folder), "*.tar")))
+    assert files, f"no shards in {folder}"
+    return list(wds.WebDataset(files, shardshuffle=False))
+
+
+def meta(sample: dict) -> dict:
+    return json.loads(sample["json"])
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
+    x, sr = sf.read(io.BytesIO(data), dtype="float32")
+    return x, sr
+
+
+def video_frames(data: bytes) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(io.BytesIO(data))
+    return vr.get_batch(list(range(len(vr)))).asnumpy()  # [T, H, W, 3]
+
+
+def read_wds_layout(folder, split: str = "test") -> tuple[list[str], list[str], list[tuple[np.ndarray, int]]]:
+    """classnames, templates, [(image, cls)] read as clip_benchmark's `build_wds_dataset` does
+    (nshards.txt, `{0..n-1}.tar`, first of webp/png/jpg/jpeg + `cls`), without importing torchvision."""
+    folder = Path(folder)
+    classes = (folder / "classnames.txt").read_text().splitlines()
+    templates = (folder / "zeroshot_classification_templates.txt").read_text().splitlines()
+    n = int((folder / split / "nshards.txt").read_text())
+    ds = wds.WebDataset(str(folder / split / f"{{0..{n - 1}}}.tar"), shardshuffle=False)
+    items = [(decode_image(next(s[e] for e in ("webp", "png", "jpg", "jpeg") if e in s)), int(s["cls"])) for s in ds]
+    return classes, templates, items
+
+
+def tone(seconds: float, sr: int, f: float = 440.0) -> np.ndarray:
+    return (0.5 * np.sin(2 * np.pi * f * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+
+
+def sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def qa(prompt: str, answer: str) -> list[dict]:
+    return [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
+
+
+# ---------------------------------------------------------------------------------------------
+# writer
+# ---------------------------------------------------------------------------------------------
+
+def test_round_trip_every_media_type(tmp_path):
+    red = Image.new("RGB", (64, 48), (200, 10, 10))
+    frames = np.zeros((8, 64, 64, 3), dtype=np.uint8)
+    frames[:, :, :32] = 255  # left half white
+    music = tone(2.0, 24000)
+    with ShardWriter(tmp_path, max_count=3, meta={"seed": 7}) as w:
+        w.write({"__key__": "img", "jpg": red, "json": {"conversations": qa("<image>\nColor?", "red"), "task": "color",
+                                                          "quality": 1.0, "difficulty": 0.1, "source": "t"}})
+        w.write({"__key__": "png", "png": red, "json": {"caption": "a red rectangle"}})
+        w.write({"__key__": "webp", "webp": red, "txt": "a red rectangle"})
+        w.write({"__key__": "two", "0.jpg": red, "1.png": Image.new("RGB", (32, 32), "blue"),
+                 "json": {"conversations": qa("<image>\n<image>\nWhich is blue?", "second"), "task": "multi_image"}})
+        w.write({"__key__": "aud", "flac": Audio(tone(1.0, 16000), 16000),
+                 "json": {"conversations": qa("<audio>\nWhat?", "a tone"), "task": "audio_tone"}})
+        w.write({"__key__": "wav", "0.wav": Audio(tone(1.0, 16000), 16000), "1.flac": Audio(music, 24000),
+                 "json": {"conversations": qa("<music>\n<audio>\nDescribe.", "x"), "task": "mixed"}})
+        w.write({"__key__": "vid", "mp4": encode_mp4(frames, 4, Audio(music, 24000)), "flac": Audio(music, 24000),
+                 "json": {"conversations": qa("<video>\n<music>\nDescribe.", "a clip"), "task": "video"}})
+    samples = {s["__key__"]: s for s in read_raw(tmp_path)}
+    assert len(samples) == 7
+    for s in samples.values():
+        assert validate_sample(s) == [], s["__key__"]
+    assert decode_image(samples["img"]["jpg"]).shape == (48, 64, 3)
+    assert np.abs(decode_image(samples["img"]["jpg"]).astype(int) - [200, 10, 10]).max() < 12
+    assert (decode_image(samples["png"]["png"]) == np.asarray(red)).all()  # lossless
+    assert decode_image(samples["webp"]["webp"]).shape == (48, 64, 3)
+    assert media_fields(samples["two"])["image"] == ["0.jpg", "1.png"]
+    assert decode_image(samples["two"]["1.png"])[0, 0].tolist() == [0, 0, 255]
+    x, sr = decode_audio(samples["aud"]["flac"])
+    assert sr == 16000 and len(x) == 16000 and np.abs(x - tone(1.0, 16000)).max() < 1e-3
+    assert media_fields(samples["wav"])["audio"] == ["0.wav", "1.flac"]
+    assert decode_audio(samples["wav"]["1.flac"])[1] == 24000
+    v = video_frames(samples["vid"]["mp4"])
+    assert v.shape == (8, 64, 64, 3) and v[:, :, :24].mean() > 200 and v[:, :, 40:].mean() < 50
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["num_samples"] == 7 and [s["samples"] for s in index["shards"]] == [3, 3, 1]
+    assert index["seed"] == 7 and index["tasks"]["color"] == 1 and index["modalities"]["music"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["index.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+
+
+def test_writer_is_deterministic_and_rejects_bad_samples(tmp_path):
+    def write(folder):
+        with ShardWriter(folder) as w:
+            w.write({"__key__": "a", "jpg": Image.new("RGB", (32, 32), "red"), "json": {"caption": "red"}})
+            w.write({"__key__": "b", "flac": Audio(tone(0.5, 16000), 16000), "json": {"caption": "beep"}})
+        return sha(os.path.join(folder, "shard-000000.tar"))
+
+    assert write(tmp_path / "1") == write(tmp_path / "2")
+    with tarfile.open(tmp_path / "1" / "shard-000000.tar") as tf:
+        assert {m.mtime for m in tf.getmembers()} == {0}
+    with ShardWriter(tmp_path / "bad") as w:
+        w.write({"__key__": "a", "jpg": Image.new("RGB", (8, 8)), "txt": "x"})
+        with pytest.raises(UserError, match="duplicate"):
+            w.write({"__key__": "a", "jpg": Image.new("RGB", (8, 8)), "txt": "x"})
+        with pytest.raises(UserError, match="1 image placeholder"):
+            w.write({"__key__": "b", "json": {"conversations": qa("<image>\nWhat?", "x")}})
+        with pytest.raises(UserError, match="without dots"):
+            w.write({"__key__": "c.d", "txt": "x", "jpg": b"x"})
+
+
+def test_validate_sample_accepts_img2dataset_and_flags_problems(tmp_path):
+    jpg = encode_image(Image.new("RGB", (16, 16), "green"), "jpg")
+    with wds.TarWriter(str(tmp_path / "00000.tar")) as tw:  # what img2dataset writes
+        tw.write({"__key__": "000000000", "jpg": jpg, "txt": "a green square"})
+        tw.write({"__key__": "000000001", "jpg": jpg, "txt": "a green square",
+                  "json": {"url": "http://x/1.jpg", "key": "000000001", "status": "success", "width": 16}})
+    for s in read_raw(tmp_path):
+        assert validate_sample(s) == []
+    bad = {"__key__": "k", "jpg": jpg, "json": json.dumps({"conversations": qa("<image>\n<image>\nQ", "a"),
+                                                            "quality": 1.5, "choices": ["b"], "answer": "a"})}
+    problems = validate_sample(bad)
+    assert any("2 image placeholder" in p for p in problems)
+    assert any("quality" in p for p in problems) and any("choices" in p for p in problems)
+    assert validate_sample({"__key__": "k", "jpg": jpg}) == ["k: needs 'json' (conversations or caption) or 'txt' (a caption)"]
+    assert "does not parse" in validate_sample({"__key__": "k", "jpg": jpg, "json": b"{oops"})[0]
+    assert validate_sample({"__key__": "k", "cls": b"3", "webp": b"..."}) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# converters
+# ---------------------------------------------------------------------------------------------
+
+def _images(folder, names, color="red"):
+    os.makedirs(folder, exist_ok=True)
+    for n in names:
+        Image.new("RGB", (24, 24), color).save(os.path.join(folder, n))
+
+
+def test_convert_llava_json(tmp_path):
+    _images(tmp_path / "img" / "coco", ["a.jpg", "b.png"])
+    records = [
+        {"id": "000001", "image": "coco/a.jpg", "conversations": qa("<image>\nWhat color?", "red")},
+        {"id": "x/2", "image": ["coco/a.jpg", "coco/b.png"], "conversations": qa("Compare them.", "same")},
+        {"id": "text", "conversations": qa("Hi", "Hello")},
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    report = convert.convert_llava_json(str(tmp_path / "d.json"), str(tmp_path / "img"), str(tmp_path / "out"))
+    assert (report.written, report.skipped) == (3, 0)
+    samples = {s["__key__"]: s for s in read_raw(tmp_path / "out")}
+    assert set(samples) == {"000001", "x_2", "text"}
+    assert meta(samples["x_2"])["conversations"][0]["value"] == "<image>\n<image>\nCompare them."
+    assert {"0.jpg", "1.png"} <= set(samples["x_2"]) and meta(samples["000001"])["source"] == "d"
+    assert all(validate_sample(s) == [] for s in samples.values())
+
+    # one bad sample among many: skipped and counted
+    many = records + [{"id": "gone", "image": "coco/missing.jpg", "conversations": qa("<image>\nQ", "a")}]
+    (tmp_path / "m.json").write_text(json.dumps(many))
+    report = convert.convert_llava_json(str(tmp_path / "m.json"), str(tmp_path / "img"), str(tmp_path / "o2"), max_bad=0.5)
+    assert (report.written, report.skipped) == (3, 1) and "missing.jpg" in report.problems[0]
+    # a systematic problem: UserError naming the file and the sample
+    (tmp_path / "one.json").write_text(json.dumps(many[-1:]))
+    with pytest.raises(UserError, match=r"missing\.jpg.*|id gone"):
+        convert.convert_llava_json(str(tmp_path / "one.json"), str(tmp_path / "img"), str(tmp_path / "o3"))
+    (tmp_path / "broken.json").write_text('[{"id": 1,}')
+    with pytest.raises(UserError, match=r"broken\.json: invalid JSON at line 1"):
+        convert.convert_llava_json(str(tmp_path / "broken.json"), str(tmp_path / "img"), str(tmp_path / "o4"))
+    with pytest.raises(UserError, match="nowhere"):
+        convert.convert_llava_json(str(tmp_path / "d.json"), str(tmp_path / "nowhere"), str(tmp_path / "o5"))
+
+
+def test_convert_caption_and_class_folders(tmp_path):
+    _images(tmp_path / "cap", ["a.jpg", "b.png", "c.jpg"])
+    (tmp_path / "cap" / "a.txt").write_text("a red square\n")
+    (tmp_path / "cap" / "b.txt").write_text("another red square")
+    report = convert.convert_caption_folder(str(tmp_path / "cap"), str(tmp_path / "caps"), max_bad=0.5)
+    assert (report.written, report.skipped) == (2, 1) and "c.jpg" in report.problems[0]
+    samples = {s["__key__"]: s for s in read_raw(tmp_path / "caps")}
+    assert meta(samples["a"])["caption"] == "a red square" and "png" in samples["b"]
+
+    for cls, color in (("red_thing", "red"), ("blue_thing", "blue")):
+        _images(tmp_path / "cls" / cls, ["1.jpg", "2.webp"], color)
+    convert.convert_class_folder(str(tmp_path / "cls"), str(tmp_path / "wds"))
+    assert (tmp_path / "wds" / "classnames.txt").read_text().split("\n")[:2] == ["blue thing", "red thing"]
+    assert "{c}" in (tmp_path / "wds" / "zeroshot_classification_templates.txt").read_text()
+    classes, _, items = read_wds_layout(tmp_path / "wds")
+    pairs = [(classes[c], img[5, 5]) for img, c in items]
+    assert len(pairs) == 4 and all((p[2] > 200) == (name == "blue thing") for name, p in pairs)
+    with pytest.raises(UserError, match="no class sub-folders"):
+        convert.convert_class_folder(str(tmp_path / "cap"), str(tmp_path / "wds2"))
+    with pytest.raises(UserError, match="not a folder"):
+        convert.convert_caption_folder(str(tmp_path / "absent"), str(tmp_path / "x"))
+
+
+def test_convert_media_folders(tmp_path):
+    (tmp_path / "aud").mkdir()
+    sf.write(tmp_path / "aud" / "a.flac", tone(1.0, 16000), 16000)
+    sf.write(tmp_path / "aud" / "b.wav", tone(1.0, 16000, 220), 16000)
+    with open(tmp_path / "caps.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "caption"], ["a.flac", "a high tone"], ["b.wav", "a low, soft tone"]])
+    report = convert.convert_media_folder(str(tmp_path / "aud"), str(tmp_path / "caps.csv"), str(tmp_path / "o"), kind="music")
+    assert report.written == 2
+    samples = {s["__key__"]: s for s in read_raw(tmp_path / "o")}
+    assert meta(samples["b"])["caption"] == "a low, soft tone" and "wav" in samples["b"]
+    assert meta(samples["a"])["conversations"][0]["value"].startswith("<music>")
+    assert decode_audio(samples["a"]["flac"])[1] == 16000
+
+    (tmp_path / "vid").mkdir()
+    (tmp_path / "vid" / "c.mp4").write_bytes(encode_mp4(np.full((4, 32, 32, 3), 128, np.uint8), 4))
+    (tmp_path / "vcaps.json").write_text(json.dumps([{"file": "c.mp4", "caption": "grey"}]))
+    convert.convert_media_folder(str(tmp_path / "vid"), str(tmp_path / "vcaps.json"), str(tmp_path / "v"), kind="video")
+    (s,) = read_raw(tmp_path / "v")
+    assert video_frames(s["mp4"]).shape == (4, 32, 32, 3) and validate_sample(s) == []
+
+    (tmp_path / "missing.json").write_text(json.dumps({"nope.flac": "x"}))
+    with pytest.raises(UserError, match=r"nope\.flac"):
+        convert.convert_media_folder(str(tmp_path / "aud"), str(tmp_path / "missing.json"), str(tmp_path / "m"))
+    (tmp_path / "bad.csv").write_text("only-one-column\n")
+    with pytest.raises(UserError, match=r"bad\.csv: row 1"):
+        convert.read_captions(str(tmp_path / "bad.csv"))
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic-world
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sw")
+    index = build_synthetic_world(out, samples=60, seed=SEED, workers=1)
+    return out, index
+
+
+def test_synthetic_world_layout_and_tasks(world):
+    out, index = world
+    assert json.loads((out / "index.json").read_text()) == index
+    tasks = available_tasks()
+    assert set(index["splits"]["train"]["tasks"]) == {t for t in TRAIN_WEIGHTS if t in tasks}
+    for split in ("val", "test"):
+        assert set(index["splits"][split]["tasks"]) == {t for t in EVAL_TASKS if t in tasks}
+    for split, info in index["splits"].items():
+        samples = read_raw(out / split)
+        assert len(samples) == info["num_samples"] == sum(info["shard_samples"])
+        for s in samples:
+            m = meta(s)
+            assert validate_sample(s) == [], s["__key__"]
+            assert m["split"] == split and m["source"] == "synthetic-world"
+            assert 0 <= m["quality"] <= 1 and 0 <= m["difficulty"] <= 1 and isinstance(m["labels"], dict)
+            if split != "train" or "answer" in m:
+                assert m["answer"] in m["choices"] and set(m["choices"]) <= set(TASK_CHOICES[m["task"]])
+                assert m["conversations"][-1]["value"] == m["answer"] and m["question"] in m["conversations"][0]["value"]
+            if split != "train":
+                assert m["quality"] == 1.0  # benchmarks are clean
+
+
+def _by_task(out, split):
+    found: dict[str, list] = {}
+    for s in read_raw(out / split):
+        found.setdefault(meta(s)["task"], []).append(s)
+    return found
+
+
+def test_synthetic_world_labels_match_content(world):
+    import scipy.ndimage as ndi
+
+    out, _ = world
+    samples = {**_by_task(out, "train"), **_by_task(out, "val")}
+    for s in samples["count"]:  # every drawn object is one saturated blob; the count is of the target shape
+        m = meta(s)["labels"]
+        img = decode_image(s["jpg"]).astype(int)
+        lab, _ = ndi.label((img.max(-1) - img.min(-1)) > 80)
+        assert (np.bincount(lab.ravel())[1:] >= 6).sum() == len(m["objects"])
+        assert m["count"] == sum(o["shape"] == m["shape"] for o in m["objects"]) == int(meta(s)["answer"])
+    for s in samples["color"]:  # the answer's colour is drawn at the target's centre
+        m = meta(s)
+        target = m["labels"]["objects"][m["labels"]["target"]]
+        cx, cy = (int(v) for v in target["center"])
+        pixel = decode_image(s["jpg"])[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3).mean(0)
+        assert m["answer"] == target["color"]
+        if m["quality"] == 1.0:
+            assert np.abs(pixel - COLORS[m["answer"]]).max() < 40
+    for s in samples["fine_detail"]:
+        m, img = meta(s)["labels"], decode_image(s["jpg"])
+        assert min(img.shape[:2]) >= 1024
+        x0, y0, x1, y1 = m["bbox"]
+        assert (x1 - x0) < img.shape[1] / 20
+        crop = img[(y0 + y1) // 2 - 2:(y0 + y1) // 2 + 3, (x0 + x1) // 2 - 2:(x0 + x1) // 2 + 3].reshape(-1, 3).mean(0)
+        assert crop.max() - crop.min() > 80  # the target's colour sits at its bbox centre
+    for s in samples["spatial"]:
+        m = meta(s)["labels"]
+        a, b = m["objects"][m["a"]]["center"], m["objects"][m["b"]]["center"]
+        holds = {"left of": a[0] < b[0], "right of": a[0] > b[0], "above": a[1] < b[1], "below": a[1] > b[1]}[m["relation"]]
+        assert meta(s)["answer"] == ("yes" if holds else "no")
+    for s in samples["digit"]:
+        assert meta(s)["answer"] == str(meta(s)["labels"]["digit"])
+    for s in samples["music_pitch"]:
+        m = meta(s)["labels"]
+        if m["instrument"] == "guitar":  # plucked strings may peak on the octave; the period is right
+            continue
+        x, sr = decode_audio(s["flac"])
+        assert sr == 24000 and len(x) >= 2 * sr
+        spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        peak = np.fft.rfftfreq(len(x), 1 / sr)[spec.argmax()]
+        assert abs(1200 * np.log2(peak / m["freq_hz"])) < 30
+    for s in samples["audio_tone"]:
+        x, sr = decode_audio(s["flac"])
+        loud = np.abs(x[: len(x) // 160 * 160]).reshape(-1, 160).max(1) > 0.1
+        assert sr == 16000 and np.sum(np.diff(np.r_[0, loud.astype(int)]) == 1) == meta(s)["labels"]["beeps"]
+    for s in samples["video"]:
+        m = meta(s)["labels"]
+        frames = video_frames(s["mp4"]).astype(int)
+        assert frames.shape == (m["frames"], 64, 64, 3)
+        sat = (frames.max(-1) - frames.min(-1)) > 80  # [T, H, W]: the shape's pixels
+        (y0, x0), (y1, x1) = (np.nonzero(sat[0])), (np.nonzero(sat[-1]))
+        dx, dy = x1.mean() - x0.mean(), y1.mean() - y0.mean()
+        moved = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        assert moved == m["direction"] == meta(s)["answer"]
+    for s in samples["video_caption"]:
+        m = meta(s)
+        assert {"mp4", "flac"} <= set(s) and m["labels"]["direction"] in m["caption"]
+        assert m["labels"]["music"]["quality"] in m["caption"] and m["labels"]["music"]["instrument"] in m["caption"]
+
+
+def test_synthetic_world_classification_sets(world):
+    out, index = world
+    for name, by in (("shapes", "shape"), ("colors", "color")):
+        classes, templates, items = read_wds_layout(out / "wds" / name)
+        assert classes == index["wds"][name]["classes"] and all("{c}" in t for t in templates)
+        assert len(items) == index["wds"][name]["num_samples"] >= 2 * len(classes)
+        assert sorted({c for _, c in items}) == list(range(len(classes)))
+        if by == "color":  # the most saturated pixels have the class's colour
+            for img, c in items:
+                px = img.reshape(-1, 3).astype(int)
+                sat = px[(px.max(1) - px.min(1)) > 80].mean(0)
+                assert np.abs(sat - COLORS[classes[c]]).max() < 40
+
+
+def test_synthetic_world_is_deterministic(world, tmp_path):
+    out, index = world
+    again = build_synthetic_world(tmp_path / "again", samples=60, seed=SEED, workers=2,  # workers do not change bytes
+                                  splits=("train", "val"), classification=False)
+    assert again["splits"] == {k: v for k, v in index["splits"].items() if k in ("train", "val")}
+    rels = glob.glob("train/*", root_dir=out) + glob.glob("val/*", root_dir=out)
+    assert len(rels) == 4
+    for rel in rels:
+        assert sha(os.path.join(out, rel)) == sha(os.path.join(tmp_path / "again", rel)), rel
+    other = build_synthetic_world(tmp_path / "other", samples=60, seed=SEED + 1, splits=("train",), classification=False)
+    assert other["splits"]["train"]["num_samples"] == 60
+    assert sha(tmp_path / "other" / "train" / "shard-000000.tar") != sha(out / "train" / "shard-000000.tar")
+
+
+def test_spoken_words_with_espeak(tmp_path, monkeypatch):
+    """The espeak-ng path, with a stand-in binary (writes a 22,050 Hz wav) when the real one is absent."""
+    from vlm.data import synth_audio
+    from vlm.data.synth_common import rng_for
+
+    if not synth_audio.speech_available():
+        fake = tmp_path / "espeak-ng"
+        script = ("import sys, wave, struct, math; w = wave.open(sys.argv[sys.argv.index('-w') + 1], 'wb'); "
+                  "w.setnchannels(1); w.setsampwidth(2); w.setframerate(22050); "
+                  "w.writeframes(b''.join(struct.pack('<h', int(9000 * math.sin(i / 5))) for i in range(11025))); w.close()")
+        fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S -c "{script}" "$@"\n')
+        fake.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+        synth_audio._speak.cache_clear()
+    fields = synth_audio.gen_audio_speech(rng_for(0, "test", 0), "test")
+    synth_audio._speak.cache_clear()
+    assert fields["flac"].sample_rate == 16000 and len(fields["flac"].waveform) > 1000
+    assert fields["json"]["answer"] == fields["json"]["labels"]["word"] in synth_audio.SPOKEN_WORDS
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def test_cli_build_and_help(tmp_path, capsys):
+    assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "sw"), "--samples", "40"]) == 0
+    assert "train: 40 samples" in capsys.readouterr().out
+    assert (tmp_path / "sw" / "index.json").exists() and (tmp_path / "sw" / "wds" / "shapes" / "test" / "0.tar").exists()
+    for argv in (["data"], ["data", "build"], ["data", "convert"], ["data", "convert", "llava-json"],
+                 ["data", "convert", "caption-folder"], ["data", "convert", "class-folder"],
+                 ["data", "convert", "media-folder"]):
+        with pytest.raises(SystemExit) as e:
+            vlm_main(argv + ["--help"])
+        assert e.value.code == 0
+        assert "usage: vlm data" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    rc = vlm_main(["data", "convert", "llava-json", "--json", str(tmp_path / "bad.json"), "--images", str(tmp_path),
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "bad.json" in err and len(err.splitlines()) == 1
+    rc = vlm_main(["data", "convert", "media-folder", str(tmp_path / "nope"), "--captions", "c.csv", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "nope" in capsys.readouterr().err

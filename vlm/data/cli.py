@@ -1,0 +1,125 @@
+"""`vlm data`: build the built-in data set, convert common layouts to shards (and `inspect`, when present).
+
+    vlm data build synthetic-world --out data/synthetic-world [--samples 4000] [--seed 0] [--workers 2]
+    vlm data convert llava-json --json data.json --images IMAGES/ --out shards/sft
+    vlm data convert caption-folder FOLDER --out shards/captions
+    vlm data convert class-folder FOLDER --out wds/mine [--templates templates.txt]
+    vlm data convert media-folder FOLDER --captions captions.csv --kind audio|music|video --out shards/audio
+    vlm data inspect SHARDS ...                                           (vlm.data.inspect)
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from vlm.errors import UserError
+
+DATASETS = ("synthetic-world",)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from vlm.data.synthetic import DEFAULT_SAMPLES, build_synthetic_world, format_counts
+
+    start = time.perf_counter()
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
+    index = build_synthetic_world(args.out, samples=samples, seed=args.seed, splits=args.splits,
+                                  eval_per_task=args.eval_per_task, workers=args.workers)
+    print(format_counts(index))
+    print(f"built {args.dataset} in {args.out} in {time.perf_counter() - start:.1f} s (seed {args.seed})")
+    return 0
+
+
+def _read_templates(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the templates file ({e.strerror})") from e
+    if not lines:
+        raise UserError(f"{path}: no templates")
+    return lines
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from vlm.data import convert
+
+    common = {"max_bad": args.max_bad}
+    if args.format == "llava-json":
+        report = convert.convert_llava_json(args.json, args.images, args.out, source=args.source,
+                                            max_count=args.max_count, **common)
+    elif args.format == "caption-folder":
+        report = convert.convert_caption_folder(args.folder, args.out, source=args.source,
+                                                max_count=args.max_count, **common)
+    elif args.format == "class-folder":
+        report = convert.convert_class_folder(args.folder, args.out, templates=_read_templates(args.templates),
+                                              split=args.split, **common)
+    else:
+        report = convert.convert_media_folder(args.folder, args.captions, args.out, kind=args.kind,
+                                              source=args.source, max_count=args.max_count, **common)
+    print(report.summary())
+    return 0
+
+
+def _common_convert_args(p: argparse.ArgumentParser, shards: bool = True) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--max-bad", type=float, default=0.1,
+                   help="stop when more than this fraction of samples is bad (default 0.1); fewer are skipped and counted")
+    if shards:
+        p.add_argument("--source", default=None, help="the `source` field of every sample (default: the input's name)")
+        p.add_argument("--max-count", type=int, default=1000, help="samples per shard (default 1000)")
+    p.set_defaults(func=_convert)
+
+
+def add_cli(subparsers) -> None:
+    """Add `vlm data` (build, convert, and inspect when `vlm.data.inspect` exists)."""
+    data = subparsers.add_parser("data", help="build, convert and inspect WebDataset shards",
+                                 description="Build the built-in data set, convert common layouts to shards, inspect shards.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    b = sub.add_parser("build", help="generate a built-in data set (synthetic-world)",
+                       description="Generate a built-in data set locally, deterministically for a seed.")
+    b.add_argument("dataset", choices=DATASETS, help="which data set")
+    b.add_argument("--out", required=True, help="output folder (train/, val/, test/, wds/, index.json)")
+    b.add_argument("--samples", type=int, default=None, help="training samples (default 4000)")
+    b.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
+    b.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
+    b.add_argument("--eval-per-task", type=int, default=None, help="val/test samples per benchmark task")
+    b.add_argument("--workers", type=int, default=None, help="generator processes (default 2, 1 for tiny builds)")
+    b.set_defaults(func=_build)
+
+    c = sub.add_parser("convert", help="convert a folder or LLaVA JSON to shards",
+                       description="Convert common on-disk layouts to the suite's WebDataset shards.")
+    formats = c.add_subparsers(dest="format", metavar="FORMAT")
+    formats.required = True
+    p = formats.add_parser("llava-json", help="LLaVA JSON (id, image, conversations) + image folder",
+                           description="LLaVA-format JSON + image folder -> conversation shards.")
+    p.add_argument("--json", required=True, help="the LLaVA JSON file (a list of records)")
+    p.add_argument("--images", required=True, help="the folder the records' `image` paths are relative to")
+    _common_convert_args(p)
+    p = formats.add_parser("caption-folder", help="images with same-stem .txt captions",
+                           description="Image folder with captions (a.jpg + a.txt) -> caption shards.")
+    p.add_argument("folder")
+    _common_convert_args(p)
+    p = formats.add_parser("class-folder", help="class sub-folders -> clip_benchmark wds layout",
+                           description="FOLDER/<class>/*.jpg -> OUT/classnames.txt, templates, OUT/<split>/0.tar (cls + image).")
+    p.add_argument("folder")
+    p.add_argument("--templates", default=None, help="a file with one template per line containing {c}")
+    p.add_argument("--split", default="test", help="the split folder to write (default test)")
+    _common_convert_args(p, shards=False)
+    p = formats.add_parser("media-folder", help="audio/music/video files + captions JSON or CSV",
+                           description="A folder of audio (flac/wav ...), music or mp4 files + captions -> caption shards.")
+    p.add_argument("folder")
+    p.add_argument("--captions", required=True, help="JSON ({file: caption} or [{file, caption}]) or CSV (file,caption)")
+    p.add_argument("--kind", choices=["audio", "music", "video"], default="audio", help="placeholder to use (default audio)")
+    _common_convert_args(p)
+
+    try:
+        from vlm.data import inspect as inspect_mod
+    except ModuleNotFoundError as e:
+        if e.name != "vlm.data.inspect":
+            raise
+    else:
+        inspect_mod.add_cli(sub)

@@ -1,0 +1,377 @@
+"""Converters from common on-disk layouts to the suite's WebDataset shards.
+
+    vlm data convert llava-json --json llava_v1_5_mix665k.json --images data/ --out shards/llava
+    vlm data convert caption-folder photos/ --out shards/captions          (a.jpg + a.txt)
+    vlm data convert class-folder imagenette/val --out wds/imagenette      (clip_benchmark `wds` layout)
+    vlm data convert media-folder clips/ --captions captions.csv --kind music --out shards/music
+
+img2dataset output (`00000.tar` with jpg + txt + json) needs no conversion: it reads as is.
+
+Bad input: a file that cannot be read at all (invalid JSON, a missing folder) raises `UserError`
+naming it; one bad sample among many (a missing or corrupt media file, a malformed record) is
+skipped and counted, and the first problems are reported. If more than `max_bad` (a fraction) of
+the samples are bad, something systematic is wrong (a wrong image root, say) and the conversion
+stops with a `UserError` naming the first bad sample.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlm.data.writer import AUDIO_EXTS, IMAGE_EXTS, ShardWriter, validate_sample
+from vlm.errors import UserError
+
+DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
+MEDIA_KINDS = {"audio": ("<audio>", "Describe the sound."), "music": ("<music>", "Describe the music."),
+               "video": ("<video>", "Describe the video.")}
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass
+class Report:
+    """What a conversion wrote and skipped; `problems` holds the first few reasons for skips."""
+
+    written: int = 0
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+    out: str = ""
+
+    def skip(self, problem: str) -> None:
+        self.skipped += 1
+        if len(self.problems) < 20:
+            self.problems.append(problem)
+
+    def summary(self) -> str:
+        text = f"wrote {self.written} samples to {self.out}, skipped {self.skipped}"
+        return text + "".join(f"\n  skipped: {p}" for p in self.problems[:5])
+
+
+def _check_bad(report: Report, what: str, max_bad: float) -> None:
+    total = report.written + report.skipped
+    if total == 0:
+        raise UserError(f"{what}: no samples found")
+    if report.written == 0 or report.skipped > max_bad * total:
+        raise UserError(f"{what}: {report.skipped} of {total} samples are bad; first: {report.problems[0]}")
+
+
+def _list_dir(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: not a folder")
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as e:
+        raise UserError(f"{folder}: cannot read the folder ({e.strerror})") from e
+
+
+def _walk(folder: str) -> list[str]:
+    """Paths of all files under `folder`, relative to it, sorted."""
+    _list_dir(folder)
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        out += [os.path.relpath(os.path.join(root, f), folder) for f in sorted(files)]
+    return out
+
+
+def make_key(name: str, seen: set[str]) -> str:
+    """A tar-safe sample key (no dots or slashes) from a file name or id; unique within `seen`."""
+    base = _KEY_BAD.sub("_", str(name)).strip("_") or "sample"
+    key, i = base, 1
+    while key in seen:
+        key, i = f"{base}_{i}", i + 1
+    seen.add(key)
+    return key
+
+
+def _image_ext(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    return "jpg" if ext == "jpeg" else ext
+
+
+def read_image(path: str) -> tuple[str, bytes]:
+    """An image file -> (extension, bytes): jpg/png/webp kept byte for byte, others re-encoded as png.
+
+    Raises ValueError with the reason when the file is missing or not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise ValueError(f"image file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise ValueError(f"not a readable image: {path} ({e.__class__.__name__})") from e
+    ext = _image_ext(path)
+    if ext in IMAGE_EXTS:
+        return ext, data
+    buf = io.BytesIO()
+    with Image.open(io.BytesIO(data)) as im:
+        im.convert("RGB").save(buf, format="PNG")
+    return "png", buf.getvalue()
+
+
+def _load_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: file not found") from e
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the file ({e.__class__.__name__})") from e
+
+
+def _caption_meta(placeholder: str, prompt: str, caption: str, source: str, task: str) -> dict[str, Any]:
+    return {"conversations": [{"from": "human", "value": f"{placeholder}\n{prompt}"}, {"from": "gpt", "value": caption}],
+            "caption": caption, "source": source, "task": task, "modality": placeholder.strip("<>")}
+
+
+def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], dict[str, Any]], what: str,
+               max_bad: float, **writer_kw) -> Report:
+    """Build a sample from each item (ValueError/KeyError/TypeError = a bad sample: skipped, counted)."""
+    report, seen = Report(out=out), set()
+    with ShardWriter(out, **writer_kw) as w:
+        for item in items:
+            try:
+                sample = build(item, seen)
+            except (ValueError, KeyError, TypeError) as e:
+                report.skip(str(e).strip("'\""))
+                continue
+            problems = validate_sample(sample)
+            if problems:
+                report.skip(problems[0])
+                continue
+            w.write(sample)
+            report.written += 1
+        w.skipped = report.skipped
+    _check_bad(report, what, max_bad)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA JSON
+# ---------------------------------------------------------------------------------------------
+
+def convert_llava_json(json_path: str, image_root: str, out: str, source: str | None = None, task: str = "sft",
+                       max_count: int = 1000, max_bad: float = 0.1) -> Report:
+    """LLaVA-format JSON (a list of {id, image, conversations}) + image folder -> shards.
+
+    `image` may be a path (relative to image_root) or a list of paths; records without it are text-only.
+    Records whose prompt has no `<image>` get one per image before the first human turn, as LLaVA does.
+    """
+    records = _load_json(json_path)
+    if not isinstance(records, list):
+        raise UserError(f"{json_path}: expected a list of records, got {type(records).__name__}")
+    if not os.path.isdir(image_root):
+        raise UserError(f"{image_root}: image folder not found")
+    source = source or os.path.splitext(os.path.basename(json_path))[0]
+
+    def build(item: tuple[int, Any], seen: set[str]) -> dict[str, Any]:
+        i, rec = item
+        if not isinstance(rec, dict):
+            raise ValueError(f"record {i}: not an object")
+        rid = str(rec.get("id", i))
+        conv = rec.get("conversations")
+        if not isinstance(conv, list) or not conv or not all(isinstance(t, dict) for t in conv):
+            raise ValueError(f"record {i} (id {rid}): 'conversations' must be a non-empty list of turns")
+        images = rec.get("image", [])
+        images = [images] if isinstance(images, str) else images
+        if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+            raise ValueError(f"record {i} (id {rid}): 'image' must be a path or a list of paths")
+        sample: dict[str, Any] = {"__key__": make_key(rid, seen)}
+        for n, rel in enumerate(images):
+            try:
+                ext, data = read_image(os.path.join(image_root, rel))
+            except ValueError as e:
+                raise ValueError(f"record {i} (id {rid}): {e}") from None
+            sample[ext if len(images) == 1 else f"{n}.{ext}"] = data
+        conv = [dict(t) for t in conv]
+        n_placeholders = sum(len(re.findall(r"<image>", str(t.get("value", "")))) for t in conv)
+        if images and n_placeholders == 0:
+            conv[0]["value"] = "<image>\n" * len(images) + str(conv[0].get("value", ""))
+        meta = {"conversations": conv, "source": source, "task": rec.get("task", task), "id": rid}
+        meta.update({k: rec[k] for k in ("quality", "difficulty", "labels") if k in rec})
+        sample["json"] = meta
+        return sample
+
+    return _write_all(out, enumerate(records), build, json_path, max_bad, max_count=max_count,
+                      meta={"source": source, "converted_from": os.path.basename(json_path)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folder with captions (a.jpg + a.txt)
+# ---------------------------------------------------------------------------------------------
+
+IMAGE_FILE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def convert_caption_folder(folder: str, out: str, source: str | None = None, max_count: int = 1000,
+                           max_bad: float = 0.1) -> Report:
+    """Images with same-stem caption files (`a.jpg` + `a.txt`, in any sub-folder) -> caption shards."""
+    files = _walk(folder)
+    present = set(files)
+    images = [f for f in files if f.lower().endswith(IMAGE_FILE_EXTS)]
+    source = source or os.path.basename(os.path.normpath(folder))
+
+    def build(rel: str, seen: set[str]) -> dict[str, Any]:
+        txt = os.path.splitext(rel)[0] + ".txt"
+        if txt not in present:
+            raise ValueError(f"{os.path.join(folder, rel)}: no caption file {txt}")
+        with open(os.path.join(folder, txt), encoding="utf-8", errors="replace") as f:
+            caption = f.read().strip()
+        if not caption:
+            raise ValueError(f"{os.path.join(folder, txt)}: empty caption")
+        ext, data = read_image(os.path.join(folder, rel))
+        return {"__key__": make_key(os.path.splitext(rel)[0], seen), ext: data,
+                "json": _caption_meta("<image>", "Describe the image briefly.", caption, source, "caption")}
+
+    return _write_all(out, images, build, folder, max_bad, max_count=max_count, meta={"source": source})
+
+
+# ---------------------------------------------------------------------------------------------
+# Class folders -> clip_benchmark / UniBench `wds` layout
+# ---------------------------------------------------------------------------------------------
+
+def convert_class_folder(folder: str, out: str, templates: list[str] | None = None, split: str = "test",
+                         max_count: int = 10_000, max_bad: float = 0.1) -> Report:
+    """`folder/<class>/*.jpg` -> `out/classnames.txt`, `out/zeroshot_classification_templates.txt`,
+    `out/dataset_type.txt`, `out/<split>/nshards.txt`, `out/<split>/0.tar` ... (samples: `cls` + image).
+
+    Class names are the sub-folder names (sorted; `_` -> space); templates must contain `{c}`.
+    """
+    classes = [d for d in _list_dir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")]
+    if not classes:
+        raise UserError(f"{folder}: no class sub-folders")
+    templates = templates or DEFAULT_TEMPLATES
+    bad = [t for t in templates if "{c}" not in t]
+    if bad:
+        raise UserError(f"template {bad[0]!r} has no {{c}} for the class name")
+    items = [(ci, os.path.join(c, f)) for ci, c in enumerate(classes) for f in _walk(os.path.join(folder, c))
+             if f.lower().endswith(IMAGE_FILE_EXTS)]
+    os.makedirs(os.path.join(out, split), exist_ok=True)
+    for fname, lines in (("classnames.txt", [c.replace("_", " ") for c in classes]),
+                         ("zeroshot_classification_templates.txt", templates),
+                         ("dataset_type.txt", ["classification"])):
+        with open(os.path.join(out, fname), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def build(item: tuple[int, str], seen: set[str]) -> dict[str, Any]:
+        ci, rel = item
+        ext, data = read_image(os.path.join(folder, rel))
+        return {"__key__": make_key(os.path.splitext(rel)[0], seen), "cls": str(ci).encode(), ext: data}
+
+    split_dir = os.path.join(out, split)
+    for stale in [f for f in os.listdir(split_dir) if re.fullmatch(r"\d+\.tar", f)]:
+        os.remove(os.path.join(split_dir, stale))  # a smaller rebuild must not leave old shards counted
+    report = _write_all(split_dir, items, build, folder, max_bad, pattern="%d.tar",
+                        max_count=max_count, meta={"classes": len(classes)})
+    with open(os.path.join(split_dir, "index.json")) as f:
+        n_shards = len(json.load(f)["shards"])
+    with open(os.path.join(split_dir, "nshards.txt"), "w") as f:
+        f.write(f"{n_shards}\n")
+    report.out = out
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio / music / video folder + captions (JSON or CSV)
+# ---------------------------------------------------------------------------------------------
+
+def read_captions(path: str) -> dict[str, str]:
+    """Captions file -> {file: caption}: JSON ({file: caption} or [{file, caption}]) or CSV (file,caption)."""
+    if path.lower().endswith(".json"):
+        data = _load_json(path)
+        if isinstance(data, dict):
+            pairs = list(data.items())
+        elif isinstance(data, list):
+            try:
+                pairs = [(d["file"], d["caption"]) for d in data]
+            except (KeyError, TypeError) as e:
+                raise UserError(f"{path}: each record needs 'file' and 'caption'") from e
+        else:
+            raise UserError(f"{path}: expected an object or a list of records")
+    else:
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.reader(f) if r]
+        except FileNotFoundError as e:
+            raise UserError(f"{path}: file not found") from e
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"{path}: cannot read the CSV ({e.__class__.__name__})") from e
+        if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "caption"]:
+            rows = rows[1:]
+        bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
+        if bad is not None:
+            raise UserError(f"{path}: row {bad + 1} needs two columns: file,caption")
+        pairs = [(r[0], ",".join(r[1:])) for r in rows]
+    if not pairs:
+        raise UserError(f"{path}: no captions")
+    return {str(k).strip(): str(v).strip() for k, v in pairs}
+
+
+def _read_media(path: str, kind: str) -> tuple[str, bytes]:
+    """flac/wav kept as is (others readable by soundfile -> flac); mp4 kept as is after a probe."""
+    if not os.path.isfile(path):
+        raise ValueError(f"file not found: {path}")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    with open(path, "rb") as f:
+        data = f.read()
+    if kind == "video":
+        if ext != "mp4":
+            raise ValueError(f"{path}: only mp4 video is supported (re-mux it first)")
+        import av
+
+        try:
+            with av.open(io.BytesIO(data)) as c:
+                if not c.streams.video:
+                    raise ValueError(f"{path}: no video stream")
+        except av.error.FFmpegError as e:
+            raise ValueError(f"{path}: not a readable mp4 ({e.__class__.__name__})") from e
+        return "mp4", data
+    import soundfile as sf
+
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise ValueError(f"{path}: not a readable audio file") from e
+    if ext in AUDIO_EXTS:
+        return ext, data
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="FLAC")
+    return "flac", buf.getvalue()
+
+
+def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audio", source: str | None = None,
+                         max_count: int = 1000, max_bad: float = 0.1) -> Report:
+    """Audio / music / video files + a captions file -> caption shards with a `<audio>`/`<music>`/`<video>` prompt."""
+    if kind not in MEDIA_KINDS:
+        raise UserError(f"unknown media kind {kind!r}; choose from {', '.join(MEDIA_KINDS)}")
+    _list_dir(folder)
+    table = read_captions(captions)
+    placeholder, prompt = MEDIA_KINDS[kind]
+    source = source or os.path.basename(os.path.normpath(folder))
+
+    def build(item: tuple[str, str], seen: set[str]) -> dict[str, Any]:
+        rel, caption = item
+        if not caption:
+            raise ValueError(f"{captions}: empty caption for {rel}")
+        ext, data = _read_media(os.path.join(folder, rel), kind)
+        return {"__key__": make_key(os.path.splitext(rel)[0], seen), ext: data,
+                "json": _caption_meta(placeholder, prompt, caption, source, f"{kind}_caption")}
+
+    return _write_all(out, sorted(table.items()), build, captions, max_bad, max_count=max_count,
+                      meta={"source": source, "kind": kind})
+
+
+CONVERTERS = {"llava-json": convert_llava_json, "caption-folder": convert_caption_folder,
+              "class-folder": convert_class_folder, "media-folder": convert_media_folder}

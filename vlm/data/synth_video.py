@@ -1,0 +1,77 @@
+"""synthetic-world video: a coloured shape moving left/right/up/down with a music track (trailer style).
+
+Clips are 12 frames of 64x64 at 4 fps (3 s), H.264 in mp4 with the music as an AAC track; the
+same music is also stored as a separate `flac` (24 kHz) for the `<music>` placeholder.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vlm.data.synth_audio import CHORDS, INSTRUMENTS, MUSIC_SR, chord_labels, play
+from vlm.data.synth_common import COLOR_NAMES, COLORS, SHAPES, a, caption_json, pick, qa_json
+from vlm.data.synth_images import draw_shape
+from vlm.data.writer import Audio, encode_mp4
+
+FRAMES, FPS, SIZE = 12, 4, 64
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def moving_shape(rng: np.random.Generator, shape: str, color: str, direction: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Frames [T, H, W, 3] of one shape crossing the frame in `direction`; returns the track too."""
+    r = float(rng.uniform(8, 12))
+    dx, dy = DIRECTIONS[direction]
+    travel = SIZE - 2 * r - 8  # start and end fully inside the frame
+    across = float(rng.uniform(r + 4, SIZE - r - 4))  # the fixed coordinate
+    g = int(rng.integers(225, 256))
+    frames, track = [], []
+    for i in range(FRAMES):
+        s = (i / (FRAMES - 1) - 0.5) * travel  # -travel/2 .. +travel/2 along the direction
+        cx = SIZE / 2 + s * dx if dx else across
+        cy = SIZE / 2 + s * dy if dy else across
+        img = Image.new("RGB", (SIZE, SIZE), (g, g, g))
+        draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, COLORS[color])
+        frames.append(np.asarray(img))
+        track.append([round(cx, 1), round(cy, 1)])
+    return np.stack(frames), {"shape": shape, "color": color, "direction": direction, "centers": track}
+
+
+def clip(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A clip's fields (mp4 + flac) and its labels: motion + music (instrument, chord)."""
+    shape, color, direction = pick(rng, SHAPES), pick(rng, COLOR_NAMES), pick(rng, list(DIRECTIONS))
+    frames, motion = moving_shape(rng, shape, color, direction)
+    music = {**chord_labels(rng), "instrument": pick(rng, INSTRUMENTS)}
+    x = play(music["instrument"], music["midis"], FRAMES / FPS, rng)
+    mp4 = encode_mp4(frames, FPS, Audio(x, MUSIC_SR))
+    labels = {**motion, "music": music, "frames": FRAMES, "fps": FPS, "size": SIZE}
+    return {"mp4": mp4, "flac": Audio(x, MUSIC_SR)}, labels
+
+
+def trailer_caption(labels: dict[str, Any]) -> str:
+    m = labels["music"]
+    return f"{a(labels['color']).capitalize()} {labels['shape']} moves {labels['direction']} while {a(m['instrument'])} plays a {m['quality']} chord."
+
+
+def gen_video(rng: np.random.Generator, split: str) -> dict[str, Any]:
+    fields, labels = clip(rng)
+    meta = qa_json("video", "<video>\nWhich direction does the shape move?", labels["direction"],
+                   list(DIRECTIONS), labels, 0.4)
+    return {"mp4": fields["mp4"], "json": meta}
+
+
+def gen_video_music(rng: np.random.Generator, split: str) -> dict[str, Any]:
+    fields, labels = clip(rng)
+    meta = qa_json("video_music", "<video>\n<music>\nIs the chord in the music major or minor?",
+                   labels["music"]["quality"], list(CHORDS), labels, 0.6)
+    return {**fields, "json": meta}
+
+
+def gen_video_caption(rng: np.random.Generator, split: str) -> dict[str, Any]:
+    fields, labels = clip(rng)
+    meta = caption_json("video_caption", "<video>\n<music>\nDescribe the clip.", trailer_caption(labels), labels, 0.5)
+    return {**fields, "json": meta}
+
+
+GENERATORS = {"video": gen_video, "video_music": gen_video_music, "video_caption": gen_video_caption}

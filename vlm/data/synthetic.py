@@ -1,0 +1,232 @@
+"""`synthetic-world`: the built-in data set, generated locally with exact ground truth.
+
+    vlm data build synthetic-world --out data/synthetic-world [--samples 4000] [--seed 0]
+
+    from vlm.data.synthetic import build_synthetic_world
+    index = build_synthetic_world("data/sw", samples=4000, seed=0)
+
+Layout:
+    <out>/train/shard-000000.tar ...   training mixture (captions, VQA, multi-turn, multi-image, audio, music, video)
+    <out>/val/..., <out>/test/...      benchmark splits: every sample has task, question, answer, choices
+    <out>/wds/shapes, <out>/wds/colors clip_benchmark / UniBench `wds` zero-shot classification sets
+    <out>/index.json                   shards, counts per split / task / modality, seed, choices per task
+
+Same seed -> byte-identical shards (each sample draws from its own generator seeded by
+(seed, split, index); tar members have fixed metadata; media are encoded without timestamps).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from vlm.data import synth_audio, synth_images, synth_video
+from vlm.data.synth_common import COLOR_NAMES, SHAPES, rng_for
+from vlm.data.writer import ShardWriter, encode_sample
+from vlm.errors import UserError
+
+NAME = "synthetic-world"
+DEFAULT_SAMPLES = 4000
+SHARD_SAMPLES = 500  # several shards even at the default size, so ranks x workers can split them
+GENERATORS = {**synth_images.GENERATORS, **synth_audio.GENERATORS, **synth_video.GENERATORS}
+MODALITY = {t: "image" for t in synth_images.GENERATORS}
+MODALITY.update({t: "music" if t.startswith("music") else "audio" for t in synth_audio.GENERATORS})
+MODALITY.update({t: "video" for t in synth_video.GENERATORS})
+
+# Relative share of each task in the training mixture (captions weigh most: the alignment stage).
+TRAIN_WEIGHTS = {
+    "caption": 10, "color": 7, "shape": 7, "count": 7, "spatial": 7, "digit": 6, "ocr": 6,
+    "fine_detail": 3, "multi_turn": 4, "multi_image": 4,
+    "audio_caption": 3, "audio_tone": 4, "audio_noise": 3, "audio_speech": 3,
+    "music_caption": 3, "music_pitch": 4, "music_chord": 4, "music_instrument": 4, "music_tempo": 3,
+    "video_caption": 2, "video": 2, "video_music": 1,
+}
+# Benchmark tasks: one closed answer set each, so exact match and zero-shot classification both work.
+EVAL_TASKS = ["color", "shape", "count", "spatial", "digit", "ocr", "fine_detail", "multi_image",
+              "audio_tone", "audio_noise", "audio_speech", "music_pitch", "music_chord",
+              "music_instrument", "music_tempo", "video"]
+# The union of the per-sample `choices` of each task with a closed answer set (a sample's own
+# `choices` is the set for its question: fine_detail asks a colour or a shape, audio_tone a count or a direction).
+TASK_CHOICES = {
+    "color": COLOR_NAMES, "shape": SHAPES, "count": synth_images.COUNT_CHOICES, "spatial": synth_images.YES_NO,
+    "digit": synth_images.DIGIT_CHOICES, "ocr": synth_images.WORDS, "fine_detail": COLOR_NAMES + SHAPES,
+    "multi_image": ["first", "second"], "audio_tone": synth_audio.BEEP_CHOICES + ["rising", "falling"],
+    "audio_noise": synth_audio.NOISES, "audio_speech": synth_audio.SPOKEN_WORDS,
+    "music_pitch": synth_audio.NOTE_NAMES, "music_chord": list(synth_audio.CHORDS),
+    "music_instrument": synth_audio.INSTRUMENTS, "music_tempo": list(synth_audio.TEMPI),
+    "video": list(synth_video.DIRECTIONS), "video_music": list(synth_audio.CHORDS),
+}
+SPLITS = ("train", "val", "test")
+CLASS_SETS = {
+    "shapes": ("shape", SHAPES, ["a {c}.", "a drawing of a {c}.", "a {c} shape.", "a colored {c} on a plain background."]),
+    "colors": ("color", COLOR_NAMES, ["a {c} shape.", "something {c}.", "a drawing of a {c} object.", "the color {c}."]),
+}
+
+
+def default_workers(samples: int) -> int:
+    """Two processes for real builds (the bytes do not depend on it), one for tiny ones."""
+    return 1 if samples < 500 else max(1, min(2, os.cpu_count() or 1))
+
+
+def available_tasks() -> set[str]:
+    """Tasks this machine can generate (spoken words need the espeak-ng binary)."""
+    return {t for t in GENERATORS if t != "audio_speech" or synth_audio.speech_available()}
+
+
+def task_schedule(weights: dict[str, float], n: int, seed: int, split: str) -> list[str]:
+    """n task names in proportion to `weights` (largest remainder; each task at least once when n
+    allows), in a seeded shuffled order so every shard mixes all tasks."""
+    names = sorted(weights)
+    if n >= len(names):
+        counts = {t: 1 for t in names}
+        rest = n - len(names)
+    else:
+        counts, rest = {t: 0 for t in names}, n
+    total = sum(weights.values())
+    exact = {t: rest * weights[t] / total for t in names}
+    for t in names:
+        counts[t] += int(exact[t])
+    left = n - sum(counts.values())
+    for t in sorted(names, key=lambda t: (-(exact[t] - int(exact[t])), t))[:left]:
+        counts[t] += 1
+    schedule = [t for t in names for _ in range(counts[t])]
+    order = rng_for(seed, f"{split}-schedule", 0).permutation(len(schedule))
+    return [schedule[int(i)] for i in order]
+
+
+def make_sample(job: tuple[int, str, str, int]) -> dict[str, Any]:
+    """One encoded sample (bytes per field) for (seed, split, task, index); runs in worker processes."""
+    seed, split, task, index = job
+    fields = GENERATORS[task](rng_for(seed, split, index), split)
+    fields["json"].update(split=split, modality=MODALITY[task])
+    return encode_sample({"__key__": f"{split}-{index:06d}", **fields})
+
+
+def _generate(jobs: list[tuple[int, str, str, int]], workers: int) -> Iterator[dict[str, Any]]:
+    """Samples in job order; with workers > 1, made by a fork pool (the order, hence the bytes, is unchanged)."""
+    if workers <= 1:
+        yield from map(make_sample, jobs)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(make_sample, jobs, chunksize=8)
+
+
+def _clear(folder: str, pattern: str) -> None:
+    """Remove shards a previous build left in `folder`, so a smaller rebuild leaves no stale ones."""
+    for path in glob.glob(os.path.join(folder, pattern)):
+        os.remove(path)
+
+
+def _write_split(out: str, split: str, jobs: list, workers: int, meta: dict[str, Any]) -> dict[str, Any]:
+    folder = os.path.join(out, split)
+    os.makedirs(folder, exist_ok=True)
+    _clear(folder, "shard-*.tar")
+    with ShardWriter(folder, prefix="shard", max_count=SHARD_SAMPLES, meta=meta) as w:
+        for sample in _generate(jobs, workers):
+            w.write(sample)
+    return w.index
+
+
+def write_class_set(out: str, name: str, per_class: int, seed: int) -> dict[str, Any]:
+    """A zero-shot classification set in the clip_benchmark `wds` layout: classnames.txt,
+    zeroshot_classification_templates.txt, dataset_type.txt, test/nshards.txt, test/0.tar (cls + jpg)."""
+    by, classes, templates = CLASS_SETS[name]
+    folder = os.path.join(out, "wds", name)
+    os.makedirs(os.path.join(folder, "test"), exist_ok=True)
+    for fname, lines in (("classnames.txt", classes), ("zeroshot_classification_templates.txt", templates),
+                         ("dataset_type.txt", ["classification"])):
+        with open(os.path.join(folder, fname), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    _clear(os.path.join(folder, "test"), "*.tar")
+    counts = {c: 0 for c in classes}
+    with ShardWriter(os.path.join(folder, "test"), pattern="%d.tar", max_count=10**9,
+                     meta={"name": f"{NAME}/{name}", "seed": seed}) as w:
+        i = 0
+        while min(counts.values()) < per_class:  # draw until every class has per_class images
+            img, label = synth_images.gen_class_image(rng_for(seed, f"wds-{name}", i), by)
+            i += 1
+            if counts[label] >= per_class:
+                continue
+            counts[label] += 1
+            w.write({"__key__": f"{name}-{i:06d}", "cls": classes.index(label), "jpg": img})
+    with open(os.path.join(folder, "test", "nshards.txt"), "w") as f:
+        f.write(f"{len(w.index['shards'])}\n")
+    return {"path": f"wds/{name}", "classes": list(classes), "per_class": per_class,
+            "num_samples": w.index["num_samples"]}
+
+
+def _task_info(tasks: Iterable[str]) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for t in sorted(tasks):
+        info[t] = {"modality": MODALITY[t], "benchmark": t in EVAL_TASKS}
+        if t in TASK_CHOICES:
+            info[t]["choices"] = TASK_CHOICES[t]
+    return info
+
+
+def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                          splits: Iterable[str] = SPLITS, eval_per_task: int | None = None,
+                          workers: int | None = None, classification: bool = True) -> dict[str, Any]:
+    """Generate synthetic-world under `out`; returns (and writes) `<out>/index.json`.
+
+    samples: training samples (tasks mixed by TRAIN_WEIGHTS); val and test get `eval_per_task`
+    samples per benchmark task (default max(2, samples // 100)). workers > 1 generates in a
+    process pool; the bytes do not depend on it.
+    """
+    out = os.fspath(out)
+    splits = list(splits)
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise UserError(f"unknown split {bad[0]!r}; choose from {', '.join(SPLITS)}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0 (got {seed})")
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1 (got {samples})")
+    eval_per_task = eval_per_task or max(2, samples // 100)
+    workers = workers or default_workers(samples)
+    tasks = available_tasks()
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out}: {e.strerror}") from e
+    if os.path.exists(os.path.join(out, "index.json")):
+        os.remove(os.path.join(out, "index.json"))  # rewritten last: present = complete
+    index: dict[str, Any] = {"name": NAME, "version": 1, "seed": seed, "samples": samples,
+                             "eval_per_task": eval_per_task, "splits": {}, "speech": "audio_speech" in tasks}
+    for split in splits:
+        if split == "train":
+            names = task_schedule({t: w for t, w in TRAIN_WEIGHTS.items() if t in tasks}, samples, seed, split)
+        else:
+            names = [t for t in EVAL_TASKS if t in tasks for _ in range(eval_per_task)]
+        jobs = [(seed, split, t, i) for i, t in enumerate(names)]
+        sidx = _write_split(out, split, jobs, workers, {"name": f"{NAME}/{split}", "seed": seed})
+        index["splits"][split] = {"shards": [f"{split}/{s['file']}" for s in sidx["shards"]],
+                                  "shard_samples": [s["samples"] for s in sidx["shards"]],
+                                  "num_samples": sidx["num_samples"], "tasks": sidx["tasks"],
+                                  "modalities": sidx["modalities"]}
+    index["tasks"] = _task_info(tasks)
+    if classification:
+        per_class = max(2, samples // 100)
+        index["wds"] = {name: write_class_set(out, name, per_class, seed) for name in CLASS_SETS}
+    with open(os.path.join(out, "index.json"), "w") as f:
+        json.dump(index, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return index
+
+
+def format_counts(index: dict[str, Any]) -> str:
+    """A short table of samples per split and task, for the CLI."""
+    lines = []
+    for split, info in index["splits"].items():
+        lines.append(f"{split}: {info['num_samples']} samples in {len(info['shards'])} shard(s)")
+        lines += [f"  {t:<18}{n}" for t, n in sorted(info["tasks"].items())]
+    for name, info in index.get("wds", {}).items():
+        lines.append(f"wds/{name}: {info['num_samples']} images, {len(info['classes'])} classes")
+    if not index.get("speech"):
+        lines.append("audio_speech skipped: espeak-ng is not installed")
+    return "\n".join(lines)
+
