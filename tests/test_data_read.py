@@ -1,0 +1,304 @@
+"""The shard pipeline: round trips, packed == padded, rank/worker split, exact resume, mixtures,
+corrupt input, truncation that never splits media, and `vlm data inspect`."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+
+import helpers_media as H
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from vlm.data.decode import decode_audio
+from vlm.data.packing import block_causal_mask
+from vlm.data.pipeline import ShardPipeline
+from vlm.data.reader import scan_shard
+from vlm.data.template import IGNORE
+from vlm.data.writer import Audio, ShardWriter, encode_audio, encode_image
+from vlm.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def model():
+    import vlm.families
+    m = vlm.families.build("llava", "tiny")
+    return m.eval()
+
+
+def conv(q: str, a: str) -> dict:
+    return {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+
+
+def jpg(color="red", size=64) -> bytes:
+    return encode_image(H.image(color, size), "jpg")
+
+
+def write_tar(path, samples: list[dict]) -> str:
+    """Plain webdataset.TarWriter: no validation, so broken samples can be written."""
+    with wds.TarWriter(str(path)) as w:
+        for s in samples:
+            w.write({k: (json.dumps(v).encode() if k == "json" and isinstance(v, dict) else v) for k, v in s.items()})
+    return str(path)
+
+
+def image_samples(prefix: str, n: int, start: int = 0) -> list[dict]:
+    colors = ["red", "green", "blue", "yellow"]
+    return [{"__key__": f"{prefix}{i:04d}", "jpg": jpg(colors[i % 4]),
+             "json": {**conv("<image>\nWhat colour?", colors[i % 4]), "source": prefix, "task": "color"}}
+            for i in range(start, start + n)]
+
+
+def text_samples(prefix: str, n: int) -> list[dict]:
+    return [{"__key__": f"{prefix}{i:05d}", "json": conv(f"Say {i}.", f"{i}")} for i in range(n)]
+
+
+def keys(batches) -> list[str]:
+    return [k for b in batches for k in b["sample_keys"]]
+
+
+def take(pipe, n: int) -> list[dict]:
+    out = []
+    for b in pipe:
+        out.append(b)
+        if len(out) == n:
+            break
+    return out
+
+
+def n_placeholders(model, batch, m) -> int:
+    return int((batch["input_ids"] == model.placeholder_id[m]).sum())
+
+
+# ------------------------------------------------------------------------------------------------
+def test_round_trip_every_media_type(tmp_path, model):
+    tone = (np.sin(np.arange(24000) / 7) * 0.3).astype(np.float32)
+    with open(H.mp4(tmp_path / "v.mp4"), "rb") as f:
+        vid = f.read()
+    with ShardWriter(tmp_path / "rt", max_count=3) as w:
+        w.write({"__key__": "img", "jpg": H.image("red"), "json": {**conv("<image>\nColour?", "red"), "task": "color"}})
+        w.write({"__key__": "aud", "flac": Audio(tone[:16000], 16000), "json": {"caption": "a tone"}})
+        w.write({"__key__": "mus", "wav": Audio(tone, 24000), "json": {"caption": "a tune", "modality": "music"}})
+        w.write({"__key__": "vid", "mp4": vid, "json": conv("<video>\nWhat moves?", "a box")})
+        w.write({"__key__": "multi", "0.jpg": H.image("blue"), "1.png": H.image("green", shape="square"),
+                 "json": conv("First <image> then <image>: same?", "no")})
+        w.write({"__key__": "cap", "jpg": H.image("yellow"), "txt": "a yellow circle"})
+    pipe = ShardPipeline(tmp_path / "rt", model.processor, batch_size=1, epochs=1, shuffle_buffer=0, draft=False)
+    got = {b["sample_keys"][0]: b for b in pipe}
+    assert sorted(got) == ["aud", "cap", "img", "multi", "mus", "vid"]
+    assert pipe.stats.errors == 0 and pipe.stats.samples == 6
+    want_media = {"img": {"image": 1}, "aud": {"audio": 1}, "mus": {"music": 1}, "vid": {"video": 1},
+                  "multi": {"image": 2}, "cap": {"image": 1}}
+    for key, b in got.items():
+        assert {m: len(v) for m, v in b["media"].items()} == want_media[key]
+        for m, items in b["media"].items():  # [Contract] placeholder tokens == the items' token counts
+            assert n_placeholders(model, b, m) == sum(model.num_media_tokens(m, x) for x in items)
+        with torch.no_grad():
+            assert torch.isfinite(model(**b)["loss"])
+    # same ids and tensors as the processor given the decoded media directly (the fast tokenizer path)
+    from PIL import Image
+    ref_img = Image.open(io.BytesIO(encode_image(H.image("red"), "jpg"))).convert("RGB")
+    p = model.processor(conv("<image>\nColour?", "red"), media={"image": [ref_img]})
+    assert got["img"]["input_ids"][0].tolist() == p.input_ids
+    assert got["img"]["labels"][0].tolist() == p.labels
+    assert torch.equal(got["img"]["media"]["image"][0], p.media["image"][0])
+    cap = model.processor(conv("<image>\nDescribe the image briefly.", "a yellow circle"), media={"image": [ref_img]})
+    assert len(got["cap"]["input_ids"][0]) == len(cap.input_ids)
+    wave = decode_audio(encode_audio(Audio(tone, 24000), "wav"))
+    mus = model.processor(conv("<music>\nDescribe the music briefly.", "a tune"), media={"music": [wave]})
+    assert got["mus"]["input_ids"][0].tolist() == mus.input_ids
+    assert torch.allclose(got["mus"]["media"]["music"][0], mus.media["music"][0])
+
+
+def test_packed_batch_gives_the_padded_per_sample_loss(tmp_path, model):
+    samples = image_samples("p", 5)
+    samples[1]["json"] = conv("<image>\nDescribe the picture in some detail please.", "A circle, coloured green, "
+                              "in the middle of a white square background.")
+    samples.append({"__key__": "p9", "0.jpg": jpg("blue"), "1.jpg": jpg("red"),
+                    "json": conv("<image> and <image>?", "blue and red")})
+    src = write_tar(tmp_path / "p.tar", samples)
+    common = {"epochs": 1, "shuffle_buffer": 0}
+    padded = next(iter(ShardPipeline(src, model.processor, batch_size=6, **common)))
+    packed = next(iter(ShardPipeline(src, model.processor, batch_size=2, packing=True, max_len=160,
+                                     max_media_per_row=4, **common)))
+    assert packed["sample_keys"] == padded["sample_keys"] and len(packed["seq_lens"]) == 2
+    assert packed["attention_mask"] is None or packed["attention_mask"].dim() == 4
+    # [Contract] the first token of every packed sample is never a target
+    starts = packed["position_ids"] == 0
+    assert (packed["labels"][starts] == IGNORE).all()
+    with torch.no_grad():
+        pad_loss = model(**padded, reduction="none")["loss"].sum(1)                   # [B]
+        out = model(**packed, reduction="none")["loss"]                               # [R, L-1]
+        seg = packed["segment_ids"][:, 1:]                                            # target's sample
+        pack_loss = torch.zeros(len(packed["sample_keys"])).index_add_(0, seg[seg >= 0], out[seg >= 0])
+        # the explicit 4D block-causal mask (the fallback path) gives the same numbers
+        explicit = dict(packed, attention_mask=block_causal_mask(packed["position_ids"]))
+        out4d = model(**explicit, reduction="none")["loss"]
+    assert torch.allclose(pack_loss, pad_loss, atol=1e-5), (pack_loss, pad_loss)
+    assert torch.allclose(out4d, out, atol=1e-5)
+    assert n_placeholders(model, packed, "image") == 7 * model.num_media_tokens("image", packed["media"]["image"][0])
+
+
+@pytest.mark.parametrize("split", ["sample", "shard"])
+def test_two_ranks_two_workers_see_every_sample_once_per_epoch(tmp_path, model, split):
+    for i in range(5):
+        write_tar(tmp_path / f"s{i}.tar", image_samples(f"s{i}_", 3 + 2 * i))
+    seen = []
+    for rank in range(2):
+        pipe = ShardPipeline(str(tmp_path / "s{0..4}.tar"), model.processor, batch_size=3, epochs=1, rank=rank,
+                             world_size=2, num_workers=2, shuffle_buffer=4, seed=3, split=split)
+        seen += keys(pipe)
+        per_worker = pipe.state_dict()["positions"]
+        assert split == "shard" or abs(per_worker[0] - per_worker[1]) <= 1
+    assert len(seen) == 3 + 5 + 7 + 9 + 11 and len(set(seen)) == len(seen)
+    with pytest.raises(UserError, match="split='sample'"):
+        ShardPipeline(str(tmp_path / "s{0..2}.tar"), model.processor, world_size=2, rank=0, num_workers=2,
+                      split="shard")
+
+
+@pytest.mark.parametrize("workers,packing", [(0, False), (2, True)])
+def test_resume_continues_exactly(tmp_path, model, workers, packing):
+    write_tar(tmp_path / "a0.tar", image_samples("a", 9))
+    write_tar(tmp_path / "a1.tar", image_samples("a", 9, start=9)[:4] + [
+        {"__key__": "broken", "jpg": b"not a jpeg", "json": conv("<image>\nColour?", "?")}]
+        + image_samples("a", 9, start=13))
+    write_tar(tmp_path / "b0.tar", text_samples("b", 10))
+    sources = [{"shards": str(tmp_path / "a{0,1}.tar"), "weight": 2.0}, {"shards": str(tmp_path / "b0.tar")}]
+    cfg = {"batch_size": 3, "shuffle_buffer": 5, "seed": 7, "num_workers": workers, "packing": packing,
+           "max_len": 100, "min_samples": 10**6}
+    uninterrupted = ShardPipeline(sources, model.processor, **cfg)
+    whole = take(uninterrupted, 14)
+    first = ShardPipeline(sources, model.processor, **cfg)
+    head = take(first, 5)
+    state = json.loads(json.dumps(first.state_dict()))  # a checkpoint stores it as JSON
+    second = ShardPipeline(sources, model.processor, **cfg)
+    second.load_state_dict(state)
+    tail = take(second, 9)
+    assert keys(head + tail) == keys(whole)
+    for a, b in zip(head + tail, whole):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+    assert second.stats.to_dict() == uninterrupted.stats.to_dict()
+    assert second.stats.skipped["bad_image"] >= 1   # the stream went through `broken` (2+ epochs)
+    with pytest.raises(UserError, match="num_workers"):
+        ShardPipeline(sources, model.processor, **{**cfg, "num_workers": workers + 2}).load_state_dict(state)
+
+
+def test_mixture_weights_70_30(tmp_path, model):
+    write_tar(tmp_path / "x.tar", text_samples("x", 40))
+    write_tar(tmp_path / "y.tar", text_samples("y", 40))
+    pipe = ShardPipeline([{"shards": str(tmp_path / "x.tar"), "weight": 0.7},
+                          {"shards": str(tmp_path / "y.tar"), "weight": 0.3}],
+                         model.processor, batch_size=50, shuffle_buffer=10, seed=1)
+    got = Counter(k[0] for k in keys(take(pipe, 40)))
+    assert sum(got.values()) == 2000
+    assert abs(got["x"] / 2000 - 0.7) <= 0.03, got
+
+
+def corrupt_shards(tmp_path) -> tuple[str, str]:
+    """One shard with every kind of broken sample between good ones, and one truncated shard."""
+    stereo = np.stack([np.sin(np.arange(44100) / 9)] * 2, 1).astype(np.float32) * 0.3  # [N, 2] 44.1 kHz
+    buf = io.BytesIO()
+    import soundfile as sf
+    sf.write(buf, stereo, 44100, format="WAV")
+    bad = [
+        {"__key__": "zero_jpg", "jpg": b"", "json": conv("<image>\nColour?", "red")},
+        {"__key__": "garbage_jpg", "jpg": b"\xff\xd8\xff" + os.urandom(300), "json": conv("<image>\nColour?", "red")},
+        {"__key__": "bad_json", "jpg": jpg(), "json": b"{not json"},
+        {"__key__": "no_media", "json": conv("<image>\nColour?", "red")},
+        {"__key__": "bad_mp4", "mp4": b"\x00\x00\x00\x18ftypmp42" + os.urandom(200), "json": conv("<video>\nWhat?", "x")},
+        {"__key__": "bad_flac", "flac": b"fLaC" + os.urandom(200), "json": {"caption": "noise"}},
+        {"__key__": "bad_turns", "jpg": jpg(), "json": {"conversations": [{"from": "robot", "value": "<image>"}]}},
+        {"__key__": "proc_err", "jpg": jpg(), "json": conv("<image>\nColour?", "red")},
+        {"__key__": "stereo_441", "wav": buf.getvalue(), "json": {"caption": "a tone"}},
+    ]
+    good = image_samples("g", 12)
+    main = write_tar(tmp_path / "mixed.tar", good[:6] + bad + good[6:])
+    whole = write_tar(tmp_path / "cut.tar", image_samples("c", 6))
+    with tarfile.open(whole) as t:
+        jpg3 = t.getmember("c0003.jpg")
+    with open(whole, "r+b") as f:
+        f.truncate(jpg3.offset_data + jpg3.size // 2)  # cut inside c0003.jpg
+    return main, whole
+
+
+def test_corrupt_input_is_skipped_and_counted_by_reason(tmp_path, model, monkeypatch):
+    main, cut = corrupt_shards(tmp_path)
+    from vlm.processor import Processor
+    real = Processor.from_turns
+
+    def flaky(self, turns, media, add_generation_prompt=False, key="sample", preprocessed=False):
+        if key == "proc_err":
+            raise UserError(f"{key}: the processor refuses it")
+        return real(self, turns, media, add_generation_prompt, key, preprocessed)
+
+    monkeypatch.setattr(Processor, "from_turns", flaky)
+    n_cut = 3
+    assert [r.error for r in scan_shard(cut)] == [None] * n_cut + ["truncated_tar"]
+    pipe = ShardPipeline([main, cut], model.processor, batch_size=4, epochs=1, shuffle_buffer=0, min_samples=10**6)
+    got = keys(pipe)
+    assert sorted(got) == sorted([f"g{i:04d}" for i in range(12)] + ["stereo_441"] +
+                                 [f"c{i:04d}" for i in range(n_cut)])
+    s = pipe.stats
+    assert dict(s.skipped) == {"bad_image": 2, "bad_json": 1, "missing_media": 1, "bad_video": 1, "bad_audio": 1,
+                               "bad_conversation": 1, "processor": 1, "truncated_tar": 1}
+    assert s.by_shard[cut] == {"truncated_tar": 1} and sum(s.by_shard[main].values()) == 8
+    assert s.converted == {"audio_resampled": 1, "audio_downmixed": 1}  # converted, not an error
+    assert "bad_video" in s.report()
+
+
+def test_error_rate_threshold_names_the_worst_shard(tmp_path, model):
+    ok = write_tar(tmp_path / "ok.tar", image_samples("o", 40))
+    bad = write_tar(tmp_path / "bad.tar", image_samples("b", 20) + [
+        {"__key__": f"z{i}", "jpg": b"", "json": conv("<image>\nColour?", "red")} for i in range(8)])
+    pipe = ShardPipeline([ok, bad], model.processor, batch_size=4, epochs=1, shuffle_buffer=0, min_samples=50)
+    with pytest.raises(UserError, match=r"bad\.tar.*bad_image=8"):
+        keys(pipe)
+    fine = ShardPipeline([ok, bad], model.processor, batch_size=4, epochs=1, shuffle_buffer=0, max_error_rate=0.2)
+    assert len(keys(fine)) == 60
+
+
+def test_too_long_sample_never_splits_media(tmp_path, model):
+    long_text = " ".join(["the circle is red"] * 30)
+    src = write_tar(tmp_path / "long.tar", [
+        {"__key__": "media_first", "jpg": jpg(), "json": conv("<image>\nDescribe.", long_text)},
+        {"__key__": "media_last", "jpg": jpg(), "json": conv(long_text + "\n<image>", "red")},
+        *image_samples("short", 2)])
+    full = next(iter(ShardPipeline(src, model.processor, batch_size=1, epochs=1, shuffle_buffer=0)))
+    pipe = ShardPipeline(src, model.processor, batch_size=4, epochs=1, shuffle_buffer=0, max_len=64,
+                         min_samples=10**6)
+    batch = next(iter(pipe))
+    assert batch["sample_keys"] == ["media_first", "short0000", "short0001"]
+    assert pipe.stats.skipped == {"too_long": 1} and pipe.stats.errors == 0
+    assert batch["input_ids"].shape[1] == 64
+    assert batch["input_ids"][0].tolist() == full["input_ids"][0, :64].tolist()
+    assert batch["labels"][0].tolist() == full["labels"][0, :64].tolist()
+    tokens = sum(model.num_media_tokens("image", x) for x in batch["media"]["image"])
+    assert n_placeholders(model, batch, "image") == tokens
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch)["loss"])
+
+
+def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):
+    import argparse
+
+    from vlm.data.inspect import add_cli, inspect_shards
+    main, cut = corrupt_shards(tmp_path)
+    r = inspect_shards([main, cut], samples=2)
+    assert r["samples"] == 12 + 9 + sum(1 for _ in scan_shard(cut))
+    assert r["modalities"]["image"] >= 12 and r["tasks"]["color"] >= 12 and r["layouts"]["jpg+json"] >= 12
+    assert r["errors"]["skipped"]["bad_video"] == 1 and r["errors"]["skipped"]["truncated_tar"] == 1
+    assert sum(n for _, _, n in r["tokens"]["histogram"]) == r["ok"] and len(r["examples"]) == 2
+    with_model = inspect_shards([main], processor=model.processor, samples=0)
+    assert with_model["tokens"]["max"] > r["tokens"]["max"]  # media tokens counted exactly
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    args = parser.parse_args(["inspect", main, "--json", "--samples", "1"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 21
+    args = parser.parse_args(["inspect", main])
+    args.func(args)
+    assert "bad_image: 2" in capsys.readouterr().out

@@ -1,0 +1,179 @@
+"""`vlm data inspect SHARDS...`: what is in a set of shards, and what is wrong with it.
+
+    vlm data inspect data/train-{000000..000009}.tar
+    vlm data inspect data/train/ --model runs/llava-tiny/final --samples 5 --json
+
+Counts per extension and sample layout (`jpg+json`), modality, source and task; a token-length
+histogram (the shipped tiny tokenizer with every placeholder counted as ONE token, or a checkpoint's
+processor with `--model`, which counts media tokens exactly and runs the media preprocessing); a few
+decoded samples; and the samples that would be skipped, by reason (the same checks the training
+pipeline makes).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+from collections import Counter
+from typing import Any
+
+from vlm.data.decode import RawSample, SampleError, decode_sample
+from vlm.data.reader import DataStats, FileCache, expand_shards, read_fields, scan_shard
+
+BINS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+
+
+def _ext(field: str) -> str:
+    return re.sub(r"^\d+\.", "", field)  # 0.jpg -> jpg
+
+
+def _describe_media(raw: RawSample) -> list[str]:
+    out = []
+    for m, items in raw.media.items():
+        for x in items:
+            if m == "image":
+                out.append(f"image {x.size[0]}x{x.size[1]}")
+            elif m in ("audio", "music"):
+                wave, sr = x
+                out.append(f"{m} {wave.shape[1] / sr:.2f} s, {sr} Hz, {wave.shape[0]} ch")
+            else:
+                out.append(f"{m} {len(x)} bytes")
+    return out
+
+
+def _check_video(raw: RawSample) -> None:
+    """Without a model, at least make sure decord opens the videos (the model would decode them)."""
+    import decord
+
+    for data in raw.media.get("video", []):
+        try:
+            if len(decord.VideoReader(io.BytesIO(data), num_threads=1)) == 0:
+                raise SampleError("bad_video", "video has no frames")
+        except SampleError:
+            raise
+        except Exception as e:
+            raise SampleError("bad_video", f"cannot decode video: {str(e).splitlines()[0]}") from None
+
+
+def histogram(lengths: list[int]) -> list[tuple[int, int, int]]:
+    """(low, high, count) bins by powers of two, empty bins left out."""
+    rows, lo = [], 0
+    for hi in BINS + [max(lengths, default=0) + 1]:
+        n = sum(lo < x <= hi for x in lengths)
+        if n:
+            rows.append((lo + 1, hi, n))
+        lo = hi
+        if hi >= max(lengths, default=0):
+            break
+    return rows
+
+
+def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: int | None = None) -> dict[str, Any]:
+    """Scan the shards (one pass, in order) -> a JSON-able report."""
+    from vlm.data.pipeline import SampleProcessor
+
+    stats = DataStats()
+    counts = {k: Counter() for k in ("extensions", "layouts", "modalities", "sources", "tasks")}
+    lengths: list[int] = []
+    examples: list[dict] = []
+    if processor is not None:
+        sp = SampleProcessor(processor, max_len=10**9)
+    else:
+        from vlm.data.template import ChatTemplate
+        from vlm.llm import add_special_tokens, tiny_tokenizer
+        tok = tiny_tokenizer()
+        add_special_tokens(tok)
+        template = ChatTemplate(tok)
+    files = FileCache()
+    try:
+        for shard in shards:
+            for ref in scan_shard(shard):
+                if limit is not None and stats.samples >= limit:
+                    break
+                stats.samples += 1
+                try:
+                    if ref.error:
+                        raise SampleError(ref.error, ref.message)
+                    fields = read_fields(ref, files)
+                    counts["extensions"].update(_ext(f) for f in fields)
+                    counts["layouts"]["+".join(sorted({_ext(f) for f in fields}))] += 1
+                    raw = decode_sample(ref.key, fields, ref.shard)
+                    if processor is not None:
+                        p, converted = sp.process(raw)
+                        stats.converted.update(converted)
+                        n_tokens = len(p)
+                    else:
+                        _check_video(raw)
+                        n_media = sum(len(v) for v in raw.media.values())
+                        n_tokens = len(template.tokenize(raw.turns, [1] * n_media).input_ids)
+                except SampleError as e:
+                    stats.skip(e.reason, ref.shard, f"{ref.key}: {e}" if ref.key else str(e))
+                    continue
+                counts["modalities"].update(raw.media.keys() or ["text"])
+                counts["sources"][str(raw.meta.get("source", "-"))] += 1
+                counts["tasks"][str(raw.meta.get("task", "caption" if raw.caption else "-"))] += 1
+                lengths.append(n_tokens)
+                if len(examples) < samples:
+                    examples.append({"key": ref.key, "shard": ref.shard, "media": _describe_media(raw),
+                                     "tokens": n_tokens, "turns": [f"{t['role']}: {t['text']}" for t in raw.turns]})
+    finally:
+        files.close()
+    lengths.sort()
+    pct = (lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]) if lengths else (lambda q: 0)
+    return {"shards": len(shards), "samples": stats.samples, "ok": len(lengths),
+            **{k: dict(v.most_common()) for k, v in counts.items()},
+            "tokens": {"counted_with": "model" if processor is not None else "tiny tokenizer, 1 token per placeholder",
+                       "min": lengths[0] if lengths else 0, "p50": pct(0.5), "p95": pct(0.95),
+                       "max": lengths[-1] if lengths else 0,
+                       "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
+                       "histogram": [list(r) for r in histogram(lengths)]},
+            "examples": examples, "errors": stats.to_dict()}
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [(f"{r['samples']} samples in {r['shards']} shard(s); {r['ok']} usable, "
+              f"{r['samples'] - r['ok']} would be skipped")]
+    for k in ("extensions", "layouts", "modalities", "sources", "tasks"):
+        lines.append(f"{k}: " + ", ".join(f"{name} {n}" for name, n in r[k].items()))
+    t = r["tokens"]
+    lines.append(f"tokens ({t['counted_with']}): min {t['min']}, p50 {t['p50']}, p95 {t['p95']}, "
+                 f"max {t['max']}, mean {t['mean']}")
+    top = max((n for _, _, n in t["histogram"]), default=1)
+    for lo, hi, n in t["histogram"]:
+        lines.append(f"  {lo:>6}-{hi:<6} {n:>7}  {'#' * max(1, round(40 * n / top))}")
+    errors = r["errors"]
+    if errors["skipped"]:
+        lines.append("errors:")
+        for reason, n in sorted(errors["skipped"].items(), key=lambda x: -x[1]):
+            lines.append(f"  {reason}: {n}  e.g. {errors['first'].get(reason, '')}")
+        for shard, c in errors["by_shard"].items():
+            lines.append(f"  in {shard}: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if errors.get("converted"):
+        lines.append("converted: " + ", ".join(f"{k} {v}" for k, v in errors["converted"].items()))
+    for ex in r["examples"]:
+        lines.append(f"--- {ex['key']} ({ex['shard']}): {', '.join(ex['media']) or 'text only'}; {ex['tokens']} tokens")
+        lines += ["  " + turn[:200].replace("\n", "\\n") for turn in ex["turns"]]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    processor = None
+    if args.model:
+        import vlm
+        processor = vlm.load(args.model).processor
+    report = inspect_shards(expand_shards(args.shards), processor, args.samples, args.limit)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def add_cli(data_subparsers) -> None:
+    """Add `inspect` to the `vlm data` command group."""
+    p = data_subparsers.add_parser("inspect", help="counts, token lengths, examples and errors of shards",
+                                   description=__doc__.split("\n\n")[0])
+    p.add_argument("shards", nargs="+", help="tar files, brace patterns, globs or shard folders")
+    p.add_argument("--model", default=None, help="a checkpoint folder: count tokens with its processor")
+    p.add_argument("--samples", type=int, default=3, help="decoded samples to show")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many samples")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)

@@ -1,0 +1,347 @@
+"""The training data pipeline: shards -> decoded samples -> Processor -> padded or packed batches.
+
+    pipe = ShardPipeline([{"shards": "data/caps/{000000..000099}.tar", "weight": 0.7},
+                          {"shards": "data/vqa/", "weight": 0.3}],
+                         model.processor, batch_size=8, max_len=2048, packing=True, num_workers=4)
+    for batch in pipe:                       # runs a torch DataLoader when num_workers > 0
+        loss = model(**batch)["loss"]
+        ckpt["data"] = pipe.state_dict()     # exact: a restart yields exactly the batches that come next
+    pipe.load_state_dict(ckpt["data"])
+
+Batches (padding): input_ids, labels, attention_mask [B, L], media {modality: [Tensor]}, sample_keys,
+_position. Batches (packing): input_ids, labels, position_ids, segment_ids [R, max_len],
+attention_mask (None: see `vlm.data.packing`), media, seq_lens, sample_keys, _position.
+
+How the position stays exact with prefetching workers: every (rank, worker) slot runs a stream that
+is a pure function of (seed, epoch, slot) (`vlm.data.reader`). Each batch carries `_position =
+(worker, refs consumed)` and the skip/convert events up to there; the main process, not the worker,
+records them as batches are *handed out*, so batches prefetched but never used are not counted. The
+DataLoader hands out batches worker by worker in a fixed cycle; the state keeps that cycle, and a
+restart maps DataLoader workers to logical workers so the cycle continues where it stopped.
+
+Bad samples are skipped and counted by reason in `pipe.stats` (`DataStats`); past `max_error_rate`
+(after `min_samples`) iteration stops with a UserError naming the shard with the most errors.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from vlm.data.collate import collate
+from vlm.data.decode import RawSample, SampleError, decode_sample, draft_size_of, short_error
+from vlm.data.packing import pack_rows, row_fits, truncate
+from vlm.data.reader import SPLITS, DataStats, FileCache, SampleRef, Source, as_sources, read_fields, slot_refs
+from vlm.errors import UserError
+from vlm.processor import Processed, Processor
+
+STATE_VERSION = 1
+
+
+@dataclass
+class PipelineConfig:
+    batch_size: int = 8                  # samples per batch (padding) or rows per batch (packing)
+    max_len: int = 2048                  # tokens per sample (longer ones are cut or dropped), per packed row
+    packing: bool = False
+    max_media_per_row: int | None = None  # packing: media items per row (all modalities)
+    shuffle_buffer: int = 1000           # samples per source and slot; 0/1 = shard order only
+    split: str = "sample"                # how ranks x workers share a source: "sample" | "shard" (reader)
+    seed: int = 0
+    epochs: int | None = None            # None: repeat forever (training is counted in steps)
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    pin_memory: bool = False             # page-locked batches for fast host-to-GPU copies
+    rank: int | None = None              # default: torch.distributed / RANK, via webdataset
+    world_size: int | None = None
+    drop_last: bool = False              # drop the last partial batch of a finite stream
+    max_error_rate: float = 0.05
+    min_samples: int = 50                # the error rate is judged after this many samples
+    draft: bool = True                   # JPEG decode at the smallest scale >= the encoder input
+    fast_tokenizer: bool = True          # the Rust tokenizer directly (ids checked identical at start)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample processing (runs in the workers)
+# ---------------------------------------------------------------------------------------------
+class FastTokenizer:
+    """What the chat template calls on its tokenizer, minus transformers' per-call overhead: the Rust
+    tokenizer directly, and a cache for the short strings every sample repeats (role headers, newlines)."""
+
+    PROBES = ("user\n", "assistant\n", "\n", " What colour is it?\nA red <|im_end|> circle.", "  two  spaces")
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self._rust = getattr(tokenizer, "_tokenizer", None)
+        self._cache: dict[str, list[int]] = {}
+
+    def same_as_slow(self) -> bool:
+        return self._rust is not None and all(
+            self(s)["input_ids"] == self.tok(s, add_special_tokens=False)["input_ids"] for s in self.PROBES)
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        if add_special_tokens or self._rust is None:
+            return self.tok(text, add_special_tokens=add_special_tokens)
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self._rust.encode(text, add_special_tokens=False).ids
+            if len(text) <= 32 and len(self._cache) < 4096:
+                self._cache[text] = ids
+        return {"input_ids": list(ids)}
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.tok.get_vocab()
+
+
+def fast_processor(processor: Processor) -> Processor:
+    """The same Processor over a FastTokenizer (if it gives the same ids on the probes)."""
+    fast = FastTokenizer(processor.tokenizer)
+    if not fast.same_as_slow():
+        return processor
+    return Processor(fast, processor.preprocess, processor.num_media_tokens, processor.template.system)
+
+
+class SampleProcessor:
+    """ref -> Processed (decoded, preprocessed, templated, truncated), or SampleError(reason)."""
+
+    def __init__(self, processor: Processor, max_len: int, draft: bool = True, fast_tokenizer: bool = True):
+        self.processor = fast_processor(processor) if fast_tokenizer else processor
+        self.max_len = max_len
+        self.draft_size = draft_size_of(processor.preprocess.get("image")) if draft else None
+        self.placeholder_ids = frozenset(self.processor.template.placeholder_id.values())
+
+    def media_tensors(self, media: dict[str, list[Any]]) -> tuple[dict[str, list[torch.Tensor]], list[str]]:
+        pre, out, converted = self.processor.preprocess, {}, []
+        for m, items in media.items():
+            if m not in pre:
+                raise SampleError("unsupported_modality", f"the model has no {m} encoder")
+            if m in ("audio", "music"):
+                sr = getattr(pre[m], "sample_rate", None)
+                converted += ["audio_resampled" for _, r in items if sr is not None and r != sr]
+                converted += ["audio_downmixed" for w, _ in items if w.shape[0] > 1]
+            try:
+                out[m] = [self.processor.preprocess_media(m, x) for x in items]
+            except Exception as e:  # anything a broken file makes a decoder raise
+                reason = "bad_audio" if m in ("audio", "music") else f"bad_{m}"
+                raise SampleError(reason, f"{m}: {short_error(e)}") from None
+        return out, converted
+
+    def __call__(self, ref: SampleRef, files: FileCache) -> tuple[Processed, list[str]]:
+        if ref.error:
+            raise SampleError(ref.error, ref.message)
+        try:
+            raw_fields = read_fields(ref, files)
+        except OSError as e:
+            raise SampleError("bad_tar", f"cannot read {ref.shard}: {e}") from None
+        return self.process(decode_sample(ref.key, raw_fields, ref.shard, self.draft_size))
+
+    def process(self, raw: RawSample) -> tuple[Processed, list[str]]:
+        """A decoded sample -> Processed (media preprocessed, templated, truncated) + conversions made."""
+        tensors, converted = self.media_tensors(raw.media)
+        try:
+            p = self.processor.from_turns(raw.turns, tensors, key=raw.key, preprocessed=True)
+        except UserError as e:
+            raise SampleError("processor", str(e)) from None
+        cut = truncate(p, self.max_len, self.placeholder_ids)
+        if cut is None:
+            raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len} and media past the cut")
+        return cut, converted
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-slot batch stream (runs in the workers)
+# ---------------------------------------------------------------------------------------------
+class ShardDataset(torch.utils.data.IterableDataset):
+    """Batches of one rank; each DataLoader worker plays the logical worker `worker_map[its id]`."""
+
+    def __init__(self, sources: list[Source], sample_fn: SampleProcessor, cfg: PipelineConfig, rank: int,
+                 world_size: int, pad_id: int):
+        super().__init__()
+        self.sources, self.sample_fn, self.cfg = sources, sample_fn, cfg
+        self.rank, self.world_size, self.pad_id = rank, world_size, pad_id
+        self.workers = max(1, cfg.num_workers)
+        self.worker_map = list(range(self.workers))
+        self.positions = [0] * self.workers
+        self.done = [False] * self.workers
+        self.start_epoch = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        w = self.worker_map[info.id if info is not None else 0]
+        if not self.done[w]:
+            yield from self.batches(w, self.positions[w])
+
+    def batches(self, w: int, start: int) -> Iterator[dict]:
+        """Logical worker w's batches from ref position `start` on, then an end marker if finite."""
+        cfg = self.cfg
+        refs = slot_refs(self.sources, cfg.seed, self.rank * self.workers + w, self.world_size * self.workers,
+                         cfg.shuffle_buffer, self.start_epoch, cfg.epochs, cfg.split)
+        files = FileCache()
+        events: list[tuple] = []          # (ref index, kind, reason, shard, message)
+        rows: list[list[tuple[Processed, str, int]]] = [[]]   # packing: rows; padding: one list
+        cap = cfg.max_len
+        try:
+            k = start - 1
+            for k, (_, ref) in enumerate(itertools.islice(refs, start, None), start):
+                try:
+                    sample, converted = self.sample_fn(ref, files)
+                except SampleError as e:
+                    events.append((k, "skip", e.reason, ref.shard, f"{ref.key}: {e}" if ref.key else str(e)))
+                    continue
+                events += [(k, "converted", c, ref.shard, "") for c in converted]
+                item = (sample, ref.key, k)
+                if cfg.packing:
+                    if not row_fits([s for s, _, _ in rows[-1]], sample, cap, cfg.max_media_per_row):
+                        if len(rows) == cfg.batch_size:
+                            yield self._batch(w, rows, events)
+                            rows = [[]]
+                        else:
+                            rows.append([])
+                    rows[-1].append(item)
+                else:
+                    rows[0].append(item)
+                    if len(rows[0]) == cfg.batch_size:
+                        yield self._batch(w, rows, events)
+                        rows = [[]]
+            full = len(rows) == cfg.batch_size if cfg.packing else len(rows[0]) == cfg.batch_size
+            if rows[0] and (full or not cfg.drop_last):
+                yield self._batch(w, rows, events)
+            yield {"_end": True, "_position": (w, k + 1), "_events": events}
+        finally:
+            files.close()
+
+    def _batch(self, w: int, rows: list[list[tuple[Processed, str, int]]], events: list[tuple]) -> dict:
+        end = max(k for row in rows for _, _, k in row) + 1
+        keys = [key for row in rows for _, key, _ in row]
+        if self.cfg.packing:
+            batch = pack_rows([[s for s, _, _ in row] for row in rows], self.cfg.max_len, self.pad_id, keys)
+        else:
+            batch = collate([s for s, _, _ in rows[0]], self.pad_id)
+            batch["sample_keys"] = keys
+        batch["_position"] = (w, end)
+        batch["_events"] = [e for e in events if e[0] < end]
+        events[:] = [e for e in events if e[0] >= end]
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline (main process): iteration, accounting, state
+# ---------------------------------------------------------------------------------------------
+class ShardPipeline:
+    """Iterable of batches over weighted shard sources; exact `state_dict()` / `load_state_dict()`."""
+
+    def __init__(self, sources: Any, processor: Processor, config: PipelineConfig | None = None, **overrides):
+        cfg = config or PipelineConfig()
+        unknown = set(overrides) - {f.name for f in fields(PipelineConfig)}
+        if unknown:
+            raise UserError(f"unknown data pipeline settings: {sorted(unknown)}")
+        self.cfg = cfg = PipelineConfig(**{**asdict(cfg), **overrides})
+        if cfg.batch_size < 1 or cfg.max_len < 2:
+            raise UserError(f"batch_size must be >= 1 and max_len >= 2, got {cfg.batch_size}, {cfg.max_len}")
+        self.sources = as_sources(sources)
+        rank, world = cfg.rank, cfg.world_size
+        if rank is None or world is None:
+            from webdataset.utils import pytorch_worker_info
+            rank, world, _, _ = pytorch_worker_info()
+        if not 0 <= rank < world:
+            raise UserError(f"rank {rank} is not in [0, world_size {world})")
+        self.rank, self.world_size = rank, world
+        slots = world * max(1, cfg.num_workers)
+        if cfg.split not in SPLITS:
+            raise UserError(f"split must be one of {SPLITS}, got {cfg.split!r}")
+        for s in self.sources:
+            if cfg.split == "shard" and len(s.shards) < slots:
+                raise UserError(f"data source '{s.name}': {len(s.shards)} shards cannot be split by shard over "
+                                f"{world} ranks x {max(1, cfg.num_workers)} workers; use split='sample'")
+        pad_id = processor.tokenizer.pad_token_id
+        self.dataset = ShardDataset(self.sources, SampleProcessor(processor, cfg.max_len, cfg.draft,
+                                                                  cfg.fast_tokenizer), cfg, rank, world, pad_id)
+        self.order = list(range(self.dataset.workers))  # logical workers in the order batches come
+        self.stats = DataStats()
+        _warm_token_counts(processor)
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[dict]:
+        ds = self.dataset
+        if all(ds.done):  # a finished finite pass: the next one starts at the following epoch
+            self.set_epoch(ds.start_epoch + (self.cfg.epochs or 0))
+        if self.cfg.num_workers == 0:
+            stream: Iterator[dict] = ds.batches(0, ds.positions[0])
+        else:
+            ds.worker_map = self.order + [w for w in range(ds.workers) if ds.done[w]]
+            stream = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers,
+                                                      prefetch_factor=self.cfg.prefetch_factor,
+                                                      pin_memory=self.cfg.pin_memory))
+        for batch in stream:
+            self._account(batch)
+            if not batch.get("_end"):
+                yield batch
+
+    def _account(self, batch: dict) -> None:
+        """Record a handed-out batch: its worker's position, its skip/convert events, the cycle."""
+        ds = self.dataset
+        w, end = batch["_position"]
+        self.stats.samples += end - ds.positions[w]
+        ds.positions[w] = end
+        for _, kind, reason, shard, message in batch.pop("_events"):
+            if kind == "skip":
+                self.stats.skip(reason, shard, message)
+            else:
+                self.stats.converted[reason] += 1
+        if w in self.order:
+            self.order.remove(w)
+        if batch.get("_end"):
+            ds.done[w] = True
+        else:
+            self.order.append(w)
+        self.stats.check(self.cfg.max_error_rate, self.cfg.min_samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start a fresh pass at `epoch` (its own shard order and shuffle)."""
+        ds = self.dataset
+        ds.start_epoch = epoch
+        ds.positions = [0] * ds.workers
+        ds.done = [False] * ds.workers
+        self.order = list(range(ds.workers))
+
+    # ------------------------------------------------------------------ state
+    def _fingerprint(self) -> list:
+        return [[s.name, len(s.shards), s.weight] for s in self.sources]
+
+    def state_dict(self) -> dict:
+        ds = self.dataset
+        return {"version": STATE_VERSION, "seed": self.cfg.seed, "start_epoch": ds.start_epoch,
+                "rank": self.rank, "world_size": self.world_size, "num_workers": ds.workers,
+                "positions": list(ds.positions), "done": list(ds.done), "order": list(self.order),
+                "sources": self._fingerprint(), "stats": self.stats.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        ds = self.dataset
+        for k, mine in (("world_size", self.world_size), ("num_workers", ds.workers), ("rank", self.rank)):
+            if state.get(k) != mine:
+                raise UserError(f"data state was saved with {k}={state.get(k)}, this run has {mine}; "
+                                f"resume with the same ranks and workers")
+        if state.get("sources") != self._fingerprint():
+            raise UserError(f"data state was saved for sources {state.get('sources')}, "
+                            f"this run has {self._fingerprint()}")
+        self.cfg.seed = int(state["seed"])
+        ds.start_epoch = int(state["start_epoch"])
+        ds.positions = [int(p) for p in state["positions"]]
+        ds.done = [bool(d) for d in state["done"]]
+        self.order = [int(w) for w in state["order"]]
+        self.stats = DataStats.from_dict(state["stats"])
+
+
+def _warm_token_counts(processor: Processor) -> None:
+    """Ask the model for an image's token count once here, so forked workers find it cached and never
+    run the encoder (which may sit on a GPU a forked worker must not touch)."""
+    from PIL import Image
+
+    if "image" not in processor.preprocess:
+        return
+    try:
+        processor.num_media_tokens("image", processor.preprocess_media("image", Image.new("RGB", (64, 64))))
+    except Exception:  # only a cache warm-up; the workers will ask themselves
+        pass

@@ -1,0 +1,416 @@
+"""Reading shards: listing, tar scanning, the per-slot sample stream, and error statistics.
+
+    shards = expand_shards("data/train-{000000..000009}.tar")    # or a folder, a glob, a list
+    for ref in scan_shard(shards[0]): fields = read_fields(ref)  # {"jpg": b"...", "json": b"..."}
+
+The stream is built on *references* (shard, key, member offsets), not on bytes: shard order,
+per-(rank, worker) selection, the shuffle buffer and the mixture all run on references, and only
+the samples a slot emits are read. So the stream of one slot is a pure function of
+(seed, epoch, slot) and a position in it is one integer: resuming replays the references
+(tar headers only, no decoding) and skips that many.
+
+[Contract] slot = rank * num_workers + worker; within each source and epoch, the i-th sample of the
+seeded shard order goes to slot i % (world_size * num_workers): every sample exactly once per epoch
+over all ranks and workers, and every slot gets the same number of samples (±1). (`split="shard"`
+deals whole shards instead, as `wds.split_by_node` + `wds.split_by_worker` do: for many slots over
+many shards, where scanning every header in every slot would cost more than it balances.)
+
+Why not `webdataset.tarfile_to_samples`: it streams every byte through every worker; a sample-exact
+split would then read the whole data set world_size * num_workers times. Here a slot reads the tar
+headers (512 bytes each, `os.pread`, ~15 us) and only its own members' bytes. Grouping into samples
+uses webdataset's key rule (`base_plus_ext`), and patterns its `braceexpand`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlm.errors import UserError
+
+# Reasons that are not data errors (the sample is fine, the settings drop it): not in the error rate.
+NOT_ERRORS = frozenset({"too_long"})
+
+
+# ---------------------------------------------------------------------------------------------
+# shard lists
+# ---------------------------------------------------------------------------------------------
+def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """A list / brace pattern / glob of tar files, or a folder (its index.json shards, else *.tar)."""
+    import braceexpand
+
+    if isinstance(spec, (list, tuple)):
+        out = [s for item in spec for s in expand_shards(item)]
+        if not out:
+            raise UserError("no shards given")
+        return out
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        index = os.path.join(spec, "index.json")
+        if os.path.exists(index):
+            try:
+                with open(index) as f:
+                    names = [s["file"] for s in json.load(f)["shards"]]
+            except (ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{index}: not a shard index ({e.__class__.__name__})") from None
+            return [os.path.join(spec, n) for n in names]
+        found = sorted(glob.glob(os.path.join(spec, "*.tar")))
+        if not found:
+            raise UserError(f"{spec}: folder has no .tar shards")
+        return found
+    out: list[str] = []
+    for pat in braceexpand.braceexpand(spec):
+        if glob.has_magic(pat):
+            hits = sorted(glob.glob(pat))
+            if not hits:
+                raise UserError(f"no shard matches {pat}")
+            out += hits
+        elif os.path.exists(pat):
+            out.append(pat)
+        else:
+            raise UserError(f"shard not found: {pat}")
+    return out
+
+
+@dataclass
+class Source:
+    """One data source of a mixture: its shards and its weight (relative, need not sum to 1)."""
+
+    shards: list[str]
+    weight: float = 1.0
+    name: str = ""
+
+    @classmethod
+    def of(cls, spec: Any, weight: float = 1.0, name: str = "") -> Source:
+        if isinstance(spec, Source):
+            return spec
+        if isinstance(spec, dict):
+            if "shards" not in spec:
+                raise UserError(f"data source {spec} needs 'shards'")
+            return cls.of(spec["shards"], float(spec.get("weight", 1.0)), str(spec.get("name", "")))
+        shards = expand_shards(spec)
+        return cls(shards, weight, name or (os.fspath(spec) if isinstance(spec, (str, os.PathLike))
+                                            else Path(shards[0]).parent.name))
+
+
+def as_sources(spec: Any) -> list[Source]:
+    """A Source, a {shards, weight, name} dict, a pattern/folder, or a list of those (several sources).
+
+    A list of plain strings is ONE source (a shard list); a list containing Source/dict items is a mixture.
+    """
+    if isinstance(spec, (list, tuple)) and any(isinstance(s, (Source, dict)) for s in spec):
+        sources = [Source.of(s) for s in spec]
+    else:
+        sources = [Source.of(spec)]
+    for s in sources:
+        if not s.weight > 0:
+            raise UserError(f"data source '{s.name}': weight must be > 0, got {s.weight}")
+    return sources
+
+
+# ---------------------------------------------------------------------------------------------
+# tar scanning
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's members lie in its shard; `error` marks a shard that breaks at this sample."""
+
+    shard: str
+    key: str
+    members: tuple[tuple[str, int, int], ...]  # (extension, data offset, size)
+    error: str | None = None                   # "truncated_tar" | "bad_tar"
+    message: str = ""
+
+
+# webdataset's key rule (`tariterators.base_plus_ext`), compiled once: "dir/k.0.jpg" -> ("dir/k", "0.jpg")
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+class TarBroken(Exception):
+    def __init__(self, reason: str, message: str, name: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.name = name  # the member it broke in, when its header could still be read
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for big numbers
+        return int.from_bytes(field[1:], "big")
+    field = field.split(b"\0", 1)[0].strip()
+    return int(field, 8) if field else 0
+
+
+def tar_members(f, file_size: int) -> Iterator[tuple[str, int, int]]:
+    """(name, data offset, size) of the regular files of an open tar, reading the 512-byte headers only.
+
+    ustar / GNU / pax ('x' records override path and size; 'L' GNU long names) as `tarfile` reads
+    them, ~10x faster. Raises TarBroken("truncated_tar" | "bad_tar") where the archive stops making sense.
+    """
+    fd = f.fileno()
+    pos, long_name, pax = 0, None, {}
+    while True:
+        h = os.pread(fd, 512, pos)
+        if h == bytes(512):
+            return  # the end-of-archive blocks
+        if not h and pos == 0:
+            raise TarBroken("bad_tar", "empty file")
+        if len(h) < 512:  # a tar always ends with zero blocks: without them the last sample may be cut
+            raise TarBroken("truncated_tar", f"tar cut short at byte {pos + len(h)} (no end-of-archive blocks)")
+        if _octal(h[148:156]) != sum(h) - sum(h[148:156]) + 256:  # the checksum field counts as spaces
+            raise TarBroken("bad_tar", f"corrupt tar header at byte {pos}")
+        size, kind = _octal(h[124:136]), h[156:157]
+        data = pos + 512
+        if data + size > file_size:
+            name = long_name or pax.get("path") or h[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            raise TarBroken("truncated_tar", f"tar member {name} runs past the end of the file", name)
+        pos = data + (size + 511) // 512 * 512
+        if kind in (b"x", b"L"):
+            body = os.pread(fd, size, data)
+            if kind == b"L":
+                long_name = body.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            else:
+                pax = dict(_pax_records(body))
+            continue
+        if kind in (b"0", b"\0", b"7"):
+            name = long_name or pax.get("path")
+            if name is None:
+                name = h[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                prefix = h[345:500].split(b"\0", 1)[0] if h[257:262] == b"ustar" else b""
+                if prefix:
+                    name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+            if "size" in pax:
+                size = int(pax["size"])
+                pos = data + (size + 511) // 512 * 512
+            yield name, data, size
+        long_name, pax = None, {}
+
+
+def _pax_records(body: bytes) -> Iterator[tuple[str, str]]:
+    i = 0
+    while i < len(body) and body[i:i + 1] != b"\0":
+        sp = body.index(b" ", i)
+        n = int(body[i:sp])
+        key, _, value = body[sp + 1:i + n - 1].partition(b"=")
+        yield key.decode("utf-8", "replace"), value.decode("utf-8", "surrogateescape")
+        i += n
+
+
+def scan_shard(path: str) -> Iterator[SampleRef]:
+    """The samples of one tar file, from its headers only (member data is seeked over, not read).
+
+    A shard that cannot be opened yields one `bad_tar` ref; one cut short or corrupt yields a
+    `truncated_tar` / `bad_tar` ref for the sample it breaks in, and ends. Members are grouped into
+    samples by key as webdataset does it (consecutive members with the same `base_plus_ext` base).
+    """
+    try:
+        f = open(path, "rb", buffering=0)
+        size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        yield SampleRef(path, "", (), "bad_tar", f"{path}: cannot read tar ({e.strerror})")
+        return
+    key: str | None = None
+    members: list[tuple[str, int, int]] = []
+    with f:
+        try:
+            for name, offset, n in tar_members(f, size):
+                m = _KEY_EXT.match(name)
+                if m is None:
+                    continue
+                base, ext = m.groups()
+                if base != key and key is not None:
+                    yield SampleRef(path, key, tuple(members))
+                    members = []
+                key = base
+                members.append((ext.lower(), offset, n))
+        except (TarBroken, ValueError) as e:
+            broken = isinstance(e, TarBroken) and e.name and _KEY_EXT.match(e.name)
+            if broken and key is not None and broken.group(1) != key:  # the sample before is whole
+                yield SampleRef(path, key, tuple(members))
+                key = broken.group(1)
+            reason = e.reason if isinstance(e, TarBroken) else "bad_tar"
+            yield SampleRef(path, key or "", (), reason, f"{path}: {e}")
+            return
+    if key is not None:
+        yield SampleRef(path, key, tuple(members))
+
+
+class FileCache:
+    """Open shard files, the most recently used few kept open (a shuffle buffer spans several shards)."""
+
+    def __init__(self, max_open: int = 16):
+        self.max_open = max_open
+        self._files: dict[str, Any] = {}
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        f = self._files.pop(path, None)
+        if f is None:
+            if len(self._files) >= self.max_open:
+                oldest = next(iter(self._files))
+                self._files.pop(oldest).close()
+            f = open(path, "rb", buffering=0)
+        self._files[path] = f  # most recent last
+        data = os.pread(f.fileno(), size, offset)
+        if len(data) != size:
+            raise OSError(f"{path} changed while reading (short read at byte {offset})")
+        return data
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def read_fields(ref: SampleRef, files: FileCache | None = None) -> dict[str, bytes]:
+    """The sample's bytes per extension (`jpg`, `0.jpg`, `json` ...)."""
+    own = files is None
+    files = files or FileCache()
+    try:
+        return {ext: files.read(ref.shard, off, n) for ext, off, n in ref.members}
+    finally:
+        if own:
+            files.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-slot reference stream
+# ---------------------------------------------------------------------------------------------
+def _rng(*parts: int) -> random.Random:
+    """A generator seeded by a tuple of ints, the same in every process (str seeds hash with sha512)."""
+    return random.Random("-".join(map(str, parts)))
+
+
+SPLITS = ("sample", "shard")
+
+
+def source_refs(source: Source, index: int, seed: int, slot: int, num_slots: int,
+                start_epoch: int = 0, epochs: int | None = None, split: str = "sample") -> Iterator[SampleRef]:
+    """One source's refs for one slot; per epoch a seeded shard order, then
+    split="sample": the i-th sample -> slot i % num_slots (balanced; every slot scans all tar headers);
+    split="shard": the j-th shard -> slot j % num_slots (each slot reads only its shards; needs
+    >= num_slots shards, and slots get as many samples as their shards hold)."""
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "shard" and len(source.shards) < num_slots:
+        raise UserError(f"data source '{source.name}': {len(source.shards)} shards cannot be split by shard over "
+                        f"{num_slots} ranks x workers; use split='sample'")
+    epoch = start_epoch
+    while epochs is None or epoch < start_epoch + epochs:
+        order = list(range(len(source.shards)))
+        _rng(seed, index, epoch).shuffle(order)
+        if split == "shard":
+            order = order[slot::num_slots]
+        i = 0
+        for s in order:
+            for ref in scan_shard(source.shards[s]):
+                if split == "shard" or i % num_slots == slot:
+                    yield ref
+                i += 1
+        if i == 0 and epochs is None:
+            raise UserError(f"data source '{source.name}' has no samples")
+        epoch += 1
+
+
+def shuffled(refs: Iterable[SampleRef], bufsize: int, rng: random.Random) -> Iterator[SampleRef]:
+    """A shuffle buffer (webdataset's `shuffle`): fill `bufsize`, then emit a random one per new item."""
+    if bufsize <= 1:
+        yield from refs
+        return
+    buf: list[SampleRef] = []
+    for ref in refs:
+        if len(buf) < bufsize:
+            buf.append(ref)
+            continue
+        j = rng.randrange(bufsize)
+        buf[j], ref = ref, buf[j]
+        yield ref
+    rng.shuffle(buf)
+    yield from buf
+
+
+def slot_refs(sources: Sequence[Source], seed: int, slot: int, num_slots: int, shuffle_buffer: int = 1000,
+              start_epoch: int = 0, epochs: int | None = None, split: str = "sample") -> Iterator[tuple[int, SampleRef]]:
+    """(source index, ref) for one slot: each source's (shuffled) refs, mixed by weight.
+
+    Each draw picks a source with probability proportional to its weight among the sources not yet
+    exhausted (only finite `epochs` exhaust); every random choice is seeded by (seed, slot).
+    """
+    streams = [iter(shuffled(source_refs(s, i, seed, slot, num_slots, start_epoch, epochs, split), shuffle_buffer,
+                             _rng(seed, i, slot, start_epoch, 1)))
+               for i, s in enumerate(sources)]
+    live = list(range(len(sources)))
+    mix = _rng(seed, slot, start_epoch, 2)
+    while live:
+        if len(live) == 1:
+            i = live[0]
+        else:
+            i = mix.choices(live, weights=[sources[j].weight for j in live])[0]
+        ref = next(streams[i], None)
+        if ref is None:
+            live.remove(i)
+            continue
+        yield i, ref
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DataStats:
+    """Samples read, skipped per reason and per shard, and media converted on the way (not errors)."""
+
+    samples: int = 0
+    skipped: Counter = field(default_factory=Counter)              # reason -> count
+    by_shard: dict[str, Counter] = field(default_factory=dict)     # shard -> reason -> count
+    converted: Counter = field(default_factory=Counter)            # e.g. audio_resampled -> count
+    first: dict[str, str] = field(default_factory=dict)            # reason -> first message seen
+
+    def skip(self, reason: str, shard: str, message: str = "") -> None:
+        self.skipped[reason] += 1
+        self.by_shard.setdefault(shard, Counter())[reason] += 1
+        self.first.setdefault(reason, message)
+
+    @property
+    def errors(self) -> int:
+        return sum(n for r, n in self.skipped.items() if r not in NOT_ERRORS)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / max(self.samples, 1)
+
+    def worst_shard(self) -> tuple[str, int]:
+        counts = {s: sum(n for r, n in c.items() if r not in NOT_ERRORS) for s, c in self.by_shard.items()}
+        shard = max(counts, key=lambda s: (counts[s], s), default="")
+        return shard, counts.get(shard, 0)
+
+    def check(self, max_error_rate: float, min_samples: int) -> None:
+        """Raise UserError once the error rate passes the threshold (after `min_samples` samples)."""
+        if self.samples < min_samples or self.error_rate <= max_error_rate:
+            return
+        shard, n = self.worst_shard()
+        reasons = ", ".join(f"{r}={c}" for r, c in self.by_shard.get(shard, Counter()).most_common())
+        raise UserError(f"{self.errors} of {self.samples} samples failed ({self.error_rate:.1%} > "
+                        f"{max_error_rate:.1%}); most errors in shard {shard} ({n}: {reasons})")
+
+    def to_dict(self) -> dict:
+        return {"samples": self.samples, "skipped": dict(self.skipped), "converted": dict(self.converted),
+                "by_shard": {s: dict(c) for s, c in self.by_shard.items()}, "first": dict(self.first)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataStats:
+        return cls(d.get("samples", 0), Counter(d.get("skipped", {})),
+                   {s: Counter(c) for s, c in d.get("by_shard", {}).items()}, Counter(d.get("converted", {})),
+                   dict(d.get("first", {})))
+
+    def report(self) -> str:
+        lines = [(f"{self.samples} samples read, {sum(self.skipped.values())} skipped "
+                  f"({self.errors} errors, {self.error_rate:.2%})")]
+        lines += [f"  {r}: {n}  e.g. {self.first.get(r, '')}" for r, n in self.skipped.most_common()]
+        lines += [f"  converted {r}: {n}" for r, n in self.converted.most_common()]
+        return "\n".join(lines)
