@@ -32,8 +32,9 @@ def to_hf_llava(model: MultimodalLM, out: str | Path) -> Path:
     proj = model.connectors["image"]
     require(getattr(proj, "kind", None) == "mlp2x_gelu" and proj.pool == 1,
             "hf-llava export needs the mlp2x_gelu projector without pooling")
-    require(type(model).run_backbone is MultimodalLM.run_backbone,
-            f"family '{model.config.family}' changes how the LLM runs; hf-llava cannot express it")
+    changed = [h for h in ("run_backbone", "embed_tokens", "head", "encode_modality", "media_preprocess")
+               if getattr(type(model), h) is not getattr(MultimodalLM, h)]
+    require(not changed, f"family '{model.config.family}' changes {', '.join(changed)}; hf-llava cannot express it")
     causal = llm_lib.merged_copy(model.llm)
     causal = llm_lib.base_model(causal)
     text_cfg = causal.config

@@ -64,4 +64,4 @@ def build(family: str, size: str | None = None, **settings):
 
 
 def _load_all() -> None:
-    from vlm.families import iaa, llava  # noqa: F401  (each module registers itself)
+    from vlm.families import dragonfly, iaa, llava  # noqa: F401  (each module registers itself)

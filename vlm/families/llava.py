@@ -57,6 +57,46 @@ QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, nu
                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
                  tie_word_embeddings=True, rope_theta=1000000.0)
 
+# SAIL-VL curriculum: alignment (projector only, captions) -> SFT easy -> SFT hard, split by the samples'
+# difficulty score. The tiny LLM and encoders start random, so SFT trains them too. Sized for a 2-core
+# CPU in ~10 minutes, so it trains the image questions (drop `tasks` to train every modality).
+_SYNTHETIC_WORLD = {"world": {"shards": ["data/synthetic-world/train"], "weight": 1.0}}
+_TINY_COMMON = dict(batch_size=16, max_len=160, weight_decay=0.01, schedule="cosine", warmup=0.05, grad_clip=1.0)
+_TINY_SFT = dict(trainable=["connectors.*", "encoders.*"], llm="full", lr=3e-3, **_TINY_COMMON)
+_IMAGE_QA = ["color", "shape", "count", "spatial"]
+LLAVA_TINY_RECIPE = {
+    "description": "SAIL-VL curriculum on synthetic-world image questions, CPU (vlm data build synthetic-world "
+                   "--out data/synthetic-world)",
+    "model": {"family": "llava", "size": "tiny", "settings": {}},
+    "data": _SYNTHETIC_WORLD,
+    "stages": [
+        {"name": "align", "trainable": ["connectors.*"], "llm": "frozen", "lr": 3e-3, "steps": 20,
+         "filter": {"kind": "caption", "tasks": ["caption"]}, **_TINY_COMMON},
+        {"name": "sft-easy", "filter": {"tasks": _IMAGE_QA, "max_difficulty": 0.2}, "steps": 250, **_TINY_SFT},
+        {"name": "sft-hard", "filter": {"tasks": _IMAGE_QA, "min_difficulty": 0.2}, "steps": 130, **_TINY_SFT},
+    ],
+    "runtime": {"checkpoint_every": 100, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0, "num_workers": 1,
+                "log_every": 10},
+}
+# LLaVA-1.5 on a GPU: projector pretraining on captions (lr 1e-3, batch 256), then SFT of projector + LLM
+# (lr 2e-5, batch 128), here split easy -> hard; bf16 autocast, FSDP2 under torchrun.
+_05B_COMMON = dict(max_len=2048, packing=True, schedule="cosine", warmup=0.03, grad_clip=1.0)
+LLAVA_05B_RECIPE = {
+    "description": "LLaVA-1.5 recipe, SAIL-VL stages (GPU; point data.* at your shards)",
+    "model": {"family": "llava", "size": "0.5b", "settings": {}},
+    "data": _SYNTHETIC_WORLD,
+    "stages": [
+        {"name": "align", "trainable": ["connectors.*"], "llm": "frozen", "filter": {"kind": "caption"},
+         "steps": 2000, "lr": 1e-3, "batch_size": 256, **_05B_COMMON},
+        {"name": "sft-easy", "trainable": ["connectors.*"], "llm": "full", "filter": {"max_difficulty": 0.5},
+         "steps": 4000, "lr": 2e-5, "batch_size": 128, **_05B_COMMON},
+        {"name": "sft-hard", "trainable": ["connectors.*"], "llm": "full", "filter": {"min_difficulty": 0.5},
+         "steps": 2000, "lr": 2e-5, "batch_size": 128, **_05B_COMMON},
+    ],
+    "runtime": {"checkpoint_every": 500, "keep_last": 3, "output_dir": "runs/{name}", "num_workers": 4,
+                "strategy": "fsdp2", "activation_checkpointing": True, "log_every": 10},
+}
+
 register_family(Family(
     name="llava",
     description="LLaVA-1.5: encoder -> 2-layer MLP projector -> LLM (projector, then projector + LLM)",
@@ -68,4 +108,5 @@ register_family(Family(
         "0.5b": dict(vision="clip-vit-l-336", llm=QWEN2_05B),
     },
     modalities=("image", "audio", "music", "video"),
+    recipes={"tiny": LLAVA_TINY_RECIPE, "0.5b": LLAVA_05B_RECIPE},
 ))

@@ -1,0 +1,232 @@
+"""Dragonfly family: crop geometry, a fixed token budget at any resolution, zoom-in selection of the
+crop holding a planted detail (visual and text-conditioned), checkpoint round trip, KV-cache generation."""
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+import vlm
+from encoders.base import Encoder
+from vlm.connectors.zoom import (
+    ZoomSelect,
+    ZoomSettings,
+    choose_grid,
+    grid_boxes,
+    high_boxes,
+    locate,
+    salient_scores,
+    select_top_k,
+    zoom_scores,
+)
+from vlm.data.collate import collate
+from vlm.errors import UserError
+from vlm.families import build
+
+GREY = (128, 128, 128)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build("dragonfly", "tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_text():
+    return build("dragonfly", "tiny", selection="text", top_k=2)
+
+
+def _sample(model, image, q="What colour is the small shape?", a="red"):
+    turns = [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": a}]
+    return model.processor({"conversations": turns}, media={"image": [image]})
+
+
+# ------------------------------------------------------------------ geometry
+@pytest.mark.parametrize("size, grid", [((1000, 1000), (2, 2)), ((64, 64), (2, 2)), ((1600, 400), (1, 4)),
+                                        ((1200, 400), (1, 4)), ((400, 1600), (4, 1)), ((4096, 900), (1, 4)),
+                                        ((1300, 1000), (2, 2))])
+def test_grid_follows_the_aspect_ratio_and_crops_tile_the_image(size, grid):
+    s = ZoomSettings()
+    for tile in ((336, 336), (32, 32)):
+        assert choose_grid(size, s.mid_grids, tile) == grid
+    w, h = size
+    mids, highs = grid_boxes(size, grid), high_boxes(size, grid, 3)
+    assert len(mids) == 4 and len(highs) == 36
+    for boxes in (mids, highs):   # no gaps, no overlaps: the areas add up to the image
+        assert sum((r - l) * (b - t) for l, t, r, b in boxes) == pytest.approx(w * h)
+        assert all(0 <= l < r <= w + 1e-6 and 0 <= t < b <= h + 1e-6 for l, t, r, b in boxes)
+    for j, (l, t, r, b) in enumerate(highs):   # high crops are grouped by the mid crop that contains them
+        L, T, R, B = mids[j // 9]
+        assert L - 1e-6 <= l and r <= R + 1e-6 and T - 1e-6 <= t and b <= B + 1e-6
+        cx, cy = (l + r) / 2, (t + b) / 2
+        assert locate((cx, cy), size, grid, 3) == (j // 9, j % 9)
+
+
+def test_stored_crops_show_the_image_regions_they_claim(tiny):
+    """A red dot lands in exactly the mid / high crop `locate` names; the low view is the whole image."""
+    pre = tiny.media_preprocess("image")
+    for size, dot in [((1200, 900), (1100, 70)), ((1600, 400), (250, 330)), ((300, 1500), (40, 700))]:
+        img = Image.new("RGB", size, GREY)
+        ImageDraw.Draw(img).ellipse([dot[0] - 12, dot[1] - 12, dot[0] + 12, dot[1] + 12], fill=(255, 0, 0))
+        x = pre(img)                                                   # [41, 3, 32, 32]
+        assert x.shape == (41, 3, 32, 32)
+        redness = (x[:, 0] - x[:, 1]).amax((1, 2))                     # [41]
+        mid, slot = locate(dot, size, pre.grid(img), 3)
+        assert redness[1:5].argmax().item() == mid
+        assert redness[5:].argmax().item() == mid * 9 + slot
+        assert redness[0] > 0.5                                        # a 24-px dot still tints the 32-px view
+
+
+# ------------------------------------------------------------------ budget
+def test_budget_is_fixed_from_64_to_4096_px_and_embed_accepts_it(tiny):
+    s = tiny.zoom_settings
+    assert s.budget(16, 4) == 16 + 4 * 5 + 12 * 5 == 96
+    sizes = [(64, 64), (4096, 4096), (4096, 512), (100, 1500), (1344, 1344), (333, 77)]
+    samples = [_sample(tiny, Image.new("RGB", sz, GREY)) for sz in sizes]
+    for smp in samples:
+        assert smp.media["image"][0].shape == (41, 3, 32, 32)
+        assert tiny.num_media_tokens("image", smp.media["image"][0]) == 96
+        assert smp.input_ids.count(tiny.placeholder_id["image"]) == 96
+    batch = collate(samples, tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        feats = tiny.encode_modality("image", batch["media"]["image"])
+        out = tiny(**batch)                                            # embed: placeholders == features
+    assert [f.shape for f in feats] == [(96, 64)] * len(sizes) and torch.isfinite(out["loss"])
+    with pytest.raises(UserError, match="dragonfly image item"):
+        tiny.num_media_tokens("image", torch.zeros(3, 32, 32))
+
+
+@pytest.mark.parametrize("vision, budget", [({"name": "tiny-clip", "feature_select": "full"}, 17 + 16 * 6),
+                                            ("tiny-siglip", 16 + 16 * 5)])
+def test_any_image_encoder_with_a_patch_grid_works(vision, budget):
+    """A CLS-prefixed encoder (kept through pooling: 1 + 2x2 per crop) and a prefix-free one alike."""
+    m = build("dragonfly", "tiny", vision=vision).eval()
+    s = _sample(m, Image.new("RGB", (700, 300), GREY))
+    assert s.input_ids.count(m.placeholder_id["image"]) == budget
+    with torch.no_grad():
+        assert torch.isfinite(m(**collate([s], m.tokenizer.pad_token_id))["loss"])
+
+
+def test_05b_preset_budget_on_a_meta_skeleton():
+    with torch.device("meta"):
+        m = build("dragonfly", "0.5b")
+    for sz in [(64, 64), (4096, 2048)]:
+        item = m.processor.preprocess_media("image", Image.new("RGB", sz))
+        assert item.shape == (41, 3, 336, 336) and m.num_media_tokens("image", item) == 577 + 16 * 38 == 1185
+
+
+# ------------------------------------------------------------------ selection
+def test_scores_pick_the_crop_aligned_with_the_query():
+    g = torch.Generator().manual_seed(0)
+    mid, high = torch.randn(2, 4, 5, 8, generator=g) * 0.01, torch.randn(2, 4, 9, 5, 8, generator=g) * 0.01
+    mid[1, 2, :, 0] = 1.0                          # region 2 of image 1 "is about" dim 0 ...
+    high[1, 2, 6, :, 0] = 3.0                      # ... and its crop 6 most of all
+    high[1, 2, 1, :, 3] = 5.0                      # crop 1 is about dim 3
+    zoom = ZoomSelect(ZoomSettings(top_k=1), 8)
+    _, picked = zoom(torch.zeros(2, 3, 8), mid, high)                   # visual: . mid crop mean
+    assert picked[1, 2].tolist() == [6]
+    text = torch.zeros(2, 4, 8)
+    text[1, :, 3] = 1.0                                                  # "the question is about dim 3"
+    assert select_top_k(zoom_scores(high, text), 1)[1, 2].tolist() == [1]
+    assert select_top_k(salient_scores(high), 1)[1, 2].tolist() == [1]      # the farthest from its neighbours
+    tokens, picked = ZoomSelect(ZoomSettings(top_k=3), 8)(torch.zeros(2, 3, 8), mid, high, text)
+    assert tokens.shape == (2, ZoomSettings(top_k=3).budget(3, 5), 8) and 1 in picked[1, 2].tolist()
+    assert torch.equal(picked, picked.sort(-1).values)                  # kept in position order
+
+
+class PatchColour(Encoder):
+    """Per 8x8 patch: [redness, 1, greenness, 0...] of the normalised pixels -> [B, 16, 64]."""
+    modality, output_dim, name, feature_layer = "image", 64, "patch-colour", -1
+
+    def __init__(self, preprocess):
+        super().__init__()
+        self.preprocess = preprocess
+
+    def forward(self, x):
+        r, g, b = x.unbind(1)                                            # [B, 32, 32] each
+        red, green = (r - (g + b) / 2 - 1).clamp(min=0), (g - (r + b) / 2 - 1).clamp(min=0)
+        f = F.avg_pool2d(torch.stack([red, torch.ones_like(r), green], 1), 8)  # [B, 3, 4, 4]
+        return F.pad(f.flatten(2).transpose(1, 2), (0, 61))              # [B, 16, 64]
+
+    def patch_grid(self, item):
+        return item.shape[-2] // 8, item.shape[-1] // 8
+
+
+def _colour_model(selection):
+    """dragonfly-tiny with features that see red / green and an identity projector; the words 'red' and
+    'green' embed along the red / green feature axes, every other token at 0."""
+    m = build("dragonfly", "tiny", projector="linear", selection=selection, top_k=1).eval()
+    m.encoders["image"] = PatchColour(m.encoders["image"].preprocess)
+    with torch.no_grad():
+        m.connectors["image"].linear_1.weight.copy_(torch.eye(64))
+        m.connectors["image"].linear_1.bias.zero_()
+        emb = m.parts.embed_tokens.weight
+        emb.zero_()
+        ids = {c: set(m.tokenizer(f"Is the shape {c}?")["input_ids"]) for c in ("red", "green")}
+        emb[list(ids["red"] - ids["green"]), 0] = 1.0
+        emb[list(ids["green"] - ids["red"]), 2] = 1.0
+    return m
+
+
+def _picked(model, image, question):
+    seen = []
+    hook = model.zoom.register_forward_hook(lambda mod, inp, out: seen.append(out[1]))
+    p = model.processor.prompt(f"<image>\n{question}", {"image": [image]})
+    with torch.no_grad():
+        model(torch.tensor([p.input_ids]), media=p.media)
+    hook.remove()
+    return seen[0][0]                                                    # [M, k] of the one image
+
+
+def test_zoom_selects_the_crop_with_the_planted_detail_visual_text_salient():
+    """1200 px image, 2x2 mid grid, 6x6 high grid of 200 px cells. Mid region 1 holds a 60-px red square
+    (high cell row 1, col 4) and a 30-px green one (row 2, col 5)."""
+    size, red, green = (1200, 1200), (900, 300), (1100, 500)
+    img = Image.new("RGB", size, GREY)
+    d = ImageDraw.Draw(img)
+    d.rectangle([red[0] - 30, red[1] - 30, red[0] + 30, red[1] + 30], fill=(255, 0, 0))
+    d.rectangle([green[0] - 15, green[1] - 15, green[0] + 15, green[1] + 15], fill=(0, 255, 0))
+    (m_red, s_red), (m_green, s_green) = locate(red, size, (2, 2), 3), locate(green, size, (2, 2), 3)
+    assert (m_red, s_red, m_green, s_green) == (1, 4, 1, 8)
+    # visual (the reference): the crop most like its mid region, where red dominates
+    assert _picked(_colour_model("visual"), img, "Is the shape green?")[1].tolist() == [s_red]
+    # text-conditioned: the crop that matches the question
+    text = _colour_model("text")
+    assert _picked(text, img, "Is the shape green?")[1].tolist() == [s_green]
+    assert _picked(text, img, "Is the shape red?")[1].tolist() == [s_red]
+    # salient: the crop least like the other crops of its region
+    assert _picked(_colour_model("salient"), img, "Is the shape green?")[1].tolist() == [s_red]
+
+
+# ------------------------------------------------------------------ save / load, generation
+def test_checkpoint_round_trip_identical_logits(tmp_path, tiny_text):
+    model = tiny_text.train()
+    s = _sample(model, Image.new("RGB", (900, 300), (200, 40, 40)))
+    batch = collate([s, s], model.tokenizer.pad_token_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    sep0 = model.zoom.separator.detach().clone()
+    model(**batch)["loss"].backward()
+    opt.step()
+    assert not torch.equal(model.zoom.separator, sep0)                  # the separators train with the projector
+    model.eval()
+    loaded = vlm.load(model.save_pretrained(tmp_path / "df"))
+    assert type(loaded).__name__ == "DragonflyModel" and loaded.zoom_settings == model.zoom_settings
+    assert loaded.config.extra["top_k"] == 2 and loaded.config.extra["selection"] == "text"
+    with torch.no_grad():
+        assert torch.equal(model(**batch, return_logits=True)["logits"], loaded(**batch, return_logits=True)["logits"])
+
+
+@pytest.mark.parametrize("selection", ["visual", "text"])
+def test_generation_same_tokens_with_and_without_kv_cache(selection, tiny, tiny_text):
+    model = (tiny if selection == "visual" else tiny_text).eval()
+    p1 = model.processor.prompt("<image>\nWhat colour is the small shape?", {"image": [Image.new("RGB", (1300, 700))]})
+    p2 = model.processor.prompt("Shape?\n<image>", {"image": [Image.new("RGB", (64, 200), (0, 0, 255))]})
+    b = collate([p1, p2], model.tokenizer.pad_token_id, left_pad=True)
+    kw = dict(media=b["media"], attention_mask=b["attention_mask"], max_new_tokens=8, eos_token_id=-1)
+    assert model.generate(b["input_ids"], use_cache=True, **kw) == model.generate(b["input_ids"], use_cache=False, **kw)
+
+
+def test_bad_settings_are_one_line_errors():
+    for kw, msg in [(dict(top_k=10), "top_k"), (dict(selection="attention"), "selection"),
+                    (dict(mid_grids=[[2, 2], [1, 3]]), "same number of crops")]:
+        with pytest.raises(UserError, match=msg):
+            build("dragonfly", "tiny", **kw)

@@ -1,0 +1,259 @@
+"""Dragonfly zoom: multi-resolution crops of one image, per-crop pooling and zoom-in patch selection
+at a fixed visual-token budget (the geometry and selection; `vlm/families/dragonfly.py` wires it in).
+
+Views of one image, every crop at the encoder's own size S = (Sh, Sw):
+  low    the whole image squashed to S                                     1 crop, all tokens kept
+  mid    the image squashed to a grid of crops chosen by aspect ratio      M crops (2x2, 1x4 or 4x1)
+  high   the image squashed to `factor` x the mid grid                     M * factor^2 crops
+The preprocessed item is ONE tensor [1 + M + M*f*f, 3, Sh, Sw]: the low view, the mid crops in
+raster order, then the high crops grouped by the mid crop they lie in (raster order inside it), so
+the model knows which high crops belong to which mid region without knowing the grid. Every image,
+any size or aspect, gives the same shape and the same number of LLM tokens:
+  low tokens + M * (pooled + sep) + M * top_k * (pooled + sep)
+e.g. CLIP ViT-L/14-336 with CLS, pool 4, top-3: 577 + 4 * 38 + 12 * 38 = 1,185.
+
+As the reference (togethercomputer/Dragonfly) does it: grid options 2x2 / 1x4 / 4x1 picked by
+LLaVA-NeXT's best-fit rule (most effective pixels, then least waste), resize-then-tile, high =
+3x the mid grid (v2), 4x4 average pooling of each crop's token grid keeping CLS (v2), top-3 high
+crops per mid region scored by the dot product of mean projected tokens (v1).
+Ours, on purpose: a high crop belongs to the mid crop that contains it (the v1 code scores runs of
+6 crops in raster order of a separately chosen 24-crop grid, which are rows, not mid regions);
+pooling runs before the projector (the same as the reference's project-then-pool for a linear
+projector, 16x cheaper for the MLP) and scores use the pooled tokens; a learned separator after
+each crop; a text-conditioned score (each high crop's mean token . the prompt's mean embedding) and
+a salient score (each high crop's distance from its region's mean crop).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vlm.errors import UserError, require
+
+Grid = tuple[int, int]                       # (rows, cols)
+Box = tuple[float, float, float, float]      # (left, top, right, bottom) in image pixels
+SELECTIONS = ("visual", "text", "salient")
+
+
+@dataclass(frozen=True)
+class ZoomSettings:
+    """Everything that fixes the geometry and the token budget; lives in `ModelConfig.extra`."""
+    mid_grids: tuple[Grid, ...] = ((2, 2), (4, 1), (1, 4))  # (rows, cols); the reference's (w, h) 2x2, 1x4, 4x1
+    factor: int = 3                # high grid = factor x mid grid (reference: 3)
+    pool: int = 4                  # average-pool kernel over each mid / high crop's token grid (reference v2: 4)
+    top_k: int = 3                 # high crops kept per mid region (reference v1: 3; factor**2 keeps all)
+    selection: str = "visual"      # visual: . mid crop mean (reference) | text: . prompt mean | salient: odd one out
+    separator: bool = True         # a learned token after each mid / high crop
+
+    def __post_init__(self) -> None:
+        grids = tuple((int(r), int(c)) for r, c in self.mid_grids)
+        object.__setattr__(self, "mid_grids", grids)
+        require(bool(grids) and all(r >= 1 and c >= 1 for r, c in grids),
+                f"zoom mid_grids must be (rows, cols) >= 1: {grids}")
+        require(len({r * c for r, c in grids}) == 1,
+                f"zoom mid_grids must all have the same number of crops (a fixed budget), got {grids}")
+        require(self.factor >= 1 and self.pool >= 1,
+                f"zoom factor and pool must be >= 1 (got {self.factor}, {self.pool})")
+        require(1 <= self.top_k <= self.factor ** 2, f"zoom top_k must be in 1..{self.factor ** 2}, got {self.top_k}")
+        require(self.selection in SELECTIONS, f"zoom selection must be one of {SELECTIONS}, not '{self.selection}'")
+
+    @property
+    def n_mid(self) -> int:
+        return self.mid_grids[0][0] * self.mid_grids[0][1]
+
+    @property
+    def n_views(self) -> int:
+        """Crops in one preprocessed item: low + mid + high."""
+        return 1 + self.n_mid + self.n_mid * self.factor ** 2
+
+    def budget(self, low_tokens: int, crop_tokens: int) -> int:
+        """LLM tokens per image: the low view's tokens, then each mid crop and each kept high crop
+        (`crop_tokens` after pooling) with its separator."""
+        per = crop_tokens + int(self.separator)
+        return low_tokens + self.n_mid * per + self.n_mid * self.top_k * per
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mid_grids"] = [list(g) for g in self.mid_grids]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ZoomSettings:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "mid_grids" in kw:
+            kw["mid_grids"] = tuple(tuple(g) for g in kw["mid_grids"])
+        return cls(**kw)
+
+
+def pooled_tokens(grid: Grid, prefix: int, pool: int) -> int:
+    """Tokens of one crop after `encoders.base.pool_grid` (ceil mode), prefix tokens kept."""
+    return prefix + math.ceil(grid[0] / pool) * math.ceil(grid[1] / pool)
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------------------------
+def choose_grid(size: tuple[int, int], options: tuple[Grid, ...], tile: tuple[int, int]) -> Grid:
+    """The mid grid for an image of `size` (w, h) with crops of `tile` (h, w): LLaVA-NeXT's best fit,
+    most effective pixels after an aspect-preserving fit, then least wasted area; first on a tie."""
+    w, h = size
+    best, best_eff, best_waste = options[0], -1, math.inf
+    for rows, cols in options:
+        gw, gh = cols * tile[1], rows * tile[0]
+        scale = min(gw / w, gh / h)
+        eff = min(int(w * scale) * int(h * scale), w * h)
+        waste = gw * gh - eff
+        if eff > best_eff or (eff == best_eff and waste < best_waste):
+            best, best_eff, best_waste = (rows, cols), eff, waste
+    return best
+
+
+def grid_boxes(size: tuple[int, int], grid: Grid) -> list[Box]:
+    """The image region (left, top, right, bottom) of each crop of `grid`, raster order."""
+    w, h = size
+    rows, cols = grid
+    return [(c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows)
+            for r in range(rows) for c in range(cols)]
+
+
+def high_order(grid: Grid, factor: int) -> list[tuple[int, int]]:
+    """(row, col) in the high grid of each stored high crop: grouped by mid crop, raster inside it."""
+    rows, cols = grid
+    return [(r * factor + i, c * factor + j)
+            for r in range(rows) for c in range(cols) for i in range(factor) for j in range(factor)]
+
+
+def high_boxes(size: tuple[int, int], grid: Grid, factor: int) -> list[Box]:
+    """The image region of each stored high crop (in `high_order`)."""
+    w, h = size
+    rows, cols = grid[0] * factor, grid[1] * factor
+    return [(c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows) for r, c in high_order(grid, factor)]
+
+
+def locate(point: tuple[float, float], size: tuple[int, int], grid: Grid, factor: int) -> tuple[int, int]:
+    """(mid crop index, slot among its factor^2 high crops) of the high crop holding pixel `point` (x, y)."""
+    (x, y), (w, h) = point, size
+    r = min(int(y * grid[0] * factor / h), grid[0] * factor - 1)
+    c = min(int(x * grid[1] * factor / w), grid[1] * factor - 1)
+    return (r // factor) * grid[1] + c // factor, (r % factor) * factor + c % factor
+
+
+def _tiles(view: Tensor, grid: Grid, factor: int) -> Tensor:
+    """[3, R*f*th, C*f*tw] -> [R*C*f*f, 3, th, tw]: crops grouped by mid cell, raster inside each."""
+    (rows, cols), f = grid, factor
+    ch, th, tw = view.shape[0], view.shape[1] // (rows * f), view.shape[2] // (cols * f)
+    t = view.view(ch, rows, f, th, cols, f, tw).permute(1, 4, 2, 5, 0, 3, 6)  # [R, C, f, f, 3, th, tw]
+    return t.reshape(rows * cols * f * f, ch, th, tw)
+
+
+_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL.Image.Resampling values
+
+
+class ZoomPreprocess:
+    """PIL image -> [1 + M + M*f*f, 3, Sh, Sw] (low, mid, high crops), each crop resized with the
+    encoder's interpolation and normalised with its mean / std, like the encoder's own preprocess."""
+
+    crop = False  # squash, never centre-crop: `vlm.data.decode.draft_size_of` reads these two
+
+    def __init__(self, base: Any, settings: ZoomSettings):
+        self.tile: tuple[int, int] = tuple(base.size)  # (h, w)
+        self.mean = torch.tensor(base.mean).view(-1, 1, 1)
+        self.std = torch.tensor(base.std).view(-1, 1, 1)
+        self.interpolation = base.interpolation
+        self.settings = settings
+        f = settings.factor
+        # The largest view any grid option needs: JPEG draft decoding stays at or above it.
+        self.size = (max(r for r, _ in settings.mid_grids) * f * self.tile[0],
+                     max(c for _, c in settings.mid_grids) * f * self.tile[1])
+
+    def grid(self, image) -> Grid:
+        return choose_grid(image.size, self.settings.mid_grids, self.tile)
+
+    def _view(self, image, grid: Grid, factor: int) -> Tensor:
+        """The whole image squashed to grid*factor crops. uint8 [3, R*f*th, C*f*tw]"""
+        from torchvision.transforms.functional import pil_to_tensor
+        w, h = grid[1] * factor * self.tile[1], grid[0] * factor * self.tile[0]
+        # reducing_gap 3: a box reduce first, then the filter (PIL: indistinguishable from a full resample)
+        return pil_to_tensor(image.resize((w, h), _RESAMPLE[self.interpolation], reducing_gap=3.0))
+
+    def __call__(self, image) -> Tensor:
+        from PIL import Image
+        if isinstance(image, Tensor):
+            from torchvision.transforms.functional import to_pil_image
+            image = to_pil_image(image)
+        elif not isinstance(image, Image.Image):
+            image = Image.fromarray(image)
+        image = image.convert("RGB")
+        grid, f = self.grid(image), self.settings.factor
+        x = torch.cat([self._view(image, (1, 1), 1)[None],                     # [1, 3, Sh, Sw]
+                       _tiles(self._view(image, grid, 1), grid, 1),             # [M, 3, Sh, Sw]
+                       _tiles(self._view(image, grid, f), grid, f)])            # [M*f*f, 3, Sh, Sw]
+        return x.float().div_(255).sub_(self.mean).div_(self.std)              # uint8 -> normalised, one pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "zoom", "tile": list(self.tile), "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist(), "interpolation": self.interpolation, **self.settings.to_dict()}
+
+    def __repr__(self) -> str:
+        return f"ZoomPreprocess(tile={self.tile}, {self.settings})"
+
+
+# ---------------------------------------------------------------------------------------------
+# selection
+# ---------------------------------------------------------------------------------------------
+def zoom_scores(high: Tensor, query: Tensor) -> Tensor:
+    """Dot product of each high crop's mean token with its region's query.
+    high [N, M, F, t, D], query [N, M, D] -> [N, M, F]"""
+    return torch.einsum("nmfd,nmd->nmf", high.mean(3), query.to(high.dtype))
+
+
+def salient_scores(high: Tensor) -> Tensor:
+    """Distance of each high crop's mean token from the mean of its region's high crops: the crops that
+    differ from their surroundings (a small object on a plain background) score highest.
+    high [N, M, F, t, D] -> [N, M, F]"""
+    crop = high.mean(3)                                                          # [N, M, F, D]
+    return (crop - crop.mean(2, keepdim=True)).norm(dim=-1)
+
+
+def select_top_k(scores: Tensor, k: int) -> Tensor:
+    """The k best crops per region, in position order. [N, M, F] -> [N, M, k]"""
+    return scores.topk(k, dim=-1).indices.sort(-1).values
+
+
+class ZoomSelect(nn.Module):
+    """The learned part of the zoom (a separator per level: after mid crops, after high crops) and the
+    assembly of one image's tokens: low, mid crops + sep, top-k high crops per mid region + sep."""
+
+    def __init__(self, settings: ZoomSettings, d_lm: int):
+        super().__init__()
+        self.settings = settings
+        self.separator = nn.Parameter(torch.randn(2, d_lm) * 0.02) if settings.separator else None  # [2, D_lm]
+
+    def forward(self, low: Tensor, mid: Tensor, high: Tensor, query: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """low [N, T, D], mid [N, M, t, D], high [N, M, F, t, D]; query [N, M, D] (None: each region's
+        mid crop mean, the reference's visual score; unused when salient) -> tokens [N, budget, D],
+        picked [N, M, k]."""
+        N, M, _, t, D = high.shape
+        if self.settings.selection == "salient":
+            scores = salient_scores(high)                                         # [N, M, F]
+        else:
+            scores = zoom_scores(high, mid.mean(2) if query is None else query)   # [N, M, F]
+        picked = select_top_k(scores, self.settings.top_k)                       # [N, M, k]
+        k = picked.shape[-1]
+        kept = high.gather(2, picked[..., None, None].expand(N, M, k, t, D))      # [N, M, k, t, D]
+        if self.separator is not None:
+            sep = self.separator.to(mid.dtype)
+            mid = torch.cat([mid, sep[0].expand(N, M, 1, D)], 2)                  # [N, M, t+1, D]
+            kept = torch.cat([kept, sep[1].expand(N, M, k, 1, D)], 3)             # [N, M, k, t+1, D]
+        return torch.cat([low, mid.flatten(1, 2), kept.flatten(1, 3)], 1), picked  # [N, budget, D]
+
+
+def check_zoom_item(item: Tensor, settings: ZoomSettings) -> None:
+    if item.dim() != 4 or item.shape[0] != settings.n_views:
+        raise UserError(f"a dragonfly image item must be [{settings.n_views}, 3, H, W] (low, mid, high crops from "
+                        f"model.processor), got {tuple(item.shape)}")
