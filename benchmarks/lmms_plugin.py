@@ -1,0 +1,108 @@
+"""lmms-eval plugin: our checkpoints as an lmms-eval 0.7.3 model, registered by entry point.
+
+    lmms-eval --model vlm --model_args pretrained=runs/llava-tiny/final \\
+        --tasks synthetic_world_vqa --include_path benchmarks/lmms_tasks --output_path runs/lmms
+
+Registration (pyproject.toml): lmms-eval builds its model registry from the entry-point group
+`lmms_eval.models`; each entry point loads to a `ModelManifest` (or an iterable of them, or a callable
+returning one):
+
+    [project.entry-points."lmms_eval.models"]
+    vlm = "benchmarks.lmms_plugin:MANIFEST"
+
+`generate_until` and `loglikelihood` run through `benchmarks.models.VLMModel`, the code path of
+`vlm eval`, so both harnesses give the same answers on the same split. [Contract] lmms-eval 0.7.3's
+`multiple_choice` picks `argmin` of the first value `loglikelihood` returns (its built-in models return
+a loss), so we return the negative log-likelihood of the continuation (summed over its tokens and the
+end of turn); `perplexity` reads the same value. [Contract] its evaluator passes every response through
+`unwrap_generation_output`, which turns a `(float, bool)` tuple into its string; a `GenerationResult`
+hands its `text` through untouched, so each pair travels inside one.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lmms_eval.api.instance import GenerationResult, Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.models.registry_v2 import ModelManifest
+
+from benchmarks.models import VLMModel
+
+MANIFEST = ModelManifest(model_id="vlm", simple_class_path="benchmarks.lmms_plugin.VLMLmms", aliases=("vlm_suite",))
+
+
+class VLMLmms(lmms):
+    """A `vlm.load` checkpoint in lmms-eval: images from `doc_to_visual`, one user turn per request."""
+
+    is_simple = True
+
+    def __init__(self, pretrained: str, device: str | None = "cpu", batch_size: int | str = 1,
+                 max_new_tokens: int = 32, **_: Any) -> None:
+        super().__init__()
+        self.model = VLMModel(str(pretrained), device=device or "cpu")
+        self.model.load()                                    # now: a bad checkpoint fails before any task runs
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1
+        self.max_new_tokens = int(max_new_tokens)
+
+    # ------------------------------------------------------------------ helpers
+    def _doc(self, task: str, split: str, doc_id: int) -> dict:
+        return self.task_dict[task][split][doc_id]
+
+    def _media(self, ctx: str, visuals: list | None) -> tuple[str, dict[str, list]]:
+        """Images of the request; `<image>` placeholders are added before the text when it has none."""
+        images = [v for v in (visuals or []) if v is not None]
+        if images and "<image>" not in ctx:
+            ctx = "<image>\n" * len(images) + ctx
+        return ctx, ({"image": images} if images else {})
+
+    @staticmethod
+    def _cut(text: str, until: list[str]) -> str:
+        for u in until:
+            if u and u in text:
+                text = text[:text.index(u)]
+        return text
+
+    # ------------------------------------------------------------------ lmms API
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        """Greedy (or sampled, per gen_kwargs) answers, in request order; batches share gen_kwargs."""
+        from tqdm.auto import tqdm
+        out: list[str | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(json.dumps(r.args[1], sort_keys=True, default=str), []).append(i)
+        pbar = tqdm(total=len(requests), disable=self.rank != 0, desc="vlm generate")
+        for idx in groups.values():
+            gen = dict(requests[idx[0]].args[1])
+            until = gen.pop("until", [])
+            until = [until] if isinstance(until, str) else list(until or [])
+            max_new = int(gen.pop("max_new_tokens", self.max_new_tokens))
+            for j in range(0, len(idx), self.batch_size):
+                chunk = idx[j:j + self.batch_size]
+                prompts = []
+                for i in chunk:
+                    ctx, _, doc_to_visual, doc_id, task, split = requests[i].args
+                    visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual else []
+                    prompts.append(self._media(ctx, visuals))
+                texts = self.model.generate(prompts, max_new_tokens=max_new, batch_size=len(chunk), **gen)
+                for i, t in zip(chunk, texts):
+                    out[i] = self._cut(t, until)
+                pbar.update(len(chunk))
+        pbar.close()
+        return [o or "" for o in out]
+
+    def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
+        """(negative log-likelihood of the continuation, whether greedy decoding gives it) per request;
+        the continuation is the assistant's answer, leading whitespace (lmms' target delimiter) dropped."""
+        reqs = []
+        for r in requests:
+            ctx, cont, doc_to_visual, doc_id, task, split = r.args
+            doc = self._doc(task, split, doc_id)
+            cont = cont if isinstance(cont, str) else cont(doc)
+            ctx, media = self._media(ctx, doc_to_visual(doc) if doc_to_visual else [])
+            reqs.append((ctx, media, str(cont).lstrip()))
+        res = self.model.loglikelihood(reqs, batch_size=self.batch_size)
+        return [GenerationResult(text=(-lp, greedy)) for lp, greedy in res]    # type: ignore[arg-type]
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError("vlm: multi-round generation is not supported; use generate_until tasks")

@@ -1,0 +1,114 @@
+"""Reports of an evaluation folder: a markdown report grouped by benchmark type and capability, and a
+PNG chart of the headline scores.
+
+    print(capability_table(table))     # capability x model (mean headline score), markdown
+    write_report(out, table); write_chart(out, table)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _md(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _models(table) -> list[str]:
+    return list(dict.fromkeys(table["model"].tolist()))
+
+
+def _score(table, model: str, bench: str) -> float | None:
+    sel = table[(table["model"] == model) & (table["benchmark"] == bench) & (table["status"] == "ok")]
+    return float(sel["score"].iloc[0]) if len(sel) else None
+
+
+def capability_table(table) -> str:
+    """Markdown: one row per (type, capability), the mean headline score of its benchmarks per model."""
+    models = _models(table)
+    ok = table[table["status"] == "ok"]
+    rows = []
+    for (typ, cap), grp in ok.groupby(["type", "capability"], sort=True):
+        row: list[Any] = [typ, cap, ", ".join(sorted(grp["benchmark"].unique()))]
+        for m in models:
+            s = grp[grp["model"] == m]["score"].dropna()
+            row.append(float(s.mean()) if len(s) else None)
+        rows.append(row)
+    return _md(["type", "capability", "benchmarks", *models], rows)
+
+
+def report_markdown(table) -> str:
+    models = _models(table)
+    specs = dict(zip(table["model"], table["model_spec"]))
+    parts = ["# Evaluation report", "", "Models:", *[f"- `{m}`: {specs.get(m)}" for m in models], "",
+             "## Capabilities (mean headline score)", "", capability_table(table), ""]
+    for typ, grp in table.groupby("type", sort=True):
+        parts += [f"## {typ}", ""]
+        rows = []
+        for b, g in grp.groupby("benchmark", sort=True):
+            first = g.iloc[0]
+            rows.append([b, first["capability"], first["kind"], first["metric"], *[_score(table, m, b) for m in models]])
+        parts += [_md(["benchmark", "capability", "kind", "metric", *models], rows), ""]
+    mmeb = table[(table["kind"] == "mmeb") & (table["status"] == "ok")]
+    for _, r in mmeb.iterrows():
+        met = json.loads(r["metrics"])
+        parts += [f"### {r['benchmark']} ({r['model']}): Precision@1", "",
+                  _md(["overall", "IND", "OOD", "classification", "vqa", "retrieval", "grounding"],
+                      [[met.get(k) for k in ("precision@1", "ind", "ood", "classification", "vqa", "retrieval", "grounding")]]), ""]
+    skipped = table[table["status"] == "skipped"]
+    if len(skipped):
+        parts += ["## Not applicable", "", _md(["model", "benchmark", "reason"],
+                                               skipped[["model", "benchmark", "reason"]].values.tolist()), ""]
+    parts += ["Per-sample rows: `results/<model>/<benchmark>.parquet`; table: `aggregate.parquet`; chart: `chart.png`.", ""]
+    return "\n".join(parts)
+
+
+def write_report(out: str | os.PathLike, table) -> Path:
+    p = Path(out) / "report.md"
+    p.write_text(report_markdown(table))
+    return p
+
+
+def write_chart(out: str | os.PathLike, table) -> Path | None:
+    """Horizontal bars of the headline score per benchmark and model, one panel per benchmark type."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ok = table[(table["status"] == "ok") & table["score"].notna()]
+    p = Path(out) / "chart.png"
+    if not len(ok):
+        return None
+    models = _models(ok)
+    types = sorted(ok["type"].unique())
+    heights = [max(1, ok[ok["type"] == t]["benchmark"].nunique()) for t in types]
+    fig, axes = plt.subplots(len(types), 1, figsize=(8, 1.2 + 0.35 * len(models) * sum(heights) / 1.5),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    width = 0.8 / len(models)
+    for ax, typ in zip(axes[:, 0], types):
+        benches = sorted(ok[ok["type"] == typ]["benchmark"].unique())
+        top = 0.0
+        for j, m in enumerate(models):
+            vals = [_score(ok, m, b) or 0.0 for b in benches]
+            top = max([top, *vals])
+            ax.barh([i + j * width for i in range(len(benches))], vals, height=width, label=m)
+        ax.set_xlim(0, 1.0 if top <= 1.0 else top * 1.05)          # rates on 0..1; BLEU / CIDEr on their own scale
+        ax.set_yticks([i + width * (len(models) - 1) / 2 for i in range(len(benches))])
+        ax.set_yticklabels([f"{b} ({ok[ok['benchmark'] == b]['metric'].iloc[0]})" for b in benches], fontsize=7)
+        ax.set_title(typ, fontsize=9, loc="left")
+        ax.invert_yaxis()
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p

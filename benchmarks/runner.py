@@ -1,0 +1,196 @@
+"""The evaluation runner: models x benchmarks -> per-sample rows, an aggregate table, a report, a chart.
+
+    vlm eval --model runs/llava-tiny/final --suite synthetic-world --out runs/eval
+    vlm eval --model open_clip:ViT-B-32:/ckpt/vitb32.safetensors --bench wds:/data/wds_cifar10 --out runs/eval
+
+    from benchmarks.runner import RunConfig, evaluate
+    res = evaluate(["runs/llava-tiny/final"], resolve(suite="synthetic-world"), RunConfig(out="runs/eval"))
+    res.table      # model x benchmark
+
+Output folder:
+    results/<model>/<benchmark>.parquet   one row per sample (prediction, gold, correctness, scores)
+    results/<model>/<benchmark>.json      metrics, status, timing; written last, so it marks the work done
+    aggregate.parquet, aggregate.csv      one row per model x benchmark (every model ever run into DIR)
+    report.md, chart.png                  grouped by benchmark type and capability
+
+A benchmark whose json says done for the same model weights and benchmark definition is not redone
+(`redo=True` forces it); image/text features are cached on disk by model and data hash
+(`benchmarks.cache`), so another output folder over the same data is near instant too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cache import FeatureCache, default_cache_dir
+from benchmarks.data import shard_files
+from benchmarks.models import EvalModel, load_model
+from benchmarks.registry import Benchmark, Roots
+from benchmarks.tasks import Context, applicable, run_task
+from vlm.errors import UserError
+
+RESULTS = "results"
+
+
+@dataclass
+class RunConfig:
+    out: str | os.PathLike
+    roots: Roots = field(default_factory=Roots)
+    cache_dir: str | os.PathLike | None = field(default_factory=default_cache_dir)   # None: no feature cache
+    batch_size: int = 64
+    workers: int = 2
+    limit: int | None = None
+    redo: bool = False
+    progress: bool = True
+    device: str = "cpu"
+    report: bool = True
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "model"
+
+
+def model_dir_name(model: EvalModel) -> str:
+    return f"{slug(model.name)}-{model.fingerprint[:8]}"
+
+
+def bench_signature(bench: Benchmark, limit: int | None) -> str:
+    d = dataclasses.asdict(bench)
+    return hashlib.sha256(json.dumps([d, limit], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_data(bench: Benchmark, roots: Roots) -> None:
+    """Fail before any model runs when a benchmark's folder or split is missing (one line, naming it)."""
+    folder = bench.data.folder(roots)
+    if bench.kind == "mmeb" and any("path" in d for d in bench.options.get("datasets", [])):
+        for d in bench.options["datasets"]:
+            shard_files(folder / d["path"], bench.data.split)
+        return
+    hint = ""
+    if bench.data.root == "synthetic-world":
+        hint = " (build it with `vlm data build synthetic-world --out DIR` and pass --data DIR)"
+    elif bench.data.root == "bench-root":
+        hint = " (put the shards there or pass --bench-root DIR)"
+    if not folder.is_dir():
+        raise UserError(f"benchmark {bench.name}: data folder not found: {folder}{hint}")
+    shard_files(folder, bench.data.split)
+    if bench.kind == "probe":
+        shard_files(folder, bench.data.train_split or "train")
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pandas as pd
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(rows).to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) -> dict[str, Any]:
+    """Evaluate one benchmark (or find it done); returns its json record."""
+    folder = Path(cfg.out) / RESULTS / model_dir_name(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    rec_path, rows_path = folder / f"{slug(bench.name)}.json", folder / f"{slug(bench.name)}.parquet"
+    sig = bench_signature(bench, cfg.limit)
+    if rec_path.exists() and not cfg.redo:
+        try:
+            rec = json.loads(rec_path.read_text())
+        except json.JSONDecodeError:
+            rec = {}
+        if rec.get("fingerprint") == model.fingerprint and rec.get("signature") == sig:
+            return rec | {"reused": True}
+    rec: dict[str, Any] = dict(model=model.name, model_spec=model.spec, fingerprint=model.fingerprint,
+                               benchmark=bench.name, kind=bench.kind, type=bench.type, capability=bench.capability,
+                               modality=bench.modality, metric=bench.metric, signature=sig, limit=cfg.limit)
+    reason = applicable(model, bench)
+    if reason is not None:
+        rec |= dict(status="skipped", reason=reason, score=None, metrics={}, seconds=0.0, finished=time.time())
+        _write_json(rec_path, rec)
+        return rec
+    hits0, t0 = ctx.cache.hits, time.perf_counter()
+    result = run_task(model, bench, ctx)
+    seconds = time.perf_counter() - t0
+    rows = [dict(model=model.name, benchmark=bench.name, **r) for r in result.rows]
+    _write_rows(rows_path, rows)
+    rec |= dict(status="ok", score=result.metrics.get(bench.metric), metrics=result.metrics, tables=result.tables,
+                seconds=round(seconds, 3), cache_hits=ctx.cache.hits - hits0, rows=str(rows_path.name),
+                finished=time.time())
+    _write_json(rec_path, rec)
+    return rec
+
+
+@dataclass
+class RunResult:
+    table: Any                          # the aggregate DataFrame (every model x benchmark in the folder)
+    records: list[dict[str, Any]]       # this run's records, in order
+    models: list[EvalModel]
+    cache_hits: int
+    cache_misses: int
+
+    @property
+    def reused(self) -> int:
+        return sum(1 for r in self.records if r.get("reused"))
+
+
+def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -> RunResult:
+    """Run every benchmark for every model into cfg.out, then rebuild the aggregate, report and chart."""
+    from tqdm.auto import tqdm
+    if not model_specs:
+        raise UserError("no model given: --model PATH|open_clip:ARCH[:CKPT]")
+    models = [load_model(s, cfg.device) for s in model_specs]       # bad paths fail here, before any work
+    for b in benches:
+        check_data(b, cfg.roots)
+    ctx = Context(roots=cfg.roots, cache=FeatureCache(cfg.cache_dir), batch_size=cfg.batch_size,
+                  workers=cfg.workers, progress=cfg.progress, limit=cfg.limit)
+    records = []
+    with tqdm(total=len(models) * len(benches), desc="benchmarks", disable=not cfg.progress, dynamic_ncols=True) as pbar:
+        for m in models:
+            for b in benches:
+                pbar.set_postfix_str(f"{m.name} / {b.name}")
+                records.append(run_one(m, b, cfg, ctx))
+                pbar.update(1)
+    table = aggregate(cfg.out)
+    if cfg.report:
+        from benchmarks.report import write_chart, write_report
+        write_report(cfg.out, table)
+        write_chart(cfg.out, table)
+    return RunResult(table, records, models, ctx.cache.hits, ctx.cache.misses)
+
+
+def aggregate(out: str | os.PathLike) -> "Any":
+    """One row per model x benchmark from every results/*/*.json in `out` (when a model name was evaluated
+    with other weights before, the latest result wins); written as parquet and csv."""
+    import pandas as pd
+    rows = []
+    for p in sorted((Path(out) / RESULTS).glob("*/*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        rows.append(dict(model=r.get("model"), model_spec=r.get("model_spec"), benchmark=r.get("benchmark"),
+                         kind=r.get("kind"), type=r.get("type"), capability=r.get("capability"),
+                         modality=r.get("modality"), metric=r.get("metric"), score=r.get("score"),
+                         status=r.get("status"), reason=r.get("reason", ""), seconds=r.get("seconds"),
+                         n=(r.get("metrics") or {}).get("n"), metrics=json.dumps(r.get("metrics") or {}),
+                         finished=r.get("finished", 0.0)))
+    cols = ["model", "model_spec", "benchmark", "kind", "type", "capability", "modality", "metric", "score", "status",
+            "reason", "seconds", "n", "metrics"]
+    table = pd.DataFrame(rows, columns=cols + ["finished"])
+    table = table.sort_values("finished", kind="stable").drop_duplicates(["model", "benchmark"], keep="last")
+    table = table[cols].reset_index(drop=True)                       # in the order the work was done
+    table["score"] = pd.to_numeric(table["score"], errors="coerce")
+    table.to_parquet(Path(out) / "aggregate.parquet", index=False)
+    table.drop(columns=["metrics"]).to_csv(Path(out) / "aggregate.csv", index=False)
+    return table

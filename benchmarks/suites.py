@@ -1,0 +1,148 @@
+"""The built-in benchmarks and suites.
+
+- `synthetic-world`: over the data set `vlm data build synthetic-world` writes (its `test` split and
+  `wds/` class sets; probes fit on `train`), resolved against `--data` / $VLM_SYNTHETIC_WORLD.
+- `unibench`: UniBench's benchmark types over shard folders a user supplies in the clip_benchmark
+  `wds` layout, resolved against `--bench-root` / $VLM_BENCH_ROOT (e.g. `<root>/wds_cifar10`).
+"""
+from __future__ import annotations
+
+from benchmarks.registry import Benchmark, DataRef, Suite, register_benchmark, register_suite
+
+SW = "synthetic-world"
+
+
+def _sw(path: str = "", tasks: tuple[str, ...] = (), split: str = "test", train_split: str | None = None) -> DataRef:
+    return DataRef(SW, path, split, tasks, train_split)
+
+
+# ------------------------------------------------------------------------------ synthetic-world
+# (name, task, type, capability, modality)
+_VQA = [
+    ("color", "color", "object recognition", "attributes", "image"),
+    ("shape", "shape", "object recognition", "object recognition", "image"),
+    ("count", "count", "reasoning", "counting", "image"),
+    ("spatial", "spatial", "relation", "spatial", "image"),
+    ("digit", "digit", "non-natural", "character recognition", "image"),
+    ("ocr", "ocr", "non-natural", "ocr", "image"),
+    ("fine-detail", "fine_detail", "reasoning", "fine detail", "image"),
+    ("multi-image", "multi_image", "reasoning", "multi-image", "image"),
+    ("video", "video", "reasoning", "motion", "video"),
+    ("audio-tone", "audio_tone", "audio", "audio events", "audio"),
+    ("audio-noise", "audio_noise", "audio", "audio events", "audio"),
+    ("music-pitch", "music_pitch", "music", "pitch", "music"),
+    ("music-chord", "music_chord", "music", "harmony", "music"),
+    ("music-instrument", "music_instrument", "music", "timbre", "music"),
+    ("music-tempo", "music_tempo", "music", "rhythm", "music"),
+]
+IMAGE_VQA_TASKS = ("color", "shape", "count", "spatial", "digit", "ocr", "fine_detail")
+_SCENE_TASKS = ("color", "shape", "count", "spatial")
+
+_benches: list[Benchmark] = [
+    Benchmark("sw-shapes", "zeroshot", "object recognition", "object recognition", "top1", _sw("wds/shapes"),
+              description="zero-shot classification of shapes (wds layout, 4 classes)"),
+    Benchmark("sw-colors", "zeroshot", "object recognition", "attributes", "top1", _sw("wds/colors"),
+              description="zero-shot classification of colours (wds layout, 6 classes)"),
+    Benchmark("sw-relation-spatial", "relation", "relation", "spatial", "accuracy", _sw(tasks=("spatial",)),
+              options={"mode": "spatial"}, description="caption order: true spatial relation vs reversed / swapped"),
+    Benchmark("sw-relation-attribute", "relation", "relation", "attributes", "accuracy", _sw(tasks=("color", "shape")),
+              options={"mode": "attribute"}, description="caption order: colours bound to the right shapes vs swapped"),
+    Benchmark("sw-retrieval", "retrieval", "relation", "image-text retrieval", "mean_recall", _sw(tasks=_SCENE_TASKS),
+              description="image-text retrieval over scene descriptions, Recall@1/5/10 both ways"),
+    Benchmark("sw-mmeb", "mmeb", "embedding", "universal embedding", "precision@1", _sw(),
+              description="MMEB-style: classification, VQA, retrieval, grounding; Precision@1, IND/OOD",
+              options={"datasets": [
+                  {"name": "cls-shape", "meta_task": "classification", "ood": False, "tasks": ["shape"]},
+                  {"name": "cls-color", "meta_task": "classification", "ood": False, "tasks": ["color"]},
+                  {"name": "cls-digit", "meta_task": "classification", "ood": True, "tasks": ["digit"]},
+                  {"name": "vqa-count", "meta_task": "vqa", "ood": False, "tasks": ["count"]},
+                  {"name": "vqa-spatial", "meta_task": "vqa", "ood": False, "tasks": ["spatial"]},
+                  {"name": "vqa-ocr", "meta_task": "vqa", "ood": True, "tasks": ["ocr"]},
+                  {"name": "ret-scenes", "meta_task": "retrieval", "ood": False, "tasks": list(_SCENE_TASKS),
+                   "candidates": 100},
+                  {"name": "ground-objects", "meta_task": "grounding", "ood": True, "tasks": ["color", "shape", "spatial"]},
+              ]}),
+    Benchmark("sw-caption", "caption", "generative", "captioning", "cider", _sw(tasks=_SCENE_TASKS),
+              description="captioning against the scene's canonical description (BLEU, CIDEr)"),
+    Benchmark("sw-vqa", "vqa", "generative", "vqa", "accuracy", _sw(tasks=IMAGE_VQA_TASKS),
+              description="all single-image VQA tasks (the split the lmms-eval task `synthetic_world_vqa` reads)"),
+    Benchmark("sw-vqa-mc", "vqa", "generative", "vqa", "accuracy", _sw(tasks=IMAGE_VQA_TASKS),
+              options={"mode": "loglik"},
+              description="single-image VQA by log-likelihood over the choices (lmms-eval `synthetic_world_vqa_mc`)"),
+]
+for short, task, typ, cap, mod in _VQA:
+    _benches.append(Benchmark(f"sw-vqa-{short}", "vqa", typ, cap, "accuracy", _sw(tasks=(task,)), modality=mod,
+                              description=f"generative VQA on '{task}' (normalised exact match)"))
+    if mod in ("audio", "music"):
+        _benches.append(Benchmark(f"sw-probe-{short}", "probe", typ, cap, "accuracy",
+                                  _sw(tasks=(task,), train_split="train"), modality=mod,
+                                  description=f"MARBLE probe of the frozen {mod} encoder on '{task}'"))
+
+for _b in _benches:
+    register_benchmark(_b)
+
+_ALL_SW = tuple(b.name for b in _benches if b.name not in ("sw-vqa", "sw-vqa-mc"))
+register_suite(Suite(SW, "every synthetic-world benchmark: zero-shot, relation, retrieval, MMEB, VQA, captions, probes",
+                     _ALL_SW))
+register_suite(Suite("synthetic-world-quick", "the image capabilities only, by generation (the demo's table)",
+                     tuple(f"sw-vqa-{t}" for t in ("color", "shape", "count", "spatial", "digit", "ocr"))))
+register_suite(Suite("synthetic-world-embedding", "the embedding harnesses: zero-shot, relation, retrieval, MMEB",
+                     ("sw-shapes", "sw-colors", "sw-relation-spatial", "sw-relation-attribute", "sw-retrieval", "sw-mmeb")))
+
+# ------------------------------------------------------------------------------ UniBench, user-supplied shards
+# (folder under --bench-root, type, capability): clip_benchmark `wds` folder names.
+_UNIBENCH_ZS = [
+    ("imagenet1k", "object recognition", "object recognition"),
+    ("cifar10", "object recognition", "object recognition"),
+    ("cifar100", "object recognition", "object recognition"),
+    ("vtab/caltech101", "object recognition", "object recognition"),
+    ("vtab/pets", "object recognition", "object recognition"),
+    ("vtab/flowers", "object recognition", "object recognition"),
+    ("cars", "object recognition", "object recognition"),
+    ("fgvc_aircraft", "object recognition", "object recognition"),
+    ("food101", "object recognition", "object recognition"),
+    ("sun397", "object recognition", "scene recognition"),
+    ("country211", "object recognition", "geographic diversity"),
+    ("imagenet-a", "robustness", "adversarial"),
+    ("imagenet-r", "robustness", "rendition"),
+    ("imagenet_sketch", "robustness", "sketch"),
+    ("imagenetv2", "robustness", "distribution shift"),
+    ("objectnet", "robustness", "distribution shift"),
+    ("imagenet-c", "corruption", "image corruptions"),
+    ("vtab/dtd", "texture", "texture detection"),
+    ("vtab/eurosat", "non-natural", "satellite"),
+    ("vtab/resisc45", "non-natural", "satellite"),
+    ("vtab/pcam", "non-natural", "medical"),
+    ("vtab/diabetic_retinopathy", "non-natural", "medical"),
+    ("mnist", "non-natural", "character recognition"),
+    ("vtab/svhn", "non-natural", "character recognition"),
+    ("renderedsst2", "non-natural", "character recognition"),
+    ("vtab/clevr_count_all", "reasoning", "counting"),
+    ("vtab/clevr_closest_object_distance", "reasoning", "depth estimation"),
+    ("vtab/dsprites_label_x_position", "reasoning", "spatial"),
+    ("vtab/dsprites_label_orientation", "reasoning", "pose detection"),
+    ("vtab/smallnorb_label_azimuth", "reasoning", "pose detection"),
+    ("vtab/kitti_closest_vehicle_distance", "reasoning", "depth estimation"),
+]
+_UNIBENCH_REL = [("sugarcrepe", "relation", "relation"), ("winoground", "relation", "relation"),
+                 ("vg_relation", "relation", "relation"), ("vg_attribution", "relation", "attributes"),
+                 ("coco_order", "relation", "word order"), ("flickr30k_order", "relation", "word order")]
+
+_unibench: list[str] = []
+for folder, typ, cap in _UNIBENCH_ZS:
+    name = "ub-" + folder.replace("vtab/", "").replace("_", "-")
+    register_benchmark(Benchmark(name, "zeroshot", typ, cap, "top1", DataRef("bench-root", "wds_" + folder.replace("/", "-")),
+                                 description=f"UniBench {typ}: zero-shot on your wds_{folder.replace('/', '-')} shards"))
+    _unibench.append(name)
+for folder, typ, cap in _UNIBENCH_REL:
+    name = "ub-" + folder.replace("_", "-")
+    register_benchmark(Benchmark(name, "relation", typ, cap, "accuracy", DataRef("bench-root", folder),
+                                 options={"mode": "given"},
+                                 description=f"UniBench {typ}: caption order on your {folder} shards (json captions, 0 true)"))
+    _unibench.append(name)
+for name, folder in (("ub-flickr30k", "wds_flickr30k"), ("ub-mscoco", "wds_mscoco_captions")):
+    register_benchmark(Benchmark(name, "retrieval", "relation", "image-text retrieval", "mean_recall",
+                                 DataRef("bench-root", folder), description=f"retrieval on your {folder} shards (jpg + txt)"))
+    _unibench.append(name)
+register_suite(Suite("unibench", "UniBench's benchmark types over clip_benchmark wds folders under --bench-root",
+                     tuple(_unibench)))

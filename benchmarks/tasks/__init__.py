@@ -1,0 +1,119 @@
+"""Task kinds: one module each, with `run(model, bench, ctx) -> TaskResult` and `applicable(model, bench)`.
+
+    zeroshot   clip_benchmark / UniBench zero-shot classification over `wds` shards
+    relation   caption-order tasks (ARO / SugarCrepe style): caption 0 is the correct one
+    retrieval  image-text retrieval, Recall@1/5/10 both ways
+    mmeb       MMEB: each query against its candidate list (gold at 0), Precision@1
+    vqa        generative VQA (exact match, normalised accuracy) or log-likelihood over the choices
+    caption    captioning (BLEU, CIDEr)
+    probe      MARBLE probes of frozen audio/music encoder layers
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.cache import FeatureCache
+from benchmarks.data import Sample, data_hash, iter_samples, shard_files
+from benchmarks.registry import Benchmark, Roots
+
+if TYPE_CHECKING:
+    import torch
+
+MODULES = {"zeroshot": "zeroshot", "relation": "relation", "retrieval": "retrieval", "mmeb": "mmeb",
+           "vqa": "generative", "caption": "generative", "probe": "probe"}
+
+
+@dataclass
+class Context:
+    roots: Roots = field(default_factory=Roots)
+    cache: FeatureCache = field(default_factory=lambda: FeatureCache(None))
+    batch_size: int = 64
+    workers: int = 2
+    progress: bool = True
+    limit: int | None = None          # at most this many samples per benchmark (quick runs)
+
+
+@dataclass
+class TaskResult:
+    rows: list[dict[str, Any]]        # one per sample (or query)
+    metrics: dict[str, float]         # the aggregate numbers; the benchmark's `metric` among them
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # extra breakdowns (MMEB per dataset)
+
+
+def module(kind: str):
+    return importlib.import_module(f"benchmarks.tasks.{MODULES[kind]}")
+
+
+def applicable(model, bench: Benchmark) -> str | None:
+    """None if the model can run the benchmark, else the reason it cannot."""
+    return module(bench.kind).applicable(model, bench)
+
+
+def run_task(model, bench: Benchmark, ctx: Context) -> TaskResult:
+    return module(bench.kind).run(model, bench, ctx)
+
+
+def bar(ctx: Context, desc: str, total: int | None = None, unit: str = "it"):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, disable=not ctx.progress, leave=False, dynamic_ncols=True)
+
+
+def load_samples(bench: Benchmark, ctx: Context, split: str | None = None) -> tuple[list[Sample], str]:
+    """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash."""
+    from vlm.errors import UserError
+    folder: Path = bench.data.folder(ctx.roots)
+    split = split or bench.data.split
+    files = shard_files(folder, split)
+    tasks = set(bench.data.tasks)
+    out: list[Sample] = []
+    for s in iter_samples(files):
+        if tasks and s.meta().get("task") not in tasks:
+            continue
+        out.append(s)
+        if ctx.limit and len(out) >= ctx.limit:
+            break
+    if not out:
+        raise UserError(f"{folder}/{split}: no samples for benchmark {bench.name}"
+                        + (f" (task in {sorted(tasks)})" if tasks else ""))
+    return out, data_hash(files, sorted(tasks), ctx.limit)
+
+
+def image_features_of(model, samples: list[Sample], dhash: str, ctx: Context) -> "torch.Tensor":
+    """[N, D] normalised embeddings of each sample's first image, cached by model and data hash."""
+    import torch
+
+    from benchmarks.data import IMAGE_EXTS, decode_image, prefetch
+    from vlm.errors import UserError
+
+    def prep(s: Sample):
+        imgs = s.media(IMAGE_EXTS)
+        if not imgs:
+            raise UserError(f"{s.shard}: sample {s.key} has no image")
+        return model.preprocess_image(decode_image(imgs[0], f"{s.shard}: sample {s.key}"))
+
+    def compute():
+        feats = []
+        with bar(ctx, "images", len(samples), "img") as pbar:
+            for batch in prefetch(samples, prep, ctx.batch_size, ctx.workers):
+                feats.append(model.encode_image_batch(torch.stack(batch)))
+                pbar.update(len(batch))
+        return {"features": torch.cat(feats)}, {"keys": [s.key for s in samples]}
+
+    name = f"images-{data_hash([], dhash, [s.key for s in samples])}"      # the subset matters, not just the files
+    t, _ = ctx.cache.get_or_compute(model.fingerprint, name, compute)
+    return t["features"]
+
+
+def text_features_of(model, texts: list[str], ctx: Context) -> "torch.Tensor":
+    """[N, D] normalised embeddings of `texts` (each unique text embedded once), cached by model and texts."""
+    uniq = sorted(set(texts))
+
+    def compute():
+        return {"features": model.encode_texts(uniq, batch_size=ctx.batch_size)}, {}
+
+    t, _ = ctx.cache.get_or_compute(model.fingerprint, f"texts-{data_hash([], uniq)}", compute)
+    pos = {u: i for i, u in enumerate(uniq)}
+    return t["features"][[pos[x] for x in texts]]

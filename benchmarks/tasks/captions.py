@@ -1,0 +1,72 @@
+"""Captions of benchmark samples: what the data gives (`txt` lines, json `caption` / `captions`), or,
+for synthetic-world scenes, captions built from the exact ground truth (`labels.objects`).
+
+    captions_of(sample)               reference captions (retrieval, captioning)
+    relation_captions(sample, mode)   caption 0 true, the others its perturbations (caption-order tasks)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.data import Sample
+
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def _scene(meta: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[int, int]] | None:
+    labels = meta.get("labels") or {}
+    objs = labels.get("objects")
+    if not objs or "image_size" not in labels:
+        return None
+    return objs, tuple(labels["image_size"])
+
+
+def captions_of(sample: Sample) -> list[str]:
+    """Reference captions: `txt` (one per line, clip_benchmark retrieval shards), json `caption(s)`, or
+    the canonical description of a synthetic-world scene; [] when there is none."""
+    if "txt" in sample.fields:
+        return [ln.strip() for ln in sample.fields["txt"].decode("utf-8").splitlines() if ln.strip()]
+    meta = sample.meta()
+    if isinstance(meta.get("captions"), list):
+        return [str(c) for c in meta["captions"]]
+    if isinstance(meta.get("caption"), str):
+        return [meta["caption"]]
+    scene = _scene(meta)
+    if scene is None:
+        return []
+    from vlm.data.synth_images import describe
+    return [describe(*scene)]
+
+
+def _name(o: dict[str, Any]) -> str:
+    return f"{o['color']} {o['shape']}"
+
+
+def relation_captions(sample: Sample, mode: str) -> list[str] | None:
+    """Caption 0 correct, the rest wrong; None when the sample does not support the mode.
+
+    given:     json `captions` as shipped (ARO / SugarCrepe style shards)
+    spatial:   'the A is REL the B' vs the opposite relation vs the objects swapped (ARO VG-Relation)
+    attribute: 'a c1 s1 and a c2 s2' vs the colours swapped between the shapes (ARO VG-Attribution)
+    """
+    meta = sample.meta()
+    if mode == "given":
+        caps = meta.get("captions")
+        return [str(c) for c in caps] if isinstance(caps, list) and len(caps) >= 2 else None
+    labels = meta.get("labels") or {}
+    objs = labels.get("objects") or []
+    if mode == "spatial":
+        if "true_relation" not in labels:
+            return None
+        a, b, rel = objs[labels["a"]], objs[labels["b"]], labels["true_relation"]
+        return [f"the {_name(a)} is {rel} the {_name(b)}.", f"the {_name(a)} is {OPPOSITE[rel]} the {_name(b)}.",
+                f"the {_name(b)} is {rel} the {_name(a)}."]
+    if mode == "attribute":
+        if len(objs) < 2:
+            return None
+        a, b = objs[0], objs[1]
+        if a["color"] == b["color"] or a["shape"] == b["shape"]:
+            return None
+        return [f"a {a['color']} {a['shape']} and a {b['color']} {b['shape']}.",
+                f"a {b['color']} {a['shape']} and a {a['color']} {b['shape']}."]
+    raise ValueError(f"unknown relation mode {mode!r}")

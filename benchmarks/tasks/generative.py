@@ -1,0 +1,121 @@
+"""Generative evaluation of our checkpoints: VQA and captioning.
+
+vqa, mode `generate`: the first human turn (placeholders and all) is the prompt, the model answers
+greedily (`model.generate` on batches), scored by exact match and by the VQA-normalised accuracy.
+vqa, mode `loglik`: every choice of the sample's closed answer set is scored by the log-likelihood of
+answering it; the argmax is the prediction (accuracy).
+caption: the prompt asks for a short description; BLEU-4 (sacrebleu) and CIDEr-D (pycocoevalcap)
+against the references (`benchmarks.tasks.captions`).
+
+`prompt_for` and `score_answer` are shared with the lmms-eval task (`benchmarks/lmms_tasks`), so both
+harnesses score the same way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from benchmarks.data import Sample, data_hash, first_turn, sample_media
+from benchmarks.metrics import bleu, cider, exact_match, vqa_match
+from benchmarks.registry import Benchmark
+from benchmarks.tasks import Context, TaskResult, bar, load_samples
+from benchmarks.tasks.captions import captions_of
+from vlm.errors import UserError
+
+CAPTION_PROMPT = "<image>\nDescribe the image briefly."
+
+
+def applicable(model, bench: Benchmark) -> str | None:
+    if not model.can_generate:
+        return "needs a generative model (a vlm checkpoint)"
+    if bench.modality not in model.modalities:
+        return f"the model has no {bench.modality} encoder"
+    return None
+
+
+def prompt_for(meta: dict[str, Any], suffix: str = "", where: str = "sample") -> tuple[str, str]:
+    """(prompt, gold answer) of a VQA sample: its first human turn (+ suffix) and its answer."""
+    prompt, gold = first_turn(meta, where)
+    return (prompt + suffix if suffix else prompt), str(gold)
+
+
+def score_answer(pred: str, gold: str) -> dict[str, float]:
+    return {"exact_match": float(exact_match(pred, gold)), "accuracy": float(vqa_match(pred, gold))}
+
+
+def _mean(rows: list[dict[str, Any]], k: str) -> float:
+    return sum(float(r[k]) for r in rows) / len(rows) if rows else float("nan")
+
+
+def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
+    suffix, max_new = bench.options.get("prompt_suffix", ""), int(bench.options.get("max_new_tokens", 16))
+    bs = int(bench.options.get("batch_size", min(ctx.batch_size, 8)))
+    rows: list[dict[str, Any]] = []
+    with bar(ctx, bench.name, len(samples), "q") as pbar:
+        for i in range(0, len(samples), bs):
+            chunk = samples[i:i + bs]
+            metas = [s.meta() for s in chunk]
+            pg = [prompt_for(m, suffix, f"{s.shard}: sample {s.key}") for s, m in zip(chunk, metas)]
+            preds = model.generate([(p, sample_media(s, p)) for s, (p, _) in zip(chunk, pg)], max_new, batch_size=bs)
+            for s, m, (p, gold), pred in zip(chunk, metas, pg, preds):
+                rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred, **score_answer(pred, gold)))
+            pbar.update(len(chunk))
+    return TaskResult(rows, {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"),
+                             "n": float(len(rows))})
+
+
+def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
+    suffix = bench.options.get("prompt_suffix", "")
+    rows: list[dict[str, Any]] = []
+    with bar(ctx, bench.name, len(samples), "q") as pbar:
+        for s in samples:
+            m = s.meta()
+            choices = m.get("choices")
+            if not choices:
+                raise UserError(f"{s.shard}: sample {s.key} has no 'choices' (needed by mode loglik)")
+            prompt, gold = prompt_for(m, suffix, f"{s.shard}: sample {s.key}")
+            media = sample_media(s, prompt)
+            ll = model.loglikelihood([(prompt, media, c) for c in choices])
+            best = max(range(len(choices)), key=lambda j: ll[j][0])
+            rows.append(dict(key=s.key, task=m.get("task", ""), gold=gold, pred=choices[best],
+                             correct=float(choices[best] == gold), n_choices=len(choices),
+                             logprob_gold=ll[choices.index(gold)][0] if gold in choices else float("nan")))
+            pbar.update(1)
+    return TaskResult(rows, {"accuracy": _mean(rows, "correct"), "chance": _mean([{"c": 1 / r["n_choices"]} for r in rows], "c"),
+                             "n": float(len(rows))})
+
+
+def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
+    prompt = bench.options.get("prompt", CAPTION_PROMPT)
+    max_new = int(bench.options.get("max_new_tokens", 32))
+    bs = int(bench.options.get("batch_size", min(ctx.batch_size, 8)))
+    kept = [(s, refs) for s in samples if (refs := captions_of(s))]
+    if not kept:
+        raise UserError(f"benchmark {bench.name}: no sample has a reference caption")
+    preds: list[str] = []
+    with bar(ctx, bench.name, len(kept), "img") as pbar:
+        for i in range(0, len(kept), bs):
+            chunk = kept[i:i + bs]
+            preds += model.generate([(prompt, sample_media(s, prompt)) for s, _ in chunk], max_new, batch_size=bs)
+            pbar.update(len(chunk))
+    refs = [r for _, r in kept]
+    corpus_cider, per = cider(preds, refs)
+    rows = [dict(key=s.key, pred=p, reference=r[0], cider=c) for (s, r), p, c in zip(kept, preds, per)]
+    return TaskResult(rows, {"cider": corpus_cider, "bleu": bleu(preds, refs), "n": float(len(rows))})
+
+
+def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
+    """Runs the benchmark; its rows and metrics are cached like features (model x data x options), since
+    generation is the expensive part here."""
+    samples, dhash = load_samples(bench, ctx)
+    fn = run_caption if bench.kind == "caption" else \
+        run_loglik if bench.options.get("mode", "generate") == "loglik" else run_generate
+    name = f"{bench.kind}-{data_hash([], dhash, bench.kind, bench.options, [s.key for s in samples])}"
+
+    def compute():
+        r = fn(model, samples, bench, ctx)
+        return {"n": torch.tensor([len(r.rows)])}, {"rows": r.rows, "metrics": r.metrics}
+
+    _, meta = ctx.cache.get_or_compute(model.fingerprint, name, compute)
+    return TaskResult(meta["rows"], meta["metrics"])

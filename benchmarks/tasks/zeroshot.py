@@ -1,0 +1,115 @@
+"""Zero-shot classification, the UniBench / clip_benchmark protocol, over shards in the `wds` layout.
+
+Per class, every template is filled with the class name and embedded; the L2-normalised template
+embeddings are averaged and the mean L2-normalised again (the class weight). Logits are
+100 x image . W for the L2-normalised image embedding. Metrics: top-1, top-5 (NaN under 5 classes,
+as clip_benchmark reports it) and balanced accuracy (clip_benchmark's `mean_per_class_recall`).
+Per-sample predictions equal clip_benchmark's `zero_shot_classifier` + `run_classification` in fp32.
+
+Image features (with keys and labels) and class weights are cached separately, keyed by the model
+and by the shard files / class names + templates, so a rerun or another benchmark over the same
+shards does not run the model at all.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.data import WdsMeta, data_hash, decode_image, iter_samples, prefetch, read_cls, read_wds_meta, shard_files
+from benchmarks.metrics import balanced_accuracy, topk_correct
+from benchmarks.registry import Benchmark
+from benchmarks.tasks import Context, TaskResult, bar
+from vlm.errors import UserError
+
+
+def applicable(model, bench: Benchmark) -> str | None:
+    return None if "image" in model.modalities else "the model has no image encoder"
+
+
+def class_weights(model, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """[C, D]: per class, the normalised mean of the normalised template embeddings."""
+    texts = [t.format(c=c) for c in classnames for t in templates]
+    emb = model.encode_texts(texts).reshape(len(classnames), len(templates), -1)     # [C, T, D]
+    w = emb.mean(dim=1)
+    return w / w.norm(dim=-1, keepdim=True)
+
+
+def encode_wds_images(model, files, n_classes: int, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Every image of the shards through the model: ([N, D] normalised features, [N] labels, keys)."""
+    keys: list[str] = []
+    labels: list[int] = []
+
+    def items():
+        for s in iter_samples(files):
+            ext = s.image_ext()
+            if ext is None:
+                raise UserError(f"{s.shard}: sample {s.key} has no image (jpg/png/webp)")
+            labels.append(read_cls(s, n_classes))
+            keys.append(s.key)
+            yield s.fields[ext], f"{s.shard}: sample {s.key}"
+            if ctx.limit and len(keys) >= ctx.limit:
+                return
+
+    def prep(item) -> torch.Tensor:
+        raw, where = item
+        return model.preprocess_image(decode_image(raw, where))
+
+    feats = []
+    with bar(ctx, "images", unit="img") as pbar:
+        for batch in prefetch(items(), prep, ctx.batch_size, ctx.workers):
+            feats.append(model.encode_image_batch(torch.stack(batch)))                # [B, D]
+            pbar.update(len(batch))
+    if not feats:
+        raise UserError(f"{files[0].parent}: no samples")
+    return torch.cat(feats), torch.tensor(labels), keys
+
+
+def image_features(model, meta: WdsMeta, split: str, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    files = shard_files(meta.folder, split)
+    name = f"wds-images-{data_hash(files, ctx.limit)}"
+
+    def compute():
+        x, y, keys = encode_wds_images(model, files, len(meta.classnames), ctx)
+        return {"features": x, "labels": y}, {"keys": keys}
+
+    t, m = ctx.cache.get_or_compute(model.fingerprint, name, compute)
+    return t["features"], t["labels"], m["keys"]
+
+
+def text_weights(model, meta: WdsMeta, ctx: Context) -> torch.Tensor:
+    name = f"zs-classifier-{data_hash([], meta.classnames, meta.templates)}"
+    t, _ = ctx.cache.get_or_compute(model.fingerprint, name,
+                                    lambda: ({"weights": class_weights(model, meta.classnames, meta.templates)}, {}))
+    return t["weights"]
+
+
+def evaluate(logits: torch.Tensor, labels: torch.Tensor, keys: list[str], classnames: list[str]) -> TaskResult:
+    pred = logits.argmax(dim=1)
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    rows: list[dict[str, Any]] = [
+        dict(key=k, label=int(y), pred=int(p), correct=bool(p == y), top5=[int(i) for i in t5],
+             label_name=classnames[int(y)], pred_name=classnames[int(p)])
+        for k, y, p, t5 in zip(keys, labels.tolist(), pred.tolist(), top5.tolist())]
+    metrics = {
+        "top1": float((pred == labels).float().mean()),
+        "top5": float(topk_correct(logits, labels, 5).float().mean()) if logits.shape[1] >= 5 else float("nan"),
+        "balanced_accuracy": balanced_accuracy(labels.tolist(), pred.tolist()),
+        "n": float(len(keys)),
+    }
+    return TaskResult(rows, metrics)
+
+
+def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
+    meta = read_wds_meta(bench.data.folder(ctx.roots))
+    t0 = time.perf_counter()
+    feats, labels, keys = image_features(model, meta, bench.data.split, ctx)          # [N, D]
+    t1 = time.perf_counter()
+    w = text_weights(model, meta, ctx)                                                 # [C, D]
+    t2 = time.perf_counter()
+    logits = 100.0 * feats @ w.T                                                       # [N, C]
+    res = evaluate(logits, labels, keys, meta.classnames)
+    res.tables["timing"] = [dict(phase="images", seconds=round(t1 - t0, 3), n=len(keys)),
+                            dict(phase="class weights", seconds=round(t2 - t1, 3), n=len(meta.classnames) * len(meta.templates))]
+    return res

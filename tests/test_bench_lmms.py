@@ -1,0 +1,82 @@
+"""The lmms-eval plugin: `lmms-eval --model vlm --model_args pretrained=CKPT --tasks ... --include_path
+benchmarks/lmms_tasks` runs a tiny trained checkpoint through the entry point and writes a results file
+whose scores (and per-sample answers) equal our runner's on the same split.
+
+The model is found through an `lmms_eval.models` entry point. Until the package is reinstalled with the
+entry point in pyproject.toml, the test declares the same entry point in a throwaway dist-info folder
+on PYTHONPATH; lmms-eval reads it exactly as it reads an installed one. The CLI exits 0 even when the
+evaluation fails, so the test checks the results file, not the exit code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRY_POINT = "vlm = benchmarks.lmms_plugin:MANIFEST"
+
+
+def _entry_point_dir(tmp: Path) -> Path:
+    d = tmp / "ep" / "vlm_lmms_test_ep-0.0.dist-info"
+    d.mkdir(parents=True)
+    (d / "METADATA").write_text("Metadata-Version: 2.1\nName: vlm-lmms-test-ep\nVersion: 0.0\n")
+    (d / "entry_points.txt").write_text(f"[lmms_eval.models]\n{ENTRY_POINT}\n")
+    return d.parent
+
+
+def test_manifest_is_what_lmms_eval_expects():
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+
+    from benchmarks.lmms_plugin import MANIFEST, VLMLmms
+    reg = ModelRegistryV2()
+    reg.register_manifest(MANIFEST)
+    assert reg.get_model_class("vlm") is VLMLmms
+
+
+def test_lmms_eval_cli_matches_runner(tmp_path):
+    from benchmarks.fixtures import train_tiny_vlm
+    from benchmarks.registry import Roots, resolve
+    from benchmarks.runner import RunConfig, evaluate
+    from vlm.data.synthetic import build_synthetic_world
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        world = tmp_path / "sw"
+        build_synthetic_world(world, samples=20, seed=0, eval_per_task=3, splits=("test",), workers=1,
+                              classification=False)
+        ckpt = train_tiny_vlm(tmp_path / "ckpt", world, steps=40)
+        ours = evaluate([str(ckpt)], resolve(["sw-vqa", "sw-vqa-mc"]),
+                        RunConfig(out=tmp_path / "ours", roots=Roots(str(world)), cache_dir=None, progress=False,
+                                  batch_size=1)).table.set_index("benchmark")
+    finally:
+        torch.set_num_threads(n_threads)
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(_entry_point_dir(tmp_path))]),
+               VLM_SYNTHETIC_WORLD=str(world), VLM_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "hf"),
+               HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    script = Path(sys.executable).with_name("lmms-eval")        # the console script of this environment
+    cmd = [str(script) if script.exists() else "lmms-eval", "--model", "vlm", "--model_args", f"pretrained={ckpt}",
+           "--tasks", "synthetic_world_vqa,synthetic_world_vqa_mc", "--include_path", str(REPO / "benchmarks/lmms_tasks"),
+           "--output_path", str(tmp_path / "lmms"), "--log_samples", "--device", "cpu", "--batch_size", "1"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    results = sorted((tmp_path / "lmms").glob("*/*_results.json"))
+    assert results, f"lmms-eval wrote no results (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    res = json.loads(results[-1].read_text())["results"]
+
+    assert res["synthetic_world_vqa"]["accuracy,none"] == pytest.approx(ours.loc["sw-vqa", "score"])
+    assert res["synthetic_world_vqa_mc"]["acc,none"] == pytest.approx(ours.loc["sw-vqa-mc", "score"])
+    assert ours.loc["sw-vqa", "score"] > 0                       # a trained model: the equality is not 0 == 0
+    # Per sample: lmms-eval's answers are our runner's answers, in the same order.
+    samples = next((tmp_path / "lmms").glob("*/*_samples_synthetic_world_vqa.jsonl"))
+    theirs = [json.loads(line) for line in samples.read_text().splitlines()]
+    theirs = [r["filtered_resps"][0] if isinstance(r["filtered_resps"], list) else r["filtered_resps"]
+              for r in sorted(theirs, key=lambda r: r["doc_id"])]
+    rows = pd.read_parquet(next((tmp_path / "ours" / "results").glob("*/sw-vqa.parquet")))
+    assert theirs == rows["pred"].tolist()

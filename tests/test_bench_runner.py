@@ -1,0 +1,146 @@
+"""The runner end to end on tiny shards and models: per-sample rows, aggregate, report and chart; a rerun
+skips finished work; another output folder hits the feature cache; `vlm eval` bad input exits 2."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks.fixtures import fit_open_clip, tiny_open_clip_config, write_wds_classification
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny synthetic-world (val + test), a fitted tiny CLIP, a random tiny llava checkpoint."""
+    import vlm.families
+    from vlm.data.synthetic import build_synthetic_world
+    tmp = tmp_path_factory.mktemp("runner")
+    world = tmp / "sw"
+    build_synthetic_world(world, samples=30, seed=0, eval_per_task=4, splits=("val", "test"), workers=1)
+    cfg = tiny_open_clip_config(tmp / "tiny-clip-runner.json")
+    wds = write_wds_classification(tmp / "wds_colors", n_per_class=8, shards=2)
+    clip = f"open_clip:{cfg}:{fit_open_clip(cfg, wds, tmp / 'clip.safetensors', steps=60)}"
+    torch.manual_seed(0)
+    llava = str(vlm.families.build("llava", "tiny").save_pretrained(tmp / "llava-tiny"))
+    return dict(tmp=tmp, world=world, wds=wds, clip=clip, llava=llava)
+
+
+def _benches(a):
+    from benchmarks.registry import get_benchmark
+    probe = get_benchmark("sw-probe-music-chord")
+    probe = replace(probe, name="probe-chord-val", data=replace(probe.data, train_split="val"), options={"steps": 50})
+    return [get_benchmark(f"wds:{a['wds']}"), *[get_benchmark(n) for n in (
+        "sw-shapes", "sw-relation-spatial", "sw-relation-attribute", "sw-retrieval", "sw-mmeb", "sw-vqa-color",
+        "sw-vqa-mc", "sw-caption")], probe]
+
+
+def test_runner_end_to_end_rerun_and_cache(assets):
+    from benchmarks.registry import Roots
+    from benchmarks.runner import RunConfig, evaluate
+    a = assets
+    benches = _benches(a)
+    cfg = RunConfig(out=a["tmp"] / "out", roots=Roots(str(a["world"])), cache_dir=a["tmp"] / "cache", progress=False)
+    res = evaluate([a["clip"], a["llava"]], benches, cfg)
+    t = res.table
+    assert len(t) == 2 * len(benches)
+    ok = t[t["status"] == "ok"]
+    skipped = t[t["status"] == "skipped"]
+    # CLIP cannot generate or probe audio; everything else runs for both
+    assert set(skipped["benchmark"]) == {"sw-vqa-color", "sw-vqa-mc", "sw-caption", "probe-chord-val"}
+    assert skipped["model"].nunique() == 1 and skipped["model"].iloc[0].startswith("open_clip:")
+    assert ok["score"].notna().all()
+    for rec_file in (a["tmp"] / "out" / "results").glob("*/*.json"):
+        rec = json.loads(rec_file.read_text())
+        if rec["status"] == "ok":
+            rows = pd.read_parquet(rec_file.with_suffix(".parquet"))
+            assert len(rows) > 0 and {"model", "benchmark", "key"} <= set(rows.columns)
+            if "n" in rec["metrics"]:
+                assert len(rows) == rec["metrics"]["n"]
+    mmeb = json.loads(t[(t["benchmark"] == "sw-mmeb")].iloc[0]["metrics"])
+    assert {"precision@1", "ind", "ood", "classification", "vqa", "retrieval", "grounding"} <= set(mmeb)
+    out = a["tmp"] / "out"
+    for f in ("aggregate.parquet", "aggregate.csv", "report.md", "chart.png"):
+        assert (out / f).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "## object recognition" in report and "| attributes |" in report and "Not applicable" in report
+    lookups = res.cache_hits + res.cache_misses
+
+    # Rerun into the same folder: every benchmark is found done, nothing is computed.
+    t0 = time.perf_counter()
+    again = evaluate([a["clip"], a["llava"]], benches, cfg)
+    assert again.reused == len(again.records) and again.cache_misses == 0 and again.cache_hits == 0
+    assert time.perf_counter() - t0 < 20
+    assert again.table["score"].equals(t["score"])
+
+    # Another folder, same cache: every cached computation is a hit, scores unchanged.
+    cfg2 = replace(cfg, out=a["tmp"] / "out2")
+    warm = evaluate([a["clip"], a["llava"]], benches, cfg2)
+    assert warm.reused == 0 and warm.cache_misses == 0 and warm.cache_hits == lookups
+    merged = warm.table.merge(t, on=["model", "benchmark"], suffixes=("", "_first"))
+    assert (merged["score"].fillna(-1) == merged["score_first"].fillna(-1)).all()
+
+
+def _cli(argv, capsys):
+    from vlm.cli import main
+    rc = main(argv)
+    return rc, capsys.readouterr()
+
+
+def test_cli_bad_input_exits_2(assets, tmp_path, capsys):
+    a = assets
+    out = str(tmp_path / "o")
+    common = ["--out", out, "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    # missing split
+    nosplit = tmp_path / "wds_nosplit"
+    write_wds_classification(nosplit, n_per_class=1, shards=1, split="train")
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{nosplit}", *common], capsys)
+    assert rc == 2 and "no 'test' split" in cap.err and len(cap.err.strip().splitlines()) == 1
+    # shards without cls
+    nocls = write_wds_classification(tmp_path / "wds_nocls", n_per_class=1, shards=1, with_cls=False)
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{nocls}", *common], capsys)
+    assert rc == 2 and "has no 'cls'" in cap.err and len(cap.err.strip().splitlines()) == 1
+    # unknown benchmark
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", "no-such-bench", *common], capsys)
+    assert rc == 2 and "unknown benchmark 'no-such-bench'" in cap.err and len(cap.err.strip().splitlines()) == 1
+    # a model path that is not a checkpoint
+    (tmp_path / "not_a_ckpt").mkdir()
+    rc, cap = _cli(["eval", "--model", str(tmp_path / "not_a_ckpt"), "--bench", f"wds:{a['wds']}", *common], capsys)
+    assert rc == 2 and "not a vlm checkpoint" in cap.err and len(cap.err.strip().splitlines()) == 1
+    # synthetic-world benchmarks without the data
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", "sw-shapes", "--data", str(tmp_path / "nowhere"), *common], capsys)
+    assert rc == 2 and "data folder not found" in cap.err
+
+
+def test_cli_run_list_and_model_card(assets, tmp_path, capsys):
+    import yaml
+    a = assets
+    card = tmp_path / "card.md"
+    card.write_text("---\nlibrary_name: vlm-suite\ntags: [clip]\n---\n\n# tiny clip\n\nKept as written.\n")
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{a['wds']}", "--bench", "sw-colors",
+                    "--data", str(a["world"]), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--quiet",
+                    "--model-card", str(card)], capsys)
+    assert rc == 0 and "| type | capability |" in cap.out
+    text = card.read_text()
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["tags"] == ["clip"] and "Kept as written." in text and "## Evaluation results" in text
+    results = meta["model-index"][0]["results"]
+    assert {r["dataset"]["name"] for r in results} == {"wds:wds_colors", "sw-colors"}
+    assert all(0.0 <= r["metrics"][0]["value"] <= 1.0 for r in results)
+    rc, cap = _cli(["eval", "list", "sw-vqa-*"], capsys)
+    assert rc == 0 and "sw-vqa-color" in cap.out and "sw-shapes" not in cap.out
+    rc, cap = _cli(["list", "benchmarks", "ub-*"], capsys)
+    assert rc == 0 and "ub-cifar10" in cap.out
+    rc, cap = _cli(["eval", "list", "--suites"], capsys)
+    assert rc == 0 and "synthetic-world" in cap.out
