@@ -63,17 +63,19 @@ QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, nu
 _SYNTHETIC_WORLD = {"world": {"shards": ["data/synthetic-world/train"], "weight": 1.0}}
 _TINY_COMMON = dict(batch_size=16, max_len=160, weight_decay=0.01, schedule="cosine", warmup=0.05, grad_clip=1.0)
 _TINY_SFT = dict(trainable=["connectors.*", "encoders.*"], llm="full", lr=3e-3, **_TINY_COMMON)
-_IMAGE_QA = ["color", "shape", "count", "spatial"]
+_IMAGE_QA = ["color", "shape"]
 LLAVA_TINY_RECIPE = {
-    "description": "SAIL-VL curriculum on synthetic-world image questions, CPU (vlm data build synthetic-world "
-                   "--out data/synthetic-world)",
+    "description": "SAIL-VL curriculum on synthetic-world colour/shape questions, CPU (vlm data build "
+                   "synthetic-world --out data/synthetic-world)",
     "model": {"family": "llava", "size": "tiny", "settings": {}},
     "data": _SYNTHETIC_WORLD,
     "stages": [
         {"name": "align", "trainable": ["connectors.*"], "llm": "frozen", "lr": 3e-3, "steps": 20,
          "filter": {"kind": "caption", "tasks": ["caption"]}, **_TINY_COMMON},
-        {"name": "sft-easy", "filter": {"tasks": _IMAGE_QA, "max_difficulty": 0.2}, "steps": 250, **_TINY_SFT},
-        {"name": "sft-hard", "filter": {"tasks": _IMAGE_QA, "min_difficulty": 0.2}, "steps": 130, **_TINY_SFT},
+        # easy: one object (difficulty 0.1 + 0.15 per extra object + clutter); hard: the whole range
+        {"name": "sft-easy", "filter": {"tasks": _IMAGE_QA, "max_difficulty": 0.25}, "steps": 180, **_TINY_SFT},
+        {"name": "sft-hard", "filter": {"tasks": _IMAGE_QA, "min_difficulty": 0.1}, "steps": 100,
+         **{**_TINY_SFT, "lr": 1e-3}},
     ],
     "runtime": {"checkpoint_every": 100, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0, "num_workers": 1,
                 "log_every": 10},

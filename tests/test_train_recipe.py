@@ -1,0 +1,129 @@
+"""Recipes: every built-in one validates; overrides; bad recipes fail early with one line naming the
+field (exit 2, nothing built or written); LR schedules; `vlm recipe show` round-trips."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import test_train_common as C  # noqa: E402
+
+from vlm.cli import main  # noqa: E402
+from vlm.errors import UserError  # noqa: E402
+from vlm.train import recipe as R  # noqa: E402
+from vlm.train.schedules import lr_factor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> str:
+    return C.write_image_world(tmp_path_factory.mktemp("rw") / "world", n=8)
+
+
+@pytest.fixture
+def recipe_file(tmp_path, world) -> Path:
+    return C.write_recipe(tmp_path / "r.yaml", world, [C.stage("align", ["connectors.*"]),
+                                                      C.stage("sft", ["connectors.*"], llm="full")],
+                          output_dir=str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("name", [r["name"] for r in R.list_recipes()])
+def test_every_builtin_recipe_validates(name):
+    recipe = R.load_recipe(name, check_files=False)
+    assert recipe.name == name and recipe.stages
+    if name.endswith("-tiny"):           # the skeleton of big sizes is as cheap, but needs their config files
+        R.check_model(recipe)
+
+
+def test_llava_default_is_the_sail_vl_curriculum():
+    r = R.load_recipe("llava-tiny", check_files=False)
+    assert [s.name for s in r.stages] == ["align", "sft-easy", "sft-hard"]
+    align, easy, hard = r.stages
+    assert align.trainable == ["connectors.*"] and align.llm == "frozen" and align.filter.kind == "caption"
+    assert easy.filter.max_difficulty is not None and hard.filter.min_difficulty is not None
+    assert easy.llm == hard.llm == "full"
+
+
+def test_overrides_and_resolved_yaml_round_trip(tmp_path, recipe_file):
+    r = R.load_recipe(str(recipe_file), ["stages.0.steps=7", "runtime.seed=3", "stages.1.filter.tasks=[color]",
+                                         "stages.0.lr=1e-2"])
+    assert (r.stages[0].steps, r.runtime.seed, r.stages[1].filter.tasks, r.stages[0].lr) == (7, 3, ["color"], 0.01)
+    saved = R.save_resolved(r, tmp_path)
+    again = R.load_recipe(str(saved))
+    assert again == r
+
+
+def test_recipe_show_prints_yaml_a_user_can_train_from(capsys, tmp_path):
+    assert main(["recipe", "show", "llava-tiny"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "mine.yaml").write_text(text)
+    assert R.load_recipe(str(tmp_path / "mine.yaml"), check_files=False) == R.load_recipe("llava-tiny", check_files=False)
+    assert main(["list", "recipes"]) == 0
+    assert "llava-tiny" in capsys.readouterr().out
+
+
+BAD = [
+    (["stages.0.lrr=0.1"], "stages.0.lrr"),                                  # unknown field
+    (["runtime.checkpont_every=3"], "runtime.checkpont_every"),
+    (["stages.0.steps=abc"], "stages.0.steps"),                              # wrong type
+    (["stages.0.packing=maybe"], "stages.0.packing"),
+    (["stages.0.schedule=cosin"], "stages.0.schedule"),                      # not a choice
+    (["data.world.shards=/nonexistent/shard-*.tar"], "data.world.shards.0"),  # missing shards
+    (["stages=[]"], "stages"),                                               # empty stage list
+    (["stages.0.trainable=[]"], "stages.0.trainable"),                       # nothing trainable
+    (["stages.0.trainable=[conectors.*]"], "stages.0.trainable.0"),          # a pattern matching nothing
+    (["model.family=nope"], "model.family"),                                 # unknown family
+    (["model.settings.vision=nope-vit"], "model.settings.vision"),           # unknown encoder
+    (["stages.0.batch_size=3", "stages.0.grad_accum=2"], "stages.0.batch_size"),
+    (["stages.1.data={other: 1.0}"], "stages.1.data.other"),                 # unknown source
+    (["stages.0.filter.tasks=[colour]"], "stages.0.filter"),                 # a filter keeping nothing
+]
+
+
+@pytest.mark.parametrize("overrides,field", BAD, ids=[b[1] + "-" + b[0][0].split("=")[1][:8] for b in BAD])
+def test_bad_recipe_is_one_line_naming_the_field_before_anything_is_built(overrides, field, recipe_file, capsys,
+                                                                         monkeypatch):
+    import vlm.train.trainer as T
+
+    def never(*a, **k):
+        raise AssertionError("the trainer started on a bad recipe")
+    monkeypatch.setattr(T.Trainer, "__init__", never)
+    rc = main(["train", str(recipe_file), *overrides])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert f"'{field}'" in err, err
+    assert not (recipe_file.parent / "run").exists()
+
+
+def test_bad_files_and_overrides_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    for spec, overrides in [(str(bad), []), (str(tmp_path / "missing.yaml"), []), ("nope-tiny", []),
+                            ("llava-tiny", ["stages.9.steps=1"]), ("llava-tiny", ["novalue"])]:
+        with pytest.raises(UserError) as e:
+            R.load_recipe(spec, overrides, check_files=False)
+        assert "\n" not in str(e.value)
+
+
+def test_options_may_follow_the_recipe_among_overrides(recipe_file, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("vlm.train.trainer.train", lambda recipe, run_dir, resume: seen.update(
+        recipe=recipe, run_dir=run_dir, resume=resume) or run_dir)
+    assert main(["train", str(recipe_file), "stages.0.steps=5", "--out", str(recipe_file.parent / "o"),
+                 "--resume"]) == 0
+    assert seen["recipe"].stages[0].steps == 5 and seen["resume"]
+    assert seen["run_dir"] == recipe_file.parent / "o"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
+def test_schedules_warm_up_then_follow_their_shape(schedule):
+    f = [lr_factor(schedule, p / 100, warmup=0.1, decay=0.2, min_ratio=0.1) for p in range(101)]
+    assert f[0] == 0 and abs(f[5] - 0.5) < 1e-9 and abs(f[10] - 1.0) < 1e-9          # linear warmup
+    assert all(a >= b - 1e-12 for a, b in zip(f[10:], f[11:]))                       # never rises after it
+    end = {"cosine": 0.1, "wsd": 0.1, "constant": 1.0}[schedule]
+    assert abs(f[100] - end) < 1e-9
+    if schedule == "wsd":
+        assert f[79] == 1.0 and 0.1 < f[90] < 1.0                                    # stable, then decay

@@ -1,0 +1,176 @@
+"""Training checkpoints: written to a temporary folder, then renamed (atomic); the newest K kept.
+
+    <run>/checkpoints/step-00000120/
+        model/              config.json + model.safetensors + tokenizer (`vlm.load` reads it)
+        optimizer.pt        full optimizer state keyed by parameter name (any strategy / world size)
+        rank-00000.pt       per rank: RNG states (python, numpy, torch, cuda) and the data position
+        trainer.json        stage, step, schedule and NaN counters, world size; written last
+
+[Contract] a folder named `step-*` is complete: it is only ever renamed from `.tmp-step-*` after
+every rank has written its part and `trainer.json` exists. A crash mid-write leaves a `.tmp-*`
+folder, which `latest` ignores and the next save or resume deletes.
+Everything is loaded with safetensors or `torch.load(weights_only=True)`: no pickled code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlm.errors import UserError
+from vlm.model import replace_dir
+
+STEP_RE = re.compile(r"^step-(\d{8})$")
+TRAINER_FILE, OPTIM_FILE, MODEL_DIR = "trainer.json", "optimizer.pt", "model"
+
+
+@dataclass
+class TrainerState:
+    """Where the run is: `stage` is the stage in progress (or just finished, when stage_done)."""
+    stage: int = 0
+    stage_name: str = ""
+    stage_done: bool = False
+    step: int = 0                                    # optimizer steps over all stages
+    schedule: dict = field(default_factory=dict)     # StageSchedule.state_dict(): steps, tokens of the stage
+    nan_steps: int = 0                               # non-finite steps skipped, whole run
+    nan_streak: int = 0                              # ... in a row, now
+    world_size: int = 1
+    recipe_name: str = ""
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG
+# ---------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """Every generator a step may draw from, in a form `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------------------------------------
+# finding
+# ---------------------------------------------------------------------------------------------
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first (partial `.tmp-*` and marker-less folders ignored)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_RE.match(p.name) and (p / TRAINER_FILE).is_file()]
+    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)))
+
+
+def latest(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def remove_partial(run_dir: Path) -> list[Path]:
+    """Delete what an interrupted save left behind; returns the removed folders."""
+    root = checkpoint_dir(run_dir)
+    gone = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-") or (STEP_RE.match(p.name) and not (p / TRAINER_FILE).is_file()):
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p)
+    return gone
+
+
+# ---------------------------------------------------------------------------------------------
+# writing (every rank calls `save`; rank 0 writes the shared parts)
+# ---------------------------------------------------------------------------------------------
+def save(run_dir: Path, state: TrainerState, d, plain_model, optim_state: dict | None, rank_state: dict,
+         keep_last: int) -> Path | None:
+    """Write one checkpoint atomically. `optim_state` is the full optimizer state (rank 0's matters)."""
+    root = checkpoint_dir(run_dir)
+    name = f"step-{state.step:08d}"
+    tmp, final = root / f".tmp-{name}", root / name
+    if d.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    d.barrier()
+    torch.save(rank_state, tmp / rank_file(d.rank))
+    if d.is_main:
+        plain_model.save_pretrained(tmp / MODEL_DIR)
+        torch.save(optim_state, tmp / OPTIM_FILE)
+    d.barrier()                                       # every rank's file is on disk
+    if d.is_main:
+        _write_json(tmp / TRAINER_FILE, asdict(state))
+        replace_dir(tmp, final)                       # the old folder or the new, never a mix
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    d.barrier()
+    return final
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def read_state(ckpt: Path) -> TrainerState:
+    try:
+        return TrainerState(**json.loads((ckpt / TRAINER_FILE).read_text()))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{ckpt / TRAINER_FILE}: not a trainer state ({e})") from None
+
+
+def load_model_weights(model, ckpt: Path) -> None:
+    """The checkpoint's model.safetensors into `model` (strict: same architecture and LLM mode)."""
+    from safetensors.torch import load_model
+    try:
+        missing, unexpected = load_model(model, str(ckpt / MODEL_DIR / "model.safetensors"), strict=False)
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{ckpt}: cannot load the model weights ({str(e).splitlines()[0]})") from None
+    if missing or unexpected:
+        raise UserError(f"{ckpt}: weights do not match the recipe's model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+
+
+def load_optimizer(ckpt: Path) -> dict:
+    return torch.load(ckpt / OPTIM_FILE, map_location="cpu", weights_only=True)
+
+
+def load_rank(ckpt: Path, rank: int) -> dict:
+    path = ckpt / rank_file(rank)
+    if not path.is_file():
+        raise UserError(f"{ckpt}: no state for rank {rank}; resume with the world size it was saved with")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,175 @@
+"""Distributed strategies chosen by name in the recipe: none | ddp | fsdp2 (torchrun, gloo on CPU).
+
+    torchrun --nproc_per_node 2 -m vlm.cli train llava-tiny runtime.strategy=ddp
+
+- none: one process; the model is used as is.
+- ddp: `DistributedDataParallel` over the whole model (the loss lives inside it).
+- fsdp2: `torch.distributed.fsdp.fully_shard` per LLM decoder layer, per encoder (its `encode`
+  method registered as a forward method) and at the root. fully_shard converts the module in
+  place, so the trainer shards a copy and keeps the plain model (on the CPU) for saving
+  checkpoints and for changing the trainable set between stages.
+
+Every rank must run the same modules every step (FSDP all-gathers per module; DDP reduces per
+bucket), so the model runs every encoder every step (`model.run_all_encoders`): a rank whose batch
+has no image still runs the image encoder on a blank item and adds 0 x its output.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vlm.errors import UserError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    strategy: str = "none"
+    owns_group: bool = False                     # we created the process group, so we destroy it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, values: list[float | int | torch.Tensor]) -> list[float]:
+        """Sum a few scalars over ranks (float64, so token counts stay exact)."""
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        if self.distributed:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def all_gather_object(self, obj) -> list:
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup(strategy: str, device: str = "auto") -> Dist:
+    """Join the torchrun process group (gloo on the CPU, nccl on GPUs) and pick this rank's device."""
+    world = world_size_from_env()
+    if world > 1 and strategy == "none":
+        raise UserError(f"recipe field 'runtime.strategy': 'none' under torchrun (WORLD_SIZE={world}); "
+                        f"use ddp or fsdp2")
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise UserError(f"recipe field 'runtime.device': {device!r} but no GPU is available")
+    dev = torch.device(f"cuda:{local}" if device in ("auto", "cuda") else device) if want_cuda else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
+        owns = True
+    return Dist(rank, world, local, dev, strategy if world > 1 else "none", owns)
+
+
+# ---------------------------------------------------------------------------------------------
+# wrapping
+# ---------------------------------------------------------------------------------------------
+def wrap(plain: nn.Module, d: Dist) -> nn.Module:
+    """The module the training step calls: plain, DDP over it, or a fully_shard-ed copy of it."""
+    if d.strategy == "none":
+        return plain.to(d.device)
+    plain.run_all_encoders = True
+    if d.strategy == "ddp":
+        plain.to(d.device)
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        # find_unused_parameters: an encoder may return a middle layer, leaving later ones unused.
+        return nn.parallel.DistributedDataParallel(plain, device_ids=ids, find_unused_parameters=True)
+    return _fully_shard(copy.deepcopy(plain), d)
+
+
+def _fully_shard(model: nn.Module, d: Dist) -> nn.Module:
+    """Shard bottom-up from the CPU copy: each unit moves to the device as it is sharded, so the
+    whole model is never on one device at once."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    mesh = init_device_mesh(d.device.type, (d.world_size,))
+    shard = functools.partial(fully_shard, mesh=mesh)
+    for layer in model.parts.layers:
+        shard(layer)
+    for enc in model.encoders.values():
+        shard(enc)
+        register_fsdp_forward_method(enc, "encode")   # the model calls encode(), not forward()
+    shard(model)
+    return model
+
+
+def inner(wrapped: nn.Module) -> nn.Module:
+    """The MultimodalLM under a DDP wrapper (FSDP2 keeps the class, so it is the module itself)."""
+    return wrapped.module if isinstance(wrapped, nn.parallel.DistributedDataParallel) else wrapped
+
+
+@contextlib.contextmanager
+def grad_sync(wrapped: nn.Module, d: Dist, enabled: bool):
+    """No gradient reduction on the micro-steps before the last one of an accumulation."""
+    if enabled or d.strategy == "none":
+        yield
+    elif d.strategy == "ddp":
+        with wrapped.no_sync():
+            yield
+    else:
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+
+
+# ---------------------------------------------------------------------------------------------
+# state across strategies: full (unsharded) state dicts keyed by parameter name
+# ---------------------------------------------------------------------------------------------
+def sync_plain(wrapped: nn.Module, plain: nn.Module, d: Dist, all_ranks: bool = False) -> None:
+    """Copy the trained weights into the plain model (FSDP2 only; DDP/none share the tensors).
+
+    Collective under fsdp2: every rank must call it. all_ranks=False fills rank 0's copy only."""
+    if d.strategy != "fsdp2":
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks))
+    if all_ranks or d.is_main:
+        with torch.no_grad():
+            plain.load_state_dict({k: v.to("cpu") for k, v in sd.items()}, strict=True)
+
+
+def optimizer_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state keyed by parameter name, full on rank 0 (collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(wrapped, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Every rank passes the full state read from the checkpoint; FSDP2 keeps each rank's shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(wrapped, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -1,0 +1,173 @@
+"""What a run reports (rank 0 only): progress bar, metrics JSONL, TensorBoard, optional W&B, a plot.
+
+    <run>/metrics.jsonl   one row per logged step {"step", "stage", "loss", "lr", "tok_per_s" ...}
+                          and one per event {"event": "stage_start", "trainable": [...], ...}
+    <run>/train.log       the events as text lines (also printed)
+    <run>/tb/             TensorBoard scalars (train/loss, train/lr, train/grad_norm, train/tok_per_s)
+    <run>/loss_lr.png     at the end: loss and LR against the step, one colour per stage
+
+On resume, rows past the checkpoint's step are dropped (JSONL rewritten, TensorBoard purged), so
+the files read as if the run had never stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+METRICS, TEXT_LOG, PLOT = "metrics.jsonl", "train.log", "loss_lr.png"
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None, wandb: dict | None = None):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.bar: tqdm | None = None
+        self._tb = self._wandb = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            self._truncate(resume_step)
+        self._jsonl = open(self.run_dir / METRICS, "a")
+        self._text = open(self.run_dir / TEXT_LOG, "a")
+        from torch.utils.tensorboard import SummaryWriter
+        self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+        if wandb is not None:
+            try:
+                import wandb as wb
+            except ImportError:
+                from vlm.errors import UserError
+                raise UserError("recipe field 'runtime.wandb': true, but the wandb package is not installed") from None
+            self._wandb = wb.init(project=wandb.pop("project"), config=wandb, dir=str(self.run_dir),
+                                  name=self.run_dir.name, resume="allow")
+
+    def _truncate(self, step: int) -> None:
+        path = self.run_dir / METRICS
+        if not path.exists():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        keep = [r for r in rows if _before(json.loads(r), step)]
+        path.write_text("".join(r + "\n" for r in keep))
+
+    # ------------------------------------------------------------------ records
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        if self.bar is not None:
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
+        self._text.write(line + "\n")
+        self._text.flush()
+
+    def event(self, kind: str, message: str, **fields) -> None:
+        if not self.enabled:
+            return
+        self._write({"event": kind, "time": time.time(), **fields})
+        self.info(message)
+
+    def metrics(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self._write({**row, "time": time.time()})
+        for k in ("loss", "lr", "grad_norm", "tok_per_s"):
+            if row.get(k) is not None:
+                self._tb.add_scalar(f"train/{k}", row[k], row["step"])
+        if self._wandb is not None:
+            self._wandb.log({f"train/{k}": v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
+        if self.bar is not None:
+            loss = "skipped" if row["loss"] is None else f"{row['loss']:.4f}"
+            self.bar.set_postfix(loss=loss, tok_s=f"{row['tok_per_s']:.0f}", lr=f"{row['lr']:.2e}", refresh=False)
+
+    def _write(self, row: dict) -> None:
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+
+    # ------------------------------------------------------------------ progress
+    def open_bar(self, stage: str, total: int, initial: int, unit: str) -> None:
+        if self.enabled:
+            self.bar = tqdm(total=total, initial=initial, unit=unit, desc=stage, dynamic_ncols=True,
+                            mininterval=1.0, unit_scale=unit == "tok")
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.close_bar()
+        if not self.enabled:
+            return
+        self._jsonl.close()
+        self._text.close()
+        self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _before(row: dict, step: int) -> bool:
+    """Whether a row belongs to the run up to checkpoint `step` (a stage starting there starts again)."""
+    at = row.get("step", 0)
+    return at < step if row.get("event") == "stage_start" else at <= step
+
+
+class SampleLog:
+    """Every rank's record of which samples each step trained on: samples-rank<R>.jsonl {"step", "keys"}."""
+
+    def __init__(self, run_dir: Path, rank: int, resume_step: int | None = None):
+        self.path = Path(run_dir) / f"samples-rank{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            rows = [r for r in self.path.read_text().splitlines() if r.strip()]
+            self.path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= resume_step))
+        self._f = open(self.path, "a")
+
+    def write(self, step: int, keys: list[str]) -> None:
+        self._f.write(json.dumps({"step": step, "keys": keys}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot(run_dir: Path) -> Path | None:
+    """loss_lr.png: training loss (top) and learning rate (bottom) against the step, per stage."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(run_dir) if "loss" in r and "event" not in r]
+    if not rows:
+        return None
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for i, name in enumerate(stages):
+        sel = [r for r in rows if r["stage"] == name]
+        steps = [r["step"] for r in sel]
+        colour = f"C{i % 10}"
+        ax_loss.plot(steps, [r["loss"] for r in sel], color=colour, label=name, lw=1)
+        ax_lr.plot(steps, [r["lr"] for r in sel], color=colour, lw=1)
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(title="stage")
+    ax_loss.grid(alpha=0.3)
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("step")
+    ax_lr.grid(alpha=0.3)
+    fig.suptitle(Path(run_dir).name)
+    fig.tight_layout()
+    out = Path(run_dir) / PLOT
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,478 @@
+"""Recipes: one typed schema for a whole training run, read from YAML, overridden by `key=value`.
+
+    vlm recipe show llava-tiny > my.yaml                   # copy a built-in one and edit it
+    vlm train my.yaml stages.0.steps=20 runtime.seed=3     # dotted paths, YAML values
+    recipe = load_recipe("llava-tiny", ["runtime.seed=3"])  # typed + validated, or a one-line UserError
+
+A recipe field is declared once, here: the YAML, the command-line overrides and the resolved
+`recipe.yaml` saved in the run folder are all this schema. Built-in recipes are addressed as
+`FAMILY-SIZE` and live with their family (`Family.recipes[size]`, e.g. `vlm/families/llava.py`).
+
+Validation runs before any model is built: unknown field, wrong type, a bad choice, a shard pattern
+that matches no file, an empty stage list, an unknown data source in a stage mixture, a stage with
+nothing trainable, an unknown family / size / builder setting. Trainable patterns and encoder
+names are checked against a weightless (meta-device) skeleton of the model (`check_model`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from vlm.errors import UserError
+
+LLMMode = Literal["frozen", "full", "lora"]
+ScheduleName = Literal["cosine", "wsd", "constant"]
+Precision = Literal["auto", "fp32", "bf16"]
+Strategy = Literal["none", "ddp", "fsdp2"]
+SampleKind = Literal["caption", "conversation"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the schema
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ModelSpec:
+    family: str = "llava"
+    size: str | None = "tiny"                       # a named preset of the family; None: settings only
+    settings: dict[str, Any] = field(default_factory=dict)  # builder arguments over the preset's
+
+
+@dataclass
+class Source:
+    shards: list[str]                               # tar files, globs, brace ranges or folders
+    weight: float = 1.0                             # share in a mixture (relative)
+
+
+@dataclass
+class SampleFilter:
+    """Which samples a stage trains on, judged on the sample's json before any media is decoded."""
+    min_difficulty: float | None = None             # keep difficulty >= min
+    max_difficulty: float | None = None             # keep difficulty < max (1.0 keeps 1.0 too)
+    min_quality: float | None = None
+    tasks: list[str] | None = None                  # keep only these json `task` values
+    kind: SampleKind | None = None                  # caption: samples with a `caption` (or txt only)
+
+
+@dataclass
+class Stage:
+    name: str
+    trainable: list[str] = field(default_factory=list)  # fnmatch over named_parameters(), e.g. connectors.*
+    llm: LLMMode = "frozen"                         # applied before the patterns: full / lora add the LLM
+    lora: dict[str, Any] | None = None              # peft LoraConfig settings (r, lora_alpha ...)
+    data: dict[str, float] = field(default_factory=dict)  # source -> weight; {} = every source, own weight
+    filter: SampleFilter = field(default_factory=SampleFilter)
+    steps: int | None = None                        # budget: optimizer steps ...
+    tokens: int | None = None                       # ... or tokens (non-padding, all ranks)
+    lr: float = 1e-3
+    weight_decay: float = 0.0                       # never on norms, biases, embeddings
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8                               # AdamW epsilon
+    schedule: ScheduleName = "cosine"               # warmup + cosine | warmup-stable-decay | constant
+    warmup: float = 0.03                            # fraction of the budget
+    decay: float = 0.2                              # wsd: fraction of the budget spent decaying
+    min_lr_ratio: float = 0.0                       # the LR the decay ends at, as a fraction of lr
+    batch_size: int = 8                             # samples (rows if packing) per optimizer step, all ranks
+    grad_accum: int = 1                             # micro-steps per optimizer step
+    max_len: int = 512
+    packing: bool = False
+    grad_clip: float = 1.0                          # max global grad norm; 0 = off
+
+
+@dataclass
+class Runtime:
+    precision: Precision = "auto"                   # auto: bf16 autocast on a GPU, fp32 on the CPU
+    strategy: Strategy = "none"                     # under torchrun: ddp | fsdp2
+    device: str = "auto"                            # auto | cpu | cuda
+    checkpoint_every: int = 100                     # optimizer steps; 0 = only at stage ends
+    keep_last: int = 2                              # checkpoints kept (the newest K)
+    output_dir: str = "runs/{name}"                 # {name}: the recipe name
+    seed: int = 0
+    num_workers: int = 0                            # data-loader workers per rank
+    shuffle_buffer: int = 1000
+    compile: bool = False
+    activation_checkpointing: bool = False
+    max_nan_steps: int = 5                          # consecutive non-finite steps before stopping
+    log_every: int = 1
+    log_samples: bool = False                       # samples-rank<R>.jsonl: the sample keys of every step
+    wandb: bool = False
+    wandb_project: str = "vlm"
+
+
+@dataclass
+class Recipe:
+    name: str
+    model: ModelSpec
+    data: dict[str, Source]
+    stages: list[Stage]
+    runtime: Runtime = field(default_factory=Runtime)
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {"name": d.pop("name"), "description": d.pop("description"), **d}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=110)
+
+    def output_dir(self) -> Path:
+        return Path(self.runtime.output_dir.format(name=self.name))
+
+
+# ---------------------------------------------------------------------------------------------
+# typed parsing: plain YAML data -> the dataclasses, a one-line error naming the field
+# ---------------------------------------------------------------------------------------------
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _bad(path: str, tp: Any, value: Any) -> UserError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return UserError(f"recipe field '{path}': expected {_type_name(tp)}, got {type(value).__name__} {shown}")
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    """value (parsed YAML) as type tp, recursively; raise UserError naming `path` when it is not."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return copy.deepcopy(value)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _convert(a, value, path)
+            except UserError:
+                pass
+        raise _bad(path, tp, value)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"recipe field '{path}': {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is list:
+        if isinstance(value, str) and args[0] is str:     # `shards: a/*.tar` means [a/*.tar]
+            value = [value]
+        if not isinstance(value, list):
+            raise _bad(path, tp, value)
+        return [_convert(args[0], v, f"{path}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _bad(path, tp, value)
+        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        return float(value)                            # PyYAML reads 1e-4 (no dot) as a string
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise _bad(path, tp, value)
+
+
+def from_dict(cls: type, raw: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from a mapping: unknown keys, missing required ones and wrong types are errors."""
+    where = path or "recipe"
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe field '{where}': expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in raw:
+        if k not in names:
+            raise UserError(f"recipe field '{_join(path, k)}' is unknown; {cls.__name__} has: {', '.join(names)}")
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kw[f.name] = _convert(hints[f.name], raw[f.name], _join(path, f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"recipe field '{_join(path, f.name)}' is missing (required)")
+    return cls(**kw)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides: `stages.0.steps=20`
+# ---------------------------------------------------------------------------------------------
+def apply_override(raw: dict, item: str) -> None:
+    """Set one dotted path in the raw recipe mapping; the value is parsed as YAML (20, true, [a, b])."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override '{item}' is not key=value (e.g. stages.0.steps=20)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"override '{key}': value {text!r} is not valid YAML ({e.problem})") from None
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i + 1])
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"override '{key}': '{here}' is not an index of a list of {len(node)}")
+            part = int(part)
+        elif isinstance(node, dict):
+            if not last and node.get(part) is None:
+                node[part] = {}
+        else:
+            raise UserError(f"override '{key}': '{'.'.join(parts[:i])}' is a value, not a mapping or list")
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+# ---------------------------------------------------------------------------------------------
+# built-in recipes
+# ---------------------------------------------------------------------------------------------
+def builtin_recipes() -> dict[str, dict]:
+    """{'FAMILY-SIZE': raw recipe mapping} over the registered families."""
+    from vlm.families import get_family, list_families
+    out = {}
+    for row in list_families():
+        fam = get_family(row["name"])
+        for size, raw in sorted(fam.recipes.items()):
+            out[f"{fam.name}-{size}"] = {"name": f"{fam.name}-{size}", **copy.deepcopy(raw)}
+    return out
+
+
+def list_recipes() -> list[dict]:
+    """Rows for `vlm list recipes`: name, modality, description."""
+    from vlm.families import get_family
+    rows = []
+    for name, raw in builtin_recipes().items():
+        fam = get_family(raw["model"]["family"])
+        stages = " -> ".join(s["name"] for s in raw.get("stages", []))
+        rows.append(dict(name=name, modality="+".join(fam.modalities),
+                         description=f"{raw.get('description', '')} [{stages}]".strip()))
+    return rows
+
+
+def raw_recipe(spec: str) -> tuple[dict, str]:
+    """The raw mapping of a built-in name or a YAML file, and where it came from."""
+    builtins = builtin_recipes()
+    if spec in builtins:
+        return builtins[spec], f"built-in recipe {spec}"
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise UserError(f"recipe file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{p}: a recipe is a YAML mapping (model, data, stages, runtime)")
+        raw.setdefault("name", p.stem)
+        return raw, str(p)
+    raise UserError(f"unknown recipe '{spec}': not a built-in ({', '.join(builtins) or 'none'}) nor a .yaml file")
+
+
+def load_recipe(spec: str, overrides: list[str] = (), world_size: int = 1, check_files: bool = True) -> Recipe:
+    """A built-in name or YAML file + overrides -> a validated Recipe (UserError naming the field)."""
+    raw, origin = raw_recipe(spec)
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        apply_override(raw, item)
+    recipe = from_dict(Recipe, raw)
+    validate(recipe, world_size, check_files)
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------------
+# validation (no model built)
+# ---------------------------------------------------------------------------------------------
+def _require(cond: bool, field_path: str, message: str) -> None:
+    if not cond:
+        raise UserError(f"recipe field '{field_path}': {message}")
+
+
+def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> None:
+    """Everything checkable without weights; the first problem raises a UserError naming its field."""
+    _validate_model(recipe.model)
+    _require(bool(recipe.data), "data", "no data sources (name: {shards: [...], weight: 1.0})")
+    for name, src in recipe.data.items():
+        _require(src.weight > 0, f"data.{name}.weight", f"must be > 0, got {src.weight}")
+        _require(bool(src.shards), f"data.{name}.shards", "empty shard list")
+        if check_files:
+            for i, pattern in enumerate(src.shards):
+                _check_shards(pattern, f"data.{name}.shards.{i}")
+    _require(bool(recipe.stages), "stages", "empty stage list; a recipe needs at least one stage")
+    seen = set()
+    for i, st in enumerate(recipe.stages):
+        _validate_stage(st, f"stages.{i}", recipe, world_size)
+        _require(st.name not in seen, f"stages.{i}.name", f"duplicate stage name '{st.name}'")
+        seen.add(st.name)
+        if check_files and st.filter != SampleFilter():
+            from vlm.train.data import check_filter
+            names = st.data or recipe.data
+            check_filter([s for n in names for s in recipe.data[n].shards], st.filter, f"stages.{i}.filter")
+    _validate_runtime(recipe.runtime)
+
+
+def _validate_model(m: ModelSpec) -> None:
+    import inspect
+    from vlm.families import get_family
+    try:
+        fam = get_family(m.family)
+    except UserError as e:
+        raise UserError(f"recipe field 'model.family': {e}") from None
+    if m.size is not None:
+        _require(m.size in fam.sizes, "model.size", f"family '{m.family}' has no size '{m.size}'; "
+                 f"known: {sorted(fam.sizes)}")
+    params = inspect.signature(fam.builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        for k in m.settings:
+            _require(k in params, f"model.settings.{k}", f"not a setting of family '{m.family}'; "
+                     f"known: {', '.join(params)}")
+
+
+def _check_shards(pattern: str, field_path: str) -> None:
+    from vlm.data.reader import expand_shards
+    try:
+        expand_shards(pattern)
+    except UserError as e:
+        raise UserError(f"recipe field '{field_path}': {e}") from None
+
+
+def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
+    _require(bool(st.name), f"{p}.name", "empty stage name")
+    _require(bool(st.trainable) or st.llm != "frozen", f"{p}.trainable",
+             f"stage '{st.name}' trains nothing (no trainable patterns and llm: frozen)")
+    for name, w in st.data.items():
+        _require(name in recipe.data, f"{p}.data.{name}", f"unknown data source; known: {sorted(recipe.data)}")
+        _require(w > 0, f"{p}.data.{name}", f"weight must be > 0, got {w}")
+    _require((st.steps is None) != (st.tokens is None), f"{p}.steps",
+             "give exactly one budget: steps or tokens")
+    budget = st.steps if st.steps is not None else st.tokens
+    _require(budget > 0, f"{p}.{'steps' if st.steps is not None else 'tokens'}", f"must be > 0, got {budget}")
+    _require(st.lr > 0, f"{p}.lr", f"must be > 0, got {st.lr}")
+    _require(st.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {st.weight_decay}")
+    _require(len(st.betas) == 2 and all(0 <= b < 1 for b in st.betas), f"{p}.betas", "two values in [0, 1)")
+    _require(st.eps > 0, f"{p}.eps", f"must be > 0, got {st.eps}")
+    _require(0 <= st.warmup < 1, f"{p}.warmup", f"a fraction of the budget in [0, 1), got {st.warmup}")
+    _require(0 <= st.decay <= 1 and st.warmup + (st.decay if st.schedule == "wsd" else 0) <= 1,
+             f"{p}.decay", "a fraction in [0, 1], with warmup + decay <= 1")
+    _require(0 <= st.min_lr_ratio <= 1, f"{p}.min_lr_ratio", f"must be in [0, 1], got {st.min_lr_ratio}")
+    _require(st.max_len >= 8, f"{p}.max_len", f"must be >= 8, got {st.max_len}")
+    _require(st.grad_accum >= 1, f"{p}.grad_accum", f"must be >= 1, got {st.grad_accum}")
+    _require(st.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {st.grad_clip}")
+    per = world_size * st.grad_accum
+    _require(st.batch_size >= 1 and st.batch_size % per == 0, f"{p}.batch_size",
+             f"{st.batch_size} (samples per optimizer step, all ranks) must be a positive multiple of "
+             f"world size x grad_accum = {world_size} x {st.grad_accum}")
+    f = st.filter
+    for name in ("min_difficulty", "max_difficulty", "min_quality"):
+        v = getattr(f, name)
+        _require(v is None or 0 <= v <= 1, f"{p}.filter.{name}", f"must be in [0, 1], got {v}")
+
+
+def _validate_runtime(rt: Runtime) -> None:
+    _require(rt.checkpoint_every >= 0, "runtime.checkpoint_every", f"must be >= 0, got {rt.checkpoint_every}")
+    _require(rt.keep_last >= 1, "runtime.keep_last", f"must be >= 1, got {rt.keep_last}")
+    _require(rt.num_workers >= 0, "runtime.num_workers", f"must be >= 0, got {rt.num_workers}")
+    _require(rt.max_nan_steps >= 1, "runtime.max_nan_steps", f"must be >= 1, got {rt.max_nan_steps}")
+    _require(rt.log_every >= 1, "runtime.log_every", f"must be >= 1, got {rt.log_every}")
+    _require(rt.device in ("auto", "cpu", "cuda") or rt.device.startswith("cuda:"), "runtime.device",
+             f"auto | cpu | cuda[:N], got {rt.device!r}")
+    try:
+        rt.output_dir.format(name="x")
+    except (KeyError, IndexError, ValueError):
+        raise UserError(f"recipe field 'runtime.output_dir': only {{name}} may be substituted in "
+                        f"{rt.output_dir!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the model skeleton: encoder names, trainable patterns (meta device, no weights)
+# ---------------------------------------------------------------------------------------------
+def build_model(spec: ModelSpec, seed: int | None = None):
+    """The recipe's model; `seed` (runtime.seed) seeds the family builder unless settings give one."""
+    import inspect
+    from vlm.families import build, get_family
+    settings = dict(spec.settings)
+    if seed is not None and "seed" in inspect.signature(get_family(spec.family).builder).parameters:
+        settings.setdefault("seed", seed)
+    return build(spec.family, spec.size, **settings)
+
+
+def model_skeleton(spec: ModelSpec):
+    """The model's structure on the meta device: parameter names and shapes, no memory, no init.
+
+    An unknown encoder or LLM name raises a UserError naming the `model.settings` field it came from.
+    """
+    import torch
+    state = torch.random.get_rng_state()
+    try:
+        with torch.device("meta"):
+            return build_model(spec)
+    except UserError as e:
+        raise UserError(f"recipe field '{_field_of(spec, str(e))}': {e}") from None
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _field_of(spec: ModelSpec, message: str) -> str:
+    """The settings key whose value an error message quotes (e.g. an unknown encoder name)."""
+    from vlm.families import get_family
+    fam = get_family(spec.family)
+    merged = {**(fam.sizes.get(spec.size, {}) if spec.size else {}), **spec.settings}
+    for k, v in merged.items():
+        name = v.get("name") if isinstance(v, dict) else v
+        if isinstance(name, str) and (f"'{name}'" in message or f'"{name}"' in message):
+            return f"model.settings.{k}"
+    return "model"
+
+
+def apply_stage(model, stage: Stage) -> list[str]:
+    """Freeze everything, set the stage's LLM mode (full: the LLM, lora: its adapters), then unfreeze
+    the parameters its patterns match; returns the names of the trainable parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.set_llm_mode(stage.llm, stage.lora)
+    for n, p in model.named_parameters():
+        if any(fnmatch.fnmatchcase(n, pat) for pat in stage.trainable):
+            p.requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def check_model(recipe: Recipe):
+    """Every stage's patterns against the meta-device skeleton: each pattern must match, each stage train."""
+    model = model_skeleton(recipe.model)
+    for i, st in enumerate(recipe.stages):
+        trained = apply_stage(model, st)
+        names = [n for n, _ in model.named_parameters()]
+        for j, pat in enumerate(st.trainable):
+            _require(any(fnmatch.fnmatchcase(n, pat) for n in names), f"stages.{i}.trainable.{j}",
+                     f"pattern {pat!r} matches no parameter (names look like {names[0]!r})")
+        _require(bool(trained), f"stages.{i}.trainable", f"stage '{st.name}' trains nothing")
+    return model
+
+
+def save_resolved(recipe: Recipe, run_dir: Path) -> Path:
+    path = Path(run_dir) / "recipe.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(recipe.to_yaml())
+    os.replace(tmp, path)
+    return path

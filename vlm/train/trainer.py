@@ -1,0 +1,318 @@
+"""The training loop: a recipe's stages in order, each with its own trainable set, data, LR schedule
+and budget; exact resume; DDP / FSDP2 under torchrun.
+
+    vlm train llava-tiny                                   # one process (CPU, or one GPU)
+    torchrun --nproc_per_node 2 -m vlm.cli train llava-tiny runtime.strategy=ddp
+    vlm train llava-tiny --resume                          # from the newest complete checkpoint
+    Trainer(load_recipe("llava-tiny"), Path("runs/x")).run()    # -> runs/x/final (vlm.load)
+
+Loss normalisation: each micro-step backpropagates the *sum* of its token losses; when the step's
+micro-batches are done, the label-token count is all-reduced and the gradients are scaled by
+world_size / count (DDP and FSDP2 average over ranks). So 2 ranks x batch b, 1 process x batch 2b
+and grad_accum 2 x batch b all make the same update: the mean over every label token of the step.
+
+Exact resume (bitwise on the CPU): a checkpoint holds the weights, the optimizer, the stage's
+schedule counters, every rank's RNG states and data position; on resume the model is rebuilt,
+the LLM modes of the stages so far are replayed, the weights loaded, and the RNG restored last,
+so the following steps draw exactly what the uninterrupted run drew.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlm.errors import UserError
+from vlm.train import checkpoint as ckpt_lib
+from vlm.train.data import batch_tokens, build_stage_loader, model_inputs
+from vlm.train.distributed import (Dist, grad_sync, inner, load_optimizer_state, optimizer_state, setup,
+                                   sync_plain, wrap)
+from vlm.train.logging import RunLog, SampleLog, plot
+from vlm.train.recipe import Recipe, Stage, apply_stage, build_model, save_resolved
+from vlm.train.schedules import StageSchedule
+
+
+class TrainingDiverged(UserError):
+    """Too many non-finite steps in a row; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class StepResult:
+    loss: float                     # mean over the step's label tokens, all ranks
+    grad_norm: float
+    lr: float
+    tokens: int                     # non-padding tokens, all ranks
+    label_tokens: int
+    finite: bool
+    keys: list[str]                 # this rank's samples
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on norms, biases and embeddings (1-D or nn.Embedding)."""
+    embeds = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or id(p) in embeds else decay).append(p)
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]]
+
+
+def summarize_trainable(model: nn.Module, names: list[str], depth: int = 2) -> str:
+    """'connectors.image (4), llm.model (19)': trainable tensors per module prefix."""
+    counts: dict[str, int] = {}
+    for n in names:
+        key = ".".join(n.split(".")[:depth])
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} ({v})" for k, v in counts.items()) or "nothing"
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, run_dir: Path | str | None = None, resume: bool = False):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir) if run_dir is not None else recipe.output_dir()
+        self.resume = resume
+        rt = recipe.runtime
+        self.d: Dist = setup(rt.strategy, rt.device)
+        self.log: RunLog | None = None
+        self.samples: SampleLog | None = None
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> Path:
+        """Train every stage not yet done; returns `<run>/final`."""
+        try:
+            ckpt = self._resume_point()
+            state = ckpt_lib.read_state(ckpt) if ckpt else ckpt_lib.TrainerState(
+                world_size=self.d.world_size, recipe_name=self.recipe.name)
+            self._check_world(ckpt, state)
+            self._open_logs(state.step if ckpt else None)
+            plain = self._build_model()
+            start = 0
+            if ckpt:
+                start = self._restore_model(plain, ckpt, state)
+                self.log.event("resume", f"resuming from {ckpt} (stage '{state.stage_name}', step {state.step})",
+                               step=state.step, checkpoint=str(ckpt))
+            for i in range(start, len(self.recipe.stages)):
+                mid_stage = ckpt is not None and i == state.stage and not state.stage_done
+                if ckpt is not None and i == start and not mid_stage:
+                    ckpt_lib.set_rng_state(ckpt_lib.load_rank(ckpt, self.d.rank)["rng"])
+                self._run_stage(i, plain, state, ckpt if mid_stage else None)
+            return self._finish(plain)
+        finally:
+            if self.log is not None:
+                self.log.close()
+            if self.samples is not None:
+                self.samples.close()
+            self.d.close()
+
+    def _resume_point(self) -> Path | None:
+        if self.d.is_main:
+            removed = ckpt_lib.remove_partial(self.run_dir) if self.resume else []
+            for p in removed:
+                print(f"removed partial checkpoint {p}", flush=True)
+        self.d.barrier()
+        found = ckpt_lib.latest(self.run_dir)
+        if found is not None and not self.resume:
+            raise UserError(f"{self.run_dir} already has checkpoints ({found.name}); pass --resume to continue "
+                            f"it or --out to start a new run")
+        if self.resume and found is None and self.d.is_main:
+            print(f"--resume: no complete checkpoint in {self.run_dir}; starting from scratch", flush=True)
+        return found
+
+    def _check_world(self, ckpt: Path | None, state: ckpt_lib.TrainerState) -> None:
+        if ckpt is not None and state.world_size != self.d.world_size:
+            raise UserError(f"{ckpt} was saved by {state.world_size} rank(s), this run has {self.d.world_size}; "
+                            f"resume with the same number of ranks")
+
+    def _open_logs(self, resume_step: int | None) -> None:
+        rt = self.recipe.runtime
+        wandb = {"project": rt.wandb_project, **self.recipe.to_dict()} if rt.wandb else None
+        self.log = RunLog(self.run_dir, self.d.is_main, resume_step, wandb)
+        if rt.log_samples:
+            self.samples = SampleLog(self.run_dir, self.d.rank, resume_step)
+        if self.d.is_main:
+            save_resolved(self.recipe, self.run_dir)
+        self.d.barrier()
+
+    def _build_model(self) -> nn.Module:
+        rt = self.recipe.runtime
+        model = build_model(self.recipe.model, seed=rt.seed)          # same init on every rank
+        if rt.activation_checkpointing:
+            from vlm.llm import base_model
+            base_model(model.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _seed_everything(rt.seed + self.d.rank)
+        return model
+
+    def _restore_model(self, plain: nn.Module, ckpt: Path, state: ckpt_lib.TrainerState) -> int:
+        """Replay the LLM modes of the stages so far, load the weights; returns the first stage to run."""
+        for st in self.recipe.stages[:state.stage + 1]:
+            plain.set_llm_mode(st.llm, st.lora)
+        ckpt_lib.load_model_weights(plain, ckpt)
+        return state.stage + 1 if state.stage_done else state.stage
+
+    def _finish(self, plain: nn.Module) -> Path:
+        final = self.run_dir / "final"
+        if self.d.is_main:
+            plain.save_pretrained(final)
+            png = plot(self.run_dir)
+            self.log.event("done", f"final model: {final}" + (f"; plot: {png}" if png else ""), path=str(final))
+        self.d.barrier()
+        return final
+
+    # ------------------------------------------------------------------ one stage
+    def _run_stage(self, i: int, plain: nn.Module, state: ckpt_lib.TrainerState, ckpt: Path | None) -> None:
+        st, d = self.recipe.stages[i], self.d
+        names = apply_stage(plain, st)
+        self._log_stage_start(i, st, plain, names, state.step)
+        wrapped = wrap(plain, d)
+        if self.recipe.runtime.compile:
+            wrapped.compile()
+        wrapped.train()
+        model = inner(wrapped)
+        optimizer = torch.optim.AdamW(decay_groups(model, st.weight_decay), lr=st.lr, betas=tuple(st.betas),
+                                      eps=st.eps)
+        schedule = StageSchedule(optimizer, st, first_step_tokens=st.batch_size * st.max_len // 2)
+        loader = build_stage_loader(self.recipe, i, plain.processor, d.rank, d.world_size)
+        if ckpt is not None:
+            load_optimizer_state(wrapped, optimizer, ckpt_lib.load_optimizer(ckpt))
+            schedule.load_state_dict(state.schedule)
+            rank_state = ckpt_lib.load_rank(ckpt, d.rank)
+            loader.load_state_dict(rank_state["data"])
+        else:
+            state.stage, state.stage_name, state.stage_done = i, st.name, False
+            state.schedule = schedule.state_dict()
+        batches = iter(loader)
+        if ckpt is not None:
+            ckpt_lib.set_rng_state(rank_state["rng"])                # last: nothing draws after it
+        self._train_loop(i, st, wrapped, optimizer, schedule, loader, batches, plain, state)
+        sync_plain(wrapped, plain, d, all_ranks=True)               # fsdp2: the next stage re-shards it
+        self.log.event("stage_end", f"stage '{st.name}' done at step {state.step}; data: "
+                       f"{loader.stats.report().splitlines()[0]}", stage=st.name, step=state.step,
+                       data=loader.stats.to_dict())
+
+    def _log_stage_start(self, i: int, st: Stage, plain: nn.Module, names: list[str], step: int) -> None:
+        params = dict(plain.named_parameters())
+        n_train = sum(params[n].numel() for n in names)
+        n_all = sum(p.numel() for p in params.values())
+        budget = f"{st.steps} steps" if st.steps else f"{st.tokens:,} tokens"
+        self.log.event("stage_start", f"stage {i + 1}/{len(self.recipe.stages)} '{st.name}': llm {st.llm}, "
+                       f"{budget}, lr {st.lr:g} ({st.schedule}); trainable {len(names)} tensors, {n_train:,} of "
+                       f"{n_all:,} params: {summarize_trainable(plain, names)}",
+                       step=step, stage=st.name, index=i, llm=st.llm, patterns=st.trainable, trainable=names,
+                       trainable_params=n_train, total_params=n_all)
+
+    def _train_loop(self, i, st, wrapped, optimizer, schedule, loader, batches, plain, state) -> None:
+        rt, log = self.recipe.runtime, self.log
+        unit, total = ("step", st.steps) if st.steps else ("tok", st.tokens)
+        log.open_bar(st.name, total, schedule.steps if st.steps else schedule.tokens, unit)
+        params = [p for p in inner(wrapped).parameters() if p.requires_grad]
+        while not schedule.done:
+            t0 = time.perf_counter()
+            res = self._step(wrapped, optimizer, schedule, batches, params, st)
+            state.step += 1
+            state.schedule = schedule.state_dict()
+            self._count_nonfinite(res, st, state)
+            if self.samples is not None:
+                self.samples.write(state.step, res.keys)
+            if state.step % rt.log_every == 0 or schedule.done:
+                log.metrics({"step": state.step, "stage": st.name, "stage_step": schedule.steps,
+                             "loss": res.loss if res.finite else None, "lr": res.lr,
+                             "grad_norm": res.grad_norm if math.isfinite(res.grad_norm) else None,
+                             "tokens": res.tokens, "label_tokens": res.label_tokens,
+                             "tok_per_s": res.tokens / max(time.perf_counter() - t0, 1e-9),
+                             "skipped": not res.finite, "nan_steps": state.nan_steps})
+            log.advance(1 if st.steps else res.tokens)
+            self._stop_if_diverged(st, state)
+            due = rt.checkpoint_every and state.step % rt.checkpoint_every == 0
+            if due or schedule.done:
+                self._save(wrapped, plain, optimizer, loader, state, done=schedule.done)
+        log.close_bar()
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _step(self, wrapped, optimizer, schedule: StageSchedule, batches, params, st: Stage) -> StepResult:
+        d = self.d
+        lr = schedule.apply()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+        labels = tokens = 0
+        keys: list[str] = []
+        for k in range(st.grad_accum):
+            with torch.random.fork_rng(devices=[]):          # a DataLoader draws its worker seed from the
+                batch = next(batches)                          # global RNG when it starts: keep that out of resume
+            keys += batch.get("sample_keys", [])
+            with grad_sync(wrapped, d, enabled=k == st.grad_accum - 1):
+                with self._autocast():
+                    out = wrapped(**model_inputs(batch, d.device), reduction="sum")
+                out["loss"].backward()
+            loss_sum += out["loss"].detach().double()
+            labels += int(out["n_tokens"])
+            tokens += batch_tokens(batch)
+        loss_all, labels_all, tokens_all = d.all_reduce_sum([loss_sum, labels, tokens])
+        scale = d.world_size / max(labels_all, 1.0)         # DDP / FSDP2 averaged over ranks: undo, then / count
+        for p in params:
+            if p.grad is None:
+                # a modality absent from the batch: a zero gradient, as DDP / FSDP2 (every encoder runs
+                # on every rank) give it, so AdamW steps every trainable tensor whatever the strategy
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad.mul_(scale)
+        norm = torch.nn.utils.clip_grad_norm_(params, st.grad_clip if st.grad_clip > 0 else float("inf"))
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        loss = loss_all / max(labels_all, 1.0)
+        finite = math.isfinite(loss) and math.isfinite(norm)
+        if finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.advance(int(tokens_all))
+        return StepResult(loss, norm, lr, int(tokens_all), int(labels_all), finite, keys)
+
+    def _autocast(self):
+        rt, dev = self.recipe.runtime, self.d.device
+        bf16 = rt.precision == "bf16" or (rt.precision == "auto" and dev.type == "cuda")
+        return torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def _count_nonfinite(self, res: StepResult, st: Stage, state: ckpt_lib.TrainerState) -> None:
+        if res.finite:
+            state.nan_streak = 0
+            return
+        state.nan_steps += 1
+        state.nan_streak += 1
+        self.log.event("nonfinite", f"step {state.step}: loss {res.loss} / grad norm {res.grad_norm}: step skipped "
+                       f"({state.nan_streak} in a row)", step=state.step, stage=st.name)
+
+    def _stop_if_diverged(self, st: Stage, state: ckpt_lib.TrainerState) -> None:
+        limit = self.recipe.runtime.max_nan_steps
+        if state.nan_streak >= limit:
+            last = ckpt_lib.latest(self.run_dir)
+            raise TrainingDiverged(f"stage '{st.name}' step {state.step}: loss or gradients non-finite {limit} steps "
+                                   f"in a row (runtime.max_nan_steps={limit}); stopped. Last good checkpoint: "
+                                   f"{last if last else 'none'}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, wrapped, plain, optimizer, loader, state: ckpt_lib.TrainerState, done: bool) -> None:
+        if state.nan_streak:                                  # never overwrite good state while diverging
+            self.log.info(f"step {state.step}: checkpoint skipped (non-finite steps in a row)")
+            return
+        state.stage_done = done
+        sync_plain(wrapped, plain, self.d)
+        optim = optimizer_state(wrapped, optimizer)
+        rank_state = {"rng": ckpt_lib.rng_state(), "data": loader.state_dict()}
+        path = ckpt_lib.save(self.run_dir, state, self.d, plain, optim, rank_state, self.recipe.runtime.keep_last)
+        self.log.event("checkpoint", f"checkpoint {path}", step=state.step, path=str(path))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(recipe: Recipe, run_dir: Path | str | None = None, resume: bool = False) -> Path:
+    """Train a validated recipe; returns the final checkpoint folder."""
+    return Trainer(recipe, run_dir, resume).run()
