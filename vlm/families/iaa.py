@@ -15,7 +15,7 @@ import torch
 from vlm.connectors.inner_adaptor import InnerAdaptors
 from vlm.errors import require
 from vlm.families import Family, register_family
-from vlm.families.llava import _SYNTHETIC_WORLD, _TINY_COMMON, QWEN2_05B, build_multimodal
+from vlm.families.llava import _SYNTHETIC_WORLD, _TINY_COMMON, QWEN2_05B, TINY_SIZE, build_multimodal, per_modality
 from vlm.model import MultimodalLM
 
 PATHS = ("auto", "text", "multimodal")
@@ -56,10 +56,7 @@ def build_iaa(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny:l
               audio: str | dict | None = None, music: str | dict | None = None, video: str | dict | None = None,
               adaptor_layers: list[int] | None = None, audio_pool: int = 1, music_pool: int = 1,
               seed: int | None = 0) -> IAAModel:
-    encs = {"image": vision, "audio": audio, "music": music, "video": video}
-    conns = {m: {"type": projector} for m in encs}
-    conns["audio"]["pool"] = audio_pool
-    conns["music"]["pool"] = music_pool
+    encs, conns = per_modality(vision, audio, music, video, projector, audio_pool, music_pool)
     extra = {"adaptor_layers": adaptor_layers} if adaptor_layers is not None else {}
     return build_multimodal(IAAModel, "iaa", llm, encs, conns, "frozen", None, extra=extra, seed=seed)
 
@@ -89,8 +86,7 @@ register_family(Family(
     model_cls=IAAModel,
     builder=build_iaa,
     sizes={
-        "tiny": dict(vision="tiny-clip", llm="tiny:llama", audio="whisper:tiny", music="mert:tiny",
-                     video="video:tiny", audio_pool=2, music_pool=4),
+        "tiny": TINY_SIZE,
         "0.5b": dict(vision="clip-vit-l-336", llm=QWEN2_05B, projector="linear"),
     },
     modalities=("image", "audio", "music", "video"),

@@ -45,11 +45,22 @@ def build_llava(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny
                 audio: str | dict | None = None, music: str | dict | None = None, video: str | dict | None = None,
                 audio_pool: int = 1, music_pool: int = 1, llm_mode: str = "frozen", lora: dict | None = None,
                 seed: int | None = 0) -> MultimodalLM:
+    encs, conns = per_modality(vision, audio, music, video, projector, audio_pool, music_pool)
+    return build_multimodal(MultimodalLM, "llava", llm, encs, conns, llm_mode, lora, seed=seed)
+
+
+def per_modality(vision, audio, music, video, projector: str, audio_pool: int = 1, music_pool: int = 1):
+    """Encoder names and projector settings per modality, as the builders' keyword arguments give them."""
     encs = {"image": vision, "audio": audio, "music": music, "video": video}
     conns = {m: {"type": projector} for m in encs}
     conns["audio"]["pool"] = audio_pool
     conns["music"]["pool"] = music_pool
-    return build_multimodal(MultimodalLM, "llava", llm, encs, conns, llm_mode, lora, seed=seed)
+    return encs, conns
+
+
+# The tiny encoders of every family's `tiny` size: tests and the default run on a CPU.
+TINY_SIZE = dict(vision="tiny-clip", llm="tiny:llama", audio="whisper:tiny", music="mert:tiny", video="video:tiny",
+                 audio_pool=2, music_pool=4)
 
 
 # A Qwen2-0.5B-shaped LLM (random init; give a local folder as `llm` for real weights).
@@ -105,8 +116,7 @@ register_family(Family(
     model_cls=MultimodalLM,
     builder=build_llava,
     sizes={
-        "tiny": dict(vision="tiny-clip", llm="tiny:llama", audio="whisper:tiny", music="mert:tiny",
-                     video="video:tiny", audio_pool=2, music_pool=4),
+        "tiny": TINY_SIZE,
         "0.5b": dict(vision="clip-vit-l-336", llm=QWEN2_05B),
     },
     modalities=("image", "audio", "music", "video"),
