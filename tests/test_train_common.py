@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-import helpers_media as H  # noqa: E402
+import helpers_media as H
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = ["red", "green", "blue", "yellow"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import test_train_common as C  # noqa: E402
+import test_train_common as C
 
 ATOL = 1e-5
 # One torchrun launch runs both strategies (half the start-up cost of two launches); the process
@@ -52,7 +51,7 @@ def runs(tmp_path_factory):
 
 def test_rank1_batches_have_no_image_and_ranks_split_the_global_batch(runs):
     import json
-    read = lambda p: [json.loads(x)["keys"] for x in p.read_text().splitlines()]  # noqa: E731
+    read = lambda p: [json.loads(x)["keys"] for x in p.read_text().splitlines()]
     single = read(runs / "single" / "samples-rank0.jsonl")
     for strategy in ("ddp", "fsdp2"):
         r0, r1 = (read(runs / strategy / f"samples-rank{r}.jsonl") for r in (0, 1))

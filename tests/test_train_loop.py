@@ -10,12 +10,12 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import test_train_common as C  # noqa: E402
+import test_train_common as C
 
-from vlm.cli import main  # noqa: E402
-from vlm.model import MultimodalLM  # noqa: E402
-from vlm.train.recipe import load_recipe  # noqa: E402
-from vlm.train.trainer import Trainer  # noqa: E402
+from vlm.cli import main
+from vlm.model import MultimodalLM
+from vlm.train.recipe import load_recipe
+from vlm.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-import test_train_common as C  # noqa: E402
+import test_train_common as C
 
-from vlm.cli import main  # noqa: E402
-from vlm.errors import UserError  # noqa: E402
-from vlm.train import recipe as R  # noqa: E402
-from vlm.train.schedules import lr_factor  # noqa: E402
+from vlm.cli import main
+from vlm.errors import UserError
+from vlm.train import recipe as R
+from vlm.train.schedules import lr_factor
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import test_train_common as C  # noqa: E402
+import test_train_common as C
 
 STEPS = (4, 3)     # align (captions), sft (difficulty < 0.5): checkpoints every 2 steps and at stage ends
 

@@ -3,7 +3,9 @@
     <run>/checkpoints/step-00000120/
         model/              config.json + model.safetensors + tokenizer (`vlm.load` reads it)
         optimizer.pt        full optimizer state keyed by parameter name (any strategy / world size)
-        rank-00000.pt       per rank: RNG states (python, numpy, torch, cuda) and the data position
+        rank-00000.pt       per rank: RNG states (python, numpy, torch, cuda) and the data position (the
+                            pipeline's seed, epoch and per-worker positions: its workers' streams are
+                            pure functions of those, so they hold no other random state)
         trainer.json        stage, step, schedule and NaN counters, world size; written last
 
 [Contract] a folder named `step-*` is complete: it is only ever renamed from `.tmp-step-*` after

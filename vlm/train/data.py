@@ -13,7 +13,8 @@ position stays exact, and is reported under the reason `filtered`, which is not 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from vlm.data.decode import SampleError
 from vlm.data.pipeline import PipelineConfig, SampleProcessor, ShardPipeline

@@ -20,7 +20,7 @@ import copy
 import datetime
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -34,7 +34,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     strategy: str = "none"
     owns_group: bool = False                     # we created the process group, so we destroy it
 
@@ -155,7 +155,10 @@ def sync_plain(wrapped: nn.Module, plain: nn.Module, d: Dist, all_ranks: bool = 
     Collective under fsdp2: every rank must call it. all_ranks=False fills rank 0's copy only."""
     if d.strategy != "fsdp2":
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
     sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks))
     if all_ranks or d.is_main:
         with torch.no_grad():
@@ -164,12 +167,18 @@ def sync_plain(wrapped: nn.Module, plain: nn.Module, d: Dist, all_ranks: bool = 
 
 def optimizer_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer state keyed by parameter name, full on rank 0 (collective)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
     return get_optimizer_state_dict(wrapped, optimizer,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_optimizer_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Every rank passes the full state read from the checkpoint; FSDP2 keeps each rank's shard."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
     set_optimizer_state_dict(wrapped, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -292,7 +292,7 @@ def raw_recipe(spec: str) -> tuple[dict, str]:
 
 def load_recipe(spec: str, overrides: list[str] = (), world_size: int = 1, check_files: bool = True) -> Recipe:
     """A built-in name or YAML file + overrides -> a validated Recipe (UserError naming the field)."""
-    raw, origin = raw_recipe(spec)
+    raw, _ = raw_recipe(spec)
     raw = copy.deepcopy(raw)
     for item in overrides:
         apply_override(raw, item)
@@ -334,6 +334,7 @@ def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> N
 
 def _validate_model(m: ModelSpec) -> None:
     import inspect
+
     from vlm.families import get_family
     try:
         fam = get_family(m.family)
@@ -410,6 +411,7 @@ def _validate_runtime(rt: Runtime) -> None:
 def build_model(spec: ModelSpec, seed: int | None = None):
     """The recipe's model; `seed` (runtime.seed) seeds the family builder unless settings give one."""
     import inspect
+
     from vlm.families import build, get_family
     settings = dict(spec.settings)
     if seed is not None and "seed" in inspect.signature(get_family(spec.family).builder).parameters:

@@ -32,8 +32,16 @@ from torch import nn
 from vlm.errors import UserError
 from vlm.train import checkpoint as ckpt_lib
 from vlm.train.data import batch_tokens, build_stage_loader, model_inputs
-from vlm.train.distributed import (Dist, grad_sync, inner, load_optimizer_state, optimizer_state, setup,
-                                   sync_plain, wrap)
+from vlm.train.distributed import (
+    Dist,
+    grad_sync,
+    inner,
+    load_optimizer_state,
+    optimizer_state,
+    setup,
+    sync_plain,
+    wrap,
+)
 from vlm.train.logging import RunLog, SampleLog, plot
 from vlm.train.recipe import Recipe, Stage, apply_stage, build_model, save_resolved
 from vlm.train.schedules import StageSchedule
