@@ -390,6 +390,21 @@ def test_synthetic_world_is_deterministic(world, tmp_path):
     assert sha(tmp_path / "other" / "train" / "shard-000000.tar") != sha(out / "train" / "shard-000000.tar")
 
 
+def test_synthetic_world_task_subset(tmp_path, capsys):
+    """--tasks: only the chosen tasks, in train (by their weights) and in val/test; unknown names are one-line errors."""
+    assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "fd"), "--samples", "30",
+                     "--tasks", "fine_detail", "color", "--splits", "train", "test"]) == 0
+    index = json.loads((tmp_path / "fd" / "index.json").read_text())
+    assert index["selected"] == ["color", "fine_detail"]
+    assert set(index["splits"]["train"]["tasks"]) == {"color", "fine_detail"}
+    assert index["splits"]["train"]["tasks"]["color"] > index["splits"]["train"]["tasks"]["fine_detail"]  # 7 : 3
+    assert set(index["splits"]["test"]["tasks"]) == {"color", "fine_detail"}
+    capsys.readouterr()
+    rc = vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "x"), "--tasks", "colour"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "'colour'" in err and len(err.splitlines()) == 1
+
+
 def test_spoken_words_with_espeak(tmp_path, monkeypatch):
     """The espeak-ng path, with a stand-in binary (writes a 22,050 Hz wav) when the real one is absent."""
     from vlm.data import synth_audio

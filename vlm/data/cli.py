@@ -1,6 +1,7 @@
 """`vlm data`: build the built-in data set, convert common layouts to shards (and `inspect`, when present).
 
     vlm data build synthetic-world --out data/synthetic-world [--samples 4000] [--seed 0] [--workers 2]
+        [--tasks fine_detail color ...]
     vlm data convert llava-json --json data.json --images IMAGES/ --out shards/sft
     vlm data convert caption-folder FOLDER --out shards/captions
     vlm data convert class-folder FOLDER --out wds/mine [--templates templates.txt]
@@ -23,7 +24,8 @@ def _build(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     samples = DEFAULT_SAMPLES if args.samples is None else args.samples
     index = build_synthetic_world(args.out, samples=samples, seed=args.seed, splits=args.splits,
-                                  eval_per_task=args.eval_per_task, workers=args.workers)
+                                  eval_per_task=args.eval_per_task, workers=args.workers,
+                                  tasks=args.tasks)
     print(format_counts(index))
     print(f"built {args.dataset} in {args.out} in {time.perf_counter() - start:.1f} s (seed {args.seed})")
     return 0
@@ -88,6 +90,8 @@ def add_cli(subparsers) -> None:
     b.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
     b.add_argument("--eval-per-task", type=int, default=None, help="val/test samples per benchmark task")
     b.add_argument("--workers", type=int, default=None, help="generator processes (default 2, 1 for tiny builds)")
+    b.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="only these tasks (e.g. fine_detail color shape), mixed by their usual weights; default all")
     b.set_defaults(func=_build)
 
     c = sub.add_parser("convert", help="convert a folder or LLaVA JSON to shards",

@@ -76,6 +76,22 @@ def available_tasks() -> set[str]:
     return {t for t in GENERATORS if t != "audio_speech" or synth_audio.speech_available()}
 
 
+def select_tasks(names: Iterable[str] | None) -> set[str]:
+    """The tasks to generate: `names` (each must exist and be generable here), or every available one."""
+    available = available_tasks()
+    if names is None:
+        return available
+    names = set(names)
+    for t in sorted(names):
+        if t not in GENERATORS:
+            raise UserError(f"unknown synthetic-world task {t!r}; choose from {', '.join(sorted(GENERATORS))}")
+        if t not in available:
+            raise UserError(f"task {t!r} cannot be generated here (spoken words need espeak-ng)")
+    if not names:
+        raise UserError("--tasks needs at least one task")
+    return names
+
+
 def task_schedule(weights: dict[str, float], n: int, seed: int, split: str) -> list[str]:
     """n task names in proportion to `weights` (largest remainder; each task at least once when n
     allows), in a seeded shuffled order so every shard mixes all tasks."""
@@ -170,8 +186,11 @@ def _task_info(tasks: Iterable[str]) -> dict[str, Any]:
 
 def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES, seed: int = 0,
                           splits: Iterable[str] = SPLITS, eval_per_task: int | None = None,
-                          workers: int | None = None, classification: bool = True) -> dict[str, Any]:
+                          workers: int | None = None, classification: bool = True,
+                          tasks: Iterable[str] | None = None) -> dict[str, Any]:
     """Generate synthetic-world under `out`; returns (and writes) `<out>/index.json`.
+
+    tasks: only these tasks (e.g. a fine-detail study), still mixed by their TRAIN_WEIGHTS; default all.
 
     samples: training samples (tasks mixed by TRAIN_WEIGHTS); val and test get `eval_per_task`
     samples per benchmark task (default max(2, samples // 100)). workers > 1 generates in a
@@ -188,14 +207,14 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
         raise UserError(f"--samples must be >= 1 (got {samples})")
     eval_per_task = eval_per_task or max(2, samples // 100)
     workers = workers or default_workers(samples)
-    tasks = available_tasks()
+    tasks = select_tasks(tasks)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {out}: {e.strerror}") from e
     if os.path.exists(os.path.join(out, "index.json")):
         os.remove(os.path.join(out, "index.json"))  # rewritten last: present = complete
-    index: dict[str, Any] = {"name": NAME, "version": 1, "seed": seed, "samples": samples,
+    index: dict[str, Any] = {"name": NAME, "version": 1, "seed": seed, "samples": samples, "selected": sorted(tasks),
                              "eval_per_task": eval_per_task, "splits": {}, "speech": "audio_speech" in tasks}
     for split in splits:
         if split == "train":
@@ -226,7 +245,8 @@ def format_counts(index: dict[str, Any]) -> str:
         lines += [f"  {t:<18}{n}" for t, n in sorted(info["tasks"].items())]
     for name, info in index.get("wds", {}).items():
         lines.append(f"wds/{name}: {info['num_samples']} images, {len(info['classes'])} classes")
-    if not index.get("speech"):
+    if not index.get("speech") and "audio_speech" not in index.get("selected", ["audio_speech"]) \
+            and len(index.get("selected", [])) == len(GENERATORS) - 1:
         lines.append("audio_speech skipped: espeak-ng is not installed")
     return "\n".join(lines)
 

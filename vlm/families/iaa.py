@@ -15,7 +15,7 @@ import torch
 from vlm.connectors.inner_adaptor import InnerAdaptors
 from vlm.errors import require
 from vlm.families import Family, register_family
-from vlm.families.llava import _SYNTHETIC_WORLD, _TINY_COMMON, QWEN2_05B, TINY_SIZE, build_multimodal, per_modality
+from vlm.families.llava import QWEN2_05B, TINY_SIZE, build_multimodal, per_modality, tiny_curriculum
 from vlm.model import MultimodalLM
 
 PATHS = ("auto", "text", "multimodal")
@@ -63,22 +63,10 @@ def build_iaa(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny:l
 
 # The reference's two stages, LLM frozen throughout: alignment (projector, captions), then adaptors +
 # projector + multimodal embedding / norm / head on instructions, easy -> hard by difficulty (SAIL-VL
-# order). The tiny encoders start random, so they train too. Same budget as llava-tiny (560 steps).
-IAA_TINY_RECIPE = {
-    "description": "IAA on synthetic-world: projector, then adaptors + projector + mm embedding/head; LLM frozen",
-    "model": {"family": "iaa", "size": "tiny", "settings": {}},
-    "data": _SYNTHETIC_WORLD,
-    "stages": [
-        {"name": "align", "trainable": ["connectors.*"], "llm": "frozen", "filter": {"kind": "caption"},
-         "steps": 60, "lr": 2e-3, **_TINY_COMMON},
-        {"name": "sft-easy", "trainable": ["connectors.*", "encoders.*", "iaa.*"], "llm": "frozen",
-         "filter": {"max_difficulty": 0.5}, "steps": 300, "lr": 2e-3, **_TINY_COMMON},
-        {"name": "sft-hard", "trainable": ["connectors.*", "encoders.*", "iaa.*"], "llm": "frozen",
-         "filter": {"min_difficulty": 0.3}, "steps": 200, "lr": 1e-3, **_TINY_COMMON},
-    ],
-    "runtime": {"checkpoint_every": 100, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0, "num_workers": 1,
-                "log_every": 5},
-}
+# order). llava-tiny's curriculum, data, steps and learning rates; the encoder stays frozen as there.
+IAA_TINY_RECIPE = tiny_curriculum(
+    "iaa", "IAA on synthetic-world: projector, then adaptors + projector + mm embedding/head; LLM frozen",
+    ["connectors.*", "iaa.*"], "frozen")
 
 register_family(Family(
     name="iaa",

@@ -6,6 +6,8 @@ random init unless local weights are given, for GPUs).
 """
 from __future__ import annotations
 
+import copy
+
 from vlm.families import Family, register_family
 from vlm.model import ModelConfig, MultimodalLM
 
@@ -70,36 +72,47 @@ QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, nu
 
 # SAIL-VL curriculum: alignment (projector only, captions) -> SFT easy -> SFT hard by the samples' difficulty
 # score (synthetic-world: 0.1 for one object, +0.15 per extra object, +0.03 per clutter stroke). As LLaVA-1.5,
-# the vision encoder stays frozen; the tiny LLM starts random, so SFT trains it fully. Sized for a 2-core CPU
-# in minutes, on the image questions about colours and shapes (widen `tasks` to train every modality).
-_SYNTHETIC_WORLD = {"world": {"shards": ["data/synthetic-world/train"], "weight": 1.0}}
-_TINY_COMMON = dict(batch_size=16, max_len=160, weight_decay=0.01, schedule="cosine", warmup=0.05, grad_clip=1.0)
-_TINY_TASKS = ["color", "shape", "caption", "count", "multi_turn"]
-_TINY_SFT = dict(trainable=["connectors.*"], llm="full", **_TINY_COMMON)
-LLAVA_TINY_RECIPE = {
-    "description": "SAIL-VL curriculum on synthetic-world image questions, CPU (vlm data build synthetic-world "
-                   "--out data/synthetic-world)",
-    "model": {"family": "llava", "size": "tiny", "settings": {}},
-    "data": _SYNTHETIC_WORLD,
-    "stages": [
-        {"name": "align", "trainable": ["connectors.*"], "llm": "frozen", "lr": 3e-3, "steps": 20,
-         "filter": {"kind": "caption", "tasks": ["caption"]}, **_TINY_COMMON},
-        {"name": "sft-easy", "filter": {"tasks": _TINY_TASKS, "max_difficulty": 0.3}, "steps": 700, "lr": 3e-3,
-         **_TINY_SFT},
-        # the whole difficulty range: multi-object questions join the easy ones (no forgetting)
-        {"name": "sft-hard", "filter": {"tasks": _TINY_TASKS, "min_difficulty": 0.1}, "steps": 500, "lr": 1e-3,
-         **_TINY_SFT},
-    ],
-    "runtime": {"checkpoint_every": 100, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0, "num_workers": 1,
-                "log_every": 10},
-}
+# the vision encoder stays frozen. Sized for a 2-core CPU in minutes, on the image questions about colours,
+# shapes and counts (widen `tasks` to train every modality). Every family's tiny recipe is this curriculum
+# (same data, steps and learning rates); only what trains in the SFT stages differs.
+SYNTHETIC_WORLD = {"world": {"shards": ["data/synthetic-world/train"], "weight": 1.0}}
+TINY_COMMON = dict(batch_size=16, max_len=160, weight_decay=0.01, schedule="cosine", warmup=0.05, grad_clip=1.0)
+TINY_TASKS = ["color", "shape", "caption", "count", "multi_turn"]
+
+
+def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft_llm: str) -> dict:
+    """The tiny recipe of `family`: align (projector, captions), then SFT easy -> hard training
+    `sft_trainable` with the LLM in mode `sft_llm`."""
+    sft = dict(trainable=list(sft_trainable), llm=sft_llm, **TINY_COMMON)
+    return {
+        "description": description,
+        "model": {"family": family, "size": "tiny", "settings": {}},
+        "data": copy.deepcopy(SYNTHETIC_WORLD),
+        "stages": [
+            {"name": "align", "trainable": ["connectors.*"], "llm": "frozen", "lr": 3e-3, "steps": 20,
+             "filter": {"kind": "caption", "tasks": ["caption"]}, **TINY_COMMON},
+            {"name": "sft-easy", "filter": {"tasks": list(TINY_TASKS), "max_difficulty": 0.3}, "steps": 700,
+             "lr": 3e-3, **sft},
+            # the whole difficulty range: multi-object questions join the easy ones (no forgetting)
+            {"name": "sft-hard", "filter": {"tasks": list(TINY_TASKS), "min_difficulty": 0.1}, "steps": 500,
+             "lr": 1e-3, **sft},
+        ],
+        "runtime": {"checkpoint_every": 100, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0,
+                    "num_workers": 1, "log_every": 10},
+    }
+
+
+# The tiny LLM starts random, so SFT trains it fully.
+LLAVA_TINY_RECIPE = tiny_curriculum(
+    "llava", "SAIL-VL curriculum on synthetic-world image questions, CPU (vlm data build synthetic-world "
+             "--out data/synthetic-world)", ["connectors.*"], "full")
 # LLaVA-1.5 on a GPU: projector pretraining on captions (lr 1e-3, batch 256), then SFT of projector + LLM
 # (lr 2e-5, batch 128), here split easy -> hard; bf16 autocast, FSDP2 under torchrun.
 _05B_COMMON = dict(max_len=2048, packing=True, schedule="cosine", warmup=0.03, grad_clip=1.0)
 LLAVA_05B_RECIPE = {
     "description": "LLaVA-1.5 recipe, SAIL-VL stages (GPU; point data.* at your shards)",
     "model": {"family": "llava", "size": "0.5b", "settings": {}},
-    "data": _SYNTHETIC_WORLD,
+    "data": SYNTHETIC_WORLD,
     "stages": [
         {"name": "align", "trainable": ["connectors.*"], "llm": "frozen", "filter": {"kind": "caption"},
          "steps": 2000, "lr": 1e-3, "batch_size": 256, **_05B_COMMON},
