@@ -3,9 +3,10 @@ the LLM's text behaviour (held-out text perplexity through the text-only path).
 
     python benchmarks/iaa_compare.py --data data/synthetic-world --out runs/iaa-compare
 
-Trains three models with the same stages, steps and data (synthetic-world, built if absent):
+Trains three models with the same stages, steps and data (synthetic-world, built if absent; the tiny
+curriculum of `vlm.families.llava.tiny_curriculum`, encoders frozen in all three):
   iaa-tiny            LLM frozen; projector, then adaptors + projector + multimodal embedding/norm/head
-  llava-tiny-frozen   LLM frozen in every stage (projector, + encoders in SFT, as in iaa-tiny)
+  llava-tiny-frozen   LLM frozen in every stage: the projector alone trains
   llava-tiny-full     the llava-tiny recipe (the LLM trains fully in the SFT stages)
 then evaluates each with the benchmark runner (synthetic-world suite, image tasks) and measures the
 perplexity of held-out text (the test split's questions and answers, text only) against the base LLM.

@@ -230,3 +230,20 @@ def test_bad_settings_are_one_line_errors():
                     (dict(mid_grids=[[2, 2], [1, 3]]), "same number of crops")]:
         with pytest.raises(UserError, match=msg):
             build("dragonfly", "tiny", **kw)
+
+
+def test_fine_detail_study_recipes_and_selection_hits(tmp_path):
+    """benchmarks/fine_detail_compare.py: every run's recipe validates on a --tasks subset, and the
+    selection hit rate counts the images whose kept crops hold the small object (top_k=9 keeps all)."""
+    from benchmarks.fine_detail_compare import RUNS, TASKS, fine_detail_samples, selection_hits, study_recipe
+    from vlm.data.synthetic import build_synthetic_world
+    from vlm.train.recipe import Recipe, from_dict, validate
+    data = tmp_path / "fd"
+    build_synthetic_world(data, samples=60, tasks=TASKS, eval_per_task=3, splits=("train", "test"),
+                          classification=False, workers=1)
+    for family, settings in RUNS.values():
+        validate(from_dict(Recipe, {"name": "fd", **study_recipe(family, settings, data)}))
+    samples = fine_detail_samples(data)
+    assert len(samples) == 3 and all(lab["bbox"] and img.size[0] >= 1024 for img, _, lab in samples)
+    assert selection_hits(build("dragonfly", "tiny", top_k=9), samples) == 1.0
+    assert selection_hits(build("dragonfly", "tiny", top_k=1), samples) in (0.0, 1 / 3, 2 / 3, 1.0)

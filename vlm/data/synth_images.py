@@ -282,7 +282,9 @@ def gen_fine_detail(rng: np.random.Generator, split: str) -> dict[str, Any]:
     w, h = int(pick(rng, FINE_SIZES)), int(pick(rng, FINE_SIZES))
     img = background(rng, w, h)
     add_clutter(rng, img, int(rng.integers(0, 40)), width=3)
-    r = float(rng.uniform(8, 24))
+    # 4-7 % of the short side across: a few pixels in a 32-224 px global view, clear in a 3-6x zoom
+    rel = float(rng.uniform(0.02, 0.035))
+    r = rel * min(w, h)
     cx, cy = (float(v) for v in rng.uniform([r + 2, r + 2], [w - r - 2, h - r - 2]))
     shape, color = pick(rng, SHAPES), pick(rng, COLOR_NAMES)
     bbox = draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, COLORS[color])
@@ -292,7 +294,7 @@ def gen_fine_detail(rng: np.random.Generator, split: str) -> dict[str, Any]:
         q, answer, choices = "What shape is the small colored object?", shape, SHAPES
     meta = qa_json("fine_detail", "<image>\n" + q, answer, choices,
                    {"shape": shape, "color": color, "bbox": bbox, "relative_size": round(2 * r / min(w, h), 4)},
-                   0.6 + 0.4 * (24 - r) / 16)
+                   0.6 + 0.4 * (0.035 - rel) / 0.015)
     return _sample(img, meta, (w, h))
 
 
