@@ -25,7 +25,7 @@ Bad samples are skipped and counted by reason in `pipe.stats` (`DataStats`); pas
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -232,7 +232,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
 class ShardPipeline:
     """Iterable of batches over weighted shard sources; exact `state_dict()` / `load_state_dict()`."""
 
-    def __init__(self, sources: Any, processor: Processor, config: PipelineConfig | None = None, **overrides):
+    def __init__(self, sources: Any, processor: Processor, config: PipelineConfig | None = None, *,
+                 wrap_sample_fn: Callable[[SampleProcessor], SampleProcessor] | None = None,
+                 stats_cls: type[DataStats] = DataStats, **overrides):
+        """wrap_sample_fn: builds the per-sample function from the default one (e.g. a filter that
+        drops samples by their json first); stats_cls: the DataStats kind kept in `stats`."""
         cfg = config or PipelineConfig()
         unknown = set(overrides) - {f.name for f in fields(PipelineConfig)}
         if unknown:
@@ -256,10 +260,13 @@ class ShardPipeline:
                 raise UserError(f"data source '{s.name}': {len(s.shards)} shards cannot be split by shard over "
                                 f"{world} ranks x {max(1, cfg.num_workers)} workers; use split='sample'")
         pad_id = processor.tokenizer.pad_token_id
-        self.dataset = ShardDataset(self.sources, SampleProcessor(processor, cfg.max_len, cfg.draft,
-                                                                  cfg.fast_tokenizer), cfg, rank, world, pad_id)
+        sample_fn = SampleProcessor(processor, cfg.max_len, cfg.draft, cfg.fast_tokenizer)
+        if wrap_sample_fn is not None:
+            sample_fn = wrap_sample_fn(sample_fn)
+        self.dataset = ShardDataset(self.sources, sample_fn, cfg, rank, world, pad_id)
         self.order = list(range(self.dataset.workers))  # logical workers in the order batches come
-        self.stats = DataStats()
+        self.stats_cls = stats_cls
+        self.stats = stats_cls()
         _warm_token_counts(processor)
 
     # ------------------------------------------------------------------ iteration
@@ -331,7 +338,7 @@ class ShardPipeline:
         ds.positions = [int(p) for p in state["positions"]]
         ds.done = [bool(d) for d in state["done"]]
         self.order = [int(w) for w in state["order"]]
-        self.stats = DataStats.from_dict(state["stats"])
+        self.stats = self.stats_cls.from_dict(state["stats"])
 
 
 def _warm_token_counts(processor: Processor) -> None:

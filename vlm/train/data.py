@@ -116,10 +116,8 @@ class StageStats(DataStats):
 class StageLoader:
     """The rank's micro-batches for one stage: an endless iterable with an exact position."""
 
-    def __init__(self, pipeline: ShardPipeline, filtered: bool):
-        self.pipeline, self.filtered = pipeline, filtered
-        if filtered:
-            self.pipeline.stats = StageStats.from_dict(pipeline.stats.to_dict())
+    def __init__(self, pipeline: ShardPipeline):
+        self.pipeline = pipeline
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self.pipeline)
@@ -133,8 +131,6 @@ class StageLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.pipeline.load_state_dict(state)
-        if self.filtered:
-            self.pipeline.stats = StageStats.from_dict(self.pipeline.stats.to_dict())
 
 
 def stage_sources(recipe: Recipe, stage_index: int) -> list[dict[str, Any]]:
@@ -156,12 +152,11 @@ def build_stage_loader(recipe: Recipe, stage_index: int, processor, rank: int = 
     cfg = PipelineConfig(batch_size=micro, max_len=stage.max_len, packing=stage.packing,
                          shuffle_buffer=rt.shuffle_buffer, seed=stage_seed(recipe, stage_index),
                          num_workers=rt.num_workers, rank=rank, world_size=world_size)
-    pipe = ShardPipeline(stage_sources(recipe, stage_index), processor, cfg)
-    filtered = not is_noop(stage.filter)
-    if filtered:
-        pipe.dataset.sample_fn = FilteringSampleProcessor(pipe.dataset.sample_fn, stage.filter,
-                                                          f"stages.{stage_index}.filter")
-    return StageLoader(pipe, filtered)
+    if is_noop(stage.filter):
+        return StageLoader(ShardPipeline(stage_sources(recipe, stage_index), processor, cfg))
+    where = f"stages.{stage_index}.filter"
+    return StageLoader(ShardPipeline(stage_sources(recipe, stage_index), processor, cfg, stats_cls=StageStats,
+                                     wrap_sample_fn=lambda base: FilteringSampleProcessor(base, stage.filter, where)))
 
 
 def model_inputs(batch: dict, device) -> dict:
