@@ -27,7 +27,7 @@ GREY = (128, 128, 128)
 
 @pytest.fixture(scope="module")
 def tiny():
-    return build("dragonfly", "tiny").eval()
+    return build("dragonfly", "tiny", selection="visual").eval()
 
 
 @pytest.fixture(scope="module")

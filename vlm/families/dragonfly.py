@@ -134,7 +134,11 @@ def _recipe_like_llava(llava: dict, size: str, extra_tokens: int, description: s
     return r
 
 
-TINY = dict(vision="tiny-clip", llm="tiny:llama", pool=2)          # 32 px, patch 8: 4x4 grid -> 2x2 per crop
+# 32 px, patch 8: 4x4 grid -> 2x2 per crop. Salient selection: on synthetic-world fine detail the
+# reference's visual score keeps the crops most like their region (background; 0.21 of test images
+# keep the object's crop, chance 0.33) and dragonfly-tiny then does no better than llava-tiny; salient
+# keeps it in 0.99 (benchmarks/fine_detail_compare.py, model_cards/dragonfly.md).
+TINY = dict(vision="tiny-clip", llm="tiny:llama", pool=2, selection="salient")
 # CLIP ViT-L/14-336 with its CLS token, as the reference feeds it (577 tokens low, 37 per pooled crop).
 SIZE_05B = dict(vision={"name": "clip-vit-l-336", "feature_select": "full"}, llm=QWEN2_05B, pool=4)
 
