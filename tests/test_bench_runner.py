@@ -13,12 +13,7 @@ import torch
 from benchmarks.fixtures import fit_open_clip, tiny_open_clip_config, write_wds_classification
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")
