@@ -98,12 +98,12 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default all)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. stages.1.steps=200)")
     a = p.parse_args(argv)
+    import yaml
+
     from benchmarks.registry import Roots, resolve
     from benchmarks.report import capability_table
     from benchmarks.runner import RunConfig, evaluate
     from vlm.model import load
-    import yaml
-
     from vlm.train.recipe import load_recipe
     from vlm.train.trainer import Trainer
     out = Path(a.out)
@@ -129,8 +129,9 @@ def main(argv=None) -> int:
     samples = fine_detail_samples(data)
     dragonflies = {name: load(f) for name, f in finals.items() if RUNS[name][0] == "dragonfly"}
     hits = {name: selection_hits(m, samples) for name, m in dragonflies.items()}
-    k = next(iter(dragonflies.values())).zoom_settings.top_k if dragonflies else 0
-    print(f"\nselection keeps the small object's high crop (chance {k}/9 = {k / 9:.3f}), {len(samples)} test images:")
+    zs = next(iter(dragonflies.values())).zoom_settings if dragonflies else None
+    k, f2 = (zs.top_k, zs.factor ** 2) if zs else (0, 1)
+    print(f"\nselection keeps the small object's high crop (chance {k}/{f2} = {k / f2:.3f}), {len(samples)} test images:")
     for name, h in hits.items():
         print(f"  {name}: {h:.3f}")
     rows = res.table[["model", "benchmark", "score", "n"]].to_dict("records")
