@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import re
 import tarfile
@@ -198,12 +199,7 @@ def prefetch(items: Iterable[Any], fn: Callable[[Any], Any], batch_size: int, wo
     it = iter(items)
 
     def take() -> list[Any]:
-        out = []
-        for x in it:
-            out.append(x)
-            if len(out) == batch_size:
-                break
-        return out
+        return list(itertools.islice(it, batch_size))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         chunk = take()

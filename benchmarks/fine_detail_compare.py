@@ -1,6 +1,6 @@
 """Dragonfly vs LLaVA on fine detail: the answer sits in a small region of a >= 1024 px image.
 
-    python benchmarks/fine_detail_compare.py --out runs/fine-detail            # data, 3 trainings, eval, table
+    python benchmarks/fine_detail_compare.py --out runs/fine-detail            # data, 4 trainings, eval, table
     python benchmarks/fine_detail_compare.py --out runs/fine-detail stages.1.steps=200   # a quicker run
 
 Builds a synthetic-world subset (fine_detail + color + shape questions; `vlm data build synthetic-world

@@ -3,6 +3,7 @@ corrupt input, truncation that never splits media, and `vlm data inspect`."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -62,12 +63,7 @@ def keys(batches) -> list[str]:
 
 
 def take(pipe, n: int) -> list[dict]:
-    out = []
-    for b in pipe:
-        out.append(b)
-        if len(out) == n:
-            break
-    return out
+    return list(itertools.islice(pipe, n))
 
 
 def n_placeholders(model, batch, m) -> int:

@@ -305,7 +305,8 @@ def test_synthetic_world_labels_match_content(world):
     import scipy.ndimage as ndi
 
     out, _ = world
-    samples = {**_by_task(out, "train"), **_by_task(out, "val")}
+    train = _by_task(out, "train")
+    samples = {**train, **_by_task(out, "val")}
     for s in samples["count"]:  # every drawn object is one saturated blob; the count is of the target shape
         m = meta(s)["labels"]
         img = decode_image(s["jpg"]).astype(int)
@@ -320,8 +321,7 @@ def test_synthetic_world_labels_match_content(world):
         assert m["answer"] == target["color"]
         if m["quality"] == 1.0:
             assert np.abs(pixel - COLORS[m["answer"]]).max() < 40
-    train_fine = _by_task(out, "train").get("fine_detail", [])
-    for s in samples["fine_detail"] + train_fine:   # val / test: radius <= 3.5 % of the short side; train <= 8 %
+    for s in samples["fine_detail"] + train.get("fine_detail", []):   # val / test: radius <= 3.5 % of the short side; train <= 8 %
         m, img = meta(s)["labels"], decode_image(s["jpg"])
         assert min(img.shape[:2]) >= 1024
         x0, y0, x1, y1 = m["bbox"]

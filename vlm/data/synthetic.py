@@ -245,8 +245,7 @@ def format_counts(index: dict[str, Any]) -> str:
         lines += [f"  {t:<18}{n}" for t, n in sorted(info["tasks"].items())]
     for name, info in index.get("wds", {}).items():
         lines.append(f"wds/{name}: {info['num_samples']} images, {len(info['classes'])} classes")
-    if not index.get("speech") and "audio_speech" not in index.get("selected", ["audio_speech"]) \
-            and len(index.get("selected", [])) == len(GENERATORS) - 1:
+    if set(GENERATORS) - set(index.get("selected", GENERATORS)) == {"audio_speech"}:  # all asked, speech missing
         lines.append("audio_speech skipped: espeak-ng is not installed")
     return "\n".join(lines)
 

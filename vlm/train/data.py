@@ -13,7 +13,6 @@ position stays exact, and is reported under the reason `filtered`, which is not 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from vlm.data.decode import SampleError
@@ -113,26 +112,6 @@ class StageStats(DataStats):
         return shard, counts.get(shard, 0)
 
 
-class StageLoader:
-    """The rank's micro-batches for one stage: an endless iterable with an exact position."""
-
-    def __init__(self, pipeline: ShardPipeline):
-        self.pipeline = pipeline
-
-    def __iter__(self) -> Iterator[dict]:
-        return iter(self.pipeline)
-
-    @property
-    def stats(self) -> DataStats:
-        return self.pipeline.stats
-
-    def state_dict(self) -> dict:
-        return self.pipeline.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.pipeline.load_state_dict(state)
-
-
 def stage_sources(recipe: Recipe, stage_index: int) -> list[dict[str, Any]]:
     """The stage's mixture as pipeline sources: [{name, shards, weight}]."""
     stage = recipe.stages[stage_index]
@@ -145,18 +124,19 @@ def stage_seed(recipe: Recipe, stage_index: int) -> int:
     return recipe.runtime.seed * 1000 + stage_index
 
 
-def build_stage_loader(recipe: Recipe, stage_index: int, processor, rank: int = 0, world_size: int = 1) -> StageLoader:
-    """The stage's data for this rank: micro-batches of batch_size / (world_size x grad_accum) samples."""
+def build_stage_loader(recipe: Recipe, stage_index: int, processor, rank: int = 0, world_size: int = 1
+                       ) -> ShardPipeline:
+    """The stage's data for this rank: micro-batches of batch_size / (world_size x grad_accum) samples,
+    an endless iterable with an exact position (`state_dict` / `load_state_dict`)."""
     stage, rt = recipe.stages[stage_index], recipe.runtime
     micro = stage.batch_size // (world_size * stage.grad_accum)
     cfg = PipelineConfig(batch_size=micro, max_len=stage.max_len, packing=stage.packing,
                          shuffle_buffer=rt.shuffle_buffer, seed=stage_seed(recipe, stage_index),
                          num_workers=rt.num_workers, rank=rank, world_size=world_size)
-    if is_noop(stage.filter):
-        return StageLoader(ShardPipeline(stage_sources(recipe, stage_index), processor, cfg))
     where = f"stages.{stage_index}.filter"
-    return StageLoader(ShardPipeline(stage_sources(recipe, stage_index), processor, cfg, stats_cls=StageStats,
-                                     wrap_sample_fn=lambda base: FilteringSampleProcessor(base, stage.filter, where)))
+    filtering = {} if is_noop(stage.filter) else dict(
+        stats_cls=StageStats, wrap_sample_fn=lambda base: FilteringSampleProcessor(base, stage.filter, where))
+    return ShardPipeline(stage_sources(recipe, stage_index), processor, cfg, **filtering)
 
 
 def model_inputs(batch: dict, device) -> dict:
