@@ -14,6 +14,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -80,6 +81,12 @@ def tone(seconds: float, sr: int, f: float = 440.0) -> np.ndarray:
 def sha(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def tree(folder) -> dict[str, str]:
+    """sha256 of every file under `folder`, by path relative to it."""
+    root = Path(folder)
+    return {p.relative_to(root).as_posix(): sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def qa(prompt: str, answer: str) -> list[dict]:
@@ -379,17 +386,38 @@ def test_synthetic_world_classification_sets(world):
 
 
 def test_synthetic_world_is_deterministic(world, tmp_path):
-    out, index = world
-    again = build_synthetic_world(tmp_path / "again", samples=60, seed=SEED, workers=2,  # workers do not change bytes
-                                  splits=("train", "val"), classification=False)
-    assert again["splits"] == {k: v for k, v in index["splits"].items() if k in ("train", "val")}
-    rels = glob.glob("train/*", root_dir=out) + glob.glob("val/*", root_dir=out)
-    assert len(rels) == 4
-    for rel in rels:
-        assert sha(os.path.join(out, rel)) == sha(os.path.join(tmp_path / "again", rel)), rel
-    other = build_synthetic_world(tmp_path / "other", samples=60, seed=SEED + 1, splits=("train",), classification=False)
-    assert other["splits"]["train"]["num_samples"] == 60
-    assert sha(tmp_path / "other" / "train" / "shard-000000.tar") != sha(out / "train" / "shard-000000.tar")
+    """Same seed -> every file byte-identical (train, val, test, wds/*, index.json), with 1 or 2 workers;
+    another seed changes every shard."""
+    out, index = world  # workers=1
+    again = build_synthetic_world(tmp_path / "again", samples=60, seed=SEED, workers=2)
+    assert again == index
+    first, second = tree(out), tree(tmp_path / "again")
+    assert {"index.json", "train/shard-000000.tar", "val/shard-000000.tar", "test/shard-000000.tar",
+            "wds/shapes/test/0.tar", "wds/colors/test/0.tar"} <= set(first)
+    assert sorted(first) == sorted(second)
+    assert [rel for rel in first if first[rel] != second[rel]] == []
+    build_synthetic_world(tmp_path / "other", samples=60, seed=SEED + 1, workers=2)
+    other = tree(tmp_path / "other")
+    assert [rel for rel in first if rel.endswith((".tar", ".json")) and other[rel] == first[rel]] == []
+
+
+def test_encode_mp4_is_byte_stable():
+    """The same clips encoded again (after other encodes) give the same bytes. With x264's SIMD
+    paths they did not (the output depended on what earlier encodes left in memory): this failed
+    on every run tried before `asm=0`. The music track is FLAC, lossless."""
+    from vlm.data import synth_video
+    from vlm.data.synth_common import rng_for
+
+    def clips():
+        return [synth_video.clip(rng_for(SEED, "train", i))[0]["mp4"] for i in range(8)]
+
+    first = clips()
+    assert clips() == first and clips() == first
+    with av.open(io.BytesIO(first[0])) as c:
+        assert [s.codec_context.name for s in c.streams] == ["h264", "flac"]
+        x = np.concatenate([f.to_ndarray().ravel() for f in c.decode(audio=0)])
+    fields, _ = synth_video.clip(rng_for(SEED, "train", 0))
+    assert np.array_equal(x, (np.clip(fields["flac"].waveform, -1, 1) * 32767).astype(np.int16))
 
 
 def test_synthetic_world_task_subset(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """synthetic-world video: a coloured shape moving left/right/up/down with a music track (trailer style).
 
-Clips are 12 frames of 64x64 at 4 fps (3 s), H.264 in mp4 with the music as an AAC track; the
-same music is also stored as a separate `flac` (24 kHz) for the `<music>` placeholder.
+Clips are 12 frames of 64x64 at 4 fps (3 s), H.264 in mp4 with the music as a FLAC track (see
+`encode_mp4` for why not AAC); the same music is also stored as a separate `flac` (24 kHz) for the
+`<music>` placeholder.
 """
 from __future__ import annotations
 

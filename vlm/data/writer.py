@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -78,10 +79,42 @@ def encode_audio(audio: Audio, ext: str = "flac") -> bytes:
     return buf.getvalue()
 
 
-def encode_mp4(frames: np.ndarray, fps: int, audio: Audio | None = None, crf: int = 20) -> bytes:
-    """uint8 frames [T, H, W, 3] (+ an optional mono track, AAC) -> H.264 mp4 bytes, via PyAV.
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> yuv420p planes (Y, then U, then V) flattened into [H * 3 // 2, W].
 
-    Single-threaded x264 and no container timestamps, so the same input gives the same bytes.
+    BT.601 limited range (what decoders assume for untagged SD video) in integer arithmetic, chroma
+    from the mean of each 2x2 block. Done here rather than by libswscale, whose C and SIMD paths
+    round differently (the same pixels gave different planes with and without SIMD).
+    """
+    rgb = frame.astype(np.int32)  # [H, W, 3]
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16  # [H, W]
+    H, W = r.shape
+    quad = rgb.reshape(H // 2, 2, W // 2, 2, 3).sum((1, 3))  # [H/2, W/2, 3]: sums of 4 pixels
+    rs, gs, bs = quad[..., 0], quad[..., 1], quad[..., 2]
+    u = ((-38 * rs - 74 * gs + 112 * bs + 512) >> 10) + 128  # >> 10: the 8-bit coefficients and the sum of 4
+    v = ((112 * rs - 94 * gs - 18 * bs + 512) >> 10) + 128
+    planes = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
+    return planes.astype(np.uint8).reshape(H * 3 // 2, W)
+
+
+def encode_mp4(frames: np.ndarray, fps: int, audio: Audio | None = None, qp: int = 20) -> bytes:
+    """uint8 frames [T, H, W, 3] (+ an optional mono track, FLAC) -> H.264 mp4 bytes, via PyAV.
+
+    [Contract] the same input gives the same bytes on any machine with the pinned PyAV: every step
+    is either integer-only or forced onto its portable C path, because the CPU-specific paths
+    measurably change the bytes:
+    - x264 runs its C code (`asm=0`), single-threaded, at a constant QP. With its auto-detected
+      SIMD, the output differed between SSE2 and SSSE3+ CPUs, and on an AVX-512 CPU it even
+      changed from one encode of the same frames to the next, depending on what earlier encodes
+      had left in memory (the synthetic-world CI flake).
+      Constant QP also keeps mb-tree and adaptive quantisation (float) out of it.
+    - RGB -> YUV is `rgb_to_yuv420p` (integer numpy), not libswscale.
+    - The audio track is FLAC with fixed (integer) predictors: ffmpeg's AAC encoder gave three
+      different byte streams on SSE-only, AVX and AVX2/FMA CPUs, its default FLAC LPC search
+      another with and without SIMD. FLAC in mp4 is lossless; PyAV and decord read it.
+    - `+bitexact` keeps library version strings out of the container and codecs; the container
+      has no timestamps.
     H and W must be even (yuv420p).
     """
     import av
@@ -91,25 +124,26 @@ def encode_mp4(frames: np.ndarray, fps: int, audio: Audio | None = None, crf: in
     if H % 2 or W % 2:
         raise ValueError(f"mp4 frames need even height/width, got {H}x{W}")
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
+    with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
         v = container.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
         v.codec_context.thread_count = 1
-        v.codec_context.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        v.codec_context.options = {"qp": str(qp), "preset": "veryfast", "x264-params": "asm=0", "flags": "+bitexact"}
         a = None
         if audio is not None:
-            a = container.add_stream("aac", rate=audio.sample_rate)
-            a.layout, a.bit_rate = "mono", 64_000
-            a.codec_context.options = {"aac_coder": "fast"}  # ~2x faster than the default two-loop coder
+            a = container.add_stream("flac", rate=audio.sample_rate)
+            a.layout = "mono"
+            # fixed predictors (orders 0-4) are chosen by integer residual sums, no float LPC search
+            a.codec_context.options = {"lpc_type": "fixed", "max_prediction_order": "4", "flags": "+bitexact"}
         for f in frames:
-            for packet in v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            for packet in v.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(f), format="yuv420p")):
                 container.mux(packet)
         for packet in v.encode():
             container.mux(packet)
         if a is not None:
             pcm = (np.clip(audio.waveform, -1, 1) * 32767).astype(np.int16)[None]  # [1, N]
             af = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-            af.sample_rate = audio.sample_rate
+            af.sample_rate, af.pts, af.time_base = audio.sample_rate, 0, Fraction(1, audio.sample_rate)
             for packet in a.encode(af):
                 container.mux(packet)
             for packet in a.encode(None):
