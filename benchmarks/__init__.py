@@ -6,16 +6,5 @@
 """
 from __future__ import annotations
 
-from typing import Any
-
-
-def list_benchmarks(pattern: str | None = None) -> list[dict[str, Any]]:
-    """Registered benchmarks as rows (name, modality, description, kind, type, capability, metric, data)."""
-    from benchmarks.registry import list_benchmarks as _list
-    return _list(pattern)
-
-
-def get_benchmark(name: str):
-    """A registered benchmark by name, or `wds:DIR` for a folder in the clip_benchmark layout."""
-    from benchmarks.registry import get_benchmark as _get
-    return _get(name)
+from benchmarks import suites  # noqa: F401  (registers the built-in benchmarks and suites)
+from benchmarks.registry import get_benchmark, list_benchmarks, list_suites  # noqa: F401

@@ -1,31 +1,31 @@
-"""Reading benchmark shards: the clip_benchmark / UniBench `wds` layout and synthetic-world splits.
+"""Reading benchmark shards through the data layer: the clip_benchmark / UniBench `wds` layout and
+synthetic-world splits.
 
     shards = shard_files(folder, "test")                      # folder/test/*.tar, numeric order
     for s in iter_samples(shards): s.key, s.fields["jpg"]    # raw bytes per extension
     wds = read_wds_meta(folder)                              # classnames + templates
 
-Samples are read straight from the tar members (a sample = consecutive members sharing a key, as
-webdataset groups them), so a benchmark never depends on the training pipeline. `data_hash` keys
-the feature cache: file names, sizes and modification times, plus whatever text the caller adds.
+Samples come from `vlm.data.reader` (the training pipeline's tar reader, webdataset's key rule) and
+media decode with the modality table's decoders (`vlm.modalities`), full size, as clip_benchmark
+decodes them. `data_hash` keys the feature cache: file names, sizes and modification times, plus
+whatever text the caller adds.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import re
-import tarfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from vlm.data.decode import SampleError, decode_media
+from vlm.data.reader import FileCache, read_fields, scan_shard
 from vlm.errors import UserError
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-AUDIO_EXTS = ("flac", "wav")
+from vlm.modalities import FILE_EXTENSIONS, MODALITIES, MediaError, media_order, placeholder_modalities
 
 
 @dataclass
@@ -44,14 +44,29 @@ class Sample:
         except json.JSONDecodeError as e:
             raise UserError(f"{self.shard}: sample {self.key}: invalid json ({e.msg})") from None
 
-    def image_ext(self) -> str | None:
-        return next((e for e in IMAGE_EXTS if e in self.fields), None)
+    def files(self, kind: str) -> list[bytes]:
+        """Every field of a file kind ('image', 'audio', 'video'), in key order (`0.jpg` < `1.jpg` < `10.jpg`)."""
+        names = [n for n in self.fields if n.rsplit(".", 1)[-1].lower() in FILE_EXTENSIONS[kind]]
+        return [self.fields[n] for n in sorted(names, key=media_order)]
 
-    def media(self, exts: tuple[str, ...]) -> list[bytes]:
-        """Every field with one of `exts`, in key order (`0.jpg` before `1.jpg` before `10.jpg`)."""
-        names = [n for n in self.fields if n.rsplit(".", 1)[-1] in exts]
-        names.sort(key=lambda n: (int(n.split(".")[0]) if n.split(".")[0].isdigit() else -1, n))
-        return [self.fields[n] for n in names]
+    def first(self, kind: str) -> bytes:
+        """The first file of a kind; a sample without one is a one-line error naming it."""
+        found = self.files(kind)
+        if not found:
+            raise UserError(f"{self.shard}: sample {self.key} has no {kind} ({'/'.join(FILE_EXTENSIONS[kind])})")
+        return found[0]
+
+    def named(self, name: str, kind: str) -> bytes | None:
+        """The file stored as `<key>.<name>.<ext>` of a kind, or None."""
+        return next((v for n, v in self.fields.items()
+                     if n.split(".")[0] == name and n.rsplit(".", 1)[-1].lower() in FILE_EXTENSIONS[kind]), None)
+
+    def decode(self, modality: str, raw: bytes) -> Any:
+        """One media file of this sample as the modality's raw item; a bad file names the sample."""
+        try:
+            return MODALITIES[modality].decode(raw)
+        except MediaError as e:
+            raise UserError(f"{self.shard}: sample {self.key}: {e}") from None
 
 
 def _numeric_key(p: Path) -> tuple:
@@ -84,35 +99,21 @@ def shard_files(folder: str | Path, split: str) -> list[Path]:
     return files
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """webdataset's key/extension split: the key is the path up to the first '.' of the basename."""
-    slash = name.rfind("/")
-    dot = name.find(".", slash + 1)
-    return (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
-
-
 def iter_samples(files: Iterable[Path]) -> Iterator[Sample]:
     """Samples of the tar shards, in order; a truncated or unreadable shard is a one-line error naming it."""
-    for f in files:
-        cur: Sample | None = None
-        try:
-            with tarfile.open(f, "r|*") as tar:
-                for m in tar:
-                    if not m.isfile():
-                        continue
-                    key, ext = _split_name(m.name)
-                    if not ext:
-                        continue
-                    if cur is None or key != cur.key:
-                        if cur is not None:
-                            yield cur
-                        cur = Sample(key, str(f))
-                    data = tar.extractfile(m)
-                    cur.fields[ext] = data.read() if data is not None else b""
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise UserError(f"{f}: unreadable tar shard ({e})") from None
-        if cur is not None:
-            yield cur
+    cache = FileCache()
+    try:
+        for f in files:
+            for ref in scan_shard(str(f)):
+                if ref.error:
+                    raise UserError(f"{f}: unreadable tar shard ({ref.message})")
+                try:
+                    fields = read_fields(ref, cache)
+                except OSError as e:
+                    raise UserError(f"{f}: unreadable tar shard ({e})") from None
+                yield Sample(ref.key, str(f), fields)
+    finally:
+        cache.close()
 
 
 @dataclass
@@ -160,28 +161,6 @@ def read_cls(sample: Sample, n_classes: int) -> int:
     return c
 
 
-def decode_image(raw: bytes, where: str = "image"):
-    """Image bytes -> RGB PIL image (as webdataset's 'pil' handler decodes it)."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        img = Image.open(io.BytesIO(raw))
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{where}: cannot decode image ({e})") from None
-    return img.convert("RGB")
-
-
-def decode_audio(raw: bytes, where: str = "audio"):
-    """flac/wav bytes -> (waveform [C, N] float32 tensor, sample rate)."""
-    import soundfile as sf
-    import torch
-    try:
-        data, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)   # [N, C]
-    except Exception as e:  # soundfile raises its own LibsndfileError
-        raise UserError(f"{where}: cannot decode audio ({e})") from None
-    return torch.from_numpy(data).T.contiguous(), int(sr)
-
-
 def data_hash(files: Iterable[Path], *extra: Any) -> str:
     """Identity of a data set for the feature cache: names, sizes and mtimes of its files, plus `extra`."""
     h = hashlib.sha256()
@@ -212,20 +191,11 @@ def prefetch(items: Iterable[Any], fn: Callable[[Any], Any], batch_size: int, wo
 
 
 def sample_media(sample: Sample, prompt: str) -> dict[str, list]:
-    """The raw media a prompt's placeholders take, in order (the writer's contract): the n-th <image> the
-    n-th image file, <audio>/<music> the audio files in placeholder order, <video> the mp4s."""
-    from vlm.data.template import placeholder_modalities
-    pools = {"image": iter(sample.media(IMAGE_EXTS)), "audio": iter(sample.media(AUDIO_EXTS)),
-             "video": iter(sample.media(("mp4",)))}
-    media: dict[str, list] = {}
-    for i, m in enumerate(placeholder_modalities(prompt)):
-        raw = next(pools["audio" if m == "music" else m], None)
-        if raw is None:
-            raise UserError(f"{sample.shard}: sample {sample.key}: placeholder {i + 1} (<{m}>) has no media file")
-        where = f"{sample.shard}: sample {sample.key}"
-        item = decode_image(raw, where) if m == "image" else decode_audio(raw, where) if m in ("audio", "music") else raw
-        media.setdefault(m, []).append(item)
-    return media
+    """The raw media a prompt's placeholders take, in order (the [Contract] of `vlm.modalities`)."""
+    try:
+        return decode_media(placeholder_modalities(prompt), sample.fields, strict=False)
+    except SampleError as e:
+        raise UserError(f"{sample.shard}: sample {sample.key}: {e}") from None
 
 
 def first_turn(meta: dict[str, Any], where: str) -> tuple[str, str]:

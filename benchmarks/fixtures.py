@@ -85,7 +85,7 @@ def fit_open_clip(config: str | Path, folder: str | Path, out: str | Path, steps
     import open_clip
     from safetensors.torch import save_file
 
-    from benchmarks.data import decode_image, iter_samples, read_wds_meta, shard_files
+    from benchmarks.data import iter_samples, read_wds_meta, shard_files
     from benchmarks.tasks.zeroshot import class_weights
     open_clip.add_model_config(Path(config))
     torch.manual_seed(seed)
@@ -93,7 +93,7 @@ def fit_open_clip(config: str | Path, folder: str | Path, out: str | Path, steps
     tok = open_clip.get_tokenizer(Path(config).stem)
     meta = read_wds_meta(folder)
     samples = list(iter_samples(shard_files(folder, "test")))[::2]
-    x = torch.stack([pre(decode_image(s.fields["jpg"])) for s in samples])
+    x = torch.stack([pre(s.decode("image", s.fields["jpg"])) for s in samples])
     y = torch.tensor([int(s.fields["cls"]) for s in samples])
 
     class _Text:                                     # class_weights wants encode_texts
@@ -115,33 +115,3 @@ def fit_open_clip(config: str | Path, folder: str | Path, out: str | Path, steps
     out = Path(out)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
     return out
-
-
-def train_tiny_vlm(out: str | Path, world: str | Path, split: str = "test", tasks: tuple[str, ...] = ("color", "shape"),
-                   steps: int = 60, batch_size: int = 8, lr: float = 3e-3, seed: int = 0) -> Path:
-    """A `llava` `tiny` model (LLM unfrozen) trained for a few steps on synthetic-world VQA samples and saved
-    as a checkpoint folder: enough to answer in the label vocabulary, so scores are not all zero."""
-    import vlm.families
-    from benchmarks.data import iter_samples, sample_media, shard_files
-    from vlm.data.collate import collate
-    torch.manual_seed(seed)
-    model = vlm.families.build("llava", "tiny", llm_mode="full")
-    proc = model.processor
-    items = []
-    for s in iter_samples(shard_files(world, split)):
-        meta = s.meta()
-        if meta.get("task") in tasks:
-            items.append(proc({"conversations": meta["conversations"]},
-                              sample_media(s, meta["conversations"][0]["value"]), key=s.key))
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(items), (min(batch_size, len(items)),), generator=g).tolist()
-        loss = model(**collate([items[i] for i in idx], pad))["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return model.save_pretrained(out)

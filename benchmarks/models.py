@@ -280,7 +280,8 @@ class VLMModel(EvalModel):
         config = (p / "config.json").read_text()
         self.fingerprint = _digest("vlm", config, _file_id(p / "model.safetensors"))
         try:
-            self.modalities = tuple(json.loads(config).get("encoders") or {})
+            raw = json.loads(config)
+            self.modalities = tuple(raw.get("media") or raw.get("encoders") or {})    # format 2 | 1
         except (json.JSONDecodeError, AttributeError):
             raise UserError(f"{p / 'config.json'}: not a vlm checkpoint config") from None
         self._model = None
@@ -290,8 +291,8 @@ class VLMModel(EvalModel):
     def model(self):
         with self._lock:                          # decoding threads may ask first (see OpenClipModel._load)
             if self._model is None:
-                import vlm
-                self._model = vlm.load(self.path, device=self.device)
+                from vlm.loading import load
+                self._model = load(self.path, device=self.device)
         return self._model
 
     def load(self) -> None:
@@ -310,15 +311,11 @@ class VLMModel(EvalModel):
         return collate(items, self.pad_id, left_pad=left_pad)
 
     @torch.inference_mode()
-    def _last_hidden(self, items) -> torch.Tensor:
-        """Final-layer hidden state at each row's last real token. [B, D]"""
+    def _embed(self, items) -> torch.Tensor:
+        """The model's embedding of each processed prompt (its last real token, normalised). [B, D]"""
         m = self.model
         b = self._collate(items, left_pad=False)
-        ids, mask = b["input_ids"].to(m.device), b["attention_mask"].to(m.device)
-        has_media = any(b["media"].values())
-        hidden, _ = m.run_backbone(m.embed(ids, b["media"]), mask, None, has_media=has_media)   # [B, L, D]
-        last = mask.sum(1) - 1
-        return hidden[torch.arange(len(items)), last].float()
+        return m.embed(b["input_ids"].to(m.device), b["attention_mask"].to(m.device), b["media"]).cpu()
 
     def embed(self, queries: list[Query], batch_size: int = 16) -> torch.Tensor:
         proc = self.model.processor
@@ -326,14 +323,14 @@ class VLMModel(EvalModel):
         for i in range(0, len(queries), batch_size):
             items = [proc.prompt(q.prompt(), {"image": [q.image]} if q.image is not None else None)
                      for q in queries[i:i + batch_size]]
-            out.append(F.normalize(self._last_hidden(items), dim=-1).cpu())
+            out.append(self._embed(items))
         return torch.cat(out)
 
     def encode_image_batch(self, batch: torch.Tensor) -> torch.Tensor:
         proc = self.model.processor
         items = [proc.from_turns([{"role": "user", "text": IMAGE_EMBED_PROMPT}], {"image": [x]},
                                  add_generation_prompt=True, preprocessed=True) for x in batch]
-        return F.normalize(self._last_hidden(items), dim=-1).cpu()
+        return self._embed(items)
 
     def encode_texts(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         return self.embed([Query(text=t) for t in texts], batch_size)
@@ -366,21 +363,22 @@ class VLMModel(EvalModel):
             items = [proc.from_turns([{"role": "user", "text": p}, {"role": "assistant", "text": c}], media, key="request")
                      for p, media, c in requests[i:i + batch_size]]
             b = self._collate(items, left_pad=False)
-            out = m(b["input_ids"].to(m.device), labels=b["labels"].to(m.device),
-                    attention_mask=b["attention_mask"].to(m.device), media=b["media"], reduction="none",
-                    return_logits=True)
+            logits = m.logits(b["input_ids"].to(m.device), b["attention_mask"].to(m.device),
+                              media=b["media"])[:, :-1].float()             # [B, L-1, V]
             target = b["labels"][:, 1:].to(m.device)                         # [B, L-1]
             sel = target != -100
-            greedy = (out["logits"][:, :-1].argmax(-1) == target) | ~sel     # [B, L-1]
-            logp = -(out["loss"] * sel).sum(1)
+            greedy = (logits.argmax(-1) == target) | ~sel                    # [B, L-1]
+            token_logp = -F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+            logp = (token_logp * sel).sum(1)
             res += [(float(lp), bool(g)) for lp, g in zip(logp.tolist(), greedy.all(1).tolist())]
         return res
 
     @torch.inference_mode()
     def layer_features(self, modality: str, clips: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
-        if modality not in self.model.encoders:
+        encoders = self.model.encoders
+        if modality not in encoders:
             raise UserError(f"{self.name} has no {modality} encoder")
-        return encoder_layer_features(self.model.encoders[modality], clips)
+        return encoder_layer_features(encoders[modality], clips)
 
 
 def num_layers(encoder: torch.nn.Module) -> int | None:

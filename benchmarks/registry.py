@@ -12,13 +12,13 @@ benchmarks. A duplicate name is an error.
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlm.errors import UserError
+from vlm.registry import Registry
 
 # UniBench's benchmark types, plus the ones our own harnesses add.
 TYPES = ("object recognition", "reasoning", "relation", "robustness", "non-natural", "texture", "corruption",
@@ -84,42 +84,30 @@ class Suite:
     benchmarks: tuple[str, ...]
 
 
-_BENCHMARKS: dict[str, Benchmark] = {}
-_SUITES: dict[str, Suite] = {}
+# The built-in entries register when the package is imported (`benchmarks/__init__.py` imports suites).
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+SUITES: Registry[Suite] = Registry("suite")
 
 
 def register_benchmark(bench: Benchmark) -> Benchmark:
-    if bench.name in _BENCHMARKS:
-        raise ValueError(f"benchmark '{bench.name}' registered twice")
     if bench.kind not in KINDS:
         raise ValueError(f"benchmark '{bench.name}': unknown task kind '{bench.kind}'; known: {KINDS}")
     if bench.type not in TYPES:
         raise ValueError(f"benchmark '{bench.name}': unknown type '{bench.type}'; known: {TYPES}")
-    _BENCHMARKS[bench.name] = bench
-    return bench
+    return BENCHMARKS.register(bench.name, bench)
 
 
 def register_suite(suite: Suite) -> Suite:
-    if suite.name in _SUITES:
-        raise ValueError(f"suite '{suite.name}' registered twice")
-    _SUITES[suite.name] = suite
-    return suite
-
-
-def _load_all() -> None:
-    from benchmarks import suites  # noqa: F401  (registers the built-in benchmarks and suites)
+    return SUITES.register(suite.name, suite)
 
 
 def list_benchmarks(pattern: str | None = None) -> list[dict[str, Any]]:
     """Registered benchmarks (fnmatch `pattern` on the name), sorted by name, as listing rows."""
-    _load_all()
-    return [b.row() for n, b in sorted(_BENCHMARKS.items()) if pattern is None or fnmatch.fnmatch(n, pattern)]
+    return [b.row() for _, b in BENCHMARKS.items(pattern)]
 
 
 def list_suites() -> list[dict[str, Any]]:
-    _load_all()
-    return [dict(name=s.name, description=s.description, benchmarks=list(s.benchmarks))
-            for s in sorted(_SUITES.values(), key=lambda s: s.name)]
+    return [dict(name=s.name, description=s.description, benchmarks=list(s.benchmarks)) for _, s in SUITES.items()]
 
 
 def wds_benchmark(folder: str | os.PathLike, split: str = "test") -> Benchmark:
@@ -143,19 +131,15 @@ def get_benchmark(name: str) -> Benchmark:
         if not name[4:]:
             raise UserError("wds: needs a folder, e.g. --bench wds:/data/cifar10")
         return wds_benchmark(name[4:])
-    _load_all()
-    if name not in _BENCHMARKS:
-        close = fnmatch.filter(_BENCHMARKS, f"*{name}*")[:5]
+    if name not in BENCHMARKS:
+        close = BENCHMARKS.names(f"*{name}*")[:5]
         hint = f"; did you mean {close}?" if close else "; see `vlm eval list`"
         raise UserError(f"unknown benchmark '{name}'{hint}")
-    return _BENCHMARKS[name]
+    return BENCHMARKS.get(name)
 
 
 def get_suite(name: str) -> Suite:
-    _load_all()
-    if name not in _SUITES:
-        raise UserError(f"unknown suite '{name}'; known: {sorted(_SUITES)}")
-    return _SUITES[name]
+    return SUITES.get(name)
 
 
 def resolve(benches: list[str] | None = None, suite: str | None = None) -> list[Benchmark]:

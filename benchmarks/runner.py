@@ -41,16 +41,32 @@ RESULTS = "results"
 
 @dataclass
 class RunConfig:
-    out: str | os.PathLike
-    roots: Roots = field(default_factory=Roots)
-    cache_dir: str | os.PathLike | None = field(default_factory=default_cache_dir)   # None: no feature cache
+    """How a run evaluates (the `vlm eval` flags beyond which models and benchmarks: `EvalConfig`)."""
+    out: str = field(metadata={"help": "output folder (results/, aggregate.parquet, report.md, chart.png)"})
+    data: str | None = field(default=None, metadata={
+        "help": "synthetic-world folder (default $VLM_SYNTHETIC_WORLD or data/synthetic-world)"})
+    bench_root: str | None = field(default=None, metadata={
+        "help": "folder of user-supplied benchmark shards (default $VLM_BENCH_ROOT or data/benchmarks)"})
+    cache: bool = field(default=True, metadata={"flag": "--no-cache", "help": "do not read or write the feature cache"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "feature cache folder (default $VLM_CACHE/features or ~/.cache/vlm/features)"})
     batch_size: int = 64
-    workers: int = 2
-    limit: int | None = None
-    redo: bool = False
-    progress: bool = True
+    workers: int = field(default=2, metadata={"help": "image decoding threads"})
+    limit: int | None = field(default=None, metadata={"help": "at most N samples per benchmark (quick runs)"})
+    redo: bool = field(default=False, metadata={"help": "rerun benchmarks already done in --out"})
+    progress: bool = field(default=True, metadata={"flag": "--quiet", "help": "no progress bars"})
     device: str = "cpu"
-    report: bool = True
+    report: bool = field(default=True, metadata={"flag": None})
+
+    @property
+    def roots(self) -> Roots:
+        default = Roots()
+        return Roots(self.data or default.synthetic_world, self.bench_root or default.bench_root)
+
+    @property
+    def feature_cache(self) -> Path | None:
+        """Where features are cached; None: no feature cache."""
+        return (Path(self.cache_dir) if self.cache_dir else default_cache_dir()) if self.cache else None
 
 
 def slug(text: str) -> str:
@@ -152,7 +168,7 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     models = [load_model(s, cfg.device) for s in model_specs]       # bad paths fail here, before any work
     for b in benches:
         check_data(b, cfg.roots)
-    ctx = Context(roots=cfg.roots, cache=FeatureCache(cfg.cache_dir), batch_size=cfg.batch_size,
+    ctx = Context(roots=cfg.roots, cache=FeatureCache(cfg.feature_cache), batch_size=cfg.batch_size,
                   workers=cfg.workers, progress=cfg.progress, limit=cfg.limit)
     records = []
     with tqdm(total=len(models) * len(benches), desc="benchmarks", disable=not cfg.progress, dynamic_ncols=True) as pbar:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from benchmarks.registry import Benchmark, DataRef, Suite, register_benchmark, register_suite
+from vlm.modalities import MODALITIES
 
 SW = "synthetic-world"
 
@@ -73,7 +74,7 @@ _benches: list[Benchmark] = [
 for short, task, typ, cap, mod in _VQA:
     _benches.append(Benchmark(f"sw-vqa-{short}", "vqa", typ, cap, "accuracy", _sw(tasks=(task,)), modality=mod,
                               description=f"generative VQA on '{task}' (normalised exact match)"))
-    if mod in ("audio", "music"):
+    if MODALITIES[mod].files == "audio":
         _benches.append(Benchmark(f"sw-probe-{short}", "probe", typ, cap, "accuracy",
                                   _sw(tasks=(task,), train_split="train"), modality=mod,
                                   description=f"MARBLE probe of the frozen {mod} encoder on '{task}'"))

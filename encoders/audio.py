@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from encoders.base import AudioPreprocess, Encoder, preprocess_from_dict
+from encoders.base import AudioPreprocess, Encoder, StridedFrames, preprocess_from_dict
 from encoders.registry import register_encoder
 from encoders.vision import resolve_layer
 from vlm.errors import UserError
@@ -77,10 +77,15 @@ class WhisperAudioEncoder(Encoder, kind="whisper"):
             return out.last_hidden_state  # [B, P, D]
         return out.hidden_states[self.feature_layer]  # [B, P, D]
 
-    def num_tokens(self, item: Tensor) -> int:
+    @property
+    def frame_rate(self) -> float:
+        """Tokens per second of audio: mel frames per second, halved by conv2."""
+        return self.preprocess.sample_rate / self.preprocess.hop_length / 2  # type: ignore[attr-defined]
+
+    def token_count(self) -> StridedFrames:
         """Tokens of real audio: conv2 (kernel 3, stride 2, pad 1) maps L frames to ceil(L/2);
         windows are even, so chunking keeps the total at ceil(frames / 2)."""
-        return (int(item.shape[-1]) + 1) // 2
+        return StridedFrames(2)
 
     def encode(self, items: list[Tensor]) -> list[Tensor]:
         """Clips of any length -> [ceil(frames_i / 2), D] each: every clip is cut into windows

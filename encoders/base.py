@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlm.errors import UserError
+from vlm.registry import Registry
 
 # [Contract] interpolation names are torchvision's InterpolationMode values.
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
@@ -113,6 +115,21 @@ class ImagePreprocess(Preprocess):
         }
 
 
+def normalize_waveform(wave: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """Zero mean, unit variance per clip over its real samples (Wav2Vec2FeatureExtractor `do_normalize`);
+    [B, N] with `lengths` [B] (padding stays zero) or [N]. Silence stays zero (no division by zero)."""
+    one = wave.dim() == 1
+    w = wave[None] if one else wave
+    if lengths is None:
+        lengths = torch.full((w.shape[0],), w.shape[1], device=w.device)
+    valid = torch.arange(w.shape[1], device=w.device)[None] < lengths[:, None]          # [B, N]
+    n = valid.sum(1, keepdim=True).clamp(min=1)
+    mean = (w * valid).sum(1, keepdim=True) / n
+    var = (((w - mean) * valid) ** 2).sum(1, keepdim=True) / n
+    out = (w - mean) / torch.sqrt(var + 1e-7) * valid
+    return out[0] if one else out
+
+
 class AudioPreprocess(Preprocess):
     """``(waveform [C, N] or [N], sr)`` -> the encoder input of one clip.
 
@@ -189,7 +206,7 @@ class AudioPreprocess(Preprocess):
         wav = self.load(raw, sr)  # [N]
         if self.features == "waveform":
             if self.normalize:
-                wav = (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + 1e-7)
+                wav = normalize_waveform(wav)
             return wav  # [N]
         mel = self._mel_transform()(wav)[:, :-1]  # [n_mels, N // hop]; Whisper drops the last frame
         if mel.shape[-1] == 0:
@@ -268,7 +285,99 @@ def preprocess_from_dict(d: dict[str, Any]) -> Preprocess:
     raise UserError(f"unknown preprocess kind {kind!r} in encoder spec")
 
 
-_SPEC_CLASSES: dict[str, type[Encoder]] = {}
+SPEC_KINDS: Registry[type[Encoder]] = Registry("encoder spec kind")   # Encoder subclasses by `kind`
+
+
+# ---------------------------------------------------------------------------------------------
+# token counts: one item's shape -> the encoder's tokens for it, without the encoder
+# ---------------------------------------------------------------------------------------------
+class TokenCount:
+    """[Contract] a pure, picklable function of one preprocessed item's shape; data workers carry it
+    (not the model) to expand placeholders to exactly as many tokens as the encoder will give."""
+
+    prefix: int = 0                               # tokens before the patch grid (CLS, registers)
+
+    def __call__(self, item: Any) -> int:
+        return self.count(tuple(item.shape))
+
+    def count(self, shape: tuple[int, ...]) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def grid(self, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """(rows, cols) of the patch tokens after the prefix, or None if the tokens are not a grid."""
+        return None
+
+
+@dataclass(frozen=True)
+class GridTokens(TokenCount):
+    """Patch tokens of a ViT-style encoder: prefix + ceil(H/ph / pool) * ceil(W/pw / pool)."""
+
+    patch: tuple[int, int]
+    prefix: int = 0
+    pool: int = 1
+
+    def grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        return shape[-2] // self.patch[0], shape[-1] // self.patch[1]
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        h, w = self.grid(shape)
+        return self.prefix + math.ceil(h / self.pool) * math.ceil(w / self.pool)
+
+
+@dataclass(frozen=True)
+class ConvFrames(TokenCount):
+    """Frames after a stack of unpadded 1-D convolutions over the last dim: L -> (L - k) // s + 1 each."""
+
+    kernels: tuple[int, ...]
+    strides: tuple[int, ...]
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        length = int(shape[-1])
+        for k, s in zip(self.kernels, self.strides, strict=True):
+            length = (length - k) // s + 1
+        return max(0, length)
+
+
+@dataclass(frozen=True)
+class StridedFrames(TokenCount):
+    """ceil(L / stride) over the last dim (a padded strided convolution, e.g. Whisper's conv2)."""
+
+    stride: int
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        return (int(shape[-1]) + self.stride - 1) // self.stride
+
+
+@dataclass(frozen=True)
+class PerFrame(TokenCount):
+    """A clip [F, ...]: F times the tokens of one frame."""
+
+    frame: TokenCount
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        return int(shape[0]) * self.frame.count(shape[1:])
+
+
+class ProbedTokens(TokenCount):
+    """Any encoder: rebuild its architecture from its spec on the meta device (no weights, no memory)
+    and run it on a meta tensor of the item's shape; cached per shape. Pickles as the spec alone."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self._cache: dict[tuple[int, ...], int] = {}
+        self._encoder: Encoder | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "_cache": dict(self._cache), "_encoder": None}
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        if shape not in self._cache:
+            if self._encoder is None:
+                with torch.device("meta"):
+                    self._encoder = spec_class(self.spec["kind"]).from_spec(self.spec)
+            with torch.no_grad():
+                self._cache[shape] = int(self._encoder(torch.empty((1, *shape), device="meta")).shape[1])
+        return self._cache[shape]
 
 
 class Encoder(nn.Module):
@@ -290,23 +399,24 @@ class Encoder(nn.Module):
     def __init_subclass__(cls, kind: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if kind is not None:
-            if kind in _SPEC_CLASSES:
-                raise ValueError(f"encoder spec kind {kind!r} registered twice")
             cls.kind = kind
-            _SPEC_CLASSES[kind] = cls
+            SPEC_KINDS.register(kind, cls)
 
     # ----------------------------------------------------------------- interface
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def token_count(self) -> TokenCount:
+        """The picklable shape -> tokens function of this encoder (what data workers carry instead of
+        the encoder); default: a dry run of the architecture on the meta device, cached per shape."""
+        return ProbedTokens(self.spec())
+
     def num_tokens(self, item: Tensor) -> int:
-        """T for ONE preprocessed item; default: a shape-only dry run, cached per shape."""
-        cache: dict[tuple[int, ...], int] = self.__dict__.setdefault("_num_tokens_cache", {})
-        key = tuple(item.shape)
-        if key not in cache:
-            with torch.no_grad():
-                cache[key] = int(self.forward(self._to_model(item[None])).shape[1])
-        return cache[key]
+        """T for ONE preprocessed item (its shape decides)."""
+        count = self.__dict__.get("_token_count")
+        if count is None:
+            count = self.__dict__["_token_count"] = self.token_count()
+        return count(item)
 
     def patch_grid(self, item: Tensor) -> tuple[int, int] | None:
         """(rows, cols) of the patch tokens after the prefix tokens, or None if not a grid."""
@@ -372,9 +482,7 @@ class Encoder(nn.Module):
 
 def spec_class(kind: str) -> type[Encoder]:
     """The Encoder subclass that rebuilds specs of ``kind``."""
-    if kind not in _SPEC_CLASSES:
-        raise UserError(f"unknown encoder spec kind {kind!r}; known: {sorted(_SPEC_CLASSES)}")
-    return _SPEC_CLASSES[kind]
+    return SPEC_KINDS.get(kind)
 
 
 def pool_grid(tokens: Tensor, grid: tuple[int, int], prefix: int, k: int) -> Tensor:

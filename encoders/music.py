@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from encoders.base import AudioPreprocess, Encoder, preprocess_from_dict
+from encoders.base import AudioPreprocess, ConvFrames, Encoder, preprocess_from_dict
 from encoders.registry import register_encoder
 from encoders.vision import resolve_layer
 
@@ -63,12 +63,9 @@ class HubertMusicEncoder(Encoder, kind="hubert"):
             return out.last_hidden_state  # [B, frames, D]
         return out.hidden_states[self.feature_layer]  # [B, frames, D]
 
-    def num_tokens(self, item: Tensor) -> int:
+    def token_count(self) -> ConvFrames:
         """Frames after the conv front end: L -> floor((L - kernel) / stride) + 1 per conv."""
-        length = int(item.shape[-1])
-        for k, s in zip(self.hubert_config.conv_kernel, self.hubert_config.conv_stride, strict=True):
-            length = (length - k) // s + 1
-        return max(0, length)
+        return ConvFrames(tuple(self.hubert_config.conv_kernel), tuple(self.hubert_config.conv_stride))
 
     def weights_module(self) -> nn.Module:
         return self.model

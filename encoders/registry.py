@@ -12,13 +12,13 @@ Exact names win over prefixes (``video:tiny`` is a preset, ``video:tiny-vit`` a 
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from encoders.base import Encoder, spec_class
 from vlm.errors import UserError
+from vlm.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class EncoderEntry:
         return self.name.endswith(":")
 
 
-_REGISTRY: dict[str, EncoderEntry] = {}
+ENCODERS: Registry[EncoderEntry] = Registry("encoder")
 
 
 def register_encoder(
@@ -42,9 +42,7 @@ def register_encoder(
     """Decorator registering a builder under ``name``; a duplicate name is an error."""
 
     def wrap(fn: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        if name in _REGISTRY:
-            raise ValueError(f"encoder {name!r} is already registered")
-        _REGISTRY[name] = EncoderEntry(name, modality, description, fn)
+        ENCODERS.register(name, EncoderEntry(name, modality, description, fn))
         return fn
 
     return wrap
@@ -53,25 +51,21 @@ def register_encoder(
 def list_encoders(pattern: str | None = None) -> list[dict[str, str]]:
     """Registered presets and prefix builders, sorted; ``pattern`` is an fnmatch pattern."""
     rows = []
-    for name in sorted(_REGISTRY):
-        entry = _REGISTRY[name]
-        if pattern is None or fnmatch.fnmatch(name, pattern):
-            kind = "builder" if entry.is_prefix else "preset"
-            rows.append({"name": name, "modality": entry.modality, "description": entry.description, "kind": kind})
+    for name, entry in ENCODERS.items(pattern):
+        kind = "builder" if entry.is_prefix else "preset"
+        rows.append({"name": name, "modality": entry.modality, "description": entry.description, "kind": kind})
     return rows
 
 
 def build_encoder(name: str, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:
     """Build an encoder by preset name or ``prefix:target``; ``weights`` is a local .safetensors
     file, ``feature_layer`` which hidden layer forward returns (None: the preset's default)."""
-    entry = _REGISTRY.get(name)
-    if entry is not None and not entry.is_prefix:
-        return entry.builder(weights=weights, feature_layer=feature_layer, **kw)
+    if name in ENCODERS and not name.endswith(":"):
+        return ENCODERS.get(name).builder(weights=weights, feature_layer=feature_layer, **kw)
     prefix, sep, target = name.partition(":")
-    entry = _REGISTRY.get(prefix + ":") if sep else None
-    if entry is None or not target:
-        known = ", ".join(sorted(_REGISTRY))
-        raise UserError(f"unknown encoder {name!r}; known: {known}")
+    if not (sep and target and prefix + ":" in ENCODERS):
+        raise UserError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS.names())}")
+    entry = ENCODERS.get(prefix + ":")
     return entry.builder(target, weights=weights, feature_layer=feature_layer, **kw)
 
 

@@ -10,13 +10,14 @@ Each frame's tokens get the embedding of its frame index (learned, or fixed sinu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from encoders.base import Encoder, VideoPreprocess, pool_grid, spec_class
+from encoders.base import Encoder, GridTokens, PerFrame, VideoPreprocess, pool_grid, spec_class
 from encoders.registry import build_encoder, register_encoder
 from vlm.errors import UserError
 
@@ -87,16 +88,13 @@ class VideoEncoder(Encoder, kind="video"):
         tokens = tokens + self.frame_embed[:f, None, :].to(tokens.dtype)  # + [F, 1, D]
         return tokens.flatten(1, 2)  # [B, F*T', D]
 
-    def num_tokens(self, item: Tensor) -> int:
-        frame = item[0]  # [3, H, W]
-        per_frame = self.image.num_tokens(frame)
+    def token_count(self) -> PerFrame:
+        frame = self.image.token_count()
         if self.frame_pool > 1:
-            grid = self.image.patch_grid(frame)
-            if grid is None:
+            if not isinstance(frame, GridTokens):
                 raise UserError(f"frame_pool needs a patch grid; image encoder {self.image.name!r} has none")
-            k = self.frame_pool
-            per_frame = self.image.num_prefix_tokens + math.ceil(grid[0] / k) * math.ceil(grid[1] / k)
-        return int(item.shape[0]) * per_frame
+            frame = dataclasses.replace(frame, pool=self.frame_pool)
+        return PerFrame(frame)
 
     def weights_module(self) -> nn.Module:
         return self.image.weights_module()

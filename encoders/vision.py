@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from encoders.base import Encoder, ImagePreprocess, preprocess_from_dict
+from encoders.base import Encoder, GridTokens, ImagePreprocess, TokenCount, preprocess_from_dict
 from encoders.registry import register_encoder
 from vlm.errors import UserError
 
@@ -115,11 +115,11 @@ class TimmEncoder(Encoder, kind="timm"):
         ph, pw = pe.patch_size
         return item.shape[-2] // ph, item.shape[-1] // pw
 
-    def num_tokens(self, item: Tensor) -> int:
-        grid = self.patch_grid(item)
-        if grid is None:
-            return super().num_tokens(item)
-        return self.num_prefix_tokens + grid[0] * grid[1]
+    def token_count(self) -> TokenCount:
+        pe = getattr(self.model, "patch_embed", None)
+        if pe is None or not hasattr(self.model, "num_prefix_tokens"):
+            return super().token_count()
+        return GridTokens(tuple(pe.patch_size), self.num_prefix_tokens)
 
     def weights_module(self) -> nn.Module:
         return self.model
@@ -267,11 +267,10 @@ class OpenClipEncoder(Encoder, kind="open_clip"):
         out = self.visual.forward_intermediates(x, indices=[self._block], intermediates_only=True, output_fmt="NLC")
         return out["image_intermediates"][0]  # [B, N, D] patch tokens of that block
 
-    def num_tokens(self, item: Tensor) -> int:
+    def token_count(self) -> TokenCount:
         if self._timm:
-            return super().num_tokens(item)
-        grid = self.patch_grid(item)
-        return grid[0] * grid[1]  # type: ignore[index]
+            return super().token_count()
+        return GridTokens(tuple(self.visual.patch_size))
 
     def patch_grid(self, item: Tensor) -> tuple[int, int] | None:
         if self._timm:
@@ -408,9 +407,9 @@ class HFVisionEncoder(Encoder, kind="hf_vision"):
         p = self.hf_vision_config.patch_size
         return item.shape[-2] // p, item.shape[-1] // p
 
-    def num_tokens(self, item: Tensor) -> int:
-        h, w = self.patch_grid(item)  # type: ignore[misc]
-        return self.num_prefix_tokens + h * w
+    def token_count(self) -> GridTokens:
+        p = self.hf_vision_config.patch_size
+        return GridTokens((p, p), self.num_prefix_tokens)
 
     def weights_module(self) -> nn.Module:
         return self.vision_model

@@ -40,9 +40,38 @@ def test_manifest_is_what_lmms_eval_expects():
     assert reg.get_model_class("vlm") is VLMLmms
 
 
+def train_tiny_vlm(out: Path, world: Path, split: str = "test", tasks: tuple[str, ...] = ("color", "shape"),
+                   steps: int = 60, batch_size: int = 8, lr: float = 3e-3, seed: int = 0) -> Path:
+    """A `llava` `tiny` model (LLM unfrozen) trained for a few steps on synthetic-world VQA samples and saved
+    as a checkpoint folder: enough to answer in the label vocabulary, so scores are not all zero."""
+    import vlm
+    from benchmarks.data import iter_samples, sample_media, shard_files
+    from vlm.data.collate import collate
+    from vlm.train.objectives import build_objective
+    torch.manual_seed(seed)
+    model = vlm.build("llava", "tiny", llm_mode="full")
+    proc, loss_fn = model.processor, build_objective("next_token", {})
+    items = []
+    for s in iter_samples(shard_files(world, split)):
+        meta = s.meta()
+        if meta.get("task") in tasks:
+            items.append(proc({"conversations": meta["conversations"]},
+                              sample_media(s, meta["conversations"][0]["value"]), key=s.key))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(items), (min(batch_size, len(items)),), generator=g).tolist()
+        res = loss_fn(model, collate([items[i] for i in idx], proc.pad_id))
+        opt.zero_grad()
+        (res.loss / res.count).backward()
+        opt.step()
+    model.eval()
+    return model.save_pretrained(out)
+
+
 def test_lmms_eval_cli_matches_runner(tmp_path):
-    from benchmarks.fixtures import train_tiny_vlm
-    from benchmarks.registry import Roots, resolve
+    from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
     from vlm.data.synthetic import build_synthetic_world
     n_threads = torch.get_num_threads()
@@ -53,7 +82,7 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
                               classification=False)
         ckpt = train_tiny_vlm(tmp_path / "ckpt", world, steps=40)
         ours = evaluate([str(ckpt)], resolve(["sw-vqa", "sw-vqa-mc"]),
-                        RunConfig(out=tmp_path / "ours", roots=Roots(str(world)), cache_dir=None, progress=False,
+                        RunConfig(out=tmp_path / "ours", data=str(world), cache=False, progress=False,
                                   batch_size=1)).table.set_index("benchmark")
     finally:
         torch.set_num_threads(n_threads)

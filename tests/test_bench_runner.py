@@ -42,11 +42,10 @@ def _benches(a):
 
 
 def test_runner_end_to_end_rerun_and_cache(assets):
-    from benchmarks.registry import Roots
     from benchmarks.runner import RunConfig, evaluate
     a = assets
     benches = _benches(a)
-    cfg = RunConfig(out=a["tmp"] / "out", roots=Roots(str(a["world"])), cache_dir=a["tmp"] / "cache", progress=False)
+    cfg = RunConfig(out=a["tmp"] / "out", data=str(a["world"]), cache_dir=a["tmp"] / "cache", progress=False)
     res = evaluate([a["clip"], a["llava"]], benches, cfg)
     t = res.table
     assert len(t) == 2 * len(benches)

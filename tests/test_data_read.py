@@ -15,6 +15,7 @@ import pytest
 import torch
 import webdataset as wds
 
+from helpers_model import lm_loss, token_losses
 from vlm.data.decode import decode_audio
 from vlm.data.packing import block_causal_mask
 from vlm.data.pipeline import ShardPipeline
@@ -94,7 +95,7 @@ def test_round_trip_every_media_type(tmp_path, model):
         for m, items in b["media"].items():  # [Contract] placeholder tokens == the items' token counts
             assert n_placeholders(model, b, m) == sum(model.num_media_tokens(m, x) for x in items)
         with torch.no_grad():
-            assert torch.isfinite(model(**b)["loss"])
+            assert torch.isfinite(lm_loss(model, b))
     # same ids and tensors as the processor given the decoded media directly (the fast tokenizer path)
     from PIL import Image
     ref_img = Image.open(io.BytesIO(encode_image(H.image("red"), "jpg"))).convert("RGB")
@@ -127,13 +128,13 @@ def test_packed_batch_gives_the_padded_per_sample_loss(tmp_path, model):
     starts = packed["position_ids"] == 0
     assert (packed["labels"][starts] == IGNORE).all()
     with torch.no_grad():
-        pad_loss = model(**padded, reduction="none")["loss"].sum(1)                   # [B]
-        out = model(**packed, reduction="none")["loss"]                               # [R, L-1]
+        pad_loss = token_losses(model, padded).sum(1)                                 # [B]
+        out = token_losses(model, packed)                                             # [R, L-1]
         seg = packed["segment_ids"][:, 1:]                                            # target's sample
         pack_loss = torch.zeros(len(packed["sample_keys"])).index_add_(0, seg[seg >= 0], out[seg >= 0])
         # the explicit 4D block-causal mask (the fallback path) gives the same numbers
         explicit = dict(packed, attention_mask=block_causal_mask(packed["position_ids"]))
-        out4d = model(**explicit, reduction="none")["loss"]
+        out4d = token_losses(model, explicit)
     assert torch.allclose(pack_loss, pad_loss, atol=1e-5), (pack_loss, pad_loss)
     assert torch.allclose(out4d, out, atol=1e-5)
     assert n_placeholders(model, packed, "image") == 7 * model.num_media_tokens("image", packed["media"]["image"][0])
@@ -223,7 +224,7 @@ def corrupt_shards(tmp_path) -> tuple[str, str]:
 
 def test_corrupt_input_is_skipped_and_counted_by_reason(tmp_path, model, monkeypatch):
     main, cut = corrupt_shards(tmp_path)
-    from vlm.processor import Processor
+    from vlm.data.processor import Processor
     real = Processor.from_turns
 
     def flaky(self, turns, media, add_generation_prompt=False, key="sample", preprocessed=False):
@@ -275,7 +276,7 @@ def test_too_long_sample_never_splits_media(tmp_path, model):
     tokens = sum(model.num_media_tokens("image", x) for x in batch["media"]["image"])
     assert n_placeholders(model, batch, "image") == tokens
     with torch.no_grad():
-        assert torch.isfinite(model(**batch)["loss"])
+        assert torch.isfinite(lm_loss(model, batch))
 
 
 def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from vlm.cli import main as vlm_main
 from vlm.data import convert
-from vlm.data.synth_common import COLORS
+from vlm.data.synthetic.common import COLORS
 from vlm.data.synthetic import EVAL_TASKS, TASK_CHOICES, TRAIN_WEIGHTS, available_tasks, build_synthetic_world
 from vlm.data.writer import Audio, ShardWriter, encode_image, encode_mp4, media_fields, validate_sample
 from vlm.errors import UserError
@@ -405,8 +405,8 @@ def test_encode_mp4_is_byte_stable():
     """The same clips encoded again (after other encodes) give the same bytes. With x264's SIMD
     paths they did not (the output depended on what earlier encodes left in memory): this failed
     on every run tried before `asm=0`. The music track is FLAC, lossless."""
-    from vlm.data import synth_video
-    from vlm.data.synth_common import rng_for
+    from vlm.data.synthetic import video as synth_video
+    from vlm.data.synthetic.common import rng_for
 
     def clips():
         return [synth_video.clip(rng_for(SEED, "train", i))[0]["mp4"] for i in range(8)]
@@ -437,8 +437,8 @@ def test_synthetic_world_task_subset(tmp_path, capsys):
 
 def test_spoken_words_with_espeak(tmp_path, monkeypatch):
     """The espeak-ng path, with a stand-in binary (writes a 22,050 Hz wav) when the real one is absent."""
-    from vlm.data import synth_audio
-    from vlm.data.synth_common import rng_for
+    from vlm.data.synthetic import audio as synth_audio
+    from vlm.data.synthetic.common import rng_for
 
     if not synth_audio.speech_available():
         fake = tmp_path / "espeak-ng"

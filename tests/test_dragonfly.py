@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import vlm
-from encoders.base import Encoder
+from encoders.base import Encoder, GridTokens
+from helpers_model import lm_loss
 from vlm.connectors.zoom import (
     ZoomSelect,
     ZoomSettings,
@@ -63,7 +64,7 @@ def test_grid_follows_the_aspect_ratio_and_crops_tile_the_image(size, grid):
 
 def test_stored_crops_show_the_image_regions_they_claim(tiny):
     """A red dot lands in exactly the mid / high crop `locate` names; the low view is the whole image."""
-    pre = tiny.media_preprocess("image")
+    pre = tiny.media["image"].preprocess
     for size, dot in [((1200, 900), (1100, 70)), ((1600, 400), (250, 330)), ((300, 1500), (40, 700))]:
         img = Image.new("RGB", size, GREY)
         ImageDraw.Draw(img).ellipse([dot[0] - 12, dot[1] - 12, dot[0] + 12, dot[1] + 12], fill=(255, 0, 0))
@@ -78,7 +79,7 @@ def test_stored_crops_show_the_image_regions_they_claim(tiny):
 
 # ------------------------------------------------------------------ budget
 def test_budget_is_fixed_from_64_to_4096_px_and_embed_accepts_it(tiny):
-    s = tiny.zoom_settings
+    s = tiny.media["image"].zoom_settings
     assert s.budget(16, 4) == 16 + 4 * 5 + 12 * 5 == 96
     sizes = [(64, 64), (4096, 4096), (4096, 512), (100, 1500), (1344, 1344), (333, 77)]
     samples = [_sample(tiny, Image.new("RGB", sz, GREY)) for sz in sizes]
@@ -88,9 +89,9 @@ def test_budget_is_fixed_from_64_to_4096_px_and_embed_accepts_it(tiny):
         assert smp.input_ids.count(tiny.placeholder_id["image"]) == 96
     batch = collate(samples, tiny.tokenizer.pad_token_id)
     with torch.no_grad():
-        feats = tiny.encode_modality("image", batch["media"]["image"])
-        out = tiny(**batch)                                            # embed: placeholders == features
-    assert [f.shape for f in feats] == [(96, 64)] * len(sizes) and torch.isfinite(out["loss"])
+        feats = tiny.media["image"](batch["media"]["image"])
+        loss = lm_loss(tiny, batch)                                    # embed: placeholders == features
+    assert [f.shape for f in feats] == [(96, 64)] * len(sizes) and torch.isfinite(loss)
     with pytest.raises(UserError, match="dragonfly image item"):
         tiny.num_media_tokens("image", torch.zeros(3, 32, 32))
 
@@ -103,7 +104,7 @@ def test_any_image_encoder_with_a_patch_grid_works(vision, budget):
     s = _sample(m, Image.new("RGB", (700, 300), GREY))
     assert s.input_ids.count(m.placeholder_id["image"]) == budget
     with torch.no_grad():
-        assert torch.isfinite(m(**collate([s], m.tokenizer.pad_token_id))["loss"])
+        assert torch.isfinite(lm_loss(m, collate([s], m.tokenizer.pad_token_id)))
 
 
 def test_05b_preset_budget_on_a_meta_skeleton():
@@ -150,15 +151,18 @@ class PatchColour(Encoder):
     def patch_grid(self, item):
         return item.shape[-2] // 8, item.shape[-1] // 8
 
+    def token_count(self):
+        return GridTokens((8, 8))
+
 
 def _colour_model(selection):
     """dragonfly-tiny with features that see red / green and an identity projector; the words 'red' and
     'green' embed along the red / green feature axes, every other token at 0."""
     m = build("dragonfly", "tiny", projector="linear", selection=selection, top_k=1).eval()
-    m.encoders["image"] = PatchColour(m.encoders["image"].preprocess)
+    m.media["image"].encoder = PatchColour(m.media["image"].encoder.preprocess)
     with torch.no_grad():
-        m.connectors["image"].linear_1.weight.copy_(torch.eye(64))
-        m.connectors["image"].linear_1.bias.zero_()
+        m.media["image"].projector.linear_1.weight.copy_(torch.eye(64))
+        m.media["image"].projector.linear_1.bias.zero_()
         emb = m.parts.embed_tokens.weight
         emb.zero_()
         ids = {c: set(m.tokenizer(f"Is the shape {c}?")["input_ids"]) for c in ("red", "green")}
@@ -169,7 +173,7 @@ def _colour_model(selection):
 
 def _picked(model, image, question):
     seen = []
-    hook = model.zoom.register_forward_hook(lambda mod, inp, out: seen.append(out[1]))
+    hook = model.media["image"].zoom.register_forward_hook(lambda mod, inp, out: seen.append(out[1]))
     p = model.processor.prompt(f"<image>\n{question}", {"image": [image]})
     with torch.no_grad():
         model(torch.tensor([p.input_ids]), media=p.media)
@@ -203,16 +207,19 @@ def test_checkpoint_round_trip_identical_logits(tmp_path, tiny_text):
     s = _sample(model, Image.new("RGB", (900, 300), (200, 40, 40)))
     batch = collate([s, s], model.tokenizer.pad_token_id)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    sep0 = model.zoom.separator.detach().clone()
-    model(**batch)["loss"].backward()
+    zoom = model.media["image"].zoom
+    sep0 = zoom.separator.detach().clone()
+    lm_loss(model, batch).backward()
     opt.step()
-    assert not torch.equal(model.zoom.separator, sep0)                  # the separators train with the projector
+    assert not torch.equal(zoom.separator, sep0)                        # the separators train with the projector
     model.eval()
     loaded = vlm.load(model.save_pretrained(tmp_path / "df"))
-    assert type(loaded).__name__ == "DragonflyModel" and loaded.zoom_settings == model.zoom_settings
-    assert loaded.config.extra["top_k"] == 2 and loaded.config.extra["selection"] == "text"
+    assert loaded.media["image"].zoom_settings == model.media["image"].zoom_settings
+    conn = loaded.config.media["image"]["connector"]
+    assert conn["type"] == "zoom" and conn["top_k"] == 2 and conn["selection"] == "text"
     with torch.no_grad():
-        assert torch.equal(model(**batch, return_logits=True)["logits"], loaded(**batch, return_logits=True)["logits"])
+        args = batch["input_ids"], batch["attention_mask"]
+        assert torch.equal(model.logits(*args, media=batch["media"]), loaded.logits(*args, media=batch["media"]))
 
 
 @pytest.mark.parametrize("selection", ["visual", "text"])
@@ -232,17 +239,30 @@ def test_bad_settings_are_one_line_errors():
             build("dragonfly", "tiny", **kw)
 
 
+def load_study(name: str):
+    """A script of benchmarks/studies (not a package) as a module."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_fine_detail_study_recipes_and_selection_hits(tmp_path):
-    """benchmarks/fine_detail_compare.py: every run's recipe validates on a --tasks subset, and the
-    selection hit rate counts the images whose kept crops hold the small object (top_k=9 keeps all)."""
-    from benchmarks.fine_detail_compare import RUNS, TASKS, fine_detail_samples, selection_hits, study_recipe
+    """benchmarks/studies/fine_detail_compare.py: every run's recipe file validates on a --tasks subset, and
+    the selection hit rate counts the images whose kept crops hold the small object (top_k=9 keeps all)."""
+    study = load_study("fine_detail_compare")
+    RUNS, TASKS, fine_detail_samples, selection_hits = (study.RUNS, study.TASKS, study.fine_detail_samples,
+                                                        study.selection_hits)
     from vlm.data.synthetic import build_synthetic_world
-    from vlm.train.recipe import Recipe, from_dict, validate
     data = tmp_path / "fd"
     build_synthetic_world(data, samples=60, tasks=TASKS, eval_per_task=3, splits=("train", "test"),
                           classification=False, workers=1)
-    for family, settings in RUNS.values():
-        validate(from_dict(Recipe, {"name": "fd", **study_recipe(family, settings, data)}))
+    for name in RUNS:
+        recipe = study.study_recipe(name, data)                        # typed and validated, files checked
+        assert recipe.data["world"].shards == [str(data / "train")]
     samples = fine_detail_samples(data)
     assert len(samples) == 3 and all(lab["bbox"] and img.size[0] >= 1024 for img, _, lab in samples)
     assert selection_hits(build("dragonfly", "tiny", top_k=9), samples) == 1.0

@@ -75,7 +75,7 @@ def test_listing_and_registry_errors() -> None:
     assert names["timm:"]["kind"] == "builder" and names["tiny-clip"]["kind"] == "preset"
     assert {r["name"] for r in list_encoders("tiny-*")} == {"tiny-vit", "tiny-clip", "tiny-siglip", "tiny-openclip"}
     assert all(set(r) >= {"name", "modality", "description"} for r in list_encoders())
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_encoder("tiny-vit", "image", "dup")(lambda **kw: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(UserError, match="no-such-encoder"):
         build_encoder("no-such-encoder")

@@ -4,6 +4,7 @@ import torch
 
 import helpers_media as M
 import vlm
+from helpers_model import lm_loss
 from vlm.connectors.inner_adaptor import default_adaptor_layers
 from vlm.data.collate import collate
 from vlm.families import build
@@ -22,7 +23,7 @@ def _train_steps(model, steps=3):
                                            {"from": "gpt", "value": "red"}]}, media={"image": [M.image()]})
     batch = collate([s, s], model.tokenizer.pad_token_id)
     for _ in range(steps):
-        model(**batch)["loss"].backward()
+        lm_loss(model, batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return batch
@@ -35,7 +36,7 @@ def test_text_path_is_the_base_llm_after_training(arch):
     llm_before = {k: v.clone() for k, v in model.llm.state_dict().items()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and not any(n.startswith("llm.") for n in trainable)
-    assert any(n.startswith("iaa.adaptors.") for n in trainable) and "iaa.lm_head.weight" in trainable
+    assert any(n.startswith("route.adaptors.") for n in trainable) and "route.lm_head.weight" in trainable
     _train_steps(model)
     for k, v in model.llm.state_dict().items():
         assert torch.equal(v, llm_before[k]), k
@@ -43,7 +44,7 @@ def test_text_path_is_the_base_llm_after_training(arch):
     p = model.processor.prompt("How many circles are there?")
     ids = torch.tensor([p.input_ids])
     with torch.no_grad():
-        assert torch.equal(model(ids, return_logits=True)["logits"], base(ids).logits)
+        assert torch.equal(model.logits(ids), base(ids).logits)
         ours = model.generate(ids, max_new_tokens=10, eos_token_id=-1)
         ref = [base.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None,
                              pad_token_id=0, min_new_tokens=10)[0, ids.shape[1]:].tolist()]
@@ -55,9 +56,9 @@ def test_adaptors_carry_the_multimodal_path_and_cache_works_on_both():
     q = model.processor.prompt("<image>\nWhat colour?", {"image": [M.image()]})
     ids = torch.tensor([q.input_ids])
     with torch.no_grad():
-        before = model(ids, media=q.media, return_logits=True)["logits"]
-        model.iaa.adaptors[str(model.iaa.adaptor_layers[0])].mlp.down_proj.weight.add_(0.5)
-        after = model(ids, media=q.media, return_logits=True)["logits"]
+        before = model.logits(ids, media=q.media)
+        model.route.adaptors[str(model.route.adaptor_layers[0])].mlp.down_proj.weight.add_(0.5)
+        after = model.logits(ids, media=q.media)
     assert not torch.allclose(before, after)
     for media in (q.media, None):
         kw = dict(media=media, max_new_tokens=10, eos_token_id=-1)
@@ -66,10 +67,10 @@ def test_adaptors_carry_the_multimodal_path_and_cache_works_on_both():
     # the explicit override sends text through the multimodal path, which now differs
     t = torch.tensor([model.processor.prompt("Hello").input_ids])
     with torch.no_grad():
-        auto = model(t, return_logits=True)["logits"]
-        model.path = "multimodal"
-        forced = model(t, return_logits=True)["logits"]
-        model.path = "auto"
+        auto = model.logits(t)
+        model.route.mode = "multimodal"
+        forced = model.logits(t)
+        model.route.mode = "auto"
     assert not torch.equal(auto, forced)
 
 
@@ -78,6 +79,7 @@ def test_iaa_checkpoint_round_trip(tmp_path):
     batch = _train_steps(model, 1)
     model.eval()
     loaded = vlm.load(model.save_pretrained(tmp_path / "iaa"))
-    assert type(loaded).__name__ == "IAAModel" and loaded.iaa.adaptor_layers == model.iaa.adaptor_layers
+    assert loaded.route.settings() == model.route.settings() == {"type": "inner_adaptor", "adaptor_layers": [0, 1]}
     with torch.no_grad():
-        assert torch.equal(model(**batch, return_logits=True)["logits"], loaded(**batch, return_logits=True)["logits"])
+        a = model.logits(batch["input_ids"], batch["attention_mask"], media=batch["media"])
+        assert torch.equal(a, loaded.logits(batch["input_ids"], batch["attention_mask"], media=batch["media"]))

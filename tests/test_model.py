@@ -1,11 +1,10 @@
 """MultimodalLM: splicing, label masking, KV-cache generation, save/load, hf-llava export, CLI errors."""
-import json
-
 import pytest
 import torch
 
 import helpers_media as M
 import vlm
+from helpers_model import lm_loss
 from vlm.cli import main as cli
 from vlm.data.collate import collate
 from vlm.data.template import IGNORE
@@ -56,15 +55,16 @@ def test_mixed_modalities_any_order_splice_features(model, video_file):
     samples = _mixed_batch(model, video_file)
     batch = collate(samples, model.tokenizer.pad_token_id)
     assert [len(batch["media"][m]) for m in ("image", "audio", "music", "video")] == [3, 1, 1, 1]
-    emb = model.embed(batch["input_ids"], batch["media"])
+    emb = model.embed_inputs(batch["input_ids"], batch["media"])
     for m, items in batch["media"].items():
-        want = torch.cat(model.encode_modality(m, items))
+        want = torch.cat(model.media[m](items))
         got = emb[batch["input_ids"] == model.placeholder_id[m]]
         assert torch.allclose(got, want, atol=1e-6), m
-    out = model(**batch)
-    assert torch.isfinite(out["loss"]) and out["n_tokens"] == (batch["labels"][:, 1:] != IGNORE).sum()
-    out["loss"].backward()
-    assert model.connectors["image"].linear_1.weight.grad is not None
+    from vlm.train.objectives import build_objective
+    out = build_objective("next_token", {})(model, batch)
+    assert torch.isfinite(out.loss) and out.count == (batch["labels"][:, 1:] != IGNORE).sum()
+    out.loss.backward()
+    assert model.media["image"].projector.linear_1.weight.grad is not None
     model.zero_grad(set_to_none=True)
 
 
@@ -76,7 +76,7 @@ def test_placeholder_media_mismatch_is_an_error(model):
                         media={"image": [M.image()]})
     b = collate([s], model.tokenizer.pad_token_id)
     with pytest.raises(UserError, match="no image items"):
-        model(b["input_ids"], b["labels"])
+        model(b["input_ids"])
 
 
 def test_generation_same_tokens_with_and_without_kv_cache(model):
@@ -102,8 +102,8 @@ def test_save_load_identical_logits(model, tmp_path, video_file):
     assert not list(tmp_path.glob(".ckpt.tmp-*"))
     loaded = vlm.load(path)
     with torch.no_grad():
-        a = model(**batch, return_logits=True)["logits"]
-        b = loaded(**batch, return_logits=True)["logits"]
+        a = model.logits(batch["input_ids"], batch["attention_mask"], media=batch["media"])
+        b = loaded.logits(batch["input_ids"], batch["attention_mask"], media=batch["media"])
     assert torch.equal(a, b)
 
 
@@ -118,7 +118,7 @@ def test_hf_llava_export_gives_same_logits(tmp_path, arch):
                                        {"from": "gpt", "value": "a red circle"}]}, media={"image": [M.image()]})
     ids = torch.tensor([s.input_ids])
     with torch.no_grad():
-        ours = m(ids, media=s.media, return_logits=True)["logits"]
+        ours = m.logits(ids, media=s.media)
         theirs = hf(input_ids=ids, pixel_values=torch.stack(s.media["image"])).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
 
@@ -129,7 +129,7 @@ def test_frozen_llm_bit_identical_after_step(model, video_file):
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     s = m.processor({"conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]},
                     media={"image": [M.image()]})
-    m(**collate([s], m.tokenizer.pad_token_id))["loss"].backward()
+    lm_loss(m, collate([s], m.tokenizer.pad_token_id)).backward()
     assert all(p.grad is None for p in m.llm.parameters())
     opt.step()
     assert all(torch.equal(v, before[k]) for k, v in m.llm.state_dict().items())

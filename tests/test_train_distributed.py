@@ -35,8 +35,8 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     world = C.write_mixed_world(tmp / "world")
     recipe = C.write_recipe(tmp / "r.yaml", world, [
-        C.stage("align", ["connectors.*"], steps=2, lr=1e-3, eps=1e-6),   # eps: see test_train_loop
-        C.stage("sft", ["connectors.*"], llm="full", steps=2, lr=1e-3, eps=1e-6)], model=C.MIXED_MODEL, checkpoint_every=0)
+        C.stage("align", ["media.*.projector.*"], steps=2, lr=1e-3, eps=1e-6),   # eps: see test_train_loop
+        C.stage("sft", ["media.*.projector.*"], llm="full", steps=2, lr=1e-3, eps=1e-6)], model=C.MIXED_MODEL, checkpoint_every=0)
     (tmp / "launch.py").write_text(LAUNCH)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(tmp / "launch.py"), str(recipe), str(tmp)]

@@ -25,7 +25,7 @@ def world(tmp_path_factory) -> str:
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run_with_the_last_good_checkpoint(tmp_path, world, monkeypatch,
                                                                                      capsys):
-    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("sft", ["connectors.*"], llm="full", steps=10)],
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("sft", ["media.*.projector.*"], llm="full", steps=10)],
                             max_nan_steps=3, log_samples=False)
     bad_steps, calls = {2, 5, 6, 7, 8}, {"n": 0}
     forward = MultimodalLM.forward
@@ -33,9 +33,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run_with_the_last_good_checkp
     def poisoned(self, *a, **kw):                  # one micro-batch per step: call n is step n
         out = forward(self, *a, **kw)
         calls["n"] += 1
-        if calls["n"] in bad_steps:
-            out["loss"] = out["loss"] * float("nan")
-        return out
+        return out * float("nan") if calls["n"] in bad_steps else out
     monkeypatch.setattr(MultimodalLM, "forward", poisoned)
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--out", str(run)]) == 1
@@ -58,7 +56,7 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path, world):
     losses, finals = {}, {}
     for accum in (1, 2):
         path = C.write_recipe(tmp_path / f"r{accum}.yaml", world,
-                              [C.stage("sft", ["connectors.*"], llm="full", steps=3, grad_accum=accum, lr=1e-3,
+                              [C.stage("sft", ["media.*.projector.*"], llm="full", steps=3, grad_accum=accum, lr=1e-3,
                                        eps=1e-6)],
                               checkpoint_every=0, log_samples=False)
         run = tmp_path / f"run{accum}"
@@ -72,6 +70,6 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path, world):
 def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, world, capsys):
     (tmp_path / "run" / "checkpoints" / "step-00000002").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer.json").write_text("{}")
-    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["connectors.*"])])
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"])])
     assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
     assert "--resume" in capsys.readouterr().err

@@ -24,8 +24,8 @@ def world(tmp_path_factory) -> str:
 
 @pytest.fixture
 def recipe_file(tmp_path, world) -> Path:
-    return C.write_recipe(tmp_path / "r.yaml", world, [C.stage("align", ["connectors.*"]),
-                                                      C.stage("sft", ["connectors.*"], llm="full")],
+    return C.write_recipe(tmp_path / "r.yaml", world, [C.stage("align", ["media.*.projector.*"]),
+                                                      C.stage("sft", ["media.*.projector.*"], llm="full")],
                           output_dir=str(tmp_path / "run"))
 
 
@@ -41,7 +41,7 @@ def test_llava_default_is_the_sail_vl_curriculum():
     r = R.load_recipe("llava-tiny", check_files=False)
     assert [s.name for s in r.stages] == ["align", "sft-easy", "sft-hard"]
     align, easy, hard = r.stages
-    assert align.trainable == ["connectors.*"] and align.llm == "frozen" and align.filter.kind == "caption"
+    assert align.trainable == ["media.*.projector.*"] and align.llm == "frozen" and align.filter.kind == "caption"
     assert easy.filter.max_difficulty is not None and hard.filter.min_difficulty is not None
     assert easy.llm == hard.llm == "full"
 

@@ -2,16 +2,28 @@
 
     import vlm
     model = vlm.load("runs/llava-tiny/final")       # a checkpoint folder, no recipe needed
+    model = vlm.build("llava", "tiny")              # a family's named size (random weights)
     print(model.chat("<image>\\nWhat colour is the shape?", {"image": [pil_image]}))
+
+Names resolve on first use, so `import vlm` stays cheap (the CLI answers `--help` without torch).
 """
-from vlm.model import MultimodalLM, load  # noqa: F401
+from __future__ import annotations
+
+_LAZY = {
+    "load": ("vlm.loading", "load"),
+    "MultimodalLM": ("vlm.model", "MultimodalLM"),
+    "build": ("vlm.families", "build"),
+    "list_families": ("vlm.families", "list_families"),
+}
 
 
-def build(family: str, size: str | None = None, **settings):
-    from vlm.families import build as _build
-    return _build(family, size, **settings)
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vlm' has no attribute {name!r}")
+    import importlib
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module), attr)
 
 
-def list_families():
-    from vlm.families import list_families as _lf
-    return _lf()
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

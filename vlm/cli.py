@@ -1,9 +1,9 @@
 """The `vlm` command. Each part of the suite adds its own sub-commands through `add_cli(subparsers)`.
 
-    vlm list encoders|families|recipes
+    vlm list encoders|families|recipes|objectives|connectors|benchmarks [PATTERN]
     vlm export CKPT --to hf-llava --out DIR
     vlm data build synthetic-world --out DIR        (vlm/data)
-    vlm train | eval | embed | demo                 (their own modules)
+    vlm train | eval | demo                         (their own modules)
 
 Bad input (a `UserError`) prints one line and exits 2, never a traceback.
 """
@@ -15,9 +15,8 @@ import sys
 
 from vlm.errors import UserError
 
-# Modules that add top-level commands: each has add_cli(subparsers). Missing ones are skipped, so a
-# partial install still runs what it has.
-COMMAND_MODULES = ["vlm.commands", "vlm.data.cli", "vlm.train.cli", "benchmarks.cli", "vlm.embed_cli", "vlm.demo"]
+# Modules that add top-level commands: each has add_cli(subparsers) and imports nothing heavy at the top.
+COMMAND_MODULES = ["vlm.commands", "vlm.data.cli", "vlm.train.cli", "benchmarks.cli", "vlm.demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,19 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and (e.name == name or name.startswith(e.name + ".")):
-                continue
-            raise
-        mod.add_cli(sub)
+        importlib.import_module(name).add_cli(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting a command's key=value overrides at its first option: gather the rest
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         rc = args.func(args)
     except UserError as e:

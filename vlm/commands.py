@@ -1,8 +1,9 @@
-"""Core commands: `vlm list ...` and `vlm export ...`."""
+"""Core commands: `vlm list ...`, `vlm chat ...` and `vlm export ...`."""
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from vlm.modalities import MODALITIES
 
 
 def _listers() -> dict:
@@ -12,17 +13,34 @@ def _listers() -> dict:
 
     def families(pattern):
         from vlm.families import list_families
-        return list_families()
+        return list_families(pattern)
 
     def recipes(pattern):
         from vlm.train.recipe import list_recipes
-        return list_recipes()
+        return list_recipes(pattern)
+
+    def objectives(pattern):
+        from vlm.train.objectives import OBJECTIVES
+        return [dict(name=n, modality=f"{cls.data_format} batches", description=_first_line(cls))
+                for n, cls in OBJECTIVES.items(pattern)]
+
+    def connectors(pattern):
+        from vlm.connectors import MEDIA, PROJECTORS, ROUTES
+        rows = []
+        for kind, reg in (("media", MEDIA), ("route", ROUTES), ("projector", PROJECTORS)):
+            rows += [dict(name=n, modality=kind, description=_first_line(o)) for n, o in reg.items(pattern)]
+        return rows
 
     def benchmarks(pattern):
         from benchmarks import list_benchmarks
         return list_benchmarks(pattern)
 
-    return {"encoders": encoders, "families": families, "recipes": recipes, "benchmarks": benchmarks}
+    return {"encoders": encoders, "families": families, "recipes": recipes, "benchmarks": benchmarks,
+            "objectives": objectives, "connectors": connectors}
+
+
+def _first_line(obj) -> str:
+    return ((obj.__doc__ or "").strip().splitlines() or [""])[0]
 
 
 def cmd_list(args) -> int:
@@ -30,7 +48,7 @@ def cmd_list(args) -> int:
     width = max([len(r["name"]) for r in rows] + [4])
     for r in rows:
         extra = f"  [{', '.join(r['sizes'])}]" if r.get("sizes") else ""
-        print(f"{r['name']:<{width}}  {r.get('modality', ''):<22}  {r.get('description', '')}{extra}")
+        print(f"{r['name']:<{width}}  {r.get('modality', ''):<24}  {r.get('description', '')}{extra}")
     return 0
 
 
@@ -42,32 +60,20 @@ def cmd_export(args) -> int:
 
 
 def _read_media(kind: str, path: str):
-    """A media file from the command line, decoded the way the data pipeline does it."""
-    from pathlib import Path
+    """A media file from the command line, decoded as the data pipeline decodes it (the modality table)."""
     from vlm.errors import UserError
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--{kind} file not found: {p}")
+    from vlm.modalities import MediaError, read_file
     try:
-        if kind == "image":
-            from PIL import Image
-            return Image.open(p).convert("RGB")
-        if kind in ("audio", "music"):
-            import soundfile as sf
-            import torch
-            data, sr = sf.read(str(p), dtype="float32", always_2d=True)   # [N, C]
-            return torch.from_numpy(data).T, sr
-        return str(p)                                                   # video: the encoder's decord preprocess
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"--{kind} {p}: cannot decode ({str(e).splitlines()[0]})") from None
+        return read_file(kind, path)
+    except MediaError as e:
+        raise UserError(f"--{kind} {path}: {e}") from None
 
 
 def cmd_chat(args) -> int:
-    import vlm
-    model = vlm.load(args.ckpt)
-    media = {k: [_read_media(k, f) for f in getattr(args, k) or []] for k in ("image", "audio", "music", "video")}
+    from vlm.loading import load
+    from vlm.modalities import MODALITIES
+    model = load(args.ckpt)
+    media = {k: [_read_media(k, f) for f in getattr(args, k) or []] for k in MODALITIES}
     answer = model.chat(args.prompt, {k: v for k, v in media.items() if v}, max_new_tokens=args.max_new_tokens,
                         do_sample=args.temperature > 0, temperature=max(args.temperature, 1e-5))
     print(answer)
@@ -80,7 +86,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                                    "in the prompt take the given files in order.")
     p.add_argument("ckpt", help="checkpoint folder")
     p.add_argument("prompt", help='e.g. "<image>\nWhat colour is the shape?"')
-    for k in ("image", "audio", "music", "video"):
+    for k in MODALITIES:
         p.add_argument(f"--{k}", action="append", metavar="FILE", help=f"{k} file (repeat for several)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -88,9 +94,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("list", help="list registered encoders, families, recipes or benchmarks",
                        description="List registered things, each with its modality and a one-line description.")
-    choices = [k for k in _listers() if k != "recipes" or importlib.util.find_spec("vlm.train.recipe")]
-    choices = [k for k in choices if k != "benchmarks" or importlib.util.find_spec("benchmarks.registry")]
-    p.add_argument("what", choices=choices)
+    p.add_argument("what", choices=list(_listers()))
     p.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern, e.g. 'timm:*'")
     p.set_defaults(func=cmd_list)
 

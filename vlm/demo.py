@@ -7,40 +7,57 @@
 2. trains the `llava-tiny` recipe through its curriculum stages (`vlm train llava-tiny`),
 3. evaluates the trained and the untrained model on the synthetic-world capability suite
    (`vlm eval --suite synthetic-world-quick`) and prints the capability table and where the plots are.
-Each step is skipped when its output exists (a finished training run, finished benchmarks).
+Each step is skipped when its output exists (a finished training run, finished benchmarks). Settings are
+`DemoConfig` fields (flags, `--config FILE.yaml`, or KEY=value); any other key=value overrides the
+recipe (e.g. stages.1.steps=100). The resolved settings are saved as OUT/demo_config.yaml.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from vlm.config import add_config_flags, config_from_args, save_config
 
-def run(out: Path, data: Path, samples: int, seed: int, overrides: list[str], suite: str) -> int:
-    from benchmarks.registry import Roots, resolve
+
+@dataclass
+class DemoConfig:
+    out: str = field(default="runs/demo", metadata={"help": "run folder (training, eval, plots)"})
+    data: str = field(default="data/synthetic-world", metadata={"help": "synthetic-world folder (built if absent)"})
+    samples: int = field(default=4000, metadata={"help": "training samples if the data set is built"})
+    seed: int = 0
+    suite: str = "synthetic-world-quick"
+    recipe: str = field(default="llava-tiny", metadata={"help": "a built-in recipe or a YAML file"})
+    recipe_overrides: list[str] = field(default_factory=list, metadata={"flag": None})
+
+
+def run(cfg: DemoConfig) -> int:
+    from benchmarks.registry import resolve
     from benchmarks.report import capability_table
     from benchmarks.runner import RunConfig, evaluate
-    from vlm.families import build
-    from vlm.train.recipe import load_recipe
-    from vlm.train.trainer import Trainer
+    from vlm.train.recipe import build_model, load_recipe
+    from vlm.train.trainer import train
 
     t0 = time.time()
+    out, data = Path(cfg.out), Path(cfg.data)
     if not (data / "index.json").exists():
-        from vlm.data.synthetic import build_synthetic_world
-        print(f"[demo] building synthetic-world ({samples} training samples) in {data}", flush=True)
-        build_synthetic_world(data, samples=samples, seed=seed)
-    run_dir = out / "llava-tiny"
+        from vlm.data.cli import BuildConfig, build
+        print(f"[demo] building synthetic-world ({cfg.samples} training samples) in {data}", flush=True)
+        build(BuildConfig(out=str(data), samples=cfg.samples, seed=cfg.seed))
+    recipe = load_recipe(cfg.recipe, [f"data.world.shards=[{data / 'train'}]", f"runtime.seed={cfg.seed}",
+                                      *cfg.recipe_overrides])
+    save_config(cfg, out / "demo_config.yaml")
+    run_dir = out / recipe.name
     final = run_dir / "final"
     if not (final / "config.json").exists():
-        recipe = load_recipe("llava-tiny", [f"data.world.shards=[{data / 'train'}]", f"runtime.seed={seed}", *overrides])
-        print(f"[demo] training llava-tiny into {run_dir}", flush=True)
-        Trainer(recipe, run_dir, resume=(run_dir / "checkpoints").exists()).run()
-    untrained = out / "llava-tiny-untrained"
+        print(f"[demo] training {recipe.name} into {run_dir}", flush=True)
+        train(recipe, run_dir, resume=(run_dir / "checkpoints").exists())
+    untrained = out / f"{recipe.name}-untrained"
     if not (untrained / "config.json").exists():
-        build("llava", "tiny", seed=seed).save_pretrained(untrained)
-    print(f"[demo] evaluating trained vs untrained on '{suite}'", flush=True)
-    res = evaluate([str(final), str(untrained)], resolve(suite=suite),
-                   RunConfig(out=str(out / "eval"), roots=Roots(synthetic_world=str(data))))
+        build_model(recipe.model, seed=cfg.seed).save_pretrained(untrained)
+    print(f"[demo] evaluating trained vs untrained on '{cfg.suite}'", flush=True)
+    res = evaluate([str(final), str(untrained)], resolve(suite=cfg.suite), RunConfig(out=str(out / "eval"), data=str(data)))
     print()
     print(capability_table(res.table))
     print()
@@ -52,16 +69,16 @@ def run(out: Path, data: Path, samples: int, seed: int, overrides: list[str], su
 
 
 def cmd_demo(args) -> int:
-    return run(Path(args.out), Path(args.data), args.samples, args.seed, args.overrides, args.suite)
+    own = {f.name for f in fields(DemoConfig)}
+    words = args.overrides
+    args.overrides = [o for o in words if o.partition("=")[0].split(".")[0] in own]
+    cfg = config_from_args(DemoConfig, args, what="demo config field")
+    cfg.recipe_overrides += [o for o in words if o not in args.overrides]     # the rest: recipe overrides
+    return run(cfg)
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build synthetic-world, train llava-tiny, evaluate it (the main job)",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data", default="data/synthetic-world", help="synthetic-world folder (built if absent)")
-    p.add_argument("--samples", type=int, default=4000, help="training samples if the data set is built")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--suite", default="synthetic-world-quick")
-    p.add_argument("overrides", nargs="*", help="recipe overrides key=value, e.g. stages.1.steps=100")
+    add_config_flags(p, DemoConfig)
     p.set_defaults(func=cmd_demo)

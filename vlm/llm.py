@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from vlm.errors import UserError, require
+from vlm.modalities import PLACEHOLDERS  # added to every tokenizer as special tokens
 
 ASSETS = Path(__file__).parent / "assets"
 MODES = ("frozen", "full", "lora")
-# Placeholders that mark where media tokens go; added to every tokenizer as special tokens.
-PLACEHOLDERS = {"image": "<image>", "audio": "<audio>", "music": "<music>", "video": "<video>"}
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 TINY_VOCAB = 1024
 

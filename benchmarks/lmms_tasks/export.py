@@ -25,7 +25,6 @@ def export_vqa(root: str, split: str) -> Path:
     import pandas as pd
 
     from benchmarks.cache import default_cache_dir
-    from benchmarks.data import IMAGE_EXTS
     from benchmarks.registry import Roots, get_benchmark
     from benchmarks.tasks import Context, load_samples
     from benchmarks.tasks.generative import prompt_for
@@ -40,7 +39,7 @@ def export_vqa(root: str, split: str) -> Path:
         m = s.meta()
         prompt, gold = prompt_for(m, where=f"{s.shard}: sample {s.key}")
         rows.append(dict(key=s.key, task=m.get("task", ""), prompt=prompt, answer=gold,
-                         choices=[str(c) for c in m.get("choices") or []], image=s.media(IMAGE_EXTS)[0]))
+                         choices=[str(c) for c in m.get("choices") or []], image=s.first("image")))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     pd.DataFrame(rows).to_parquet(tmp, index=False)

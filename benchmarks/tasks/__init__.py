@@ -85,14 +85,10 @@ def image_features_of(model, samples: list[Sample], dhash: str, ctx: Context) ->
     """[N, D] normalised embeddings of each sample's first image, cached by model and data hash."""
     import torch
 
-    from benchmarks.data import IMAGE_EXTS, decode_image, prefetch
-    from vlm.errors import UserError
+    from benchmarks.data import prefetch
 
     def prep(s: Sample):
-        imgs = s.media(IMAGE_EXTS)
-        if not imgs:
-            raise UserError(f"{s.shard}: sample {s.key} has no image")
-        return model.preprocess_image(decode_image(imgs[0], f"{s.shard}: sample {s.key}"))
+        return model.preprocess_image(s.decode("image", s.first("image")))
 
     def compute():
         feats = []

@@ -1,5 +1,5 @@
-"""Captions of benchmark samples: what the data gives (`txt` lines, json `caption` / `captions`), or,
-for synthetic-world scenes, captions built from the exact ground truth (`labels.objects`).
+"""Captions of benchmark samples: what the data gives (`txt` lines, json `caption` / `captions`, or a
+scene's `labels.description`, synthetic-world's canonical caption from its exact ground truth).
 
     captions_of(sample)               reference captions (retrieval, captioning)
     relation_captions(sample, mode)   caption 0 true, the others its perturbations (caption-order tasks)
@@ -13,14 +13,6 @@ from benchmarks.data import Sample
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
-def _scene(meta: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[int, int]] | None:
-    labels = meta.get("labels") or {}
-    objs = labels.get("objects")
-    if not objs or "image_size" not in labels:
-        return None
-    return objs, tuple(labels["image_size"])
-
-
 def captions_of(sample: Sample) -> list[str]:
     """Reference captions: `txt` (one per line, clip_benchmark retrieval shards), json `caption(s)`, or
     the canonical description of a synthetic-world scene; [] when there is none."""
@@ -31,11 +23,8 @@ def captions_of(sample: Sample) -> list[str]:
         return [str(c) for c in meta["captions"]]
     if isinstance(meta.get("caption"), str):
         return [meta["caption"]]
-    scene = _scene(meta)
-    if scene is None:
-        return []
-    from vlm.data.synth_images import describe
-    return [describe(*scene)]
+    desc = (meta.get("labels") or {}).get("description")
+    return [desc] if isinstance(desc, str) and desc else []
 
 
 def _name(o: dict[str, Any]) -> str:

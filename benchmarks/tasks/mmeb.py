@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.data import IMAGE_EXTS, Sample, data_hash, decode_image, iter_samples, shard_files
+from benchmarks.data import Sample, data_hash, iter_samples, shard_files
 from benchmarks.metrics import precision_at_1
 from benchmarks.models import Query
 from benchmarks.registry import Benchmark
@@ -120,10 +120,7 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
 
 # ---------------------------------------------------------------------------------------------- builders
 def _image(s: Sample):
-    raw = s.media(IMAGE_EXTS)
-    if not raw:
-        raise UserError(f"{s.shard}: sample {s.key} has no image")
-    return decode_image(raw[0], f"{s.shard}: sample {s.key}")
+    return s.decode("image", s.first("image"))
 
 
 def _gold_first(answer: str, choices: list[str]) -> list[str]:
@@ -200,8 +197,8 @@ def build_grounding(samples: list[Sample], spec: dict) -> list[MMEBQuery]:
 
 def _named_image(s: Sample, name: str):
     """The image stored as `<key>.<name>.<ext>`, or None."""
-    raw = next((s.fields[f"{name}.{e}"] for e in IMAGE_EXTS if f"{name}.{e}" in s.fields), None)
-    return decode_image(raw, f"{s.shard}: sample {s.key}") if raw is not None else None
+    raw = s.named(name, "image")
+    return s.decode("image", raw) if raw is not None else None
 
 
 def build_shards(samples: list[Sample], spec: dict) -> list[MMEBQuery]:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.data import AUDIO_EXTS, Sample, decode_audio
+from benchmarks.data import Sample
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, TaskResult, load_samples
 from vlm.errors import UserError
@@ -58,10 +58,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 300
 def _clips(samples: list[Sample]) -> list[tuple[torch.Tensor, int]]:
     out = []
     for s in samples:
-        raw = s.media(AUDIO_EXTS)
-        if not raw:
-            raise UserError(f"{s.shard}: sample {s.key} has no audio (flac/wav)")
-        out.append(decode_audio(raw[0], f"{s.shard}: sample {s.key}"))
+        out.append(s.decode("audio", s.first("audio")))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.data import WdsMeta, data_hash, decode_image, iter_samples, prefetch, read_cls, read_wds_meta, shard_files
+from benchmarks.data import WdsMeta, data_hash, iter_samples, prefetch, read_cls, read_wds_meta, shard_files
 from benchmarks.metrics import balanced_accuracy, topk_correct
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, TaskResult, bar
@@ -43,18 +43,16 @@ def encode_wds_images(model, files, n_classes: int, ctx: Context) -> tuple[torch
 
     def items():
         for s in iter_samples(files):
-            ext = s.image_ext()
-            if ext is None:
-                raise UserError(f"{s.shard}: sample {s.key} has no image (jpg/png/webp)")
+            raw = s.first("image")
             labels.append(read_cls(s, n_classes))
             keys.append(s.key)
-            yield s.fields[ext], f"{s.shard}: sample {s.key}"
+            yield s, raw
             if ctx.limit and len(keys) >= ctx.limit:
                 return
 
     def prep(item) -> torch.Tensor:
-        raw, where = item
-        return model.preprocess_image(decode_image(raw, where))
+        s, raw = item
+        return model.preprocess_image(s.decode("image", raw))
 
     feats = []
     with bar(ctx, "images", unit="img") as pbar:

@@ -5,20 +5,23 @@ multimodal input runs `h = frozen_layer_i(h); h = adaptor_i(h)` (the adaptor's o
 stream); the multimodal path has its own token embedding, final norm and LM head, all trainable
 copies. Text-only input never touches any of them, so it is the base LLM bit for bit.
 
-How: the adaptors are attached to the frozen layers as forward hooks that are live only inside
-`with adaptors.active():`. The LLM's own forward still builds the masks, rotary embeddings and
-embedding scaling of whatever architecture it is (Llama, Qwen2, Mistral, Gemma ...), so nothing
-architecture-specific is re-implemented here. Each adaptor keeps its own KV-cache slot
-(layer_idx = n_layers + j), so generation with a cache works on both paths.
+How: this is the `inner_adaptor` route. The adaptors are attached to the frozen layers as forward
+hooks that are live only inside `with route.path(multimodal=True):`. The LLM's own forward still
+builds the masks, rotary embeddings and embedding scaling of whatever architecture it is (Llama,
+Qwen2, Mistral, Gemma ...), so nothing architecture-specific is re-implemented here. Each adaptor
+keeps its own KV-cache slot (layer_idx = n_layers + j), so generation with a cache works on both
+paths. `route.mode = "text" | "multimodal"` forces a path ("auto": any media item -> multimodal).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
+from vlm.connectors.base import ROUTES, Route
 from vlm.errors import require
 
 # The reference inserts pairs every 5 layers of a 32-layer LLM: [0, 1, 5, 6, ..., 30, 31].
@@ -32,8 +35,36 @@ def default_adaptor_layers(n_layers: int) -> list[int]:
     return layers
 
 
-class InnerAdaptors(nn.Module):
-    def __init__(self, parts, adaptor_layers: list[int] | None = None):
+MODES = ("auto", "text", "multimodal")
+
+
+class _AdaptorHook:
+    """Forward hook of frozen layer `key`: its output through adaptor `key` while the route is on.
+    A plain object (not a closure), so a deep copy of the model hooks the copy's route."""
+
+    def __init__(self, route: "InnerAdaptorRoute", key: str):
+        self.route, self.key = route, key
+
+    def __call__(self, module, args, kwargs, output):
+        if not self.route._on:
+            return None
+        h = output[0] if isinstance(output, tuple) else output              # [B, L, D] frozen layer output
+        adaptor = self.route.adaptors[self.key]
+        if "hidden_states" in kwargs:
+            out = adaptor(**{**kwargs, "hidden_states": h})
+        else:
+            out = adaptor(h, *args[1:], **kwargs)
+        new = out[0] if isinstance(out, tuple) else out
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+@ROUTES.register("inner_adaptor")
+class InnerAdaptorRoute(Route):
+    """IAA: media batches through the frozen LLM + adaptor layers and their own embedding / norm / head."""
+
+    llm_modes = ("frozen",)                          # the point of IAA: the LLM never trains
+
+    def __init__(self, parts, adaptor_layers: list[int] | None = None, mode: str = "auto"):
         """parts: `vlm.llm.LLMParts` of the (frozen) LLM; adaptors start as copies of the layers they follow."""
         super().__init__()
         n = len(parts.layers)
@@ -52,40 +83,30 @@ class InnerAdaptors(nn.Module):
         self.lm_head = copy.deepcopy(parts.lm_head)
         for p in self.parameters():
             p.requires_grad_(True)
+        self.mode = mode
         self._on = False
-        self._handles = []
-        self.attach(parts)
+        for i in self.adaptor_layers:
+            parts.layers[i].register_forward_hook(_AdaptorHook(self, str(i)), with_kwargs=True)
+        parts.norm.register_forward_hook(self._norm_hook)
 
-    def attach(self, parts) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = [parts.layers[i].register_forward_hook(self._layer_hook(str(i)), with_kwargs=True)
-                         for i in self.adaptor_layers]
-        self._handles.append(parts.norm.register_forward_hook(self._norm_hook))
+    def settings(self) -> dict[str, Any]:
+        return {"type": "inner_adaptor", "adaptor_layers": list(self.adaptor_layers)}
 
     @contextlib.contextmanager
-    def active(self, on: bool = True):
+    def path(self, multimodal: bool):
+        require(self.mode in MODES, f"iaa path mode must be one of {MODES}, not '{self.mode}'")
+        on = self.mode == "multimodal" or (self.mode == "auto" and multimodal)
         prev, self._on = self._on, on
         try:
             yield
         finally:
             self._on = prev
 
-    def _layer_hook(self, key: str):
-        def hook(module, args, kwargs, output):
-            if not self._on:
-                return None
-            h = output[0] if isinstance(output, tuple) else output           # [B, L, D] frozen layer output
-            if "hidden_states" in kwargs:
-                out = self.adaptors[key](**{**kwargs, "hidden_states": h})
-            else:
-                out = self.adaptors[key](h, *args[1:], **kwargs)
-            new = out[0] if isinstance(out, tuple) else out
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-        return hook
-
     def _norm_hook(self, module, args, output):
         return self.norm(args[0]) if self._on else None
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+    def embed(self, parts, input_ids: torch.Tensor) -> torch.Tensor:
+        return (self.embed_tokens if self._on else parts.embed_tokens)(input_ids)     # [B, L, D_lm]
+
+    def head(self, parts, hidden: torch.Tensor) -> torch.Tensor:
+        return (self.lm_head if self._on else parts.lm_head)(hidden)

@@ -1,5 +1,5 @@
 """Dragonfly zoom: multi-resolution crops of one image, per-crop pooling and zoom-in patch selection
-at a fixed visual-token budget (the geometry and selection; `vlm/families/dragonfly.py` wires it in).
+at a fixed visual-token budget: the `zoom` media tokenizer (`vlm/families/dragonfly.py` names it).
 
 Views of one image, every crop at the encoder's own size S = (Sh, Sw):
   low    the whole image squashed to S                                     1 crop, all tokens kept
@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from encoders.base import TokenCount, pool_grid
+from vlm.connectors.base import MEDIA, MediaContext, MediaTokenizer, build_projector
 from vlm.errors import UserError, require
 
 Grid = tuple[int, int]                       # (rows, cols)
@@ -41,7 +43,7 @@ SELECTIONS = ("visual", "text", "salient")
 
 @dataclass(frozen=True)
 class ZoomSettings:
-    """Everything that fixes the geometry and the token budget; lives in `ModelConfig.extra`."""
+    """Everything that fixes the geometry and the token budget (the zoom connector's settings)."""
     mid_grids: tuple[Grid, ...] = ((2, 2), (4, 1), (1, 4))  # (rows, cols); the reference's (w, h) 2x2, 1x4, 4x1
     factor: int = 3                # high grid = factor x mid grid (reference: 3)
     pool: int = 4                  # average-pool kernel over each mid / high crop's token grid (reference v2: 4)
@@ -82,8 +84,10 @@ class ZoomSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ZoomSettings:
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> ZoomSettings:
         known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        require(not (strict and unknown), f"unknown zoom settings {unknown}; known: {sorted(known)}")
         kw = {k: v for k, v in d.items() if k in known}
         if "mid_grids" in kw:
             kw["mid_grids"] = tuple(tuple(g) for g in kw["mid_grids"])
@@ -253,7 +257,85 @@ class ZoomSelect(nn.Module):
         return torch.cat([low, mid.flatten(1, 2), kept.flatten(1, 3)], 1), picked  # [N, budget, D]
 
 
-def check_zoom_item(item: Tensor, settings: ZoomSettings) -> None:
-    if item.dim() != 4 or item.shape[0] != settings.n_views:
+def check_zoom_shape(shape: tuple[int, ...], settings: ZoomSettings) -> None:
+    if len(shape) != 4 or shape[0] != settings.n_views:
         raise UserError(f"a dragonfly image item must be [{settings.n_views}, 3, H, W] (low, mid, high crops from "
-                        f"model.processor), got {tuple(item.shape)}")
+                        f"model.processor), got {tuple(shape)}")
+
+
+@dataclass(frozen=True)
+class ZoomTokens(TokenCount):
+    """The fixed budget: the same for every image, whatever its size (the crops are)."""
+    crop: TokenCount                 # the encoder's count for one crop [3, Sh, Sw]
+    settings: ZoomSettings
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        check_zoom_shape(shape, self.settings)
+        crop = shape[1:]
+        grid = self.crop.grid(crop)
+        if grid is None:
+            require(self.settings.pool == 1, "the image encoder reports no patch grid: dragonfly needs pool=1 with it")
+            pooled = self.crop.count(crop)
+        else:
+            pooled = pooled_tokens(grid, self.crop.prefix, self.settings.pool)
+        return self.settings.budget(self.crop.count(crop), pooled)
+
+
+@MEDIA.register("zoom")
+class ZoomTokenizer(MediaTokenizer):
+    """Dragonfly: low view + pooled mid crops + the top-k high crops per mid region, at a fixed budget.
+
+    Each crop goes through the projector, a learned separator after each. Any image encoder of
+    `encoders/` that reports its patch grid works (or any with pool=1)."""
+
+    def __init__(self, modality: str, encoder: nn.Module, d_lm: int, projector: str = "mlp2x_gelu", **zoom: Any):
+        require(modality == "image", f"the zoom connector takes images, not {modality}")
+        super().__init__(modality, encoder)
+        self.zoom_settings = ZoomSettings.from_dict(zoom, strict=True)
+        self.projector = build_projector(projector, encoder.output_dim, d_lm)
+        self.projector_kind = projector
+        self.zoom = ZoomSelect(self.zoom_settings, d_lm)
+        self._preprocess: ZoomPreprocess | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {"type": "zoom", "projector": self.projector_kind, **self.zoom_settings.to_dict()}
+
+    @property
+    def preprocess(self) -> ZoomPreprocess:
+        if self._preprocess is None:
+            self._preprocess = ZoomPreprocess(self.encoder.preprocess, self.zoom_settings)
+        return self._preprocess
+
+    def token_count(self) -> ZoomTokens:
+        return ZoomTokens(self.encoder.token_count(), self.zoom_settings)
+
+    def forward(self, items: list[Tensor], context: MediaContext | None = None) -> list[Tensor]:
+        return list(self.zoom_tokens(items, context)[0].unbind(0))                # N x [budget, D_lm]
+
+    def zoom_tokens(self, items: list[Tensor], context: MediaContext | None = None) -> tuple[Tensor, Tensor]:
+        """Preprocessed items -> (tokens [N, budget, D_lm], picked high crops per mid region [N, M, k])."""
+        s, enc, proj = self.zoom_settings, self.encoder, self.projector
+        for it in items:
+            check_zoom_shape(tuple(it.shape), s)
+        x = torch.stack(items)                                                    # [N, V, 3, S, S]
+        N, V, M = x.shape[0], x.shape[1], s.n_mid
+        feats = torch.stack(enc.encode(list(x.flatten(0, 1))))                    # [N*V, T, D_enc]
+        feats = feats.unflatten(0, (N, V))                                        # [N, V, T, D_enc]
+        low = proj(feats[:, 0])                                                   # [N, T, D_lm]
+        grid = enc.patch_grid(items[0][0])
+        crops = feats[:, 1:].flatten(0, 1)                                        # [N*(V-1), T, D_enc]
+        if grid is not None:
+            crops = pool_grid(crops, grid, enc.num_prefix_tokens, s.pool)         # [N*(V-1), t, D_enc]
+        crops = proj(crops).unflatten(0, (N, V - 1))                              # [N, V-1, t, D_lm]
+        mid, high = crops[:, :M], crops[:, M:].unflatten(1, (M, s.factor ** 2))   # [N, M, t, D], [N, M, F, t, D]
+        return self.zoom(low, mid, high, self._text_query(mid, context))
+
+    def _text_query(self, mid: Tensor, context: MediaContext | None) -> Tensor | None:
+        """Text selection: each row's prompt mean embedding, per mid region [N, M, D]; None (visual) otherwise.
+        A row with no prompt tokens (or no context: a blank item) falls back to the visual query."""
+        if self.zoom_settings.selection != "text" or context is None:
+            return None
+        visual = mid.mean(2)                                                      # [N, M, D]
+        q = torch.stack([context.prompt_mean(r) for r in context.rows]).to(visual.dtype)  # [N, D]
+        q = q[:, None].expand_as(visual)
+        return torch.where(q.isfinite().all(-1, keepdim=True), q, visual)

@@ -1,7 +1,7 @@
 """`vlm data`: build the built-in data set, convert common layouts to shards (and `inspect`, when present).
 
     vlm data build synthetic-world --out data/synthetic-world [--samples 4000] [--seed 0] [--workers 2]
-        [--tasks fine_detail color ...]
+        [--tasks fine_detail color ...] [--config build.yaml] [key=value ...]
     vlm data convert llava-json --json data.json --images IMAGES/ --out shards/sft
     vlm data convert caption-folder FOLDER --out shards/captions
     vlm data convert class-folder FOLDER --out wds/mine [--templates templates.txt]
@@ -12,22 +12,52 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
+from vlm.config import add_config_flags, config_from_args, save_config
 from vlm.errors import UserError
 
-DATASETS = ("synthetic-world",)
+Split = Literal["train", "val", "test"]
+
+
+@dataclass
+class BuildConfig:
+    """`vlm data build`: the built-in data set and how much of it (saved as OUT/build_config.yaml)."""
+    out: str = field(metadata={"help": "output folder (train/, val/, test/, wds/, index.json)"})
+    dataset: Literal["synthetic-world"] = field(default="synthetic-world", metadata={"flag": None})
+    samples: int = field(default=4000, metadata={"help": "training samples"})
+    seed: int = field(default=0, metadata={"help": "random seed: same seed, same bytes"})
+    splits: list[Split] = field(default_factory=lambda: ["train", "val", "test"], metadata={"help": "splits to write"})
+    eval_per_task: int | None = field(default=None, metadata={"help": "val/test samples per benchmark task"})
+    workers: int | None = field(default=None, metadata={"help": "generator processes (default 2, 1 for tiny builds)"})
+    tasks: list[str] | None = field(default=None, metadata={
+        "help": "only these tasks (e.g. fine_detail color shape), mixed by their usual weights; default all",
+        "metavar": "TASK"})
+    classification: bool = field(default=True, metadata={"flag": "--no-classification",
+                                                         "help": "skip the wds/ zero-shot classification sets"})
+
+
+def build(cfg: BuildConfig) -> dict:
+    """Build the data set a BuildConfig describes; returns its index (also OUT/index.json)."""
+    from vlm.data.synthetic import build_synthetic_world
+    index = build_synthetic_world(cfg.out, samples=cfg.samples, seed=cfg.seed, splits=cfg.splits,
+                                  eval_per_task=cfg.eval_per_task, workers=cfg.workers, tasks=cfg.tasks,
+                                  classification=cfg.classification)
+    save_config(cfg, Path(cfg.out) / "build_config.yaml")
+    return index
 
 
 def _build(args: argparse.Namespace) -> int:
-    from vlm.data.synthetic import DEFAULT_SAMPLES, build_synthetic_world, format_counts
+    from vlm.data.synthetic import format_counts
 
+    args.cfg_dataset = args.dataset
+    cfg = config_from_args(BuildConfig, args, what="data build field")
     start = time.perf_counter()
-    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
-    index = build_synthetic_world(args.out, samples=samples, seed=args.seed, splits=args.splits,
-                                  eval_per_task=args.eval_per_task, workers=args.workers,
-                                  tasks=args.tasks)
+    index = build(cfg)
     print(format_counts(index))
-    print(f"built {args.dataset} in {args.out} in {time.perf_counter() - start:.1f} s (seed {args.seed})")
+    print(f"built {cfg.dataset} in {cfg.out} in {time.perf_counter() - start:.1f} s (seed {cfg.seed})")
     return 0
 
 
@@ -82,16 +112,10 @@ def add_cli(subparsers) -> None:
     sub.required = True
 
     b = sub.add_parser("build", help="generate a built-in data set (synthetic-world)",
-                       description="Generate a built-in data set locally, deterministically for a seed.")
-    b.add_argument("dataset", choices=DATASETS, help="which data set")
-    b.add_argument("--out", required=True, help="output folder (train/, val/, test/, wds/, index.json)")
-    b.add_argument("--samples", type=int, default=None, help="training samples (default 4000)")
-    b.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
-    b.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
-    b.add_argument("--eval-per-task", type=int, default=None, help="val/test samples per benchmark task")
-    b.add_argument("--workers", type=int, default=None, help="generator processes (default 2, 1 for tiny builds)")
-    b.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
-                   help="only these tasks (e.g. fine_detail color shape), mixed by their usual weights; default all")
+                       description="Generate a built-in data set locally, deterministically for a seed. Every "
+                                   "setting is a flag, a key of --config FILE.yaml, or key=value.")
+    b.add_argument("dataset", choices=["synthetic-world"], help="which data set")
+    add_config_flags(b, BuildConfig)
     b.set_defaults(func=_build)
 
     c = sub.add_parser("convert", help="convert a folder or LLaVA JSON to shards",

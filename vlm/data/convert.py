@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlm.data.writer import AUDIO_EXTS, IMAGE_EXTS, ShardWriter, validate_sample
+from vlm.data.writer import ShardWriter, validate_sample
 from vlm.errors import UserError
+from vlm.modalities import file_kind
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
 MEDIA_KINDS = {"audio": ("<audio>", "Describe the sound."), "music": ("<music>", "Describe the music."),
@@ -111,7 +112,7 @@ def read_image(path: str) -> tuple[str, bytes]:
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise ValueError(f"not a readable image: {path} ({e.__class__.__name__})") from e
     ext = _image_ext(path)
-    if ext in IMAGE_EXTS:
+    if file_kind(ext) == "image":
         return ext, data
     buf = io.BytesIO()
     with Image.open(io.BytesIO(data)) as im:
@@ -344,7 +345,7 @@ def _read_media(path: str, kind: str) -> tuple[str, bytes]:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise ValueError(f"{path}: not a readable audio file") from e
-    if ext in AUDIO_EXTS:
+    if file_kind(ext) == "audio":
         return ext, data
     buf = io.BytesIO()
     sf.write(buf, x, sr, format="FLAC")

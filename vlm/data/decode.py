@@ -11,17 +11,14 @@ sample and counts the reason.
 """
 from __future__ import annotations
 
-import io
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from vlm.data.template import normalise_conversation, placeholder_modalities
+from vlm.data.template import normalise_conversation
 from vlm.data.writer import media_fields
 from vlm.errors import UserError
+from vlm.modalities import MODALITIES, MediaError, placeholder_modalities, short_error  # noqa: F401
 
 CAPTION_PROMPT = "{placeholder}\nDescribe the {what} briefly."
 
@@ -44,41 +41,23 @@ class RawSample:
     caption: bool = False                               # built from a caption, not conversations
 
 
-def short_error(e: BaseException) -> str:
-    """An exception as one line without object addresses (so the same error reads the same every run)."""
-    lines = str(e).strip().splitlines()
-    text = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", lines[0] if lines else "")
-    return text or type(e).__name__
-
-
 # ---------------------------------------------------------------------------------------------
 # media
 # ---------------------------------------------------------------------------------------------
+def decode_item(modality: str, data: bytes, draft_size: tuple[int, int] | None = None) -> Any:
+    """One media file's bytes as the modality's raw item (the modality table's decoder)."""
+    try:
+        return MODALITIES[modality].decode(data, draft_size)
+    except MediaError as e:
+        raise SampleError(f"bad_{MODALITIES[modality].files}", str(e)) from None
+
+
 def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
-    """bytes -> RGB PIL image. `draft_size` (w, h): let the JPEG decoder scale down by 1/2..1/8 while
-    staying >= that size (DCT-domain scaling: most of the decode cost of a big JPEG goes away)."""
-    from PIL import Image
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        if draft_size is not None and img.format == "JPEG":
-            img.draft("RGB", draft_size)
-        return img.convert("RGB")
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
-        raise SampleError("bad_image", f"cannot decode image ({len(data)} bytes): {short_error(e)}") from None
+    return decode_item("image", data, draft_size)
 
 
-def decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
-    """flac/wav bytes -> (waveform Tensor[C, N] float32, sample rate)."""
-    import soundfile as sf
-
-    try:
-        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # [N, C]
-    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on garbage
-        raise SampleError("bad_audio", f"cannot decode audio ({len(data)} bytes): {short_error(e)}") from None
-    if wave.shape[0] == 0:
-        raise SampleError("bad_audio", "audio file has no samples")
-    return torch.from_numpy(wave.T.copy()), int(sr)  # [C, N]
+def decode_audio(data: bytes):
+    return decode_item("audio", data)
 
 
 def draft_size_of(preprocess: Any) -> tuple[int, int] | None:
@@ -93,37 +72,60 @@ def draft_size_of(preprocess: Any) -> tuple[int, int] | None:
     return w, h
 
 
+def read_meta(fields: dict[str, bytes]) -> dict:
+    """The sample's json ({} without one); a broken one is a SampleError('bad_json')."""
+    if "json" not in fields:
+        return {}
+    try:
+        meta = json.loads(fields["json"])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SampleError("bad_json", f"json does not parse: {e}") from None
+    if not isinstance(meta, dict):
+        raise SampleError("bad_json", "json is not an object")
+    return meta
+
+
+def decode_media(order: list[str], fields: dict[str, bytes], draft_size: tuple[int, int] | None = None,
+                 strict: bool = True) -> dict[str, list[Any]]:
+    """The media of placeholders `order` (their modalities, in order) from the sample's files, by the
+    [Contract] of `vlm.modalities`: each file kind fills its placeholders in key order. Too few files for
+    the placeholders (or, when `strict`, too many) is a SampleError naming which."""
+    files = media_fields(fields)
+    for kind, names in files.items():
+        want = sum(MODALITIES[m].files == kind for m in order)
+        if want > len(names):
+            raise SampleError("missing_media", f"{want} <{kind}> placeholder(s) but {len(names)} {kind} file(s)")
+        if strict and want < len(names):
+            raise SampleError("unused_media", f"{len(names)} {kind} file(s) but {want} placeholder(s)")
+    pools = {kind: iter(names) for kind, names in files.items()}
+    media: dict[str, list[Any]] = {}
+    for m in order:
+        media.setdefault(m, []).append(decode_item(m, fields[next(pools[MODALITIES[m].files])], draft_size))
+    return media
+
+
 # ---------------------------------------------------------------------------------------------
 # the sample
 # ---------------------------------------------------------------------------------------------
-def _caption_turns(caption: str, media: dict[str, list[str]], meta: dict) -> list[dict]:
+def _caption_turns(caption: str, files: dict[str, list[str]], meta: dict) -> list[dict]:
     """A caption sample -> [user: '<m>\\nDescribe the m briefly.', assistant: caption]."""
-    if media["image"]:
-        modality, n = "image", len(media["image"])
-    elif media["video"]:
-        modality, n = "video", len(media["video"])
-    elif media["audio"]:
+    if files["image"]:
+        modality, n = "image", len(files["image"])
+    elif files["video"]:
+        modality, n = "video", len(files["video"])
+    elif files["audio"]:
         modality = "music" if meta.get("modality") == "music" else "audio"
-        n = len(media["audio"])
+        n = len(files["audio"])
     else:
         raise SampleError("missing_media", "caption sample without a media file")
-    what = {"image": "image", "video": "video", "audio": "audio", "music": "music"}[modality]
-    prompt = CAPTION_PROMPT.format(placeholder="\n".join([f"<{modality}>"] * n), what=what)
+    prompt = CAPTION_PROMPT.format(placeholder="\n".join([MODALITIES[modality].placeholder] * n), what=modality)
     return [{"role": "user", "text": prompt}, {"role": "assistant", "text": caption}]
 
 
 def decode_sample(key: str, fields: dict[str, bytes], shard: str = "",
                   draft_size: tuple[int, int] | None = None) -> RawSample:
     """One sample's raw fields -> its turns and decoded media in placeholder order (videos stay bytes)."""
-    meta: dict = {}
-    if "json" in fields:
-        try:
-            meta = json.loads(fields["json"])
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SampleError("bad_json", f"json does not parse: {e}") from None
-        if not isinstance(meta, dict):
-            raise SampleError("bad_json", "json is not an object")
-    files = media_fields(fields)
+    meta = read_meta(fields)
     conv = meta.pop("conversations", None)
     if conv is not None:
         try:
@@ -136,23 +138,6 @@ def decode_sample(key: str, fields: dict[str, bytes], shard: str = "",
             caption = fields["txt"].decode("utf-8", errors="replace").strip()
         if not isinstance(caption, str) or not caption:
             raise SampleError("no_text", "neither conversations, caption nor txt")
-        turns = _caption_turns(caption, files, meta)
-
+        turns = _caption_turns(caption, media_fields(fields), meta)
     order = [m for t in turns for m in placeholder_modalities(t["text"])]
-    audio_order = [m for m in order if m in ("audio", "music")]
-    want = {"image": order.count("image"), "video": order.count("video"), "audio": len(audio_order)}
-    for kind, n in want.items():
-        have = len(files[kind])
-        if n > have:
-            raise SampleError("missing_media", f"{n} <{kind}> placeholder(s) but {have} {kind} file(s)")
-        if n < have:
-            raise SampleError("unused_media", f"{have} {kind} file(s) but {n} placeholder(s)")
-
-    sample = RawSample(key, shard, turns, meta=meta, caption=conv is None)
-    if files["image"]:
-        sample.media["image"] = [decode_image(fields[f], draft_size) for f in files["image"]]
-    if files["video"]:
-        sample.media["video"] = [fields[f] for f in files["video"]]  # decoded by the video preprocess
-    for modality, f in zip(audio_order, files["audio"]):
-        sample.media.setdefault(modality, []).append(decode_audio(fields[f]))
-    return sample
+    return RawSample(key, shard, turns, decode_media(order, fields, draft_size), meta=meta, caption=conv is None)

@@ -20,6 +20,7 @@ from typing import Any
 
 from vlm.data.decode import RawSample, SampleError, decode_sample
 from vlm.data.reader import DataStats, FileCache, expand_shards, read_fields, scan_shard
+from vlm.modalities import MODALITIES
 
 BINS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 
@@ -34,7 +35,7 @@ def _describe_media(raw: RawSample) -> list[str]:
         for x in items:
             if m == "image":
                 out.append(f"image {x.size[0]}x{x.size[1]}")
-            elif m in ("audio", "music"):
+            elif MODALITIES[m].files == "audio":
                 wave, sr = x
                 out.append(f"{m} {wave.shape[1] / sr:.2f} s, {sr} Hz, {wave.shape[0]} ch")
             else:

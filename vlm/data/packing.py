@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from vlm.data.template import IGNORE
-from vlm.processor import Processed
+from vlm.data.processor import Processed
 
 
 def _transformers_detects_packing() -> bool:

@@ -1,16 +1,17 @@
-"""The training data pipeline: shards -> decoded samples -> Processor -> padded or packed batches.
+"""The training data pipeline: shards -> decoded samples -> a batch format (chat, pairs, clips) -> batches.
 
     pipe = ShardPipeline([{"shards": "data/caps/{000000..000099}.tar", "weight": 0.7},
                           {"shards": "data/vqa/", "weight": 0.3}],
                          model.processor, batch_size=8, max_len=2048, packing=True, num_workers=4)
     for batch in pipe:                       # runs a torch DataLoader when num_workers > 0
-        loss = model(**batch)["loss"]
+        hidden = model(**batch)
         ckpt["data"] = pipe.state_dict()     # exact: a restart yields exactly the batches that come next
     pipe.load_state_dict(ckpt["data"])
 
-Batches (padding): input_ids, labels, attention_mask [B, L], media {modality: [Tensor]}, sample_keys,
-_position. Batches (packing): input_ids, labels, position_ids, segment_ids [R, max_len],
-attention_mask (None: see `vlm.data.packing`), media, seq_lens, sample_keys, _position.
+Chat batches (padding): input_ids, labels, attention_mask [B, L], media {modality: [Tensor]}; (packing):
+input_ids, labels, position_ids, segment_ids [R, max_len], attention_mask (None: see `vlm.data.packing`),
+media, seq_lens. Pair and clip batches: `vlm.data.formats`. Every batch also has sample_keys,
+sample_seeds (per-sample randomness, the same under any rank / worker split) and _position.
 
 How the position stays exact with prefetching workers: every (rank, worker) slot runs a stream that
 is a pure function of (seed, epoch, slot) (`vlm.data.reader`). Each batch carries `_position =
@@ -26,17 +27,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 
-from vlm.data.collate import collate
-from vlm.data.decode import RawSample, SampleError, decode_sample, draft_size_of, short_error
-from vlm.data.packing import pack_rows, row_fits, truncate
+from vlm.data.decode import RawSample, SampleError, draft_size_of
+from vlm.data.formats import ChatFormat, Format, build_format, sample_seed
+from vlm.data.processor import Processed, Processor
 from vlm.data.reader import SPLITS, DataStats, FileCache, SampleRef, Source, as_sources, read_fields, slot_refs
 from vlm.errors import UserError
-from vlm.processor import Processed, Processor
 
 STATE_VERSION = 1
 
@@ -61,6 +61,8 @@ class PipelineConfig:
     min_samples: int = 50                # the error rate is judged after this many samples
     draft: bool = True                   # JPEG decode at the smallest scale >= the encoder input
     fast_tokenizer: bool = True          # the Rust tokenizer directly (ids checked identical at start)
+    format: str = "chat"                 # what a batch is (vlm.data.formats): chat | pairs | clips
+    format_settings: dict = field(default_factory=dict)   # that format's settings (negatives, clip_seconds ...)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,57 +99,37 @@ class FastTokenizer:
 
 def fast_processor(processor: Processor) -> Processor:
     """The same Processor over a FastTokenizer (if it gives the same ids on the probes)."""
-    fast = FastTokenizer(processor.tokenizer)
-    if not fast.same_as_slow():
+    if processor.tokenizer is None:
         return processor
-    return Processor(fast, processor.preprocess, processor.num_media_tokens, processor.template.system)
+    fast = FastTokenizer(processor.tokenizer)
+    return processor.with_tokenizer(fast) if fast.same_as_slow() else processor
 
 
 class SampleProcessor:
-    """ref -> Processed (decoded, preprocessed, templated, truncated), or SampleError(reason)."""
+    """ref -> one example of the batch format (decoded, preprocessed, templated, truncated), or
+    SampleError(reason). Picklable: the processor it holds has no weights."""
 
-    def __init__(self, processor: Processor, max_len: int, draft: bool = True, fast_tokenizer: bool = True):
+    def __init__(self, processor: Processor, max_len: int, draft: bool = True, fast_tokenizer: bool = True,
+                 format: str = "chat", format_settings: dict | None = None):
         self.processor = fast_processor(processor) if fast_tokenizer else processor
         self.max_len = max_len
-        self.draft_size = draft_size_of(processor.preprocess.get("image")) if draft else None
-        self.placeholder_ids = frozenset(self.processor.template.placeholder_id.values())
+        draft_size = draft_size_of(processor.preprocess.get("image")) if draft else None
+        self.format: Format = build_format(format, self.processor, max_len, draft_size, **(format_settings or {}))
 
-    def media_tensors(self, media: dict[str, list[Any]]) -> tuple[dict[str, list[torch.Tensor]], list[str]]:
-        pre, out, converted = self.processor.preprocess, {}, []
-        for m, items in media.items():
-            if m not in pre:
-                raise SampleError("unsupported_modality", f"the model has no {m} encoder")
-            if m in ("audio", "music"):
-                sr = getattr(pre[m], "sample_rate", None)
-                converted += ["audio_resampled" for _, r in items if sr is not None and r != sr]
-                converted += ["audio_downmixed" for w, _ in items if w.shape[0] > 1]
-            try:
-                out[m] = [self.processor.preprocess_media(m, x) for x in items]
-            except Exception as e:  # anything a broken file makes a decoder raise
-                reason = "bad_audio" if m in ("audio", "music") else f"bad_{m}"
-                raise SampleError(reason, f"{m}: {short_error(e)}") from None
-        return out, converted
-
-    def __call__(self, ref: SampleRef, files: FileCache) -> tuple[Processed, list[str]]:
+    def __call__(self, ref: SampleRef, files: FileCache, seed: int = 0) -> tuple[Any, list[str]]:
         if ref.error:
             raise SampleError(ref.error, ref.message)
         try:
             raw_fields = read_fields(ref, files)
         except OSError as e:
             raise SampleError("bad_tar", f"cannot read {ref.shard}: {e}") from None
-        return self.process(decode_sample(ref.key, raw_fields, ref.shard, self.draft_size))
+        return self.format.make(ref.key, raw_fields, ref.shard, seed)
 
     def process(self, raw: RawSample) -> tuple[Processed, list[str]]:
-        """A decoded sample -> Processed (media preprocessed, templated, truncated) + conversions made."""
-        tensors, converted = self.media_tensors(raw.media)
-        try:
-            p = self.processor.from_turns(raw.turns, tensors, key=raw.key, preprocessed=True)
-        except UserError as e:
-            raise SampleError("processor", str(e)) from None
-        cut = truncate(p, self.max_len, self.placeholder_ids)
-        if cut is None:
-            raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len} and media past the cut")
-        return cut, converted
+        """A decoded conversation -> Processed + conversions made (the chat format's step)."""
+        if not isinstance(self.format, ChatFormat):
+            raise UserError("process() takes conversations: the pipeline's batch format is not 'chat'")
+        return self.format.process(raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,20 +162,21 @@ class ShardDataset(torch.utils.data.IterableDataset):
                          cfg.shuffle_buffer, self.start_epoch, cfg.epochs, cfg.split)
         files = FileCache()
         events: list[tuple] = []          # (ref index, kind, reason, shard, message)
-        rows: list[list[tuple[Processed, str, int]]] = [[]]   # packing: rows; padding: one list
-        cap = cfg.max_len
+        rows: list[list[tuple[Any, str, int, int]]] = [[]]   # packing: rows; padding: one list
+        fmt = self.sample_fn.format
         try:
             k = start - 1
             for k, (_, ref) in enumerate(itertools.islice(refs, start, None), start):
+                seed = sample_seed(cfg.seed, ref.key, ref.epoch)
                 try:
-                    sample, converted = self.sample_fn(ref, files)
+                    sample, converted = self.sample_fn(ref, files, seed)
                 except SampleError as e:
                     events.append((k, "skip", e.reason, ref.shard, f"{ref.key}: {e}" if ref.key else str(e)))
                     continue
                 events += [(k, "converted", c, ref.shard, "") for c in converted]
-                item = (sample, ref.key, k)
+                item = (sample, ref.key, k, seed)
                 if cfg.packing:
-                    if not row_fits([s for s, _, _ in rows[-1]], sample, cap, cfg.max_media_per_row):
+                    if not fmt.fits([s for s, *_ in rows[-1]], sample, cfg.max_media_per_row):
                         if len(rows) == cfg.batch_size:
                             yield self._batch(w, rows, events)
                             rows = [[]]
@@ -212,14 +195,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
         finally:
             files.close()
 
-    def _batch(self, w: int, rows: list[list[tuple[Processed, str, int]]], events: list[tuple]) -> dict:
-        end = max(k for row in rows for _, _, k in row) + 1
-        keys = [key for row in rows for _, key, _ in row]
+    def _batch(self, w: int, rows: list[list[tuple[Any, str, int, int]]], events: list[tuple]) -> dict:
+        end = max(k for row in rows for _, _, k, _ in row) + 1
+        keys = [key for row in rows for _, key, _, _ in row]
+        fmt = self.sample_fn.format
         if self.cfg.packing:
-            batch = pack_rows([[s for s, _, _ in row] for row in rows], self.cfg.max_len, self.pad_id, keys)
+            batch = fmt.pack([[s for s, *_ in row] for row in rows], self.pad_id, keys)
         else:
-            batch = collate([s for s, _, _ in rows[0]], self.pad_id)
+            batch = fmt.collate([s for s, *_ in rows[0]], self.pad_id)
             batch["sample_keys"] = keys
+        batch["sample_seeds"] = torch.tensor([seed for row in rows for *_, seed in row], dtype=torch.long)
         batch["_position"] = (w, end)
         batch["_events"] = [e for e in events if e[0] < end]
         events[:] = [e for e in events if e[0] >= end]
@@ -259,15 +244,16 @@ class ShardPipeline:
             if cfg.split == "shard" and len(s.shards) < slots:
                 raise UserError(f"data source '{s.name}': {len(s.shards)} shards cannot be split by shard over "
                                 f"{world} ranks x {max(1, cfg.num_workers)} workers; use split='sample'")
-        pad_id = processor.tokenizer.pad_token_id
-        sample_fn = SampleProcessor(processor, cfg.max_len, cfg.draft, cfg.fast_tokenizer)
+        sample_fn = SampleProcessor(processor, cfg.max_len, cfg.draft, cfg.fast_tokenizer, cfg.format,
+                                    cfg.format_settings)
+        if cfg.packing and not sample_fn.format.packs:
+            raise UserError(f"batch format '{cfg.format}' cannot be packed (packing: false)")
         if wrap_sample_fn is not None:
             sample_fn = wrap_sample_fn(sample_fn)
-        self.dataset = ShardDataset(self.sources, sample_fn, cfg, rank, world, pad_id)
+        self.dataset = ShardDataset(self.sources, sample_fn, cfg, rank, world, processor.pad_id)
         self.order = list(range(self.dataset.workers))  # logical workers in the order batches come
         self.stats_cls = stats_cls
         self.stats = stats_cls()
-        _warm_token_counts(processor)
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict]:
@@ -339,16 +325,3 @@ class ShardPipeline:
         ds.done = [bool(d) for d in state["done"]]
         self.order = [int(w) for w in state["order"]]
         self.stats = self.stats_cls.from_dict(state["stats"])
-
-
-def _warm_token_counts(processor: Processor) -> None:
-    """Ask the model for an image's token count once here, so forked workers find it cached and never
-    run the encoder (which may sit on a GPU a forked worker must not touch)."""
-    from PIL import Image
-
-    if "image" not in processor.preprocess:
-        return
-    try:
-        processor.num_media_tokens("image", processor.preprocess_media("image", Image.new("RGB", (64, 64))))
-    except Exception:  # only a cache warm-up; the workers will ask themselves
-        pass

@@ -22,6 +22,7 @@ uses webdataset's key rule (`base_plus_ext`), and patterns its `braceexpand`.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -127,6 +128,7 @@ class SampleRef:
     members: tuple[tuple[str, int, int], ...]  # (extension, data offset, size)
     error: str | None = None                   # "truncated_tar" | "bad_tar"
     message: str = ""
+    epoch: int = 0                             # the pass over the data it was read in (per-sample seeds)
 
 
 # webdataset's key rule (`tariterators.base_plus_ext`), compiled once: "dir/k.0.jpg" -> ("dir/k", "0.jpg")
@@ -310,7 +312,7 @@ def source_refs(source: Source, index: int, seed: int, slot: int, num_slots: int
         for s in order:
             for ref in scan_shard(source.shards[s]):
                 if split == "shard" or i % num_slots == slot:
-                    yield ref
+                    yield dataclasses.replace(ref, epoch=epoch) if epoch else ref
                 i += 1
         if i == 0 and epochs is None:
             raise UserError(f"data source '{source.name}' has no samples")

@@ -7,15 +7,13 @@ media item turns into; the model writes the item's features over those positions
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from vlm.errors import UserError
-from vlm.llm import PLACEHOLDERS
+from vlm.modalities import MODALITY_OF_PLACEHOLDER as MODALITY_OF
+from vlm.modalities import PLACEHOLDER_RE, PLACEHOLDERS, placeholder_modalities  # noqa: F401 (re-exported)
 
 IGNORE = -100
-PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS.values()) + ")")
-MODALITY_OF = {v: k for k, v in PLACEHOLDERS.items()}
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -24,10 +22,6 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     media_order: list[str]  # the modality of each placeholder, in the order they appear
-
-
-def placeholder_modalities(text: str) -> list[str]:
-    return [MODALITY_OF[m] for m in PLACEHOLDER_RE.findall(text)]
 
 
 def normalise_conversation(conv, key: str = "sample") -> list[dict]:

@@ -8,12 +8,16 @@
                           "source": "mine", "quality": 1.0, "difficulty": 0.2, "task": "color"}})
 
 Sample schema: `__key__`; media under standard extensions (`jpg`/`png`/`webp`, `mp4`, `flac`/`wav`;
-several as `0.jpg`, `1.jpg` ...); `json` with LLaVA `conversations` or `caption`, plus `source`,
-`quality` (0..1, higher = cleaner), `difficulty` (0..1), `task`, `labels`; or `txt` alone (a caption).
+several as `0.jpg`, `1.jpg` ...: the modality table, `vlm.modalities`); `json` with LLaVA
+`conversations`, a `caption`, or an embedding pair (`query`, `positive`, optional `negatives`, each
+{"text": ...}), plus `source`, `quality` (0..1, higher = cleaner), `difficulty` (0..1), `task`,
+`labels`; or `txt` alone (a caption); or media with a json of metadata only (bare clips, e.g. audio for
+self-supervised pretraining).
 
-[Contract] media <-> placeholders: the n-th `<image>` takes the n-th image file in key order, the
-n-th `<video>` the n-th mp4; audio files (flac/wav) fill the `<audio>` and `<music>` placeholders in
-the order those placeholders appear. "Key order" is by the numeric prefix (`2.jpg` before `10.jpg`).
+[Contract] media <-> placeholders (`vlm.modalities`): the n-th `<image>` takes the n-th image file in
+key order, the n-th `<video>` the n-th mp4; audio files (flac/wav) fill the `<audio>` and `<music>`
+placeholders in the order those placeholders appear. "Key order" is by the numeric prefix (`2.jpg`
+before `10.jpg`). The texts are the conversation's turns, or a pair's query, positive, negatives.
 
 Shards are byte-reproducible: tar members carry a fixed mtime/owner and sorted member order (as
 webdataset writes them), and media are encoded without timestamps.
@@ -23,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,11 +37,7 @@ import numpy as np
 import webdataset as wds
 
 from vlm.errors import UserError
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-VIDEO_EXTS = ("mp4",)
-AUDIO_EXTS = ("flac", "wav")
-PLACEHOLDER_RE = re.compile(r"<(image|video|audio|music)>")
+from vlm.modalities import MODALITIES, file_kind, media_order, placeholder_modalities
 FIXED_MTIME = 0.0  # tar member mtime: a constant, so the same samples give the same bytes
 
 
@@ -169,9 +168,9 @@ def encode_sample(sample: dict[str, Any]) -> dict[str, bytes | str]:
             out[field] = value.encode("utf-8")
         elif ext == "json":
             out[field] = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        elif ext in IMAGE_EXTS and hasattr(value, "save"):
+        elif file_kind(ext) == "image" and hasattr(value, "save"):
             out[field] = encode_image(value, ext)
-        elif ext in AUDIO_EXTS and isinstance(value, Audio):
+        elif file_kind(ext) == "audio" and isinstance(value, Audio):
             out[field] = encode_audio(value, ext)
         elif ext == "cls" and isinstance(value, (int, np.integer)):
             out[field] = str(int(value)).encode("ascii")
@@ -184,22 +183,24 @@ def encode_sample(sample: dict[str, Any]) -> dict[str, bytes | str]:
 # Validation (also accepts plain img2dataset / clip_benchmark samples)
 # ---------------------------------------------------------------------------------------------
 
-def _order(field: str) -> tuple[int, str]:
-    head = field.split(".", 1)[0]
-    return (int(head), field) if head.isdigit() else (-1, field)
-
-
 def media_fields(sample: dict[str, Any]) -> dict[str, list[str]]:
-    """The sample's media fields per kind (`image`, `video`, `audio`), in placeholder-filling order."""
+    """The sample's media fields per file kind (`image`, `video`, `audio`), in placeholder-filling order."""
     kinds: dict[str, list[str]] = {"image": [], "video": [], "audio": []}
     for field in sample:
-        if field.startswith("__"):
-            continue
-        ext = _ext_of(field)
-        kind = "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else "audio" if ext in AUDIO_EXTS else None
+        kind = None if field.startswith("__") else file_kind(field)
         if kind:
             kinds[kind].append(field)
-    return {k: sorted(v, key=_order) for k, v in kinds.items()}
+    return {k: sorted(v, key=media_order) for k, v in kinds.items()}
+
+
+def sample_texts(meta: dict) -> list[str] | None:
+    """The texts whose placeholders a sample's media fill, in order; None for a caption or bare sample."""
+    conv = meta.get("conversations")
+    if isinstance(conv, list):
+        return [str(t.get("value", t.get("content", ""))) for t in conv if isinstance(t, dict)]
+    sides = [meta.get("query"), meta.get("positive"), *(meta.get("negatives") or [])]
+    texts = [s.get("text", "") if isinstance(s, dict) else s for s in sides if s is not None]
+    return [t for t in texts if isinstance(t, str)] or None
 
 
 def _as_meta(value: Any) -> Any:
@@ -240,11 +241,12 @@ def validate_sample(sample: dict[str, Any]) -> list[str]:
     if not isinstance(meta, dict):
         return [f"{key}: 'json' must be an object"]
     conv = meta.get("conversations")
-    if conv is None:
-        if not isinstance(meta.get("caption"), str) and not has_txt:
-            problems.append(f"{key}: json needs 'conversations' or 'caption' (or a 'txt' field)")
-        elif n_media == 0:
-            problems.append(f"{key}: caption sample without a media file")
+    if "query" in meta or "positive" in meta:
+        problems += _pair_problems(key, meta, media)
+    elif conv is None:
+        if n_media == 0:
+            problems.append(f"{key}: json needs 'conversations', 'caption' or a 'query' / 'positive' pair "
+                            f"(or media: a bare clip)")
     else:
         if not isinstance(conv, list) or not conv:
             problems.append(f"{key}: 'conversations' must be a non-empty list")
@@ -256,12 +258,8 @@ def validate_sample(sample: dict[str, Any]) -> list[str]:
                 if not isinstance(value, str) or role not in ("human", "user", "gpt", "assistant", "system"):
                     problems.append(f"{key}: turn {i} needs 'from' (human/gpt/system) and a string 'value'")
                     continue
-                placeholders += PLACEHOLDER_RE.findall(value)
-            counts = Counter(placeholders)
-            want = {"image": counts["image"], "video": counts["video"], "audio": counts["audio"] + counts["music"]}
-            for kind, n in want.items():
-                if n != len(media[kind]):
-                    problems.append(f"{key}: {n} {kind} placeholder(s) but {len(media[kind])} {kind} file(s)")
+                placeholders += placeholder_modalities(value)
+            problems += _count_problems(key, placeholders, media)
     for name in ("quality", "difficulty"):
         if name in meta and not (isinstance(meta[name], (int, float)) and 0.0 <= meta[name] <= 1.0):
             problems.append(f"{key}: '{name}' must be a number in [0, 1]")
@@ -275,6 +273,24 @@ def validate_sample(sample: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Writer
 # ---------------------------------------------------------------------------------------------
+
+def _count_problems(key: str, placeholders: list[str], media: dict[str, list[str]]) -> list[str]:
+    counts = Counter(MODALITIES[m].files for m in placeholders)
+    return [f"{key}: {counts[kind]} {kind} placeholder(s) but {len(names)} {kind} file(s)"
+            for kind, names in media.items() if counts[kind] != len(names)]
+
+
+def _pair_problems(key: str, meta: dict[str, Any], media: dict[str, list[str]]) -> list[str]:
+    sides = [("query", meta.get("query")), ("positive", meta.get("positive"))]
+    negatives = meta.get("negatives", [])
+    if not isinstance(negatives, list):
+        return [f"{key}: 'negatives' must be a list of {{'text': ...}}"]
+    sides += [(f"negatives.{i}", n) for i, n in enumerate(negatives)]
+    bad = [name for name, side in sides if not (isinstance(side, dict) and isinstance(side.get("text"), str))]
+    if bad:
+        return [f"{key}: pair side '{bad[0]}' must be {{'text': ...}}"]
+    return _count_problems(key, [m for t in sample_texts(meta) or [] for m in placeholder_modalities(t)], media)
+
 
 def _task_of(encoded: dict[str, Any], meta: dict[str, Any]) -> str:
     if meta.get("task"):
@@ -333,9 +349,9 @@ class ShardWriter:
         self._wds.write(encoded)
         meta = _as_meta(encoded["json"]) if "json" in encoded else {}
         self.tasks[_task_of(encoded, meta)] += 1
-        conv = meta.get("conversations") if isinstance(meta.get("conversations"), list) else None
-        if conv:  # modalities named by the placeholders (tells <music> from <audio>)
-            kinds = {m for t in conv if isinstance(t, dict) for m in PLACEHOLDER_RE.findall(str(t.get("value", "")))}
+        texts = sample_texts(meta)
+        if texts:  # modalities named by the placeholders (tells <music> from <audio>)
+            kinds = {m for t in texts for m in placeholder_modalities(t)}
         else:
             kinds = {k for k, fields in media_fields(encoded).items() if fields}
         self.modalities.update(kinds)

@@ -156,15 +156,9 @@ def read_state(ckpt: Path) -> TrainerState:
 
 
 def load_model_weights(model, ckpt: Path) -> None:
-    """The checkpoint's model.safetensors into `model` (strict: same architecture and LLM mode)."""
-    from safetensors.torch import load_model
-    try:
-        missing, unexpected = load_model(model, str(ckpt / MODEL_DIR / "model.safetensors"), strict=False)
-    except (OSError, RuntimeError) as e:
-        raise UserError(f"{ckpt}: cannot load the model weights ({str(e).splitlines()[0]})") from None
-    if missing or unexpected:
-        raise UserError(f"{ckpt}: weights do not match the recipe's model (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
+    """The checkpoint's model weights into `model` (strict: same architecture and LLM mode), through the
+    model's own `load_weights(folder)` (the inverse of its `save_pretrained`)."""
+    model.load_weights(ckpt / MODEL_DIR)
 
 
 def load_optimizer(ckpt: Path) -> dict:

@@ -32,7 +32,7 @@ def _split_rest(args) -> tuple[list[str], str | None, bool]:
 
 
 def cmd_train(args) -> int:
-    from vlm.train.distributed import world_size_from_env
+    from vlm.train.strategies import world_size_from_env
     from vlm.train.recipe import check_model, load_recipe
     overrides, out, resume = _split_rest(args)
     recipe = load_recipe(args.recipe, overrides, world_size=world_size_from_env())

@@ -10,7 +10,8 @@ A recipe field is declared once, here: the YAML, the command-line overrides and 
 
 Validation runs before any model is built: unknown field, wrong type, a bad choice, a shard pattern
 that matches no file, an empty stage list, an unknown data source in a stage mixture, a stage with
-nothing trainable, an unknown family / size / builder setting. Trainable patterns and encoder
+nothing trainable, an unknown family / size / builder setting, an unknown objective or a bad setting
+of it. The typed parsing is `vlm.config` (shared with every other command's config). Trainable patterns and encoder
 names are checked against a weightless (meta-device) skeleton of the model (`check_model`).
 """
 from __future__ import annotations
@@ -19,22 +20,18 @@ import copy
 import dataclasses
 import fnmatch
 import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-import yaml
-
+from vlm.config import apply_override, from_dict, read_yaml, to_yaml
+from vlm.data.filters import SampleFilter, check_filter_fields
 from vlm.errors import UserError
 
 LLMMode = Literal["frozen", "full", "lora"]
 ScheduleName = Literal["cosine", "wsd", "constant"]
 Precision = Literal["auto", "fp32", "bf16"]
 Strategy = Literal["none", "ddp", "fsdp2"]
-SampleKind = Literal["caption", "conversation"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,16 +51,6 @@ class Source:
 
 
 @dataclass
-class SampleFilter:
-    """Which samples a stage trains on, judged on the sample's json before any media is decoded."""
-    min_difficulty: float | None = None             # keep difficulty >= min
-    max_difficulty: float | None = None             # keep difficulty < max (1.0 keeps 1.0 too)
-    min_quality: float | None = None
-    tasks: list[str] | None = None                  # keep only these json `task` values
-    kind: SampleKind | None = None                  # caption: samples with a `caption` (or txt only)
-
-
-@dataclass
 class Stage:
     name: str
     trainable: list[str] = field(default_factory=list)  # fnmatch over named_parameters(), e.g. connectors.*
@@ -73,6 +60,8 @@ class Stage:
     filter: SampleFilter = field(default_factory=SampleFilter)
     steps: int | None = None                        # budget: optimizer steps ...
     tokens: int | None = None                       # ... or tokens (non-padding, all ranks)
+    objective: str = "next_token"                   # what the stage minimises (vlm.train.objectives)
+    objective_settings: dict[str, Any] = field(default_factory=dict)   # that objective's typed settings
     lr: float = 1e-3
     weight_decay: float = 0.0                       # never on norms, biases, embeddings
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -122,126 +111,10 @@ class Recipe:
         return {"name": d.pop("name"), "description": d.pop("description"), **d}
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, width=110)
+        return to_yaml(self.to_dict())
 
     def output_dir(self) -> Path:
         return Path(self.runtime.output_dir.format(name=self.name))
-
-
-# ---------------------------------------------------------------------------------------------
-# typed parsing: plain YAML data -> the dataclasses, a one-line error naming the field
-# ---------------------------------------------------------------------------------------------
-_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def _type_name(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
-    if origin is not None:
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _bad(path: str, tp: Any, value: Any) -> UserError:
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    return UserError(f"recipe field '{path}': expected {_type_name(tp)}, got {type(value).__name__} {shown}")
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """value (parsed YAML) as type tp, recursively; raise UserError naming `path` when it is not."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return copy.deepcopy(value)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for a in (a for a in args if a is not type(None)):
-            try:
-                return _convert(a, value, path)
-            except UserError:
-                pass
-        raise _bad(path, tp, value)
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"recipe field '{path}': {value!r} is not one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
-    if origin is list:
-        if isinstance(value, str) and args[0] is str:     # `shards: a/*.tar` means [a/*.tar]
-            value = [value]
-        if not isinstance(value, list):
-            raise _bad(path, tp, value)
-        return [_convert(args[0], v, f"{path}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _bad(path, tp, value)
-        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        return float(value)                            # PyYAML reads 1e-4 (no dot) as a string
-    if tp in (int, str, bool) and type(value) is tp:
-        return value
-    raise _bad(path, tp, value)
-
-
-def from_dict(cls: type, raw: Any, path: str = "") -> Any:
-    """Build dataclass `cls` from a mapping: unknown keys, missing required ones and wrong types are errors."""
-    where = path or "recipe"
-    if not isinstance(raw, dict):
-        raise UserError(f"recipe field '{where}': expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for k in raw:
-        if k not in names:
-            raise UserError(f"recipe field '{_join(path, k)}' is unknown; {cls.__name__} has: {', '.join(names)}")
-    kw = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            kw[f.name] = _convert(hints[f.name], raw[f.name], _join(path, f.name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"recipe field '{_join(path, f.name)}' is missing (required)")
-    return cls(**kw)
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-# ---------------------------------------------------------------------------------------------
-# overrides: `stages.0.steps=20`
-# ---------------------------------------------------------------------------------------------
-def apply_override(raw: dict, item: str) -> None:
-    """Set one dotted path in the raw recipe mapping; the value is parsed as YAML (20, true, [a, b])."""
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise UserError(f"override '{item}' is not key=value (e.g. stages.0.steps=20)")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as e:
-        raise UserError(f"override '{key}': value {text!r} is not valid YAML ({e.problem})") from None
-    parts = key.split(".")
-    node: Any = raw
-    for i, part in enumerate(parts):
-        here = ".".join(parts[:i + 1])
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"override '{key}': '{here}' is not an index of a list of {len(node)}")
-            part = int(part)
-        elif isinstance(node, dict):
-            if not last and node.get(part) is None:
-                node[part] = {}
-        else:
-            raise UserError(f"override '{key}': '{'.'.join(parts[:i])}' is a value, not a mapping or list")
-        if last:
-            node[part] = value
-        else:
-            node = node[part]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,24 +122,34 @@ def apply_override(raw: dict, item: str) -> None:
 # ---------------------------------------------------------------------------------------------
 def builtin_recipes() -> dict[str, dict]:
     """{'FAMILY-SIZE': raw recipe mapping} over the registered families."""
-    from vlm.families import get_family, list_families
+    from vlm.families import FAMILIES
     out = {}
-    for row in list_families():
-        fam = get_family(row["name"])
+    for _, fam in FAMILIES.items():
         for size, raw in sorted(fam.recipes.items()):
             out[f"{fam.name}-{size}"] = {"name": f"{fam.name}-{size}", **copy.deepcopy(raw)}
     return out
 
 
-def list_recipes() -> list[dict]:
-    """Rows for `vlm list recipes`: name, modality, description."""
+def trained_modalities(recipe: Recipe) -> list[str]:
+    """The modalities a recipe trains: its model's, narrowed by its stages' modality filters."""
     from vlm.families import get_family
+    have = get_family(recipe.model.family).modalities(recipe.model.size, recipe.model.settings)
+    wanted: set[str] = set()
+    for st in recipe.stages:
+        wanted |= set(have) if st.filter.modalities is None else set(st.filter.modalities)
+    return [m for m in have if m in wanted]
+
+
+def list_recipes(pattern: str | None = None) -> list[dict]:
+    """Rows for `vlm list recipes`: name, the modalities it trains, description and stages."""
     rows = []
     for name, raw in builtin_recipes().items():
-        fam = get_family(raw["model"]["family"])
-        stages = " -> ".join(s["name"] for s in raw.get("stages", []))
-        rows.append(dict(name=name, modality="+".join(fam.modalities),
-                         description=f"{raw.get('description', '')} [{stages}]".strip()))
+        if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
+            continue
+        recipe = from_dict(Recipe, raw)
+        stages = " -> ".join(s.name for s in recipe.stages)
+        rows.append(dict(name=name, modality="+".join(trained_modalities(recipe)) or "text",
+                         description=f"{recipe.description} [{stages}]".strip()))
     return rows
 
 
@@ -277,14 +160,7 @@ def raw_recipe(spec: str) -> tuple[dict, str]:
         return builtins[spec], f"built-in recipe {spec}"
     p = Path(spec)
     if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise UserError(f"recipe file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{p}: a recipe is a YAML mapping (model, data, stages, runtime)")
+        raw = read_yaml(p, "recipe")
         raw.setdefault("name", p.stem)
         return raw, str(p)
     raise UserError(f"unknown recipe '{spec}': not a built-in ({', '.join(builtins) or 'none'}) nor a .yaml file")
@@ -326,7 +202,7 @@ def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> N
         _require(st.name not in seen, f"stages.{i}.name", f"duplicate stage name '{st.name}'")
         seen.add(st.name)
         if check_files and st.filter != SampleFilter():
-            from vlm.train.data import check_filter
+            from vlm.data.filters import check_filter
             names = st.data or recipe.data
             check_filter([s for n in names for s in recipe.data[n].shards], st.filter, f"stages.{i}.filter")
     _validate_runtime(recipe.runtime)
@@ -344,10 +220,9 @@ def _validate_model(m: ModelSpec) -> None:
         _require(m.size in fam.sizes, "model.size", f"family '{m.family}' has no size '{m.size}'; "
                  f"known: {sorted(fam.sizes)}")
     params = inspect.signature(fam.builder).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        for k in m.settings:
-            _require(k in params, f"model.settings.{k}", f"not a setting of family '{m.family}'; "
-                     f"known: {', '.join(params)}")
+    for k in m.settings:
+        _require(k in params, f"model.settings.{k}", f"not a setting of family '{m.family}'; "
+                 f"known: {', '.join(params)}")
 
 
 def _check_shards(pattern: str, field_path: str) -> None:
@@ -384,10 +259,9 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
     _require(st.batch_size >= 1 and st.batch_size % per == 0, f"{p}.batch_size",
              f"{st.batch_size} (samples per optimizer step, all ranks) must be a positive multiple of "
              f"world size x grad_accum = {world_size} x {st.grad_accum}")
-    f = st.filter
-    for name in ("min_difficulty", "max_difficulty", "min_quality"):
-        v = getattr(f, name)
-        _require(v is None or 0 <= v <= 1, f"{p}.filter.{name}", f"must be in [0, 1], got {v}")
+    check_filter_fields(st.filter, f"{p}.filter")
+    from vlm.train.objectives import check_settings
+    check_settings(st.objective, st.objective_settings, f"{p}")
 
 
 def _validate_runtime(rt: Runtime) -> None:

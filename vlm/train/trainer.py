@@ -1,15 +1,16 @@
-"""The training loop: a recipe's stages in order, each with its own trainable set, data, LR schedule
-and budget; exact resume; DDP / FSDP2 under torchrun.
+"""The training loop: a recipe's stages in order, each with its own objective, trainable set, data,
+LR schedule and budget; exact resume; DDP / FSDP2 under torchrun. It knows no family and no loss.
 
     vlm train llava-tiny                                   # one process (CPU, or one GPU)
     torchrun --nproc_per_node 2 -m vlm.cli train llava-tiny runtime.strategy=ddp
     vlm train llava-tiny --resume                          # from the newest complete checkpoint
     Trainer(load_recipe("llava-tiny"), Path("runs/x")).run()    # -> runs/x/final (vlm.load)
 
-Loss normalisation: each micro-step backpropagates the *sum* of its token losses; when the step's
-micro-batches are done, the label-token count is all-reduced and the gradients are scaled by
-world_size / count (DDP and FSDP2 average over ranks). So 2 ranks x batch b, 1 process x batch 2b
-and grad_accum 2 x batch b all make the same update: the mean over every label token of the step.
+Loss normalisation: each micro-step backpropagates the *sum* of its objective's item losses (label
+tokens, queries, masked frames: `vlm.train.objectives`); when the step's micro-batches are done, the
+item count is all-reduced and the gradients are scaled by world_size / count (DDP and FSDP2 average
+over ranks). So 2 ranks x batch b, 1 process x batch 2b and grad_accum 2 x batch b all make the same
+update: the mean over every item of the step.
 
 Exact resume (bitwise on the CPU): a checkpoint holds the weights, the optimizer, the stage's
 schedule counters, every rank's RNG states and data position; on resume the model is rebuilt,
@@ -31,20 +32,12 @@ from torch import nn
 
 from vlm.errors import UserError
 from vlm.train import checkpoint as ckpt_lib
-from vlm.train.data import batch_tokens, build_stage_loader, model_inputs
-from vlm.train.distributed import (
-    Dist,
-    grad_sync,
-    inner,
-    load_optimizer_state,
-    optimizer_state,
-    setup,
-    sync_plain,
-    wrap,
-)
+from vlm.train.data import build_stage_loader, to_device
 from vlm.train.logging import RunLog, SampleLog, plot
+from vlm.train.objectives import Objective, TaskModule, build_objective
 from vlm.train.recipe import Recipe, Stage, apply_stage, build_model, save_resolved
 from vlm.train.schedules import StageSchedule
+from vlm.train.strategies import Dist, Strategy, setup, strategy_for
 
 
 class TrainingDiverged(UserError):
@@ -53,13 +46,14 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class StepResult:
-    loss: float                     # mean over the step's label tokens, all ranks
+    loss: float                     # mean over the step's items (label tokens, queries, frames), all ranks
     grad_norm: float
     lr: float
-    tokens: int                     # non-padding tokens, all ranks
-    label_tokens: int
+    tokens: int                     # work done: non-padding tokens (or audio frames), all ranks
+    count: int                      # the items the loss is the mean over, all ranks
     finite: bool
     keys: list[str]                 # this rank's samples
+    metrics: dict[str, float]       # the objective's extra metrics, means over the same items
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -89,6 +83,7 @@ class Trainer:
         self.resume = resume
         rt = recipe.runtime
         self.d: Dist = setup(rt.strategy, rt.device)
+        self.strategy: Strategy = strategy_for(self.d)
         self.log: RunLog | None = None
         self.samples: SampleLog | None = None
 
@@ -153,8 +148,7 @@ class Trainer:
         rt = self.recipe.runtime
         model = build_model(self.recipe.model, seed=rt.seed)          # same init on every rank
         if rt.activation_checkpointing:
-            from vlm.llm import base_model
-            base_model(model.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_activation_checkpointing()
         _seed_everything(rt.seed + self.d.rank)
         return model
 
@@ -177,19 +171,22 @@ class Trainer:
     # ------------------------------------------------------------------ one stage
     def _run_stage(self, i: int, plain: nn.Module, state: ckpt_lib.TrainerState, ckpt: Path | None) -> None:
         st, d = self.recipe.stages[i], self.d
+        objective = build_objective(st.objective, st.objective_settings)
+        objective.check_model(plain)
         names = apply_stage(plain, st)
         self._log_stage_start(i, st, plain, names, state.step)
-        wrapped = wrap(plain, d)
+        self._prepare(i, objective, plain)
+        task = TaskModule(plain, objective)
+        wrapped = self.strategy.wrap(task)
         if self.recipe.runtime.compile:
             wrapped.compile()
         wrapped.train()
-        model = inner(wrapped)
-        optimizer = torch.optim.AdamW(decay_groups(model, st.weight_decay), lr=st.lr, betas=tuple(st.betas),
-                                      eps=st.eps)
+        optimizer = torch.optim.AdamW(decay_groups(self.strategy.inner(wrapped), st.weight_decay), lr=st.lr,
+                                      betas=tuple(st.betas), eps=st.eps)
         schedule = StageSchedule(optimizer, st, first_step_tokens=st.batch_size * st.max_len // 2)
-        loader = build_stage_loader(self.recipe, i, plain.processor, d.rank, d.world_size)
+        loader = self._loader(i, objective, plain, d.rank, d.world_size)
         if ckpt is not None:
-            load_optimizer_state(wrapped, optimizer, ckpt_lib.load_optimizer(ckpt))
+            self.strategy.load_optimizer_state(wrapped, optimizer, ckpt_lib.load_optimizer(ckpt))
             schedule.load_state_dict(state.schedule)
             rank_state = ckpt_lib.load_rank(ckpt, d.rank)
             loader.load_state_dict(rank_state["data"])
@@ -199,11 +196,23 @@ class Trainer:
         batches = iter(loader)
         if ckpt is not None:
             ckpt_lib.set_rng_state(rank_state["rng"])                # last: nothing draws after it
-        self._train_loop(i, st, wrapped, optimizer, schedule, loader, batches, plain, state)
-        sync_plain(wrapped, plain, d, all_ranks=True)               # fsdp2: the next stage re-shards it
+        self._train_loop(i, st, wrapped, optimizer, schedule, loader, batches, task, state, objective)
+        self.strategy.sync_plain(wrapped, task, all_ranks=True)     # fsdp2: the next stage re-shards it
         self.log.event("stage_end", f"stage '{st.name}' done at step {state.step}; data: "
                        f"{loader.stats.report().splitlines()[0]}", stage=st.name, step=state.step,
                        data=loader.stats.to_dict())
+
+    def _loader(self, i: int, objective: Objective, plain: nn.Module, rank: int, world_size: int, **overrides):
+        return build_stage_loader(self.recipe, i, plain.processor, rank, world_size, objective.data_format,
+                                  objective.format_settings(), **overrides)
+
+    def _prepare(self, i: int, objective: Objective, plain: nn.Module) -> None:
+        """The objective's own preparation (e.g. fitting a teacher) on the stage's data as one process
+        reads it - the same on every rank - kept under <run>/objectives/stage-<i>."""
+        def batches():
+            return iter(self._loader(i, objective, plain, 0, 1, num_workers=0))
+        objective.prepare(plain, batches, self.run_dir / "objectives" / f"stage-{i}")
+        self.d.barrier()
 
     def _log_stage_start(self, i: int, st: Stage, plain: nn.Module, names: list[str], step: int) -> None:
         params = dict(plain.named_parameters())
@@ -216,11 +225,11 @@ class Trainer:
                        step=step, stage=st.name, index=i, llm=st.llm, patterns=st.trainable, trainable=names,
                        trainable_params=n_train, total_params=n_all)
 
-    def _train_loop(self, i, st, wrapped, optimizer, schedule, loader, batches, plain, state) -> None:
+    def _train_loop(self, i, st, wrapped, optimizer, schedule, loader, batches, task, state, objective) -> None:
         rt, log = self.recipe.runtime, self.log
         unit, total = ("step", st.steps) if st.steps else ("tok", st.tokens)
         log.open_bar(st.name, total, schedule.steps if st.steps else schedule.tokens, unit)
-        params = [p for p in inner(wrapped).parameters() if p.requires_grad]
+        params = [p for p in self.strategy.inner(wrapped).parameters() if p.requires_grad]
         while not schedule.done:
             t0 = time.perf_counter()
             res = self._step(wrapped, optimizer, schedule, batches, params, st)
@@ -233,14 +242,14 @@ class Trainer:
                 log.metrics({"step": state.step, "stage": st.name, "stage_step": schedule.steps,
                              "loss": res.loss if res.finite else None, "lr": res.lr,
                              "grad_norm": res.grad_norm if math.isfinite(res.grad_norm) else None,
-                             "tokens": res.tokens, "label_tokens": res.label_tokens,
+                             "tokens": res.tokens, objective.count_name: res.count,
                              "tok_per_s": res.tokens / max(time.perf_counter() - t0, 1e-9),
-                             "skipped": not res.finite, "nan_steps": state.nan_steps})
+                             "skipped": not res.finite, "nan_steps": state.nan_steps, **res.metrics})
             log.advance(1 if st.steps else res.tokens)
             self._stop_if_diverged(st, state)
             due = rt.checkpoint_every and state.step % rt.checkpoint_every == 0
             if due or schedule.done:
-                self._save(wrapped, plain, optimizer, loader, state, done=schedule.done)
+                self._save(wrapped, task, optimizer, loader, state, done=schedule.done)
         log.close_bar()
 
     # ------------------------------------------------------------------ one optimizer step
@@ -248,21 +257,27 @@ class Trainer:
         d = self.d
         lr = schedule.apply()
         loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-        labels = tokens = 0
+        count = tokens = 0
+        sums: dict[str, float] = {}
         keys: list[str] = []
         for k in range(st.grad_accum):
             with torch.random.fork_rng(devices=[]):          # a DataLoader draws its worker seed from the
                 batch = next(batches)                          # global RNG when it starts: keep that out of resume
             keys += batch.get("sample_keys", [])
-            with grad_sync(wrapped, d, enabled=k == st.grad_accum - 1):
+            last = k == st.grad_accum - 1
+            with contextlib.nullcontext() if last else self.strategy.no_sync(wrapped):
                 with self._autocast():
-                    out = wrapped(**model_inputs(batch, d.device), reduction="sum")
-                out["loss"].backward()
-            loss_sum += out["loss"].detach().double()
-            labels += int(out["n_tokens"])
-            tokens += batch_tokens(batch)
-        loss_all, labels_all, tokens_all = d.all_reduce_sum([loss_sum, labels, tokens])
-        scale = d.world_size / max(labels_all, 1.0)         # DDP / FSDP2 averaged over ranks: undo, then / count
+                    out = wrapped(to_device(batch, d.device))
+                out.loss.backward()
+            loss_sum += out.loss.detach().double()
+            count += int(out.count)
+            tokens += out.tokens
+            for name, v in out.metrics.items():
+                sums[name] = sums.get(name, 0.0) + float(v)
+        names = sorted(sums)
+        loss_all, count_all, tokens_all, *metric_all = d.all_reduce_sum([loss_sum, count, tokens,
+                                                                           *(sums[n] for n in names)])
+        scale = d.world_size / max(count_all, 1.0)          # DDP / FSDP2 averaged over ranks: undo, then / count
         for p in params:
             if p.grad is None:
                 # a modality absent from the batch: a zero gradient, as DDP / FSDP2 (every encoder runs
@@ -272,13 +287,14 @@ class Trainer:
                 p.grad.mul_(scale)
         norm = torch.nn.utils.clip_grad_norm_(params, st.grad_clip if st.grad_clip > 0 else float("inf"))
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        loss = loss_all / max(labels_all, 1.0)
+        loss = loss_all / max(count_all, 1.0)
         finite = math.isfinite(loss) and math.isfinite(norm)
         if finite:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.advance(int(tokens_all))
-        return StepResult(loss, norm, lr, int(tokens_all), int(labels_all), finite, keys)
+        metrics = {n: v / max(count_all, 1.0) for n, v in zip(names, metric_all)}
+        return StepResult(loss, norm, lr, int(tokens_all), int(count_all), finite, keys, metrics)
 
     def _autocast(self):
         rt, dev = self.recipe.runtime, self.d.device
@@ -303,15 +319,16 @@ class Trainer:
                                    f"{last if last else 'none'}")
 
     # ------------------------------------------------------------------ checkpoints
-    def _save(self, wrapped, plain, optimizer, loader, state: ckpt_lib.TrainerState, done: bool) -> None:
+    def _save(self, wrapped, task, optimizer, loader, state: ckpt_lib.TrainerState, done: bool) -> None:
         if state.nan_streak:                                  # never overwrite good state while diverging
             self.log.info(f"step {state.step}: checkpoint skipped (non-finite steps in a row)")
             return
         state.stage_done = done
-        sync_plain(wrapped, plain, self.d)
-        optim = optimizer_state(wrapped, optimizer)
+        self.strategy.sync_plain(wrapped, task)
+        optim = self.strategy.optimizer_state(wrapped, optimizer)
         rank_state = {"rng": ckpt_lib.rng_state(), "data": loader.state_dict()}
-        path = ckpt_lib.save(self.run_dir, state, self.d, plain, optim, rank_state, self.recipe.runtime.keep_last)
+        path = ckpt_lib.save(self.run_dir, state, self.d, task.model, optim, rank_state,
+                             self.recipe.runtime.keep_last)
         self.log.event("checkpoint", f"checkpoint {path}", step=state.step, path=str(path))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm.data.synth_common import NUMBER_WORDS, a, caption_json, pick, qa_json
+from vlm.data.synthetic.common import NUMBER_WORDS, a, caption_json, pick, qa_json
 from vlm.data.writer import Audio
 
 AUDIO_SR = 16_000

@@ -1,10 +1,11 @@
 """Dragonfly vs LLaVA on fine detail: the answer sits in a small region of a >= 1024 px image.
 
-    python benchmarks/fine_detail_compare.py --out runs/fine-detail            # data, 4 trainings, eval, table
-    python benchmarks/fine_detail_compare.py --out runs/fine-detail stages.1.steps=200   # a quicker run
+    python benchmarks/studies/fine_detail_compare.py --out runs/fine-detail      # data, 4 trainings, eval, table
+    python benchmarks/studies/fine_detail_compare.py --out runs/fine-detail stages.1.steps=200   # a quicker run
 
 Builds a synthetic-world subset (fine_detail + color + shape questions; `vlm data build synthetic-world
---tasks ...`) if absent, then trains with one recipe, same data, stages, steps and learning rates:
+--tasks ...`) if absent, then trains with the recipes in benchmarks/studies/recipes (fine-detail-*.yaml),
+same data, stages, steps and learning rates:
   llava-tiny                 one low-resolution view (the tiny CLIP's 32 px): 16 visual tokens
   dragonfly-tiny (visual)    low + 2x2 mid + top-3 of 9 high crops per mid region, the reference's score
   dragonfly-tiny (text)      the same with the question-conditioned score
@@ -24,29 +25,20 @@ import torch
 
 TASKS = ["fine_detail", "color", "shape"]
 BENCHES = ["sw-vqa-fine-detail", "sw-vqa-color", "sw-vqa-shape"]
-RUNS = {                                            # name: (family, model settings)
-    "llava-tiny": ("llava", {}),
-    "dragonfly-tiny-visual": ("dragonfly", {"selection": "visual"}),
-    "dragonfly-tiny-text": ("dragonfly", {"selection": "text"}),
-    "dragonfly-tiny-salient": ("dragonfly", {"selection": "salient"}),
+RECIPES = Path(__file__).parent / "recipes"
+RUNS = {                                            # name: (recipe file, overrides)
+    "llava-tiny": ("fine-detail-llava.yaml", []),
+    "dragonfly-tiny-visual": ("fine-detail-dragonfly.yaml", ["model.settings.selection=visual"]),
+    "dragonfly-tiny-text": ("fine-detail-dragonfly.yaml", ["model.settings.selection=text"]),
+    "dragonfly-tiny-salient": ("fine-detail-dragonfly.yaml", ["model.settings.selection=salient"]),
 }
 
 
-def study_recipe(family: str, settings: dict, data: Path) -> dict:
-    """The tiny curriculum on the subset: align (projector, single-object colour / shape questions),
-    then SFT on every question of the subset with the LLM in full."""
-    from vlm.families.llava import TINY_COMMON, tiny_curriculum
-    extra = ["zoom.*"] if family == "dragonfly" else []
-    r = tiny_curriculum(family, f"fine-detail study: {family} {settings}", ["connectors.*", *extra], "full")
-    r["model"]["settings"] = dict(settings)
-    r["data"]["world"]["shards"] = [str(data / "train")]
-    common = {**TINY_COMMON, "max_len": 256}   # room for dragonfly-tiny's 96 visual tokens
-    r["stages"] = [
-        {"name": "align", "trainable": ["connectors.*", *extra], "llm": "frozen", "lr": 3e-3, "steps": 30,
-         "filter": {"tasks": ["color", "shape"], "max_difficulty": 0.2}, **common},
-        {"name": "sft", "trainable": ["connectors.*", *extra], "llm": "full", "lr": 2e-3, "steps": 800, **common},
-    ]
-    return r
+def study_recipe(name: str, data: Path, overrides: list[str] = ()):
+    """Run `name`'s recipe file on the subset at `data` (a typed, validated Recipe)."""
+    from vlm.train import load_recipe
+    file, extra = RUNS[name]
+    return load_recipe(str(RECIPES / file), [f"data.world.shards=[{data / 'train'}]", *extra, *overrides])
 
 
 def fine_detail_samples(data: Path, split: str = "test") -> list[tuple]:
@@ -71,9 +63,10 @@ def fine_detail_samples(data: Path, split: str = "test") -> list[tuple]:
 def selection_hits(model, samples: list[tuple]) -> float:
     """Fraction of images whose kept high crops include the one holding the small object's centre."""
     from vlm.connectors.zoom import choose_grid, locate
-    s, tile = model.zoom_settings, tuple(model.encoders["image"].preprocess.size)
+    zoom = model.media["image"]
+    s, tile = zoom.zoom_settings, tuple(zoom.encoder.preprocess.size)
     seen: list[torch.Tensor] = []
-    hook = model.zoom.register_forward_hook(lambda mod, inp, out: seen.append(out[1][0]))
+    hook = zoom.zoom.register_forward_hook(lambda mod, inp, out: seen.append(out[1][0]))
     model.eval()
     hits = 0
     try:
@@ -98,38 +91,30 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default all)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. stages.1.steps=200)")
     a = p.parse_args(argv)
-    import yaml
-
-    from benchmarks.registry import Roots, resolve
+    import vlm
+    from benchmarks.registry import resolve
     from benchmarks.report import capability_table
     from benchmarks.runner import RunConfig, evaluate
-    from vlm.model import load
-    from vlm.train.recipe import load_recipe
-    from vlm.train.trainer import Trainer
+    from vlm.train import train
     out = Path(a.out)
     data = Path(a.data) if a.data else out / "data"
     if not (data / "index.json").exists():
-        from vlm.data.synthetic import build_synthetic_world
-        build_synthetic_world(data, samples=a.samples, seed=0, tasks=TASKS, eval_per_task=a.eval_per_task,
-                              classification=False)
+        from vlm.cli import main as vlm_main
+        vlm_main(["data", "build", "synthetic-world", "--out", str(data), "--samples", str(a.samples),
+                  "--eval-per-task", str(a.eval_per_task), "--tasks", *TASKS, "--no-classification"])
     finals = {}
     for name in a.runs:
-        family, settings = RUNS[name]
         run_dir = out / name
-        if not (run_dir / "final" / "config.json").exists():
-            spec = out / "recipes" / f"{name}.yaml"          # kept: `vlm train` reruns it as is
-            spec.parent.mkdir(parents=True, exist_ok=True)
-            spec.write_text(yaml.safe_dump({"name": name, **study_recipe(family, settings, data)}, sort_keys=False))
-            rec = load_recipe(str(spec), a.overrides)
-            Trainer(rec, run_dir, resume=(run_dir / "checkpoints").exists()).run()
+        if not (run_dir / "final" / "config.json").exists():        # the resolved recipe lands in run_dir
+            train(study_recipe(name, data, a.overrides), run_dir, resume=(run_dir / "checkpoints").exists())
         finals[name] = run_dir / "final"
     res = evaluate([str(f) for f in finals.values()], resolve(BENCHES),
-                   RunConfig(out=str(out / "eval"), roots=Roots(synthetic_world=str(data))))
+                   RunConfig(out=str(out / "eval"), data=str(data)))
     print(capability_table(res.table))
     samples = fine_detail_samples(data)
-    dragonflies = {name: load(f) for name, f in finals.items() if RUNS[name][0] == "dragonfly"}
+    dragonflies = {name: vlm.load(f) for name, f in finals.items() if name.startswith("dragonfly")}
     hits = {name: selection_hits(m, samples) for name, m in dragonflies.items()}
-    zs = next(iter(dragonflies.values())).zoom_settings if dragonflies else None
+    zs = next(iter(dragonflies.values())).media["image"].zoom_settings if dragonflies else None
     k, f2 = (zs.top_k, zs.factor ** 2) if zs else (0, 1)
     print(f"\nselection keeps the small object's high crop (chance {k}/{f2} = {k / f2:.3f}), {len(samples)} test images:")
     for name, h in hits.items():

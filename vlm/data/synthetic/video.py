@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlm.data.synth_audio import CHORDS, INSTRUMENTS, MUSIC_SR, chord_labels, play
-from vlm.data.synth_common import COLOR_NAMES, COLORS, SHAPES, a, caption_json, pick, qa_json
-from vlm.data.synth_images import draw_shape
+from vlm.data.synthetic.audio import CHORDS, INSTRUMENTS, MUSIC_SR, chord_labels, play
+from vlm.data.synthetic.common import COLOR_NAMES, COLORS, SHAPES, a, caption_json, pick, qa_json
+from vlm.data.synthetic.images import draw_shape
 from vlm.data.writer import Audio, encode_mp4
 
 FRAMES, FPS, SIZE = 12, 4, 64

@@ -6,9 +6,10 @@
              media={"image": [pil_image]})
     x.input_ids, x.labels, x.media   # lists of ints; {"image": [Tensor[3, H, W]]}
 
-Each media item goes through its encoder's own preprocess; the number of placeholder tokens it
-expands to is asked of the model (`num_media_tokens`), so the data pipeline can never disagree
-with the model about it.
+Each media item goes through its modality's preprocess; the number of placeholder tokens it expands
+to comes from the model's token counts (`encoders.base.TokenCount`: pure functions of the item's
+shape), so the data pipeline can never disagree with the model about it. A Processor holds no
+weights: data-loader workers get it pickled (tokenizer, preprocess settings, token counts).
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Any, Callable
 
 import torch
 
-from vlm.data.template import ChatTemplate, Tokenized, normalise_conversation, placeholder_modalities
+from vlm.data.template import ChatTemplate, Tokenized, normalise_conversation
 from vlm.errors import UserError
+from vlm.modalities import placeholder_modalities
 
 
 @dataclass
@@ -32,20 +34,48 @@ class Processed:
 
 
 class Processor:
-    def __init__(self, tokenizer, preprocess: dict[str, Callable], num_media_tokens: Callable[[str, torch.Tensor], int],
+    def __init__(self, tokenizer, preprocess: dict[str, Callable], token_counts: dict[str, Callable[[torch.Tensor], int]],
                  system: str | None = None):
+        """tokenizer: None for models without text (a music encoder's pretraining); preprocess and
+        token_counts: per modality, picklable, no weights."""
         self.tokenizer = tokenizer
         self.preprocess = preprocess
-        self.num_media_tokens = num_media_tokens
-        self.template = ChatTemplate(tokenizer, system)
+        self.token_counts = token_counts
+        self.system = system
+        self._template: ChatTemplate | None = None
+
+    @property
+    def template(self) -> ChatTemplate:
+        if self._template is None:
+            if self.tokenizer is None:
+                raise UserError("this model has no tokenizer: it takes no conversations")
+            self._template = ChatTemplate(self.tokenizer, self.system)
+        return self._template
+
+    def with_tokenizer(self, tokenizer) -> "Processor":
+        """The same processor over another tokenizer object (one that gives the same ids)."""
+        return Processor(tokenizer, self.preprocess, self.token_counts, self.system)
+
+    @property
+    def placeholder_ids(self) -> frozenset[int]:
+        return frozenset(self.template.placeholder_id.values())
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        if tok is None:
+            return 0
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def num_media_tokens(self, modality: str, item: torch.Tensor) -> int:
+        """LLM tokens one preprocessed media item becomes."""
+        return self.token_counts[modality](item)
 
     def preprocess_media(self, modality: str, raw: Any) -> torch.Tensor:
         if modality not in self.preprocess:
             raise UserError(f"this model has no {modality} encoder")
-        if isinstance(raw, torch.Tensor) and getattr(raw, "_vlm_preprocessed", False):
-            return raw
-        if modality in ("audio", "music") and isinstance(raw, tuple):
-            return self.preprocess[modality](*raw)  # (waveform, sample_rate)
+        if isinstance(raw, tuple):
+            return self.preprocess[modality](*raw)  # audio: (waveform, sample_rate)
         return self.preprocess[modality](raw)
 
     def __call__(self, sample: dict, media: dict[str, list] | None = None, add_generation_prompt: bool = False,

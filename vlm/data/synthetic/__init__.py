@@ -23,8 +23,10 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from vlm.data import synth_audio, synth_images, synth_video
-from vlm.data.synth_common import COLOR_NAMES, SHAPES, rng_for
+from vlm.data.synthetic import audio as synth_audio
+from vlm.data.synthetic import images as synth_images
+from vlm.data.synthetic import video as synth_video
+from vlm.data.synthetic.common import COLOR_NAMES, SHAPES, rng_for
 from vlm.data.writer import ShardWriter, encode_sample
 from vlm.errors import UserError
 

@@ -1,10 +1,10 @@
 """IAA vs LLaVA on the same data and budget: multimodal accuracy per capability, and what each does to
 the LLM's text behaviour (held-out text perplexity through the text-only path).
 
-    python benchmarks/iaa_compare.py --data data/synthetic-world --out runs/iaa-compare
+    python benchmarks/studies/iaa_compare.py --data data/synthetic-world --out runs/iaa-compare
 
 Trains three models with the same stages, steps and data (synthetic-world, built if absent; the tiny
-curriculum of `vlm.families.llava.tiny_curriculum`, encoders frozen in all three):
+curriculum of the built-in iaa-tiny / llava-tiny recipes, encoders frozen in all three):
   iaa-tiny            LLM frozen; projector, then adaptors + projector + multimodal embedding/norm/head
   llava-tiny-frozen   LLM frozen in every stage: the projector alone trains
   llava-tiny-full     the llava-tiny recipe (the LLM trains fully in the SFT stages)
@@ -47,13 +47,14 @@ def held_out_text(data: Path, limit: int = 400) -> list[dict]:
 def perplexity(model, convs: list[dict], batch: int = 32) -> float:
     """exp(mean NLL per label token) of text-only conversations (the text path for iaa)."""
     from vlm.data.collate import collate
+    from vlm.train.objectives import build_objective
+    loss = build_objective("next_token", {})
     model.eval()
     nll, n = 0.0, 0
     for i in range(0, len(convs), batch):
-        b = collate([model.processor(c) for c in convs[i:i + batch]], model.tokenizer.pad_token_id)
-        out = model(**b, reduction="sum")
-        nll += out["loss"].item()
-        n += int(out["n_tokens"])
+        out = loss(model, collate([model.processor(c) for c in convs[i:i + batch]], model.processor.pad_id))
+        nll += out.loss.item()
+        n += int(out.count)
     return math.exp(nll / max(n, 1))
 
 
@@ -64,30 +65,28 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=4000, help="synthetic-world size if it must be built")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. stages.2.steps=100)")
     a = p.parse_args(argv)
-    from benchmarks.registry import Roots, resolve
+    import vlm
+    from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
-    from vlm.families import build
-    from vlm.model import load
-    from vlm.train.recipe import load_recipe
-    from vlm.train.trainer import Trainer
+    from vlm.train import load_recipe, train
     data, out = Path(a.data), Path(a.out)
     if not (data / "index.json").exists():
-        from vlm.data.synthetic import build_synthetic_world
-        build_synthetic_world(data, samples=a.samples, seed=0)
+        from vlm.cli import main as vlm_main
+        vlm_main(["data", "build", "synthetic-world", "--out", str(data), "--samples", str(a.samples)])
     finals = {}
     for name, (recipe, extra) in RUNS.items():
         run_dir = out / name
         if not (run_dir / "final" / "config.json").exists():
             rec = load_recipe(recipe, [f"data.world.shards=[{data / 'train'}]", *extra, *a.overrides])
-            Trainer(rec, run_dir, resume=(run_dir / "checkpoints").exists()).run()
+            train(rec, run_dir, resume=(run_dir / "checkpoints").exists())
         finals[name] = run_dir / "final"
     convs = held_out_text(data)
-    base = build("llava", "tiny")                        # seed 0: the LLM every run started from
+    base = vlm.build("llava", "tiny")                    # seed 0: the LLM every run started from
     rows = {"base LLM (untrained)": perplexity(base, convs)}
     for name, f in finals.items():
-        rows[name] = perplexity(load(f), convs)
+        rows[name] = perplexity(vlm.load(f), convs)
     res = evaluate([str(f) for f in finals.values()], resolve(BENCHES),
-                   RunConfig(out=str(out / "eval"), roots=Roots(synthetic_world=str(data))))
+                   RunConfig(out=str(out / "eval"), data=str(data)))
     lines = ["| model | held-out text perplexity |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in rows.items()]
     print("\n".join(lines))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from vlm.data.synth_common import COLOR_NAMES, COLORS, NUMBER_WORDS, PLURAL, SHAPES, a, caption_json, chat_json, pick, qa_json
+from vlm.data.synthetic.common import COLOR_NAMES, COLORS, NUMBER_WORDS, PLURAL, SHAPES, a, caption_json, chat_json, pick, qa_json
 
 CANVAS_SIZES = (64, 96, 128, 160, 224)
 FINE_SIZES = (1024, 1280, 1536)
@@ -140,6 +140,8 @@ def _name(obj: dict[str, Any]) -> str:
 
 def _sample(img: Image.Image, meta: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
     meta["labels"]["image_size"] = list(size)
+    if meta["labels"].get("objects"):       # the scene's canonical caption (captioning / retrieval references)
+        meta["labels"]["description"] = describe(meta["labels"]["objects"], size)
     return {"jpg": img, "json": meta}
 
 

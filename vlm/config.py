@@ -1,0 +1,268 @@
+"""Typed configs: dataclass schemas read from YAML, overridden by `key=value`, turned into CLI flags.
+
+    cfg = load_config(EvalConfig, "eval.yaml", ["limit=40", "models=[runs/a/final]"], what="eval config")
+    parser = argparse.ArgumentParser(); add_config_flags(parser, EvalConfig)   # --limit, --model ...
+    cfg = config_from_args(EvalConfig, args)                                 # flags + overrides + file
+    save_config(cfg, out / "eval_config.yaml")
+
+A field is declared once, in its dataclass: the YAML, the flags, the overrides and the saved resolved
+copy are all that schema, so they cannot drift apart. A field's `metadata` may give its flag name
+(`flag="--model"`), `help`, `metavar`, `repeat=True` (a list flag taking one value per use), or
+`flag=None` (no flag: only `key=value`). Errors are one line naming
+the field: "recipe field 'stages.0.lr': expected float, got str 'fast'".
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from vlm.errors import UserError
+
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+class _Ctx:
+    """Which kind of config an error is about ('recipe field', 'eval config field' ...)."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def error(self, path: str, message: str) -> UserError:
+        return UserError(f"{self.what} '{path}': {message}")
+
+    def bad(self, path: str, tp: Any, value: Any) -> UserError:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return self.error(path, f"expected {type_name(tp)}, got {type(value).__name__} {shown}")
+
+
+def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
+    """value (parsed YAML) as type tp, recursively; raise UserError naming `path` when it is not."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return copy.deepcopy(value)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _convert(a, value, path, ctx)
+            except UserError:
+                pass
+        raise ctx.bad(path, tp, value)
+    if origin is Literal:
+        if value not in args:
+            raise ctx.error(path, f"{value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path, ctx)
+    if origin is list:
+        if isinstance(value, str) and args[0] is str:     # `shards: a/*.tar` means [a/*.tar]
+            value = [value]
+        if not isinstance(value, list):
+            raise ctx.bad(path, tp, value)
+        return [_convert(args[0], v, f"{path}.{i}", ctx) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ctx.bad(path, tp, value)
+        return {str(k): _convert(args[1], v, f"{path}.{k}", ctx) for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        return float(value)                            # PyYAML reads 1e-4 (no dot) as a string
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ctx.bad(path, tp, value)
+
+
+def _from_dict(cls: type, raw: Any, path: str, ctx: _Ctx) -> Any:
+    if not isinstance(raw, dict):
+        raise ctx.error(path or cls.__name__, f"expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in raw:
+        if k not in names:
+            raise UserError(f"{ctx.what} '{_join(path, k)}' is unknown; {cls.__name__} has: {', '.join(names)}")
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kw[f.name] = _convert(hints[f.name], raw[f.name], _join(path, f.name), ctx)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{ctx.what} '{_join(path, f.name)}' is missing (required)")
+    return cls(**kw)
+
+
+def from_dict(cls: type, raw: Any, path: str = "", what: str = "recipe field") -> Any:
+    """Build dataclass `cls` from a mapping: unknown keys, missing required ones and wrong types are
+    one-line UserErrors naming the field (`what` says which kind of config)."""
+    return _from_dict(cls, raw, path, _Ctx(what))
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(data: Any) -> str:
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=110)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    """The resolved config as YAML, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides: `stages.0.steps=20`
+# ---------------------------------------------------------------------------------------------
+def apply_override(raw: dict, item: str) -> None:
+    """Set one dotted path in a raw mapping; the value is parsed as YAML (20, true, [a, b])."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override '{item}' is not key=value (e.g. stages.0.steps=20)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"override '{key}': value {text!r} is not valid YAML ({e.problem})") from None
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i + 1])
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"override '{key}': '{here}' is not an index of a list of {len(node)}")
+            part = int(part)
+        elif isinstance(node, dict):
+            if not last and node.get(part) is None:
+                node[part] = {}
+        else:
+            raise UserError(f"override '{key}': '{'.'.join(parts[:i])}' is a value, not a mapping or list")
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: a {what} is a YAML mapping")
+    return raw
+
+
+def load_config(cls: type, file: str | os.PathLike | None = None, overrides: list[str] = (),
+                base: dict | None = None, what: str = "config field") -> Any:
+    """`base` (a raw mapping, e.g. from CLI flags) <- `file` <- `overrides`, typed as `cls`."""
+    raw = copy.deepcopy(base or {})
+    if file is not None:
+        raw.update(read_yaml(file))
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(cls, raw, what=what)
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI: one flag per field, generated from the schema
+# ---------------------------------------------------------------------------------------------
+def flag_of(f: dataclasses.Field) -> str | None:
+    if "flag" in f.metadata:
+        return f.metadata["flag"]
+    return "--" + f.name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, overrides: bool = True) -> None:
+    """A flag per field of `cls` (lists take several values and may repeat; bools are switches that flip
+    the default),
+    `--config FILE.yaml`, and positional `key=value` overrides. Defaults stay in the schema: unset
+    flags are absent from the namespace."""
+    hints = typing.get_type_hints(cls)
+    parser.add_argument("--config", default=None, help="a YAML file of these settings (flags and key=value win)")
+    for f in dataclasses.fields(cls):
+        flag = flag_of(f)
+        if flag is None:
+            continue
+        tp, help_ = hints[f.name], f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kw: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": argparse.SUPPRESS}
+        if tp is bool:
+            kw.update(action="store_false" if default else "store_true")
+        elif f.metadata.get("repeat"):                       # one value per flag, the flag repeated
+            kw.update(action="append", metavar=f.metadata.get("metavar", f.name.upper()))
+        elif typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in typing.get_args(tp)):
+            kw.update(action="extend", nargs="+", metavar=f.metadata.get("metavar", f.name.upper()))
+        else:
+            kw.update(metavar=f.metadata.get("metavar", f.name.upper()))
+        if default not in (None, dataclasses.MISSING) and tp is not bool:
+            help_ = f"{help_} (default {default})".strip()
+        parser.add_argument(flag, help=help_ or None, **kw)
+    if overrides:
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings as dotted key=value (YAML values)")
+
+
+def _flag_value(value: Any, tp: Any) -> Any:
+    """A flag's text as YAML where the field is not a string (--limit 40 -> 40); the schema checks it."""
+    if isinstance(value, list):
+        inner = (typing.get_args(tp) or [Any])[0]
+        inner = next((typing.get_args(a)[0] for a in typing.get_args(tp) if typing.get_origin(a) is list), inner)
+        return [_flag_value(v, inner) for v in value]
+    if isinstance(value, str) and tp is not str and str not in typing.get_args(tp):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def config_from_args(cls: type, args: argparse.Namespace, what: str = "config field") -> Any:
+    """Flags given on the command line <- --config file <- key=value overrides, typed as `cls`."""
+    hints = typing.get_type_hints(cls)
+    flags = {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f"cfg_{f.name}"):
+            value = getattr(args, f"cfg_{f.name}")
+            tp = hints[f.name]
+            flags[f.name] = _flag_value(value, tp)
+    raw = read_yaml(args.config) if getattr(args, "config", None) else {}
+    for name, value in flags.items():      # list flags add to the file's list
+        raw[name] = [*raw.get(name, []), *value] if isinstance(value, list) and isinstance(raw.get(name), list) else value
+    for item in getattr(args, "overrides", None) or []:
+        apply_override(raw, item)
+    return from_dict(cls, raw, what=what)

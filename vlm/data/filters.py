@@ -1,0 +1,147 @@
+"""Sample filters: which samples a stage trains on, judged on the json (and member names) before any
+media is decoded - the SAIL-VL curriculum's easy -> hard ordering, task and modality selection.
+
+    f = SampleFilter(max_difficulty=0.3, tasks=["color", "shape"], modalities=["image"])
+    pipe = ShardPipeline(src, proc, stats_cls=FilterStats, wrap_sample_fn=lambda base: Filtering(base, f))
+
+A filtered sample counts as consumed, so the data position stays exact, and is reported under the
+reason `filtered`, which is not a data error (it never counts toward the error rate).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from vlm.data.decode import SampleError
+from vlm.data.pipeline import SampleProcessor
+from vlm.data.reader import DataStats, FileCache, SampleRef, read_fields
+from vlm.data.writer import sample_texts
+from vlm.errors import UserError
+from vlm.modalities import MODALITIES, file_kind, placeholder_modalities
+
+FILTERED = "filtered"
+
+
+@dataclass
+class SampleFilter:
+    """Which samples a stage trains on (all bounds optional; a missing score fails a bound on it)."""
+    min_difficulty: float | None = None             # keep difficulty >= min
+    max_difficulty: float | None = None             # keep difficulty < max (1.0 keeps 1.0 too)
+    min_quality: float | None = None
+    tasks: list[str] | None = None                  # keep only these json `task` values
+    kind: str | None = None                         # caption: samples with a `caption` (or txt only); conversation
+    modalities: list[str] | None = None             # keep samples whose media are all of these (text-only too)
+
+
+def sample_modalities(meta: dict, extensions: list[str]) -> set[str]:
+    """The modalities a sample's media are: its placeholders, or for a caption / bare clip its files
+    (audio files are music when the json says `modality: music`)."""
+    texts = sample_texts(meta)
+    if texts is not None:
+        return {m for t in texts for m in placeholder_modalities(t)}
+    kinds = {file_kind(e) for e in extensions} - {None}
+    music = meta.get("modality") == "music"
+    return {("music" if music else "audio") if k == "audio" else k for k in kinds}
+
+
+def keep_sample(meta: dict, f: SampleFilter, extensions: list[str] = ()) -> bool:
+    """Whether a sample's json (and member extensions) pass a stage filter."""
+    d, q = meta.get("difficulty"), meta.get("quality")
+    if f.min_difficulty is not None and not (isinstance(d, (int, float)) and d >= f.min_difficulty):
+        return False
+    if f.max_difficulty is not None and not (isinstance(d, (int, float)) and
+                                             (d < f.max_difficulty or d == f.max_difficulty == 1.0)):
+        return False
+    if f.min_quality is not None and not (isinstance(q, (int, float)) and q >= f.min_quality):
+        return False
+    if f.tasks is not None and meta.get("task") not in f.tasks:
+        return False
+    if f.kind is not None:
+        is_caption = isinstance(meta.get("caption"), str) or "conversations" not in meta
+        if is_caption != (f.kind == "caption"):
+            return False
+    if f.modalities is not None and not sample_modalities(meta, extensions) <= set(f.modalities):
+        return False
+    return True
+
+
+def check_filter_fields(f: SampleFilter, where: str) -> None:
+    """The filter's own values: bounds in [0, 1], known kind and modalities."""
+    for name in ("min_difficulty", "max_difficulty", "min_quality"):
+        v = getattr(f, name)
+        if v is not None and not 0 <= v <= 1:
+            raise UserError(f"recipe field '{where}.{name}': must be in [0, 1], got {v}")
+    if f.kind not in (None, "caption", "conversation"):
+        raise UserError(f"recipe field '{where}.kind': {f.kind!r} is not one of ['caption', 'conversation']")
+    for i, m in enumerate(f.modalities or []):
+        if m not in MODALITIES:
+            raise UserError(f"recipe field '{where}.modalities.{i}': unknown modality {m!r}; "
+                            f"known: {sorted(MODALITIES)}")
+
+
+def _json_of(ref: SampleRef, files: FileCache) -> dict:
+    member = [m for m in ref.members if m[0] == "json"]
+    if not member:
+        return {}                                     # `txt` alone: a caption without scores
+    only_json = SampleRef(ref.shard, ref.key, tuple(member))
+    try:
+        meta = json.loads(read_fields(only_json, files)["json"])
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}                                     # the full decode reports the real error
+    return meta if isinstance(meta, dict) else {}
+
+
+def ref_passes(ref: SampleRef, files: FileCache, f: SampleFilter) -> bool:
+    return keep_sample(_json_of(ref, files), f, [m[0] for m in ref.members])
+
+
+class Filtering(SampleProcessor):
+    """A SampleProcessor that first reads a sample's json alone and drops it if the filter says so."""
+
+    MAX_STREAK = 200_000            # samples in a row rejected: the filter keeps nothing (never loop forever)
+
+    def __init__(self, base: SampleProcessor, sample_filter: SampleFilter, where: str = "filter"):
+        self.__dict__.update(base.__dict__)
+        self.sample_filter, self.where, self.streak = sample_filter, where, 0
+
+    def __call__(self, ref: SampleRef, files: FileCache, seed: int = 0):
+        if not ref.error:
+            if not ref_passes(ref, files, self.sample_filter):
+                self.streak += 1
+                if self.streak >= self.MAX_STREAK:
+                    raise UserError(f"recipe field '{self.where}': {self.streak} samples in a row fail it")
+                raise SampleError(FILTERED, f"{ref.key}: not in this stage's filter")
+            self.streak = 0
+        return super().__call__(ref, files, seed)
+
+
+class FilterStats(DataStats):
+    """DataStats where filtered samples are not errors (they do not count toward the error rate)."""
+
+    @property
+    def errors(self) -> int:
+        return super().errors - self.skipped.get(FILTERED, 0)
+
+    def worst_shard(self) -> tuple[str, int]:
+        counts = {s: sum(n for r, n in c.items() if r not in ("too_long", FILTERED)) for s, c in self.by_shard.items()}
+        shard = max(counts, key=lambda s: (counts[s], s), default="")
+        return shard, counts.get(shard, 0)
+
+
+def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, limit: int = 5000) -> None:
+    """UserError naming the filter if none of the first `limit` samples of its sources passes it."""
+    from vlm.data.reader import expand_shards, scan_shard
+    files, seen = FileCache(), 0
+    try:
+        for shard in expand_shards(shards):
+            for ref in scan_shard(shard):
+                if not ref.error and ref_passes(ref, files, sample_filter):
+                    return
+                seen += 1
+                if seen >= limit:
+                    break
+            if seen >= limit:
+                break
+    finally:
+        files.close()
+    raise UserError(f"recipe field '{where}': none of the first {seen} samples of the stage's data passes it")

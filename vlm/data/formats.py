@@ -1,0 +1,209 @@
+"""Batch formats: how decoded samples become the batches an objective reads. One per kind of objective:
+
+- `chat`  (next_token): a conversation -> input_ids / labels / attention_mask + media; padded or packed.
+- `pairs` (contrastive): a query and its positive (+ hard negatives) -> two sub-batches of prompts,
+  `query` and `target` (positives first, then each query's negatives in order), for embeddings.
+- `clips` (masked_prediction): an audio file -> a mono waveform crop at the model's sample rate.
+
+    fmt = FORMATS.get("pairs")(processor, max_len=256, negatives=1)
+    item, converted = fmt.make(key, fields, shard, seed)      # or SampleError(reason)
+    batch = fmt.collate(items, pad_id)
+
+Pair samples (json): {"query": {"text": "<image>\\nFind the caption.", "instruction": "..."},
+"positive": {"text": "a red circle"}, "negatives": [{"text": "a blue square"}], "task": ...}; media
+files fill the placeholders of query, positive and negatives in that order ([Contract] of
+`vlm.modalities`). The instruction, when given, goes before the side's text (VLM2Vec: query side only).
+Clip samples: any sample with an audio file (the first one is used; captions are ignored).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from vlm.data.collate import collate
+from vlm.data.decode import RawSample, SampleError, decode_item, decode_media, decode_sample, read_meta
+from vlm.data.packing import pack_rows, row_fits, truncate
+from vlm.data.processor import Processed, Processor
+from vlm.errors import UserError
+from vlm.modalities import FILE_EXTENSIONS, MODALITIES, media_order, placeholder_modalities, short_error
+from vlm.registry import Registry
+
+FORMATS: Registry[type["Format"]] = Registry("batch format")
+
+
+def sample_seed(seed: int, key: str, epoch: int) -> int:
+    """Per-sample randomness (crops, masks) that is the same whatever the split into ranks and workers."""
+    return zlib.crc32(f"{seed}:{epoch}:{key}".encode()) * 2654435761 % (2**61 - 1)
+
+
+class Format:
+    """Subclasses: `make` one sample, `collate` a batch; `packs` formats also `fits` / `pack` rows."""
+
+    packs: ClassVar[bool] = False
+
+    def __init__(self, processor: Processor, max_len: int, draft_size: tuple[int, int] | None = None, **settings: Any):
+        if settings:
+            raise UserError(f"batch format '{type(self).__name__}' takes no settings {sorted(settings)}")
+        self.processor, self.max_len, self.draft_size = processor, max_len, draft_size
+
+    def make(self, key: str, fields: dict[str, bytes], shard: str, seed: int = 0) -> tuple[Any, list[str]]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def collate(self, items: list[Any], pad_id: int) -> dict:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def media_tensors(self, media: dict[str, list[Any]]) -> tuple[dict[str, list[torch.Tensor]], list[str]]:
+        """Raw media -> preprocessed tensors, and the conversions made (resampled / downmixed audio)."""
+        pre, out, converted = self.processor.preprocess, {}, []
+        for m, items in media.items():
+            if m not in pre:
+                raise SampleError("unsupported_modality", f"the model has no {m} encoder")
+            if MODALITIES[m].files == "audio":
+                sr = getattr(pre[m], "sample_rate", None)
+                converted += ["audio_resampled" for _, r in items if sr is not None and r != sr]
+                converted += ["audio_downmixed" for w, _ in items if w.shape[0] > 1]
+            try:
+                out[m] = [self.processor.preprocess_media(m, x) for x in items]
+            except Exception as e:  # anything a broken file makes a decoder raise
+                raise SampleError(f"bad_{MODALITIES[m].files}", f"{m}: {short_error(e)}") from None
+        return out, converted
+
+
+@FORMATS.register("chat")
+class ChatFormat(Format):
+    packs = True
+
+    def make(self, key, fields, shard, seed=0):
+        return self.process(decode_sample(key, fields, shard, self.draft_size))
+
+    def process(self, raw: RawSample) -> tuple[Processed, list[str]]:
+        """A decoded sample -> Processed (media preprocessed, templated, truncated) + conversions made."""
+        tensors, converted = self.media_tensors(raw.media)
+        try:
+            p = self.processor.from_turns(raw.turns, tensors, key=raw.key, preprocessed=True)
+        except UserError as e:
+            raise SampleError("processor", str(e)) from None
+        cut = truncate(p, self.max_len, self.processor.placeholder_ids)
+        if cut is None:
+            raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len} and media past the cut")
+        return cut, converted
+
+    def collate(self, items, pad_id):
+        return collate(items, pad_id)
+
+    def fits(self, row: list[Processed], item: Processed, max_media: int | None) -> bool:
+        return row_fits(row, item, self.max_len, max_media)
+
+    def pack(self, rows: list[list[Processed]], pad_id: int, keys: list[str]) -> dict:
+        return pack_rows(rows, self.max_len, pad_id, keys)
+
+
+@dataclass
+class Pair:
+    query: Processed
+    targets: list[Processed]                   # the positive, then the hard negatives
+
+    def __len__(self) -> int:
+        return max(len(self.query), *(len(t) for t in self.targets))
+
+
+@FORMATS.register("pairs")
+class PairFormat(Format):
+    def __init__(self, processor, max_len, draft_size=None, negatives: int = 0):
+        super().__init__(processor, max_len, draft_size)
+        self.negatives = int(negatives)
+
+    def make(self, key, fields, shard, seed=0):
+        meta = read_meta(fields)
+        sides = [meta.get("query"), meta.get("positive"), *(meta.get("negatives") or [])]
+        if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in sides[:2]):
+            raise SampleError("bad_pair", "a pair sample needs json 'query' and 'positive', each {'text': ...}")
+        if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in sides[2:]):
+            raise SampleError("bad_pair", "'negatives' must be a list of {'text': ...}")
+        if len(sides) - 2 < self.negatives:
+            raise SampleError("too_few_negatives", f"{len(sides) - 2} negatives, the objective takes {self.negatives}")
+        orders = [placeholder_modalities(s["text"]) for s in sides]
+        media = decode_media([m for o in orders for m in o], fields, self.draft_size)
+        tensors, converted = self.media_tensors(media)
+        cursor = {m: 0 for m in tensors}
+        out = []
+        for side, order in zip(sides[:2 + self.negatives], orders):
+            own = {}
+            for m in order:
+                own.setdefault(m, []).append(tensors[m][cursor[m]])
+                cursor[m] += 1
+            text = "\n".join(x for x in (side.get("instruction"), side["text"]) if x)
+            try:
+                p = self.processor.from_turns([{"role": "user", "text": text}], own, add_generation_prompt=True,
+                                              key=key, preprocessed=True)
+            except UserError as e:
+                raise SampleError("processor", str(e)) from None
+            if len(p) > self.max_len:
+                raise SampleError("too_long", f"a side of {len(p)} tokens > max_len {self.max_len}")
+            out.append(p)
+        return Pair(out[0], out[1:]), converted
+
+    def collate(self, items: list[Pair], pad_id: int) -> dict:
+        targets = [p.targets[0] for p in items] + [t for p in items for t in p.targets[1:]]
+        return {"query": collate([p.query for p in items], pad_id), "target": collate(targets, pad_id)}
+
+
+@dataclass
+class Clip:
+    wave: torch.Tensor                          # [N] mono, at the model's sample rate, not normalised
+    length: int                                 # real samples (the rest is zero padding)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@FORMATS.register("clips")
+class ClipFormat(Format):
+    """`clip_seconds` of the sample's first audio file at the model's rate: a random crop (seeded per
+    sample) of longer clips, zero padding after shorter ones down to `min_seconds` (shorter: skipped)."""
+
+    def __init__(self, processor, max_len, draft_size=None, modality: str = "music", clip_seconds: float = 5.0,
+                 min_seconds: float = 1.0):
+        super().__init__(processor, max_len, draft_size)
+        if modality not in processor.preprocess:
+            raise UserError(f"the model has no {modality} input (it takes {sorted(processor.preprocess)})")
+        self.modality = modality
+        self.sample_rate = int(processor.preprocess[modality].sample_rate)
+        self.clip = int(round(clip_seconds * self.sample_rate))
+        self.min = int(round(min_seconds * self.sample_rate))
+
+    def make(self, key, fields, shard, seed=0):
+        audio = sorted((n for n in fields if n.rsplit(".", 1)[-1].lower() in FILE_EXTENSIONS["audio"]), key=media_order)
+        if not audio:
+            raise SampleError("missing_media", "no audio file")
+        wave, sr = decode_item(self.modality, fields[audio[0]])
+        converted = (["audio_resampled"] if sr != self.sample_rate else []) + \
+                    (["audio_downmixed"] if wave.shape[0] > 1 else [])
+        try:
+            x = self.processor.preprocess[self.modality].load(wave, sr)          # [N] mono, resampled
+        except Exception as e:
+            raise SampleError("bad_audio", f"{self.modality}: {short_error(e)}") from None
+        if not torch.isfinite(x).all():
+            raise SampleError("bad_audio", "non-finite samples")
+        n = x.shape[0]
+        if n < self.min:
+            raise SampleError("too_short", f"{n / self.sample_rate:.2f} s < min {self.min / self.sample_rate:.2f} s")
+        if n > self.clip:
+            start = torch.randint(0, n - self.clip + 1, (), generator=torch.Generator().manual_seed(seed)).item()
+            x = x[start:start + self.clip]
+        length = x.shape[0]
+        return Clip(torch.nn.functional.pad(x, (0, self.clip - length)), length), converted
+
+    def collate(self, items: list[Clip], pad_id: int) -> dict:
+        return {"audio": torch.stack([c.wave for c in items]),                       # [B, N]
+                "audio_lengths": torch.tensor([c.length for c in items])}             # [B]
+
+
+def build_format(name: str, processor: Processor, max_len: int, draft_size=None, **settings) -> Format:
+    try:
+        return FORMATS.get(name)(processor, max_len, draft_size, **settings)
+    except TypeError as e:
+        raise UserError(f"batch format '{name}': {e}") from None

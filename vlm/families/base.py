@@ -1,0 +1,167 @@
+"""What every family file uses: the Family record and its registry, the builder toolkit (LLM and
+encoders from names, parts per modality), the shared size presets and the tiny curriculum.
+
+A family is one file that declares its parts and registers itself:
+
+    def build_mine(vision="tiny-clip", llm="tiny:llama", audio=None, seed=0):
+        media = media_parts(vision=vision, audio=audio, connector={"type": "projector", "projector": "linear"})
+        return build_multimodal("mine", llm, media, route={"type": "plain"}, seed=seed)
+
+    register_family(Family("mine", "my connector", build_mine, sizes={"tiny": {...}}, recipes={"tiny": {...}}))
+
+The model is always `vlm.model.MultimodalLM` built from parts (`vlm.connectors`); a family that needs
+a new kind of part registers it there (a media connector or a route), never a model subclass.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlm.errors import UserError
+from vlm.model import ModelConfig, MultimodalLM
+from vlm.registry import Registry
+
+# The builders' keyword for each modality's encoder (`vision="tiny-clip"`, `audio="whisper:tiny"` ...).
+ENCODER_ARGS = {"image": "vision", "audio": "audio", "music": "music", "video": "video"}
+
+
+@dataclass
+class Family:
+    name: str
+    description: str
+    builder: Callable[..., Any]                        # generic: builder(**settings) -> model
+    sizes: dict[str, dict] = field(default_factory=dict)    # named presets: settings for the builder
+    recipes: dict[str, dict] = field(default_factory=dict)  # size -> default recipe (vlm.train.recipe schema)
+    # which modalities a model built with `settings` takes; default: the non-None ENCODER_ARGS
+    modalities_of: Callable[[dict], tuple[str, ...]] | None = None
+    # checkpoints of a family whose models are not MultimodalLMs: loads(folder, config.json) says whether
+    # a folder is one, load(folder) rebuilds it (vlm.load)
+    loads: Callable[[Path, dict], bool] | None = None
+    load: Callable[[Path], Any] | None = None
+
+    def settings(self, size: str | None = None, overrides: dict | None = None) -> dict:
+        """The builder's arguments: its defaults, then the size preset, then `overrides`."""
+        if size is not None and size not in self.sizes:
+            raise UserError(f"family '{self.name}' has no size '{size}'; known: {sorted(self.sizes)}")
+        params = inspect.signature(self.builder).parameters
+        unknown = sorted(set(overrides or {}) - set(params))
+        if unknown:
+            raise UserError(f"family '{self.name}' builder has no setting {unknown[0]!r}; known: {sorted(params)}")
+        defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+        return {**defaults, **(self.sizes[size] if size else {}), **(overrides or {})}
+
+    def modalities(self, size: str | None = None, overrides: dict | None = None) -> tuple[str, ...]:
+        s = self.settings(size, overrides)
+        if self.modalities_of is not None:
+            return tuple(self.modalities_of(s))
+        return tuple(m for m, arg in ENCODER_ARGS.items() if s.get(arg))
+
+    def build(self, size: str | None = None, **settings):
+        if size is not None and size not in self.sizes:
+            raise UserError(f"family '{self.name}' has no size '{size}'; known: {sorted(self.sizes)}")
+        return self.builder(**{**(self.sizes[size] if size else {}), **settings})
+
+
+FAMILIES: Registry[Family] = Registry("model family")
+
+
+def register_family(family: Family) -> Family:
+    return FAMILIES.register(family.name, family)
+
+
+# ---------------------------------------------------------------------------------------------
+# the builder toolkit
+# ---------------------------------------------------------------------------------------------
+def resolve_llm(spec: str | dict, seed: int | None = 0):
+    """'tiny:<arch>' | {'model_type': ..., sizes} (random, shipped tokenizer) | a local HF folder."""
+    from vlm import llm as L
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        return L.build_tiny_llm(spec.pop("model_type"), seed=seed, **spec)
+    if spec.startswith("tiny:"):
+        return L.build_tiny_llm(spec.split(":", 1)[1], seed=seed)
+    return L.load_llm(spec)
+
+
+def media_parts(connector: dict, connectors: dict[str, dict] | None = None, **encoders: str | dict | None
+                ) -> dict[str, tuple[str | dict, dict]]:
+    """Per modality (builder keywords `vision`, `audio`, `music`, `video`): (encoder name or spec, connector
+    settings). `connector` applies to every modality, `connectors[m]` adds to it; None encoders are left out."""
+    by_arg = {arg: m for m, arg in ENCODER_ARGS.items()}
+    unknown = sorted(set(encoders) - set(by_arg))
+    if unknown:
+        raise UserError(f"unknown encoder keyword {unknown[0]!r}; use {sorted(by_arg)}")
+    return {by_arg[a]: (enc, {**connector, **(connectors or {}).get(by_arg[a], {})})
+            for a, enc in encoders.items() if enc is not None}
+
+
+def build_multimodal(family: str, llm: str | dict, media: dict[str, tuple[str | dict, dict]],
+                     route: dict | None = None, llm_mode: str = "frozen", lora: dict | None = None,
+                     system: str | None = None, seed: int | None = 0) -> MultimodalLM:
+    """Build the LLM and the encoders from names (in modality order, seeded), then the model's parts."""
+    import torch
+    from encoders import build_encoder
+    if seed is not None:
+        torch.manual_seed(seed)
+    model, tok = resolve_llm(llm, seed)
+    encs = {}
+    for modality, (spec, _) in media.items():
+        kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
+        encs[modality] = build_encoder(kw.pop("name"), **kw)
+    cfg = ModelConfig(family=family, llm={}, media={m: {"connector": dict(c)} for m, (_, c) in media.items()},
+                      route=dict(route or {"type": "plain"}), llm_mode=llm_mode, lora=lora, system=system)
+    return MultimodalLM(cfg, model, tok, encs)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared presets
+# ---------------------------------------------------------------------------------------------
+# The tiny encoders of every family's `tiny` size: tests and the default run on a CPU. Pools: Whisper's
+# 50 Hz / 2 = 25 tokens/s, MERT's 75 Hz / 4 = 18.75 tokens/s (the modality table's defaults).
+TINY_SIZE = dict(vision="tiny-clip", llm="tiny:llama", audio="whisper:tiny", music="mert:tiny", video="video:tiny",
+                 audio_pool=2, music_pool=4)
+
+# A Qwen2-0.5B-shaped LLM (random init; give a local folder as `llm` for real weights).
+QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                 num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
+                 tie_word_embeddings=True, rope_theta=1000000.0)
+
+# SAIL-VL curriculum: alignment (projector only, captions) -> SFT easy -> SFT hard by the samples' difficulty
+# score (synthetic-world: 0.1 for one object, +0.15 per extra object, +0.03 per clutter stroke). As LLaVA-1.5,
+# the vision encoder stays frozen. Sized for a 2-core CPU in minutes, on the image questions about colours,
+# shapes and counts (widen `tasks` and `modalities` to train every modality). Every family's tiny recipe is
+# this curriculum (same data, steps and learning rates); only what trains in the SFT stages differs.
+SYNTHETIC_WORLD = {"world": {"shards": ["data/synthetic-world/train"], "weight": 1.0}}
+TINY_COMMON = dict(batch_size=16, max_len=160, weight_decay=0.01, schedule="cosine", warmup=0.05, grad_clip=1.0)
+TINY_TASKS = ["color", "shape", "caption", "count", "multi_turn"]
+PROJECTORS = "media.*.projector.*"                     # the trainable pattern of every projector
+
+
+def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft_llm: str,
+                    modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS) -> dict:
+    """The tiny recipe of `family`: align (projectors, captions), then SFT easy -> hard training
+    `sft_trainable` with the LLM in mode `sft_llm`, on samples of `modalities` (and `tasks`; None: all)."""
+    sft = dict(trainable=list(sft_trainable), llm=sft_llm, **TINY_COMMON)
+    only = {"modalities": list(modalities)}
+    with_tasks = {"tasks": list(tasks)} if tasks is not None else {}
+    return {
+        "description": description,
+        "model": {"family": family, "size": "tiny", "settings": {}},
+        "data": copy.deepcopy(SYNTHETIC_WORLD),
+        "stages": [
+            {"name": "align", "trainable": [PROJECTORS], "llm": "frozen", "lr": 3e-3, "steps": 20,
+             "filter": {"kind": "caption", **({"tasks": ["caption"]} if tasks is not None else {}), **only},
+             **TINY_COMMON},
+            {"name": "sft-easy", "filter": {**with_tasks, "max_difficulty": 0.3, **only}, "steps": 700,
+             "lr": 3e-3, **sft},
+            # the whole difficulty range: multi-object questions join the easy ones (no forgetting)
+            {"name": "sft-hard", "filter": {**with_tasks, "min_difficulty": 0.1, **only}, "steps": 500,
+             "lr": 1e-3, **sft},
+        ],
+        "runtime": {"checkpoint_every": 100, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0,
+                    "num_workers": 1, "log_every": 10},
+    }

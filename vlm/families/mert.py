@@ -1,0 +1,185 @@
+"""MERT family: the shared music encoder, pretrained by masked prediction (objective `masked_prediction`).
+
+    model = vlm.build("mert", "tiny")                 # HuBERT-shaped, 24 kHz -> 75 Hz frames, random init
+    vlm train mert-tiny                               # (recipes: when the music data is set up)
+    model.save_pretrained("ckpt")                     # a transformers HuBERT folder + the prediction heads
+
+The model is transformers' `HubertModel` (conv front end with stride 320 at 24 kHz, a transformer
+encoder, the learned mask embedding `masked_spec_embed`) plus MERT's prediction heads: per codebook a
+projection compared by cosine similarity with learned code embeddings at temperature 0.1 (HuBERT's
+logits), and a linear regression head for the CQT frames. A saved folder is a plain HuBERT folder
+(config.json + model.safetensors + preprocessor_config.json) that `transformers.AutoModel` loads with
+no remote code; the heads sit beside it (`mert_heads.safetensors`, `mert_pretraining.json`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoders.base import AudioPreprocess, ConvFrames, normalize_waveform
+from vlm.data.processor import Processor
+from vlm.errors import UserError, require
+from vlm.families.base import Family, register_family
+from vlm.model import load_safetensors, write_folder
+
+HEADS_FILE, HEADS_CONFIG = "mert_heads.safetensors", "mert_pretraining.json"
+SAMPLE_RATE = 24000
+CONV_KERNEL, CONV_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)      # 320 samples per frame
+
+
+@dataclass
+class MertConfig:
+    hubert: dict                                   # transformers HubertConfig fields
+    codebooks: list[int] = field(default_factory=lambda: [64, 64])   # units per codebook of the teacher
+    final_dim: int = 64                            # projection per codebook (MERT: 64)
+    logit_temp: float = 0.1
+    regression_dim: int = 336                      # CQT bins
+    sample_rate: int = SAMPLE_RATE
+
+
+class MertModel(nn.Module):
+    def __init__(self, config: MertConfig):
+        super().__init__()
+        from transformers import HubertConfig, HubertModel
+        self.config = config
+        hc = HubertConfig(**config.hubert)
+        require(hc.apply_spec_augment and hc.mask_time_prob > 0,
+                "a mert model needs apply_spec_augment and mask_time_prob > 0 (that creates the mask embedding)")
+        self.encoder = HubertModel(hc)
+        H, K = hc.hidden_size, len(config.codebooks)
+        self.final_proj = nn.Linear(H, config.final_dim * K)
+        self.label_embs = nn.Parameter(torch.empty(sum(config.codebooks), config.final_dim).uniform_())
+        self.regression_head = nn.Linear(H, config.regression_dim)
+        self.preprocess = AudioPreprocess(config.sample_rate, "waveform", normalize=True)
+        self._frames = ConvFrames(tuple(hc.conv_kernel), tuple(hc.conv_stride))
+
+    # ---------------------------------------------------------------- what the objective uses
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return list(self.config.codebooks)
+
+    @property
+    def regression_dim(self) -> int:
+        return self.config.regression_dim
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    def frames(self, n_samples: int) -> int:
+        return self._frames.count((n_samples,))
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N] waveform at the model's rate (normalised here, per clip) -> last hidden states [B, T, H];
+        `mask` [B, T] frames replaced by the learned mask embedding (none when omitted)."""
+        x = normalize_waveform(audio.float(), audio_lengths)
+        if mask is None:   # always pass a mask: without one HF would draw its own SpecAugment mask in training
+            mask = torch.zeros(x.shape[0], self.frames(x.shape[1]), dtype=torch.bool, device=x.device)
+        return self.encoder(x, mask_time_indices=mask).last_hidden_state
+
+    def codebook_logits(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """[M, H] -> per codebook [M, V_k]: cosine(projection_k, code embeddings_k) / logit_temp."""
+        proj = self.final_proj(hidden).chunk(len(self.config.codebooks), dim=-1)             # K x [M, d]
+        embs = self.label_embs.split(self.config.codebooks)                                   # K x [V_k, d]
+        return [F.cosine_similarity(p[:, None], e[None], dim=-1) / self.config.logit_temp for p, e in zip(proj, embs)]
+
+    def regression(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.regression_head(hidden)                                                  # [M, R]
+
+    # ---------------------------------------------------------------- what the trainer uses
+    @property
+    def processor(self) -> Processor:
+        return Processor(None, {"music": self.preprocess}, {"music": self._frames})
+
+    def set_llm_mode(self, mode: str, lora: dict | None = None) -> None:
+        require(mode == "frozen", f"the mert family has no LLM (stage llm: {mode}); list what trains in `trainable`")
+
+    def set_distributed(self, on: bool = True) -> None:
+        """Every rank runs every module every step already."""
+
+    def enable_activation_checkpointing(self) -> None:
+        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def fsdp_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        return [(layer, ()) for layer in self.encoder.encoder.layers]
+
+    # ---------------------------------------------------------------- save / load
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """A transformers HuBERT folder (+ preprocessor_config.json) with the heads beside it."""
+        from safetensors.torch import save_file
+
+        def write(tmp: Path) -> None:
+            self.encoder.save_pretrained(tmp, safe_serialization=True)
+            (tmp / "preprocessor_config.json").write_text(json.dumps({
+                "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "padding_side": "right",
+                "padding_value": 0.0, "return_attention_mask": False, "do_normalize": True,
+                "sampling_rate": self.config.sample_rate}, indent=2))
+            heads = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+            save_file(heads, str(tmp / HEADS_FILE))
+            cfg = {k: v for k, v in asdict(self.config).items() if k != "hubert"}
+            (tmp / HEADS_CONFIG).write_text(json.dumps({"family": "mert", **cfg}, indent=2))
+        return write_folder(path, write)
+
+    def load_weights(self, folder: str | os.PathLike) -> None:
+        folder = Path(folder)
+        load_safetensors(self.encoder, folder / "model.safetensors")
+        heads = nn.Module()
+        heads.final_proj, heads.regression_head = self.final_proj, self.regression_head
+        heads.register_parameter("label_embs", self.label_embs)
+        load_safetensors(heads, folder / HEADS_FILE)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> "MertModel":
+        folder = Path(folder)
+        try:
+            hubert = json.loads((folder / "config.json").read_text())
+            heads = json.loads((folder / HEADS_CONFIG).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{folder}: not a mert checkpoint ({e})") from None
+        require(hubert.get("model_type") == "hubert", f"{folder / 'config.json'}: not a HuBERT config")
+        keep = {k: v for k, v in hubert.items() if k not in ("architectures", "transformers_version", "model_type")}
+        model = cls(MertConfig(hubert=keep, **{k: v for k, v in heads.items() if k != "family"}))
+        model.load_weights(folder)
+        return model
+
+
+def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_heads: int = 4,
+               intermediate_size: int = 128, conv_dim: int = 32, conv_pos: int = 16, conv_pos_groups: int = 4,
+               codebooks: list[int] | None = None, final_dim: int = 64, regression_dim: int = 336,
+               dropout: float = 0.0, seed: int | None = 0) -> MertModel:
+    """A HuBERT-shaped music encoder (24 kHz, 320-sample frames) with MERT's prediction heads.
+    `codebooks`: units per codebook of the acoustic teacher (default: the mel_kmeans teacher's 2 x 64).
+    Dropout draws from each rank's own RNG: keep it 0 where runs must match across rank counts."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    hubert = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                  intermediate_size=intermediate_size, conv_dim=[conv_dim] * 7, conv_kernel=list(CONV_KERNEL),
+                  conv_stride=list(CONV_STRIDE), conv_bias=False, feat_extract_norm="group", do_stable_layer_norm=False,
+                  num_conv_pos_embeddings=conv_pos, num_conv_pos_embedding_groups=conv_pos_groups,
+                  apply_spec_augment=True, mask_time_prob=0.05, mask_time_length=5, layerdrop=0.0,
+                  hidden_dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
+                  feat_proj_dropout=dropout, final_dropout=dropout)
+    return MertModel(MertConfig(hubert, list(codebooks or [64, 64]), final_dim, 0.1, regression_dim))
+
+
+# MERT-v1-95M's shape (HuBERT base: 768 x 12 layers, 12 heads, FFN 3072, conv 512 x 7, conv positions 128 / 16)
+# with EnCodec's 8 codebooks of 1024 units.
+SIZE_95M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, conv_dim=512,
+                conv_pos=128, conv_pos_groups=16, codebooks=[1024] * 8, dropout=0.1)
+
+register_family(Family(
+    name="mert",
+    description="MERT: HuBERT-shaped music encoder pretrained by masked prediction of acoustic codes and the CQT",
+    builder=build_mert,
+    sizes={"tiny": {}, "95m": SIZE_95M},
+    modalities_of=lambda settings: ("music",),
+    loads=lambda path, config: (path / HEADS_CONFIG).is_file(),
+    load=MertModel.from_folder,
+))

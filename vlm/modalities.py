@@ -1,0 +1,145 @@
+"""The modality table: every fact about a modality, in one place that everything reads.
+
+    from vlm.modalities import MODALITIES, modality_of_file
+    MODALITIES["music"].placeholder        # "<music>"
+    MODALITIES["music"].files              # "audio": music items come from flac / wav files
+    MODALITIES["audio"].decode(raw_bytes)  # (waveform [C, N] float32, sample rate)
+    MODALITIES["image"].empty()            # a blank raw item (a black image), for encoders that must run
+
+The data pipeline, the model (placeholders, blank items), `vlm chat` (files from the command line)
+and the benchmarks all read this table; nothing else keeps a list of modalities.
+[Contract] a shard sample's media files fill its placeholders in order, per file kind: the n-th
+<image> takes the n-th image file in key order, the n-th <video> the n-th mp4, and audio files
+fill the <audio> and <music> placeholders in the order those placeholders appear.
+"""
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# File kinds and their extensions in shards (webdataset field names) and on disk.
+FILE_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "image": ("jpg", "jpeg", "png", "webp"),
+    "audio": ("flac", "wav"),
+    "video": ("mp4",),
+}
+
+
+class MediaError(ValueError):
+    """Bytes or a file that do not decode as the modality says; the message is one line."""
+
+
+def short_error(e: BaseException) -> str:
+    """An exception as one line without object addresses (so the same error reads the same every run)."""
+    lines = str(e).strip().splitlines()
+    text = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", lines[0] if lines else "")
+    return text or type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# decoders: bytes -> the raw item an encoder's preprocess takes
+# ---------------------------------------------------------------------------------------------
+def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
+    """bytes -> RGB PIL image. `draft_size` (w, h): let the JPEG decoder scale down by 1/2..1/8 while
+    staying >= that size (DCT-domain scaling: most of the decode cost of a big JPEG goes away)."""
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", draft_size)
+        return img.convert("RGB")
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
+        raise MediaError(f"cannot decode image ({len(data)} bytes): {short_error(e)}") from None
+
+
+def decode_audio(data: bytes, draft_size: Any = None):
+    """flac / wav bytes -> (waveform Tensor[C, N] float32, sample rate)."""
+    import soundfile as sf
+    import torch
+
+    try:
+        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # [N, C]
+    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on garbage
+        raise MediaError(f"cannot decode audio ({len(data)} bytes): {short_error(e)}") from None
+    if wave.shape[0] == 0:
+        raise MediaError("audio file has no samples")
+    return torch.from_numpy(wave.T.copy()), int(sr)  # [C, N]
+
+
+def decode_video(data: bytes, draft_size: Any = None) -> bytes:
+    """Videos stay bytes: the video encoder's preprocess samples and decodes only the frames it needs."""
+    return bytes(data)
+
+
+def _black_image():
+    from PIL import Image
+    return Image.new("RGB", (64, 64))
+
+
+def _silence():
+    import torch
+    return torch.zeros(1, 16000), 16000                               # one second, mono
+
+
+def _black_clip():
+    return [_black_image()] * 8                                        # decoded frames; the preprocess samples them
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    placeholder: str                              # the token a prompt marks an item with
+    files: str                                    # the file kind (FILE_EXTENSIONS) its items come from
+    decode: Callable[..., Any]                    # (bytes, draft_size=None) -> raw item
+    empty: Callable[[], Any]                      # a blank raw item
+    tokens_per_second: float | None = None        # default LLM tokens per second of media (time pooling)
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return FILE_EXTENSIONS[self.files]
+
+
+# Qwen2-Audio pools Whisper's 50 Hz by 2 (25 tokens/s); MERT's 75 Hz frames pooled by 4 (18.75 tokens/s)
+# keep a music clip of a few seconds at a few dozen tokens (MusiLingo pools far more).
+MODALITIES: dict[str, Modality] = {
+    "image": Modality("image", "<image>", "image", decode_image, _black_image),
+    "audio": Modality("audio", "<audio>", "audio", decode_audio, _silence, tokens_per_second=25.0),
+    "music": Modality("music", "<music>", "audio", decode_audio, _silence, tokens_per_second=18.75),
+    "video": Modality("video", "<video>", "video", decode_video, _black_clip),
+}
+PLACEHOLDERS: dict[str, str] = {m.name: m.placeholder for m in MODALITIES.values()}
+MODALITY_OF_PLACEHOLDER: dict[str, str] = {v: k for k, v in PLACEHOLDERS.items()}
+PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS.values()) + ")")
+
+
+def placeholder_modalities(text: str) -> list[str]:
+    """The modality of each placeholder in `text`, in order."""
+    return [MODALITY_OF_PLACEHOLDER[p] for p in PLACEHOLDER_RE.findall(text)]
+
+
+def file_kind(ext: str) -> str | None:
+    """'jpg' -> 'image', '0.flac' -> 'audio', 'json' -> None."""
+    ext = ext.rsplit(".", 1)[-1].lower()
+    return next((k for k, exts in FILE_EXTENSIONS.items() if ext in exts), None)
+
+
+def media_order(name: str) -> tuple[int, str]:
+    """Sort key of media fields in key order: numeric prefix first ('2.jpg' before '10.jpg')."""
+    head = name.split(".", 1)[0]
+    return (int(head), name) if head.isdigit() else (-1, name)
+
+
+def read_file(modality: str, path: str | Path) -> Any:
+    """A media file from disk as the raw item of `modality` (what `vlm chat` and users pass)."""
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"{modality} file not found: {p}")
+    m = MODALITIES[modality]
+    if m.files == "video":
+        return str(p)                                               # decord reads the path itself
+    return m.decode(p.read_bytes())

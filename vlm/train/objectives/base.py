@@ -1,0 +1,116 @@
+"""Training objectives as plug-ins: what a stage minimises, for one micro-batch.
+
+    @OBJECTIVES.register("my_loss")
+    class MyLoss(Objective):
+        data_format = "chat"                          # the batches it needs (vlm.data.formats)
+        Settings = MySettings                         # its typed recipe settings (a dataclass)
+        def forward(self, model, batch) -> ObjectiveOutput:
+            hidden = model(**batch)
+            return ObjectiveOutput(loss_sum, count, tokens)
+
+    stages: [{name: sft, objective: my_loss, objective_settings: {...}, ...}]
+
+[Contract] an objective returns the SUM of its per-item losses over the micro-batch and how many items
+that sum is over (label tokens, queries, masked frames). The trainer backpropagates the sum, all-reduces
+the counts over micro-steps and ranks and scales the gradients by world_size / total, so the update is
+the mean over every item of the step whatever the split into ranks and micro-batches; it clips,
+checkpoints and resumes without knowing which objective runs. Randomness an objective draws must come
+from the batch (`sample_seeds`) to stay the same under any split into ranks.
+
+The objective runs inside `TaskModule.forward`, the one module DDP / FSDP2 / torch.compile wrap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vlm.config import from_dict
+from vlm.errors import UserError
+from vlm.registry import Registry
+
+OBJECTIVES: Registry[type["Objective"]] = Registry("objective")
+
+
+@dataclass
+class NoSettings:
+    pass
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor                       # sum of the per-item losses (with a graph)
+    count: torch.Tensor | int                # the items the sum is over
+    tokens: int = 0                          # work done: non-padding tokens (or frames) - throughput, token budgets
+    metrics: dict[str, float] = field(default_factory=dict)   # extra sums over the same items, for the logs
+
+
+class Objective(nn.Module):
+    """Subclasses set `data_format`, optionally `Settings`, and implement `forward(model, batch)`."""
+
+    Settings: ClassVar[type] = NoSettings
+    data_format: ClassVar[str] = "chat"
+    count_name: ClassVar[str] = "items"              # what `count` counts, for the logs
+
+    def __init__(self, settings: Any = None):
+        super().__init__()
+        self.settings = settings if settings is not None else self.Settings()
+
+    def format_settings(self) -> dict[str, Any]:
+        """What the data format needs from this objective's settings (e.g. clip length)."""
+        return {}
+
+    def check_model(self, model: nn.Module) -> None:
+        """A one-line UserError if `model` cannot be trained with this objective."""
+
+    def prepare(self, model: nn.Module, batches, state_dir) -> None:
+        """Before the stage's first step (and again on resume): fit what the objective needs from data
+        (a teacher's codebooks ...). `batches()` yields batches of the stage's data; anything fitted is
+        kept under `state_dir` so a resumed run reads it instead of fitting again."""
+
+    def forward(self, model: nn.Module, batch: dict) -> ObjectiveOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TaskModule(nn.Module):
+    """model + objective: `forward(batch)` -> ObjectiveOutput. The loss lives inside the wrapped module."""
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict) -> ObjectiveOutput:
+        return self.objective(self.model, batch)
+
+
+def objective_class(name: str) -> type[Objective]:
+    return OBJECTIVES.get(name)
+
+
+def parse_settings(name: str, raw: dict, where: str = "objective_settings") -> Any:
+    """The objective's typed settings from a recipe mapping (UserError naming the field)."""
+    cls = objective_class(name).Settings
+    return from_dict(cls, raw or {}, where)
+
+
+def check_settings(name: str, raw: dict, where: str) -> None:
+    """Recipe validation of `objective` / `objective_settings` at `where` (e.g. 'stages.1')."""
+    try:
+        objective_class(name)
+    except UserError as e:
+        raise UserError(f"recipe field '{where}.objective': {e}") from None
+    settings = parse_settings(name, raw, f"{where}.objective_settings")
+    check = getattr(settings, "check", None)
+    if check is not None:
+        check(f"{where}.objective_settings")
+
+
+def build_objective(name: str, raw: dict) -> Objective:
+    return objective_class(name)(parse_settings(name, raw))
+
+
+def settings_fields(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]

@@ -1,0 +1,186 @@
+"""masked_prediction: HuBERT / MERT self-supervised learning on audio clips. Spans of frames are
+masked (a learned mask embedding replaces them), and the model predicts, at the masked frames, each
+codebook of an acoustic teacher (cross-entropies summed over codebooks) and a musical teacher's
+constant-Q spectrum (MSE). Optionally the input is mixed with segments of other clips of the batch
+while the targets stay those of the clean clip (MERT's in-batch noise mixture).
+
+    stages: [{name: pretrain, objective: masked_prediction,
+              objective_settings: {teacher: mel_kmeans, codebook_size: 64, mask_prob: 0.8, mask_span: 5}}]
+
+Masking as fairseq's `compute_mask_indices` (static spans): per clip, int(mask_prob * T / span + u)
+span starts (u ~ U[0, 1), at least `min_masks`) drawn without replacement, each covering `mask_span`
+frames; overlaps merge, so about 55 % of frames are masked at 0.8 / 5. Every random draw (mask,
+mixture) comes from the sample's own seed (`sample_seeds`), so any split into ranks draws the same.
+
+The model provides: `frames(n_samples)`, `forward(audio, audio_lengths, mask) -> hidden [B, T, H]`,
+`codebook_logits(hidden) -> [per codebook [N, V_k]]`, `regression(hidden) -> [N, R]` and
+`codebook_sizes` (the mert family's MertModel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlm.errors import UserError
+from vlm.train.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from vlm.train.objectives.teachers import ACOUSTIC_TEACHERS, CQTTarget, build_teacher, normalise
+
+TEACHER_FILE = "teacher.safetensors"
+
+
+@dataclass
+class MaskedPredictionSettings:
+    mask_prob: float = 0.8                 # span starts per frame x span (MERT / HuBERT: 0.8)
+    mask_span: int = 5                     # frames per span (MERT: 5)
+    min_masks: int = 2
+    teacher: str = "mel_kmeans"            # the acoustic teacher (vlm.train.objectives.teachers)
+    codebook_size: int = 64                # units per codebook of a fitted teacher
+    teacher_frames: int = 20000            # frames of training audio the teacher is fitted on
+    regression: bool = True                # the musical teacher: the CQT of the masked frames
+    codebook_weight: float = 1.0
+    regression_weight: float = 1.0
+    noise_prob: float = 0.0                # in-batch noise mixture per clip (MERT: 0.5)
+    noise_segments: list[int] = field(default_factory=lambda: [1, 3])        # segments per mixed clip
+    noise_seconds: list[float] = field(default_factory=lambda: [0.5, 1.0])   # length of a segment
+    noise_snr_db: list[float] = field(default_factory=lambda: [0.0, 10.0])   # clip-to-segment power ratio
+    clip_seconds: float = 5.0              # crop length (MERT: 5 s)
+    min_seconds: float = 1.5               # shorter clips are skipped (the CQT's lowest band needs ~1.4 s)
+
+    def check(self, where: str) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise UserError(f"recipe field '{where}.{name}': {what}")
+        need(0 < self.mask_prob <= 1, "mask_prob", f"must be in (0, 1], got {self.mask_prob}")
+        need(self.mask_span >= 1, "mask_span", f"must be >= 1, got {self.mask_span}")
+        need(self.teacher in ACOUSTIC_TEACHERS, "teacher",
+             f"unknown acoustic teacher '{self.teacher}'; known: {', '.join(ACOUSTIC_TEACHERS.names())}")
+        need(self.codebook_size >= 2, "codebook_size", f"must be >= 2, got {self.codebook_size}")
+        need(0 <= self.noise_prob <= 1, "noise_prob", f"must be in [0, 1], got {self.noise_prob}")
+        for name in ("noise_segments", "noise_seconds", "noise_snr_db"):
+            v = getattr(self, name)
+            need(len(v) == 2 and v[0] <= v[1], name, f"a [low, high] range, got {v}")
+        need(self.noise_segments[0] >= 1 and self.noise_seconds[0] > 0, "noise_segments", "segments >= 1, seconds > 0")
+        need(0 < self.min_seconds <= self.clip_seconds, "min_seconds", "must be in (0, clip_seconds]")
+
+
+def span_mask(frames: int, valid: int, prob: float, span: int, min_masks: int, gen: torch.Generator) -> Tensor:
+    """One clip's mask [frames] over its first `valid` frames (fairseq's static spans)."""
+    mask = torch.zeros(frames, dtype=torch.bool)
+    room = valid - span + 1
+    if room <= 0:
+        return mask
+    n = int(prob * valid / span + torch.rand((), generator=gen).item())
+    n = min(max(n, min_masks), room)
+    for s in torch.randperm(room, generator=gen)[:n].tolist():
+        mask[s:s + span] = True
+    return mask
+
+
+def mix_noise(wave: Tensor, lengths: Tensor, gens: list[torch.Generator], s: MaskedPredictionSettings,
+              sample_rate: int) -> Tensor:
+    """In-batch noise mixture: with probability noise_prob, add 1-3 segments (0.5-1 s) of other clips of
+    the batch at a random SNR. The clean clips are left as they are (the targets come from them)."""
+    out = wave.clone()
+    B = wave.shape[0]
+    if B < 2:
+        return out
+    for i, g in enumerate(gens):
+        if torch.rand((), generator=g).item() >= s.noise_prob:
+            continue
+        n_i = int(lengths[i])
+        clean_power = wave[i, :n_i].pow(2).mean().clamp(min=1e-10)
+        for _ in range(int(torch.randint(s.noise_segments[0], s.noise_segments[1] + 1, (), generator=g))):
+            j = int(torch.randint(0, B - 1, (), generator=g))
+            j += j >= i                                                         # another clip
+            n_j = int(lengths[j])
+            seconds = s.noise_seconds[0] + (s.noise_seconds[1] - s.noise_seconds[0]) * torch.rand((), generator=g).item()
+            L = min(int(seconds * sample_rate), n_i, n_j)
+            if L <= 0:
+                continue
+            src = int(torch.randint(0, n_j - L + 1, (), generator=g))
+            dst = int(torch.randint(0, n_i - L + 1, (), generator=g))
+            seg = wave[j, src:src + L]
+            snr = s.noise_snr_db[0] + (s.noise_snr_db[1] - s.noise_snr_db[0]) * torch.rand((), generator=g).item()
+            gain = torch.sqrt(clean_power / seg.pow(2).mean().clamp(min=1e-10) / 10 ** (snr / 10))
+            out[i, dst:dst + L] += gain * seg
+    return out
+
+
+@OBJECTIVES.register("masked_prediction")
+class MaskedPrediction(Objective):
+    """Masked audio frames: per-codebook cross-entropy + CQT regression (MERT / HuBERT)."""
+
+    Settings = MaskedPredictionSettings
+    data_format = "clips"
+    count_name = "masked_frames"
+
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        s = self.settings
+        self.teacher = build_teacher(s.teacher, codebook_size=s.codebook_size, max_frames=s.teacher_frames)
+        self.cqt = CQTTarget() if s.regression else None
+
+    def format_settings(self) -> dict:
+        return {"modality": "music", "clip_seconds": self.settings.clip_seconds, "min_seconds": self.settings.min_seconds}
+
+    def check_model(self, model: nn.Module) -> None:
+        for need in ("codebook_logits", "regression", "frames"):
+            if not hasattr(model, need):
+                raise UserError(f"objective 'masked_prediction' needs a masked-prediction model (the mert family); "
+                                f"{type(model).__name__} has no {need}()")
+        if list(model.codebook_sizes) != list(self.teacher.codebook_sizes):
+            raise UserError(f"the model predicts codebooks of sizes {list(model.codebook_sizes)} but teacher "
+                            f"'{self.settings.teacher}' gives {list(self.teacher.codebook_sizes)} (set the model's "
+                            f"`codebooks` to match)")
+        if self.cqt is not None and model.regression_dim != self.cqt.n_bins:
+            raise UserError(f"the model regresses {model.regression_dim} values per frame, the CQT teacher "
+                            f"gives {self.cqt.n_bins}")
+
+    def prepare(self, model: nn.Module, batches, state_dir) -> None:
+        """Fit the acoustic teacher on the stage's audio once; a resumed run reads it back."""
+        from safetensors.torch import load_file, save_file
+        path = Path(state_dir) / TEACHER_FILE
+        if path.exists():
+            self.teacher.load_state_dict(load_file(str(path)))
+            return
+        self.teacher.fit((b["audio"] for b in batches()), seed=0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.contiguous() for k, v in self.teacher.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+
+    def forward(self, model: nn.Module, batch: dict) -> ObjectiveOutput:
+        s = self.settings
+        wave, lengths = batch["audio"].float(), batch["audio_lengths"]                 # [B, N], [B]
+        B, N = wave.shape
+        T = model.frames(N)
+        valid = torch.tensor([model.frames(int(n)) for n in lengths.tolist()])          # [B]
+        seeds = batch["sample_seeds"].tolist()
+        masks = [span_mask(T, int(v), s.mask_prob, s.mask_span, s.min_masks, torch.Generator().manual_seed(sd))
+                 for v, sd in zip(valid, seeds)]
+        mask = torch.stack(masks).to(wave.device)                                       # [B, T]
+        clean = normalise(wave, lengths)
+        codes = self.teacher(clean, T)                                                  # [B, T, K]
+        x = wave
+        if s.noise_prob > 0:
+            gens = [torch.Generator().manual_seed(sd + 1) for sd in seeds]
+            x = mix_noise(wave.cpu(), lengths.cpu(), gens, s, model.sample_rate).to(wave.device)
+        hidden = model(x, lengths, mask)                                                # [B, T, H]
+        h = hidden[mask]                                                                # [M, H]
+        target = codes[mask]                                                            # [M, K]
+        ce = [F.cross_entropy(lg.float(), target[:, k], reduction="none")
+              for k, lg in enumerate(model.codebook_logits(h))]                         # K x [M]
+        ce_sum = torch.stack(ce).sum(0)                                                 # [M]: summed over codebooks
+        loss = s.codebook_weight * ce_sum.sum()
+        metrics = {"codebook_ce": float(ce_sum.detach().sum())}
+        if self.cqt is not None:
+            spec = self.cqt(clean, T)[mask]                                             # [M, R]
+            mse = (model.regression(h).float() - spec).pow(2).mean(-1)                  # [M]
+            loss = loss + s.regression_weight * mse.sum()
+            metrics["cqt_mse"] = float(mse.detach().sum())
+        return ObjectiveOutput(loss, int(mask.sum()), int(valid.sum()), metrics)
+
