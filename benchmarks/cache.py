@@ -17,11 +17,6 @@ from typing import Any, Callable
 import torch
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("VLM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "vlm")
-    return Path(base).expanduser() / "features"
-
-
 class FeatureCache:
     def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root).expanduser() if root is not None else None

@@ -13,23 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 
-from benchmarks.runner import RunConfig
+from benchmarks.config import EvalConfig
 from vlm.config import add_config_flags, config_from_args, save_config
 from vlm.errors import UserError
-
-
-@dataclass
-class EvalConfig(RunConfig):
-    """`vlm eval`: which models on which benchmarks, and how (RunConfig)."""
-    models: list[str] = field(default_factory=list, metadata={
-        "flag": "--model", "repeat": True, "metavar": "MODEL", "help": "checkpoint folder or open_clip:ARCH[:CKPT]; repeat for several"})
-    suite: str | None = field(default=None, metadata={"help": "a suite name (see `vlm eval list --suites`)"})
-    benches: list[str] = field(default_factory=list, metadata={
-        "flag": "--bench", "repeat": True, "metavar": "BENCH", "help": "a benchmark name or wds:DIR; repeat for several"})
-    model_card: str | None = field(default=None, metadata={
-        "help": "also write the results into this model card (model-index + a results section)"})
 
 
 def cmd_list(words: list[str], suites: bool) -> int:

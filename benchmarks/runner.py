@@ -25,11 +25,12 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cache import FeatureCache, default_cache_dir
+from benchmarks.cache import FeatureCache
+from benchmarks.config import RunConfig
 from benchmarks.data import shard_files
 from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
@@ -37,36 +38,6 @@ from benchmarks.tasks import Context, applicable, run_task
 from vlm.errors import UserError
 
 RESULTS = "results"
-
-
-@dataclass
-class RunConfig:
-    """How a run evaluates (the `vlm eval` flags beyond which models and benchmarks: `EvalConfig`)."""
-    out: str = field(metadata={"help": "output folder (results/, aggregate.parquet, report.md, chart.png)"})
-    data: str | None = field(default=None, metadata={
-        "help": "synthetic-world folder (default $VLM_SYNTHETIC_WORLD or data/synthetic-world)"})
-    bench_root: str | None = field(default=None, metadata={
-        "help": "folder of user-supplied benchmark shards (default $VLM_BENCH_ROOT or data/benchmarks)"})
-    cache: bool = field(default=True, metadata={"flag": "--no-cache", "help": "do not read or write the feature cache"})
-    cache_dir: str | None = field(default=None, metadata={
-        "help": "feature cache folder (default $VLM_CACHE/features or ~/.cache/vlm/features)"})
-    batch_size: int = 64
-    workers: int = field(default=2, metadata={"help": "image decoding threads"})
-    limit: int | None = field(default=None, metadata={"help": "at most N samples per benchmark (quick runs)"})
-    redo: bool = field(default=False, metadata={"help": "rerun benchmarks already done in --out"})
-    progress: bool = field(default=True, metadata={"flag": "--quiet", "help": "no progress bars"})
-    device: str = "cpu"
-    report: bool = field(default=True, metadata={"flag": None})
-
-    @property
-    def roots(self) -> Roots:
-        default = Roots()
-        return Roots(self.data or default.synthetic_world, self.bench_root or default.bench_root)
-
-    @property
-    def feature_cache(self) -> Path | None:
-        """Where features are cached; None: no feature cache."""
-        return (Path(self.cache_dir) if self.cache_dir else default_cache_dir()) if self.cache else None
 
 
 def slug(text: str) -> str:

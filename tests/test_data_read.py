@@ -280,9 +280,9 @@ def test_too_long_sample_never_splits_media(tmp_path, model):
 
 
 def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):
-    import argparse
 
-    from vlm.data.inspect import add_cli, inspect_shards
+    from vlm.cli import main as vlm_main
+    from vlm.data.inspect import inspect_shards
     main, cut = corrupt_shards(tmp_path)
     r = inspect_shards([main, cut], samples=2)
     assert r["samples"] == 12 + 9 + sum(1 for _ in scan_shard(cut))
@@ -291,11 +291,7 @@ def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):
     assert sum(n for _, _, n in r["tokens"]["histogram"]) == r["ok"] and len(r["examples"]) == 2
     with_model = inspect_shards([main], processor=model.processor, samples=0)
     assert with_model["tokens"]["max"] > r["tokens"]["max"]  # media tokens counted exactly
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
-    args = parser.parse_args(["inspect", main, "--json", "--samples", "1"])
-    assert args.func(args) == 0
+    assert vlm_main(["data", "inspect", main, "--json", "--samples", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 21
-    args = parser.parse_args(["inspect", main])
-    args.func(args)
+    vlm_main(["data", "inspect", main])
     assert "bad_image: 2" in capsys.readouterr().out

@@ -24,7 +24,7 @@ def export_vqa(root: str, split: str) -> Path:
 
     import pandas as pd
 
-    from benchmarks.cache import default_cache_dir
+    from benchmarks.config import default_cache_dir
     from benchmarks.registry import Roots, get_benchmark
     from benchmarks.tasks import Context, load_samples
     from benchmarks.tasks.generative import prompt_for

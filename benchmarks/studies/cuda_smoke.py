@@ -1,7 +1,7 @@
 """CUDA checks of the core model that the CPU tests cannot make: bf16 autocast training step,
 KV-cache generation equivalence and save/load on the GPU.
 
-    python benchmarks/perf/cuda_smoke.py
+    python benchmarks/studies/cuda_smoke.py
 """
 import json
 import tempfile
@@ -11,11 +11,12 @@ from PIL import Image
 
 import vlm
 from vlm.data.collate import collate
-from vlm.families import build
+from vlm.train.objectives import build_objective
 
 
 def main(dev: str = "cuda"):
-    model = build("llava", vision="tiny-clip", llm="tiny:qwen2", audio="whisper:tiny", llm_mode="full").to(dev)
+    model = vlm.build("llava", vision="tiny-clip", llm="tiny:qwen2", audio="whisper:tiny", llm_mode="full").to(dev)
+    loss_fn = build_objective("next_token", {})
     img = Image.new("RGB", (64, 64), "red")
     s = model.processor({"conversations": [{"from": "human", "value": "<image>\n<audio>\nWhat is it?"},
                                            {"from": "gpt", "value": "a red square and a tone"}]},
@@ -27,7 +28,8 @@ def main(dev: str = "cuda"):
     losses = []
     for _ in range(20):
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-            loss = model(**b)["loss"]
+            out = loss_fn(model, b)
+            loss = out.loss / out.count
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -42,7 +44,8 @@ def main(dev: str = "cuda"):
         model.save_pretrained(d)
         re = vlm.load(d, device=dev)
         with torch.no_grad():
-            same = torch.equal(model(**b, return_logits=True)["logits"], re(**b, return_logits=True)["logits"])
+            args = b["input_ids"], b["attention_mask"]
+            same = torch.equal(model.logits(*args, media=b["media"]), re.logits(*args, media=b["media"]))
     out = dict(check="cuda_smoke", gpu=torch.cuda.get_device_name() if dev == "cuda" else "cpu", loss_first=round(losses[0], 4),
                loss_last=round(losses[-1], 4), kv_cache_same_tokens=g1 == g2, save_load_identical=same)
     print(json.dumps(out), flush=True)

@@ -1,7 +1,7 @@
 """Data-loading throughput: our shard pipeline against a plain torch Dataset over individual files.
 
-    python benchmarks/perf/data_throughput.py                       # 2,000 640x480 JPEGs, tiny-clip (32 px)
-    python benchmarks/perf/data_throughput.py --vision clip-vit-l-336 --samples 1000   # a 336-px encoder
+    python benchmarks/studies/data_throughput.py                       # 2,000 640x480 JPEGs, tiny-clip (32 px)
+    python benchmarks/studies/data_throughput.py --vision clip-vit-l-336 --samples 1000   # a 336-px encoder
 
 Both sides do the same work per sample and hand out the same batches: decode the JPEG, the
 encoder's preprocess (resize, crop, normalise), the chat template + tokenisation, and padding

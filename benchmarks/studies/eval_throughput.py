@@ -1,6 +1,6 @@
 """Zero-shot classification wall time: our runner against clip_benchmark 1.6.2, same model, same shards.
 
-    python benchmarks/perf/eval_throughput.py [--arch ViT-B-32] [--images 512] [--classes 10] [--templates 18]
+    python benchmarks/studies/eval_throughput.py [--arch ViT-B-32] [--images 512] [--classes 10] [--templates 18]
 
 One process; each round runs, in this order: clip_benchmark (`zero_shot_classifier` +
 `run_classification` on its own `wds` dataset and a DataLoader, fp32: autocast off, as our runner),

@@ -4,8 +4,8 @@ Same shapes as ../shared/bench/hf_llava_baseline.py (CLIP ViT-L/14-336 + a Qwen2
 16 x (576 image + 512 text) tokens, every parameter trained with fused AdamW, bf16 autocast, SDPA),
 same FLOPs formula (imported from that script), so the ratio is what a user gains by switching.
 
-    python benchmarks/perf/train_throughput.py --baseline ../shared/bench/hf_llava_baseline.py            # GPU
-    python benchmarks/perf/train_throughput.py --baseline ../shared/bench/hf_llava_baseline.py --config tiny  # CPU smoke
+    python benchmarks/studies/train_throughput.py --baseline ../shared/bench/hf_llava_baseline.py            # GPU
+    python benchmarks/studies/train_throughput.py --baseline ../shared/bench/hf_llava_baseline.py --config tiny  # CPU smoke
 
 What our step does differently: the LM head runs only on label positions (no [B, L, V] logits for
 the image tokens), the cross-entropy is computed in chunks so the fp32 logits never exist at once,
@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from vlm.train.objectives import build_objective
+
 
 def load_baseline(path: str):
     spec = importlib.util.spec_from_file_location("hf_llava_baseline", path)
@@ -30,7 +32,7 @@ def load_baseline(path: str):
 
 def build_ours(cfg: dict):
     """Our llava model with the baseline's shapes; every parameter trainable (as the baseline trains)."""
-    from vlm.families import build
+    from vlm import build
     v, l = cfg["vision"], cfg["llm"]
     # The HF CLIP preset with the baseline's vision config (LlavaConfig's vision_feature_layer=-1, CLS dropped).
     vision = {"name": "clip-vit-l-336", **v, "feature_layer": -1, "feature_select": "default"}
@@ -48,8 +50,9 @@ def run(base, name: str, device: str, steps: int, warmup: int, compile_model: bo
     if compile_model:
         for layer in model.parts.layers:
             layer.compile()
-        for enc in model.encoders.values():
-            enc.compile()
+        for tok in model.media.values():
+            tok.encoder.compile()
+    loss_fn = build_objective("next_token", {})
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=device == "cuda")
     v = cfg["vision"]
     n_img = (v["image_size"] // v["patch_size"]) ** 2
@@ -66,7 +69,8 @@ def run(base, name: str, device: str, steps: int, warmup: int, compile_model: bo
 
     def step():
         with amp:
-            loss = model(input_ids=ids, labels=labels, media={"image": pixels})["loss"]
+            out = loss_fn(model, {"input_ids": ids, "labels": labels, "media": {"image": pixels}})
+            loss = out.loss / out.count
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -92,7 +96,7 @@ def run(base, name: str, device: str, steps: int, warmup: int, compile_model: bo
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         out["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(out), flush=True)
-    del model, opt
+    model = opt = None                                # frees the GPU before the baseline runs
     if device == "cuda":
         torch.cuda.empty_cache()
     return out

@@ -1,7 +1,7 @@
 """Visual tokens per image: Dragonfly settings vs LLaVA-NeXT AnyRes on the same encoder (CLIP ViT-L/14-336).
 
-    python benchmarks/perf/zoom_tokens.py            # the table; ours is asked of a dragonfly-0.5b skeleton
-    python benchmarks/perf/zoom_tokens.py --no-model # geometry only (no model build)
+    python benchmarks/studies/zoom_tokens.py            # the table; ours is asked of a dragonfly-0.5b skeleton
+    python benchmarks/studies/zoom_tokens.py --no-model # geometry only (no model build)
 
 Every number is computed. AnyRes as LLaVA-NeXT counts it (transformers' LlavaNextProcessor): pick the
 grid pinpoint by best fit (most effective pixels, then least waste), 576 base tokens (CLS dropped),

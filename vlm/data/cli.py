@@ -1,4 +1,4 @@
-"""`vlm data`: build the built-in data set, convert common layouts to shards (and `inspect`, when present).
+"""`vlm data`: build the built-in data set, convert common layouts to shards, inspect shards.
 
     vlm data build synthetic-world --out data/synthetic-world [--samples 4000] [--seed 0] [--workers 2]
         [--tasks fine_detail color ...] [--config build.yaml] [key=value ...]
@@ -18,6 +18,7 @@ from typing import Literal
 
 from vlm.config import add_config_flags, config_from_args, save_config
 from vlm.errors import UserError
+from vlm.modalities import MODALITIES
 
 Split = Literal["train", "val", "test"]
 
@@ -141,13 +142,20 @@ def add_cli(subparsers) -> None:
                            description="A folder of audio (flac/wav ...), music or mp4 files + captions -> caption shards.")
     p.add_argument("folder")
     p.add_argument("--captions", required=True, help="JSON ({file: caption} or [{file, caption}]) or CSV (file,caption)")
-    p.add_argument("--kind", choices=["audio", "music", "video"], default="audio", help="placeholder to use (default audio)")
+    p.add_argument("--kind", choices=[m for m in MODALITIES if m != "image"], default="audio",
+                   help="placeholder to use (default audio)")
     _common_convert_args(p)
 
-    try:
-        from vlm.data import inspect as inspect_mod
-    except ModuleNotFoundError as e:
-        if e.name != "vlm.data.inspect":
-            raise
-    else:
-        inspect_mod.add_cli(sub)
+    p = sub.add_parser("inspect", help="counts, token lengths, examples and errors of shards",
+                       description="What is in a set of shards, and what is wrong with it (vlm.data.inspect).")
+    p.add_argument("shards", nargs="+", help="tar files, brace patterns, globs or shard folders")
+    p.add_argument("--model", default=None, help="a checkpoint folder: count tokens with its processor")
+    p.add_argument("--samples", type=int, default=3, help="decoded samples to show")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many samples")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from vlm.data.inspect import run
+    return run(args)

@@ -26,11 +26,10 @@ from typing import Any
 
 from vlm.data.writer import ShardWriter, validate_sample
 from vlm.errors import UserError
-from vlm.modalities import file_kind
+from vlm.modalities import MODALITIES, file_kind
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
-MEDIA_KINDS = {"audio": ("<audio>", "Describe the sound."), "music": ("<music>", "Describe the music."),
-               "video": ("<video>", "Describe the video.")}
+MEDIA_PROMPTS = {"audio": "Describe the sound.", "music": "Describe the music.", "video": "Describe the video."}
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -355,11 +354,11 @@ def _read_media(path: str, kind: str) -> tuple[str, bytes]:
 def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audio", source: str | None = None,
                          max_count: int = 1000, max_bad: float = 0.1) -> Report:
     """Audio / music / video files + a captions file -> caption shards with a `<audio>`/`<music>`/`<video>` prompt."""
-    if kind not in MEDIA_KINDS:
-        raise UserError(f"unknown media kind {kind!r}; choose from {', '.join(MEDIA_KINDS)}")
+    if kind not in MEDIA_PROMPTS:
+        raise UserError(f"unknown media kind {kind!r}; choose from {', '.join(MEDIA_PROMPTS)}")
     _list_dir(folder)
     table = read_captions(captions)
-    placeholder, prompt = MEDIA_KINDS[kind]
+    placeholder, prompt = MODALITIES[kind].placeholder, MEDIA_PROMPTS[kind]
     source = source or os.path.basename(os.path.normpath(folder))
 
     def build(item: tuple[str, str], seen: set[str]) -> dict[str, Any]:

@@ -161,20 +161,8 @@ def format_report(r: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     processor = None
     if args.model:
-        import vlm
-        processor = vlm.load(args.model).processor
+        from vlm.loading import load
+        processor = load(args.model).processor
     report = inspect_shards(expand_shards(args.shards), processor, args.samples, args.limit)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0
-
-
-def add_cli(data_subparsers) -> None:
-    """Add `inspect` to the `vlm data` command group."""
-    p = data_subparsers.add_parser("inspect", help="counts, token lengths, examples and errors of shards",
-                                   description=__doc__.split("\n\n")[0])
-    p.add_argument("shards", nargs="+", help="tar files, brace patterns, globs or shard folders")
-    p.add_argument("--model", default=None, help="a checkpoint folder: count tokens with its processor")
-    p.add_argument("--samples", type=int, default=3, help="decoded samples to show")
-    p.add_argument("--limit", type=int, default=None, help="stop after this many samples")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)

@@ -41,6 +41,7 @@ class MaskedPredictionSettings:
     codebook_size: int = 64                # units per codebook of a fitted teacher
     teacher_frames: int = 20000            # frames of training audio the teacher is fitted on
     regression: bool = True                # the musical teacher: the CQT of the masked frames
+    cqt_log: bool = True                   # regress log(1 + |CQT|); false: the linear magnitude, as MERT does
     codebook_weight: float = 1.0
     regression_weight: float = 1.0
     noise_prob: float = 0.0                # in-batch noise mixture per clip (MERT: 0.5)
@@ -179,6 +180,8 @@ class MaskedPrediction(Objective):
         metrics = {"codebook_ce": float(ce_sum.detach().sum())}
         if self.cqt is not None:
             spec = self.cqt(clean, T)[mask]                                             # [M, R]
+            if s.cqt_log:        # the few peak bins of a linear spectrum would dominate the MSE of a small model
+                spec = torch.log1p(spec)
             mse = (model.regression(h).float() - spec).pow(2).mean(-1)                  # [M]
             loss = loss + s.regression_weight * mse.sum()
             metrics["cqt_mse"] = float(mse.detach().sum())

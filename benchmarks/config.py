@@ -1,0 +1,63 @@
+"""The settings of an evaluation run: one typed schema for `vlm eval` (flags, YAML, key=value), the
+runner and the scripts that call it. Imports nothing heavy: `vlm eval --help` stays instant.
+
+    cfg = RunConfig(out="runs/eval", data="data/synthetic-world", limit=40)
+    cfg = EvalConfig(out="runs/eval", models=["runs/llava-tiny/final"], suite="synthetic-world")
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.registry import Roots
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("VLM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "vlm")
+    return Path(base).expanduser() / "features"
+
+
+@dataclass
+class RunConfig:
+    """How a run evaluates (the `vlm eval` flags beyond which models and benchmarks: `EvalConfig`)."""
+    out: str = field(metadata={"help": "output folder (results/, aggregate.parquet, report.md, chart.png)"})
+    data: str | None = field(default=None, metadata={
+        "help": "synthetic-world folder (default $VLM_SYNTHETIC_WORLD or data/synthetic-world)"})
+    bench_root: str | None = field(default=None, metadata={
+        "help": "folder of user-supplied benchmark shards (default $VLM_BENCH_ROOT or data/benchmarks)"})
+    cache: bool = field(default=True, metadata={"flag": "--no-cache", "help": "do not read or write the feature cache"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "feature cache folder (default $VLM_CACHE/features or ~/.cache/vlm/features)"})
+    batch_size: int = 64
+    workers: int = field(default=2, metadata={"help": "image decoding threads"})
+    limit: int | None = field(default=None, metadata={"help": "at most N samples per benchmark (quick runs)"})
+    redo: bool = field(default=False, metadata={"help": "rerun benchmarks already done in --out"})
+    progress: bool = field(default=True, metadata={"flag": "--quiet", "help": "no progress bars"})
+    device: str = "cpu"
+    report: bool = field(default=True, metadata={"flag": None})
+
+    @property
+    def roots(self) -> Roots:
+        default = Roots()
+        return Roots(self.data or default.synthetic_world, self.bench_root or default.bench_root)
+
+    @property
+    def feature_cache(self) -> Path | None:
+        """Where features are cached; None: no feature cache."""
+        return (Path(self.cache_dir) if self.cache_dir else default_cache_dir()) if self.cache else None
+
+
+
+
+@dataclass
+class EvalConfig(RunConfig):
+    """`vlm eval`: which models on which benchmarks, and how (RunConfig)."""
+    models: list[str] = field(default_factory=list, metadata={
+        "flag": "--model", "repeat": True, "metavar": "MODEL",
+        "help": "checkpoint folder or open_clip:ARCH[:CKPT]; repeat for several"})
+    suite: str | None = field(default=None, metadata={"help": "a suite name (see `vlm eval list --suites`)"})
+    benches: list[str] = field(default_factory=list, metadata={
+        "flag": "--bench", "repeat": True, "metavar": "BENCH", "help": "a benchmark name or wds:DIR; repeat for several"})
+    model_card: str | None = field(default=None, metadata={
+        "help": "also write the results into this model card (model-index + a results section)"})

@@ -1,0 +1,241 @@
+"""The contrastive and masked_prediction objectives through the trainer, as users run it (`vlm train`):
+losses finite and falling on tiny data, 2 ranks (torchrun, gloo DDP) equal to 1 process at the same
+global batch, and kill -9 + --resume bitwise equal to an uninterrupted run; plus their building blocks
+(span masks, the noise mixture, the CQT target, the k-means teacher)."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import helpers_media as H
+import test_train_common as C
+
+COLORS, SHAPES = ["red", "green", "blue", "yellow"], ["circle", "square"]
+MERT = {"family": "mert", "size": "tiny", "settings": {"codebooks": [16, 16]}}
+PAIR_MODEL = {"family": "llava", "size": "tiny", "settings": {"audio": None, "music": None, "video": None}}
+MASKED = {"codebook_size": 16, "teacher_frames": 3000, "clip_seconds": 2.0, "min_seconds": 1.5}
+DDP_LAUNCH = """
+import sys
+import torch.distributed as dist
+from vlm.cli import main
+dist.init_process_group("gloo")
+for recipe, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    if main(["train", recipe, "--out", out, "runtime.strategy=ddp"]):
+        sys.exit(1)
+dist.destroy_process_group()
+"""
+
+
+def write_pair_world(folder, n: int = 32) -> str:
+    """Image -> its caption, with one hard negative (the same shape in another colour)."""
+    from vlm.data.writer import ShardWriter
+    with ShardWriter(folder, max_count=10**6) as w:
+        for i in range(n):
+            c, s = COLORS[i % 4], SHAPES[(i // 4) % 2]
+            w.write({"__key__": f"p{i:04d}", "jpg": H.image(c, 32, s), "json": {
+                "query": {"text": "<image>\nFind a caption for this image."}, "positive": {"text": f"a {c} {s}"},
+                "negatives": [{"text": f"a {COLORS[(i + 1) % 4]} {s}"}], "task": "retrieval"}})
+    return str(folder)
+
+
+def tone(freq: float, seconds: float, sr: int = 16000, harmonics: int = 3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, harmonics + 1))).astype(np.float32)
+
+
+def write_music_world(folder, n: int = 24) -> str:
+    """Tones of a few pitches and timbres, 2.5 s at 16 kHz (the pipeline resamples to 24 kHz)."""
+    from vlm.data.writer import Audio, ShardWriter
+    with ShardWriter(folder, max_count=10**6) as w:
+        for i in range(n):
+            wave = tone(110 * 2 ** ((i % 12) / 12), 2.5, harmonics=1 + i % 3)
+            w.write({"__key__": f"m{i:04d}", "flac": Audio(wave, 16000), "json": {"modality": "music", "task": "tone"}})
+    return str(folder)
+
+
+def pair_recipe(tmp, world, steps=8, **runtime):
+    return C.write_recipe(tmp / "pairs.yaml", world, [
+        C.stage("embed", ["media.*.projector.*"], llm="full", steps=steps, batch_size=8, lr=1e-3, eps=1e-6,
+                objective="contrastive", objective_settings={"negatives": 1, "temperature": 0.05})],
+        model=PAIR_MODEL, **runtime)
+
+
+def masked_recipe(tmp, world, steps=8, noise=0.0, name="masked", **runtime):
+    return C.write_recipe(tmp / f"{name}.yaml", world, [
+        C.stage("pretrain", ["encoder.*", "final_proj.*", "label_embs", "regression_head.*"], steps=steps,
+                batch_size=4, lr=5e-3, eps=1e-6, objective="masked_prediction",
+                objective_settings={**MASKED, "noise_prob": noise})], model=MERT, **runtime)
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("objectives")
+    return tmp, write_pair_world(tmp / "pairs"), write_music_world(tmp / "music")
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+# ------------------------------------------------------------------ learning
+@pytest.fixture(scope="module")
+def learning(worlds):
+    tmp, pairs, music = worlds
+    (tmp / "l").mkdir()
+    runs = {"pairs": pair_recipe(tmp / "l", pairs, steps=16, checkpoint_every=0),
+            "masked": masked_recipe(tmp / "l", music, steps=24, noise=0.5, checkpoint_every=0)}
+    procs = {k: subprocess.Popen(C.vlm_cmd("train", str(r), "--out", str(tmp / "l" / f"run-{k}")), cwd=C.REPO,
+                                 env=C.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for k, r in runs.items()}
+    for k, p in procs.items():
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    return {k: C.step_rows(tmp / "l" / f"run-{k}") for k in runs}
+
+
+def test_contrastive_loss_falls_and_retrieval_accuracy_rises(learning):
+    rows = learning["pairs"]
+    loss, acc = [rows[s]["loss"] for s in sorted(rows)], [rows[s]["accuracy"] for s in sorted(rows)]
+    assert all(math.isfinite(x) for x in loss) and all(r["queries"] == 8 for r in rows.values())
+    assert mean(loss[-4:]) < 0.8 * mean(loss[:4]), loss
+    assert mean(acc[-4:]) > mean(acc[:4]), acc
+
+
+def test_masked_prediction_terms_fall_with_the_noise_mixture_on(learning):
+    rows = learning["masked"]
+    for key in ("loss", "codebook_ce", "cqt_mse"):          # batches repeat every 3 steps: compare 6-step means
+        xs = [rows[s][key] for s in sorted(rows)]
+        assert all(math.isfinite(x) for x in xs), key
+        assert mean(xs[-6:]) < 0.9 * mean(xs[:6]), (key, xs)
+    frac = [rows[s]["masked_frames"] / (4 * 149) for s in rows]            # 2 s clips: 149 frames each
+    assert all(0.4 < f < 0.7 for f in frac), frac                          # spans of 5 at p 0.8: ~55 %
+
+
+# ------------------------------------------------------------------ 2 ranks == 1 rank
+@pytest.fixture(scope="module")
+def ranks(worlds):
+    tmp, pairs, music = worlds
+    (tmp / "d").mkdir()
+    recipes = [pair_recipe(tmp / "d", pairs, steps=3, checkpoint_every=0),
+               masked_recipe(tmp / "d", music, steps=3, checkpoint_every=0)]
+    (tmp / "d" / "launch.py").write_text(DDP_LAUNCH)
+    args = [x for r, name in zip(recipes, ("pairs", "masked")) for x in (str(r), str(tmp / "d" / f"ddp-{name}"))]
+    dist = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(tmp / "d" / "launch.py"), *args], cwd=C.REPO, env=C.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for r, name in zip(recipes, ("pairs", "masked")):
+        C.run_vlm("train", str(r), "--out", str(tmp / "d" / f"one-{name}"), timeout=600)
+    _, err = dist.communicate(timeout=600)
+    assert dist.returncode == 0, err[-4000:]
+    return tmp / "d"
+
+
+@pytest.mark.parametrize("name, count", [("pairs", "queries"), ("masked", "masked_frames")])
+def test_two_ranks_equal_one_process(ranks, name, count):
+    one, two = C.step_rows(ranks / f"one-{name}"), C.step_rows(ranks / f"ddp-{name}")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for s in one:
+        assert abs(one[s]["loss"] - two[s]["loss"]) < 1e-5, (s, one[s]["loss"], two[s]["loss"])
+        assert one[s][count] == two[s][count]
+    a, b = C.weights(ranks / f"one-{name}" / "final"), C.weights(ranks / f"ddp-{name}" / "final")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst
+
+
+# ------------------------------------------------------------------ kill -9, then --resume
+@pytest.fixture(scope="module")
+def resumed(worlds):
+    tmp, pairs, music = worlds
+    (tmp / "r").mkdir()
+    recipes = {"pairs": pair_recipe(tmp / "r", pairs, steps=5, checkpoint_every=2),
+               "masked": masked_recipe(tmp / "r", music, steps=5, checkpoint_every=2)}
+    kw = dict(cwd=C.REPO, env=C.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = {}
+    for name, r in recipes.items():
+        ref, victim = tmp / "r" / f"ref-{name}", tmp / "r" / f"victim-{name}"
+        p_ref = subprocess.Popen(C.vlm_cmd("train", str(r), "--out", str(ref)), **kw)
+        p_vic = subprocess.Popen(C.vlm_cmd("train", str(r), "--out", str(victim)), **kw)
+        first = victim / "checkpoints" / "step-00000002" / "trainer.json"
+        deadline = time.time() + 300
+        while not first.exists() and p_vic.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(p_vic.pid, signal.SIGKILL)
+        p_vic.wait()
+        assert p_vic.returncode == -signal.SIGKILL and not (victim / "final").exists(), "finished before the kill"
+        C.run_vlm("train", str(r), "--out", str(victim), "--resume", timeout=600)
+        assert p_ref.wait(timeout=600) == 0, p_ref.stderr.read()[-3000:]
+        out[name] = (ref, victim)
+    return out
+
+
+@pytest.mark.parametrize("name", ["pairs", "masked"])
+def test_resume_after_kill9_is_bitwise(resumed, name):
+    ref, victim = resumed[name]
+    a, b = C.step_rows(ref), C.step_rows(victim)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
+    for s in a:
+        assert a[s]["loss"] == b[s]["loss"] and a[s]["grad_norm"] == b[s]["grad_norm"], s
+    wa, wb = C.weights(ref / "final"), C.weights(victim / "final")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------ building blocks
+def test_span_masks_cover_about_the_expected_fraction_in_spans_of_the_span_length():
+    from vlm.train.objectives.masked_prediction import span_mask
+    masks = torch.stack([span_mask(375, 375, 0.8, 5, 2, torch.Generator().manual_seed(s)) for s in range(200)])
+    assert 0.50 < masks.float().mean().item() < 0.62                       # fairseq / HF: ~0.55-0.58 at 0.8 / 5
+    runs = []
+    for m in masks.tolist():                                                # every masked run is >= one span
+        n = 0
+        for x in m + [False]:
+            if x:
+                n += 1
+            elif n:
+                runs.append(n)
+                n = 0
+    assert min(runs) >= 5
+    again = span_mask(375, 375, 0.8, 5, 2, torch.Generator().manual_seed(7))
+    assert torch.equal(again, masks[7]) and not span_mask(375, 100, 0.8, 5, 2, torch.Generator())[100:].any()
+
+
+def test_noise_mixture_changes_the_input_and_leaves_the_clean_clips_alone():
+    from vlm.train.objectives.masked_prediction import MaskedPredictionSettings, mix_noise
+    wave = torch.stack([torch.from_numpy(tone(f, 2.0, 24000)) for f in (220, 330, 440)])
+    clean = wave.clone()
+    s = MaskedPredictionSettings(noise_prob=1.0)
+    noisy = mix_noise(wave, torch.full((3,), wave.shape[1]), [torch.Generator().manual_seed(i) for i in range(3)],
+                      s, 24000)
+    assert torch.equal(wave, clean) and not torch.equal(noisy, wave)
+    assert all(not torch.equal(noisy[i], wave[i]) for i in range(3))
+    off = mix_noise(wave, torch.full((3,), wave.shape[1]), [torch.Generator() for _ in range(3)],
+                    MaskedPredictionSettings(noise_prob=0.0), 24000)
+    assert torch.equal(off, wave)
+
+
+def test_cqt_target_peaks_at_the_bin_of_a_pure_tone():
+    from vlm.train.objectives.teachers import CQTTarget
+    cqt = CQTTarget()
+    for freq in (110.0, 440.0, 1000.0):
+        spec = cqt(torch.from_numpy(tone(freq, 2.0, 24000, harmonics=1))[None], 100)     # [1, 100, 336]
+        want = 48 * math.log2(freq / 32.7)
+        assert abs(spec[0, 20:80].mean(0).argmax().item() - want) <= 1, freq
+
+
+def test_kmeans_teacher_is_deterministic_for_a_seed():
+    from vlm.train.objectives.teachers import MelKMeans
+    waves = [torch.stack([torch.from_numpy(tone(110 * (1 + i + j), 2.0, 24000)) for j in range(4)]) for i in range(3)]
+    a, b = MelKMeans(codebook_size=8), MelKMeans(codebook_size=8)
+    a.fit(iter(waves), seed=0)
+    b.fit(iter(waves), seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    codes = a(waves[0], 100)
+    assert codes.shape == (4, 100, 2) and codes.max() < 8 and len(codes.unique()) > 1
