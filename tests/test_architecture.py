@@ -138,3 +138,30 @@ def test_a_new_family_and_objective_from_one_file_each_train_from_a_recipe(tmp_p
     loaded = vlm.load(tmp_path / "run" / "final")
     assert isinstance(loaded.media["image"].encoder, toy_family.PatchColours)
     assert loaded.config.family == "toy" and loaded.route.settings() == {"type": "plain"}
+
+
+def test_list_filters_by_pattern_and_recipes_show_what_they_train(capsys):
+    from vlm.cli import main
+    assert main(["list", "families", "iaa"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].split()[0] == "iaa"
+    assert main(["list", "recipes", "*-tiny"]) == 0
+    rows = {ln.split()[0]: ln.split()[1] for ln in capsys.readouterr().out.strip().splitlines()}
+    assert rows == {"llava-tiny": "image", "iaa-tiny": "image", "dragonfly-tiny": "image"}
+
+
+def test_the_processor_pickles_without_the_model():
+    """Data-loader workers get the processor: tokenizer, preprocess settings and shape-only token counts."""
+    import pickle
+
+    import helpers_media as M
+    import vlm
+    for family in ("llava", "dragonfly"):
+        model = vlm.build(family, "tiny")
+        blob = pickle.dumps(model.processor)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        assert len(blob) < weights / 4, (family, len(blob), weights)
+        proc = pickle.loads(blob)
+        conv = {"conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]}
+        a, b = model.processor(conv, media={"image": [M.image()]}), proc(conv, media={"image": [M.image()]})
+        assert a.input_ids == b.input_ids and a.labels == b.labels

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -158,19 +156,10 @@ def resumed(worlds):
     (tmp / "r").mkdir()
     recipes = {"pairs": pair_recipe(tmp / "r", pairs, steps=5, checkpoint_every=2),
                "masked": masked_recipe(tmp / "r", music, steps=5, checkpoint_every=2)}
-    kw = dict(cwd=C.REPO, env=C.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     out = {}
     for name, r in recipes.items():
         ref, victim = tmp / "r" / f"ref-{name}", tmp / "r" / f"victim-{name}"
-        p_ref = subprocess.Popen(C.vlm_cmd("train", str(r), "--out", str(ref)), **kw)
-        p_vic = subprocess.Popen(C.vlm_cmd("train", str(r), "--out", str(victim)), **kw)
-        first = victim / "checkpoints" / "step-00000002" / "trainer.json"
-        deadline = time.time() + 300
-        while not first.exists() and p_vic.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        os.kill(p_vic.pid, signal.SIGKILL)
-        p_vic.wait()
-        assert p_vic.returncode == -signal.SIGKILL and not (victim / "final").exists(), "finished before the kill"
+        p_ref, _ = C.train_and_kill(r, ref, victim)
         C.run_vlm("train", str(r), "--out", str(victim), "--resume", timeout=600)
         assert p_ref.wait(timeout=600) == 0, p_ref.stderr.read()[-3000:]
         out[name] = (ref, victim)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,22 @@ def run_vlm(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
     if check and p.returncode != 0:
         raise AssertionError(f"vlm {' '.join(args)} -> {p.returncode}\n{p.stderr[-3000:]}")
     return p
+
+
+def train_and_kill(recipe: Path, ref: Path, victim: Path, first: str = "step-00000002", timeout: float = 300):
+    """Start an uninterrupted run into `ref` and a victim into `victim`; kill -9 the victim once its first
+    checkpoint is complete. Returns (the reference process, still running, and the victim's last step)."""
+    kw = dict(cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p_ref = subprocess.Popen(vlm_cmd("train", str(recipe), "--out", str(ref)), **kw)
+    p_vic = subprocess.Popen(vlm_cmd("train", str(recipe), "--out", str(victim)), **kw)
+    marker = victim / "checkpoints" / first / "trainer.json"
+    deadline = time.time() + timeout
+    while not marker.exists() and p_vic.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(p_vic.pid, signal.SIGKILL)
+    p_vic.wait()
+    assert p_vic.returncode == -signal.SIGKILL and not (victim / "final").exists(), "finished before the kill"
+    return p_ref, max(step_rows(victim))
 
 
 def step_rows(run: Path) -> dict[int, dict]:

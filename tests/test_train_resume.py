@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -28,17 +25,7 @@ def runs(tmp_path_factory):
         C.stage("align", ["media.*.projector.*"], steps=STEPS[0], filter={"kind": "caption"}),
         C.stage("sft", ["media.*.projector.*"], llm="full", steps=STEPS[1], filter={"max_difficulty": 0.5})])
     ref, victim = tmp / "ref", tmp / "victim"
-    kw = dict(cwd=C.REPO, env=C.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    p_ref = subprocess.Popen(C.vlm_cmd("train", str(recipe), "--out", str(ref)), **kw)
-    p_vic = subprocess.Popen(C.vlm_cmd("train", str(recipe), "--out", str(victim)), **kw)
-    first = victim / "checkpoints" / "step-00000002" / "trainer.json"
-    deadline = time.time() + 240
-    while not first.exists() and p_vic.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(p_vic.pid, signal.SIGKILL)
-    p_vic.wait()
-    killed_at = max(C.step_rows(victim))
-    assert p_vic.returncode == -signal.SIGKILL and not (victim / "final").exists(), "finished before the kill"
+    p_ref, killed_at = C.train_and_kill(recipe, ref, victim)
     # a crash during a checkpoint write: a temp folder, and (never made by the trainer) a marker-less one
     ckpts = victim / "checkpoints"
     newest = sorted(ckpts.glob("step-*"))[-1]
