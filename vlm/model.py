@@ -5,7 +5,8 @@
     hidden = model(**collate([x], pad_id))                         # [B, L, D]; losses are objectives'
     logits = model.head(hidden)                                    # [B, L, V]
     vec = model.embed(**batch)                                     # [B, D]: last non-pad token, L2-normalised
-    ids = model.generate(**model.processor.prompt("<image>\\nColour?", {"image": [img]}).batch())
+    p = model.processor.prompt("<image>\\nColour?", {"image": [img]})
+    ids = model.generate(torch.tensor([p.input_ids]), media=p.media)
 
 A model is parts, not a subclass per family: `media[m]` (a `vlm.connectors.MediaTokenizer`: its
 encoder + projector, or the zoom) for each modality, and `route` (a `vlm.connectors.Route`: plain,
@@ -120,6 +121,8 @@ class MultimodalLM(nn.Module):
         self.run_all_encoders = on
 
     def enable_activation_checkpointing(self) -> None:
+        require(self.route.recomputable, f"runtime.activation_checkpointing does not work with the "
+                f"'{self.route.settings()['type']}' route (its layers would be recomputed on the wrong path)")
         llm_lib.base_model(self.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def fsdp_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:

@@ -14,7 +14,7 @@ registry imports its part modules once (its `__init__`), so nothing here imports
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from vlm.errors import UserError
@@ -53,6 +53,3 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def find(self, match: Callable[[str, T], bool]) -> list[str]:
-        return [n for n, o in self.items() if match(n, o)]

@@ -120,6 +120,7 @@ class Route(nn.Module):
     LLM's layers (if any) are live. The LLM's own forward runs the decoder stack either way."""
 
     llm_modes: ClassVar[tuple[str, ...]] = ("frozen", "full", "lora")    # what the LLM may be set to
+    recomputable: ClassVar[bool] = True       # layers may be recomputed in backward (activation checkpointing)
 
     def path(self, multimodal: bool):
         return contextlib.nullcontext()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from vlm.errors import UserError
 from vlm.modalities import MODALITY_OF_PLACEHOLDER as MODALITY_OF
-from vlm.modalities import PLACEHOLDER_RE, PLACEHOLDERS, placeholder_modalities  # noqa: F401 (re-exported)
+from vlm.modalities import PLACEHOLDER_RE, PLACEHOLDERS
 
 IGNORE = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

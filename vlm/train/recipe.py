@@ -334,8 +334,14 @@ def apply_stage(model, stage: Stage) -> list[str]:
 
 
 def check_model(recipe: Recipe):
-    """Every stage's patterns against the meta-device skeleton: each pattern must match, each stage train."""
+    """Every stage's patterns against the meta-device skeleton: each pattern must match, each stage train;
+    and the runtime settings the model must support."""
     model = model_skeleton(recipe.model)
+    if recipe.runtime.activation_checkpointing:
+        try:
+            model.enable_activation_checkpointing()
+        except UserError as e:
+            raise UserError(f"recipe field 'runtime.activation_checkpointing': {e}") from None
     for i, st in enumerate(recipe.stages):
         trained = apply_stage(model, st)
         names = [n for n, _ in model.named_parameters()]

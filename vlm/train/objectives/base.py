@@ -21,7 +21,7 @@ The objective runs inside `TaskModule.forward`, the one module DDP / FSDP2 / tor
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -111,6 +111,3 @@ def check_settings(name: str, raw: dict, where: str) -> None:
 def build_objective(name: str, raw: dict) -> Objective:
     return objective_class(name)(parse_settings(name, raw))
 
-
-def settings_fields(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
