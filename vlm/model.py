@@ -121,7 +121,7 @@ class MultimodalLM(nn.Module):
         self.run_all_encoders = on
 
     def enable_activation_checkpointing(self) -> None:
-        require(self.route.recomputable, f"runtime.activation_checkpointing does not work with the "
+        require(self.route.recomputable, f"activation checkpointing does not work with the "
                 f"'{self.route.settings()['type']}' route (its layers would be recomputed on the wrong path)")
         llm_lib.base_model(self.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
