@@ -30,10 +30,10 @@ def build_llava(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny
                 audio_pool: int | None = None, music_pool: int | None = None, llm_mode: str = "frozen",
                 lora: dict | None = None, seed: int | None = 0) -> MultimodalLM:
     """Pools: LLM tokens per encoder frame run for audio / music (None: the modality table's tokens/s)."""
-    media = media_parts({"type": "projector", "projector": projector},
-                        {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
-                        vision=vision, audio=audio, music=music, video=video)
-    return build_multimodal("llava", llm, media, {"type": "plain"}, llm_mode, lora, seed=seed)
+    encoders, media = media_parts({"type": "projector", "projector": projector},
+                                  {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
+                                  vision=vision, audio=audio, music=music, video=video)
+    return build_multimodal("llava", llm, encoders, media, {"type": "plain"}, llm_mode, lora, seed=seed)
 
 
 # The tiny LLM starts random, so SFT trains it fully.
