@@ -124,12 +124,17 @@ class MultimodalLM(nn.Module):
         llm_lib.base_model(self.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def fsdp_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
-        """Modules FSDP2 shards on their own (bottom-up), each with the methods the model calls on it."""
-        units: dict[int, tuple[nn.Module, set[str]]] = {}
+        """Modules FSDP2 shards on their own (bottom-up), each with the methods the model calls on it. An
+        encoder several tokenizers share stays in the root unit: a rank may run it for real items where
+        another runs it on a blank one, and its own unit's collectives would then come in another order."""
+        units: dict[int, list] = {}
         for tok in self.media.values():
-            for module, methods in tok.fsdp_units():           # a shared encoder is one unit
-                units.setdefault(id(module), (module, set()))[1].update(methods)
-        return [(layer, ()) for layer in self.parts.layers] + [(m, tuple(sorted(ms))) for m, ms in units.values()]
+            for module, methods in tok.fsdp_units():
+                entry = units.setdefault(id(module), [module, set(), 0])
+                entry[1].update(methods)
+                entry[2] += 1
+        return [(layer, ()) for layer in self.parts.layers] + \
+            [(m, tuple(sorted(ms))) for m, ms, uses in units.values() if uses == 1]
 
     def replace_encoder(self, name: str, encoder: nn.Module) -> None:
         """Put `encoder` in place of the model's encoder `name`, for every tokenizer that uses it."""

@@ -144,19 +144,21 @@ PROJECTORS = "media.*.projector.*"                     # the trainable pattern o
 
 
 def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft_llm: str,
-                    modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS) -> dict:
-    """The tiny recipe of `family`: align (projectors, captions), then SFT easy -> hard training
-    `sft_trainable` with the LLM in mode `sft_llm`, on samples of `modalities` (and `tasks`; None: all)."""
+                    modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS,
+                    align_tasks: list[str] = ("caption",), settings: dict | None = None) -> dict:
+    """The tiny recipe of `family`: align (projectors, the `align_tasks` captions), then SFT easy -> hard
+    training `sft_trainable` with the LLM in mode `sft_llm`, on samples of `modalities` (and `tasks`;
+    None: all); `settings`: the model's builder settings over its tiny size."""
     sft = dict(trainable=list(sft_trainable), llm=sft_llm, **TINY_COMMON)
     only = {"modalities": list(modalities)}
     with_tasks = {"tasks": list(tasks)} if tasks is not None else {}
     return {
         "description": description,
-        "model": {"family": family, "size": "tiny", "settings": {}},
+        "model": {"family": family, "size": "tiny", "settings": dict(settings or {})},
         "data": copy.deepcopy(SYNTHETIC_WORLD),
         "stages": [
             {"name": "align", "trainable": [PROJECTORS], "llm": "frozen", "lr": 3e-3, "steps": 20,
-             "filter": {"kind": "caption", **({"tasks": ["caption"]} if tasks is not None else {}), **only},
+             "filter": {"kind": "caption", **({"tasks": list(align_tasks)} if tasks is not None else {}), **only},
              **TINY_COMMON},
             {"name": "sft-easy", "filter": {**with_tasks, "max_difficulty": 0.3, **only}, "steps": 700,
              "lr": 3e-3, **sft},
