@@ -301,7 +301,9 @@ def test_synthetic_world_layout_and_tasks(world):
             assert validate_sample(s) == [], s["__key__"]
             assert m["split"] == split and m["source"] == "synthetic-world"
             assert 0 <= m["quality"] <= 1 and 0 <= m["difficulty"] <= 1 and isinstance(m["labels"], dict)
-            if split != "train" or "answer" in m:
+            if split != "train" and m["task"] in CAPTION_EVAL_TASKS:     # the captioning benchmarks
+                assert m["caption"] and m["conversations"][-1]["value"] == m["caption"]
+            elif split != "train" or "answer" in m:
                 assert m["answer"] in m["choices"] and set(m["choices"]) <= set(TASK_CHOICES[m["task"]])
                 assert m["conversations"][-1]["value"] == m["answer"] and m["question"] in m["conversations"][0]["value"]
             if split != "train":

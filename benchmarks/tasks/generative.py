@@ -45,6 +45,9 @@ def score_answer(pred: str, gold: str) -> dict[str, float]:
     return {"exact_match": float(exact_match(pred, gold)), "accuracy": float(vqa_match(pred, gold))}
 
 
+ROWS_VERSION = 2          # what a cached result holds (2: n_choices and chance); a new one recomputes
+
+
 def _mean(rows: list[dict[str, Any]], k: str) -> float:
     return sum(float(r[k]) for r in rows) / len(rows) if rows else float("nan")
 
@@ -60,10 +63,13 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -
             pg = [prompt_for(m, suffix, f"{s.shard}: sample {s.key}") for s, m in zip(chunk, metas)]
             preds = model.generate([(p, sample_media(s, p)) for s, (p, _) in zip(chunk, pg)], max_new, batch_size=bs)
             for s, m, (p, gold), pred in zip(chunk, metas, pg, preds):
-                rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred, **score_answer(pred, gold)))
+                rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred,
+                                 n_choices=len(m.get("choices") or []), **score_answer(pred, gold)))
             pbar.update(len(chunk))
-    return TaskResult(rows, {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"),
-                             "n": float(len(rows))})
+    metrics = {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"), "n": float(len(rows))}
+    if rows and all(r["n_choices"] for r in rows):         # a closed answer set: guessing uniformly among it
+        metrics["chance"] = _mean([{"c": 1 / r["n_choices"]} for r in rows], "c")
+    return TaskResult(rows, metrics)
 
 
 def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
@@ -119,7 +125,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     samples, dhash = load_samples(bench, ctx)
     fn = run_caption if bench.kind == "caption" else \
         run_loglik if bench.options.get("mode", "generate") == "loglik" else run_generate
-    name = f"{bench.kind}-{data_hash([], dhash, bench.kind, bench.options, [s.key for s in samples])}"
+    name = f"{bench.kind}-{data_hash([], dhash, ROWS_VERSION, bench.kind, bench.options, [s.key for s in samples])}"
 
     def compute():
         r = fn(model, samples, bench, ctx)

@@ -144,9 +144,8 @@ class AVTokenizer(MediaTokenizer):
         goes through (either may be None); pools: tokens per run of encoder frames (None: the modality
         table's tokens per second)."""
         require(getattr(encoder, "modality", "image") == "image", "the av connector's encoder is an image encoder")
-        self.mute = sorted(set(mute or []))
-        require(set(self.mute) <= set(STREAMS), f"av connector: mute takes {list(STREAMS)}, got {self.mute}")
         super().__init__(modality, encoder)
+        self.set_mute(mute)
         self.frames, self.frame_pool, self.projector_kind = int(frames), int(frame_pool), projector
         require(self.frames >= 1 and self.frame_pool >= 1, "av connector: frames and frame_pool must be >= 1")
         self.__dict__["streams"] = {k: e for k, e in (("music", music), ("audio", audio)) if e is not None}  # the model's
@@ -156,6 +155,14 @@ class AVTokenizer(MediaTokenizer):
         for k, e in self.streams.items():
             self.projector[k] = build_projector(projector, e.output_dim, d_lm)
         self._preprocess: AVPreprocess | None = None
+
+    def set_mute(self, mute: list[str] | None) -> None:
+        """Leave these soundtrack streams out of every clip's tokens (saved with the model's config; a
+        processor built before keeps the old token counts: save and load, or build it again)."""
+        mute = sorted(set(mute or []))
+        require(set(mute) <= set(STREAMS), f"av connector: mute takes {list(STREAMS)}, got {mute}")
+        self.mute = mute
+        self.__dict__["_preprocess"] = None
 
     def settings(self) -> dict[str, Any]:
         return {"type": "av", **self.slot_settings(), "projector": self.projector_kind, "frames": self.frames,

@@ -38,7 +38,13 @@ def moving_shape(rng: np.random.Generator, shape: str, color: str, direction: st
         draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, COLORS[color])
         frames.append(np.asarray(img))
         track.append([round(cx, 1), round(cy, 1)])
-    return np.stack(frames), {"shape": shape, "color": color, "direction": direction, "centers": track}
+    return np.stack(frames), {"shape": shape, "color": color, "direction": direction, "centers": track,
+                              "radius": round(r, 2)}
+
+
+def clip_difficulty(base: float, labels: dict[str, Any], quality: float = 1.0) -> float:
+    """Smaller shapes (radius 12 -> 8 px: +0.1) and lower quality (1.0 -> 0.4: +0.15) are harder."""
+    return base + 0.025 * (12.0 - labels["radius"]) + 0.25 * (1.0 - quality)
 
 
 def clip(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -60,20 +66,21 @@ def trailer_caption(labels: dict[str, Any]) -> str:
 def gen_video(rng: np.random.Generator, split: str) -> dict[str, Any]:
     fields, labels = clip(rng)
     meta = qa_json("video", "<video>\nWhich direction does the shape move?", labels["direction"],
-                   list(DIRECTIONS), labels, 0.4)
+                   list(DIRECTIONS), labels, clip_difficulty(0.35, labels))
     return {"mp4": fields["mp4"], "json": meta}
 
 
 def gen_video_music(rng: np.random.Generator, split: str) -> dict[str, Any]:
     fields, labels = clip(rng)
     meta = qa_json("video_music", "<video>\n<music>\nIs the chord in the music major or minor?",
-                   labels["music"]["quality"], list(CHORDS), labels, 0.6)
+                   labels["music"]["quality"], list(CHORDS), labels, clip_difficulty(0.55, labels))
     return {**fields, "json": meta}
 
 
 def gen_video_caption(rng: np.random.Generator, split: str) -> dict[str, Any]:
     fields, labels = clip(rng)
-    meta = caption_json("video_caption", "<video>\n<music>\nDescribe the clip.", trailer_caption(labels), labels, 0.5)
+    meta = caption_json("video_caption", "<video>\n<music>\nDescribe the clip.", trailer_caption(labels), labels,
+                        clip_difficulty(0.45, labels))
     return {**fields, "json": meta}
 
 
@@ -81,9 +88,10 @@ def gen_video_caption(rng: np.random.Generator, split: str) -> dict[str, Any]:
 # trailer clips (MMTrail-style): one clip, captions of what is seen, of what is heard, and merged;
 # quality scores as MMTrail keeps them (low quality: noisier frames, a quieter, noisier soundtrack)
 # ---------------------------------------------------------------------------------------------
-def trailer_clip(rng: np.random.Generator) -> tuple[bytes, dict[str, Any], float]:
-    """An mp4 (frames + music track) of a trailer-style clip, its labels and its quality score."""
-    quality = round(float(rng.uniform(0.4, 1.0)), 3)
+def trailer_clip(rng: np.random.Generator, split: str = "train") -> tuple[bytes, dict[str, Any], float]:
+    """An mp4 (frames + music track) of a trailer-style clip, its labels and its quality score (training
+    clips vary in quality; val / test clips are clean, as every benchmark)."""
+    quality = round(float(rng.uniform(0.4, 1.0)), 3) if split == "train" else 1.0
     shape, color, direction = pick(rng, SHAPES), pick(rng, COLOR_NAMES), pick(rng, list(DIRECTIONS))
     frames, motion = moving_shape(rng, shape, color, direction)
     noise = (1.0 - quality) * 60.0                                     # pixel noise std at low quality
@@ -109,18 +117,20 @@ def _trailer(task: str, kind: str):
     """A generator of one trailer task: kind 'visual' / 'music' / 'merged' (a caption) or 'shape' /
     'instrument' (a question)."""
     def gen(rng: np.random.Generator, split: str) -> dict[str, Any]:
-        mp4, labels, quality = trailer_clip(rng)
+        mp4, labels, quality = trailer_clip(rng, split)
         if kind == "shape":
-            meta = qa_json(task, "<video>\nWhich shape moves?", labels["shape"], SHAPES, labels, 0.4, quality)
+            meta = qa_json(task, "<video>\nWhich shape moves?", labels["shape"], SHAPES, labels,
+                           clip_difficulty(0.35, labels, quality), quality)
         elif kind == "instrument":
             meta = qa_json(task, "<video>\nWhich instrument plays?", labels["music"]["instrument"], INSTRUMENTS,
-                           labels, 0.6, quality)
+                           labels, clip_difficulty(0.55, labels, quality), quality)
         else:
             prompt = {"visual": "Describe what you see.", "music": "Describe the music.", "merged": "Describe the clip."}
             text = {"visual": labels["visual_caption"], "music": labels["music_caption"],
                     "merged": labels["description"]}
             meta = caption_json(task, "<video>\n" + prompt[kind], text[kind], labels,
-                                {"visual": 0.3, "music": 0.5, "merged": 0.7}[kind], quality)
+                                clip_difficulty({"visual": 0.25, "music": 0.45, "merged": 0.65}[kind], labels, quality),
+                                quality)
         return {"mp4": mp4, "json": meta}
     return gen
 
