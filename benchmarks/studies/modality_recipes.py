@@ -137,9 +137,14 @@ def main(argv=None) -> int:
     p.add_argument("--eval-per-task", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1: on a busy 2-core machine more threads than free cores are "
+                        "many times slower)")
     p.add_argument("--limit", type=int, default=None, help="at most N test samples per benchmark (quick runs)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every training (e.g. stages.1.steps=100)")
     a = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(a.threads)
     from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
     out = Path(a.out)
