@@ -55,9 +55,11 @@ def build_omni(vision: str | dict = "tiny-clip", llm: str | dict = "tiny:llama",
     return build_multimodal("omni", llm, encoders, media, routes[route], llm_mode, lora, seed=seed)
 
 
-# The tiny size: tiny CLIP (32 px, 16 patches; 2x2 pooling -> 4 tokens a frame), 6 of a clip's 12 frames,
-# MERT tiny (75 Hz / 4) and Whisper tiny (50 Hz / 2) on the soundtrack: ~165 tokens for a 3 s clip.
-TINY = dict(vision="tiny-clip", llm="tiny:llama", music="mert:tiny", audio="whisper:tiny", frames=6, frame_pool=2,
+# The tiny size: tiny CLIP (32 px, 16 patches, unpooled: 16 tokens a frame), 6 of a clip's 12 frames,
+# MERT tiny (75 Hz / 4) and Whisper tiny (50 Hz / 2) on the soundtrack: ~240 tokens for a 3 s clip.
+# frame_pool 1, chosen on the val split: trained on trailer_shape alone (300 steps), 2x2 pooling (4 tokens
+# a frame) left the moving shape at about the majority answer, unpooled frames named it (model_cards/omni.md).
+TINY = dict(vision="tiny-clip", llm="tiny:llama", music="mert:tiny", audio="whisper:tiny", frames=6, frame_pool=1,
             music_pool=4, audio_pool=2)
 # GPU: CLIP ViT-L/14-336 (576 patches, 2x2 pooling -> 144 a frame, as LLaVA-NeXT-Video), 16 frames,
 # MERT-95M-shaped and Whisper-base-shaped encoders (random unless local weights are given), Qwen2-0.5B shape.
@@ -67,7 +69,7 @@ SIZE_05B = dict(vision="clip-vit-l-336", llm=QWEN2_05B, music="mert:base", audio
 # MMTrail's curriculum on synthetic-world trailer clips: the projectors align on visual captions of clean
 # clips, then music captions, then the merged captions and questions about what is seen and heard over
 # the whole quality range (the clip's `quality` score, as MMTrail's imaging / aesthetic scores filter).
-_OMNI_COMMON = {**TINY_COMMON, "max_len": 256}
+_OMNI_COMMON = {**TINY_COMMON, "max_len": 320}   # a 3 s clip is ~240 tokens unpooled
 OMNI_TINY_RECIPE = {
     "description": "omni on synthetic-world trailer clips: visual -> music -> merged captions + questions (CPU)",
     "model": {"family": "omni", "size": "tiny", "settings": {}},
