@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vlm.embed.backends import Backend, load_backend
-from vlm.embed.items import Item, read_media
+from vlm.embed.items import Item
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES
 
@@ -66,7 +66,8 @@ class Embedder:
               audio: Sequence[Any] | None = None, music: Sequence[Any] | None = None,
               video: Sequence[Any] | None = None, instruction: str | Sequence[str] | None = None,
               batch_size: int | None = None) -> np.ndarray:
-        """[N, D] float32, L2-normalised rows. Media are raw items or file paths."""
+        """[N, D] float32, L2-normalised rows. Media are raw items or file paths (read when their batch is
+        prepared, so a long list of files never sits decoded in memory)."""
         given = {"text": texts, "image": images, "audio": audio, "music": music, "video": video}
         given = {k: list(v) for k, v in given.items() if v is not None}
         if not given:
@@ -83,7 +84,7 @@ class Embedder:
             instructions = [instruction] * n
         items = []
         for i in range(n):
-            media = {m: read_media(m, given[m][i]) for m in MODALITIES if m in given}
+            media = {m: given[m][i] for m in MODALITIES if m in given}
             text = given["text"][i] if "text" in given else None
             if text is not None and not isinstance(text, str):
                 raise UserError(f"texts[{i}] is a {type(text).__name__}, not a string")

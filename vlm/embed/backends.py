@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlm.embed.items import Item
+from vlm.embed.items import Item, read_media
 from vlm.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -111,7 +111,8 @@ class VLMPreparer:
         from vlm.data.collate import collate
         proc, rows = self.processor, []
         for it in items:
-            media = {m: [x if isinstance(x, torch.Tensor) else proc.preprocess_media(m, x)] for m, x in it.media.items()}
+            media = {m: [x if isinstance(x, torch.Tensor) else proc.preprocess_media(m, read_media(m, x))]
+                     for m, x in it.media.items()}
             rows.append(proc.from_turns([{"role": "user", "text": it.prompt()}], media, add_generation_prompt=True,
                                         key="item", preprocessed=True))
         return collate(rows, self.pad_id)
@@ -196,8 +197,8 @@ class OpenClipPreparer:
     def __call__(self, items: list[Item]) -> dict:
         img_rows = [i for i, it in enumerate(items) if it.image is not None]
         txt_rows = [i for i, it in enumerate(items) if it.text]
-        images = [items[i].image if isinstance(items[i].image, torch.Tensor) else self.preprocess(items[i].image)
-                  for i in img_rows]
+        images = [items[i].image if isinstance(items[i].image, torch.Tensor)
+                  else self.preprocess(read_media("image", items[i].image)) for i in img_rows]
         return {"n": len(items), "image_rows": img_rows, "text_rows": txt_rows,
                 "images": torch.stack(images) if images else None,
                 "tokens": self.tokenizer([items[i].text for i in txt_rows]) if txt_rows else None}
@@ -283,25 +284,38 @@ class OpenClipBackend(Backend):
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return F.normalize(self.model.encode_image(images.to(self.device)).float(), dim=-1).cpu()   # [B, D]
+            return self._image(images).cpu()                                   # [B, D]
 
     @torch.inference_mode()
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self._text(tokens).cpu()                                    # [B, D]
+
+    def _image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(images.to(self.device)).float(), dim=-1)
+
+    def _text(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, ctx] token ids -> [B, D] normalised; causal towers run only up to the batch's longest row
         (the positions after EOT cannot change the pooled feature)."""
         parts = _causal_text_parts(self.model)
         tok = tokens.to(self.device)
-        with self.autocast():
-            if parts is not None:
-                length = int(((tok != 0).int().cumsum(1).argmax(1) + 1).max())      # last non-pad position + 1
-                feats = _encode_text_trimmed(parts, tok[:, :length])
-            else:
-                feats = self.model.encode_text(tok)
-        return F.normalize(feats.float(), dim=-1).cpu()
+        if parts is not None:
+            length = int(((tok != 0).int().cumsum(1).argmax(1) + 1).max())      # last non-pad position + 1
+            feats = _encode_text_trimmed(parts, tok[:, :length])
+        else:
+            feats = self.model.encode_text(tok)
+        return F.normalize(feats.float(), dim=-1)
 
+    @torch.inference_mode()
     def forward(self, batch: dict) -> torch.Tensor:
-        img = self.encode_image(batch["images"]) if batch["images"] is not None else None
-        txt = self.encode_tokens(batch["tokens"]) if batch["tokens"] is not None else None
+        with self.autocast():
+            return self.embed_batch(batch).cpu()
+
+    def embed_batch(self, batch: dict) -> torch.Tensor:
+        """A prepared batch -> [B, D] normalised, with a graph when grad is on (training an open_clip model
+        on pairs: benchmarks/studies/vlm2vec_compare.py)."""
+        img = self._image(batch["images"]) if batch["images"] is not None else None
+        txt = self._text(batch["tokens"]) if batch["tokens"] is not None else None
         out: list[torch.Tensor | None] = [None] * batch["n"]
         for k, i in enumerate(batch["image_rows"]):
             out[i] = img[k]
