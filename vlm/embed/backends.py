@@ -103,15 +103,18 @@ class VLMPreparer:
     tensors already. Picklable: the processor holds no weights."""
 
     def __init__(self, processor):
+        from vlm.data.decode import draft_size_of
         from vlm.data.pipeline import fast_processor
         self.pad_id = processor.pad_id
         self.processor = fast_processor(processor)
+        # JPEGs may decode straight at the smallest scale the image preprocess still resizes down from
+        self.draft_size = draft_size_of(processor.preprocess.get("image"))
 
     def __call__(self, items: list[Item]) -> dict:
         from vlm.data.collate import collate
         proc, rows = self.processor, []
         for it in items:
-            media = {m: [x if isinstance(x, torch.Tensor) else proc.preprocess_media(m, read_media(m, x))]
+            media = {m: [x if isinstance(x, torch.Tensor) else proc.preprocess_media(m, read_media(m, x, self.draft_size))]
                      for m, x in it.media.items()}
             rows.append(proc.from_turns([{"role": "user", "text": it.prompt()}], media, add_generation_prompt=True,
                                         key="item", preprocessed=True))
@@ -190,6 +193,8 @@ def parse_open_clip(spec: str) -> tuple[str, str | None]:
 
 class OpenClipPreparer:
     """[Item] -> {images [Bi, 3, H, W], image_rows, tokens [Bt, ctx], text_rows, n}. Picklable."""
+
+    draft_size = None
 
     def __init__(self, preprocess, tokenizer):
         self.preprocess, self.tokenizer = preprocess, tokenizer

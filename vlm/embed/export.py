@@ -216,7 +216,7 @@ class WindowReader(torch.utils.data.IterableDataset):
             if not names:
                 raise SampleSkip(f"no_{m}", f"no {m} file ({'/'.join(MODALITIES[m].extensions)})")
             try:
-                raw = MODALITIES[m].decode(fields[names[0]])
+                raw = MODALITIES[m].decode(fields[names[0]], getattr(self.prepare, "draft_size", None))
             except MediaError as e:
                 raise SampleSkip(f"bad_{MODALITIES[m].files}", str(e)) from None
             out[m] = Item(instruction=self.instruction, **{m: raw})

@@ -57,11 +57,14 @@ class Item:
         return len(self.text or "") + len(self.instruction or "") + 64 * len(self.media)
 
 
-def read_media(modality: str, value: Any) -> Any:
-    """A path (str / Path) becomes the modality's raw item (the modality table's decoder); anything else
-    is taken as a raw item already. A missing or broken file is a one-line UserError naming it."""
+def read_media(modality: str, value: Any, draft_size: tuple[int, int] | None = None) -> Any:
+    """A path (str / Path) becomes the modality's raw item (the modality table's decoder; a JPEG may decode
+    at the smallest scale >= `draft_size`, as the data pipeline does); anything else is taken as a raw
+    item already. A missing or broken file is a one-line UserError naming it."""
     if isinstance(value, (str, os.PathLike)):
         try:
+            if draft_size is not None and MODALITIES[modality].files == "image" and Path(value).is_file():
+                return MODALITIES[modality].decode(Path(value).read_bytes(), draft_size)
             return read_file(modality, Path(value))
         except MediaError as e:
             raise UserError(f"{modality} {value}: {e}") from None
