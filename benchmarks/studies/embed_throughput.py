@@ -164,7 +164,13 @@ def index_recall(folder: Path, queries: int = 1000) -> dict:
     """The auto index of an export folder against exact search on random unit queries."""
     import faiss
 
-    from vlm.embed.index import build_index, export_parts, load_vectors, open_index, recall_at
+    from vlm.embed.index import (
+        build_index,
+        export_parts,
+        load_vectors,
+        open_index,
+        recall_at,
+    )
     info = build_index(folder, quiet=False)["image"]
     x, _ = load_vectors(export_parts(folder, "image"))
     rng = np.random.default_rng(1)

@@ -21,7 +21,13 @@ from pathlib import Path
 
 from vlm.errors import UserError, require
 from vlm.families.base import FAMILIES, PROJECTORS, Family, register_family
-from vlm.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, MultimodalLM, load_safetensors
+from vlm.model import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelConfig,
+    MultimodalLM,
+    load_safetensors,
+)
 
 
 def _init_config(init: str) -> dict:

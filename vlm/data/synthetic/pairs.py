@@ -32,7 +32,14 @@ import numpy as np
 from PIL import Image
 
 from vlm.data.synthetic.common import COLOR_NAMES, PLURAL, SHAPES, SOURCE, pick
-from vlm.data.synthetic.images import (COUNT_CHOICES, canvas, degrade, describe, render, unique_objects)
+from vlm.data.synthetic.images import (
+    COUNT_CHOICES,
+    canvas,
+    degrade,
+    describe,
+    render,
+    unique_objects,
+)
 
 INSTRUCTIONS = {
     "cls_shape": "Represent the given image for shape classification.",
