@@ -8,8 +8,8 @@
 Models (every trained one: the same pairs, steps, batch of 64 pairs with one hard negative each):
   vlm2vec-tiny          the built-in recipe from scratch (tiny CLIP encoder + tiny Llama, everything trains)
   (a) untrained         the same backbone without contrastive training (the random init of that seed)
-  vlm2vec-tiny/llava    the recipe started from a llava-tiny run of the same seed (model.settings.init)
-  (a) llava-tiny        that llava-tiny run itself, as an embedder (last token, E5-V style prompts)
+  with --llava: vlm2vec-tiny/llava, the recipe started from a llava-tiny run of the same seed
+  (model.settings.init), and (a) llava-tiny, that run itself as an embedder (last token, E5-V style prompts)
   (b) open_clip         an open_clip CLIP with the same widths and depths (ViT 32 px / patch 8 / width 64 /
                         2 layers; text width 64 / 2 layers), trained with the same loss on the same pairs
                         (image / text / image + text summed, as MMEB's CLIP baselines embed them)
@@ -17,8 +17,9 @@ Models (every trained one: the same pairs, steps, batch of 64 pairs with one har
    each keeping its best val P@1 (mean over the 12 datasets).
 2. Report on the test split: every model for every seed with the chosen settings; P@1 per dataset,
    per meta-task and overall, mean +- std over seeds; whether vlm2vec-tiny beats (a) and (b).
-Everything is resumable (finished runs and evaluations are kept under --out). The tables printed at the
-end are written to <out>/report.md, the numbers to <out>/results.json.
+Trainings run `--parallel` at a time, each in its own process with one intra-op thread. Everything is
+resumable (finished runs and evaluations are kept under --out; the seed-0 runs are the selection's).
+The tables printed at the end are written to <out>/report.md, the numbers to <out>/results.json.
 """
 from __future__ import annotations
 
@@ -26,15 +27,21 @@ import argparse
 import itertools
 import json
 import math
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[2]
+
 META = ("classification", "vqa", "retrieval", "grounding")
-GRID_LR = (1e-3, 2e-3, 4e-3)
+GRID_LR = (5e-4, 1e-3, 2e-3)
 GRID_T = (0.02, 0.05)
 CLIP_CFG = {"embed_dim": 64,
             "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 16,
@@ -57,12 +64,44 @@ def train_vlm2vec(out: Path, mmeb: Path, seed: int, steps: int, lr: float, tempe
     return train(load_recipe("vlm2vec-tiny", overrides), out, resume=True)
 
 
+def _env() -> dict:
+    e = dict(os.environ)
+    e.update(PYTHONPATH=str(REPO) + os.pathsep + e.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    return e
+
+
+def job(out: Path, *args: str) -> None:
+    """This script again in a process of its own (`--job KIND ...`), its output in <out>.log."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{out}.log", "w") as log:
+        subprocess.run([sys.executable, __file__, "--job", *args], env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                       check=True)
+
+
+def run_vlm2vec(out: Path, mmeb: Path, seed: int, steps: int, lr: float, t: float, init: Path | None = None) -> str:
+    if not (out / "final" / "model.safetensors").exists():
+        job(out, "vlm2vec", str(out), str(mmeb), str(seed), str(steps), str(lr), str(t), str(init or ""))
+    return str(out / "final")
+
+
+def run_open_clip(out: Path, mmeb: Path, seed: int, steps: int, lr: float, t: float) -> str:
+    if not (out / "model.safetensors").exists():
+        job(out, "open_clip", str(out), str(mmeb), str(seed), str(steps), str(lr), str(t))
+    return f"open_clip:{out / 'tiny_clip_pairs.json'}:{out / 'model.safetensors'}"
+
+
 def untrained(out: Path, seed: int) -> Path:
     """The vlm2vec-tiny backbone as built for `seed`, saved without any training."""
     if not (out / "model.safetensors").exists():
         from vlm.train.recipe import ModelSpec, build_model
         build_model(ModelSpec(family="vlm2vec", size="tiny"), seed=seed).save_pretrained(out)
     return out
+
+
+def run_llava(out: Path, world: Path, seed: int) -> Path:
+    if not (out / "final" / "model.safetensors").exists():
+        job(out, "llava", str(out), str(world), str(seed))
+    return out / "final"
 
 
 def train_llava(out: Path, world: Path, seed: int) -> Path:
@@ -178,54 +217,80 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/vlm2vec-compare"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--no-llava", action="store_true", help="leave out the llava-tiny-initialised variant")
+    ap.add_argument("--parallel", type=int, default=2, help="trainings at a time")
+    ap.add_argument("--llava", action="store_true", help="add the llava-tiny-initialised variant and its baseline")
+    ap.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.job:
+        return run_job(args.job)
     out, t_start = args.out, time.time()
     out.mkdir(parents=True, exist_ok=True)
+    pool = ThreadPoolExecutor(args.parallel)
 
     # 1. selection on val (seed 0)
     grid = list(itertools.product(GRID_LR, GRID_T))
+    s0 = args.seeds[0]
+    runs = {"vlm2vec": lambda lr, t: run_vlm2vec(out / "select" / f"vlm2vec-lr{lr:g}-t{t:g}", args.mmeb, s0, args.steps, lr, t),
+            "open_clip": lambda lr, t: run_open_clip(out / "select" / f"open_clip-lr{lr:g}-t{t:g}", args.mmeb, s0,
+                                                     args.steps, lr, t)}
+    futures = {(kind, lr, t): pool.submit(runs[kind], lr, t) for kind in runs for lr, t in grid}
     val: dict[str, dict] = {}
-    for kind in ("vlm2vec", "open_clip"):
-        specs = {}
-        for lr, t in grid:
-            run = out / "select" / f"{kind}-lr{lr:g}-t{t:g}"
-            if kind == "vlm2vec":
-                specs[(lr, t)] = str(train_vlm2vec(run, args.mmeb, args.seeds[0], args.steps, lr, t))
-            else:
-                specs[(lr, t)] = train_open_clip(run, args.mmeb, args.seeds[0], args.steps, lr, t)
+    for kind in runs:
+        specs = {(lr, t): futures[(kind, lr, t)].result() for lr, t in grid}
         scores = evaluate(list(specs.values()), "sw-mmeb-pairs-val", args.mmeb, out / "eval")
-        val[kind] = {f"lr={lr:g} t={t:g}": scores[s]["precision@1"] for (lr, t), s in specs.items()}
+        val[kind] = {f"lr={lr:g} t={t:g}": scores[sp]["precision@1"] for (lr, t), sp in specs.items()}
         best = max(specs, key=lambda k: scores[specs[k]]["precision@1"])
-        val[kind]["chosen"] = {"lr": best[0], "temperature": best[1]}
-    chosen = {k: val[k]["chosen"] for k in val}
+        val[kind]["chosen"] = {"lr": best[0], "temperature": best[1], "spec": specs[best]}
+    chosen = {k: {x: y for x, y in val[k]["chosen"].items() if x != "spec"} for k in val}
 
-    # 2. every model for every seed, test split
-    models: dict[str, list[str]] = {"vlm2vec-tiny": [], "(a) untrained": [], "(b) open_clip": []}
-    if not args.no_llava:
-        models |= {"vlm2vec-tiny/llava": [], "(a) llava-tiny": []}
+    # 2. every model for every seed (seed 0: the selection's runs), test split
     v, c = chosen["vlm2vec"], chosen["open_clip"]
+    jobs: dict[str, list] = {"vlm2vec-tiny": [], "(a) untrained": [], "(b) open_clip": []}
+    if args.llava:
+        jobs |= {"vlm2vec-tiny/llava": [], "(a) llava-tiny": []}
     for s in args.seeds:
-        models["vlm2vec-tiny"].append(str(train_vlm2vec(out / f"vlm2vec-s{s}", args.mmeb, s, args.steps, v["lr"],
-                                                        v["temperature"])))
-        models["(a) untrained"].append(str(untrained(out / f"untrained-s{s}", s)))
-        models["(b) open_clip"].append(train_open_clip(out / f"open_clip-s{s}", args.mmeb, s, args.steps, c["lr"],
-                                                       c["temperature"]))
-        if not args.no_llava:
-            llava = train_llava(out / f"llava-tiny-s{s}", args.world, s)
-            models["(a) llava-tiny"].append(str(llava))
-            models["vlm2vec-tiny/llava"].append(str(train_vlm2vec(out / f"vlm2vec-llava-s{s}", args.mmeb, s, args.steps,
-                                                                  v["lr"], v["temperature"], init=llava)))
+        jobs["vlm2vec-tiny"].append(pool.submit(lambda s=s: val["vlm2vec"]["chosen"]["spec"] if s == s0 else run_vlm2vec(
+            out / f"vlm2vec-s{s}", args.mmeb, s, args.steps, v["lr"], v["temperature"])))
+        jobs["(a) untrained"].append(str(untrained(out / f"untrained-s{s}", s)))      # here: it seeds torch
+        jobs["(b) open_clip"].append(pool.submit(lambda s=s: val["open_clip"]["chosen"]["spec"] if s == s0 else run_open_clip(
+            out / f"open_clip-s{s}", args.mmeb, s, args.steps, c["lr"], c["temperature"])))
+        if args.llava:
+            def llava_pair(s=s):
+                llava = run_llava(out / f"llava-tiny-s{s}", args.world, s)
+                return str(llava), run_vlm2vec(out / f"vlm2vec-llava-s{s}", args.mmeb, s, args.steps, v["lr"],
+                                               v["temperature"], init=llava)
+            pair = pool.submit(llava_pair)
+            jobs["(a) llava-tiny"].append((pair, 0))
+            jobs["vlm2vec-tiny/llava"].append((pair, 1))
+
+    def result(x):
+        return x if isinstance(x, str) else x[0].result()[x[1]] if isinstance(x, tuple) else x.result()
+    models = {name: [result(x) for x in xs] for name, xs in jobs.items()}
     scores = evaluate([s for specs in models.values() for s in specs], "sw-mmeb-pairs", args.mmeb, out / "eval")
     table = {name: [scores[s] for s in specs] for name, specs in models.items()}
     sizes = {name: params(specs[0]) for name, specs in models.items()}
-    results = {"chosen": chosen, "val": val, "seeds": args.seeds, "steps": args.steps, "params": sizes,
-               "test": table, "models": models, "minutes": round((time.time() - t_start) / 60, 1)}
+    results = {"chosen": chosen, "val": {k: {x: y for x, y in row.items() if x != "chosen"} for k, row in val.items()},
+               "seeds": args.seeds, "steps": args.steps, "params": sizes, "test": table, "models": models,
+               "minutes": round((time.time() - t_start) / 60, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     text = report(results)
     (out / "report.md").write_text(text)
     print(text)
+    return 0
+
+
+def run_job(argv: list[str]) -> int:
+    kind, out, *rest = argv
+    if kind == "vlm2vec":
+        data, seed, steps, lr, t, init = rest
+        train_vlm2vec(Path(out), Path(data), int(seed), int(steps), float(lr), float(t), Path(init) if init else None)
+    elif kind == "open_clip":
+        data, seed, steps, lr, t = rest
+        train_open_clip(Path(out), Path(data), int(seed), int(steps), float(lr), float(t))
+    else:
+        world, seed = rest
+        train_llava(Path(out), Path(world), int(seed))
     return 0
 
 
@@ -234,8 +299,9 @@ def report(r: dict) -> str:
     names = list(table)
     lines = [f"Selection (val split, seed {seeds[0]}, P@1 mean over the 12 datasets):", ""]
     for kind, row in r["val"].items():
-        lines.append(f"- {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "chosen")
-                     + f" -> chosen lr={row['chosen']['lr']:g}, temperature={row['chosen']['temperature']:g}")
+        ch = r["chosen"][kind]
+        lines.append(f"- {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items())
+                     + f" -> chosen lr={ch['lr']:g}, temperature={ch['temperature']:g}")
     lines += ["", f"Test split, P@1, mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
               f"{r['steps']} steps of 64 pairs:", "",
               "| dataset | meta-task | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
