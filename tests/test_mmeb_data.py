@@ -195,3 +195,43 @@ def test_vlm2vec_starts_from_any_checkpoint(tmp_path):
     from vlm.errors import UserError
     with pytest.raises(UserError, match="not found"):
         vlm.build("vlm2vec", "tiny", init=str(tmp_path / "missing"))
+
+
+def test_vlm2vec_loads_omni_and_older_format_checkpoints_and_saves_format_3(tmp_path):
+    """Format 3: an omni checkpoint (one vision tower shared by images and video frames) and a format-2
+    llava checkpoint (encoders inside the media tokenizers) both start a vlm2vec model with their weights;
+    what vlm2vec saves is format 3 (encoders.<name>.*) and `vlm.load` gives the same embeddings back."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import vlm
+    omni = vlm.build("omni", "tiny", seed=1)
+    omni.save_pretrained(tmp_path / "omni")
+    model = vlm.build("vlm2vec", "tiny", init=str(tmp_path / "omni"))
+    a, b = omni.state_dict(), model.state_dict()
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(model.media) == set(omni.media) and model.media["video"] is not None
+
+    llava = vlm.build("llava", vision="tiny-clip", llm="tiny:llama", audio=None, music=None, video=None, seed=2)
+    path = llava.save_pretrained(tmp_path / "v2")
+    cfg = json.loads((path / "config.json").read_text())
+    state = load_file(str(path / "model.safetensors"))
+    v2 = {**{k: v for k, v in cfg.items() if k != "encoders"}, "format_version": 2,
+          "media": {m: {"encoder": cfg["encoders"][m], "connector": {x: y for x, y in c.items() if x != "encoder"}}
+                    for m, c in cfg["media"].items()}}
+    (path / "config.json").write_text(json.dumps(v2))
+    save_file({(f"media.{k.split('.')[1]}.encoder." + k.split(".", 2)[2]) if k.startswith("encoders.") else k: v
+               for k, v in state.items()}, str(path / "model.safetensors"))
+    model = vlm.build("vlm2vec", "tiny", init=str(path))
+    b = model.state_dict()
+    assert sorted(state) == sorted(b) and all(torch.equal(state[k], b[k]) for k in state)
+
+    saved = model.save_pretrained(tmp_path / "vlm2vec")
+    out_cfg = json.loads((saved / "config.json").read_text())
+    assert out_cfg["format_version"] == 3 and out_cfg["family"] == "vlm2vec" and "encoders" in out_cfg
+    assert any(k.startswith("encoders.") for k in load_file(str(saved / "model.safetensors")))
+    from vlm.embed import Embedder
+    texts = ["A red circle.", "Two blue squares."]
+    assert Embedder.load(str(saved)).embed(texts=texts).tolist() == Embedder.load(str(path)).embed(texts=texts).tolist()

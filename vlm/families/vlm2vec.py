@@ -16,44 +16,34 @@ family (`base_size`, `base_settings`). Either way the result is recorded as fami
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vlm.errors import UserError, require
+import torch
+
+from vlm.errors import require
 from vlm.families.base import FAMILIES, PROJECTORS, Family, register_family
-from vlm.model import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    ModelConfig,
-    MultimodalLM,
-    load_safetensors,
-)
+from vlm.model import FORMAT_VERSION, ModelConfig, MultimodalLM
+from vlm.model_files import load_multimodal, read_config, upgrade
 
 
 def _init_config(init: str) -> dict:
-    p = Path(init)
-    require(p.is_dir(), f"vlm2vec init checkpoint not found: {init}")
-    require((p / CONFIG_FILE).is_file(), f"{init}: no {CONFIG_FILE} (not a checkpoint folder)")
-    try:
-        raw = json.loads((p / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p / CONFIG_FILE}: invalid JSON ({e})") from None
-    require(isinstance(raw, dict) and "llm" in raw and "media" in raw,
-            f"{init}: not a multimodal LM checkpoint (a vlm2vec model starts from one: llava, iaa, dragonfly ...)")
+    """The checkpoint's config.json in the current format (formats 1 and 2 upgrade as `vlm.load` does)."""
+    raw = read_config(Path(init))
+    require("llm" in raw and "media" in raw,
+            f"{init}: not a multimodal LM checkpoint (a vlm2vec model starts from one: llava, iaa, dragonfly, omni ...)")
+    if raw.get("format_version", 1) < FORMAT_VERSION:
+        raw, _ = upgrade(raw, {})
     return raw
 
 
 def load_init(init: str) -> MultimodalLM:
-    """A checkpoint folder's model (its architecture from config.json, its weights; on the meta device -
-    the recipe's skeleton - the architecture only)."""
-    from transformers import AutoTokenizer
+    """A checkpoint folder's model (any format, any MultimodalLM family: its architecture from config.json,
+    its weights); on the meta device (the recipe's skeleton) the architecture only."""
     raw = _init_config(init)
-    tok = AutoTokenizer.from_pretrained(init, local_files_only=True)
-    model = MultimodalLM.from_config(ModelConfig.from_dict(raw), tok)
-    if not next(model.parameters()).is_meta:
-        require((Path(init) / WEIGHTS_FILE).is_file(), f"{init}: no {WEIGHTS_FILE}")
-        load_safetensors(model, Path(init) / WEIGHTS_FILE)
-    return model
+    if torch.empty(0).is_meta:                          # under `with torch.device("meta")`
+        from transformers import AutoTokenizer
+        return MultimodalLM.from_config(ModelConfig.from_dict(raw), AutoTokenizer.from_pretrained(init, local_files_only=True))
+    return load_multimodal(Path(init), read_config(Path(init)))   # the stored config: upgraded with its weights
 
 
 def build_vlm2vec(base: str = "llava", base_size: str | None = "tiny", base_settings: dict | None = None,
@@ -94,7 +84,7 @@ VLM2VEC_TINY_RECIPE = {
     "model": {"family": "vlm2vec", "size": "tiny", "settings": {}},
     "data": SW_MMEB,
     "stages": [
-        {"name": "contrastive", "trainable": ["media.*"], "llm": "full", "objective": "contrastive",
+        {"name": "contrastive", "trainable": ["encoders.*", "media.*"], "llm": "full", "objective": "contrastive",
          "objective_settings": {"temperature": 0.05, "negatives": 1, "chunk_size": 32},
          "steps": 600, "lr": 2e-3, "batch_size": 64, "max_len": 96, "weight_decay": 0.01,
          "schedule": "cosine", "warmup": 0.05, "grad_clip": 1.0},

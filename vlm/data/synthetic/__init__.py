@@ -52,11 +52,12 @@ TRAIN_WEIGHTS = {
     "audio_caption": 3, "audio_tone": 4, "audio_noise": 3, "audio_speech": 3,
     "music_caption": 3, "music_pitch": 4, "music_chord": 4, "music_instrument": 4, "music_tempo": 3,
     "video_caption": 2, "video": 2, "video_music": 1,
+    "trailer_visual": 2, "trailer_music": 2, "trailer_merged": 2, "trailer_shape": 2, "trailer_instrument": 2,
 }
 # Benchmark tasks: one closed answer set each, so exact match and zero-shot classification both work.
 EVAL_TASKS = ["color", "shape", "count", "spatial", "digit", "ocr", "fine_detail", "multi_image",
               "audio_tone", "audio_noise", "audio_speech", "music_pitch", "music_chord",
-              "music_instrument", "music_tempo", "video"]
+              "music_instrument", "music_tempo", "video", "trailer_shape", "trailer_instrument"]
 # The union of the per-sample `choices` of each task with a closed answer set (a sample's own
 # `choices` is the set for its question: fine_detail asks a colour or a shape, audio_tone a count or a direction).
 TASK_CHOICES = {
@@ -67,6 +68,7 @@ TASK_CHOICES = {
     "music_pitch": synth_audio.NOTE_NAMES, "music_chord": list(synth_audio.CHORDS),
     "music_instrument": synth_audio.INSTRUMENTS, "music_tempo": list(synth_audio.TEMPI),
     "video": list(synth_video.DIRECTIONS), "video_music": list(synth_audio.CHORDS),
+    "trailer_shape": SHAPES, "trailer_instrument": synth_audio.INSTRUMENTS,
 }
 # Built only when asked for (`--tasks mmeb` or by name): the MMEB-style pair tasks, their own mixture
 # (in-distribution datasets, equal shares) and benchmark splits (every dataset, OOD ones included).
@@ -74,6 +76,8 @@ OPT_IN = set(synth_pairs.GENERATORS)
 TASK_GROUPS = {"mmeb": sorted(synth_pairs.GENERATORS)}
 ALL_TRAIN_WEIGHTS = {**TRAIN_WEIGHTS, **synth_pairs.TRAIN_WEIGHTS}
 ALL_EVAL_TASKS = EVAL_TASKS + [name for name, *_ in synth_pairs.TASKS]
+# Caption tasks whose samples also go to val / test (the captioning benchmarks of sound, music and video).
+CAPTION_EVAL_TASKS = ["audio_caption", "music_caption", "trailer_visual", "trailer_merged"]
 SPLITS = ("train", "val", "test")
 CLASS_SETS = {
     "shapes": ("shape", SHAPES, ["a {c}.", "a drawing of a {c}.", "a {c} shape.", "a colored {c} on a plain background."]),
@@ -195,7 +199,7 @@ def write_class_set(out: str, name: str, per_class: int, seed: int) -> dict[str,
 def _task_info(tasks: Iterable[str]) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for t in sorted(tasks):
-        info[t] = {"modality": MODALITY[t], "benchmark": t in ALL_EVAL_TASKS}
+        info[t] = {"modality": MODALITY[t], "benchmark": t in ALL_EVAL_TASKS + CAPTION_EVAL_TASKS}
         if t in TASK_CHOICES:
             info[t]["choices"] = TASK_CHOICES[t]
     return info
@@ -240,7 +244,7 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
                 raise UserError(f"none of the tasks {sorted(tasks)} has training samples; leave 'train' out of --splits")
             names = task_schedule(weights, samples, seed, split)
         else:
-            names = [t for t in ALL_EVAL_TASKS if t in tasks for _ in range(eval_per_task)]
+            names = [t for t in ALL_EVAL_TASKS + CAPTION_EVAL_TASKS if t in tasks for _ in range(eval_per_task)]
         jobs = [(seed, split, t, i) for i, t in enumerate(names)]
         sidx = _write_split(out, split, jobs, workers, {"name": f"{NAME}/{split}", "seed": seed})
         index["splits"][split] = {"shards": [f"{split}/{s['file']}" for s in sidx["shards"]],
