@@ -10,7 +10,13 @@ import re
 from pathlib import Path
 
 from vlm.errors import UserError, require
-from vlm.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelConfig, MultimodalLM
+from vlm.model import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    ModelConfig,
+    MultimodalLM,
+)
 
 
 def read_config(p: Path) -> dict:
