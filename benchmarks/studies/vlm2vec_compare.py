@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--parallel", type=int, default=2, help="trainings at a time")
+    ap.add_argument("--grid-lr", type=float, nargs="+", default=list(GRID_LR), help="learning rates tried on val")
+    ap.add_argument("--grid-t", type=float, nargs="+", default=list(GRID_T), help="temperatures tried on val")
     ap.add_argument("--llava", action="store_true", help="add the llava-tiny-initialised variant and its baseline")
     ap.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = ThreadPoolExecutor(args.parallel)
 
     # 1. selection on val (seed 0)
-    grid = list(itertools.product(GRID_LR, GRID_T))
+    grid = list(itertools.product(args.grid_lr, args.grid_t))
     s0 = args.seeds[0]
     runs = {"vlm2vec": lambda lr, t: run_vlm2vec(out / "select" / f"vlm2vec-lr{lr:g}-t{t:g}", args.mmeb, s0, args.steps, lr, t),
             "open_clip": lambda lr, t: run_open_clip(out / "select" / f"open_clip-lr{lr:g}-t{t:g}", args.mmeb, s0,

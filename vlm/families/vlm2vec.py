@@ -11,8 +11,9 @@ through the LLM and the embedding is the final layer's hidden state at the last 
 L2-normalised (`MultimodalLM.embed`). Training is the `contrastive` objective (InfoNCE at temperature
 0.02, in-batch negatives gathered across ranks, optional hard negatives, GradCache via `chunk_size`),
 with the LLM `full` or `lora` per stage. The starting point is either a checkpoint folder (`init`: a
-llava / iaa / dragonfly run, tiny or 0.5b: its architecture and weights) or a fresh build of a `base`
-family (`base_size`, `base_settings`). Either way the result is recorded as family `vlm2vec`.
+llava / iaa / dragonfly / omni run, tiny or 0.5b, any checkpoint format: its architecture and weights, read by
+vlm.model_files as `vlm.load` reads them) or a fresh build of a `base` family (`base_size`, `base_settings`).
+Either way the result is recorded as family `vlm2vec` and saves as a format-3 checkpoint.
 """
 from __future__ import annotations
 
