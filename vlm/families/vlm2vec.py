@@ -71,14 +71,14 @@ def vlm2vec_modalities(settings: dict) -> tuple[str, ...]:
     return FAMILIES.get(settings["base"]).modalities(settings.get("base_size"), settings.get("base_settings") or {})
 
 
-# The tiny embedder reads the image encoder's last layer (LLaVA's -2 is for generation; on the val split of the
-# pair tasks the last layer was better: P@1 0.422 vs 0.402 at lr 1e-3, temperature 0.02, model_cards/vlm2vec.md).
+# The tiny embedder reads the image encoder's last layer (LLaVA's -2 is for generation; single val-split pilot
+# runs preferred the last layer; not a reported, multi-seed result).
 TINY_BASE = {"audio": None, "music": None, "video": None, "vision": {"name": "tiny-clip", "feature_layer": -1}}
 SW_MMEB = {"pairs": {"shards": ["data/sw-mmeb/train"], "weight": 1.0}}
 
 # CPU, minutes: everything trains (the tiny encoder and LLM start random), 64 pairs per step with one hard
-# negative each, GradCache in chunks of 32 prompts. Settings chosen on the val split
-# (benchmarks/studies/vlm2vec_compare.py; model_cards/vlm2vec.md).
+# negative each, GradCache in chunks of 32 prompts. lr / temperature from single val-split pilots at 600 steps;
+# the reported comparison (model_cards/vlm2vec.md) ran 200 steps, where val chose lr 1e-3.
 VLM2VEC_TINY_RECIPE = {
     "description": "VLM2Vec on synthetic-world MMEB-style pairs, CPU (vlm data build synthetic-world --out "
                    "data/sw-mmeb --tasks mmeb); from scratch or model.settings.init=runs/llava-tiny/final",
