@@ -14,44 +14,35 @@ builds the model. `fingerprint` identifies the weights for the feature cache.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from vlm.embed.api import Embedder
+from vlm.embed.backends import (  # noqa: F401
+    OpenClipBackend,
+    VLMBackend,
+    digest,
+    file_id,
+    parse_open_clip,
+)
+from vlm.embed.items import MEDIA_ONLY_PROMPT, Item
 from vlm.errors import UserError
 
-IMAGE_EMBED_PROMPT = "<image>\nRepresent the given image in one word:"
-
-
-@dataclass
-class Query:
-    """One item to embed: text, an image (PIL), or both; `instruction` (VLM2Vec / MMEB task instruction)
-    conditions instruction-following embedders and is ignored by CLIP-style models."""
-
-    text: str | None = None
-    image: Any = None
-    instruction: str | None = None
-
-    def prompt(self) -> str:
-        body = "\n".join(x for x in (self.instruction, self.text) if x)
-        if self.image is None:
-            return body
-        return f"<image>\n{body}" if body else IMAGE_EMBED_PROMPT
+# One item to embed: text, an image (PIL), or both; `instruction` (VLM2Vec / MMEB task instruction)
+# conditions instruction-following embedders and is ignored by CLIP-style models. The library's Item.
+Query = Item
+IMAGE_EMBED_PROMPT = "<image>\n" + MEDIA_ONLY_PROMPT.format(modality="image")
 
 
 def _file_id(p: Path) -> str:
-    st = p.stat()
-    return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return file_id(p)
 
 
 def _digest(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return digest(*parts)
 
 
 class EvalModel:
@@ -95,176 +86,44 @@ class EvalModel:
 
 
 # ------------------------------------------------------------------------------------------------ open_clip
-def parse_open_clip(spec: str) -> tuple[str, str | None]:
-    """'open_clip:ARCH[:CKPT]' -> (arch, ckpt); ARCH may be 'local-dir:DIR' or a config .json file."""
-    rest = spec[len("open_clip:"):]
-    if not rest:
-        raise UserError("open_clip: needs an architecture, e.g. open_clip:ViT-B-32[:/path/weights.safetensors]")
-    if rest.startswith("local-dir:"):
-        return rest, None
-    if rest.startswith("hf-hub:"):
-        raise UserError(f"{spec}: hub models need the network; give a local checkpoint (open_clip:ARCH:FILE)")
-    arch, _, ckpt = rest.partition(":")
-    return arch, ckpt or None
-
-
 class OpenClipModel(EvalModel):
-    """An open_clip CLIP: image and text towers, the model's own preprocessing and tokenizer, fp32."""
+    """An open_clip CLIP (`vlm.embed.backends.OpenClipBackend`): image and text towers, the model's own
+    preprocessing and tokenizer, fp32."""
 
     def __init__(self, spec: str, seed: int = 0, device: str = "cpu"):
-        import open_clip
+        self.backend = OpenClipBackend(spec, device, seed=seed)
         self.spec, self.device, self.seed = spec, device, seed
-        arch, ckpt = parse_open_clip(spec)
-        if arch.endswith(".json"):
-            cfg = Path(arch)
-            if not cfg.is_file():
-                raise UserError(f"open_clip config not found: {cfg}")
-            open_clip.add_model_config(cfg)
-            arch = cfg.stem
-        if arch.startswith("local-dir:"):
-            folder = Path(arch[len("local-dir:"):])
-            if not (folder / "open_clip_config.json").is_file():
-                raise UserError(f"{folder}: no open_clip_config.json (not an open_clip local-dir)")
-            config, ident = (folder / "open_clip_config.json").read_text(), [_file_id(p) for p in sorted(folder.iterdir())]
-        else:
-            config = open_clip.get_model_config(arch)
-            if config is None:
-                raise UserError(f"unknown open_clip architecture '{arch}' (see open_clip.list_models(), "
-                                "or give a config file: open_clip:/path/arch.json[:CKPT])")
-            config = json.dumps(config, sort_keys=True)
-            if ckpt is not None and not Path(ckpt).is_file():
-                raise UserError(f"open_clip checkpoint not found: {ckpt} (pretrained tags need the network; "
-                                "give a local file)")
-            ident = [_file_id(Path(ckpt))] if ckpt else [f"random-init seed {seed}"]
-        self.arch, self.ckpt = arch, ckpt
-        self.name = spec if len(spec) < 60 else f"open_clip:{arch}"
-        self.fingerprint = _digest("open_clip", arch, config, *ident)
-        self._model = self._preprocess = self._tokenizer = None
-        self._lock = threading.Lock()
-
-    def _load(self) -> None:
-        """Build the model once. Image preprocessing runs in decoding threads, so the first calls can race:
-        the lock keeps it to one build (two interleaved random inits would draw different weights)."""
-        import open_clip
-        with self._lock:
-            if self._model is not None:
-                return
-            torch.manual_seed(self.seed)          # random-init models are the same on every run
-            try:
-                model, _, pre = open_clip.create_model_and_transforms(self.arch, pretrained=self.ckpt, device=self.device)
-            except RuntimeError as e:
-                raise UserError(f"{self.spec}: weights do not fit the architecture ({str(e).splitlines()[0][:200]})") from None
-            self._tokenizer = open_clip.get_tokenizer(self.arch)
-            self._preprocess = pre
-            self._model = model.eval()
+        self.arch, self.ckpt = self.backend.arch, self.backend.ckpt
+        self.name, self.fingerprint = self.backend.name, self.backend.fingerprint
+        self.embedder = Embedder(self.backend)
 
     def load(self) -> None:
-        self._load()
+        self.backend.load()
 
     @property
     def model(self):
-        self._load()
-        return self._model
+        return self.backend.model
 
     def preprocess_image(self, image) -> torch.Tensor:
-        self._load()
-        return self._preprocess(image)                                 # [3, H, W]
+        return self.backend.preprocess_image(image)                      # [3, H, W]
 
-    @torch.inference_mode()
     def encode_image_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(batch.to(self.device)).float(), dim=-1)   # [B, D]
+        return self.backend.encode_image(batch)                          # [B, D]
 
-    @torch.inference_mode()
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """[N, D] normalised. Texts run sorted by length and cut to their batch's longest token row when
-        the text tower is causal with EOT pooling (the positions after EOT cannot change it)."""
-        self._load()
-        tokens = self._tokenizer(texts)                                # [N, ctx]
-        lengths = (tokens != 0).int().cumsum(1).argmax(1) + 1          # last non-pad position + 1
-        order = torch.argsort(lengths, descending=True, stable=True)
-        parts = _causal_text_parts(self._model)
-        out: torch.Tensor | None = None
-        for i in range(0, len(texts), batch_size):
-            idx = order[i:i + batch_size]
-            tok = tokens[idx].to(self.device)
-            if parts is not None:
-                feats = _encode_text_trimmed(parts, tok[:, :int(lengths[idx].max())])   # [b, D]
-            else:
-                feats = self._model.encode_text(tok)
-            if out is None:
-                out = torch.empty(len(texts), feats.shape[-1], dtype=torch.float32)
-            out[idx] = F.normalize(feats.float(), dim=-1).cpu()
-        return out if out is not None else torch.empty(0, 0)
+        return self.embedder.embed_items([Query(text=t) for t in texts], batch_size)
 
     def embed(self, queries: list[Query], batch_size: int = 64) -> torch.Tensor:
         """Text -> text tower, image -> image tower, both -> the normalised sum of the two."""
-        out: list[torch.Tensor] = []
-        for i in range(0, len(queries), batch_size):
-            chunk = queries[i:i + batch_size]
-            img = [q for q in chunk if q.image is not None]
-            txt = [q for q in chunk if q.text is not None]
-            e_img = self.encode_image_batch(torch.stack([self.preprocess_image(q.image) for q in img])) if img else None
-            e_txt = self.encode_texts([q.text for q in txt]) if txt else None
-            it_i = it_t = 0
-            for q in chunk:
-                v = torch.zeros(0)
-                if q.image is not None:
-                    v, it_i = e_img[it_i], it_i + 1
-                if q.text is not None:
-                    v, it_t = (e_txt[it_t] if v.numel() == 0 else v + e_txt[it_t]), it_t + 1
-                out.append(F.normalize(v, dim=-1))
-        return torch.stack(out)
-
-
-@dataclass
-class _TextParts:
-    token_embedding: Any
-    positional_embedding: torch.Tensor
-    transformer: Any
-    attn_mask: torch.Tensor
-    ln_final: Any
-    text_projection: Any
-    pool_type: str
-    eos_id: int | None
-
-
-def _causal_text_parts(model) -> _TextParts | None:
-    """The text tower's parts when it is causal, pools at EOT/argmax and has no CLS or pad mask."""
-    t = getattr(model, "text", None)
-    if t is not None and hasattr(t, "token_embedding"):          # CustomTextCLIP with a TextTransformer
-        if getattr(t, "cls_emb", None) is not None or getattr(t, "use_pad_mask", False):
-            return None
-        p = _TextParts(t.token_embedding, t.positional_embedding, t.transformer, t.attn_mask, t.ln_final,
-                       t.text_projection, t.pool_type, getattr(t, "eos_id", None))
-    elif hasattr(model, "token_embedding") and hasattr(model, "attn_mask"):   # CLIP
-        p = _TextParts(model.token_embedding, model.positional_embedding, model.transformer, model.attn_mask,
-                       model.ln_final, model.text_projection, model.text_pool_type, getattr(model, "text_eos_id", None))
-    else:
-        return None
-    if p.attn_mask is None or p.pool_type not in ("argmax", "eos"):
-        return None
-    return p
-
-
-def _encode_text_trimmed(p: _TextParts, text: torch.Tensor) -> torch.Tensor:
-    """open_clip's encode_text on [B, L] tokens with L < context length (causal towers only)."""
-    from open_clip.transformer import text_global_pool
-    L = text.shape[1]
-    cast = p.transformer.get_cast_dtype()
-    x = p.token_embedding(text).to(cast) + p.positional_embedding[:L].to(cast)      # [B, L, W]
-    x = p.transformer(x, attn_mask=p.attn_mask[:L, :L])
-    x = p.ln_final(x)
-    x = text_global_pool(x, text, p.pool_type, eos_token_id=p.eos_id)              # [B, W]
-    if p.text_projection is None:
-        return x
-    return p.text_projection(x) if isinstance(p.text_projection, torch.nn.Module) else x @ p.text_projection
+        return self.embedder.embed_items(queries, batch_size)
 
 
 # ------------------------------------------------------------------------------------------------ vlm checkpoints
 
 
 class VLMModel(EvalModel):
-    """A `vlm.load` checkpoint: generation, log-likelihood, VLM2Vec-style embeddings, encoder probes."""
+    """A `vlm.load` checkpoint: generation, log-likelihood, VLM2Vec-style embeddings (`vlm.embed`),
+    encoder probes."""
 
     can_generate = True
     can_probe = True
@@ -275,28 +134,17 @@ class VLMModel(EvalModel):
             raise UserError(f"model not found: {path} (a checkpoint folder or open_clip:ARCH[:CKPT])")
         if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
             raise UserError(f"{path}: not a vlm checkpoint (needs config.json and model.safetensors)")
+        self.backend = VLMBackend(path, device)
         self.spec, self.path, self.device = path, p, device
-        self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
-        config = (p / "config.json").read_text()
-        self.fingerprint = _digest("vlm", config, _file_id(p / "model.safetensors"))
-        try:
-            raw = json.loads(config)
-            self.modalities = tuple(raw.get("media") or raw.get("encoders") or {})    # format 2 | 1
-        except (json.JSONDecodeError, AttributeError):
-            raise UserError(f"{p / 'config.json'}: not a vlm checkpoint config") from None
-        self._model = None
-        self._lock = threading.Lock()
+        self.name, self.fingerprint, self.modalities = self.backend.name, self.backend.fingerprint, self.backend.modalities
+        self.embedder = Embedder(self.backend)
 
     @property
     def model(self):
-        with self._lock:                          # decoding threads may ask first (see OpenClipModel._load)
-            if self._model is None:
-                from vlm.loading import load
-                self._model = load(self.path, device=self.device)
-        return self._model
+        return self.backend.model
 
     def load(self) -> None:
-        self.model  # noqa: B018  (the property loads)
+        self.backend.load()
 
     @property
     def pad_id(self) -> int:
@@ -310,30 +158,14 @@ class VLMModel(EvalModel):
         from vlm.data.collate import collate
         return collate(items, self.pad_id, left_pad=left_pad)
 
-    @torch.inference_mode()
-    def _embed(self, items) -> torch.Tensor:
-        """The model's embedding of each processed prompt (its last real token, normalised). [B, D]"""
-        m = self.model
-        b = self._collate(items, left_pad=False)
-        return m.embed(b["input_ids"].to(m.device), b["attention_mask"].to(m.device), b["media"]).cpu()
-
     def embed(self, queries: list[Query], batch_size: int = 16) -> torch.Tensor:
-        proc = self.model.processor
-        out = []
-        for i in range(0, len(queries), batch_size):
-            items = [proc.prompt(q.prompt(), {"image": [q.image]} if q.image is not None else None)
-                     for q in queries[i:i + batch_size]]
-            out.append(self._embed(items))
-        return torch.cat(out)
+        return self.embedder.embed_items(queries, batch_size)
 
     def encode_image_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        proc = self.model.processor
-        items = [proc.from_turns([{"role": "user", "text": IMAGE_EMBED_PROMPT}], {"image": [x]},
-                                 add_generation_prompt=True, preprocessed=True) for x in batch]
-        return self._embed(items)
+        return self.embedder.embed_items([Query(image=x) for x in batch], len(batch))
 
     def encode_texts(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        return self.embed([Query(text=t) for t in texts], batch_size)
+        return self.embedder.embed_items([Query(text=t) for t in texts], batch_size)
 
     @torch.inference_mode()
     def generate(self, prompts: list[tuple[str, dict]], max_new_tokens: int = 16, batch_size: int = 8,

@@ -56,6 +56,10 @@ def bench_signature(bench: Benchmark, limit: int | None) -> str:
 def check_data(bench: Benchmark, roots: Roots) -> None:
     """Fail before any model runs when a benchmark's folder or split is missing (one line, naming it)."""
     folder = bench.data.folder(roots)
+    if bench.kind == "mmeb" and any("subset" in d for d in bench.options.get("datasets", [])):
+        from benchmarks.tasks.mmeb import check_mmeb_eval
+        check_mmeb_eval(bench, roots)
+        return
     if bench.kind == "mmeb" and any("path" in d for d in bench.options.get("datasets", [])):
         for d in bench.options["datasets"]:
             shard_files(folder / d["path"], bench.data.split)

@@ -110,6 +110,55 @@ register_suite(Suite("synthetic-world-trailer", "trailer clips: what is seen and
 register_suite(Suite("synthetic-world-embedding", "the embedding harnesses: zero-shot, relation, retrieval, MMEB",
                      ("sw-shapes", "sw-colors", "sw-relation-spatial", "sw-relation-attribute", "sw-retrieval", "sw-mmeb")))
 
+# ------------------------------------------------------------------------------ MMEB-style pairs (VLM2Vec)
+# The synthetic-world pair tasks (`vlm data build synthetic-world --tasks mmeb`; pass that folder as --data):
+# 12 datasets over the four meta-tasks, 8 in the training mixture and 4 out of distribution. Settings are
+# chosen on `-val`, results reported on the test split.
+MMEB_PAIR_TASKS = tuple(f"mmeb_{t}" for t in (
+    "cls_shape", "cls_color", "cls_object", "vqa_color", "vqa_shape", "vqa_count", "vqa_paraphrase",
+    "ret_t2i", "ret_i2t", "ret_i2i", "ground_name", "ground_position"))
+for _name, _split in (("sw-mmeb-pairs", "test"), ("sw-mmeb-pairs-val", "val")):
+    register_benchmark(Benchmark(
+        _name, "mmeb", "embedding", "universal embedding", "precision@1", _sw(tasks=MMEB_PAIR_TASKS, split=_split),
+        options={"datasets": [{"pairs": True, "candidates": 1000}]},
+        description=f"MMEB-style pair tasks ({_split}): 4 meta-tasks, 12 datasets (4 OOD), P@1 against the label "
+                    f"set or up to 1,000 candidates (data: vlm data build synthetic-world --tasks mmeb)"))
+register_suite(Suite("synthetic-world-mmeb", "the MMEB-style pair tasks of synthetic-world, test split (VLM2Vec)",
+                     ("sw-mmeb-pairs",)))
+
+# ------------------------------------------------------------------------------ MMEB (user-supplied local copy)
+# The 36 evaluation sets of MMEB (TIGER-Lab/MMEB-eval), over a local copy under --bench-root:
+# <root>/MMEB-eval/<subset>/test-*.parquet and the images unzipped into <root>/MMEB-eval/eval_images/.
+# Candidate lists come with the data: the label set for classification, 1,000 otherwise (gold first).
+# (subset, meta-task, out of distribution): IND = the 20 sets VLM2Vec trains on (MMEB-train).
+MMEB_EVAL = [
+    ("ImageNet-1K", "classification", False), ("N24News", "classification", False),
+    ("HatefulMemes", "classification", False), ("VOC2007", "classification", False), ("SUN397", "classification", False),
+    ("Place365", "classification", True), ("ImageNet-A", "classification", True), ("ImageNet-R", "classification", True),
+    ("ObjectNet", "classification", True), ("Country211", "classification", True),
+    ("OK-VQA", "vqa", False), ("A-OKVQA", "vqa", False), ("DocVQA", "vqa", False), ("InfographicsVQA", "vqa", False),
+    ("ChartQA", "vqa", False), ("Visual7W", "vqa", False), ("ScienceQA", "vqa", True), ("VizWiz", "vqa", True),
+    ("GQA", "vqa", True), ("TextVQA", "vqa", True),
+    ("VisDial", "retrieval", False), ("CIRR", "retrieval", False), ("VisualNews_t2i", "retrieval", False),
+    ("VisualNews_i2t", "retrieval", False), ("MSCOCO_t2i", "retrieval", False), ("MSCOCO_i2t", "retrieval", False),
+    ("NIGHTS", "retrieval", False), ("WebQA", "retrieval", False), ("FashionIQ", "retrieval", True),
+    ("Wiki-SS-NQ", "retrieval", True), ("OVEN", "retrieval", True), ("EDIS", "retrieval", True),
+    ("MSCOCO", "grounding", False), ("RefCOCO", "grounding", True), ("RefCOCO-Matching", "grounding", True),
+    ("Visual7W-Pointing", "grounding", True),
+]
+_mmeb: list[str] = []
+for _subset, _meta, _ood in MMEB_EVAL:
+    _spec = {"name": _subset, "meta_task": _meta, "ood": _ood, "subset": _subset}
+    _mmeb.append(register_benchmark(Benchmark(
+        "mmeb-" + _subset.lower().replace("_", "-"), "mmeb", "embedding", _meta, "precision@1",
+        DataRef("bench-root", "MMEB-eval"), options={"datasets": [_spec]},
+        description=f"MMEB {_meta}{' (OOD)' if _ood else ''}: {_subset} from your MMEB-eval copy")).name)
+register_benchmark(Benchmark(
+    "mmeb-all", "mmeb", "embedding", "universal embedding", "precision@1", DataRef("bench-root", "MMEB-eval"),
+    options={"datasets": [{"name": n, "meta_task": m, "ood": o, "subset": n} for n, m, o in MMEB_EVAL]},
+    description="MMEB: all 36 sets in one table (overall, per meta-task, IND / OOD) from your MMEB-eval copy"))
+register_suite(Suite("mmeb", "MMEB's 36 evaluation sets, one benchmark each (mmeb-all: the whole table)", tuple(_mmeb)))
+
 # ------------------------------------------------------------------------------ UniBench, user-supplied shards
 # (folder under --bench-root, type, capability): clip_benchmark `wds` folder names.
 _UNIBENCH_ZS = [

@@ -60,10 +60,11 @@ def write_music_world(folder, n: int = 24) -> str:
     return str(folder)
 
 
-def pair_recipe(tmp, world, steps=8, **runtime):
-    return C.write_recipe(tmp / "pairs.yaml", world, [
+def pair_recipe(tmp, world, steps=8, name="pairs", settings=None, **runtime):
+    """settings: more contrastive settings (e.g. chunk_size for GradCache)."""
+    return C.write_recipe(tmp / f"{name}.yaml", world, [
         C.stage("embed", ["media.*.projector.*"], llm="full", steps=steps, batch_size=8, lr=1e-3, eps=1e-6,
-                objective="contrastive", objective_settings={"negatives": 1, "temperature": 0.05})],
+                objective="contrastive", objective_settings={"negatives": 1, "temperature": 0.05, **(settings or {})})],
         model=PAIR_MODEL, **runtime)
 
 

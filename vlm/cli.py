@@ -4,6 +4,7 @@
     vlm export CKPT --to hf-llava --out DIR
     vlm data build synthetic-world --out DIR        (vlm/data)
     vlm train | eval | demo                         (their own modules)
+    vlm embed | index | search                      (vlm/embed)
 
 Bad input (a `UserError`) prints one line and exits 2, never a traceback.
 """
@@ -16,7 +17,7 @@ import sys
 from vlm.errors import UserError
 
 # Modules that add top-level commands: each has add_cli(subparsers) and imports nothing heavy at the top.
-COMMAND_MODULES = ["vlm.commands", "vlm.data.cli", "vlm.train.cli", "benchmarks.cli", "vlm.demo"]
+COMMAND_MODULES = ["vlm.commands", "vlm.data.cli", "vlm.train.cli", "benchmarks.cli", "vlm.demo", "vlm.embed.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,24 +4,32 @@ Precision@1 per dataset, then the mean over datasets per meta-task, in-distribut
 and overall (MMEB averages datasets, not queries).
 
 A benchmark's `options["datasets"]` lists its datasets: `{name, meta_task, ood, tasks, ...}` built from
-synthetic-world samples (see `BUILDERS`), or `{name, meta_task, ood, path}` for shards in MMEB form
-(json `qry_text`, `tgt_text` list, optional `qry_inst`/`tgt_inst`; images `qry.jpg`, `tgt0.jpg` ...).
+synthetic-world samples (see `BUILDERS`), `{name, meta_task, ood, path}` for shards in MMEB form
+(json `qry_text`, `tgt_text` list, optional `qry_inst`/`tgt_inst`; images `qry.jpg`, `tgt0.jpg` ...),
+`{pairs: true, candidates: 1000}` for the synthetic-world MMEB-style pair tasks (`--tasks mmeb`: one
+dataset per json `dataset`, its meta-task and OOD flag read from the samples), or `{name, meta_task, ood,
+subset}` for a local copy of MMEB's own evaluation sets (TIGER-Lab/MMEB-eval: `<folder>/<subset>/*.parquet`
+with qry_text / qry_img_path / tgt_text / tgt_img_path, images under `<folder>/eval_images/`; the
+candidate lists, 1,000 per query outside classification, come with the data).
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from benchmarks.data import Sample, data_hash, iter_samples, shard_files
+from benchmarks.data import Sample, data_hash, iter_samples, sample_media, shard_files
 from benchmarks.metrics import precision_at_1
 from benchmarks.models import Query
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, TaskResult, bar, load_samples
 from benchmarks.tasks.captions import captions_of
 from vlm.errors import UserError
+from vlm.modalities import MODALITIES, PLACEHOLDER_RE
 
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 INSTRUCTIONS = {
@@ -218,6 +226,140 @@ def build_shards(samples: list[Sample], spec: dict) -> list[MMEBQuery]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- pair tasks
+def pair_items(s: Sample) -> tuple[Item, list[Item], dict[str, Any]]:
+    """A pair sample's query and targets (positive first, then the negatives) as embedding items: media in
+    placeholder order (the pairs format's [Contract]), placeholders out of the text (the Item puts them
+    back first, so our models read the prompt they trained on), each side's instruction kept."""
+    m = s.meta()
+    sides = [m.get("query"), m.get("positive"), *(m.get("negatives") or [])]
+    if not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in sides[:2]):
+        raise UserError(f"{s.shard}: sample {s.key}: not a pair sample (json 'query' and 'positive')")
+    media = sample_media(s, "\n".join(x["text"] for x in sides))
+    cursor = {k: 0 for k in media}
+    items = []
+    for j, side in enumerate(sides):
+        own = {}
+        for mod in (MODALITY_OF.get(p) for p in PLACEHOLDER_RE.findall(side["text"])):
+            own[mod] = media[mod][cursor[mod]]
+            cursor[mod] += 1
+        text = PLACEHOLDER_RE.sub("", side["text"]).strip() or None
+        items.append(Item(f"{s.key}:{j}" if own else f"t:{text}", Query(text=text, instruction=side.get("instruction"), **own)))
+    return items[0], items[1:], m
+
+
+MODALITY_OF = {mod.placeholder: name for name, mod in MODALITIES.items()}
+
+
+def build_pair_datasets(samples: list[Sample], spec: dict) -> list[Dataset]:
+    """One dataset per json `dataset`. Candidates, gold first: classification - the label set (`choices`);
+    VQA - every distinct answer of the split's VQA samples; retrieval and grounding - the dataset's targets
+    (positives and hard negatives) up to `candidates` (default 1,000), never one that shows what the gold
+    shows (`labels.target_labels`: the same caption, the same object) nor the query's other answers."""
+    parsed = [(s, *pair_items(s)) for s in samples]
+    vqa_answers = list(dict.fromkeys(t[0].query.text for _, _, t, m in parsed if m.get("meta_task") == "vqa"))
+    groups: dict[str, list] = {}
+    for row in parsed:
+        groups.setdefault(row[3].get("dataset") or row[3].get("task", "pairs"), []).append(row)
+    k = int(spec.get("candidates", 1000))
+    out = []
+    for name, rows in groups.items():
+        meta_task = rows[0][3].get("meta_task")
+        if meta_task not in META_TASKS:
+            raise UserError(f"{rows[0][0].shard}: sample {rows[0][0].key}: meta_task {meta_task!r} is not one of {META_TASKS}")
+        pool: dict[str, tuple[Item, str]] = {}
+        for s, _, targets, m in rows:
+            names = (m.get("labels") or {}).get("target_labels") or [t.query.text for t in targets]
+            for t, label in zip(targets, names):
+                pool.setdefault(t.id, (t, label))
+        rng = random.Random(f"{spec.get('seed', 0)}:{name}")
+        ds = Dataset(name, meta_task, bool(rows[0][3].get("ood", False)))
+        for s, q, targets, m in rows:
+            gold = targets[0]
+            if meta_task in ("classification", "vqa"):
+                labels = m.get("choices") if meta_task == "classification" else vqa_answers
+                if not labels:
+                    raise UserError(f"{s.shard}: sample {s.key}: a classification pair needs 'choices' (its label set)")
+                cands = [gold] + [Item(f"t:{c}", Query(text=c)) for c in labels if c != gold.query.text]
+            else:
+                gold_label = pool[gold.id][1]
+                others = [t for tid, (t, label) in pool.items() if tid != gold.id and label != gold_label]
+                if len(others) > k - 1:
+                    others = rng.sample(others, k - 1)
+                cands = [gold] + others
+            ds.queries.append(MMEBQuery(s.key, Item(f"q:{s.key}", q.query), cands))
+        out.append(ds)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- MMEB-eval
+PHI3_IMAGE = "<|image_1|>"              # MMEB's strings carry Phi-3-V's image token
+
+
+def mmeb_files(folder: Path, subset: str) -> list[Path]:
+    d = folder / subset
+    files = sorted(d.glob("*.parquet")) if d.is_dir() else []
+    if not files:
+        raise UserError(f"MMEB-eval subset {subset}: no {d}/*.parquet (a local copy of TIGER-Lab/MMEB-eval: "
+                        f"<bench-root>/MMEB-eval/<subset>/test-*.parquet, images under eval_images/)")
+    return files
+
+
+def confined(root: Path, rel: str, where: str) -> str:
+    """root / rel, refusing paths that leave root (absolute paths, '..', symlinks out)."""
+    real_root = os.path.realpath(root)
+    p = os.path.realpath(os.path.join(real_root, rel))
+    if os.path.commonpath([real_root, p]) != real_root:
+        raise UserError(f"{where}: image path {rel!r} leaves the image folder {root}")
+    return p
+
+
+def mmeb_item(text: str, img: str, images: Path, where: str) -> Query:
+    """An MMEB string (image token removed: the Item puts our placeholder first) and its image path."""
+    body = text.replace(PHI3_IMAGE, "").strip() or None
+    if not img:
+        return Query(text=body)
+    path = confined(images, img, where)
+    if not os.path.isfile(path):
+        raise UserError(f"{where}: image not found: {path}")
+    return Query(text=body, image=path)
+
+
+def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None) -> list[MMEBQuery]:
+    """Rows of one MMEB-eval subset: the query, then its candidates (gold at index 0) as the data lists them."""
+    import pyarrow.parquet as pq
+    subset = spec["subset"]
+    images = folder / spec.get("images", "eval_images")
+    out = []
+    for f in mmeb_files(folder, subset):
+        table = pq.read_table(f)
+        missing = [c for c in ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path") if c not in table.column_names]
+        if missing:
+            raise UserError(f"{f}: not an MMEB-eval file (no column {missing[0]!r})")
+        for i, row in enumerate(table.to_pylist()):
+            where = f"{f} row {i}"
+            tt, ti = row["tgt_text"], row["tgt_img_path"]
+            tt = tt if isinstance(tt, list) else [tt] * (len(ti) if isinstance(ti, list) else 1)
+            ti = ti if isinstance(ti, list) else [ti] * len(tt)
+            if len(tt) != len(ti) or not tt:
+                raise UserError(f"{where}: tgt_text and tgt_img_path differ in length ({len(tt)} vs {len(ti)})")
+            q = Item(f"q:{row['qry_text']}|{row['qry_img_path']}",
+                     mmeb_item(row["qry_text"] or "", row["qry_img_path"] or "", images, where))
+            cands = [Item(f"t:{t}|{p}", mmeb_item(t or "", p or "", images, where)) for t, p in zip(tt, ti)]
+            out.append(MMEBQuery(f"{subset}-{len(out)}", q, cands))
+            if limit and len(out) >= limit:
+                return out
+    return out
+
+
+def check_mmeb_eval(bench: Benchmark, roots) -> None:
+    """Before any model runs: every subset of the benchmark has its parquet files."""
+    folder = bench.data.folder(roots)
+    for spec in bench.options.get("datasets", []):
+        if "subset" in spec:
+            mmeb_files(folder, spec["subset"])
+
+
 BUILDERS: dict[str, Callable[[list[Sample], dict], list[MMEBQuery]]] = {
     "classification": build_classification, "vqa": build_vqa, "retrieval": build_retrieval,
     "grounding": build_grounding, "shards": build_shards}
@@ -230,6 +372,20 @@ def applicable(model, bench: Benchmark) -> str | None:
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     datasets, keys = [], {}
     for spec in bench.options.get("datasets", []):
+        if spec.get("pairs"):
+            samples, dhash = load_samples(bench, ctx)
+            for ds in build_pair_datasets(samples, spec):
+                datasets.append(ds)
+                keys[ds.name] = f"mmeb-{data_hash([], dhash, spec, ds.name)}"
+            continue
+        if "subset" in spec:
+            folder = bench.data.folder(ctx.roots)
+            files = mmeb_files(folder, spec["subset"])
+            ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)),
+                         build_mmeb_eval(folder, spec, ctx.limit))
+            datasets.append(ds)
+            keys[ds.name] = f"mmeb-{data_hash(files, ctx.limit, spec)}"
+            continue
         if "path" in spec:
             folder = bench.data.folder(ctx.roots) / spec["path"]
             files = shard_files(folder, bench.data.split)

@@ -6,6 +6,7 @@
     vlm data convert caption-folder FOLDER --out shards/captions
     vlm data convert class-folder FOLDER --out wds/mine [--templates templates.txt]
     vlm data convert media-folder FOLDER --captions captions.csv --kind audio|music|video --out shards/audio
+    vlm data convert mmeb MMEB-train --out shards/mmeb-train [--subsets A-OKVQA ...] [--split original]
     vlm data convert mmtrail ANNOTATIONS.json --videos VIDEOS/ --out shards/mmtrail
     vlm data inspect SHARDS ...                                           (vlm.data.inspect)
 """
@@ -86,6 +87,11 @@ def _convert(args: argparse.Namespace) -> int:
     elif args.format == "caption-folder":
         report = convert.convert_caption_folder(args.folder, args.out, source=args.source,
                                                 max_count=args.max_count, **common)
+    elif args.format == "mmeb":
+        from vlm.data.mmeb import convert_mmeb_train
+        report = convert_mmeb_train(args.root, args.out, subsets=args.subsets, split=args.split, images=args.images,
+                                    max_per_subset=args.max_per_subset, max_count=args.max_count, source=args.source,
+                                    **common)
     elif args.format == "class-folder":
         report = convert.convert_class_folder(args.folder, args.out, templates=_read_templates(args.templates),
                                               split=args.split, **common)
@@ -153,6 +159,15 @@ def add_cli(subparsers) -> None:
     p.add_argument("--captions", required=True, help="JSON ({file: caption} or [{file, caption}]) or CSV (file,caption)")
     p.add_argument("--kind", choices=[m for m in MODALITIES if m != "image"], default="audio",
                    help="placeholder to use (default audio)")
+    _common_convert_args(p)
+    p = formats.add_parser("mmeb", help="a local copy of MMEB-train (VLM2Vec) -> pair shards",
+                           description="TIGER-Lab/MMEB-train (<root>/<subset>/<split>-*.parquet, images under the copy) "
+                                       "-> pair shards (query / positive / negative) for the contrastive objective.")
+    p.add_argument("root", help="the local copy (git clone of the HF dataset, images unzipped)")
+    p.add_argument("--subsets", nargs="+", default=None, help="subsets to convert (default: every one present)")
+    p.add_argument("--split", default="original", help="original | diverse_instruction (default original)")
+    p.add_argument("--images", default=None, help="the folder image paths are relative to (default: root)")
+    p.add_argument("--max-per-subset", type=int, default=None, help="at most N rows per subset (VLM2Vec: 50000)")
     _common_convert_args(p)
     p = formats.add_parser("mmtrail", help="MMTrail metadata + local videos -> trailer clip shards",
                            description="MMTrail records (JSON list or JSON lines) -> clips cut by their frame ranges "

@@ -12,7 +12,8 @@
 Pair samples (json): {"query": {"text": "<image>\\nFind the caption.", "instruction": "..."},
 "positive": {"text": "a red circle"}, "negatives": [{"text": "a blue square"}], "task": ...}; media
 files fill the placeholders of query, positive and negatives in that order ([Contract] of
-`vlm.modalities`). The instruction, when given, goes before the side's text (VLM2Vec: query side only).
+`vlm.modalities`). The instruction, when given, goes after the placeholders the side's text starts with
+and before the rest (`with_instruction`: '<image>\nInstruction\nQuery', VLM2Vec / MMEB; query side only).
 Clip samples: any sample with an audio file (the first one is used; captions are ignored).
 """
 from __future__ import annotations
@@ -28,10 +29,26 @@ from vlm.data.decode import RawSample, SampleError, decode_item, decode_media, d
 from vlm.data.packing import pack_rows, row_fits, truncate
 from vlm.data.processor import Processed, Processor
 from vlm.errors import UserError
-from vlm.modalities import FILE_EXTENSIONS, MODALITIES, media_order, placeholder_modalities, short_error
+from vlm.modalities import (FILE_EXTENSIONS, MODALITIES, PLACEHOLDER_RE, media_order, placeholder_modalities,
+                            short_error)
 from vlm.registry import Registry
 
 FORMATS: Registry[type["Format"]] = Registry("batch format")
+
+
+def with_instruction(text: str, instruction: str | None) -> str:
+    """An embedding prompt (VLM2Vec / MMEB): the media placeholders `text` starts with, then the
+    instruction, then the rest of the text: '<image>\nRepresent the given image with the following
+    question:\nWhat colour is it?'. Without an instruction the text is returned as it is. The pairs
+    format and `vlm.embed` both build prompts with it, so training and embedding read the same."""
+    if not instruction:
+        return text
+    lead = []
+    rest = text.lstrip()
+    while (m := PLACEHOLDER_RE.match(rest)) is not None:
+        lead.append(m.group(0))
+        rest = rest[m.end():].lstrip()
+    return "\n".join([*lead, instruction, *([rest] if rest else [])])
 
 
 def sample_seed(seed: int, key: str, epoch: int) -> int:
@@ -136,7 +153,7 @@ class PairFormat(Format):
             for m in order:
                 own.setdefault(m, []).append(tensors[m][cursor[m]])
                 cursor[m] += 1
-            text = "\n".join(x for x in (side.get("instruction"), side["text"]) if x)
+            text = with_instruction(side["text"], side.get("instruction"))
             try:
                 p = self.processor.from_turns([{"role": "user", "text": text}], own, add_generation_prompt=True,
                                               key=key, preprocessed=True)

@@ -11,6 +11,7 @@ How to write one: `vlm/families/base.py`.
 from __future__ import annotations
 
 from vlm.families import dragonfly, iaa, llava, mert, omni  # noqa: F401  (each registers itself)
+from vlm.families import vlm2vec  # noqa: F401
 from vlm.families.base import FAMILIES, Family, register_family  # noqa: F401
 
 

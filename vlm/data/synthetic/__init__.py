@@ -1,6 +1,7 @@
 """`synthetic-world`: the built-in data set, generated locally with exact ground truth.
 
     vlm data build synthetic-world --out data/synthetic-world [--samples 4000] [--seed 0]
+    vlm data build synthetic-world --out data/sw-mmeb --tasks mmeb      # the MMEB-style pair tasks (VLM2Vec)
 
     from vlm.data.synthetic import build_synthetic_world
     index = build_synthetic_world("data/sw", samples=4000, seed=0)
@@ -10,6 +11,10 @@ Layout:
     <out>/val/..., <out>/test/...      benchmark splits: every sample has task, question, answer, choices
     <out>/wds/shapes, <out>/wds/colors clip_benchmark / UniBench `wds` zero-shot classification sets
     <out>/index.json                   shards, counts per split / task / modality, seed, choices per task
+
+The MMEB-style pair tasks (`pairs.py`: query / positive / negatives for contrastive training, the four
+meta-tasks) are built only when asked for (`--tasks mmeb` or their names), so the default data set
+stays what the chat recipes train on.
 
 Same seed -> byte-identical shards (each sample draws from its own generator seeded by
 (seed, split, index); tar members have fixed metadata; media are encoded without timestamps).
@@ -25,6 +30,7 @@ from typing import Any
 
 from vlm.data.synthetic import audio as synth_audio
 from vlm.data.synthetic import images as synth_images
+from vlm.data.synthetic import pairs as synth_pairs
 from vlm.data.synthetic import video as synth_video
 from vlm.data.synthetic.common import COLOR_NAMES, SHAPES, rng_for
 from vlm.data.writer import ShardWriter, encode_sample
@@ -33,8 +39,9 @@ from vlm.errors import UserError
 NAME = "synthetic-world"
 DEFAULT_SAMPLES = 4000
 SHARD_SAMPLES = 500  # several shards even at the default size, so ranks x workers can split them
-GENERATORS = {**synth_images.GENERATORS, **synth_audio.GENERATORS, **synth_video.GENERATORS}
-MODALITY = {t: "image" for t in synth_images.GENERATORS}
+GENERATORS = {**synth_images.GENERATORS, **synth_audio.GENERATORS, **synth_video.GENERATORS,
+              **synth_pairs.GENERATORS}
+MODALITY = {t: "image" for t in [*synth_images.GENERATORS, *synth_pairs.GENERATORS]}
 MODALITY.update({t: "music" if t.startswith("music") else "audio" for t in synth_audio.GENERATORS})
 MODALITY.update({t: "video" for t in synth_video.GENERATORS})
 
@@ -63,6 +70,12 @@ TASK_CHOICES = {
     "video": list(synth_video.DIRECTIONS), "video_music": list(synth_audio.CHORDS),
     "trailer_shape": SHAPES, "trailer_instrument": synth_audio.INSTRUMENTS,
 }
+# Built only when asked for (`--tasks mmeb` or by name): the MMEB-style pair tasks, their own mixture
+# (in-distribution datasets, equal shares) and benchmark splits (every dataset, OOD ones included).
+OPT_IN = set(synth_pairs.GENERATORS)
+TASK_GROUPS = {"mmeb": sorted(synth_pairs.GENERATORS)}
+ALL_TRAIN_WEIGHTS = {**TRAIN_WEIGHTS, **synth_pairs.TRAIN_WEIGHTS}
+ALL_EVAL_TASKS = EVAL_TASKS + [name for name, *_ in synth_pairs.TASKS]
 # Caption tasks whose samples also go to val / test (the captioning benchmarks of sound, music and video).
 CAPTION_EVAL_TASKS = ["audio_caption", "music_caption", "trailer_visual", "trailer_merged"]
 SPLITS = ("train", "val", "test")
@@ -83,14 +96,16 @@ def available_tasks() -> set[str]:
 
 
 def select_tasks(names: Iterable[str] | None) -> set[str]:
-    """The tasks to generate: `names` (each must exist and be generable here), or every available one."""
+    """The tasks to generate: `names` (each must exist and be generable here; a group such as `mmeb`
+    stands for its tasks), or every available one but the opt-in pair tasks."""
     available = available_tasks()
     if names is None:
-        return available
-    names = set(names)
+        return available - OPT_IN
+    names = {t for n in names for t in TASK_GROUPS.get(n, [n])}
     for t in sorted(names):
         if t not in GENERATORS:
-            raise UserError(f"unknown synthetic-world task {t!r}; choose from {', '.join(sorted(GENERATORS))}")
+            raise UserError(f"unknown synthetic-world task {t!r}; choose from {', '.join(sorted(GENERATORS))} "
+                            f"(or a group: {', '.join(TASK_GROUPS)})")
         if t not in available:
             raise UserError(f"task {t!r} cannot be generated here (spoken words need espeak-ng)")
     if not names:
@@ -184,7 +199,7 @@ def write_class_set(out: str, name: str, per_class: int, seed: int) -> dict[str,
 def _task_info(tasks: Iterable[str]) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for t in sorted(tasks):
-        info[t] = {"modality": MODALITY[t], "benchmark": t in EVAL_TASKS + CAPTION_EVAL_TASKS}
+        info[t] = {"modality": MODALITY[t], "benchmark": t in ALL_EVAL_TASKS + CAPTION_EVAL_TASKS}
         if t in TASK_CHOICES:
             info[t]["choices"] = TASK_CHOICES[t]
     return info
@@ -224,9 +239,12 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
                              "eval_per_task": eval_per_task, "splits": {}, "speech": "audio_speech" in tasks}
     for split in splits:
         if split == "train":
-            names = task_schedule({t: w for t, w in TRAIN_WEIGHTS.items() if t in tasks}, samples, seed, split)
+            weights = {t: w for t, w in ALL_TRAIN_WEIGHTS.items() if t in tasks}
+            if not weights:
+                raise UserError(f"none of the tasks {sorted(tasks)} has training samples; leave 'train' out of --splits")
+            names = task_schedule(weights, samples, seed, split)
         else:
-            names = [t for t in EVAL_TASKS + CAPTION_EVAL_TASKS if t in tasks for _ in range(eval_per_task)]
+            names = [t for t in ALL_EVAL_TASKS + CAPTION_EVAL_TASKS if t in tasks for _ in range(eval_per_task)]
         jobs = [(seed, split, t, i) for i, t in enumerate(names)]
         sidx = _write_split(out, split, jobs, workers, {"name": f"{NAME}/{split}", "seed": seed})
         index["splits"][split] = {"shards": [f"{split}/{s['file']}" for s in sidx["shards"]],
@@ -248,10 +266,10 @@ def format_counts(index: dict[str, Any]) -> str:
     lines = []
     for split, info in index["splits"].items():
         lines.append(f"{split}: {info['num_samples']} samples in {len(info['shards'])} shard(s)")
-        lines += [f"  {t:<18}{n}" for t, n in sorted(info["tasks"].items())]
+        lines += [f"  {t:<22}{n}" for t, n in sorted(info["tasks"].items())]
     for name, info in index.get("wds", {}).items():
         lines.append(f"wds/{name}: {info['num_samples']} images, {len(info['classes'])} classes")
-    if set(GENERATORS) - set(index.get("selected", GENERATORS)) == {"audio_speech"}:  # all asked, speech missing
+    if set(GENERATORS) - OPT_IN - set(index.get("selected", GENERATORS)) == {"audio_speech"}:  # all asked, no speech
         lines.append("audio_speech skipped: espeak-ng is not installed")
     return "\n".join(lines)
 

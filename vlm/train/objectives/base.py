@@ -17,6 +17,11 @@ the mean over every item of the step whatever the split into ranks and micro-bat
 checkpoints and resumes without knowing which objective runs. Randomness an objective draws must come
 from the batch (`sample_seeds`) to stay the same under any split into ranks.
 
+[Contract] `loss` is backpropagated as it is, once per micro-step (scaling happens on the gradients).
+So an objective may run part of its backward itself inside `forward` and return the rest as the loss's
+graph (its value still the whole sum): `contrastive` with GradCache does; under DDP such inner backward
+calls accumulate locally and the trainer's backward reduces everything once.
+
 The objective runs inside `TaskModule.forward`, the one module DDP / FSDP2 / torch.compile wrap.
 """
 from __future__ import annotations
@@ -41,7 +46,7 @@ class NoSettings:
 
 @dataclass
 class ObjectiveOutput:
-    loss: torch.Tensor                       # sum of the per-item losses (with a graph)
+    loss: torch.Tensor                       # sum of the per-item losses (with a graph; see the contract)
     count: torch.Tensor | int                # the items the sum is over
     tokens: int = 0                          # work done: non-padding tokens (or frames) - throughput, token budgets
     metrics: dict[str, float] = field(default_factory=dict)   # extra sums over the same items, for the logs

@@ -1,0 +1,278 @@
+"""The Embedder API and `vlm embed / index / search`: one embedding code path for the library and the
+benchmarks; clip-retrieval's layout, rows aligned with a broken sample skipped and listed; kill -9 then
+rerun gives the files of an uninterrupted export; 2 ranks write what 1 rank writes; exact index == numpy
+top-k; bad input is one line and exit code 2."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import helpers_media as H
+import test_train_common as C
+
+COLORS, SHAPES = ["red", "green", "blue", "yellow"], ["circle", "square"]
+INSTR = "Represent the given image."
+
+
+def write_world(folder: Path, n: int = 24, shards: int = 2) -> Path:
+    """Images with captions; sample 5 has a broken jpg, sample 9 has no image (a caption only)."""
+    from vlm.data.writer import ShardWriter
+    per = n // shards
+    with ShardWriter(folder, max_count=per, validate=False) as w:          # broken on purpose
+        for i in range(n):
+            c, s = COLORS[i % 4], SHAPES[(i // 4) % 2]
+            sample = {"__key__": f"s{i:03d}", "json": {"caption": f"a {c} {s} number {i}"}}
+            if i == 5:
+                sample["jpg"] = b"\xff\xd8 not a jpeg"
+            elif i != 9:
+                sample["jpg"] = H.image(c, 32, s)
+            w.write(sample)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import vlm
+    from benchmarks.fixtures import tiny_open_clip_config
+    tmp = tmp_path_factory.mktemp("embed")
+    ckpt = tmp / "model"
+    vlm.build("llava", "tiny", audio=None, music=None, video=None).save_pretrained(ckpt)
+    tiny_open_clip_config(tmp / "tiny-clip-embed.json")
+    return tmp, ckpt, write_world(tmp / "world")
+
+
+def clip_spec(tmp: Path) -> str:
+    return f"open_clip:{tmp / 'tiny-clip-embed.json'}"
+
+
+def config(**kw):
+    from vlm.embed.cli import EmbedConfig
+    return EmbedConfig(**{"progress": False, "num_workers": 0, "batch_size": 4, "part_size": 5, **kw})
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix in (".npy", ".parquet")}
+
+
+# ------------------------------------------------------------------------------------------------ the API
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_embedder_is_the_benchmarks_code_path_and_normalised(setup, tmp_path):
+    import torch
+
+    from benchmarks.models import Query, load_model
+    from vlm.embed import Embedder
+    tmp, ckpt, _ = setup
+    emb = Embedder.load(str(ckpt), device="cpu", batch_size=3)
+    imgs = [H.image(c, 32) for c in COLORS]
+    H.image("red", 32).save(tmp_path / "red.png")
+    v = emb.embed(images=[*imgs, str(tmp_path / "red.png")], texts=["what colour?"] * 5, instruction=INSTR)
+    assert v.dtype == np.float32 and v.shape == (5, emb.dim) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    bench = load_model(str(ckpt)).embed([Query(text="what colour?", image=im, instruction=INSTR) for im in imgs])
+    assert torch.allclose(bench, torch.from_numpy(v[:4]), atol=1e-6)     # the benchmarks' path is this one
+    assert np.allclose(v[0], v[4], atol=1e-5)                           # a file reads as the same image
+    t = emb.embed(texts=["a red circle", "a blue square"])
+    assert t.shape == (2, emb.dim) and not np.allclose(t[0], t[1])
+    clip = Embedder.load(clip_spec(tmp))
+    c = clip.embed(images=imgs[:2], texts=["a red circle", "a blue square"])
+    assert c.shape == (2, 32) and np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+
+
+def test_embedder_bad_input_is_one_line(setup, tmp_path):
+    from vlm.embed import Embedder
+    from vlm.errors import UserError
+    _, ckpt, _ = setup
+    with pytest.raises(UserError, match="cannot embed audio"):
+        Embedder.load(str(ckpt)).embed(audio=[H.waveform()])
+    with pytest.raises(UserError, match="not a checkpoint folder"):
+        Embedder.load(str(tmp_path))
+    with pytest.raises(UserError, match="one length"):
+        Embedder.load(str(ckpt)).embed(texts=["a"], images=[])
+
+
+# ------------------------------------------------------------------------------------------------ export
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_export_layout_rows_aligned_and_skips_listed(setup, tmp_path):
+    import pandas as pd
+
+    from vlm.embed import Embedder
+    from vlm.embed.export import export
+    _, ckpt, world = setup
+    res = export(config(model=str(ckpt), input=str(world), out=str(tmp_path / "e"), modality=["image", "text"],
+                        instruction=INSTR))
+    out = tmp_path / "e"
+    assert res.parts == 6 and sorted(res.written) == list(range(6))        # 2 shards of 12, cut at 5: 5+5+2 each
+    assert sorted(p.name for p in (out / "img_emb").iterdir()) == [f"img_emb_{i}.npy" for i in range(6)]
+    meta = pd.concat([pd.read_parquet(out / "metadata" / f"metadata_{i}.parquet") for i in range(6)])
+    img = np.concatenate([np.load(out / "img_emb" / f"img_emb_{i}.npy") for i in range(6)])
+    txt = np.concatenate([np.load(out / "text_emb" / f"text_emb_{i}.npy") for i in range(6)])
+    keys = [f"s{i:03d}" for i in range(24) if i not in (5, 9)]
+    assert meta["key"].tolist() == keys and len(img) == len(txt) == 22 and img.dtype == np.float16
+    assert list(meta.columns) == ["key", "caption", "source"] and meta["source"].str.endswith(".tar").all()
+    summary = __import__("json").loads((out / "stats" / "summary.json").read_text())
+    assert summary["skipped_by_reason"] == {"bad_image": 1, "no_image": 1} and summary["rows"] == 22
+    listed = [s for i in range(6) for s in __import__("json").loads((out / "stats" / f"stats_{i}.json").read_text())["skipped"]]
+    assert sorted((s["key"], s["reason"]) for s in listed) == [("s005", "bad_image"), ("s009", "no_image")]
+    # every row is its own sample's embedding: no shift after the skipped ones
+    from benchmarks.data import iter_samples
+    from vlm.data.reader import expand_shards
+    emb = Embedder.load(str(ckpt))
+    jpgs = {s.key: s.decode("image", s.fields["jpg"]) for s in iter_samples(expand_shards(str(world))) if s.key in keys}
+    ref = emb.embed(images=[jpgs[k] for k in keys], instruction=INSTR)
+    assert np.abs(img.astype(np.float32) - ref).max() < 2e-3
+    refs = emb.embed(texts=meta["caption"].tolist(), instruction=INSTR)
+    assert np.abs(txt.astype(np.float32) - refs).max() < 2e-3
+    again = export(config(model=str(ckpt), input=str(world), out=str(out), modality=["image", "text"], instruction=INSTR))
+    assert again.written == []                                          # finished parts are not redone
+    from vlm.errors import UserError
+    with pytest.raises(UserError, match="other settings"):
+        export(config(model=str(ckpt), input=str(world), out=str(out), modality=["image", "text"]))
+
+
+KILL_AT_THIRD_METADATA = """
+import os, signal, sys
+import vlm.embed.export as E
+calls = []
+original = E._atomic
+def dying(path, write):
+    if path.name.startswith("metadata_"):
+        calls.append(path)
+        if len(calls) == 3:                    # the third part: npy + stats written, metadata half-written
+            tmp = path.with_name("." + path.name + ".tmp-" + str(os.getpid()))
+            tmp.write_bytes(b"PAR1 torn")
+            os.kill(os.getpid(), signal.SIGKILL)
+    return original(path, write)
+E._atomic = dying
+from vlm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def exports(setup):
+    """An uninterrupted export, one killed (-9) in its third part then rerun, and a 2-rank one (torchrun)."""
+    tmp, ckpt, world = setup
+    args = ["embed", "--model", str(ckpt), "--input", str(world), "--modality", "image", "--modality", "text",
+            "--batch-size", "4", "--part-size", "5", "--num-workers", "1", "--quiet", "--instruction", INSTR]
+    (tmp / "kill.py").write_text(KILL_AT_THIRD_METADATA)
+    kw = dict(cwd=C.REPO, env=C.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "vlm.cli", *args, "--out", str(tmp / "two")], **kw)
+    one = subprocess.Popen([sys.executable, "-m", "vlm.cli", *args, "--out", str(tmp / "one")], **kw)
+    victim = subprocess.run([sys.executable, str(tmp / "kill.py"), *args, "--out", str(tmp / "victim")], timeout=300, **kw)
+    assert victim.returncode == -9, victim.stderr[-2000:]
+    torn = sorted(p.name for p in (tmp / "victim" / "metadata").iterdir())
+    C.run_vlm(*args, "--out", str(tmp / "victim"), timeout=300)
+    for p in (one, two):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    return tmp, torn
+
+
+def test_kill9_then_rerun_gives_the_uninterrupted_files(exports):
+    tmp, torn = exports
+    assert len([t for t in torn if t.endswith(".parquet")]) == 2 and any(t.startswith(".") for t in torn)
+    one, victim = files_of(tmp / "one"), files_of(tmp / "victim")
+    assert sorted(one) == sorted(victim) and len(one) == 18              # 6 parts x (img, text, metadata)
+    assert all(one[k] == victim[k] for k in one)
+    assert not [p for p in (tmp / "victim").rglob(".*tmp*")]             # the torn file is gone
+
+
+def test_two_ranks_write_what_one_rank_writes(exports):
+    tmp, _ = exports
+    one, two = files_of(tmp / "one"), files_of(tmp / "two")
+    assert sorted(one) == sorted(two) and all(one[k] == two[k] for k in one)
+
+
+# ------------------------------------------------------------------------------------------------ index / search
+def fake_export(folder: Path, x: np.ndarray, parts: int = 3) -> Path:
+    """An export folder of given vectors (keys r0, r1, ...), as `vlm embed` lays it out."""
+    import json
+
+    import pandas as pd
+    for d in ("img_emb", "metadata"):
+        (folder / d).mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, len(x), parts + 1).astype(int)
+    for i in range(parts):
+        np.save(folder / "img_emb" / f"img_emb_{i}.npy", x[bounds[i]:bounds[i + 1]])
+        pd.DataFrame({"key": [f"r{j}" for j in range(bounds[i], bounds[i + 1])], "caption": "", "source": ""}).to_parquet(
+            folder / "metadata" / f"metadata_{i}.parquet")
+    (folder / "run.json").write_text(json.dumps({"model": "none"}))
+    return folder
+
+
+def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_exact_index_equals_numpy_top_k(tmp_path):
+    from vlm.embed.index import build_index, open_index
+    x = unit_rows(3000, 16, 0)
+    info = build_index(fake_export(tmp_path / "e", x), quiet=True)["image"]
+    assert info["kind"] == "flat"
+    q = unit_rows(20, 16, 1)
+    scores, ids = open_index(tmp_path / "e").search(q, 10)
+    want = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :10]
+    assert np.array_equal(ids, want) and np.allclose(scores, np.take_along_axis(q @ x.T, want, 1), atol=1e-5)
+    rows = open_index(tmp_path / "e").rows(ids[0].tolist())
+    assert [r["key"] for r in rows] == [f"r{i}" for i in want[0]]
+
+
+@pytest.mark.parametrize("kind, floor", [("hnsw", 0.9), ("ivfpq", 0.5)])
+def test_approximate_indexes_report_the_recall_they_reach(tmp_path, kind, floor):
+    """The recall saved with an index is what searching it gives (IVF-PQ on random data is lossy: its
+    codes are all it keeps; the 100k-vector figures are benchmarks/studies/embed_throughput.py's)."""
+    import faiss
+
+    from vlm.embed.index import build_index, open_index, recall_at
+    faiss.omp_set_num_threads(1)
+    x = unit_rows(4000, 16, 2)
+    info = build_index(fake_export(tmp_path / "e", x), kind=kind, quiet=True, target_recall=0.9)["image"]
+    assert info["kind"] == kind and info["recall@10"] >= floor
+    q = unit_rows(200, 16, 3)
+    _, ids = open_index(tmp_path / "e").search(q, 10)
+    assert abs(recall_at(ids, np.argsort(-(q @ x.T), axis=1)[:, :10]) - info["recall@10"]) < 0.08
+
+
+def test_index_choice_follows_count_and_budget():
+    from vlm.embed.index import choose, parse_bytes
+    assert choose(10_000, 64, parse_bytes("4G")).kind == "flat"
+    assert choose(1_000_000, 64, parse_bytes("4G")).factory == "HNSW32"
+    assert choose(1_000_000, 64, parse_bytes("400M")).factory == "HNSW20"
+    small = choose(1_000_000, 64, parse_bytes("40M"))
+    assert small.kind == "ivfpq" and small.bytes <= parse_bytes("40M")
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_cli_search_and_bad_input_exit_2(setup, tmp_path, capsys):
+    from vlm.cli import main
+    tmp, ckpt, world = setup
+    out = tmp_path / "e"
+    assert main(["embed", "--model", str(ckpt), "--input", str(world), "--out", str(out), "--num-workers", "0",
+                 "--quiet", "--instruction", INSTR]) == 0
+    assert main(["index", str(out)]) == 0
+    assert "Flat" in capsys.readouterr().out
+    assert main(["search", str(out), "--text", "a red circle number 0", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].split()[0] == "1"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "tone.flac").write_bytes(b"")
+    clip = clip_spec(tmp)
+    bad = [
+        (["embed", "--model", str(tmp_path), "--input", str(world), "--out", str(tmp_path / "x")], "not a checkpoint"),
+        (["embed", "--model", str(ckpt), "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "x")], "no shards"),
+        (["search", str(out), "--audio", str(tmp_path / "tone.flac")], "cannot embed audio"),
+        (["search", str(out), "--text", "a red circle", "--model", clip], "does not match"),
+        (["search", str(tmp_path / "empty"), "--text", "x"], "not a `vlm embed` output"),
+    ]
+    for argv, message in bad:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)

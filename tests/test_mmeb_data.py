@@ -1,0 +1,237 @@
+"""MMEB-style data for VLM2Vec: synthetic-world's pair tasks (four meta-tasks, instructions on the query
+side, OOD datasets kept out of train), the benchmark built from them, MMEB-train's own format converted
+from a local copy (paths confined to it), MMEB-eval's format read from a local copy, and the vlm2vec
+family starting from a checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import helpers_media as H
+
+
+@pytest.fixture(scope="module")
+def pair_world(tmp_path_factory):
+    from vlm.data.synthetic import build_synthetic_world
+    out = tmp_path_factory.mktemp("sw-mmeb") / "sw"
+    build_synthetic_world(out, samples=40, seed=0, eval_per_task=3, workers=1, tasks=["mmeb"], classification=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import vlm
+    return vlm.build("llava", "tiny", audio=None, music=None, video=None)
+
+
+def read(split_dir: Path):
+    from benchmarks.data import iter_samples, shard_files
+    return list(iter_samples(shard_files(split_dir.parent, split_dir.name)))
+
+
+def test_pair_tasks_cover_four_meta_tasks_and_train_with_the_pairs_format(pair_world, tiny_model):
+    from vlm.data.formats import FORMATS
+    from vlm.data.writer import validate_sample
+    index = json.loads((pair_world / "index.json").read_text())
+    train, test = index["splits"]["train"]["tasks"], index["splits"]["test"]["tasks"]
+    assert len(test) == 12 and all(n == 3 for n in test.values())
+    ood = {"mmeb_cls_object", "mmeb_vqa_paraphrase", "mmeb_ret_i2i", "mmeb_ground_position"}
+    assert set(train) == set(test) - ood                                   # OOD datasets never train
+    fmt = FORMATS.get("pairs")(tiny_model.processor, max_len=128, negatives=1)
+    metas = set()
+    for s in read(pair_world / "train") + read(pair_world / "test"):
+        fields = {k: v for k, v in s.fields.items()}
+        assert validate_sample({"__key__": s.key, **fields}) == [], s.key
+        m = s.meta()
+        metas.add(m["meta_task"])
+        assert m["query"]["instruction"] and m["ood"] == (m["task"] in ood)
+        generic = {None, "Represent the given image.", "Represent the given cropped image of the object."}
+        assert all(x.get("instruction") in generic for x in [m["positive"], *m["negatives"]])    # task instruction: query only
+        pair, _ = fmt.make(s.key, fields, s.shard)
+        text = tiny_model.tokenizer.decode(pair.query.input_ids)
+        assert m["query"]["instruction"] in text
+        if m["query"]["text"].startswith("<image>"):                       # media first, then the instruction
+            assert text.index("<image>") < text.index(m["query"]["instruction"])
+    assert metas == {"classification", "vqa", "retrieval", "grounding"}
+
+
+def test_default_synthetic_world_has_no_pair_tasks():
+    from vlm.data.synthetic import OPT_IN, TRAIN_WEIGHTS, select_tasks
+    assert not select_tasks(None) & OPT_IN and not set(TRAIN_WEIGHTS) & OPT_IN
+    assert select_tasks(["mmeb"]) == OPT_IN
+
+
+def test_pair_benchmark_candidates(pair_world):
+    from benchmarks.tasks.mmeb import build_pair_datasets
+    datasets = build_pair_datasets(read(pair_world / "test"), {"candidates": 1000})
+    assert len(datasets) == 12 and sum(d.ood for d in datasets) == 4
+    by = {d.name: d for d in datasets}
+    assert {d.meta_task for d in datasets} == {"classification", "vqa", "retrieval", "grounding"}
+    assert all(len(q.candidates) == 4 for q in by["cls-shape"].queries)     # the label set
+    assert all(len(q.candidates) == 24 for q in by["cls-object"].queries)
+    for name in ("ret-t2i", "ground-name"):
+        for q in by[name].queries:
+            ids = [c.id for c in q.candidates]
+            assert len(ids) == len(set(ids)) > 1 and ids[0].endswith(":1")   # the positive first
+            assert all(c.query.image is not None and c.query.instruction for c in q.candidates)
+    q = by["ret-i2t"].queries[0]
+    assert q.query.query.image is not None and q.candidates[0].query.image is None
+
+
+# ------------------------------------------------------------------------------------------------ MMEB-train
+def write_parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_convert_mmeb_train_from_a_local_copy(tmp_path, tiny_model):
+    from vlm.data.formats import FORMATS
+    from vlm.data.mmeb import convert_mmeb_train
+    root = tmp_path / "MMEB-train"
+    (root / "images" / "A-OKVQA" / "Train").mkdir(parents=True)
+    for i in range(4):
+        H.image(["red", "blue", "green", "yellow"][i], 32).save(root / "images" / "A-OKVQA" / "Train" / f"{i}.jpg")
+    H.image("red", 32).save(tmp_path / "outside.jpg")
+    img = "images/A-OKVQA/Train/{}.jpg"
+    write_parquet(root / "A-OKVQA" / "original-00000-of-00001.parquet", [
+        {"qry": "<|image_1|>\nRepresent the given image with the following question: What colour?\n",
+         "qry_image_path": img.format(0), "pos_text": "red", "pos_image_path": "", "neg_text": "blue", "neg_image_path": ""},
+        {"qry": "Retrieve an image of this caption: a blue circle\n", "qry_image_path": "",
+         "pos_text": "<|image_1|>\nRepresent the given image.\n", "pos_image_path": img.format(1), "neg_text": "",
+         "neg_image_path": ""},
+        {"qry": "<|image_1|>\nFind a similar everyday image.\n", "qry_image_path": img.format(2),
+         "pos_text": "<|image_1|>\nRepresent the given image.\n", "pos_image_path": img.format(3),
+         "neg_text": "", "neg_image_path": ""},
+        {"qry": "<|image_1|>\nWhat colour?\n", "qry_image_path": "../outside.jpg", "pos_text": "red",
+         "pos_image_path": "", "neg_text": "", "neg_image_path": ""},
+        {"qry": "<|image_1|> What is shown?", "qry_image_path": "", "pos_text": "a circle", "pos_image_path": "",
+         "neg_text": "", "neg_image_path": ""},                                       # WebQA: a token, no image
+    ] + [{"qry": f"<|image_1|>\nq{i}", "qry_image_path": img.format(i % 4), "pos_text": f"a{i}",
+          "pos_image_path": "", "neg_text": "", "neg_image_path": ""} for i in range(5)])
+    report = convert_mmeb_train(str(root), str(tmp_path / "out"), max_bad=0.2)
+    assert report.written == 9 and report.skipped == 1 and "leaves the image folder" in report.problems[0]
+    samples = {s.key: s for s in _shards(tmp_path / "out")}
+    first = samples["A-OKVQA-0"].meta()
+    assert first["query"]["text"].startswith("<image>\nRepresent") and first["negatives"] == [{"text": "blue"}]
+    assert samples["A-OKVQA-4"].meta()["query"]["text"] == "What is shown?"
+    fmt = FORMATS.get("pairs")(tiny_model.processor, max_len=256, negatives=0)
+    for s in samples.values():
+        pair, _ = fmt.make(s.key, s.fields, s.shard)
+        assert pair.query.input_ids and pair.targets
+    assert sorted(samples["A-OKVQA-2"].fields) == ["0.jpg", "1.jpg", "json"]
+
+
+def _shards(folder: Path):
+    from benchmarks.data import iter_samples
+    from vlm.data.reader import expand_shards
+    return list(iter_samples(expand_shards(str(folder))))
+
+
+def test_convert_mmeb_train_bad_input_is_one_line(tmp_path):
+    from vlm.cli import main
+    assert main(["data", "convert", "mmeb", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "copy" / "A-OKVQA").mkdir(parents=True)
+    assert main(["data", "convert", "mmeb", str(tmp_path / "copy"), "--out", str(tmp_path / "o")]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ MMEB-eval
+def test_mmeb_eval_local_copy_scores_precision_at_1(tmp_path):
+    from benchmarks.registry import Roots, get_benchmark
+    from benchmarks.tasks import Context
+    from benchmarks.tasks.mmeb import run
+
+    class Oracle:
+        """Embeds the gold-looking text the same as the query: P@1 = 1 when candidates are read right."""
+        fingerprint, modalities = "oracle", ("image",)
+
+        def embed(self, queries, batch_size=32):
+            import torch
+            return torch.stack([torch.nn.functional.normalize(torch.tensor([
+                1.0 if (q.text or "").startswith("gold") or (q.text or "").startswith("Represent") else 0.0,
+                1.0 if q.image is not None else 0.0, 0.1]), dim=0) for q in queries])
+
+    root = tmp_path / "MMEB-eval"
+    (root / "eval_images" / "ImageNet-1K").mkdir(parents=True)
+    H.image("red", 32).save(root / "eval_images" / "ImageNet-1K" / "a.jpg")
+    write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
+        {"qry_text": "<|image_1|>\nRepresent the given image for classification", "qry_img_path": "ImageNet-1K/a.jpg",
+         "tgt_text": ["gold label", "other", "another"], "tgt_img_path": ["", "", ""]}] * 3)
+    bench = get_benchmark("mmeb-imagenet-1k")
+    assert bench.options["datasets"][0]["meta_task"] == "classification"
+    res = run(Oracle(), bench, Context(roots=Roots(bench_root=str(tmp_path)), progress=False))
+    assert res.metrics["precision@1"] == 1.0 and res.metrics["classification"] == 1.0
+    assert [r["n_candidates"] for r in res.rows] == [3, 3, 3]
+    write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
+        {"qry_text": "<|image_1|>\nx", "qry_img_path": "../../outside.jpg", "tgt_text": ["a"], "tgt_img_path": [""]}])
+    from vlm.errors import UserError
+    with pytest.raises(UserError, match="leaves the image folder"):
+        run(Oracle(), bench, Context(roots=Roots(bench_root=str(tmp_path)), progress=False))
+    assert len(get_benchmark("mmeb-all").options["datasets"]) == 36
+
+
+# ------------------------------------------------------------------------------------------------ the family
+def test_vlm2vec_starts_from_any_checkpoint(tmp_path):
+    import torch
+
+    import vlm
+    from vlm.train.recipe import ModelSpec, load_recipe, model_skeleton
+    base = vlm.build("iaa", "tiny", audio=None, music=None, video=None, seed=3)
+    base.save_pretrained(tmp_path / "iaa")
+    model = vlm.build("vlm2vec", "tiny", init=str(tmp_path / "iaa"))
+    assert model.config.family == "vlm2vec" and model.route.settings()["type"] == "inner_adaptor"
+    a, b = base.state_dict(), model.state_dict()
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    skeleton = model_skeleton(ModelSpec("vlm2vec", "tiny", {"init": str(tmp_path / "iaa")}))
+    assert next(skeleton.parameters()).is_meta
+    recipe = load_recipe("vlm2vec-tiny", [f"model.settings.init={tmp_path / 'iaa'}"], check_files=False)
+    assert recipe.stages[0].objective == "contrastive" and recipe.stages[0].objective_settings["chunk_size"] == 32
+    from vlm.errors import UserError
+    with pytest.raises(UserError, match="not found"):
+        vlm.build("vlm2vec", "tiny", init=str(tmp_path / "missing"))
+
+
+def test_vlm2vec_loads_omni_and_older_format_checkpoints_and_saves_format_3(tmp_path):
+    """Format 3: an omni checkpoint (one vision tower shared by images and video frames) and a format-2
+    llava checkpoint (encoders inside the media tokenizers) both start a vlm2vec model with their weights;
+    what vlm2vec saves is format 3 (encoders.<name>.*) and `vlm.load` gives the same embeddings back."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import vlm
+    omni = vlm.build("omni", "tiny", seed=1)
+    omni.save_pretrained(tmp_path / "omni")
+    model = vlm.build("vlm2vec", "tiny", init=str(tmp_path / "omni"))
+    a, b = omni.state_dict(), model.state_dict()
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(model.media) == set(omni.media) and model.media["video"] is not None
+
+    llava = vlm.build("llava", vision="tiny-clip", llm="tiny:llama", audio=None, music=None, video=None, seed=2)
+    path = llava.save_pretrained(tmp_path / "v2")
+    cfg = json.loads((path / "config.json").read_text())
+    state = load_file(str(path / "model.safetensors"))
+    v2 = {**{k: v for k, v in cfg.items() if k != "encoders"}, "format_version": 2,
+          "media": {m: {"encoder": cfg["encoders"][m], "connector": {x: y for x, y in c.items() if x != "encoder"}}
+                    for m, c in cfg["media"].items()}}
+    (path / "config.json").write_text(json.dumps(v2))
+    save_file({(f"media.{k.split('.')[1]}.encoder." + k.split(".", 2)[2]) if k.startswith("encoders.") else k: v
+               for k, v in state.items()}, str(path / "model.safetensors"))
+    model = vlm.build("vlm2vec", "tiny", init=str(path))
+    b = model.state_dict()
+    assert sorted(state) == sorted(b) and all(torch.equal(state[k], b[k]) for k in state)
+
+    saved = model.save_pretrained(tmp_path / "vlm2vec")
+    out_cfg = json.loads((saved / "config.json").read_text())
+    assert out_cfg["format_version"] == 3 and out_cfg["family"] == "vlm2vec" and "encoders" in out_cfg
+    assert any(k.startswith("encoders.") for k in load_file(str(saved / "model.safetensors")))
+    from vlm.embed import Embedder
+    texts = ["A red circle.", "Two blue squares."]
+    assert Embedder.load(str(saved)).embed(texts=texts).tolist() == Embedder.load(str(path)).embed(texts=texts).tolist()

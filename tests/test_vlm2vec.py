@@ -1,0 +1,152 @@
+"""VLM2Vec training: GradCache gives the loss and gradients of the one-pass batch (64 pairs in 8 chunks),
+replays dropout, and trains under 2-rank DDP as one process does; the vlm2vec family turns any checkpoint
+into an embedder and its tiny recipe validates."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import helpers_media as H
+import test_objectives as O
+import test_train_common as C
+
+
+def pair_batch(model, n: int = 64) -> dict:
+    """n image -> caption pairs with one hard negative each; instructions and captions of varied length
+    so every chunk pads to another width."""
+    from vlm.data.formats import FORMATS
+    from vlm.data.writer import encode_sample
+    fmt = FORMATS.get("pairs")(model.processor, max_len=128, negatives=1)
+    items = []
+    for i in range(n):
+        c, s = O.COLORS[i % 4], O.SHAPES[(i // 4) % 2]
+        words = " very" * (i % 5)
+        enc = encode_sample({"__key__": f"p{i}", "jpg": H.image(c, 32, s), "json": {
+            "query": {"text": "<image>\nFind a caption for this image.", "instruction": "Retrieve" + words},
+            "positive": {"text": f"a{words} {c} {s}"}, "negatives": [{"text": f"a {O.COLORS[(i + 1) % 4]} {s}"}]}})
+        items.append(fmt.make(f"p{i}", {k: v for k, v in enc.items() if not k.startswith("__")}, "memory")[0])
+    return fmt.collate(items, model.processor.pad_id)
+
+
+def trainable_model(dtype=torch.float32, lora: dict | None = None):
+    import vlm
+    model = vlm.build("llava", "tiny", audio=None, music=None, video=None)
+    model.set_llm_mode("lora" if lora else "full", lora)
+    for n, p in model.named_parameters():
+        p.requires_grad_(lora is None or "lora_" in n or n.startswith("media."))
+    return model.to(dtype)
+
+
+def as_dtype(batch: dict, dtype) -> dict:
+    return {side: {**sub, "media": {m: [x.to(dtype) for x in v] for m, v in sub["media"].items()}}
+            for side, sub in batch.items()}
+
+
+def loss_and_grads(model, settings: dict, batch: dict, seed: int = 0):
+    """The trainer's view: mean loss over the queries and the gradients of that mean (as the trainer does:
+    backpropagate the returned sum as it is, then scale the gradients by 1 / count)."""
+    from vlm.train.objectives import build_objective
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = build_objective("contrastive", {"negatives": 1, **settings})(model, batch)
+    out.loss.backward()
+    return (out.loss / out.count).item(), out.metrics["accuracy"], {
+        n: p.grad / out.count for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_grad_cache_64_in_8_chunks_equals_one_pass():
+    model = trainable_model(torch.float64)          # float64: the comparison sees the method, not fp32 noise
+    batch = as_dtype(pair_batch(model), torch.float64)
+    l1, a1, g1 = loss_and_grads(model, {}, batch)
+    l8, a8, g8 = loss_and_grads(model, {"chunk_size": 8}, batch)
+    assert sorted(g1) == sorted(g8) and len(g1) > 20
+    assert abs(l1 - l8) < 1e-5 and a1 == a8
+    worst = max((g1[k] - g8[k]).abs().max().item() for k in g1)
+    assert worst < 1e-5, worst
+    assert max(g.abs().max().item() for g in g1.values()) > 1e-2          # the gradients are not all ~0
+    # and in float32, as training runs: equal up to float32 rounding
+    model32 = trainable_model()
+    b32 = pair_batch(model32)
+    l1, _, g1 = loss_and_grads(model32, {}, b32)
+    l8, _, g8 = loss_and_grads(model32, {"chunk_size": 8}, b32)
+    assert abs(l1 - l8) < 1e-5
+    assert all(torch.allclose(g1[k], g8[k], rtol=1e-4, atol=1e-5) for k in g1)
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_grad_cache_replays_dropout():
+    """With LoRA dropout on, GradCache equals embedding the same chunks with their graphs kept (the same
+    masks drawn): the second pass restores each chunk's RNG state."""
+    from vlm.data.collate import slice_rows
+    from vlm.train.objectives.contrastive import Contrastive, ContrastiveSettings
+    model = trainable_model(torch.float64, lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.3})
+    model.train()
+    batch = as_dtype(pair_batch(model, 16), torch.float64)
+    _, _, cached = loss_and_grads(model, {"chunk_size": 4}, batch, seed=3)
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(3)
+    proc, reps = model.processor, {}
+    for side in ("query", "target"):
+        n = batch[side]["input_ids"].shape[0]
+        reps[side] = torch.cat([model.embed(**slice_rows(batch[side], i, min(i + 4, n), proc.template.placeholder_id,
+                                                         proc.num_media_tokens)) for i in range(0, n, 4)])
+    obj = Contrastive(ContrastiveSettings(negatives=1))
+    loss, _ = obj.scores(reps["query"], reps["target"])
+    loss.backward()
+    ref = {n: p.grad / 16 for n, p in model.named_parameters() if p.grad is not None}
+    assert sorted(ref) == sorted(cached) and any("lora_" in k for k in ref)
+    assert max((ref[k] - cached[k]).abs().max().item() for k in ref) < 1e-9
+
+
+def test_slice_rows_keeps_each_rows_media_and_cuts_padding():
+    from vlm.data.collate import collate, slice_rows
+    from vlm.data.processor import Processed
+    pid = {"image": 7, "audio": 8}
+    rows = [Processed([1, 7, 7, 2], [0] * 4, {"image": [torch.zeros(1)]}),
+            Processed([1, 2], [0] * 2),
+            Processed([7, 7, 8, 7, 7, 2, 2], [0] * 7, {"image": [torch.ones(1), torch.full((1,), 2.0)],
+                                                       "audio": [torch.full((1,), 3.0)]})]
+    b = collate(rows, pad_id=0)
+
+    def count(m, item):
+        return 2 if m == "image" else 1
+    s = slice_rows(b, 1, 3, pid, count)
+    assert s["input_ids"].shape == (2, 7) and [x.item() for x in s["media"]["image"]] == [1.0, 2.0]
+    s = slice_rows(b, 0, 2, pid, count)
+    assert s["input_ids"].shape == (2, 4) and [x.item() for x in s["media"]["image"]] == [0.0]
+    assert "audio" not in s["media"] and torch.equal(s["attention_mask"][1], torch.tensor([1, 1, 0, 0]))
+
+
+# ------------------------------------------------------------------ 2 ranks (GradCache) == 1 process
+@pytest.fixture(scope="module")
+def gc_ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gradcache")
+    world = O.write_pair_world(tmp / "pairs")
+    one = O.pair_recipe(tmp, world, steps=3, name="one", checkpoint_every=0)
+    two = O.pair_recipe(tmp, world, steps=3, name="two", settings={"chunk_size": 2}, checkpoint_every=0)
+    (tmp / "launch.py").write_text(O.DDP_LAUNCH)
+    ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            str(tmp / "launch.py"), str(two), str(tmp / "ddp")], cwd=C.REPO, env=C.env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    C.run_vlm("train", str(one), "--out", str(tmp / "single"), timeout=600)
+    _, err = ddp.communicate(timeout=600)
+    assert ddp.returncode == 0, err[-4000:]
+    return tmp
+
+
+def test_grad_cache_under_two_ranks_equals_one_process_without_it(gc_ranks):
+    one, two = C.step_rows(gc_ranks / "single"), C.step_rows(gc_ranks / "ddp")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for s in one:
+        assert abs(one[s]["loss"] - two[s]["loss"]) < 1e-5, (s, one[s]["loss"], two[s]["loss"])
+        assert one[s]["queries"] == two[s]["queries"] == 8
+    a, b = C.weights(gc_ranks / "single" / "final"), C.weights(gc_ranks / "ddp" / "final")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst

@@ -1,0 +1,142 @@
+"""MMEB's training set (TIGER-Lab/MMEB-train, VLM2Vec) from a local copy -> pair shards for `contrastive`.
+
+    git clone https://huggingface.co/datasets/TIGER-Lab/MMEB-train && (cd MMEB-train && python unzip_file.py)
+    vlm data convert mmeb MMEB-train --out data/mmeb-train [--subsets A-OKVQA ChartQA ...] \
+        [--split original|diverse_instruction] [--images MMEB-train] [--max-per-subset 50000]
+
+The copy holds one folder per subset with `<split>-*.parquet` (or `.jsonl`) rows: `qry`, `qry_image_path`,
+`pos_text`, `pos_image_path` and, in some subsets, `neg_text` / `neg_image_path`; image paths are relative
+to the copy (`images/DocVQA/Train/...jpg`). Each row becomes a pair sample (`vlm.data.formats` pairs):
+the query and the positive keep MMEB's strings with the instruction baked in (Phi-3-V's `<|image_1|>`
+becomes our `<image>`; a side with an image but no token gets one in front, a token without an image is
+dropped, as WebQA's rows have it), the negative (when given) becomes `negatives[0]`, and the images are
+stored as `0.jpg`, `1.jpg` ... in placeholder order. Paths must stay inside the image root (no absolute
+paths, no `..`, no symlinks out): a row that leaves it, or whose image is missing or broken, is skipped
+and counted like any bad sample; more than `max_bad` of them stops the conversion naming the first.
+VLM2Vec caps each subset at 50,000 rows (`--max-per-subset`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vlm.data.convert import Report, _write_all, make_key, read_image
+from vlm.errors import UserError
+
+PHI3_IMAGE = "<|image_1|>"
+COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
+# The 20 training subsets of MMEB-train (VLM2Vec's --subset_name list).
+SUBSETS = ("ImageNet_1K", "N24News", "HatefulMemes", "VOC2007", "SUN397", "OK-VQA", "A-OKVQA", "DocVQA",
+           "InfographicsVQA", "ChartQA", "Visual7W", "VisDial", "CIRR", "VisualNews_t2i", "VisualNews_i2t",
+           "MSCOCO_t2i", "MSCOCO_i2t", "NIGHTS", "WebQA", "MSCOCO")
+
+
+def confined_path(root: str, rel: str) -> str:
+    """root/rel, refusing paths that leave root (absolute, '..', a symlink pointing out): ValueError."""
+    real_root = os.path.realpath(root)
+    p = os.path.realpath(os.path.join(real_root, rel))
+    if os.path.isabs(rel) or os.path.commonpath([real_root, p]) != real_root:
+        raise ValueError(f"image path {rel!r} leaves the image folder {root}")
+    return p
+
+
+def subset_files(root: str, subset: str, split: str) -> list[str]:
+    d = Path(root) / subset
+    files = sorted([*d.glob(f"{split}-*.parquet"), *d.glob(f"{split}*.jsonl")]) if d.is_dir() else []
+    if not files:
+        raise UserError(f"{d}: no {split}-*.parquet (or .jsonl) files; is {root} a local copy of MMEB-train "
+                        f"and {subset!r} one of its subsets?")
+    return [str(f) for f in files]
+
+
+def read_rows(path: str) -> Iterator[dict[str, Any]]:
+    """The rows of one parquet / jsonl file; a file without MMEB's columns is a UserError naming it."""
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        cols = set(rows[0]) if rows else set(COLUMNS)
+    else:
+        import pyarrow.parquet as pq
+        table = pq.read_table(path)
+        cols, rows = set(table.column_names), None
+    missing = [c for c in COLUMNS if c not in cols]
+    if missing:
+        raise UserError(f"{path}: not an MMEB-train file (no column {missing[0]!r})")
+    if rows is None:
+        for batch in table.to_batches(4096):
+            yield from batch.to_pylist()
+    else:
+        yield from rows
+
+
+def side(text: str | None, image: str | None) -> tuple[str, bool]:
+    """An MMEB string as our prompt text, and whether it takes an image."""
+    text, has_image = (text or "").strip(), bool(image)
+    if PHI3_IMAGE in text:
+        text = text.replace(PHI3_IMAGE, "<image>" if has_image else "").strip()
+    elif has_image:
+        text = f"<image>\n{text}"
+    if text.count("<image>") > 1:
+        raise ValueError("more than one image token in a side with one image path")
+    return text, has_image
+
+
+def convert_mmeb_train(root: str, out: str, subsets: list[str] | None = None, split: str = "original",
+                       images: str | None = None, max_per_subset: int | None = None, max_count: int = 1000,
+                       max_bad: float = 0.1, source: str | None = None) -> Report:
+    """MMEB-train subsets of a local copy at `root` -> pair shards in `out` (images relative to `images`,
+    default `root`)."""
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: not a folder (a local copy of TIGER-Lab/MMEB-train)")
+    image_root = images or root
+    if not os.path.isdir(image_root):
+        raise UserError(f"{image_root}: image folder not found")
+    subsets = list(subsets or [s for s in SUBSETS if (Path(root) / s).is_dir()])
+    if not subsets:
+        raise UserError(f"{root}: none of MMEB-train's subsets ({', '.join(SUBSETS[:4])} ...) is there")
+    files = {s: subset_files(root, s, split) for s in subsets}       # every subset checked before writing
+
+    def rows() -> Iterator[tuple[str, int, dict]]:
+        for s in subsets:
+            n = 0
+            for f in files[s]:
+                for row in read_rows(f):
+                    if max_per_subset is not None and n >= max_per_subset:
+                        break
+                    yield s, n, row
+                    n += 1
+
+    def build(item: tuple[str, int, dict], seen: set[str]) -> dict[str, Any]:
+        subset, i, row = item
+        where = f"{subset} row {i}"
+        sides = [("query", row.get("qry"), row.get("qry_image_path")),
+                 ("positive", row.get("pos_text"), row.get("pos_image_path"))]
+        if (row.get("neg_text") or "").strip() or row.get("neg_image_path"):
+            sides.append(("negative", row.get("neg_text"), row.get("neg_image_path")))
+        sample: dict[str, Any] = {"__key__": make_key(f"{subset}-{i}", seen)}
+        texts, k = [], 0
+        for name, text, image in sides:
+            try:
+                t, has = side(text, image)
+            except ValueError as e:
+                raise ValueError(f"{where}: {name}: {e}") from None
+            if not t:
+                raise ValueError(f"{where}: empty {name}")
+            if has:
+                try:
+                    ext, data = read_image(confined_path(image_root, str(image)))
+                except ValueError as e:
+                    raise ValueError(f"{where}: {name}: {e}") from None
+                sample[f"{k}.{ext}"] = data
+                k += 1
+            texts.append(t)
+        meta = {"query": {"text": texts[0]}, "positive": {"text": texts[1]},
+                "negatives": [{"text": t} for t in texts[2:]], "task": subset, "source": source or "MMEB-train", "split": split}
+        sample["json"] = meta
+        return sample
+
+    return _write_all(out, rows(), build, root, max_bad, max_count=max_count,
+                      meta={"source": "MMEB-train", "subsets": subsets, "split": split})

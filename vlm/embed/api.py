@@ -1,0 +1,117 @@
+"""The Embedder: one API over our checkpoints, vlm2vec checkpoints and open_clip models.
+
+    emb = Embedder.load("runs/vlm2vec-tiny/final", device="auto", dtype="float32", batch_size=32)
+    v = emb.embed(texts=["a red circle", "two blue stars"])                        # [2, D] float32 numpy
+    v = emb.embed(images=["a.jpg"], texts=["What colour is it?"],
+                  instruction="Represent the given image with the following question:")   # image + text pairs
+    v = emb.embed(audio=["clip.flac"])                       # needs a checkpoint with an audio encoder
+    emb.dim, emb.modalities, emb.fingerprint
+
+Given several of texts / images / audio / music / video, they are zipped: row i embeds all of them
+together (one prompt with the media and the text). `instruction` is one string for every row or a list
+(one per row). Rows are sorted by length for batching (less padding) and returned in the input order;
+the next batch is prepared on a thread while the model runs the current one.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlm.embed.backends import Backend, load_backend
+from vlm.embed.items import Item
+from vlm.errors import UserError
+from vlm.modalities import MODALITIES
+
+
+class Embedder:
+    def __init__(self, backend: Backend, batch_size: int = 32):
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.backend, self.batch_size = backend, batch_size
+
+    @classmethod
+    def load(cls, spec: str, device: str = "auto", dtype: str = "float32", batch_size: int = 32) -> Embedder:
+        """A checkpoint folder (any MultimodalLM: llava / iaa / dragonfly / vlm2vec ...) or
+        `open_clip:ARCH[:CKPT]`. Weights load on first use."""
+        return cls(load_backend(spec, device, dtype), batch_size)
+
+    # ---------------------------------------------------------------- what it is
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def spec(self) -> str:
+        return self.backend.spec
+
+    @property
+    def fingerprint(self) -> str:
+        return self.backend.fingerprint
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """What it embeds: 'text' and the media modalities of its encoders."""
+        return ("text", *self.backend.modalities)
+
+    @property
+    def dim(self) -> int:
+        return self.backend.dim
+
+    # ---------------------------------------------------------------- embedding
+    def embed(self, texts: Sequence[str] | None = None, images: Sequence[Any] | None = None,
+              audio: Sequence[Any] | None = None, music: Sequence[Any] | None = None,
+              video: Sequence[Any] | None = None, instruction: str | Sequence[str] | None = None,
+              batch_size: int | None = None) -> np.ndarray:
+        """[N, D] float32, L2-normalised rows. Media are raw items or file paths (read when their batch is
+        prepared, so a long list of files never sits decoded in memory)."""
+        given = {"text": texts, "image": images, "audio": audio, "music": music, "video": video}
+        given = {k: list(v) for k, v in given.items() if v is not None}
+        if not given:
+            raise UserError("nothing to embed: give texts, images, audio, music or video")
+        sizes = {k: len(v) for k, v in given.items()}
+        if len(set(sizes.values())) != 1:
+            raise UserError(f"texts / media are zipped row by row and must have one length, got {sizes}")
+        n = next(iter(sizes.values()))
+        if isinstance(instruction, (list, tuple)):
+            if len(instruction) != n:
+                raise UserError(f"{len(instruction)} instructions for {n} rows")
+            instructions = list(instruction)
+        else:
+            instructions = [instruction] * n
+        items = []
+        for i in range(n):
+            media = {m: given[m][i] for m in MODALITIES if m in given}
+            text = given["text"][i] if "text" in given else None
+            if text is not None and not isinstance(text, str):
+                raise UserError(f"texts[{i}] is a {type(text).__name__}, not a string")
+            items.append(Item(text=text, instruction=instructions[i], **media))
+        return self.embed_items(items, batch_size).numpy()
+
+    def embed_items(self, items: list[Item], batch_size: int | None = None) -> torch.Tensor:
+        """[N, D] float32 (CPU tensor), in the order of `items`."""
+        if not items:
+            raise UserError("nothing to embed: no items")
+        for it in items:
+            self.backend.check(it)
+        bs = batch_size or self.batch_size
+        order = sorted(range(len(items)), key=lambda i: -items[i].size())
+        batches = [[items[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
+        prepare = self.backend.preparer()
+        out: torch.Tensor | None = None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(prepare, batches[0])
+            done = 0
+            for k in range(len(batches)):
+                batch = pending.result()
+                if k + 1 < len(batches):
+                    pending = pool.submit(prepare, batches[k + 1])
+                vec = self.backend.forward(batch)                                 # [b, D]
+                if out is None:
+                    out = torch.empty(len(items), vec.shape[-1], dtype=torch.float32)
+                out[order[done:done + len(vec)]] = vec
+                done += len(vec)
+        return out

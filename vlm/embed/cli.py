@@ -1,0 +1,136 @@
+"""`vlm embed`, `vlm index` and `vlm search`: typed configs (flags, --config FILE.yaml, key=value).
+
+    vlm embed --model runs/vlm2vec-tiny/final --input data/synthetic-world/test --out runs/emb \
+        [--instruction "Represent the given image."] [--modality image] [--modality text] [--batch-size 64]
+    torchrun --nproc_per_node 2 -m vlm.cli embed --model ... --input ... --out runs/emb
+    vlm index runs/emb [--memory 4G] [--kind auto|flat|hnsw|ivfpq]
+    vlm search runs/emb (--text T | --image FILE | --audio FILE) [-k 10] [--instruction T] [--target image]
+    vlm search runs/emb --recall [--instruction T]          # caption -> image Recall@1/5/10 of the export
+
+The resolved settings are saved beside the output (`embed_config.yaml`, `index/index_config.yaml`). Bad
+input (a model that is not an embedder, an empty input, a query of a modality the model cannot embed, a
+query whose dimension does not match the index) is one line on stderr and exit code 2 (`vlm.cli`).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from vlm.config import add_config_flags, config_from_args, save_config
+
+
+@dataclass
+class EmbedConfig:
+    """`vlm embed`: which model embeds which input into which folder (saved as OUT/embed_config.yaml)."""
+    model: str = field(metadata={"help": "a checkpoint folder (any of ours, e.g. a vlm2vec run) or open_clip:ARCH[:CKPT]"})
+    input: str = field(metadata={"help": "tar shards (a folder, glob, brace pattern or file) or a folder of media files"})
+    out: str = field(metadata={"help": "output folder (img_emb/, text_emb/, metadata/, stats/, run.json)"})
+    instruction: str | None = field(default=None, metadata={"help": "instruction put in every prompt (VLM2Vec)"})
+    modality: list[str] = field(default_factory=lambda: ["image"], metadata={
+        "repeat": True, "metavar": "MODALITY",
+        "help": "what to embed per sample: image | text (its caption) | audio | music | video; repeat for several"})
+    batch_size: int = 64
+    part_size: int = field(default=10_000, metadata={"help": "samples per part file (a shard is cut into parts)"})
+    num_workers: int = field(default=1, metadata={"help": "processes reading and preparing batches"})
+    device: str = "auto"
+    dtype: str = field(default="float32", metadata={"help": "compute dtype: float32 | bfloat16 | float16"})
+    out_dtype: str = field(default="float16", metadata={"help": "stored vectors: float16 (as clip-retrieval) | float32"})
+    progress: bool = field(default=True, metadata={"flag": "--quiet", "help": "no progress bar"})
+
+
+@dataclass
+class IndexConfig:
+    """`vlm index DIR`: a FAISS index per *_emb folder of an export."""
+    dir: str = field(metadata={"flag": None})
+    memory: str = field(default="4G", metadata={"help": "memory budget of an index (e.g. 4G, 512M)"})
+    kind: str = field(default="auto", metadata={"help": "auto | flat | hnsw | ivfpq"})
+    exact_max: int = field(default=50_000, metadata={"help": "auto: exact (Flat) search up to this many vectors"})
+    target_recall: float = field(default=0.97, metadata={"help": "search depth raised until recall@10 vs exact"})
+
+
+@dataclass
+class SearchConfig:
+    """`vlm search DIR`: the nearest rows of an indexed export for one query (or --recall)."""
+    dir: str = field(metadata={"flag": None})
+    text: str | None = None
+    image: str | None = field(default=None, metadata={"metavar": "FILE"})
+    audio: str | None = field(default=None, metadata={"metavar": "FILE"})
+    music: str | None = field(default=None, metadata={"metavar": "FILE"})
+    k: int = field(default=10, metadata={"flag": "-k"})
+    instruction: str | None = field(default=None, metadata={"help": "instruction put before the query (VLM2Vec)"})
+    target: str | None = field(default=None, metadata={"help": "which index to search (default: another modality than the query's)"})
+    recall: bool = field(default=False, metadata={"help": "caption -> image Recall@1/5/10 over the export's captions"})
+    model: str | None = field(default=None, metadata={"help": "embed the query with this model (default: the export's)"})
+    device: str = "auto"
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import sys
+
+    from vlm.embed.export import export
+    cfg = config_from_args(EmbedConfig, args, what="embed config field")
+    res = export(cfg)
+    save_config(cfg, f"{cfg.out}/embed_config.yaml")
+    import json
+    summary = json.loads((res.out / "stats" / "summary.json").read_text()) if (res.out / "stats" / "summary.json").exists() else {}
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("skipped_by_reason", {}).items()))
+    print(f"embedded {res.rows:,} samples into {len(res.written)} part(s) of {res.parts} in {res.seconds:.1f} s "
+          f"({res.items_per_s:,.0f} items/s); skipped {res.skipped}" + (f" ({reasons}; listed in {cfg.out}/stats/)" if res.skipped else ""))
+    if summary:
+        print(f"{cfg.out}: {summary['rows']:,} rows in {summary['parts_done']} of {summary['parts']} parts", file=sys.stderr)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from vlm.embed.index import build_index
+    args.cfg_dir = args.dir
+    cfg = config_from_args(IndexConfig, args, what="index config field")
+    build_index(cfg.dir, cfg.memory, cfg.kind, cfg.exact_max, cfg.target_recall)
+    save_config(cfg, f"{cfg.dir}/index/index_config.yaml")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from vlm.embed.index import caption_recall, open_index
+    from vlm.errors import UserError
+    args.cfg_dir = args.dir
+    cfg = config_from_args(SearchConfig, args, what="search config field")
+    from vlm.embed.api import Embedder
+    index = open_index(cfg.dir)
+    emb = Embedder.load(cfg.model or index.run["model"], device=cfg.device)
+    if cfg.recall:
+        r = caption_recall(cfg.dir, cfg.instruction, cfg.target or "image", embedder=emb)
+        print(f"caption -> {cfg.target or 'image'} over {cfg.dir}: {int(r['queries'])} distinct captions, "
+              f"{int(r['rows'])} rows")
+        print("| R@1 | R@5 | R@10 |\n|---|---|---|\n" + f"| {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} |")
+        return 0
+    if cfg.text is None and not any((cfg.image, cfg.audio, cfg.music)):
+        raise UserError("give a query: --text T, --image FILE, --audio FILE or --music FILE (or --recall)")
+    hits = index.query(text=cfg.text, image=cfg.image, audio=cfg.audio, music=cfg.music, k=cfg.k,
+                       instruction=cfg.instruction, target=cfg.target, embedder=emb)
+    for h in hits:
+        print(f"{h['rank']:>3}  {h['score']:.4f}  {h['key']}  {h['caption']}")
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embed shards or a media folder into clip-retrieval's layout",
+                       description="Embeddings of every sample (image, caption, audio ...) of shards or a media folder, "
+                                   "written as img_emb/text_emb/... .npy parts + metadata parquet; resumable; "
+                                   "data-parallel under torchrun. Every setting is a flag, --config key or key=value.")
+    add_config_flags(p, EmbedConfig)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("index", help="build FAISS indexes over a `vlm embed` output",
+                       description="One FAISS index per *_emb folder: exact for small sets, HNSW or IVF-PQ for large "
+                                   "ones (chosen from the count and a memory budget; the choice is printed).")
+    p.add_argument("dir", help="a `vlm embed` output folder")
+    add_config_flags(p, IndexConfig)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="query an indexed `vlm embed` output",
+                       description="Embed a query with the export's model and print the nearest rows: rank, score, "
+                                   "key, caption. --recall: caption -> image Recall@1/5/10 over the export.")
+    p.add_argument("dir", help="a `vlm embed` output folder with an index (vlm index)")
+    add_config_flags(p, SearchConfig)
+    p.set_defaults(func=cmd_search)

@@ -1,0 +1,429 @@
+"""`vlm embed`: a model's embeddings of shards or a media folder, written in clip-retrieval's layout.
+
+    vlm embed --model runs/vlm2vec-tiny/final --input data/synthetic-world/test --out runs/emb \
+        [--instruction "Represent the given image."] [--modality image] [--modality text]
+    torchrun --nproc_per_node 2 -m vlm.cli embed --model ... --input ... --out runs/emb   # parts split over ranks
+
+Output (clip-retrieval's, `clip_retrieval/clip_inference/writer.py`; row i of every file of part N is
+the same sample):
+    OUT/img_emb/img_emb_N.npy         [rows, D] L2-normalised (float16 by default, as clip-retrieval)
+    OUT/text_emb/text_emb_N.npy       (with --modality text: the sample's caption)
+    OUT/audio_emb/audio_emb_N.npy ... (audio / music / video likewise)
+    OUT/metadata/metadata_N.parquet   key, caption, source (the shard or file the sample came from)
+    OUT/stats/stats_N.json            rows, seconds, and every skipped sample with its reason
+    OUT/run.json                      model, fingerprint, instruction, modalities, dim, the part plan
+N is zero-padded to log10(parts) + 1 digits, so names sort in part order.
+
+Parts are fixed by the input alone: each shard (or the sorted media files) cut into runs of at most
+`part_size` samples, numbered in input order. A part is written when its last sample is embedded (npy
+files first, its metadata last, each through a temporary file and a rename), so memory holds only the
+parts in flight and a part whose metadata exists is complete. A rerun after a crash skips complete parts
+and redoes the rest; as a part's batches are always the same samples in the same order, the files come
+out identical to an uninterrupted export. Under torchrun rank r takes parts r, r + W, ...: the union is
+what one process writes. A sample that cannot be read (broken image, no caption for --modality text,
+not in the model's modalities ...) is skipped in every output file at once, counted and listed with its
+reason in the part's stats: rows never shift between embeddings and metadata.
+
+Data loading: `num_workers` processes read, decode and prepare (preprocess, tokenise) whole parts while
+the main process runs the model, so the export runs at the model's pace (benchmarks/studies/embed_throughput.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlm.embed.items import Item
+from vlm.errors import UserError
+from vlm.modalities import MODALITIES, MediaError, file_kind
+
+# clip-retrieval's folder prefixes: img_emb / text_emb; the other modalities by their name
+PREFIX = {"image": "img", "text": "text", **{m: m for m in MODALITIES if m != "image"}}
+TEXT_EXTENSIONS = ("txt",)
+
+
+def emb_dir(modality: str) -> str:
+    return f"{PREFIX[modality]}_emb"
+
+
+def part_name(i: int, count: int) -> str:
+    """clip-retrieval's suffix: zero-padded to int(log10(count)) + 1 digits."""
+    return str(i).zfill(int(math.log10(max(count, 1))) + 1)
+
+
+# ------------------------------------------------------------------------------------------------ input
+@dataclass(frozen=True)
+class Part:
+    index: int
+    source: str                     # a shard, or the input folder (files mode)
+    start: int                      # the first sample of the source in this part
+    stop: int
+
+
+@dataclass
+class InputPlan:
+    kind: str                       # "shards" | "files"
+    sources: list[str]
+    counts: list[int]               # samples per source
+    parts: list[Part]
+    files: list[list[str]] = field(default_factory=list)   # files mode: each sample's files (relative paths)
+
+    def samples(self) -> int:
+        return sum(self.counts)
+
+
+def _media_groups(folder: Path) -> list[list[str]]:
+    """Files under `folder` grouped by path without extension (`a.jpg` + `a.txt` = one sample), sorted."""
+    groups: dict[str, list[str]] = {}
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in sorted(files):
+            ext = f.rsplit(".", 1)[-1].lower() if "." in f else ""
+            if file_kind(ext) is None and ext not in TEXT_EXTENSIONS + ("json",):
+                continue
+            rel = os.path.relpath(os.path.join(root, f), folder)
+            groups.setdefault(rel.rsplit(".", 1)[0], []).append(rel)
+    return [groups[k] for k in sorted(groups)]
+
+
+def plan_input(spec: str, part_size: int) -> InputPlan:
+    """The fixed part plan of an input: tar shards (a folder of them, a glob, a brace pattern, a file) or
+    a folder of media files (with same-stem .txt captions). One-line UserError when there is nothing."""
+    from vlm.data.reader import expand_shards, scan_shard
+    if part_size < 1:
+        raise UserError(f"part_size must be >= 1, got {part_size}")
+    p = Path(spec)
+    if p.is_dir() and not any(p.glob("*.tar")) and not (p / "index.json").exists():
+        groups = _media_groups(p)
+        if not groups:
+            raise UserError(f"{spec}: no shards and no media files to embed")
+        parts = [Part(i, str(p), s, min(s + part_size, len(groups)))
+                 for i, s in enumerate(range(0, len(groups), part_size))]
+        return InputPlan("files", [str(p)], [len(groups)], parts, groups)
+    shards = expand_shards(spec)
+    counts = [sum(1 for _ in scan_shard(s)) for s in shards]
+    if not sum(counts):
+        raise UserError(f"{spec}: the shards hold no samples")
+    parts = []
+    for shard, n in zip(shards, counts):
+        for s in range(0, n, part_size):
+            parts.append(Part(len(parts), shard, s, min(s + part_size, n)))
+    return InputPlan("shards", shards, counts, parts)
+
+
+def caption_of(meta: dict, fields: dict[str, bytes]) -> str | None:
+    """A sample's caption: json `caption`, `txt`, or a synthetic-world scene's canonical description."""
+    if isinstance(meta.get("caption"), str) and meta["caption"].strip():
+        return meta["caption"].strip()
+    if "txt" in fields:
+        text = fields["txt"].decode("utf-8", errors="replace").strip()
+        if text:
+            return text.splitlines()[0].strip()
+    desc = (meta.get("labels") or {}).get("description")
+    return desc if isinstance(desc, str) and desc else None
+
+
+# ------------------------------------------------------------------------------------------------ workers
+class SampleSkip(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def windows(part: Part, batch_size: int) -> int:
+    """Batches of a part: fixed windows of `batch_size` samples (minus the skipped ones), so which
+    samples share a batch never depends on the number of workers or ranks."""
+    return max(1, math.ceil((part.stop - part.start) / batch_size))
+
+
+class WindowReader(torch.utils.data.IterableDataset):
+    """Prepared batches, one per window of a part: {part, window, keys, captions, sources, batches:
+    {modality: prepared batch}, skipped: [...]}. DataLoader worker w takes windows w, w + n, ... of the
+    plan (the main process puts them back in order)."""
+
+    def __init__(self, plan: InputPlan, parts: list[Part], prepare, modalities: list[str], instruction: str | None,
+                 batch_size: int):
+        super().__init__()
+        self.plan, self.parts, self.prepare = plan, parts, prepare
+        self.modalities, self.instruction, self.batch_size = modalities, instruction, batch_size
+        self._refs: tuple[str, list] | None = None
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        jobs = [(p, j) for p in self.parts for j in range(windows(p, self.batch_size))]
+        for part, j in jobs[w::n]:
+            yield self.window(part, j)
+
+    # -- reading
+    def _shard_refs(self, shard: str) -> list:
+        if self._refs is None or self._refs[0] != shard:            # parts of a shard come one after another
+            from vlm.data.reader import scan_shard
+            self._refs = (shard, list(scan_shard(shard)))
+        return self._refs[1]
+
+    def samples(self, part: Part, lo: int, hi: int):
+        """(key, source, fields | None, reason, message) of samples lo..hi of the part's source."""
+        if self.plan.kind == "files":
+            root = Path(part.source)
+            for files in self.plan.files[lo:hi]:
+                key, where = files[0].rsplit(".", 1)[0], str(root / files[0])
+                try:
+                    yield key, where, {f.rsplit(".", 1)[-1].lower(): (root / f).read_bytes() for f in files}, "", ""
+                except OSError as e:
+                    yield key, where, None, "unreadable_file", str(e.strerror)
+            return
+        from vlm.data.reader import FileCache, read_fields
+        cache = FileCache()
+        try:
+            for k, ref in enumerate(self._shard_refs(part.source)[lo:hi], lo):
+                if ref.error:
+                    yield ref.key or f"#{k}", part.source, None, ref.error, ref.message
+                    continue
+                try:
+                    yield ref.key, part.source, read_fields(ref, cache), "", ""
+                except OSError as e:
+                    yield ref.key, part.source, None, "bad_tar", str(e)
+        finally:
+            cache.close()
+
+    def items(self, fields: dict[str, bytes]) -> tuple[dict[str, Item], str]:
+        """The sample's item per exported modality, and its caption; SampleSkip(reason) when it has none."""
+        from vlm.data.decode import SampleError, read_meta
+        from vlm.data.writer import media_fields
+        try:
+            meta = read_meta(fields)
+        except SampleError as e:
+            raise SampleSkip(e.reason, str(e)) from None
+        caption = caption_of(meta, fields)
+        kinds = media_fields(fields)
+        out = {}
+        for m in self.modalities:
+            if m == "text":
+                if caption is None:
+                    raise SampleSkip("no_text", "no caption (json caption, txt or labels.description)")
+                out[m] = Item(text=caption, instruction=self.instruction)
+                continue
+            names = kinds[MODALITIES[m].files]
+            if not names:
+                raise SampleSkip(f"no_{m}", f"no {m} file ({'/'.join(MODALITIES[m].extensions)})")
+            try:
+                raw = MODALITIES[m].decode(fields[names[0]], getattr(self.prepare, "draft_size", None))
+            except MediaError as e:
+                raise SampleSkip(f"bad_{MODALITIES[m].files}", str(e)) from None
+            out[m] = Item(instruction=self.instruction, **{m: raw})
+        return out, caption or ""
+
+    def window(self, part: Part, j: int) -> dict:
+        lo = part.start + j * self.batch_size
+        hi = min(lo + self.batch_size, part.stop)
+        rows: list[tuple[str, str, str, dict[str, Item]]] = []        # key, caption, source, items
+        skipped: list[dict] = []
+        for key, source, fields, reason, message in self.samples(part, lo, hi):
+            if fields is None:
+                skipped.append({"key": key, "source": source, "reason": reason, "message": message})
+                continue
+            try:
+                items, caption = self.items(fields)
+            except SampleSkip as e:
+                skipped.append({"key": key, "source": source, "reason": e.reason, "message": str(e)})
+                continue
+            rows.append((key, caption, source, items))
+        batches: dict[str, Any] = {}
+        while rows:
+            try:
+                batches = {m: self.prepare([r[3][m] for r in rows]) for m in self.modalities}
+                break
+            except Exception:  # a broken item only its preprocessing finds: skip it, keep the others' places
+                rows = self._survivors(rows, skipped)
+        return {"part": part.index, "window": j, "keys": [r[0] for r in rows], "captions": [r[1] for r in rows],
+                "sources": [r[2] for r in rows], "batches": batches, "skipped": skipped}
+
+    def _survivors(self, rows: list, skipped: list[dict]) -> list:
+        from vlm.modalities import short_error
+        good = []
+        for row in rows:
+            for m in self.modalities:
+                try:
+                    self.prepare([row[3][m]])
+                except Exception as e:  # anything a broken file makes a preprocess raise
+                    skipped.append({"key": row[0], "source": row[2], "reason": f"bad_{m}", "message": short_error(e)})
+                    break
+            else:
+                good.append(row)
+        return good
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[np.ndarray]], dim: int,
+               dtype: np.dtype, keys: list[str], captions: list[str], sources: list[str], stats: dict) -> None:
+    import pandas as pd
+    for m in modalities:
+        arr = np.concatenate(emb[m]) if emb[m] else np.zeros((0, dim), dtype=dtype)
+        path = out / emb_dir(m) / f"{emb_dir(m)}_{name}.npy"
+
+        def save(tmp, arr=arr):
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        _atomic(path, save)
+    stats_path = out / "stats" / f"stats_{name}.json"
+    _atomic(stats_path, lambda tmp: tmp.write_text(json.dumps(stats, indent=1)))
+    table = pd.DataFrame({"key": pd.Series(keys, dtype=str), "caption": pd.Series(captions, dtype=str),
+                          "source": pd.Series(sources, dtype=str)})
+    _atomic(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+
+
+def _remove_torn(out: Path) -> None:
+    """Temporary files a killed export left (their process is gone; a live rank's are kept)."""
+    for tmp in out.glob("*/.*.tmp-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[-1]), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass
+
+
+def part_done(out: Path, name: str) -> bool:
+    return (out / "metadata" / f"metadata_{name}.parquet").exists()
+
+
+def manifest(cfg, backend, plan: InputPlan) -> dict:
+    return {"model": cfg.model, "fingerprint": backend.fingerprint, "instruction": cfg.instruction,
+            "modalities": list(cfg.modality), "dtype": cfg.out_dtype, "part_size": cfg.part_size,
+            "input": cfg.input, "sources": [os.path.abspath(s) for s in plan.sources], "samples": plan.counts,
+            "parts": len(plan.parts), "dim": backend.dim, "layout": "clip-retrieval"}
+
+
+def check_manifest(out: Path, want: dict) -> None:
+    path = out / "run.json"
+    if path.exists():
+        try:
+            have = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            have = {}
+        diff = [k for k in ("fingerprint", "instruction", "modalities", "dtype", "part_size", "sources", "samples")
+                if have.get(k) != want.get(k)]
+        if diff:
+            raise UserError(f"{out} holds an export with other settings ({', '.join(diff)} differ); "
+                            f"use another --out or delete it")
+        return
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(want, indent=1)))
+
+
+# ------------------------------------------------------------------------------------------------ the export
+@dataclass
+class ExportResult:
+    out: Path
+    parts: int
+    written: list[int]                   # parts this process wrote
+    rows: int                            # rows this process wrote
+    skipped: int
+    seconds: float
+    items_per_s: float
+
+
+def export(cfg) -> ExportResult:
+    """Run an export described by an `EmbedConfig` (vlm.embed.cli); the CLI's and Python's entry point."""
+    from tqdm.auto import tqdm
+
+    from vlm.embed.backends import load_backend
+    modalities = list(dict.fromkeys(cfg.modality))
+    for m in modalities:
+        if m not in PREFIX:
+            raise UserError(f"--modality {m}: not one of {', '.join(PREFIX)}")
+    if cfg.batch_size < 1 or cfg.num_workers < 0:
+        raise UserError(f"batch_size must be >= 1 and num_workers >= 0 (got {cfg.batch_size}, {cfg.num_workers})")
+    if cfg.out_dtype not in ("float16", "float32"):
+        raise UserError(f"out_dtype: float16 | float32, got {cfg.out_dtype!r}")
+    backend = load_backend(cfg.model, cfg.device, cfg.dtype)
+    for m in modalities:
+        if m != "text" and m not in backend.modalities:
+            raise UserError(f"{backend.name} cannot embed {m} (it embeds {', '.join(['text', *backend.modalities])})")
+    plan = plan_input(cfg.input, cfg.part_size)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    out = Path(cfg.out)
+    for d in [*(emb_dir(m) for m in modalities), "metadata", "stats"]:
+        (out / d).mkdir(parents=True, exist_ok=True)
+    check_manifest(out, manifest(cfg, backend, plan))
+    _remove_torn(out)
+    names = [part_name(p.index, len(plan.parts)) for p in plan.parts]
+    mine = [p for p in plan.parts if p.index % world == rank and not part_done(out, names[p.index])]
+    total = sum(p.stop - p.start for p in mine)
+    reader = WindowReader(plan, mine, backend.preparer(), modalities, cfg.instruction, cfg.batch_size)
+    workers = min(cfg.num_workers, sum(windows(p, cfg.batch_size) for p in mine))
+    loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
+    dtype, dim = np.dtype(cfg.out_dtype), backend.dim
+    pending: dict[int, dict[int, dict]] = {}               # part -> window -> its embedded chunk
+    written, rows, skipped, t0 = [], 0, 0, time.perf_counter()
+    with tqdm(total=total, desc=f"embed{f' rank {rank}' if world > 1 else ''}", unit="item", dynamic_ncols=True,
+              disable=not cfg.progress, position=rank if world > 1 else None) as bar:
+        for chunk in loader:
+            chunk["emb"] = {m: backend.forward(b).numpy().astype(dtype) for m, b in chunk.pop("batches").items()}
+            got = pending.setdefault(chunk["part"], {})
+            got[chunk["window"]] = chunk
+            bar.update(len(chunk["keys"]) + len(chunk["skipped"]))
+            part = plan.parts[chunk["part"]]
+            if len(got) < windows(part, cfg.batch_size):
+                continue
+            got = pending.pop(part.index)
+            done = [got[j] for j in range(windows(part, cfg.batch_size))]
+            lost = [s for c in done for s in c["skipped"]]
+            keys = [k for c in done for k in c["keys"]]
+            stats = {"part": part.index, "source": part.source, "samples": [part.start, part.stop], "rows": len(keys),
+                     "skipped": lost, "skipped_by_reason": dict(Counter(s["reason"] for s in lost))}
+            write_part(out, names[part.index], modalities, {m: [c["emb"][m] for c in done if c["keys"]] for m in modalities},
+                       dim, dtype, keys, [x for c in done for x in c["captions"]],
+                       [x for c in done for x in c["sources"]], stats)
+            written.append(part.index)
+            rows += len(keys)
+            skipped += len(lost)
+    seconds = time.perf_counter() - t0
+    _finish(out, world, rank, len(plan.parts), names)
+    return ExportResult(out, len(plan.parts), written, rows, skipped, seconds, (rows + skipped) / max(seconds, 1e-9))
+
+
+def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> None:
+    """After every rank is done (a barrier under torchrun), rank 0 sums the parts' stats into stats/summary.json."""
+    import torch.distributed as dist
+    if world > 1:
+        owns = not dist.is_initialized()
+        if owns:
+            dist.init_process_group("gloo")
+        dist.barrier()
+        if owns:
+            dist.destroy_process_group()
+    if rank != 0:
+        return
+    parts = [json.loads((out / "stats" / f"stats_{n}.json").read_text()) for n in names
+             if (out / "stats" / f"stats_{n}.json").exists()]
+    reasons = Counter()
+    for p in parts:
+        reasons.update(p["skipped_by_reason"])
+    summary = {"parts": count, "parts_done": len(parts), "rows": sum(p["rows"] for p in parts),
+               "skipped": sum(len(p["skipped"]) for p in parts), "skipped_by_reason": dict(reasons)}
+    _atomic(out / "stats" / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+
+
+def read_summary(out: Path) -> dict:
+    return json.loads((Path(out) / "stats" / "summary.json").read_text())
+
