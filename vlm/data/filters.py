@@ -5,7 +5,10 @@ media is decoded - the SAIL-VL curriculum's easy -> hard ordering, task and moda
     pipe = ShardPipeline(src, proc, stats_cls=FilterStats, wrap_sample_fn=lambda base: Filtering(base, f))
 
 A filtered sample counts as consumed, so the data position stays exact, and is reported under the
-reason `filtered`, which is not a data error (it never counts toward the error rate).
+reason `filtered`, which is not a data error (it never counts toward the error rate). A stage also
+drops, under `not_for_model`, samples whose media the model cannot take (an `<audio>` caption for an
+image-only model), whatever its filter says: the batch format says which modalities it takes
+(`Format.takes`), and the sample's are judged from its json and member names, before any decoding.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, placeholder_modalities
 
 FILTERED = "filtered"
+NOT_FOR_MODEL = "not_for_model"       # media of a modality the model has no encoder for: fine data, not an error
 
 
 @dataclass
@@ -95,35 +99,55 @@ def ref_passes(ref: SampleRef, files: FileCache, f: SampleFilter) -> bool:
     return keep_sample(_json_of(ref, files), f, [m[0] for m in ref.members])
 
 
+def needs_filtering(base: SampleProcessor, sample_filter: SampleFilter) -> bool:
+    """Whether a stage's samples must be judged before decoding: a filter, or a model that cannot take
+    every modality of the table."""
+    takes = base.format.takes()
+    return sample_filter != SampleFilter() or (takes is not None and not set(MODALITIES) <= takes)
+
+
 class Filtering(SampleProcessor):
-    """A SampleProcessor that first reads a sample's json alone and drops it if the filter says so."""
+    """A SampleProcessor that first reads a sample's json alone and drops it if the filter says so, or
+    if it holds media the model cannot take (`not_for_model`)."""
 
     MAX_STREAK = 200_000            # samples in a row rejected: the filter keeps nothing (never loop forever)
 
     def __init__(self, base: SampleProcessor, sample_filter: SampleFilter, where: str = "filter"):
         self.__dict__.update(base.__dict__)
         self.sample_filter, self.where, self.streak = sample_filter, where, 0
+        self.takes = base.format.takes()
 
     def __call__(self, ref: SampleRef, files: FileCache, seed: int = 0):
         if not ref.error:
-            if not ref_passes(ref, files, self.sample_filter):
+            meta, extensions = _json_of(ref, files), [m[0] for m in ref.members]
+            reason = None
+            if not keep_sample(meta, self.sample_filter, extensions):
+                reason, why = FILTERED, "not in this stage's filter"
+            elif self.takes is not None and not (have := sample_modalities(meta, extensions)) <= self.takes:
+                reason = NOT_FOR_MODEL
+                why = f"{'/'.join(sorted(have - self.takes))} media; the model takes {'/'.join(sorted(self.takes))}"
+            if reason is not None:
                 self.streak += 1
                 if self.streak >= self.MAX_STREAK:
-                    raise UserError(f"recipe field '{self.where}': {self.streak} samples in a row fail it")
-                raise SampleError(FILTERED, f"{ref.key}: not in this stage's filter")
+                    raise UserError(f"recipe field '{self.where}': {self.streak} samples in a row fail it "
+                                    f"(or hold media the model cannot take)")
+                raise SampleError(reason, f"{ref.key}: {why}")
             self.streak = 0
         return super().__call__(ref, files, seed)
 
 
 class FilterStats(DataStats):
-    """DataStats where filtered samples are not errors (they do not count toward the error rate)."""
+    """DataStats where filtered samples, and samples the model cannot take, are not errors (they do not
+    count toward the error rate)."""
+
+    NOT_ERRORS = frozenset({"too_long", FILTERED, NOT_FOR_MODEL})
 
     @property
     def errors(self) -> int:
-        return super().errors - self.skipped.get(FILTERED, 0)
+        return super().errors - self.skipped.get(FILTERED, 0) - self.skipped.get(NOT_FOR_MODEL, 0)
 
     def worst_shard(self) -> tuple[str, int]:
-        counts = {s: sum(n for r, n in c.items() if r not in ("too_long", FILTERED)) for s, c in self.by_shard.items()}
+        counts = {s: sum(n for r, n in c.items() if r not in self.NOT_ERRORS) for s, c in self.by_shard.items()}
         shard = max(counts, key=lambda s: (counts[s], s), default="")
         return shard, counts.get(shard, 0)
 

@@ -7,7 +7,14 @@ A family is one file that declares its parts and registers itself:
         media = media_parts(vision=vision, audio=audio, connector={"type": "projector", "projector": "linear"})
         return build_multimodal("mine", llm, media, route={"type": "plain"}, seed=seed)
 
-    register_family(Family("mine", "my connector", build_mine, sizes={"tiny": {...}}, recipes={"tiny": {...}}))
+    register_family(Family("mine", "my connector", build_mine, sizes={"tiny": {...}, "7b": {...}},
+                           recipes={"tiny": {...}, "7b": {...}}, test_widths={"7b": {...}}))
+
+`test_widths[size]`: builder settings that shrink a size to CPU-test widths while keeping every part's
+kind (the encoder's architecture, feature layer and mode, the LLM's model type, the connectors): the
+every-recipe test (`tests/test_recipes_run.py`, `vlm.train.recipe.smoke_recipe`) trains each built-in
+recipe with them, two steps per stage. A `tiny` size needs none; any other size with a recipe must
+give them (`TINY_VIT` and `tiny_llm` below shrink the common parts).
 
 The model is always `vlm.model.MultimodalLM` built from parts (`vlm.connectors`); a family that needs
 a new kind of part registers it there (a media connector or a route), never a model subclass.
@@ -42,6 +49,17 @@ class Family:
     # a folder is one, load(folder) rebuilds it (vlm.load)
     loads: Callable[[Path, dict], bool] | None = None
     load: Callable[[Path], Any] | None = None
+    # per size: builder settings that run it at test widths with the same kinds of parts (see above)
+    test_widths: dict[str, dict] = field(default_factory=dict)
+
+    def test_settings(self, size: str | None) -> dict:
+        """The builder settings that shrink `size` to test widths ({} for a `tiny` size)."""
+        if size in self.test_widths:
+            return copy.deepcopy(self.test_widths[size])
+        if size == "tiny":
+            return {}
+        raise UserError(f"family '{self.name}' size '{size}' has no test widths: give Family.test_widths"
+                        f"['{size}'] (builder settings at tiny widths, same kinds of parts; vlm/families/base.py)")
 
     def settings(self, size: str | None = None, overrides: dict | None = None) -> dict:
         """The builder's arguments: its defaults, then the size preset, then `overrides`."""
@@ -129,6 +147,20 @@ TINY_SIZE = dict(vision="tiny-clip", llm="tiny:llama", audio="whisper:tiny", mus
 QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
                  tie_word_embeddings=True, rope_theta=1000000.0)
+
+# Test widths (Family.test_widths): a ViT of any HF preset at 32 px, patch 8, 2 layers of 64 (its kind, feature
+# layer and CLS handling stay the preset's), and any LLM config shrunk to 2 layers of 64 (same model type).
+TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                patch_size=8)
+_TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2)
+
+
+def tiny_llm(spec: dict) -> dict:
+    """An LLM config spec ({'model_type': ..., sizes}) at test widths: same architecture and settings, the
+    vocabulary of the shipped tokenizer."""
+    return {**{k: v for k, v in spec.items() if k not in ("vocab_size", "head_dim")}, **_TINY_LLM}
+
 
 # SAIL-VL curriculum: alignment (projector only, captions) -> SFT easy -> SFT hard by the samples' difficulty
 # score (synthetic-world: 0.1 for one object, +0.15 per extra object, +0.03 per clutter stroke). As LLaVA-1.5,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 
 from vlm.connectors.zoom import ZoomSettings
-from vlm.families.base import Family, build_multimodal, register_family
+from vlm.families.base import TINY_VIT, Family, build_multimodal, register_family, tiny_llm
 from vlm.families.llava import LLAVA_05B_RECIPE, LLAVA_TINY_RECIPE, QWEN2_05B
 from vlm.model import MultimodalLM
 
@@ -66,4 +66,5 @@ register_family(Family(
                                    "tasks (projector, then full): the fine-detail comparison"),
         "0.5b": _recipe_like_llava(LLAVA_05B_RECIPE, "0.5b", 1185 - 576, "LLaVA-1.5 stages for dragonfly-0.5b (GPU)"),
     },
+    test_widths={"0.5b": dict(vision={**SIZE_05B["vision"], **TINY_VIT}, llm=tiny_llm(QWEN2_05B))},
 ))

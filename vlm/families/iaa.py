@@ -15,11 +15,13 @@ from vlm.families.base import (
     PROJECTORS,
     QWEN2_05B,
     TINY_SIZE,
+    TINY_VIT,
     Family,
     build_multimodal,
     media_parts,
     register_family,
     tiny_curriculum,
+    tiny_llm,
 )
 from vlm.model import MultimodalLM
 
@@ -53,4 +55,5 @@ register_family(Family(
         "0.5b": dict(vision="clip-vit-l-336", llm=QWEN2_05B, projector="linear"),
     },
     recipes={"tiny": IAA_TINY_RECIPE},
+    test_widths={"0.5b": dict(vision={"name": "clip-vit-l-336", **TINY_VIT}, llm=tiny_llm(QWEN2_05B))},
 ))

@@ -16,11 +16,13 @@ from vlm.families.base import (
     QWEN2_05B,
     SYNTHETIC_WORLD,
     TINY_SIZE,
+    TINY_VIT,
     Family,
     build_multimodal,
     media_parts,
     register_family,
     tiny_curriculum,
+    tiny_llm,
 )
 from vlm.model import MultimodalLM
 
@@ -72,4 +74,5 @@ register_family(Family(
         "0.5b": dict(vision="clip-vit-l-336", llm=QWEN2_05B),
     },
     recipes={"tiny": LLAVA_TINY_RECIPE, "0.5b": LLAVA_05B_RECIPE},
+    test_widths={"0.5b": dict(vision={"name": "clip-vit-l-336", **TINY_VIT}, llm=tiny_llm(QWEN2_05B))},
 ))

@@ -177,6 +177,30 @@ def load_recipe(spec: str, overrides: list[str] = (), world_size: int = 1, check
     return recipe
 
 
+def smoke_recipe(spec: str, out: str | os.PathLike, steps: int = 2, batch: int = 2, overrides: list[str] = ()) -> Recipe:
+    """A recipe shrunk for a quick run on a CPU: its family's test widths for its size
+    (`Family.test_widths`: same kinds of encoders, LLM and connectors), `steps` steps per stage at
+    `batch` x grad_accum samples, one process, a checkpoint at every stage end into `out`; the stages,
+    filters, data, objectives and LLM modes are the recipe's own. The every-recipe test runs each
+    built-in recipe this way."""
+    from vlm.families import get_family
+    raw, _ = raw_recipe(spec)
+    raw = copy.deepcopy(raw)
+    model = raw.setdefault("model", {})
+    fam = get_family(model.get("family", ModelSpec.family))
+    model["settings"] = {**model.get("settings", {}), **fam.test_settings(model.get("size", ModelSpec.size))}
+    for st in raw.get("stages", []):
+        st.update(steps=steps, tokens=None, batch_size=batch * int(st.get("grad_accum", 1)))
+    raw["runtime"] = {**raw.get("runtime", {}), "strategy": "none", "device": "cpu", "precision": "fp32",
+                      "num_workers": 0, "compile": False, "checkpoint_every": 0, "log_every": 1,
+                      "keep_last": len(raw.get("stages", [])) + 1, "output_dir": os.fspath(out), "wandb": False}
+    for item in overrides:
+        apply_override(raw, item)
+    recipe = from_dict(Recipe, raw)
+    validate(recipe)
+    return recipe
+
+
 # ---------------------------------------------------------------------------------------------
 # validation (no model built)
 # ---------------------------------------------------------------------------------------------
