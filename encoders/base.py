@@ -125,7 +125,7 @@ class ImagePreprocess(Preprocess):
         from torchvision.transforms.v2 import functional as tvF
         from transformers.image_transforms import convert_to_rgb
 
-        x = torch.from_numpy(np.array(convert_to_rgb(image))).permute(2, 0, 1).contiguous()  # [3, H, W] uint8
+        x = torch.from_numpy(np.array(convert_to_rgb(image, return_numpy=True))).permute(2, 0, 1).contiguous()  # [3, H, W] uint8
         (h, w), (th, tw) = x.shape[-2:], self.size
         if self.crop:
             short = int(math.floor(min(th, tw) / self.crop_pct))

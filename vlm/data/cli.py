@@ -6,6 +6,8 @@
     vlm data convert caption-folder FOLDER --out shards/captions
     vlm data convert class-folder FOLDER --out wds/mine [--templates templates.txt]
     vlm data convert media-folder FOLDER --captions captions.csv --kind audio|music|video --out shards/audio
+    vlm data convert hf-dataset PATH --out shards/sft [--split train] [--image-column images]
+        [--conversations-column messages] [--image-root DIR]                (vlm.data.convert_hf)
     vlm data inspect SHARDS ...                                           (vlm.data.inspect)
 """
 from __future__ import annotations
@@ -85,6 +87,11 @@ def _convert(args: argparse.Namespace) -> int:
     elif args.format == "caption-folder":
         report = convert.convert_caption_folder(args.folder, args.out, source=args.source,
                                                 max_count=args.max_count, **common)
+    elif args.format == "hf-dataset":
+        from vlm.data.convert_hf import convert_hf_dataset
+        report = convert_hf_dataset(args.path, args.out, split=args.split, image_column=args.image_column,
+                                    conversations_column=args.conversations_column, image_root=args.image_root,
+                                    source=args.source, max_count=args.max_count, **common)
     elif args.format == "class-folder":
         report = convert.convert_class_folder(args.folder, args.out, templates=_read_templates(args.templates),
                                               split=args.split, **common)
@@ -144,6 +151,16 @@ def add_cli(subparsers) -> None:
     p.add_argument("--captions", required=True, help="JSON ({file: caption} or [{file, caption}]) or CSV (file,caption)")
     p.add_argument("--kind", choices=[m for m in MODALITIES if m != "image"], default="audio",
                    help="placeholder to use (default audio)")
+    _common_convert_args(p)
+    p = formats.add_parser("hf-dataset", help="a local Hugging Face dataset (parquet or save_to_disk), streamed",
+                           description="A local parquet folder or save_to_disk folder -> conversation shards: LLaVA "
+                                       "`conversations`, ShareGPT `messages` or the_cauldron `texts`; images as bytes "
+                                       "or paths (vlm.data.convert_hf).")
+    p.add_argument("path", help="parquet folder / file, or a save_to_disk folder")
+    p.add_argument("--split", default=None, help="which split (default: train, or the only one)")
+    p.add_argument("--image-column", default=None, help="default: images or image, if present")
+    p.add_argument("--conversations-column", default=None, help="default: conversations, messages or texts")
+    p.add_argument("--image-root", default=None, help="folder image paths are relative to (default: PATH)")
     _common_convert_args(p)
 
     p = sub.add_parser("inspect", help="counts, token lengths, examples and errors of shards",
