@@ -84,12 +84,10 @@ def check_filter_fields(f: SampleFilter, where: str) -> None:
 
 
 def _json_of(ref: SampleRef, files: FileCache) -> dict:
-    member = [m for m in ref.members if m[0] == "json"]
-    if not member:
+    if not any(m[0] == "json" for m in ref.members):
         return {}                                     # `txt` alone: a caption without scores
-    only_json = SampleRef(ref.shard, ref.key, tuple(member))
     try:
-        meta = json.loads(read_fields(only_json, files)["json"])
+        meta = json.loads(read_fields(ref.only({"json"}), files)["json"])
     except (OSError, ValueError, UnicodeDecodeError):
         return {}                                     # the full decode reports the real error
     return meta if isinstance(meta, dict) else {}
@@ -154,10 +152,13 @@ class FilterStats(DataStats):
 
 def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, limit: int = 5000) -> None:
     """UserError naming the filter if none of the first `limit` samples of its sources passes it."""
-    from vlm.data.reader import expand_shards, scan_shard
+    from vlm.data.reader import expand_shards, is_remote, scan_shard
+    local = [s for s in expand_shards(shards) if not is_remote(s)]
+    if not local:
+        return                                        # remote shards are not read before training starts
     files, seen = FileCache(), 0
     try:
-        for shard in expand_shards(shards):
+        for shard in local:
             for ref in scan_shard(shard):
                 if not ref.error and ref_passes(ref, files, sample_filter):
                     return

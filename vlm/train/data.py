@@ -42,7 +42,8 @@ def build_stage_loader(recipe: Recipe, stage_index: int, processor, rank: int = 
     cfg = PipelineConfig(batch_size=micro, max_len=stage.max_len, packing=stage.packing,
                          shuffle_buffer=rt.shuffle_buffer, seed=stage_seed(recipe, stage_index),
                          num_workers=rt.num_workers, rank=rank, world_size=world_size, format=format,
-                         format_settings=dict(format_settings or {}))
+                         format_settings=dict(format_settings or {}), remote_timeout=rt.remote_timeout,
+                         remote_retries=rt.remote_retries, remote_backoff=rt.remote_backoff)
     where = f"stages.{stage_index}.filter"
 
     def wrap(base):

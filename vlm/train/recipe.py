@@ -46,7 +46,7 @@ class ModelSpec:
 
 @dataclass
 class Source:
-    shards: list[str]                               # tar files, globs, brace ranges or folders
+    shards: list[str]                               # tar files, globs, brace ranges, folders or URLs (vlm.data.remote)
     weight: float = 1.0                             # share in a mixture (relative)
 
 
@@ -88,6 +88,9 @@ class Runtime:
     seed: int = 0
     num_workers: int = 0                            # data-loader workers per rank
     shuffle_buffer: int = 1000
+    remote_timeout: float = 30.0                    # remote shards (http(s)://, s3://, pipe:): seconds a read may
+    remote_retries: int = 3                         # stall; failed attempts in a row before the rest of a shard
+    remote_backoff: float = 1.0                     # is skipped (counted); seconds before the first retry
     compile: bool = False
     activation_checkpointing: bool = False
     max_nan_steps: int = 5                          # consecutive non-finite steps before stopping
@@ -292,6 +295,9 @@ def _validate_runtime(rt: Runtime) -> None:
     _require(rt.checkpoint_every >= 0, "runtime.checkpoint_every", f"must be >= 0, got {rt.checkpoint_every}")
     _require(rt.keep_last >= 1, "runtime.keep_last", f"must be >= 1, got {rt.keep_last}")
     _require(rt.num_workers >= 0, "runtime.num_workers", f"must be >= 0, got {rt.num_workers}")
+    _require(rt.remote_timeout > 0, "runtime.remote_timeout", f"must be > 0, got {rt.remote_timeout}")
+    _require(rt.remote_retries >= 0, "runtime.remote_retries", f"must be >= 0, got {rt.remote_retries}")
+    _require(rt.remote_backoff >= 0, "runtime.remote_backoff", f"must be >= 0, got {rt.remote_backoff}")
     _require(rt.max_nan_steps >= 1, "runtime.max_nan_steps", f"must be >= 1, got {rt.max_nan_steps}")
     _require(rt.log_every >= 1, "runtime.log_every", f"must be >= 1, got {rt.log_every}")
     _require(rt.device in ("auto", "cpu", "cuda") or rt.device.startswith("cuda:"), "runtime.device",
