@@ -58,7 +58,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"\n{done} run, {res.reused} already done, "
           f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "
           f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses", file=sys.stderr)
-    print(f"report: {cfg.out}/report.md  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/", file=sys.stderr)
+    print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",
+          file=sys.stderr)
     return 0
 
 

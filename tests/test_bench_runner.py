@@ -41,6 +41,23 @@ def _benches(a):
         "sw-vqa-mc", "sw-caption")], probe]
 
 
+def check_html_report(out, ok):
+    """report.html: every benchmark and every sample of the run, media inlined, no external URL."""
+    import re
+    page = (out / "report.html").read_text()
+    for bench in ok["benchmark"].unique():
+        assert f"<summary>{bench} " in page, bench
+    for rec_file in (out / "results").glob("*/*.json"):
+        if json.loads(rec_file.read_text())["status"] == "ok":
+            for key in pd.read_parquet(rec_file.with_suffix(".parquet"))["key"].astype(str):
+                assert f"<code>{key}</code>" in page, (rec_file.name, key)
+    assert "http://" not in page and "https://" not in page
+    assert not re.findall(r"""(?:src|href)\s*=\s*(?!["']?(?:data:|#))""", page)
+    assert "data:image/png;base64," in page and "data:image/jpeg;base64," in page        # chart, thumbnails
+    assert "<audio controls" in page and 'name="show" value="disagree"' in page
+    assert page.count('data-error="1"') > 0 and page.count('data-disagree="1"') > 0
+
+
 def test_runner_end_to_end_rerun_and_cache(assets):
     from benchmarks.runner import RunConfig, evaluate
     a = assets
@@ -69,6 +86,7 @@ def test_runner_end_to_end_rerun_and_cache(assets):
         assert (out / f).stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "## object recognition" in report and "| attributes |" in report and "Not applicable" in report
+    check_html_report(out, ok)
     lookups = res.cache_hits + res.cache_misses
 
     # Rerun into the same folder: every benchmark is found done, nothing is computed.
