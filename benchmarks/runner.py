@@ -11,6 +11,7 @@ Output folder:
     results/<model>/<benchmark>.parquet   one row per sample (prediction, gold, correctness, scores)
     results/<model>/<benchmark>.json      metrics, status, timing; written last, so it marks the work done
     aggregate.parquet, aggregate.csv      one row per model x benchmark (every model ever run into DIR)
+    results.jsonl                         the same as a results file for model cards (benchmarks.model_card)
     report.md, chart.png                  grouped by benchmark type and capability
     report.html                           the same to look at: chart, tables with chance levels, and a
                                           per-sample gallery (media, question, gold, every model's answer)
@@ -151,6 +152,8 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
                 records.append(run_one(m, b, cfg, ctx))
                 pbar.update(1)
     table = aggregate(cfg.out)
+    from benchmarks.model_card import results_rows, write_results
+    write_results(Path(cfg.out) / "results.jsonl", results_rows(table))
     if cfg.report:
         from benchmarks.report import write_chart, write_report
         from benchmarks.report_html import write_html

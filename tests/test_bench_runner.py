@@ -150,6 +150,16 @@ def test_cli_run_list_and_model_card(assets, tmp_path, capsys):
     results = meta["model-index"][0]["results"]
     assert {r["dataset"]["name"] for r in results} == {"wds:wds_colors", "sw-colors"}
     assert all(0.0 <= r["metrics"][0]["value"] <= 1.0 for r in results)
+    # the card's numbers come from the results file written beside it; `vlm card --check` catches an edit
+    assert meta["vlm-results"] == ["results/card.jsonl"] and (tmp_path / "results" / "card.jsonl").exists()
+    rc, cap = _cli(["card", "--check", str(card)], capsys)
+    assert rc == 0, cap.out
+    edited = text.replace(f"{results[0]['metrics'][0]['value']}", "0.9999", 1)
+    card.write_text(edited)
+    rc, cap = _cli(["card", "--check", str(card)], capsys)
+    assert rc == 1 and "0.9999" in cap.out
+    rc, cap = _cli(["card", str(card)], capsys)
+    assert rc == 0 and card.read_text() == text
     rc, cap = _cli(["eval", "list", "sw-vqa-*"], capsys)
     assert rc == 0 and "sw-vqa-color" in cap.out and "sw-shapes" not in cap.out
     rc, cap = _cli(["list", "benchmarks", "ub-*"], capsys)
