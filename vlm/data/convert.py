@@ -403,12 +403,6 @@ def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audi
                       meta={"source": source, "kind": kind})
 
 
-def convert_hf_dataset(*args, **kwargs) -> Report:
-    """A local Hugging Face dataset -> shards (`vlm.data.convert_hf`, which imports `datasets`)."""
-    from vlm.data.convert_hf import convert_hf_dataset as convert
-    return convert(*args, **kwargs)
-
-
 CONVERTERS = {"llava-json": convert_llava_json, "caption-folder": convert_caption_folder,
-              "class-folder": convert_class_folder, "media-folder": convert_media_folder,
-              "hf-dataset": convert_hf_dataset}
+              "class-folder": convert_class_folder, "media-folder": convert_media_folder}
+# hf-dataset: vlm.data.convert_hf.convert_hf_dataset (it imports `datasets`; it uses this module's helpers)

@@ -42,6 +42,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from vlm.data.tar import _KEY_EXT, SampleRef, TarBroken, _octal, _pax_records
 from vlm.errors import UserError
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -219,7 +220,6 @@ class _Reader:
 
 
 def _header(h: bytes, pos: int) -> tuple[str, int, bytes]:
-    from vlm.data.reader import TarBroken, _octal
     if _octal(h[148:156]) != sum(h) - sum(h[148:156]) + 256:
         raise TarBroken("bad_tar", f"corrupt tar header at byte {pos}")
     name = h[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -231,7 +231,6 @@ def _header(h: bytes, pos: int) -> tuple[str, int, bytes]:
 
 def _members(reader: _Reader) -> Iterator[tuple[int, str, int, int, bytes]]:
     """(first header byte, name, data offset, size, data) of each regular file, from the stream."""
-    from vlm.data.reader import TarBroken, _pax_records
     long_name, pax, start = None, {}, None
     while True:
         at = reader.pos
@@ -271,7 +270,6 @@ def stream_shard(url: str, settings: RemoteSettings, first: int = 0, stop: int |
     """The samples of one remote tar, in order, from sample index `first` (earlier ones are streamed
     past) to `stop` (exclusive; None: the end). A failure is retried from the first byte of the sample
     it broke in; after `settings.retries` failures in a row, one StreamError ends the shard."""
-    from vlm.data.reader import _KEY_EXT, TarBroken
     index, offset, failures = 0, 0, 0                 # next sample, its first byte, failures in a row
     while stop is None or index < stop:
         reader = None
@@ -353,7 +351,6 @@ class RemoteContext:
     def go_live(self) -> dict[tuple[str, int], object]:
         """End of the replay: read the samples that placeholders still stand for (in shuffle buffers),
         each shard streamed up to the last of them. Returns (url, index) -> ref with data."""
-        from vlm.data.reader import SampleRef
         self.replaying = False
         wanted: dict[str, set[int]] = {}
         for url, i in self.pending:
@@ -379,7 +376,6 @@ def is_placeholder(ref) -> bool:
 def shard_refs(url: str, ctx: RemoteContext, epoch: int) -> Iterator:
     """The refs of one remote shard: placeholders while replaying a shard of known size, real refs
     (with their bytes) otherwise; the shard's size is learned when it is read to its end."""
-    from vlm.data.reader import SampleRef
     known = ctx.known.get(url)
     i = 0
     if known is not None:
