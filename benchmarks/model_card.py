@@ -137,6 +137,8 @@ def summarize(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any
                                                                 "kind": r.get("kind"), "chance": r.get("chance"),
                                                                 "by_model": {}})
         b["by_model"].setdefault(r["model"], []).append(r)
+        if b["chance"] is None:
+            b["chance"] = r.get("chance")
     for b in benches.values():
         for m, rs in b["by_model"].items():
             seeds = [r.get("seed") for r in rs]
@@ -208,7 +210,7 @@ def render(card: str | os.PathLike, text: str | None = None) -> str:
     files = _files_of(card, meta)
     rows = read_results(files)
     meta["model-index"] = model_index(rows)
-    section = results_section(rows, [os.path.relpath(f, card.parent) for f in files], card.as_posix())
+    section = results_section(rows, [os.path.relpath(f, card.parent) for f in files], f"{card.parent.name}/{card.name}")
     if START in body and END in body:
         body = body[:body.index(START)] + section + body[body.index(END) + len(END):]
     else:

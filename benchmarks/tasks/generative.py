@@ -61,8 +61,11 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -
             for s, m, (p, gold), pred in zip(chunk, metas, pg, preds):
                 rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred, **score_answer(pred, gold)))
             pbar.update(len(chunk))
-    return TaskResult(rows, {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"),
-                             "n": float(len(rows))})
+    metrics = {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"), "n": float(len(rows))}
+    sets = [len(m.get("choices") or ()) for s in samples for m in [s.meta()]]
+    if sets and all(sets):                 # a closed answer set: chance = a uniform guess among its choices
+        metrics["chance"] = sum(1 / n for n in sets) / len(sets)
+    return TaskResult(rows, metrics)
 
 
 def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
