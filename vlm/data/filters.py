@@ -106,31 +106,22 @@ def needs_filtering(base: SampleProcessor, sample_filter: SampleFilter) -> bool:
 
 class Filtering(SampleProcessor):
     """A SampleProcessor that first reads a sample's json alone and drops it if the filter says so, or
-    if it holds media the model cannot take (`not_for_model`)."""
-
-    MAX_STREAK = 200_000            # samples in a row rejected: the filter keeps nothing (never loop forever)
+    if it holds media the model cannot take (`not_for_model`). (A filter that keeps nothing of a rank's
+    share stops the pipeline after a whole pass: ShardDataset.)"""
 
     def __init__(self, base: SampleProcessor, sample_filter: SampleFilter, where: str = "filter"):
         self.__dict__.update(base.__dict__)
-        self.sample_filter, self.where, self.streak = sample_filter, where, 0
+        self.sample_filter, self.where = sample_filter, where
         self.takes = base.format.takes()
 
     def __call__(self, ref: SampleRef, files: FileCache, seed: int = 0):
         if not ref.error:
             meta, extensions = _json_of(ref, files), [m[0] for m in ref.members]
-            reason = None
             if not keep_sample(meta, self.sample_filter, extensions):
-                reason, why = FILTERED, "not in this stage's filter"
-            elif self.takes is not None and not (have := sample_modalities(meta, extensions)) <= self.takes:
-                reason = NOT_FOR_MODEL
-                why = f"{'/'.join(sorted(have - self.takes))} media; the model takes {'/'.join(sorted(self.takes))}"
-            if reason is not None:
-                self.streak += 1
-                if self.streak >= self.MAX_STREAK:
-                    raise UserError(f"recipe field '{self.where}': {self.streak} samples in a row fail it "
-                                    f"(or hold media the model cannot take)")
-                raise SampleError(reason, f"{ref.key}: {why}")
-            self.streak = 0
+                raise SampleError(FILTERED, f"{ref.key}: not in {self.where}")
+            if self.takes is not None and not (have := sample_modalities(meta, extensions)) <= self.takes:
+                raise SampleError(NOT_FOR_MODEL, f"{ref.key}: {'/'.join(sorted(have - self.takes))} media; the "
+                                                 f"model takes {'/'.join(sorted(self.takes))}")
         return super().__call__(ref, files, seed)
 
 

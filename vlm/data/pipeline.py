@@ -29,6 +29,7 @@ keeps (`remote_shards`) so that a restart replays without reading them again.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -177,15 +178,27 @@ class ShardDataset(torch.utils.data.IterableDataset):
         events: list[tuple] = []          # (ref index, kind, reason, shard, message)
         rows: list[list[tuple[Any, str, int, int]]] = [[]]   # packing: rows; padding: one list
         fmt = self.sample_fn.format
+        # Never loop forever on unusable data: a source is dry when, since the last usable sample, it has given
+        # twice as many refs as distinct samples (+ the shuffle buffer): it went round its whole share of the
+        # data. Every source dry at once: stop with the reasons.
+        streak: Counter = Counter()                        # source -> refs since the last usable sample
+        distinct: dict[int, set] = {}                      # source -> the samples among them
         try:
             k = start - 1
-            for k, (_, ref) in enumerate(refs, start):
+            for k, (i, ref) in enumerate(refs, start):
                 seed = sample_seed(cfg.seed, ref.key, ref.epoch)
                 try:
                     sample, converted = self.sample_fn(ref, files, seed)
                 except SampleError as e:
                     events.append((k, "skip", e.reason, ref.shard, f"{ref.key}: {e}" if ref.key else str(e)))
+                    streak[i] += 1
+                    distinct.setdefault(i, set()).add((ref.shard, ref.key))
+                    if all(streak[j] >= 2 * len(distinct.get(j, ())) + max(1, cfg.shuffle_buffer) and streak[j]
+                           for j in range(len(self.sources))):
+                        self._no_usable_sample(w, events)
                     continue
+                streak.clear()
+                distinct.clear()
                 events += [(k, "converted", c, ref.shard, "") for c in converted]
                 item = (sample, ref.key, k, seed)
                 if cfg.packing:
@@ -219,6 +232,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
             if k == start:
                 fetched = remote.go_live()
             yield i, resolve(ref, fetched) if is_placeholder(ref) else ref
+
+    def _no_usable_sample(self, w: int, events: list[tuple]) -> None:
+        """A whole pass over every source gave this slot nothing to train on: stop, never loop forever."""
+        reasons = Counter(e[2] for e in events if e[1] == "skip")
+        names = ", ".join(f"'{s.name}'" for s in self.sources)
+        raise UserError(f"data source(s) {names}: a whole pass on rank {self.rank} (worker {w}) gave no usable "
+                        f"sample (skipped: {', '.join(f'{r} {n}' for r, n in reasons.most_common())})")
 
     def _batch(self, w: int, rows: list[list[tuple[Any, str, int, int]]], events: list[tuple]) -> dict:
         end = max(k for row in rows for _, _, k, _ in row) + 1

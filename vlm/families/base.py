@@ -4,17 +4,18 @@ encoders from names, parts per modality), the shared size presets and the tiny c
 A family is one file that declares its parts and registers itself:
 
     def build_mine(vision="tiny-clip", llm="tiny:llama", audio=None, seed=0):
-        media = media_parts(vision=vision, audio=audio, connector={"type": "projector", "projector": "linear"})
-        return build_multimodal("mine", llm, media, route={"type": "plain"}, seed=seed)
+        encoders, media = media_parts({"type": "projector", "projector": "linear"}, vision=vision, audio=audio)
+        return build_multimodal("mine", llm, encoders, media, route={"type": "plain"}, seed=seed)
 
     register_family(Family("mine", "my connector", build_mine, sizes={"tiny": {...}, "7b": {...}},
                            recipes={"tiny": {...}, "7b": {...}}, test_widths={"7b": {...}}))
 
-`test_widths[size]`: builder settings that shrink a size to CPU-test widths while keeping every part's
-kind (the encoder's architecture, feature layer and mode, the LLM's model type, the connectors): the
-every-recipe test (`tests/test_recipes_run.py`, `vlm.train.recipe.smoke_recipe`) trains each built-in
-recipe with them, two steps per stage. A `tiny` size needs none; any other size with a recipe must
-give them (`TINY_VIT` and `tiny_llm` below shrink the common parts).
+Test widths: `smoke_recipe` (`vlm.train.recipe`; the every-recipe test `tests/test_recipes_run.py`)
+trains each built-in recipe two steps per stage with every part shrunk to CPU-test width, of the same
+kind: `test_width_settings` maps the encoder presets (`TEST_ENCODERS`: an HF tower keeps its feature
+layer and CLS handling at 32 px / 2 layers of 64; Whisper and MERT presets go to their tiny sizes) and
+any LLM config (`tiny_llm`: same model type, 2 layers of 64). A family whose builder takes other width
+settings gives `test_widths[size]` on top (the mert family: its HuBERT sizes).
 
 The model is always `vlm.model.MultimodalLM` built from parts (`vlm.connectors`); a family that needs
 a new kind of part registers it there (a media connector or a route), never a model subclass.
@@ -49,17 +50,13 @@ class Family:
     # a folder is one, load(folder) rebuilds it (vlm.load)
     loads: Callable[[Path, dict], bool] | None = None
     load: Callable[[Path], Any] | None = None
-    # per size: builder settings that run it at test widths with the same kinds of parts (see above)
+    # per size: builder settings at test widths beyond what `test_width_settings` shrinks (see above)
     test_widths: dict[str, dict] = field(default_factory=dict)
 
-    def test_settings(self, size: str | None) -> dict:
-        """The builder settings that shrink `size` to test widths ({} for a `tiny` size)."""
-        if size in self.test_widths:
-            return copy.deepcopy(self.test_widths[size])
-        if size == "tiny":
-            return {}
-        raise UserError(f"family '{self.name}' size '{size}' has no test widths: give Family.test_widths"
-                        f"['{size}'] (builder settings at tiny widths, same kinds of parts; vlm/families/base.py)")
+    def test_settings(self, size: str | None = None, overrides: dict | None = None) -> dict:
+        """Builder settings that run `size` (+ `overrides`) at test widths with the same kinds of parts."""
+        shrunk = test_width_settings(self.settings(size, overrides), f"family '{self.name}' size '{size}'")
+        return {**shrunk, **copy.deepcopy(self.test_widths.get(size, {}))}
 
     def settings(self, size: str | None = None, overrides: dict | None = None) -> dict:
         """The builder's arguments: its defaults, then the size preset, then `overrides`."""
@@ -106,31 +103,33 @@ def resolve_llm(spec: str | dict, seed: int | None = 0):
 
 
 def media_parts(connector: dict, connectors: dict[str, dict] | None = None, **encoders: str | dict | None
-                ) -> dict[str, tuple[str | dict, dict]]:
-    """Per modality (builder keywords `vision`, `audio`, `music`, `video`): (encoder name or spec, connector
-    settings). `connector` applies to every modality, `connectors[m]` adds to it; None encoders are left out."""
+                ) -> tuple[dict[str, str | dict], dict[str, dict]]:
+    """(encoders by modality name, connector settings by modality) for builder keywords `vision`, `audio`,
+    `music`, `video`: each modality's own encoder through `connector` (+ `connectors[m]`); None encoders
+    are left out."""
     by_arg = {arg: m for m, arg in ENCODER_ARGS.items()}
     unknown = sorted(set(encoders) - set(by_arg))
     if unknown:
         raise UserError(f"unknown encoder keyword {unknown[0]!r}; use {sorted(by_arg)}")
-    return {by_arg[a]: (enc, {**connector, **(connectors or {}).get(by_arg[a], {})})
-            for a, enc in encoders.items() if enc is not None}
+    present = {by_arg[a]: enc for a, enc in encoders.items() if enc is not None}
+    return present, {m: {**connector, **(connectors or {}).get(m, {})} for m in present}
 
 
-def build_multimodal(family: str, llm: str | dict, media: dict[str, tuple[str | dict, dict]],
+def build_multimodal(family: str, llm: str | dict, encoders: dict[str, str | dict], media: dict[str, dict],
                      route: dict | None = None, llm_mode: str = "frozen", lora: dict | None = None,
                      system: str | None = None, seed: int | None = 0) -> MultimodalLM:
-    """Build the LLM and the encoders from names (in modality order, seeded), then the model's parts."""
+    """Build the LLM and the named encoders from names or specs (in order, seeded), then the model's parts:
+    `media[m]` is modality m's connector settings, naming the encoders it uses (default: the one named m)."""
     import torch
     from encoders import build_encoder
     if seed is not None:
         torch.manual_seed(seed)
     model, tok = resolve_llm(llm, seed)
     encs = {}
-    for modality, (spec, _) in media.items():
+    for name, spec in encoders.items():
         kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
-        encs[modality] = build_encoder(kw.pop("name"), **kw)
-    cfg = ModelConfig(family=family, llm={}, media={m: {"connector": dict(c)} for m, (_, c) in media.items()},
+        encs[name] = build_encoder(kw.pop("name"), **kw)
+    cfg = ModelConfig(family=family, llm={}, encoders={}, media={m: dict(c) for m, c in media.items()},
                       route=dict(route or {"type": "plain"}), llm_mode=llm_mode, lora=lora, system=system)
     return MultimodalLM(cfg, model, tok, encs)
 
@@ -148,18 +147,51 @@ QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, nu
                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
                  tie_word_embeddings=True, rope_theta=1000000.0)
 
-# Test widths (Family.test_widths): a ViT of any HF preset at 32 px, patch 8, 2 layers of 64 (its kind, feature
-# layer and CLS handling stay the preset's), and any LLM config shrunk to 2 layers of 64 (same model type).
+# Test widths (module docstring): a ViT of an HF preset at 32 px, patch 8, 2 layers of 64 (its kind, feature layer
+# and CLS handling stay the preset's), any LLM config at 2 layers of 64 (same model type), and per encoder preset
+# its test-width spec (names with "tiny" in them are test width already).
 TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                 patch_size=8)
 _TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2)
+TEST_ENCODERS: dict[str, str | dict] = {
+    "clip-vit-l-336": dict(name="clip-vit-l-336", **TINY_VIT),
+    "whisper:base": "whisper:tiny",
+    "mert:base": "mert:tiny",
+}
 
 
 def tiny_llm(spec: dict) -> dict:
     """An LLM config spec ({'model_type': ..., sizes}) at test widths: same architecture and settings, the
     vocabulary of the shipped tokenizer."""
     return {**{k: v for k, v in spec.items() if k not in ("vocab_size", "head_dim")}, **_TINY_LLM}
+
+
+def test_width_encoder(spec: str | dict, where: str) -> str | dict:
+    """An encoder name or spec at test width, of the same kind (UserError if none is known)."""
+    name = spec["name"] if isinstance(spec, dict) else spec
+    if "tiny" in name:
+        return spec
+    if name.startswith("video:"):
+        return "video:tiny"                            # frames through an image encoder + a temporal embedding
+    if name not in TEST_ENCODERS:
+        raise UserError(f"{where}: no test width for encoder {name!r}; add one to vlm.families.base.TEST_ENCODERS")
+    t = TEST_ENCODERS[name]
+    return {**(spec if isinstance(spec, dict) else {}), **({"name": t} if isinstance(t, str) else t)}
+
+
+def test_width_settings(settings: dict, where: str = "model") -> dict:
+    """The encoder and LLM settings of resolved builder settings, at test widths (the rest untouched)."""
+    out: dict[str, Any] = {}
+    for arg in ENCODER_ARGS.values():
+        if settings.get(arg) is not None:
+            out[arg] = test_width_encoder(settings[arg], f"{where}: setting '{arg}'")
+    llm = settings.get("llm")
+    if isinstance(llm, dict):
+        out["llm"] = tiny_llm(llm)
+    elif isinstance(llm, str) and not llm.startswith("tiny:"):
+        raise UserError(f"{where}: the LLM {llm!r} is a local folder; it has no test width")
+    return out
 
 
 # SAIL-VL curriculum: alignment (projector only, captions) -> SFT easy -> SFT hard by the samples' difficulty
@@ -174,21 +206,25 @@ PROJECTORS = "media.*.projector.*"                     # the trainable pattern o
 
 
 def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft_llm: str,
-                    modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS) -> dict:
-    """The tiny recipe of `family`: align (projectors, captions), then SFT easy -> hard training
-    `sft_trainable` with the LLM in mode `sft_llm`, on samples of `modalities` (and `tasks`; None: all)."""
+                    modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS,
+                    align_tasks: list[str] = ("caption",), settings: dict | None = None,
+                    easy_below: float = 0.3) -> dict:
+    """The tiny recipe of `family`: align (projectors, the `align_tasks` captions), then SFT easy
+    (difficulty < `easy_below`) -> hard training `sft_trainable` with the LLM in mode `sft_llm`, on
+    samples of `modalities` (and `tasks`; None: all); `settings`: the model's builder settings over its
+    tiny size."""
     sft = dict(trainable=list(sft_trainable), llm=sft_llm, **TINY_COMMON)
     only = {"modalities": list(modalities)}
     with_tasks = {"tasks": list(tasks)} if tasks is not None else {}
     return {
         "description": description,
-        "model": {"family": family, "size": "tiny", "settings": {}},
+        "model": {"family": family, "size": "tiny", "settings": dict(settings or {})},
         "data": copy.deepcopy(SYNTHETIC_WORLD),
         "stages": [
             {"name": "align", "trainable": [PROJECTORS], "llm": "frozen", "lr": 3e-3, "steps": 20,
-             "filter": {"kind": "caption", **({"tasks": ["caption"]} if tasks is not None else {}), **only},
+             "filter": {"kind": "caption", **({"tasks": list(align_tasks)} if tasks is not None else {}), **only},
              **TINY_COMMON},
-            {"name": "sft-easy", "filter": {**with_tasks, "max_difficulty": 0.3, **only}, "steps": 700,
+            {"name": "sft-easy", "filter": {**with_tasks, "max_difficulty": easy_below, **only}, "steps": 700,
              "lr": 3e-3, **sft},
             # the whole difficulty range: multi-object questions join the easy ones (no forgetting)
             {"name": "sft-hard", "filter": {**with_tasks, "min_difficulty": 0.1, **only}, "steps": 500,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 
 from vlm.connectors.zoom import ZoomSettings
-from vlm.families.base import TINY_VIT, Family, build_multimodal, register_family, tiny_llm
+from vlm.families.base import Family, build_multimodal, register_family
 from vlm.families.llava import LLAVA_05B_RECIPE, LLAVA_TINY_RECIPE, QWEN2_05B
 from vlm.model import MultimodalLM
 
@@ -28,8 +28,8 @@ def build_dragonfly(vision: str | dict = "tiny-clip", llm: str | dict = "tiny:ll
     """Any image encoder + any LLM; the zoom settings are `vlm.connectors.zoom.ZoomSettings`."""
     zoom = ZoomSettings(**{k: v for k, v in dict(pool=pool, top_k=top_k, selection=selection, factor=factor,
                                                    separator=separator, mid_grids=mid_grids).items() if v is not None})
-    media = {"image": (vision, {"type": "zoom", "projector": projector, **zoom.to_dict()})}
-    return build_multimodal("dragonfly", llm, media, {"type": "plain"}, llm_mode, lora, seed=seed)
+    media = {"image": {"type": "zoom", "projector": projector, **zoom.to_dict()}}
+    return build_multimodal("dragonfly", llm, {"image": vision}, media, {"type": "plain"}, llm_mode, lora, seed=seed)
 
 
 def _recipe_like_llava(llava: dict, size: str, extra_tokens: int, description: str) -> dict:
@@ -66,5 +66,4 @@ register_family(Family(
                                    "tasks (projector, then full): the fine-detail comparison"),
         "0.5b": _recipe_like_llava(LLAVA_05B_RECIPE, "0.5b", 1185 - 576, "LLaVA-1.5 stages for dragonfly-0.5b (GPU)"),
     },
-    test_widths={"0.5b": dict(vision={**SIZE_05B["vision"], **TINY_VIT}, llm=tiny_llm(QWEN2_05B))},
 ))

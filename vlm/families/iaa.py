@@ -15,13 +15,11 @@ from vlm.families.base import (
     PROJECTORS,
     QWEN2_05B,
     TINY_SIZE,
-    TINY_VIT,
     Family,
     build_multimodal,
     media_parts,
     register_family,
     tiny_curriculum,
-    tiny_llm,
 )
 from vlm.model import MultimodalLM
 
@@ -32,10 +30,10 @@ def build_iaa(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny:l
               seed: int | None = 0) -> MultimodalLM:
     """adaptor_layers: depths after which an adaptor runs (None: pairs every k layers, k scaled from the
     reference's 5-in-32). The LLM stays frozen: the route refuses any other mode."""
-    media = media_parts({"type": "projector", "projector": projector},
-                        {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
-                        vision=vision, audio=audio, music=music, video=video)
-    return build_multimodal("iaa", llm, media, {"type": "inner_adaptor", "adaptor_layers": adaptor_layers},
+    encoders, media = media_parts({"type": "projector", "projector": projector},
+                                  {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
+                                  vision=vision, audio=audio, music=music, video=video)
+    return build_multimodal("iaa", llm, encoders, media, {"type": "inner_adaptor", "adaptor_layers": adaptor_layers},
                             "frozen", None, seed=seed)
 
 
@@ -55,5 +53,4 @@ register_family(Family(
         "0.5b": dict(vision="clip-vit-l-336", llm=QWEN2_05B, projector="linear"),
     },
     recipes={"tiny": IAA_TINY_RECIPE},
-    test_widths={"0.5b": dict(vision={"name": "clip-vit-l-336", **TINY_VIT}, llm=tiny_llm(QWEN2_05B))},
 ))

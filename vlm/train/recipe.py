@@ -181,8 +181,8 @@ def load_recipe(spec: str, overrides: list[str] = (), world_size: int = 1, check
 
 
 def smoke_recipe(spec: str, out: str | os.PathLike, steps: int = 2, batch: int = 2, overrides: list[str] = ()) -> Recipe:
-    """A recipe shrunk for a quick run on a CPU: its family's test widths for its size
-    (`Family.test_widths`: same kinds of encoders, LLM and connectors), `steps` steps per stage at
+    """A recipe shrunk for a quick run on a CPU: its model's parts at test widths, of the same kinds
+    (`Family.test_settings`: encoders, LLM, connectors as shipped), `steps` steps per stage at
     `batch` x grad_accum samples, one process, a checkpoint at every stage end into `out`; the stages,
     filters, data, objectives and LLM modes are the recipe's own. The every-recipe test runs each
     built-in recipe this way."""
@@ -191,7 +191,8 @@ def smoke_recipe(spec: str, out: str | os.PathLike, steps: int = 2, batch: int =
     raw = copy.deepcopy(raw)
     model = raw.setdefault("model", {})
     fam = get_family(model.get("family", ModelSpec.family))
-    model["settings"] = {**model.get("settings", {}), **fam.test_settings(model.get("size", ModelSpec.size))}
+    settings = model.get("settings", {})
+    model["settings"] = {**settings, **fam.test_settings(model.get("size", ModelSpec.size), settings)}
     for st in raw.get("stages", []):
         st.update(steps=steps, tokens=None, batch_size=batch * int(st.get("grad_accum", 1)))
     raw["runtime"] = {**raw.get("runtime", {}), "strategy": "none", "device": "cpu", "precision": "fp32",
