@@ -1,12 +1,13 @@
-"""Every built-in recipe RUNS (not only validates): `vlm list recipes`, each at its family's test widths
-(`Family.test_widths`: same kinds of encoders, LLM and connectors), two steps per stage, on a freshly
+"""Every built-in recipe RUNS (not only validates): `vlm list recipes`, each at test widths
+(`Family.test_settings`: same kinds of encoders, LLM and connectors), two steps per stage, on a freshly
 built small synthetic-world at the path the recipe names (`data/synthetic-world/...`, relative to the
 working directory). Each stage must read no sample as a data error (samples of a modality the model
 has no encoder for are `not_for_model`, not errors), log finite losses, get a gradient into what it
 trains and change the weights.
 
-A new family plugs in by registering its recipes and, for any size other than `tiny`, its
-`test_widths`; a recipe that names data this test does not build fails here, naming the path.
+A new family plugs in by registering its recipes; its encoder presets need a test width in
+`vlm.families.base.TEST_ENCODERS` (and a builder with other width settings gives `Family.test_widths`);
+a recipe that names data this test does not build fails here, naming the path.
 """
 from __future__ import annotations
 
