@@ -52,13 +52,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if cfg.model_card:
         from benchmarks.model_card import update_model_card
         models = {m.name for m in res.models}
-        update_model_card(cfg.model_card, res.table[res.table["model"].isin(models)])
-        print(f"model card: {cfg.model_card}", file=sys.stderr)
+        card = update_model_card(cfg.model_card, res.table[res.table["model"].isin(models)])
+        print(f"model card: {card} (results: {card.parent}/results/{card.stem}.jsonl)", file=sys.stderr)
     done = sum(1 for r in res.records if r.get("status") == "ok" and not r.get("reused"))
     print(f"\n{done} run, {res.reused} already done, "
           f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "
           f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses", file=sys.stderr)
-    print(f"report: {cfg.out}/report.md  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/", file=sys.stderr)
+    print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",
+          file=sys.stderr)
     return 0
 
 
@@ -72,3 +73,5 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="list [PATTERN] | key=value",
                    help="`list` and an fnmatch pattern (e.g. 'sw-*'), or settings as key=value")
     p.set_defaults(func=cmd_eval)
+    from benchmarks.model_card import add_cli as add_card_cli
+    add_card_cli(sub)

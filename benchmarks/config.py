@@ -62,4 +62,5 @@ class EvalConfig(RunConfig):
     benches: list[str] = field(default_factory=list, metadata={
         "flag": "--bench", "repeat": True, "metavar": "BENCH", "help": "a benchmark name or wds:DIR; repeat for several"})
     model_card: str | None = field(default=None, metadata={
-        "help": "also write the results into this model card (model-index + a results section)"})
+        "help": "also write this run's results beside this model card (results/<card>.jsonl) and regenerate its "
+                "model-index and results section from them"})

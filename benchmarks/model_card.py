@@ -1,63 +1,305 @@
-"""Write evaluation results into a Hugging Face model card (`model_cards/<family>.md`).
+"""Model cards generated from results files: the card's `model-index` (the Hub's results format) and its
+results section are made by a command from the results files the card names, never typed in.
 
     vlm eval --model runs/llava-tiny/final --suite synthetic-world-quick --out runs/eval --model-card model_cards/llava.md
+    vlm card model_cards/iaa.md --results runs/iaa-compare/results-seed*.jsonl   # a study's results, then regenerate
+    vlm card model_cards/iaa.md                                                  # regenerate from its files
+    vlm card --check model_cards/*.md                                            # CI: exit 1 on any difference
 
-The card's YAML front matter gets a `model-index` (the Hub's results format: one entry per model,
-one result per benchmark with its task kind, data set and headline metric), and the body a results
-section between two markers, rewritten on every run; the rest of the card is left as it is.
+A card's YAML front matter names its results files (paths relative to the card, kept small and
+committed beside it in `model_cards/results/`):
+
+    vlm-results: [results/iaa.jsonl]
+
+A results file is JSON lines, one row per model x benchmark (x seed): `model`, `benchmark`, `metric`,
+`score`, and optionally `type`, `capability`, `kind`, `n` (samples), `seed`, `chance`. `vlm eval`
+writes them from its aggregate table (`results_rows`); a study script writes its own (e.g. a held-out
+text perplexity beside the benchmark scores). The generated section is one table, benchmark x model:
+the mean over seeds, with the spread (sample standard deviation) and the seed count when there are
+several; `model-index` holds the means. Everything outside the section and the `model-index` key is
+left as written. `tests/test_model_cards.py` regenerates every committed card and fails on a difference.
 """
 from __future__ import annotations
 
+import argparse
+import difflib
+import json
 import math
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from vlm.errors import UserError
 
 START, END = "<!-- vlm-eval results: start -->", "<!-- vlm-eval results: end -->"
+RESULTS_KEY = "vlm-results"
+RESULTS_DIR = "results"
+FIELDS = ("model", "benchmark", "type", "capability", "kind", "metric", "score", "n", "seed", "chance")
 
 
-def _split(text: str) -> tuple[dict, str]:
+def _split(text: str, where: str = "model card") -> tuple[dict, str]:
     if text.startswith("---\n"):
         head, sep, body = text[4:].partition("\n---\n")
         if sep:
             try:
                 return yaml.safe_load(head) or {}, body
             except yaml.YAMLError as e:
-                raise UserError(f"model card front matter is not valid YAML ({str(e).splitlines()[0]})") from None
+                raise UserError(f"{where}: front matter is not valid YAML ({str(e).splitlines()[0]})") from None
     return {}, text
 
 
-def model_index(table) -> list[dict]:
-    """HF `model-index` entries for every model in the aggregate table (ok results only)."""
-    out = []
-    for model, grp in table[table["status"] == "ok"].groupby("model", sort=False):
-        results = []
-        for _, r in grp.iterrows():
-            if r["score"] is None or (isinstance(r["score"], float) and math.isnan(r["score"])):
+def _join(meta: dict, body: str) -> str:
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=100) + "---\n" + body
+
+
+# ---------------------------------------------------------------------------------------------
+# results files
+# ---------------------------------------------------------------------------------------------
+def results_rows(table, **extra: Any) -> list[dict[str, Any]]:
+    """Rows of a results file from an aggregate table (`benchmarks.runner.aggregate`): the ok results,
+    with `extra` fields (e.g. seed=0) on every row."""
+    rows = []
+    for _, r in table[table["status"] == "ok"].iterrows():
+        if r["score"] is None or (isinstance(r["score"], float) and math.isnan(r["score"])):
+            continue
+        metrics = json.loads(r["metrics"]) if isinstance(r.get("metrics"), str) else {}
+        row = {k: r.get(k) for k in ("model", "benchmark", "type", "capability", "kind", "metric")}
+        n = r.get("n")
+        row.update(score=round(float(r["score"]), 6), n=None if n is None or n != n else int(n))
+        if metrics.get("chance") is not None:
+            row["chance"] = round(float(metrics["chance"]), 6)
+        rows.append({**{k: v for k, v in row.items() if v is not None}, **extra})
+    return rows
+
+
+def write_results(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
+    os.replace(tmp, p)
+    return p
+
+
+def read_results(paths: list[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for p in paths:
+        try:
+            lines = p.read_text().splitlines()
+        except OSError as e:
+            raise UserError(f"{p}: cannot read the results file ({e.strerror})") from None
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
                 continue
-            results.append({"task": {"type": r["kind"], "name": f"{r['type']} / {r['capability']}"},
-                            "dataset": {"name": r["benchmark"], "type": r["benchmark"]},
-                            "metrics": [{"type": r["metric"], "value": round(float(r["score"]), 4)}]})
-        out.append({"name": model, "results": results})
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p}: line {i} is not JSON ({e.msg})") from None
+            missing = [k for k in ("model", "benchmark", "metric", "score") if k not in r]
+            if missing:
+                raise UserError(f"{p}: line {i} has no {missing[0]!r}")
+            rows.append(r)
+    if not rows:
+        raise UserError(f"no results in {', '.join(map(str, paths))}")
+    return rows
+
+
+def _files_of(card: Path, meta: dict) -> list[Path]:
+    files = meta.get(RESULTS_KEY)
+    if not files:
+        raise UserError(f"{card}: names no results files (front matter `{RESULTS_KEY}: [results/NAME.jsonl]`; "
+                        f"`vlm card {card} --results FILE` or `vlm eval ... --model-card {card}` writes them)")
+    files = [files] if isinstance(files, str) else files
+    return [card.parent / f for f in files]
+
+
+# ---------------------------------------------------------------------------------------------
+# the generated parts
+# ---------------------------------------------------------------------------------------------
+def _stats(values: list[float]) -> tuple[float, float | None]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Models in order of appearance, and per (benchmark, metric): its fields and per model
+    (mean, std, seeds, n)."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    benches: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        b = benches.setdefault((r["benchmark"], r["metric"]), {"benchmark": r["benchmark"], "metric": r["metric"],
+                                                                "type": r.get("type"), "capability": r.get("capability"),
+                                                                "kind": r.get("kind"), "chance": r.get("chance"),
+                                                                "by_model": {}})
+        b["by_model"].setdefault(r["model"], []).append(r)
+        if b["chance"] is None:
+            b["chance"] = r.get("chance")
+    for b in benches.values():
+        for m, rs in b["by_model"].items():
+            seeds = [r.get("seed") for r in rs]
+            if len(set(map(str, seeds))) != len(seeds):
+                raise UserError(f"results: {m} / {b['benchmark']} ({b['metric']}) appears twice for seed {seeds}")
+            mean, std = _stats([float(r["score"]) for r in rs])
+            n = {r.get("n") for r in rs}
+            b["by_model"][m] = {"mean": mean, "std": std, "seeds": len(rs), "n": n.pop() if len(n) == 1 else None}
+    return models, list(benches.values())
+
+
+def _fmt(s: dict | None) -> str:
+    if s is None:
+        return "-"
+    big = abs(s["mean"]) >= 100
+    f = "{:,.1f}" if big else "{:.3f}"
+    text = f.format(s["mean"])
+    if s["std"] is not None:
+        text += " ± " + f.format(s["std"])
+    return text
+
+
+def results_section(rows: list[dict[str, Any]], sources: list[str], card: str) -> str:
+    models, benches = summarize(rows)
+    seeds = sorted({b["by_model"][m]["seeds"] for b in benches for m in b["by_model"]})
+    chance = any(b["chance"] is not None for b in benches)
+    head = ["benchmark", "capability", "metric", *(["chance"] if chance else []), *models]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
+    for b in benches:
+        ns = {s["n"] for s in b["by_model"].values()} - {None}
+        name = f"`{b['benchmark']}`" + (f" (n={ns.pop()})" if len(ns) == 1 else "")
+        cells = [name, b["capability"] or "", b["metric"], *([f"{b['chance']:.3f}" if b["chance"] is not None else ""]
+                                                            if chance else []),
+                 *[_fmt(b["by_model"].get(m)) for m in models]]
+        lines.append("| " + " | ".join(cells) + " |")
+    spread = ("one seed per model" if seeds == [1] else
+              f"mean ± sample standard deviation over {' / '.join(map(str, seeds))} seeds per model")
+    return "\n".join([
+        START, "## Evaluation results", "",
+        f"Generated by `vlm card {card}` from {', '.join(f'`{s}`' for s in sources)} ({spread}); "
+        "do not edit by hand.", "", *lines, END])
+
+
+def model_index(rows: list[dict[str, Any]]) -> list[dict]:
+    """HF `model-index`: per model, one result per benchmark and metric (the mean over seeds)."""
+    models, benches = summarize(rows)
+    out = []
+    for m in models:
+        results = []
+        for b in benches:
+            s = b["by_model"].get(m)
+            if s is None:
+                continue
+            metric = {"type": b["metric"], "value": round(s["mean"], 4)}
+            if s["seeds"] > 1:
+                metric["name"] = f"{b['metric']} (mean of {s['seeds']} seeds, std {s['std']:.4f})"
+            results.append({"task": {"type": b["kind"] or "evaluation",
+                                     "name": f"{b['type'] or 'other'} / {b['capability'] or b['benchmark']}"},
+                            "dataset": {"name": b["benchmark"], "type": b["benchmark"]}, "metrics": [metric]})
+        out.append({"name": m, "results": results})
     return out
 
 
-def update_model_card(path: str | os.PathLike, table) -> Path:
-    """Rewrite the card's `model-index` and its results section from the aggregate table."""
-    from benchmarks.report import capability_table
-    p = Path(path)
-    meta, body = _split(p.read_text()) if p.exists() else ({}, f"# {p.stem}\n")
-    meta["model-index"] = model_index(table)
-    section = f"{START}\n## Evaluation results (vlm eval)\n\n{capability_table(table)}\n{END}"
+def render(card: str | os.PathLike, text: str | None = None) -> str:
+    """The card with its `model-index` and results section regenerated from its results files."""
+    card = Path(card)
+    text = card.read_text() if text is None else text
+    meta, body = _split(text, str(card))
+    files = _files_of(card, meta)
+    rows = read_results(files)
+    meta["model-index"] = model_index(rows)
+    section = results_section(rows, [os.path.relpath(f, card.parent) for f in files], f"{card.parent.name}/{card.name}")
     if START in body and END in body:
         body = body[:body.index(START)] + section + body[body.index(END) + len(END):]
     else:
         body = body.rstrip("\n") + "\n\n" + section + "\n"
-    p.parent.mkdir(parents=True, exist_ok=True)
+    return _join(meta, body)
+
+
+def regenerate(card: str | os.PathLike) -> Path:
+    p = Path(card)
+    new = render(p)
     tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text("---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n" + body)
+    tmp.write_text(new)
     os.replace(tmp, p)
     return p
+
+
+def check(card: str | os.PathLike) -> list[str]:
+    """The diff between a card and what its results files give ([] when they agree)."""
+    p = Path(card)
+    old = p.read_text()
+    return list(difflib.unified_diff(old.splitlines(), render(p, old).splitlines(), str(p), "regenerated", lineterm=""))
+
+
+def attach(card: str | os.PathLike, results: list[str | os.PathLike], name: str | None = None) -> Path:
+    """Copy (concatenate) results files into `<card dir>/results/<name or card stem>.jsonl`, name it in the
+    card's front matter, and regenerate the card."""
+    p = Path(card)
+    rows = read_results([Path(r) for r in results])
+    dest = p.parent / RESULTS_DIR / f"{name or p.stem}.jsonl"
+    write_results(dest, rows)
+    text = p.read_text() if p.exists() else f"# {p.stem}\n"
+    meta, body = _split(text, str(p))
+    meta[RESULTS_KEY] = [f"{RESULTS_DIR}/{dest.name}"]
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(_join(meta, body))
+    return regenerate(p)
+
+
+def update_model_card(path: str | os.PathLike, table, **extra: Any) -> Path:
+    """`vlm eval --model-card`: this run's results become the card's results file, then the card is
+    regenerated from it."""
+    p = Path(path)
+    dest = p.parent / RESULTS_DIR / f"{p.stem}.jsonl"
+    rows = results_rows(table, **extra)
+    if not rows:
+        raise UserError(f"no finished results to write into {p}")
+    tmp = write_results(dest.with_name(f".{dest.stem}.new.jsonl"), rows)
+    try:
+        return attach(p, [tmp])
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# `vlm card`
+# ---------------------------------------------------------------------------------------------
+def cmd_card(args: argparse.Namespace) -> int:
+    if args.results and len(args.cards) != 1:
+        raise UserError("--results goes with one card")
+    if args.results:
+        attach(args.cards[0], args.results, args.name)
+        print(f"{args.cards[0]}: results from {', '.join(args.results)}")
+        return 0
+    bad = 0
+    for card in args.cards:
+        if not Path(card).is_file():
+            raise UserError(f"{card}: no such model card")
+        if args.check:
+            diff = check(card)
+            if diff:
+                bad += 1
+                print("\n".join(diff))
+        else:
+            regenerate(card)
+            print(f"{card}: regenerated")
+    if bad:
+        print(f"{bad} card(s) differ from their results files; run `vlm card CARD` to regenerate", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("card", help="generate model cards' results from results files",
+                       description="Regenerate model cards' model-index and results section from the results files "
+                                   "their front matter names (benchmarks.model_card).")
+    p.add_argument("cards", nargs="+", metavar="CARD", help="model card(s), e.g. model_cards/llava.md")
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 if a card differs")
+    p.add_argument("--results", nargs="+", metavar="FILE", default=None,
+                   help="results files (JSON lines) to copy into model_cards/results/ as the card's source")
+    p.add_argument("--name", default=None, help="with --results: the results file's name (default: the card's)")
+    p.set_defaults(func=cmd_card)
+

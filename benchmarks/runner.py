@@ -11,7 +11,10 @@ Output folder:
     results/<model>/<benchmark>.parquet   one row per sample (prediction, gold, correctness, scores)
     results/<model>/<benchmark>.json      metrics, status, timing; written last, so it marks the work done
     aggregate.parquet, aggregate.csv      one row per model x benchmark (every model ever run into DIR)
+    results.jsonl                         the same as a results file for model cards (benchmarks.model_card)
     report.md, chart.png                  grouped by benchmark type and capability
+    report.html                           the same to look at: chart, tables with chance levels, and a
+                                          per-sample gallery (media, question, gold, every model's answer)
 
 A benchmark whose json says done for the same model weights and benchmark definition is not redone
 (`redo=True` forces it); image/text features are cached on disk by model and data hash
@@ -163,10 +166,14 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
                 records.append(run_one(m, b, cfg, ctx))
                 pbar.update(1)
     table = aggregate(cfg.out)
+    from benchmarks.model_card import results_rows, write_results
+    write_results(Path(cfg.out) / "results.jsonl", results_rows(table))
     if cfg.report:
         from benchmarks.report import write_chart, write_report
+        from benchmarks.report_html import write_html
         write_report(cfg.out, table)
         write_chart(cfg.out, table)
+        write_html(cfg.out, table, benches, cfg.roots)
     return RunResult(table, records, models, ctx.cache.hits, ctx.cache.misses)
 
 

@@ -58,6 +58,11 @@ class ImagePreprocess(Preprocess):
 
     ``crop=True``: resize the shorter side to ``size / crop_pct`` then centre-crop ``size``;
     ``crop=False``: resize (squash) to exactly ``size``.
+    ``backend="pil"``: torchvision's transforms on the PIL image (timm, open_clip);
+    ``backend="hf"``: what transformers' image processors do by default (their torchvision backend:
+    RGB by alpha-compositing on white, antialiased resize of the uint8 tensor, a centre crop at floor
+    offsets, rescale and normalise in one step), so an HF tower's pixels are the ones
+    ``AutoProcessor`` gives for its exported folder, bit for bit, for images of any shape.
     """
 
     kind = "image"
@@ -70,11 +75,15 @@ class ImagePreprocess(Preprocess):
         interpolation: str = "bicubic",
         crop: bool = True,
         crop_pct: float = 1.0,
+        backend: str = "pil",
     ) -> None:
         from torchvision import transforms as T
 
         if interpolation not in _INTERPOLATIONS:
             raise UserError(f"unknown interpolation {interpolation!r}; use one of {_INTERPOLATIONS}")
+        if backend not in ("pil", "hf"):
+            raise UserError(f"unknown image preprocess backend {backend!r}; use 'pil' or 'hf'")
+        self.backend = backend
         self.size = _pair(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -90,6 +99,9 @@ class ImagePreprocess(Preprocess):
         else:
             steps = [T.Resize(self.size, interpolation=mode)]
         self._transform = T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+        # transformers fuses rescale (1/255) into normalise: mean and std scaled by 255 in float32
+        self._hf_mean = (torch.tensor(self.mean, device="cpu") * (1.0 / (1 / 255))).tolist()
+        self._hf_std = (torch.tensor(self.std, device="cpu") * (1.0 / (1 / 255))).tolist()
 
     def __call__(self, image: Any) -> Tensor:
         """``image``: a PIL image, a uint8 HWC array or a CHW tensor -> [3, H, W] float."""
@@ -101,7 +113,32 @@ class ImagePreprocess(Preprocess):
             image = to_pil_image(image)
         elif not isinstance(image, Image.Image):
             image = Image.fromarray(image)
+        if self.backend == "hf":
+            return self._hf(image)
         return self._transform(image.convert("RGB"))  # [3, H, W]
+
+    def _hf(self, image: Any) -> Tensor:
+        """transformers' TorchvisionBackend: resize(shortest_edge | height x width), center_crop, fused
+        rescale + normalise (image_processing_backends.py), for one image."""
+        import numpy as np
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as tvF
+        from transformers.image_transforms import convert_to_rgb
+
+        x = torch.from_numpy(np.array(convert_to_rgb(image, return_numpy=True))).permute(2, 0, 1).contiguous()  # [3, H, W] uint8
+        (h, w), (th, tw) = x.shape[-2:], self.size
+        if self.crop:
+            short = int(math.floor(min(th, tw) / self.crop_pct))
+            size = (int(short * h / w), short) if w <= h else (short, int(short * w / h))
+        else:
+            size = (th, tw)
+        if size != (h, w):
+            x = tvF.resize(x, list(size), interpolation=InterpolationMode(self.interpolation), antialias=True)
+        if self.crop:
+            h, w = x.shape[-2:]
+            top, left = int((h - th) / 2.0), int((w - tw) / 2.0)
+            x = x[:, top:top + th, left:left + tw]
+        return tvF.normalize(x.to(torch.float32), self._hf_mean, self._hf_std)  # [3, H, W]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +149,7 @@ class ImagePreprocess(Preprocess):
             "interpolation": self.interpolation,
             "crop": self.crop,
             "crop_pct": self.crop_pct,
+            "backend": self.backend,
         }
 
 

@@ -60,6 +60,7 @@ def image_preprocess_from_hf(proc: dict[str, Any], family: str, image_size: int)
         std=proc.get("image_std", std),
         interpolation=_PIL_RESAMPLE.get(int(proc.get("resample", 3)), "bicubic"),
         crop=crop,
+        backend="hf",
     )
 
 

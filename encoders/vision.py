@@ -396,7 +396,7 @@ class HFVisionEncoder(Encoder, kind="hf_vision"):
         n_states = config.num_hidden_layers + 1  # embeddings + every layer
         self.feature_layer = resolve_layer(feature_layer, n_states, f"HF {family} tower {name!r}")
         self.output_dim = int(config.hidden_size)
-        self.preprocess = preprocess or ImagePreprocess(config.image_size, mean, std, "bicubic", crop)
+        self.preprocess = preprocess or ImagePreprocess(config.image_size, mean, std, "bicubic", crop, backend="hf")
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.vision_model(pixel_values=x, output_hidden_states=True)

@@ -41,6 +41,23 @@ def _benches(a):
         "sw-vqa-mc", "sw-caption")], probe]
 
 
+def check_html_report(out, ok):
+    """report.html: every benchmark and every sample of the run, media inlined, no external URL."""
+    import re
+    page = (out / "report.html").read_text()
+    for bench in ok["benchmark"].unique():
+        assert f"<summary>{bench} " in page, bench
+    for rec_file in (out / "results").glob("*/*.json"):
+        if json.loads(rec_file.read_text())["status"] == "ok":
+            for key in pd.read_parquet(rec_file.with_suffix(".parquet"))["key"].astype(str):
+                assert f"<code>{key}</code>" in page, (rec_file.name, key)
+    assert "http://" not in page and "https://" not in page
+    assert not re.findall(r"""(?:src|href)\s*=\s*(?!["']?(?:data:|#))""", page)
+    assert "data:image/png;base64," in page and "data:image/jpeg;base64," in page        # chart, thumbnails
+    assert "<audio controls" in page and 'name="show" value="disagree"' in page
+    assert page.count('data-error="1"') > 0 and page.count('data-disagree="1"') > 0
+
+
 def test_runner_end_to_end_rerun_and_cache(assets):
     from benchmarks.runner import RunConfig, evaluate
     a = assets
@@ -69,6 +86,7 @@ def test_runner_end_to_end_rerun_and_cache(assets):
         assert (out / f).stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "## object recognition" in report and "| attributes |" in report and "Not applicable" in report
+    check_html_report(out, ok)
     lookups = res.cache_hits + res.cache_misses
 
     # Rerun into the same folder: every benchmark is found done, nothing is computed.
@@ -132,6 +150,16 @@ def test_cli_run_list_and_model_card(assets, tmp_path, capsys):
     results = meta["model-index"][0]["results"]
     assert {r["dataset"]["name"] for r in results} == {"wds:wds_colors", "sw-colors"}
     assert all(0.0 <= r["metrics"][0]["value"] <= 1.0 for r in results)
+    # the card's numbers come from the results file written beside it; `vlm card --check` catches an edit
+    assert meta["vlm-results"] == ["results/card.jsonl"] and (tmp_path / "results" / "card.jsonl").exists()
+    rc, cap = _cli(["card", "--check", str(card)], capsys)
+    assert rc == 0, cap.out
+    edited = text.replace(f"{results[0]['metrics'][0]['value']}", "0.9999", 1)
+    card.write_text(edited)
+    rc, cap = _cli(["card", "--check", str(card)], capsys)
+    assert rc == 1 and "0.9999" in cap.out
+    rc, cap = _cli(["card", str(card)], capsys)
+    assert rc == 0 and card.read_text() == text
     rc, cap = _cli(["eval", "list", "sw-vqa-*"], capsys)
     assert rc == 0 and "sw-vqa-color" in cap.out and "sw-shapes" not in cap.out
     rc, cap = _cli(["list", "benchmarks", "ub-*"], capsys)

@@ -1,6 +1,7 @@
 """Golden check: a few steps of each family's tiny recipe give, bit for bit, the losses recorded
 before the architecture redesign (tests/golden/train_losses.json), so moving code never changes
-what training computes.
+what training computes. (llava-tiny and iaa-tiny were re-recorded once, on purpose, when HF vision
+towers took transformers' default image preprocessing, so that exported models reproduce: issue 17.)
 
     python -m pytest tests/test_golden_losses.py
     VLM_UPDATE_GOLDEN=1 python -m pytest tests/test_golden_losses.py    # re-record, on purpose only

@@ -184,6 +184,39 @@ def test_cli_chat_answers_and_rejects_extra_placeholders(tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("size", [(75, 32), (32, 101), (150, 64), (64, 64)], ids=["wide", "tall", "wide-resized", "square"])
+def test_hf_llava_export_reproduced_by_transformers_processor_and_generate(tmp_path_factory, size):
+    """The exported folder end to end through transformers alone (AutoProcessor + chat template +
+    LlavaForConditionalGeneration.generate) gives our pixels bit for bit, our prompt ids and our greedy
+    tokens, on wide, tall and square images (odd crop offsets: 75 - 32 = 43)."""
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    root = tmp_path_factory.getbasetemp() / "hf-e2e"
+    if not (root / "hf" / "config.json").exists():
+        m = build("llava", vision="tiny-clip", llm="tiny:qwen2").eval()
+        m.save_pretrained(root / "ckpt")
+        assert cli(["export", str(root / "ckpt"), "--to", "hf-llava", "--out", str(root / "hf")]) == 0
+    m = vlm.load(root / "ckpt").eval()
+    w, h = size
+    g = torch.Generator().manual_seed(w * 1000 + h)
+    img = Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy())
+    question = "What colour is the shape?"
+    ours = m.processor.prompt(f"<image>\n{question}", {"image": [img]})
+
+    proc = AutoProcessor.from_pretrained(root / "hf")
+    hf = LlavaForConditionalGeneration.from_pretrained(root / "hf").eval()
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"\n{question}"}]}],
+                                    add_generation_prompt=True)
+    inputs = proc(images=img, text=text, return_tensors="pt")
+    assert torch.equal(inputs["pixel_values"][0], ours.media["image"][0])              # bit for bit
+    assert inputs["input_ids"][0].tolist() == ours.input_ids
+    with torch.no_grad():
+        theirs = hf.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+        mine = m.generate(torch.tensor([ours.input_ids]), media={"image": ours.media["image"]}, max_new_tokens=8)[0]
+        assert torch.allclose(hf(**inputs).logits, m.logits(torch.tensor([ours.input_ids]), media=ours.media), atol=1e-5)
+    assert theirs[:len(mine)] == mine and len(mine) > 0
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_older_checkpoint_formats_load_with_identical_logits(tmp_path, version):
     """Format 1 (a model class per family: encoders.* / connectors.*) and format 2 (encoders inside the

@@ -58,11 +58,14 @@ def run(cfg: DemoConfig) -> int:
         build_model(recipe.model, seed=cfg.seed).save_pretrained(untrained)
     print(f"[demo] evaluating trained vs untrained on '{cfg.suite}'", flush=True)
     res = evaluate([str(final), str(untrained)], resolve(suite=cfg.suite), RunConfig(out=str(out / "eval"), data=str(data)))
+    from benchmarks.model_card import results_rows, write_results
+    write_results(out / "eval" / "results.jsonl", results_rows(res.table, seed=cfg.seed))   # for model_cards/llava.md
     print()
     print(capability_table(res.table))
     print()
     print(f"training curves : {run_dir / 'loss_lr.png'}  (metrics: {run_dir / 'metrics.jsonl'})")
-    print(f"eval report     : {out / 'eval' / 'report.md'}  chart: {out / 'eval' / 'chart.png'}")
+    print(f"eval report     : {out / 'eval' / 'report.html'}  ({out / 'eval' / 'report.md'}, "
+          f"results: {out / 'eval' / 'results.jsonl'})")
     print(f"checkpoint      : {final}  (vlm chat {final} \"<image>\\nWhat color is the circle?\" --image IMG)")
     print(f"[demo] done in {time.time() - t0:.0f} s")
     return 0

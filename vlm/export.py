@@ -7,6 +7,11 @@
 the same logits as our model: a CLIP / SigLIP vision tower from `hf:` (or the tiny presets built
 on them), an `mlp2x_gelu` projector, and any LLM whose architecture transformers' Llava accepts
 as `text_config` (Llama, Qwen2, Mistral, Gemma ...). Only the image path is exported.
+
+The folder's image processor (`preprocessor_config.json`, a `CLIPImageProcessor`: size, resize,
+crop, mean / std) gives, through `AutoProcessor.from_pretrained(folder)`, the pixels our encoder's
+preprocess gives, bit for bit, for square, wide and tall images: HF towers preprocess as
+transformers' default (torchvision) backend does (`encoders.base.ImagePreprocess`, backend "hf").
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ TARGETS = ("hf-llava",)
 
 
 def to_hf_llava(model: MultimodalLM, out: str | Path) -> Path:
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
     require(isinstance(model, MultimodalLM) and "image" in model.media, "hf-llava export needs an image encoder")
     tok = model.media["image"]
     require(type(tok) is ProjectorTokenizer, f"hf-llava export needs the projector connector for images, not "
@@ -51,14 +56,47 @@ def to_hf_llava(model: MultimodalLM, out: str | Path) -> Path:
         _load(hf.lm_head, causal.get_output_embeddings().state_dict(), "lm head")
 
     def write(tmp: Path) -> None:
+        from transformers import LlavaProcessor
         hf.save_pretrained(tmp, safe_serialization=True)
-        model.tokenizer.save_pretrained(tmp)
-        pre = enc.preprocess
-        h, w = pre.size
-        CLIPImageProcessor(size={"shortest_edge": min(h, w)}, crop_size={"height": h, "width": w},
-                           image_mean=list(pre.mean), image_std=list(pre.std), do_convert_rgb=True,
-                           resample=3 if pre.interpolation == "bicubic" else 2).save_pretrained(tmp)
+        processor = LlavaProcessor(image_processor=hf_image_processor(enc.preprocess), tokenizer=model.tokenizer,
+                                   patch_size=enc.hf_vision_config.patch_size,
+                                   vision_feature_select_strategy=enc.feature_select,
+                                   num_additional_image_tokens=1 if enc.family == "clip" else 0,
+                                   chat_template=chat_template(model.config.system))
+        processor.save_pretrained(tmp)
     return write_folder(out, write)
+
+
+def chat_template(system: str | None) -> str:
+    """Our ChatML (`vlm.data.template`) as a Jinja chat template: `apply_chat_template` gives the text our
+    processor tokenises, content as a string or as parts ({"type": "image"} -> <image>, {"type": "text"})."""
+    default = "" if not system else (
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + system.replace("{", "{{ '{' }}")
+        + "<|im_end|>\n{% endif %}")
+    return (default + "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+            "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"
+            "{% if p['type'] == 'image' %}<image>{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}"
+            "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
+
+
+def hf_image_processor(pre):
+    """transformers' CLIPImageProcessor doing what an encoder's ImagePreprocess does (backend "hf": the
+    same pixels; a "pil" preprocess differs by the resize kernel, up to one intensity level)."""
+    import math
+
+    from transformers import CLIPImageProcessor
+    h, w = pre.size
+    if pre.crop:
+        size, crop = {"shortest_edge": int(math.floor(min(h, w) / pre.crop_pct))}, {"height": h, "width": w}
+    else:
+        size, crop = {"height": h, "width": w}, None
+    return CLIPImageProcessor(size=size, do_center_crop=pre.crop, crop_size=crop or {"height": h, "width": w},
+                              image_mean=list(pre.mean), image_std=list(pre.std), do_convert_rgb=True,
+                              resample=_RESAMPLE[pre.interpolation])
 
 
 def _load(module, state: dict, what: str) -> None:

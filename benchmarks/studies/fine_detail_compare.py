@@ -13,7 +13,12 @@ same data, stages, steps and learning rates:
 (projector + zoom separators, then + the LLM in full; the encoder stays frozen as in llava-tiny), and
 evaluates each with the benchmark runner on the subset's test split (sw-vqa-fine-detail; colour and
 shape of large objects beside it). It also reports how often each dragonfly model's selection keeps
-the high-resolution crop that holds the small object (chance: top_k / 9).
+the high-resolution crop that holds the small object (chance: top_k / 9). OUT/results.jsonl holds every
+figure for the card, one run per `--seed` (initialisation and data order; the data set stays the same):
+
+    for s in 0 1 2; do python benchmarks/studies/fine_detail_compare.py --seed $s --data runs/fine-detail/data \
+        --out runs/fine-detail/seed$s; done
+    vlm card model_cards/dragonfly.md --results runs/fine-detail/seed*/results.jsonl
 """
 from __future__ import annotations
 
@@ -89,6 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=4000, help="training samples if the subset must be built")
     p.add_argument("--eval-per-task", type=int, default=100)
     p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default all)")
+    p.add_argument("--seed", type=int, default=0, help="runtime.seed of every run")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. stages.1.steps=200)")
     a = p.parse_args(argv)
     import vlm
@@ -106,7 +112,8 @@ def main(argv=None) -> int:
     for name in a.runs:
         run_dir = out / name
         if not (run_dir / "final" / "config.json").exists():        # the resolved recipe lands in run_dir
-            train(study_recipe(name, data, a.overrides), run_dir, resume=(run_dir / "checkpoints").exists())
+            train(study_recipe(name, data, [f"runtime.seed={a.seed}", *a.overrides]), run_dir,
+                  resume=(run_dir / "checkpoints").exists())
         finals[name] = run_dir / "final"
     res = evaluate([str(f) for f in finals.values()], resolve(BENCHES),
                    RunConfig(out=str(out / "eval"), data=str(data)))
@@ -121,6 +128,13 @@ def main(argv=None) -> int:
         print(f"  {name}: {h:.3f}")
     rows = res.table[["model", "benchmark", "score", "n"]].to_dict("records")
     (out / "summary.json").write_text(json.dumps({"scores": rows, "selection_hits": hits, "top_k": k}, indent=2))
+    from benchmarks.model_card import results_rows, write_results
+    names = {f"{name}/final": name for name in finals}
+    results = [{**r, "model": names.get(r["model"], r["model"])} for r in results_rows(res.table, seed=a.seed)]
+    results += [{"model": name, "benchmark": "fine-detail-crop-kept", "type": "reasoning",
+                 "capability": "zoom-in selection", "kind": "selection", "metric": "hit_rate", "score": round(h, 4),
+                 "n": len(samples), "chance": round(k / f2, 4), "seed": a.seed} for name, h in hits.items()]
+    write_results(out / "results.jsonl", results)
     return 0
 
 

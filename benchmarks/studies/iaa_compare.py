@@ -10,6 +10,11 @@ curriculum of the built-in iaa-tiny / llava-tiny recipes, encoders frozen in all
   llava-tiny-full     the llava-tiny recipe (the LLM trains fully in the SFT stages)
 then evaluates each with the benchmark runner (synthetic-world suite, image tasks) and measures the
 perplexity of held-out text (the test split's questions and answers, text only) against the base LLM.
+OUT/results.jsonl holds every figure for the card (`vlm card model_cards/iaa.md --results ...`); one
+run per `--seed` (the models' initialisation and the data order):
+
+    for s in 0 1 2; do python benchmarks/studies/iaa_compare.py --seed $s --out runs/iaa-compare/seed$s; done
+    vlm card model_cards/iaa.md --results runs/iaa-compare/seed*/results.jsonl
 """
 from __future__ import annotations
 
@@ -63,6 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/synthetic-world")
     p.add_argument("--out", default="runs/iaa-compare")
     p.add_argument("--samples", type=int, default=4000, help="synthetic-world size if it must be built")
+    p.add_argument("--seed", type=int, default=0, help="runtime.seed of every run (and of the base LLM)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. stages.2.steps=100)")
     a = p.parse_args(argv)
     import vlm
@@ -77,11 +83,12 @@ def main(argv=None) -> int:
     for name, (recipe, extra) in RUNS.items():
         run_dir = out / name
         if not (run_dir / "final" / "config.json").exists():
-            rec = load_recipe(recipe, [f"data.world.shards=[{data / 'train'}]", *extra, *a.overrides])
+            rec = load_recipe(recipe, [f"data.world.shards=[{data / 'train'}]", f"runtime.seed={a.seed}", *extra,
+                                       *a.overrides])
             train(rec, run_dir, resume=(run_dir / "checkpoints").exists())
         finals[name] = run_dir / "final"
     convs = held_out_text(data)
-    base = vlm.build("llava", "tiny")                    # seed 0: the LLM every run started from
+    base = vlm.build("llava", "tiny", seed=a.seed)       # the LLM every run started from
     rows = {"base LLM (untrained)": perplexity(base, convs)}
     for name, f in finals.items():
         rows[name] = perplexity(vlm.load(f), convs)
@@ -94,6 +101,13 @@ def main(argv=None) -> int:
     from benchmarks.report import capability_table
     print(capability_table(res.table))
     (out / "summary.json").write_text(json.dumps({"perplexity": rows}, indent=2))
+    from benchmarks.model_card import results_rows, write_results
+    names = {f"{name}/final": name for name in finals}
+    results = [{**r, "model": names.get(r["model"], r["model"])} for r in results_rows(res.table, seed=a.seed)]
+    results += [{"model": k, "benchmark": "sw-held-out-text", "type": "language", "capability": "text perplexity",
+                 "kind": "perplexity", "metric": "perplexity", "score": round(v, 4), "n": len(convs), "seed": a.seed}
+                for k, v in rows.items()]
+    write_results(out / "results.jsonl", results)
     return 0
 
 

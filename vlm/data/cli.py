@@ -7,6 +7,8 @@
     vlm data convert class-folder FOLDER --out wds/mine [--templates templates.txt]
     vlm data convert media-folder FOLDER --captions captions.csv --kind audio|music|video --out shards/audio
     vlm data convert mmeb MMEB-train --out shards/mmeb-train [--subsets A-OKVQA ...] [--split original]
+    vlm data convert hf-dataset PATH --out shards/sft [--split train] [--image-column images]
+        [--conversations-column messages] [--image-root DIR]                (vlm.data.convert_hf)
     vlm data convert mmtrail ANNOTATIONS.json --videos VIDEOS/ --out shards/mmtrail
     vlm data inspect SHARDS ...                                           (vlm.data.inspect)
 """
@@ -92,6 +94,11 @@ def _convert(args: argparse.Namespace) -> int:
         report = convert_mmeb_train(args.root, args.out, subsets=args.subsets, split=args.split, images=args.images,
                                     max_per_subset=args.max_per_subset, max_count=args.max_count, source=args.source,
                                     **common)
+    elif args.format == "hf-dataset":
+        from vlm.data.convert_hf import convert_hf_dataset
+        report = convert_hf_dataset(args.path, args.out, split=args.split, image_column=args.image_column,
+                                    conversations_column=args.conversations_column, image_root=args.image_root,
+                                    source=args.source, max_count=args.max_count, **common)
     elif args.format == "class-folder":
         report = convert.convert_class_folder(args.folder, args.out, templates=_read_templates(args.templates),
                                               split=args.split, **common)
@@ -168,6 +175,16 @@ def add_cli(subparsers) -> None:
     p.add_argument("--split", default="original", help="original | diverse_instruction (default original)")
     p.add_argument("--images", default=None, help="the folder image paths are relative to (default: root)")
     p.add_argument("--max-per-subset", type=int, default=None, help="at most N rows per subset (VLM2Vec: 50000)")
+    _common_convert_args(p)
+    p = formats.add_parser("hf-dataset", help="a local Hugging Face dataset (parquet or save_to_disk), streamed",
+                           description="A local parquet folder or save_to_disk folder -> conversation shards: LLaVA "
+                                       "`conversations`, ShareGPT `messages` or the_cauldron `texts`; images as bytes "
+                                       "or paths (vlm.data.convert_hf).")
+    p.add_argument("path", help="parquet folder / file, or a save_to_disk folder")
+    p.add_argument("--split", default=None, help="which split (default: train, or the only one)")
+    p.add_argument("--image-column", default=None, help="default: images or image, if present")
+    p.add_argument("--conversations-column", default=None, help="default: conversations, messages or texts")
+    p.add_argument("--image-root", default=None, help="folder image paths are relative to (default: PATH)")
     _common_convert_args(p)
     p = formats.add_parser("mmtrail", help="MMTrail metadata + local videos -> trailer clip shards",
                            description="MMTrail records (JSON list or JSON lines) -> clips cut by their frame ranges "

@@ -11,7 +11,13 @@ Bad input: a file that cannot be read at all (invalid JSON, a missing folder) ra
 naming it; one bad sample among many (a missing or corrupt media file, a malformed record) is
 skipped and counted, and the first problems are reported. If more than `max_bad` (a fraction) of
 the samples are bad, something systematic is wrong (a wrong image root, say) and the conversion
-stops with a `UserError` naming the first bad sample.
+stops with a `UserError` naming the first bad sample. Skips are counted per reason
+(`Report.reasons`: missing_file, bad_image, path_outside_root ...).
+
+Paths stay inside their roots: every path an annotation names (an image of a LLaVA record, a file of
+a captions table, an image path of a Hugging Face dataset) goes through `inside(root, path)`, which
+refuses `..`, absolute paths elsewhere and symlinks out of the root (`path_outside_root`, skipped and
+counted). A new converter reads annotation paths through it too.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import io
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,23 +40,46 @@ MEDIA_PROMPTS = {"audio": "Describe the sound.", "music": "Describe the music.",
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
+class Skip(ValueError):
+    """One bad sample: skipped and counted under `reason`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass
 class Report:
-    """What a conversion wrote and skipped; `problems` holds the first few reasons for skips."""
+    """What a conversion wrote and skipped; `reasons` counts skips per reason, `problems` holds the
+    first few messages."""
 
     written: int = 0
     skipped: int = 0
     problems: list[str] = field(default_factory=list)
     out: str = ""
+    reasons: Counter = field(default_factory=Counter)
 
-    def skip(self, problem: str) -> None:
+    def skip(self, problem: str, reason: str = "bad_sample") -> None:
         self.skipped += 1
+        self.reasons[reason] += 1
         if len(self.problems) < 20:
             self.problems.append(problem)
 
     def summary(self) -> str:
         text = f"wrote {self.written} samples to {self.out}, skipped {self.skipped}"
+        if self.reasons:
+            text += " (" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()) + ")"
         return text + "".join(f"\n  skipped: {p}" for p in self.problems[:5])
+
+
+def inside(root: str, path: str, what: str = "path") -> str:
+    """`path` (relative to `root`, or absolute) resolved, if it lies inside `root`; else Skip
+    (`path_outside_root`): `..`, an absolute path elsewhere, a symlink pointing out."""
+    base = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(base, path))
+    if os.path.commonpath([full, base]) != base:
+        raise Skip("path_outside_root", f"{what}: {path!r} is outside {root}")
+    return full
 
 
 def _check_bad(report: Report, what: str, max_bad: float) -> None:
@@ -102,14 +132,14 @@ def read_image(path: str) -> tuple[str, bytes]:
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
-        raise ValueError(f"image file not found: {path}")
+        raise Skip("missing_file", f"image file not found: {path}")
     try:
         with open(path, "rb") as f:
             data = f.read()
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise ValueError(f"not a readable image: {path} ({e.__class__.__name__})") from e
+        raise Skip("bad_image", f"not a readable image: {path} ({e.__class__.__name__})") from e
     ext = _image_ext(path)
     if file_kind(ext) == "image":
         return ext, data
@@ -145,11 +175,11 @@ def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], 
             try:
                 sample = build(item, seen)
             except (ValueError, KeyError, TypeError) as e:
-                report.skip(str(e).strip("'\""))
+                report.skip(str(e).strip("'\""), getattr(e, "reason", "bad_sample"))
                 continue
             problems = validate_sample(sample)
             if problems:
-                report.skip(problems[0])
+                report.skip(problems[0], "invalid_sample")
                 continue
             w.write(sample)
             report.written += 1
@@ -191,9 +221,9 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
         sample: dict[str, Any] = {"__key__": make_key(rid, seen)}
         for n, rel in enumerate(images):
             try:
-                ext, data = read_image(os.path.join(image_root, rel))
-            except ValueError as e:
-                raise ValueError(f"record {i} (id {rid}): {e}") from None
+                ext, data = read_image(inside(image_root, rel, "image"))
+            except Skip as e:
+                raise Skip(e.reason, f"record {i} (id {rid}): {e}") from None
             sample[ext if len(images) == 1 else f"{n}.{ext}"] = data
         conv = [dict(t) for t in conv]
         n_placeholders = sum(len(re.findall(r"<image>", str(t.get("value", "")))) for t in conv)
@@ -226,12 +256,12 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
     def build(rel: str, seen: set[str]) -> dict[str, Any]:
         txt = os.path.splitext(rel)[0] + ".txt"
         if txt not in present:
-            raise ValueError(f"{os.path.join(folder, rel)}: no caption file {txt}")
-        with open(os.path.join(folder, txt), encoding="utf-8", errors="replace") as f:
+            raise Skip("no_caption", f"{os.path.join(folder, rel)}: no caption file {txt}")
+        with open(inside(folder, txt, "caption file"), encoding="utf-8", errors="replace") as f:
             caption = f.read().strip()
         if not caption:
-            raise ValueError(f"{os.path.join(folder, txt)}: empty caption")
-        ext, data = read_image(os.path.join(folder, rel))
+            raise Skip("no_caption", f"{os.path.join(folder, txt)}: empty caption")
+        ext, data = read_image(inside(folder, rel, "image"))
         return {"__key__": make_key(os.path.splitext(rel)[0], seen), ext: data,
                 "json": _caption_meta("<image>", "Describe the image briefly.", caption, source, "caption")}
 
@@ -267,7 +297,7 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
 
     def build(item: tuple[int, str], seen: set[str]) -> dict[str, Any]:
         ci, rel = item
-        ext, data = read_image(os.path.join(folder, rel))
+        ext, data = read_image(inside(folder, rel, "image"))
         return {"__key__": make_key(os.path.splitext(rel)[0], seen), "cls": str(ci).encode(), ext: data}
 
     split_dir = os.path.join(out, split)
@@ -322,28 +352,28 @@ def read_captions(path: str) -> dict[str, str]:
 def _read_media(path: str, kind: str) -> tuple[str, bytes]:
     """flac/wav kept as is (others readable by soundfile -> flac); mp4 kept as is after a probe."""
     if not os.path.isfile(path):
-        raise ValueError(f"file not found: {path}")
+        raise Skip("missing_file", f"file not found: {path}")
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     with open(path, "rb") as f:
         data = f.read()
     if kind == "video":
         if ext != "mp4":
-            raise ValueError(f"{path}: only mp4 video is supported (re-mux it first)")
+            raise Skip("bad_video", f"{path}: only mp4 video is supported (re-mux it first)")
         import av
 
         try:
             with av.open(io.BytesIO(data)) as c:
                 if not c.streams.video:
-                    raise ValueError(f"{path}: no video stream")
+                    raise Skip("bad_video", f"{path}: no video stream")
         except av.error.FFmpegError as e:
-            raise ValueError(f"{path}: not a readable mp4 ({e.__class__.__name__})") from e
+            raise Skip("bad_video", f"{path}: not a readable mp4 ({e.__class__.__name__})") from e
         return "mp4", data
     import soundfile as sf
 
     try:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable audio file") from e
+        raise Skip("bad_audio", f"{path}: not a readable audio file") from e
     if file_kind(ext) == "audio":
         return ext, data
     buf = io.BytesIO()
@@ -364,8 +394,8 @@ def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audi
     def build(item: tuple[str, str], seen: set[str]) -> dict[str, Any]:
         rel, caption = item
         if not caption:
-            raise ValueError(f"{captions}: empty caption for {rel}")
-        ext, data = _read_media(os.path.join(folder, rel), kind)
+            raise Skip("no_caption", f"{captions}: empty caption for {rel}")
+        ext, data = _read_media(inside(folder, rel, f"{captions}: file"), kind)
         return {"__key__": make_key(os.path.splitext(rel)[0], seen), ext: data,
                 "json": _caption_meta(placeholder, prompt, caption, source, f"{kind}_caption")}
 
@@ -375,3 +405,4 @@ def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audi
 
 CONVERTERS = {"llava-json": convert_llava_json, "caption-folder": convert_caption_folder,
               "class-folder": convert_class_folder, "media-folder": convert_media_folder}
+# hf-dataset: vlm.data.convert_hf.convert_hf_dataset (it imports `datasets`; it uses this module's helpers)

@@ -5,7 +5,10 @@ media is decoded - the SAIL-VL curriculum's easy -> hard ordering, task and moda
     pipe = ShardPipeline(src, proc, stats_cls=FilterStats, wrap_sample_fn=lambda base: Filtering(base, f))
 
 A filtered sample counts as consumed, so the data position stays exact, and is reported under the
-reason `filtered`, which is not a data error (it never counts toward the error rate).
+reason `filtered`, which is not a data error (it never counts toward the error rate). A stage also
+drops, under `not_for_model`, samples whose media the model cannot take (an `<audio>` caption for an
+image-only model), whatever its filter says: the batch format says which modalities it takes
+(`Format.takes`), and the sample's are judged from its json and member names, before any decoding.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, placeholder_modalities
 
 FILTERED = "filtered"
+NOT_FOR_MODEL = "not_for_model"       # media of a modality the model has no encoder for: fine data, not an error
 
 
 @dataclass
@@ -80,12 +84,10 @@ def check_filter_fields(f: SampleFilter, where: str) -> None:
 
 
 def _json_of(ref: SampleRef, files: FileCache) -> dict:
-    member = [m for m in ref.members if m[0] == "json"]
-    if not member:
+    if not any(m[0] == "json" for m in ref.members):
         return {}                                     # `txt` alone: a caption without scores
-    only_json = SampleRef(ref.shard, ref.key, tuple(member))
     try:
-        meta = json.loads(read_fields(only_json, files)["json"])
+        meta = json.loads(read_fields(ref.only({"json"}), files)["json"])
     except (OSError, ValueError, UnicodeDecodeError):
         return {}                                     # the full decode reports the real error
     return meta if isinstance(meta, dict) else {}
@@ -95,39 +97,59 @@ def ref_passes(ref: SampleRef, files: FileCache, f: SampleFilter) -> bool:
     return keep_sample(_json_of(ref, files), f, [m[0] for m in ref.members])
 
 
+def needs_filtering(base: SampleProcessor, sample_filter: SampleFilter) -> bool:
+    """Whether a stage's samples must be judged before decoding: a filter, or a model that cannot take
+    every modality of the table."""
+    takes = base.format.takes()
+    return sample_filter != SampleFilter() or (takes is not None and not set(MODALITIES) <= takes)
+
+
 class Filtering(SampleProcessor):
-    """A SampleProcessor that first reads a sample's json alone and drops it if the filter says so. (A
-    filter that keeps nothing of a rank's share stops the pipeline after a whole pass: ShardDataset.)"""
+    """A SampleProcessor that first reads a sample's json alone and drops it if the filter says so, or
+    if it holds media the model cannot take (`not_for_model`). (A filter that keeps nothing of a rank's
+    share stops the pipeline after a whole pass: ShardDataset.)"""
 
     def __init__(self, base: SampleProcessor, sample_filter: SampleFilter, where: str = "filter"):
         self.__dict__.update(base.__dict__)
         self.sample_filter, self.where = sample_filter, where
+        self.takes = base.format.takes()
 
     def __call__(self, ref: SampleRef, files: FileCache, seed: int = 0):
-        if not ref.error and not ref_passes(ref, files, self.sample_filter):
-            raise SampleError(FILTERED, f"{ref.key}: not in {self.where}")
+        if not ref.error:
+            meta, extensions = _json_of(ref, files), [m[0] for m in ref.members]
+            if not keep_sample(meta, self.sample_filter, extensions):
+                raise SampleError(FILTERED, f"{ref.key}: not in {self.where}")
+            if self.takes is not None and not (have := sample_modalities(meta, extensions)) <= self.takes:
+                raise SampleError(NOT_FOR_MODEL, f"{ref.key}: {'/'.join(sorted(have - self.takes))} media; the "
+                                                 f"model takes {'/'.join(sorted(self.takes))}")
         return super().__call__(ref, files, seed)
 
 
 class FilterStats(DataStats):
-    """DataStats where filtered samples are not errors (they do not count toward the error rate)."""
+    """DataStats where filtered samples, and samples the model cannot take, are not errors (they do not
+    count toward the error rate)."""
+
+    NOT_ERRORS = frozenset({"too_long", FILTERED, NOT_FOR_MODEL})
 
     @property
     def errors(self) -> int:
-        return super().errors - self.skipped.get(FILTERED, 0)
+        return super().errors - self.skipped.get(FILTERED, 0) - self.skipped.get(NOT_FOR_MODEL, 0)
 
     def worst_shard(self) -> tuple[str, int]:
-        counts = {s: sum(n for r, n in c.items() if r not in ("too_long", FILTERED)) for s, c in self.by_shard.items()}
+        counts = {s: sum(n for r, n in c.items() if r not in self.NOT_ERRORS) for s, c in self.by_shard.items()}
         shard = max(counts, key=lambda s: (counts[s], s), default="")
         return shard, counts.get(shard, 0)
 
 
 def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, limit: int = 5000) -> None:
     """UserError naming the filter if none of the first `limit` samples of its sources passes it."""
-    from vlm.data.reader import expand_shards, scan_shard
+    from vlm.data.reader import expand_shards, is_remote, scan_shard
+    local = [s for s in expand_shards(shards) if not is_remote(s)]
+    if not local:
+        return                                        # remote shards are not read before training starts
     files, seen = FileCache(), 0
     try:
-        for shard in expand_shards(shards):
+        for shard in local:
             for ref in scan_shard(shard):
                 if not ref.error and ref_passes(ref, files, sample_filter):
                     return

@@ -72,6 +72,11 @@ class Format:
     def collate(self, items: list[Any], pad_id: int) -> dict:
         raise NotImplementedError  # pragma: no cover - interface
 
+    def takes(self) -> frozenset[str] | None:
+        """The modalities a sample's media may be of (the model's encoders); None: any (the format picks
+        what it reads). Stage loaders drop other samples before decoding (`vlm.data.filters`)."""
+        return frozenset(self.processor.preprocess)
+
     def media_tensors(self, media: dict[str, list[Any]]) -> tuple[dict[str, list[torch.Tensor]], list[str]]:
         """Raw media -> preprocessed tensors, and the conversions made (resampled / downmixed audio)."""
         pre, out, converted = self.processor.preprocess, {}, []
@@ -192,6 +197,9 @@ class ClipFormat(Format):
         self.sample_rate = int(processor.preprocess[modality].sample_rate)
         self.clip = int(round(clip_seconds * self.sample_rate))
         self.min = int(round(min_seconds * self.sample_rate))
+
+    def takes(self) -> None:
+        return None                             # the first audio file, whatever else the sample holds
 
     def make(self, key, fields, shard, seed=0):
         audio = sorted((n for n in fields if n.rsplit(".", 1)[-1].lower() in FILE_EXTENSIONS["audio"]), key=media_order)

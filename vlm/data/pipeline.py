@@ -22,10 +22,13 @@ restart maps DataLoader workers to logical workers so the cycle continues where 
 
 Bad samples are skipped and counted by reason in `pipe.stats` (`DataStats`); past `max_error_rate`
 (after `min_samples`) iteration stops with a UserError naming the shard with the most errors.
+
+Remote shards (`pipe:`, `http(s)://`, `s3://` ...: `vlm.data.remote`) stream whole shards per slot;
+batches also carry the sizes of the remote shards their worker finished (`_shards`), which the state
+keeps (`remote_shards`) so that a restart replays without reading them again.
 """
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +40,7 @@ from vlm.data.decode import RawSample, SampleError, draft_size_of
 from vlm.data.formats import ChatFormat, Format, build_format, sample_seed
 from vlm.data.processor import Processed, Processor
 from vlm.data.reader import SPLITS, DataStats, FileCache, SampleRef, Source, as_sources, read_fields, slot_refs
+from vlm.data.remote import RemoteContext, RemoteSettings, is_placeholder, resolve
 from vlm.errors import UserError
 
 STATE_VERSION = 1
@@ -64,6 +68,9 @@ class PipelineConfig:
     fast_tokenizer: bool = True          # the Rust tokenizer directly (ids checked identical at start)
     format: str = "chat"                 # what a batch is (vlm.data.formats): chat | pairs | clips
     format_settings: dict = field(default_factory=dict)   # that format's settings (negatives, clip_seconds ...)
+    remote_timeout: float = 30.0         # remote shards: seconds a connect / read may stall before a retry
+    remote_retries: int = 3              # ... failed attempts in a row before the rest of a shard is skipped
+    remote_backoff: float = 1.0          # ... seconds before the first retry (doubling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +156,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.positions = [0] * self.workers
         self.done = [False] * self.workers
         self.start_epoch = 0
+        self.remote_shards: dict[str, list] = {}      # url -> [refs, error index, reason, message]
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -159,8 +167,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def batches(self, w: int, start: int) -> Iterator[dict]:
         """Logical worker w's batches from ref position `start` on, then an end marker if finite."""
         cfg = self.cfg
+        remote = RemoteContext(RemoteSettings(cfg.remote_timeout, cfg.remote_retries, cfg.remote_backoff),
+                               dict(self.remote_shards), replaying=start > 0)
         refs = slot_refs(self.sources, cfg.seed, self.rank * self.workers + w, self.world_size * self.workers,
-                         cfg.shuffle_buffer, self.start_epoch, cfg.epochs, cfg.split)
+                         cfg.shuffle_buffer, self.start_epoch, cfg.epochs, cfg.split, remote)
+        if start > 0:
+            refs = self._replay(refs, start, remote)
+        self.remote = remote
         files = FileCache()
         events: list[tuple] = []          # (ref index, kind, reason, shard, message)
         rows: list[list[tuple[Any, str, int, int]]] = [[]]   # packing: rows; padding: one list
@@ -172,7 +185,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         distinct: dict[int, set] = {}                      # source -> the samples among them
         try:
             k = start - 1
-            for k, (i, ref) in enumerate(itertools.islice(refs, start, None), start):
+            for k, (i, ref) in enumerate(refs, start):
                 seed = sample_seed(cfg.seed, ref.key, ref.epoch)
                 try:
                     sample, converted = self.sample_fn(ref, files, seed)
@@ -204,9 +217,21 @@ class ShardDataset(torch.utils.data.IterableDataset):
             full = len(rows) == cfg.batch_size if cfg.packing else len(rows[0]) == cfg.batch_size
             if rows[0] and (full or not cfg.drop_last):
                 yield self._batch(w, rows, events)
-            yield {"_end": True, "_position": (w, k + 1), "_events": events}
+            yield {"_end": True, "_position": (w, k + 1), "_events": events, "_shards": remote.drain()}
         finally:
             files.close()
+
+    @staticmethod
+    def _replay(refs: Iterator, start: int, remote: RemoteContext) -> Iterator:
+        """Skip the first `start` refs (a resume); remote samples still buffered then are read again."""
+        fetched: dict = {}
+        for k, (i, ref) in enumerate(refs):
+            if k < start:
+                remote.consumed(ref)
+                continue
+            if k == start:
+                fetched = remote.go_live()
+            yield i, resolve(ref, fetched) if is_placeholder(ref) else ref
 
     def _no_usable_sample(self, w: int, events: list[tuple]) -> None:
         """A whole pass over every source gave this slot nothing to train on: stop, never loop forever."""
@@ -227,6 +252,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         batch["sample_seeds"] = torch.tensor([seed for row in rows for *_, seed in row], dtype=torch.long)
         batch["_position"] = (w, end)
         batch["_events"] = [e for e in events if e[0] < end]
+        batch["_shards"] = self.remote.drain()
         events[:] = [e for e in events if e[0] >= end]
         return batch
 
@@ -261,9 +287,11 @@ class ShardPipeline:
         if cfg.split not in SPLITS:
             raise UserError(f"split must be one of {SPLITS}, got {cfg.split!r}")
         for s in self.sources:
-            if cfg.split == "shard" and len(s.shards) < slots:
+            if (cfg.split == "shard" or s.remote) and len(s.shards) < slots:
                 raise UserError(f"data source '{s.name}': {len(s.shards)} shards cannot be split by shard over "
-                                f"{world} ranks x {max(1, cfg.num_workers)} workers; use split='sample'")
+                                f"{world} ranks x {max(1, cfg.num_workers)} workers; " +
+                                ("remote shards are dealt whole: give at least that many" if s.remote
+                                 else "use split='sample'"))
         sample_fn = SampleProcessor(processor, cfg.max_len, cfg.draft, cfg.fast_tokenizer, cfg.format,
                                     cfg.format_settings)
         if cfg.packing and not sample_fn.format.packs:
@@ -298,6 +326,7 @@ class ShardPipeline:
         w, end = batch["_position"]
         self.stats.samples += end - ds.positions[w]
         ds.positions[w] = end
+        ds.remote_shards.update(batch.pop("_shards", {}))
         for _, kind, reason, shard, message in batch.pop("_events"):
             if kind == "skip":
                 self.stats.skip(reason, shard, message)
@@ -328,7 +357,8 @@ class ShardPipeline:
         return {"version": STATE_VERSION, "seed": self.cfg.seed, "start_epoch": ds.start_epoch,
                 "rank": self.rank, "world_size": self.world_size, "num_workers": ds.workers,
                 "positions": list(ds.positions), "done": list(ds.done), "order": list(self.order),
-                "sources": self._fingerprint(), "stats": self.stats.to_dict()}
+                "sources": self._fingerprint(), "stats": self.stats.to_dict(),
+                **({"remote_shards": {u: list(v) for u, v in ds.remote_shards.items()}} if ds.remote_shards else {})}
 
     def load_state_dict(self, state: dict) -> None:
         ds = self.dataset
@@ -345,3 +375,4 @@ class ShardPipeline:
         ds.done = [bool(d) for d in state["done"]]
         self.order = [int(w) for w in state["order"]]
         self.stats = self.stats_cls.from_dict(state["stats"])
+        ds.remote_shards = {u: list(v) for u, v in state.get("remote_shards", {}).items()}

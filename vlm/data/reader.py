@@ -15,6 +15,10 @@ over all ranks and workers, and every slot gets the same number of samples (±1)
 deals whole shards instead, as `wds.split_by_node` + `wds.split_by_worker` do: for many slots over
 many shards, where scanning every header in every slot would cost more than it balances.)
 
+Remote shards (`pipe:CMD`, `http(s)://`, `s3://` ... : `vlm.data.remote`) are always dealt whole and
+read as a stream; their refs carry the member bytes (`SampleRef.data`), and a replay to a resume
+position stands placeholders in for samples of shards whose size the pipeline state knows.
+
 Why not `webdataset.tarfile_to_samples`: it streams every byte through every worker; a sample-exact
 split would then read the whole data set world_size * num_workers times. Here a slot reads the tar
 headers (512 bytes each, `os.pread`, ~15 us) and only its own members' bytes. Grouping into samples
@@ -27,13 +31,14 @@ import glob
 import json
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm.data.remote import RemoteContext, is_remote, shard_refs
+from vlm.data.tar import _KEY_EXT, SampleRef, TarBroken, _octal, _pax_records, tar_members  # noqa: F401
 from vlm.errors import UserError
 
 # Reasons that are not data errors (the sample is fine, the settings drop it): not in the error rate.
@@ -53,6 +58,10 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             raise UserError("no shards given")
         return out
     spec = os.fspath(spec)
+    if is_remote(spec):
+        return expand_urls(spec)
+    if spec.startswith("file://"):
+        spec = spec[len("file://"):]
     if os.path.isdir(spec):
         index = os.path.join(spec, "index.json")
         if os.path.exists(index):
@@ -80,6 +89,29 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     return out
 
 
+def expand_urls(spec: str) -> list[str]:
+    """A brace pattern of remote shards (`https://host/a-{000..009}.tar`, `pipe:curl -s URL/a-{0..9}.tar`);
+    for fsspec URLs also a glob (`s3://bucket/a-*.tar`, listed once). Nothing else is read here."""
+    import braceexpand
+    out: list[str] = []
+    for url in braceexpand.braceexpand(spec):
+        if glob.has_magic(url) and not url.startswith(("pipe:", "http://", "https://")):
+            try:
+                import fsspec
+                fs, _, paths = fsspec.get_fs_token_paths(url)
+            except (ImportError, ValueError, OSError) as e:
+                raise UserError(f"cannot list {url}: {e}") from None
+            hits = sorted(fs.unstrip_protocol(p) for p in paths)
+            if not hits:
+                raise UserError(f"no shard matches {url}")
+            out += hits
+        elif glob.has_magic(url):
+            raise UserError(f"{url}: a glob needs a listing; give the shards as a brace range {{000000..000099}}")
+        else:
+            out.append(url)
+    return out
+
+
 @dataclass
 class Source:
     """One data source of a mixture: its shards and its weight (relative, need not sum to 1)."""
@@ -100,6 +132,11 @@ class Source:
         return cls(shards, weight, name or (os.fspath(spec) if isinstance(spec, (str, os.PathLike))
                                             else Path(shards[0]).parent.name))
 
+    @property
+    def remote(self) -> bool:
+        """Read as streams, whole shards per slot (`vlm.data.remote`)."""
+        return any(is_remote(s) for s in self.shards)
+
 
 def as_sources(spec: Any) -> list[Source]:
     """A Source, a {shards, weight, name} dict, a pattern/folder, or a list of those (several sources).
@@ -119,91 +156,6 @@ def as_sources(spec: Any) -> list[Source]:
 # ---------------------------------------------------------------------------------------------
 # tar scanning
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SampleRef:
-    """Where one sample's members lie in its shard; `error` marks a shard that breaks at this sample."""
-
-    shard: str
-    key: str
-    members: tuple[tuple[str, int, int], ...]  # (extension, data offset, size)
-    error: str | None = None                   # "truncated_tar" | "bad_tar"
-    message: str = ""
-    epoch: int = 0                             # the pass over the data it was read in (per-sample seeds)
-
-
-# webdataset's key rule (`tariterators.base_plus_ext`), compiled once: "dir/k.0.jpg" -> ("dir/k", "0.jpg")
-_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-
-
-class TarBroken(Exception):
-    def __init__(self, reason: str, message: str, name: str | None = None):
-        super().__init__(message)
-        self.reason = reason
-        self.name = name  # the member it broke in, when its header could still be read
-
-
-def _octal(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for big numbers
-        return int.from_bytes(field[1:], "big")
-    field = field.split(b"\0", 1)[0].strip()
-    return int(field, 8) if field else 0
-
-
-def tar_members(f, file_size: int) -> Iterator[tuple[str, int, int]]:
-    """(name, data offset, size) of the regular files of an open tar, reading the 512-byte headers only.
-
-    ustar / GNU / pax ('x' records override path and size; 'L' GNU long names) as `tarfile` reads
-    them, ~10x faster. Raises TarBroken("truncated_tar" | "bad_tar") where the archive stops making sense.
-    """
-    fd = f.fileno()
-    pos, long_name, pax = 0, None, {}
-    while True:
-        h = os.pread(fd, 512, pos)
-        if h == bytes(512):
-            return  # the end-of-archive blocks
-        if not h and pos == 0:
-            raise TarBroken("bad_tar", "empty file")
-        if len(h) < 512:  # a tar always ends with zero blocks: without them the last sample may be cut
-            raise TarBroken("truncated_tar", f"tar cut short at byte {pos + len(h)} (no end-of-archive blocks)")
-        if _octal(h[148:156]) != sum(h) - sum(h[148:156]) + 256:  # the checksum field counts as spaces
-            raise TarBroken("bad_tar", f"corrupt tar header at byte {pos}")
-        size, kind = _octal(h[124:136]), h[156:157]
-        data = pos + 512
-        if data + size > file_size:
-            name = long_name or pax.get("path") or h[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            raise TarBroken("truncated_tar", f"tar member {name} runs past the end of the file", name)
-        pos = data + (size + 511) // 512 * 512
-        if kind in (b"x", b"L"):
-            body = os.pread(fd, size, data)
-            if kind == b"L":
-                long_name = body.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            else:
-                pax = dict(_pax_records(body))
-            continue
-        if kind in (b"0", b"\0", b"7"):
-            name = long_name or pax.get("path")
-            if name is None:
-                name = h[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                prefix = h[345:500].split(b"\0", 1)[0] if h[257:262] == b"ustar" else b""
-                if prefix:
-                    name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-            if "size" in pax:
-                size = int(pax["size"])
-                pos = data + (size + 511) // 512 * 512
-            yield name, data, size
-        long_name, pax = None, {}
-
-
-def _pax_records(body: bytes) -> Iterator[tuple[str, str]]:
-    i = 0
-    while i < len(body) and body[i:i + 1] != b"\0":
-        sp = body.index(b" ", i)
-        n = int(body[i:sp])
-        key, _, value = body[sp + 1:i + n - 1].partition(b"=")
-        yield key.decode("utf-8", "replace"), value.decode("utf-8", "surrogateescape")
-        i += n
-
-
 def scan_shard(path: str) -> Iterator[SampleRef]:
     """The samples of one tar file, from its headers only (member data is seeked over, not read).
 
@@ -271,6 +223,8 @@ class FileCache:
 
 def read_fields(ref: SampleRef, files: FileCache | None = None) -> dict[str, bytes]:
     """The sample's bytes per extension (`jpg`, `0.jpg`, `json` ...)."""
+    if ref.data is not None:
+        return {ext: data for (ext, _, _), data in zip(ref.members, ref.data)}
     own = files is None
     files = files or FileCache()
     try:
@@ -292,16 +246,21 @@ SPLITS = ("sample", "shard")
 
 
 def source_refs(source: Source, index: int, seed: int, slot: int, num_slots: int,
-                start_epoch: int = 0, epochs: int | None = None, split: str = "sample") -> Iterator[SampleRef]:
+                start_epoch: int = 0, epochs: int | None = None, split: str = "sample",
+                remote: RemoteContext | None = None) -> Iterator[SampleRef]:
     """One source's refs for one slot; per epoch a seeded shard order, then
     split="sample": the i-th sample -> slot i % num_slots (balanced; every slot scans all tar headers);
     split="shard": the j-th shard -> slot j % num_slots (each slot reads only its shards; needs
-    >= num_slots shards, and slots get as many samples as their shards hold)."""
+    >= num_slots shards, and slots get as many samples as their shards hold). A remote source is always
+    split by shard and streamed (`remote`: its context; `vlm.data.remote`)."""
     if split not in SPLITS:
         raise UserError(f"split must be one of {SPLITS}, got {split!r}")
+    if source.remote:
+        split, remote = "shard", remote or RemoteContext()
     if split == "shard" and len(source.shards) < num_slots:
         raise UserError(f"data source '{source.name}': {len(source.shards)} shards cannot be split by shard over "
-                        f"{num_slots} ranks x workers; use split='sample'")
+                        f"{num_slots} ranks x workers; " + ("remote shards are dealt whole: give at least that many"
+                                                             if source.remote else "use split='sample'"))
     epoch = start_epoch
     while epochs is None or epoch < start_epoch + epochs:
         order = list(range(len(source.shards)))
@@ -310,7 +269,8 @@ def source_refs(source: Source, index: int, seed: int, slot: int, num_slots: int
             order = order[slot::num_slots]
         i = 0
         for s in order:
-            for ref in scan_shard(source.shards[s]):
+            refs = shard_refs(source.shards[s], remote, epoch) if source.remote else scan_shard(source.shards[s])
+            for ref in refs:
                 if split == "shard" or i % num_slots == slot:
                     yield dataclasses.replace(ref, epoch=epoch) if epoch else ref
                 i += 1
@@ -337,14 +297,15 @@ def shuffled(refs: Iterable[SampleRef], bufsize: int, rng: random.Random) -> Ite
 
 
 def slot_refs(sources: Sequence[Source], seed: int, slot: int, num_slots: int, shuffle_buffer: int = 1000,
-              start_epoch: int = 0, epochs: int | None = None, split: str = "sample") -> Iterator[tuple[int, SampleRef]]:
+              start_epoch: int = 0, epochs: int | None = None, split: str = "sample",
+              remote: RemoteContext | None = None) -> Iterator[tuple[int, SampleRef]]:
     """(source index, ref) for one slot: each source's (shuffled) refs, mixed by weight.
 
     Each draw picks a source with probability proportional to its weight among the sources not yet
     exhausted (only finite `epochs` exhaust); every random choice is seeded by (seed, slot).
     """
-    streams = [iter(shuffled(source_refs(s, i, seed, slot, num_slots, start_epoch, epochs, split), shuffle_buffer,
-                             _rng(seed, i, slot, start_epoch, 1)))
+    streams = [iter(shuffled(source_refs(s, i, seed, slot, num_slots, start_epoch, epochs, split, remote),
+                             shuffle_buffer, _rng(seed, i, slot, start_epoch, 1)))
                for i, s in enumerate(sources)]
     live = list(range(len(sources)))
     mix = _rng(seed, slot, start_epoch, 2)

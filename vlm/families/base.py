@@ -7,7 +7,15 @@ A family is one file that declares its parts and registers itself:
         encoders, media = media_parts({"type": "projector", "projector": "linear"}, vision=vision, audio=audio)
         return build_multimodal("mine", llm, encoders, media, route={"type": "plain"}, seed=seed)
 
-    register_family(Family("mine", "my connector", build_mine, sizes={"tiny": {...}}, recipes={"tiny": {...}}))
+    register_family(Family("mine", "my connector", build_mine, sizes={"tiny": {...}, "7b": {...}},
+                           recipes={"tiny": {...}, "7b": {...}}, test_widths={"7b": {...}}))
+
+Test widths: `smoke_recipe` (`vlm.train.recipe`; the every-recipe test `tests/test_recipes_run.py`)
+trains each built-in recipe two steps per stage with every part shrunk to CPU-test width, of the same
+kind: `test_width_settings` maps the encoder presets (`TEST_ENCODERS`: an HF tower keeps its feature
+layer and CLS handling at 32 px / 2 layers of 64; Whisper and MERT presets go to their tiny sizes) and
+any LLM config (`tiny_llm`: same model type, 2 layers of 64). A family whose builder takes other width
+settings gives `test_widths[size]` on top (the mert family: its HuBERT sizes).
 
 The model is always `vlm.model.MultimodalLM` built from parts (`vlm.connectors`); a family that needs
 a new kind of part registers it there (a media connector or a route), never a model subclass.
@@ -42,6 +50,13 @@ class Family:
     # a folder is one, load(folder) rebuilds it (vlm.load)
     loads: Callable[[Path, dict], bool] | None = None
     load: Callable[[Path], Any] | None = None
+    # per size: builder settings at test widths beyond what `test_width_settings` shrinks (see above)
+    test_widths: dict[str, dict] = field(default_factory=dict)
+
+    def test_settings(self, size: str | None = None, overrides: dict | None = None) -> dict:
+        """Builder settings that run `size` (+ `overrides`) at test widths with the same kinds of parts."""
+        shrunk = test_width_settings(self.settings(size, overrides), f"family '{self.name}' size '{size}'")
+        return {**shrunk, **copy.deepcopy(self.test_widths.get(size, {}))}
 
     def settings(self, size: str | None = None, overrides: dict | None = None) -> dict:
         """The builder's arguments: its defaults, then the size preset, then `overrides`."""
@@ -131,6 +146,53 @@ TINY_SIZE = dict(vision="tiny-clip", llm="tiny:llama", audio="whisper:tiny", mus
 QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
                  tie_word_embeddings=True, rope_theta=1000000.0)
+
+# Test widths (module docstring): a ViT of an HF preset at 32 px, patch 8, 2 layers of 64 (its kind, feature layer
+# and CLS handling stay the preset's), any LLM config at 2 layers of 64 (same model type), and per encoder preset
+# its test-width spec (names with "tiny" in them are test width already).
+TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                patch_size=8)
+_TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2)
+TEST_ENCODERS: dict[str, str | dict] = {
+    "clip-vit-l-336": dict(name="clip-vit-l-336", **TINY_VIT),
+    "whisper:base": "whisper:tiny",
+    "mert:base": "mert:tiny",
+}
+
+
+def tiny_llm(spec: dict) -> dict:
+    """An LLM config spec ({'model_type': ..., sizes}) at test widths: same architecture and settings, the
+    vocabulary of the shipped tokenizer."""
+    return {**{k: v for k, v in spec.items() if k not in ("vocab_size", "head_dim")}, **_TINY_LLM}
+
+
+def test_width_encoder(spec: str | dict, where: str) -> str | dict:
+    """An encoder name or spec at test width, of the same kind (UserError if none is known)."""
+    name = spec["name"] if isinstance(spec, dict) else spec
+    if "tiny" in name:
+        return spec
+    if name.startswith("video:"):
+        return "video:tiny"                            # frames through an image encoder + a temporal embedding
+    if name not in TEST_ENCODERS:
+        raise UserError(f"{where}: no test width for encoder {name!r}; add one to vlm.families.base.TEST_ENCODERS")
+    t = TEST_ENCODERS[name]
+    return {**(spec if isinstance(spec, dict) else {}), **({"name": t} if isinstance(t, str) else t)}
+
+
+def test_width_settings(settings: dict, where: str = "model") -> dict:
+    """The encoder and LLM settings of resolved builder settings, at test widths (the rest untouched)."""
+    out: dict[str, Any] = {}
+    for arg in ENCODER_ARGS.values():
+        if settings.get(arg) is not None:
+            out[arg] = test_width_encoder(settings[arg], f"{where}: setting '{arg}'")
+    llm = settings.get("llm")
+    if isinstance(llm, dict):
+        out["llm"] = tiny_llm(llm)
+    elif isinstance(llm, str) and not llm.startswith("tiny:"):
+        raise UserError(f"{where}: the LLM {llm!r} is a local folder; it has no test width")
+    return out
+
 
 # SAIL-VL curriculum: alignment (projector only, captions) -> SFT easy -> SFT hard by the samples' difficulty
 # score (synthetic-world: 0.1 for one object, +0.15 per extra object, +0.03 per clutter stroke). As LLaVA-1.5,

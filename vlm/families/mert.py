@@ -179,6 +179,8 @@ register_family(Family(
     description="MERT: HuBERT-shaped music encoder pretrained by masked prediction of acoustic codes and the CQT",
     builder=build_mert,
     sizes={"tiny": {}, "95m": SIZE_95M},
+    test_widths={"95m": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                             conv_dim=32, conv_pos=16, conv_pos_groups=4, codebooks=[64] * 8)},
     modalities_of=lambda settings: ("music",),
     loads=lambda path, config: (path / HEADS_CONFIG).is_file(),
     load=MertModel.from_folder,

@@ -7,7 +7,8 @@
 A stage trains on a mixture of the recipe's named sources (`stage.data`, default: every source at
 its own weight), in the batch format its objective reads, and may filter samples by their json
 (`stage.filter`, `vlm.data.filters`: difficulty, quality, task, caption vs conversation, modality),
-the SAIL-VL curriculum's easy -> hard ordering.
+the SAIL-VL curriculum's easy -> hard ordering. Samples with media the model has no encoder for are
+dropped as `not_for_model` whatever the filter says (not data errors).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vlm.data.filters import FilterStats, Filtering, SampleFilter
+from vlm.data.filters import FilterStats, Filtering, needs_filtering
 from vlm.data.pipeline import PipelineConfig, ShardPipeline
 from vlm.train.recipe import Recipe
 
@@ -41,11 +42,14 @@ def build_stage_loader(recipe: Recipe, stage_index: int, processor, rank: int = 
     cfg = PipelineConfig(batch_size=micro, max_len=stage.max_len, packing=stage.packing,
                          shuffle_buffer=rt.shuffle_buffer, seed=stage_seed(recipe, stage_index),
                          num_workers=rt.num_workers, rank=rank, world_size=world_size, format=format,
-                         format_settings=dict(format_settings or {}))
+                         format_settings=dict(format_settings or {}), remote_timeout=rt.remote_timeout,
+                         remote_retries=rt.remote_retries, remote_backoff=rt.remote_backoff)
     where = f"stages.{stage_index}.filter"
-    filtering = {} if stage.filter == SampleFilter() else dict(
-        stats_cls=FilterStats, wrap_sample_fn=lambda base: Filtering(base, stage.filter, where))
-    return ShardPipeline(stage_sources(recipe, stage_index), processor, cfg, **filtering, **overrides)
+
+    def wrap(base):
+        return Filtering(base, stage.filter, where) if needs_filtering(base, stage.filter) else base
+    return ShardPipeline(stage_sources(recipe, stage_index), processor, cfg, stats_cls=FilterStats,
+                         wrap_sample_fn=wrap, **overrides)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -46,7 +46,7 @@ class ModelSpec:
 
 @dataclass
 class Source:
-    shards: list[str]                               # tar files, globs, brace ranges or folders
+    shards: list[str]                               # tar files, globs, brace ranges, folders or URLs (vlm.data.remote)
     weight: float = 1.0                             # share in a mixture (relative)
 
 
@@ -88,6 +88,9 @@ class Runtime:
     seed: int = 0
     num_workers: int = 0                            # data-loader workers per rank
     shuffle_buffer: int = 1000
+    remote_timeout: float = 30.0                    # remote shards (http(s)://, s3://, pipe:): seconds a read may
+    remote_retries: int = 3                         # stall; failed attempts in a row before the rest of a shard
+    remote_backoff: float = 1.0                     # is skipped (counted); seconds before the first retry
     compile: bool = False
     activation_checkpointing: bool = False
     max_nan_steps: int = 5                          # consecutive non-finite steps before stopping
@@ -174,6 +177,31 @@ def load_recipe(spec: str, overrides: list[str] = (), world_size: int = 1, check
         apply_override(raw, item)
     recipe = from_dict(Recipe, raw)
     validate(recipe, world_size, check_files)
+    return recipe
+
+
+def smoke_recipe(spec: str, out: str | os.PathLike, steps: int = 2, batch: int = 2, overrides: list[str] = ()) -> Recipe:
+    """A recipe shrunk for a quick run on a CPU: its model's parts at test widths, of the same kinds
+    (`Family.test_settings`: encoders, LLM, connectors as shipped), `steps` steps per stage at
+    `batch` x grad_accum samples, one process, a checkpoint at every stage end into `out`; the stages,
+    filters, data, objectives and LLM modes are the recipe's own. The every-recipe test runs each
+    built-in recipe this way."""
+    from vlm.families import get_family
+    raw, _ = raw_recipe(spec)
+    raw = copy.deepcopy(raw)
+    model = raw.setdefault("model", {})
+    fam = get_family(model.get("family", ModelSpec.family))
+    settings = model.get("settings", {})
+    model["settings"] = {**settings, **fam.test_settings(model.get("size", ModelSpec.size), settings)}
+    for st in raw.get("stages", []):
+        st.update(steps=steps, tokens=None, batch_size=batch * int(st.get("grad_accum", 1)))
+    raw["runtime"] = {**raw.get("runtime", {}), "strategy": "none", "device": "cpu", "precision": "fp32",
+                      "num_workers": 0, "compile": False, "checkpoint_every": 0, "log_every": 1,
+                      "keep_last": len(raw.get("stages", [])) + 1, "output_dir": os.fspath(out), "wandb": False}
+    for item in overrides:
+        apply_override(raw, item)
+    recipe = from_dict(Recipe, raw)
+    validate(recipe)
     return recipe
 
 
@@ -268,6 +296,9 @@ def _validate_runtime(rt: Runtime) -> None:
     _require(rt.checkpoint_every >= 0, "runtime.checkpoint_every", f"must be >= 0, got {rt.checkpoint_every}")
     _require(rt.keep_last >= 1, "runtime.keep_last", f"must be >= 1, got {rt.keep_last}")
     _require(rt.num_workers >= 0, "runtime.num_workers", f"must be >= 0, got {rt.num_workers}")
+    _require(rt.remote_timeout > 0, "runtime.remote_timeout", f"must be > 0, got {rt.remote_timeout}")
+    _require(rt.remote_retries >= 0, "runtime.remote_retries", f"must be >= 0, got {rt.remote_retries}")
+    _require(rt.remote_backoff >= 0, "runtime.remote_backoff", f"must be >= 0, got {rt.remote_backoff}")
     _require(rt.max_nan_steps >= 1, "runtime.max_nan_steps", f"must be >= 1, got {rt.max_nan_steps}")
     _require(rt.log_every >= 1, "runtime.log_every", f"must be >= 1, got {rt.log_every}")
     _require(rt.device in ("auto", "cpu", "cuda") or rt.device.startswith("cuda:"), "runtime.device",

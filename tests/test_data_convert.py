@@ -1,0 +1,159 @@
+"""Converters from what researchers hold: Hugging Face datasets (parquet and save_to_disk) in the three
+common conversation layouts, streamed; annotation paths confined to their roots in every converter.
+
+    python -m pytest tests/test_data_convert.py -q
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from vlm.cli import main as vlm_main
+from vlm.data import convert
+from vlm.data.convert_hf import convert_hf_dataset
+from vlm.errors import UserError
+
+
+def jpg(color: str, size=(24, 16)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def png(color: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_out(folder) -> dict[str, dict]:
+    files = sorted(glob.glob(os.path.join(str(folder), "*.tar")))
+    return {s["__key__"]: s for s in wds.WebDataset(files, shardshuffle=False)}
+
+
+def conv_of(sample: dict) -> list[dict]:
+    return json.loads(sample["json"])["conversations"]
+
+
+@pytest.fixture(scope="module")
+def datasets_lib():
+    return pytest.importorskip("datasets")
+
+
+def test_llava_layout_parquet_with_image_bytes(tmp_path, datasets_lib):
+    from datasets import Dataset, Features, Image as HFImage, List, Value
+    feats = Features({"id": Value("string"), "image": HFImage(),
+                      "conversations": List({"from": Value("string"), "value": Value("string")})})
+    rows = {"id": ["a1", "a2", "a3", "a4"],
+            "image": [{"bytes": jpg("red"), "path": None}, {"bytes": png("blue"), "path": None},
+                      {"bytes": b"\xff\xd8 not a jpeg at all", "path": None}, None],
+            "conversations": [[{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}],
+                              [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": "a blue square"}],
+                              [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "x"}],
+                              [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]]}
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    Dataset.from_dict(rows, features=feats).to_parquet(str(tmp_path / "ds" / "data" / "train-00000-of-00001.parquet"))
+    report = convert_hf_dataset(str(tmp_path / "ds"), str(tmp_path / "out"), max_bad=0.5)
+    assert (report.written, report.skipped) == (3, 1) and report.reasons == {"bad_image": 1}
+    assert "a3" in report.problems[0] and "bad_image: 1" in report.summary()
+    out = read_out(tmp_path / "out")
+    assert set(out) == {"a1", "a2", "a4"}
+    assert out["a1"]["jpg"] == jpg("red") and out["a2"]["png"] == png("blue")       # kept byte for byte
+    assert conv_of(out["a2"])[0]["value"] == "<image>\nDescribe."                   # placeholder added
+    assert "jpg" not in out["a4"] and "png" not in out["a4"]                         # text only
+
+
+def test_sharegpt_messages_save_to_disk_with_image_paths_confined(tmp_path, datasets_lib):
+    from datasets import Dataset
+    root = tmp_path / "ds"
+    (root / "imgs").mkdir(parents=True)
+    (root / "imgs" / "x.jpg").write_bytes(jpg("green"))
+    (tmp_path / "outside.jpg").write_bytes(jpg("red"))
+    parts = [{"type": "image", "text": None}, {"type": "text", "text": "\nWhat is it?"}]
+    msgs = [[{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+             {"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": "a circle"}]}]] * 4
+    Dataset.from_dict({"messages": msgs, "images": [["imgs/x.jpg"], ["../outside.jpg"],
+                                                    [str(tmp_path / "outside.jpg")], ["imgs/x.jpg"]]}).save_to_disk(str(root / "saved"))
+    report = convert_hf_dataset(str(root / "saved"), str(tmp_path / "out"), image_root=str(root), max_bad=0.6)
+    assert (report.written, report.skipped) == (2, 2) and report.reasons == {"path_outside_root": 2}
+    out = read_out(tmp_path / "out")
+    assert set(out) == {"0", "3"} and out["0"]["jpg"] == jpg("green")
+    assert conv_of(out["0"]) == [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "<image>\nWhat is it?"},
+                                 {"from": "gpt", "value": "a circle"}]
+
+
+def test_cauldron_texts_dataset_dict_via_cli(tmp_path, datasets_lib, capsys):
+    from datasets import Dataset, DatasetDict, Features, Image as HFImage, List, Value
+    feats = Features({"images": List(HFImage()),
+                      "texts": List({"user": Value("string"), "assistant": Value("string"), "source": Value("string")})})
+    rows = {"images": [[jpg("red"), jpg("blue", (16, 40))], [jpg("green")], [b"corrupt bytes"]],
+            "texts": [[{"user": "Same colour?", "assistant": "No.", "source": "vqa"},
+                       {"user": "Which is taller?", "assistant": "The second.", "source": "vqa"}],
+                      [{"user": "Colour?", "assistant": "Green.", "source": "vqa"}],
+                      [{"user": "Q?", "assistant": "A.", "source": "vqa"}]]}
+    dd = DatasetDict({"train": Dataset.from_dict(rows, features=feats), "test": Dataset.from_dict(rows, features=feats)})
+    dd.save_to_disk(str(tmp_path / "cauldron"))
+    assert vlm_main(["data", "convert", "hf-dataset", str(tmp_path / "cauldron"), "--out", str(tmp_path / "out"),
+                     "--split", "train", "--max-bad", "0.5"]) == 0
+    assert "wrote 2 samples" in capsys.readouterr().out
+    out = read_out(tmp_path / "out")
+    assert {"0.jpg", "1.jpg"} <= set(out["0"]) and conv_of(out["0"]) == [
+        {"from": "human", "value": "<image>\n<image>\nSame colour?"}, {"from": "gpt", "value": "No."},
+        {"from": "human", "value": "Which is taller?"}, {"from": "gpt", "value": "The second."}]
+    # one-line errors: a split that is not there, a column that is not there
+    assert vlm_main(["data", "convert", "hf-dataset", str(tmp_path / "cauldron"), "--out", str(tmp_path / "o2"),
+                     "--split", "validation"]) == 2
+    assert "no split 'validation'" in capsys.readouterr().err
+    assert vlm_main(["data", "convert", "hf-dataset", str(tmp_path / "cauldron"), "--split", "train",
+                     "--conversations-column", "chat", "--out", str(tmp_path / "o3")]) == 2
+    assert "no column 'chat'" in capsys.readouterr().err
+
+
+def test_every_converter_refuses_paths_outside_its_root(tmp_path):
+    """`..`, an absolute path elsewhere and a symlink out are refused and counted (path_outside_root)."""
+    root = tmp_path / "root"
+    (root / "img").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(root / "img" / "a.jpg")
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "secret.jpg")
+    os.symlink(tmp_path / "secret.jpg", root / "img" / "link.jpg")
+    qa = [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]
+    records = [{"id": n, "image": p, "conversations": qa} for n, p in
+               [("ok", "img/a.jpg"), ("up", "../secret.jpg"), ("abs", str(tmp_path / "secret.jpg")),
+                ("link", "img/link.jpg"), ("ok2", str(root / "img" / "a.jpg"))]]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    report = convert.convert_llava_json(str(tmp_path / "d.json"), str(root), str(tmp_path / "o1"), max_bad=0.9)
+    assert report.written == 2 and report.reasons == {"path_outside_root": 3}
+    assert set(read_out(tmp_path / "o1")) == {"ok", "ok2"}
+
+    # media-folder: the captions table names the files
+    import numpy as np
+    import soundfile as sf
+    (root / "clips").mkdir()
+    sf.write(root / "clips" / "a.flac", np.zeros(1600, np.float32), 16000)
+    sf.write(tmp_path / "b.flac", np.zeros(1600, np.float32), 16000)
+    (tmp_path / "caps.json").write_text(json.dumps({"a.flac": "silence", "../../b.flac": "escape",
+                                                   str(tmp_path / "b.flac"): "absolute"}))
+    report = convert.convert_media_folder(str(root / "clips"), str(tmp_path / "caps.json"), str(tmp_path / "o2"),
+                                          max_bad=0.9)
+    assert report.written == 1 and report.reasons == {"path_outside_root": 2}
+
+    # folder converters: a symlink inside pointing out is refused too
+    (root / "img" / "a.txt").write_text("a red square")
+    (root / "img" / "link.txt").write_text("secret")
+    report = convert.convert_caption_folder(str(root / "img"), str(tmp_path / "o3"), max_bad=0.9)
+    assert report.written == 1 and report.reasons == {"path_outside_root": 1}
+    (root / "cls" / "red").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(root / "cls" / "red" / "a.jpg")
+    os.symlink(tmp_path / "secret.jpg", root / "cls" / "red" / "b.jpg")
+    report = convert.convert_class_folder(str(root / "cls"), str(tmp_path / "o4"), max_bad=0.9)
+    assert report.written == 1 and report.reasons == {"path_outside_root": 1}
+    # and a whole file of escaping paths stops with one line naming it
+    (tmp_path / "bad.json").write_text(json.dumps(records[1:3]))
+    with pytest.raises(UserError, match="outside"):
+        convert.convert_llava_json(str(tmp_path / "bad.json"), str(root), str(tmp_path / "o5"))
