@@ -89,6 +89,9 @@ register_suite(Suite("synthetic-world-quick", "the image capabilities only, by g
                      tuple(f"sw-vqa-{t}" for t in ("color", "shape", "count", "spatial", "digit", "ocr"))))
 register_suite(Suite("synthetic-world-embedding", "the embedding harnesses: zero-shot, relation, retrieval, MMEB",
                      ("sw-shapes", "sw-colors", "sw-relation-spatial", "sw-relation-attribute", "sw-retrieval", "sw-mmeb")))
+register_suite(Suite("music-probes", "MARBLE-style probes of the frozen music encoder: pitch, chord quality, "
+                     "instrument, tempo (a mert or vlm checkpoint)",
+                     tuple(f"sw-probe-music-{t}" for t in ("pitch", "chord", "instrument", "tempo"))))
 
 # ------------------------------------------------------------------------------ UniBench, user-supplied shards
 # (folder under --bench-root, type, capability): clip_benchmark `wds` folder names.

@@ -147,7 +147,7 @@ def test_list_filters_by_pattern_and_recipes_show_what_they_train(capsys):
     assert len(lines) == 1 and lines[0].split()[0] == "iaa"
     assert main(["list", "recipes", "*-tiny"]) == 0
     rows = {ln.split()[0]: ln.split()[1] for ln in capsys.readouterr().out.strip().splitlines()}
-    assert rows == {"llava-tiny": "image", "iaa-tiny": "image", "dragonfly-tiny": "image"}
+    assert rows == {"llava-tiny": "image", "iaa-tiny": "image", "dragonfly-tiny": "image", "mert-tiny": "music"}
 
 
 def test_the_processor_pickles_without_the_model():

@@ -1,7 +1,8 @@
 """MERT family: the shared music encoder, pretrained by masked prediction (objective `masked_prediction`).
 
     model = vlm.build("mert", "tiny")                 # HuBERT-shaped, 24 kHz -> 75 Hz frames, random init
-    vlm train mert-tiny                               # (recipes: when the music data is set up)
+    vlm train mert-tiny                               # CPU: synthetic-world's music clips (vlm data build ...)
+    vlm train mert-95m data.world.shards=[/data/music/train]   # GPU, MERT-v1-95M's settings
     model.save_pretrained("ckpt")                     # a transformers HuBERT folder + the prediction heads
 
 The model is transformers' `HubertModel` (conv front end with stride 320 at 24 kHz, a transformer
@@ -13,6 +14,7 @@ no remote code; the heads sit beside it (`mert_heads.safetensors`, `mert_pretrai
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,7 +27,7 @@ from torch import nn
 from encoders.base import AudioPreprocess, ConvFrames, normalize_waveform
 from vlm.data.processor import Processor
 from vlm.errors import UserError, require
-from vlm.families.base import Family, register_family
+from vlm.families.base import SYNTHETIC_WORLD, Family, register_family
 from vlm.model import load_safetensors, write_folder
 
 HEADS_FILE, HEADS_CONFIG = "mert_heads.safetensors", "mert_pretraining.json"
@@ -85,10 +87,12 @@ class MertModel(nn.Module):
         return self.encoder(x, mask_time_indices=mask).last_hidden_state
 
     def codebook_logits(self, hidden: torch.Tensor) -> list[torch.Tensor]:
-        """[M, H] -> per codebook [M, V_k]: cosine(projection_k, code embeddings_k) / logit_temp."""
-        proj = self.final_proj(hidden).chunk(len(self.config.codebooks), dim=-1)             # K x [M, d]
-        embs = self.label_embs.split(self.config.codebooks)                                   # K x [V_k, d]
-        return [F.cosine_similarity(p[:, None], e[None], dim=-1) / self.config.logit_temp for p, e in zip(proj, embs)]
+        """[M, H] -> per codebook [M, V_k]: cosine(projection_k, code embeddings_k) / logit_temp (as a
+        product of unit vectors: no [M, V_k, d] intermediate)."""
+        K, d = len(self.config.codebooks), self.config.final_dim
+        proj = F.normalize(self.final_proj(hidden).unflatten(-1, (K, d)), dim=-1, eps=1e-8)          # [M, K, d]
+        embs = F.normalize(self.label_embs, dim=-1, eps=1e-8).split(self.config.codebooks)        # K x [V_k, d]
+        return [proj[:, k] @ e.T / self.config.logit_temp for k, e in enumerate(embs)]              # K x [M, V_k]
 
     def regression(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.regression_head(hidden)                                                  # [M, R]
@@ -174,11 +178,66 @@ def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_
 SIZE_95M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, conv_dim=512,
                 conv_pos=128, conv_pos_groups=16, codebooks=[1024] * 8, dropout=0.1)
 
+# ---------------------------------------------------------------------------------------------
+# recipes
+# ---------------------------------------------------------------------------------------------
+TRAINABLE = ["encoder.*", "final_proj.*", "label_embs", "regression_head.*"]
+MUSIC_ONLY = {"modalities": ["music"]}          # music questions / captions (and any music-only shards)
+
+# CPU: the tiny encoder on synthetic-world's music clips (2 s notes and chords, 4 s click tracks; ~770 clips
+# in the default 4,000-sample build), MERT's objective with the rvq teacher trained first (8 x 64 codes).
+# Settings chosen on the val split's probes (model_cards/mert.md).
+MERT_TINY_RECIPE = {
+    "description": "MERT pretraining of the tiny music encoder on synthetic-world's music clips (CPU, rvq teacher "
+                   "8 x 64, CQT, noise mixture)",
+    "model": {"family": "mert", "size": "tiny", "settings": {"codebooks": [64] * 8}},
+    "data": copy.deepcopy(SYNTHETIC_WORLD),
+    "stages": [{
+        "name": "pretrain", "trainable": TRAINABLE, "llm": "frozen", "filter": dict(MUSIC_ONLY),
+        "steps": 1500, "lr": 2e-3, "batch_size": 16, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
+        "schedule": "cosine", "warmup": 0.08, "grad_clip": 10.0, "max_len": 8,
+        "objective": "masked_prediction",
+        "objective_settings": {"teacher": "rvq", "codebook_size": 64, "teacher_settings": {"codebooks": 8},
+                               "teacher_frames": 20000, "mask_prob": 0.8, "mask_span": 5, "noise_prob": 0.5,
+                               "clip_seconds": 2.0, "min_seconds": 1.5, "target_cache_mb": 512},
+    }],
+    "runtime": {"checkpoint_every": 500, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0, "num_workers": 1,
+                "log_every": 10},
+}
+
+# GPU: MERT-v1-95M's settings (mert-notes: Y95 / RUN) - 5 s crops, mask 0.8 / 5, Adam (0.9, 0.98) eps 1e-6,
+# wd 0.01, lr 5e-4, 8 % warmup, clip 10, loss = sum of 8 codebook CEs + linear-magnitude CQT MSE, noise
+# mixture p 0.5 with 0.5-1 s segments; batch 120 clips (15 per GPU x 8). The acoustic teacher here is the rvq
+# autoencoder with 8 x 1024 codes (trained first); MERT-v1's EnCodec: objective_settings.teacher=encodec
+# objective_settings.teacher_settings='{path: /models/encodec_24khz, bandwidth: 6.0}'. MERT drops clips under
+# 3 s; synthetic-world's music is 2 s (click tracks 4 s), so they are zero-padded to 5 s here: for your own
+# music shards set min_seconds: 3. The budget is yours: MERT ran 400k steps.
+MERT_95M_RECIPE = {
+    "description": "MERT-v1-95M settings (GPU; point data.* at your music shards): rvq 8 x 1024 teacher or a local "
+                   "EnCodec, CQT, noise mixture",
+    "model": {"family": "mert", "size": "95m", "settings": {}},
+    "data": copy.deepcopy(SYNTHETIC_WORLD),
+    "stages": [{
+        "name": "pretrain", "trainable": TRAINABLE, "llm": "frozen", "filter": dict(MUSIC_ONLY),
+        "steps": 400000, "lr": 5e-4, "batch_size": 120, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
+        "schedule": "cosine", "warmup": 0.08, "grad_clip": 10.0, "max_len": 8,
+        "objective": "masked_prediction",
+        "objective_settings": {"teacher": "rvq", "codebook_size": 1024,
+                               "teacher_settings": {"codebooks": 8, "steps": 3000, "batch_clips": 64},
+                               "teacher_frames": 300000, "mask_prob": 0.8, "mask_span": 5, "min_masks": 2,
+                               "noise_prob": 0.5, "noise_segments": [1, 3], "noise_seconds": [0.5, 1.0],
+                               "cqt_log": False, "clip_seconds": 5.0, "min_seconds": 1.5},
+    }],
+    "runtime": {"checkpoint_every": 2000, "keep_last": 3, "output_dir": "runs/{name}", "num_workers": 4,
+                "strategy": "ddp", "log_every": 50},
+}
+
 register_family(Family(
     name="mert",
     description="MERT: HuBERT-shaped music encoder pretrained by masked prediction of acoustic codes and the CQT",
     builder=build_mert,
     sizes={"tiny": {}, "95m": SIZE_95M},
+    recipes={"tiny": MERT_TINY_RECIPE, "95m": MERT_95M_RECIPE},
     modalities_of=lambda settings: ("music",),
     loads=lambda path, config: (path / HEADS_CONFIG).is_file(),
     load=MertModel.from_folder,
