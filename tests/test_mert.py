@@ -88,6 +88,20 @@ def test_a_llava_model_takes_the_pretrained_encoder_by_path(mert_folder, tmp_pat
         vlm.build("llava", "tiny", vision=None, audio=None, video=None, music=f"mert:{tmp_path / 'llava'}")
 
 
+def test_feature_grad_mult_scales_only_the_conv_front_ends_gradient_and_is_saved(tmp_path):
+    import vlm
+    x = torch.from_numpy(tone(220, 0.5))[None]
+    grads = {}
+    for mult in (1.0, 0.1):
+        model = vlm.build("mert", "tiny", codebooks=[16, 16], feature_grad_mult=mult, seed=5)
+        model.eval().encoder(x).last_hidden_state.pow(2).mean().backward()   # eval: no SpecAugment draw
+        grads[mult] = (model.encoder.feature_extractor.conv_layers[0].conv.weight.grad.clone(),
+                       model.encoder.feature_projection.projection.weight.grad.clone())
+    assert torch.allclose(grads[0.1][0], 0.1 * grads[1.0][0], rtol=1e-4, atol=1e-9)
+    assert torch.equal(grads[0.1][1], grads[1.0][1])            # above the front end: untouched
+    assert vlm.load(model.save_pretrained(tmp_path / "m")).config.feature_grad_mult == 0.1
+
+
 # ------------------------------------------------------------------ the teachers
 def test_rvq_teacher_is_deterministic_and_its_codes_keep_the_audio():
     from vlm.train.objectives.teachers import build_teacher

@@ -43,6 +43,20 @@ class MertConfig:
     logit_temp: float = 0.1
     regression_dim: int = 336                      # CQT bins
     sample_rate: int = SAMPLE_RATE
+    feature_grad_mult: float = 1.0                 # gradient scale into the conv front end (MERT / fairseq: 0.1)
+
+
+class GradMultiply(torch.autograd.Function):
+    """Identity forward, gradient x `scale` backward (fairseq's GradMultiply)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
 
 
 class MertModel(nn.Module):
@@ -60,6 +74,9 @@ class MertModel(nn.Module):
         self.regression_head = nn.Linear(H, config.regression_dim)
         self.preprocess = AudioPreprocess(config.sample_rate, "waveform", normalize=True)
         self._frames = ConvFrames(tuple(hc.conv_kernel), tuple(hc.conv_stride))
+        if config.feature_grad_mult != 1.0:        # the conv features' gradient scaled on the way back
+            scale = config.feature_grad_mult
+            self.encoder.feature_extractor.register_forward_hook(lambda m, i, out: GradMultiply.apply(out, scale))
 
     # ---------------------------------------------------------------- what the objective uses
     @property
@@ -157,7 +174,7 @@ class MertModel(nn.Module):
 def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_heads: int = 4,
                intermediate_size: int = 128, conv_dim: int = 32, conv_pos: int = 16, conv_pos_groups: int = 4,
                codebooks: list[int] | None = None, final_dim: int = 64, regression_dim: int = 336,
-               dropout: float = 0.0, seed: int | None = 0) -> MertModel:
+               dropout: float = 0.0, feature_grad_mult: float = 1.0, seed: int | None = 0) -> MertModel:
     """A HuBERT-shaped music encoder (24 kHz, 320-sample frames) with MERT's prediction heads.
     `codebooks`: units per codebook of the acoustic teacher (default: the mel_kmeans teacher's 2 x 64).
     Dropout draws from each rank's own RNG: keep it 0 where runs must match across rank counts."""
@@ -170,13 +187,14 @@ def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_
                   apply_spec_augment=True, mask_time_prob=0.05, mask_time_length=5, layerdrop=0.0,
                   hidden_dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
                   feat_proj_dropout=dropout, final_dropout=dropout)
-    return MertModel(MertConfig(hubert, list(codebooks or [64, 64]), final_dim, 0.1, regression_dim))
+    return MertModel(MertConfig(hubert, list(codebooks or [64, 64]), final_dim, 0.1, regression_dim,
+                                feature_grad_mult=feature_grad_mult))
 
 
 # MERT-v1-95M's shape (HuBERT base: 768 x 12 layers, 12 heads, FFN 3072, conv 512 x 7, conv positions 128 / 16)
 # with EnCodec's 8 codebooks of 1024 units.
 SIZE_95M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, conv_dim=512,
-                conv_pos=128, conv_pos_groups=16, codebooks=[1024] * 8, dropout=0.1)
+                conv_pos=128, conv_pos_groups=16, codebooks=[1024] * 8, dropout=0.1, feature_grad_mult=0.1)
 
 # ---------------------------------------------------------------------------------------------
 # recipes
