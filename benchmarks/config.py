@@ -32,6 +32,8 @@ class RunConfig:
     batch_size: int = 64
     workers: int = field(default=2, metadata={"help": "image decoding threads"})
     limit: int | None = field(default=None, metadata={"help": "at most N samples per benchmark (quick runs)"})
+    split: str | None = field(default=None, metadata={
+        "help": "read this split of each benchmark's data (e.g. val, to choose settings); results are named BENCH@SPLIT"})
     redo: bool = field(default=False, metadata={"help": "rerun benchmarks already done in --out"})
     progress: bool = field(default=True, metadata={"flag": "--quiet", "help": "no progress bars"})
     device: str = "cpu"

@@ -21,13 +21,19 @@ hands its `text` through untouched, so each pair travels inside one.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
 
 from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 
 from benchmarks.models import VLMModel
+from vlm.errors import UserError
 
 MANIFEST = ModelManifest(model_id="vlm", simple_class_path="benchmarks.lmms_plugin.VLMLmms", aliases=("vlm_suite",))
 
@@ -50,11 +56,38 @@ class VLMLmms(lmms):
         return self.task_dict[task][split][doc_id]
 
     def _media(self, ctx: str, visuals: list | None) -> tuple[str, dict[str, list]]:
-        """Images of the request; `<image>` placeholders are added before the text when it has none."""
-        images = [v for v in (visuals or []) if v is not None]
-        if images and "<image>" not in ctx:
-            ctx = "<image>\n" * len(images) + ctx
-        return ctx, ({"image": images} if images else {})
+        """The request's media by modality, from what lmms-eval tasks hand models: PIL images, audio as
+        {"array", "sampling_rate"} (HF `Audio`; an optional "modality" says audio or music), videos as
+        file paths. An audio item without "modality" takes the kind of its placeholder in the text, else
+        the one audio-file modality the model has (audio before music). Placeholders go before the text,
+        in item order, only when it has none."""
+        from vlm.modalities import MODALITIES, placeholder_modalities
+        items = [v for v in (visuals or []) if v is not None]
+        if not items:
+            return ctx, {}
+        wanted = [m for m in placeholder_modalities(ctx) if MODALITIES[m].files == "audio"]
+        have = set(self.model.modalities)
+        default_audio = next((m for m in ("audio", "music") if m in have), "audio")
+        kinds, media = [], {}
+        for item in items:
+            if isinstance(item, dict) and "array" in item:
+                kind = item.get("modality") or (wanted.pop(0) if wanted else default_audio)
+                wave = torch.as_tensor(np.asarray(item["array"], dtype=np.float32))
+                raw: Any = (wave.unsqueeze(0) if wave.dim() == 1 else wave, int(item["sampling_rate"]))
+            elif isinstance(item, (str, Path)):
+                kind, raw = "video", str(item)
+            elif isinstance(item, Image.Image):
+                kind, raw = "image", item.convert("RGB")
+            else:
+                raise UserError(f"vlm: cannot read a {type(item).__name__} from doc_to_visual "
+                                "(expected a PIL image, an audio dict or a video path)")
+            if kind not in have:
+                raise UserError(f"vlm: this model has no {kind} encoder (it reads {', '.join(sorted(have))})")
+            kinds.append(kind)
+            media.setdefault(kind, []).append(raw)
+        if not placeholder_modalities(ctx):
+            ctx = "".join(MODALITIES[k].placeholder + "\n" for k in kinds) + ctx
+        return ctx, media
 
     @staticmethod
     def _cut(text: str, until: list[str]) -> str:

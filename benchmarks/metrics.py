@@ -93,6 +93,15 @@ def bleu(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
     return float(sacrebleu.corpus_bleu(list(preds), streams).score)
 
 
+def rouge_l(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
+    """ROUGE-L F (pycocoevalcap, beta 1.2) on the same tokens: (mean over captions, per-caption scores)."""
+    from pycocoevalcap.rouge.rouge import Rouge
+    gts = {i: [_caption_tokens(x) for x in r] for i, r in enumerate(refs)}
+    res = {i: [_caption_tokens(p)] for i, p in enumerate(preds)}
+    score, per = Rouge().compute_score(gts, res)
+    return float(score), [float(x) for x in per]
+
+
 def cider(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
     """CIDEr-D (pycocoevalcap) on lower-cased alphanumeric tokens: (corpus score, per-caption scores)."""
     from pycocoevalcap.cider.cider import Cider

@@ -135,12 +135,22 @@ class RunResult:
         return sum(1 for r in self.records if r.get("reused"))
 
 
+def on_split(bench: Benchmark, split: str) -> Benchmark:
+    """The benchmark on another split of its data, named BENCH@SPLIT (its results stay apart from the
+    default split's)."""
+    if split == bench.data.split:
+        return bench
+    return dataclasses.replace(bench, name=f"{bench.name}@{split}", data=dataclasses.replace(bench.data, split=split))
+
+
 def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -> RunResult:
     """Run every benchmark for every model into cfg.out, then rebuild the aggregate, report and chart."""
     from tqdm.auto import tqdm
     if not model_specs:
         raise UserError("no model given: --model PATH|open_clip:ARCH[:CKPT]")
     models = [load_model(s, cfg.device) for s in model_specs]       # bad paths fail here, before any work
+    if cfg.split:
+        benches = [on_split(b, cfg.split) for b in benches]
     for b in benches:
         check_data(b, cfg.roots)
     ctx = Context(roots=cfg.roots, cache=FeatureCache(cfg.feature_cache), batch_size=cfg.batch_size,

@@ -29,6 +29,8 @@ _VQA = [
     ("fine-detail", "fine_detail", "reasoning", "fine detail", "image"),
     ("multi-image", "multi_image", "reasoning", "multi-image", "image"),
     ("video", "video", "reasoning", "motion", "video"),
+    ("trailer-shape", "trailer_shape", "object recognition", "what is seen", "video"),
+    ("trailer-instrument", "trailer_instrument", "music", "what is heard", "video"),
     ("audio-tone", "audio_tone", "audio", "audio events", "audio"),
     ("audio-noise", "audio_noise", "audio", "audio events", "audio"),
     ("music-pitch", "music_pitch", "music", "pitch", "music"),
@@ -79,6 +81,15 @@ for short, task, typ, cap, mod in _VQA:
                                   _sw(tasks=(task,), train_split="train"), modality=mod,
                                   description=f"MARBLE probe of the frozen {mod} encoder on '{task}'"))
 
+# Captioning what is heard and seen: the caption samples of the test split, each asked with its own prompt.
+for short, task, cap, mod in [("audio", "audio_caption", "sound captioning", "audio"),
+                              ("music", "music_caption", "music captioning", "music"),
+                              ("video", "trailer_visual", "video captioning", "video"),
+                              ("trailer", "trailer_merged", "audio-visual captioning", "video")]:
+    _benches.append(Benchmark(f"sw-caption-{short}", "caption", "generative", cap, "cider", _sw(tasks=(task,)),
+                              modality=mod, options={"prompt": "sample"},
+                              description=f"captioning '{task}' clips with their own prompt (BLEU, ROUGE-L, CIDEr)"))
+
 for _b in _benches:
     register_benchmark(_b)
 
@@ -87,6 +98,15 @@ register_suite(Suite(SW, "every synthetic-world benchmark: zero-shot, relation, 
                      _ALL_SW))
 register_suite(Suite("synthetic-world-quick", "the image capabilities only, by generation (the demo's table)",
                      tuple(f"sw-vqa-{t}" for t in ("color", "shape", "count", "spatial", "digit", "ocr"))))
+register_suite(Suite("synthetic-world-audio", "what is heard: sound questions and captions, by generation",
+                     ("sw-vqa-audio-tone", "sw-vqa-audio-noise", "sw-caption-audio")))
+register_suite(Suite("synthetic-world-music", "music questions (pitch, chord, instrument, tempo) and captions",
+                     ("sw-vqa-music-pitch", "sw-vqa-music-chord", "sw-vqa-music-instrument", "sw-vqa-music-tempo",
+                      "sw-caption-music")))
+register_suite(Suite("synthetic-world-video", "what moves and which shape in video clips, and their captions",
+                     ("sw-vqa-video", "sw-vqa-trailer-shape", "sw-caption-video")))
+register_suite(Suite("synthetic-world-trailer", "trailer clips: what is seen and heard, and merged captions",
+                     ("sw-vqa-trailer-shape", "sw-vqa-trailer-instrument", "sw-caption-trailer")))
 register_suite(Suite("synthetic-world-embedding", "the embedding harnesses: zero-shot, relation, retrieval, MMEB",
                      ("sw-shapes", "sw-colors", "sw-relation-spatial", "sw-relation-attribute", "sw-retrieval", "sw-mmeb")))
 register_suite(Suite("music-probes", "MARBLE-style probes of the frozen music encoder: pitch, chord quality, "

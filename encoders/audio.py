@@ -143,3 +143,23 @@ def whisper_tiny(*, weights: str | None = None, feature_layer: int | None = None
     if weights:
         enc.load_weights(weights)
     return enc
+
+
+# Whisper-base's encoder shape (d_model 512, 6 layers, 8 heads, FFN 2048, 80 mels, the 30 s window).
+BASE_WHISPER_CFG: dict[str, Any] = {
+    "d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8, "encoder_ffn_dim": 2048,
+    "decoder_layers": 1, "decoder_attention_heads": 8, "decoder_ffn_dim": 2048,
+    "num_mel_bins": 80, "max_source_positions": 1500,
+}  # fmt: skip
+
+
+@register_encoder("whisper:base", "audio", "Whisper-base-shaped encoder, d_model 512, 6 layers, 30 s window; random unless weights=")
+def whisper_base(*, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:
+    from transformers import WhisperConfig
+
+    enc = WhisperAudioEncoder(
+        "whisper:base", WhisperConfig(**(BASE_WHISPER_CFG | kw)), None, -1 if feature_layer is None else feature_layer
+    )
+    if weights:
+        enc.load_weights(weights)
+    return enc

@@ -123,7 +123,7 @@ def test_a_new_family_and_objective_from_one_file_each_train_from_a_recipe(tmp_p
     world = C.write_image_world(tmp_path / "world", n=24)
     model = {"family": "toy", "size": "tiny", "settings": {}}
     recipe = C.write_recipe(tmp_path / "toy.yaml", world, [
-        C.stage("align", ["media.*.projector.*", "media.image.encoder.*"], steps=2),
+        C.stage("align", ["media.*.projector.*", "encoders.image.*"], steps=2),
         C.stage("norm", ["media.*"], llm="full", steps=2, objective="toy_hidden_norm",
                 objective_settings={"weight": 0.5})], model=model, checkpoint_every=0)
     assert main(["list", "families", "toy"]) == 0
@@ -137,6 +137,7 @@ def test_a_new_family_and_objective_from_one_file_each_train_from_a_recipe(tmp_p
     assert [e["stage"] for e in stages if e.get("event") == "stage_start"] == ["align", "norm"]
     loaded = vlm.load(tmp_path / "run" / "final")
     assert isinstance(loaded.media["image"].encoder, toy_family.PatchColours)
+    assert loaded.media["image"].encoder is loaded.encoders["image"]
     assert loaded.config.family == "toy" and loaded.route.settings() == {"type": "plain"}
 
 
@@ -147,7 +148,9 @@ def test_list_filters_by_pattern_and_recipes_show_what_they_train(capsys):
     assert len(lines) == 1 and lines[0].split()[0] == "iaa"
     assert main(["list", "recipes", "*-tiny"]) == 0
     rows = {ln.split()[0]: ln.split()[1] for ln in capsys.readouterr().out.strip().splitlines()}
-    assert rows == {"llava-tiny": "image", "iaa-tiny": "image", "dragonfly-tiny": "image", "mert-tiny": "music"}
+    assert rows == {"llava-tiny": "image", "iaa-tiny": "image", "dragonfly-tiny": "image",
+                    "llava-audio-tiny": "audio", "llava-music-tiny": "music", "llava-video-tiny": "video",
+                    "omni-tiny": "video", "mert-tiny": "music"}
 
 
 def test_the_processor_pickles_without_the_model():

@@ -71,6 +71,9 @@ def train_tiny_vlm(out: Path, world: Path, split: str = "test", tasks: tuple[str
 
 
 def test_lmms_eval_cli_matches_runner(tmp_path):
+    """Image VQA (generative and by log-likelihood) and the sound / music / video tasks (audio handed over
+    as {"array", "sampling_rate"}, videos as file paths) in one lmms-eval run: the same answers as ours."""
+    from benchmarks.lmms_tasks.export import AV_CAPTIONS, AV_VQA
     from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
     from vlm.data.synthetic import build_synthetic_world
@@ -81,7 +84,7 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
         build_synthetic_world(world, samples=20, seed=0, eval_per_task=3, splits=("test",), workers=1,
                               classification=False)
         ckpt = train_tiny_vlm(tmp_path / "ckpt", world, steps=40)
-        ours = evaluate([str(ckpt)], resolve(["sw-vqa", "sw-vqa-mc"]),
+        ours = evaluate([str(ckpt)], resolve(["sw-vqa", "sw-vqa-mc", *AV_VQA, *AV_CAPTIONS]),
                         RunConfig(out=tmp_path / "ours", data=str(world), cache=False, progress=False,
                                   batch_size=1)).table.set_index("benchmark")
     finally:
@@ -92,7 +95,7 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
                HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     script = Path(sys.executable).with_name("lmms-eval")        # the console script of this environment
     cmd = [str(script) if script.exists() else "lmms-eval", "--model", "vlm", "--model_args", f"pretrained={ckpt}",
-           "--tasks", "synthetic_world_vqa,synthetic_world_vqa_mc", "--include_path", str(REPO / "benchmarks/lmms_tasks"),
+           "--tasks", "synthetic_world_vqa,synthetic_world_vqa_mc,synthetic_world_av_vqa,synthetic_world_av_captions", "--include_path", str(REPO / "benchmarks/lmms_tasks"),
            "--output_path", str(tmp_path / "lmms"), "--log_samples", "--device", "cpu", "--batch_size", "1"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     results = sorted((tmp_path / "lmms").glob("*/*_results.json"))
@@ -102,10 +105,42 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
     assert res["synthetic_world_vqa"]["accuracy,none"] == pytest.approx(ours.loc["sw-vqa", "score"])
     assert res["synthetic_world_vqa_mc"]["acc,none"] == pytest.approx(ours.loc["sw-vqa-mc", "score"])
     assert ours.loc["sw-vqa", "score"] > 0                       # a trained model: the equality is not 0 == 0
+    # Sound / music / video: lmms-eval's accuracy over all AV questions is ours weighted by benchmark size.
+    n = ours.loc[AV_VQA, "n"]
+    assert res["synthetic_world_av_vqa"]["accuracy,none"] == pytest.approx((ours.loc[AV_VQA, "score"] * n).sum() / n.sum())
+    assert set(res["synthetic_world_av_captions"]) >= {"cider,none", "bleu,none", "rouge_l,none"}
+
     # Per sample: lmms-eval's answers are our runner's answers, in the same order.
-    samples = next((tmp_path / "lmms").glob("*/*_samples_synthetic_world_vqa.jsonl"))
-    theirs = [json.loads(line) for line in samples.read_text().splitlines()]
-    theirs = [r["filtered_resps"][0] if isinstance(r["filtered_resps"], list) else r["filtered_resps"]
-              for r in sorted(theirs, key=lambda r: r["doc_id"])]
-    rows = pd.read_parquet(next((tmp_path / "ours" / "results").glob("*/sw-vqa.parquet")))
-    assert theirs == rows["pred"].tolist()
+    def answers(task: str) -> list[str]:
+        f = next((tmp_path / "lmms").glob(f"*/*_samples_{task}.jsonl"))
+        rs = sorted((json.loads(line) for line in f.read_text().splitlines()), key=lambda r: r["doc_id"])
+        return [r["filtered_resps"][0] if isinstance(r["filtered_resps"], list) else r["filtered_resps"] for r in rs]
+
+    def preds(benches: list[str]) -> list[str]:
+        return [p for b in benches
+                for p in pd.read_parquet(next((tmp_path / "ours" / "results").glob(f"*/{b}.parquet")))["pred"]]
+
+    assert answers("synthetic_world_vqa") == preds(["sw-vqa"])
+    assert len(preds(AV_VQA)) >= 2 * len(AV_VQA) and len(preds(AV_CAPTIONS)) >= 2 * len(AV_CAPTIONS)
+    assert answers("synthetic_world_av_vqa") == preds(AV_VQA)
+    assert answers("synthetic_world_av_captions") == preds(AV_CAPTIONS)
+
+
+def test_media_from_other_tasks_doc_to_visual():
+    """What other lmms-eval tasks hand models: HF audio dicts without a modality take their placeholder's
+    kind, else the model's audio modality; placeholders are added only when the text has none."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.lmms_plugin import VLMLmms
+    from vlm.errors import UserError
+    lm = object.__new__(VLMLmms)
+    lm.model = type("M", (), {"modalities": ("image", "music", "video")})()
+    img, wave = Image.new("RGB", (8, 8)), {"array": np.zeros(1600, np.float32), "sampling_rate": 16000}
+    ctx, media = lm._media("What plays?", [img, wave, "clip.mp4"])
+    assert ctx == "<image>\n<music>\n<video>\nWhat plays?"
+    assert media["music"][0][0].shape == (1, 1600) and media["music"][0][1] == 16000 and media["video"] == ["clip.mp4"]
+    ctx, media = lm._media("<music> then <image>", [wave, img])
+    assert ctx == "<music> then <image>" and set(media) == {"music", "image"}
+    with pytest.raises(UserError, match="no audio encoder"):
+        lm._media("<audio> what?", [wave])

@@ -138,3 +138,20 @@ def test_cli_run_list_and_model_card(assets, tmp_path, capsys):
     assert rc == 0 and "ub-cifar10" in cap.out
     rc, cap = _cli(["eval", "list", "--suites"], capsys)
     assert rc == 0 and "synthetic-world" in cap.out
+
+
+def test_split_reads_another_split_under_its_own_name(assets, tmp_path, capsys):
+    """`vlm eval --split val`: the val samples (not the test ones), results named BENCH@val; a missing
+    split is a one-line error."""
+    a = assets
+    common = ["--model", a["llava"], "--bench", "sw-vqa-color", "--data", str(a["world"]), "--quiet",
+              "--cache-dir", str(tmp_path / "c")]
+    rc, _ = _cli(["eval", *common, "--split", "val", "--out", str(tmp_path / "val")], capsys)
+    assert rc == 0
+    rc, _ = _cli(["eval", *common, "--out", str(tmp_path / "test")], capsys)
+    assert rc == 0
+    val = pd.read_parquet(next((tmp_path / "val" / "results").glob("*/sw-vqa-color_val.parquet")))
+    test = pd.read_parquet(next((tmp_path / "test" / "results").glob("*/sw-vqa-color.parquet")))
+    assert len(val) > 0 and len(test) > 0 and set(val["key"]).isdisjoint(test["key"])
+    rc, cap = _cli(["eval", *common, "--split", "train", "--out", str(tmp_path / "train")], capsys)
+    assert rc == 2 and len(cap.err.strip().splitlines()) == 1 and "train" in cap.err

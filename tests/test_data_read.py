@@ -295,3 +295,11 @@ def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):
     assert json.loads(capsys.readouterr().out)["samples"] == 21
     vlm_main(["data", "inspect", main])
     assert "bad_image: 2" in capsys.readouterr().out
+
+
+def test_a_pass_with_no_usable_sample_stops_with_a_named_error(tmp_path, model):
+    """Every sample too long for max_len: the pipeline stops after a whole pass instead of looping forever."""
+    src = write_tar(tmp_path / "long.tar", image_samples("l", 4))
+    pipe = ShardPipeline(src, model.processor, batch_size=2, max_len=8, shuffle_buffer=0)
+    with pytest.raises(UserError, match="no usable sample.*too_long"):
+        next(iter(pipe))

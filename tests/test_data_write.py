@@ -24,7 +24,14 @@ from PIL import Image
 from vlm.cli import main as vlm_main
 from vlm.data import convert
 from vlm.data.synthetic.common import COLORS
-from vlm.data.synthetic import EVAL_TASKS, TASK_CHOICES, TRAIN_WEIGHTS, available_tasks, build_synthetic_world
+from vlm.data.synthetic import (
+    CAPTION_EVAL_TASKS,
+    EVAL_TASKS,
+    TASK_CHOICES,
+    TRAIN_WEIGHTS,
+    available_tasks,
+    build_synthetic_world,
+)
 from vlm.data.writer import Audio, ShardWriter, encode_image, encode_mp4, media_fields, validate_sample
 from vlm.errors import UserError
 
@@ -285,7 +292,7 @@ def test_synthetic_world_layout_and_tasks(world):
     tasks = available_tasks()
     assert set(index["splits"]["train"]["tasks"]) == {t for t in TRAIN_WEIGHTS if t in tasks}
     for split in ("val", "test"):
-        assert set(index["splits"][split]["tasks"]) == {t for t in EVAL_TASKS if t in tasks}
+        assert set(index["splits"][split]["tasks"]) == {t for t in EVAL_TASKS + CAPTION_EVAL_TASKS if t in tasks}
     for split, info in index["splits"].items():
         samples = read_raw(out / split)
         assert len(samples) == info["num_samples"] == sum(info["shard_samples"])
@@ -294,7 +301,9 @@ def test_synthetic_world_layout_and_tasks(world):
             assert validate_sample(s) == [], s["__key__"]
             assert m["split"] == split and m["source"] == "synthetic-world"
             assert 0 <= m["quality"] <= 1 and 0 <= m["difficulty"] <= 1 and isinstance(m["labels"], dict)
-            if split != "train" or "answer" in m:
+            if split != "train" and m["task"] in CAPTION_EVAL_TASKS:     # the captioning benchmarks
+                assert m["caption"] and m["conversations"][-1]["value"] == m["caption"]
+            elif split != "train" or "answer" in m:
                 assert m["answer"] in m["choices"] and set(m["choices"]) <= set(TASK_CHOICES[m["task"]])
                 assert m["conversations"][-1]["value"] == m["answer"] and m["question"] in m["conversations"][0]["value"]
             if split != "train":

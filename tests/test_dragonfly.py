@@ -159,7 +159,7 @@ def _colour_model(selection):
     """dragonfly-tiny with features that see red / green and an identity projector; the words 'red' and
     'green' embed along the red / green feature axes, every other token at 0."""
     m = build("dragonfly", "tiny", projector="linear", selection=selection, top_k=1).eval()
-    m.media["image"].encoder = PatchColour(m.media["image"].encoder.preprocess)
+    m.replace_encoder("image", PatchColour(m.encoders["image"].preprocess))
     with torch.no_grad():
         m.media["image"].projector.linear_1.weight.copy_(torch.eye(64))
         m.media["image"].projector.linear_1.bias.zero_()
@@ -215,7 +215,7 @@ def test_checkpoint_round_trip_identical_logits(tmp_path, tiny_text):
     model.eval()
     loaded = vlm.load(model.save_pretrained(tmp_path / "df"))
     assert loaded.media["image"].zoom_settings == model.media["image"].zoom_settings
-    conn = loaded.config.media["image"]["connector"]
+    conn = loaded.config.media["image"]
     assert conn["type"] == "zoom" and conn["top_k"] == 2 and conn["selection"] == "text"
     with torch.no_grad():
         args = batch["input_ids"], batch["attention_mask"]

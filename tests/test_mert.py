@@ -102,6 +102,33 @@ def test_feature_grad_mult_scales_only_the_conv_front_ends_gradient_and_is_saved
     assert vlm.load(model.save_pretrained(tmp_path / "m")).config.feature_grad_mult == 0.1
 
 
+@pytest.mark.parametrize("family,settings", [("omni", {}), ("llava", {"vision": None})])
+def test_pretrained_folder_is_the_music_encoder_of_any_family_in_format_3(mert_folder, tmp_path, family, settings):
+    """omni (music encoder shared by <music> items and the video soundtrack) and llava-music-tiny's model:
+    `music: mert:PATH` becomes `encoders.music`, saved and reloaded (format 3) without the folder."""
+    import vlm
+    from vlm.train.recipe import build_model, load_recipe
+    folder, _ = mert_folder
+    if family == "omni":
+        model = vlm.build("omni", "tiny", music=f"mert:{folder}")
+    else:
+        recipe = load_recipe("llava-music-tiny", [f"model.settings.music=mert:{folder}"], check_files=False)
+        model = build_model(recipe.model, seed=0)
+    ref = vlm.load(folder).encoder.state_dict()
+    got = {k[len("encoders.music.model."):]: v for k, v in model.state_dict().items()
+           if k.startswith("encoders.music.model.")}
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+    saved = model.save_pretrained(tmp_path / family)
+    import json
+    cfg = json.loads((Path(saved) / "config.json").read_text())
+    assert cfg["format_version"] == 3 and cfg["media"]["music"]["encoder"] == "music"
+    assert cfg["encoders"]["music"]["name"].startswith("mert")      # the spec: rebuilt without the folder
+    loaded = vlm.load(saved)
+    x = torch.from_numpy(tone(440, 0.5))[None]
+    with torch.no_grad():
+        assert torch.equal(loaded.encoders["music"].eval()(x), model.encoders["music"].eval()(x))
+
+
 # ------------------------------------------------------------------ the teachers
 def test_rvq_teacher_is_deterministic_and_its_codes_keep_the_audio():
     from vlm.train.objectives.teachers import build_teacher

@@ -182,3 +182,36 @@ def test_cli_chat_answers_and_rejects_extra_placeholders(tmp_path, capsys):
     assert len(err) == 1 and "placeholder" in err[0]
     assert cli(["chat", str(ck), "<image>?", "--image", str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_checkpoint_formats_load_with_identical_logits(tmp_path, version):
+    """Format 1 (a model class per family: encoders.* / connectors.*) and format 2 (encoders inside the
+    media tokenizers: media.<m>.encoder.*) folders load as today's model, weights in the right places."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    m = build("llava", vision="tiny-clip", llm="tiny:llama", audio="whisper:tiny", audio_pool=2).eval()
+    path = m.save_pretrained(tmp_path / "now")
+    cfg = json.loads((path / "config.json").read_text())
+    state = load_file(str(path / "model.safetensors"))
+    if version == 1:
+        old_cfg = {k: v for k, v in cfg.items() if k not in ("media", "route", "format_version", "architecture")}
+        old_cfg["connectors"] = {k: {"type": c["projector"], "pool": c["pool"]} for k, c in cfg["media"].items()}
+        old_state = {k.replace("media.", "connectors.", 1).replace(".projector.", ".", 1)
+                     if k.startswith("media.") else k: v for k, v in state.items()}
+    else:
+        old_cfg = {**{k: v for k, v in cfg.items() if k != "encoders"}, "format_version": 2,
+                   "media": {k: {"encoder": cfg["encoders"][k], "connector": {x: y for x, y in c.items() if x != "encoder"}}
+                             for k, c in cfg["media"].items()}}
+        old_state = {(f"media.{k.split('.')[1]}.encoder." + k.split(".", 2)[2]) if k.startswith("encoders.") else k: v
+                     for k, v in state.items()}
+    (path / "config.json").write_text(json.dumps(old_cfg))
+    save_file(old_state, str(path / "model.safetensors"))
+    loaded = vlm.load(path)
+    s = m.processor({"conversations": [{"from": "human", "value": "<image>\n<audio>\nWhat?"},
+                                       {"from": "gpt", "value": "red"}]},
+                    media={"image": [M.image()], "audio": [M.waveform(0.5)]})
+    b = collate([s], m.tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert torch.equal(m.logits(b["input_ids"], media=b["media"]), loaded.logits(b["input_ids"], media=b["media"]))

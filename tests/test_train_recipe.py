@@ -37,6 +37,25 @@ def test_every_builtin_recipe_validates(name):
         R.check_model(recipe)
 
 
+@pytest.fixture(scope="module")
+def synthetic_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sw") / "sw"
+    C.run_vlm("data", "build", "synthetic-world", "--out", str(out), "--samples", "600", "--splits", "train",
+              "--workers", "1")
+    return out
+
+
+@pytest.mark.parametrize("name", [r["name"] for r in R.list_recipes() if r["name"].endswith("-tiny")])
+def test_every_tiny_recipe_finds_samples_for_each_stage_in_synthetic_world(name, synthetic_world):
+    """Each stage's filter (tasks, modalities, difficulty, quality) passes some samples of the default
+    data set, so `vlm train NAME` after `vlm data build synthetic-world` never starts a stage empty."""
+    default = R.load_recipe(name, check_files=False)
+    here = [f"data.{n}.shards=[{synthetic_world / 'train'}]" for n, src in default.data.items()
+            if any("synthetic-world" in s for s in src.shards)]
+    assert here, f"{name}: no synthetic-world source"
+    R.load_recipe(name, here)                        # check_files: every stage's filter must match samples
+
+
 def test_llava_default_is_the_sail_vl_curriculum():
     r = R.load_recipe("llava-tiny", check_files=False)
     assert [s.name for s in r.stages] == ["align", "sft-easy", "sft-hard"]

@@ -39,8 +39,8 @@ def toy_patches(*, weights=None, feature_layer=None, **kw):
 
 
 def build_toy(vision: str = "toy-patches", llm: str = "tiny:llama", seed: int | None = 0):
-    media = media_parts({"type": "projector", "projector": "linear"}, vision=vision)
-    return build_multimodal("toy", llm, media, {"type": "plain"}, "frozen", seed=seed)
+    encoders, media = media_parts({"type": "projector", "projector": "linear"}, vision=vision)
+    return build_multimodal("toy", llm, encoders, media, {"type": "plain"}, "frozen", seed=seed)
 
 
 register_family(Family("toy", "a test's toy: patch colours -> linear projector -> plain LLM", build_toy,

@@ -10,13 +10,14 @@ MultimodalLMs says how to recognise and load its folders (`Family.loads` / `Fami
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 
 from vlm.errors import UserError, require
 from vlm.families import FAMILIES
-from vlm.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, MultimodalLM
+from vlm.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelConfig, MultimodalLM
 
 
 def read_config(p: Path) -> dict:
@@ -50,8 +51,8 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
         state = load_file(str(p / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{p / WEIGHTS_FILE}: corrupt weights ({str(e).splitlines()[0]})") from None
-    if raw.get("format_version", 1) < 2:
-        raw, state = upgrade_v1(raw, state)
+    if raw.get("format_version", 1) < FORMAT_VERSION:
+        raw, state = upgrade(raw, state)
     config = ModelConfig.from_dict(raw)
     tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     model = MultimodalLM.from_config(config, tok)
@@ -65,32 +66,36 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     return model
 
 
-def upgrade_v1(raw: dict, state: dict) -> tuple[dict, dict]:
-    """A format-1 checkpoint (one model class per family: encoders / connectors / extra) as format 2."""
-    extra = raw.get("extra") or {}
-    media = {}
-    for m, spec in (raw.get("encoders") or {}).items():
-        old = (raw.get("connectors") or {}).get(m, {})
-        projector = old.get("type", "mlp2x_gelu")
-        if raw["family"] == "dragonfly" and m == "image":
-            conn = {"type": "zoom", "projector": projector, **extra}
-        else:
-            conn = {"type": "projector", "projector": projector, "pool": old.get("pool", 1)}
-        media[m] = {"encoder": spec, "connector": conn}
-    route = {"type": "inner_adaptor", "adaptor_layers": extra.get("adaptor_layers")} if raw["family"] == "iaa" \
-        else {"type": "plain"}
-    renames = [("encoders.", "media.{m}.encoder."), ("connectors.", "media.{m}.projector."),
-               ("zoom.", "media.image.zoom."), ("iaa.", "route.")]
+def upgrade(raw: dict, state: dict) -> tuple[dict, dict]:
+    """An older checkpoint as format 3. Format 1: one model class per family (encoders / connectors /
+    extra); format 2: each modality's encoder inside its media tokenizer (`media.{m}.encoder.*`)."""
+    version = raw.get("format_version", 1)
+    if version == 1:
+        extra = raw.get("extra") or {}
+        media = {}
+        for m in raw.get("encoders") or {}:
+            old = (raw.get("connectors") or {}).get(m, {})
+            projector = old.get("type", "mlp2x_gelu")
+            if raw["family"] == "dragonfly" and m == "image":
+                media[m] = {"type": "zoom", "encoder": m, "projector": projector, **extra}
+            else:
+                media[m] = {"type": "projector", "encoder": m, "projector": projector, "pool": old.get("pool", 1)}
+        route = {"type": "inner_adaptor", "adaptor_layers": extra.get("adaptor_layers")} if raw["family"] == "iaa" \
+            else {"type": "plain"}
+        renames = [(r"^connectors\.([^.]+)\.", r"media.\1.projector."), (r"^zoom\.", "media.image.zoom."),
+                   (r"^iaa\.", "route.")]
+        keep = {k: v for k, v in raw.items() if k not in ("connectors", "extra")}
+        raw = {**keep, "media": media, "route": route}
+    else:                                   # format 2
+        encoders = {m: part["encoder"] for m, part in raw["media"].items()}
+        media = {m: {**part["connector"], "encoder": m} for m, part in raw["media"].items()}
+        renames = [(r"^media\.([^.]+)\.encoder\.", r"encoders.\1.")]
+        raw = {**raw, "encoders": encoders, "media": media}
     new_state = {}
     for k, v in state.items():
-        for old, new in renames:
-            if k.startswith(old):
-                rest = k[len(old):]
-                if "{m}" in new:
-                    m, _, rest = rest.partition(".")
-                    new = new.format(m=m)
-                k = new + rest
+        for pattern, repl in renames:
+            k, n = re.subn(pattern, repl, k)
+            if n:
                 break
         new_state[k] = v
-    keep = {k: v for k, v in raw.items() if k not in ("encoders", "connectors", "extra")}
-    return {**keep, "media": media, "route": route, "format_version": 2}, new_state
+    return {**raw, "format_version": FORMAT_VERSION}, new_state

@@ -30,7 +30,10 @@ FILE_EXTENSIONS: dict[str, tuple[str, ...]] = {
 
 
 class MediaError(ValueError):
-    """Bytes or a file that do not decode as the modality says; the message is one line."""
+    """Bytes or a file that do not decode as the modality says; the message is one line. `reason`, when
+    set, is the counter the data pipeline files the skipped sample under (default bad_<file kind>)."""
+
+    reason: str | None = None
 
 
 def short_error(e: BaseException) -> str:

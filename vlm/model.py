@@ -8,10 +8,11 @@
     p = model.processor.prompt("<image>\\nColour?", {"image": [img]})
     ids = model.generate(torch.tensor([p.input_ids]), media=p.media)
 
-A model is parts, not a subclass per family: `media[m]` (a `vlm.connectors.MediaTokenizer`: its
-encoder + projector, or the zoom) for each modality, and `route` (a `vlm.connectors.Route`: plain,
-or inner adaptors). A family (`vlm.families`) only chooses them; `ModelConfig` records them, so
-`vlm.load` rebuilds any model from its config.json.
+A model is parts, not a subclass per family: named `encoders` (built once; tokenizers may share one),
+`media[m]` (a `vlm.connectors.MediaTokenizer`: encoder + projector, the zoom, or the audio-visual
+interleaver) for each modality, and `route` (a `vlm.connectors.Route`: plain, or inner adaptors). A
+family (`vlm.families`) only chooses them; `ModelConfig` records them, so `vlm.load` rebuilds any model
+from its config.json.
 
 A media item occupies exactly as many placeholder tokens in `input_ids` as its tokenizer's token
 count says ([Contract] of `vlm.data.template`); `embed_inputs` writes the features over them in
@@ -37,14 +38,15 @@ from vlm.errors import UserError, require
 from vlm.modalities import PLACEHOLDERS
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass
 class ModelConfig:
     family: str
     llm: dict                                   # the LLM's HF config (to_dict), rebuilt without its folder
-    media: dict[str, dict]                      # modality -> {"encoder": spec, "connector": {"type": ...}}
+    encoders: dict[str, dict]                   # name -> encoder spec (encoders.build_encoder_from_spec)
+    media: dict[str, dict]                      # modality -> connector: {"type", the encoder name per slot, settings}
     route: dict = field(default_factory=lambda: {"type": "plain"})
     llm_mode: str = "frozen"
     lora: dict | None = None                    # peft LoRA settings when the LLM is LoRA-wrapped
@@ -62,7 +64,7 @@ def has_media(media: dict | None) -> bool:
 
 class MultimodalLM(nn.Module):
     def __init__(self, config: ModelConfig, llm, tokenizer, encoders: dict[str, nn.Module]):
-        """encoders: modality -> built encoder; the connectors and the route come from `config`."""
+        """encoders: name -> built encoder; the media tokenizers (which use them) and the route come from `config`."""
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
@@ -72,8 +74,8 @@ class MultimodalLM(nn.Module):
             llm = llm_lib.set_llm_mode(llm, "lora", config.lora)
         self.llm = llm_lib.set_llm_mode(llm, config.llm_mode, config.lora)
         d_lm = llm_lib.base_model(self.llm).config.get_text_config().hidden_size
-        self.media = nn.ModuleDict({m: build_media(config.media.get(m, {}).get("connector", {}), m, enc, d_lm)
-                                    for m, enc in encoders.items()})
+        self.encoders = nn.ModuleDict(encoders)
+        self.media = nn.ModuleDict({m: build_media(cfg, m, self.encoders, d_lm) for m, cfg in config.media.items()})
         self.route = build_route(config.route, self.parts)
         require(config.llm_mode in self.route.llm_modes and not (config.lora and "lora" not in self.route.llm_modes),
                 f"route '{config.route.get('type')}' keeps the LLM {'/'.join(self.route.llm_modes)} "
@@ -88,10 +90,6 @@ class MultimodalLM(nn.Module):
     @property
     def parts(self) -> llm_lib.LLMParts:
         return llm_lib.llm_parts(self.llm)
-
-    @property
-    def encoders(self) -> dict[str, nn.Module]:
-        return {m: t.encoder for m, t in self.media.items()}
 
     @property
     def processor(self) -> Processor:
@@ -126,8 +124,27 @@ class MultimodalLM(nn.Module):
         llm_lib.base_model(self.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def fsdp_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
-        """Modules FSDP2 shards on their own (bottom-up), each with the methods the model calls on it."""
-        return [(layer, ()) for layer in self.parts.layers] + [(t.encoder, ("encode",)) for t in self.media.values()]
+        """Modules FSDP2 shards on their own (bottom-up), each with the methods the model calls on it. An
+        encoder several tokenizers share stays in the root unit: a rank may run it for real items where
+        another runs it on a blank one, and its own unit's collectives would then come in another order."""
+        units: dict[int, list] = {}
+        for tok in self.media.values():
+            for module, methods in tok.fsdp_units():
+                entry = units.setdefault(id(module), [module, set(), 0])
+                entry[1].update(methods)
+                entry[2] += 1
+        return [(layer, ()) for layer in self.parts.layers] + \
+            [(m, tuple(sorted(ms))) for m, ms, uses in units.values() if uses == 1]
+
+    def replace_encoder(self, name: str, encoder: nn.Module) -> None:
+        """Put `encoder` in place of the model's encoder `name`, for every tokenizer that uses it."""
+        require(name in self.encoders, f"the model has no encoder '{name}' (it has {sorted(self.encoders)})")
+        self.encoders[name] = encoder
+        for tok in self.media.values():
+            for slot, used in tok.slot_names.items():
+                if used == name:
+                    tok.bind(slot, encoder)
+        self._processor = None
 
     # ---------------------------------------------------------------- media
     def embed_inputs(self, input_ids: torch.Tensor, media: dict[str, list[torch.Tensor]] | None = None,
@@ -278,7 +295,8 @@ class MultimodalLM(nn.Module):
     # ---------------------------------------------------------------- save / load
     def config_dict(self) -> dict:
         self.config.llm = llm_lib.config_dict(self.llm)
-        self.config.media = {m: {"encoder": t.encoder.spec(), "connector": t.settings()} for m, t in self.media.items()}
+        self.config.encoders = {name: e.spec() for name, e in self.encoders.items()}
+        self.config.media = {m: t.settings() for m, t in self.media.items()}
         self.config.route = self.route.settings()
         self.config.lora = llm_lib.lora_config_dict(self.llm)
         return {"format_version": FORMAT_VERSION, "architecture": "MultimodalLM", **asdict(self.config)}
@@ -302,7 +320,7 @@ class MultimodalLM(nn.Module):
         """The architecture the config describes, with random weights, building nothing from a folder."""
         from encoders import build_encoder_from_spec
         llm = llm_lib.from_config(llm_lib.config_from_dict(config.llm))
-        encs = {m: build_encoder_from_spec(part["encoder"]) for m, part in config.media.items()}
+        encs = {name: build_encoder_from_spec(spec) for name, spec in config.encoders.items()}
         return cls(config, llm, tokenizer, encs)
 
 

@@ -1,7 +1,9 @@
-"""The synthetic-world VQA split as a parquet file that lmms-eval's `parquet` loader reads, plus the
-task hooks. The samples are exactly those of our `sw-vqa` benchmark (same split, task filter and
-order), the prompt is the same first human turn, and the scoring is `benchmarks.tasks.generative`'s,
-so `lmms-eval --tasks synthetic_world_vqa` and `vlm eval --bench sw-vqa` score the same way.
+"""The synthetic-world test splits as parquet files that lmms-eval's `parquet` loader reads, plus the task
+hooks. The samples are exactly those of our benchmarks (same split, task filter and order), the prompt
+is the same first human turn, and the scoring is `benchmarks.tasks.generative`'s (VQA) or the same
+corpus metrics (captions), so `lmms-eval --tasks synthetic_world_vqa` and `vlm eval --bench sw-vqa`
+score the same way; `synthetic_world_av_vqa` / `synthetic_world_av_captions` are the sound, music and
+video benchmarks (sw-vqa-audio-*, music-*, video, trailer-*; sw-caption-audio / music / video / trailer).
 
 Where the data is: $VLM_SYNTHETIC_WORLD (default data/synthetic-world), split $VLM_LMMS_SPLIT (default
 test). The parquet goes to the feature cache folder ($VLM_CACHE), keyed by the shards' hash.
@@ -15,48 +17,94 @@ from pathlib import Path
 from typing import Any
 
 BENCHMARK = "sw-vqa"
+SCHEMA = 2                       # the parquet's columns; a new layout gets a new file name
+AV_VQA = ["sw-vqa-audio-tone", "sw-vqa-audio-noise", "sw-vqa-music-pitch", "sw-vqa-music-chord",
+          "sw-vqa-music-instrument", "sw-vqa-music-tempo", "sw-vqa-video", "sw-vqa-trailer-shape",
+          "sw-vqa-trailer-instrument"]
+AV_CAPTIONS = ["sw-caption-audio", "sw-caption-music", "sw-caption-video", "sw-caption-trailer"]
 
 
 @functools.lru_cache(maxsize=None)
-def export_vqa(root: str, split: str) -> Path:
-    """Write (once per data hash) and return the parquet of the VQA split."""
+def export_split(benchmarks: tuple[str, ...], root: str, split: str) -> Path:
+    """Write (once per data hash) and return the parquet of the benchmarks' samples, in our runner's order:
+    the prompt (the first human turn), the gold answer (or reference caption) and the media in placeholder
+    order (`media_kinds` / `media`: raw bytes)."""
     from dataclasses import replace
 
     import pandas as pd
 
     from benchmarks.config import default_cache_dir
+    from benchmarks.data import first_turn
     from benchmarks.registry import Roots, get_benchmark
     from benchmarks.tasks import Context, load_samples
-    from benchmarks.tasks.generative import prompt_for
-    bench = get_benchmark(BENCHMARK)
-    bench = replace(bench, data=replace(bench.data, split=split))
-    samples, dhash = load_samples(bench, Context(roots=Roots(synthetic_world=root), progress=False))
-    out = default_cache_dir().parent / "lmms" / f"{BENCHMARK}-{split}-{dhash}.parquet"
-    if out.exists():
-        return out
-    rows = []
-    for s in samples:
-        m = s.meta()
-        prompt, gold = prompt_for(m, where=f"{s.shard}: sample {s.key}")
-        rows.append(dict(key=s.key, task=m.get("task", ""), prompt=prompt, answer=gold,
-                         choices=[str(c) for c in m.get("choices") or []], image=s.first("image")))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, out)
+    from benchmarks.tasks.captions import captions_of
+    from vlm.modalities import MODALITIES, placeholder_modalities
+    rows, hashes = [], []
+    for name in benchmarks:
+        bench = get_benchmark(name)
+        bench = replace(bench, data=replace(bench.data, split=split))
+        samples, dhash = load_samples(bench, Context(roots=Roots(synthetic_world=root), progress=False))
+        hashes.append(dhash)
+        for s in samples:
+            m = s.meta()
+            prompt, gold = first_turn(m, f"{s.shard}: sample {s.key}")
+            refs = [str(gold)]
+            if bench.kind == "caption":
+                refs = captions_of(s)
+                if not refs:
+                    continue
+                gold = refs[0]
+            kinds = placeholder_modalities(prompt)
+            pools = {k: iter(s.files(k)) for k in ("image", "audio", "video")}
+            media = [next(pools[MODALITIES[k].files]) for k in kinds]
+            rows.append(dict(key=s.key, benchmark=name, task=m.get("task", ""), prompt=prompt, answer=str(gold),
+                             choices=[str(c) for c in m.get("choices") or []], references=[str(r) for r in refs],
+                             media_kinds=kinds, media=media))
+    tag = "-".join(benchmarks) if len(benchmarks) == 1 else f"{len(benchmarks)}-benchmarks"
+    out = default_cache_dir().parent / "lmms" / f"{tag}-{split}-v{SCHEMA}-{'-'.join(hashes)[:40]}.parquet"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+        os.replace(tmp, out)
     return out
 
 
-def data_files() -> dict[str, str]:
+def data_files(benchmarks: tuple[str, ...] = (BENCHMARK,)) -> dict[str, str]:
     """{'test': parquet path} for the task YAMLs' `dataset_kwargs.data_files`."""
     root = os.environ.get("VLM_SYNTHETIC_WORLD", "data/synthetic-world")
     split = os.environ.get("VLM_LMMS_SPLIT", "test")
-    return {"test": str(export_vqa(str(Path(root).resolve()), split))}
+    return {"test": str(export_split(tuple(benchmarks), str(Path(root).resolve()), split))}
 
 
 def doc_to_visual(doc: dict[str, Any]) -> list:
-    from PIL import Image
-    return [Image.open(io.BytesIO(doc["image"])).convert("RGB")]
+    """The doc's media in placeholder order, as lmms-eval passes them to models: PIL images, audio as
+    {"array", "sampling_rate", "modality"}, video as a file path."""
+    from vlm.modalities import MODALITIES
+    out = []
+    for kind, raw in zip(doc["media_kinds"], doc["media"]):
+        item = MODALITIES[kind].decode(raw)
+        if kind == "image":
+            out.append(item)
+        elif MODALITIES[kind].files == "audio":
+            wave, sr = item
+            out.append({"array": wave.mean(0).numpy(), "sampling_rate": sr, "modality": kind})
+        else:
+            out.append(_video_file(raw))
+    return out
+
+
+def _video_file(raw: bytes) -> str:
+    import hashlib
+
+    from benchmarks.config import default_cache_dir
+    path = default_cache_dir().parent / "lmms" / "clips" / f"{hashlib.sha256(raw).hexdigest()[:24]}.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(raw)
+        os.replace(tmp, path)
+    return str(path)
 
 
 def doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict | None = None) -> str:
@@ -70,3 +118,30 @@ def doc_to_choice(doc: dict[str, Any]) -> list[str]:
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     from benchmarks.tasks.generative import score_answer
     return score_answer(results[0], doc["answer"])
+
+
+def process_captions(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
+    """Each corpus metric gets (prediction, references); the aggregations below score the corpus."""
+    pair = (results[0], list(doc["references"]))
+    return {"cider": pair, "bleu": pair, "rouge_l": pair}
+
+
+def _corpus(items: list[tuple[str, list[str]]], fn) -> float:
+    preds, refs = [p for p, _ in items], [list(r) for _, r in items]
+    out = fn(preds, refs)
+    return float(out[0] if isinstance(out, tuple) else out)
+
+
+def cider_agg(items: list[tuple[str, list[str]]]) -> float:
+    from benchmarks.metrics import cider
+    return _corpus(items, cider)
+
+
+def bleu_agg(items: list[tuple[str, list[str]]]) -> float:
+    from benchmarks.metrics import bleu
+    return _corpus(items, bleu)
+
+
+def rouge_agg(items: list[tuple[str, list[str]]]) -> float:
+    from benchmarks.metrics import rouge_l
+    return _corpus(items, rouge_l)

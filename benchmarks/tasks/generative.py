@@ -4,8 +4,9 @@ vqa, mode `generate`: the first human turn (placeholders and all) is the prompt,
 greedily (`model.generate` on batches), scored by exact match and by the VQA-normalised accuracy.
 vqa, mode `loglik`: every choice of the sample's closed answer set is scored by the log-likelihood of
 answering it; the argmax is the prediction (accuracy).
-caption: the prompt asks for a short description; BLEU-4 (sacrebleu) and CIDEr-D (pycocoevalcap)
-against the references (`benchmarks.tasks.captions`).
+caption: the prompt asks for a short description (the benchmark's `prompt`, or the sample's own first
+turn for caption samples); BLEU-4 (sacrebleu), ROUGE-L and CIDEr-D (pycocoevalcap) against the
+references (`benchmarks.tasks.captions`).
 
 `prompt_for` and `score_answer` are shared with the lmms-eval task (`benchmarks/lmms_tasks`), so both
 harnesses score the same way.
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from benchmarks.data import Sample, data_hash, first_turn, sample_media
-from benchmarks.metrics import bleu, cider, exact_match, vqa_match
+from benchmarks.metrics import bleu, cider, exact_match, rouge_l, vqa_match
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, TaskResult, bar, load_samples
 from benchmarks.tasks.captions import captions_of
@@ -44,6 +45,9 @@ def score_answer(pred: str, gold: str) -> dict[str, float]:
     return {"exact_match": float(exact_match(pred, gold)), "accuracy": float(vqa_match(pred, gold))}
 
 
+ROWS_VERSION = 2          # what a cached result holds (2: n_choices and chance); a new one recomputes
+
+
 def _mean(rows: list[dict[str, Any]], k: str) -> float:
     return sum(float(r[k]) for r in rows) / len(rows) if rows else float("nan")
 
@@ -59,10 +63,13 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -
             pg = [prompt_for(m, suffix, f"{s.shard}: sample {s.key}") for s, m in zip(chunk, metas)]
             preds = model.generate([(p, sample_media(s, p)) for s, (p, _) in zip(chunk, pg)], max_new, batch_size=bs)
             for s, m, (p, gold), pred in zip(chunk, metas, pg, preds):
-                rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred, **score_answer(pred, gold)))
+                rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred,
+                                 n_choices=len(m.get("choices") or []), **score_answer(pred, gold)))
             pbar.update(len(chunk))
-    return TaskResult(rows, {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"),
-                             "n": float(len(rows))})
+    metrics = {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"), "n": float(len(rows))}
+    if rows and all(r["n_choices"] for r in rows):         # a closed answer set: guessing uniformly among it
+        metrics["chance"] = _mean([{"c": 1 / r["n_choices"]} for r in rows], "c")
+    return TaskResult(rows, metrics)
 
 
 def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
@@ -86,23 +93,30 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> 
                              "n": float(len(rows))})
 
 
-def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
+def _caption_prompt(bench: Benchmark, s: Sample) -> str:
+    """The benchmark's prompt, or (option `prompt: sample`) the sample's own first human turn."""
     prompt = bench.options.get("prompt", CAPTION_PROMPT)
+    return first_turn(s.meta(), f"{s.shard}: sample {s.key}")[0] if prompt == "sample" else prompt
+
+
+def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
     max_new = int(bench.options.get("max_new_tokens", 32))
     bs = int(bench.options.get("batch_size", min(ctx.batch_size, 8)))
     kept = [(s, refs) for s in samples if (refs := captions_of(s))]
     if not kept:
         raise UserError(f"benchmark {bench.name}: no sample has a reference caption")
     preds: list[str] = []
-    with bar(ctx, bench.name, len(kept), "img") as pbar:
+    with bar(ctx, bench.name, len(kept), "clip") as pbar:
         for i in range(0, len(kept), bs):
             chunk = kept[i:i + bs]
-            preds += model.generate([(prompt, sample_media(s, prompt)) for s, _ in chunk], max_new, batch_size=bs)
+            prompts = [_caption_prompt(bench, s) for s, _ in chunk]
+            preds += model.generate([(p, sample_media(s, p)) for (s, _), p in zip(chunk, prompts)], max_new, batch_size=bs)
             pbar.update(len(chunk))
     refs = [r for _, r in kept]
     corpus_cider, per = cider(preds, refs)
+    rouge, _ = rouge_l(preds, refs)
     rows = [dict(key=s.key, pred=p, reference=r[0], cider=c) for (s, r), p, c in zip(kept, preds, per)]
-    return TaskResult(rows, {"cider": corpus_cider, "bleu": bleu(preds, refs), "n": float(len(rows))})
+    return TaskResult(rows, {"cider": corpus_cider, "bleu": bleu(preds, refs), "rouge_l": rouge, "n": float(len(rows))})
 
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
@@ -111,7 +125,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     samples, dhash = load_samples(bench, ctx)
     fn = run_caption if bench.kind == "caption" else \
         run_loglik if bench.options.get("mode", "generate") == "loglik" else run_generate
-    name = f"{bench.kind}-{data_hash([], dhash, bench.kind, bench.options, [s.key for s in samples])}"
+    name = f"{bench.kind}-{data_hash([], dhash, ROWS_VERSION, bench.kind, bench.options, [s.key for s in samples])}"
 
     def compute():
         r = fn(model, samples, bench, ctx)

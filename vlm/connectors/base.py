@@ -1,12 +1,13 @@
 """The three kinds of connector, each with one narrow interface and a registry.
 
 - a **projector** (`PROJECTORS`: linear, mlp2x_gelu): encoder features -> LLM-width features;
-- a **media tokenizer** (`MEDIA`: projector, zoom): one modality's items -> LLM tokens. It owns its
-  encoder and decides the item's preprocessing, its token count and which features become tokens;
+- a **media tokenizer** (`MEDIA`: projector, zoom, av): one modality's items -> LLM tokens. It uses
+  encoders the model owns (named, so several tokenizers may share one: images and video frames share
+  the vision tower) and decides the item's preprocessing, its token count and which features become tokens;
 - a **route** (`ROUTES`: plain, inner_adaptor): how the LLM runs a batch - which token embedding,
   which extra layers inside the frozen stack, which head.
 
-    tok = build_media({"type": "projector", "projector": "mlp2x_gelu", "pool": 2}, encoder, d_lm=896)
+    tok = build_media({"type": "projector", "encoder": "audio", "pool": 2}, "audio", model_encoders, d_lm=896)
     route = build_route({"type": "inner_adaptor", "adaptor_layers": [0, 1]}, llm_parts)
 
 A model is a set of these parts (`vlm.model.MultimodalLM`); a family names which ones (`vlm.families`).
@@ -67,14 +68,34 @@ class TimePooled(TokenCount):
 # ---------------------------------------------------------------------------------------------
 class MediaTokenizer(nn.Module):
     """One modality's items -> LLM tokens. [Contract] `token_count()(item)` == the rows `forward` returns
-    for that item; `preprocess` and `token_count()` are picklable and need no weights (data workers)."""
+    for that item; `preprocess` and `token_count()` are picklable and need no weights (data workers).
 
-    encoder: nn.Module
+    Encoders are the model's (`model.encoders`, by name): a tokenizer holds them without registering them,
+    so a shared encoder has one set of weights. `SLOTS` names the encoder arguments a kind takes; the
+    config stores which encoder fills each slot."""
+
+    SLOTS: ClassVar[tuple[str, ...]] = ("encoder",)
 
     def __init__(self, modality: str, encoder: nn.Module):
         super().__init__()
         self.modality = modality
-        self.encoder = encoder
+        self.__dict__["encoder"] = encoder                    # the model's; not a submodule of this one
+        self.slot_names: dict[str, str] = {}                  # slot -> encoder name (set by build_media)
+
+    def slot_settings(self) -> dict[str, str]:
+        return dict(self.slot_names)
+
+    def fsdp_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        """The encoders FSDP2 shards, each with the methods this tokenizer calls on it."""
+        return [(self.encoder, ("encode",))]
+
+    def bind(self, slot: str, encoder: nn.Module) -> None:
+        """Use `encoder` in `slot` from now on (the model's `replace_encoder`); cached preprocessing goes."""
+        if slot != "encoder":
+            raise UserError(f"media connector for {self.modality} has no encoder slot '{slot}'")
+        self.__dict__["encoder"] = encoder
+        if "_preprocess" in self.__dict__:              # a tokenizer's own preprocessing, built from the encoder's
+            self._preprocess = None
 
     @property
     def preprocess(self):
@@ -98,13 +119,24 @@ class MediaTokenizer(nn.Module):
         raise NotImplementedError  # pragma: no cover - interface
 
 
-def build_media(cfg: dict[str, Any], modality: str, encoder: nn.Module, d_lm: int) -> MediaTokenizer:
+def build_media(cfg: dict[str, Any], modality: str, encoders: Any, d_lm: int) -> MediaTokenizer:
+    """A media tokenizer from its config: `type`, the encoder name of each of its SLOTS (default: the
+    modality's own name for `encoder`), its settings. `encoders`: the model's encoders by name."""
     cfg = dict(cfg)
     kind = cfg.pop("type", "projector")
+    cls = MEDIA.get(kind)
+    names = {slot: cfg.pop(slot, modality if slot == "encoder" else None) for slot in cls.SLOTS}
+    for slot, name in names.items():
+        if name is not None and name not in encoders:
+            raise UserError(f"media connector '{kind}' for {modality}: no encoder '{name}' for its {slot} "
+                            f"(the model has {sorted(encoders)})")
+    parts = {slot: encoders[name] if name is not None else None for slot, name in names.items()}
     try:
-        return MEDIA.get(kind)(modality, encoder, d_lm, **cfg)
+        tok = cls(modality, parts.pop("encoder"), d_lm, **parts, **cfg)
     except TypeError as e:
         raise UserError(f"media connector '{kind}' for {modality}: {e}") from None
+    tok.slot_names = {slot: name for slot, name in names.items() if name is not None}
+    return tok
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:

@@ -5,7 +5,7 @@ parameter names as transformers' LlavaMultiModalProjector, so export is a rename
 `pool=k` averages every k consecutive encoder tokens first: the tokens-per-second knob for audio
 and music (Qwen2-Audio pools Whisper's 50 Hz by 2 to 25 tokens/s).
 
-    tok = build_media({"type": "projector", "projector": "mlp2x_gelu", "pool": 2}, "audio", whisper, 896)
+    tok = build_media({"type": "projector", "encoder": "audio", "pool": 2}, "audio", model_encoders, 896)
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class ProjectorTokenizer(MediaTokenizer):
         self.projector_kind = projector
 
     def settings(self) -> dict[str, Any]:
-        return {"type": "projector", "projector": self.projector_kind, "pool": self.pool}
+        return {"type": "projector", **self.slot_settings(), "projector": self.projector_kind, "pool": self.pool}
 
     def token_count(self) -> TokenCount:
         inner = self.encoder.token_count()

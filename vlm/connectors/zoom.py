@@ -298,7 +298,7 @@ class ZoomTokenizer(MediaTokenizer):
         self._preprocess: ZoomPreprocess | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"type": "zoom", "projector": self.projector_kind, **self.zoom_settings.to_dict()}
+        return {"type": "zoom", **self.slot_settings(), "projector": self.projector_kind, **self.zoom_settings.to_dict()}
 
     @property
     def preprocess(self) -> ZoomPreprocess:

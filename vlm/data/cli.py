@@ -6,6 +6,7 @@
     vlm data convert caption-folder FOLDER --out shards/captions
     vlm data convert class-folder FOLDER --out wds/mine [--templates templates.txt]
     vlm data convert media-folder FOLDER --captions captions.csv --kind audio|music|video --out shards/audio
+    vlm data convert mmtrail ANNOTATIONS.json --videos VIDEOS/ --out shards/mmtrail
     vlm data inspect SHARDS ...                                           (vlm.data.inspect)
 """
 from __future__ import annotations
@@ -95,6 +96,14 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_mmtrail(args: argparse.Namespace) -> int:
+    from vlm.data.mmtrail import convert_mmtrail
+    report = convert_mmtrail(args.annotations, args.videos, args.out, fps=args.fps, size=args.size,
+                             max_seconds=args.max_seconds, audio_optional=args.audio_optional, max_count=args.max_count)
+    print(report.summary())
+    return 0
+
+
 def _common_convert_args(p: argparse.ArgumentParser, shards: bool = True) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-bad", type=float, default=0.1,
@@ -145,6 +154,19 @@ def add_cli(subparsers) -> None:
     p.add_argument("--kind", choices=[m for m in MODALITIES if m != "image"], default="audio",
                    help="placeholder to use (default audio)")
     _common_convert_args(p)
+    p = formats.add_parser("mmtrail", help="MMTrail metadata + local videos -> trailer clip shards",
+                           description="MMTrail records (JSON list or JSON lines) -> clips cut by their frame ranges "
+                                       "from the videos under --videos, with visual / music / merged captions and "
+                                       "quality scores (vlm.data.mmtrail).")
+    p.add_argument("annotations", help="the metadata file (e.g. MMTrail2M_sample1w.json)")
+    p.add_argument("--videos", required=True, help="the folder the records' video_path are relative to")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fps", type=float, default=4.0, help="frames per second kept (default 4)")
+    p.add_argument("--size", type=int, default=224, help="short side of the kept frames, at most (default 224)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="a clip's length cap (default 30)")
+    p.add_argument("--audio-optional", action="store_true", help="keep clips without an audio track")
+    p.add_argument("--max-count", type=int, default=1000, help="samples per shard (default 1000)")
+    p.set_defaults(func=_convert_mmtrail)
 
     p = sub.add_parser("inspect", help="counts, token lengths, examples and errors of shards",
                        description="What is in a set of shards, and what is wrong with it (vlm.data.inspect).")

@@ -96,22 +96,16 @@ def ref_passes(ref: SampleRef, files: FileCache, f: SampleFilter) -> bool:
 
 
 class Filtering(SampleProcessor):
-    """A SampleProcessor that first reads a sample's json alone and drops it if the filter says so."""
-
-    MAX_STREAK = 200_000            # samples in a row rejected: the filter keeps nothing (never loop forever)
+    """A SampleProcessor that first reads a sample's json alone and drops it if the filter says so. (A
+    filter that keeps nothing of a rank's share stops the pipeline after a whole pass: ShardDataset.)"""
 
     def __init__(self, base: SampleProcessor, sample_filter: SampleFilter, where: str = "filter"):
         self.__dict__.update(base.__dict__)
-        self.sample_filter, self.where, self.streak = sample_filter, where, 0
+        self.sample_filter, self.where = sample_filter, where
 
     def __call__(self, ref: SampleRef, files: FileCache, seed: int = 0):
-        if not ref.error:
-            if not ref_passes(ref, files, self.sample_filter):
-                self.streak += 1
-                if self.streak >= self.MAX_STREAK:
-                    raise UserError(f"recipe field '{self.where}': {self.streak} samples in a row fail it")
-                raise SampleError(FILTERED, f"{ref.key}: not in this stage's filter")
-            self.streak = 0
+        if not ref.error and not ref_passes(ref, files, self.sample_filter):
+            raise SampleError(FILTERED, f"{ref.key}: not in {self.where}")
         return super().__call__(ref, files, seed)
 
 

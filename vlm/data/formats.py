@@ -70,8 +70,9 @@ class Format:
                 converted += ["audio_downmixed" for w, _ in items if w.shape[0] > 1]
             try:
                 out[m] = [self.processor.preprocess_media(m, x) for x in items]
-            except Exception as e:  # anything a broken file makes a decoder raise
-                raise SampleError(f"bad_{MODALITIES[m].files}", f"{m}: {short_error(e)}") from None
+            except Exception as e:  # anything a broken file makes a decoder raise; a MediaError may name its reason
+                reason = getattr(e, "reason", None) or f"bad_{MODALITIES[m].files}"
+                raise SampleError(reason, f"{m}: {short_error(e)}") from None
         return out, converted
 
 

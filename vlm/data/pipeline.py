@@ -26,6 +26,7 @@ Bad samples are skipped and counted by reason in `pipe.stats` (`DataStats`); pas
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -164,15 +165,27 @@ class ShardDataset(torch.utils.data.IterableDataset):
         events: list[tuple] = []          # (ref index, kind, reason, shard, message)
         rows: list[list[tuple[Any, str, int, int]]] = [[]]   # packing: rows; padding: one list
         fmt = self.sample_fn.format
+        # Never loop forever on unusable data: a source is dry when, since the last usable sample, it has given
+        # twice as many refs as distinct samples (+ the shuffle buffer): it went round its whole share of the
+        # data. Every source dry at once: stop with the reasons.
+        streak: Counter = Counter()                        # source -> refs since the last usable sample
+        distinct: dict[int, set] = {}                      # source -> the samples among them
         try:
             k = start - 1
-            for k, (_, ref) in enumerate(itertools.islice(refs, start, None), start):
+            for k, (i, ref) in enumerate(itertools.islice(refs, start, None), start):
                 seed = sample_seed(cfg.seed, ref.key, ref.epoch)
                 try:
                     sample, converted = self.sample_fn(ref, files, seed)
                 except SampleError as e:
                     events.append((k, "skip", e.reason, ref.shard, f"{ref.key}: {e}" if ref.key else str(e)))
+                    streak[i] += 1
+                    distinct.setdefault(i, set()).add((ref.shard, ref.key))
+                    if all(streak[j] >= 2 * len(distinct.get(j, ())) + max(1, cfg.shuffle_buffer) and streak[j]
+                           for j in range(len(self.sources))):
+                        self._no_usable_sample(w, events)
                     continue
+                streak.clear()
+                distinct.clear()
                 events += [(k, "converted", c, ref.shard, "") for c in converted]
                 item = (sample, ref.key, k, seed)
                 if cfg.packing:
@@ -194,6 +207,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
             yield {"_end": True, "_position": (w, k + 1), "_events": events}
         finally:
             files.close()
+
+    def _no_usable_sample(self, w: int, events: list[tuple]) -> None:
+        """A whole pass over every source gave this slot nothing to train on: stop, never loop forever."""
+        reasons = Counter(e[2] for e in events if e[1] == "skip")
+        names = ", ".join(f"'{s.name}'" for s in self.sources)
+        raise UserError(f"data source(s) {names}: a whole pass on rank {self.rank} (worker {w}) gave no usable "
+                        f"sample (skipped: {', '.join(f'{r} {n}' for r, n in reasons.most_common())})")
 
     def _batch(self, w: int, rows: list[list[tuple[Any, str, int, int]]], events: list[tuple]) -> dict:
         end = max(k for row in rows for _, _, k, _ in row) + 1

@@ -10,7 +10,7 @@ How to write one: `vlm/families/base.py`.
 """
 from __future__ import annotations
 
-from vlm.families import dragonfly, iaa, llava, mert  # noqa: F401  (each registers itself)
+from vlm.families import dragonfly, iaa, llava, mert, omni  # noqa: F401  (each registers itself)
 from vlm.families.base import FAMILIES, Family, register_family  # noqa: F401
 
 

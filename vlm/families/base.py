@@ -4,8 +4,8 @@ encoders from names, parts per modality), the shared size presets and the tiny c
 A family is one file that declares its parts and registers itself:
 
     def build_mine(vision="tiny-clip", llm="tiny:llama", audio=None, seed=0):
-        media = media_parts(vision=vision, audio=audio, connector={"type": "projector", "projector": "linear"})
-        return build_multimodal("mine", llm, media, route={"type": "plain"}, seed=seed)
+        encoders, media = media_parts({"type": "projector", "projector": "linear"}, vision=vision, audio=audio)
+        return build_multimodal("mine", llm, encoders, media, route={"type": "plain"}, seed=seed)
 
     register_family(Family("mine", "my connector", build_mine, sizes={"tiny": {...}}, recipes={"tiny": {...}}))
 
@@ -88,31 +88,33 @@ def resolve_llm(spec: str | dict, seed: int | None = 0):
 
 
 def media_parts(connector: dict, connectors: dict[str, dict] | None = None, **encoders: str | dict | None
-                ) -> dict[str, tuple[str | dict, dict]]:
-    """Per modality (builder keywords `vision`, `audio`, `music`, `video`): (encoder name or spec, connector
-    settings). `connector` applies to every modality, `connectors[m]` adds to it; None encoders are left out."""
+                ) -> tuple[dict[str, str | dict], dict[str, dict]]:
+    """(encoders by modality name, connector settings by modality) for builder keywords `vision`, `audio`,
+    `music`, `video`: each modality's own encoder through `connector` (+ `connectors[m]`); None encoders
+    are left out."""
     by_arg = {arg: m for m, arg in ENCODER_ARGS.items()}
     unknown = sorted(set(encoders) - set(by_arg))
     if unknown:
         raise UserError(f"unknown encoder keyword {unknown[0]!r}; use {sorted(by_arg)}")
-    return {by_arg[a]: (enc, {**connector, **(connectors or {}).get(by_arg[a], {})})
-            for a, enc in encoders.items() if enc is not None}
+    present = {by_arg[a]: enc for a, enc in encoders.items() if enc is not None}
+    return present, {m: {**connector, **(connectors or {}).get(m, {})} for m in present}
 
 
-def build_multimodal(family: str, llm: str | dict, media: dict[str, tuple[str | dict, dict]],
+def build_multimodal(family: str, llm: str | dict, encoders: dict[str, str | dict], media: dict[str, dict],
                      route: dict | None = None, llm_mode: str = "frozen", lora: dict | None = None,
                      system: str | None = None, seed: int | None = 0) -> MultimodalLM:
-    """Build the LLM and the encoders from names (in modality order, seeded), then the model's parts."""
+    """Build the LLM and the named encoders from names or specs (in order, seeded), then the model's parts:
+    `media[m]` is modality m's connector settings, naming the encoders it uses (default: the one named m)."""
     import torch
     from encoders import build_encoder
     if seed is not None:
         torch.manual_seed(seed)
     model, tok = resolve_llm(llm, seed)
     encs = {}
-    for modality, (spec, _) in media.items():
+    for name, spec in encoders.items():
         kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
-        encs[modality] = build_encoder(kw.pop("name"), **kw)
-    cfg = ModelConfig(family=family, llm={}, media={m: {"connector": dict(c)} for m, (_, c) in media.items()},
+        encs[name] = build_encoder(kw.pop("name"), **kw)
+    cfg = ModelConfig(family=family, llm={}, encoders={}, media={m: dict(c) for m, c in media.items()},
                       route=dict(route or {"type": "plain"}), llm_mode=llm_mode, lora=lora, system=system)
     return MultimodalLM(cfg, model, tok, encs)
 
@@ -142,21 +144,25 @@ PROJECTORS = "media.*.projector.*"                     # the trainable pattern o
 
 
 def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft_llm: str,
-                    modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS) -> dict:
-    """The tiny recipe of `family`: align (projectors, captions), then SFT easy -> hard training
-    `sft_trainable` with the LLM in mode `sft_llm`, on samples of `modalities` (and `tasks`; None: all)."""
+                    modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS,
+                    align_tasks: list[str] = ("caption",), settings: dict | None = None,
+                    easy_below: float = 0.3) -> dict:
+    """The tiny recipe of `family`: align (projectors, the `align_tasks` captions), then SFT easy
+    (difficulty < `easy_below`) -> hard training `sft_trainable` with the LLM in mode `sft_llm`, on
+    samples of `modalities` (and `tasks`; None: all); `settings`: the model's builder settings over its
+    tiny size."""
     sft = dict(trainable=list(sft_trainable), llm=sft_llm, **TINY_COMMON)
     only = {"modalities": list(modalities)}
     with_tasks = {"tasks": list(tasks)} if tasks is not None else {}
     return {
         "description": description,
-        "model": {"family": family, "size": "tiny", "settings": {}},
+        "model": {"family": family, "size": "tiny", "settings": dict(settings or {})},
         "data": copy.deepcopy(SYNTHETIC_WORLD),
         "stages": [
             {"name": "align", "trainable": [PROJECTORS], "llm": "frozen", "lr": 3e-3, "steps": 20,
-             "filter": {"kind": "caption", **({"tasks": ["caption"]} if tasks is not None else {}), **only},
+             "filter": {"kind": "caption", **({"tasks": list(align_tasks)} if tasks is not None else {}), **only},
              **TINY_COMMON},
-            {"name": "sft-easy", "filter": {**with_tasks, "max_difficulty": 0.3, **only}, "steps": 700,
+            {"name": "sft-easy", "filter": {**with_tasks, "max_difficulty": easy_below, **only}, "steps": 700,
              "lr": 3e-3, **sft},
             # the whole difficulty range: multi-object questions join the easy ones (no forgetting)
             {"name": "sft-hard", "filter": {**with_tasks, "min_difficulty": 0.1, **only}, "steps": 500,

@@ -28,8 +28,8 @@ def build_dragonfly(vision: str | dict = "tiny-clip", llm: str | dict = "tiny:ll
     """Any image encoder + any LLM; the zoom settings are `vlm.connectors.zoom.ZoomSettings`."""
     zoom = ZoomSettings(**{k: v for k, v in dict(pool=pool, top_k=top_k, selection=selection, factor=factor,
                                                    separator=separator, mid_grids=mid_grids).items() if v is not None})
-    media = {"image": (vision, {"type": "zoom", "projector": projector, **zoom.to_dict()})}
-    return build_multimodal("dragonfly", llm, media, {"type": "plain"}, llm_mode, lora, seed=seed)
+    media = {"image": {"type": "zoom", "projector": projector, **zoom.to_dict()}}
+    return build_multimodal("dragonfly", llm, {"image": vision}, media, {"type": "plain"}, llm_mode, lora, seed=seed)
 
 
 def _recipe_like_llava(llava: dict, size: str, extra_tokens: int, description: str) -> dict:

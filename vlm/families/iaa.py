@@ -30,10 +30,10 @@ def build_iaa(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny:l
               seed: int | None = 0) -> MultimodalLM:
     """adaptor_layers: depths after which an adaptor runs (None: pairs every k layers, k scaled from the
     reference's 5-in-32). The LLM stays frozen: the route refuses any other mode."""
-    media = media_parts({"type": "projector", "projector": projector},
-                        {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
-                        vision=vision, audio=audio, music=music, video=video)
-    return build_multimodal("iaa", llm, media, {"type": "inner_adaptor", "adaptor_layers": adaptor_layers},
+    encoders, media = media_parts({"type": "projector", "projector": projector},
+                                  {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
+                                  vision=vision, audio=audio, music=music, video=video)
+    return build_multimodal("iaa", llm, encoders, media, {"type": "inner_adaptor", "adaptor_layers": adaptor_layers},
                             "frozen", None, seed=seed)
 
 

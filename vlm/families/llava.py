@@ -11,7 +11,10 @@ modality, the `plain` route.
 """
 from __future__ import annotations
 
+import copy
+
 from vlm.families.base import (
+    ENCODER_ARGS,
     PROJECTORS,
     QWEN2_05B,
     SYNTHETIC_WORLD,
@@ -30,16 +33,35 @@ def build_llava(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny
                 audio_pool: int | None = None, music_pool: int | None = None, llm_mode: str = "frozen",
                 lora: dict | None = None, seed: int | None = 0) -> MultimodalLM:
     """Pools: LLM tokens per encoder frame run for audio / music (None: the modality table's tokens/s)."""
-    media = media_parts({"type": "projector", "projector": projector},
-                        {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
-                        vision=vision, audio=audio, music=music, video=video)
-    return build_multimodal("llava", llm, media, {"type": "plain"}, llm_mode, lora, seed=seed)
+    encoders, media = media_parts({"type": "projector", "projector": projector},
+                                  {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
+                                  vision=vision, audio=audio, music=music, video=video)
+    return build_multimodal("llava", llm, encoders, media, {"type": "plain"}, llm_mode, lora, seed=seed)
 
 
 # The tiny LLM starts random, so SFT trains it fully.
 LLAVA_TINY_RECIPE = tiny_curriculum(
     "llava", "SAIL-VL curriculum on synthetic-world image questions, CPU (vlm data build synthetic-world "
              "--out data/synthetic-world)", [PROJECTORS], "full")
+# One modality each, the same curriculum (align the projector on that modality's captions, then SFT easy ->
+# hard with the LLM in full), the model keeping only that modality's encoder. Tokens per second: the audio
+# and music projectors pool Whisper's 50 Hz by 2 and MERT's 75 Hz by 4 (the tiny size's `audio_pool` /
+# `music_pool`; set them in model.settings); video: video:tiny's 4 frames, 2x2-pooled. "Easy" is each
+# modality's lower difficulties (synthetic-world: short tones, clear clips of large shapes, ...).
+ONLY = {m: {arg: None for mm, arg in ENCODER_ARGS.items() if mm != m} for m in ENCODER_ARGS}
+AUDIO_TASKS = ["audio_caption", "audio_tone", "audio_noise", "audio_speech"]
+MUSIC_TASKS = ["music_caption", "music_pitch", "music_chord", "music_instrument", "music_tempo"]
+VIDEO_TASKS = ["trailer_visual", "video", "trailer_shape"]
+LLAVA_AUDIO_TINY_RECIPE = tiny_curriculum(
+    "llava", "sounds and spoken words -> answers and captions, CPU", [PROJECTORS], "full", ("audio",), AUDIO_TASKS,
+    ["audio_caption"], ONLY["audio"], easy_below=0.4)
+LLAVA_MUSIC_TINY_RECIPE = tiny_curriculum(
+    "llava", "instrument, pitch, chord, tempo questions and music captions, CPU", [PROJECTORS], "full", ("music",),
+    MUSIC_TASKS, ["music_caption"], ONLY["music"], easy_below=0.4)
+LLAVA_VIDEO_TINY_RECIPE = tiny_curriculum(
+    "llava", "what moves, where, which shape in video clips, CPU", [PROJECTORS], "full", ("video",), VIDEO_TASKS,
+    ["trailer_visual"], ONLY["video"], easy_below=0.45)
+
 # LLaVA-1.5 on a GPU: projector pretraining on captions (lr 1e-3, batch 256), then SFT of projector + LLM
 # (lr 2e-5, batch 128), here split easy -> hard; bf16 autocast, FSDP2 under torchrun. The 0.5b size has an
 # image encoder only: every stage keeps image (and text-only) samples.
@@ -63,6 +85,21 @@ LLAVA_05B_RECIPE = {
                 "strategy": "fsdp2", "activation_checkpointing": True, "log_every": 10},
 }
 
+
+def _for_05b(recipe: dict, description: str, modality: str, tasks: list[str], settings: dict) -> dict:
+    """LLaVA-1.5's 0.5b stages on one modality: its captions, then its questions (easy -> hard)."""
+    r = copy.deepcopy(recipe)
+    r["description"], r["model"]["settings"] = description, dict(settings)
+    captions = [t for t in tasks if t.endswith("caption") or t == "trailer_visual"]
+    for st in r["stages"]:
+        st["filter"] = {**st["filter"], "modalities": [modality],
+                        "tasks": captions if st["name"] == "align" else list(tasks)}
+    return r
+
+
+LLAVA_AUDIO_05B_RECIPE = _for_05b(LLAVA_05B_RECIPE, "LLaVA-1.5 stages on sound (Whisper-base-shaped encoder, GPU)",
+                                  "audio", AUDIO_TASKS, {**ONLY["audio"], "audio": "whisper:base"})
+
 register_family(Family(
     name="llava",
     description="LLaVA-1.5: encoder -> 2-layer MLP projector -> LLM (projector, then projector + LLM)",
@@ -71,5 +108,7 @@ register_family(Family(
         "tiny": TINY_SIZE,
         "0.5b": dict(vision="clip-vit-l-336", llm=QWEN2_05B),
     },
-    recipes={"tiny": LLAVA_TINY_RECIPE, "0.5b": LLAVA_05B_RECIPE},
+    recipes={"tiny": LLAVA_TINY_RECIPE, "0.5b": LLAVA_05B_RECIPE, "audio-tiny": LLAVA_AUDIO_TINY_RECIPE,
+             "music-tiny": LLAVA_MUSIC_TINY_RECIPE, "video-tiny": LLAVA_VIDEO_TINY_RECIPE,
+             "audio-0.5b": LLAVA_AUDIO_05B_RECIPE},
 ))

@@ -181,6 +181,7 @@ class Trainer:
         if self.recipe.runtime.compile:
             wrapped.compile()
         wrapped.train()
+        eval_frozen(self.strategy.inner(wrapped))
         optimizer = torch.optim.AdamW(decay_groups(self.strategy.inner(wrapped), st.weight_decay), lr=st.lr,
                                       betas=tuple(st.betas), eps=st.eps)
         schedule = StageSchedule(optimizer, st, first_step_tokens=st.batch_size * st.max_len // 2)
@@ -330,6 +331,17 @@ class Trainer:
         path = ckpt_lib.save(self.run_dir, state, self.d, task.model, optim, rank_state,
                              self.recipe.runtime.keep_last)
         self.log.event("checkpoint", f"checkpoint {path}", step=state.step, path=str(path))
+
+
+def eval_frozen(module: nn.Module) -> None:
+    """Parts with nothing to train this stage run in eval mode (no dropout, frozen norms): a frozen encoder
+    gives the same features on every rank and every run, as the one it stands for at inference."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        module.eval()
+        return
+    for child in module.children():
+        eval_frozen(child)
 
 
 def _seed_everything(seed: int) -> None:

@@ -45,11 +45,12 @@ TRAIN_WEIGHTS = {
     "audio_caption": 3, "audio_tone": 4, "audio_noise": 3, "audio_speech": 3,
     "music_caption": 3, "music_pitch": 4, "music_chord": 4, "music_instrument": 4, "music_tempo": 3,
     "video_caption": 2, "video": 2, "video_music": 1,
+    "trailer_visual": 2, "trailer_music": 2, "trailer_merged": 2, "trailer_shape": 2, "trailer_instrument": 2,
 }
 # Benchmark tasks: one closed answer set each, so exact match and zero-shot classification both work.
 EVAL_TASKS = ["color", "shape", "count", "spatial", "digit", "ocr", "fine_detail", "multi_image",
               "audio_tone", "audio_noise", "audio_speech", "music_pitch", "music_chord",
-              "music_instrument", "music_tempo", "video"]
+              "music_instrument", "music_tempo", "video", "trailer_shape", "trailer_instrument"]
 # The union of the per-sample `choices` of each task with a closed answer set (a sample's own
 # `choices` is the set for its question: fine_detail asks a colour or a shape, audio_tone a count or a direction).
 TASK_CHOICES = {
@@ -60,7 +61,10 @@ TASK_CHOICES = {
     "music_pitch": synth_audio.NOTE_NAMES, "music_chord": list(synth_audio.CHORDS),
     "music_instrument": synth_audio.INSTRUMENTS, "music_tempo": list(synth_audio.TEMPI),
     "video": list(synth_video.DIRECTIONS), "video_music": list(synth_audio.CHORDS),
+    "trailer_shape": SHAPES, "trailer_instrument": synth_audio.INSTRUMENTS,
 }
+# Caption tasks whose samples also go to val / test (the captioning benchmarks of sound, music and video).
+CAPTION_EVAL_TASKS = ["audio_caption", "music_caption", "trailer_visual", "trailer_merged"]
 SPLITS = ("train", "val", "test")
 CLASS_SETS = {
     "shapes": ("shape", SHAPES, ["a {c}.", "a drawing of a {c}.", "a {c} shape.", "a colored {c} on a plain background."]),
@@ -180,7 +184,7 @@ def write_class_set(out: str, name: str, per_class: int, seed: int) -> dict[str,
 def _task_info(tasks: Iterable[str]) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for t in sorted(tasks):
-        info[t] = {"modality": MODALITY[t], "benchmark": t in EVAL_TASKS}
+        info[t] = {"modality": MODALITY[t], "benchmark": t in EVAL_TASKS + CAPTION_EVAL_TASKS}
         if t in TASK_CHOICES:
             info[t]["choices"] = TASK_CHOICES[t]
     return info
@@ -222,7 +226,7 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
         if split == "train":
             names = task_schedule({t: w for t, w in TRAIN_WEIGHTS.items() if t in tasks}, samples, seed, split)
         else:
-            names = [t for t in EVAL_TASKS if t in tasks for _ in range(eval_per_task)]
+            names = [t for t in EVAL_TASKS + CAPTION_EVAL_TASKS if t in tasks for _ in range(eval_per_task)]
         jobs = [(seed, split, t, i) for i, t in enumerate(names)]
         sidx = _write_split(out, split, jobs, workers, {"name": f"{NAME}/{split}", "seed": seed})
         index["splits"][split] = {"shards": [f"{split}/{s['file']}" for s in sidx["shards"]],

@@ -1,0 +1,234 @@
+"""MMTrail -> shards: trailer clips cut from local videos by their frame ranges, with every kind of
+caption MMTrail has (visual, music, merged) and its quality scores.
+
+    vlm data convert mmtrail MMTrail2M_sample.json --videos /data/mmtrail/videos --out shards/mmtrail
+
+Each record (the metadata format of litwellchi/MMTrail's README: `basic` with `video_path`, `video_fps`,
+`clip_id`, `clip_start_end_idx` as a frame range [start, end), `imaging_quality`, `of_score`,
+`aesthetic_score`; `misc` with `frame_caption` and `music_caption` ({text, time} windows); `scene` with
+`caption`, `polish_caption`, `merge_caption` ...) becomes up to three samples sharing one mp4: the clip
+re-encoded at `fps` frames per second and at most `size` px on the short side, with its audio track
+(24 kHz mono, lossless), and a conversation per caption kind, tasks `trailer_visual`, `trailer_music`,
+`trailer_merged` (the names synthetic-world's trailer clips use, so the `omni-tiny` recipe's curriculum
+runs on either). `quality` is MMTrail's imaging quality / 100 (0..1; the stage filters' `min_quality`);
+the raw scores and every caption are kept in the json.
+
+A video is never decoded whole: the converter seeks to the clip's start and decodes only its range
+(PyAV), so memory stays flat for any video length. Skipped and counted, by reason: a missing video, a
+path outside --videos, a range past the video's end, an empty range, a corrupt file, no audio track
+(unless --audio-optional), no caption.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vlm.errors import UserError
+
+PROMPTS = {"visual": "Describe what you see.", "music": "Describe the music.", "merged": "Describe the clip."}
+MUSIC_SR = 24000
+
+
+class ClipError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class MMTrailReport:
+    written: int = 0                              # samples (up to three per clip)
+    clips: int = 0
+    skipped: Counter = field(default_factory=Counter)     # reason -> clips
+    first: dict[str, str] = field(default_factory=dict)   # reason -> the first message
+    out: str = ""
+
+    def skip(self, reason: str, message: str) -> None:
+        self.skipped[reason] += 1
+        self.first.setdefault(reason, message)
+
+    def summary(self) -> str:
+        text = f"wrote {self.written} samples from {self.clips} clips to {self.out}, skipped {sum(self.skipped.values())} clips"
+        return text + "".join(f"\n  {r}: {n} (first: {self.first[r]})" for r, n in sorted(self.skipped.items()))
+
+
+def read_records(path: str) -> Iterator[tuple[int, Any]]:
+    """The records of a JSON list or a JSON-lines file, with their index."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: annotations file not found")
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1)
+        while head and head.isspace():
+            head = f.read(1)
+        f.seek(0)
+        if head == "[":
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+            yield from enumerate(records)
+            return
+        for i, line in enumerate(f):
+            if line.strip():
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}: line {i + 1} is not JSON ({e.msg})") from None
+
+
+def inside(root: str, rel: str) -> str | None:
+    """`rel` resolved under `root`, or None when it escapes it (absolute elsewhere, `..`)."""
+    base = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(base, rel))
+    return full if os.path.commonpath([base, full]) == base else None
+
+
+def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """Frames [start, end) of a video at about `fps` (short side <= `size`) and the audio of the same
+    time span (mono float32 at 24 kHz, or None). Seeks, then decodes only the range."""
+    import av
+    try:
+        container = av.open(path)
+    except Exception as e:
+        raise ClipError("bad_video", f"{path}: cannot open ({str(e).splitlines()[0][:120]})") from None
+    try:
+        if not container.streams.video:
+            raise ClipError("bad_video", f"{path}: no video stream")
+        vs = container.streams.video[0]
+        rate = float(vs.average_rate or vs.guessed_rate or 0) or None
+        if rate is None:
+            raise ClipError("bad_video", f"{path}: unknown frame rate")
+        total = vs.frames or (int(float(vs.duration * vs.time_base) * rate) if vs.duration else 0)
+        if total and start >= total:
+            raise ClipError("range_past_end", f"frames [{start}, {end}) start past the video's {total} frames")
+        t0, t1 = start / rate, end / rate
+        step = max(1, round(rate / fps))
+        frames = []
+        try:
+            container.seek(int(t0 / vs.time_base), stream=vs, backward=True)
+            for frame in container.decode(vs):
+                idx = round(float(frame.pts * vs.time_base) * rate) if frame.pts is not None else None
+                if idx is None or idx < start:
+                    continue
+                if idx >= end:
+                    break
+                if (idx - start) % step == 0:
+                    img = frame.to_image()
+                    scale = size / min(img.size)
+                    if scale < 1:
+                        w, h = (max(2, round(img.size[0] * scale / 2) * 2), max(2, round(img.size[1] * scale / 2) * 2))
+                        img = img.resize((w, h))
+                    frames.append(np.asarray(img.convert("RGB")))
+        except av.FFmpegError as e:
+            raise ClipError("bad_video", f"{path}: decoding failed ({str(e).splitlines()[0][:120]})") from None
+        if not frames:
+            raise ClipError("range_past_end", f"frames [{start}, {end}) hold no decodable frame")
+        arr = np.stack(frames)
+        if arr.shape[1] % 2 or arr.shape[2] % 2:                     # H.264 yuv420p: even sizes
+            arr = arr[:, : arr.shape[1] // 2 * 2, : arr.shape[2] // 2 * 2]
+        wave = None
+        if audio and container.streams.audio:
+            wave = _audio_span(container, t0, t1)
+        return arr, len(frames) / max(t1 - t0, 1e-9), wave
+    finally:
+        container.close()
+
+
+def _audio_span(container, t0: float, t1: float) -> np.ndarray:
+    import av
+    astream = container.streams.audio[0]
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=MUSIC_SR)
+    container.seek(int(t0 / astream.time_base), stream=astream, backward=True)
+    chunks, first = [], None
+    for frame in container.decode(astream):
+        if frame.pts is None:
+            continue
+        ts = float(frame.pts * astream.time_base)
+        if ts >= t1:
+            break
+        for out in resampler.resample(frame):
+            x = out.to_ndarray().reshape(-1)
+            first = ts if first is None else first
+            chunks.append(x)
+    if not chunks:
+        return np.zeros(0, np.float32)
+    wave = np.concatenate(chunks).astype(np.float32)
+    skip = max(0, int(round((t0 - first) * MUSIC_SR)))                # the decode started at a packet before t0
+    want = int(round((t1 - t0) * MUSIC_SR))
+    wave = wave[skip:skip + want]
+    return np.pad(wave, (0, want - wave.shape[0])) if wave.shape[0] < want else wave
+
+
+def captions_of(rec: dict) -> dict[str, str]:
+    misc, scene = rec.get("misc") or {}, rec.get("scene") or {}
+    music = " ".join(str(m.get("text", "")).strip() for m in misc.get("music_caption") or [] if isinstance(m, dict))
+    out = {"visual": str(scene.get("polish_caption") or scene.get("caption") or "").strip(),
+           "music": music.strip(), "merged": str(scene.get("merge_caption") or "").strip()}
+    return {k: v for k, v in out.items() if v}
+
+
+def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, size: int = 224,
+                    max_seconds: float = 30.0, audio_optional: bool = False, source: str = "mmtrail",
+                    max_count: int = 1000) -> MMTrailReport:
+    from vlm.data.convert import make_key
+    from vlm.data.writer import Audio, ShardWriter, encode_mp4
+    if not os.path.isdir(videos):
+        raise UserError(f"--videos {videos}: not a folder")
+    report, seen = MMTrailReport(out=out), set()
+    with ShardWriter(out, max_count=max_count, meta={"source": source, "annotations": os.path.basename(annotations)}) as w:
+        for i, rec in read_records(annotations):
+            where = f"record {i}"
+            try:
+                if not isinstance(rec, dict) or not isinstance(rec.get("basic"), dict):
+                    raise ClipError("bad_record", f"{where}: no 'basic' object")
+                basic = rec["basic"]
+                where = f"record {i} ({basic.get('clip_id', '?')})"
+                rng = basic.get("clip_start_end_idx")
+                if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) for x in rng)):
+                    raise ClipError("bad_record", f"{where}: clip_start_end_idx must be [start, end] frames")
+                start, end = rng
+                if end <= start:
+                    raise ClipError("empty_range", f"{where}: frames [{start}, {end}) are empty")
+                rel = str(basic.get("video_path") or "")
+                path = inside(videos, rel)
+                if path is None:
+                    raise ClipError("path_outside_root", f"{where}: video_path {rel!r} leaves {videos}")
+                if not os.path.isfile(path):
+                    raise ClipError("missing_video", f"{where}: {rel} not found under {videos}")
+                caps = captions_of(rec)
+                if not caps:
+                    raise ClipError("no_caption", f"{where}: no visual, music or merged caption")
+                rate = float(basic.get("video_fps") or 0) or None
+                if rate:                                                   # cap the clip's length
+                    end = min(end, start + int(max_seconds * rate))
+                frames, clip_fps, wave = cut_clip(path, start, end, fps, size, audio=True)
+                if wave is None and not audio_optional:
+                    raise ClipError("no_audio_track", f"{where}: {rel} has no audio track (pass --audio-optional)")
+            except ClipError as e:
+                report.skip(e.reason, str(e))
+                continue
+            mp4 = encode_mp4(frames, max(1, round(clip_fps)), Audio(wave, MUSIC_SR) if wave is not None else None)
+            scores = {k: basic.get(k) for k in ("imaging_quality", "of_score", "aesthetic_score")}
+            quality = basic.get("imaging_quality")
+            meta = {"source": source, "video_id": basic.get("video_id"), "clip_id": basic.get("clip_id"),
+                    "captions": caps, "scores": scores, "frame_caption": (rec.get("misc") or {}).get("frame_caption"),
+                    "labels": {"description": caps.get("merged") or caps.get("visual") or caps.get("music")}}
+            if isinstance(quality, (int, float)):
+                meta["quality"] = round(min(1.0, max(0.0, float(quality) / 100.0)), 4)
+            base = make_key(str(basic.get("clip_id") or f"clip{i}"), seen)
+            for kind, text in caps.items():
+                w.write({"__key__": f"{base}_{kind}", "mp4": mp4, "json": {
+                    **meta, "task": f"trailer_{kind}",
+                    "conversations": [{"from": "human", "value": f"<video>\n{PROMPTS[kind]}"},
+                                      {"from": "gpt", "value": text}]}})
+                report.written += 1
+            report.clips += 1
+    if report.clips == 0:
+        raise UserError(f"{annotations}: no clip converted; {report.summary()}")
+    return report
