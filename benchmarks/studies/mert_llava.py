@@ -1,6 +1,6 @@
-"""MERT study, part 2: does the pretrained music encoder help a VLM? The same `llava` recipe
-(benchmarks/studies/recipes/music-llava.yaml: frozen music encoder, projector on music captions, then
-projector + LLM on synthetic-world's music questions) is trained with the pretrained `mert-tiny`
+"""MERT study, part 2: does the pretrained music encoder help a VLM? The built-in `llava-music-tiny`
+recipe (frozen music encoder, projector on music captions, then projector + LLM on synthetic-world's music
+questions, easy -> hard) is trained with the pretrained `mert-tiny`
 encoder of each seed and with the same architecture at that seed's random initial weights, and both
 answer held-out music questions (instrument, tempo, chord quality, pitch) by greedy generation.
 
@@ -11,7 +11,7 @@ answer held-out music questions (instrument, tempo, chord quality, pitch) by gre
 Encoders come from the probe study's folders (`<study>/seed<S>-pretrained/final`, `<study>/seed<S>-random/
 final`); the VLM runs go to `<study>/llava-seed<S>-<encoder>`, the evaluation (benchmark runner, 40 questions
 per task and split) to `<study>/llava-eval-<split>`. Prints accuracy mean +/- std [min-max] over seeds per task.
-Extra `key=value` arguments go to every `vlm train` call (e.g. model.settings.music.feature_layer=1).
+Extra `key=value` arguments go to every `vlm train` call (e.g. model.settings.music_pool=2).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPE = Path(__file__).parent / "recipes" / "music-llava.yaml"
+RECIPE = "llava-music-tiny"                 # `music: mert:FOLDER` replaces its mert:tiny
 TASKS = ("instrument", "tempo", "chord", "pitch")
 ENCODERS = ("pretrained", "random")
 
@@ -36,8 +36,8 @@ def train(out: Path, encoder: Path, seed: int, data: Path, overrides: list[str])
     if (out / "final").is_dir() and record.is_file():
         return json.loads(record.read_text())["seconds"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "vlm.cli", "train", str(RECIPE), "--out", str(out), f"runtime.seed={seed}",
-           f"model.settings.music.name=mert:{encoder.resolve()}", f"data.world.shards=[{data.resolve() / 'train'}]",
+    cmd = [sys.executable, "-m", "vlm.cli", "train", RECIPE, "--out", str(out), f"runtime.seed={seed}",
+           f"model.settings.music=mert:{encoder.resolve()}", f"data.world.shards=[{data.resolve() / 'train'}]",
            *overrides]
     if out.exists():
         cmd.append("--resume")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     def fmt(xs: list[float]) -> str:
         return (f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f} "
                 f"[{min(xs):.3f}-{max(xs):.3f}]")
-    print(f"\nllava (music-llava.yaml) answering held-out music questions, synthetic-world `{args.split}` "
+    print(f"\nllava-music-tiny answering held-out music questions, synthetic-world `{args.split}` "
           f"(accuracy, 40 questions per task; mean +/- std [min-max] over seeds {args.seeds})\n")
     print("| task | pretrained mert-tiny encoder | random encoder (same architecture) | margin |")
     print("|---|---|---|---|")

@@ -204,7 +204,8 @@ MUSIC_ONLY = {"modalities": ["music"]}          # music questions / captions (an
 
 # CPU: the tiny encoder on synthetic-world's music clips (2 s notes and chords, 4 s click tracks; ~770 clips
 # in the default 4,000-sample build), MERT's objective with the rvq teacher trained first (8 x 64 codes).
-# Settings chosen on the val split's probes (model_cards/mert.md).
+# Settings: MERT-v1's objective settings at a CPU scale, not tuned; what the probes show for it is in
+# model_cards/mert.md (1500 steps take ~40 min at 1 thread on the shared 2-core CPU).
 MERT_TINY_RECIPE = {
     "description": "MERT pretraining of the tiny music encoder on synthetic-world's music clips (CPU, rvq teacher "
                    "8 x 64, CQT, noise mixture)",
