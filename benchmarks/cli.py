@@ -49,6 +49,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate(cfg.models, benches, cfg)
     save_config(cfg, f"{cfg.out}/eval_config.yaml")
     print(capability_table(res.table))
+    from benchmarks.tasks.probe import layer_table
+    layers = layer_table(res.records)
+    if layers:
+        print("\nProbe accuracy per encoder layer (test split):\n" + layers)
     if cfg.model_card:
         from benchmarks.model_card import update_model_card
         models = {m.name for m in res.models}

@@ -248,8 +248,53 @@ def encoder_layer_features(encoder, clips: list[tuple[torch.Tensor, int]], batch
     return torch.stack(per_layer, dim=1)                                                      # [N, L + 1, D]
 
 
+class EncoderModel(EvalModel):
+    """A music encoder alone: a mert checkpoint (`vlm train mert-*`) or any transformers HuBERT folder,
+    loaded as `mert:FOLDER` (SpecAugment off, eval mode). It can be probed, nothing else."""
+
+    can_probe = True
+    modalities = ("music",)
+
+    def __init__(self, path: str, device: str = "cpu"):
+        p = Path(path)
+        if not (p / "model.safetensors").is_file():
+            raise UserError(f"{path}: no model.safetensors (a mert / HuBERT folder needs its weights)")
+        self.spec, self.path, self.device = path, p, device
+        self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
+        self.fingerprint = _digest("encoder", (p / "config.json").read_text(), _file_id(p / "model.safetensors"))
+        self._encoder = None
+        self._lock = threading.Lock()
+
+    @property
+    def encoder(self):
+        with self._lock:
+            if self._encoder is None:
+                from encoders import build_encoder
+                self._encoder = build_encoder(f"mert:{self.path}").to(self.device).eval()
+        return self._encoder
+
+    def load(self) -> None:
+        self.encoder  # noqa: B018  (the property loads)
+
+    @torch.inference_mode()
+    def layer_features(self, modality: str, clips: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        if modality != "music":
+            raise UserError(f"{self.name} is a music encoder; it has no {modality} encoder")
+        return encoder_layer_features(self.encoder, clips)
+
+
+def _is_encoder_folder(p: Path) -> bool:
+    try:
+        return p.is_dir() and json.loads((p / "config.json").read_text()).get("model_type") == "hubert"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def load_model(spec: str, device: str = "cpu") -> EvalModel:
-    """`open_clip:ARCH[:CKPT]` or a vlm checkpoint folder; bad input is a one-line UserError."""
+    """`open_clip:ARCH[:CKPT]`, a vlm checkpoint folder, or a music encoder folder (a mert checkpoint or a
+    transformers HuBERT folder: probes only); bad input is a one-line UserError."""
     if spec.startswith("open_clip:"):
         return OpenClipModel(spec, device=device)
+    if _is_encoder_folder(Path(spec)):
+        return EncoderModel(spec, device=device)
     return VLMModel(spec, device=device)

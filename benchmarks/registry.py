@@ -125,8 +125,24 @@ def wds_benchmark(folder: str | os.PathLike, split: str = "test") -> Benchmark:
                      data=DataRef(root=str(p), split=split), description=f"zero-shot classification over {p}")
 
 
+def audio_folder_benchmark(folder: str) -> Benchmark:
+    """`audio-folder:DIR`: a probe of the frozen music encoder on DIR/labels.csv (`benchmarks.audio_folder`)."""
+    from benchmarks.audio_folder import LABELS_FILE, read_labels
+    if not folder:
+        raise UserError("audio-folder: needs a folder, e.g. --bench audio-folder:/data/my-instruments")
+    root = Path(folder).expanduser().resolve()
+    read_labels(root)
+    return Benchmark(name=f"audio-folder:{root.name}", kind="probe", type="music", capability="custom", metric="accuracy",
+                     data=DataRef(root=str(root), split="test", train_split="train"), modality="music",
+                     options={"format": "audio-folder"},
+                     description=f"MARBLE probe of the frozen music encoder on {root / LABELS_FILE}")
+
+
 def get_benchmark(name: str) -> Benchmark:
-    """A registered benchmark, or `wds:DIR` for a user's folder in the clip_benchmark layout."""
+    """A registered benchmark, `wds:DIR` for a user's folder in the clip_benchmark layout, or
+    `audio-folder:DIR` for a user's folder of labelled audio (music-encoder probes, `benchmarks.audio_folder`)."""
+    if name.startswith("audio-folder:"):
+        return audio_folder_benchmark(name[len("audio-folder:"):])
     if name.startswith("wds:"):
         if not name[4:]:
             raise UserError("wds: needs a folder, e.g. --bench wds:/data/cifar10")

@@ -67,6 +67,10 @@ def check_data(bench: Benchmark, roots: Roots) -> None:
         for d in bench.options["datasets"]:
             shard_files(folder / d["path"], bench.data.split)
         return
+    if bench.options.get("format") == "audio-folder":
+        from benchmarks.audio_folder import read_labels
+        read_labels(folder)
+        return
     hint = ""
     if bench.data.root == "synthetic-world":
         hint = " (build it with `vlm data build synthetic-world --out DIR` and pass --data DIR)"

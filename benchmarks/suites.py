@@ -109,6 +109,9 @@ register_suite(Suite("synthetic-world-trailer", "trailer clips: what is seen and
                      ("sw-vqa-trailer-shape", "sw-vqa-trailer-instrument", "sw-caption-trailer")))
 register_suite(Suite("synthetic-world-embedding", "the embedding harnesses: zero-shot, relation, retrieval, MMEB",
                      ("sw-shapes", "sw-colors", "sw-relation-spatial", "sw-relation-attribute", "sw-retrieval", "sw-mmeb")))
+register_suite(Suite("music-probes", "MARBLE-style probes of the frozen music encoder: pitch, chord quality, "
+                     "instrument, tempo (a mert or vlm checkpoint)",
+                     tuple(f"sw-probe-music-{t}" for t in ("pitch", "chord", "instrument", "tempo"))))
 
 # ------------------------------------------------------------------------------ MMEB-style pairs (VLM2Vec)
 # The synthetic-world pair tasks (`vlm data build synthetic-world --tasks mmeb`; pass that folder as --data):

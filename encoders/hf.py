@@ -75,6 +75,22 @@ def _config_dict(cfg: dict[str, Any], key: str | None, folder: Path) -> dict[str
     return sub
 
 
+@register_encoder("mert:", "music", "a pretrained MERT folder: mert:<folder> (a `vlm train mert-*` checkpoint or any "
+                  "transformers HuBERT folder)")
+def build_mert_folder(target: str, *, weights: str | None = None, feature_layer: int | None = None,
+                      **kw: Any) -> Encoder:
+    """``mert:FOLDER``: the HuBERT part of a mert checkpoint (its config.json + model.safetensors; the
+    prediction heads beside them are not part of the encoder), as the music encoder of any family."""
+    config_path = Path(target).expanduser() / "config.json"
+    if config_path.is_file():
+        model_type = _read_json(config_path).get("model_type")
+        if model_type != "hubert":
+            raise UserError(f"mert:{target}: {config_path} is a {model_type!r} model, not a HuBERT / MERT encoder")
+    enc = build_hf(target, weights=weights, feature_layer=feature_layer, **kw)
+    enc.name = f"mert:{target}"
+    return enc
+
+
 @register_encoder("hf:", "image|audio|music", "local transformers folder (CLIP, SigLIP, Whisper, HuBERT): hf:<folder>")
 def build_hf(target: str, *, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:
     """Build from a local folder; weights from its safetensors (or the ``weights`` file).

@@ -2,8 +2,14 @@
 
 The conv front end's strides (5,2,2,2,2,2,2) multiply to 320 samples, so 24 kHz audio gives
 75 Hz frames, as MERT does. ``mert:tiny`` is for tests; ``mert:base`` has the MERT-95M shape
-(hidden 768, 12 layers), random unless weights= is given. The SSL pretraining code (masked
-prediction of RVQ and CQT targets) builds on ``hubert_config`` / ``model``.
+(hidden 768, 12 layers), random unless weights= is given. A pretrained encoder loads by path:
+``mert:FOLDER`` (a ``vlm train mert-*`` checkpoint) or ``hf:FOLDER`` (any transformers HuBERT folder),
+both built in ``encoders.hf``. The pretraining itself (masked prediction of acoustic codes and the CQT)
+is the ``mert`` family (``vlm/families/mert.py``) with the ``masked_prediction`` objective.
+
+As a feature extractor the encoder never masks: SpecAugment (``apply_spec_augment``) and layerdrop
+are off whatever the folder's config says, so train mode (a VLM stage) gives the same features as
+eval mode apart from dropout.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ class HubertMusicEncoder(Encoder, kind="hubert"):
 
         if isinstance(config, dict):
             config = HubertConfig.from_dict(config)
+        # a feature extractor: no SpecAugment masking and no layerdrop, even in train mode (a pretraining
+        # checkpoint's config has both on; HF would mask ~5 % of frames of every training batch)
+        config.apply_spec_augment, config.layerdrop = False, 0.0
         self.name = name
         self.hubert_config = config
         self.model = HubertModel(config)

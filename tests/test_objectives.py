@@ -68,11 +68,17 @@ def pair_recipe(tmp, world, steps=8, name="pairs", settings=None, **runtime):
         model=PAIR_MODEL, **runtime)
 
 
-def masked_recipe(tmp, world, steps=8, noise=0.0, name="masked", **runtime):
+# the rvq teacher (trained first, 8 codebooks) with the in-memory target cache: what mert-tiny runs
+RVQ = {"teacher": "rvq", "teacher_settings": {"steps": 20}, "target_cache_mb": 64}
+MERT_RVQ = {"family": "mert", "size": "tiny", "settings": {"codebooks": [16] * 8}}
+
+
+def masked_recipe(tmp, world, steps=8, noise=0.0, name="masked", rvq=False, **runtime):
     return C.write_recipe(tmp / f"{name}.yaml", world, [
         C.stage("pretrain", ["encoder.*", "final_proj.*", "label_embs", "regression_head.*"], steps=steps,
                 batch_size=4, lr=5e-3, eps=1e-6, objective="masked_prediction",
-                objective_settings={**MASKED, "noise_prob": noise})], model=MERT, **runtime)
+                objective_settings={**MASKED, "noise_prob": noise, **(RVQ if rvq else {})})],
+        model=MERT_RVQ if rvq else MERT, **runtime)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +162,7 @@ def resumed(worlds):
     tmp, pairs, music = worlds
     (tmp / "r").mkdir()
     recipes = {"pairs": pair_recipe(tmp / "r", pairs, steps=5, checkpoint_every=2),
-               "masked": masked_recipe(tmp / "r", music, steps=5, checkpoint_every=2)}
+               "masked": masked_recipe(tmp / "r", music, steps=5, noise=0.5, rvq=True, checkpoint_every=2)}
     out = {}
     for name, r in recipes.items():
         ref, victim = tmp / "r" / f"ref-{name}", tmp / "r" / f"victim-{name}"
@@ -169,6 +175,7 @@ def resumed(worlds):
 
 @pytest.mark.parametrize("name", ["pairs", "masked"])
 def test_resume_after_kill9_is_bitwise(resumed, name):
+    """masked: the rvq teacher is read back from the run, and the target cache starts empty after the kill."""
     ref, victim = resumed[name]
     a, b = C.step_rows(ref), C.step_rows(victim)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]

@@ -1,12 +1,22 @@
 """Audio and music probes in the MARBLE manner: the encoder stays frozen; per layer its features are
 averaged over time; a probe learns a softmax weighting of the layers and a small MLP head on the
-weighted sum, trained on the benchmark's train split, scored (accuracy) on its test split.
+weighted sum, trained on the benchmark's train split, scored (accuracy) on its test split. As MARBLE
+reports single layers too, one probe per layer is fitted as well: the per-layer table.
+
+    vlm eval --suite music-probes --model runs/mert-tiny/final --out runs/probes     # prints the table
+    vlm eval --bench audio-folder:/data/my-instruments --model runs/mert-tiny/final --out runs/probes
 
 Labels are the samples' answers (synthetic-world: pitch, chord, instrument, tempo, tone count /
-direction, noise type). Features of both splits are cached; the probe itself trains in a second.
+direction, noise type) or a user's labels.csv (`benchmarks.audio_folder`). Features of both splits are
+cached; the probes themselves train in seconds. Clips a probe cannot use (undecodable in a user's
+folder, non-finite samples, shorter than 0.1 s) are skipped and counted by reason (`skipped_<reason>`
+in the metrics); silent clips are kept (the waveform normalisation leaves them zero).
 """
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,10 +27,12 @@ from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, TaskResult, load_samples
 from vlm.errors import UserError
 
+MIN_SECONDS = 0.1             # shorter clips are skipped (a HuBERT frame is 400 samples = 17 ms at 24 kHz)
+
 
 def applicable(model, bench: Benchmark) -> str | None:
     if not model.can_probe or bench.modality not in model.modalities:
-        return f"needs a model with a {bench.modality} encoder (a vlm checkpoint)"
+        return f"needs a model with a {bench.modality} encoder (a vlm or mert checkpoint)"
     return None
 
 
@@ -42,52 +54,135 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 300
     """Full-batch Adam on standardised features; returns the probe and the (mean, std) it expects."""
     g = torch.Generator().manual_seed(seed)
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp(min=1e-6)   # [1, L, D]
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-    probe = LayerWeightedProbe(x.shape[1], x.shape[2], n_classes)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    xs = (x - mean) / std
-    probe.train()
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(probe(xs), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        probe = LayerWeightedProbe(x.shape[1], x.shape[2], n_classes)
+        opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+        xs = (x - mean) / std
+        probe.train()
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(probe(xs), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return probe.eval(), mean, std
 
 
-def _clips(samples: list[Sample]) -> list[tuple[torch.Tensor, int]]:
+@dataclass
+class Clip:
+    key: str
+    label: str
+    audio: tuple[torch.Tensor, int] | None      # (waveform [C, N], sample rate); None when unusable
+    problem: str | None = None                  # why it is unusable: a reason name
+
+
+def check_clip(wave: torch.Tensor, sr: int) -> str | None:
+    if wave.shape[-1] < MIN_SECONDS * sr:
+        return "too_short"
+    if not torch.isfinite(wave).all():
+        return "non_finite"
+    return None
+
+
+def shard_clips(bench: Benchmark, ctx: Context, split: str) -> tuple[list[Clip], str]:
+    """Benchmark shards (synthetic-world): labels are the answers; an undecodable file is an error."""
+    samples, dhash = load_samples(bench, ctx, split)
     out = []
     for s in samples:
-        out.append(s.decode("audio", s.first("audio")))
-    return out
+        audio = s.decode("audio", s.first("audio"))
+        out.append(Clip(s.key, str(s.meta().get("answer")), audio, check_clip(*audio)))
+    return out, dhash
 
 
-def _features(model, samples: list[Sample], dhash: str, modality: str, ctx: Context) -> torch.Tensor:
+def folder_clips(bench: Benchmark, split: str) -> tuple[list[Clip], str]:
+    """A user's labels.csv: missing or undecodable files are skipped and counted, not fatal."""
+    from benchmarks.audio_folder import LABELS_FILE, read_labels
+    from benchmarks.data import data_hash
+    from vlm.modalities import MODALITIES, MediaError
+    root = Path(bench.data.root)                                     # an absolute folder
+    rows = [r for r in read_labels(root) if r.split == split]
+    out = []
+    for r in rows:
+        if not r.path.is_file():
+            out.append(Clip(r.key, r.label, None, "missing_file"))
+            continue
+        try:
+            audio = MODALITIES[bench.modality].decode(r.path.read_bytes())
+        except (MediaError, OSError):
+            out.append(Clip(r.key, r.label, None, "bad_audio"))
+            continue
+        out.append(Clip(r.key, r.label, audio, check_clip(*audio)))
+    files = [root / LABELS_FILE] + sorted({r.path for r in rows if r.path.is_file()})
+    return out, data_hash(files, split)
+
+
+def _features(model, clips: list[Clip], dhash: str, modality: str, ctx: Context) -> torch.Tensor:
     def compute():
-        return {"features": model.layer_features(modality, _clips(samples))}, {"keys": [s.key for s in samples]}
-    t, _ = ctx.cache.get_or_compute(model.fingerprint, f"probe-{modality}-{dhash}", compute)
+        return {"features": model.layer_features(modality, [c.audio for c in clips])}, {"keys": [c.key for c in clips]}
+    from benchmarks.data import data_hash
+    name = f"probe-{modality}-{data_hash([], dhash, [c.key for c in clips])}"
+    t, _ = ctx.cache.get_or_compute(model.fingerprint, name, compute)
     return t["features"]
+
+
+def _usable(clips: list[Clip], skipped: Counter) -> list[Clip]:
+    for c in clips:
+        if c.problem is not None:
+            skipped[c.problem] += 1
+    return [c for c in clips if c.problem is None]
 
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     train_split = bench.data.train_split or "train"
-    train, h_train = load_samples(bench, ctx, train_split)
-    test, h_test = load_samples(bench, ctx)
-    y_train_s = [str(s.meta().get("answer")) for s in train]
-    y_test_s = [str(s.meta().get("answer")) for s in test]
-    classes = sorted(set(y_train_s))
+    if bench.options.get("format") == "audio-folder":
+        (train, h_train), (test, h_test) = folder_clips(bench, train_split), folder_clips(bench, bench.data.split)
+    else:
+        (train, h_train), (test, h_test) = shard_clips(bench, ctx, train_split), shard_clips(bench, ctx, bench.data.split)
+    skipped: Counter = Counter()
+    train, test = _usable(train, skipped), _usable(test, skipped)
+    classes = sorted({c.label for c in train})
     if len(classes) < 2:
-        raise UserError(f"benchmark {bench.name}: the '{train_split}' split has fewer than 2 classes")
+        raise UserError(f"benchmark {bench.name}: the '{train_split}' split has {len(classes)} usable class(es); "
+                        f"a probe needs at least 2 (skipped: {dict(skipped) or 'none'})")
+    if not test:
+        raise UserError(f"benchmark {bench.name}: no usable test clips (skipped: {dict(skipped) or 'none'})")
     x_train = _features(model, train, h_train, bench.modality, ctx)                 # [N, L, D]
     x_test = _features(model, test, h_test, bench.modality, ctx)
     idx = {c: i for i, c in enumerate(classes)}
-    probe, mean, std = fit_probe(x_train, torch.tensor([idx[c] for c in y_train_s]), len(classes),
-                                 steps=int(bench.options.get("steps", 300)))
-    with torch.no_grad():
-        pred = probe((x_test - mean) / std).argmax(1).tolist()
-    rows: list[dict[str, Any]] = [dict(key=s.key, label=y, pred=classes[p], correct=classes[p] == y)
-                                  for s, y, p in zip(test, y_test_s, pred)]
+    y = torch.tensor([idx[c.label] for c in train])
+    steps = int(bench.options.get("steps", 300))
+
+    def accuracy(layers: slice) -> tuple[float, list[int], LayerWeightedProbe]:
+        probe, mean, std = fit_probe(x_train[:, layers], y, len(classes), steps=steps)
+        with torch.no_grad():
+            pred = probe((x_test[:, layers] - mean) / std).argmax(1).tolist()
+        return sum(classes[p] == c.label for p, c in zip(pred, test)) / len(test), pred, probe
+
+    acc, pred, probe = accuracy(slice(None))
+    rows: list[dict[str, Any]] = [dict(key=c.key, label=c.label, pred=classes[p], correct=classes[p] == c.label)
+                                  for c, p in zip(test, pred)]
     weights = probe.layer_logits.softmax(0).tolist()
-    metrics = {"accuracy": sum(r["correct"] for r in rows) / len(rows), "n": float(len(rows)),
-               "n_train": float(len(train)), "best_layer": float(max(range(len(weights)), key=weights.__getitem__))}
-    return TaskResult(rows, metrics, {"layer_weights": [dict(layer=i, weight=w) for i, w in enumerate(weights)]})
+    per_layer = [accuracy(slice(k, k + 1))[0] for k in range(x_train.shape[1])]
+    metrics = {"accuracy": acc, "n": float(len(rows)), "n_train": float(len(train)),
+               "best_layer": float(max(range(len(weights)), key=weights.__getitem__)),
+               **{f"skipped_{k}": float(v) for k, v in sorted(skipped.items())}}
+    layers = [dict(layer=k, weight=w, accuracy=a) for k, (w, a) in enumerate(zip(weights, per_layer))]
+    return TaskResult(rows, metrics, {"layers": layers})
+
+
+def layer_table(records: list[dict[str, Any]]) -> str | None:
+    """Markdown: one row per probe result (model, benchmark), the test accuracy of the probe on each
+    single layer (0 = the conv front end's projection, k = after block k) and of the learned weighting,
+    and the layer the weighting favours. None when no record is a probe."""
+    probes = [r for r in records if r.get("kind") == "probe" and r.get("status") == "ok"
+              and (r.get("tables") or {}).get("layers")]
+    if not probes:
+        return None
+    n = max(len(r["tables"]["layers"]) for r in probes)
+    header = ["model", "benchmark", *[f"layer {k}" for k in range(n)], "weighted", "top weight"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in probes:
+        accs = [f"{row['accuracy']:.3f}" for row in r["tables"]["layers"]] + [""] * (n - len(r["tables"]["layers"]))
+        lines.append("| " + " | ".join([r["model"], r["benchmark"], *accs, f"{r['metrics']['accuracy']:.3f}",
+                                        str(int(r["metrics"]["best_layer"]))]) + " |")
+    return "\n".join(lines)

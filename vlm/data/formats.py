@@ -14,7 +14,10 @@ Pair samples (json): {"query": {"text": "<image>\\nFind the caption.", "instruct
 files fill the placeholders of query, positive and negatives in that order ([Contract] of
 `vlm.modalities`). The instruction, when given, goes after the placeholders the side's text starts with
 and before the rest (`with_instruction`: '<image>\nInstruction\nQuery', VLM2Vec / MMEB; query side only).
-Clip samples: any sample with an audio file (the first one is used; captions are ignored).
+Clip samples: any sample with an audio file (the first one is used; captions are ignored). Any rate and
+channel count (resampled / downmixed and counted as conversions); a sample without audio (`no_audio`) or
+shorter than `min_seconds` (`too_short`) is skipped and counted, not an error; non-finite or undecodable
+audio is a `bad_audio` error.
 """
 from __future__ import annotations
 
@@ -204,7 +207,7 @@ class ClipFormat(Format):
     def make(self, key, fields, shard, seed=0):
         audio = sorted((n for n in fields if n.rsplit(".", 1)[-1].lower() in FILE_EXTENSIONS["audio"]), key=media_order)
         if not audio:
-            raise SampleError("missing_media", "no audio file")
+            raise SampleError("no_audio", "no audio file")
         wave, sr = decode_item(self.modality, fields[audio[0]])
         converted = (["audio_resampled"] if sr != self.sample_rate else []) + \
                     (["audio_downmixed"] if wave.shape[0] > 1 else [])

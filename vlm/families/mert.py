@@ -1,7 +1,8 @@
 """MERT family: the shared music encoder, pretrained by masked prediction (objective `masked_prediction`).
 
     model = vlm.build("mert", "tiny")                 # HuBERT-shaped, 24 kHz -> 75 Hz frames, random init
-    vlm train mert-tiny                               # (recipes: when the music data is set up)
+    vlm train mert-tiny                               # CPU: synthetic-world's music clips (vlm data build ...)
+    vlm train mert-95m data.world.shards=[/data/music/train]   # GPU, MERT-v1-95M's settings
     model.save_pretrained("ckpt")                     # a transformers HuBERT folder + the prediction heads
 
 The model is transformers' `HubertModel` (conv front end with stride 320 at 24 kHz, a transformer
@@ -13,6 +14,7 @@ no remote code; the heads sit beside it (`mert_heads.safetensors`, `mert_pretrai
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,7 +27,7 @@ from torch import nn
 from encoders.base import AudioPreprocess, ConvFrames, normalize_waveform
 from vlm.data.processor import Processor
 from vlm.errors import UserError, require
-from vlm.families.base import Family, register_family
+from vlm.families.base import SYNTHETIC_WORLD, Family, register_family
 from vlm.model import load_safetensors, write_folder
 
 HEADS_FILE, HEADS_CONFIG = "mert_heads.safetensors", "mert_pretraining.json"
@@ -41,6 +43,20 @@ class MertConfig:
     logit_temp: float = 0.1
     regression_dim: int = 336                      # CQT bins
     sample_rate: int = SAMPLE_RATE
+    feature_grad_mult: float = 1.0                 # gradient scale into the conv front end (MERT / fairseq: 0.1)
+
+
+class GradMultiply(torch.autograd.Function):
+    """Identity forward, gradient x `scale` backward (fairseq's GradMultiply)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
 
 
 class MertModel(nn.Module):
@@ -58,6 +74,9 @@ class MertModel(nn.Module):
         self.regression_head = nn.Linear(H, config.regression_dim)
         self.preprocess = AudioPreprocess(config.sample_rate, "waveform", normalize=True)
         self._frames = ConvFrames(tuple(hc.conv_kernel), tuple(hc.conv_stride))
+        if config.feature_grad_mult != 1.0:        # the conv features' gradient scaled on the way back
+            scale = config.feature_grad_mult
+            self.encoder.feature_extractor.register_forward_hook(lambda m, i, out: GradMultiply.apply(out, scale))
 
     # ---------------------------------------------------------------- what the objective uses
     @property
@@ -85,10 +104,12 @@ class MertModel(nn.Module):
         return self.encoder(x, mask_time_indices=mask).last_hidden_state
 
     def codebook_logits(self, hidden: torch.Tensor) -> list[torch.Tensor]:
-        """[M, H] -> per codebook [M, V_k]: cosine(projection_k, code embeddings_k) / logit_temp."""
-        proj = self.final_proj(hidden).chunk(len(self.config.codebooks), dim=-1)             # K x [M, d]
-        embs = self.label_embs.split(self.config.codebooks)                                   # K x [V_k, d]
-        return [F.cosine_similarity(p[:, None], e[None], dim=-1) / self.config.logit_temp for p, e in zip(proj, embs)]
+        """[M, H] -> per codebook [M, V_k]: cosine(projection_k, code embeddings_k) / logit_temp (as a
+        product of unit vectors: no [M, V_k, d] intermediate)."""
+        K, d = len(self.config.codebooks), self.config.final_dim
+        proj = F.normalize(self.final_proj(hidden).unflatten(-1, (K, d)), dim=-1, eps=1e-8)          # [M, K, d]
+        embs = F.normalize(self.label_embs, dim=-1, eps=1e-8).split(self.config.codebooks)        # K x [V_k, d]
+        return [proj[:, k] @ e.T / self.config.logit_temp for k, e in enumerate(embs)]              # K x [M, V_k]
 
     def regression(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.regression_head(hidden)                                                  # [M, R]
@@ -153,7 +174,7 @@ class MertModel(nn.Module):
 def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_heads: int = 4,
                intermediate_size: int = 128, conv_dim: int = 32, conv_pos: int = 16, conv_pos_groups: int = 4,
                codebooks: list[int] | None = None, final_dim: int = 64, regression_dim: int = 336,
-               dropout: float = 0.0, seed: int | None = 0) -> MertModel:
+               dropout: float = 0.0, feature_grad_mult: float = 1.0, seed: int | None = 0) -> MertModel:
     """A HuBERT-shaped music encoder (24 kHz, 320-sample frames) with MERT's prediction heads.
     `codebooks`: units per codebook of the acoustic teacher (default: the mel_kmeans teacher's 2 x 64).
     Dropout draws from each rank's own RNG: keep it 0 where runs must match across rank counts."""
@@ -166,13 +187,69 @@ def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_
                   apply_spec_augment=True, mask_time_prob=0.05, mask_time_length=5, layerdrop=0.0,
                   hidden_dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
                   feat_proj_dropout=dropout, final_dropout=dropout)
-    return MertModel(MertConfig(hubert, list(codebooks or [64, 64]), final_dim, 0.1, regression_dim))
+    return MertModel(MertConfig(hubert, list(codebooks or [64, 64]), final_dim, 0.1, regression_dim,
+                                feature_grad_mult=feature_grad_mult))
 
 
 # MERT-v1-95M's shape (HuBERT base: 768 x 12 layers, 12 heads, FFN 3072, conv 512 x 7, conv positions 128 / 16)
 # with EnCodec's 8 codebooks of 1024 units.
 SIZE_95M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, conv_dim=512,
-                conv_pos=128, conv_pos_groups=16, codebooks=[1024] * 8, dropout=0.1)
+                conv_pos=128, conv_pos_groups=16, codebooks=[1024] * 8, dropout=0.1, feature_grad_mult=0.1)
+
+# ---------------------------------------------------------------------------------------------
+# recipes
+# ---------------------------------------------------------------------------------------------
+TRAINABLE = ["encoder.*", "final_proj.*", "label_embs", "regression_head.*"]
+MUSIC_ONLY = {"modalities": ["music"]}          # music questions / captions (and any music-only shards)
+
+# CPU: the tiny encoder on synthetic-world's music clips (2 s notes and chords, 4 s click tracks; ~770 clips
+# in the default 4,000-sample build), MERT's objective with the rvq teacher trained first (8 x 64 codes).
+# Settings: MERT-v1's objective settings at a CPU scale, not tuned; what the probes show for it is in
+# model_cards/mert.md (1500 steps take ~40 min at 1 thread on the shared 2-core CPU).
+MERT_TINY_RECIPE = {
+    "description": "MERT pretraining of the tiny music encoder on synthetic-world's music clips (CPU, rvq teacher "
+                   "8 x 64, CQT, noise mixture)",
+    "model": {"family": "mert", "size": "tiny", "settings": {"codebooks": [64] * 8}},
+    "data": copy.deepcopy(SYNTHETIC_WORLD),
+    "stages": [{
+        "name": "pretrain", "trainable": TRAINABLE, "llm": "frozen", "filter": dict(MUSIC_ONLY),
+        "steps": 1500, "lr": 2e-3, "batch_size": 16, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
+        "schedule": "cosine", "warmup": 0.08, "grad_clip": 10.0, "max_len": 8,
+        "objective": "masked_prediction",
+        "objective_settings": {"teacher": "rvq", "codebook_size": 64, "teacher_settings": {"codebooks": 8},
+                               "teacher_frames": 20000, "mask_prob": 0.8, "mask_span": 5, "noise_prob": 0.5,
+                               "clip_seconds": 2.0, "min_seconds": 1.5, "target_cache_mb": 512},
+    }],
+    "runtime": {"checkpoint_every": 500, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0, "num_workers": 1,
+                "log_every": 10},
+}
+
+# GPU: MERT-v1-95M's settings (mert-notes: Y95 / RUN) - 5 s crops, mask 0.8 / 5, Adam (0.9, 0.98) eps 1e-6,
+# wd 0.01, lr 5e-4, 8 % warmup, clip 10, loss = sum of 8 codebook CEs + linear-magnitude CQT MSE, noise
+# mixture p 0.5 with 0.5-1 s segments; batch 120 clips (15 per GPU x 8). The acoustic teacher here is the rvq
+# autoencoder with 8 x 1024 codes (trained first); MERT-v1's EnCodec: objective_settings.teacher=encodec
+# objective_settings.teacher_settings='{path: /models/encodec_24khz, bandwidth: 6.0}'. MERT drops clips under
+# 3 s; synthetic-world's music is 2 s (click tracks 4 s), so they are zero-padded to 5 s here: for your own
+# music shards set min_seconds: 3. The budget is yours: MERT ran 400k steps.
+MERT_95M_RECIPE = {
+    "description": "MERT-v1-95M settings (GPU; point data.* at your music shards): rvq 8 x 1024 teacher or a local "
+                   "EnCodec, CQT, noise mixture",
+    "model": {"family": "mert", "size": "95m", "settings": {}},
+    "data": copy.deepcopy(SYNTHETIC_WORLD),
+    "stages": [{
+        "name": "pretrain", "trainable": TRAINABLE, "llm": "frozen", "filter": dict(MUSIC_ONLY),
+        "steps": 400000, "lr": 5e-4, "batch_size": 120, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
+        "schedule": "cosine", "warmup": 0.08, "grad_clip": 10.0, "max_len": 8,
+        "objective": "masked_prediction",
+        "objective_settings": {"teacher": "rvq", "codebook_size": 1024,
+                               "teacher_settings": {"codebooks": 8, "steps": 3000, "batch_clips": 64},
+                               "teacher_frames": 300000, "mask_prob": 0.8, "mask_span": 5, "min_masks": 2,
+                               "noise_prob": 0.5, "noise_segments": [1, 3], "noise_seconds": [0.5, 1.0],
+                               "cqt_log": False, "clip_seconds": 5.0, "min_seconds": 1.5},
+    }],
+    "runtime": {"checkpoint_every": 2000, "keep_last": 3, "output_dir": "runs/{name}", "num_workers": 4,
+                "strategy": "ddp", "log_every": 50},
+}
 
 register_family(Family(
     name="mert",
@@ -181,6 +258,7 @@ register_family(Family(
     sizes={"tiny": {}, "95m": SIZE_95M},
     test_widths={"95m": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                              conv_dim=32, conv_pos=16, conv_pos_groups=4, codebooks=[64] * 8)},
+    recipes={"tiny": MERT_TINY_RECIPE, "95m": MERT_95M_RECIPE},
     modalities_of=lambda settings: ("music",),
     loads=lambda path, config: (path / HEADS_CONFIG).is_file(),
     load=MertModel.from_folder,

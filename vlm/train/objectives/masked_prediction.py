@@ -6,6 +6,12 @@ while the targets stay those of the clean clip (MERT's in-batch noise mixture).
 
     stages: [{name: pretrain, objective: masked_prediction,
               objective_settings: {teacher: mel_kmeans, codebook_size: 64, mask_prob: 0.8, mask_span: 5}}]
+    objective_settings: {teacher: rvq, codebook_size: 1024, teacher_settings: {codebooks: 8, steps: 2000}}
+    objective_settings: {teacher: encodec, teacher_settings: {path: /models/encodec_24khz, bandwidth: 6.0}}
+
+The acoustic teacher (`vlm.train.objectives.teachers`) is fitted in `prepare` on the stage's audio
+(mel_kmeans, rvq; nothing to fit for encodec) and saved under <run>/objectives/stage-i/; its codes and
+the CQT are computed on the fly from each clean crop.
 
 Masking as fairseq's `compute_mask_indices` (static spans): per clip, int(mask_prob * T / span + u)
 span starts (u ~ U[0, 1), at least `min_masks`) drawn without replacement, each covering `mask_span`
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +34,8 @@ from torch import Tensor, nn
 
 from vlm.errors import UserError
 from vlm.train.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
-from vlm.train.objectives.teachers import ACOUSTIC_TEACHERS, CQTTarget, build_teacher, normalise
+from vlm.train.objectives.teachers import ACOUSTIC_TEACHERS, CQTTarget, build_teacher, normalise, \
+    teacher_settings_error
 
 TEACHER_FILE = "teacher.safetensors"
 
@@ -37,9 +45,10 @@ class MaskedPredictionSettings:
     mask_prob: float = 0.8                 # span starts per frame x span (MERT / HuBERT: 0.8)
     mask_span: int = 5                     # frames per span (MERT: 5)
     min_masks: int = 2
-    teacher: str = "mel_kmeans"            # the acoustic teacher (vlm.train.objectives.teachers)
-    codebook_size: int = 64                # units per codebook of a fitted teacher
+    teacher: str = "mel_kmeans"            # the acoustic teacher: mel_kmeans | rvq | encodec (teachers.py)
+    codebook_size: int = 64                # units per codebook of a fitted teacher (encodec: its checkpoint's)
     teacher_frames: int = 20000            # frames of training audio the teacher is fitted on
+    teacher_settings: dict[str, Any] = field(default_factory=dict)   # the teacher's own (rvq: codebooks, steps; encodec: path)
     regression: bool = True                # the musical teacher: the CQT of the masked frames
     cqt_log: bool = True                   # regress log(1 + |CQT|); false: the linear magnitude, as MERT does
     codebook_weight: float = 1.0
@@ -49,6 +58,7 @@ class MaskedPredictionSettings:
     noise_seconds: list[float] = field(default_factory=lambda: [0.5, 1.0])   # length of a segment
     noise_snr_db: list[float] = field(default_factory=lambda: [0.0, 10.0])   # clip-to-segment power ratio
     clip_seconds: float = 5.0              # crop length (MERT: 5 s)
+    target_cache_mb: float = 0.0           # > 0: keep each crop's targets in memory (clips seen again are free)
     min_seconds: float = 1.5               # shorter clips are skipped (the CQT's lowest band needs ~1.4 s)
 
     def check(self, where: str) -> None:
@@ -60,12 +70,15 @@ class MaskedPredictionSettings:
         need(self.teacher in ACOUSTIC_TEACHERS, "teacher",
              f"unknown acoustic teacher '{self.teacher}'; known: {', '.join(ACOUSTIC_TEACHERS.names())}")
         need(self.codebook_size >= 2, "codebook_size", f"must be >= 2, got {self.codebook_size}")
+        problem = teacher_settings_error(self.teacher, self.teacher_settings)
+        need(problem is None, "teacher_settings", str(problem))
         need(0 <= self.noise_prob <= 1, "noise_prob", f"must be in [0, 1], got {self.noise_prob}")
         for name in ("noise_segments", "noise_seconds", "noise_snr_db"):
             v = getattr(self, name)
             need(len(v) == 2 and v[0] <= v[1], name, f"a [low, high] range, got {v}")
         need(self.noise_segments[0] >= 1 and self.noise_seconds[0] > 0, "noise_segments", "segments >= 1, seconds > 0")
         need(0 < self.min_seconds <= self.clip_seconds, "min_seconds", "must be in (0, clip_seconds]")
+        need(self.target_cache_mb >= 0, "target_cache_mb", f"must be >= 0, got {self.target_cache_mb}")
 
 
 def span_mask(frames: int, valid: int, prob: float, span: int, min_masks: int, gen: torch.Generator) -> Tensor:
@@ -111,6 +124,39 @@ def mix_noise(wave: Tensor, lengths: Tensor, gens: list[torch.Generator], s: Mas
     return out
 
 
+class TargetCache:
+    """Targets of clips seen before, in memory (CPU), least recently used out first past `capacity` bytes.
+    Keyed by a digest of the clip's real samples, its padded length and the frame count."""
+
+    def __init__(self, capacity: int):
+        from collections import OrderedDict
+        self.capacity, self.used = capacity, 0
+        self.items: OrderedDict[str, tuple[Tensor, Tensor | None]] = OrderedDict()
+
+    @staticmethod
+    def key(wave: Tensor, length: int, frames: int) -> str:
+        import hashlib
+        data = wave[:length].detach().float().cpu().contiguous().numpy().tobytes()
+        return f"{hashlib.blake2b(data, digest_size=16).hexdigest()}:{wave.shape[-1]}:{length}:{frames}"
+
+    def get(self, key: str) -> tuple[Tensor, Tensor | None] | None:
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items.move_to_end(key)
+        return hit
+
+    def put(self, key: str, value: tuple[Tensor, Tensor | None]) -> None:
+        value = tuple(v.cpu() if v is not None else None for v in value)          # type: ignore[assignment]
+        size = sum(v.numel() * v.element_size() for v in value if v is not None)
+        if size > self.capacity:
+            return
+        self.items[key] = value
+        self.used += size
+        while self.used > self.capacity:
+            _, old = self.items.popitem(last=False)
+            self.used -= sum(v.numel() * v.element_size() for v in old if v is not None)
+
+
 @OBJECTIVES.register("masked_prediction")
 class MaskedPrediction(Objective):
     """Masked audio frames: per-codebook cross-entropy + CQT regression (MERT / HuBERT)."""
@@ -122,8 +168,10 @@ class MaskedPrediction(Objective):
     def __init__(self, settings=None):
         super().__init__(settings)
         s = self.settings
-        self.teacher = build_teacher(s.teacher, codebook_size=s.codebook_size, max_frames=s.teacher_frames)
+        self.teacher = build_teacher(s.teacher, codebook_size=s.codebook_size, max_frames=s.teacher_frames,
+                                     **s.teacher_settings)
         self.cqt = CQTTarget() if s.regression else None
+        self.cache = TargetCache(int(s.target_cache_mb * 2**20))
 
     def format_settings(self) -> dict:
         return {"modality": "music", "clip_seconds": self.settings.clip_seconds, "min_seconds": self.settings.min_seconds}
@@ -142,17 +190,42 @@ class MaskedPrediction(Objective):
                             f"gives {self.cqt.n_bins}")
 
     def prepare(self, model: nn.Module, batches, state_dir) -> None:
-        """Fit the acoustic teacher on the stage's audio once; a resumed run reads it back."""
+        """Fit the acoustic teacher on the stage's audio once; a resumed run reads it back. Every rank fits
+        the same teacher (same data, same seed) and writes the same bytes (each through its own temp file)."""
+        import os
+
         from safetensors.torch import load_file, save_file
+        if not self.teacher.needs_fit:
+            return
         path = Path(state_dir) / TEACHER_FILE
         if path.exists():
-            self.teacher.load_state_dict(load_file(str(path)))
+            self.teacher.load_fitted(load_file(str(path)))
             return
         self.teacher.fit((b["audio"] for b in batches()), seed=0)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.teacher.state_dict().items()}, str(tmp))
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_file(self.teacher.fitted_state(), str(tmp))
         tmp.replace(path)
+
+    def targets(self, wave: Tensor, lengths: Tensor, frames: int) -> tuple[Tensor, Tensor | None]:
+        """The teacher's codes [B, T, K] and the CQT [B, T, R] (None without the musical teacher) of the
+        clean clips. With the cache on, each clip's targets are computed alone (so they are the same bits
+        whatever batch it comes in) and kept, keyed by its samples."""
+        def compute(w: Tensor, n: Tensor) -> tuple[Tensor, Tensor | None]:
+            codes = self.teacher(w, frames, n)                                          # [b, T, K]
+            return codes, (self.cqt(normalise(w, n), frames) if self.cqt is not None else None)
+        if not self.cache.capacity:
+            return compute(wave, lengths)
+        out = []
+        for i in range(wave.shape[0]):
+            key = self.cache.key(wave[i], int(lengths[i]), frames)
+            hit = self.cache.get(key)
+            if hit is None:
+                hit = compute(wave[i:i + 1], lengths[i:i + 1])
+                self.cache.put(key, hit)
+            out.append(hit)
+        codes = torch.cat([c for c, _ in out]).to(wave.device)
+        return codes, (torch.cat([sp for _, sp in out]).to(wave.device) if self.cqt is not None else None)
 
     def forward(self, model: nn.Module, batch: dict) -> ObjectiveOutput:
         s = self.settings
@@ -164,8 +237,7 @@ class MaskedPrediction(Objective):
         masks = [span_mask(T, int(v), s.mask_prob, s.mask_span, s.min_masks, torch.Generator().manual_seed(sd))
                  for v, sd in zip(valid, seeds)]
         mask = torch.stack(masks).to(wave.device)                                       # [B, T]
-        clean = normalise(wave, lengths)
-        codes = self.teacher(clean, T)                                                  # [B, T, K]
+        codes, spec = self.targets(wave, lengths, T)                                    # of the clean clips
         x = wave
         if s.noise_prob > 0:
             gens = [torch.Generator().manual_seed(sd + 1) for sd in seeds]
@@ -178,8 +250,8 @@ class MaskedPrediction(Objective):
         ce_sum = torch.stack(ce).sum(0)                                                 # [M]: summed over codebooks
         loss = s.codebook_weight * ce_sum.sum()
         metrics = {"codebook_ce": float(ce_sum.detach().sum())}
-        if self.cqt is not None:
-            spec = self.cqt(clean, T)[mask]                                             # [M, R]
+        if spec is not None:
+            spec = spec[mask]                                                           # [M, R]
             if s.cqt_log:        # the few peak bins of a linear spectrum would dominate the MSE of a small model
                 spec = torch.log1p(spec)
             mse = (model.regression(h).float() - spec).pow(2).mean(-1)                  # [M]

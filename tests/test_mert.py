@@ -1,0 +1,310 @@
+"""MERT beyond the objective's own tests (tests/test_objectives.py): the saved folder as a transformers
+HuBERT folder, the pretrained encoder by path in any family (`mert:PATH`, `hf:PATH`), the rvq and
+EnCodec teachers, the target cache, the probes (`vlm eval --suite music-probes`, `--bench audio-folder:DIR`)
+and bad audio (silent, clipped, very short, stereo, other rates, corrupt) in training and in probes."""
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import test_train_common as C
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
+
+def tone(freq: float, seconds: float, sr: int = 24000, harmonics: int = 2) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, harmonics + 1))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mert_folder(tmp_path_factory):
+    import vlm
+    model = vlm.build("mert", "tiny", codebooks=[16, 16], seed=3)
+    return Path(model.save_pretrained(tmp_path_factory.mktemp("mert") / "ckpt")), model
+
+
+# ------------------------------------------------------------------ the checkpoint folder
+def test_saved_folder_is_a_transformers_hubert_folder_with_identical_hidden_states(mert_folder):
+    from transformers import AutoModel
+
+    import vlm
+    folder, model = mert_folder
+    hf = AutoModel.from_pretrained(folder, local_files_only=True)        # no remote code, no hub
+    assert type(hf).__name__ == "HubertModel"
+    x = torch.from_numpy(tone(220, 1.0))[None]
+    with torch.no_grad():
+        ours = model.eval().encoder(x, output_hidden_states=True).hidden_states
+        theirs = hf.eval()(x, output_hidden_states=True).hidden_states
+        assert len(ours) == len(theirs) == 3 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        again = vlm.load(folder)                                          # + the prediction heads
+        h = again.encoder(x).last_hidden_state[0]
+        assert all(torch.equal(a, b) for a, b in zip(again.codebook_logits(h), model.codebook_logits(h)))
+
+
+@pytest.mark.parametrize("prefix", ["mert:", "hf:"])
+def test_pretrained_folder_as_music_encoder_matches_automodel_per_layer_and_never_masks(mert_folder, prefix):
+    from transformers import AutoModel
+
+    from encoders import build_encoder, build_encoder_from_spec
+    folder, _ = mert_folder
+    hf = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    enc = build_encoder(f"{prefix}{folder}")
+    assert enc.modality == "music" and enc.frame_rate == 75.0 and enc.hubert_config.apply_spec_augment is False
+    x = enc.preprocess((torch.from_numpy(tone(330, 1.0, 16000))[None].repeat(2, 1), 16000))   # stereo, 16 kHz
+    with torch.no_grad():
+        want = hf(x[None], output_hidden_states=True).hidden_states
+        for mode in ("eval", "train"):                  # a VLM stage puts the frozen encoder in train mode
+            getattr(enc, mode)()
+            for k in range(3):
+                enc.feature_layer = k
+                assert torch.equal(enc(x[None]), want[k]), (mode, k)
+        masked = hf.train()(x[None]).last_hidden_state     # transformers in train mode masks ~5 % of frames
+        assert not torch.equal(masked, want[-1])
+    rebuilt = build_encoder_from_spec(enc.spec())          # a VLM checkpoint rebuilds it without the folder
+    rebuilt.load_state_dict(enc.state_dict())
+    assert torch.equal(rebuilt.eval()(x[None]), enc.eval()(x[None]))
+
+
+def test_a_llava_model_takes_the_pretrained_encoder_by_path(mert_folder, tmp_path):
+    import vlm
+    folder, _ = mert_folder
+    model = vlm.build("llava", "tiny", vision=None, audio=None, video=None, music=f"mert:{folder}")
+    ref = vlm.load(folder).encoder
+    got = model.media["music"].encoder.model
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), ref.state_dict().values()))
+    loaded = vlm.load(model.save_pretrained(tmp_path / "llava"))
+    assert torch.equal(loaded.media["music"].encoder.model.feature_projection.projection.weight,
+                       ref.feature_projection.projection.weight)
+    with pytest.raises(Exception, match="not a HuBERT"):
+        vlm.build("llava", "tiny", vision=None, audio=None, video=None, music=f"mert:{tmp_path / 'llava'}")
+
+
+def test_feature_grad_mult_scales_only_the_conv_front_ends_gradient_and_is_saved(tmp_path):
+    import vlm
+    x = torch.from_numpy(tone(220, 0.5))[None]
+    grads = {}
+    for mult in (1.0, 0.1):
+        model = vlm.build("mert", "tiny", codebooks=[16, 16], feature_grad_mult=mult, seed=5)
+        model.eval().encoder(x).last_hidden_state.pow(2).mean().backward()   # eval: no SpecAugment draw
+        grads[mult] = (model.encoder.feature_extractor.conv_layers[0].conv.weight.grad.clone(),
+                       model.encoder.feature_projection.projection.weight.grad.clone())
+    assert torch.allclose(grads[0.1][0], 0.1 * grads[1.0][0], rtol=1e-4, atol=1e-9)
+    assert torch.equal(grads[0.1][1], grads[1.0][1])            # above the front end: untouched
+    assert vlm.load(model.save_pretrained(tmp_path / "m")).config.feature_grad_mult == 0.1
+
+
+@pytest.mark.parametrize("family,settings", [("omni", {}), ("llava", {"vision": None})])
+def test_pretrained_folder_is_the_music_encoder_of_any_family_in_format_3(mert_folder, tmp_path, family, settings):
+    """omni (music encoder shared by <music> items and the video soundtrack) and llava-music-tiny's model:
+    `music: mert:PATH` becomes `encoders.music`, saved and reloaded (format 3) without the folder."""
+    import vlm
+    from vlm.train.recipe import build_model, load_recipe
+    folder, _ = mert_folder
+    if family == "omni":
+        model = vlm.build("omni", "tiny", music=f"mert:{folder}")
+    else:
+        recipe = load_recipe("llava-music-tiny", [f"model.settings.music=mert:{folder}"], check_files=False)
+        model = build_model(recipe.model, seed=0)
+    ref = vlm.load(folder).encoder.state_dict()
+    got = {k[len("encoders.music.model."):]: v for k, v in model.state_dict().items()
+           if k.startswith("encoders.music.model.")}
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+    saved = model.save_pretrained(tmp_path / family)
+    import json
+    cfg = json.loads((Path(saved) / "config.json").read_text())
+    assert cfg["format_version"] == 3 and cfg["media"]["music"]["encoder"] == "music"
+    assert cfg["encoders"]["music"]["name"].startswith("mert")      # the spec: rebuilt without the folder
+    loaded = vlm.load(saved)
+    x = torch.from_numpy(tone(440, 0.5))[None]
+    with torch.no_grad():
+        assert torch.equal(loaded.encoders["music"].eval()(x), model.encoders["music"].eval()(x))
+
+
+# ------------------------------------------------------------------ the teachers
+def test_rvq_teacher_is_deterministic_and_its_codes_keep_the_audio():
+    from vlm.train.objectives.teachers import build_teacher
+    waves = [torch.stack([torch.from_numpy(tone(110 * 2 ** ((4 * i + j) / 12), 2.0, harmonics=1 + (i + j) % 3))
+                          for j in range(4)]) for i in range(4)]
+    a, b = (build_teacher("rvq", codebook_size=16, max_frames=2000, steps=60) for _ in range(2))
+    a.fit(iter(waves), seed=0)
+    b.fit(iter(waves), seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(a.fitted_state().values(), b.fitted_state().values()))
+    assert a.history[-1] < 0.3 * a.history[0]                              # reconstruction through 8 codebooks
+    assert a.reconstruction_error(waves[1]) < 0.3
+    codes = a(waves[1], 120)
+    assert codes.shape == (4, 120, 8) and codes.dtype == torch.int64 and codes.max() < 16
+    assert all(len(codes[..., k].unique()) > 2 for k in range(8))
+
+
+def tiny_encodec(folder: Path) -> Path:
+    from transformers import EncodecConfig, EncodecModel
+    torch.manual_seed(0)
+    model = EncodecModel(EncodecConfig(num_filters=4, hidden_size=16, codebook_size=16, codebook_dim=16,
+                                       num_lstm_layers=1, target_bandwidths=[1.2, 2.4]))  # 2.4 kbps: 8 x 4 bits at 75 Hz
+    for layer in model.quantizer.layers:                                      # random, not all-zero, codes
+        layer.codebook.embed.normal_()
+        layer.codebook.inited.fill_(1)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_encodec_teacher_gives_the_local_checkpoints_codes(tmp_path):
+    from transformers import EncodecModel
+
+    from vlm.errors import UserError
+    from vlm.train.objectives.teachers import build_teacher
+    folder = tiny_encodec(tmp_path / "encodec")
+    teacher = build_teacher("encodec", codebook_size=64, max_frames=10, path=str(folder), bandwidth=2.4)
+    assert teacher.codebook_sizes == [16] * 8 and not teacher.needs_fit and teacher.fitted_state() == {}
+    wave = torch.stack([torch.from_numpy(tone(f, 1.0)) for f in (220, 440)])
+    codes = teacher(wave, 70)
+    ref = EncodecModel.from_pretrained(folder).eval().encode(wave[:, None], bandwidth=2.4).audio_codes[0]   # [B, 8, 75]
+    assert torch.equal(codes, ref.transpose(1, 2)[:, :70]) and len(codes.unique()) > 2
+    assert build_teacher("encodec", path=str(folder), bandwidth=1.2).codebook_sizes == [16] * 4
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text('{"model_type": "encodec"}')
+    for path, msg in [(None, "teacher_settings.path"), (tmp_path / "none", "not a local folder"),
+                      (tmp_path / "bin", "no .safetensors"), (folder, "bandwidth 6.0")]:
+        with pytest.raises(UserError, match=msg):
+            build_teacher("encodec", path=str(path) if path else None, bandwidth=6.0 if path == folder else 2.4)
+
+
+def test_cached_targets_equal_the_computed_ones_and_are_reused():
+    from vlm.train.objectives.masked_prediction import MaskedPrediction, MaskedPredictionSettings
+    wave = torch.stack([torch.from_numpy(tone(f, 2.0)) for f in (110, 220, 440)])
+    lengths = torch.tensor([48000, 48000, 30000])
+    wave[2, 30000:] = 0
+    plain = MaskedPrediction(MaskedPredictionSettings(codebook_size=8))
+    cached = MaskedPrediction(MaskedPredictionSettings(codebook_size=8, target_cache_mb=16))
+    cached.teacher.load_state_dict(plain.teacher.state_dict())
+    a_codes, a_spec = plain.targets(wave, lengths, 149)
+    b_codes, b_spec = cached.targets(wave, lengths, 149)
+    assert torch.equal(a_codes, b_codes) and torch.allclose(a_spec, b_spec, atol=1e-4)
+    assert len(cached.cache.items) == 3
+    c_codes, c_spec = cached.targets(wave[[1, 0]], lengths[[1, 0]], 149)        # another batch: from the cache
+    assert torch.equal(c_spec, b_spec[[1, 0]]) and torch.equal(c_codes, b_codes[[1, 0]])
+
+
+# ------------------------------------------------------------------ bad audio
+def flac(wave: np.ndarray, sr: int) -> bytes:
+    import soundfile as sf
+    buf = io.BytesIO()
+    sf.write(buf, wave.T if wave.ndim == 2 else wave, sr, format="FLAC")
+    return buf.getvalue()
+
+
+def wav_float(wave: np.ndarray, sr: int) -> bytes:
+    import soundfile as sf
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+BAD_AUDIO = {   # name -> (file bytes, what must happen); the bad ones first
+    "short": (lambda: flac(tone(440, 0.5), 24000), "too_short"),           # < the CQT's 1.4 s lowest kernel
+    "corrupt": (lambda: b"fLaC" + b"\x00" * 300, "bad_audio"),
+    "nan": (lambda: wav_float(np.where(np.arange(48000) % 7 == 0, np.nan, tone(220, 2.0)).astype(np.float32), 24000),
+            "bad_audio"),
+    "silent": (lambda: flac(np.zeros(48000, np.float32), 24000), "kept"),
+    "clipped": (lambda: flac(np.clip(4 * tone(220, 2.0), -1, 1), 24000), "kept"),
+    "stereo": (lambda: flac(np.stack([tone(220, 2.0), tone(330, 2.0)]), 24000), "kept"),
+    "rate16k": (lambda: flac(tone(220, 2.0, 16000), 16000), "kept"),
+    "rate44k": (lambda: flac(tone(220, 2.0, 44100), 44100), "kept"),
+}
+
+
+def test_bad_audio_in_pretraining_is_resampled_padded_or_skipped_and_counted(tmp_path):
+    from vlm.data.pipeline import PipelineConfig, ShardPipeline
+    from vlm.data.writer import ShardWriter
+    from vlm.train.objectives.masked_prediction import MaskedPrediction, MaskedPredictionSettings
+
+    import vlm
+    with ShardWriter(str(tmp_path / "bad"), max_count=100) as w:
+        w.write({"__key__": "text", "json": {"conversations": C.conv("hi", "there")}})
+        for name, (make, _) in BAD_AUDIO.items():
+            w.write({"__key__": name, "wav" if name == "nan" else "flac": make(), "json": {"modality": "music"}})
+    model = vlm.build("mert", "tiny", codebooks=[8, 8])
+    settings = MaskedPredictionSettings(codebook_size=8, clip_seconds=2.0, min_seconds=1.5, noise_prob=1.0,
+                                        teacher_frames=500)
+    objective = MaskedPrediction(settings)
+    cfg = PipelineConfig(batch_size=5, max_len=8, shuffle_buffer=0, num_workers=0, format="clips",
+                         format_settings=objective.format_settings(), max_error_rate=0.5)
+    pipe = ShardPipeline([{"name": "bad", "shards": [str(tmp_path / "bad")], "weight": 1.0}], model.processor, cfg)
+    batch = next(iter(pipe))
+    assert sorted(batch["sample_keys"]) == sorted(k for k, (_, what) in BAD_AUDIO.items() if what == "kept")
+    assert pipe.stats.skipped == {"too_short": 1, "bad_audio": 2, "no_audio": 1}
+    assert pipe.stats.converted == {"audio_resampled": 2, "audio_downmixed": 1}
+    assert pipe.stats.errors == 2                          # too short / no audio: the settings drop them
+    objective.teacher.fit(iter([batch["audio"]]), seed=0)
+    out = objective(model, batch)
+    assert math.isfinite(float(out.loss.detach())) and all(math.isfinite(v) for v in out.metrics.values())
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------ probes
+@pytest.fixture(scope="module")
+def probe_world(tmp_path_factory):
+    from vlm.data.synthetic import build_synthetic_world
+    world = tmp_path_factory.mktemp("probes") / "sw"
+    build_synthetic_world(world, samples=48, seed=0, eval_per_task=4, splits=("train", "test"), workers=1,
+                          classification=False, tasks=["music_pitch", "music_chord", "music_instrument", "music_tempo"])
+    return world
+
+
+def test_music_probes_suite_prints_the_per_layer_table(probe_world, mert_folder, tmp_path, capsys):
+    from vlm.cli import main
+    folder, _ = mert_folder
+    assert main(["eval", "--suite", "music-probes", "--model", str(folder), "--data", str(probe_world),
+                 "--out", str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Probe accuracy per encoder layer" in out
+    table = [ln for ln in out.splitlines() if ln.startswith("| ckpt | sw-probe-music-")]
+    assert len(table) == 4
+    for ln in table:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        assert len(cells) == 2 + 3 + 2                       # model, benchmark, layers 0-2, weighted, top weight
+        assert all(0.0 <= float(c) <= 1.0 for c in cells[2:6])
+
+
+def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(mert_folder, tmp_path, capsys):
+    folder, _ = mert_folder
+    d = tmp_path / "mine"
+    (d / "clips").mkdir(parents=True)
+    rows = ["path,label"]
+    for i in range(12):
+        label = ["low", "high"][i % 2]
+        (d / "clips" / f"{i}.flac").write_bytes(flac(tone(110 if label == "low" else 880, 0.6), 24000))
+        rows.append(f"clips/{i}.flac,{label}")
+    for name in ("silent", "stereo", "rate16k", "corrupt", "nan"):
+        (d / "clips" / f"{name}.flac").write_bytes(BAD_AUDIO[name][0]())
+        rows.append(f"clips/{name}.flac,low")
+    (d / "clips" / "tiny.wav").write_bytes(flac(tone(440, 0.05), 24000))
+    rows += ["clips/tiny.wav,high", "clips/missing.flac,high"]
+    (d / "labels.csv").write_text("\n".join(rows) + "\n")
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    res = evaluate([str(folder)], [get_benchmark(f"audio-folder:{d}")],
+                   RunConfig(out=str(tmp_path / "eval"), cache=False, progress=False))
+    [rec] = res.records
+    assert rec["status"] == "ok", rec
+    m = rec["metrics"]
+    skipped = {k: v for k, v in m.items() if k.startswith("skipped_")}
+    assert sum(skipped.values()) == 4 and skipped.get("skipped_missing_file") == 1
+    assert m["n"] + m["n_train"] == 12 + 5 + 2 - 4 and 0 <= m["accuracy"] <= 1
+    assert [r["layer"] for r in rec["tables"]["layers"]] == [0, 1, 2]
+    from vlm.cli import main
+    (d / "labels.csv").write_text("file,label\nclips/0.flac,low\n")
+    capsys.readouterr()
+    assert main(["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "e2")]) == 2
+    err = capsys.readouterr().err
+    assert "labels.csv: header must be" in err and len(err.strip().splitlines()) == 1
