@@ -14,6 +14,7 @@ builds the model. `fingerprint` identifies the weights for the feature cache.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 

@@ -66,7 +66,7 @@ class Energy(Encoder, kind="test_energy"):
 
 @pytest.fixture(scope="module")
 def omni():
-    return vlm.build("omni", "tiny").eval()
+    return vlm.build("omni", "tiny", frame_pool=2).eval()          # 2x2 pooling, as the 0.5b size
 
 
 def test_frames_are_sampled_uniformly_and_pooled_to_the_configured_count(omni):
@@ -84,7 +84,7 @@ def test_frames_are_sampled_uniformly_and_pooled_to_the_configured_count(omni):
     n_audio = tok.token_count().audio.count((1, item.shape[5]))
     assert feats[0].shape[0] == 6 * per_frame + n_music + n_audio == omni.num_media_tokens("video", item)
     assert feats[1].shape[0] == omni.num_media_tokens("video", short)
-    muted = vlm.build("omni", "tiny", mute=["music"]).media["video"]
+    muted = vlm.build("omni", "tiny", frame_pool=2, mute=["music"]).media["video"]
     assert muted.token_count()(muted.preprocess(clip_mp4())) == 6 * per_frame + n_audio
 
 
@@ -104,7 +104,7 @@ def test_a_beep_cut_from_a_longer_video_lands_in_its_frames_window(tmp_path):
     ref = next(iter(scan_shard(str(tmp_path / "out" / "shard-000000.tar"))))
     mp4, meta = read_fields(ref)["mp4"], json.loads(read_fields(ref)["json"])
     assert meta["quality"] == 0.5 and meta["task"] in ("trailer_visual", "trailer_merged")
-    model = vlm.build("omni", "tiny", audio=None, music_pool=1).eval()
+    model = vlm.build("omni", "tiny", audio=None, music_pool=1, frame_pool=2).eval()
     model.replace_encoder("music", Energy(model.encoders["music"].preprocess))
     tok = model.media["video"]
     item = tok.preprocess(mp4)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+import helpers_media as H
 import test_train_common as C
 
 from vlm.data.filters import FILTERED, NOT_FOR_MODEL
@@ -30,11 +31,31 @@ NOT_ERRORS = {FILTERED, NOT_FOR_MODEL, "too_long"}
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A working directory with `data/synthetic-world` (every task and split, small)."""
+    """A working directory with the data the recipes name: `data/synthetic-world` (every task and split,
+    small), `data/sw-mmeb` (its MMEB-style pair tasks) and `data/mmeb-train` (MMEB-train's format, a
+    hand-made local copy through `vlm data convert mmeb`)."""
+    from vlm.data.mmeb import convert_mmeb_train
     from vlm.data.synthetic import build_synthetic_world
     root = tmp_path_factory.mktemp("recipes")
     build_synthetic_world(root / "data" / "synthetic-world", samples=120, seed=0, eval_per_task=2, workers=1)
+    build_synthetic_world(root / "data" / "sw-mmeb", samples=48, seed=0, eval_per_task=2, workers=1, tasks=["mmeb"])
+    copy = root / "MMEB-train"
+    (copy / "images").mkdir(parents=True)
+    for i, colour in enumerate(["red", "blue", "green", "yellow"]):
+        H.image(colour, 32).save(copy / "images" / f"{i}.jpg")
+    _write_parquet(copy / "A-OKVQA" / "original-00000-of-00001.parquet", [
+        {"qry": "<|image_1|>\nRepresent the given image with the following question: What colour?\n",
+         "qry_image_path": f"images/{i % 4}.jpg", "pos_text": c, "pos_image_path": "", "neg_text": "",
+         "neg_image_path": ""} for i, c in enumerate(["red", "blue", "green", "yellow"] * 2)])
+    convert_mmeb_train(str(copy), str(root / "data" / "mmeb-train"))
     return root
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
 
 
 def safetensors_of(folder: Path) -> dict:

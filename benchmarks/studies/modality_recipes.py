@@ -18,6 +18,8 @@ Every model is scored by the benchmark runner on the test split (each recipe's s
   omni, music muted / soundtrack muted: instrument within 2 binomial standard errors of chance (it drops to
                       chance), shape within 0.05 of the unmuted score (it stays)
 Captions have no target; CIDEr and ROUGE-L are shown. Settings are the recipes' own (nothing is chosen here).
+Written: OUT/table.md (the printed tables), OUT/summary.json, OUT/results.jsonl (for the model cards:
+`vlm card model_cards/omni.md --results OUT/results.jsonl`).
 """
 from __future__ import annotations
 
@@ -129,6 +131,20 @@ def target(bench: str, chance: float | None, n: int, vals: dict[str, list[float]
     return "; ".join(parts)
 
 
+def card_rows(rows: list[dict]) -> list[dict]:
+    """The study's results file for model cards (`vlm card CARD --results OUT/results.jsonl`): one row per
+    recipe variant x benchmark x metric x seed, the model named '<recipe> <variant>'."""
+    out = []
+    for r in rows:
+        base = {"model": f"{r['recipe']} {r['variant']}", "benchmark": r["benchmark"],
+                **{k: r[k] for k in ("type", "capability", "kind") if r.get(k)}}
+        metrics = [(r["metric"], r["score"])] + ([("rouge_l", r["rouge_l"])] if r.get("rouge_l") is not None else [])
+        for metric, score in metrics:
+            out.append({**base, "metric": metric, "score": round(score, 6), "n": int(r["n"]), "seed": r["seed"],
+                        **({"chance": round(r["chance"], 6)} if r.get("chance") is not None else {})})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="the subset's folder (default OUT/data; built if absent)")
@@ -145,6 +161,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
+    from benchmarks.model_card import write_results
     from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
     out = Path(a.out)
@@ -170,12 +187,14 @@ def main(argv=None) -> int:
             rows.append(dict(recipe=recipe, seed=seed, variant=variant, benchmark=r["benchmark"],
                              metric=r.get("metric") or ("cider" if "cider" in m else "accuracy"),
                              score=float(r["score"]), n=float(r["n"]), chance=m.get("chance"),
-                             rouge_l=m.get("rouge_l")))
+                             rouge_l=m.get("rouge_l"), type=r.get("type"), capability=r.get("capability"),
+                             kind=r.get("kind")))
     text = tables(rows, a.seeds)
     walls = {p.parent.name: float(p.read_text()) for p in sorted((out / "train").glob("*/wall_seconds.txt"))}
     print(text)
     print("training wall time per run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
     (out / "table.md").write_text(text)
+    write_results(out / "results.jsonl", card_rows(rows))
     (out / "summary.json").write_text(json.dumps({"rows": rows, "train_wall_seconds": walls}, indent=2))
     return 0
 

@@ -257,7 +257,7 @@ register_family(Family(
     builder=build_mert,
     sizes={"tiny": {}, "95m": SIZE_95M},
     test_widths={"95m": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                             conv_dim=32, conv_pos=16, conv_pos_groups=4, codebooks=[64] * 8)},
+                             conv_dim=32, conv_pos=16, conv_pos_groups=4)},
     recipes={"tiny": MERT_TINY_RECIPE, "95m": MERT_95M_RECIPE},
     modalities_of=lambda settings: ("music",),
     loads=lambda path, config: (path / HEADS_CONFIG).is_file(),
