@@ -15,6 +15,7 @@ builds the model. `fingerprint` identifies the weights for the feature cache.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 

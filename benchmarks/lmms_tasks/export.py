@@ -11,7 +11,6 @@ test). The parquet goes to the feature cache folder ($VLM_CACHE), keyed by the s
 from __future__ import annotations
 
 import functools
-import io
 import os
 from pathlib import Path
 from typing import Any

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.data import Sample
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, TaskResult, load_samples
 from vlm.errors import UserError

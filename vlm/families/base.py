@@ -55,7 +55,12 @@ class Family:
 
     def test_settings(self, size: str | None = None, overrides: dict | None = None) -> dict:
         """Builder settings that run `size` (+ `overrides`) at test widths with the same kinds of parts."""
-        shrunk = test_width_settings(self.settings(size, overrides), f"family '{self.name}' size '{size}'")
+        resolved = self.settings(size, overrides)
+        shrunk = test_width_settings(resolved, f"family '{self.name}' size '{size}'")
+        if resolved.get("base") and resolved.get("base") in FAMILIES.names():   # a family over another's model
+            base_settings = resolved.get("base_settings") or {}
+            shrunk["base_settings"] = {**base_settings, **FAMILIES.get(resolved["base"]).test_settings(
+                resolved.get("base_size"), base_settings)}
         return {**shrunk, **copy.deepcopy(self.test_widths.get(size, {}))}
 
     def settings(self, size: str | None = None, overrides: dict | None = None) -> dict:

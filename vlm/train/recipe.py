@@ -193,8 +193,12 @@ def smoke_recipe(spec: str, out: str | os.PathLike, steps: int = 2, batch: int =
     fam = get_family(model.get("family", ModelSpec.family))
     settings = model.get("settings", {})
     model["settings"] = {**settings, **fam.test_settings(model.get("size", ModelSpec.size), settings)}
+    from vlm.train.objectives import OBJECTIVES
     for st in raw.get("stages", []):
         st.update(steps=steps, tokens=None, batch_size=batch * int(st.get("grad_accum", 1)))
+        objective = st.get("objective", Stage.objective)
+        if objective in OBJECTIVES.names():
+            st["objective_settings"] = OBJECTIVES.get(objective).smoke_settings(st.get("objective_settings") or {})
     raw["runtime"] = {**raw.get("runtime", {}), "strategy": "none", "device": "cpu", "precision": "fp32",
                       "num_workers": 0, "compile": False, "checkpoint_every": 0, "log_every": 1,
                       "keep_last": len(raw.get("stages", [])) + 1, "output_dir": os.fspath(out), "wandb": False}

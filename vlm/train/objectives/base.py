@@ -67,6 +67,12 @@ class Objective(nn.Module):
         """What the data format needs from this objective's settings (e.g. clip length)."""
         return {}
 
+    @classmethod
+    def smoke_settings(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """The stage's raw `objective_settings` for a quick CPU run (`vlm.train.recipe.smoke_recipe`):
+        only what costs time shrinks (a teacher's fitting steps ...), never what the objective computes."""
+        return raw
+
     def check_model(self, model: nn.Module) -> None:
         """A one-line UserError if `model` cannot be trained with this objective."""
 

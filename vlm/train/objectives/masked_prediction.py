@@ -165,6 +165,18 @@ class MaskedPrediction(Objective):
     data_format = "clips"
     count_name = "masked_frames"
 
+    @classmethod
+    def smoke_settings(cls, raw):
+        """The teacher fits on a little audio in a few steps (its kind and code sizes as given)."""
+        raw = dict(raw)
+        raw["teacher_frames"] = min(int(raw.get("teacher_frames", MaskedPredictionSettings.teacher_frames)), 2000)
+        ts = dict(raw.get("teacher_settings") or {})
+        if raw.get("teacher", MaskedPredictionSettings.teacher) == "rvq":
+            ts["steps"] = min(int(ts.get("steps", 300)), 10)
+            ts["batch_clips"] = min(int(ts.get("batch_clips", 16)), 4)
+        raw["teacher_settings"] = ts
+        return raw
+
     def __init__(self, settings=None):
         super().__init__(settings)
         s = self.settings
