@@ -132,10 +132,11 @@ def to_yaml(data: Any) -> str:
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    """The resolved config as YAML, written atomically."""
+    """The resolved config as YAML, written atomically (a temporary file per process: ranks of one
+    torchrun job may write the same config at once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(to_yaml(cfg))
     os.replace(tmp, path)
     return path
