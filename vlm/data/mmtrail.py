@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm.data.convert import Skip, inside
 from vlm.errors import UserError
 
 PROMPTS = {"visual": "Describe what you see.", "music": "Describe the music.", "merged": "Describe the clip."}
@@ -80,13 +81,6 @@ def read_records(path: str) -> Iterator[tuple[int, Any]]:
                     yield i, json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}: line {i + 1} is not JSON ({e.msg})") from None
-
-
-def inside(root: str, rel: str) -> str | None:
-    """`rel` resolved under `root`, or None when it escapes it (absolute elsewhere, `..`)."""
-    base = os.path.realpath(root)
-    full = os.path.realpath(os.path.join(base, rel))
-    return full if os.path.commonpath([base, full]) == base else None
 
 
 def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool) -> tuple[np.ndarray, float, np.ndarray | None]:
@@ -196,9 +190,10 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
                 if end <= start:
                     raise ClipError("empty_range", f"{where}: frames [{start}, {end}) are empty")
                 rel = str(basic.get("video_path") or "")
-                path = inside(videos, rel)
-                if path is None:
-                    raise ClipError("path_outside_root", f"{where}: video_path {rel!r} leaves {videos}")
+                try:
+                    path = inside(videos, rel, f"{where}: video_path")          # confined to the videos folder
+                except Skip as e:
+                    raise ClipError(e.reason, str(e)) from None
                 if not os.path.isfile(path):
                     raise ClipError("missing_video", f"{where}: {rel} not found under {videos}")
                 caps = captions_of(rec)
