@@ -36,12 +36,6 @@ PROMPTS = {"visual": "Describe what you see.", "music": "Describe the music.", "
 MUSIC_SR = 24000
 
 
-class ClipError(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
 @dataclass
 class MMTrailReport:
     written: int = 0                              # samples (up to three per clip)
@@ -90,17 +84,17 @@ def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool
     try:
         container = av.open(path)
     except Exception as e:
-        raise ClipError("bad_video", f"{path}: cannot open ({str(e).splitlines()[0][:120]})") from None
+        raise Skip("bad_video", f"{path}: cannot open ({str(e).splitlines()[0][:120]})") from None
     try:
         if not container.streams.video:
-            raise ClipError("bad_video", f"{path}: no video stream")
+            raise Skip("bad_video", f"{path}: no video stream")
         vs = container.streams.video[0]
         rate = float(vs.average_rate or vs.guessed_rate or 0) or None
         if rate is None:
-            raise ClipError("bad_video", f"{path}: unknown frame rate")
+            raise Skip("bad_video", f"{path}: unknown frame rate")
         total = vs.frames or (int(float(vs.duration * vs.time_base) * rate) if vs.duration else 0)
         if total and start >= total:
-            raise ClipError("range_past_end", f"frames [{start}, {end}) start past the video's {total} frames")
+            raise Skip("range_past_end", f"frames [{start}, {end}) start past the video's {total} frames")
         t0, t1 = start / rate, end / rate
         step = max(1, round(rate / fps))
         frames = []
@@ -120,9 +114,9 @@ def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool
                         img = img.resize((w, h))
                     frames.append(np.asarray(img.convert("RGB")))
         except av.FFmpegError as e:
-            raise ClipError("bad_video", f"{path}: decoding failed ({str(e).splitlines()[0][:120]})") from None
+            raise Skip("bad_video", f"{path}: decoding failed ({str(e).splitlines()[0][:120]})") from None
         if not frames:
-            raise ClipError("range_past_end", f"frames [{start}, {end}) hold no decodable frame")
+            raise Skip("range_past_end", f"frames [{start}, {end}) hold no decodable frame")
         arr = np.stack(frames)
         if arr.shape[1] % 2 or arr.shape[2] % 2:                     # H.264 yuv420p: even sizes
             arr = arr[:, : arr.shape[1] // 2 * 2, : arr.shape[2] // 2 * 2]
@@ -180,32 +174,29 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
             where = f"record {i}"
             try:
                 if not isinstance(rec, dict) or not isinstance(rec.get("basic"), dict):
-                    raise ClipError("bad_record", f"{where}: no 'basic' object")
+                    raise Skip("bad_record", f"{where}: no 'basic' object")
                 basic = rec["basic"]
                 where = f"record {i} ({basic.get('clip_id', '?')})"
                 rng = basic.get("clip_start_end_idx")
                 if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) for x in rng)):
-                    raise ClipError("bad_record", f"{where}: clip_start_end_idx must be [start, end] frames")
+                    raise Skip("bad_record", f"{where}: clip_start_end_idx must be [start, end] frames")
                 start, end = rng
                 if end <= start:
-                    raise ClipError("empty_range", f"{where}: frames [{start}, {end}) are empty")
+                    raise Skip("empty_range", f"{where}: frames [{start}, {end}) are empty")
                 rel = str(basic.get("video_path") or "")
-                try:
-                    path = inside(videos, rel, f"{where}: video_path")          # confined to the videos folder
-                except Skip as e:
-                    raise ClipError(e.reason, str(e)) from None
+                path = inside(videos, rel, f"{where}: video_path")              # confined to the videos folder
                 if not os.path.isfile(path):
-                    raise ClipError("missing_video", f"{where}: {rel} not found under {videos}")
+                    raise Skip("missing_video", f"{where}: {rel} not found under {videos}")
                 caps = captions_of(rec)
                 if not caps:
-                    raise ClipError("no_caption", f"{where}: no visual, music or merged caption")
+                    raise Skip("no_caption", f"{where}: no visual, music or merged caption")
                 rate = float(basic.get("video_fps") or 0) or None
                 if rate:                                                   # cap the clip's length
                     end = min(end, start + int(max_seconds * rate))
                 frames, clip_fps, wave = cut_clip(path, start, end, fps, size, audio=True)
                 if wave is None and not audio_optional:
-                    raise ClipError("no_audio_track", f"{where}: {rel} has no audio track (pass --audio-optional)")
-            except ClipError as e:
+                    raise Skip("no_audio_track", f"{where}: {rel} has no audio track (pass --audio-optional)")
+            except Skip as e:
                 report.skip(e.reason, str(e))
                 continue
             mp4 = encode_mp4(frames, max(1, round(clip_fps)), Audio(wave, MUSIC_SR) if wave is not None else None)
