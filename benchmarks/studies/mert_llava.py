@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
+
+from mert_probes import train as train_recipe  # noqa: E402  (a sibling script: this folder is sys.path[0])
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = "llava-music-tiny"                 # `music: mert:FOLDER` replaces its mert:tiny
@@ -32,20 +31,9 @@ ENCODERS = ("pretrained", "random")
 
 
 def train(out: Path, encoder: Path, seed: int, data: Path, overrides: list[str]) -> float:
-    record = out / "wall.json"
-    if (out / "final").is_dir() and record.is_file():
-        return json.loads(record.read_text())["seconds"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "vlm.cli", "train", RECIPE, "--out", str(out), f"runtime.seed={seed}",
-           f"model.settings.music=mert:{encoder.resolve()}", f"data.world.shards=[{data.resolve() / 'train'}]",
-           *overrides]
-    if out.exists():
-        cmd.append("--resume")
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - t0
-    record.write_text(json.dumps({"seconds": seconds, "cmd": cmd[1:]}))
-    return seconds
+    """RECIPE with `encoder` as its music encoder into out (the probe study's runner); wall seconds."""
+    return train_recipe(out, seed, data.resolve(), [f"model.settings.music=mert:{encoder.resolve()}", *overrides],
+                        recipe=RECIPE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,13 +37,14 @@ VARIANTS = {                      # name -> overrides of the mert-tiny recipe
 }
 
 
-def train(out: Path, seed: int, data: Path, overrides: list[str]) -> float:
-    """`vlm train mert-tiny` into out (skipped when out/final exists); returns its wall time in seconds."""
+def train(out: Path, seed: int, data: Path, overrides: list[str], recipe: str = "mert-tiny") -> float:
+    """`vlm train RECIPE` into out (skipped when out/final exists, resumed when out exists) at 1 thread;
+    returns its wall time in seconds."""
     record = out / "wall.json"
     if (out / "final").is_dir() and record.is_file():
         return json.loads(record.read_text())["seconds"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "vlm.cli", "train", "mert-tiny", "--out", str(out), f"runtime.seed={seed}",
+    cmd = [sys.executable, "-m", "vlm.cli", "train", recipe, "--out", str(out), f"runtime.seed={seed}",
            f"data.world.shards=[{data / 'train'}]", *overrides]
     if out.exists():
         cmd.append("--resume")
