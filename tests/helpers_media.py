@@ -35,3 +35,11 @@ def mp4(path, frames=8, size=64, fps=4) -> str:
         for pkt in st.encode():
             out.mux(pkt)
     return str(path)
+
+
+def write_parquet(path, rows: list[dict]) -> None:
+    """Rows (dicts) as one parquet file, its folder made (local copies of HF-hub data sets)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)

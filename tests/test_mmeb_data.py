@@ -84,13 +84,6 @@ def test_pair_benchmark_candidates(pair_world):
 
 
 # ------------------------------------------------------------------------------------------------ MMEB-train
-def write_parquet(path: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-
-
 def test_convert_mmeb_train_from_a_local_copy(tmp_path, tiny_model):
     from vlm.data.formats import FORMATS
     from vlm.data.mmeb import convert_mmeb_train
@@ -100,7 +93,7 @@ def test_convert_mmeb_train_from_a_local_copy(tmp_path, tiny_model):
         H.image(["red", "blue", "green", "yellow"][i], 32).save(root / "images" / "A-OKVQA" / "Train" / f"{i}.jpg")
     H.image("red", 32).save(tmp_path / "outside.jpg")
     img = "images/A-OKVQA/Train/{}.jpg"
-    write_parquet(root / "A-OKVQA" / "original-00000-of-00001.parquet", [
+    H.write_parquet(root / "A-OKVQA" / "original-00000-of-00001.parquet", [
         {"qry": "<|image_1|>\nRepresent the given image with the following question: What colour?\n",
          "qry_image_path": img.format(0), "pos_text": "red", "pos_image_path": "", "neg_text": "blue", "neg_image_path": ""},
         {"qry": "Retrieve an image of this caption: a blue circle\n", "qry_image_path": "",
@@ -160,7 +153,7 @@ def test_mmeb_eval_local_copy_scores_precision_at_1(tmp_path):
     root = tmp_path / "MMEB-eval"
     (root / "eval_images" / "ImageNet-1K").mkdir(parents=True)
     H.image("red", 32).save(root / "eval_images" / "ImageNet-1K" / "a.jpg")
-    write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
+    H.write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
         {"qry_text": "<|image_1|>\nRepresent the given image for classification", "qry_img_path": "ImageNet-1K/a.jpg",
          "tgt_text": ["gold label", "other", "another"], "tgt_img_path": ["", "", ""]}] * 3)
     bench = get_benchmark("mmeb-imagenet-1k")
@@ -168,7 +161,7 @@ def test_mmeb_eval_local_copy_scores_precision_at_1(tmp_path):
     res = run(Oracle(), bench, Context(roots=Roots(bench_root=str(tmp_path)), progress=False))
     assert res.metrics["precision@1"] == 1.0 and res.metrics["classification"] == 1.0
     assert [r["n_candidates"] for r in res.rows] == [3, 3, 3]
-    write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
+    H.write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
         {"qry_text": "<|image_1|>\nx", "qry_img_path": "../../outside.jpg", "tgt_text": ["a"], "tgt_img_path": [""]}])
     from vlm.errors import UserError
     with pytest.raises(UserError, match="leaves the image folder"):

@@ -43,19 +43,12 @@ def workdir(tmp_path_factory) -> Path:
     (copy / "images").mkdir(parents=True)
     for i, colour in enumerate(["red", "blue", "green", "yellow"]):
         H.image(colour, 32).save(copy / "images" / f"{i}.jpg")
-    _write_parquet(copy / "A-OKVQA" / "original-00000-of-00001.parquet", [
+    H.write_parquet(copy / "A-OKVQA" / "original-00000-of-00001.parquet", [
         {"qry": "<|image_1|>\nRepresent the given image with the following question: What colour?\n",
          "qry_image_path": f"images/{i % 4}.jpg", "pos_text": c, "pos_image_path": "", "neg_text": "",
          "neg_image_path": ""} for i, c in enumerate(["red", "blue", "green", "yellow"] * 2)])
     convert_mmeb_train(str(copy), str(root / "data" / "mmeb-train"))
     return root
-
-
-def _write_parquet(path: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
 
 
 def safetensors_of(folder: Path) -> dict:

@@ -172,8 +172,8 @@ class MaskedPrediction(Objective):
         raw["teacher_frames"] = min(int(raw.get("teacher_frames", MaskedPredictionSettings.teacher_frames)), 2000)
         ts = dict(raw.get("teacher_settings") or {})
         if raw.get("teacher", MaskedPredictionSettings.teacher) == "rvq":
-            ts["steps"] = min(int(ts.get("steps", 300)), 10)
-            ts["batch_clips"] = min(int(ts.get("batch_clips", 16)), 4)
+            ts["steps"] = min(int(ts.get("steps", 10)), 10)              # (the teacher's defaults are larger)
+            ts["batch_clips"] = min(int(ts.get("batch_clips", 4)), 4)
         raw["teacher_settings"] = ts
         return raw
 
