@@ -218,22 +218,26 @@ def _grounding(by: str, task: str, dataset: str, ood: bool):
     return gen
 
 
+def _task(factory, variant: str, meta: str, dataset: str, ood: bool) -> tuple:
+    """(task, meta-task, dataset, ood, generator); the task is named after its dataset (mmeb_cls_shape)."""
+    task = "mmeb_" + dataset.replace("-", "_")
+    return task, meta, dataset, ood, factory(variant, task, dataset, ood)
+
+
 # (task, meta-task, dataset, ood, generator)
 TASKS = [
-    ("mmeb_cls_shape", "classification", "cls-shape", False, _classification("shape", "mmeb_cls_shape", "cls-shape", False)),
-    ("mmeb_cls_color", "classification", "cls-color", False, _classification("color", "mmeb_cls_color", "cls-color", False)),
-    ("mmeb_cls_object", "classification", "cls-object", True, _classification("object", "mmeb_cls_object", "cls-object", True)),
-    ("mmeb_vqa_color", "vqa", "vqa-color", False, _vqa("color", "mmeb_vqa_color", "vqa-color", False)),
-    ("mmeb_vqa_shape", "vqa", "vqa-shape", False, _vqa("shape", "mmeb_vqa_shape", "vqa-shape", False)),
-    ("mmeb_vqa_count", "vqa", "vqa-count", False, _vqa("count", "mmeb_vqa_count", "vqa-count", False)),
-    ("mmeb_vqa_paraphrase", "vqa", "vqa-paraphrase", True,
-     _vqa("paraphrase", "mmeb_vqa_paraphrase", "vqa-paraphrase", True)),
-    ("mmeb_ret_t2i", "retrieval", "ret-t2i", False, _retrieval("t2i", "mmeb_ret_t2i", "ret-t2i", False)),
-    ("mmeb_ret_i2t", "retrieval", "ret-i2t", False, _retrieval("i2t", "mmeb_ret_i2t", "ret-i2t", False)),
-    ("mmeb_ret_i2i", "retrieval", "ret-i2i", True, _retrieval("i2i", "mmeb_ret_i2i", "ret-i2i", True)),
-    ("mmeb_ground_name", "grounding", "ground-name", False, _grounding("name", "mmeb_ground_name", "ground-name", False)),
-    ("mmeb_ground_position", "grounding", "ground-position", True,
-     _grounding("position", "mmeb_ground_position", "ground-position", True)),
+    _task(_classification, "shape", "classification", "cls-shape", False),
+    _task(_classification, "color", "classification", "cls-color", False),
+    _task(_classification, "object", "classification", "cls-object", True),
+    _task(_vqa, "color", "vqa", "vqa-color", False),
+    _task(_vqa, "shape", "vqa", "vqa-shape", False),
+    _task(_vqa, "count", "vqa", "vqa-count", False),
+    _task(_vqa, "paraphrase", "vqa", "vqa-paraphrase", True),
+    _task(_retrieval, "t2i", "retrieval", "ret-t2i", False),
+    _task(_retrieval, "i2t", "retrieval", "ret-i2t", False),
+    _task(_retrieval, "i2i", "retrieval", "ret-i2i", True),
+    _task(_grounding, "name", "grounding", "ground-name", False),
+    _task(_grounding, "position", "grounding", "ground-position", True),
 ]
 GENERATORS = {name: gen for name, *_, gen in TASKS}
 OOD = {name for name, _, _, ood, _ in TASKS if ood}
