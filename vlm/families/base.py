@@ -213,11 +213,11 @@ PROJECTORS = "media.*.projector.*"                     # the trainable pattern o
 def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft_llm: str,
                     modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS,
                     align_tasks: list[str] = ("caption",), settings: dict | None = None,
-                    easy_below: float = 0.3) -> dict:
+                    easy_below: float = 0.3, sft_steps: tuple[int, int] = (700, 500)) -> dict:
     """The tiny recipe of `family`: align (projectors, the `align_tasks` captions), then SFT easy
     (difficulty < `easy_below`) -> hard training `sft_trainable` with the LLM in mode `sft_llm`, on
-    samples of `modalities` (and `tasks`; None: all); `settings`: the model's builder settings over its
-    tiny size."""
+    samples of `modalities` (and `tasks`; None: all), `sft_steps` steps each; `settings`: the model's
+    builder settings over its tiny size."""
     sft = dict(trainable=list(sft_trainable), llm=sft_llm, **TINY_COMMON)
     only = {"modalities": list(modalities)}
     with_tasks = {"tasks": list(tasks)} if tasks is not None else {}
@@ -229,10 +229,10 @@ def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft
             {"name": "align", "trainable": [PROJECTORS], "llm": "frozen", "lr": 3e-3, "steps": 20,
              "filter": {"kind": "caption", **({"tasks": list(align_tasks)} if tasks is not None else {}), **only},
              **TINY_COMMON},
-            {"name": "sft-easy", "filter": {**with_tasks, "max_difficulty": easy_below, **only}, "steps": 700,
+            {"name": "sft-easy", "filter": {**with_tasks, "max_difficulty": easy_below, **only}, "steps": sft_steps[0],
              "lr": 3e-3, **sft},
             # the whole difficulty range: multi-object questions join the easy ones (no forgetting)
-            {"name": "sft-hard", "filter": {**with_tasks, "min_difficulty": 0.1, **only}, "steps": 500,
+            {"name": "sft-hard", "filter": {**with_tasks, "min_difficulty": 0.1, **only}, "steps": sft_steps[1],
              "lr": 1e-3, **sft},
         ],
         "runtime": {"checkpoint_every": 100, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0,
