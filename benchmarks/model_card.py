@@ -236,14 +236,15 @@ def check(card: str | os.PathLike) -> list[str]:
 
 def attach(card: str | os.PathLike, results: list[str | os.PathLike], name: str | None = None) -> Path:
     """Copy (concatenate) results files into `<card dir>/results/<name or card stem>.jsonl`, name it in the
-    card's front matter, and regenerate the card."""
+    card's front matter beside the results files it already names, and regenerate the card."""
     p = Path(card)
     rows = read_results([Path(r) for r in results])
     dest = p.parent / RESULTS_DIR / f"{name or p.stem}.jsonl"
     write_results(dest, rows)
     text = p.read_text() if p.exists() else f"# {p.stem}\n"
     meta, body = _split(text, str(p))
-    meta[RESULTS_KEY] = [f"{RESULTS_DIR}/{dest.name}"]
+    named = list(meta.get(RESULTS_KEY) or [])
+    meta[RESULTS_KEY] = named + [f for f in [f"{RESULTS_DIR}/{dest.name}"] if f not in named]
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(_join(meta, body))
     return regenerate(p)

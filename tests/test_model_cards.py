@@ -24,3 +24,21 @@ def test_committed_card_is_regenerated_from_its_results_without_a_diff(card):
     assert models and benches
     diff = check(card)
     assert not diff, "\n".join(diff[:40])
+
+
+def test_attach_keeps_the_other_results_files_a_card_names(tmp_path):
+    """`vlm card CARD --results FILE --name N` replaces results/N.jsonl only: a card built from two files
+    (the llava card: the demo's and the modality study's) keeps both."""
+    from benchmarks.model_card import attach, write_results
+    row = {"benchmark": "sw-vqa-color", "metric": "accuracy", "n": 40, "seed": 0}
+    write_results(tmp_path / "a.jsonl", [{**row, "model": "A", "score": 0.5}])
+    write_results(tmp_path / "b.jsonl", [{**row, "model": "B", "score": 0.25}])
+    card = tmp_path / "cards" / "m.md"
+    attach(card, [tmp_path / "a.jsonl"])
+    attach(card, [tmp_path / "b.jsonl"], name="m-extra")
+    attach(card, [tmp_path / "b.jsonl"], name="m-extra")          # again: named once
+    meta, _ = _split(card.read_text(), str(card))
+    assert meta["vlm-results"] == ["results/m.jsonl", "results/m-extra.jsonl"]
+    models, _ = summarize(read_results(_files_of(card, meta)))
+    assert set(models) == {"A", "B"}
+    assert not check(card)
