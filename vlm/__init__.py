@@ -9,6 +9,8 @@ Names resolve on first use, so `import vlm` stays cheap (the CLI answers `--help
 """
 from __future__ import annotations
 
+from vlm.lazy import lazy_attributes
+
 _LAZY = {
     "load": ("vlm.loading", "load"),
     "MultimodalLM": ("vlm.model", "MultimodalLM"),
@@ -16,14 +18,4 @@ _LAZY = {
     "list_families": ("vlm.families", "list_families"),
 }
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'vlm' has no attribute {name!r}")
-    import importlib
-    module, attr = _LAZY[name]
-    return getattr(importlib.import_module(module), attr)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -17,6 +17,8 @@ summed). Names resolve on first use, so importing this package (the CLI does) co
 """
 from __future__ import annotations
 
+from vlm.lazy import lazy_attributes
+
 _LAZY = {
     "Embedder": ("vlm.embed.api", "Embedder"),
     "Item": ("vlm.embed.items", "Item"),
@@ -26,14 +28,4 @@ _LAZY = {
     "search": ("vlm.embed.index", "search"),
 }
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'vlm.embed' has no attribute {name!r}")
-    import importlib
-    module, attr = _LAZY[name]
-    return getattr(importlib.import_module(module), attr)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -12,12 +12,13 @@ stage minimises), `strategies` (none / ddp / fsdp2), `schedules`, `checkpoint`, 
 """
 from __future__ import annotations
 
-_LAZY = {"load_recipe": "vlm.train.recipe", "Recipe": "vlm.train.recipe", "train": "vlm.train.trainer",
-         "Trainer": "vlm.train.trainer"}
+from vlm.lazy import lazy_attributes
 
+_LAZY = {
+    "load_recipe": ("vlm.train.recipe", "load_recipe"),
+    "Recipe": ("vlm.train.recipe", "Recipe"),
+    "train": ("vlm.train.trainer", "train"),
+    "Trainer": ("vlm.train.trainer", "Trainer"),
+}
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'vlm.train' has no attribute {name!r}")
-    import importlib
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
