@@ -45,6 +45,10 @@ class TrainerState:
     nan_streak: int = 0                              # ... in a row, now
     world_size: int = 1
     recipe_name: str = ""
+    best_score: float | None = None                  # runtime.eval: the best score so far (<run>/best) ...
+    best_step: int = -1                              # ... the step it was reached at
+    evals_since_best: int = 0                        # ... evaluations since then (runtime.eval.patience)
+    early_stopped: bool = False                      # the run stopped on runtime.eval.patience: nothing follows
 
 
 def rank_file(rank: int) -> str:

@@ -3,7 +3,8 @@
     <run>/metrics.jsonl   one row per logged step {"step", "stage", "loss", "lr", "tok_per_s" ...}
                           and one per event {"event": "stage_start", "trainable": [...], ...}
     <run>/train.log       the events as text lines (also printed)
-    <run>/tb/             TensorBoard scalars (train/loss, train/lr, train/grad_norm, train/tok_per_s)
+    <run>/tb/             TensorBoard scalars (train/loss, train/lr, train/grad_norm, train/tok_per_s; eval/* when
+                          the recipe evaluates during training: vlm.train.evaluation)
     <run>/loss_lr.png     at the end: loss and LR against the step, one colour per stage
 
 On resume, rows past the checkpoint's step are dropped (JSONL rewritten, TensorBoard purged), so
@@ -81,6 +82,15 @@ class RunLog:
         if self.bar is not None:
             loss = "skipped" if row["loss"] is None else f"{row['loss']:.4f}"
             self.bar.set_postfix(loss=loss, tok_s=f"{row['tok_per_s']:.0f}", lr=f"{row['lr']:.2e}", refresh=False)
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        """TensorBoard (and W&B) scalars `<prefix>/<name>` at `step` (e.g. eval/sw-vqa-color)."""
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}": v for k, v in values.items()}, step=step)
 
     def _write(self, row: dict) -> None:
         self._jsonl.write(json.dumps(row) + "\n")

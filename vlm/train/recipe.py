@@ -78,6 +78,18 @@ class Stage:
 
 
 @dataclass
+class EvalSpec:
+    """Evaluation during training (vlm.train.evaluation); off while `benchmarks` is empty."""
+    benchmarks: list[str] = field(default_factory=list)  # benchmark or suite names (`vlm eval --list`)
+    every: int = 0                                  # optimizer steps between evaluations; 0 = at stage ends only
+    split: str = "val"                              # the split scored: choose on val, report test
+    data: str | None = None                         # synthetic-world folder; default: the one the data lives in
+    limit: int | None = None                        # at most N samples per benchmark
+    metric: str = "mean"                            # best/ by: the mean of the scores, or one benchmark's name
+    patience: int = 0                               # stop after this many evaluations without a better score; 0 = never
+
+
+@dataclass
 class Runtime:
     precision: Precision = "auto"                   # auto: bf16 autocast on a GPU, fp32 on the CPU
     strategy: Strategy = "none"                     # under torchrun: ddp | fsdp2
@@ -98,6 +110,7 @@ class Runtime:
     log_samples: bool = False                       # samples-rank<R>.jsonl: the sample keys of every step
     wandb: bool = False
     wandb_project: str = "vlm"
+    eval: EvalSpec = field(default_factory=EvalSpec)   # benchmarks scored during training; best/ checkpoint
 
 
 @dataclass
@@ -238,6 +251,34 @@ def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> N
             names = st.data or recipe.data
             check_filter([s for n in names for s in recipe.data[n].shards], st.filter, f"stages.{i}.filter")
     _validate_runtime(recipe.runtime)
+    if recipe.runtime.eval.benchmarks:
+        _validate_eval(recipe, check_files)
+
+
+def _validate_eval(recipe: Recipe, check_files: bool) -> None:
+    from benchmarks.registry import Roots, get_benchmark
+    from benchmarks.runner import check_data, on_split
+    from vlm.train.evaluation import benchmark_names, default_data
+    ev, p = recipe.runtime.eval, "runtime.eval"
+    _require(ev.every >= 0, f"{p}.every", f"must be >= 0, got {ev.every}")
+    _require(ev.patience >= 0, f"{p}.patience", f"must be >= 0, got {ev.patience}")
+    _require(ev.limit is None or ev.limit >= 1, f"{p}.limit", f"must be >= 1 or null, got {ev.limit}")
+    try:
+        names = benchmark_names(ev.benchmarks)
+        benches = [on_split(get_benchmark(n), ev.split) for n in names]
+    except UserError as e:
+        raise UserError(f"recipe field '{p}.benchmarks': {e}") from None
+    _require(ev.metric == "mean" or ev.metric in names, f"{p}.metric",
+             f"'mean' or one of the benchmarks ({', '.join(names)}), got {ev.metric!r}")
+    if not check_files:
+        return
+    data = ev.data or default_data(recipe)
+    roots = Roots(data or Roots().synthetic_world, Roots().bench_root)
+    for b in benches:
+        try:
+            check_data(b, roots)
+        except UserError as e:
+            raise UserError(f"recipe field '{p}.data': {e}") from None
 
 
 def _validate_model(m: ModelSpec) -> None:

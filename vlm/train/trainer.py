@@ -12,6 +12,10 @@ item count is all-reduced and the gradients are scaled by world_size / count (DD
 over ranks). So 2 ranks x batch b, 1 process x batch 2b and grad_accum 2 x batch b all make the same
 update: the mean over every item of the step.
 
+Evaluation during training (`runtime.eval`, vlm.train.evaluation): benchmarks scored on val every N steps
+and at stage ends, the best checkpoint kept as `<run>/best`, an optional early stop; it draws nothing
+from the training RNG, so the trained weights are the same with it and without it.
+
 Exact resume (bitwise on the CPU): a checkpoint holds the weights, the optimizer, the stage's
 schedule counters, every rank's RNG states and data position; on resume the model is rebuilt,
 the LLM modes of the stages so far are replayed, the weights loaded, and the RNG restored last,
@@ -86,6 +90,7 @@ class Trainer:
         self.strategy: Strategy = strategy_for(self.d)
         self.log: RunLog | None = None
         self.samples: SampleLog | None = None
+        self.evaluator = None                    # runtime.eval: a TrainingEval once the logs are open
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
@@ -103,6 +108,8 @@ class Trainer:
                 self.log.event("resume", f"resuming from {ckpt} (stage '{state.stage_name}', step {state.step})",
                                step=state.step, checkpoint=str(ckpt))
             for i in range(start, len(self.recipe.stages)):
+                if state.early_stopped:          # runtime.eval.patience ended the run: no later stage
+                    break
                 mid_stage = ckpt is not None and i == state.stage and not state.stage_done
                 if ckpt is not None and i == start and not mid_stage:
                     ckpt_lib.set_rng_state(ckpt_lib.load_rank(ckpt, self.d.rank)["rng"])
@@ -142,6 +149,9 @@ class Trainer:
             self.samples = SampleLog(self.run_dir, self.d.rank, resume_step)
         if self.d.is_main:
             save_resolved(self.recipe, self.run_dir)
+        if rt.eval.benchmarks:
+            from vlm.train.evaluation import TrainingEval
+            self.evaluator = TrainingEval(self.recipe, self.run_dir, self.d, self.strategy, self.log)
         self.d.barrier()
 
     def _build_model(self) -> nn.Module:
@@ -248,9 +258,14 @@ class Trainer:
                              "skipped": not res.finite, "nan_steps": state.nan_steps, **res.metrics})
             log.advance(1 if st.steps else res.tokens)
             self._stop_if_diverged(st, state)
+            stop = False                         # evaluated before the checkpoint, which then holds its result
+            if self.evaluator is not None and self.evaluator.due(state.step, schedule.done):
+                stop = state.early_stopped = self.evaluator.run(wrapped, task, state, st.name)
             due = rt.checkpoint_every and state.step % rt.checkpoint_every == 0
-            if due or schedule.done:
-                self._save(wrapped, task, optimizer, loader, state, done=schedule.done)
+            if due or schedule.done or stop:
+                self._save(wrapped, task, optimizer, loader, state, done=schedule.done or stop)
+            if stop:
+                break
         log.close_bar()
 
     # ------------------------------------------------------------------ one optimizer step
