@@ -27,7 +27,7 @@ from encoders.base import GridTokens, TokenCount, pool_grid
 from vlm.connectors.base import MEDIA, MediaContext, MediaTokenizer, TimePooled, build_projector
 from vlm.connectors.projector import default_pool
 from vlm.errors import require
-from vlm.modalities import MediaError
+from vlm.modalities import MediaError, audio_track
 
 STREAMS = ("music", "audio")
 BLANK_FPS = 4.0                     # decoded frames given without a clip: their assumed frame rate
@@ -53,7 +53,7 @@ class AVItem:
 
 class AVPreprocess:
     """mp4 bytes / path -> AVItem: `frames` frames sampled uniformly (decord), the soundtrack decoded once
-    (decord's AudioReader, mono, at `sample_rate`) and fed to each stream's own preprocess. A clip without
+    (PyAV, mono, at `sample_rate`: `vlm.modalities.audio_track`) and fed to each stream's own preprocess. A clip without
     an audio track, when a stream needs one, is a MediaError (reason `no_audio_track`). Picklable."""
 
     def __init__(self, image: Any, frames: int, music: Any = None, audio: Any = None, sample_rate: int = 24000):
@@ -85,22 +85,25 @@ class AVPreprocess:
         n = min(self.frames, total)
         idx = [min(total - 1, int(total / n * (i + 0.5))) for i in range(n)]
         frames = self._frames([Image.fromarray(f) for f in vr.get_batch(idx).asnumpy()])
+        del vr
         wave = None
         if self.music is not None or self.audio is not None:
-            if isinstance(src, io.BytesIO):
-                src.seek(0)
-            try:
-                ar = decord.AudioReader(src, sample_rate=self.sample_rate, mono=True)
-            except Exception as e:
-                if "audio stream" in str(e):
+            wave = torch.from_numpy(self._soundtrack(src, duration))                    # [N] mono, spans the frames
+        return self._item(frames, wave, self.sample_rate, duration)
+
+    def _soundtrack(self, src: Any, duration: float):
+        import av
+        if isinstance(src, io.BytesIO):
+            src.seek(0)
+        try:
+            with av.open(src) as container:
+                if not container.streams.audio:
                     err = MediaError("the clip has no audio track (the model takes its music / sound)")
                     err.reason = "no_audio_track"
-                    raise err from None
-                raise MediaError(f"cannot decode the audio track: {str(e).splitlines()[0][:200]}") from None
-            wave = torch.from_numpy(ar[:].asnumpy()[0].copy())                           # [N] mono
-            want = int(round(duration * self.sample_rate))                               # the track spans the frames
-            wave = wave[:want] if wave.shape[0] >= want else torch.nn.functional.pad(wave, (0, want - wave.shape[0]))
-        return self._item(frames, wave, self.sample_rate, duration)
+                    raise err
+                return audio_track(container, self.sample_rate, 0.0, duration)
+        except av.FFmpegError as e:
+            raise MediaError(f"cannot decode the audio track: {str(e).splitlines()[0][:200]}") from None
 
     def _item(self, frames: Tensor, wave: Tensor | None, sr: int, duration: float) -> AVItem:
         def feed(pre):

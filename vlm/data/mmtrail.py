@@ -31,6 +31,7 @@ import numpy as np
 
 from vlm.data.convert import Skip, inside
 from vlm.errors import UserError
+from vlm.modalities import audio_track
 
 PROMPTS = {"visual": "Describe what you see.", "music": "Describe the music.", "merged": "Describe the clip."}
 MUSIC_SR = 24000
@@ -122,35 +123,10 @@ def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool
             arr = arr[:, : arr.shape[1] // 2 * 2, : arr.shape[2] // 2 * 2]
         wave = None
         if audio and container.streams.audio:
-            wave = _audio_span(container, t0, t1)
+            wave = audio_track(container, MUSIC_SR, t0, t1)
         return arr, len(frames) / max(t1 - t0, 1e-9), wave
     finally:
         container.close()
-
-
-def _audio_span(container, t0: float, t1: float) -> np.ndarray:
-    import av
-    astream = container.streams.audio[0]
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=MUSIC_SR)
-    container.seek(int(t0 / astream.time_base), stream=astream, backward=True)
-    chunks, first = [], None
-    for frame in container.decode(astream):
-        if frame.pts is None:
-            continue
-        ts = float(frame.pts * astream.time_base)
-        if ts >= t1:
-            break
-        for out in resampler.resample(frame):
-            x = out.to_ndarray().reshape(-1)
-            first = ts if first is None else first
-            chunks.append(x)
-    if not chunks:
-        return np.zeros(0, np.float32)
-    wave = np.concatenate(chunks).astype(np.float32)
-    skip = max(0, int(round((t0 - first) * MUSIC_SR)))                # the decode started at a packet before t0
-    want = int(round((t1 - t0) * MUSIC_SR))
-    wave = wave[skip:skip + want]
-    return np.pad(wave, (0, want - wave.shape[0])) if wave.shape[0] < want else wave
 
 
 def captions_of(rec: dict) -> dict[str, str]:
