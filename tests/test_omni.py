@@ -188,6 +188,36 @@ def test_converting_a_clip_of_a_ten_minute_video_keeps_memory_flat(tmp_path):
     assert rss[10] < 1.1 * rss[1], rss
 
 
+REPEAT = """
+import sys, torch
+from vlm.connectors.av import AVPreprocess
+pre = AVPreprocess(lambda img: torch.zeros(3, 4, 4), frames=4, music=lambda w, sr: w)
+data = open(sys.argv[1], "rb").read()
+def rss():
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS")))
+for i in range(400):
+    item = pre(data)
+    assert item.music.shape == (int(sys.argv[2]),)
+    if i == 49:
+        first = rss()
+print(first, rss())
+"""
+
+
+def test_decoding_clips_with_a_soundtrack_keeps_memory_flat(tmp_path):
+    """400 decodes of a 2 s clip with music: resident memory after the last within 30 MB of that after
+    the 50th (decord's AudioReader, used before, kept ~0.3 MB per clip: ~100 MB here)."""
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    wave = (0.1 * np.random.default_rng(1).standard_normal(2 * 24000)).astype(np.float32)
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(encode_mp4(frames, 4, Audio(wave, 24000)))
+    out = subprocess.run([sys.executable, "-c", REPEAT, str(clip), str(2 * 24000)], cwd=C.REPO, env=C.env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, last = map(int, out.stdout.split())
+    assert last - first < 30 * 1024, (first, last)          # kB
+
+
 def test_bad_clips_in_training_data_are_skipped_by_reason(tmp_path):
     from vlm.data.pipeline import ShardPipeline
     from vlm.data.writer import ShardWriter
