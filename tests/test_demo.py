@@ -1,0 +1,58 @@
+"""`vlm demo` (the README's main job) at a tiny budget: builds the data set, trains, evaluates, prints the
+capability table of its own results and reuses them on a rerun; the table in the README is in exactly the
+format the demo prints (re-rendered from its numbers by the demo's own table function)."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(__file__))
+import test_train_common as C
+
+README = C.REPO / "README.md"
+
+
+def test_demo_end_to_end_at_a_tiny_budget(tmp_path):
+    from benchmarks.report import capability_table
+    from benchmarks.runner import aggregate
+    out, data = tmp_path / "demo", tmp_path / "sw"
+    args = ["demo", "--out", str(out), "--data", str(data), "--samples", "60",
+            *[f"stages.{i}.steps=2" for i in range(3)], "runtime.checkpoint_every=0"]
+    first = C.run_vlm(*args, timeout=900)
+    assert (data / "index.json").is_file() and (out / "llava-tiny" / "final" / "config.json").is_file()
+    table = capability_table(aggregate(out / "eval"))
+    assert table in first.stdout                                       # what it prints is its own results
+    assert table.splitlines()[0] == "| type | capability | benchmarks | llava-tiny/final | llava-tiny-untrained |"
+    assert (out / "eval" / "results.jsonl").is_file() and (out / "eval" / "report.html").is_file()
+    again = C.run_vlm(*args, timeout=900)                              # everything done: nothing trains again
+    assert "[demo] training" in first.stdout and "[demo] training" not in again.stdout
+    assert table in again.stdout
+
+
+def readme_demo_table() -> list[str]:
+    text = README.read_text()
+    start = text.index("| type | capability | benchmarks | llava-tiny/final | llava-tiny-untrained |")
+    lines = []
+    for line in text[start:].splitlines():
+        if not line.startswith("|"):
+            break
+        lines.append(line)
+    return lines
+
+
+def test_the_readme_demo_table_is_what_the_demo_prints():
+    """Rebuilt from the README's own numbers through the demo's `capability_table`: the same text."""
+    from benchmarks.report import capability_table
+    lines = readme_demo_table()
+    models = [c.strip() for c in lines[0].strip("|").split("|")][3:]
+    rows = []
+    for line in lines[2:]:
+        typ, cap, benches, *scores = [c.strip() for c in line.strip("|").split("|")]
+        assert re.fullmatch(r"\d\.\d{3}", scores[0]), line
+        for m, s in zip(models, scores):
+            for b in benches.split(", "):
+                rows.append(dict(model=m, benchmark=b, type=typ, capability=cap, score=float(s), status="ok"))
+    assert capability_table(pd.DataFrame(rows)) == "\n".join(lines)
