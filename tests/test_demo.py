@@ -54,5 +54,5 @@ def test_the_readme_demo_table_is_what_the_demo_prints():
         assert re.fullmatch(r"\d\.\d{3}", scores[0]), line
         for m, s in zip(models, scores):
             for b in benches.split(", "):
-                rows.append(dict(model=m, benchmark=b, type=typ, capability=cap, score=float(s), status="ok"))
+                rows.append({"model": m, "benchmark": b, "type": typ, "capability": cap, "score": float(s), "status": "ok"})
     assert capability_table(pd.DataFrame(rows)) == "\n".join(lines)

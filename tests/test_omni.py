@@ -211,7 +211,7 @@ def test_decoding_clips_with_a_soundtrack_keeps_memory_flat(tmp_path):
     wave = (0.1 * np.random.default_rng(1).standard_normal(2 * 24000)).astype(np.float32)
     clip = tmp_path / "c.mp4"
     clip.write_bytes(encode_mp4(frames, 4, Audio(wave, 24000)))
-    out = subprocess.run([sys.executable, "-c", REPEAT, str(clip), str(2 * 24000)], cwd=C.REPO, env=C.env(),
+    out = subprocess.run([sys.executable, "-c", REPEAT, str(clip), str(2 * 24000)], cwd=C.REPO, env=C.env(), check=False,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     first, last = map(int, out.stdout.split())
