@@ -1,5 +1,5 @@
 """The sound / music / video study (benchmarks/studies/modality_recipes.py) at a very small budget: the
-omni recipe trained for one step a stage on two seeds, its untrained and muted variants scored by the
+omni recipe trained for one step a stage on two seeds (on its own trailer subset), its untrained and muted variants scored by the
 runner; the table has every variant, the runner's chance and a target per question benchmark, and the
 muted checkpoints really leave their streams out."""
 from __future__ import annotations
@@ -26,9 +26,9 @@ def test_modality_study_table(tmp_path, capsys):
     try:
         data = tmp_path / "data"
         build_synthetic_world(data, samples=80, seed=0, eval_per_task=2, splits=("train", "test"), workers=1,
-                              classification=False, tasks=[t for t in study.TASKS if t.startswith("trailer")])
+                              classification=False, tasks=study.TRAILER_TASKS)
         steps = [f"stages.{i}.{k}={v}" for i in range(3) for k, v in (("steps", 1), ("batch_size", 2))]
-        assert study.main(["--out", str(tmp_path / "out"), "--data", str(data), "--seeds", "0", "1",
+        assert study.main(["--out", str(tmp_path / "out"), "--trailer-data", str(data), "--seeds", "0", "1",
                            "--recipes", "omni-tiny", "--limit", "2", *steps, "runtime.checkpoint_every=0",
                            "runtime.num_workers=0"]) == 0
     finally:
@@ -48,6 +48,9 @@ def test_modality_study_table(tmp_path, capsys):
             assert 0 < r["chance"] < 0.5
     shape_line = next(line for line in table.splitlines() if line.startswith("| sw-vqa-trailer-shape"))
     assert "trained ≥ chance + 0.20" in shape_line and "music muted stays" in shape_line
+    assert "every seed above chance (binomial p < 0.01)" in shape_line
+    assert study.p_above(0.25, 0.25, 100) > 0.5 and 0.001 < study.p_above(0.35, 0.25, 100) < 0.05
+    assert study.p_above(0.39, 0.25, 100) < 0.01 and study.p_above(1.0, 0.25, 4) == 0.25 ** 4
     muted = vlm.load(tmp_path / "out" / "ckpt" / "omni-tiny-s0-soundtrack-muted")
     assert muted.media["video"].mute == ["audio", "music"]
     assert muted.media["video"].token_count().music is None and muted.media["video"].token_count().audio is None

@@ -5,7 +5,9 @@ omni soundtrack ablation.
     python benchmarks/studies/modality_recipes.py --out runs/av-study --seeds 0 --recipes omni-tiny
 
 Builds a synthetic-world subset of the sound, music and video tasks (`--samples` training samples,
-`--eval-per-task` per task in val and test) if absent, then per recipe and seed:
+`--eval-per-task` per task in val and test) if absent, and for omni-tiny its own subset of the trailer tasks
+alone (`--trailer-samples` clips: in the shared subset each trailer task has under 300 training clips, too
+few for the shape question), then per recipe and seed:
   trained     the built-in recipe (its stages, steps and learning rates), `runtime.seed` = the seed
   untrained   the same model as the recipe builds it before step 0 (same seed)
 and for omni-tiny, from each trained model, two evaluation-time ablations (`mute`, nothing retrained):
@@ -14,7 +16,9 @@ and for omni-tiny, from each trained model, two evaluation-time ablations (`mute
 Every model is scored by the benchmark runner on the test split (each recipe's suite: synthetic-world-audio
 / -music / -video / -trailer). Printed: one table per recipe, mean +- standard deviation over seeds, chance
 (1 / number of choices, from the runner) and whether the target holds:
-  VQA, trained        every seed >= chance + 0.20 ("well above chance")
+  VQA, trained        every seed >= chance + 0.20 ("well above chance", the issue's words for the modality
+                      recipes); for omni-tiny, whose issue asks for "above chance", also every seed above chance
+                      by a one-sided exact binomial test at p < 0.01 (both shown)
   omni, music muted / soundtrack muted: instrument within 2 binomial standard errors of chance (it drops to
                       chance), shape within 0.05 of the unmuted score (it stays)
 Captions have no target; CIDEr and ROUGE-L are shown. Settings are the recipes' own (nothing is chosen here).
@@ -39,8 +43,11 @@ RECIPES = {                                   # recipe: the suite that scores it
 TASKS = ["audio_caption", "audio_noise", "audio_tone", "music_caption", "music_chord", "music_instrument",
          "music_pitch", "music_tempo", "trailer_instrument", "trailer_merged", "trailer_music", "trailer_shape",
          "trailer_visual", "video", "video_caption", "video_music"]
+TRAILER_TASKS = [t for t in TASKS if t.startswith("trailer_")]
+OWN_DATA = {"omni-tiny": "trailer"}              # recipe: the subset it trains and is scored on (others: the shared one)
 MUTES = {"music muted": ["music"], "soundtrack muted": ["music", "audio"]}
 ABOVE_CHANCE = 0.20                            # VQA target: every trained seed at least this far above chance
+SIGNIFICANT = 0.01                             # omni's "above chance": one-sided binomial p-value per seed below this
 STAYS = 0.05                                   # ablation: the visual score moves less than this
 
 
@@ -100,7 +107,7 @@ def tables(rows: list[dict], seeds: list[int]) -> str:
             vals = {v: [c["score"] for c in cs] for v, cs in cell.items()}
             line = [b, first["metric"], str(n), f"{chance:.3f}" if chance is not None else "-"]
             line += [_stat(vals[v]) for v in variants]
-            line.append(target(b, chance, n, vals))
+            line.append(target(b, chance, n, vals, significance=recipe.startswith("omni")))
             if first["metric"] == "cider":
                 line[1] = "CIDEr"
                 rouge = {v: [c["rouge_l"] for c in cs] for v, cs in cell.items()}
@@ -111,10 +118,19 @@ def tables(rows: list[dict], seeds: list[int]) -> str:
     return "\n".join(out)
 
 
-def target(bench: str, chance: float | None, n: int, vals: dict[str, list[float]]) -> str:
+def p_above(score: float, chance: float, n: int) -> float:
+    """One-sided exact binomial p-value: P(at least round(score * n) right of n | each right with p = chance)."""
+    k = round(score * n)
+    return sum(math.comb(n, i) * chance ** i * (1 - chance) ** (n - i) for i in range(k, n + 1))
+
+
+def target(bench: str, chance: float | None, n: int, vals: dict[str, list[float]], significance: bool = False) -> str:
     if chance is None:
         return "-"
     parts = []
+    if significance:
+        ok = all(p_above(v, chance, n) < SIGNIFICANT for v in vals["trained"])
+        parts.append(f"every seed above chance (binomial p < {SIGNIFICANT}): {'met' if ok else 'NOT met'}")
     ok = min(vals["trained"]) >= chance + ABOVE_CHANCE
     parts.append(f"trained ≥ chance + {ABOVE_CHANCE:.2f}: {'met' if ok else 'NOT met'}")
     for variant in MUTES:
@@ -147,9 +163,13 @@ def card_rows(rows: list[dict]) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="the subset's folder (default OUT/data; built if absent)")
+    p.add_argument("--data", default=None, help="the shared subset's folder (default OUT/data; built if absent)")
+    p.add_argument("--trailer-data", default=None,
+                   help="omni-tiny's trailer subset (default OUT/trailer-data; built if absent)")
     p.add_argument("--out", default="runs/av-study")
     p.add_argument("--samples", type=int, default=6000, help="training samples if the subset must be built")
+    p.add_argument("--trailer-samples", type=int, default=6000,
+                   help="training clips of the trailer subset if it must be built")
     p.add_argument("--eval-per-task", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
@@ -165,13 +185,16 @@ def main(argv=None) -> int:
     from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
     out = Path(a.out)
-    data = Path(a.data) if a.data else out / "data"
-    if not (data / "index.json").exists():
-        from vlm.cli import main as vlm_main
-        vlm_main(["data", "build", "synthetic-world", "--out", str(data), "--samples", str(a.samples),
-                  "--eval-per-task", str(a.eval_per_task), "--tasks", *TASKS, "--no-classification"])
+    subsets = {"shared": (Path(a.data) if a.data else out / "data", a.samples, TASKS),
+               "trailer": (Path(a.trailer_data) if a.trailer_data else out / "trailer-data", a.trailer_samples,
+                           TRAILER_TASKS)}
     rows = []
     for recipe in a.recipes:
+        data, samples, tasks = subsets[OWN_DATA.get(recipe, "shared")]
+        if not (data / "index.json").exists():
+            from vlm.cli import main as vlm_main
+            vlm_main(["data", "build", "synthetic-world", "--out", str(data), "--samples", str(samples),
+                      "--eval-per-task", str(a.eval_per_task), "--tasks", *tasks, "--no-classification"])
         ckpts = {(seed, v): path for seed in a.seeds
                  for v, path in checkpoints(recipe, seed, data, out, a.overrides).items()}
         res = evaluate([str(c) for c in ckpts.values()], resolve(suite=RECIPES[recipe]),
