@@ -132,9 +132,9 @@ def main(argv=None) -> int:
     if failed:
         raise SystemExit(f"evaluation failed: {[(r['model'], r['benchmark'], r.get('reason')) for r in failed]}")
     key = {str(f): k for k, f in finals.items()}
-    rows = [dict(seed=key[r["model_spec"]][0], variant=key[r["model_spec"]][1], benchmark=r["benchmark"],
-                 score=float(r["score"]), n=float(r["metrics"]["n"]), capability=r.get("capability"),
-                 type=r.get("type"), chance=r["metrics"].get("chance")) for r in res.records]
+    rows = [{"seed": key[r["model_spec"]][0], "variant": key[r["model_spec"]][1], "benchmark": r["benchmark"],
+             "score": float(r["score"]), "n": float(r["metrics"]["n"]), "capability": r.get("capability"),
+             "type": r.get("type"), "chance": r["metrics"].get("chance")} for r in res.records]
     text = table(rows, list(VARIANTS))
     print(text)
     print("training wall time per run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
