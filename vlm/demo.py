@@ -41,10 +41,8 @@ def run(cfg: DemoConfig) -> int:
 
     t0 = time.time()
     out, data = Path(cfg.out), Path(cfg.data)
-    if not (data / "index.json").exists():
-        from vlm.data.cli import BuildConfig, build
-        print(f"[demo] building synthetic-world ({cfg.samples} training samples) in {data}", flush=True)
-        build(BuildConfig(out=str(data), samples=cfg.samples, seed=cfg.seed))
+    from vlm.data.cli import BuildConfig, build_if_absent
+    build_if_absent(BuildConfig(out=str(data), samples=cfg.samples, seed=cfg.seed))
     recipe = load_recipe(cfg.recipe, [f"data.world.shards=[{data / 'train'}]", f"runtime.seed={cfg.seed}",
                                       *cfg.recipe_overrides])
     save_config(cfg, out / "demo_config.yaml")

@@ -109,13 +109,12 @@ def main(argv=None) -> int:
     from benchmarks.model_card import write_results
     from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
+    from vlm.data.cli import BuildConfig, build_if_absent
     from vlm.train import train
     out = Path(a.out)
     data = Path(a.data) if a.data else out / "data"
-    if not (data / "index.json").exists():
-        from vlm.cli import main as vlm_main
-        vlm_main(["data", "build", "synthetic-world", "--out", str(data), "--samples", str(a.samples),
-                  "--eval-per-task", str(a.eval_per_task), "--tasks", *TASKS, "--no-classification"])
+    build_if_absent(BuildConfig(out=str(data), samples=a.samples, eval_per_task=a.eval_per_task, tasks=TASKS,
+                                classification=False))
     finals, walls = {}, {}
     for seed in a.seeds:
         for name, rec in recipes(out, data, seed, a.overrides, a.every_stage).items():

@@ -74,11 +74,10 @@ def main(argv=None) -> int:
     import vlm
     from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
+    from vlm.data.cli import BuildConfig, build_if_absent
     from vlm.train import load_recipe, train
     data, out = Path(a.data), Path(a.out)
-    if not (data / "index.json").exists():
-        from vlm.cli import main as vlm_main
-        vlm_main(["data", "build", "synthetic-world", "--out", str(data), "--samples", str(a.samples)])
+    build_if_absent(BuildConfig(out=str(data), samples=a.samples))
     finals = {}
     for name, (recipe, extra) in RUNS.items():
         run_dir = out / name

@@ -184,6 +184,7 @@ def main(argv=None) -> int:
     from benchmarks.model_card import write_results
     from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
+    from vlm.data.cli import BuildConfig, build_if_absent
     out = Path(a.out)
     subsets = {"shared": (Path(a.data) if a.data else out / "data", a.samples, TASKS),
                "trailer": (Path(a.trailer_data) if a.trailer_data else out / "trailer-data", a.trailer_samples,
@@ -191,10 +192,8 @@ def main(argv=None) -> int:
     rows = []
     for recipe in a.recipes:
         data, samples, tasks = subsets[OWN_DATA.get(recipe, "shared")]
-        if not (data / "index.json").exists():
-            from vlm.cli import main as vlm_main
-            vlm_main(["data", "build", "synthetic-world", "--out", str(data), "--samples", str(samples),
-                      "--eval-per-task", str(a.eval_per_task), "--tasks", *tasks, "--no-classification"])
+        build_if_absent(BuildConfig(out=str(data), samples=samples, eval_per_task=a.eval_per_task, tasks=tasks,
+                                    classification=False))
         ckpts = {(seed, v): path for seed in a.seeds
                  for v, path in checkpoints(recipe, seed, data, out, a.overrides).items()}
         res = evaluate([str(c) for c in ckpts.values()], resolve(suite=RECIPES[recipe]),

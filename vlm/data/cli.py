@@ -54,6 +54,15 @@ def build(cfg: BuildConfig) -> dict:
     return index
 
 
+def build_if_absent(cfg: BuildConfig) -> Path:
+    """The data set at cfg.out, built first when it has no index.json (the demo's and the studies' data)."""
+    out = Path(cfg.out)
+    if not (out / "index.json").exists():
+        print(f"building {cfg.dataset} ({cfg.samples} training samples) in {out}", flush=True)
+        build(cfg)
+    return out
+
+
 def _build(args: argparse.Namespace) -> int:
     from vlm.data.synthetic import format_counts
 
