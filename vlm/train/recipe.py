@@ -80,7 +80,7 @@ class Stage:
 @dataclass
 class EvalSpec:
     """Evaluation during training (vlm.train.evaluation); off while `benchmarks` is empty."""
-    benchmarks: list[str] = field(default_factory=list)  # benchmark or suite names (`vlm eval --list`)
+    benchmarks: list[str] = field(default_factory=list)  # benchmark or suite names (`vlm eval list`)
     every: int = 0                                  # optimizer steps between evaluations; 0 = at stage ends only
     split: str = "val"                              # the split scored: choose on val, report test
     data: str | None = None                         # synthetic-world folder; default: the one the data lives in
