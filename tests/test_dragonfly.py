@@ -3,11 +3,12 @@ crop holding a planted detail (visual and text-conditioned), checkpoint round tr
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_model import lm_loss
 from PIL import Image, ImageDraw
+from test_train_common import load_study
 
 import vlm
 from encoders.base import Encoder, GridTokens
-from helpers_model import lm_loss
 from vlm.connectors.zoom import (
     ZoomSelect,
     ZoomSettings,
@@ -237,17 +238,6 @@ def test_bad_settings_are_one_line_errors():
                     (dict(mid_grids=[[2, 2], [1, 3]]), "same number of crops")]:
         with pytest.raises(UserError, match=msg):
             build("dragonfly", "tiny", **kw)
-
-
-def load_study(name: str):
-    """A script of benchmarks/studies (not a package) as a module."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_fine_detail_study_recipes_and_selection_hits(tmp_path):

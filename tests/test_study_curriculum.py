@@ -5,21 +5,15 @@ variant and a difference column per non-curriculum variant."""
 from __future__ import annotations
 
 import json
+import os
 import sys
-from pathlib import Path
 
-import torch
-
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, os.path.dirname(__file__))
+from test_train_common import load_study
 
 
 def study():
-    sys.path.insert(0, str(REPO / "benchmarks" / "studies"))
-    try:
-        import curriculum_compare
-    finally:
-        sys.path.remove(str(REPO / "benchmarks" / "studies"))
-    return curriculum_compare
+    return load_study("curriculum_compare")
 
 
 def test_variants_match_the_budget_and_swap_the_filters():
@@ -41,20 +35,15 @@ def test_variants_match_the_budget_and_swap_the_filters():
     assert [(st["steps"], st["lr"]) for st in rev] == [(st["steps"], st["lr"]) for st in cur]
 
 
-def test_curriculum_study_table(tmp_path, capsys):
+def test_curriculum_study_table(tmp_path, capsys, one_intra_op_thread):
     from vlm.data.synthetic import build_synthetic_world
     s = study()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = tmp_path / "data"
-        build_synthetic_world(data, samples=60, seed=0, eval_per_task=2, splits=("train", "test"), workers=1,
-                              classification=False, tasks=s.TASKS)
-        assert s.main(["--out", str(tmp_path / "out"), "--data", str(data), "--seeds", "0", "1", "--limit", "2",
-                       "--every-stage", "steps=1", "batch_size=2", "--", "runtime.checkpoint_every=0",
-                       "runtime.num_workers=0"]) == 0
-    finally:
-        torch.set_num_threads(n)
+    data = tmp_path / "data"
+    build_synthetic_world(data, samples=60, seed=0, eval_per_task=2, splits=("train", "test"), workers=1,
+                          classification=False, tasks=s.TASKS)
+    assert s.main(["--out", str(tmp_path / "out"), "--data", str(data), "--seeds", "0", "1", "--limit", "2",
+                   "--every-stage", "steps=1", "batch_size=2", "--", "runtime.checkpoint_every=0",
+                   "runtime.num_workers=0"]) == 0
     printed = capsys.readouterr().out
     text = (tmp_path / "out" / "table.md").read_text()
     assert text in printed

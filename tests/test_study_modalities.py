@@ -5,34 +5,24 @@ muted checkpoints really leave their streams out."""
 from __future__ import annotations
 
 import json
+import os
 import sys
-from pathlib import Path
 
-import torch
-
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, os.path.dirname(__file__))
+from test_train_common import load_study
 
 
-def test_modality_study_table(tmp_path, capsys):
-    sys.path.insert(0, str(REPO / "benchmarks" / "studies"))
-    try:
-        import modality_recipes as study
-    finally:
-        sys.path.remove(str(REPO / "benchmarks" / "studies"))
+def test_modality_study_table(tmp_path, capsys, one_intra_op_thread):
     import vlm
     from vlm.data.synthetic import build_synthetic_world
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = tmp_path / "data"
-        build_synthetic_world(data, samples=80, seed=0, eval_per_task=2, splits=("train", "test"), workers=1,
-                              classification=False, tasks=study.TRAILER_TASKS)
-        steps = [f"stages.{i}.{k}={v}" for i in range(3) for k, v in (("steps", 1), ("batch_size", 2))]
-        assert study.main(["--out", str(tmp_path / "out"), "--trailer-data", str(data), "--seeds", "0", "1",
-                           "--recipes", "omni-tiny", "--limit", "2", *steps, "runtime.checkpoint_every=0",
-                           "runtime.num_workers=0"]) == 0
-    finally:
-        torch.set_num_threads(n_threads)
+    study = load_study("modality_recipes")
+    data = tmp_path / "data"
+    build_synthetic_world(data, samples=80, seed=0, eval_per_task=2, splits=("train", "test"), workers=1,
+                          classification=False, tasks=study.TRAILER_TASKS)
+    steps = [f"stages.{i}.{k}={v}" for i in range(3) for k, v in (("steps", 1), ("batch_size", 2))]
+    assert study.main(["--out", str(tmp_path / "out"), "--trailer-data", str(data), "--seeds", "0", "1",
+                       "--recipes", "omni-tiny", "--limit", "2", *steps, "runtime.checkpoint_every=0",
+                       "runtime.num_workers=0"]) == 0
     printed = capsys.readouterr().out
     table = (tmp_path / "out" / "table.md").read_text()
     assert table in printed

@@ -1,4 +1,5 @@
-"""Shared by the tests/test_train_*.py files (no tests here): tiny shards and recipes, run helpers."""
+"""Shared by the tests/test_train_*.py files and others (no tests here): tiny shards and recipes, run helpers,
+the study scripts as modules."""
 from __future__ import annotations
 
 import json
@@ -141,3 +142,13 @@ def events(run: Path, kind: str) -> list[dict]:
 def weights(folder: Path) -> dict:
     from safetensors.torch import load_file
     return load_file(str(folder / "model.safetensors"))
+
+
+def load_study(name: str):
+    """A script of benchmarks/studies (not a package) as a module."""
+    import importlib.util
+    path = REPO / "benchmarks" / "studies" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
