@@ -65,8 +65,12 @@ def recipes(out: Path, data: Path, seed: int, overrides: list[str], every_stage:
     return found
 
 
+def _sd(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def _stat(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} ± {(statistics.stdev(xs) if len(xs) > 1 else 0.0):.3f}"
+    return f"{statistics.mean(xs):.3f} ± {_sd(xs):.3f}"
 
 
 def table(rows: list[dict], names: list[str]) -> str:
@@ -85,7 +89,7 @@ def table(rows: list[dict], names: list[str]) -> str:
         for v in names[1:]:
             xs = by[(b, v)]
             diff = statistics.mean(xs) - statistics.mean(base)
-            spread = max(statistics.stdev(xs) if len(xs) > 1 else 0.0, statistics.stdev(base) if len(base) > 1 else 0.0)
+            spread = max(_sd(xs), _sd(base))
             p = (statistics.mean(xs) + statistics.mean(base)) / 2
             se = math.sqrt(max(p * (1 - p), 1e-12) * 2 / (n_of[b] * len(xs)))
             outside = abs(diff) > spread and abs(diff) > 2 * se

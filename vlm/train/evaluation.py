@@ -36,15 +36,17 @@ from vlm.train import checkpoint as ckpt_lib
 BEST, BEST_INFO, EVAL_DIR = "best", "best.json", "eval"
 
 
-def benchmark_names(names: list[str]) -> list[str]:
-    """Benchmark names with each suite name expanded to its benchmarks, each once, in order."""
-    from benchmarks.registry import SUITES, get_suite
-    out: list[str] = []
-    for n in names:
+def eval_benchmarks(spec) -> tuple[list[str], list]:
+    """`runtime.eval`'s benchmark names (each suite expanded to its benchmarks, each once, in order) and the
+    benchmarks on its split; an unknown name is a UserError."""
+    from benchmarks.registry import SUITES, get_benchmark, get_suite
+    from benchmarks.runner import on_split
+    names: list[str] = []
+    for n in spec.benchmarks:
         for b in (get_suite(n).benchmarks if n in SUITES else [n]):
-            if b not in out:
-                out.append(b)
-    return out
+            if b not in names:
+                names.append(b)
+    return names, [on_split(get_benchmark(n), spec.split) for n in names]
 
 
 def default_data(recipe) -> str | None:
@@ -66,11 +68,8 @@ class TrainingEval:
     """Runs `runtime.eval` for a Trainer: `due`, then `run` (every rank calls it; rank 0 evaluates)."""
 
     def __init__(self, recipe, run_dir: Path, d, strategy, log):
-        from benchmarks.registry import get_benchmark
-        from benchmarks.runner import on_split
         self.spec, self.run_dir, self.d, self.strategy, self.log = recipe.runtime.eval, Path(run_dir), d, strategy, log
-        self.names = benchmark_names(self.spec.benchmarks)
-        self.benches = [on_split(get_benchmark(n), self.spec.split) for n in self.names]
+        self.names, self.benches = eval_benchmarks(self.spec)
         self.data = self.spec.data or default_data(recipe)
         self.workers = max(1, recipe.runtime.num_workers)
 

@@ -256,16 +256,15 @@ def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> N
 
 
 def _validate_eval(recipe: Recipe, check_files: bool) -> None:
-    from benchmarks.registry import Roots, get_benchmark
-    from benchmarks.runner import check_data, on_split
-    from vlm.train.evaluation import benchmark_names, default_data
+    from benchmarks.registry import Roots
+    from benchmarks.runner import check_data
+    from vlm.train.evaluation import default_data, eval_benchmarks
     ev, p = recipe.runtime.eval, "runtime.eval"
     _require(ev.every >= 0, f"{p}.every", f"must be >= 0, got {ev.every}")
     _require(ev.patience >= 0, f"{p}.patience", f"must be >= 0, got {ev.patience}")
     _require(ev.limit is None or ev.limit >= 1, f"{p}.limit", f"must be >= 1 or null, got {ev.limit}")
     try:
-        names = benchmark_names(ev.benchmarks)
-        benches = [on_split(get_benchmark(n), ev.split) for n in names]
+        names, benches = eval_benchmarks(ev)
     except UserError as e:
         raise UserError(f"recipe field '{p}.benchmarks': {e}") from None
     _require(ev.metric == "mean" or ev.metric in names, f"{p}.metric",
