@@ -12,6 +12,8 @@ benchmark runner (`benchmarks.runner.evaluate`, on `--split`: choose settings on
 script prints, per probe, mean +/- sample std over seeds (min-max in brackets), the margin of the pretrained
 encoder over the random one, and whether the margin is larger than the seed spread (the larger of the two
 stds) with no overlap of the ranges. Pretraining wall times are printed too. Finished runs are reused.
+OUT/results-SPLIT.json keeps every figure of every folder probed so far on SPLIT (calls with other seeds or
+variants add to it); OUT/results-SPLIT.jsonl the card rows from it (one per folder, probe and seed: `vlm card model_cards/mert.md --results OUT/results-test.jsonl --name mert`).
 
 Runs train with OMP_NUM_THREADS=1 (on a shared 2-core machine more threads stall each other); extra
 `key=value` arguments go to every `vlm train` call (e.g. stages.0.steps=1000 to try a setting on val).
@@ -80,7 +82,7 @@ def probe(folders: dict[str, Path], data: Path, split: str, out: Path) -> dict[s
     names = list(folders)
     for i, rec in enumerate(res.records):
         name, p = names[i // len(benches)], PROBES[i % len(benches)]
-        results.setdefault(name, {})[p] = {"accuracy": rec["score"],
+        results.setdefault(name, {})[p] = {"accuracy": rec["score"], "n": int(rec["metrics"]["n"]),
                                            "layers": [r["accuracy"] for r in rec["tables"]["layers"]]}
     return results
 
@@ -103,18 +105,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("overrides", nargs="*", help="key=value for every `vlm train mert-tiny` run")
     args = ap.parse_args(argv)
+    from benchmarks.model_card import write_results
     args.out.mkdir(parents=True, exist_ok=True)
     folders: dict[str, Path] = {}
     walls: dict[str, list[float]] = {}
+    run_walls: dict[str, float] = {}
     for seed in args.seeds:
         folders[f"seed{seed}-random"] = save_random(args.out / f"seed{seed}-random", seed, args.overrides)
         for v in args.variants:
             run = args.out / f"seed{seed}-{v}"
-            walls.setdefault(v, []).append(train(run, seed, args.data.resolve(), VARIANTS[v] + args.overrides))
+            run_walls[run.name] = train(run, seed, args.data.resolve(), VARIANTS[v] + args.overrides)
+            walls.setdefault(v, []).append(run_walls[run.name])
             folders[f"seed{seed}-{v}"] = run / "final"
     res = probe(folders, args.data, args.split, args.out / f"eval-{args.split}")
-    (args.out / f"results-{args.split}.json").write_text(json.dumps({"results": res, "walls": walls,
-                                                                      "overrides": args.overrides}, indent=1))
+    record = args.out / f"results-{args.split}.json"          # merged with earlier calls' folders (other seeds, variants)
+    old = json.loads(record.read_text()) if record.is_file() else {}
+    merged = {**old.get("results", {}), **res}
+    record.write_text(json.dumps({"results": merged, "walls": {**old.get("walls", {}), **run_walls}}, indent=1))
+    write_results(args.out / f"results-{args.split}.jsonl", [       # card rows: `vlm card model_cards/mert.md --results`
+        {"model": f"mert-tiny {name.split('-', 1)[1]}", "benchmark": f"sw-probe-music-{p}", "type": "probe",
+         "capability": p, "kind": "probe", "metric": "accuracy", "score": r["accuracy"],
+         "seed": int(name.split("-", 1)[0][4:]), "n": r["n"]}
+        for name, by_probe in sorted(merged.items()) for p, r in by_probe.items()])
     variants = ["random", *args.variants]
     print(f"\nMARBLE-style probes of mert-tiny on synthetic-world `{args.split}` (accuracy, learned layer weights; "
           f"mean +/- std [min-max] over seeds {args.seeds})\n")
@@ -129,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             margin = mp - mr
             met = "yes" if margin > max(sp, sr) and lop > hir else "no"
             cells.append(f"{margin:+.3f}")
+        else:                              # ablations only: no margin to show
+            cells.append("")
         print(f"| {p} | " + " | ".join(cells) + f" | {met} |")
     print("\nBest single layer (mean over seeds of each layer's probe accuracy):\n")
     print("| probe | " + " | ".join(variants) + " |")
