@@ -9,8 +9,8 @@ answer held-out music questions (instrument, tempo, chord quality, pitch) by gre
     python benchmarks/studies/mert_llava.py --study runs/mert-study --split test    # report
 
 Encoders come from the probe study's folders (`<study>/seed<S>-pretrained/final`, `<study>/seed<S>-random/
-final`); the VLM runs go to `<study>/llava-seed<S>-<encoder>`, the evaluation (benchmark runner, 40 questions
-per task and split) to `<study>/llava-eval-<split>`. Prints accuracy mean +/- std [min-max] over seeds per task.
+final`); the VLM runs go to `<study>/llava-seed<S>-<encoder>`, the evaluation (benchmark runner, every question
+of the split) to `<study>/llava-eval-<split>`. Prints accuracy mean +/- std [min-max] over seeds per task.
 Extra `key=value` arguments go to every `vlm train` call (e.g. model.settings.music_pool=2).
 """
 from __future__ import annotations
@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     def fmt(xs: list[float]) -> str:
         return (f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f} "
                 f"[{min(xs):.3f}-{max(xs):.3f}]")
+    n = "/".join(str(k) for k in sorted({int(rec["metrics"]["n"]) for rec in res.records}))
     print(f"\nllava-music-tiny answering held-out music questions, synthetic-world `{args.split}` "
-          f"(accuracy, 40 questions per task; mean +/- std [min-max] over seeds {args.seeds})\n")
+          f"(accuracy, {n} questions per task; mean +/- std [min-max] over seeds {args.seeds})\n")
     print("| task | pretrained mert-tiny encoder | random encoder (same architecture) | margin |")
     print("|---|---|---|---|")
     for t in TASKS:
