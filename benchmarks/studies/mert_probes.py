@@ -13,7 +13,8 @@ script prints, per probe, mean +/- sample std over seeds (min-max in brackets), 
 encoder over the random one, and whether the margin is larger than the seed spread (the larger of the two
 stds) with no overlap of the ranges. Pretraining wall times are printed too. Finished runs are reused.
 OUT/results-SPLIT.json keeps every figure of every folder probed so far on SPLIT (calls with other seeds or
-variants add to it); OUT/results-SPLIT.jsonl the card rows from it (one per folder, probe and seed: `vlm card model_cards/mert.md --results OUT/results-test.jsonl --name mert`).
+variants add to it); OUT/results-SPLIT.jsonl the card rows from it (one per folder, probe and seed):
+`vlm card model_cards/mert.md --results OUT/results-test.jsonl --name mert`.
 
 Runs train with OMP_NUM_THREADS=1 (on a shared 2-core machine more threads stall each other); extra
 `key=value` arguments go to every `vlm train` call (e.g. stages.0.steps=1000 to try a setting on val).

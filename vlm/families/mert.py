@@ -210,7 +210,7 @@ MUSIC_ONLY = {"modalities": ["music"]}          # music questions / captions (an
 # build), with the mel_kmeans teacher (2 x 64 units of log-mel and chroma frames), the CQT teacher at weight 50
 # and the noise mixture. The conv front end stays at its random initialisation (not in `trainable`; MERT scales
 # its gradient by 0.1). Chosen on synthetic-world's val split (model_cards/mert.md, "How the recipe was
-# chosen"): training the conv front end (gradient x 0.1 or x 1), the rvq teacher, CQT weights of 1-5 and the
+# chosen"): training the conv front end (gradient x 0.1 or x 1), the rvq teacher, CQT weights of 5-20 and the
 # 64-wide 2-layer `tiny` shape all left the pitch probe at or below random weights. ~15 min at 1 thread.
 TINY_PRETRAIN = {"hidden_size": 128, "num_hidden_layers": 4, "intermediate_size": 256, "codebooks": [64, 64]}
 MERT_TINY_RECIPE = {
@@ -219,8 +219,7 @@ MERT_TINY_RECIPE = {
     "model": {"family": "mert", "size": "tiny", "settings": dict(TINY_PRETRAIN)},
     "data": copy.deepcopy(SYNTHETIC_WORLD),
     "stages": [{
-        "name": "pretrain", "trainable": ALL_BUT_CONV,
-        "llm": "frozen", "filter": dict(MUSIC_ONLY),
+        "name": "pretrain", "trainable": ALL_BUT_CONV, "llm": "frozen", "filter": dict(MUSIC_ONLY),
         "steps": 1200, "lr": 2e-3, "batch_size": 16, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
         "schedule": "cosine", "warmup": 0.08, "grad_clip": 10.0, "max_len": 8,
         "objective": "masked_prediction",
