@@ -109,20 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.model_card import write_results
     args.out.mkdir(parents=True, exist_ok=True)
     folders: dict[str, Path] = {}
-    walls: dict[str, list[float]] = {}
-    run_walls: dict[str, float] = {}
+    walls: dict[str, float] = {}                    # run folder name -> pretraining seconds
     for seed in args.seeds:
         folders[f"seed{seed}-random"] = save_random(args.out / f"seed{seed}-random", seed, args.overrides)
         for v in args.variants:
             run = args.out / f"seed{seed}-{v}"
-            run_walls[run.name] = train(run, seed, args.data.resolve(), VARIANTS[v] + args.overrides)
-            walls.setdefault(v, []).append(run_walls[run.name])
+            walls[run.name] = train(run, seed, args.data.resolve(), VARIANTS[v] + args.overrides)
             folders[f"seed{seed}-{v}"] = run / "final"
     res = probe(folders, args.data, args.split, args.out / f"eval-{args.split}")
     record = args.out / f"results-{args.split}.json"          # merged with earlier calls' folders (other seeds, variants)
     old = json.loads(record.read_text()) if record.is_file() else {}
     merged = {**old.get("results", {}), **res}
-    record.write_text(json.dumps({"results": merged, "walls": {**old.get("walls", {}), **run_walls}}, indent=1))
+    record.write_text(json.dumps({"results": merged, "walls": {**old.get("walls", {}), **walls}}, indent=1))
     write_results(args.out / f"results-{args.split}.jsonl", [       # card rows: `vlm card model_cards/mert.md --results`
         {"model": f"mert-tiny {name.split('-', 1)[1]}", "benchmark": f"sw-probe-music-{p}", "type": "probe",
          "capability": p, "kind": "probe", "metric": "accuracy", "score": r["accuracy"],
@@ -157,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"layer {k}: {means[k]:.3f}")
         print(f"| {p} | " + " | ".join(cells) + " |")
     print("\nPretraining wall time per run (s; shared 2-core CPU, OMP_NUM_THREADS=1):")
-    for v, ws in walls.items():
+    for v in args.variants:
+        ws = [walls[f"seed{s}-{v}"] for s in args.seeds]
         print(f"  {v}: " + ", ".join(f"{w:.0f}" for w in ws) + f"  (max {max(ws) / 60:.1f} min)")
     return 0
 

@@ -199,10 +199,10 @@ SIZE_95M = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, i
 # ---------------------------------------------------------------------------------------------
 # recipes
 # ---------------------------------------------------------------------------------------------
-TRAINABLE = ["encoder.*", "final_proj.*", "label_embs", "regression_head.*"]
+PREDICTION_HEADS = ["final_proj.*", "label_embs", "regression_head.*"]
+TRAINABLE = ["encoder.*", *PREDICTION_HEADS]
 # everything but the conv front end (encoder.feature_extractor), which then keeps its random initialisation
-ALL_BUT_CONV = ["encoder.masked_spec_embed", "encoder.feature_projection.*", "encoder.encoder.*", "final_proj.*",
-                "label_embs", "regression_head.*"]
+ALL_BUT_CONV = ["encoder.masked_spec_embed", "encoder.feature_projection.*", "encoder.encoder.*", *PREDICTION_HEADS]
 MUSIC_ONLY = {"modalities": ["music"]}          # music questions / captions (and any music-only shards)
 
 # CPU: the tiny encoder widened for pretraining (128 wide, 4 layers, FFN 256; conv 32 x 7 as `tiny`) on
