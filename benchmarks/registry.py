@@ -22,7 +22,7 @@ from vlm.registry import Registry
 
 # UniBench's benchmark types, plus the ones our own harnesses add.
 TYPES = ("object recognition", "reasoning", "relation", "robustness", "non-natural", "texture", "corruption",
-         "embedding", "generative", "audio", "music", "custom")
+         "embedding", "generative", "audio", "music", "text", "custom")
 KINDS = ("zeroshot", "relation", "retrieval", "mmeb", "vqa", "caption", "probe")
 
 DEFAULT_SYNTHETIC_WORLD = "data/synthetic-world"

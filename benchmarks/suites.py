@@ -113,6 +113,18 @@ register_suite(Suite("music-probes", "MARBLE-style probes of the frozen music en
                      "instrument, tempo (a mert or vlm checkpoint)",
                      tuple(f"sw-probe-music-{t}" for t in ("pitch", "chord", "instrument", "tempo"))))
 
+# ------------------------------------------------------------------------------ text-only questions
+# What the base LLM knows before it sees media (`vlm data build synthetic-world --tasks text`; pass that
+# folder as --data): the world's facts, arithmetic, counting and word order, by generation.
+_TEXT = [("fact", "text_fact", "knowledge"), ("arith", "text_arith", "arithmetic"),
+         ("count", "text_count", "counting"), ("order", "text_order", "word order")]
+for short, task, cap in _TEXT:
+    register_benchmark(Benchmark(f"sw-text-{short}", "vqa", "text", cap, "accuracy", _sw(tasks=(task,)),
+                                 modality="text", description=f"text-only QA on '{task}' (normalised exact match; "
+                                 f"data: vlm data build synthetic-world --tasks text)"))
+register_suite(Suite("synthetic-world-text", "text-only questions: facts, arithmetic, counting, word order",
+                     tuple(f"sw-text-{short}" for short, *_ in _TEXT)))
+
 # ------------------------------------------------------------------------------ MMEB-style pairs (VLM2Vec)
 # The synthetic-world pair tasks (`vlm data build synthetic-world --tasks mmeb`; pass that folder as --data):
 # 12 datasets over the four meta-tasks, 8 in the training mixture and 4 out of distribution. Settings are

@@ -150,7 +150,7 @@ def test_list_filters_by_pattern_and_recipes_show_what_they_train(capsys):
     rows = {ln.split()[0]: ln.split()[1] for ln in capsys.readouterr().out.strip().splitlines()}
     assert rows == {"llava-tiny": "image", "iaa-tiny": "image", "dragonfly-tiny": "image",
                     "llava-audio-tiny": "audio", "llava-music-tiny": "music", "llava-video-tiny": "video",
-                    "omni-tiny": "video", "vlm2vec-tiny": "image",
+                    "omni-tiny": "video", "vlm2vec-tiny": "image", "llava-text-tiny": "text",
                     "mert-tiny": "music"}
 
 

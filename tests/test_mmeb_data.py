@@ -62,8 +62,11 @@ def test_pair_tasks_cover_four_meta_tasks_and_train_with_the_pairs_format(pair_w
 
 def test_default_synthetic_world_has_no_pair_tasks():
     from vlm.data.synthetic import OPT_IN, TRAIN_WEIGHTS, select_tasks
+    from vlm.data.synthetic.pairs import GENERATORS as PAIRS
+    from vlm.data.synthetic.text import GENERATORS as TEXT
     assert not select_tasks(None) & OPT_IN and not set(TRAIN_WEIGHTS) & OPT_IN
-    assert select_tasks(["mmeb"]) == OPT_IN
+    assert select_tasks(["mmeb"]) == set(PAIRS) and select_tasks(["text"]) == set(TEXT)
+    assert OPT_IN == set(PAIRS) | set(TEXT)
 
 
 def test_pair_benchmark_candidates(pair_world):

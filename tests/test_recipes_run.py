@@ -23,6 +23,7 @@ import helpers_media as H
 import test_train_common as C
 
 from vlm.data.filters import FILTERED, NOT_FOR_MODEL
+from vlm.families.llava import MUSIC_DATA, MUSIC_TASKS, TEXT_DATA
 from vlm.train.recipe import build_model, list_recipes, smoke_recipe
 from vlm.train.trainer import train
 
@@ -32,13 +33,17 @@ NOT_ERRORS = {FILTERED, NOT_FOR_MODEL, "too_long"}
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A working directory with the data the recipes name: `data/synthetic-world` (every task and split,
-    small), `data/sw-mmeb` (its MMEB-style pair tasks) and `data/mmeb-train` (MMEB-train's format, a
+    small), `data/synthetic-world-music` / `-text` (its music / text tasks), `data/sw-mmeb` (its MMEB-style
+    pair tasks) and `data/mmeb-train` (MMEB-train's format, a
     hand-made local copy through `vlm data convert mmeb`)."""
     from vlm.data.mmeb import convert_mmeb_train
     from vlm.data.synthetic import build_synthetic_world
     root = tmp_path_factory.mktemp("recipes")
     build_synthetic_world(root / "data" / "synthetic-world", samples=120, seed=0, eval_per_task=2, workers=1)
     build_synthetic_world(root / "data" / "sw-mmeb", samples=48, seed=0, eval_per_task=2, workers=1, tasks=["mmeb"])
+    for folder, tasks in ((MUSIC_DATA, MUSIC_TASKS), (TEXT_DATA, ["text"])):   # the music / text recipes' builds
+        build_synthetic_world(root / folder, samples=40, seed=0, eval_per_task=2, workers=1, tasks=tasks,
+                              classification=False)
     copy = root / "MMEB-train"
     (copy / "images").mkdir(parents=True)
     for i, colour in enumerate(["red", "blue", "green", "yellow"]):

@@ -18,7 +18,7 @@ def test_modality_study_table(tmp_path, capsys, one_intra_op_thread):
     study = load_study("modality_recipes")
     data = tmp_path / "data"
     build_synthetic_world(data, samples=80, seed=0, eval_per_task=2, splits=("train", "test"), workers=1,
-                          classification=False, tasks=study.TRAILER_TASKS)
+                          classification=False, tasks=study.SUBSETS["trailer"][0])
     steps = [f"stages.{i}.{k}={v}" for i in range(3) for k, v in (("steps", 1), ("batch_size", 2))]
     assert study.main(["--out", str(tmp_path / "out"), "--trailer-data", str(data), "--seeds", "0", "1",
                        "--recipes", "omni-tiny", "--limit", "2", *steps, "runtime.checkpoint_every=0",

@@ -53,15 +53,26 @@ def synthetic_world_mmeb(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def synthetic_world_text(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sw-text") / "sw-text"
+    C.run_vlm("data", "build", "synthetic-world", "--out", str(out), "--tasks", "text", "--samples", "100",
+              "--splits", "train", "--workers", "1", "--no-classification")
+    return out
+
+
 @pytest.mark.parametrize("name", [r["name"] for r in R.list_recipes() if r["name"].endswith("-tiny")])
 def test_every_tiny_recipe_finds_samples_for_each_stage_in_synthetic_world(name, request):
     """Each stage's filter (tasks, modalities, difficulty, quality) passes some samples of the default
     data set, so `vlm train NAME` after `vlm data build synthetic-world` never starts a stage empty
-    (the pair recipes: after `vlm data build synthetic-world --out data/sw-mmeb --tasks mmeb`)."""
+    (the pair recipes: after `vlm data build synthetic-world --out data/sw-mmeb --tasks mmeb`; the text recipe:
+    after `--tasks text`)."""
     default = R.load_recipe(name, check_files=False)
-    here = [f"data.{n}.shards=[{request.getfixturevalue(fixture) / 'train'}]" for n, src in default.data.items()
-            for marker, fixture in (("sw-mmeb", "synthetic_world_mmeb"), ("synthetic-world", "synthetic_world"))
-            if any(marker in s for s in src.shards)]
+    markers = (("sw-mmeb", "synthetic_world_mmeb"), ("synthetic-world-text", "synthetic_world_text"),
+               ("synthetic-world", "synthetic_world"))                      # the first that matches
+    fixture = {n: next((f for m, f in markers if any(m in s for s in src.shards)), None)
+               for n, src in default.data.items()}
+    here = [f"data.{n}.shards=[{request.getfixturevalue(f) / 'train'}]" for n, f in fixture.items() if f]
     assert here, f"{name}: no synthetic-world source"
     R.load_recipe(name, here)                        # check_files: every stage's filter must match samples
 

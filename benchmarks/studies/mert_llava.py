@@ -1,6 +1,6 @@
 """MERT study, part 2: does the pretrained music encoder help a VLM? The built-in `llava-music-tiny`
-recipe (frozen music encoder, projector on music captions, then projector + LLM on synthetic-world's music
-questions, easy -> hard) is trained with the pretrained `mert-tiny`
+recipe (frozen music encoder, projector on music captions, then projector + LLM on a music-only
+synthetic-world build's questions, easy -> hard) is trained with the pretrained `mert-tiny`
 encoder of each seed and with the same architecture at that seed's random initial weights, and both
 answer held-out music questions (instrument, tempo, chord quality, pitch) by greedy generation.
 
@@ -24,6 +24,8 @@ from pathlib import Path
 
 from mert_probes import train as train_recipe  # noqa: E402  (a sibling script: this folder is sys.path[0])
 
+from vlm.families.llava import MUSIC_DATA
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = "llava-music-tiny"                 # `music: mert:FOLDER` replaces its mert:tiny
 TASKS = ("instrument", "tempo", "chord", "pitch")
@@ -39,7 +41,8 @@ def train(out: Path, encoder: Path, seed: int, data: Path, overrides: list[str])
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", type=Path, default=Path("runs/mert-study"), help="the probe study's --out")
-    ap.add_argument("--data", type=Path, default=Path("data/synthetic-world"))
+    ap.add_argument("--data", type=Path, default=Path(MUSIC_DATA),
+                    help="synthetic-world music build (default: the recipe's own, see `vlm list recipes`)")
     ap.add_argument("--split", choices=["val", "test"], default="val")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("overrides", nargs="*", help="key=value for every `vlm train` run")

@@ -1,20 +1,22 @@
-"""What is heard and seen: the per-modality recipes and omni-tiny, trained vs untrained vs chance, and the
-omni soundtrack ablation.
+"""What is read, heard and seen: the per-modality recipes (text, sound, music, video) and omni-tiny, trained
+vs untrained vs chance, and the omni soundtrack ablation.
 
     python benchmarks/studies/modality_recipes.py --out runs/av-study                  # data, trainings, eval, tables
     python benchmarks/studies/modality_recipes.py --out runs/av-study --seeds 0 --recipes omni-tiny
 
 Builds a synthetic-world subset of the sound, music and video tasks (`--samples` training samples,
-`--eval-per-task` per task in val and test) if absent, and for omni-tiny its own subset of the trailer tasks
+`--eval-per-task` per task in val and test) if absent, for omni-tiny its own subset of the trailer tasks
 alone (`--trailer-samples` clips: in the shared subset each trailer task has under 300 training clips, too
-few for the shape question), then per recipe and seed:
+few for the shape question), for llava-music-tiny its own subset of the music tasks (`--music-samples`, as
+the recipe's own `data/synthetic-world-music`) and for llava-text-tiny the text-only tasks (`--text-samples`,
+as `data/synthetic-world-text`), then per recipe and seed:
   trained     the built-in recipe (its stages, steps and learning rates), `runtime.seed` = the seed
   untrained   the same model as the recipe builds it before step 0 (same seed)
 and for omni-tiny, from each trained model, two evaluation-time ablations (`mute`, nothing retrained):
   music muted       the clip's tokens leave out the music encoder's stream
   soundtrack muted  the music and the audio streams both left out: frames only
-Every model is scored by the benchmark runner on the test split (each recipe's suite: synthetic-world-audio
-/ -music / -video / -trailer). Printed: one table per recipe, mean +- standard deviation over seeds, chance
+Every model is scored by the benchmark runner on the test split (each recipe's suite: synthetic-world-text
+/ -audio / -music / -video / -trailer). Printed: one table per recipe, mean +- standard deviation over seeds, chance
 (1 / number of choices, from the runner) and whether the target holds:
   VQA, trained        every seed >= chance + 0.20 ("well above chance", the issue's words for the modality
                       recipes); for omni-tiny, whose issue asks for "above chance", also every seed above chance
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 RECIPES = {                                   # recipe: the suite that scores it
+    "llava-text-tiny": "synthetic-world-text",
     "llava-audio-tiny": "synthetic-world-audio",
     "llava-music-tiny": "synthetic-world-music",
     "llava-video-tiny": "synthetic-world-video",
@@ -43,8 +46,11 @@ RECIPES = {                                   # recipe: the suite that scores it
 TASKS = ["audio_caption", "audio_noise", "audio_tone", "music_caption", "music_chord", "music_instrument",
          "music_pitch", "music_tempo", "trailer_instrument", "trailer_merged", "trailer_music", "trailer_shape",
          "trailer_visual", "video", "video_caption", "video_music"]
-TRAILER_TASKS = [t for t in TASKS if t.startswith("trailer_")]
-OWN_DATA = {"omni-tiny": "trailer"}              # recipe: the subset it trains and is scored on (others: the shared one)
+# recipe: the subset it trains and is scored on (others: the shared one); subset: its tasks, default samples
+OWN_DATA = {"omni-tiny": "trailer", "llava-music-tiny": "music", "llava-text-tiny": "text"}
+SUBSETS = {"trailer": ([t for t in TASKS if t.startswith("trailer_")], 6000),
+           "music": ([t for t in TASKS if t.startswith("music_")], 5000),
+           "text": (["text"], 8000)}
 MUTES = {"music muted": ["music"], "soundtrack muted": ["music", "audio"]}
 ABOVE_CHANCE = 0.20                            # VQA target: every trained seed at least this far above chance
 SIGNIFICANT = 0.01                             # omni's "above chance": one-sided binomial p-value per seed below this
@@ -164,12 +170,14 @@ def card_rows(rows: list[dict]) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="the shared subset's folder (default OUT/data; built if absent)")
-    p.add_argument("--trailer-data", default=None,
-                   help="omni-tiny's trailer subset (default OUT/trailer-data; built if absent)")
+    for name, (_, samples) in SUBSETS.items():
+        user = next(r for r, s in OWN_DATA.items() if s == name)
+        p.add_argument(f"--{name}-data", default=None,
+                       help=f"{user}'s {name} subset (default OUT/{name}-data; built if absent)")
+        p.add_argument(f"--{name}-samples", type=int, default=samples,
+                       help=f"training samples of the {name} subset if it must be built")
     p.add_argument("--out", default="runs/av-study")
     p.add_argument("--samples", type=int, default=6000, help="training samples if the subset must be built")
-    p.add_argument("--trailer-samples", type=int, default=6000,
-                   help="training clips of the trailer subset if it must be built")
     p.add_argument("--eval-per-task", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
@@ -187,8 +195,8 @@ def main(argv=None) -> int:
     from vlm.data.cli import BuildConfig, build_if_absent
     out = Path(a.out)
     subsets = {"shared": (Path(a.data) if a.data else out / "data", a.samples, TASKS),
-               "trailer": (Path(a.trailer_data) if a.trailer_data else out / "trailer-data", a.trailer_samples,
-                           TRAILER_TASKS)}
+               **{name: (Path(getattr(a, f"{name}_data") or out / f"{name}-data"), getattr(a, f"{name}_samples"),
+                         tasks) for name, (tasks, _) in SUBSETS.items()}}
     rows = []
     for recipe in a.recipes:
         data, samples, tasks = subsets[OWN_DATA.get(recipe, "shared")]
@@ -204,6 +212,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"evaluation failed: {failed[['model', 'benchmark', 'reason']].to_dict('records')}")
         spec_of = {str(c): key for key, c in ckpts.items()}
         for r in res.table.to_dict("records"):
+            if r["model_spec"] not in spec_of:          # another run's model in the same evaluation folder
+                continue
             seed, variant = spec_of[r["model_spec"]]
             m = json.loads(r["metrics"])
             rows.append(dict(recipe=recipe, seed=seed, variant=variant, benchmark=r["benchmark"],

@@ -354,7 +354,7 @@ class ShardWriter:
             kinds = {m for t in texts for m in placeholder_modalities(t)}
         else:
             kinds = {k for k, fields in media_fields(encoded).items() if fields}
-        self.modalities.update(kinds)
+        self.modalities.update(kinds or {"text"})        # text only: counted as `vlm data inspect` counts it
 
     def close(self, write_index: bool = True) -> dict[str, Any]:
         """Finish the last shard and write `index.json` (not after a failure); returns the index."""

@@ -213,18 +213,19 @@ PROJECTORS = "media.*.projector.*"                     # the trainable pattern o
 def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft_llm: str,
                     modalities: tuple[str, ...] = ("image",), tasks: list[str] | None = TINY_TASKS,
                     align_tasks: list[str] = ("caption",), settings: dict | None = None,
-                    easy_below: float = 0.3, sft_steps: tuple[int, int] = (700, 500)) -> dict:
+                    easy_below: float = 0.3, sft_steps: tuple[int, int] = (700, 500),
+                    shards: str = SYNTHETIC_WORLD["world"]["shards"][0]) -> dict:
     """The tiny recipe of `family`: align (projectors, the `align_tasks` captions), then SFT easy
     (difficulty < `easy_below`) -> hard training `sft_trainable` with the LLM in mode `sft_llm`, on
-    samples of `modalities` (and `tasks`; None: all), `sft_steps` steps each; `settings`: the model's
-    builder settings over its tiny size."""
+    samples of `modalities` (and `tasks`; None: all) of the synthetic-world split at `shards`,
+    `sft_steps` steps each; `settings`: the model's builder settings over its tiny size."""
     sft = dict(trainable=list(sft_trainable), llm=sft_llm, **TINY_COMMON)
     only = {"modalities": list(modalities)}
     with_tasks = {"tasks": list(tasks)} if tasks is not None else {}
     return {
         "description": description,
         "model": {"family": family, "size": "tiny", "settings": dict(settings or {})},
-        "data": copy.deepcopy(SYNTHETIC_WORLD),
+        "data": {"world": {**SYNTHETIC_WORLD["world"], "shards": [shards]}},
         "stages": [
             {"name": "align", "trainable": [PROJECTORS], "llm": "frozen", "lr": 3e-3, "steps": 20,
              "filter": {"kind": "caption", **({"tasks": list(align_tasks)} if tasks is not None else {}), **only},

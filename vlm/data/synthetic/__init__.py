@@ -13,8 +13,9 @@ Layout:
     <out>/index.json                   shards, counts per split / task / modality, seed, choices per task
 
 The MMEB-style pair tasks (`pairs.py`: query / positive / negatives for contrastive training, the four
-meta-tasks) are built only when asked for (`--tasks mmeb` or their names), so the default data set
-stays what the chat recipes train on.
+meta-tasks) and the text-only tasks (`text.py`: facts, arithmetic, counting and word order, what the
+base LLM learns before any media) are built only when asked for (`--tasks mmeb`, `--tasks text` or their
+names), so the default data set stays what the chat recipes train on.
 
 Same seed -> byte-identical shards (each sample draws from its own generator seeded by
 (seed, split, index); tar members have fixed metadata; media are encoded without timestamps).
@@ -31,6 +32,7 @@ from typing import Any
 from vlm.data.synthetic import audio as synth_audio
 from vlm.data.synthetic import images as synth_images
 from vlm.data.synthetic import pairs as synth_pairs
+from vlm.data.synthetic import text as synth_text
 from vlm.data.synthetic import video as synth_video
 from vlm.data.synthetic.common import COLOR_NAMES, SHAPES, rng_for
 from vlm.data.writer import ShardWriter, encode_sample
@@ -40,10 +42,11 @@ NAME = "synthetic-world"
 DEFAULT_SAMPLES = 4000
 SHARD_SAMPLES = 500  # several shards even at the default size, so ranks x workers can split them
 GENERATORS = {**synth_images.GENERATORS, **synth_audio.GENERATORS, **synth_video.GENERATORS,
-              **synth_pairs.GENERATORS}
+              **synth_pairs.GENERATORS, **synth_text.GENERATORS}
 MODALITY = {t: "image" for t in [*synth_images.GENERATORS, *synth_pairs.GENERATORS]}
 MODALITY.update({t: "music" if t.startswith("music") else "audio" for t in synth_audio.GENERATORS})
 MODALITY.update({t: "video" for t in synth_video.GENERATORS})
+MODALITY.update({t: "text" for t in synth_text.GENERATORS})
 
 # Relative share of each task in the training mixture (captions weigh most: the alignment stage).
 TRAIN_WEIGHTS = {
@@ -69,13 +72,16 @@ TASK_CHOICES = {
     "music_instrument": synth_audio.INSTRUMENTS, "music_tempo": list(synth_audio.TEMPI),
     "video": list(synth_video.DIRECTIONS), "video_music": list(synth_audio.CHORDS),
     "trailer_shape": SHAPES, "trailer_instrument": synth_audio.INSTRUMENTS,
+    "text_fact": COLOR_NAMES, "text_arith": synth_text.ARITH_CHOICES, "text_count": synth_text.COUNT_CHOICES,
+    "text_order": sorted(synth_text.LIST_WORDS),
 }
-# Built only when asked for (`--tasks mmeb` or by name): the MMEB-style pair tasks, their own mixture
-# (in-distribution datasets, equal shares) and benchmark splits (every dataset, OOD ones included).
-OPT_IN = set(synth_pairs.GENERATORS)
-TASK_GROUPS = {"mmeb": sorted(synth_pairs.GENERATORS)}
-ALL_TRAIN_WEIGHTS = {**TRAIN_WEIGHTS, **synth_pairs.TRAIN_WEIGHTS}
-ALL_EVAL_TASKS = EVAL_TASKS + [name for name, *_ in synth_pairs.TASKS]
+# Built only when asked for (`--tasks mmeb` / `--tasks text` or by name): the MMEB-style pair tasks, their own
+# mixture (in-distribution datasets, equal shares) and benchmark splits (every dataset, OOD ones included);
+# the text tasks, in equal shares, each a benchmark.
+OPT_IN = set(synth_pairs.GENERATORS) | set(synth_text.GENERATORS)
+TASK_GROUPS = {"mmeb": sorted(synth_pairs.GENERATORS), "text": sorted(synth_text.GENERATORS)}
+ALL_TRAIN_WEIGHTS = {**TRAIN_WEIGHTS, **synth_pairs.TRAIN_WEIGHTS, **{t: 1 for t in synth_text.GENERATORS}}
+ALL_EVAL_TASKS = EVAL_TASKS + [name for name, *_ in synth_pairs.TASKS] + sorted(synth_text.GENERATORS)
 # Caption tasks whose samples also go to val / test (the captioning benchmarks of sound, music and video).
 CAPTION_EVAL_TASKS = ["audio_caption", "music_caption", "trailer_visual", "trailer_merged"]
 SPLITS = ("train", "val", "test")
