@@ -97,14 +97,29 @@ def register_family(family: Family) -> Family:
 # the builder toolkit
 # ---------------------------------------------------------------------------------------------
 def resolve_llm(spec: str | dict, seed: int | None = 0):
-    """'tiny:<arch>' | {'model_type': ..., sizes} (random, shipped tokenizer) | a local HF folder."""
+    """'tiny:<arch>' | {'model_type': ..., sizes} (random, shipped tokenizer) | 'vlm:<checkpoint>' (the LLM a
+    vlm checkpoint holds, e.g. `llava-text-tiny`'s text-pretrained one) | a local HF folder."""
     from vlm import llm as L
     if isinstance(spec, dict):
         spec = dict(spec)
         return L.build_tiny_llm(spec.pop("model_type"), seed=seed, **spec)
     if spec.startswith("tiny:"):
         return L.build_tiny_llm(spec.split(":", 1)[1], seed=seed)
+    if spec.startswith("vlm:"):
+        return checkpoint_llm(spec.split(":", 1)[1])
     return L.load_llm(spec)
+
+
+def checkpoint_llm(path: str):
+    """(LLM, tokenizer) of a vlm checkpoint: its LLM alone (LoRA adapters merged in; encoders, connectors and
+    an IAA route left behind), trainable as the new model's stages say."""
+    from vlm import llm as L
+    from vlm.loading import load
+    model = load(path)
+    llm = L.merged_copy(model.llm)
+    for p in llm.parameters():
+        p.requires_grad_(True)
+    return llm, model.tokenizer
 
 
 def media_parts(connector: dict, connectors: dict[str, dict] | None = None, **encoders: str | dict | None
