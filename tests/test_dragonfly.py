@@ -256,4 +256,17 @@ def test_fine_detail_study_recipes_and_selection_hits(tmp_path):
     samples = fine_detail_samples(data)
     assert len(samples) == 3 and all(lab["bbox"] and img.size[0] >= 1024 for img, _, lab in samples)
     assert selection_hits(build("dragonfly", "tiny", top_k=9), samples) == 1.0
-    assert selection_hits(build("dragonfly", "tiny", top_k=1), samples) in (0.0, 1 / 3, 2 / 3, 1.0)
+    # top_k=1 on the hand-built image of the selection test: the question-conditioned model keeps exactly the
+    # crop of the square it is asked about, so the hit rate is 1 for the asked square and 0 for the other
+    size, red, green = (1200, 1200), (900, 300), (1100, 500)
+    img = Image.new("RGB", size, GREY)
+    d = ImageDraw.Draw(img)
+    d.rectangle([red[0] - 30, red[1] - 30, red[0] + 30, red[1] + 30], fill=(255, 0, 0))
+    d.rectangle([green[0] - 15, green[1] - 15, green[0] + 15, green[1] + 15], fill=(0, 255, 0))
+    box = {"red": [870, 270, 930, 330], "green": [1085, 485, 1115, 515]}
+    text = _colour_model("text")
+    asked = [(img, f"<image>\nIs the shape {c}?", {"bbox": box[c]}) for c in ("green", "red")]
+    other = [(img, f"<image>\nIs the shape {c}?", {"bbox": box[o]}) for c, o in (("green", "red"), ("red", "green"))]
+    assert selection_hits(text, asked) == 1.0 and selection_hits(text, other) == 0.0
+    assert selection_hits(text, asked + other) == 0.5
+    assert selection_hits(_colour_model("visual"), asked) == 0.5        # the question-blind rule keeps red's crop
