@@ -125,6 +125,13 @@ for short, task, cap in _TEXT:
 register_suite(Suite("synthetic-world-text", "text-only questions: facts, arithmetic, counting, word order",
                      tuple(f"sw-text-{short}" for short, *_ in _TEXT)))
 
+# A small object among distractors on a textured canvas, the question naming it by one attribute
+# (`vlm data build synthetic-world --tasks fine_detail_hard ...`; pass that folder as --data).
+register_benchmark(Benchmark("sw-vqa-fine-detail-hard", "vqa", "reasoning", "fine detail", "accuracy",
+                             _sw(tasks=("fine_detail_hard",)),
+                             description="generative VQA on 'fine_detail_hard': the small object named among "
+                                         "distractors on a textured canvas (data: --tasks fine_detail_hard)"))
+
 # ------------------------------------------------------------------------------ MMEB-style pairs (VLM2Vec)
 # The synthetic-world pair tasks (`vlm data build synthetic-world --tasks mmeb`; pass that folder as --data):
 # 12 datasets over the four meta-tasks, 8 in the training mixture and 4 out of distribution. Settings are

@@ -317,6 +317,43 @@ def _by_task(out, split):
     return found
 
 
+def test_hard_fine_detail_names_one_object_among_distractors_on_a_texture(tmp_path):
+    """fine_detail_hard (opt-in): 3-4 objects of distinct colours and shapes, each drawn where its bbox says, the
+    question naming the target by one attribute and asking the other; the canvas is textured (not flat) yet
+    never as saturated as an object; half the images put the distractors next to the target."""
+    from vlm.data.synthetic import build_synthetic_world
+    from vlm.data.synthetic.common import COLORS
+    out = tmp_path / "fdh"
+    build_synthetic_world(out, samples=40, eval_per_task=20, tasks=["fine_detail_hard"], workers=1,
+                          classification=False, splits=("train", "test"))
+    samples = _by_task(out, "test")["fine_detail_hard"]
+    near = []
+    for s in samples:
+        m, img = meta(s), decode_image(s["jpg"])
+        lab = m["labels"]
+        objs = lab["objects"]
+        assert 3 <= len(objs) <= 4 and lab["bbox"] == objs[0]["bbox"] and min(img.shape[:2]) >= 1024
+        assert len({o["color"] for o in objs}) == len({o["shape"] for o in objs}) == len(objs)
+        target = objs[0]
+        if m["question"].startswith("What color"):
+            assert f"small {target['shape']}?" in m["question"] and m["answer"] == target["color"]
+        else:
+            assert f"small {target['color']} object?" in m["question"] and m["answer"] == target["shape"]
+        for o in objs:                                  # each object's colour at its bbox centre
+            x0, y0, x1, y1 = o["bbox"]
+            cx, cy = (x0 + x1) // 2, (y0 + y1) // 2 + (2 if o["shape"] == "triangle" else 0)
+            pixel = img[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3).mean(0)
+            assert np.abs(pixel - COLORS[o["color"]]).max() < 40, (s["__key__"], o)
+        chroma = img.max(-1).astype(int) - img.min(-1)
+        outside = np.ones(img.shape[:2], bool)
+        for o in objs:
+            x0, y0, x1, y1 = o["bbox"]
+            outside[max(0, y0 - 3):y1 + 4, max(0, x0 - 3):x1 + 4] = False
+        assert chroma[outside].max() < 80 and img[outside].std() > 5      # textured, never object-coloured
+        near.append(lab["near"])
+    assert 0 < sum(near) < len(near)
+
+
 def test_synthetic_world_labels_match_content(world):
     import scipy.ndimage as ndi
 

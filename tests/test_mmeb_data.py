@@ -66,7 +66,7 @@ def test_default_synthetic_world_has_no_pair_tasks():
     from vlm.data.synthetic.text import GENERATORS as TEXT
     assert not select_tasks(None) & OPT_IN and not set(TRAIN_WEIGHTS) & OPT_IN
     assert select_tasks(["mmeb"]) == set(PAIRS) and select_tasks(["text"]) == set(TEXT)
-    assert OPT_IN == set(PAIRS) | set(TEXT)
+    assert OPT_IN == set(PAIRS) | set(TEXT) | {"fine_detail_hard"}
 
 
 def test_pair_benchmark_candidates(pair_world):

@@ -13,9 +13,10 @@ Layout:
     <out>/index.json                   shards, counts per split / task / modality, seed, choices per task
 
 The MMEB-style pair tasks (`pairs.py`: query / positive / negatives for contrastive training, the four
-meta-tasks) and the text-only tasks (`text.py`: facts, arithmetic, counting and word order, what the
-base LLM learns before any media) are built only when asked for (`--tasks mmeb`, `--tasks text` or their
-names), so the default data set stays what the chat recipes train on.
+meta-tasks), the text-only tasks (`text.py`: facts, arithmetic, counting and word order, what the
+base LLM learns before any media) and `fine_detail_hard` (a small object among distractors on a textured
+canvas) are built only when asked for (`--tasks mmeb`, `--tasks text` or their names), so the default data
+set stays what the chat recipes train on.
 
 Same seed -> byte-identical shards (each sample draws from its own generator seeded by
 (seed, split, index); tar members have fixed metadata; media are encoded without timestamps).
@@ -73,15 +74,17 @@ TASK_CHOICES = {
     "video": list(synth_video.DIRECTIONS), "video_music": list(synth_audio.CHORDS),
     "trailer_shape": SHAPES, "trailer_instrument": synth_audio.INSTRUMENTS,
     "text_fact": COLOR_NAMES, "text_arith": synth_text.ARITH_CHOICES, "text_count": synth_text.COUNT_CHOICES,
-    "text_order": sorted(synth_text.LIST_WORDS),
+    "text_order": sorted(synth_text.LIST_WORDS), "fine_detail_hard": COLOR_NAMES + SHAPES,
 }
 # Built only when asked for (`--tasks mmeb` / `--tasks text` or by name): the MMEB-style pair tasks, their own
 # mixture (in-distribution datasets, equal shares) and benchmark splits (every dataset, OOD ones included);
-# the text tasks, in equal shares, each a benchmark.
-OPT_IN = set(synth_pairs.GENERATORS) | set(synth_text.GENERATORS)
+# the text tasks, in equal shares, each a benchmark; the hard fine-detail task (the fine_detail share).
+OPT_IN = set(synth_pairs.GENERATORS) | set(synth_text.GENERATORS) | {"fine_detail_hard"}
 TASK_GROUPS = {"mmeb": sorted(synth_pairs.GENERATORS), "text": sorted(synth_text.GENERATORS)}
-ALL_TRAIN_WEIGHTS = {**TRAIN_WEIGHTS, **synth_pairs.TRAIN_WEIGHTS, **{t: 1 for t in synth_text.GENERATORS}}
-ALL_EVAL_TASKS = EVAL_TASKS + [name for name, *_ in synth_pairs.TASKS] + sorted(synth_text.GENERATORS)
+ALL_TRAIN_WEIGHTS = {**TRAIN_WEIGHTS, **synth_pairs.TRAIN_WEIGHTS, **{t: 1 for t in synth_text.GENERATORS},
+                     "fine_detail_hard": 3}
+ALL_EVAL_TASKS = EVAL_TASKS + [name for name, *_ in synth_pairs.TASKS] + sorted(synth_text.GENERATORS) + [
+    "fine_detail_hard"]
 # Caption tasks whose samples also go to val / test (the captioning benchmarks of sound, music and video).
 CAPTION_EVAL_TASKS = ["audio_caption", "music_caption", "trailer_visual", "trailer_merged"]
 SPLITS = ("train", "val", "test")

@@ -302,6 +302,61 @@ def gen_fine_detail(rng: np.random.Generator, split: str) -> dict[str, Any]:
     return _sample(img, meta, (w, h))
 
 
+def textured_background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A muted textured canvas: a few low-frequency waves of tinted light (drawn at 1/4 size, scaled up) plus
+    grey pixel noise, pulled towards grey (no pixel near an object's saturation), so no crop is 'the only
+    coloured one' by background alone."""
+    sw, sh = max(1, w // 4), max(1, h // 4)
+    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32) / max(sw, sh)
+    img = np.full((sh, sw, 3), float(rng.uniform(120, 190)), np.float32)
+    for _ in range(3):
+        fx, fy = rng.uniform(1.5, 12.0, size=2)
+        wave = np.sin(2 * np.pi * (fx * xx + fy * yy) + rng.uniform(0, 2 * np.pi))
+        img += wave[..., None] * rng.uniform(8, 28, size=3).astype(np.float32)
+    grey = img.mean(-1, keepdims=True)
+    img = grey + 0.35 * (img - grey)
+    big = np.asarray(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
+                     np.float32)
+    big += rng.standard_normal((h, w, 1), dtype=np.float32) * 8
+    return Image.fromarray(np.clip(big, 0, 255).astype(np.uint8))
+
+
+def gen_fine_detail_hard(rng: np.random.Generator, split: str) -> dict[str, Any]:
+    """fine_detail on a textured canvas with 2-3 distractors (every object a distinct colour and a distinct
+    shape, all of the same small size); the question names the target by one attribute and asks the other.
+    Half the images put the distractors next to the target (inside a quarter of the short side), where a
+    crop that holds one object often holds another."""
+    w, h = int(pick(rng, FINE_SIZES)), int(pick(rng, FINE_SIZES))
+    img = textured_background(rng, w, h)
+    n = int(rng.integers(3, 5))
+    objs = [{"shape": sh, "color": c} for sh, c in zip(pick(rng, SHAPES, n), pick(rng, COLOR_NAMES, n))]
+    rel = float(rng.uniform(0.02, 0.08 if split == "train" else 0.035))
+    r = rel * min(w, h)
+    near = bool(rng.random() < 0.5)
+    draw, placed = ImageDraw.Draw(img), []
+    for i, obj in enumerate(objs):
+        for _ in range(200):                                 # rejection sampling: no two objects closer than 3 r
+            if i and near:
+                cx, cy = np.array(placed[0]) + rng.uniform(-1, 1, size=2) * min(w, h) / 4
+            else:
+                cx, cy = rng.uniform([r + 2, r + 2], [w - r - 2, h - r - 2])
+            inside = r + 2 <= cx <= w - r - 2 and r + 2 <= cy <= h - r - 2
+            if inside and all(math.dist((cx, cy), q) >= 3 * r for q in placed):
+                break
+        placed.append((float(cx), float(cy)))
+        obj["bbox"] = draw_shape(draw, obj["shape"], float(cx), float(cy), r, COLORS[obj["color"]])
+    target = objs[0]
+    if rng.random() < 0.5:
+        q, answer, choices = f"What color is the small {target['shape']}?", target["color"], COLOR_NAMES
+    else:
+        q, answer, choices = f"What shape is the small {target['color']} object?", target["shape"], SHAPES
+    meta = qa_json("fine_detail_hard", "<image>\n" + q, answer, choices,
+                   {"shape": target["shape"], "color": target["color"], "bbox": target["bbox"], "objects": objs,
+                    "near": near, "relative_size": round(2 * r / min(w, h), 4)},
+                   0.6 + 0.4 * min(1.0, (0.08 - rel) / 0.045))
+    return _sample(img, meta, (w, h))
+
+
 def _position(obj: dict[str, Any], size: tuple[int, int]) -> str:
     x, y = obj["center"][0] / size[0], obj["center"][1] / size[1]
     v = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
@@ -381,5 +436,5 @@ def gen_class_image(rng: np.random.Generator, by: str) -> tuple[Image.Image, str
 GENERATORS = {
     "color": gen_color, "shape": gen_shape, "count": gen_count, "spatial": gen_spatial,
     "digit": gen_digit, "ocr": gen_ocr, "fine_detail": gen_fine_detail, "caption": gen_caption,
-    "multi_turn": gen_multi_turn, "multi_image": gen_multi_image,
+    "multi_turn": gen_multi_turn, "multi_image": gen_multi_image, "fine_detail_hard": gen_fine_detail_hard,
 }
