@@ -3,16 +3,20 @@
     python benchmarks/studies/fine_detail_compare.py --out runs/fine-detail      # data, 4 trainings, eval, table
     python benchmarks/studies/fine_detail_compare.py --out runs/fine-detail stages.1.steps=200   # a quicker run
 
-Builds a synthetic-world subset (fine_detail + color + shape questions; `vlm data build synthetic-world
---tasks ...`) if absent, then trains with the recipes in benchmarks/studies/recipes (fine-detail-*.yaml),
-same data, stages, steps and learning rates:
+Builds a synthetic-world subset (`--task`'s fine-detail questions + color + shape; `vlm data build
+synthetic-world --tasks ...`) if absent: `fine_detail` (one small shape on a light, cluttered canvas) or
+`fine_detail_hard` (the small object named among 2-3 distractors on a textured canvas). Then trains with the
+recipes in benchmarks/studies/recipes (fine-detail-*.yaml), same data, stages, steps and learning rates:
   llava-tiny                 one low-resolution view (the tiny CLIP's 32 px): 16 visual tokens
-  dragonfly-tiny (visual)    low + 2x2 mid + top-3 of 9 high crops per mid region, the reference's score
-  dragonfly-tiny (text)      the same with the question-conditioned score
-  dragonfly-tiny (salient)   the same keeping each region's odd crops out (ours)
+  llava-tiny-hires           one 80 px view: 100 visual tokens (101 prompt positions vs dragonfly-tiny's 97)
+  dragonfly-tiny-visual      low + 2x2 mid + top-3 of 9 high crops per mid region, the reference's score
+  dragonfly-tiny-text        the same with the question-conditioned score
+  dragonfly-tiny-salient     the same keeping each region's odd crops out (ours)
+  dragonfly-tiny-all         every high crop (top_k 9, no selection: 217 tokens)
 (projector + zoom separators, then + the LLM in full; the encoder stays frozen as in llava-tiny), and
-evaluates each with the benchmark runner on the subset's test split (sw-vqa-fine-detail; colour and
-shape of large objects beside it). It also reports how often each dragonfly model's selection keeps
+evaluates each with the benchmark runner on the subset's `--split` (val to choose settings, test to report:
+the fine-detail benchmark; colour and shape of large objects beside it). Visual tokens per model (for a
+1024 px image) are printed beside the scores. It also reports how often each dragonfly model's selection keeps
 the high-resolution crop that holds the small object (chance: top_k / 9). OUT/results.jsonl holds every
 figure for the card, one run per `--seed` (initialisation and data order; the data set stays the same):
 
@@ -28,14 +32,17 @@ from pathlib import Path
 
 import torch
 
-TASKS = ["fine_detail", "color", "shape"]
+FINE = {"fine_detail": "sw-vqa-fine-detail", "fine_detail_hard": "sw-vqa-fine-detail-hard"}   # task: benchmark
+TASKS = ["fine_detail", "color", "shape"]          # the subset (its first task as `--task` says)
 BENCHES = ["sw-vqa-fine-detail", "sw-vqa-color", "sw-vqa-shape"]
 RECIPES = Path(__file__).parent / "recipes"
 RUNS = {                                            # name: (recipe file, overrides)
     "llava-tiny": ("fine-detail-llava.yaml", []),
+    "llava-tiny-hires": ("fine-detail-llava.yaml", ["model.settings.vision={name: tiny-clip, image_size: 80}"]),
     "dragonfly-tiny-visual": ("fine-detail-dragonfly.yaml", ["model.settings.selection=visual"]),
     "dragonfly-tiny-text": ("fine-detail-dragonfly.yaml", ["model.settings.selection=text"]),
     "dragonfly-tiny-salient": ("fine-detail-dragonfly.yaml", ["model.settings.selection=salient"]),
+    "dragonfly-tiny-all": ("fine-detail-dragonfly.yaml", ["model.settings.top_k=9"]),
 }
 
 
@@ -46,8 +53,8 @@ def study_recipe(name: str, data: Path, overrides: list[str] = ()):
     return load_recipe(str(RECIPES / file), [f"data.world.shards=[{data / 'train'}]", *extra, *overrides])
 
 
-def fine_detail_samples(data: Path, split: str = "test") -> list[tuple]:
-    """(PIL image, question, labels) of each fine_detail sample of a split."""
+def fine_detail_samples(data: Path, split: str = "test", task: str = "fine_detail") -> list[tuple]:
+    """(PIL image, question, labels) of each `task` sample of a split."""
     import io
 
     from PIL import Image
@@ -58,7 +65,7 @@ def fine_detail_samples(data: Path, split: str = "test") -> list[tuple]:
         for ref in scan_shard(shard):
             f = read_fields(ref)
             meta = json.loads(f.get("json", b"{}"))
-            if meta.get("task") == "fine_detail":
+            if meta.get("task") == task:
                 q = next(t["value"] for t in meta["conversations"] if t["from"] == "human")
                 out.append((Image.open(io.BytesIO(f["jpg"])).convert("RGB"), q, meta["labels"]))
     return out
@@ -87,10 +94,21 @@ def selection_hits(model, samples: list[tuple]) -> float:
     return hits / max(len(samples), 1)
 
 
+def visual_tokens(model, size: tuple[int, int] = (1024, 1024)) -> int:
+    """LLM positions one image of `size` takes in `model`'s prompts."""
+    from PIL import Image
+    img = Image.new("RGB", size)
+    return (len(model.processor.prompt("<image>\nQ", {"image": [img]}).input_ids)
+            - len(model.processor.prompt("Q", {}).input_ids))
+
+
 def main(argv=None) -> int:
+    from dataclasses import replace
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="the subset's folder (default OUT/data; built if absent)")
     p.add_argument("--out", default="runs/fine-detail")
+    p.add_argument("--task", choices=list(FINE), default="fine_detail", help="the fine-detail questions")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="val: choose settings; test: report")
     p.add_argument("--samples", type=int, default=4000, help="training samples if the subset must be built")
     p.add_argument("--eval-per-task", type=int, default=100)
     p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default all)")
@@ -98,15 +116,15 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. stages.1.steps=200)")
     a = p.parse_args(argv)
     import vlm
-    from benchmarks.registry import resolve
+    from benchmarks.registry import get_benchmark
     from benchmarks.report import capability_table
     from benchmarks.runner import RunConfig, evaluate
     from vlm.data.cli import BuildConfig, build_if_absent
     from vlm.train import train
     out = Path(a.out)
     data = Path(a.data) if a.data else out / "data"
-    build_if_absent(BuildConfig(out=str(data), samples=a.samples, eval_per_task=a.eval_per_task, tasks=TASKS,
-                                classification=False))
+    build_if_absent(BuildConfig(out=str(data), samples=a.samples, eval_per_task=a.eval_per_task,
+                                tasks=[a.task, *TASKS[1:]], classification=False))
     finals = {}
     for name in a.runs:
         run_dir = out / name
@@ -114,25 +132,32 @@ def main(argv=None) -> int:
             train(study_recipe(name, data, [f"runtime.seed={a.seed}", *a.overrides]), run_dir,
                   resume=(run_dir / "checkpoints").exists())
         finals[name] = run_dir / "final"
-    res = evaluate([str(f) for f in finals.values()], resolve(BENCHES),
-                   RunConfig(out=str(out / "eval"), data=str(data)))
+    benches = [get_benchmark(b) for b in [FINE[a.task], *BENCHES[1:]]]
+    if a.split == "val":
+        benches = [replace(b, name=f"{b.name}@val", data=replace(b.data, split="val")) for b in benches]
+    res = evaluate([str(f) for f in finals.values()], benches, RunConfig(out=str(out / f"eval-{a.split}"), data=str(data)))
     print(capability_table(res.table))
-    samples = fine_detail_samples(data)
-    dragonflies = {name: vlm.load(f) for name, f in finals.items() if name.startswith("dragonfly")}
+    models = {name: vlm.load(f) for name, f in finals.items()}
+    tokens = {name: visual_tokens(m) for name, m in models.items()}
+    print("\nvisual tokens per 1024 px image: " + ", ".join(f"{k} {v}" for k, v in tokens.items()))
+    samples = fine_detail_samples(data, a.split, a.task)
+    dragonflies = {name: m for name, m in models.items() if name.startswith("dragonfly")}
     hits = {name: selection_hits(m, samples) for name, m in dragonflies.items()}
-    zs = next(iter(dragonflies.values())).media["image"].zoom_settings if dragonflies else None
-    k, f2 = (zs.top_k, zs.factor ** 2) if zs else (0, 1)
-    print(f"\nselection keeps the small object's high crop (chance {k}/{f2} = {k / f2:.3f}), {len(samples)} test images:")
+    chance = {name: m.media["image"].zoom_settings.top_k / m.media["image"].zoom_settings.factor ** 2
+              for name, m in dragonflies.items()}
+    print(f"\nselection keeps the small object's high crop ({len(samples)} {a.split} images; chance: top_k / 9):")
     for name, h in hits.items():
-        print(f"  {name}: {h:.3f}")
+        print(f"  {name}: {h:.3f} (chance {chance[name]:.3f})")
     rows = res.table[["model", "benchmark", "score", "n"]].to_dict("records")
-    (out / "summary.json").write_text(json.dumps({"scores": rows, "selection_hits": hits, "top_k": k}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"scores": rows, "selection_hits": hits, "chance": chance,
+                                                  "visual_tokens": tokens, "split": a.split, "task": a.task},
+                                                 indent=2))
     from benchmarks.model_card import results_rows, write_results
     names = {f"{name}/final": name for name in finals}
     results = [{**r, "model": names.get(r["model"], r["model"])} for r in results_rows(res.table, seed=a.seed)]
     results += [{"model": name, "benchmark": "fine-detail-crop-kept", "type": "reasoning",
                  "capability": "zoom-in selection", "kind": "selection", "metric": "hit_rate", "score": round(h, 4),
-                 "n": len(samples), "chance": round(k / f2, 4), "seed": a.seed} for name, h in hits.items()]
+                 "n": len(samples), "chance": round(chance[name], 4), "seed": a.seed} for name, h in hits.items()]
     write_results(out / "results.jsonl", results)
     return 0
 
