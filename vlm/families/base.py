@@ -114,8 +114,9 @@ def checkpoint_llm(path: str):
     """(LLM, tokenizer) of a vlm checkpoint: its LLM alone (LoRA adapters merged in; encoders, connectors and
     an IAA route left behind), trainable as the new model's stages say."""
     from vlm import llm as L
-    from vlm.loading import load
-    model = load(path)
+    from vlm.model_files import load_multimodal, read_config     # not vlm.loading: it imports the families
+    p = Path(path)
+    model = load_multimodal(p, read_config(p))
     llm = L.merged_copy(model.llm)
     for p in llm.parameters():
         p.requires_grad_(True)
