@@ -71,20 +71,21 @@ def train_tiny_vlm(out: Path, world: Path, split: str = "test", tasks: tuple[str
 
 
 def test_lmms_eval_cli_matches_runner(tmp_path):
-    """Image VQA (generative and by log-likelihood) and the sound / music / video tasks (audio handed over
-    as {"array", "sampling_rate"}, videos as file paths) in one lmms-eval run: the same answers as ours."""
-    from benchmarks.lmms_tasks.export import AV_CAPTIONS, AV_VQA
+    """Image VQA (generative and by log-likelihood), the sound / music / video tasks (audio handed over
+    as {"array", "sampling_rate"}, videos as file paths) and the text-only questions (no media) in one
+    lmms-eval run: the same answers as ours."""
+    from benchmarks.lmms_tasks.export import AV_CAPTIONS, AV_VQA, TEXT_QA
     from benchmarks.registry import resolve
     from benchmarks.runner import RunConfig, evaluate
-    from vlm.data.synthetic import build_synthetic_world
+    from vlm.data.synthetic import build_synthetic_world, select_tasks
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         world = tmp_path / "sw"
         build_synthetic_world(world, samples=20, seed=0, eval_per_task=3, splits=("test",), workers=1,
-                              classification=False)
+                              classification=False, tasks=[*select_tasks(None), "text"])
         ckpt = train_tiny_vlm(tmp_path / "ckpt", world, steps=40)
-        ours = evaluate([str(ckpt)], resolve(["sw-vqa", "sw-vqa-mc", *AV_VQA, *AV_CAPTIONS]),
+        ours = evaluate([str(ckpt)], resolve(["sw-vqa", "sw-vqa-mc", *AV_VQA, *AV_CAPTIONS, *TEXT_QA]),
                         RunConfig(out=tmp_path / "ours", data=str(world), cache=False, progress=False,
                                   batch_size=1)).table.set_index("benchmark")
     finally:
@@ -95,7 +96,8 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
                HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     script = Path(sys.executable).with_name("lmms-eval")        # the console script of this environment
     cmd = [str(script) if script.exists() else "lmms-eval", "--model", "vlm", "--model_args", f"pretrained={ckpt}",
-           "--tasks", "synthetic_world_vqa,synthetic_world_vqa_mc,synthetic_world_av_vqa,synthetic_world_av_captions", "--include_path", str(REPO / "benchmarks/lmms_tasks"),
+           "--tasks", "synthetic_world_vqa,synthetic_world_vqa_mc,synthetic_world_av_vqa,synthetic_world_av_captions,"
+           "synthetic_world_text", "--include_path", str(REPO / "benchmarks/lmms_tasks"),
            "--output_path", str(tmp_path / "lmms"), "--log_samples", "--device", "cpu", "--batch_size", "1"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     results = sorted((tmp_path / "lmms").glob("*/*_results.json"))
@@ -124,6 +126,7 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
     assert len(preds(AV_VQA)) >= 2 * len(AV_VQA) and len(preds(AV_CAPTIONS)) >= 2 * len(AV_CAPTIONS)
     assert answers("synthetic_world_av_vqa") == preds(AV_VQA)
     assert answers("synthetic_world_av_captions") == preds(AV_CAPTIONS)
+    assert len(preds(TEXT_QA)) == 3 * len(TEXT_QA) and answers("synthetic_world_text") == preds(TEXT_QA)
 
 
 def test_media_from_other_tasks_doc_to_visual():

@@ -3,7 +3,8 @@ hooks. The samples are exactly those of our benchmarks (same split, task filter 
 is the same first human turn, and the scoring is `benchmarks.tasks.generative`'s (VQA) or the same
 corpus metrics (captions), so `lmms-eval --tasks synthetic_world_vqa` and `vlm eval --bench sw-vqa`
 score the same way; `synthetic_world_av_vqa` / `synthetic_world_av_captions` are the sound, music and
-video benchmarks (sw-vqa-audio-*, music-*, video, trailer-*; sw-caption-audio / music / video / trailer).
+video benchmarks (sw-vqa-audio-*, music-*, video, trailer-*; sw-caption-audio / music / video / trailer),
+`synthetic_world_text` the text-only questions (sw-text-*; no media).
 
 Where the data is: $VLM_SYNTHETIC_WORLD (default data/synthetic-world), split $VLM_LMMS_SPLIT (default
 test). The parquet goes to the feature cache folder ($VLM_CACHE), keyed by the shards' hash.
@@ -21,6 +22,7 @@ AV_VQA = ["sw-vqa-audio-tone", "sw-vqa-audio-noise", "sw-vqa-music-pitch", "sw-v
           "sw-vqa-music-instrument", "sw-vqa-music-tempo", "sw-vqa-video", "sw-vqa-trailer-shape",
           "sw-vqa-trailer-instrument"]
 AV_CAPTIONS = ["sw-caption-audio", "sw-caption-music", "sw-caption-video", "sw-caption-trailer"]
+TEXT_QA = ["sw-text-fact", "sw-text-arith", "sw-text-count", "sw-text-order"]   # data: a `--tasks text` build
 
 
 @functools.lru_cache(maxsize=None)
