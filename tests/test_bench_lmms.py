@@ -21,6 +21,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINT = "vlm = benchmarks.lmms_plugin:MANIFEST"
+LMMS_TASKS = ("synthetic_world_vqa", "synthetic_world_vqa_mc", "synthetic_world_av_vqa", "synthetic_world_av_captions",
+              "synthetic_world_text")
 
 
 def _entry_point_dir(tmp: Path) -> Path:
@@ -96,8 +98,7 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
                HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     script = Path(sys.executable).with_name("lmms-eval")        # the console script of this environment
     cmd = [str(script) if script.exists() else "lmms-eval", "--model", "vlm", "--model_args", f"pretrained={ckpt}",
-           "--tasks", "synthetic_world_vqa,synthetic_world_vqa_mc,synthetic_world_av_vqa,synthetic_world_av_captions,"
-           "synthetic_world_text", "--include_path", str(REPO / "benchmarks/lmms_tasks"),
+           "--tasks", ",".join(LMMS_TASKS), "--include_path", str(REPO / "benchmarks/lmms_tasks"),
            "--output_path", str(tmp_path / "lmms"), "--log_samples", "--device", "cpu", "--batch_size", "1"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     results = sorted((tmp_path / "lmms").glob("*/*_results.json"))
