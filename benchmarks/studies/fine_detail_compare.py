@@ -8,11 +8,11 @@ synthetic-world --tasks ...`) if absent: `fine_detail` (one small shape on a lig
 `fine_detail_hard` (the small object named among 2-3 distractors on a textured canvas). Then trains with the
 recipes in benchmarks/studies/recipes (fine-detail-*.yaml), same data, stages, steps and learning rates:
   llava-tiny                 one low-resolution view (the tiny CLIP's 32 px): 16 visual tokens
-  llava-tiny-hires           one 80 px view: 100 visual tokens (101 prompt positions vs dragonfly-tiny's 97)
+  llava-tiny-hires           one 80 px view: 100 visual tokens, about dragonfly-tiny's 96 (a matched budget)
   dragonfly-tiny-visual      low + 2x2 mid + top-3 of 9 high crops per mid region, the reference's score
   dragonfly-tiny-text        the same with the question-conditioned score
   dragonfly-tiny-salient     the same keeping each region's odd crops out (ours)
-  dragonfly-tiny-all         every high crop (top_k 9, no selection: 217 tokens)
+  dragonfly-tiny-all         every high crop (top_k 9, no selection: 216 tokens)
 (projector + zoom separators, then + the LLM in full; the encoder stays frozen as in llava-tiny), and
 evaluates each with the benchmark runner on the subset's `--split` (val to choose settings, test to report:
 the fine-detail benchmark; colour and shape of large objects beside it). Visual tokens per model (for a
@@ -95,11 +95,9 @@ def selection_hits(model, samples: list[tuple]) -> float:
 
 
 def visual_tokens(model, size: tuple[int, int] = (1024, 1024)) -> int:
-    """LLM positions one image of `size` takes in `model`'s prompts."""
+    """LLM tokens one image of `size` becomes in `model` (as the model counts them)."""
     from PIL import Image
-    img = Image.new("RGB", size)
-    return (len(model.processor.prompt("<image>\nQ", {"image": [img]}).input_ids)
-            - len(model.processor.prompt("Q", {}).input_ids))
+    return model.num_media_tokens("image", model.processor.preprocess_media("image", Image.new("RGB", size)))
 
 
 def main(argv=None) -> int:

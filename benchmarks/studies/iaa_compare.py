@@ -79,8 +79,8 @@ def perplexity(model, convs: list[dict], batch: int = 32) -> float:
 
 def trainable_params(run: Path) -> int:
     """Trainable parameters of a run's last stage (its metrics.jsonl `stage_start` event)."""
-    starts = [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-              if e.get("event") == "stage_start"]
+    from vlm.train.logging import read_metrics
+    starts = [e for e in read_metrics(run) if e.get("event") == "stage_start"]
     return int(starts[-1]["trainable_params"])
 
 
