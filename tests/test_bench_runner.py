@@ -3,7 +3,6 @@ skips finished work; another output folder hits the feature cache; `vlm eval` ba
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 
 import pandas as pd
@@ -90,10 +89,8 @@ def test_runner_end_to_end_rerun_and_cache(assets):
     lookups = res.cache_hits + res.cache_misses
 
     # Rerun into the same folder: every benchmark is found done, nothing is computed.
-    t0 = time.perf_counter()
     again = evaluate([a["clip"], a["llava"]], benches, cfg)
     assert again.reused == len(again.records) and again.cache_misses == 0 and again.cache_hits == 0
-    assert time.perf_counter() - t0 < 20
     assert again.table["score"].equals(t["score"])
 
     # Another folder, same cache: every cached computation is a hit, scores unchanged.

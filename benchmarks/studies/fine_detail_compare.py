@@ -10,7 +10,10 @@ recipes in benchmarks/studies/recipes (fine-detail-*.yaml), same data, stages, s
   llava-tiny                 one low-resolution view (the tiny CLIP's 32 px): 16 visual tokens
   llava-tiny-hires           one 80 px view: 100 visual tokens, about dragonfly-tiny's 96 (a matched budget)
   dragonfly-tiny-visual      low + 2x2 mid + top-3 of 9 high crops per mid region, the reference's score
-  dragonfly-tiny-text        the same with the question-conditioned score
+  dragonfly-tiny-text        the same with the question-conditioned score, learned through the LM loss only
+  dragonfly-tiny-grounded    the same, also trained with the relevance loss (`grounded_next_token`): the
+                             score of the high crop that holds the object the question is about (the box the
+                             generator knows; colour / shape questions have none) against its region's others
   dragonfly-tiny-salient     the same keeping each region's odd crops out (ours)
   dragonfly-tiny-all         every high crop (top_k 9, no selection: 216 tokens)
 (projector + zoom separators, then + the LLM in full; the encoder stays frozen as in llava-tiny), and
@@ -41,6 +44,9 @@ RUNS = {                                            # name: (recipe file, overri
     "llava-tiny-hires": ("fine-detail-llava.yaml", ["model.settings.vision={name: tiny-clip, image_size: 80}"]),
     "dragonfly-tiny-visual": ("fine-detail-dragonfly.yaml", ["model.settings.selection=visual"]),
     "dragonfly-tiny-text": ("fine-detail-dragonfly.yaml", ["model.settings.selection=text"]),
+    "dragonfly-tiny-grounded": ("fine-detail-dragonfly.yaml", ["model.settings.selection=text",
+                                                               *[f"stages.{i}.objective=grounded_next_token"
+                                                                 for i in (0, 1)]]),
     "dragonfly-tiny-salient": ("fine-detail-dragonfly.yaml", ["model.settings.selection=salient"]),
     "dragonfly-tiny-all": ("fine-detail-dragonfly.yaml", ["model.settings.top_k=9"]),
 }
@@ -153,7 +159,8 @@ def main(argv=None) -> int:
     from benchmarks.model_card import results_rows, write_results
     names = {f"{name}/final": name for name in finals}
     results = [{**r, "model": names.get(r["model"], r["model"])} for r in results_rows(res.table, seed=a.seed)]
-    results += [{"model": name, "benchmark": "fine-detail-crop-kept", "type": "reasoning",
+    kept = FINE[a.task].removeprefix("sw-vqa-") + "-crop-kept"                  # fine-detail(-hard)-crop-kept
+    results += [{"model": name, "benchmark": kept, "type": "reasoning",
                  "capability": "zoom-in selection", "kind": "selection", "metric": "hit_rate", "score": round(h, 4),
                  "n": len(samples), "chance": round(chance[name], 4), "seed": a.seed} for name, h in hits.items()]
     write_results(out / "results.jsonl", results)

@@ -20,8 +20,16 @@ Ours, on purpose: a high crop belongs to the mid crop that contains it (the v1 c
 6 crops in raster order of a separately chosen 24-crop grid, which are rows, not mid regions);
 pooling runs before the projector (the same as the reference's project-then-pool for a linear
 projector, 16x cheaper for the MLP) and scores use the pooled tokens; a learned separator after
-each crop; a text-conditioned score (each high crop's mean token . the prompt's mean embedding) and
-a salient score (each high crop's distance from its region's mean crop).
+each crop; a learned text-conditioned score and a salient score (each high crop's distance from its
+region's mean crop).
+
+The text score is `query(prompt mean embedding) . key(high crop mean token) / sqrt(D)` with two D x D
+linear maps that start as the identity (untrained: the plain dot product). It learns two ways, both
+optional: (1) straight through from the LM loss: the kept crops' tokens are multiplied by
+`1 + p - p.detach()` (p: the softmax of the region's scores at the kept crops), exactly 1 in the forward
+pass, so the loss's gradient reaches the scores of the crops it used; (2) a relevance loss where the data
+says which region the answer is about (`grounded_next_token`, vlm/train/objectives/grounded.py): the
+cross-entropy of that region's scores against the high crop holding the box centre (`ZoomPreprocess.focus`).
 """
 from __future__ import annotations
 
@@ -185,6 +193,13 @@ class ZoomPreprocess:
         # reducing_gap 3: a box reduce first, then the filter (PIL: indistinguishable from a full resample)
         return pil_to_tensor(image.resize((w, h), _RESAMPLE[self.interpolation], reducing_gap=3.0))
 
+    def focus(self, size: tuple[int, int], box: Box) -> int:
+        """The high crop (mid crop index * factor^2 + slot) holding the centre of `box` (left, top, right,
+        bottom) in an image of `size` (w, h): the crop a question about that box should zoom into."""
+        grid, f = choose_grid(size, self.settings.mid_grids, self.tile), self.settings.factor
+        mid, slot = locate(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), size, grid, f)
+        return mid * f * f + slot
+
     def __call__(self, image) -> Tensor:
         from PIL import Image
         if isinstance(image, Tensor):
@@ -230,31 +245,49 @@ def select_top_k(scores: Tensor, k: int) -> Tensor:
 
 
 class ZoomSelect(nn.Module):
-    """The learned part of the zoom (a separator per level: after mid crops, after high crops) and the
-    assembly of one image's tokens: low, mid crops + sep, top-k high crops per mid region + sep."""
+    """The learned part of the zoom (a separator per level: after mid crops, after high crops; the text
+    score's query / key maps) and the assembly of one image's tokens: low, mid crops + sep, top-k high
+    crops per mid region + sep."""
 
     def __init__(self, settings: ZoomSettings, d_lm: int):
         super().__init__()
         self.settings = settings
         self.separator = nn.Parameter(torch.randn(2, d_lm) * 0.02) if settings.separator else None  # [2, D_lm]
+        if settings.selection == "text":                 # identity at init: the plain dot product
+            self.query, self.key = nn.Linear(d_lm, d_lm), nn.Linear(d_lm, d_lm)
+            for lin in (self.query, self.key):
+                nn.init.eye_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
-    def forward(self, low: Tensor, mid: Tensor, high: Tensor, query: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def scores(self, mid: Tensor, high: Tensor, query: Tensor | None = None) -> Tensor:
+        """Each high crop's score within its region. mid [N, M, t, D], high [N, M, F, t, D], query [N, M, D]
+        (None: each region's mid crop mean) -> [N, M, F]"""
+        if self.settings.selection == "salient":
+            return salient_scores(high)
+        query = mid.mean(2) if query is None else query
+        if self.settings.selection == "visual":
+            return zoom_scores(high, query)
+        q, k = self.query(query.to(high.dtype)), self.key(high.mean(3))          # [N, M, D], [N, M, F, D]
+        return torch.einsum("nmfd,nmd->nmf", k, q) / math.sqrt(q.shape[-1])
+
+    def forward(self, low: Tensor, mid: Tensor, high: Tensor,
+                query: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """low [N, T, D], mid [N, M, t, D], high [N, M, F, t, D]; query [N, M, D] (None: each region's
         mid crop mean, the reference's visual score; unused when salient) -> tokens [N, budget, D],
-        picked [N, M, k]."""
+        picked [N, M, k], scores [N, M, F]."""
         N, M, _, t, D = high.shape
-        if self.settings.selection == "salient":
-            scores = salient_scores(high)                                         # [N, M, F]
-        else:
-            scores = zoom_scores(high, mid.mean(2) if query is None else query)   # [N, M, F]
+        scores = self.scores(mid, high, query)                                    # [N, M, F]
         picked = select_top_k(scores, self.settings.top_k)                       # [N, M, k]
         k = picked.shape[-1]
         kept = high.gather(2, picked[..., None, None].expand(N, M, k, t, D))      # [N, M, k, t, D]
+        if self.settings.selection == "text" and torch.is_grad_enabled():
+            p = scores.float().softmax(-1).gather(2, picked)                      # [N, M, k]
+            kept = kept * (1 + p - p.detach()).to(kept.dtype)[..., None, None]    # == kept; d/dscores flows
         if self.separator is not None:
             sep = self.separator.to(mid.dtype)
             mid = torch.cat([mid, sep[0].expand(N, M, 1, D)], 2)                  # [N, M, t+1, D]
             kept = torch.cat([kept, sep[1].expand(N, M, k, 1, D)], 3)             # [N, M, k, t+1, D]
-        return torch.cat([low, mid.flatten(1, 2), kept.flatten(1, 3)], 1), picked  # [N, budget, D]
+        return torch.cat([low, mid.flatten(1, 2), kept.flatten(1, 3)], 1), picked, scores  # [N, budget, D]
 
 
 def check_zoom_shape(shape: tuple[int, ...], settings: ZoomSettings) -> None:
@@ -312,8 +345,9 @@ class ZoomTokenizer(MediaTokenizer):
     def forward(self, items: list[Tensor], context: MediaContext | None = None) -> list[Tensor]:
         return list(self.zoom_tokens(items, context)[0].unbind(0))                # N x [budget, D_lm]
 
-    def zoom_tokens(self, items: list[Tensor], context: MediaContext | None = None) -> tuple[Tensor, Tensor]:
-        """Preprocessed items -> (tokens [N, budget, D_lm], picked high crops per mid region [N, M, k])."""
+    def zoom_tokens(self, items: list[Tensor], context: MediaContext | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Preprocessed items -> (tokens [N, budget, D_lm], picked high crops per mid region [N, M, k], every
+        high crop's score [N, M, F])."""
         s, enc, proj = self.zoom_settings, self.encoder, self.projector
         for it in items:
             check_zoom_shape(tuple(it.shape), s)

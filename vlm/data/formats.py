@@ -1,6 +1,7 @@
 """Batch formats: how decoded samples become the batches an objective reads. One per kind of objective:
 
 - `chat`  (next_token): a conversation -> input_ids / labels / attention_mask + media; padded or packed.
+- `grounded_chat` (grounded_next_token): `chat` + per image the zoom crop of the sample's `bbox` (`focus`).
 - `pairs` (contrastive): a query and its positive (+ hard negatives) -> two sub-batches of prompts,
   `query` and `target` (positives first, then each query's negatives in order), for embeddings.
 - `clips` (masked_prediction): an audio file -> a mono waveform crop at the model's sample rate.
@@ -21,19 +22,35 @@ audio is a `bad_audio` error.
 """
 from __future__ import annotations
 
+import io
+import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from vlm.data.collate import collate
-from vlm.data.decode import RawSample, SampleError, decode_item, decode_media, decode_sample, read_meta
+from vlm.data.decode import (
+    RawSample,
+    SampleError,
+    decode_item,
+    decode_media,
+    decode_sample,
+    read_meta,
+)
 from vlm.data.packing import pack_rows, row_fits, truncate
 from vlm.data.processor import Processed, Processor
+from vlm.data.writer import media_fields
 from vlm.errors import UserError
-from vlm.modalities import (FILE_EXTENSIONS, MODALITIES, PLACEHOLDER_RE, media_order, placeholder_modalities,
-                            short_error)
+from vlm.modalities import (
+    FILE_EXTENSIONS,
+    MODALITIES,
+    PLACEHOLDER_RE,
+    media_order,
+    placeholder_modalities,
+    short_error,
+)
 from vlm.registry import Registry
 
 FORMATS: Registry[type["Format"]] = Registry("batch format")
@@ -125,6 +142,64 @@ class ChatFormat(Format):
 
     def pack(self, rows: list[list[Processed]], pad_id: int, keys: list[str]) -> dict:
         return pack_rows(rows, self.max_len, pad_id, keys)
+
+
+@dataclass
+class Grounded(Processed):
+    focus: list[int] = field(default_factory=list)   # per image item: `preprocess.focus` of its box, -1: none
+
+
+def sample_box(meta: dict) -> tuple[float, float, float, float] | None:
+    """The region of the sample's first image the answer is about: json `bbox` [left, top, right, bottom]
+    in pixels (top level, or in `labels` as synthetic-world writes it); None when the sample has none."""
+    box = meta.get("bbox", (meta.get("labels") or {}).get("bbox") if isinstance(meta.get("labels"), dict) else None)
+    if box is None:
+        return None
+    ok = isinstance(box, list | tuple) and len(box) == 4 and all(isinstance(v, int | float) and math.isfinite(v)
+                                                                  for v in box)
+    if not ok or box[2] < box[0] or box[3] < box[1]:
+        raise SampleError("bad_bbox", f"json 'bbox' must be [left, top, right, bottom] numbers, got {box!r}")
+    return tuple(float(v) for v in box)
+
+
+@FORMATS.register("grounded_chat")
+class GroundedChatFormat(ChatFormat):
+    """`chat` plus, per image, the high-resolution crop that holds the centre of the sample's `bbox`
+    (`sample_box`): `batch["focus"]` [N_images] (-1 where a sample has no box, and for its later images),
+    in the order of `batch["media"]["image"]`. The model's image preprocess must have `focus(size, box)`
+    (the zoom connector's). Boxes are in the stored image's pixels; a draft-decoded image scales them."""
+
+    def __init__(self, processor, max_len, draft_size=None):
+        super().__init__(processor, max_len, draft_size)
+        pre = processor.preprocess.get("image")
+        if not callable(getattr(pre, "focus", None)):
+            raise UserError("batch format 'grounded_chat' needs an image connector that zooms (the dragonfly "
+                            "family's); this model's image preprocess has no crops to focus on")
+        self.image = pre
+
+    def make(self, key, fields, shard, seed=0):
+        from PIL import Image
+        raw = decode_sample(key, fields, shard, self.draft_size)
+        box = sample_box(raw.meta)
+        images = raw.media.get("image", [])
+        focus = [-1] * len(images)
+        if box is not None and images:
+            first = media_fields(fields)["image"][0]
+            with Image.open(io.BytesIO(fields[first])) as stored:       # the header only: the stored size
+                sx, sy = images[0].size[0] / stored.size[0], images[0].size[1] / stored.size[1]
+            focus[0] = self.image.focus(images[0].size, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+        p, converted = self.process(raw)
+        return Grounded(p.input_ids, p.labels, p.media, focus), converted
+
+    @staticmethod
+    def _focus(samples) -> torch.Tensor:
+        return torch.tensor([f for s in samples for f in s.focus], dtype=torch.long)
+
+    def collate(self, items, pad_id):
+        return {**collate(items, pad_id), "focus": self._focus(items)}
+
+    def pack(self, rows, pad_id, keys):
+        return {**pack_rows(rows, self.max_len, pad_id, keys), "focus": self._focus([s for r in rows for s in r])}
 
 
 @dataclass

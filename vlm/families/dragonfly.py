@@ -2,7 +2,8 @@
 selection of the top-k high-resolution crops per mid region, at a fixed visual-token budget.
 
     model = vlm.build("dragonfly", "tiny")                              # 96 tokens per image
-    model = vlm.build("dragonfly", "tiny", selection="text", top_k=2)   # question-conditioned zoom
+    model = vlm.build("dragonfly", "tiny", selection="text", top_k=2)   # question-conditioned zoom (learned;
+                                                    # objective grounded_next_token trains it on bboxes)
     model = vlm.build("dragonfly", "tiny", selection="salient")         # the odd crop out
     model = vlm.build("dragonfly", vision="hf:/models/siglip", llm="/models/qwen2", pool=3)
     vlm train dragonfly-tiny                                            # projector, then full
