@@ -209,6 +209,27 @@ class OpenClipPreparer:
                 "tokens": self.tokenizer([items[i].text for i in txt_rows]) if txt_rows else None}
 
 
+def open_clip_config(arch: str, file: Path | None = None) -> dict | None:
+    """An open_clip architecture's config as `open_clip.get_model_config` gives it, read from `file` or from
+    the installed package's model_configs/ WITHOUT importing open_clip (seconds of imports: a run whose
+    features are all cached never needs the package). None if there is no such architecture."""
+    import importlib.util
+    if file is None:
+        spec = importlib.util.find_spec("open_clip")
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError("open_clip is not installed (pip install open_clip_torch)")
+        file = Path(spec.submodule_search_locations[0]) / "model_configs" / f"{arch}.json"
+        if not file.is_file():
+            return None
+    try:
+        config = json.loads(Path(file).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"open_clip config {file}: {type(e).__name__}: {e}") from None
+    if not (isinstance(config, dict) and all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg"))):
+        raise UserError(f"open_clip config {file}: needs embed_dim, vision_cfg and text_cfg")
+    return config
+
+
 class OpenClipBackend(Backend):
     """An open_clip CLIP: its own preprocessing and tokenizer, fp32 weights. Text -> text tower, image ->
     image tower, both -> the normalised sum of the two (MMEB's CLIP baselines); instructions are ignored."""
@@ -216,23 +237,22 @@ class OpenClipBackend(Backend):
     modalities = ("image",)
 
     def __init__(self, spec: str, device: str = "cpu", dtype: str = "float32", seed: int = 0):
-        import open_clip
         super().__init__(device, dtype)
         self.spec, self.seed = spec, seed
         arch, ckpt = parse_open_clip(spec)
+        self.config_file = None
         if arch.endswith(".json"):
             cfg = Path(arch)
             if not cfg.is_file():
                 raise UserError(f"open_clip config not found: {cfg}")
-            open_clip.add_model_config(cfg)
-            arch = cfg.stem
+            self.config_file, arch = cfg, cfg.stem
         if arch.startswith("local-dir:"):
             folder = Path(arch[len("local-dir:"):])
             if not (folder / "open_clip_config.json").is_file():
                 raise UserError(f"{folder}: no open_clip_config.json (not an open_clip local-dir)")
             config, ident = (folder / "open_clip_config.json").read_text(), [file_id(p) for p in sorted(folder.iterdir())]
         else:
-            config = open_clip.get_model_config(arch)
+            config = open_clip_config(arch, self.config_file)
             if config is None:
                 raise UserError(f"unknown open_clip architecture '{arch}' (see open_clip.list_models(), "
                                 "or give a config file: open_clip:/path/arch.json[:CKPT])")
@@ -253,6 +273,8 @@ class OpenClipBackend(Backend):
         with self._lock:
             if self._model is not None:
                 return
+            if self.config_file is not None:
+                open_clip.add_model_config(self.config_file)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)          # random-init models are the same on every run
                 try:
