@@ -205,6 +205,33 @@ def test_zoom_selects_the_crop_with_the_planted_detail_visual_text_salient():
     assert _picked(_colour_model("salient"), img, "Is the shape green?")[1].tolist() == [s_red]
 
 
+def test_text_selection_in_a_packed_row_reads_each_samples_own_question():
+    """Two samples asking about different squares: packed into one row, each image keeps the crop of the
+    square its own question names, as when the samples are padded in separate rows."""
+    from vlm.data.packing import pack_rows
+    size, red, green = (1200, 1200), (900, 300), (1100, 500)
+    img = Image.new("RGB", size, GREY)
+    d = ImageDraw.Draw(img)
+    d.rectangle([red[0] - 30, red[1] - 30, red[0] + 30, red[1] + 30], fill=(255, 0, 0))
+    d.rectangle([green[0] - 15, green[1] - 15, green[0] + 15, green[1] + 15], fill=(0, 255, 0))
+    model = _colour_model("text")
+    samples = [_sample(model, img, f"Is the shape {c}?", "yes") for c in ("green", "red")]
+    pad = model.tokenizer.pad_token_id
+    padded = collate(samples, pad)
+    packed = pack_rows([samples], sum(len(x) for x in samples) + 3, pad, ["a", "b"])
+
+    def picks(batch):
+        seen = []
+        hook = model.media["image"].zoom.register_forward_hook(lambda mod, inp, out: seen.append(out[1]))
+        with torch.no_grad():
+            model(**{k: batch[k] for k in ("input_ids", "labels", "attention_mask", "position_ids", "media")
+                     if batch.get(k) is not None})
+        hook.remove()
+        return seen[0][:, 1].flatten().tolist()                          # the kept crop of mid region 1, per image
+    assert picks(padded) == [8, 4]                                       # green's crop, then red's
+    assert picks(packed) == picks(padded)
+
+
 # ------------------------------------------------------------------ save / load, generation
 def test_checkpoint_round_trip_identical_logits(tmp_path, tiny_text):
     model = tiny_text.train()

@@ -148,9 +148,11 @@ class MultimodalLM(nn.Module):
 
     # ---------------------------------------------------------------- media
     def embed_inputs(self, input_ids: torch.Tensor, media: dict[str, list[torch.Tensor]] | None = None,
-                     labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     labels: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                     position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with media features written over their placeholder tokens. [B, L, D_lm]
-        Call inside `route.path(...)` (forward, embed and generate do)."""
+        Call inside `route.path(...)` (forward, embed and generate do). `position_ids` of a packed batch let
+        a tokenizer tell the samples of a row apart (`MediaContext.prompt_mean`)."""
         media = media or {}
         embeds = self.route.embed(self.parts, input_ids)                 # [B, L, D_lm]
         text_embeds = embeds
@@ -165,22 +167,26 @@ class MultimodalLM(nn.Module):
                 continue
             require(m in self.media, f"the batch has {m} items but the model has no {m} encoder")
             items = [x.to(embeds.device) for x in items]
-            ctx = MediaContext(input_ids, labels, attention_mask, text_embeds, self._item_rows(m, mask, items),
-                               tuple(self.placeholder_id.values()))
+            rows, columns = self._item_places(m, mask, items)
+            ctx = MediaContext(input_ids, labels, attention_mask, text_embeds, rows,
+                               tuple(self.placeholder_id.values()), columns, position_ids)
             feats = torch.cat(self.media[m](items, ctx))                 # [N_tok, D_lm]
             n = int(mask.sum())
             require(n == feats.shape[0], f"{n} <{m}> placeholder tokens but {feats.shape[0]} {m} features")
             embeds = embeds.masked_scatter(mask[..., None], feats.to(embeds.dtype))
         return embeds
 
-    def _item_rows(self, modality: str, mask: torch.Tensor, items: list[torch.Tensor]) -> list[int]:
-        """The batch row of each item: items fill their placeholder runs in row-major order."""
-        rows = mask.nonzero()[:, 0].tolist()                             # row of each placeholder token
-        out, pos = [], 0
+    def _item_places(self, modality: str, mask: torch.Tensor, items: list[torch.Tensor]) -> tuple[list[int], list[int]]:
+        """(batch row, column of its first placeholder token) of each item: items fill their placeholder runs
+        in row-major order."""
+        where = mask.nonzero().tolist()                                  # [row, column] of each placeholder token
+        rows, columns, pos = [], [], 0
         for it in items:
-            out.append(rows[min(pos, len(rows) - 1)] if rows else 0)
+            r, c = where[min(pos, len(where) - 1)] if where else (0, 0)
+            rows.append(r)
+            columns.append(c)
             pos += self.num_media_tokens(modality, it)
-        return out
+        return rows, columns
 
     # ---------------------------------------------------------------- the LLM
     def run_backbone(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None,
@@ -206,7 +212,7 @@ class MultimodalLM(nn.Module):
         `labels` only tell media tokenizers which tokens are answers (text-conditioned zoom ignores them)."""
         self._multimodal = has_media(media)
         with self.route.path(self._multimodal):
-            embeds = self.embed_inputs(input_ids, media, labels, attention_mask)
+            embeds = self.embed_inputs(input_ids, media, labels, attention_mask, position_ids)
             hidden, _ = self.run_backbone(embeds, attention_mask, position_ids)
         return hidden
 

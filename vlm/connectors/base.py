@@ -35,21 +35,28 @@ ROUTES: Registry = Registry("LLM route")        # name -> Route class
 
 @dataclass
 class MediaContext:
-    """What a media tokenizer may look at besides the media: the batch's tokens and each item's row."""
+    """What a media tokenizer may look at besides the media: the batch's tokens and each item's place."""
     input_ids: Tensor                           # [B, L]
     labels: Tensor | None                       # [B, L]; -100 off the answers (None when generating)
-    attention_mask: Tensor | None               # [B, L]
+    attention_mask: Tensor | None               # [B, L] (a packed batch: None, or its 4D block mask)
     text_embeds: Tensor                         # [B, L, D_lm] token embeddings before media are written
     rows: list[int]                             # batch row of each item
     placeholder_ids: tuple[int, ...]            # every modality's placeholder token id
+    columns: list[int] | None = None            # position in its row of each item's first placeholder token
+    position_ids: Tensor | None = None          # [B, L]; packed rows restart at 0 for each sample
 
-    def prompt_mean(self, row: int) -> Tensor:
-        """Mean embedding of a row's prompt tokens (not media, not padding, not the answers). [D_lm]"""
+    def prompt_mean(self, item: int) -> Tensor:
+        """Mean embedding of the prompt tokens of the sample holding `item` (not media, not padding, not the
+        answers; in a packed row only that sample's tokens). [D_lm]"""
+        row = self.rows[item]
         keep = ~torch.isin(self.input_ids[row], torch.tensor(self.placeholder_ids, device=self.input_ids.device))
-        if self.attention_mask is not None:
+        if self.attention_mask is not None and self.attention_mask.dim() == 2:
             keep &= self.attention_mask[row].bool()
         if self.labels is not None:
             keep &= self.labels[row] == IGNORE
+        if self.position_ids is not None and self.columns is not None:
+            sample = (self.position_ids[row] == 0).cumsum(0)                 # packed sample index per position
+            keep &= sample == sample[self.columns[item]]
         return self.text_embeds[row][keep].mean(0)
 
 

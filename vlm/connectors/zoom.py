@@ -365,11 +365,12 @@ class ZoomTokenizer(MediaTokenizer):
         return self.zoom(low, mid, high, self._text_query(mid, context))
 
     def _text_query(self, mid: Tensor, context: MediaContext | None) -> Tensor | None:
-        """Text selection: each row's prompt mean embedding, per mid region [N, M, D]; None (visual) otherwise.
-        A row with no prompt tokens (or no context: a blank item) falls back to the visual query."""
+        """Text selection: each item's prompt mean embedding (its sample's, in a packed row), per mid region
+        [N, M, D]; None (visual) otherwise. A sample with no prompt tokens (or no context: a blank item) falls
+        back to the visual query."""
         if self.zoom_settings.selection != "text" or context is None:
             return None
         visual = mid.mean(2)                                                      # [N, M, D]
-        q = torch.stack([context.prompt_mean(r) for r in context.rows]).to(visual.dtype)  # [N, D]
+        q = torch.stack([context.prompt_mean(i) for i in range(len(context.rows))]).to(visual.dtype)  # [N, D]
         q = q[:, None].expand_as(visual)
         return torch.where(q.isfinite().all(-1, keepdim=True), q, visual)
