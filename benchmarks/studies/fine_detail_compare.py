@@ -79,21 +79,19 @@ def fine_detail_samples(data: Path, split: str = "test", task: str = "fine_detai
 
 @torch.no_grad()
 def selection_hits(model, samples: list[tuple]) -> float:
-    """Fraction of images whose kept high crops include the one holding the small object's centre."""
-    from vlm.connectors.zoom import choose_grid, locate
+    """Fraction of images whose kept high crops include the one holding the small object's centre (the crop
+    `ZoomPreprocess.focus` names, the one `grounded_next_token` trains towards)."""
     zoom = model.media["image"]
-    s, tile = zoom.zoom_settings, tuple(zoom.encoder.preprocess.size)
+    per_region = zoom.zoom_settings.factor ** 2
     seen: list[torch.Tensor] = []
     hook = zoom.zoom.register_forward_hook(lambda mod, inp, out: seen.append(out[1][0]))
     model.eval()
     hits = 0
     try:
         for img, q, labels in samples:
-            l, t, r, b = labels["bbox"]
             p = model.processor.prompt(q, {"image": [img]})
             model(torch.tensor([p.input_ids]), media=p.media)
-            mid, slot = locate(((l + r) / 2, (t + b) / 2), img.size, choose_grid(img.size, s.mid_grids, tile),
-                               s.factor)
+            mid, slot = divmod(zoom.preprocess.focus(img.size, labels["bbox"]), per_region)
             hits += int(slot in seen[-1][mid].tolist())
     finally:
         hook.remove()

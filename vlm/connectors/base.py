@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from encoders.base import TokenCount
+from vlm.data.packing import sequence_index
 from vlm.data.template import IGNORE
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES
@@ -55,7 +56,7 @@ class MediaContext:
         if self.labels is not None:
             keep &= self.labels[row] == IGNORE
         if self.position_ids is not None and self.columns is not None:
-            sample = (self.position_ids[row] == 0).cumsum(0)                 # packed sample index per position
+            sample = sequence_index(self.position_ids[row])                  # packed sample of each position
             keep &= sample == sample[self.columns[item]]
         return self.text_embeds[row][keep].mean(0)
 

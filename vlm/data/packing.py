@@ -59,11 +59,17 @@ def row_fits(row: list[Processed], sample: Processed, max_len: int, max_media: i
     return True
 
 
+def sequence_index(position_ids: torch.Tensor) -> torch.Tensor:
+    """[..., L] -> [..., L]: which packed sequence of its row each position belongs to (1, 2, ...): a new one
+    starts wherever the positions stop counting up by 1, as transformers reads packed rows."""
+    start = torch.ones_like(position_ids, dtype=torch.bool)
+    start[..., 1:] = position_ids[..., 1:] != position_ids[..., :-1] + 1
+    return start.long().cumsum(-1)
+
+
 def block_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
     """Boolean [B, 1, L, L] mask: causal within each run of positions that count up by 1, blind across runs."""
-    start = torch.ones_like(position_ids, dtype=torch.bool)
-    start[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    seg = start.long().cumsum(-1)                                             # [B, L] segment index
+    seg = sequence_index(position_ids)                                        # [B, L] segment index
     L = position_ids.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=position_ids.device).tril()  # [L, L]
     return ((seg[:, :, None] == seg[:, None, :]) & causal)[:, None]           # [B, 1, L, L]
