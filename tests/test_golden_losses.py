@@ -33,6 +33,7 @@ def world(tmp_path_factory) -> Path:
 
 def run_losses(recipe: str, world: Path, run: Path) -> list[dict]:
     overrides = [f"data.world.shards=[{world / 'train'}]", "runtime.checkpoint_every=0", "runtime.log_every=1",
+                 "model.settings.llm=tiny:llama",      # the recorded losses start from the random tiny LLM
                  "runtime.num_workers=0"]
     for i in range(3):
         overrides += [f"stages.{i}.steps={STEPS}", f"stages.{i}.batch_size=4"]

@@ -96,10 +96,23 @@ def register_family(family: Family) -> Family:
 # ---------------------------------------------------------------------------------------------
 # the builder toolkit
 # ---------------------------------------------------------------------------------------------
+# LLM specs that other layers resolve: prefix -> fn(spec, seed) giving another spec. vlm.train.base_llm
+# registers 'pretrained:RECIPE' (the LLM a recipe trains, built once and cached) when vlm.train is imported.
+LLM_SOURCES: dict[str, Callable[[str, int | None], str | dict]] = {}
+
+
 def resolve_llm(spec: str | dict, seed: int | None = 0):
     """'tiny:<arch>' | {'model_type': ..., sizes} (random, shipped tokenizer) | 'vlm:<checkpoint>' (the LLM a
-    vlm checkpoint holds, e.g. `llava-text-tiny`'s text-pretrained one) | a local HF folder."""
+    vlm checkpoint holds, e.g. `llava-text-tiny`'s text-pretrained one) | 'pretrained:RECIPE' (LLM_SOURCES)
+    | a local HF folder."""
     from vlm import llm as L
+    if isinstance(spec, str):
+        for prefix, source in LLM_SOURCES.items():
+            if spec.startswith(prefix):
+                return resolve_llm(source(spec, seed), seed)
+        if spec.startswith("pretrained:"):
+            raise UserError(f"LLM {spec!r}: import vlm.train first (it trains and caches such base LLMs), "
+                            f"or give 'vlm:CHECKPOINT'")
     if isinstance(spec, dict):
         spec = dict(spec)
         return L.build_tiny_llm(spec.pop("model_type"), seed=seed, **spec)
@@ -221,6 +234,9 @@ def test_width_settings(settings: dict, where: str = "model") -> dict:
 # shapes and counts (widen `tasks` and `modalities` to train every modality). Every family's tiny recipe is
 # this curriculum (same data, steps and learning rates); only what trains in the SFT stages differs.
 SYNTHETIC_WORLD = {"world": {"shards": ["data/synthetic-world/train"], "weight": 1.0}}
+# Every tiny recipe's LLM: `llava-text-tiny`'s, trained on text-only questions with the recipe's seed, once,
+# cached (vlm.train.base_llm); `model.settings.llm=tiny:llama` starts from the random tiny LLM instead.
+TINY_BASE_LLM = "pretrained:llava-text-tiny"
 TINY_COMMON = dict(batch_size=16, max_len=160, weight_decay=0.01, schedule="cosine", warmup=0.05, grad_clip=1.0)
 TINY_TASKS = ["color", "shape", "caption", "count", "multi_turn"]
 PROJECTORS = "media.*.projector.*"                     # the trainable pattern of every projector
@@ -240,7 +256,7 @@ def tiny_curriculum(family: str, description: str, sft_trainable: list[str], sft
     with_tasks = {"tasks": list(tasks)} if tasks is not None else {}
     return {
         "description": description,
-        "model": {"family": family, "size": "tiny", "settings": dict(settings or {})},
+        "model": {"family": family, "size": "tiny", "settings": {"llm": TINY_BASE_LLM, **(settings or {})}},
         "data": {"world": {**SYNTHETIC_WORLD["world"], "shards": [shards]}},
         "stages": [
             {"name": "align", "trainable": [PROJECTORS], "llm": "frozen", "lr": 3e-3, "steps": 20,

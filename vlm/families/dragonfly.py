@@ -34,12 +34,13 @@ def build_dragonfly(vision: str | dict = "tiny-clip", llm: str | dict = "tiny:ll
 
 
 def _recipe_like_llava(llava: dict, size: str, extra_tokens: int, description: str) -> dict:
-    """llava's recipe for the same size (same data, stages, steps, learning rates) on every image task
+    """llava's recipe for the same size (same data, stages, steps, learning rates, base LLM) on every image task
     (the family has no audio encoder): the zoom's separators train with the projector, and max_len
     grows by the extra visual tokens of up to two images (multi_image)."""
     r = copy.deepcopy(llava)
     r["description"] = description
-    r["model"] = {"family": "dragonfly", "size": size, "settings": {}}
+    r["model"] = {"family": "dragonfly", "size": size,                 # llava's LLM (tiny: the text-pretrained)
+                  "settings": {k: v for k, v in llava["model"]["settings"].items() if k == "llm"}}
     for st in r["stages"]:
         st["trainable"] = [*st["trainable"], "media.image.zoom.*"]
         st["max_len"] = st["max_len"] + 2 * extra_tokens

@@ -40,7 +40,7 @@ def build_llava(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny
     return build_multimodal("llava", llm, encoders, media, {"type": "plain"}, llm_mode, lora, seed=seed)
 
 
-# The tiny LLM starts random, so SFT trains it fully.
+# SFT trains the LLM fully (it starts from llava-text-tiny's: tiny_curriculum's TINY_BASE_LLM).
 LLAVA_TINY_RECIPE = tiny_curriculum(
     "llava", "SAIL-VL curriculum on synthetic-world image questions, CPU (vlm data build synthetic-world "
              "--out data/synthetic-world)", [PROJECTORS], "full")
@@ -88,7 +88,8 @@ LLAVA_TEXT_TINY_RECIPE = {
     "description": f"the tiny LLM on text-only questions (facts, arithmetic, counting, word order), CPU "
                    f"(vlm data build synthetic-world --out {TEXT_DATA} --samples 8000 --tasks text --no-classification)",
     "model": {"family": "llava", "size": "tiny", "settings": {arg: None for arg in ENCODER_ARGS.values()}},
-    "data": {"world": {"shards": [f"{TEXT_DATA}/train"], "weight": 1.0}},
+    "data": {"world": {"shards": [f"{TEXT_DATA}/train"], "weight": 1.0,        # built if absent (6 s)
+                       "build": {"samples": 8000, "tasks": ["text"], "classification": False}}},
     "stages": [{"name": "text", "trainable": [], "llm": "full", "filter": {"tasks": TEXT_TASKS}, "steps": 4000,
                 "lr": 3e-3, **TINY_COMMON}],
     "runtime": {"checkpoint_every": 500, "keep_last": 2, "output_dir": "runs/{name}", "seed": 0,

@@ -20,6 +20,7 @@ from vlm.families.base import (
     PROJECTORS,
     QWEN2_05B,
     SYNTHETIC_WORLD,
+    TINY_BASE_LLM,
     TINY_COMMON,
     Family,
     build_multimodal,
@@ -74,7 +75,7 @@ SIZE_05B = dict(vision="clip-vit-l-336", llm=QWEN2_05B, music="mert:base", audio
 _OMNI_COMMON = {**TINY_COMMON, "max_len": 320}   # a 3 s clip is ~240 tokens unpooled
 OMNI_TINY_RECIPE = {
     "description": "omni on synthetic-world trailer clips: visual -> music -> merged captions + questions (CPU)",
-    "model": {"family": "omni", "size": "tiny", "settings": {}},
+    "model": {"family": "omni", "size": "tiny", "settings": {"llm": TINY_BASE_LLM}},
     "data": copy.deepcopy(SYNTHETIC_WORLD),
     "stages": [
         {"name": "visual", "trainable": [PROJECTORS], "llm": "frozen", "lr": 3e-3, "steps": 100,

@@ -22,7 +22,13 @@ from pathlib import Path
 import torch
 
 from vlm.errors import require
-from vlm.families.base import FAMILIES, PROJECTORS, Family, register_family
+from vlm.families.base import (
+    FAMILIES,
+    PROJECTORS,
+    TINY_BASE_LLM,
+    Family,
+    register_family,
+)
 from vlm.model import FORMAT_VERSION, ModelConfig, MultimodalLM
 from vlm.model_files import load_multimodal, read_config, upgrade
 
@@ -82,7 +88,7 @@ SW_MMEB = {"pairs": {"shards": ["data/sw-mmeb/train"], "weight": 1.0}}
 VLM2VEC_TINY_RECIPE = {
     "description": "VLM2Vec on synthetic-world MMEB-style pairs, CPU (vlm data build synthetic-world --out "
                    "data/sw-mmeb --tasks mmeb); from scratch or model.settings.init=runs/llava-tiny/final",
-    "model": {"family": "vlm2vec", "size": "tiny", "settings": {}},
+    "model": {"family": "vlm2vec", "size": "tiny", "settings": {"base_settings": {**TINY_BASE, "llm": TINY_BASE_LLM}}},
     "data": SW_MMEB,
     "stages": [
         {"name": "contrastive", "trainable": ["encoders.*", "media.*"], "llm": "full", "objective": "contrastive",

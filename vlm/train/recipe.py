@@ -27,6 +27,7 @@ from typing import Any, Literal
 from vlm.config import apply_override, from_dict, read_yaml, to_yaml
 from vlm.data.filters import SampleFilter, check_filter_fields
 from vlm.errors import UserError
+from vlm.train import base_llm  # noqa: F401  (registers the 'pretrained:RECIPE' LLM source)
 
 LLMMode = Literal["frozen", "full", "lora"]
 ScheduleName = Literal["cosine", "wsd", "constant"]
@@ -48,6 +49,9 @@ class ModelSpec:
 class Source:
     shards: list[str]                               # tar files, globs, brace ranges, folders or URLs (vlm.data.remote)
     weight: float = 1.0                             # share in a mixture (relative)
+    # synthetic-world build settings (`vlm data build` fields: samples, tasks, seed, classification ...): when
+    # the shards (one folder: OUT/train, OUT/val or OUT/test) hold no file, `vlm train` builds OUT first
+    build: dict[str, Any] | None = None
 
 
 @dataclass
@@ -204,7 +208,7 @@ def smoke_recipe(spec: str, out: str | os.PathLike, steps: int = 2, batch: int =
     raw = copy.deepcopy(raw)
     model = raw.setdefault("model", {})
     fam = get_family(model.get("family", ModelSpec.family))
-    settings = model.get("settings", {})
+    settings = base_llm.skeleton(model.get("settings", {}))          # a pretrained: base LLM: its own LLM, untrained
     model["settings"] = {**settings, **fam.test_settings(model.get("size", ModelSpec.size), settings)}
     from vlm.train.objectives import OBJECTIVES
     for st in raw.get("stages", []):
@@ -237,7 +241,9 @@ def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> N
     for name, src in recipe.data.items():
         _require(src.weight > 0, f"data.{name}.weight", f"must be > 0, got {src.weight}")
         _require(bool(src.shards), f"data.{name}.shards", "empty shard list")
-        if check_files:
+        if src.build is not None:
+            _check_build(src, f"data.{name}")
+        if check_files and not unbuilt(src):
             for i, pattern in enumerate(src.shards):
                 _check_shards(pattern, f"data.{name}.shards.{i}")
     _require(bool(recipe.stages), "stages", "empty stage list; a recipe needs at least one stage")
@@ -246,9 +252,9 @@ def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> N
         _validate_stage(st, f"stages.{i}", recipe, world_size)
         _require(st.name not in seen, f"stages.{i}.name", f"duplicate stage name '{st.name}'")
         seen.add(st.name)
-        if check_files and st.filter != SampleFilter():
+        names = st.data or recipe.data
+        if check_files and st.filter != SampleFilter() and not any(unbuilt(recipe.data[n]) for n in names):
             from vlm.data.filters import check_filter
-            names = st.data or recipe.data
             check_filter([s for n in names for s in recipe.data[n].shards], st.filter, f"stages.{i}.filter")
     _validate_runtime(recipe.runtime)
     if recipe.runtime.eval.benchmarks:
@@ -295,6 +301,30 @@ def _validate_model(m: ModelSpec) -> None:
     for k in m.settings:
         _require(k in params, f"model.settings.{k}", f"not a setting of family '{m.family}'; "
                  f"known: {', '.join(params)}")
+    base_llm.skeleton(m.settings)                      # a pretrained: LLM names a recipe that has its own LLM
+
+
+def unbuilt(src: Source) -> bool:
+    """A source with `build` settings whose data set is not there yet (`build_sources` makes it)."""
+    return src.build is not None and not (Path(src.shards[0]).parent / "index.json").exists()
+
+
+def _check_build(src: Source, p: str) -> None:
+    from vlm.data.cli import BuildConfig
+    _require(len(src.shards) == 1 and Path(src.shards[0]).name in ("train", "val", "test"), f"{p}.shards",
+             f"a source with build settings reads one split folder of the data set it builds (OUT/train), got {src.shards}")
+    try:
+        from_dict(BuildConfig, {"out": str(Path(src.shards[0]).parent), **src.build})
+    except UserError as e:
+        raise UserError(f"recipe field '{p}.build': {e}") from None
+
+
+def build_sources(recipe: Recipe) -> None:
+    """Build every source's data set that has `build` settings and is not there yet (synthetic-world)."""
+    from vlm.data.cli import BuildConfig, build_if_absent
+    for src in recipe.data.values():
+        if unbuilt(src):
+            build_if_absent(from_dict(BuildConfig, {"out": str(Path(src.shards[0]).parent), **src.build}))
 
 
 def _check_shards(pattern: str, field_path: str) -> None:
@@ -358,7 +388,8 @@ def _validate_runtime(rt: Runtime) -> None:
 # the model skeleton: encoder names, trainable patterns (meta device, no weights)
 # ---------------------------------------------------------------------------------------------
 def build_model(spec: ModelSpec, seed: int | None = None):
-    """The recipe's model; `seed` (runtime.seed) seeds the family builder unless settings give one."""
+    """The recipe's model; `seed` (runtime.seed) seeds the family builder unless settings give one (and
+    picks the base LLM a `pretrained:RECIPE` setting trains: vlm.train.base_llm, trained once, cached)."""
     import inspect
 
     from vlm.families import build, get_family

@@ -39,7 +39,14 @@ from vlm.train import checkpoint as ckpt_lib
 from vlm.train.data import build_stage_loader, to_device
 from vlm.train.logging import RunLog, SampleLog, plot
 from vlm.train.objectives import Objective, TaskModule, build_objective
-from vlm.train.recipe import Recipe, Stage, apply_stage, build_model, save_resolved
+from vlm.train.recipe import (
+    Recipe,
+    Stage,
+    apply_stage,
+    build_model,
+    build_sources,
+    save_resolved,
+)
 from vlm.train.schedules import StageSchedule
 from vlm.train.strategies import Dist, Strategy, setup, strategy_for
 
@@ -96,7 +103,9 @@ class Trainer:
     def run(self) -> Path:
         """Train every stage not yet done; returns `<run>/final`."""
         try:
-            ckpt = self._resume_point()
+            if self.d.is_main:
+                build_sources(self.recipe)       # synthetic-world sources with `build` settings, if absent
+            ckpt = self._resume_point()          # (its barrier: the other ranks wait for the data)
             state = ckpt_lib.read_state(ckpt) if ckpt else ckpt_lib.TrainerState(
                 world_size=self.d.world_size, recipe_name=self.recipe.name)
             self._check_world(ckpt, state)

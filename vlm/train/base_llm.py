@@ -1,0 +1,168 @@
+"""Base LLMs trained by a recipe, built once and cached: `llm: pretrained:RECIPE` in a model's settings.
+
+    model: {family: llava, size: tiny, settings: {llm: "pretrained:llava-text-tiny"}}   # every tiny recipe
+    vlm train llava-tiny runtime.seed=1          # trains llava-text-tiny with seed 1 first (once), then llava-tiny
+    vlm train llava-tiny model.settings.llm=tiny:llama      # the random tiny LLM instead
+
+When a recipe's model asks for `pretrained:RECIPE` (a built-in name or a YAML file), the LLM it starts from
+is RECIPE's trained LLM: RECIPE is trained with the asking recipe's `runtime.seed`, in a separate process
+(so the asking run's random state is the same whether the base was cached or built just now), into
+`$VLM_CACHE/base-llm/<recipe>-s<seed>-<key>/` (default `~/.cache/vlm`), and the model is built with
+`vlm:<that folder>/run/final`. The key hashes RECIPE as resolved (stages, settings, seed, its data's
+`build` settings, and the name / size / mtime of every shard it reads from a user's files): change any of
+these and a new base is trained; the same recipe and seed gives the same base, bit for bit. Sources with
+`build` settings (synthetic-world) are built inside the cache folder. A lock file makes concurrent runs (and
+the ranks of one torchrun job) wait for one build. Weightless skeletons (recipe validation) use RECIPE's
+own LLM setting (same architecture, nothing trained). `VLM_BASE_LLM_OVERRIDES="stages.0.steps=500 ..."` overrides
+every base recipe (part of the key; the test suite shrinks the base to a few steps this way).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vlm.errors import UserError
+from vlm.families.base import LLM_SOURCES
+
+PREFIX = "pretrained:"
+DONE = "base_llm.json"                  # written last: the folder holds a finished base
+OVERRIDES_ENV = "VLM_BASE_LLM_OVERRIDES"   # key=value overrides of every base recipe (the tests: a few steps)
+# the launcher's variables: the base trains in a process of its own, one rank
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+             "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+             "TORCHELASTIC_MAX_RESTARTS", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+
+
+def is_pretrained(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.startswith(PREFIX)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VLM_CACHE") or Path.home() / ".cache" / "vlm") / "base-llm"
+
+
+def _base_recipe_raw(spec: str) -> dict:
+    from vlm.train.recipe import raw_recipe
+    name = spec[len(PREFIX):]
+    if not name:
+        raise UserError(f"{spec!r}: name the recipe that trains the LLM, e.g. 'pretrained:llava-text-tiny'")
+    raw, _ = raw_recipe(name)
+    return raw
+
+
+def architecture(spec: str) -> Any:
+    """The LLM setting of RECIPE's own model: what `pretrained:RECIPE` is shaped like, untrained."""
+    from vlm.families import get_family
+    model = _base_recipe_raw(spec).get("model", {})
+    fam = get_family(model.get("family", "llava"))
+    llm = fam.settings(model.get("size", "tiny"), model.get("settings") or {}).get("llm")
+    if llm is None:
+        raise UserError(f"{spec!r}: recipe's model has no 'llm' setting to start from")
+    if is_pretrained(llm):
+        raise UserError(f"{spec!r}: that recipe itself starts from {llm!r}; a base recipe needs its own LLM")
+    return llm
+
+
+def map_llm(settings: dict, fn, where: str = "model.settings") -> dict:
+    """`settings` with every `llm` value that is a `pretrained:` spec replaced by fn(spec), at any depth
+    (vlm2vec's `base_settings.llm` too); a UserError names the field (`where`.path.llm)."""
+    out = {}
+    for k, v in settings.items():
+        if k == "llm" and is_pretrained(v):
+            try:
+                out[k] = fn(v)
+            except UserError as e:
+                raise UserError(f"recipe field '{where}.{k}': {e}") from None
+        elif isinstance(v, dict):
+            out[k] = map_llm(v, fn, f"{where}.{k}")
+        else:
+            out[k] = v
+    return out
+
+
+def _fingerprint(patterns: list[str]) -> list[list]:
+    from vlm.data.reader import expand_shards
+    rows = []
+    for pattern in patterns:
+        for f in expand_shards(pattern):
+            p = Path(f)
+            st = p.stat() if p.exists() else None
+            rows.append([str(f), st.st_size if st else None, st.st_mtime_ns if st else None])
+    return rows
+
+
+def _plan(spec: str, seed: int) -> tuple[Path, list[str], dict]:
+    """(cache folder, the overrides that train RECIPE there, the key's contents)."""
+    from vlm.train.recipe import load_recipe
+    architecture(spec)                                              # no pretrained: chains
+    name = spec[len(PREFIX):]
+    extra = shlex.split(os.environ.get(OVERRIDES_ENV, ""))
+    recipe = load_recipe(name, [*extra, f"runtime.seed={seed}"], check_files=False)
+    data, overrides = {}, [*extra, f"runtime.seed={seed}", "runtime.strategy=none"]
+    for src_name, src in recipe.data.items():
+        if src.build is not None:
+            data[src_name] = {"build": src.build}
+        else:
+            data[src_name] = {"files": _fingerprint(src.shards)}
+    key_doc = {"recipe": {**recipe.to_dict(), "data": data,
+                          "runtime": {**recipe.to_dict()["runtime"], "output_dir": None}}, "format": 1}
+    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    folder = cache_root() / f"{Path(recipe.name).stem}-s{seed}-{key}"
+    for src_name, src in recipe.data.items():
+        if src.build is not None:                                   # the data set lives with its base
+            split = Path(src.shards[0]).name
+            overrides.append(f"data.{src_name}.shards=[{folder / ('data-' + src_name) / split}]")
+    return folder, overrides, key_doc
+
+
+def checkpoint(spec: str, seed: int) -> Path:
+    """The `final` folder of RECIPE trained with `seed`: from the cache, or trained now (once)."""
+    from filelock import FileLock
+    folder, overrides, key_doc = _plan(spec, seed)
+    final = folder / "run" / "final"
+    if (folder / DONE).exists():
+        return final
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / DONE).exists():                                # another process built it meanwhile
+            return final
+        name = spec[len(PREFIX):]
+        log = folder / "build.log"
+        print(f"[base-llm] training {name} (seed {seed}) into {folder} (once; log: {log})", flush=True)
+        env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+        cmd = [sys.executable, "-m", "vlm.cli", "train", name, "--out", str(folder / "run"), "--resume", *overrides]
+        with open(log, "a") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, check=False).returncode
+        if rc != 0 or not (final / "config.json").exists():
+            tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise UserError(f"training the base LLM '{spec}' (seed {seed}) failed (exit {rc}): {tail[0]} "
+                            f"(log: {log})")
+        tmp = folder / (DONE + ".tmp")
+        tmp.write_text(json.dumps({"spec": spec, "seed": seed, "command": cmd, "key": key_doc}, indent=1,
+                                  default=str))
+        os.replace(tmp, folder / DONE)
+        print(f"[base-llm] {name} (seed {seed}) ready: {final}", flush=True)
+    return final
+
+
+def llm_source(spec: str, seed: int | None) -> str | dict:
+    """What the families' `resolve_llm` builds for `pretrained:RECIPE`: `vlm:<its cached checkpoint>`
+    (trained now if absent), or on the meta device (a recipe's weightless skeleton) RECIPE's own LLM setting."""
+    import torch
+    if torch.empty(0).is_meta:
+        return architecture(spec)
+    return f"vlm:{checkpoint(spec, 0 if seed is None else seed)}"
+
+
+def skeleton(settings: dict) -> dict:
+    """Builder settings with each `pretrained:RECIPE` LLM as RECIPE's own (untrained) LLM setting."""
+    return map_llm(settings, architecture)
+
+
+LLM_SOURCES[PREFIX] = llm_source
