@@ -91,10 +91,11 @@ def run_open_clip(out: Path, mmeb: Path, seed: int, steps: int, lr: float, t: fl
 
 
 def untrained(out: Path, seed: int) -> Path:
-    """The vlm2vec-tiny backbone as built for `seed`, saved without any training."""
+    """The vlm2vec-tiny recipe's backbone as built for `seed` (its text-pretrained LLM), saved without any
+    contrastive training."""
     if not (out / "model.safetensors").exists():
-        from vlm.train.recipe import ModelSpec, build_model
-        build_model(ModelSpec(family="vlm2vec", size="tiny"), seed=seed).save_pretrained(out)
+        from vlm.train.recipe import build_model, load_recipe
+        build_model(load_recipe("vlm2vec-tiny", check_files=False).model, seed=seed).save_pretrained(out)
     return out
 
 
