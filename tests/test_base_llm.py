@@ -107,12 +107,11 @@ def test_run_is_the_same_cached_or_not(text_recipe, cache, tmp_path):
 @pytest.mark.parametrize("name", ["llava-tiny", "iaa-tiny", "dragonfly-tiny", "omni-tiny", "llava-audio-tiny",
                                   "llava-music-tiny", "llava-video-tiny", "vlm2vec-tiny"])
 def test_tiny_recipes_start_from_it_and_skeletons_train_nothing(name, cache):
-    from vlm.train import base_llm
-    from vlm.train.recipe import check_model, load_recipe
+    from vlm.train.recipe import base_llm_skeleton, check_model, load_recipe
     recipe = load_recipe(name, check_files=False)
     settings = recipe.model.settings
     assert (settings.get("llm") or settings["base_settings"]["llm"]) == "pretrained:llava-text-tiny"
-    shaped = base_llm.skeleton(settings)               # smoke recipes and skeletons: llava-text-tiny's own LLM
+    shaped = base_llm_skeleton(settings)               # smoke recipes and skeletons: llava-text-tiny's own LLM
     assert (shaped.get("llm") or shaped["base_settings"]["llm"]) == "tiny:llama"
     check_model(recipe)                                # the meta-device skeleton
     assert not cache.exists()

@@ -14,7 +14,7 @@ registry imports its part modules once (its `__init__`), so nothing here imports
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from vlm.errors import UserError
@@ -53,3 +53,8 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+# LLM specs that a higher layer resolves: prefix -> fn(spec, seed) giving another LLM spec (the families'
+# resolve_llm asks). vlm.train registers 'pretrained:RECIPE' (the LLM a recipe trains, built once and cached).
+LLM_SOURCES: dict[str, Callable] = {}

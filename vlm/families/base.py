@@ -31,7 +31,7 @@ from typing import Any
 
 from vlm.errors import UserError
 from vlm.model import ModelConfig, MultimodalLM
-from vlm.registry import Registry
+from vlm.registry import LLM_SOURCES, Registry
 
 # The builders' keyword for each modality's encoder (`vision="tiny-clip"`, `audio="whisper:tiny"` ...).
 ENCODER_ARGS = {"image": "vision", "audio": "audio", "music": "music", "video": "video"}
@@ -96,15 +96,10 @@ def register_family(family: Family) -> Family:
 # ---------------------------------------------------------------------------------------------
 # the builder toolkit
 # ---------------------------------------------------------------------------------------------
-# LLM specs that other layers resolve: prefix -> fn(spec, seed) giving another spec. vlm.train.base_llm
-# registers 'pretrained:RECIPE' (the LLM a recipe trains, built once and cached) when vlm.train is imported.
-LLM_SOURCES: dict[str, Callable[[str, int | None], str | dict]] = {}
-
-
 def resolve_llm(spec: str | dict, seed: int | None = 0):
     """'tiny:<arch>' | {'model_type': ..., sizes} (random, shipped tokenizer) | 'vlm:<checkpoint>' (the LLM a
-    vlm checkpoint holds, e.g. `llava-text-tiny`'s text-pretrained one) | 'pretrained:RECIPE' (LLM_SOURCES)
-    | a local HF folder."""
+    vlm checkpoint holds, e.g. `llava-text-tiny`'s text-pretrained one) | 'pretrained:RECIPE' (vlm.registry's
+    LLM_SOURCES: registered by vlm.train) | a local HF folder."""
     from vlm import llm as L
     if isinstance(spec, str):
         for prefix, source in LLM_SOURCES.items():

@@ -13,6 +13,7 @@ stage minimises), `strategies` (none / ddp / fsdp2), `schedules`, `checkpoint`, 
 from __future__ import annotations
 
 from vlm.lazy import lazy_attributes
+from vlm.registry import LLM_SOURCES
 
 _LAZY = {
     "load_recipe": ("vlm.train.recipe", "load_recipe"),
@@ -22,3 +23,12 @@ _LAZY = {
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
+
+
+def _pretrained_llm(spec: str, seed: int | None):
+    """`llm: pretrained:RECIPE`: RECIPE's trained LLM (vlm.train.base_llm: trained once per seed, cached)."""
+    from vlm.train.base_llm import llm_source
+    return llm_source(spec, seed)
+
+
+LLM_SOURCES["pretrained:"] = _pretrained_llm

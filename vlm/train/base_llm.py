@@ -25,12 +25,10 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from vlm.errors import UserError
-from vlm.families.base import LLM_SOURCES
+from vlm.train.recipe import PRETRAINED, base_llm_architecture
 
-PREFIX = "pretrained:"
 DONE = "base_llm.json"                  # written last: the folder holds a finished base
 OVERRIDES_ENV = "VLM_BASE_LLM_OVERRIDES"   # key=value overrides of every base recipe (the tests: a few steps)
 # the launcher's variables: the base trains in a process of its own, one rank
@@ -39,51 +37,8 @@ _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK
              "TORCHELASTIC_MAX_RESTARTS", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
 
 
-def is_pretrained(spec: Any) -> bool:
-    return isinstance(spec, str) and spec.startswith(PREFIX)
-
-
 def cache_root() -> Path:
     return Path(os.environ.get("VLM_CACHE") or Path.home() / ".cache" / "vlm") / "base-llm"
-
-
-def _base_recipe_raw(spec: str) -> dict:
-    from vlm.train.recipe import raw_recipe
-    name = spec[len(PREFIX):]
-    if not name:
-        raise UserError(f"{spec!r}: name the recipe that trains the LLM, e.g. 'pretrained:llava-text-tiny'")
-    raw, _ = raw_recipe(name)
-    return raw
-
-
-def architecture(spec: str) -> Any:
-    """The LLM setting of RECIPE's own model: what `pretrained:RECIPE` is shaped like, untrained."""
-    from vlm.families import get_family
-    model = _base_recipe_raw(spec).get("model", {})
-    fam = get_family(model.get("family", "llava"))
-    llm = fam.settings(model.get("size", "tiny"), model.get("settings") or {}).get("llm")
-    if llm is None:
-        raise UserError(f"{spec!r}: recipe's model has no 'llm' setting to start from")
-    if is_pretrained(llm):
-        raise UserError(f"{spec!r}: that recipe itself starts from {llm!r}; a base recipe needs its own LLM")
-    return llm
-
-
-def map_llm(settings: dict, fn, where: str = "model.settings") -> dict:
-    """`settings` with every `llm` value that is a `pretrained:` spec replaced by fn(spec), at any depth
-    (vlm2vec's `base_settings.llm` too); a UserError names the field (`where`.path.llm)."""
-    out = {}
-    for k, v in settings.items():
-        if k == "llm" and is_pretrained(v):
-            try:
-                out[k] = fn(v)
-            except UserError as e:
-                raise UserError(f"recipe field '{where}.{k}': {e}") from None
-        elif isinstance(v, dict):
-            out[k] = map_llm(v, fn, f"{where}.{k}")
-        else:
-            out[k] = v
-    return out
 
 
 def _fingerprint(patterns: list[str]) -> list[list]:
@@ -100,8 +55,8 @@ def _fingerprint(patterns: list[str]) -> list[list]:
 def _plan(spec: str, seed: int) -> tuple[Path, list[str], dict]:
     """(cache folder, the overrides that train RECIPE there, the key's contents)."""
     from vlm.train.recipe import load_recipe
-    architecture(spec)                                              # no pretrained: chains
-    name = spec[len(PREFIX):]
+    base_llm_architecture(spec)                                              # no pretrained: chains
+    name = spec[len(PRETRAINED):]
     extra = shlex.split(os.environ.get(OVERRIDES_ENV, ""))
     recipe = load_recipe(name, [*extra, f"runtime.seed={seed}"], check_files=False)
     data, overrides = {}, [*extra, f"runtime.seed={seed}", "runtime.strategy=none"]
@@ -132,7 +87,7 @@ def checkpoint(spec: str, seed: int) -> Path:
     with FileLock(str(folder) + ".lock"):
         if (folder / DONE).exists():                                # another process built it meanwhile
             return final
-        name = spec[len(PREFIX):]
+        name = spec[len(PRETRAINED):]
         log = folder / "build.log"
         print(f"[base-llm] training {name} (seed {seed}) into {folder} (once; log: {log})", flush=True)
         env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
@@ -156,13 +111,7 @@ def llm_source(spec: str, seed: int | None) -> str | dict:
     (trained now if absent), or on the meta device (a recipe's weightless skeleton) RECIPE's own LLM setting."""
     import torch
     if torch.empty(0).is_meta:
-        return architecture(spec)
+        return base_llm_architecture(spec)
     return f"vlm:{checkpoint(spec, 0 if seed is None else seed)}"
 
 
-def skeleton(settings: dict) -> dict:
-    """Builder settings with each `pretrained:RECIPE` LLM as RECIPE's own (untrained) LLM setting."""
-    return map_llm(settings, architecture)
-
-
-LLM_SOURCES[PREFIX] = llm_source

@@ -27,7 +27,6 @@ from typing import Any, Literal
 from vlm.config import apply_override, from_dict, read_yaml, to_yaml
 from vlm.data.filters import SampleFilter, check_filter_fields
 from vlm.errors import UserError
-from vlm.train import base_llm  # noqa: F401  (registers the 'pretrained:RECIPE' LLM source)
 
 LLMMode = Literal["frozen", "full", "lora"]
 ScheduleName = Literal["cosine", "wsd", "constant"]
@@ -208,7 +207,7 @@ def smoke_recipe(spec: str, out: str | os.PathLike, steps: int = 2, batch: int =
     raw = copy.deepcopy(raw)
     model = raw.setdefault("model", {})
     fam = get_family(model.get("family", ModelSpec.family))
-    settings = base_llm.skeleton(model.get("settings", {}))          # a pretrained: base LLM: its own LLM, untrained
+    settings = base_llm_skeleton(model.get("settings", {}))          # a pretrained: base LLM: its own LLM, untrained
     model["settings"] = {**settings, **fam.test_settings(model.get("size", ModelSpec.size), settings)}
     from vlm.train.objectives import OBJECTIVES
     for st in raw.get("stages", []):
@@ -301,7 +300,7 @@ def _validate_model(m: ModelSpec) -> None:
     for k in m.settings:
         _require(k in params, f"model.settings.{k}", f"not a setting of family '{m.family}'; "
                  f"known: {', '.join(params)}")
-    base_llm.skeleton(m.settings)                      # a pretrained: LLM names a recipe that has its own LLM
+    base_llm_skeleton(m.settings)                      # a pretrained: LLM names a recipe that has its own LLM
 
 
 def unbuilt(src: Source) -> bool:
@@ -382,6 +381,55 @@ def _validate_runtime(rt: Runtime) -> None:
     except (KeyError, IndexError, ValueError):
         raise UserError(f"recipe field 'runtime.output_dir': only {{name}} may be substituted in "
                         f"{rt.output_dir!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# `llm: pretrained:RECIPE`: the LLM another recipe trains (vlm.train.base_llm builds and caches it)
+# ---------------------------------------------------------------------------------------------
+PRETRAINED = "pretrained:"
+
+
+def is_pretrained(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.startswith(PRETRAINED)
+
+
+def base_llm_architecture(spec: str) -> Any:
+    """The LLM setting of RECIPE's own model: what `pretrained:RECIPE` is shaped like, untrained."""
+    from vlm.families import get_family
+    name = spec[len(PRETRAINED):]
+    if not name:
+        raise UserError(f"{spec!r}: name the recipe that trains the LLM, e.g. 'pretrained:llava-text-tiny'")
+    model = raw_recipe(name)[0].get("model", {})
+    fam = get_family(model.get("family", ModelSpec.family))
+    llm = fam.settings(model.get("size", ModelSpec.size), model.get("settings") or {}).get("llm")
+    if llm is None:
+        raise UserError(f"{spec!r}: recipe's model has no 'llm' setting to start from")
+    if is_pretrained(llm):
+        raise UserError(f"{spec!r}: that recipe itself starts from {llm!r}; a base recipe needs its own LLM")
+    return llm
+
+
+def map_llm(settings: dict, fn, where: str = "model.settings") -> dict:
+    """`settings` with every `llm` value that is a `pretrained:` spec replaced by fn(spec), at any depth
+    (vlm2vec's `base_settings.llm` too); a UserError names the field (`where`.path.llm)."""
+    out = {}
+    for k, v in settings.items():
+        if k == "llm" and is_pretrained(v):
+            try:
+                out[k] = fn(v)
+            except UserError as e:
+                raise UserError(f"recipe field '{where}.{k}': {e}") from None
+        elif isinstance(v, dict):
+            out[k] = map_llm(v, fn, f"{where}.{k}")
+        else:
+            out[k] = v
+    return out
+
+
+def base_llm_skeleton(settings: dict) -> dict:
+    """Builder settings with each `pretrained:RECIPE` LLM as RECIPE's own (untrained) LLM setting: smoke
+    recipes and validation train nothing."""
+    return map_llm(settings, base_llm_architecture)
 
 
 # ---------------------------------------------------------------------------------------------
