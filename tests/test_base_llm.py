@@ -129,6 +129,15 @@ def test_bad_specs_name_the_field(tmp_path):
         load_recipe("llava-text-tiny", [f"data.world.shards=[{tmp_path}/x/*.tar]"], check_files=False)
     with pytest.raises(UserError, match="name the recipe that trains the LLM"):
         load_recipe("llava-tiny", ["model.settings.llm='pretrained:'"], check_files=False)
+    # a base recipe over a user's shards that are not there: named when the model is built, nothing trains
+    from vlm.train.recipe import build_model
+    raw = load_recipe("llava-text-tiny", [f"data.world.shards=[{tmp_path}/none/*.tar]", "data.world.build=null"],
+                      check_files=False).to_dict()
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw))
+    spec = load_recipe("llava-tiny", [f"model.settings.llm=pretrained:{base}"], check_files=False).model
+    with pytest.raises(UserError, match=rf"base LLM 'pretrained:{base}': .*{tmp_path}/none"):
+        build_model(spec, seed=0)
 
 
 def test_missing_build_source_is_built_by_train(tmp_path):

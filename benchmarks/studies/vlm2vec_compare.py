@@ -52,7 +52,7 @@ CLIP_CFG = {"embed_dim": 64,
 
 # ------------------------------------------------------------------------------------------------ training
 def train_vlm2vec(out: Path, mmeb: Path, seed: int, steps: int, lr: float, temperature: float,
-                  init: Path | None = None) -> Path:
+                  init: Path | None = None, llm: str = "") -> Path:
     from vlm.train import load_recipe, train
     if (out / "final" / "model.safetensors").exists():
         return out / "final"
@@ -61,6 +61,8 @@ def train_vlm2vec(out: Path, mmeb: Path, seed: int, steps: int, lr: float, tempe
                  "runtime.checkpoint_every=0", "runtime.log_every=50"]
     if init is not None:
         overrides.append(f"model.settings.init={init}")
+    if llm:
+        overrides.append(f"model.settings.base_settings.llm={llm}")
     return train(load_recipe("vlm2vec-tiny", overrides), out, resume=True)
 
 
@@ -78,9 +80,10 @@ def job(out: Path, *args: str) -> None:
                        check=True)
 
 
-def run_vlm2vec(out: Path, mmeb: Path, seed: int, steps: int, lr: float, t: float, init: Path | None = None) -> str:
+def run_vlm2vec(out: Path, mmeb: Path, seed: int, steps: int, lr: float, t: float, init: Path | None = None,
+                llm: str = "") -> str:
     if not (out / "final" / "model.safetensors").exists():
-        job(out, "vlm2vec", str(out), str(mmeb), str(seed), str(steps), str(lr), str(t), str(init or ""))
+        job(out, "vlm2vec", str(out), str(mmeb), str(seed), str(steps), str(lr), str(t), str(init or ""), llm)
     return str(out / "final")
 
 
@@ -90,27 +93,29 @@ def run_open_clip(out: Path, mmeb: Path, seed: int, steps: int, lr: float, t: fl
     return f"open_clip:{out / 'tiny_clip_pairs.json'}:{out / 'model.safetensors'}"
 
 
-def untrained(out: Path, seed: int) -> Path:
-    """The vlm2vec-tiny recipe's backbone as built for `seed` (its text-pretrained LLM), saved without any
-    contrastive training."""
+def untrained(out: Path, seed: int, llm: str = "") -> Path:
+    """The vlm2vec-tiny recipe's backbone as built for `seed` (its LLM: the recipe's text-pretrained one, or
+    `llm`), saved without any contrastive training."""
     if not (out / "model.safetensors").exists():
         from vlm.train.recipe import build_model, load_recipe
-        build_model(load_recipe("vlm2vec-tiny", check_files=False).model, seed=seed).save_pretrained(out)
+        spec = load_recipe("vlm2vec-tiny", [f"model.settings.base_settings.llm={llm}"] if llm else [],
+                           check_files=False).model
+        build_model(spec, seed=seed).save_pretrained(out)
     return out
 
 
-def run_llava(out: Path, world: Path, seed: int) -> Path:
+def run_llava(out: Path, world: Path, seed: int, llm: str = "") -> Path:
     if not (out / "final" / "model.safetensors").exists():
-        job(out, "llava", str(out), str(world), str(seed))
+        job(out, "llava", str(out), str(world), str(seed), llm)
     return out / "final"
 
 
-def train_llava(out: Path, world: Path, seed: int) -> Path:
+def train_llava(out: Path, world: Path, seed: int, llm: str = "") -> Path:
     from vlm.train import load_recipe, train
     if (out / "final" / "model.safetensors").exists():
         return out / "final"
     overrides = [f"data.world.shards=[{world / 'train'}]", f"runtime.seed={seed}", "runtime.checkpoint_every=0",
-                 "runtime.log_every=50"]
+                 "runtime.log_every=50", *([f"model.settings.llm={llm}"] if llm else [])]
     return train(load_recipe("llava-tiny", overrides), out, resume=True)
 
 
@@ -222,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-lr", type=float, nargs="+", default=list(GRID_LR), help="learning rates tried on val")
     ap.add_argument("--grid-t", type=float, nargs="+", default=list(GRID_T), help="temperatures tried on val")
     ap.add_argument("--llava", action="store_true", help="add the llava-tiny-initialised variant and its baseline")
+    ap.add_argument("--llm", default="", help="the backbone's LLM (default: the recipe's, llava-text-tiny's "
+                    "text-pretrained one; tiny:llama: the random tiny LLM, as model_cards/vlm2vec.md was measured)")
     ap.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -234,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     # 1. selection on val (seed 0)
     grid = list(itertools.product(args.grid_lr, args.grid_t))
     s0 = args.seeds[0]
-    runs = {"vlm2vec": lambda lr, t: run_vlm2vec(out / "select" / f"vlm2vec-lr{lr:g}-t{t:g}", args.mmeb, s0, args.steps, lr, t),
+    runs = {"vlm2vec": lambda lr, t: run_vlm2vec(out / "select" / f"vlm2vec-lr{lr:g}-t{t:g}", args.mmeb, s0, args.steps, lr, t,
+                                                 llm=args.llm),
             "open_clip": lambda lr, t: run_open_clip(out / "select" / f"open_clip-lr{lr:g}-t{t:g}", args.mmeb, s0,
                                                      args.steps, lr, t)}
     futures = {(kind, lr, t): pool.submit(runs[kind], lr, t) for kind in runs for lr, t in grid}
@@ -254,13 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         jobs |= {"vlm2vec-tiny/llava": [], "(a) llava-tiny": []}
     for s in args.seeds:
         jobs["vlm2vec-tiny"].append(pool.submit(lambda s=s: val["vlm2vec"]["chosen"]["spec"] if s == s0 else run_vlm2vec(
-            out / f"vlm2vec-s{s}", args.mmeb, s, args.steps, v["lr"], v["temperature"])))
-        jobs["(a) untrained"].append(str(untrained(out / f"untrained-s{s}", s)))      # here: it seeds torch
+            out / f"vlm2vec-s{s}", args.mmeb, s, args.steps, v["lr"], v["temperature"], llm=args.llm)))
+        jobs["(a) untrained"].append(str(untrained(out / f"untrained-s{s}", s, args.llm)))      # here: it seeds torch
         jobs["(b) open_clip"].append(pool.submit(lambda s=s: val["open_clip"]["chosen"]["spec"] if s == s0 else run_open_clip(
             out / f"open_clip-s{s}", args.mmeb, s, args.steps, c["lr"], c["temperature"])))
         if args.llava:
             def llava_pair(s=s):
-                llava = run_llava(out / f"llava-tiny-s{s}", args.world, s)
+                llava = run_llava(out / f"llava-tiny-s{s}", args.world, s, args.llm)
                 return str(llava), run_vlm2vec(out / f"vlm2vec-llava-s{s}", args.mmeb, s, args.steps, v["lr"],
                                                v["temperature"], init=llava)
             pair = pool.submit(llava_pair)
@@ -286,14 +294,15 @@ def main(argv: list[str] | None = None) -> int:
 def run_job(argv: list[str]) -> int:
     kind, out, *rest = argv
     if kind == "vlm2vec":
-        data, seed, steps, lr, t, init = rest
-        train_vlm2vec(Path(out), Path(data), int(seed), int(steps), float(lr), float(t), Path(init) if init else None)
+        data, seed, steps, lr, t, init, llm = rest
+        train_vlm2vec(Path(out), Path(data), int(seed), int(steps), float(lr), float(t), Path(init) if init else None,
+                      llm)
     elif kind == "open_clip":
         data, seed, steps, lr, t = rest
         train_open_clip(Path(out), Path(data), int(seed), int(steps), float(lr), float(t))
     else:
-        world, seed = rest
-        train_llava(Path(out), Path(world), int(seed))
+        world, seed, llm = rest
+        train_llava(Path(out), Path(world), int(seed), llm)
     return 0
 
 

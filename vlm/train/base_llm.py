@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from vlm.errors import UserError
-from vlm.train.recipe import PRETRAINED, base_llm_architecture
+from vlm.train.recipe import PRETRAINED, base_llm_architecture, load_recipe
 
 DONE = "base_llm.json"                  # written last: the folder holds a finished base
 OVERRIDES_ENV = "VLM_BASE_LLM_OVERRIDES"   # key=value overrides of every base recipe (the tests: a few steps)
@@ -54,8 +54,7 @@ def _fingerprint(patterns: list[str]) -> list[list]:
 
 def _plan(spec: str, seed: int) -> tuple[Path, list[str], dict]:
     """(cache folder, the overrides that train RECIPE there, the key's contents)."""
-    from vlm.train.recipe import load_recipe
-    base_llm_architecture(spec)                                              # no pretrained: chains
+    base_llm_architecture(spec)                                     # no pretrained: chains
     name = spec[len(PRETRAINED):]
     extra = shlex.split(os.environ.get(OVERRIDES_ENV, ""))
     recipe = load_recipe(name, [*extra, f"runtime.seed={seed}"], check_files=False)
@@ -79,9 +78,14 @@ def _plan(spec: str, seed: int) -> tuple[Path, list[str], dict]:
 def checkpoint(spec: str, seed: int) -> Path:
     """The `final` folder of RECIPE trained with `seed`: from the cache, or trained now (once)."""
     from filelock import FileLock
-    folder, overrides, key_doc = _plan(spec, seed)
+    try:
+        folder, overrides, key_doc = _plan(spec, seed)
+    except UserError as e:
+        raise UserError(f"base LLM '{spec}': {e}") from None
     final = folder / "run" / "final"
     if (folder / DONE).exists():
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[base-llm] {spec} (seed {seed}): {final} (cached)", flush=True)
         return final
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
@@ -91,9 +95,12 @@ def checkpoint(spec: str, seed: int) -> Path:
         log = folder / "build.log"
         print(f"[base-llm] training {name} (seed {seed}) into {folder} (once; log: {log})", flush=True)
         env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+        here = str(Path(__file__).resolve().parents[2])                # this checkout, installed or not
+        env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
         cmd = [sys.executable, "-m", "vlm.cli", "train", name, "--out", str(folder / "run"), "--resume", *overrides]
         with open(log, "a") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, check=False).returncode
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                check=False).returncode
         if rc != 0 or not (final / "config.json").exists():
             tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
             raise UserError(f"training the base LLM '{spec}' (seed {seed}) failed (exit {rc}): {tail[0]} "
