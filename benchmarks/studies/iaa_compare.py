@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         base_ckpt = out / "base-llm-random"
         if not (base_ckpt / "config.json").exists():
             vlm.build("llava", "tiny", seed=a.seed).save_pretrained(base_ckpt)
-        base, llm = vlm.load(base_ckpt), []
+        base, llm = vlm.load(base_ckpt), ["model.settings.llm=tiny:llama"]     # not the recipes' text-pretrained one
     finals = {name: run(recipe, out / name, data, [*llm, *extra, *a.overrides])
               for name, (recipe, extra) in RUNS.items()}
     convs = held_out_text(data)
