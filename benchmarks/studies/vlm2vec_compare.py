@@ -6,7 +6,7 @@
         --out runs/vlm2vec-compare [--seeds 0 1 2] [--steps 600]
 
 Models (every trained one: the same pairs, steps, batch of 64 pairs with one hard negative each):
-  vlm2vec-tiny          the built-in recipe from scratch (tiny CLIP encoder + tiny Llama, everything trains)
+  vlm2vec-tiny          the built-in recipe (tiny CLIP encoder + the text-pretrained tiny Llama; --llm: another LLM)
   (a) untrained         the same backbone without contrastive training (the random init of that seed)
   with --llava: vlm2vec-tiny/llava, the recipe started from a llava-tiny run of the same seed
   (model.settings.init), and (a) llava-tiny, that run itself as an embedder (last token, E5-V style prompts)

@@ -82,8 +82,8 @@ def vlm2vec_modalities(settings: dict) -> tuple[str, ...]:
 TINY_BASE = {"audio": None, "music": None, "video": None, "vision": {"name": "tiny-clip", "feature_layer": -1}}
 SW_MMEB = {"pairs": {"shards": ["data/sw-mmeb/train"], "weight": 1.0}}
 
-# CPU, minutes: everything trains (the tiny encoder and LLM start random), 64 pairs per step with one hard
-# negative each, GradCache in chunks of 32 prompts. lr / temperature from single val-split pilots at 600 steps;
+# CPU, minutes: everything trains (the tiny encoder starts random, the LLM from llava-text-tiny's), 64 pairs
+# per step with one hard negative each, GradCache in chunks of 32 prompts. lr / temperature from single val-split pilots at 600 steps;
 # the reported comparison (model_cards/vlm2vec.md) ran 200 steps, where val chose lr 1e-3.
 VLM2VEC_TINY_RECIPE = {
     "description": "VLM2Vec on synthetic-world MMEB-style pairs, CPU (vlm data build synthetic-world --out "
