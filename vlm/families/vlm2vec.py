@@ -83,8 +83,9 @@ TINY_BASE = {"audio": None, "music": None, "video": None, "vision": {"name": "ti
 SW_MMEB = {"pairs": {"shards": ["data/sw-mmeb/train"], "weight": 1.0}}
 
 # CPU, minutes: everything trains (the tiny encoder starts random, the LLM from llava-text-tiny's), 64 pairs
-# per step with one hard negative each, GradCache in chunks of 32 prompts. lr / temperature from single val-split pilots at 600 steps;
-# the reported comparison (model_cards/vlm2vec.md) ran 200 steps, where val chose lr 1e-3.
+# per step with one hard negative each, GradCache in chunks of 32 prompts. lr / temperature from single
+# val-split pilots at 600 steps (random LLM); the reported comparison (model_cards/vlm2vec.md) ran 200 steps,
+# where val chose lr 1e-3.
 VLM2VEC_TINY_RECIPE = {
     "description": "VLM2Vec on synthetic-world MMEB-style pairs, CPU (vlm data build synthetic-world --out "
                    "data/sw-mmeb --tasks mmeb); from scratch or model.settings.init=runs/llava-tiny/final",
