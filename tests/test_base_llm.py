@@ -38,6 +38,11 @@ def llm_state(model) -> dict:
     return {k: v.clone() for k, v in model.llm.state_dict().items()}
 
 
+def same(a: dict, b: dict) -> bool:
+    """Every tensor of `b` equals `a`'s of the same name, bit for bit."""
+    return all(torch.equal(a[k], v) for k, v in b.items())
+
+
 def test_builds_once_per_seed_and_rebuilds_bit_identical(text_recipe, cache, monkeypatch, tmp_path):
     from vlm.train import base_llm
     from vlm.train.recipe import build_model, load_recipe
@@ -53,22 +58,22 @@ def test_builds_once_per_seed_and_rebuilds_bit_identical(text_recipe, cache, mon
     final = folders[0] / "run" / "final"
     base = load_multimodal(final, read_config(final))
     got = llm_state(model)
-    assert all(torch.equal(got[k], v) for k, v in base.llm.state_dict().items())
+    assert same(got, base.llm.state_dict())
     random = build_model(load_recipe("llava-tiny", ["model.settings.llm=tiny:llama"], check_files=False).model, seed=1)
-    assert not all(torch.equal(got[k], v) for k, v in random.llm.state_dict().items())
+    assert not same(got, random.llm.state_dict())
     # cached: a second model trains nothing (the log is untouched), same seed -> same LLM
     log = (folders[0] / "build.log").stat().st_mtime_ns
     again = build_model(recipe.model, seed=1)
     assert (folders[0] / "build.log").stat().st_mtime_ns == log
-    assert all(torch.equal(got[k], v) for k, v in llm_state(again).items())
+    assert same(got, llm_state(again))
     # another seed: another base
     other = build_model(recipe.model, seed=2)
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
-    assert not all(torch.equal(got[k], v) for k, v in llm_state(other).items())
+    assert not same(got, llm_state(other))
     # deterministic per seed: a fresh cache trains the same weights, bit for bit
     monkeypatch.setenv("VLM_CACHE", str(tmp_path / "fresh"))
     rebuilt = build_model(recipe.model, seed=1)
-    assert all(torch.equal(got[k], v) for k, v in llm_state(rebuilt).items())
+    assert same(got, llm_state(rebuilt))
 
 
 def test_key_follows_the_base_recipe(text_recipe, cache, tmp_path):

@@ -58,21 +58,15 @@ def _plan(spec: str, seed: int) -> tuple[Path, list[str], dict]:
     name = spec[len(PRETRAINED):]
     extra = shlex.split(os.environ.get(OVERRIDES_ENV, ""))
     recipe = load_recipe(name, [*extra, f"runtime.seed={seed}"], check_files=False)
-    data, overrides = {}, [*extra, f"runtime.seed={seed}", "runtime.strategy=none"]
-    for src_name, src in recipe.data.items():
-        if src.build is not None:
-            data[src_name] = {"build": src.build}
-        else:
-            data[src_name] = {"files": _fingerprint(src.shards)}
-    key_doc = {"recipe": {**recipe.to_dict(), "data": data,
-                          "runtime": {**recipe.to_dict()["runtime"], "output_dir": None}}, "format": 1}
+    data = {n: {"build": src.build} if src.build is not None else {"files": _fingerprint(src.shards)}
+            for n, src in recipe.data.items()}
+    raw = recipe.to_dict()
+    key_doc = {"recipe": {**raw, "data": data, "runtime": {**raw["runtime"], "output_dir": None}}, "format": 1}
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder = cache_root() / f"{Path(recipe.name).stem}-s{seed}-{key}"
-    for src_name, src in recipe.data.items():
-        if src.build is not None:                                   # the data set lives with its base
-            split = Path(src.shards[0]).name
-            overrides.append(f"data.{src_name}.shards=[{folder / ('data-' + src_name) / split}]")
-    return folder, overrides, key_doc
+    built = [f"data.{n}.shards=[{folder / ('data-' + n) / Path(src.shards[0]).name}]"   # the data lives with its base
+             for n, src in recipe.data.items() if src.build is not None]
+    return folder, [*extra, f"runtime.seed={seed}", "runtime.strategy=none", *built], key_doc
 
 
 def checkpoint(spec: str, seed: int) -> Path:

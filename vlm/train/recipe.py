@@ -308,22 +308,27 @@ def unbuilt(src: Source) -> bool:
     return src.build is not None and not (Path(src.shards[0]).parent / "index.json").exists()
 
 
-def _check_build(src: Source, p: str) -> None:
+def _build_config(src: Source):
+    """The `vlm data build` config of a source's `build` settings: the data set above its split folder."""
     from vlm.data.cli import BuildConfig
+    return from_dict(BuildConfig, {"out": str(Path(src.shards[0]).parent), **src.build})
+
+
+def _check_build(src: Source, p: str) -> None:
     _require(len(src.shards) == 1 and Path(src.shards[0]).name in ("train", "val", "test"), f"{p}.shards",
              f"a source with build settings reads one split folder of the data set it builds (OUT/train), got {src.shards}")
     try:
-        from_dict(BuildConfig, {"out": str(Path(src.shards[0]).parent), **src.build})
+        _build_config(src)
     except UserError as e:
         raise UserError(f"recipe field '{p}.build': {e}") from None
 
 
 def build_sources(recipe: Recipe) -> None:
     """Build every source's data set that has `build` settings and is not there yet (synthetic-world)."""
-    from vlm.data.cli import BuildConfig, build_if_absent
+    from vlm.data.cli import build_if_absent
     for src in recipe.data.values():
         if unbuilt(src):
-            build_if_absent(from_dict(BuildConfig, {"out": str(Path(src.shards[0]).parent), **src.build}))
+            build_if_absent(_build_config(src))
 
 
 def _check_shards(pattern: str, field_path: str) -> None:
