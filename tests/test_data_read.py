@@ -303,3 +303,48 @@ def test_a_pass_with_no_usable_sample_stops_with_a_named_error(tmp_path, model):
     pipe = ShardPipeline(src, model.processor, batch_size=2, max_len=8, shuffle_buffer=0)
     with pytest.raises(UserError, match="no usable sample.*too_long"):
         next(iter(pipe))
+
+
+# ------------------------------------------------------------------------------------------------ worker -> main
+def batch_of_every_kind() -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"input_ids": torch.randint(0, 100, (3, 5), generator=g), "attention_mask": torch.ones(3, 5, dtype=torch.long),
+            "media": {"image": [torch.randn(3, 4, 4, generator=g), torch.randn(3, 8, 2, generator=g)],
+                      "audio": [torch.randn(700_000, 2, generator=g)],                 # over INLINE_BYTES
+                      "video": [torch.randn(2, generator=g).bfloat16(), torch.randn(3, generator=g).bfloat16()],
+                      "music": []},
+            "big": torch.randn(1_100_000, generator=g), "half": torch.randn(4, generator=g).bfloat16(),
+            "sample_keys": ["a", "b", "c"], "_position": [0, 3]}
+
+
+class OnePackedBatch(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        from vlm.data.collate import pack_batch
+        yield pack_batch(batch_of_every_kind())
+
+
+def same_batch(a: dict, b: dict) -> bool:
+    def same(x, y):
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+        if isinstance(x, dict):
+            return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, list):
+            return isinstance(y, list) and len(x) == len(y) and all(same(u, v) for u, v in zip(x, y))
+        return x == y
+    return same(a, b)
+
+
+def test_packed_batches_leave_a_worker_exactly_as_they_were_made():
+    """A worker's batch travels as a few arrays (each modality's items as one flat array; small ones by value)
+    and comes back equal: dtypes, shapes, values, the order of the items, the fields that are not tensors."""
+    from vlm.data.collate import Inline, PackedMedia, pack_batch, unpack_batch
+    want = batch_of_every_kind()
+    packed = pack_batch(want)
+    assert isinstance(packed["input_ids"], Inline) and isinstance(packed["media"]["image"], PackedMedia)
+    assert isinstance(packed["media"]["audio"].flat, torch.Tensor) and isinstance(packed["big"], torch.Tensor)
+    assert isinstance(packed["half"], torch.Tensor) and packed["media"]["music"] == []
+    assert same_batch(unpack_batch(packed), want)
+    got = next(iter(torch.utils.data.DataLoader(OnePackedBatch(), batch_size=None, num_workers=1)))
+    assert same_batch(unpack_batch(got), want)
+    assert not same_batch(unpack_batch(got), {**want, "media": {**want["media"], "image": want["media"]["image"][::-1]}})

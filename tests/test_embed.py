@@ -190,6 +190,18 @@ def test_two_ranks_write_what_one_rank_writes(exports):
     assert sorted(one) == sorted(two) and all(one[k] == two[k] for k in one)
 
 
+def test_a_worker_process_writes_what_the_main_process_writes(exports, setup):
+    """`one` prepared its batches in a DataLoader worker (sent packed to the main process); the same export
+    prepared in the main process gives the same bytes."""
+    from vlm.embed.export import export
+    tmp, _ = exports
+    _, ckpt, world = setup
+    export(config(model=str(ckpt), input=str(world), out=str(tmp / "zero"), modality=["image", "text"],
+                  instruction=INSTR, num_workers=0))
+    one, zero = files_of(tmp / "one"), files_of(tmp / "zero")
+    assert sorted(one) == sorted(zero) and all(one[k] == zero[k] for k in one)
+
+
 # ------------------------------------------------------------------------------------------------ index / search
 def fake_export(folder: Path, x: np.ndarray, parts: int = 3) -> Path:
     """An export folder of given vectors (keys r0, r1, ...), as `vlm embed` lays it out."""

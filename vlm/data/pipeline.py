@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from vlm.data.collate import die_with_parent, pack_batch, unpack_batch
 from vlm.data.decode import RawSample, SampleError, draft_size_of
 from vlm.data.formats import ChatFormat, Format, build_format, sample_seed
 from vlm.data.processor import Processed, Processor
@@ -161,8 +162,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         w = self.worker_map[info.id if info is not None else 0]
-        if not self.done[w]:
+        if self.done[w]:
+            return
+        if info is None or self.cfg.pin_memory:         # (the loader's pinning thread needs plain tensors)
             yield from self.batches(w, self.positions[w])
+            return
+        for batch in self.batches(w, self.positions[w]):
+            yield pack_batch(batch)                     # a few transfers per batch, not one per tensor
 
     def batches(self, w: int, start: int) -> Iterator[dict]:
         """Logical worker w's batches from ref position `start` on, then an end marker if finite."""
@@ -314,8 +320,10 @@ class ShardPipeline:
             ds.worker_map = self.order + [w for w in range(ds.workers) if ds.done[w]]
             stream = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers,
                                                       prefetch_factor=self.cfg.prefetch_factor,
-                                                      pin_memory=self.cfg.pin_memory))
+                                                      pin_memory=self.cfg.pin_memory,
+                                                      worker_init_fn=die_with_parent))
         for batch in stream:
+            batch = unpack_batch(batch)
             self._account(batch)
             if not batch.get("_end"):
                 yield batch

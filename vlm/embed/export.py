@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlm.data.collate import die_with_parent, pack_batch, unpack_batch
 from vlm.embed.items import Item
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, MediaError, file_kind
@@ -154,7 +155,7 @@ class WindowReader(torch.utils.data.IterableDataset):
         super().__init__()
         self.plan, self.parts, self.prepare = plan, parts, prepare
         self.modalities, self.instruction, self.batch_size = modalities, instruction, batch_size
-        self._refs: tuple[str, list] | None = None
+        self._refs: tuple[str, Any, list] | None = None
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -164,11 +165,19 @@ class WindowReader(torch.utils.data.IterableDataset):
             yield self.window(part, j)
 
     # -- reading
-    def _shard_refs(self, shard: str) -> list:
-        if self._refs is None or self._refs[0] != shard:            # parts of a shard come one after another
+    def _shard_refs(self, shard: str, stop: int) -> list:
+        """The shard's first `stop` member refs, scanned as far as asked (the first window goes out after
+        scanning its own samples, not the whole shard); parts of a shard come one after another."""
+        if self._refs is None or self._refs[0] != shard:
             from vlm.data.reader import scan_shard
-            self._refs = (shard, list(scan_shard(shard)))
-        return self._refs[1]
+            self._refs = (shard, scan_shard(shard), [])
+        _, scan, refs = self._refs
+        while len(refs) < stop:
+            ref = next(scan, None)
+            if ref is None:
+                break
+            refs.append(ref)
+        return refs
 
     def samples(self, part: Part, lo: int, hi: int):
         """(key, source, fields | None, reason, message) of samples lo..hi of the part's source."""
@@ -184,7 +193,7 @@ class WindowReader(torch.utils.data.IterableDataset):
         from vlm.data.reader import FileCache, read_fields
         cache = FileCache()
         try:
-            for k, ref in enumerate(self._shard_refs(part.source)[lo:hi], lo):
+            for k, ref in enumerate(self._shard_refs(part.source, hi)[lo:hi], lo):
                 if ref.error:
                     yield ref.key or f"#{k}", part.source, None, ref.error, ref.message
                     continue
@@ -240,7 +249,7 @@ class WindowReader(torch.utils.data.IterableDataset):
         batches: dict[str, Any] = {}
         while rows:
             try:
-                batches = {m: self.prepare([r[3][m] for r in rows]) for m in self.modalities}
+                batches = {m: pack_batch(self.prepare([r[3][m] for r in rows])) for m in self.modalities}
                 break
             except Exception:  # a broken item only its preprocessing finds: skip it, keep the others' places
                 rows = self._survivors(rows, skipped)
@@ -275,7 +284,8 @@ def _atomic(path: Path, write) -> None:
 
 def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[np.ndarray]], dim: int,
                dtype: np.dtype, keys: list[str], captions: list[str], sources: list[str], stats: dict) -> None:
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq                  # not pandas: seconds of import in the middle of the loop
     for m in modalities:
         arr = np.concatenate(emb[m]) if emb[m] else np.zeros((0, dim), dtype=dtype)
         path = out / emb_dir(m) / f"{emb_dir(m)}_{name}.npy"
@@ -286,9 +296,9 @@ def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[
         _atomic(path, save)
     stats_path = out / "stats" / f"stats_{name}.json"
     _atomic(stats_path, lambda tmp: tmp.write_text(json.dumps(stats, indent=1)))
-    table = pd.DataFrame({"key": pd.Series(keys, dtype=str), "caption": pd.Series(captions, dtype=str),
-                          "source": pd.Series(sources, dtype=str)})
-    _atomic(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    table = pa.table({"key": pa.array(keys, pa.string()), "caption": pa.array(captions, pa.string()),
+                      "source": pa.array(sources, pa.string())})
+    _atomic(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def _remove_torn(out: Path) -> None:
@@ -371,14 +381,16 @@ def export(cfg) -> ExportResult:
     reader = WindowReader(plan, mine, backend.preparer(), modalities, cfg.instruction, cfg.batch_size)
     workers = min(cfg.num_workers, sum(windows(p, cfg.batch_size) for p in mine))
     loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+                                         prefetch_factor=4 if workers else None,
+                                         worker_init_fn=die_with_parent if workers else None)
     dtype, dim = np.dtype(cfg.out_dtype), backend.dim
     pending: dict[int, dict[int, dict]] = {}               # part -> window -> its embedded chunk
     written, rows, skipped, t0 = [], 0, 0, time.perf_counter()
     with tqdm(total=total, desc=f"embed{f' rank {rank}' if world > 1 else ''}", unit="item", dynamic_ncols=True,
               disable=not cfg.progress, position=rank if world > 1 else None) as bar:
         for chunk in loader:
-            chunk["emb"] = {m: backend.forward(b).numpy().astype(dtype) for m, b in chunk.pop("batches").items()}
+            chunk["emb"] = {m: backend.forward(unpack_batch(b)).numpy().astype(dtype)
+                            for m, b in chunk.pop("batches").items()}
             got = pending.setdefault(chunk["part"], {})
             got[chunk["window"]] = chunk
             bar.update(len(chunk["keys"]) + len(chunk["skipped"]))
