@@ -138,6 +138,24 @@ def test_image_preprocess_settings(image: Image.Image) -> None:
     assert not siglip.crop and siglip.to_dict()["mean"] == [0.5, 0.5, 0.5]
 
 
+@pytest.mark.parametrize("crop,size,interpolation", [(True, 32, "bicubic"), (False, (24, 40), "bilinear"),
+                                                      (True, 48, "bicubic")])
+def test_image_preprocess_batch_is_the_per_image_preprocess(crop, size, interpolation) -> None:
+    """`batch` (images of one size as one tensor) gives `[pre(x) for x in images]` bit for bit: images of
+    several sizes and modes, down- and up-scaled, cropped or squashed."""
+    from encoders.base import ImagePreprocess
+
+    rng = np.random.default_rng(0)
+    sizes = [(64, 64), (64, 64), (50, 70), (64, 64), (32, 32), (90, 40), (50, 70)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    images.append(images[0].convert("L"))                        # not RGB: the one-by-one path
+    pre = ImagePreprocess(size, (0.48, 0.45, 0.41), (0.27, 0.26, 0.28), interpolation, crop=crop, crop_pct=0.9,
+                          backend="hf")
+    for batch in (images[:-1], images):
+        got, want = pre.batch(batch), [pre(x) for x in batch]
+        assert len(got) == len(want) and all(g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want))
+
+
 def test_whisper_log_mel_matches_transformers(stereo: tuple[torch.Tensor, int]) -> None:
     """Our torchaudio log-mel equals WhisperFeatureExtractor's on the real (unpadded) frames."""
     from transformers import WhisperFeatureExtractor

@@ -78,6 +78,13 @@ class Processor:
             return self.preprocess[modality](*raw)  # audio: (waveform, sample_rate)
         return self.preprocess[modality](raw)
 
+    def preprocess_media_batch(self, modality: str, raws: list[Any]) -> list[torch.Tensor]:
+        """`[preprocess_media(modality, x) for x in raws]`, batched where the preprocess can (`batch`)."""
+        batch = getattr(self.preprocess.get(modality), "batch", None)
+        if batch is None or any(isinstance(x, tuple) for x in raws):
+            return [self.preprocess_media(modality, x) for x in raws]
+        return batch(raws)
+
     def __call__(self, sample: dict, media: dict[str, list] | None = None, add_generation_prompt: bool = False,
                  key: str = "sample", preprocessed: bool = False) -> Processed:
         turns = normalise_conversation(sample.get("conversations"), key)

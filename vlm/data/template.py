@@ -51,6 +51,7 @@ class ChatTemplate:
         self.end_id = vocab["<|im_end|>"]
         self.placeholder_id = {m: vocab[p] for m, p in PLACEHOLDERS.items()}
         self._nl = self._text("\n")
+        self._memo: dict[tuple, Tokenized] = {}   # short conversations seen before (an embedder's fixed prompt)
 
     def _text(self, s: str) -> list[int]:
         return self.tok(s, add_special_tokens=False)["input_ids"] if s else []
@@ -69,8 +70,23 @@ class ChatTemplate:
                 ids += self._text(piece)
         return ids
 
+    MEMO_CHARS, MEMO_ENTRIES = 256, 4096
+
     def tokenize(self, turns: list[dict], media_tokens: list[int], add_generation_prompt: bool = False) -> Tokenized:
-        """turns: normalised [{'role','text'}]; media_tokens[i]: LLM tokens of the i-th placeholder in order."""
+        """turns: normalised [{'role','text'}]; media_tokens[i]: LLM tokens of the i-th placeholder in order.
+        Short conversations are remembered (at most MEMO_ENTRIES of at most MEMO_CHARS characters): the
+        same instruction over every image of an export is tokenised once."""
+        key = (tuple((t["role"], t["text"]) for t in turns), tuple(media_tokens), add_generation_prompt)
+        if sum(len(t["text"]) for t in turns) > self.MEMO_CHARS:
+            return self._tokenize(turns, media_tokens, add_generation_prompt)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._tokenize(turns, media_tokens, add_generation_prompt)
+            if len(self._memo) < self.MEMO_ENTRIES:
+                self._memo[key] = hit
+        return Tokenized(list(hit.input_ids), list(hit.labels), list(hit.media_order))
+
+    def _tokenize(self, turns: list[dict], media_tokens: list[int], add_generation_prompt: bool) -> Tokenized:
         ids: list[int] = []
         labels: list[int] = []
         order: list[str] = []

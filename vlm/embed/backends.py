@@ -113,9 +113,15 @@ class VLMPreparer:
     def __call__(self, items: list[Item]) -> dict:
         from vlm.data.collate import collate
         proc, rows = self.processor, []
-        for it in items:
-            media = {m: [x if isinstance(x, torch.Tensor) else proc.preprocess_media(m, read_media(m, x, self.draft_size))]
-                     for m, x in it.media.items()}
+        todo: dict[str, list[tuple[int, Any]]] = {}             # modality -> (item, raw) still to preprocess
+        for i, it in enumerate(items):
+            for m, x in it.media.items():
+                if not isinstance(x, torch.Tensor):
+                    todo.setdefault(m, []).append((i, read_media(m, x, self.draft_size)))
+        done = {(m, i): t for m, pairs in todo.items()
+                for (i, _), t in zip(pairs, proc.preprocess_media_batch(m, [raw for _, raw in pairs]))}
+        for i, it in enumerate(items):
+            media = {m: [done.get((m, i), x)] for m, x in it.media.items()}
             rows.append(proc.from_turns([{"role": "user", "text": it.prompt()}], media, add_generation_prompt=True,
                                         key="item", preprocessed=True))
         return collate(rows, self.pad_id)
