@@ -19,7 +19,8 @@ Models (every trained one: the same pairs, steps, batch of 64 pairs with one har
    per meta-task and overall, mean +- std over seeds; whether vlm2vec-tiny beats (a) and (b).
 Trainings run `--parallel` at a time, each in its own process with one intra-op thread. Everything is
 resumable (finished runs and evaluations are kept under --out; the seed-0 runs are the selection's).
-The tables printed at the end are written to <out>/report.md, the numbers to <out>/results.json.
+The tables printed at the end are written to <out>/report.md, the numbers to <out>/results.json, the model
+card's rows to <out>/results.jsonl (`vlm card model_cards/vlm2vec.md --results <out>/results.jsonl`).
 """
 from __future__ import annotations
 
@@ -212,6 +213,17 @@ def evaluate(specs: list[str], bench: str, mmeb: Path, out: Path) -> dict[str, d
     return {m.spec: r["metrics"] for m, r in zip(res.models, res.records)}
 
 
+CARD_METRICS = ("precision@1", *META, "ind", "ood")
+
+
+def card_rows(r: dict) -> list[dict]:
+    """The results file for the model card (`vlm card model_cards/vlm2vec.md --results OUT/results.jsonl`):
+    one row per model x metric x seed, on the test split."""
+    base = {"benchmark": "sw-mmeb-pairs", "type": "embedding", "capability": "mmeb-style", "kind": "mmeb"}
+    return [{"model": name, **base, "metric": k, "score": round(x[k], 6), "seed": seed}
+            for name, per_seed in r["test"].items() for seed, x in zip(r["seeds"], per_seed) for k in CARD_METRICS]
+
+
 def mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
@@ -285,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                "seeds": args.seeds, "steps": args.steps, "params": sizes, "test": table, "models": models,
                "minutes": round((time.time() - t_start) / 60, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    from benchmarks.model_card import write_results
+    write_results(out / "results.jsonl", card_rows(results))
     text = report(results)
     (out / "report.md").write_text(text)
     print(text)
