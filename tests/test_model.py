@@ -51,6 +51,21 @@ def test_labels_cover_assistant_turns_only(model):
     assert n_img == model.num_media_tokens("image", s.media["image"][0]) > 1
 
 
+def test_remembered_conversations_tokenise_as_fresh_ones(model):
+    """The template remembers short conversations: a repeat gives the ids a fresh template gives, a caller
+    changing its lists changes nothing remembered, other media token counts are other keys."""
+    from vlm.data.template import ChatTemplate
+    tpl, fresh = model.processor.template, ChatTemplate(model.tokenizer, model.processor.template.system)
+    turns = [{"role": "user", "text": "<image>\nRepresent the given image."}]
+    first = tpl.tokenize(turns, [4], add_generation_prompt=True)
+    first.input_ids.append(-1)
+    first.labels.clear()
+    for counts in ([4], [4], [9]):
+        got, want = tpl.tokenize(turns, counts, True), fresh._tokenize(turns, counts, True)
+        assert (got.input_ids, got.labels, got.media_order) == (want.input_ids, want.labels, want.media_order)
+    assert tpl.tokenize(turns, [9], True).input_ids.count(model.placeholder_id["image"]) == 9
+
+
 def test_mixed_modalities_any_order_splice_features(model, video_file):
     samples = _mixed_batch(model, video_file)
     batch = collate(samples, model.tokenizer.pad_token_id)

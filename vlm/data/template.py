@@ -76,9 +76,9 @@ class ChatTemplate:
         """turns: normalised [{'role','text'}]; media_tokens[i]: LLM tokens of the i-th placeholder in order.
         Short conversations are remembered (at most MEMO_ENTRIES of at most MEMO_CHARS characters): the
         same instruction over every image of an export is tokenised once."""
-        key = (tuple((t["role"], t["text"]) for t in turns), tuple(media_tokens), add_generation_prompt)
         if sum(len(t["text"]) for t in turns) > self.MEMO_CHARS:
             return self._tokenize(turns, media_tokens, add_generation_prompt)
+        key = (tuple((t["role"], t["text"]) for t in turns), tuple(media_tokens), add_generation_prompt)
         hit = self._memo.get(key)
         if hit is None:
             hit = self._tokenize(turns, media_tokens, add_generation_prompt)

@@ -285,7 +285,7 @@ def _atomic(path: Path, write) -> None:
 def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[np.ndarray]], dim: int,
                dtype: np.dtype, keys: list[str], captions: list[str], sources: list[str], stats: dict) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq                  # not pandas: seconds of import in the middle of the loop
+    import pyarrow.parquet as pq  # not pandas: seconds of import in the middle of the loop
     for m in modalities:
         arr = np.concatenate(emb[m]) if emb[m] else np.zeros((0, dim), dtype=dtype)
         path = out / emb_dir(m) / f"{emb_dir(m)}_{name}.npy"
