@@ -31,9 +31,9 @@ def collate(samples, pad_id: int, left_pad: bool = False) -> dict:
         rows_mask.append(mask)
         for m, items in s.media.items():
             media.setdefault(m, []).extend(items)
-    as_long = {"dtype": torch.long}
-    return {"input_ids": torch.tensor(rows_ids, **as_long), "labels": torch.tensor(rows_labels, **as_long),
-            "attention_mask": torch.tensor(rows_mask, **as_long), "media": media}
+    return {"input_ids": torch.tensor(rows_ids, dtype=torch.long),
+            "labels": torch.tensor(rows_labels, dtype=torch.long),
+            "attention_mask": torch.tensor(rows_mask, dtype=torch.long), "media": media}
 
 
 def slice_rows(batch: dict, start: int, stop: int, placeholder_ids: dict[str, int],

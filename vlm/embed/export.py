@@ -162,7 +162,10 @@ class WindowReader(torch.utils.data.IterableDataset):
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
         jobs = [(p, j) for p in self.parts for j in range(windows(p, self.batch_size))]
         for part, j in jobs[w::n]:
-            yield self.window(part, j)
+            chunk = self.window(part, j)
+            if info is not None:            # leaving a worker: a few transfers per window, not one per tensor
+                chunk["batches"] = {m: pack_batch(b) for m, b in chunk["batches"].items()}
+            yield chunk
 
     # -- reading
     def _shard_refs(self, shard: str, stop: int) -> list:
@@ -249,7 +252,7 @@ class WindowReader(torch.utils.data.IterableDataset):
         batches: dict[str, Any] = {}
         while rows:
             try:
-                batches = {m: pack_batch(self.prepare([r[3][m] for r in rows])) for m in self.modalities}
+                batches = {m: self.prepare([r[3][m] for r in rows]) for m in self.modalities}
                 break
             except Exception:  # a broken item only its preprocessing finds: skip it, keep the others' places
                 rows = self._survivors(rows, skipped)
