@@ -37,6 +37,17 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _as_pil(image: Any):
+    """A PIL image, a uint8 HWC array or a CHW tensor -> a PIL image."""
+    from PIL import Image
+
+    if isinstance(image, Tensor):
+        from torchvision.transforms.functional import to_pil_image
+
+        return to_pil_image(image)
+    return image if isinstance(image, Image.Image) else Image.fromarray(image)
+
+
 class Preprocess:
     """Base of the preprocessing objects: a callable with its settings as attributes."""
 
@@ -105,14 +116,7 @@ class ImagePreprocess(Preprocess):
 
     def __call__(self, image: Any) -> Tensor:
         """``image``: a PIL image, a uint8 HWC array or a CHW tensor -> [3, H, W] float."""
-        from PIL import Image
-
-        if isinstance(image, Tensor):
-            from torchvision.transforms.functional import to_pil_image
-
-            image = to_pil_image(image)
-        elif not isinstance(image, Image.Image):
-            image = Image.fromarray(image)
+        image = _as_pil(image)
         if self.backend == "hf":
             return self._hf(image)
         return self._transform(image.convert("RGB"))  # [3, H, W]
@@ -121,33 +125,64 @@ class ImagePreprocess(Preprocess):
         """`[self(x) for x in images]`, the same values bit for bit; with the "hf" backend the images of one
         size go through the resize / crop / normalise as one tensor (the per-image calls cost more than
         the arithmetic of a small image)."""
-        from PIL import Image
-
-        if self.backend != "hf" or not all(isinstance(x, Image.Image) and x.mode == "RGB" for x in images):
+        if self.backend != "hf":
             return [self(x) for x in images]
+        return list(self.normalize(torch.stack(self.pixels(images))).unbind(0)) if images else []
+
+    def pixels(self, images: list[Any]) -> list[Tensor]:
+        """The uint8 [3, H, W] crops of ``images``, before the float conversion and the normalisation:
+        ``normalize(pixels([x])[0])`` is ``self(x)`` bit for bit (both backends). A loader worker hands
+        these to the process that runs the model, a quarter of the bytes of the float pixels."""
+        if self.backend != "hf":
+            return [self._pil_pixels(_as_pil(x)) for x in images]
         import numpy as np
+        from PIL import Image
 
         out: list[Tensor | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(images):
-            groups.setdefault(x.size, []).append(i)
+            if isinstance(x, Image.Image) and x.mode == "RGB":          # one resize for the images of one size
+                groups.setdefault(x.size, []).append(i)
+            else:
+                out[i] = self._hf_crop(self._hf_uint8(_as_pil(x)))
         for idx in groups.values():
             x = torch.from_numpy(np.stack([np.asarray(images[i]) for i in idx])).permute(0, 3, 1, 2).contiguous()
-            for i, t in zip(idx, self._hf_tensor(x).unbind(0)):
+            for i, t in zip(idx, self._hf_crop(x).unbind(0)):
                 out[i] = t
         return out  # type: ignore[return-value]
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """uint8 [..., 3, H, W] from `pixels` -> the float input of the encoder: the last steps of `__call__`
+        as the libraries do them, so the same values: transformers' fused rescale + normalise (x - 255 mean)
+        / (255 std) in float32, or ToTensor's x / 255 then Normalize's (x - mean) / std."""
+        if self.backend == "hf":
+            x, mean, std = x.to(torch.float32), self._hf_mean, self._hf_std
+        else:
+            x, mean, std = x.to(torch.get_default_dtype()).div(255), self.mean, self.std
+        return x.sub(torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)).div_(torch.tensor(std, dtype=x.dtype).view(-1, 1, 1))
+
+    def _pil_pixels(self, image: Any) -> Tensor:
+        """The PIL path's resize and crop, then ToTensor's uint8 CHW stage."""
+        import numpy as np
+
+        image = image.convert("RGB")
+        for step in self._transform.transforms[:-2]:  # resize [, centre crop]; then ToTensor, Normalize
+            image = step(image)
+        return torch.from_numpy(np.array(image, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+    def _hf_uint8(self, image: Any) -> Tensor:
+        import numpy as np
+        from transformers.image_transforms import convert_to_rgb
+
+        return torch.from_numpy(np.array(convert_to_rgb(image, return_numpy=True))).permute(2, 0, 1).contiguous()
 
     def _hf(self, image: Any) -> Tensor:
         """transformers' TorchvisionBackend: resize(shortest_edge | height x width), center_crop, fused
         rescale + normalise (image_processing_backends.py), for one image."""
-        import numpy as np
-        from transformers.image_transforms import convert_to_rgb
+        return self.normalize(self._hf_crop(self._hf_uint8(image)))  # [3, H, W] uint8 -> float
 
-        x = torch.from_numpy(np.array(convert_to_rgb(image, return_numpy=True))).permute(2, 0, 1).contiguous()  # [3, H, W] uint8
-        return self._hf_tensor(x)
-
-    def _hf_tensor(self, x: Tensor) -> Tensor:
-        """[..., 3, H, W] uint8 -> [..., 3, h, w] float: the resize, crop and normalise of `_hf`."""
+    def _hf_crop(self, x: Tensor) -> Tensor:
+        """[..., 3, H, W] uint8 -> [..., 3, h, w] uint8: the resize and crop of `_hf`."""
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as tvF
 
@@ -163,7 +198,7 @@ class ImagePreprocess(Preprocess):
             h, w = x.shape[-2:]
             top, left = int((h - th) / 2.0), int((w - tw) / 2.0)
             x = x[..., top:top + th, left:left + tw]
-        return tvF.normalize(x.to(torch.float32), self._hf_mean, self._hf_std)  # [..., 3, H, W]
+        return x
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -348,3 +348,25 @@ def test_packed_batches_leave_a_worker_exactly_as_they_were_made():
     got = next(iter(torch.utils.data.DataLoader(OnePackedBatch(), batch_size=None, num_workers=1)))
     assert same_batch(unpack_batch(got), want)
     assert not same_batch(unpack_batch(got), {**want, "media": {**want["media"], "image": want["media"]["image"][::-1]}})
+
+
+class _FreezeCount(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        import gc
+        yield gc.get_freeze_count()
+
+
+def test_workers_start_with_the_parents_objects_frozen():
+    """`start_workers`: a forked worker's garbage collector leaves the heap it inherited alone (every object
+    the parent had is in the frozen generation), and the parent collects its own objects again afterwards."""
+    import gc
+
+    from vlm.data.collate import start_workers
+    keep = [[i] for i in range(1000)]                       # objects of the parent's
+    loader = torch.utils.data.DataLoader(_FreezeCount(), batch_size=None, num_workers=1)
+    before = gc.get_freeze_count()
+    in_worker = list(start_workers(loader))
+    assert in_worker[0] >= before + len(keep) and gc.get_freeze_count() == before
+    assert next(iter(loader)) <= before                     # a plain iter(loader): nothing frozen in the worker
+    loader0 = torch.utils.data.DataLoader(_FreezeCount(), batch_size=None, num_workers=0)
+    assert list(start_workers(loader0)) == [before]         # no workers: nothing to freeze

@@ -138,11 +138,13 @@ def test_image_preprocess_settings(image: Image.Image) -> None:
     assert not siglip.crop and siglip.to_dict()["mean"] == [0.5, 0.5, 0.5]
 
 
+@pytest.mark.parametrize("backend", ["hf", "pil"])
 @pytest.mark.parametrize("crop,size,interpolation", [(True, 32, "bicubic"), (False, (24, 40), "bilinear"),
                                                       (True, 48, "bicubic")])
-def test_image_preprocess_batch_is_the_per_image_preprocess(crop, size, interpolation) -> None:
-    """`batch` (images of one size as one tensor) gives `[pre(x) for x in images]` bit for bit: images of
-    several sizes and modes, down- and up-scaled, cropped or squashed."""
+def test_image_preprocess_batch_is_the_per_image_preprocess(crop, size, interpolation, backend) -> None:
+    """`batch` (images of one size as one tensor) and `normalize(pixels)` (the uint8 crops a worker sends,
+    normalised where the model runs) give `[pre(x) for x in images]` bit for bit: images of several sizes
+    and modes, down- and up-scaled, cropped or squashed, PIL images, arrays and tensors."""
     from encoders.base import ImagePreprocess
 
     rng = np.random.default_rng(0)
@@ -150,10 +152,15 @@ def test_image_preprocess_batch_is_the_per_image_preprocess(crop, size, interpol
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
     images.append(images[0].convert("L"))                        # not RGB: the one-by-one path
     pre = ImagePreprocess(size, (0.48, 0.45, 0.41), (0.27, 0.26, 0.28), interpolation, crop=crop, crop_pct=0.9,
-                          backend="hf")
-    for batch in (images[:-1], images):
-        got, want = pre.batch(batch), [pre(x) for x in batch]
-        assert len(got) == len(want) and all(g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want))
+                          backend=backend)
+    mixed = [*images, np.asarray(images[2]), torch.from_numpy(np.asarray(images[5])).permute(2, 0, 1)]
+    for batch in (images[:-1], images, mixed):
+        want = [pre(x) for x in batch]
+        pixels = pre.pixels(batch)
+        assert all(p.dtype == torch.uint8 and p.shape == w.shape for p, w in zip(pixels, want))
+        for got in (pre.batch(batch), list(pre.normalize(torch.stack(pixels)).unbind(0)),
+                    [pre.normalize(p) for p in pixels]):
+            assert len(got) == len(want) and all(g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want))
 
 
 def test_whisper_log_mel_matches_transformers(stereo: tuple[torch.Tensor, int]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from vlm.data.collate import die_with_parent, pack_batch, unpack_batch
+from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
 from vlm.data.decode import RawSample, SampleError, draft_size_of
 from vlm.data.formats import ChatFormat, Format, build_format, sample_seed
 from vlm.data.processor import Processed, Processor
@@ -318,10 +318,10 @@ class ShardPipeline:
             stream: Iterator[dict] = ds.batches(0, ds.positions[0])
         else:
             ds.worker_map = self.order + [w for w in range(ds.workers) if ds.done[w]]
-            stream = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers,
-                                                      prefetch_factor=self.cfg.prefetch_factor,
-                                                      pin_memory=self.cfg.pin_memory,
-                                                      worker_init_fn=die_with_parent))
+            stream = start_workers(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers,
+                                                               prefetch_factor=self.cfg.prefetch_factor,
+                                                               pin_memory=self.cfg.pin_memory,
+                                                               worker_init_fn=die_with_parent))
         for batch in stream:
             batch = unpack_batch(batch)
             self._account(batch)

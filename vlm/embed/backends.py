@@ -110,7 +110,10 @@ class VLMPreparer:
         # JPEGs may decode straight at the smallest scale the image preprocess still resizes down from
         self.draft_size = draft_size_of(processor.preprocess.get("image"))
 
-    def __call__(self, items: list[Item]) -> dict:
+    def __call__(self, items: list[Item], defer: bool = False) -> dict:
+        """`defer`: images stay the uint8 crops of their preprocess (`ImagePreprocess.pixels`) until
+        `finish` normalises them: what a loader worker sends, a quarter of the bytes; `finish(self(items,
+        defer=True))` is `self(items)` bit for bit."""
         from vlm.data.collate import collate
         proc, rows = self.processor, []
         todo: dict[str, list[tuple[int, Any]]] = {}             # modality -> (item, raw) still to preprocess
@@ -119,12 +122,30 @@ class VLMPreparer:
                 if not isinstance(x, torch.Tensor):
                     todo.setdefault(m, []).append((i, read_media(m, x, self.draft_size)))
         done = {(m, i): t for m, pairs in todo.items()
-                for (i, _), t in zip(pairs, proc.preprocess_media_batch(m, [raw for _, raw in pairs]))}
+                for (i, _), t in zip(pairs, self._preprocess(m, [raw for _, raw in pairs], defer))}
         for i, it in enumerate(items):
             media = {m: [done.get((m, i), x)] for m, x in it.media.items()}
             rows.append(proc.from_turns([{"role": "user", "text": it.prompt()}], media, add_generation_prompt=True,
                                         key="item", preprocessed=True))
         return collate(rows, self.pad_id)
+
+    def _preprocess(self, m: str, raws: list, defer: bool) -> list[torch.Tensor]:
+        pre = self.processor.preprocess.get(m)
+        if defer and hasattr(pre, "pixels") and not any(isinstance(x, tuple) for x in raws):
+            return pre.pixels(raws)
+        return self.processor.preprocess_media_batch(m, raws)
+
+    def finish(self, batch: dict) -> dict:
+        """A deferred batch ready for the model: its uint8 image crops normalised, in place (a batch
+        without any passes through as it is)."""
+        for m, items in (batch.get("media") or {}).items():
+            pre = self.processor.preprocess.get(m)
+            crops = [i for i, t in enumerate(items) if t.dtype == torch.uint8]
+            if crops and hasattr(pre, "normalize"):
+                items = batch["media"][m] = list(items)
+                for i, t in zip(crops, pre.normalize(torch.stack([items[i] for i in crops])).unbind(0)):
+                    items[i] = t
+        return batch
 
 
 class VLMBackend(Backend):

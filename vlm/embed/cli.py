@@ -75,7 +75,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     summary = json.loads((res.out / "stats" / "summary.json").read_text()) if (res.out / "stats" / "summary.json").exists() else {}
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("skipped_by_reason", {}).items()))
     print(f"embedded {res.rows:,} samples into {len(res.written)} part(s) of {res.parts} in {res.seconds:.1f} s "
-          f"({res.items_per_s:,.0f} items/s); skipped {res.skipped}" + (f" ({reasons}; listed in {cfg.out}/stats/)" if res.skipped else ""))
+          f"({res.items_per_s:,.0f} items/s, {res.model_seconds / max(res.seconds, 1e-9):.0%} of the time in the model); "
+          f"skipped {res.skipped}" + (f" ({reasons}; listed in {cfg.out}/stats/)" if res.skipped else ""))
     if summary:
         print(f"{cfg.out}: {summary['rows']:,} rows in {summary['parts_done']} of {summary['parts']} parts", file=sys.stderr)
     return 0

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlm.data.collate import die_with_parent, pack_batch, unpack_batch
+from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
 from vlm.embed.items import Item
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, MediaError, file_kind
@@ -162,10 +162,15 @@ class WindowReader(torch.utils.data.IterableDataset):
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
         jobs = [(p, j) for p in self.parts for j in range(windows(p, self.batch_size))]
         for part, j in jobs[w::n]:
-            chunk = self.window(part, j)
+            chunk = self.window(part, j, defer=info is not None)
             if info is not None:            # leaving a worker: a few transfers per window, not one per tensor
                 chunk["batches"] = {m: pack_batch(b) for m, b in chunk["batches"].items()}
             yield chunk
+
+    def finish(self, batch: dict) -> dict:
+        """A batch as `window` made it (packed or not, deferred or not) -> the model's input."""
+        batch = unpack_batch(batch)
+        return self.prepare.finish(batch) if hasattr(self.prepare, "finish") else batch
 
     # -- reading
     def _shard_refs(self, shard: str, stop: int) -> list:
@@ -234,7 +239,9 @@ class WindowReader(torch.utils.data.IterableDataset):
             out[m] = Item(instruction=self.instruction, **{m: raw})
         return out, caption or ""
 
-    def window(self, part: Part, j: int) -> dict:
+    def window(self, part: Part, j: int, defer: bool = False) -> dict:
+        """Window j of the part, prepared; `defer` (in a worker): images as uint8 crops, which `finish`
+        normalises in the main process, when the preparer can (`VLMPreparer`)."""
         lo = part.start + j * self.batch_size
         hi = min(lo + self.batch_size, part.stop)
         rows: list[tuple[str, str, str, dict[str, Item]]] = []        # key, caption, source, items
@@ -252,7 +259,8 @@ class WindowReader(torch.utils.data.IterableDataset):
         batches: dict[str, Any] = {}
         while rows:
             try:
-                batches = {m: self.prepare([r[3][m] for r in rows]) for m in self.modalities}
+                kw = {"defer": True} if defer and hasattr(self.prepare, "finish") else {}
+                batches = {m: self.prepare([r[3][m] for r in rows], **kw) for m in self.modalities}
                 break
             except Exception:  # a broken item only its preprocessing finds: skip it, keep the others' places
                 rows = self._survivors(rows, skipped)
@@ -352,13 +360,17 @@ class ExportResult:
     skipped: int
     seconds: float
     items_per_s: float
+    model_seconds: float = 0.0           # of `seconds`, in the model's forward (the rest: waiting, writing)
 
 
 def export(cfg) -> ExportResult:
     """Run an export described by an `EmbedConfig` (vlm.embed.cli); the CLI's and Python's entry point."""
+    import pyarrow as pa
+    import pyarrow.parquet  # the part writer's, at start-up: inside the stream its import stalls the model
     from tqdm.auto import tqdm
 
     from vlm.embed.backends import load_backend
+    pa.array([], pa.string())      # and so is the pandas import pyarrow makes on its first array (~0.3 s)
     modalities = list(dict.fromkeys(cfg.modality))
     for m in modalities:
         if m not in PREFIX:
@@ -388,12 +400,14 @@ def export(cfg) -> ExportResult:
                                          worker_init_fn=die_with_parent if workers else None)
     dtype, dim = np.dtype(cfg.out_dtype), backend.dim
     pending: dict[int, dict[int, dict]] = {}               # part -> window -> its embedded chunk
-    written, rows, skipped, t0 = [], 0, 0, time.perf_counter()
+    written, rows, skipped, model_s, t0 = [], 0, 0, 0.0, time.perf_counter()
     with tqdm(total=total, desc=f"embed{f' rank {rank}' if world > 1 else ''}", unit="item", dynamic_ncols=True,
               disable=not cfg.progress, position=rank if world > 1 else None) as bar:
-        for chunk in loader:
-            chunk["emb"] = {m: backend.forward(unpack_batch(b)).numpy().astype(dtype)
-                            for m, b in chunk.pop("batches").items()}
+        for chunk in start_workers(loader):
+            batches = {m: reader.finish(b) for m, b in chunk.pop("batches").items()}
+            t = time.perf_counter()
+            chunk["emb"] = {m: backend.forward(b).numpy().astype(dtype) for m, b in batches.items()}
+            model_s += time.perf_counter() - t
             got = pending.setdefault(chunk["part"], {})
             got[chunk["window"]] = chunk
             bar.update(len(chunk["keys"]) + len(chunk["skipped"]))
@@ -414,7 +428,8 @@ def export(cfg) -> ExportResult:
             skipped += len(lost)
     seconds = time.perf_counter() - t0
     _finish(out, world, rank, len(plan.parts), names)
-    return ExportResult(out, len(plan.parts), written, rows, skipped, seconds, (rows + skipped) / max(seconds, 1e-9))
+    return ExportResult(out, len(plan.parts), written, rows, skipped, seconds, (rows + skipped) / max(seconds, 1e-9),
+                        model_s)
 
 
 def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> None:
