@@ -10,8 +10,8 @@ export under faults, and the approximate index's recall against exact search.
    (its own reading, decoding, preparing in 1 worker process, writing): items/s of each and the ratio
    (target >= 0.9), --rounds times. This machine's speed moves by 10-20 % within seconds, so each round
    runs bare loop, export, bare loop, each in a fresh process, and divides by the mean of the two bare
-   loops around the export; the median round is the headline. Also the share of the export's time in the model's forward (the
-   export's own timing: the same process at the same time, so no drift).
+   loops around the export; the median round is the headline. Also the share of the export's time in
+   the model's forward (the export's own timing: the same process at the same moment, so no drift).
 3. Memory: `vlm embed` on 10k and on 100k items, each in a fresh process; peak RSS of the main process and
    of the worker (getrusage), and the ratio 100k / 10k (target <= 1.1).
 4. Faults: the 100k export killed (SIGKILL) once its second part is written, then rerun -> every file equal
