@@ -131,7 +131,7 @@ class VLMPreparer:
 
     def _preprocess(self, m: str, raws: list, defer: bool) -> list[torch.Tensor]:
         pre = self.processor.preprocess.get(m)
-        if defer and hasattr(pre, "pixels") and not any(isinstance(x, tuple) for x in raws):
+        if defer and hasattr(pre, "pixels"):                    # images (ImagePreprocess); the rest as they are
             return pre.pixels(raws)
         return self.processor.preprocess_media_batch(m, raws)
 

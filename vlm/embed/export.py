@@ -161,8 +161,9 @@ class WindowReader(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
         jobs = [(p, j) for p in self.parts for j in range(windows(p, self.batch_size))]
+        defer = info is not None and hasattr(self.prepare, "finish")      # a VLMPreparer leaving a worker
         for part, j in jobs[w::n]:
-            chunk = self.window(part, j, defer=info is not None)
+            chunk = self.window(part, j, defer=defer)
             if info is not None:            # leaving a worker: a few transfers per window, not one per tensor
                 chunk["batches"] = {m: pack_batch(b) for m, b in chunk["batches"].items()}
             yield chunk
@@ -240,8 +241,8 @@ class WindowReader(torch.utils.data.IterableDataset):
         return out, caption or ""
 
     def window(self, part: Part, j: int, defer: bool = False) -> dict:
-        """Window j of the part, prepared; `defer` (in a worker): images as uint8 crops, which `finish`
-        normalises in the main process, when the preparer can (`VLMPreparer`)."""
+        """Window j of the part, prepared; `defer` (a `VLMPreparer` in a worker): images as uint8 crops,
+        which `finish` normalises in the main process."""
         lo = part.start + j * self.batch_size
         hi = min(lo + self.batch_size, part.stop)
         rows: list[tuple[str, str, str, dict[str, Item]]] = []        # key, caption, source, items
@@ -259,7 +260,7 @@ class WindowReader(torch.utils.data.IterableDataset):
         batches: dict[str, Any] = {}
         while rows:
             try:
-                kw = {"defer": True} if defer and hasattr(self.prepare, "finish") else {}
+                kw = {"defer": True} if defer else {}
                 batches = {m: self.prepare([r[3][m] for r in rows], **kw) for m in self.modalities}
                 break
             except Exception:  # a broken item only its preprocessing finds: skip it, keep the others' places
