@@ -85,6 +85,14 @@ def test_key_follows_the_base_recipe(text_recipe, cache, tmp_path):
     changed.write_text(yaml.safe_dump(raw))
     other, _, _ = base_llm._plan(f"pretrained:{changed}", 0)
     assert folder != other and folder.parent == other.parent == cache
+    # a stage field added later (lr_scale) leaves the key alone at its default, so older caches stay valid
+    raw = yaml.safe_load(text_recipe.read_text())
+    for value, same_key in (({}, True), ({"llm.*": 2.0}, False)):
+        raw["stages"][0]["lr_scale"] = value
+        changed.write_text(yaml.safe_dump(raw))
+        assert (base_llm._plan(f"pretrained:{changed}", 0)[0] == folder) is same_key
+    _, _, key_doc = base_llm._plan(f"pretrained:{text_recipe}", 0)
+    assert "lr_scale" not in key_doc["recipe"]["stages"][0]
 
 
 def test_run_is_the_same_cached_or_not(text_recipe, cache, tmp_path):

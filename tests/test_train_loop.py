@@ -1,6 +1,6 @@
 """The step loop in-process: non-finite steps are skipped and counted, too many in a row stop the run
-with the last good checkpoint intact; grad accumulation equals one big batch; a finished run folder
-is not overwritten without --resume."""
+with the last good checkpoint intact; grad accumulation equals one big batch; a stage's lr_scale multiplies
+the LR of the parameters it names; a finished run folder is not overwritten without --resume."""
 from __future__ import annotations
 
 import os
@@ -12,10 +12,13 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import test_train_common as C
 
+import vlm
 from vlm.cli import main
 from vlm.model import MultimodalLM
+from vlm.train.objectives import TaskModule
 from vlm.train.recipe import load_recipe
-from vlm.train.trainer import Trainer
+from vlm.train.schedules import StageSchedule
+from vlm.train.trainer import Trainer, decay_groups
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,35 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path, world):
         finals[accum] = C.weights(run / "final")
     assert losses[1] == pytest.approx(losses[2], abs=1e-5)
     assert max((finals[1][k] - finals[2][k]).abs().max().item() for k in finals[1]) < 1e-5
+
+
+def test_lr_scale_multiplies_the_lr_of_the_parameters_it_names(tmp_path, world):
+    finals, losses = {}, {}
+    for name, kw in {"lr2": {"lr": 2e-3}, "scaled": {"lr": 1e-3, "lr_scale": {"media.*.projector.*": 2.0}},
+                     "lr1": {"lr": 1e-3}}.items():
+        path = C.write_recipe(tmp_path / f"{name}.yaml", world, [C.stage("sft", ["media.*.projector.*"], steps=3, **kw)],
+                              checkpoint_every=0, log_samples=False)
+        Trainer(load_recipe(str(path)), tmp_path / name).run()
+        finals[name] = C.weights(tmp_path / name / "final")
+        losses[name] = [r["loss"] for _, r in sorted(C.step_rows(tmp_path / name).items())]
+    assert losses["scaled"] == losses["lr2"] != losses["lr1"]
+    assert all(torch.equal(finals["scaled"][k], finals["lr2"][k]) for k in finals["lr2"])
+    # groups: the first matching pattern's scale, split from the decay / no-decay groups, on the model's names
+    model = vlm.load(tmp_path / "lr1" / "final")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    stage = load_recipe(str(tmp_path / "scaled.yaml")).stages[0]
+    stage.lr_scale = {"media.*.projector.*": 3.0, "media.*": 5.0, "llm.*.bias": 0.5}
+    groups = decay_groups(TaskModule(model, None), 0.1, stage.lr_scale)
+    scale_of = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        want = (3.0 if n.startswith("media.") and ".projector." in n else 5.0 if n.startswith("media.")
+                else 0.5 if n.startswith("llm.") and n.endswith(".bias") else 1.0)
+        assert scale_of[id(p)][0] == want, n
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr)
+    lr = StageSchedule(optimizer, stage).apply()
+    assert sorted({g["lr"] / lr for g in optimizer.param_groups}) == pytest.approx(
+        sorted({g["lr_scale"] for g in groups}))
 
 
 def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, world, capsys):

@@ -41,6 +41,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("VLM_CACHE") or Path.home() / ".cache" / "vlm") / "base-llm"
 
 
+# Stage fields added after the key's format 1: left out of the key while at their default, so that a cache built
+# before they existed stays valid (the recipe it trained is the same).
+_LATER_STAGE_FIELDS = {"lr_scale": {}}
+
+
 def _fingerprint(patterns: list[str]) -> list[list]:
     from vlm.data.reader import expand_shards
     rows = []
@@ -61,6 +66,8 @@ def _plan(spec: str, seed: int) -> tuple[Path, list[str], dict]:
     data = {n: {"build": src.build} if src.build is not None else {"files": _fingerprint(src.shards)}
             for n, src in recipe.data.items()}
     raw = recipe.to_dict()
+    raw["stages"] = [{k: v for k, v in st.items() if k not in _LATER_STAGE_FIELDS or v != _LATER_STAGE_FIELDS[k]}
+                     for st in raw["stages"]]
     key_doc = {"recipe": {**raw, "data": data, "runtime": {**raw["runtime"], "output_dir": None}}, "format": 1}
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder = cache_root() / f"{Path(recipe.name).stem}-s{seed}-{key}"

@@ -66,6 +66,8 @@ class Stage:
     objective: str = "next_token"                   # what the stage minimises (vlm.train.objectives)
     objective_settings: dict[str, Any] = field(default_factory=dict)   # that objective's typed settings
     lr: float = 1e-3
+    lr_scale: dict[str, float] = field(default_factory=dict)  # pattern (as in trainable) -> LR multiplier, e.g.
+                                                    # {"encoders.*": 4.0}; a parameter takes its first match, else 1
     weight_decay: float = 0.0                       # never on norms, biases, embeddings
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8                               # AdamW epsilon
@@ -351,6 +353,9 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
     budget = st.steps if st.steps is not None else st.tokens
     _require(budget > 0, f"{p}.{'steps' if st.steps is not None else 'tokens'}", f"must be > 0, got {budget}")
     _require(st.lr > 0, f"{p}.lr", f"must be > 0, got {st.lr}")
+    for pat, scale in st.lr_scale.items():
+        _require(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0,
+                 f"{p}.lr_scale.{pat}", f"an LR multiplier > 0, got {scale!r}")
     _require(st.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {st.weight_decay}")
     _require(len(st.betas) == 2 and all(0 <= b < 1 for b in st.betas), f"{p}.betas", "two values in [0, 1)")
     _require(st.eps > 0, f"{p}.eps", f"must be > 0, got {st.eps}")
@@ -508,6 +513,9 @@ def check_model(recipe: Recipe):
             _require(any(fnmatch.fnmatchcase(n, pat) for n in names), f"stages.{i}.trainable.{j}",
                      f"pattern {pat!r} matches no parameter (names look like {names[0]!r})")
         _require(bool(trained), f"stages.{i}.trainable", f"stage '{st.name}' trains nothing")
+        for pat in st.lr_scale:
+            _require(any(fnmatch.fnmatchcase(n, pat) for n in trained), f"stages.{i}.lr_scale.{pat}",
+                     f"pattern {pat!r} matches no trainable parameter of stage '{st.name}'")
     return model
 
 

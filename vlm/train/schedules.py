@@ -67,10 +67,11 @@ class StageSchedule:
         return st.lr * lr_factor(st.schedule, self.progress, st.warmup, st.decay, st.min_lr_ratio)
 
     def apply(self) -> float:
-        """Set the LR of every parameter group for the coming step; returns it."""
+        """Set the LR of every parameter group for the coming step (times the group's `lr_scale`, the stage's
+        per-pattern multiplier); returns the stage's LR."""
         lr = self.lr()
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         return lr
 
     def advance(self, tokens: int) -> None:

@@ -24,6 +24,7 @@ so the following steps draw exactly what the uninterrupted run drew.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 import random
 import time
@@ -67,15 +68,21 @@ class StepResult:
     metrics: dict[str, float]       # the objective's extra metrics, means over the same items
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices, none on norms, biases and embeddings (1-D or nn.Embedding)."""
+def decay_groups(model: nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on norms, biases and embeddings (1-D or nn.Embedding);
+    each split again by `lr_scale` (the stage's pattern -> LR multiplier, matched as its `trainable` patterns
+    are: on the model's names, a TaskModule's `model.` prefix dropped; a parameter takes its first match, else 1).
+    Every group carries its `lr_scale`, which the schedule multiplies the stage's LR by."""
     embeds = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    patterns = list((lr_scale or {}).items())
+    groups: dict[tuple[bool, float], list] = {}
+    for n, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or id(p) in embeds else decay).append(p)
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
-            if g["params"]]
+            name = n.removeprefix("model.") if isinstance(model, TaskModule) else n
+            scale = next((float(s) for pat, s in patterns if fnmatch.fnmatchcase(name, pat)), 1.0)
+            groups.setdefault((p.ndim >= 2 and id(p) not in embeds, scale), []).append(p)
+    return [{"params": groups[key], "weight_decay": weight_decay if key[0] else 0.0, "lr_scale": key[1]}
+            for key in sorted(groups, key=lambda k: (not k[0], k[1]))]
 
 
 def summarize_trainable(model: nn.Module, names: list[str], depth: int = 2) -> str:
@@ -201,7 +208,7 @@ class Trainer:
             wrapped.compile()
         wrapped.train()
         eval_frozen(self.strategy.inner(wrapped))
-        optimizer = torch.optim.AdamW(decay_groups(self.strategy.inner(wrapped), st.weight_decay), lr=st.lr,
+        optimizer = torch.optim.AdamW(decay_groups(self.strategy.inner(wrapped), st.weight_decay, st.lr_scale), lr=st.lr,
                                       betas=tuple(st.betas), eps=st.eps)
         schedule = StageSchedule(optimizer, st, first_step_tokens=st.batch_size * st.max_len // 2)
         loader = self._loader(i, objective, plain, d.rank, d.world_size)
