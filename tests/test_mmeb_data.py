@@ -231,3 +231,23 @@ def test_vlm2vec_loads_omni_and_older_format_checkpoints_and_saves_format_3(tmp_
     from vlm.embed import Embedder
     texts = ["A red circle.", "Two blue squares."]
     assert Embedder.load(str(saved)).embed(texts=texts).tolist() == Embedder.load(str(path)).embed(texts=texts).tolist()
+
+
+def test_pooling_study_reads_the_embedding_and_two_image_poolings(pair_world, tiny_model, tmp_path, capsys):
+    """benchmarks/studies/vlm2vec_pooling.py: its 'last token' is the suite's embedding (Embedder), the image
+    poolings differ from it, and the table has one row per model."""
+    import numpy as np
+
+    from benchmarks.studies import vlm2vec_pooling as study
+    from vlm.embed import Embedder
+    tiny_model.save_pretrained(tmp_path / "m")
+    queries, positives = study.pair_queries(pair_world, "test", "ret-i2i")
+    assert len(queries) == 3 and all(q.image is not None and p.image is not None for q, p in zip(queries, positives))
+    pooled = study.pooled(str(tmp_path / "m"), queries)
+    ref = Embedder.load(str(tmp_path / "m")).embed(images=[q.image for q in queries],
+                                                   instruction=[q.instruction for q in queries])
+    assert np.allclose(pooled["last token"].numpy(), ref, atol=1e-5)
+    assert not np.allclose(pooled["image tokens"].numpy()[:, :ref.shape[1]], ref, atol=1e-2)
+    assert study.main(["--model", str(tmp_path / "m"), "--mmeb", str(pair_world), "--split", "test"]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {tmp_path / 'm'} |")]
+    assert len(rows) == 1 and len(rows[0].split("|")) == 6
