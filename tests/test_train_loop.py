@@ -4,6 +4,7 @@ the LR of the parameters it names; a finished run folder is not overwritten with
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -105,3 +106,30 @@ def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, world, capsys):
     recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"])])
     assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, world, capsys):
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=3)],
+                            checkpoint_every=1, log_samples=False)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    capsys.readouterr()
+    # the budget raised on resume: refused (it used to finish at once, training nothing more)
+    assert main(["train", str(recipe), "--out", str(run), "--resume", "stages.0.steps=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'stages.0.steps' (3 -> 4)" in err and len(err.splitlines()) == 1, err
+    # settings a resume may change are allowed
+    assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.log_every=5"]) == 0
+    capsys.readouterr()
+    mid = run / "checkpoints" / "step-00000002"                     # mid-stage: optimizer and data state read
+    for name in ("optimizer.pt", "rank-00000.pt"):
+        shutil.rmtree(run / "final")
+        shutil.rmtree(run / "checkpoints" / "step-00000003")
+        good = (mid / name).read_bytes()
+        (mid / name).write_bytes(good[:100])
+        assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{mid / name}: unreadable checkpoint file" in err and len(err.splitlines()) == 1, err
+        (mid / name).write_bytes(good)
+        assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 0
+        capsys.readouterr()

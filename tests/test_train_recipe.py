@@ -119,6 +119,10 @@ BAD = [
     (["stages.0.batch_size=3", "stages.0.grad_accum=2"], "stages.0.batch_size"),
     (["stages.1.data={other: 1.0}"], "stages.1.data.other"),                 # unknown source
     (["stages.0.filter.tasks=[colour]"], "stages.0.filter"),                 # a filter keeping nothing
+    (["stages.0.lr=.inf"], "stages.0.lr"),                                   # not a finite number
+    (["stages.0.weight_decay=.nan"], "stages.0.weight_decay"),
+    (['stages.0.lr_scale={"media.*": 0}'], "stages.0.lr_scale.media.*"),     # a multiplier must be > 0
+    (['stages.0.lr_scale={"conectors.*": 2}'], "stages.0.lr_scale.conectors.*"),  # matches no trainable parameter
 ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import os
 import re
 import types
@@ -85,10 +86,11 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
         if not isinstance(value, dict):
             raise ctx.bad(path, tp, value)
         return {str(k): _convert(args[1], v, f"{path}.{k}", ctx) for k, v in value.items()}
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is float and (isinstance(value, (int, float)) and not isinstance(value, bool)
+                        or isinstance(value, str) and _FLOAT_RE.match(value.strip())):   # PyYAML reads 1e-4 as a string
+        if not math.isfinite(float(value)):             # .inf / .nan: no setting means either
+            raise ctx.error(path, f"expected a finite number, got {value}")
         return float(value)
-    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        return float(value)                            # PyYAML reads 1e-4 (no dot) as a string
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise ctx.bad(path, tp, value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -165,12 +166,23 @@ def load_model_weights(model, ckpt: Path) -> None:
     model.load_weights(ckpt / MODEL_DIR)
 
 
+def _load_tensors(path: Path) -> dict:
+    """`torch.load(weights_only=True)` of a checkpoint file; a missing, truncated or foreign file is a UserError
+    naming it (a checkpoint is written atomically, so a damaged one was damaged afterwards)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: unreadable checkpoint file ({msg}); delete this checkpoint folder to resume "
+                        f"from an earlier one") from None
+
+
 def load_optimizer(ckpt: Path) -> dict:
-    return torch.load(ckpt / OPTIM_FILE, map_location="cpu", weights_only=True)
+    return _load_tensors(ckpt / OPTIM_FILE)
 
 
 def load_rank(ckpt: Path, rank: int) -> dict:
     path = ckpt / rank_file(rank)
     if not path.is_file():
         raise UserError(f"{ckpt}: no state for rank {rank}; resume with the world size it was saved with")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load_tensors(path)

@@ -85,6 +85,29 @@ def decay_groups(model: nn.Module, weight_decay: float, lr_scale: dict[str, floa
             for key in sorted(groups, key=lambda k: (not k[0], k[1]))]
 
 
+def _dig(d, dotted: str):
+    for k in dotted.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _first_difference(a, b, path: str) -> tuple[str, object, object] | None:
+    """(dotted path, a's value, b's value) of the first place two YAML documents differ; None if equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            found = _first_difference(a.get(k), b.get(k), f"{path}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _first_difference(x, y, f"{path}.{i}")
+            if found:
+                return found
+        return None
+    return None if a == b else (path, a, b)
+
+
 def summarize_trainable(model: nn.Module, names: list[str], depth: int = 2) -> str:
     """'connectors.image (4), llm.model (19)': trainable tensors per module prefix."""
     counts: dict[str, int] = {}
@@ -116,6 +139,7 @@ class Trainer:
             state = ckpt_lib.read_state(ckpt) if ckpt else ckpt_lib.TrainerState(
                 world_size=self.d.world_size, recipe_name=self.recipe.name)
             self._check_world(ckpt, state)
+            self._check_recipe(ckpt)
             self._open_logs(state.step if ckpt else None)
             plain = self._build_model()
             start = 0
@@ -156,6 +180,31 @@ class Trainer:
         if ckpt is not None and state.world_size != self.d.world_size:
             raise UserError(f"{ckpt} was saved by {state.world_size} rank(s), this run has {self.d.world_size}; "
                             f"resume with the same number of ranks")
+
+    # what a checkpoint's weights, optimizer, schedule and data position depend on; runtime settings such as
+    # workers, logging, checkpoint cadence or evaluation may change on resume
+    RESUME_KEYS = ("model", "data", "stages", "runtime.seed", "runtime.precision")
+
+    def _check_recipe(self, ckpt: Path | None) -> None:
+        """On resume, the recipe must train what the checkpoint was trained by (the run folder's recipe.yaml,
+        written at its start): a changed budget, LR, stage or data set would silently be ignored or mixed."""
+        saved = self.run_dir / "recipe.yaml"
+        if ckpt is None or not saved.is_file():
+            return
+        import yaml
+        try:
+            old = yaml.safe_load(saved.read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"{saved}: not YAML ({str(e).splitlines()[0]})") from None
+        new = yaml.safe_load(self.recipe.to_yaml())
+        for key in self.RESUME_KEYS:
+            a, b = _dig(old, key), _dig(new, key)
+            where = _first_difference(a, b, key)
+            if where is not None:
+                raise UserError(f"--resume: the recipe differs from the one {self.run_dir} was trained with at "
+                                f"'{where[0]}' ({where[1]!r} -> {where[2]!r}); resume with that recipe, or train "
+                                f"a new run (--out) from its checkpoint (e.g. model.settings.init=... where the "
+                                f"family takes one)")
 
     def _open_logs(self, resume_step: int | None) -> None:
         rt = self.recipe.runtime
