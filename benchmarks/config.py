@@ -39,6 +39,14 @@ class RunConfig:
     device: str = "cpu"
     report: bool = field(default=True, metadata={"flag": None})
 
+    def check(self) -> None:
+        """Settings that parse but mean nothing: a one-line UserError naming the field."""
+        from vlm.errors import UserError
+        for name, low in (("batch_size", 1), ("workers", 0), ("limit", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise UserError(f"eval config field '{name}': must be >= {low}, got {value}")
+
     @property
     def roots(self) -> Roots:
         default = Roots()

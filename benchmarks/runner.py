@@ -155,6 +155,7 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     from tqdm.auto import tqdm
     if not model_specs:
         raise UserError("no model given: --model PATH|open_clip:ARCH[:CKPT]")
+    cfg.check()
     models = [load_model(s, cfg.device) for s in model_specs]       # bad paths fail here, before any work
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]

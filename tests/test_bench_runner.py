@@ -130,6 +130,11 @@ def test_cli_bad_input_exits_2(assets, tmp_path, capsys):
     # synthetic-world benchmarks without the data
     rc, cap = _cli(["eval", "--model", a["clip"], "--bench", "sw-shapes", "--data", str(tmp_path / "nowhere"), *common], capsys)
     assert rc == 2 and "data folder not found" in cap.err
+    # settings that parse but mean nothing (--limit 0 used to mean no limit, a negative one scored 1 sample)
+    for flag, value in (("--limit", "0"), ("--limit", "-3"), ("--batch-size", "0")):
+        rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{a['wds']}", flag, value, *common], capsys)
+        field = flag[2:].replace("-", "_")
+        assert rc == 2 and f"'{field}': must be >= 1, got {value}" in cap.err, cap.err
 
 
 def test_cli_run_list_and_model_card(assets, tmp_path, capsys):
