@@ -222,6 +222,16 @@ def test_convert_llava_json(tmp_path):
         convert.convert_llava_json(str(tmp_path / "broken.json"), str(tmp_path / "img"), str(tmp_path / "o4"))
     with pytest.raises(UserError, match="nowhere"):
         convert.convert_llava_json(str(tmp_path / "d.json"), str(tmp_path / "nowhere"), str(tmp_path / "o5"))
+    # too many bad samples: the samples written before the check are removed, no index (a later run reads nothing)
+    (tmp_path / "o6").mkdir()
+    (tmp_path / "o6" / "mine.txt").write_text("the user's")
+    half = records[:1] + [dict(many[-1], id=f"gone{i}") for i in range(3)]
+    (tmp_path / "half.json").write_text(json.dumps(half))
+    with pytest.raises(UserError, match="3 of 4 samples are bad"):
+        convert.convert_llava_json(str(tmp_path / "half.json"), str(tmp_path / "img"), str(tmp_path / "o6"), max_count=1)
+    assert sorted(p.name for p in (tmp_path / "o6").iterdir()) == ["mine.txt"]
+    with pytest.raises(UserError, match=r"samples per shard \(max_count\) must be >= 1, got 0"):
+        convert.convert_llava_json(str(tmp_path / "d.json"), str(tmp_path / "img"), str(tmp_path / "o7"), max_count=0)
 
 
 def test_convert_caption_and_class_folders(tmp_path):
@@ -526,3 +536,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert rc == 2 and "bad.json" in err and len(err.splitlines()) == 1
     rc = vlm_main(["data", "convert", "media-folder", str(tmp_path / "nope"), "--captions", "c.csv", "--out", str(tmp_path / "o")])
     assert rc == 2 and "nope" in capsys.readouterr().err
+    for argv, said in ((["data", "convert", "llava-json", "--json", str(tmp_path / "bad.json"), "--images", str(tmp_path),
+                         "--out", str(tmp_path / "o"), "--max-bad", "-1"], "--max-bad is a fraction"),
+                       (["data", "inspect", str(tmp_path / "x.tar"), "--limit", "0"], "--limit must be >= 1")):
+        assert vlm_main(argv) == 2 and said in capsys.readouterr().err

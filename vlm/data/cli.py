@@ -91,6 +91,8 @@ def _read_templates(path: str | None) -> list[str] | None:
 def _convert(args: argparse.Namespace) -> int:
     from vlm.data import convert
 
+    if not 0 <= args.max_bad <= 1:
+        raise UserError(f"--max-bad is a fraction of the samples in [0, 1], got {args.max_bad}")
     common = {"max_bad": args.max_bad}
     if args.format == "llava-json":
         report = convert.convert_llava_json(args.json, args.images, args.out, source=args.source,
@@ -221,4 +223,8 @@ def add_cli(subparsers) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     from vlm.data.inspect import run
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.samples < 0:
+        raise UserError(f"--samples must be >= 0, got {args.samples}")
     return run(args)

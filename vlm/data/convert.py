@@ -184,7 +184,7 @@ def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], 
             w.write(sample)
             report.written += 1
         w.skipped = report.skipped
-    _check_bad(report, what, max_bad)
+        _check_bad(report, what, max_bad)          # inside: a failed conversion leaves no shards and no index
     return report
 
 

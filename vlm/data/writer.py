@@ -311,6 +311,8 @@ class ShardWriter:
                  max_size: float = 1e9, pattern: str | None = None, validate: bool = True,
                  meta: dict[str, Any] | None = None):
         self.out_dir = os.fspath(out_dir)
+        if not isinstance(max_count, int) or max_count < 1:
+            raise UserError(f"samples per shard (max_count) must be >= 1, got {max_count!r}")
         try:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as e:
@@ -382,8 +384,22 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
+    def discard(self) -> None:
+        """After a failure: close, write no index and delete the shards this writer wrote (nothing else in
+        the folder), so that no half-written data set is left for a later run to read."""
+        current = getattr(self._wds, "fname", None) if self._wds is not None else None
+        self.close(write_index=False)
+        for name in {s["file"] for s in self.shards} | ({os.path.basename(current)} if current else set()):
+            path = os.path.join(self.out_dir, name)
+            if os.path.exists(path):
+                os.remove(path)
+        self.shards = []
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(write_index=exc_type is None)
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def write_samples(samples: Iterable[dict[str, Any]], out_dir: str | os.PathLike, **kw) -> dict[str, Any]:
