@@ -288,3 +288,100 @@ def test_cli_search_and_bad_input_exit_2(setup, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
+
+
+# ------------------------------------------------------------------------------------------------ damaged input
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_resume_redoes_a_damaged_part_and_index_names_one(setup, tmp_path, capsys):
+    """A finished part that does not read back (a truncated .npy, a truncated metadata parquet) is embedded
+    again on resume, said so, and the files equal an uninterrupted export's; `vlm index` names a damaged part."""
+    import shutil
+
+    from vlm.cli import main
+    from vlm.embed.export import export
+    _, ckpt, world = setup
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    export(config(model=str(ckpt), input=str(world), out=str(whole), part_size=12))
+    shutil.copytree(whole, resumed)
+    for f in ("img_emb/img_emb_0.npy", "metadata/metadata_1.parquet"):
+        (resumed / f).write_bytes((whole / f).read_bytes()[:200])
+    assert main(["embed", "--model", str(ckpt), "--input", str(world), "--out", str(resumed), "--part-size", "12",
+                 "--batch-size", "4", "--num-workers", "0", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "img_emb_0.npy: unreadable (truncated" in err and "metadata_1.parquet: unreadable" in err
+    assert files_of(whole) == files_of(resumed) and len(files_of(whole)) == 4
+    (resumed / "img_emb" / "img_emb_1.npy").write_bytes((whole / "img_emb" / "img_emb_1.npy").read_bytes()[:200])
+    assert main(["index", str(resumed)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "img_emb_1.npy: unreadable (truncated" in err, err
+
+
+def test_index_checks_parts_against_run_json_and_metadata(tmp_path, capsys):
+    import json
+
+    from vlm.cli import main
+    out = fake_export(tmp_path / "e", unit_rows(30, 32, 0))
+    (out / "run.json").write_text(json.dumps({"model": "none", "dim": 64}))
+    (out / "metadata" / "metadata_1.parquet").unlink()
+    for message in ("img_emb_0.npy: 32 values per row, but run.json says dim 64", "metadata_1.parquet: missing"):
+        assert main(["index", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        (out / "run.json").write_text(json.dumps({"model": "none", "dim": 32}))
+
+
+def test_search_a_missing_target_or_a_damaged_index_exit_2(setup, tmp_path, capsys):
+    import shutil
+
+    from vlm.cli import main
+    from vlm.embed.index import build_index
+    tmp, _, _ = setup
+    out = fake_export(tmp_path / "e", unit_rows(30, 32, 0))
+    build_index(out, quiet=True)
+    clip = clip_spec(tmp)                                                   # 32 wide, as the vectors
+    assert main(["search", str(out), "--text", "circle", "-k", "2", "--model", clip]) == 0
+    capsys.readouterr()
+    damaged = {"no_meta": lambda d: (d / "metadata" / "metadata_0.parquet").unlink(),
+               "bad_index": lambda d: (d / "index" / "image.index").write_bytes(b"garbage" * 40),
+               "bad_info": lambda d: (d / "index" / "image.json").write_text("{")}
+    for name, damage in damaged.items():
+        shutil.copytree(out, tmp_path / name)
+        damage(tmp_path / name)
+    bad = [
+        (["search", str(out), "--text", "circle", "--target", "audio"], f"no audio index in {out} (has: image)"),
+        (["search", str(out), "--text", "circle", "--target", "bogus"], f"no bogus index in {out} (has: image)"),
+        (["search", str(tmp_path / "no_meta"), "--text", "circle"], "metadata_0.parquet: missing"),
+        (["search", str(tmp_path / "bad_index"), "--text", "circle"], "image.index: not a readable FAISS index"),
+        (["search", str(tmp_path / "bad_info"), "--text", "circle"], "image.json: invalid JSON"),
+    ]
+    for argv, message in bad:
+        assert main([*argv, "--model", clip]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_a_broken_model_folder_says_what_is_wrong(setup, tmp_path, capsys):
+    import shutil
+
+    from vlm.cli import main
+    from vlm.embed import Embedder
+    from vlm.errors import UserError
+    _, ckpt, world = setup
+    cases = {
+        "no_weights": (lambda d: (d / "model.safetensors").unlink(), "needs config.json and model.safetensors"),
+        "config_list": (lambda d: (d / "config.json").write_text("[]"), "config.json: not a JSON object"),
+        "no_tokenizer": (lambda d: (d / "tokenizer.json").unlink(), "the tokenizer does not load: no tokenizer.json"),
+        "bad_tokenizer": (lambda d: (d / "tokenizer.json").write_text("{bad"), "tokenizer.json: invalid JSON"),
+        "bad_tok_config": (lambda d: (d / "tokenizer_config.json").write_text("{bad"),
+                           "tokenizer_config.json: invalid JSON"),
+    }
+    for name, (damage, message) in cases.items():
+        shutil.copytree(ckpt, tmp_path / name)
+        damage(tmp_path / name)
+        with pytest.raises(UserError, match=message):
+            Embedder.load(str(tmp_path / name), device="cpu").embed(texts=["a red circle"])
+    assert main(["embed", "--model", str(tmp_path / "bad_tokenizer"), "--input", str(world),
+                 "--out", str(tmp_path / "x"), "--num-workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tokenizer.json: invalid JSON" in err, err

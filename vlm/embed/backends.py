@@ -148,6 +148,33 @@ class VLMPreparer:
         return batch
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def tokenizer_problem(path: Path) -> str | None:
+    """Why a checkpoint folder's tokenizer does not load, as one line naming the folder or file (None when
+    it loads): asked after loading the model failed, to tell a broken tokenizer from other failures."""
+    from transformers import AutoTokenizer
+
+    from vlm.modalities import short_error
+    for name in TOKENIZER_FILES:
+        f = path / name
+        if f.is_file():
+            try:
+                raw = json.loads(f.read_text())
+            except ValueError as e:                    # invalid JSON, or not text at all
+                return f"{f}: invalid JSON ({short_error(e)}); the tokenizer does not load"
+            if not isinstance(raw, dict):
+                return f"{f}: not a JSON object; the tokenizer does not load"
+    try:
+        AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001  (transformers and the tokenizers library raise any kind)
+        missing = " or ".join(n for n in TOKENIZER_FILES if not (path / n).is_file())
+        return f"{path}: the tokenizer does not load: " + (f"no {missing}" if missing
+                                                           else f"{type(e).__name__}: {short_error(e)}")
+    return None
+
+
 class VLMBackend(Backend):
     """A checkpoint folder (`vlm.load`): the final layer's hidden state at each prompt's last token,
     L2-normalised (`MultimodalLM.embed`). Weights load on first use."""
@@ -157,16 +184,21 @@ class VLMBackend(Backend):
         p = Path(path)
         if not p.is_dir():
             raise UserError(f"model not found: {path} (a checkpoint folder or open_clip:ARCH[:CKPT])")
-        if not (p / "config.json").is_file():
-            raise UserError(f"{path}: not a checkpoint folder (no config.json)")
-        config = (p / "config.json").read_text()
+        missing = [f for f in ("config.json", "model.safetensors") if not (p / f).is_file()]
+        if missing:
+            raise UserError(f"{path}: not a checkpoint folder (needs config.json and model.safetensors; "
+                            f"no {' or '.join(missing)})")
         try:
+            config = (p / "config.json").read_text()
             raw = json.loads(config)
-        except json.JSONDecodeError:
+        except ValueError:                             # invalid JSON, or not text at all
             raise UserError(f"{p / 'config.json'}: invalid JSON") from None
-        if not isinstance(raw, dict) or "llm" not in raw or not (p / "model.safetensors").is_file():
-            what = raw.get("family", "this") if isinstance(raw, dict) else "this"
-            raise UserError(f"{path}: a {what} checkpoint is not an embedder (it has no LLM to embed prompts with)")
+        if not isinstance(raw, dict):
+            raise UserError(f"{p / 'config.json'}: not a JSON object")
+        if "llm" not in raw:
+            family = raw.get("family")
+            what = f"a {family} checkpoint" if isinstance(family, str) and family else "this checkpoint"
+            raise UserError(f"{path}: {what} is not an embedder (it has no LLM to embed prompts with)")
         self.spec, self.path = str(path), p
         self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
         self.fingerprint = digest("vlm", config, file_id(p / "model.safetensors"))
@@ -179,7 +211,15 @@ class VLMBackend(Backend):
         with self._lock:                  # decoding threads may ask first: build it once
             if self._model is None:
                 from vlm.loading import load
-                model = load(self.path, device=self.device)
+                try:
+                    model = load(self.path, device=self.device)
+                except UserError:
+                    raise
+                except Exception:  # a broken tokenizer raises any kind; re-raised when the tokenizer is not the cause
+                    problem = tokenizer_problem(self.path)
+                    if problem is None:
+                        raise
+                    raise UserError(problem) from None
                 if not hasattr(model, "embed") or not hasattr(model, "processor"):
                     raise UserError(f"{self.spec}: a {type(model).__name__} is not an embedder (no embed())")
                 self._model = model

@@ -71,6 +71,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cfg = config_from_args(EmbedConfig, args, what="embed config field")
     res = export(cfg)
     save_config(cfg, f"{cfg.out}/embed_config.yaml")
+    for damage in res.redone:
+        print(f"embedded again, a finished part was damaged: {damage}", file=sys.stderr)
     import json
     summary = json.loads((res.out / "stats" / "summary.json").read_text()) if (res.out / "stats" / "summary.json").exists() else {}
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("skipped_by_reason", {}).items()))

@@ -19,10 +19,13 @@ Parts are fixed by the input alone: each shard (or the sorted media files) cut i
 files first, its metadata last, each through a temporary file and a rename), so memory holds only the
 parts in flight and a part whose metadata exists is complete. A rerun after a crash skips complete parts
 and redoes the rest; as a part's batches are always the same samples in the same order, the files come
-out identical to an uninterrupted export. Under torchrun rank r takes parts r, r + W, ...: the union is
-what one process writes. A sample that cannot be read (broken image, no caption for --modality text,
-not in the model's modalities ...) is skipped in every output file at once, counted and listed with its
-reason in the part's stats: rows never shift between embeddings and metadata.
+out identical to an uninterrupted export. A complete part is first read back (its metadata, each
+modality's embeddings with as many rows of the model's dimension, its stats): a damaged one (a truncated
+.npy ...) is embedded again and listed in the result (`ExportResult.redone`). Under torchrun rank r
+takes parts r, r + W, ...: the union is what one process writes. A sample that cannot be read (broken
+image, no caption for --modality text, not in the model's modalities ...) is skipped in every output
+file at once, counted and listed with its reason in the part's stats: rows never shift between
+embeddings and metadata.
 
 Data loading: `num_workers` processes read, decode and prepare (preprocess, tokenise) whole parts while
 the main process runs the model, so the export runs at the model's pace (benchmarks/studies/embed_throughput.py).
@@ -44,7 +47,7 @@ import torch
 from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
 from vlm.embed.items import Item
 from vlm.errors import UserError
-from vlm.modalities import MODALITIES, MediaError, file_kind
+from vlm.modalities import MODALITIES, MediaError, file_kind, short_error
 
 # clip-retrieval's folder prefixes: img_emb / text_emb; the other modalities by their name
 PREFIX = {"image": "img", "text": "text", **{m: m for m in MODALITIES if m != "image"}}
@@ -269,7 +272,6 @@ class WindowReader(torch.utils.data.IterableDataset):
                 "sources": [r[2] for r in rows], "batches": batches, "skipped": skipped}
 
     def _survivors(self, rows: list, skipped: list[dict]) -> list:
-        from vlm.modalities import short_error
         good = []
         for row in rows:
             for m in self.modalities:
@@ -328,6 +330,73 @@ def part_done(out: Path, name: str) -> bool:
     return (out / "metadata" / f"metadata_{name}.parquet").exists()
 
 
+def npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """A .npy file's shape and dtype from its header, checked against the file's size (a truncated file
+    fails here, not in a memory map later); OSError / ValueError with the reason when it does not read."""
+    from numpy.lib import format as npy_format
+    with open(path, "rb") as f:
+        version = npy_format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported")
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        need = f.tell() + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, not numbers")
+    if size < need:
+        raise ValueError(f"truncated: {size:,} of {need:,} bytes")
+    return shape, dtype
+
+
+def part_damage(out: Path, name: str, modalities: list[str], dim: int, dtype: np.dtype) -> str | None:
+    """Why a complete part (its metadata exists) does not read back, naming the file; None when its
+    metadata, the embeddings of every modality ([rows, dim] of `dtype`) and its stats agree."""
+    import pyarrow.parquet as pq
+    meta = out / "metadata" / f"metadata_{name}.parquet"
+    try:
+        info = pq.read_metadata(meta)
+    except (OSError, ValueError) as e:              # pyarrow's ArrowInvalid is a ValueError
+        return f"{meta}: unreadable ({short_error(e)})"
+    rows, columns = info.num_rows, set(info.schema.names)
+    if not {"key", "caption", "source"} <= columns:
+        return f"{meta}: columns {sorted(columns)}, expected key, caption, source"
+    for m in modalities:
+        path = out / emb_dir(m) / f"{emb_dir(m)}_{name}.npy"
+        try:
+            shape, have = npy_shape(path)
+        except (OSError, ValueError) as e:
+            return f"{path}: unreadable ({short_error(e)})"
+        if shape != (rows, dim) or have != dtype:
+            return f"{path}: {list(shape)} {have}, expected [{rows}, {dim}] {dtype} (the metadata's rows)"
+    stats = out / "stats" / f"stats_{name}.json"
+    try:
+        got = json.loads(stats.read_text())
+    except (OSError, ValueError) as e:
+        return f"{stats}: unreadable ({short_error(e)})"
+    if not isinstance(got, dict) or got.get("rows") != rows:
+        return f"{stats}: does not say rows {rows} (the metadata's)"
+    return None
+
+
+def parts_to_do(out: Path, plan: InputPlan, names: list[str], world: int, rank: int, modalities: list[str],
+                dim: int, dtype: np.dtype) -> tuple[list[Part], list[str]]:
+    """This rank's parts still to embed: those never finished and those whose files are damaged (their
+    metadata is removed first, so a part whose metadata exists is again a complete one), and why each
+    damaged one is redone."""
+    todo, redone = [], []
+    for p in plan.parts[rank::world]:
+        name = names[p.index]
+        if part_done(out, name):
+            damage = part_damage(out, name, modalities, dim, dtype)
+            if damage is None:
+                continue
+            redone.append(damage)
+            (out / "metadata" / f"metadata_{name}.parquet").unlink(missing_ok=True)
+        todo.append(p)
+    return todo, redone
+
+
 def manifest(cfg, backend, plan: InputPlan) -> dict:
     return {"model": cfg.model, "fingerprint": backend.fingerprint, "instruction": cfg.instruction,
             "modalities": list(cfg.modality), "dtype": cfg.out_dtype, "part_size": cfg.part_size,
@@ -340,7 +409,7 @@ def check_manifest(out: Path, want: dict) -> None:
     if path.exists():
         try:
             have = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except ValueError:                          # invalid JSON, or not text at all
             have = {}
         diff = [k for k in ("fingerprint", "instruction", "modalities", "dtype", "part_size", "sources", "samples")
                 if have.get(k) != want.get(k)]
@@ -362,6 +431,7 @@ class ExportResult:
     seconds: float
     items_per_s: float
     model_seconds: float = 0.0           # of `seconds`, in the model's forward (the rest: waiting, writing)
+    redone: list[str] = field(default_factory=list)     # complete parts found damaged and embedded again: why
 
 
 def export(cfg) -> ExportResult:
@@ -391,15 +461,15 @@ def export(cfg) -> ExportResult:
         (out / d).mkdir(parents=True, exist_ok=True)
     check_manifest(out, manifest(cfg, backend, plan))
     _remove_torn(out)
+    dtype, dim = np.dtype(cfg.out_dtype), backend.dim
     names = [part_name(p.index, len(plan.parts)) for p in plan.parts]
-    mine = [p for p in plan.parts if p.index % world == rank and not part_done(out, names[p.index])]
+    mine, redone = parts_to_do(out, plan, names, world, rank, modalities, dim, dtype)
     total = sum(p.stop - p.start for p in mine)
     reader = WindowReader(plan, mine, backend.preparer(), modalities, cfg.instruction, cfg.batch_size)
     workers = min(cfg.num_workers, sum(windows(p, cfg.batch_size) for p in mine))
     loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers,
                                          prefetch_factor=4 if workers else None,
                                          worker_init_fn=die_with_parent if workers else None)
-    dtype, dim = np.dtype(cfg.out_dtype), backend.dim
     pending: dict[int, dict[int, dict]] = {}               # part -> window -> its embedded chunk
     written, rows, skipped, model_s, t0 = [], 0, 0, 0.0, time.perf_counter()
     with tqdm(total=total, desc=f"embed{f' rank {rank}' if world > 1 else ''}", unit="item", dynamic_ncols=True,
@@ -430,7 +500,7 @@ def export(cfg) -> ExportResult:
     seconds = time.perf_counter() - t0
     _finish(out, world, rank, len(plan.parts), names)
     return ExportResult(out, len(plan.parts), written, rows, skipped, seconds, (rows + skipped) / max(seconds, 1e-9),
-                        model_s)
+                        model_s, redone)
 
 
 def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> None:

@@ -23,14 +23,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlm.embed.export import PREFIX, emb_dir
+from vlm.embed.export import PREFIX, emb_dir, npy_shape
 from vlm.errors import UserError
+from vlm.modalities import short_error
 
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -68,13 +70,51 @@ def read_run(folder: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{folder}: no run.json (not a `vlm embed` output folder)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        run = json.loads(path.read_text())
+    except ValueError:                              # invalid JSON, or not text at all
         raise UserError(f"{path}: invalid JSON") from None
+    if not isinstance(run, dict):
+        raise UserError(f"{path}: not a JSON object")
+    return run
 
 
-def load_vectors(parts: list[Path]) -> tuple[np.ndarray, list[int]]:
-    """All parts as one float32 [n, d] array, and the rows of each part."""
+def part_rows(part: Path, dim: int | None = None) -> int:
+    """The rows of an embeddings part, read from its header and checked against its size and, given
+    run.json's `dim`, its width: a one-line UserError naming the part when it is damaged."""
+    try:
+        shape, _ = npy_shape(part)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{part}: unreadable ({short_error(e)}); rerun `vlm embed` to redo the part") from None
+    if len(shape) != 2:
+        raise UserError(f"{part}: shape {list(shape)}, expected [rows, dim]")
+    if dim is not None and shape[1] != dim:
+        raise UserError(f"{part}: {shape[1]} values per row, but run.json says dim {dim}")
+    return shape[0]
+
+
+def part_metadata(folder: Path, part: Path, modality: str) -> Path:
+    """The metadata parquet of an embeddings part (img_emb/img_emb_N.npy -> metadata/metadata_N.parquet)."""
+    return Path(folder) / "metadata" / f"metadata_{part.stem.removeprefix(emb_dir(modality) + '_')}.parquet"
+
+
+def check_metadata(meta: Path, rows: int) -> None:
+    """A part's metadata parquet exists, reads and holds `rows` rows: a one-line UserError naming it if not."""
+    import pyarrow.parquet as pq
+    if not meta.is_file():
+        raise UserError(f"{meta}: missing; rerun `vlm embed` to redo the part")
+    try:
+        have = pq.read_metadata(meta).num_rows
+    except (OSError, ValueError) as e:              # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"{meta}: unreadable ({short_error(e)}); rerun `vlm embed` to redo the part") from None
+    if have != rows:
+        raise UserError(f"{meta}: {have} rows, but its embeddings part has {rows}; rerun `vlm embed` to redo the part")
+
+
+def load_vectors(parts: list[Path], dim: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """All parts as one float32 [n, d] array, and the rows of each part; each part is checked first
+    (`part_rows`: damaged, or not `dim` wide)."""
+    for p in parts:
+        part_rows(p, dim)
     arrays = [np.load(p, mmap_mode="r") for p in parts]
     dims = {a.shape[1] for a in arrays if a.ndim == 2}
     if len(dims) != 1 or any(a.ndim != 2 for a in arrays):
@@ -169,10 +209,15 @@ def build_index(folder: str | os.PathLike, memory: str | int = "4G", kind: str =
     have = modalities_of(folder)
     if not have:
         raise UserError(f"{folder}: no embeddings (*_emb/*.npy); run `vlm embed` first")
+    dim = run.get("dim") if isinstance(run.get("dim"), int) else None
     (folder / "index").mkdir(exist_ok=True)
     infos = {}
     for m in have:
-        x, rows = load_vectors(export_parts(folder, m))
+        parts = export_parts(folder, m)
+        metadata = [part_metadata(folder, p, m) for p in parts]
+        for part, meta in zip(parts, metadata):            # every part checked before any is loaded
+            check_metadata(meta, part_rows(part, dim))
+        x, rows = load_vectors(parts, dim)
         n, d = x.shape
         if n == 0:
             raise UserError(f"{folder / emb_dir(m)}: no vectors (every sample was skipped)")
@@ -194,7 +239,8 @@ def build_index(folder: str | os.PathLike, memory: str | int = "4G", kind: str =
         search, recall = tune(index, choice, x, target_recall)
         info = {"modality": m, "kind": choice.kind, "factory": choice.factory, "build": choice.params,
                 "search": search, "recall@10": round(recall, 4), "n": n, "dim": d, "bytes": choice.bytes,
-                "budget": budget, "part_rows": rows, "model": run.get("model"), "fingerprint": run.get("fingerprint")}
+                "budget": budget, "part_rows": rows, "metadata": [str(p.relative_to(folder)) for p in metadata],
+                "model": run.get("model"), "fingerprint": run.get("fingerprint")}
         tmp = folder / "index" / f".{m}.index.tmp"
         faiss.write_index(index, str(tmp))
         os.replace(tmp, folder / "index" / f"{m}.index")
@@ -214,28 +260,55 @@ class Index:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self.run = read_run(self.folder)
-        self.infos = {}
-        for m in PREFIX:
-            p = self.folder / "index" / f"{m}.json"
-            if p.is_file():
-                self.infos[m] = json.loads(p.read_text())
+        self.infos = {m: self._read_info(m) for m in PREFIX if (self.folder / "index" / f"{m}.json").is_file()}
         if not self.infos:
             raise UserError(f"{self.folder}: no index; build one with `vlm index {self.folder}`")
         self._indexes: dict[str, Any] = {}
-        self._meta: dict[int, Any] = {}
+        self._meta: dict[Path, Any] = {}
         self._embedder = None
+
+    def _read_info(self, modality: str) -> dict:
+        """index/<modality>.json as `build_index` saved it; a one-line UserError naming it when it is not."""
+        path = self.folder / "index" / f"{modality}.json"
+        try:
+            info = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path}: invalid JSON; rebuild with `vlm index {self.folder}`") from None
+        need = ("n", "dim", "search", "part_rows")
+        if not isinstance(info, dict) or any(k not in info for k in need):
+            raise UserError(f"{path}: not an index description (needs {', '.join(need)}); "
+                            f"rebuild with `vlm index {self.folder}`")
+        return info
 
     @property
     def targets(self) -> list[str]:
         return list(self.infos)
 
+    def _target(self, target: str | None) -> str:
+        """The index to search: `target`, by default the first; a one-line UserError when there is no such one."""
+        if target is None:
+            return self.targets[0]
+        if target not in self.infos:
+            raise UserError(f"no {target} index in {self.folder} (has: {', '.join(self.infos)})")
+        return target
+
     def index(self, target: str):
         import faiss
-        if target not in self.infos:
-            raise UserError(f"{self.folder}: no {target} index (have {', '.join(self.infos)})")
+        target = self._target(target)
         if target not in self._indexes:
-            idx = faiss.read_index(str(self.folder / "index" / f"{target}.index"))
-            for name, value in self.infos[target]["search"].items():
+            path, info = self.folder / "index" / f"{target}.index", self.infos[target]
+            if not path.is_file():
+                raise UserError(f"{path}: missing; rebuild with `vlm index {self.folder}`")
+            try:
+                idx = faiss.read_index(str(path))
+            except RuntimeError as e:                   # faiss: "Error in ... at file.cpp:N: <reason>"
+                reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", short_error(e))
+                raise UserError(f"{path}: not a readable FAISS index ({reason}); "
+                                f"rebuild with `vlm index {self.folder}`") from None
+            if (idx.ntotal, idx.d) != (info["n"], info["dim"]):
+                raise UserError(f"{path}: {idx.ntotal} x {idx.d} vectors, but {target}.json says "
+                                f"{info['n']} x {info['dim']}; rebuild with `vlm index {self.folder}`")
+            for name, value in info["search"].items():
                 if name == "efSearch":
                     idx.hnsw.efSearch = value
                 else:
@@ -245,7 +318,7 @@ class Index:
 
     def search(self, vectors: np.ndarray, k: int = 10, target: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores [q, k], row ids [q, k]) of the nearest vectors by inner product."""
-        target = target or self.targets[0]
+        target = self._target(target)
         v = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, np.shape(vectors)[-1]))
         d = self.infos[target]["dim"]
         if v.shape[1] != d:
@@ -257,17 +330,45 @@ class Index:
 
     def rows(self, ids: list[int], target: str | None = None) -> list[dict]:
         """Metadata rows (key, caption, source) of global row ids (rows counted over the parts in order)."""
-        import pandas as pd
-        target = target or self.targets[0]
+        target = self._target(target)
         bounds = np.cumsum([0, *self.infos[target]["part_rows"]])
-        parts = sorted((self.folder / "metadata").glob("metadata_*.parquet"))
         out = []
         for i in ids:
             p = int(np.searchsorted(bounds, i, side="right") - 1)
-            if p not in self._meta:
-                self._meta[p] = pd.read_parquet(parts[p])
-            out.append({"row": int(i), **self._meta[p].iloc[int(i - bounds[p])].to_dict()})
+            out.append({"row": int(i), **self.part_metadata(target, p).iloc[int(i - bounds[p])].to_dict()})
         return out
+
+    def metadata_files(self, target: str) -> list[Path]:
+        """The metadata parquet of each part of the `target` index, in order (an index built before they
+        were saved with it: the export's metadata files, sorted)."""
+        info = self.infos[target]
+        if isinstance(info.get("metadata"), list):
+            files = [self.folder / f for f in info["metadata"]]
+        else:
+            files = sorted((self.folder / "metadata").glob("metadata_*.parquet"))
+        if len(files) != len(info["part_rows"]):
+            raise UserError(f"{self.folder / 'metadata'}: {len(files)} metadata parts for the {target} index's "
+                            f"{len(info['part_rows'])}; rerun `vlm embed` and `vlm index {self.folder}`")
+        return files
+
+    def part_metadata(self, target: str, p: int):
+        """Part p's metadata (a DataFrame), checked to exist and hold the part's rows."""
+        import pandas as pd
+        path, rows = self.metadata_files(target)[p], self.infos[target]["part_rows"][p]
+        if path not in self._meta:
+            check_metadata(path, rows)
+            try:
+                self._meta[path] = pd.read_parquet(path)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{path}: unreadable ({short_error(e)}); rerun `vlm embed` to redo the part") from None
+        return self._meta[path]
+
+    def metadata(self, target: str | None = None):
+        """The metadata of every row of the `target` index (a DataFrame, rows in the index's order)."""
+        import pandas as pd
+        target = self._target(target)
+        return pd.concat([self.part_metadata(target, p) for p in range(len(self.infos[target]["part_rows"]))],
+                         ignore_index=True)
 
     def embedder(self):
         if self._embedder is None:
@@ -282,6 +383,8 @@ class Index:
         given = {m: v for m, v in (("image", image), ("audio", audio), ("music", music), ("video", video)) if v is not None}
         if text is None and not given:
             raise UserError("nothing to search for: give a text, an image, audio, music or video")
+        if target is not None:
+            target = self._target(target)                   # before the model loads
         emb = embedder or self.embedder()
         vec = emb.embed(texts=[text] if text is not None else None, instruction=instruction,
                         **{("images" if m == "image" else m): [v] for m, v in given.items()})
@@ -310,10 +413,8 @@ def caption_recall(folder: str | os.PathLike, instruction: str | None = None, ta
                    ks: tuple[int, ...] = (1, 5, 10), embedder=None, batch_size: int = 64) -> dict[str, float]:
     """Caption -> `target` retrieval over an export: every distinct caption of the metadata is a query
     (embedded with `instruction`), a hit at k when one of its k nearest rows carries that caption."""
-    import pandas as pd
     index = open_index(folder)
-    meta = pd.concat([pd.read_parquet(p) for p in sorted((index.folder / "metadata").glob("metadata_*.parquet"))],
-                     ignore_index=True)
+    meta = index.metadata(target)
     captions = sorted({c for c in meta["caption"].tolist() if c})
     if not captions:
         raise UserError(f"{folder}: no captions in the metadata to query with")
