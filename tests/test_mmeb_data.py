@@ -251,3 +251,20 @@ def test_pooling_study_reads_the_embedding_and_two_image_poolings(pair_world, ti
     assert study.main(["--model", str(tmp_path / "m"), "--mmeb", str(pair_world), "--split", "test"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {tmp_path / 'm'} |")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 6
+
+
+def test_inspect_reads_pair_shards_as_training_does(pair_world, tiny_model, tmp_path):
+    from vlm.data.inspect import inspect_shards
+    from vlm.data.reader import expand_shards
+    shards = expand_shards(str(pair_world / "train"))
+    r = inspect_shards(shards, samples=1)
+    assert r["ok"] == r["samples"] > 0 and not r["errors"]["skipped"], r["errors"]
+    assert all(t.startswith("mmeb_") for t in r["tasks"]) and r["examples"][0]["turns"][0].startswith("query: ")
+    with_model = inspect_shards(shards, processor=tiny_model.processor, samples=0)
+    assert with_model["ok"] == r["ok"] and with_model["tokens"]["min"] > r["tokens"]["min"]   # media tokens counted
+    import webdataset as wds                  # written past the writer, which refuses such a sample
+    with wds.TarWriter(str(tmp_path / "bad.tar")) as w:
+        w.write({"__key__": "b0", "json": json.dumps({"query": {"text": "q"}, "positive": {"text": "y"},
+                                                      "negatives": ["no"]}).encode()})
+    r = inspect_shards([str(tmp_path / "bad.tar")])
+    assert r["ok"] == 0 and r["errors"]["skipped"] == {"bad_pair": 1}

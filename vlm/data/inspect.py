@@ -7,7 +7,8 @@ Counts per extension and sample layout (`jpg+json`), modality, source and task; 
 histogram (the shipped tiny tokenizer with every placeholder counted as ONE token, or a checkpoint's
 processor with `--model`, which counts media tokens exactly and runs the media preprocessing); a few
 decoded samples; and the samples that would be skipped, by reason (the same checks the training
-pipeline makes).
+pipeline makes). Contrastive pair samples (json `query` / `positive` / `negatives`, the `pairs` format) are
+read as that format reads them: each side a prompt with its instruction, the length the longest side's.
 """
 from __future__ import annotations
 
@@ -57,6 +58,41 @@ def _check_video(raw: RawSample) -> None:
             raise SampleError("bad_video", f"cannot decode video: {str(e).splitlines()[0]}") from None
 
 
+def _pair_sides(fields: dict[str, bytes]) -> list[tuple[str, str]] | None:
+    """(side, prompt) of a pair sample's query, positive and negatives, each side's instruction put in as the
+    `pairs` format puts it; None when the sample is not a pair (it has conversations, or no query)."""
+    from vlm.data.decode import read_meta
+    from vlm.data.formats import with_instruction
+    meta = read_meta(fields)
+    if "conversations" in meta or "query" not in meta:
+        return None
+    sides = [("query", meta.get("query")), ("positive", meta.get("positive")),
+             *(("negative", n) for n in meta.get("negatives") or [])]
+    if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for _, s in sides):
+        raise SampleError("bad_pair", "a pair sample needs json 'query' and 'positive' (and 'negatives'), "
+                                      "each {'text': ...}")
+    return [(name, with_instruction(s["text"], s.get("instruction"))) for name, s in sides]
+
+
+def _inspect_pair(ref, fields: dict[str, bytes], sides: list[tuple[str, str]], processor, template
+                  ) -> tuple[RawSample, int]:
+    """A pair sample decoded as training decodes it; its length is its longest side (tokens)."""
+    from vlm.data.decode import decode_media, read_meta
+    from vlm.data.formats import PairFormat
+    from vlm.modalities import placeholder_modalities
+    orders = [placeholder_modalities(text) for _, text in sides]
+    if processor is not None:
+        pair, _ = PairFormat(processor, max_len=10**9, negatives=len(sides) - 2).make(ref.key, fields, ref.shard)
+        n_tokens = len(pair)
+        media = decode_media([m for o in orders for m in o], fields)
+    else:
+        media = decode_media([m for o in orders for m in o], fields)
+        n_tokens = max(len(template.tokenize([{"role": "user", "text": text}], [1] * len(order)).input_ids)
+                       for (_, text), order in zip(sides, orders))
+    turns = [{"role": name, "text": text} for name, text in sides]
+    return RawSample(ref.key, ref.shard, turns, media, meta=read_meta(fields), caption=False), n_tokens
+
+
 def histogram(lengths: list[int]) -> list[tuple[int, int, int]]:
     """(low, high, count) bins by powers of two, empty bins left out."""
     rows, lo = [], 0
@@ -99,12 +135,16 @@ def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: i
                     fields = read_fields(ref, files)
                     counts["extensions"].update(_ext(f) for f in fields)
                     counts["layouts"]["+".join(sorted({_ext(f) for f in fields}))] += 1
-                    raw = decode_sample(ref.key, fields, ref.shard)
-                    if processor is not None:
+                    pair = _pair_sides(fields)
+                    if pair is not None:               # a contrastive pair sample (the `pairs` batch format)
+                        raw, n_tokens = _inspect_pair(ref, fields, pair, processor, None if processor else template)
+                    elif processor is not None:
+                        raw = decode_sample(ref.key, fields, ref.shard)
                         p, converted = sp.process(raw)
                         stats.converted.update(converted)
                         n_tokens = len(p)
                     else:
+                        raw = decode_sample(ref.key, fields, ref.shard)
                         _check_video(raw)
                         n_media = sum(len(v) for v in raw.media.values())
                         n_tokens = len(template.tokenize(raw.turns, [1] * n_media).input_ids)
