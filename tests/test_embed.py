@@ -288,6 +288,13 @@ def test_cli_search_and_bad_input_exit_2(setup, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    # an input in which nothing can be embedded (after the progress bar: one line, exit 2; it used to exit 0)
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "notes.txt").write_text("no media here")
+    assert main(["embed", "--model", str(ckpt), "--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "y"),
+                 "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "nothing could be embedded, every sample was skipped (no_image 1;" in err, err
 
 
 # ------------------------------------------------------------------------------------------------ damaged input

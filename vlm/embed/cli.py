@@ -79,6 +79,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     print(f"embedded {res.rows:,} samples into {len(res.written)} part(s) of {res.parts} in {res.seconds:.1f} s "
           f"({res.items_per_s:,.0f} items/s, {res.model_seconds / max(res.seconds, 1e-9):.0%} of the time in the model); "
           f"skipped {res.skipped}" + (f" ({reasons}; listed in {cfg.out}/stats/)" if res.skipped else ""))
+    if summary and summary["parts_done"] == summary["parts"] and summary["rows"] == 0:   # finished, nothing in it
+        from vlm.errors import UserError
+        every = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("skipped_by_reason", {}).items()))
+        raise UserError(f"{cfg.input}: nothing could be embedded, every sample was skipped ({every or 'none read'}; "
+                        f"listed in {cfg.out}/stats/)")
     if summary:
         print(f"{cfg.out}: {summary['rows']:,} rows in {summary['parts_done']} of {summary['parts']} parts", file=sys.stderr)
     return 0
