@@ -254,6 +254,8 @@ def test_pooling_study_reads_the_embedding_and_two_image_poolings(pair_world, ti
 
 
 def test_inspect_reads_pair_shards_as_training_does(pair_world, tiny_model, tmp_path):
+    import webdataset as wds
+
     from vlm.data.inspect import inspect_shards
     from vlm.data.reader import expand_shards
     shards = expand_shards(str(pair_world / "train"))
@@ -262,8 +264,7 @@ def test_inspect_reads_pair_shards_as_training_does(pair_world, tiny_model, tmp_
     assert all(t.startswith("mmeb_") for t in r["tasks"]) and r["examples"][0]["turns"][0].startswith("query: ")
     with_model = inspect_shards(shards, processor=tiny_model.processor, samples=0)
     assert with_model["ok"] == r["ok"] and with_model["tokens"]["min"] > r["tokens"]["min"]   # media tokens counted
-    import webdataset as wds                  # written past the writer, which refuses such a sample
-    with wds.TarWriter(str(tmp_path / "bad.tar")) as w:
+    with wds.TarWriter(str(tmp_path / "bad.tar")) as w:         # past the writer, which refuses such a sample
         w.write({"__key__": "b0", "json": json.dumps({"query": {"text": "q"}, "positive": {"text": "y"},
                                                       "negatives": ["no"]}).encode()})
     r = inspect_shards([str(tmp_path / "bad.tar")])
