@@ -81,8 +81,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
           f"skipped {res.skipped}" + (f" ({reasons}; listed in {cfg.out}/stats/)" if res.skipped else ""))
     if summary and summary["parts_done"] == summary["parts"] and summary["rows"] == 0:   # finished, nothing in it
         from vlm.errors import UserError
-        every = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("skipped_by_reason", {}).items()))
-        raise UserError(f"{cfg.input}: nothing could be embedded, every sample was skipped ({every or 'none read'}; "
+        raise UserError(f"{cfg.input}: nothing could be embedded, every sample was skipped ({reasons or 'none read'}; "
                         f"listed in {cfg.out}/stats/)")
     if summary:
         print(f"{cfg.out}: {summary['rows']:,} rows in {summary['parts_done']} of {summary['parts']} parts", file=sys.stderr)

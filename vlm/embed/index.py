@@ -214,10 +214,10 @@ def build_index(folder: str | os.PathLike, memory: str | int = "4G", kind: str =
     infos = {}
     for m in have:
         parts = export_parts(folder, m)
+        x, rows = load_vectors(parts, dim)                  # each part's header, size and width checked first
         metadata = [part_metadata(folder, p, m) for p in parts]
-        for part, meta in zip(parts, metadata):            # every part checked before any is loaded
-            check_metadata(meta, part_rows(part, dim))
-        x, rows = load_vectors(parts, dim)
+        for meta, n_rows in zip(metadata, rows):
+            check_metadata(meta, n_rows)
         n, d = x.shape
         if n == 0:
             raise UserError(f"{folder / emb_dir(m)}: no vectors (every sample was skipped)")

@@ -354,8 +354,7 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
     _require(budget > 0, f"{p}.{'steps' if st.steps is not None else 'tokens'}", f"must be > 0, got {budget}")
     _require(st.lr > 0, f"{p}.lr", f"must be > 0, got {st.lr}")
     for pat, scale in st.lr_scale.items():
-        _require(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0,
-                 f"{p}.lr_scale.{pat}", f"an LR multiplier > 0, got {scale!r}")
+        _require(scale > 0, f"{p}.lr_scale.{pat}", f"an LR multiplier > 0, got {scale!r}")   # a float: typed
     _require(st.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {st.weight_decay}")
     _require(len(st.betas) == 2 and all(0 <= b < 1 for b in st.betas), f"{p}.betas", "two values in [0, 1)")
     _require(st.eps > 0, f"{p}.eps", f"must be > 0, got {st.eps}")
