@@ -194,6 +194,22 @@ def test_cached_targets_equal_the_computed_ones_and_are_reused():
     assert torch.equal(c_spec, b_spec[[1, 0]]) and torch.equal(c_codes, b_codes[[1, 0]])
 
 
+def test_the_teacher_reads_the_objectives_cqt_with_the_same_codes():
+    """The objective computes each clip's CQT once and hands it to the mel_kmeans teacher (its chroma):
+    the codes equal those of the teacher computing the transform itself, bit for bit."""
+    from vlm.train.objectives.masked_prediction import MaskedPrediction, MaskedPredictionSettings
+    from vlm.train.objectives.teachers import normalise
+    wave = torch.stack([torch.from_numpy(tone(f, 2.0)) for f in (110, 261.6, 440)])
+    wave = wave + 0.3 * torch.roll(wave, 1, 0)                                  # two pitches per clip
+    lengths = torch.tensor([48000, 41000, 30000])
+    objective = MaskedPrediction(MaskedPredictionSettings(codebook_size=8, teacher_frames=400))
+    objective.teacher.fit(iter([wave]), seed=0)
+    codes, spec = objective.targets(wave, lengths, 149)
+    alone = objective.teacher(wave, 149, lengths)                               # computes its own CQT
+    assert torch.equal(codes, alone) and len(codes.unique()) > 2
+    assert torch.equal(spec, objective.cqt(normalise(wave, lengths), 149))
+
+
 # ------------------------------------------------------------------ bad audio
 def flac(wave: np.ndarray, sr: int) -> bytes:
     import soundfile as sf

@@ -224,8 +224,8 @@ class MaskedPrediction(Objective):
         clean clips. With the cache on, each clip's targets are computed alone (so they are the same bits
         whatever batch it comes in) and kept, keyed by its samples."""
         def compute(w: Tensor, n: Tensor) -> tuple[Tensor, Tensor | None]:
-            codes = self.teacher(w, frames, n)                                          # [b, T, K]
-            return codes, (self.cqt(normalise(w, n), frames) if self.cqt is not None else None)
+            spec = self.cqt(normalise(w, n), frames) if self.cqt is not None else None  # [b, T, R]
+            return self.teacher(w, frames, n, cqt=spec), spec       # codes [b, T, K]; one CQT serves both
         if not self.cache.capacity:
             return compute(wave, lengths)
         out = []

@@ -74,8 +74,10 @@ class AcousticTeacher(nn.Module):
     """Discrete targets per frame. `codebook_sizes`: one entry per codebook. A fitted teacher keeps its
     state in `fitted_state()` (saved by the objective beside the run), so a resumed run uses the same codes.
 
-    [Contract] `forward(wave, frames, lengths)` takes the raw waveform [B, N] at 24 kHz (not normalised;
-    samples past `lengths` are padding) and returns int64 codes [B, frames, K]; it never has gradients."""
+    [Contract] `forward(wave, frames, lengths, cqt)` takes the raw waveform [B, N] at 24 kHz (not normalised;
+    samples past `lengths` are padding) and returns int64 codes [B, frames, K]; it never has gradients.
+    `cqt`, when the caller has it already, is `CQTTarget()(normalise(wave, lengths), frames)`: a teacher
+    built on the CQT reads it instead of computing the same transform again; the others ignore it."""
 
     codebook_sizes: list[int]
     needs_fit: ClassVar[bool] = True
@@ -89,7 +91,8 @@ class AcousticTeacher(nn.Module):
     def load_fitted(self, state: dict[str, Tensor]) -> None:
         self.load_state_dict(state)
 
-    def forward(self, wave: Tensor, frames: int, lengths: Tensor | None = None) -> Tensor:  # pragma: no cover
+    def forward(self, wave: Tensor, frames: int, lengths: Tensor | None = None,
+                cqt: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -143,10 +146,13 @@ class MelKMeans(AcousticTeacher):
             self.register_buffer(f"std{i}", torch.ones(d))
             self.register_buffer(f"centroids{i}", torch.zeros(codebook_size, d))
 
-    def features(self, wave: Tensor, frames: int, lengths: Tensor | None = None) -> list[Tensor]:
-        """[B, frames, 64] log-mel and [B, frames, 12] log-chroma of the normalised clip."""
+    def features(self, wave: Tensor, frames: int, lengths: Tensor | None = None,
+                 cqt: Tensor | None = None) -> list[Tensor]:
+        """[B, frames, 64] log-mel and [B, frames, 12] log-chroma of the normalised clip (its CQT computed
+        here unless given: `cqt`, [B, frames, 336] as `CQTTarget` gives it)."""
         wave = normalise(wave.float(), lengths)
-        chroma = torch.log(self.cqt.chroma(self.cqt(wave, frames)) + 1e-5)              # [B, T, 12]
+        spec = self.cqt(wave, frames) if cqt is None else cqt
+        chroma = torch.log(self.cqt.chroma(spec) + 1e-5)                                # [B, T, 12]
         return [self.log_mel(wave, frames), chroma]
 
     def fit(self, batches, seed: int = 0) -> None:
@@ -163,9 +169,10 @@ class MelKMeans(AcousticTeacher):
             getattr(self, f"centroids{i}").copy_(torch.from_numpy(km.cluster_centers_).float())
 
     @torch.no_grad()
-    def forward(self, wave: Tensor, frames: int, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, wave: Tensor, frames: int, lengths: Tensor | None = None,
+                cqt: Tensor | None = None) -> Tensor:
         codes = []
-        for i, f in enumerate(self.features(wave, frames, lengths)):
+        for i, f in enumerate(self.features(wave, frames, lengths, cqt)):
             z = (f - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")             # [B, T, d]
             codes.append(torch.cdist(z, getattr(self, f"centroids{i}")[None]).argmin(-1))   # [B, T]
         return torch.stack(codes, -1)                                                  # [B, T, 2]
@@ -330,7 +337,8 @@ class RVQAutoencoder(AcousticTeacher):
             return float(F.mse_loss(recon, (feats - self.mean) / self.std))
 
     @torch.no_grad()
-    def forward(self, wave: Tensor, frames: int, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, wave: Tensor, frames: int, lengths: Tensor | None = None,
+                cqt: Tensor | None = None) -> Tensor:
         z = self._encode(self.log_mel(wave, frames, lengths))                          # [B, T, latent]
         return self.rvq.codes(z.flatten(0, 1)).view(*z.shape[:2], -1)                  # [B, T, K]
 
@@ -378,7 +386,8 @@ class EncodecTeacher(AcousticTeacher):
         return super().train(False)                 # always inference (no dropout / weight-norm changes)
 
     @torch.no_grad()
-    def forward(self, wave: Tensor, frames: int, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, wave: Tensor, frames: int, lengths: Tensor | None = None,
+                cqt: Tensor | None = None) -> Tensor:
         x = wave.float()
         B, N = x.shape
         if lengths is None:
