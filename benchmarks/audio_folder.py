@@ -8,7 +8,8 @@ sample rate and channel count (the encoder's preprocess resamples and downmixes)
 column a fixed stratified split is used: per label, a quarter of its files (at least one when it has
 two or more) go to test, chosen by a hash of the path, the rest to train. The probe fits on train and
 is scored on test; clips that cannot be used (missing file, undecodable, non-finite, shorter than
-0.1 s) are skipped and counted by reason in the result's metrics.
+0.1 s) are skipped and counted by reason in the result's metrics (`skipped_<reason>`), and `vlm eval`
+prints the counts.
 
 A malformed labels.csv (no such file, a bad header, an empty path or label, an unknown split, fewer
 than two labels in train, no test clip) is a one-line UserError naming the file and row.

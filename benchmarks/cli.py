@@ -58,6 +58,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         models = {m.name for m in res.models}
         card = update_model_card(cfg.model_card, res.table[res.table["model"].isin(models)])
         print(f"model card: {card} (results: {card.parent}/results/{card.stem}.jsonl)", file=sys.stderr)
+    for r in res.records:                   # samples a task could not use (counted by reason in its metrics)
+        bad = {k[len("skipped_"):]: int(v) for k, v in (r.get("metrics") or {}).items() if k.startswith("skipped_") and v}
+        if bad:
+            print(f"{r['model']} / {r['benchmark']}: skipped {sum(bad.values())} sample(s): "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), file=sys.stderr)
     done = sum(1 for r in res.records if r.get("status") == "ok" and not r.get("reused"))
     print(f"\n{done} run, {res.reused} already done, "
           f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "

@@ -319,6 +319,10 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     assert m["n"] + m["n_train"] == 12 + 5 + 2 - 4 and 0 <= m["accuracy"] <= 1
     assert [r["layer"] for r in rec["tables"]["layers"]] == [0, 1, 2]
     from vlm.cli import main
+    capsys.readouterr()
+    assert main(["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "eval")]) == 0
+    err = capsys.readouterr().err                        # (the finished record is reused) the counts are printed
+    assert "skipped 4 sample(s): " in err and "missing_file 1" in err, err
     (d / "labels.csv").write_text("file,label\nclips/0.flac,low\n")
     capsys.readouterr()
     assert main(["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "e2")]) == 2
