@@ -5,6 +5,7 @@ and bad audio (silent, clipped, very short, stereo, other rates, corrupt) in tra
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import sys
@@ -290,6 +291,27 @@ def test_music_probes_suite_prints_the_per_layer_table(probe_world, mert_folder,
         cells = [c.strip() for c in ln.strip("|").split("|")]
         assert len(cells) == 2 + 3 + 2                       # model, benchmark, layers 0-2, weighted, top weight
         assert all(0.0 <= float(c) <= 1.0 for c in cells[2:6])
+
+
+def test_mert_study_trains_probes_and_reprobes_its_runs_on_another_build(probe_world, tmp_path, capsys):
+    """benchmarks/studies/mert_probes.py: `vlm train mert-tiny` per seed (here 2 steps), the random start
+    saved beside it, the probes through the runner; `--runs` probes those same runs again into another
+    folder without training anything."""
+    from benchmarks.studies import mert_probes as study
+    quick = ["stages.0.steps=2", "stages.0.batch_size=4", "stages.0.objective_settings.teacher_frames=600"]
+    first, second = tmp_path / "study", tmp_path / "again"
+    assert study.main(["--data", str(probe_world), "--out", str(first), "--split", "test", "--seeds", "0",
+                       "--variants", "pretrained", *quick]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in first.glob("seed*")) == ["seed0-pretrained", "seed0-random"]
+    rows = [ln for ln in out.splitlines() if ln.startswith(("| pitch |", "| chord |", "| instrument |", "| tempo |"))]
+    assert len(rows) == 8 and all(ln.rstrip().endswith(("| yes |", "| no |")) for ln in rows[:4])
+    weights = (first / "seed0-pretrained" / "final" / "model.safetensors").read_bytes()
+    assert study.main(["--data", str(probe_world), "--runs", str(first), "--out", str(second), "--split", "test",
+                       "--seeds", "0", "--variants", "pretrained", *quick]) == 0
+    assert not list(second.glob("seed*")) and (first / "seed0-pretrained" / "final" / "model.safetensors").read_bytes() == weights
+    again = json.loads((second / "results-test.json").read_text())["results"]
+    assert sorted(again) == ["seed0-pretrained", "seed0-random"] and set(again["seed0-random"]) == set(study.PROBES)
 
 
 def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(mert_folder, tmp_path, capsys):

@@ -16,6 +16,12 @@ OUT/results-SPLIT.json keeps every figure of every folder probed so far on SPLIT
 variants add to it); OUT/results-SPLIT.jsonl the card rows from it (one per folder, probe and seed):
 `vlm card model_cards/mert.md --results OUT/results-test.jsonl --name mert`.
 
+`--runs DIR` keeps the runs in another folder than OUT (default: OUT): to probe encoders pretrained by an
+earlier call on another build's labelled splits (a run missing there is trained on `--data`'s train split):
+
+    python benchmarks/studies/mert_probes.py --data data/sw-music-big --runs runs/mert-study --out runs/mert-big \
+        --split val --variants pretrained
+
 Runs train with OMP_NUM_THREADS=1 (on a shared 2-core machine more threads stall each other); extra
 `key=value` arguments go to every `vlm train` call (e.g. stages.0.steps=1000 to try a setting on val).
 """
@@ -101,19 +107,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("data/synthetic-world"))
     ap.add_argument("--out", type=Path, default=Path("runs/mert-study"))
+    ap.add_argument("--runs", type=Path, default=None, help="folder of the runs (default: --out)")
     ap.add_argument("--split", choices=["val", "test"], default="val")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("overrides", nargs="*", help="key=value for every `vlm train mert-tiny` run")
-    args = ap.parse_args(argv)
+    ap.add_argument("overrides", nargs="*", help="key=value for every `vlm train mert-tiny` run (anywhere on "
+                                                 "the line: after --variants / --seeds too)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]      # not swallowed by --variants' nargs
+    args = ap.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
     from benchmarks.model_card import write_results
     args.out.mkdir(parents=True, exist_ok=True)
     folders: dict[str, Path] = {}
     walls: dict[str, float] = {}                    # run folder name -> pretraining seconds
+    runs = args.runs or args.out
     for seed in args.seeds:
-        folders[f"seed{seed}-random"] = save_random(args.out / f"seed{seed}-random", seed, args.overrides)
+        folders[f"seed{seed}-random"] = save_random(runs / f"seed{seed}-random", seed, args.overrides)
         for v in args.variants:
-            run = args.out / f"seed{seed}-{v}"
+            run = runs / f"seed{seed}-{v}"
             walls[run.name] = train(run, seed, args.data.resolve(), VARIANTS[v] + args.overrides)
             folders[f"seed{seed}-{v}"] = run / "final"
     res = probe(folders, args.data, args.split, args.out / f"eval-{args.split}")
