@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]      # not swallowed by --variants' nargs
     args = ap.parse_args([a for a in argv if a not in overrides])
+    if args.overrides:                         # what argparse left there is not key=value
+        ap.error(f"not a key=value override: {' '.join(args.overrides)}")
     args.overrides = overrides
     from benchmarks.model_card import write_results
     args.out.mkdir(parents=True, exist_ok=True)
