@@ -118,7 +118,7 @@ def test_run_is_the_same_cached_or_not(text_recipe, cache, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["llava-tiny", "iaa-tiny", "dragonfly-tiny", "omni-tiny", "llava-audio-tiny",
-                                  "llava-music-tiny", "llava-video-tiny", "vlm2vec-tiny"])
+                                  "llava-music-tiny", "llava-video-tiny"])
 def test_tiny_recipes_start_from_it_and_skeletons_train_nothing(name, cache):
     from vlm.train.recipe import base_llm_skeleton, check_model, load_recipe
     recipe = load_recipe(name, check_files=False)
@@ -128,6 +128,16 @@ def test_tiny_recipes_start_from_it_and_skeletons_train_nothing(name, cache):
     assert (shaped.get("llm") or shaped["base_settings"]["llm"]) == "tiny:llama"
     check_model(recipe)                                # the meta-device skeleton
     assert not cache.exists()
+
+
+def test_vlm2vec_tiny_starts_from_random_weights(cache):
+    """The embedder trains from scratch (its val split preferred the random tiny Llama to llava-text-tiny's,
+    model_cards/vlm2vec.md): building it trains no base LLM."""
+    from vlm.train.recipe import build_model, load_recipe
+    recipe = load_recipe("vlm2vec-tiny", check_files=False)
+    assert "llm" not in recipe.model.settings["base_settings"]
+    model = build_model(recipe.model, seed=0)
+    assert model.llm.config.model_type == "llama" and not cache.exists()
 
 
 def test_bad_specs_name_the_field(tmp_path):

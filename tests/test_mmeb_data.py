@@ -251,6 +251,12 @@ def test_pooling_study_reads_the_embedding_and_two_image_poolings(pair_world, ti
     assert study.main(["--model", str(tmp_path / "m"), "--mmeb", str(pair_world), "--split", "test"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {tmp_path / 'm'} |")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 6
+    # --same-instruction: the query side reads the target's instruction (here not the query's own)
+    assert {q.instruction for q in queries}.isdisjoint({p.instruction for p in positives})
+    assert study.main(["--model", str(tmp_path / "m"), "--mmeb", str(pair_world), "--split", "test",
+                       "--same-instruction"]) == 0
+    out = capsys.readouterr().out
+    assert repr(positives[0].instruction) in out and sum(r.startswith(f"| {tmp_path / 'm'} |") for r in out.splitlines()) == 1
 
 
 def test_inspect_reads_pair_shards_as_training_does(pair_world, tiny_model, tmp_path):

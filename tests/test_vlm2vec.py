@@ -150,3 +150,17 @@ def test_grad_cache_under_two_ranks_equals_one_process_without_it(gc_ranks):
     a, b = C.weights(gc_ranks / "single" / "final"), C.weights(gc_ranks / "ddp" / "final")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst
+
+
+def test_comparison_report_calls_a_float_tie_a_tie():
+    """benchmarks/studies/vlm2vec_compare.py's claim lines: means equal but for the last bit of a float sum
+    (0.1 + 0.2 vs 0.3) are not 'met'; a real lead is, and 'every seed' needs the worst seed above the best."""
+    from benchmarks.studies.vlm2vec_compare import META, report
+    row = {"p@1/cls-shape": 0.5, **{m: 0.3 for m in META}, "ind": 0.3, "ood": 0.3, "precision@1": 0.3}
+    ours = [dict(row, vqa=0.1 + 0.2, retrieval=0.4), dict(row, retrieval=0.35)]
+    r = {"seeds": [0, 1], "steps": 2, "val": {}, "chosen": {}, "params": {}, "minutes": 0.1,
+         "test": {"vlm2vec-tiny": ours, "(a) untrained": [dict(row), dict(row)], "(b) open_clip": [dict(row), dict(row)]}}
+    lines = report(r).splitlines()
+    assert "- vqa: vs (b) open_clip: 0.300 vs 0.300: NOT met (a tie)" in lines
+    assert "- retrieval: vs (b) open_clip: 0.375 vs 0.300: met (every seed)" in lines
+    assert "- grounding: vs (a) untrained: 0.300 vs 0.300: NOT met (a tie)" in lines

@@ -1,7 +1,7 @@
 """Where a tiny VLM2Vec embedder loses the image: image -> image retrieval from three poolings of one forward.
 
     python benchmarks/studies/vlm2vec_pooling.py --model runs/vlm2vec-tiny/final [--model ...] \
-        --mmeb data/sw-mmeb --split val [--dataset ret-i2i]
+        --mmeb data/sw-mmeb --split val [--dataset ret-i2i] [--same-instruction]
 
 For each image-only pair of the dataset (query scene -> the same objects drawn again), each side goes through
 the model once, as `vlm embed` embeds it (its instruction, the chat template), and three vectors are read:
@@ -10,10 +10,14 @@ the model once, as `vlm embed` embeds it (its instruction, the chat template), a
   final layer    the mean of the final layer's hidden states at the image's token positions
 P@1 of each against all the dataset's positives of the split (gold among them; chance 1 / N). The pooled
 vectors are diagnostics only: the embedding the suite trains and serves is the last token.
+--same-instruction gives the query side the target side's instruction (ret-i2i's query reads an instruction no
+training pair has, its target "Represent the given image."): whether the last token carries the image at all, or
+the unseen instruction moves it.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -70,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mmeb", type=Path, default=Path("data/sw-mmeb"))
     ap.add_argument("--split", default="val")
     ap.add_argument("--dataset", default="ret-i2i", help="an image-only pair dataset of the split")
+    ap.add_argument("--same-instruction", action="store_true", help="queries read their target's instruction")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     queries, positives = pair_queries(args.mmeb, args.split, args.dataset)
     if not queries or any(q.image is None or p.image is None for q, p in zip(queries, positives)):
         raise SystemExit(f"{args.mmeb / args.split}: no image-only pairs of dataset {args.dataset!r}")
+    if args.same_instruction:
+        queries = [dataclasses.replace(q, instruction=p.instruction) for q, p in zip(queries, positives)]
     n = len(queries)
-    print(f"{args.dataset} ({args.split}): {n} image -> image pairs, P@1 against all {n} positives (chance {1 / n:.3f})\n")
+    said = f"; queries with the targets' instruction {positives[0].instruction!r}" if args.same_instruction else ""
+    print(f"{args.dataset} ({args.split}): {n} image -> image pairs, P@1 against all {n} positives (chance {1 / n:.3f})"
+          f"{said}\n")
     print("| model | " + " | ".join(POOLINGS) + " |")
     print("|---|" + "---|" * len(POOLINGS))
     gold = torch.arange(n)
