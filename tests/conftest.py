@@ -5,7 +5,7 @@ import tempfile
 import pytest
 import torch
 
-# Base LLMs (`llm: pretrained:llava-text-tiny`, every tiny recipe's) go to a cache of this test session, trained
+# Base LLMs (`llm: pretrained:llava-text-tiny`, the tiny recipes') go to a cache of this test session, trained
 # for a few steps on a small text build: the tests check that they are built and used, not what they learn.
 _CACHE = tempfile.TemporaryDirectory(prefix="vlm-test-cache-")
 os.environ["VLM_CACHE"] = _CACHE.name

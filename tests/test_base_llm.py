@@ -1,4 +1,4 @@
-"""`llm: pretrained:RECIPE` (vlm.train.base_llm): every tiny recipe starts from the text-pretrained LLM, trained
+"""`llm: pretrained:RECIPE` (vlm.train.base_llm): the tiny recipes start from the text-pretrained LLM, trained
 once per seed, cached, bit-identical when rebuilt, and the run that asks for it is the same whether it was
 cached or trained just now. A text recipe shrunk to a few steps on a small text-only build stands in for
 llava-text-tiny; the cache is a temporary folder (VLM_CACHE)."""

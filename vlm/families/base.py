@@ -229,8 +229,9 @@ def test_width_settings(settings: dict, where: str = "model") -> dict:
 # shapes and counts (widen `tasks` and `modalities` to train every modality). Every family's tiny recipe is
 # this curriculum (same data, steps and learning rates); only what trains in the SFT stages differs.
 SYNTHETIC_WORLD = {"world": {"shards": ["data/synthetic-world/train"], "weight": 1.0}}
-# Every tiny recipe's LLM: `llava-text-tiny`'s, trained on text-only questions with the recipe's seed, once,
-# cached (vlm.train.base_llm); `model.settings.llm=tiny:llama` starts from the random tiny LLM instead.
+# The tiny recipes' LLM (all but vlm2vec-tiny's, which trains from random weights): `llava-text-tiny`'s, trained on
+# text-only questions with the recipe's seed, once, cached (vlm.train.base_llm); `model.settings.llm=tiny:llama`
+# starts from the random tiny LLM instead.
 TINY_BASE_LLM = "pretrained:llava-text-tiny"
 TINY_COMMON = dict(batch_size=16, max_len=160, weight_decay=0.01, schedule="cosine", warmup=0.05, grad_clip=1.0)
 TINY_TASKS = ["color", "shape", "caption", "count", "multi_turn"]

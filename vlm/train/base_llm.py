@@ -1,6 +1,6 @@
 """Base LLMs trained by a recipe, built once and cached: `llm: pretrained:RECIPE` in a model's settings.
 
-    model: {family: llava, size: tiny, settings: {llm: "pretrained:llava-text-tiny"}}   # every tiny recipe
+    model: {family: llava, size: tiny, settings: {llm: "pretrained:llava-text-tiny"}}   # the tiny recipes
     vlm train llava-tiny runtime.seed=1          # trains llava-text-tiny with seed 1 first (once), then llava-tiny
     vlm train llava-tiny model.settings.llm=tiny:llama      # the random tiny LLM instead
 
