@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.same_instruction:
         queries = [dataclasses.replace(q, instruction=p.instruction) for q, p in zip(queries, positives)]
     n = len(queries)
-    said = f"; queries with the targets' instruction {positives[0].instruction!r}" if args.same_instruction else ""
+    given = ", ".join(repr(i) for i in dict.fromkeys(p.instruction for p in positives))    # a dataset's: usually one
+    said = f"; queries with the targets' instruction {given}" if args.same_instruction else ""
     print(f"{args.dataset} ({args.split}): {n} image -> image pairs, P@1 against all {n} positives (chance {1 / n:.3f})"
           f"{said}\n")
     print("| model | " + " | ".join(POOLINGS) + " |")
