@@ -38,14 +38,25 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 def _as_pil(image: Any):
-    """A PIL image, a uint8 HWC array or a CHW tensor -> a PIL image."""
+    """A PIL image, a uint8 HWC array or a CHW tensor -> an RGB PIL image (`vlm.modalities.to_rgb`: 16-bit
+    and float images scaled to 8 bits, not clipped; an image with no pixels is a one-line error)."""
     from PIL import Image
 
+    from vlm.modalities import MediaError, short_error, to_rgb
     if isinstance(image, Tensor):
         from torchvision.transforms.functional import to_pil_image
 
-        return to_pil_image(image)
-    return image if isinstance(image, Image.Image) else Image.fromarray(image)
+        image = to_pil_image(image)
+    elif not isinstance(image, Image.Image):
+        try:
+            image = Image.fromarray(image)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"not an image: a {type(image).__name__} ({short_error(e)}); give a PIL image, "
+                            f"a uint8 HWC array, a CHW tensor or a file path") from None
+    try:
+        return to_rgb(image)
+    except MediaError as e:
+        raise UserError(f"image: {e}") from None
 
 
 class Preprocess:
@@ -141,7 +152,7 @@ class ImagePreprocess(Preprocess):
         out: list[Tensor | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(images):
-            if isinstance(x, Image.Image) and x.mode == "RGB":          # one resize for the images of one size
+            if isinstance(x, Image.Image) and x.mode == "RGB" and x.width and x.height:          # one resize for the images of one size
                 groups.setdefault(x.size, []).append(i)
             else:
                 out[i] = self._hf_crop(self._hf_uint8(_as_pil(x)))

@@ -392,3 +392,114 @@ def test_a_broken_model_folder_says_what_is_wrong(setup, tmp_path, capsys):
                  "--out", str(tmp_path / "x"), "--num-workers", "0", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tokenizer.json: invalid JSON" in err, err
+
+
+# ------------------------------------------------------------------------------------------------ unforeseen input
+def test_embedder_checks_each_argument_and_names_it(setup):
+    from PIL import Image
+
+    from vlm.embed import Embedder
+    from vlm.errors import UserError
+    _, ckpt, _ = setup
+    emb = Embedder.load(str(ckpt), device="cpu")
+    cases = [
+        (dict(texts="abc"), "texts: give a list"),                      # list("abc") would be 3 rows
+        (dict(images=H.image()), "images: give a list"),
+        (dict(texts=["a", "  "]), r"row 1: nothing to embed \(texts\[1\] is empty"),
+        (dict(texts=[None]), r"row 0: nothing to embed \(texts\[0\] is None"),
+        (dict(texts=["a"], instruction=5), "instruction is a int"),
+        (dict(texts=["a", "b"], instruction=["x", 3]), r"instruction\[1\] is a int"),
+        (dict(texts=["a"], batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(images=[Image.new("RGB", (0, 5))]), r"images\[0\]: the image has no pixels"),
+        (dict(images=[b"\x89PNG"]), r"images\[0\]: a bytes; give a file path"),
+        (dict(images=[3]), r"images\[0\]: a int"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(UserError, match=message):
+            emb.embed(**kw)
+    assert emb.embed(texts=["a"], images=[None]).shape == (1, emb.dim)   # a row without its image: the text alone
+
+
+def test_high_bit_depth_images_are_scaled_not_clipped():
+    import io
+
+    from PIL import Image
+
+    from vlm.modalities import decode_image
+    ramp = np.linspace(0, 65280, 64 * 64).reshape(64, 64).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")                       # a 16-bit greyscale PNG
+    got = np.asarray(decode_image(buf.getvalue()))
+    assert got.shape == (64, 64, 3) and got.min() == 0 and got.max() == 255
+    assert (got[..., 0] == (ramp >> 8)).all()                           # PIL's own convert: 99 % white
+    from encoders.base import _as_pil
+    floats = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+    assert np.asarray(_as_pil(Image.fromarray(floats)))[..., 0].tolist()[0][:2] == [0, 17]
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_export_and_search_unforeseen_input(setup, tmp_path, capsys, monkeypatch):
+    import json
+    import shutil
+
+    from vlm.cli import main
+    from vlm.data.writer import ShardWriter
+    tmp, ckpt, _ = setup
+    odd = tmp_path / "odd"
+    with ShardWriter(odd, max_count=10, validate=False) as w:
+        w.write({"__key__": "list_labels", "json": {"caption": None, "labels": ["x"]}, "jpg": H.image("red", 32)})
+        w.write({"__key__": "ok", "json": {"caption": "a blue square"}, "jpg": H.image("blue", 32, "square")})
+    out = tmp_path / "e"
+    assert main(["embed", "--model", str(ckpt), "--input", str(odd), "--out", str(out), "--num-workers", "0",
+                 "--quiet", "--modality", "image", "--modality", "text"]) == 0
+    summary = json.loads((out / "stats" / "summary.json").read_text())
+    assert summary["rows"] == 1 and summary["skipped_by_reason"] == {"no_text": 1}   # not a crash of the export
+    assert main(["index", str(out)]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)                            # the model is found from any working directory
+    assert json.loads((out / "run.json").read_text())["model"] == str(ckpt.resolve())
+    assert main(["search", "e", "--text", "a blue square", "-k", "1"]) == 0
+    assert "ok" in capsys.readouterr().out
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "pic.jpg").write_bytes(b"\xff\xd8")
+    bad = [
+        (["embed", "--model", str(ckpt), "--input", str(odd), "--out", "a.txt"], "--out a.txt: a file, not a folder"),
+        (["embed", "--model", str(ckpt), "--input", str(odd), "--out", "x", "--instruction", "<image> Represent"],
+         "holds a media placeholder (<image>)"),
+        (["embed", "--model", str(ckpt), "--input", "pic.jpg", "--out", "x"], "pic.jpg: a image file, not shards"),
+        (["embed", "--model", str(ckpt), "--input", "s.tar.gz", "--out", "x"], "compressed (.tar.gz) shards"),
+        (["embed", "--model", "a.txt", "--input", str(odd), "--out", "x"], "a.txt: a file, not a checkpoint folder"),
+        (["embed", "--model", f"open_clip:{tmp / 'tiny-clip-embed.json'}:a.txt", "--input", str(odd), "--out", "x"],
+         "a.txt: not a readable open_clip checkpoint"),
+        (["search", "e", "--text", "  "], "--text: an empty query"),
+    ]
+    for argv, message in bad:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    assert not (tmp_path / "x").exists()                   # nothing written before the settings were checked
+    # the model at run.json's path replaced by other weights: refused, not searched in another space
+    shutil.copytree(ckpt, tmp_path / "moved")
+    (ckpt / "model.safetensors").touch()                   # same path, another weights file as far as we know
+    try:
+        assert main(["search", "e", "--text", "a blue square"]) == 2
+        assert "not the weights" in capsys.readouterr().err
+        assert main(["search", "e", "--text", "a blue square", "-k", "1", "--model", str(tmp_path / "moved")]) == 0
+        io = capsys.readouterr()
+        assert "ok" in io.out and "warning: --model" in io.err
+    finally:
+        shutil.copy2(tmp_path / "moved" / "model.safetensors", ckpt / "model.safetensors")
+
+
+def test_index_search_checks_its_arguments(tmp_path):
+    from vlm.embed.index import build_index, open_index
+    from vlm.errors import UserError
+    out = fake_export(tmp_path / "e", unit_rows(20, 8, 0))
+    build_index(out, quiet=True)
+    index = open_index(out)
+    for k in (2.5, True, 0):
+        with pytest.raises(UserError, match="-k must be an integer >= 1"):
+            index.search(unit_rows(1, 8, 1), k)
+    with pytest.raises(UserError, match="query vectors"):
+        index.search(np.zeros((0,), np.float32))
+    assert index.search(unit_rows(1, 8, 1)[0], 3)[1].shape == (1, 3)

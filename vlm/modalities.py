@@ -46,6 +46,29 @@ def short_error(e: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 # decoders: bytes -> the raw item an encoder's preprocess takes
 # ---------------------------------------------------------------------------------------------
+def to_rgb(img):
+    """A PIL image of any mode -> RGB. PIL's own `convert("RGB")` clips the 16- and 32-bit integer and the
+    float modes (I;16, I, F) at 255 instead of scaling them: a 16-bit PNG came out almost all white. Those
+    are scaled to 8 bits first (I;16: the high byte; I and F: their min-max range). An image with no
+    pixels is a MediaError."""
+    import numpy as np
+    from PIL import Image
+
+    if img.width == 0 or img.height == 0:
+        raise MediaError(f"image has no pixels ({img.width}x{img.height})")
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8))
+    elif img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if np.isfinite(a).all() else (0.0, 0.0)
+        if img.mode == "I" and lo >= 0 and hi <= 255:
+            a8 = a.astype(np.uint8)                     # already 8-bit values (an L image opened as I)
+        else:
+            a8 = (np.nan_to_num(a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)).round().astype(np.uint8)
+        img = Image.fromarray(a8)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
     """bytes -> RGB PIL image. `draft_size` (w, h): let the JPEG decoder scale down by 1/2..1/8 while
     staying >= that size (DCT-domain scaling: most of the decode cost of a big JPEG goes away)."""
@@ -55,7 +78,9 @@ def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
         img = Image.open(io.BytesIO(data))
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", draft_size)
-        return img.convert("RGB")
+        return to_rgb(img)
+    except MediaError:
+        raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
         raise MediaError(f"cannot decode image ({len(data)} bytes): {short_error(e)}") from None
 

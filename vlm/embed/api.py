@@ -14,6 +14,7 @@ the next batch is prepared on a thread while the model runs the current one.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,6 +26,30 @@ from vlm.embed.backends import Backend, load_backend
 from vlm.embed.items import Item
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES
+
+MEDIA_ARG = {"image": "images", "audio": "audio", "music": "music", "video": "video"}     # modality -> embed()'s keyword
+
+
+def check_media(where: str, modality: str, value: Any) -> None:
+    """One media entry of `Embedder.embed`: None (the row has none), a file path, or a raw item of the
+    modality; a wrong type or an image with no pixels is a one-line UserError naming the entry."""
+    from PIL import Image
+    if value is None or isinstance(value, (str, os.PathLike, torch.Tensor)):
+        return
+    if modality == "image":
+        if isinstance(value, Image.Image):
+            if value.width == 0 or value.height == 0:
+                raise UserError(f"{where}: the image has no pixels ({value.width}x{value.height})")
+            return
+        if isinstance(value, np.ndarray) and value.ndim in (2, 3) and value.dtype == np.uint8 and value.size:
+            return
+        raise UserError(f"{where}: a {type(value).__name__}; give a file path, a PIL image, a uint8 HWC array "
+                        f"or a preprocessed tensor")
+    if modality in ("audio", "music") and not (isinstance(value, tuple) and len(value) == 2):
+        raise UserError(f"{where}: a {type(value).__name__}; give a file path, a (waveform, sample rate) pair "
+                        f"or a preprocessed tensor")
+    if modality == "video" and not isinstance(value, (bytes, bytearray)):
+        raise UserError(f"{where}: a {type(value).__name__}; give a file path or the video file's bytes")
 
 
 class Embedder:
@@ -68,7 +93,11 @@ class Embedder:
               batch_size: int | None = None) -> np.ndarray:
         """[N, D] float32, L2-normalised rows. Media are raw items or file paths (read when their batch is
         prepared, so a long list of files never sits decoded in memory)."""
-        given = {"text": texts, "image": images, "audio": audio, "music": music, "video": video}
+        from PIL import Image
+        given = {"texts": texts, "images": images, "audio": audio, "music": music, "video": video}
+        for name, v in given.items():      # one item where a list of them belongs: list() would split it
+            if isinstance(v, (str, bytes, Image.Image)):
+                raise UserError(f"{name}: give a list (one entry per row), got a single {type(v).__name__}")
         given = {k: list(v) for k, v in given.items() if v is not None}
         if not given:
             raise UserError("nothing to embed: give texts, images, audio, music or video")
@@ -82,12 +111,24 @@ class Embedder:
             instructions = list(instruction)
         else:
             instructions = [instruction] * n
+        for i, ins in enumerate(instructions):
+            if ins is not None and not isinstance(ins, str):
+                raise UserError(f"instruction{f'[{i}]' if isinstance(instruction, (list, tuple)) else ''} is a "
+                                f"{type(ins).__name__}, not a string")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         items = []
         for i in range(n):
-            media = {m: given[m][i] for m in MODALITIES if m in given}
-            text = given["text"][i] if "text" in given else None
+            media = {m: given[MEDIA_ARG[m]][i] for m in MODALITIES if MEDIA_ARG[m] in given}
+            for m, v in media.items():
+                check_media(f"{MEDIA_ARG[m]}[{i}]", m, v)
+            media = {m: v for m, v in media.items() if v is not None}
+            text = given["texts"][i] if "texts" in given else None
             if text is not None and not isinstance(text, str):
                 raise UserError(f"texts[{i}] is a {type(text).__name__}, not a string")
+            if not media and not (text or "").strip():
+                raise UserError(f"row {i}: nothing to embed (texts[{i}] is {'empty' if text is not None else 'None'}"
+                                f"{' and no media' if len(given) > 1 else ''})")
             items.append(Item(text=text, instruction=instructions[i], **media))
         return self.embed_items(items, batch_size).numpy()
 

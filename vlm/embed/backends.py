@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from vlm.embed.items import Item, read_media
 from vlm.errors import UserError
+from vlm.modalities import short_error
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -156,7 +157,6 @@ def tokenizer_problem(path: Path) -> str | None:
     it loads): asked after loading the model failed, to tell a broken tokenizer from other failures."""
     from transformers import AutoTokenizer
 
-    from vlm.modalities import short_error
     for name in TOKENIZER_FILES:
         f = path / name
         if f.is_file():
@@ -182,6 +182,9 @@ class VLMBackend(Backend):
     def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32"):
         super().__init__(device, dtype)
         p = Path(path)
+        if p.is_file():
+            raise UserError(f"{path}: a file, not a checkpoint folder (give the folder with config.json and "
+                            f"model.safetensors, or open_clip:ARCH[:CKPT])")
         if not p.is_dir():
             raise UserError(f"model not found: {path} (a checkpoint folder or open_clip:ARCH[:CKPT])")
         missing = [f for f in ("config.json", "model.safetensors") if not (p / f).is_file()]
@@ -348,8 +351,13 @@ class OpenClipBackend(Backend):
                     model, _, pre = open_clip.create_model_and_transforms(self.arch, pretrained=self.ckpt,
                                                                           device=self.device)
                 except RuntimeError as e:
-                    raise UserError(f"{self.spec}: weights do not fit the architecture "
-                                    f"({str(e).splitlines()[0][:200]})") from None
+                    if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
+                        raise UserError(f"{self.spec}: weights do not fit the architecture "
+                                        f"({str(e).splitlines()[0][:200]})") from None
+                    raise UserError(f"{self.ckpt}: not a readable open_clip checkpoint ({short_error(e)[:200]})") from None
+                except Exception as e:  # noqa: BLE001  unpickling, safetensors and OS errors of a damaged file
+                    raise UserError(f"{self.ckpt}: not a readable open_clip checkpoint "
+                                    f"({type(e).__name__}: {short_error(e)[:200]})") from None
             self._tokenizer = open_clip.get_tokenizer(self.arch)
             self._preprocess = pre
             self._model = model.eval()

@@ -104,20 +104,33 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = config_from_args(SearchConfig, args, what="search config field")
     from vlm.embed.api import Embedder
     index = open_index(cfg.dir)
-    emb = Embedder.load(cfg.model or index.run["model"], device=cfg.device)
+    emb = Embedder.load(cfg.model, device=cfg.device) if cfg.model else index.embedder(cfg.device)
     if cfg.recall:
         r = caption_recall(cfg.dir, cfg.instruction, cfg.target or "image", embedder=emb)
         print(f"caption -> {cfg.target or 'image'} over {cfg.dir}: {int(r['queries'])} distinct captions, "
               f"{int(r['rows'])} rows")
         print("| R@1 | R@5 | R@10 |\n|---|---|---|\n" + f"| {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} |")
+        warn_other_model(cfg, index, emb)
         return 0
     if cfg.text is None and not any((cfg.image, cfg.audio, cfg.music)):
         raise UserError("give a query: --text T, --image FILE, --audio FILE or --music FILE (or --recall)")
+    if cfg.text is not None and not cfg.text.strip():
+        raise UserError("--text: an empty query")
     hits = index.query(text=cfg.text, image=cfg.image, audio=cfg.audio, music=cfg.music, k=cfg.k,
                        instruction=cfg.instruction, target=cfg.target, embedder=emb)
     for h in hits:
         print(f"{h['rank']:>3}  {h['score']:.4f}  {h['key']}  {h['caption']}")
+    warn_other_model(cfg, index, emb)
     return 0
+
+
+def warn_other_model(cfg: SearchConfig, index, emb) -> None:
+    """--model given and not the weights file the export was made with (a moved copy of the same weights is
+    fine; other weights give scores in another space): said on stderr after the results."""
+    if cfg.model and index.run.get("fingerprint") and emb.fingerprint != index.run["fingerprint"]:
+        import sys
+        print(f"warning: --model {cfg.model} is not the weights file {cfg.dir} was exported with "
+              f"({index.run.get('model')}); the scores mean something only for the same weights", file=sys.stderr)
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:

@@ -47,7 +47,13 @@ import torch
 from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
 from vlm.embed.items import Item
 from vlm.errors import UserError
-from vlm.modalities import MODALITIES, MediaError, file_kind, short_error
+from vlm.modalities import (
+    MODALITIES,
+    PLACEHOLDER_RE,
+    MediaError,
+    file_kind,
+    short_error,
+)
 
 # clip-retrieval's folder prefixes: img_emb / text_emb; the other modalities by their name
 PREFIX = {"image": "img", "text": "text", **{m: m for m in MODALITIES if m != "image"}}
@@ -105,6 +111,10 @@ def plan_input(spec: str, part_size: int) -> InputPlan:
     if part_size < 1:
         raise UserError(f"part_size must be >= 1, got {part_size}")
     p = Path(spec)
+    if p.is_file() and file_kind(p.name) is not None:
+        raise UserError(f"{spec}: a {file_kind(p.name)} file, not shards; give the folder that holds it")
+    if spec.endswith((".tar.gz", ".tgz")) or (p.is_dir() and not any(p.glob("*.tar")) and any(p.glob("*.tar.gz"))):
+        raise UserError(f"{spec}: compressed (.tar.gz) shards are not read; give uncompressed .tar shards")
     if p.is_dir() and not any(p.glob("*.tar")) and not (p / "index.json").exists():
         groups = _media_groups(p)
         if not groups:
@@ -131,7 +141,8 @@ def caption_of(meta: dict, fields: dict[str, bytes]) -> str | None:
         text = fields["txt"].decode("utf-8", errors="replace").strip()
         if text:
             return text.splitlines()[0].strip()
-    desc = (meta.get("labels") or {}).get("description")
+    labels = meta.get("labels")
+    desc = labels.get("description") if isinstance(labels, dict) else None
     return desc if isinstance(desc, str) and desc else None
 
 
@@ -259,24 +270,32 @@ class WindowReader(torch.utils.data.IterableDataset):
             except SampleSkip as e:
                 skipped.append({"key": key, "source": source, "reason": e.reason, "message": str(e)})
                 continue
+            except Exception as e:  # noqa: BLE001  a sample no rule above foresaw: skipped and listed, never fatal
+                skipped.append({"key": key, "source": source, "reason": "bad_sample", "message": short_error(e)})
+                continue
             rows.append((key, caption, source, items))
         batches: dict[str, Any] = {}
+        kw = {"defer": True} if defer else {}
         while rows:
             try:
-                kw = {"defer": True} if defer else {}
                 batches = {m: self.prepare([r[3][m] for r in rows], **kw) for m in self.modalities}
                 break
-            except Exception:  # a broken item only its preprocessing finds: skip it, keep the others' places
-                rows = self._survivors(rows, skipped)
+            except Exception as e:  # a broken item only its preprocessing finds: skip it, keep the others' places
+                survivors = self._survivors(rows, skipped, kw)
+                if len(survivors) == len(rows):       # each prepares alone, not together: skip the window, listed
+                    skipped += [{"key": r[0], "source": r[2], "reason": "bad_batch", "message": short_error(e)}
+                                for r in rows]
+                    survivors = []
+                rows = survivors
         return {"part": part.index, "window": j, "keys": [r[0] for r in rows], "captions": [r[1] for r in rows],
                 "sources": [r[2] for r in rows], "batches": batches, "skipped": skipped}
 
-    def _survivors(self, rows: list, skipped: list[dict]) -> list:
+    def _survivors(self, rows: list, skipped: list[dict], kw: dict) -> list:
         good = []
         for row in rows:
             for m in self.modalities:
                 try:
-                    self.prepare([row[3][m]])
+                    self.prepare([row[3][m]], **kw)
                 except Exception as e:  # anything a broken file makes a preprocess raise
                     skipped.append({"key": row[0], "source": row[2], "reason": f"bad_{m}", "message": short_error(e)})
                     break
@@ -397,8 +416,17 @@ def parts_to_do(out: Path, plan: InputPlan, names: list[str], world: int, rank: 
     return todo, redone
 
 
+def model_reference(spec: str) -> str:
+    """The model spec as run.json keeps it: a folder, or the files of an `open_clip:ARCH[:CKPT]` spec, as
+    absolute paths, so `vlm search` finds the model from any working directory."""
+    if spec.startswith("open_clip:"):
+        head, *rest = spec.split(":")
+        return ":".join([head, *(os.path.abspath(x) if os.path.exists(x) else x for x in rest)])
+    return os.path.abspath(spec) if os.path.exists(spec) else spec
+
+
 def manifest(cfg, backend, plan: InputPlan) -> dict:
-    return {"model": cfg.model, "fingerprint": backend.fingerprint, "instruction": cfg.instruction,
+    return {"model": model_reference(cfg.model), "fingerprint": backend.fingerprint, "instruction": cfg.instruction,
             "modalities": list(cfg.modality), "dtype": cfg.out_dtype, "part_size": cfg.part_size,
             "input": cfg.input, "sources": [os.path.abspath(s) for s in plan.sources], "samples": plan.counts,
             "parts": len(plan.parts), "dim": backend.dim, "layout": "clip-retrieval"}
@@ -450,15 +478,24 @@ def export(cfg) -> ExportResult:
         raise UserError(f"batch_size must be >= 1 and num_workers >= 0 (got {cfg.batch_size}, {cfg.num_workers})")
     if cfg.out_dtype not in ("float16", "float32"):
         raise UserError(f"out_dtype: float16 | float32, got {cfg.out_dtype!r}")
+    if cfg.instruction is not None and PLACEHOLDER_RE.search(cfg.instruction):
+        raise UserError(f"--instruction {cfg.instruction!r}: holds a media placeholder "
+                        f"({PLACEHOLDER_RE.search(cfg.instruction).group(0)}); the sample's media go in by themselves")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder")
     backend = load_backend(cfg.model, cfg.device, cfg.dtype)
+    backend.load()                      # a damaged weights file fails here, before anything is written
     for m in modalities:
         if m != "text" and m not in backend.modalities:
             raise UserError(f"{backend.name} cannot embed {m} (it embeds {', '.join(['text', *backend.modalities])})")
     plan = plan_input(cfg.input, cfg.part_size)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    out = Path(cfg.out)
     for d in [*(emb_dir(m) for m in modalities), "metadata", "stats"]:
-        (out / d).mkdir(parents=True, exist_ok=True)
+        try:
+            (out / d).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot create {out / d} ({e.strerror})") from None
     check_manifest(out, manifest(cfg, backend, plan))
     _remove_torn(out)
     dtype, dim = np.dtype(cfg.out_dtype), backend.dim

@@ -319,14 +319,17 @@ class Index:
     def search(self, vectors: np.ndarray, k: int = 10, target: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores [q, k], row ids [q, k]) of the nearest vectors by inner product."""
         target = self._target(target)
-        v = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, np.shape(vectors)[-1]))
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.ndim not in (1, 2) or v.size == 0:
+            raise UserError(f"query vectors: need [dim] or [n, dim] numbers, got shape {v.shape}")
+        v = np.ascontiguousarray(v.reshape(-1, v.shape[-1]))
         d = self.infos[target]["dim"]
         if v.shape[1] != d:
             raise UserError(f"query dimension {v.shape[1]} does not match the {target} index of {self.folder} "
                             f"(dimension {d}); embed with the export's model ({self.run.get('model')})")
-        if k < 1:
-            raise UserError(f"-k must be >= 1, got {k}")
-        return self.index(target).search(v, min(k, self.infos[target]["n"]))
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise UserError(f"-k must be an integer >= 1, got {k!r}")
+        return self.index(target).search(v, min(int(k), self.infos[target]["n"]))
 
     def rows(self, ids: list[int], target: str | None = None) -> list[dict]:
         """Metadata rows (key, caption, source) of global row ids (rows counted over the parts in order)."""
@@ -370,10 +373,22 @@ class Index:
         return pd.concat([self.part_metadata(target, p) for p in range(len(self.infos[target]["part_rows"]))],
                          ignore_index=True)
 
-    def embedder(self):
+    def embedder(self, device: str = "auto"):
+        """The export's model (run.json's `model`), checked to be the weights the export was made with: a
+        model retrained in place, or another folder at the same relative path, would search with vectors of
+        another space and still print plausible rows."""
         if self._embedder is None:
             from vlm.embed.api import Embedder
-            self._embedder = Embedder.load(self.run["model"], device="auto")
+            spec = self.run.get("model")
+            if not isinstance(spec, str) or not spec:
+                raise UserError(f"{self.folder / 'run.json'}: no model recorded; pass the model that made the export")
+            emb = Embedder.load(spec, device=device)
+            want = self.run.get("fingerprint")
+            if want and emb.fingerprint != want:
+                raise UserError(f"{spec}: not the weights {self.folder} was exported with (changed or replaced since: "
+                                f"fingerprint {emb.fingerprint}, the export's {want}); re-export, or pass the model "
+                                f"explicitly if it is the same weights moved")
+            self._embedder = emb
         return self._embedder
 
     def query(self, text: str | None = None, image: Any = None, audio: Any = None, music: Any = None,
