@@ -17,6 +17,7 @@ than two labels in train, no test clip) is a one-line UserError naming the file 
 from __future__ import annotations
 
 import csv
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,9 @@ def _fixed_split(paths_by_label: dict[str, list[str]]) -> dict[str, str]:
     return out
 
 
-def read_labels(folder: str | Path) -> list[LabelledClip]:
-    """The rows of DIR/labels.csv with their splits (a one-line UserError for a malformed file)."""
+def read_labels(folder: str | Path, need: tuple[str, ...] = ("train",)) -> list[LabelledClip]:
+    """The rows of DIR/labels.csv with their splits (a one-line UserError for a malformed file, a file
+    listed twice, or no row of a split in `need`; train needs two labels)."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise UserError(f"{PREFIX}{folder}: not a folder")
@@ -59,7 +61,7 @@ def read_labels(folder: str | Path) -> list[LabelledClip]:
     if not csv_path.is_file():
         raise UserError(f"{root}: no {LABELS_FILE} (a header `path,label[,split]` and one row per audio file)")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:       # -sig: Excel's "CSV UTF-8" BOM
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{csv_path}: cannot read ({e})") from None
@@ -92,9 +94,19 @@ def read_labels(folder: str | Path) -> list[LabelledClip]:
         parsed = [(line, path, label, fixed[path]) for line, path, label, _ in parsed]
     clips = [LabelledClip(Path(p) if Path(p).is_absolute() else root / p, label, split, line)
              for line, p, label, split in parsed]
-    train_labels = {c.label for c in clips if c.split == "train"}
-    if len(train_labels) < 2:
-        raise UserError(f"{csv_path}: the train split has {len(train_labels)} label(s); a probe needs at least 2")
-    if not any(c.split == "test" for c in clips):
-        raise UserError(f"{csv_path}: no test clips (give a split column or at least two files per label)")
+    seen: dict[Path, int] = {}
+    for c in clips:                 # one file twice: a test clip also in train, or a file under two labels
+        where = Path(os.path.normpath(c.path.absolute()))
+        if where in seen:
+            raise UserError(f"{csv_path}: rows {seen[where]} and {c.row} name the same file ({c.path.name}); "
+                            f"list each file once")
+        seen[where] = c.row
+    if "train" in need:
+        train_labels = {c.label for c in clips if c.split == "train"}
+        if len(train_labels) < 2:
+            raise UserError(f"{csv_path}: the train split has {len(train_labels)} label(s); a probe needs at least 2")
+    for split in need:
+        if split != "train" and not any(c.split == split for c in clips):
+            raise UserError(f"{csv_path}: no {split} clips (give a split column with {split} rows"
+                            f"{' or at least two files per label' if split == 'test' else ''})")
     return clips

@@ -131,7 +131,7 @@ def audio_folder_benchmark(folder: str) -> Benchmark:
     if not folder:
         raise UserError("audio-folder: needs a folder, e.g. --bench audio-folder:/data/my-instruments")
     root = Path(folder).expanduser().resolve()
-    read_labels(root)
+    read_labels(root)                           # the split evaluated (test, or --split) is checked before the run
     return Benchmark(name=f"audio-folder:{root.name}", kind="probe", type="music", capability="custom", metric="accuracy",
                      data=DataRef(root=str(root), split="test", train_split="train"), modality="music",
                      options={"format": "audio-folder"},

@@ -51,9 +51,32 @@ def model_dir_name(model: EvalModel) -> str:
     return f"{slug(model.name)}-{model.fingerprint[:8]}"
 
 
-def bench_signature(bench: Benchmark, limit: int | None) -> str:
+def bench_signature(bench: Benchmark, limit: int | None, data: str = "") -> str:
+    """What a stored result answers: the benchmark's definition, the limit, and the identity of its data
+    (`data_identity`: a rebuilt split or an edited labels.csv is a new question, not a reused answer)."""
     d = dataclasses.asdict(bench)
-    return hashlib.sha256(json.dumps([d, limit], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([d, limit, data], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_identity(bench: Benchmark, roots: Roots) -> str:
+    """Names, sizes and mtimes of the files a benchmark reads (`benchmarks.data.data_hash`): the shards of
+    its split (and of the train split for probes), or a labels.csv and the files it lists; "" for data
+    read another way (MMEB's parquet sets), which then keeps the definition-only signature."""
+    from benchmarks.data import data_hash
+    try:
+        folder = bench.data.folder(roots)
+        if bench.options.get("format") == "audio-folder":
+            from benchmarks.audio_folder import LABELS_FILE, read_labels
+            listed = sorted({c.path for c in read_labels(folder) if c.path.is_file()})
+            return data_hash([folder / LABELS_FILE, *listed])
+        if bench.kind == "mmeb" and bench.options.get("datasets"):
+            return ""
+        files = shard_files(folder, bench.data.split)
+        if bench.kind == "probe":
+            files += shard_files(folder, bench.data.train_split or "train")
+        return data_hash(files)
+    except (UserError, OSError):
+        return ""
 
 
 def check_data(bench: Benchmark, roots: Roots) -> None:
@@ -69,7 +92,7 @@ def check_data(bench: Benchmark, roots: Roots) -> None:
         return
     if bench.options.get("format") == "audio-folder":
         from benchmarks.audio_folder import read_labels
-        read_labels(folder)
+        read_labels(folder, need=(bench.data.train_split or "train", bench.data.split))
         return
     hint = ""
     if bench.data.root == "synthetic-world":
@@ -101,7 +124,7 @@ def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) ->
     folder = Path(cfg.out) / RESULTS / model_dir_name(model)
     folder.mkdir(parents=True, exist_ok=True)
     rec_path, rows_path = folder / f"{slug(bench.name)}.json", folder / f"{slug(bench.name)}.parquet"
-    sig = bench_signature(bench, cfg.limit)
+    sig = bench_signature(bench, cfg.limit, data_identity(bench, cfg.roots))
     if rec_path.exists() and not cfg.redo:
         try:
             rec = json.loads(rec_path.read_text())

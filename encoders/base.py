@@ -233,10 +233,34 @@ def normalize_waveform(wave: Tensor, lengths: Tensor | None = None) -> Tensor:
         lengths = torch.full((w.shape[0],), w.shape[1], device=w.device)
     valid = torch.arange(w.shape[1], device=w.device)[None] < lengths[:, None]          # [B, N]
     n = valid.sum(1, keepdim=True).clamp(min=1)
+    peak = (w.abs() * valid).amax(1, keepdim=True) if w.numel() else w.new_zeros(w.shape[0], 1)
+    big = peak > 1e6      # finite but far beyond any audio scale: the float32 sum of squares would overflow
+    if bool(big.any()):   # (1e19 came out all zeros, 1e36 NaN); scaled first, other clips bit for bit as before
+        w = torch.where(big, w / torch.where(big, peak, torch.ones_like(peak)), w)
     mean = (w * valid).sum(1, keepdim=True) / n
     var = (((w - mean) * valid) ** 2).sum(1, keepdim=True) / n
     out = (w - mean) / torch.sqrt(var + 1e-7) * valid
     return out[0] if one else out
+
+
+MIN_RATE, MAX_RATE = 100, 1_000_000        # sample rates audio can have (outside: a broken header)
+
+
+def resample_ratio(orig: int, new: int) -> tuple[int, int]:
+    """(orig, new) for torchaudio's resample. Its kernel is [new/g, orig/g + width] for g = gcd(orig, new): a
+    common rate is a small ratio (44.1 kHz -> 24 kHz: 147 -> 80), an odd one is not (6007 Hz: 6007 -> 24000,
+    gigabytes per clip). Such a ratio is replaced by the nearest one with a denominator <= 200 (an error of
+    < 3e-5 in pitch); a rate outside 100 Hz - 1 MHz is a one-line error."""
+    import math
+    from fractions import Fraction
+
+    if not MIN_RATE <= orig <= MAX_RATE:
+        raise UserError(f"audio sample rate {orig} Hz is outside {MIN_RATE} Hz - {MAX_RATE // 1_000_000} MHz")
+    g = math.gcd(orig, new)
+    if max(orig, new) // g <= 1000:
+        return orig, new
+    f = Fraction(new, orig).limit_denominator(200)
+    return f.denominator, f.numerator
 
 
 class AudioPreprocess(Preprocess):
@@ -308,7 +332,7 @@ class AudioPreprocess(Preprocess):
         if wav.dim() != 1:
             raise UserError(f"audio waveform must be [C, N] or [N], got shape {tuple(wav.shape)}")
         if int(sr) != self.sample_rate:
-            wav = AF.resample(wav, int(sr), self.sample_rate)  # [N']
+            wav = AF.resample(wav, *resample_ratio(int(sr), self.sample_rate))  # [N']
         return wav
 
     def __call__(self, raw: Any, sr: int | None = None) -> Tensor:

@@ -350,3 +350,55 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     assert main(["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "e2")]) == 2
     err = capsys.readouterr().err
     assert "labels.csv: header must be" in err and len(err.strip().splitlines()) == 1
+
+
+def test_odd_audio_scales_are_normalised_and_odd_rates_resample_in_small_steps():
+    from encoders.base import AudioPreprocess, normalize_waveform, resample_ratio
+    from vlm.errors import UserError
+    from vlm.train.objectives.masked_prediction import MaskedPredictionSettings
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4800, generator=g)
+    ref = normalize_waveform(x)
+    for scale in (1e20, 1e37):                  # finite, but the float32 sum of squares overflows
+        y = x.clone()
+        y[1] *= scale
+        out = normalize_waveform(y)
+        assert torch.equal(out[0], ref[0]) and torch.allclose(out[1], ref[1], atol=1e-4), scale
+    assert resample_ratio(44100, 24000) == (44100, 24000)             # common rates: torchaudio's own ratio
+    assert resample_ratio(6007, 24000) == (200, 799)                  # odd: a small ratio, not 6007 -> 24000
+    wav = AudioPreprocess(24000)((torch.randn(1, 6007, generator=g), 6007))
+    assert abs(wav.numel() - 24000) <= 2 and torch.isfinite(wav).all()
+    with pytest.raises(UserError, match="sample rate 5 Hz is outside"):
+        AudioPreprocess(24000)((torch.randn(1, 100), 5))
+    with pytest.raises(UserError, match="'s.min_seconds': must be >= 0.080 s"):
+        MaskedPredictionSettings(clip_seconds=0.05, min_seconds=0.05).check("s")
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_audio_folder_edits_duplicates_bom_and_split(mert_folder, tmp_path, capsys):
+    from vlm.cli import main
+    folder, _ = mert_folder
+    d = tmp_path / "mine"
+    (d / "clips").mkdir(parents=True)
+    rows = ["path,label"]
+    for i in range(8):
+        label = ["low", "high"][i % 2]
+        (d / "clips" / f"{i}.flac").write_bytes(flac(tone(110 if label == "low" else 880, 0.6), 24000))
+        rows.append(f"clips/{i}.flac,{label}")
+    (d / "labels.csv").write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(rows) + "\r\n").encode())   # Excel's CSV UTF-8
+    argv = ["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "eval"), "--quiet"]
+    assert main(argv) == 0
+    first = json.loads(next((tmp_path / "eval" / "results").rglob("audio-folder_mine.json")).read_text())
+    swapped = [r.replace(",low", ",LOW").replace(",high", ",low").replace(",LOW", ",high") for r in rows]
+    (d / "labels.csv").write_text("\n".join(swapped) + "\n")          # an edited labels.csv: a new result
+    assert main(argv) == 0
+    second = json.loads(next((tmp_path / "eval" / "results").rglob("audio-folder_mine.json")).read_text())
+    assert second["signature"] != first["signature"] and second["metrics"]["n_train"] == first["metrics"]["n_train"]
+    capsys.readouterr()
+    bad = {"duplicate": (rows + ["./clips/0.flac,high"], [], "rows 2 and 10 name the same file (0.flac)"),
+           "no_val": (rows, ["--split", "val"], "no val clips")}
+    for name, (lines, extra, message) in bad.items():
+        (d / "labels.csv").write_text("\n".join(lines) + "\n")
+        assert main([*argv[:-3], "--out", str(tmp_path / name), *extra]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (name, err)

@@ -76,6 +76,9 @@ class Clip:
 
 
 def check_clip(wave: torch.Tensor, sr: int) -> str | None:
+    from encoders.base import MAX_RATE, MIN_RATE
+    if not MIN_RATE <= sr <= MAX_RATE:
+        return "bad_sample_rate"
     if wave.shape[-1] < MIN_SECONDS * sr:
         return "too_short"
     if not torch.isfinite(wave).all():
@@ -144,7 +147,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         raise UserError(f"benchmark {bench.name}: the '{train_split}' split has {len(classes)} usable class(es); "
                         f"a probe needs at least 2 (skipped: {dict(skipped) or 'none'})")
     if not test:
-        raise UserError(f"benchmark {bench.name}: no usable test clips (skipped: {dict(skipped) or 'none'})")
+        raise UserError(f"benchmark {bench.name}: no usable {bench.data.split} clips (skipped: {dict(skipped) or 'none'})")
     x_train = _features(model, train, h_train, bench.modality, ctx)                 # [N, L, D]
     x_test = _features(model, test, h_test, bench.modality, ctx)
     idx = {c: i for i, c in enumerate(classes)}
@@ -164,6 +167,8 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     per_layer = [accuracy(slice(k, k + 1))[0] for k in range(x_train.shape[1])]
     metrics = {"accuracy": acc, "n": float(len(rows)), "n_train": float(len(train)),
                "best_layer": float(max(range(len(weights)), key=weights.__getitem__)),
+               # test clips of a label no train clip has: scored (always wrong), and counted so it shows
+               "unseen_label": float(sum(c.label not in idx for c in test)),
                **{f"skipped_{k}": float(v) for k, v in sorted(skipped.items())}}
     layers = [dict(layer=k, weight=w, accuracy=a) for k, (w, a) in enumerate(zip(weights, per_layer))]
     return TaskResult(rows, metrics, {"layers": layers})

@@ -34,8 +34,15 @@ from torch import Tensor, nn
 
 from vlm.errors import UserError
 from vlm.train.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
-from vlm.train.objectives.teachers import ACOUSTIC_TEACHERS, CQTTarget, build_teacher, normalise, \
-    teacher_settings_error
+from vlm.train.objectives.teachers import (
+    ACOUSTIC_TEACHERS,
+    HOP,
+    SAMPLE_RATE,
+    CQTTarget,
+    build_teacher,
+    normalise,
+    teacher_settings_error,
+)
 
 TEACHER_FILE = "teacher.safetensors"
 
@@ -78,6 +85,10 @@ class MaskedPredictionSettings:
             need(len(v) == 2 and v[0] <= v[1], name, f"a [low, high] range, got {v}")
         need(self.noise_segments[0] >= 1 and self.noise_seconds[0] > 0, "noise_segments", "segments >= 1, seconds > 0")
         need(0 < self.min_seconds <= self.clip_seconds, "min_seconds", "must be in (0, clip_seconds]")
+        shortest = max(1024 / SAMPLE_RATE, (self.mask_span + 1) * HOP / SAMPLE_RATE)   # a mel window; a span + 1 frame
+        need(self.min_seconds >= shortest, "min_seconds",
+             f"must be >= {shortest:.3f} s (the log-mel's 1024-sample window and one mask span of "
+             f"{self.mask_span} frames fit in it), got {self.min_seconds}")
         need(self.target_cache_mb >= 0, "target_cache_mb", f"must be >= 0, got {self.target_cache_mb}")
 
 
