@@ -314,15 +314,20 @@ def test_mert_study_trains_probes_and_reprobes_its_runs_on_another_build(probe_w
     assert sorted(again) == ["seed0-pretrained", "seed0-random"] and set(again["seed0-random"]) == set(study.PROBES)
 
 
-def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(mert_folder, tmp_path, capsys):
-    folder, _ = mert_folder
-    d = tmp_path / "mine"
+def tone_folder(d: Path, n: int) -> tuple[Path, list[str]]:
+    """d/clips/0..n-1.flac, low (110 Hz) and high (880 Hz) tones in turn; labels.csv's lines (not written)."""
     (d / "clips").mkdir(parents=True)
     rows = ["path,label"]
-    for i in range(12):
+    for i in range(n):
         label = ["low", "high"][i % 2]
         (d / "clips" / f"{i}.flac").write_bytes(flac(tone(110 if label == "low" else 880, 0.6), 24000))
         rows.append(f"clips/{i}.flac,{label}")
+    return d, rows
+
+
+def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(mert_folder, tmp_path, capsys):
+    folder, _ = mert_folder
+    d, rows = tone_folder(tmp_path / "mine", 12)
     for name in ("silent", "stereo", "rate16k", "corrupt", "nan"):
         (d / "clips" / f"{name}.flac").write_bytes(BAD_AUDIO[name][0]())
         rows.append(f"clips/{name}.flac,low")
@@ -378,13 +383,7 @@ def test_odd_audio_scales_are_normalised_and_odd_rates_resample_in_small_steps()
 def test_audio_folder_edits_duplicates_bom_and_split(mert_folder, tmp_path, capsys):
     from vlm.cli import main
     folder, _ = mert_folder
-    d = tmp_path / "mine"
-    (d / "clips").mkdir(parents=True)
-    rows = ["path,label"]
-    for i in range(8):
-        label = ["low", "high"][i % 2]
-        (d / "clips" / f"{i}.flac").write_bytes(flac(tone(110 if label == "low" else 880, 0.6), 24000))
-        rows.append(f"clips/{i}.flac,{label}")
+    d, rows = tone_folder(tmp_path / "mine", 8)
     (d / "labels.csv").write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(rows) + "\r\n").encode())   # Excel's CSV UTF-8
     argv = ["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "eval"), "--quiet"]
     assert main(argv) == 0
