@@ -43,7 +43,9 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int]
 
 def precision_at_1(scores: Sequence[Sequence[float]] | torch.Tensor) -> list[bool]:
     """MMEB: each row scores one query's candidates with the gold at index 0; a hit when index 0 wins
-    (ties go against the gold: argmax must be 0 and strictly above every other candidate)."""
+    (ties go against the gold: argmax must be 0 and strictly above every other candidate, so a model that
+    embeds every input alike scores 0, not 1; copies of the gold's own input are left out beforehand,
+    `benchmarks.tasks.mmeb.without_gold_copies`)."""
     hits = []
     for row in scores:
         r = torch.as_tensor(row, dtype=torch.float64)

@@ -164,6 +164,14 @@ def test_mmeb_eval_local_copy_scores_precision_at_1(tmp_path):
     res = run(Oracle(), bench, Context(roots=Roots(bench_root=str(tmp_path)), progress=False))
     assert res.metrics["precision@1"] == 1.0 and res.metrics["classification"] == 1.0
     assert [r["n_candidates"] for r in res.rows] == [3, 3, 3]
+    # a copy of the gold among the candidates is the gold (MMEB de-duplicates by name); another input that
+    # ties it is a competitor (a model embedding everything alike must not score 1)
+    H.write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
+        {"qry_text": "<|image_1|>\nRepresent the given image for classification", "qry_img_path": "ImageNet-1K/a.jpg",
+         "tgt_text": tgt, "tgt_img_path": ["", "", ""]}
+        for tgt in (["gold label", "other", "gold label"], ["gold label", "gold twin", "other"])])
+    res = run(Oracle(), bench, Context(roots=Roots(bench_root=str(tmp_path)), progress=False))
+    assert [(r["correct"], r["pred"]) for r in res.rows] == [(True, 0), (False, 1)]
     H.write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
         {"qry_text": "<|image_1|>\nx", "qry_img_path": "../../outside.jpg", "tgt_text": ["a"], "tgt_img_path": [""]}])
     from vlm.errors import UserError

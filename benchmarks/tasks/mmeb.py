@@ -82,6 +82,20 @@ def dataset_scores(model, ds: Dataset, batch_size: int = 64, progress: bool = Fa
     return out
 
 
+def without_gold_copies(q: MMEBQuery, scores: list[float]) -> list[float]:
+    """The scores with the gold's copies among the other candidates left out: a candidate that is the gold's
+    very input (same id: a label listed twice, an image path twice) ties it bit for bit and is not a
+    competitor (MMEB's own evaluation de-duplicates candidates by name and counts such a copy a hit)."""
+    gold = q.candidates[0].id
+    return [scores[0], *(x for it, x in zip(q.candidates[1:], scores[1:]) if it.id != gold)]
+
+
+def best_other(q: MMEBQuery, scores: list[float]) -> int:
+    """Index of the highest-scoring candidate that is not the gold or a copy of it (the first of equals)."""
+    gold = q.candidates[0].id
+    return max((i for i, it in enumerate(q.candidates) if i and it.id != gold), key=lambda i: scores[i])
+
+
 def aggregate(hits: dict[str, list[bool]], datasets: dict[str, Dataset]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Precision@1 per dataset, mean over datasets per meta-task / IND / OOD / overall."""
     table = []
@@ -116,11 +130,11 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
                             "lengths": torch.tensor([len(s) for s in sc])}, {}
                 t, _ = ctx.cache.get_or_compute(model.fingerprint, cache_key(ds), compute)
                 scores = [s.tolist() for s in torch.split(t["scores"], t["lengths"].tolist())]
-            h = precision_at_1(scores)
+            h = precision_at_1([without_gold_copies(q, s) for q, s in zip(ds.queries, scores)])
             hits[ds.name] = h
             for q, s, hit in zip(ds.queries, scores, h):
                 rows.append(dict(dataset=ds.name, meta_task=ds.meta_task, ood=ds.ood, key=q.key, correct=hit,
-                                 n_candidates=len(s), pred=int(torch.tensor(s).argmax()), score_gold=float(s[0])))
+                                 n_candidates=len(s), pred=0 if hit else best_other(q, s), score_gold=float(s[0])))
             pbar.update(1)
     metrics, table = aggregate(hits, {d.name: d for d in datasets})
     return TaskResult(rows, metrics, {"datasets": table})
