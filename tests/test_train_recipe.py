@@ -123,6 +123,10 @@ BAD = [
     (["stages.0.weight_decay=.nan"], "stages.0.weight_decay"),
     (['stages.0.lr_scale={"media.*": 0}'], "stages.0.lr_scale.media.*"),     # a multiplier must be > 0
     (['stages.0.lr_scale={"conectors.*": 2}'], "stages.0.lr_scale.conectors.*"),  # matches no trainable parameter
+    (["stages.1.llm=lora", "stages.1.lora={bogus: 1}"], "stages.1.lora"),    # not a LoraConfig setting
+    (["stages.1.llm=lora", "stages.1.lora={r: abc}"], "stages.1.lora.r"),
+    (["runtime.seed=-1"], "runtime.seed"),
+    (["stages.1.objective=masked_prediction"], "stages.1.objective"),       # checked before stage 0 trains
 ]
 
 
@@ -145,7 +149,9 @@ def test_bad_recipe_is_one_line_naming_the_field_before_anything_is_built(overri
 def test_bad_files_and_overrides_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    for spec, overrides in [(str(bad), []), (str(tmp_path / "missing.yaml"), []), ("nope-tiny", []),
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    for spec, overrides in [(str(bad), []), (str(binary), []), (str(tmp_path / "missing.yaml"), []), ("nope-tiny", []),
                             ("llava-tiny", ["stages.9.steps=1"]), ("llava-tiny", ["novalue"])]:
         with pytest.raises(UserError) as e:
             R.load_recipe(spec, overrides, check_files=False)
@@ -171,3 +177,35 @@ def test_schedules_warm_up_then_follow_their_shape(schedule):
     assert abs(f[100] - end) < 1e-9
     if schedule == "wsd":
         assert f[79] == 1.0 and 0.1 < f[90] < 1.0                                    # stable, then decay
+
+
+def test_odd_run_folders_and_logs(tmp_path, world):
+    """An output folder that is a file (or under one) is one line; a fresh run does not append to an earlier
+    attempt's metrics; a line torn by a crash does not stop a resume."""
+    import json
+
+    from vlm.train.logging import METRICS, RunLog
+    from vlm.train.trainer import check_run_dir
+    (tmp_path / "f").write_text("x")
+    for bad in (tmp_path / "f", tmp_path / "f" / "sub"):
+        with pytest.raises(UserError, match=f"output folder {bad}: {tmp_path / 'f'} is a file"):
+            check_run_dir(bad)
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3)]
+    (run / METRICS).write_text("\n".join(rows) + '\n{"step": 4, "lo')             # torn by a crash
+    RunLog(run, True, resume_step=2)._jsonl.close()
+    assert (run / METRICS).read_text().splitlines() == rows[:2]
+    RunLog(run, True, resume_step=None)._jsonl.close()                           # from scratch: a new file
+    assert (run / METRICS).read_text() == ""
+
+
+def test_a_source_too_small_for_its_slots_is_an_error_not_a_hang(tmp_path):
+    from vlm.data.reader import Source, source_refs
+    from vlm.data.writer import ShardWriter
+    with ShardWriter(tmp_path / "one", max_count=10) as w:
+        w.write(C.text_sample(0))
+    src = Source([str(p) for p in sorted((tmp_path / "one").glob("*.tar"))], name="one")
+    assert len(list(source_refs(src, 0, 0, slot=0, num_slots=2, epochs=3))) == 3     # bounded: fine
+    with pytest.raises(UserError, match="its 1 sample.s. do not reach all 2 ranks x data workers .slot 1"):
+        next(source_refs(src, 0, 0, slot=1, num_slots=2))

@@ -181,9 +181,11 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> dict:
     if not p.is_file():
         raise UserError(f"{what} file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start}); a {what} is a YAML file") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -11,6 +11,7 @@ Connectors that work inside the LLM (inner adaptors) reach its parts through
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -195,14 +196,32 @@ def llm_parts(llm) -> LLMParts:
 DEFAULT_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
 
 
+def lora_config(lora: dict | None):
+    """peft's LoraConfig of a stage's `lora` settings over DEFAULT_LORA; an unknown key or a bad value is a
+    one-line UserError naming it (peft raises TypeError / ValueError, or fails later inside the model)."""
+    from peft import LoraConfig
+    require(lora is None or isinstance(lora, dict), f"lora: a mapping of LoraConfig settings, got {lora!r}")
+    known = {f.name for f in dataclasses.fields(LoraConfig)}
+    unknown = sorted(set(lora or {}) - known)
+    require(not unknown, f"lora: unknown LoraConfig setting(s) {unknown} (e.g. r, lora_alpha, lora_dropout, "
+                         f"target_modules, use_dora)")
+    for key, kind in (("r", int), ("lora_alpha", (int, float)), ("lora_dropout", (int, float))):
+        value = (lora or {}).get(key, DEFAULT_LORA[key])
+        require(isinstance(value, kind) and not isinstance(value, bool) and value >= 0,
+                f"lora.{key}: a non-negative number, got {value!r}")
+    try:
+        return LoraConfig(**{**DEFAULT_LORA, **(lora or {})}, task_type="CAUSAL_LM")
+    except (TypeError, ValueError) as e:
+        raise UserError(f"lora: {str(e).splitlines()[0][:200]}") from None
+
+
 def set_llm_mode(llm, mode: str, lora: dict | None = None):
     """frozen: no parameter trains; full: all do; lora: only peft adapters. Returns the (maybe wrapped) LLM."""
     require(mode in MODES, f"llm mode '{mode}' is not one of {MODES}")
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     if mode == "lora":
         if not isinstance(llm, PeftModel):
-            cfg = LoraConfig(**{**DEFAULT_LORA, **(lora or {})}, task_type="CAUSAL_LM")
-            llm = get_peft_model(llm, cfg)
+            llm = get_peft_model(llm, lora_config(lora))
         for n, p in llm.named_parameters():
             p.requires_grad_("lora_" in n)
         return llm

@@ -268,15 +268,20 @@ def source_refs(source: Source, index: int, seed: int, slot: int, num_slots: int
         _rng(seed, index, epoch).shuffle(order)
         if split == "shard":
             order = order[slot::num_slots]
-        i = 0
+        i = mine = 0
         for s in order:
             refs = shard_refs(source.shards[s], remote, epoch) if source.remote else scan_shard(source.shards[s])
             for ref in refs:
                 if split == "shard" or i % num_slots == slot:
+                    mine += 1
                     yield dataclasses.replace(ref, epoch=epoch) if epoch else ref
                 i += 1
-        if i == 0 and epochs is None:
-            raise UserError(f"data source '{source.name}' has no samples")
+        if mine == 0 and epochs is None:        # an endless stream of epochs that never yield: a silent hang
+            if i == 0:
+                raise UserError(f"data source '{source.name}' has no samples")
+            raise UserError(f"data source '{source.name}': its {i} sample(s) do not reach all {num_slots} ranks x data "
+                            f"workers (slot {slot} gets none); give it more samples, or fewer workers "
+                            f"(runtime.num_workers) or ranks")
         epoch += 1
 
 

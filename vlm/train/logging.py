@@ -31,7 +31,8 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
             self._truncate(resume_step)
-        self._jsonl = open(self.run_dir / METRICS, "a")
+        # from a checkpoint: its rows are kept (truncated above); from scratch: an earlier attempt's rows go
+        self._jsonl = open(self.run_dir / METRICS, "a" if resume_step is not None else "w")
         self._text = open(self.run_dir / TEXT_LOG, "a")
         from torch.utils.tensorboard import SummaryWriter
         self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
@@ -48,8 +49,14 @@ class RunLog:
         path = self.run_dir / METRICS
         if not path.exists():
             return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if _before(json.loads(r), step)]
+        keep = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:              # a line torn by a crash (full disk, power loss): not a record
+                continue
+            if isinstance(row, dict) and _before(row, step):
+                keep.append(line)
         path.write_text("".join(r + "\n" for r in keep))
 
     # ------------------------------------------------------------------ records

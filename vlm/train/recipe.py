@@ -343,6 +343,13 @@ def _check_shards(pattern: str, field_path: str) -> None:
 
 def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
     _require(bool(st.name), f"{p}.name", "empty stage name")
+    if st.llm == "lora":
+        from vlm.llm import lora_config
+        try:
+            lora_config(st.lora)
+        except UserError as e:
+            field, _, why = str(e).partition(": ")
+            raise UserError(f"recipe field '{p}.{field}': {why}") from None
     _require(bool(st.trainable) or st.llm != "frozen", f"{p}.trainable",
              f"stage '{st.name}' trains nothing (no trainable patterns and llm: frozen)")
     for name, w in st.data.items():
@@ -375,6 +382,7 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
 
 
 def _validate_runtime(rt: Runtime) -> None:
+    _require(0 <= rt.seed < 2**31, "runtime.seed", f"must be in [0, 2**31), got {rt.seed}")
     _require(rt.checkpoint_every >= 0, "runtime.checkpoint_every", f"must be >= 0, got {rt.checkpoint_every}")
     _require(rt.keep_last >= 1, "runtime.keep_last", f"must be >= 1, got {rt.keep_last}")
     _require(rt.num_workers >= 0, "runtime.num_workers", f"must be >= 0, got {rt.num_workers}")
@@ -505,7 +513,12 @@ def check_model(recipe: Recipe):
             model.enable_activation_checkpointing()
         except UserError as e:
             raise UserError(f"recipe field 'runtime.activation_checkpointing': {e}") from None
+    from vlm.train.objectives import build_objective
     for i, st in enumerate(recipe.stages):
+        try:           # before any stage trains: a later stage's objective that cannot train this model
+            build_objective(st.objective, st.objective_settings).check_model(model)
+        except UserError as e:
+            raise UserError(f"recipe field 'stages.{i}.objective': {e}") from None
         trained = apply_stage(model, st)
         names = [n for n, _ in model.named_parameters()]
         for j, pat in enumerate(st.trainable):

@@ -117,6 +117,19 @@ def summarize_trainable(model: nn.Module, names: list[str], depth: int = 2) -> s
     return ", ".join(f"{k} ({v})" for k, v in counts.items()) or "nothing"
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """The run folder can be a folder: not a file, not under a file, a name the file system takes."""
+    for p in [run_dir, *run_dir.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"output folder {run_dir}: {p} is a file")
+            break
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"output folder {run_dir}: {e.strerror}") from None
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path | str | None = None, resume: bool = False):
         self.recipe = recipe
@@ -133,6 +146,7 @@ class Trainer:
     def run(self) -> Path:
         """Train every stage not yet done; returns `<run>/final`."""
         try:
+            check_run_dir(self.run_dir)
             if self.d.is_main:
                 build_sources(self.recipe)       # synthetic-world sources with `build` settings, if absent
             ckpt = self._resume_point()          # (its barrier: the other ranks wait for the data)
@@ -193,9 +207,11 @@ class Trainer:
             return
         import yaml
         try:
-            old = yaml.safe_load(saved.read_text())
+            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise UserError(f"{saved}: not YAML ({str(e).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{saved}: not UTF-8 text; restore the run's recipe.yaml or start a new run") from None
         new = yaml.safe_load(self.recipe.to_yaml())
         for key in self.RESUME_KEYS:
             a, b = _dig(old, key), _dig(new, key)
@@ -229,6 +245,12 @@ class Trainer:
 
     def _restore_model(self, plain: nn.Module, ckpt: Path, state: ckpt_lib.TrainerState) -> int:
         """Replay the LLM modes of the stages so far, load the weights; returns the first stage to run."""
+        stages = self.recipe.stages
+        if not (isinstance(state.stage, int) and 0 <= state.stage < len(stages)) \
+                or state.stage_name not in ("", None, stages[state.stage].name):
+            raise UserError(f"{ckpt}: trainer state names stage {state.stage} ({state.stage_name!r}), which is not "
+                            f"stage {state.stage} of this recipe ({[st.name for st in stages]}); resume with the "
+                            f"recipe that wrote it")
         for st in self.recipe.stages[:state.stage + 1]:
             plain.set_llm_mode(st.llm, st.lora)
         ckpt_lib.load_model_weights(plain, ckpt)
