@@ -196,7 +196,8 @@ class Trainer:
                             f"resume with the same number of ranks")
 
     # what a checkpoint's weights, optimizer, schedule and data position depend on; runtime settings such as
-    # workers, logging, checkpoint cadence or evaluation may change on resume
+    # logging, checkpoint cadence or evaluation may change on resume (a mid-stage data position needs the same
+    # ranks and data workers: the pipeline's own state check)
     RESUME_KEYS = ("model", "data", "stages", "runtime.seed", "runtime.precision")
 
     def _check_recipe(self, ckpt: Path | None) -> None:
