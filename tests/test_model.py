@@ -1,4 +1,6 @@
 """MultimodalLM: splicing, label masking, KV-cache generation, save/load, hf-llava export, CLI errors."""
+import os
+
 import pytest
 import torch
 
@@ -115,6 +117,10 @@ def test_save_load_identical_logits(model, tmp_path, video_file):
     path = model.save_pretrained(tmp_path / "ckpt")
     assert {"config.json", "model.safetensors"} <= {p.name for p in path.iterdir()}
     assert not list(tmp_path.glob(".ckpt.tmp-*"))
+    umask = os.umask(0)
+    os.umask(umask)                 # others may read what a plain mkdir / open under this umask makes
+    assert {oct(p.stat().st_mode & 0o777) for p in [path, *path.iterdir()]} == \
+        {oct(0o777 & ~umask), oct(0o666 & ~umask)}
     loaded = vlm.load(path)
     with torch.no_grad():
         a = model.logits(batch["input_ids"], batch["attention_mask"], media=batch["media"])

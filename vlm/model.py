@@ -353,6 +353,16 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
+def default_permissions(folder: Path) -> None:
+    """The modes a plain mkdir / open would give under the umask: mkdtemp makes the folder 0700 and
+    safetensors writes 0600, so a model saved on a shared file system was unreadable by other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def write_folder(path: str | os.PathLike, write) -> Path:
     """Fill a temporary sibling folder with `write(tmp)`, then put it at `path` (atomic enough)."""
     path = Path(path)
@@ -360,6 +370,7 @@ def write_folder(path: str | os.PathLike, write) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         write(tmp)
+        default_permissions(tmp)
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
