@@ -127,6 +127,8 @@ BAD = [
     (["stages.1.llm=lora", "stages.1.lora={r: abc}"], "stages.1.lora.r"),
     (["runtime.seed=-1"], "runtime.seed"),
     (["stages.1.objective=masked_prediction"], "stages.1.objective"),       # checked before stage 0 trains
+    (["name=../escaped"], "name"),                                           # runs would leave the runs folder
+    (["runtime.output_dir=runs/{name.upper}"], "runtime.output_dir"),
 ]
 
 

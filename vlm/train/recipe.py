@@ -237,6 +237,8 @@ def _require(cond: bool, field_path: str, message: str) -> None:
 
 def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> None:
     """Everything checkable without weights; the first problem raises a UserError naming its field."""
+    _require(bool(recipe.name) and recipe.name not in (".", "..") and not any(c in recipe.name for c in "/\\"),
+             "name", f"a plain folder name (runs go to runtime.output_dir with it), got {recipe.name!r}")
     _validate_model(recipe.model)
     _require(bool(recipe.data), "data", "no data sources (name: {shards: [...], weight: 1.0})")
     for name, src in recipe.data.items():
@@ -395,7 +397,9 @@ def _validate_runtime(rt: Runtime) -> None:
              f"auto | cpu | cuda[:N], got {rt.device!r}")
     try:
         rt.output_dir.format(name="x")
-    except (KeyError, IndexError, ValueError):
+        _require(rt.output_dir.replace("{name}", "") == rt.output_dir.format(name=""), "runtime.output_dir",
+                 f"only the plain {{name}} may be substituted in {rt.output_dir!r}")
+    except (KeyError, IndexError, ValueError, AttributeError):
         raise UserError(f"recipe field 'runtime.output_dir': only {{name}} may be substituted in "
                         f"{rt.output_dir!r}") from None
 
