@@ -130,7 +130,7 @@ class ImagePreprocess(Preprocess):
         image = _as_pil(image)
         if self.backend == "hf":
             return self._hf(image)
-        return self._transform(image.convert("RGB"))  # [3, H, W]
+        return self._transform(image)  # [3, H, W] (_as_pil gave RGB)
 
     def batch(self, images: list[Any]) -> list[Tensor]:
         """`[self(x) for x in images]`, the same values bit for bit; with the "hf" backend the images of one
@@ -173,10 +173,9 @@ class ImagePreprocess(Preprocess):
         return x.sub(torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)).div_(torch.tensor(std, dtype=x.dtype).view(-1, 1, 1))
 
     def _pil_pixels(self, image: Any) -> Tensor:
-        """The PIL path's resize and crop, then ToTensor's uint8 CHW stage."""
+        """The PIL path's resize and crop, then ToTensor's uint8 CHW stage (of an RGB image: `_as_pil`'s)."""
         import numpy as np
 
-        image = image.convert("RGB")
         for step in self._transform.transforms[:-2]:  # resize [, centre crop]; then ToTensor, Normalize
             image = step(image)
         return torch.from_numpy(np.array(image, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
@@ -236,7 +235,7 @@ def normalize_waveform(wave: Tensor, lengths: Tensor | None = None) -> Tensor:
     peak = (w.abs() * valid).amax(1, keepdim=True) if w.numel() else w.new_zeros(w.shape[0], 1)
     big = peak > 1e6      # finite but far beyond any audio scale: the float32 sum of squares would overflow
     if bool(big.any()):   # (1e19 came out all zeros, 1e36 NaN); scaled first, other clips bit for bit as before
-        w = torch.where(big, w / torch.where(big, peak, torch.ones_like(peak)), w)
+        w = w / torch.where(big, peak, torch.ones_like(peak))                          # (x / 1.0 is exact)
     mean = (w * valid).sum(1, keepdim=True) / n
     var = (((w - mean) * valid) ** 2).sum(1, keepdim=True) / n
     out = (w - mean) / torch.sqrt(var + 1e-7) * valid
