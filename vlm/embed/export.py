@@ -478,9 +478,9 @@ def export(cfg) -> ExportResult:
         raise UserError(f"batch_size must be >= 1 and num_workers >= 0 (got {cfg.batch_size}, {cfg.num_workers})")
     if cfg.out_dtype not in ("float16", "float32"):
         raise UserError(f"out_dtype: float16 | float32, got {cfg.out_dtype!r}")
-    if cfg.instruction is not None and PLACEHOLDER_RE.search(cfg.instruction):
-        raise UserError(f"--instruction {cfg.instruction!r}: holds a media placeholder "
-                        f"({PLACEHOLDER_RE.search(cfg.instruction).group(0)}); the sample's media go in by themselves")
+    if cfg.instruction is not None and (placeholder := PLACEHOLDER_RE.search(cfg.instruction)):
+        raise UserError(f"--instruction {cfg.instruction!r}: holds a media placeholder ({placeholder.group(0)}); "
+                        f"the sample's media go in by themselves")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file, not a folder")

@@ -400,9 +400,10 @@ class Index:
             raise UserError("nothing to search for: give a text, an image, audio, music or video")
         if target is not None:
             target = self._target(target)                   # before the model loads
+        from vlm.embed.api import MEDIA_ARG
         emb = embedder or self.embedder()
         vec = emb.embed(texts=[text] if text is not None else None, instruction=instruction,
-                        **{("images" if m == "image" else m): [v] for m, v in given.items()})
+                        **{MEDIA_ARG[m]: [v] for m, v in given.items()})
         if target is None:
             query_kinds = set(given) | ({"text"} if text is not None else set())
             target = next((t for t in self.targets if t not in query_kinds), self.targets[0])
