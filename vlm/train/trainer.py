@@ -207,12 +207,9 @@ class Trainer:
         if ckpt is None or not saved.is_file():
             return
         import yaml
-        try:
-            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise UserError(f"{saved}: not YAML ({str(e).splitlines()[0]})") from None
-        except UnicodeDecodeError:
-            raise UserError(f"{saved}: not UTF-8 text; restore the run's recipe.yaml or start a new run") from None
+
+        from vlm.config import read_yaml
+        old = read_yaml(saved, "run's recipe")          # not YAML, not UTF-8, not a mapping: one line naming it
         new = yaml.safe_load(self.recipe.to_yaml())
         for key in self.RESUME_KEYS:
             a, b = _dig(old, key), _dig(new, key)
