@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 META = ("classification", "vqa", "retrieval", "grounding")
 GRID_LR = (5e-4, 1e-3, 2e-3)
 GRID_T = (0.02, 0.05)
+TIE = 1e-9      # P@1 are fractions of the sets' sizes: values this close are equal (float sums differ in the last bit)
 CLIP_CFG = {"embed_dim": 64,
             "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 16,
                            "mlp_ratio": 2.0},
@@ -346,10 +347,9 @@ def report(r: dict) -> str:
     for key in (*META, "precision@1"):
         for base in ("(a) untrained", "(b) open_clip"):
             a, b = [x[key] for x in ours], [x[key] for x in table[base]]
-            # P@1 are fractions of the sets' sizes: means within 1e-9 are a tie (float sums differ in the last bit)
             gap = statistics.mean(a) - statistics.mean(b)
-            verdict = "met" if gap > 1e-9 else "NOT met (a tie)" if gap >= -1e-9 else "NOT met"
-            every = " (every seed)" if min(a) > max(b) + 1e-9 else ""
+            verdict = "met" if gap > TIE else "NOT met (a tie)" if gap >= -TIE else "NOT met"
+            every = " (every seed)" if min(a) > max(b) + TIE else ""
             lines.append(f"- {key}: vs {base}: {statistics.mean(a):.3f} vs {statistics.mean(b):.3f}: {verdict}{every}")
     lines += ["", "Parameters (all / without token-embedding tables and LM head): "
               + "; ".join(f"{n} {p[0]:,} / {p[1]:,}" for n, p in r["params"].items()),
