@@ -108,6 +108,16 @@ def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, world, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_ddp_without_torchrun_trains_one_process_and_says_so(tmp_path, world, capsys):
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=1)],
+                            log_samples=False)
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "runtime.strategy=fsdp2"]) == 0
+    out = capsys.readouterr().out
+    assert "runtime.strategy is 'fsdp2' but this is one process" in out and "torchrun --nproc_per_node N" in out
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run2")]) == 0
+    assert "one process" not in capsys.readouterr().out
+
+
 def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, world, capsys):
     recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=3)],
                             checkpoint_every=1, log_samples=False)

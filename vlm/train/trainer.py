@@ -155,6 +155,7 @@ class Trainer:
             self._check_world(ckpt, state)
             self._check_recipe(ckpt)
             self._open_logs(state.step if ckpt else None)
+            self._note_one_process()
             plain = self._build_model()
             start = 0
             if ckpt:
@@ -175,6 +176,14 @@ class Trainer:
             if self.samples is not None:
                 self.samples.close()
             self.d.close()
+
+    def _note_one_process(self) -> None:
+        """runtime.strategy ddp / fsdp2 started without torchrun: one process trains, and says so."""
+        asked = self.recipe.runtime.strategy
+        if asked != "none" and self.d.world_size == 1:
+            self.log.event("one_process", f"runtime.strategy is {asked!r} but this is one process (no torchrun, or "
+                           f"--nproc_per_node 1): training on one rank; launch with `torchrun --nproc_per_node N -m "
+                           f"vlm.cli train ...` for {asked} over N ranks", strategy=asked)
 
     def _resume_point(self) -> Path | None:
         if self.d.is_main:
