@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from encoders.base import AudioPreprocess, Encoder, StridedFrames, preprocess_from_dict
-from encoders.registry import register_encoder
+from encoders.registry import check_config_options, register_encoder
 from encoders.vision import resolve_layer
 from vlm.errors import UserError
 
@@ -137,6 +137,7 @@ TINY_WHISPER_CFG: dict[str, Any] = {
 def whisper_tiny(*, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:
     from transformers import WhisperConfig
 
+    check_config_options("whisper:tiny", WhisperConfig, kw)
     enc = WhisperAudioEncoder(
         "whisper:tiny", WhisperConfig(**(TINY_WHISPER_CFG | kw)), None, -1 if feature_layer is None else feature_layer
     )
@@ -157,6 +158,7 @@ BASE_WHISPER_CFG: dict[str, Any] = {
 def whisper_base(*, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:
     from transformers import WhisperConfig
 
+    check_config_options("whisper:base", WhisperConfig, kw)
     enc = WhisperAudioEncoder(
         "whisper:base", WhisperConfig(**(BASE_WHISPER_CFG | kw)), None, -1 if feature_layer is None else feature_layer
     )

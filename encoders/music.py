@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from encoders.base import AudioPreprocess, ConvFrames, Encoder, preprocess_from_dict
-from encoders.registry import register_encoder
+from encoders.registry import check_config_options, register_encoder
 from encoders.vision import resolve_layer
 
 if TYPE_CHECKING:
@@ -103,7 +103,10 @@ def mert_config(**overrides: Any) -> HubertConfig:
 
 
 def _mert(name: str, cfg: dict[str, Any], weights: str | None, feature_layer: int | None, **kw: Any) -> Encoder:
+    from transformers import HubertConfig
+
     sample_rate = kw.pop("sample_rate", MERT_SAMPLE_RATE)
+    check_config_options(name, HubertConfig, kw)
     pre = AudioPreprocess(sample_rate, "waveform", normalize=True)
     enc = HubertMusicEncoder(name, mert_config(**(cfg | kw)), pre, -1 if feature_layer is None else feature_layer)
     if weights:

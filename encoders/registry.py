@@ -57,6 +57,15 @@ def list_encoders(pattern: str | None = None) -> list[dict[str, str]]:
     return rows
 
 
+def check_config_options(encoder: str, config_cls: type, options: dict[str, Any]) -> None:
+    """Options that override a transformers config must be its fields: HF configs take any keyword as an
+    attribute, so a misspelt one (``feature_selct``) would be kept and ignored. One line naming it."""
+    unknown = sorted(set(options) - set(config_cls().to_dict()))
+    if unknown:
+        raise UserError(f"unknown option(s) {unknown} for encoder {encoder!r}: not fields of transformers' "
+                        f"{config_cls.__name__} (nor weights / feature_layer)")
+
+
 def build_encoder(name: str, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:
     """Build an encoder by preset name or ``prefix:target``; ``weights`` is a local .safetensors
     file, ``feature_layer`` which hidden layer forward returns (None: the preset's default)."""

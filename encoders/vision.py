@@ -10,13 +10,14 @@ Token features [B, T, D]; ``feature_layer`` picks the block (-1: the model's fin
 from __future__ import annotations
 
 import copy
+import re
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from encoders.base import Encoder, GridTokens, ImagePreprocess, TokenCount, preprocess_from_dict
-from encoders.registry import register_encoder
+from encoders.registry import check_config_options, register_encoder
 from vlm.errors import UserError
 
 if TYPE_CHECKING:
@@ -81,6 +82,12 @@ class TimmEncoder(Encoder, kind="timm"):
             self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **self.model_kwargs)
         except RuntimeError as err:
             raise UserError(f"unknown timm model {model_name!r}: {err}") from err
+        except TypeError as err:  # a keyword the model's constructor lacks: a misspelt option
+            bad = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            if bad is None:
+                raise
+            raise UserError(f"unknown option {bad.group(1)!r} for encoder {name!r}: timm's {model_name!r} does "
+                            f"not take it") from None
         if preprocess is None:
             cfg = timm.data.resolve_data_config({}, model=self.model)
             size = self.model_kwargs.get("img_size", cfg["input_size"][-2:])  # kwargs resize the model
@@ -432,7 +439,10 @@ def _hf_preset(
     feature_layer: int | None,
     **kw: Any,
 ) -> Encoder:
+    import transformers
+
     feature_select = kw.pop("feature_select", None)
+    check_config_options(name, getattr(transformers, _HF_VISION[family][0]), kw)
     config = config | kw  # remaining kwargs override the config (e.g. image_size=64)
     layer = default_layer if feature_layer is None else feature_layer
     enc = HFVisionEncoder(name, family, config, None, layer, feature_select)

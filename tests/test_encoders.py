@@ -83,6 +83,12 @@ def test_listing_and_registry_errors() -> None:
         build_encoder("timm:nope_model")
     with pytest.raises(UserError, match="Nope-Arch"):
         build_encoder("open_clip:Nope-Arch")
+    # a misspelt option is one line naming it, never a config attribute kept and ignored
+    for name in TINY_PRESETS:
+        with pytest.raises(UserError, match="unknown option.*'hiden_size'"):
+            build_encoder(name, hiden_size=8)
+    assert build_encoder("mert:tiny", num_hidden_layers=1).weights_module().config.num_hidden_layers == 1
+    assert build_encoder("whisper:tiny", encoder_layers=1).whisper_config.encoder_layers == 1
 
 
 # -------------------------------------------------------------------------- presets

@@ -116,6 +116,10 @@ BAD = [
     (["stages.0.trainable=[conectors.*]"], "stages.0.trainable.0"),          # a pattern matching nothing
     (["model.family=nope"], "model.family"),                                 # unknown family
     (["model.settings.vision=nope-vit"], "model.settings.vision"),           # unknown encoder
+    (["model.settings.vision={name: tiny-clip, feature_selct: full}"], "model.settings.vision"),  # a misspelt option
+    (["model.settings.vision={name: tiny-vit, dpeth: 1}"], "model.settings.vision"),
+    (["model.settings.llm={model_type: llama, hiden_size: 32}"], "model.settings.llm"),
+    (["model.settings.llm={hidden_size: 32}"], "model.settings.llm"),        # sizes without an architecture
     (["stages.0.batch_size=3", "stages.0.grad_accum=2"], "stages.0.batch_size"),
     (["stages.1.data={other: 1.0}"], "stages.1.data.other"),                 # unknown source
     (["stages.0.filter.tasks=[colour]"], "stages.0.filter"),                 # a filter keeping nothing

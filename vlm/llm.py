@@ -92,13 +92,20 @@ def llm_config(model_type: str, vocab_size: int, **overrides):
     from transformers import AutoConfig
     require(model_type in TINY_ARCH or overrides, f"unknown tiny LLM architecture '{model_type}'; "
             f"choose one of {sorted(TINY_ARCH)} or give its sizes")
+    from transformers import CONFIG_MAPPING
+    if model_type not in CONFIG_MAPPING:
+        raise UserError(f"unknown LLM model_type '{model_type}' (not a transformers architecture)")
+    # a config takes any keyword as an attribute: a misspelt size would be kept and ignored
+    unknown = sorted(set(overrides) - set(CONFIG_MAPPING[model_type]().to_dict()) - {"attn_implementation"})
+    require(not unknown, f"unknown LLM setting(s) {unknown} for model_type '{model_type}': not fields of "
+            f"transformers' {CONFIG_MAPPING[model_type].__name__}")
     kw = {**TINY_ARCH.get(model_type, {}), **overrides}
     kw.setdefault("max_position_embeddings", 2048)
     kw.setdefault("tie_word_embeddings", False)
     try:
         cfg = AutoConfig.for_model(model_type, vocab_size=vocab_size, **kw)
     except ValueError as e:
-        raise UserError(f"unknown LLM model_type '{model_type}': {e}") from None
+        raise UserError(f"LLM model_type '{model_type}': {e}") from None
     cfg._attn_implementation = kw.get("attn_implementation", "sdpa")
     return cfg
 

@@ -110,6 +110,8 @@ def resolve_llm(spec: str | dict, seed: int | None = 0):
                             f"or give 'vlm:CHECKPOINT'")
     if isinstance(spec, dict):
         spec = dict(spec)
+        if not isinstance(spec.get("model_type"), str):
+            raise UserError(f"LLM settings {spec}: no 'model_type' (e.g. llama, qwen2) beside the sizes")
         return L.build_tiny_llm(spec.pop("model_type"), seed=seed, **spec)
     if spec.startswith("tiny:"):
         return L.build_tiny_llm(spec.split(":", 1)[1], seed=seed)

@@ -490,8 +490,10 @@ def _field_of(spec: ModelSpec, message: str) -> str:
     fam = get_family(spec.family)
     merged = {**(fam.sizes.get(spec.size, {}) if spec.size else {}), **spec.settings}
     for k, v in merged.items():
-        name = v.get("name") if isinstance(v, dict) else v
+        name = (v.get("name") or v.get("model_type")) if isinstance(v, dict) else v   # an encoder / an LLM
         if isinstance(name, str) and (f"'{name}'" in message or f'"{name}"' in message):
+            return f"model.settings.{k}"
+        if isinstance(v, dict) and str(v) in message:
             return f"model.settings.{k}"
     return "model"
 
