@@ -370,3 +370,23 @@ def test_workers_start_with_the_parents_objects_frozen():
     assert next(iter(loader)) <= before                     # a plain iter(loader): nothing frozen in the worker
     loader0 = torch.utils.data.DataLoader(_FreezeCount(), batch_size=None, num_workers=0)
     assert list(start_workers(loader0)) == [before]         # no workers: nothing to freeze
+
+
+def test_shard_lists_folders_globs_and_braces(tmp_path):
+    """A folder that a glob or a brace pattern names stands for its shards (it used to pass as one 'shard'
+    that failed to open later); a glob matching nothing, a missing file and an empty folder are one line."""
+    from vlm.data.reader import expand_shards
+    for split in ("a", "b"):
+        (tmp_path / split).mkdir()
+        for i in range(2):
+            write_tar(tmp_path / split / f"s-{i}.tar", text_samples(f"{split}{i}", 1))
+    a, b = ([str(tmp_path / split / f"s-{i}.tar") for i in range(2)] for split in ("a", "b"))
+    assert expand_shards(str(tmp_path / "a")) == a
+    assert expand_shards(str(tmp_path / "*")) == a + b
+    assert expand_shards(str(tmp_path / "{a,b}")) == a + b
+    assert expand_shards([str(tmp_path / "b"), str(tmp_path / "a" / "s-*.tar")]) == b + a
+    (tmp_path / "empty").mkdir()
+    for spec, msg in [(tmp_path / "x*", "no shard matches"), (tmp_path / "a" / "s-9.tar", "shard not found"),
+                      (tmp_path / "empty", "folder has no .tar shards")]:
+        with pytest.raises(UserError, match=msg):
+            expand_shards(str(spec))

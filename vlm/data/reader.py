@@ -50,7 +50,8 @@ NOT_ERRORS = frozenset({"too_long", "too_short", "no_audio"})
 # shard lists
 # ---------------------------------------------------------------------------------------------
 def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """A list / brace pattern / glob of tar files, or a folder (its index.json shards, else *.tar)."""
+    """A list / brace pattern / glob of tar files, or a folder (its index.json shards, else *.tar); a folder
+    that a brace pattern or a glob names stands for its shards too."""
     import braceexpand
 
     if isinstance(spec, (list, tuple)):
@@ -82,7 +83,9 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             hits = sorted(glob.glob(pat))
             if not hits:
                 raise UserError(f"no shard matches {pat}")
-            out += hits
+            out += [s for hit in hits for s in (expand_shards(hit) if os.path.isdir(hit) else [hit])]
+        elif os.path.isdir(pat):
+            out += expand_shards(pat)
         elif os.path.exists(pat):
             out.append(pat)
         else:
