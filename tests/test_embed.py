@@ -449,11 +449,13 @@ def test_export_and_search_unforeseen_input(setup, tmp_path, capsys, monkeypatch
     with ShardWriter(odd, max_count=10, validate=False) as w:
         w.write({"__key__": "list_labels", "json": {"caption": None, "labels": ["x"]}, "jpg": H.image("red", 32)})
         w.write({"__key__": "ok", "json": {"caption": "a blue square"}, "jpg": H.image("blue", 32, "square")})
+        w.write({"__key__": "latin1", "json": {}, "txt": "un carré bleu".encode("latin-1"), "jpg": H.image("blue", 32)})
     out = tmp_path / "e"
     assert main(["embed", "--model", str(ckpt), "--input", str(odd), "--out", str(out), "--num-workers", "0",
                  "--quiet", "--modality", "image", "--modality", "text"]) == 0
     summary = json.loads((out / "stats" / "summary.json").read_text())
-    assert summary["rows"] == 1 and summary["skipped_by_reason"] == {"no_text": 1}   # not a crash of the export
+    # not a crash of the export; a txt that is not UTF-8 is not embedded as U+FFFD
+    assert summary["rows"] == 1 and summary["skipped_by_reason"] == {"no_text": 1, "bad_text": 1}
     assert main(["index", str(out)]) == 0
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)                            # the model is found from any working directory

@@ -134,11 +134,15 @@ def plan_input(spec: str, part_size: int) -> InputPlan:
 
 
 def caption_of(meta: dict, fields: dict[str, bytes]) -> str | None:
-    """A sample's caption: json `caption`, `txt`, or a synthetic-world scene's canonical description."""
+    """A sample's caption: json `caption`, `txt`, or a synthetic-world scene's canonical description. A txt
+    that is not UTF-8 makes the sample a bad one (SampleSkip `bad_text`), not a caption with U+FFFD in it."""
     if isinstance(meta.get("caption"), str) and meta["caption"].strip():
         return meta["caption"].strip()
     if "txt" in fields:
-        text = fields["txt"].decode("utf-8", errors="replace").strip()
+        try:
+            text = fields["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise SampleSkip("bad_text", f"txt is not UTF-8 text (byte {e.start}: {e.reason})") from None
         if text:
             return text.splitlines()[0].strip()
     labels = meta.get("labels")
