@@ -177,8 +177,34 @@ def _load_tensors(path: Path) -> dict:
                         f"from an earlier one") from None
 
 
-def load_optimizer(ckpt: Path) -> dict:
-    return _load_tensors(ckpt / OPTIM_FILE)
+def load_optimizer(ckpt: Path, trainable: dict[str, torch.Size], steps_taken: int) -> dict:
+    """The full optimizer state, checked against the stage's trainable parameters (name -> shape, the task
+    module's names): torch would take a state without groups or entries and reset Adam's moments in silence,
+    or fail deep inside with a shape error. `steps_taken`: the stage's optimizer steps before the checkpoint."""
+    path = ckpt / OPTIM_FILE
+    sd = _load_tensors(path)
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{path}: not this stage's optimizer state ({why}); delete this checkpoint folder to "
+                         f"resume from an earlier one")
+    groups = sd.get("param_groups") if isinstance(sd, dict) else None
+    state = sd.get("state") if isinstance(sd, dict) else None
+    if not (isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+            and isinstance(state, dict)):
+        raise bad("no 'state' mapping and 'param_groups' list")
+    named = [n for g in groups for n in g["params"]]
+    if sorted(named) != sorted(trainable):
+        missing, extra = sorted(set(trainable) - set(named)), sorted(set(named) - set(trainable))
+        raise bad(f"{len(named)} parameters in its groups for the stage's {len(trainable)}"
+                  + (f"; lacks {missing[0]}" if missing else "") + (f"; names {extra[0]}" if extra else ""))
+    for name, entry in state.items():
+        shape = trainable.get(name)
+        moments = [entry.get(k) for k in ("exp_avg", "exp_avg_sq")] if isinstance(entry, dict) else [None]
+        if shape is None or not all(isinstance(m, torch.Tensor) and m.shape == shape for m in moments):
+            raise bad(f"entry {name!r} is not AdamW moments of shape {tuple(shape) if shape else '?'}")
+    if steps_taken > 0 and not state:
+        raise bad(f"no moments after {steps_taken} step(s)")
+    return sd
 
 
 def load_rank(ckpt: Path, rank: int) -> dict:

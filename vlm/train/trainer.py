@@ -291,7 +291,9 @@ class Trainer:
         schedule = StageSchedule(optimizer, st, first_step_tokens=st.batch_size * st.max_len // 2)
         loader = self._loader(i, objective, plain, d.rank, d.world_size)
         if ckpt is not None:
-            self.strategy.load_optimizer_state(wrapped, optimizer, ckpt_lib.load_optimizer(ckpt))
+            trainable = {n: p.shape for n, p in task.named_parameters() if p.requires_grad}
+            saved = ckpt_lib.load_optimizer(ckpt, trainable, int(state.schedule.get("steps", 0)))
+            self.strategy.load_optimizer_state(wrapped, optimizer, saved)
             schedule.load_state_dict(state.schedule)
             rank_state = ckpt_lib.load_rank(ckpt, d.rank)
             loader.load_state_dict(rank_state["data"])
