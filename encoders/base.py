@@ -223,6 +223,15 @@ class ImagePreprocess(Preprocess):
         }
 
 
+def scale_loud(w: Tensor, valid: Tensor) -> Tensor:
+    """[B, N] clips whose peak (over `valid` samples) is finite but far beyond any audio scale (> 1e6) divided by
+    it: the float32 sum of squares of such a clip overflows (1e19 normalised to all zeros, 1e36 to NaN; an
+    in-batch noise mixture's power ratio to inf). Every other clip is returned bit for bit (x / 1.0 is exact)."""
+    peak = (w.abs() * valid).amax(1, keepdim=True) if w.numel() else w.new_zeros(w.shape[0], 1)
+    big = peak > 1e6
+    return w / torch.where(big, peak, torch.ones_like(peak)) if bool(big.any()) else w
+
+
 def normalize_waveform(wave: Tensor, lengths: Tensor | None = None) -> Tensor:
     """Zero mean, unit variance per clip over its real samples (Wav2Vec2FeatureExtractor `do_normalize`);
     [B, N] with `lengths` [B] (padding stays zero) or [N]. Silence stays zero (no division by zero)."""
@@ -232,10 +241,7 @@ def normalize_waveform(wave: Tensor, lengths: Tensor | None = None) -> Tensor:
         lengths = torch.full((w.shape[0],), w.shape[1], device=w.device)
     valid = torch.arange(w.shape[1], device=w.device)[None] < lengths[:, None]          # [B, N]
     n = valid.sum(1, keepdim=True).clamp(min=1)
-    peak = (w.abs() * valid).amax(1, keepdim=True) if w.numel() else w.new_zeros(w.shape[0], 1)
-    big = peak > 1e6      # finite but far beyond any audio scale: the float32 sum of squares would overflow
-    if bool(big.any()):   # (1e19 came out all zeros, 1e36 NaN); scaled first, other clips bit for bit as before
-        w = w / torch.where(big, peak, torch.ones_like(peak))                          # (x / 1.0 is exact)
+    w = scale_loud(w, valid)
     mean = (w * valid).sum(1, keepdim=True) / n
     var = (((w - mean) * valid) ** 2).sum(1, keepdim=True) / n
     out = (w - mean) / torch.sqrt(var + 1e-7) * valid

@@ -216,6 +216,15 @@ def test_noise_mixture_changes_the_input_and_leaves_the_clean_clips_alone():
     off = mix_noise(wave, torch.full((3,), wave.shape[1]), [torch.Generator() for _ in range(3)],
                     MaskedPredictionSettings(noise_prob=0.0), 24000)
     assert torch.equal(off, wave)
+    # a finite clip too loud for float32 powers (its mixture gain was inf, the encoder's input NaN): the same
+    # mixture as at a sane scale, once the encoder normalises each clip
+    from encoders.base import normalize_waveform
+    loud = wave.clone()
+    loud[1] *= 1e20
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    mixed = mix_noise(loud, torch.full((3,), wave.shape[1]), gens, s, 24000)
+    assert torch.isfinite(mixed).all()
+    assert torch.allclose(normalize_waveform(mixed), normalize_waveform(noisy), atol=1e-4)
 
 
 def test_cqt_target_peaks_at_the_bin_of_a_pure_tone():

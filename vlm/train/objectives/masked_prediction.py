@@ -108,7 +108,10 @@ def span_mask(frames: int, valid: int, prob: float, span: int, min_masks: int, g
 def mix_noise(wave: Tensor, lengths: Tensor, gens: list[torch.Generator], s: MaskedPredictionSettings,
               sample_rate: int) -> Tensor:
     """In-batch noise mixture: with probability noise_prob, add 1-3 segments (0.5-1 s) of other clips of
-    the batch at a random SNR. The clean clips are left as they are (the targets come from them)."""
+    the batch at a random SNR. The clean clips are left as they are (the targets come from them). A clip too
+    loud for float32 powers is scaled down first (`scale_loud`: the encoder normalises each clip anyway)."""
+    from encoders.base import scale_loud
+    wave = scale_loud(wave, torch.arange(wave.shape[1])[None] < lengths[:, None])
     out = wave.clone()
     B = wave.shape[0]
     if B < 2:
