@@ -131,6 +131,10 @@ BAD = [
     (["stages.1.llm=lora", "stages.1.lora={r: abc}"], "stages.1.lora.r"),
     (["runtime.seed=-1"], "runtime.seed"),
     (["stages.1.objective=masked_prediction"], "stages.1.objective"),       # checked before stage 0 trains
+    (["stages.1.objective=contrastive", "stages.1.batch_size=4", "stages.1.grad_accum=2"],
+     "stages.1.grad_accum"),                                                 # would cut the in-batch negatives
+    (["stages.1.objective=contrastive", "stages.1.batch_size=1", "stages.1.grad_accum=1"],
+     "stages.1.batch_size"),                                                 # a query with no negative
     (["name=../escaped"], "name"),                                           # runs would leave the runs folder
     (["runtime.output_dir=runs/{name.upper}"], "runtime.output_dir"),
 ]

@@ -380,7 +380,7 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
              f"world size x grad_accum = {world_size} x {st.grad_accum}")
     check_filter_fields(st.filter, f"{p}.filter")
     from vlm.train.objectives import check_settings
-    check_settings(st.objective, st.objective_settings, f"{p}")
+    check_settings(st.objective, st.objective_settings, f"{p}", st, world_size)
 
 
 def _validate_runtime(rt: Runtime) -> None:

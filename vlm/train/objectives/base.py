@@ -15,7 +15,9 @@ that sum is over (label tokens, queries, masked frames). The trainer backpropaga
 the counts over micro-steps and ranks and scales the gradients by world_size / total, so the update is
 the mean over every item of the step whatever the split into ranks and micro-batches; it clips,
 checkpoints and resumes without knowing which objective runs. Randomness an objective draws must come
-from the batch (`sample_seeds`) to stay the same under any split into ranks.
+from the batch (`sample_seeds`) to stay the same under any split into ranks. An item's loss that depends on
+the other items (contrastive's in-batch negatives) holds across ranks only if the objective gathers them;
+such an objective refuses grad_accum > 1 in `check_stage`.
 
 [Contract] `loss` is backpropagated as it is, once per micro-step (scaling happens on the gradients).
 So an objective may run part of its backward itself inside `forward` and return the rest as the loss's
@@ -76,6 +78,11 @@ class Objective(nn.Module):
     def check_model(self, model: nn.Module) -> None:
         """A one-line UserError if `model` cannot be trained with this objective."""
 
+    @classmethod
+    def check_stage(cls, settings: Any, stage: Any, world_size: int, where: str) -> None:
+        """Recipe validation: a one-line UserError naming the field (`where`.batch_size ...) if the stage's
+        batching cannot train this objective (`stage`: vlm.train.recipe.Stage; `settings`: its typed settings)."""
+
     def prepare(self, model: nn.Module, batches, state_dir) -> None:
         """Before the stage's first step (and again on resume): fit what the objective needs from data
         (a teacher's codebooks ...). `batches()` yields batches of the stage's data; anything fitted is
@@ -107,16 +114,19 @@ def parse_settings(name: str, raw: dict, where: str = "objective_settings") -> A
     return from_dict(cls, raw or {}, where)
 
 
-def check_settings(name: str, raw: dict, where: str) -> None:
-    """Recipe validation of `objective` / `objective_settings` at `where` (e.g. 'stages.1')."""
+def check_settings(name: str, raw: dict, where: str, stage: Any = None, world_size: int = 1) -> None:
+    """Recipe validation of `objective` / `objective_settings` at `where` (e.g. 'stages.1'), and of the stage's
+    batching for that objective when `stage` is given."""
     try:
-        objective_class(name)
+        cls = objective_class(name)
     except UserError as e:
         raise UserError(f"recipe field '{where}.objective': {e}") from None
     settings = parse_settings(name, raw, f"{where}.objective_settings")
     check = getattr(settings, "check", None)
     if check is not None:
         check(f"{where}.objective_settings")
+    if stage is not None:
+        cls.check_stage(settings, stage, world_size, where)
 
 
 def build_objective(name: str, raw: dict) -> Objective:

@@ -97,6 +97,22 @@ class Contrastive(Objective):
     def format_settings(self) -> dict:
         return {"negatives": self.settings.negatives}
 
+    @classmethod
+    def check_stage(cls, settings: ContrastiveSettings, stage, world_size: int, where: str) -> None:
+        """The negatives are the other items of the micro-batch (of every rank with `gather`): grad_accum would
+        cut them to one micro-step's share (a different loss; with 1 item a micro-step, none: loss 0, nothing
+        learnt), and a query needs at least one negative."""
+        if stage.grad_accum > 1:
+            raise UserError(f"recipe field '{where}.grad_accum': {stage.grad_accum}, but objective 'contrastive' "
+                            f"takes its in-batch negatives from the whole step's batch; keep grad_accum 1 and set "
+                            f"objective_settings.chunk_size (GradCache) for a big batch in small memory")
+        per_loss = stage.batch_size if settings.gather else stage.batch_size // world_size
+        if settings.negatives == 0 and per_loss < 2:
+            raise UserError(f"recipe field '{where}.batch_size': {stage.batch_size} gives each query no negative "
+                            f"(the other pairs of the batch are its negatives); use batch_size >= 2"
+                            + (" per rank (gather is off)" if not settings.gather else "")
+                            + " or objective_settings.negatives >= 1")
+
     def check_model(self, model: nn.Module) -> None:
         if not hasattr(model, "embed"):
             raise UserError(f"objective 'contrastive' needs a model that embeds prompts; {type(model).__name__} "
