@@ -283,3 +283,37 @@ def test_inspect_reads_pair_shards_as_training_does(pair_world, tiny_model, tmp_
                                                       "negatives": ["no"]}).encode()})
     r = inspect_shards([str(tmp_path / "bad.tar")])
     assert r["ok"] == 0 and r["errors"]["skipped"] == {"bad_pair": 1}
+
+
+def test_pairs_format_reads_only_the_sides_it_trains_and_refuses_empty_or_odd_sides(tiny_model):
+    """Only the negatives the objective takes are read: a corrupt image in one left out no longer drops the
+    pair. An empty text (every empty query would be one prompt with many positives) and a non-text
+    instruction (a bare TypeError) are bad_pair samples, counted like any bad sample."""
+    import helpers_media as H
+
+    from vlm.data.decode import SampleError
+    from vlm.data.formats import FORMATS
+    from vlm.data.writer import encode_image, validate_sample
+    img = encode_image(H.image("red", 32), "jpg")
+    meta = {"query": {"text": "<image>\nred circle", "instruction": "Find it:"}, "positive": {"text": "<image>"},
+            "negatives": [{"text": "<image>"}, {"text": "<image>"}]}
+    fields = {"0.jpg": img, "1.jpg": img, "2.jpg": img, "3.jpg": b"not a jpeg"}      # the 2nd negative's is corrupt
+
+    def make(negatives: int, m: dict = meta):
+        return FORMATS.get("pairs")(tiny_model.processor, max_len=128, negatives=negatives).make(
+            "k", {**fields, "json": json.dumps(m).encode()}, "s.tar")
+    for n in (0, 1):
+        pair, _ = make(n)
+        assert len(pair.targets) == 1 + n
+    with pytest.raises(SampleError) as e:
+        make(2)
+    assert e.value.reason == "bad_image"
+    odd = {"empty query": ({**meta, "query": {"text": "  ", "instruction": "Find it:"}}, "'query' has an empty 'text'"),
+           "int instruction": ({**meta, "positive": {"text": "<image>", "instruction": 5}},
+                               "'positive' has an 'instruction' that is a int")}
+    for name, (m, message) in odd.items():
+        with pytest.raises(SampleError, match=message) as e:
+            make(0, m)
+        assert e.value.reason == "bad_pair", name
+        problems = validate_sample({"__key__": "k", **fields, "json": m})    # the writer refuses it too
+        assert problems and message in problems[0], (name, problems)

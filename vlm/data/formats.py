@@ -41,7 +41,7 @@ from vlm.data.decode import (
 )
 from vlm.data.packing import pack_rows, row_fits, truncate
 from vlm.data.processor import Processed, Processor
-from vlm.data.writer import media_fields
+from vlm.data.writer import media_fields, pair_side_problem
 from vlm.errors import UserError
 from vlm.modalities import (
     FILE_EXTENSIONS,
@@ -219,19 +219,25 @@ class PairFormat(Format):
 
     def make(self, key, fields, shard, seed=0):
         meta = read_meta(fields)
-        sides = [meta.get("query"), meta.get("positive"), *(meta.get("negatives") or [])]
-        if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in sides[:2]):
-            raise SampleError("bad_pair", "a pair sample needs json 'query' and 'positive', each {'text': ...}")
-        if not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in sides[2:]):
+        sides = [meta.get("query"), meta.get("positive")]
+        negatives = meta.get("negatives") or []
+        if not isinstance(negatives, list):
             raise SampleError("bad_pair", "'negatives' must be a list of {'text': ...}")
-        if len(sides) - 2 < self.negatives:
-            raise SampleError("too_few_negatives", f"{len(sides) - 2} negatives, the objective takes {self.negatives}")
+        if len(negatives) < self.negatives:
+            raise SampleError("too_few_negatives", f"{len(negatives)} negatives, the objective takes {self.negatives}")
+        sides += negatives[:self.negatives]             # only the sides trained on are read (and decoded)
+        for name, side in zip(["query", "positive", *(f"negatives.{i}" for i in range(self.negatives))], sides):
+            if (why := pair_side_problem(side)) is not None:
+                raise SampleError("bad_pair", f"pair side '{name}' {why} (a pair sample needs json 'query' and "
+                                              f"'positive', each {{'text': ...}})")
         orders = [placeholder_modalities(s["text"]) for s in sides]
-        media = decode_media([m for o in orders for m in o], fields, self.draft_size)
+        # the files of the negatives left out come last (files fill placeholders in key order): not read
+        media = decode_media([m for o in orders for m in o], fields, self.draft_size,
+                             strict=len(negatives) == self.negatives)
         tensors, converted = self.media_tensors(media)
         cursor = {m: 0 for m in tensors}
         out = []
-        for side, order in zip(sides[:2 + self.negatives], orders):
+        for side, order in zip(sides, orders):
             own = {}
             for m in order:
                 own.setdefault(m, []).append(tensors[m][cursor[m]])

@@ -280,15 +280,26 @@ def _count_problems(key: str, placeholders: list[str], media: dict[str, list[str
             for kind, names in media.items() if counts[kind] != len(names)]
 
 
+def pair_side_problem(side: Any) -> str | None:
+    """Why a pair side (query, positive, a negative) is unusable, or None: it must be {'text': str[,
+    'instruction': str]} with some text (every empty side would be one prompt, each with another positive).
+    The writer, `vlm data inspect` and the `pairs` format all read pairs by this rule."""
+    if not (isinstance(side, dict) and isinstance(side.get("text"), str)):
+        return "must be {'text': ...}"
+    if not isinstance(side.get("instruction"), (str, type(None))):
+        return f"has an 'instruction' that is a {type(side['instruction']).__name__}, not text"
+    return None if side["text"].strip() else "has an empty 'text'"
+
+
 def _pair_problems(key: str, meta: dict[str, Any], media: dict[str, list[str]]) -> list[str]:
     sides = [("query", meta.get("query")), ("positive", meta.get("positive"))]
     negatives = meta.get("negatives", [])
     if not isinstance(negatives, list):
         return [f"{key}: 'negatives' must be a list of {{'text': ...}}"]
     sides += [(f"negatives.{i}", n) for i, n in enumerate(negatives)]
-    bad = [name for name, side in sides if not (isinstance(side, dict) and isinstance(side.get("text"), str))]
-    if bad:
-        return [f"{key}: pair side '{bad[0]}' must be {{'text': ...}}"]
+    for name, side in sides:
+        if (why := pair_side_problem(side)) is not None:
+            return [f"{key}: pair side '{name}' {why}"]
     return _count_problems(key, [m for t in sample_texts(meta) or [] for m in placeholder_modalities(t)], media)
 
 
