@@ -129,6 +129,8 @@ BAD = [
     (['stages.0.lr_scale={"conectors.*": 2}'], "stages.0.lr_scale.conectors.*"),  # matches no trainable parameter
     (["stages.1.llm=lora", "stages.1.lora={bogus: 1}"], "stages.1.lora"),    # not a LoraConfig setting
     (["stages.1.llm=lora", "stages.1.lora={r: abc}"], "stages.1.lora.r"),
+    (["stages.1.llm=lora", "stages.1.lora={r: 0}"], "stages.1.lora.r"),     # peft: a ValueError when built
+    (["stages.1.llm=lora", "stages.1.lora={target_modules: [zzz]}"], "stages.1.lora.target_modules"),
     (["runtime.seed=-1"], "runtime.seed"),
     (["stages.1.objective=masked_prediction"], "stages.1.objective"),       # checked before stage 0 trains
     (["stages.1.objective=contrastive", "stages.1.batch_size=4", "stages.1.grad_accum=2"],

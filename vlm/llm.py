@@ -212,10 +212,11 @@ def lora_config(lora: dict | None):
     unknown = sorted(set(lora or {}) - known)
     require(not unknown, f"lora: unknown LoraConfig setting(s) {unknown} (e.g. r, lora_alpha, lora_dropout, "
                          f"target_modules, use_dora)")
-    for key, kind in (("r", int), ("lora_alpha", (int, float)), ("lora_dropout", (int, float))):
+    for key, kind, low, what in (("r", int, 1, "an integer >= 1"), ("lora_alpha", (int, float), 0, "a number >= 0"),
+                                 ("lora_dropout", (int, float), 0, "a number in [0, 1)")):
         value = (lora or {}).get(key, DEFAULT_LORA[key])
-        require(isinstance(value, kind) and not isinstance(value, bool) and value >= 0,
-                f"lora.{key}: a non-negative number, got {value!r}")
+        require(isinstance(value, kind) and not isinstance(value, bool) and value >= low
+                and (key != "lora_dropout" or value < 1), f"lora.{key}: {what}, got {value!r}")
     try:
         return LoraConfig(**{**DEFAULT_LORA, **(lora or {})}, task_type="CAUSAL_LM")
     except (TypeError, ValueError) as e:
@@ -228,7 +229,11 @@ def set_llm_mode(llm, mode: str, lora: dict | None = None):
     from peft import PeftModel, get_peft_model
     if mode == "lora":
         if not isinstance(llm, PeftModel):
-            llm = get_peft_model(llm, lora_config(lora))
+            try:
+                llm = get_peft_model(llm, lora_config(lora))
+            except ValueError as e:     # peft's NoMatchingPeftModuleError (target_modules naming nothing) ...
+                why = str(e).splitlines()[0][:200]
+                raise UserError(f"lora{'.target_modules' if 'target modules' in why.lower() else ''}: {why}") from None
         for n, p in llm.named_parameters():
             p.requires_grad_("lora_" in n)
         return llm

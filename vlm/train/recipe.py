@@ -525,7 +525,11 @@ def check_model(recipe: Recipe):
             build_objective(st.objective, st.objective_settings).check_model(model)
         except UserError as e:
             raise UserError(f"recipe field 'stages.{i}.objective': {e}") from None
-        trained = apply_stage(model, st)
+        try:
+            trained = apply_stage(model, st)
+        except UserError as e:                         # peft on this LLM: lora.target_modules matching nothing
+            field, _, why = str(e).partition(": ")
+            raise UserError(f"recipe field 'stages.{i}.{field}': {why}") from None
         names = [n for n, _ in model.named_parameters()]
         for j, pat in enumerate(st.trainable):
             _require(any(fnmatch.fnmatchcase(n, pat) for n in names), f"stages.{i}.trainable.{j}",
