@@ -54,6 +54,17 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run_with_the_last_good_checkp
     assert not (run / "final").exists()
 
 
+def test_a_loss_with_no_graph_to_the_trainable_weights_is_one_line(tmp_path, world, monkeypatch, capsys):
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("sft", ["media.*.projector.*"], steps=2)],
+                            log_samples=False)
+    forward = MultimodalLM.forward
+    monkeypatch.setattr(MultimodalLM, "forward", lambda self, *a, **kw: forward(self, *a, **kw).detach())
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]                     # after the progress bar
+    assert err.startswith("vlm train: error: stage 'sft' step 1: the loss depends on none of the stage's "
+                          "trainable parameters"), err
+
+
 def test_grad_accumulation_equals_one_big_batch(tmp_path, world):
     # eps 1e-6: with AdamW's default 1e-8, a gradient of ~1e-8 (a near-unused embedding row) turns
     # last-bit summation differences into LR-sized steps; the test is about the update, not that.

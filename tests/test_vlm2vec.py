@@ -105,6 +105,19 @@ def test_grad_cache_replays_dropout():
     assert max((ref[k] - cached[k]).abs().max().item() for k in ref) < 1e-9
 
 
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_training_weights_the_embedding_never_uses_is_one_line():
+    """Only the LM head trainable: the embedding (last hidden state) has no graph to it. GradCache's second pass
+    and the trainer's backward both said "element 0 of tensors does not require grad" in a traceback."""
+    from vlm.errors import UserError
+    model = trainable_model()
+    for n, p in model.named_parameters():
+        p.requires_grad_("lm_head" in n)
+    batch = pair_batch(model, 4)
+    with pytest.raises(UserError, match="objective 'contrastive': the loss depends on none"):
+        loss_and_grads(model, {"chunk_size": 2}, batch)
+
+
 def test_slice_rows_keeps_each_rows_media_and_cuts_padding():
     from vlm.data.collate import collate, slice_rows
     from vlm.data.processor import Processed

@@ -39,7 +39,7 @@ from vlm.errors import UserError
 from vlm.train import checkpoint as ckpt_lib
 from vlm.train.data import build_stage_loader, to_device
 from vlm.train.logging import RunLog, SampleLog, plot
-from vlm.train.objectives import Objective, TaskModule, build_objective
+from vlm.train.objectives import NO_GRADIENT, Objective, TaskModule, build_objective
 from vlm.train.recipe import (
     Recipe,
     Stage,
@@ -380,6 +380,8 @@ class Trainer:
             with contextlib.nullcontext() if last else self.strategy.no_sync(wrapped):
                 with self._autocast():
                     out = wrapped(to_device(batch, d.device))
+                if not out.loss.requires_grad:
+                    raise UserError(f"stage '{st.name}' step {schedule.steps + 1}: {NO_GRADIENT}")
                 out.loss.backward()
             loss_sum += out.loss.detach().double()
             count += int(out.count)

@@ -8,6 +8,7 @@ typed `objective_settings`. How to write one: `vlm/train/objectives/base.py`.
 """
 from vlm.train.objectives import contrastive, grounded, masked_prediction, next_token  # noqa: F401  (registration)
 from vlm.train.objectives.base import (  # noqa: F401
+    NO_GRADIENT,
     OBJECTIVES,
     Objective,
     ObjectiveOutput,

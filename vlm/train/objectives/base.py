@@ -41,6 +41,12 @@ from vlm.registry import Registry
 OBJECTIVES: Registry[type["Objective"]] = Registry("objective")
 
 
+# a loss with no graph to the trainable parameters (torch: "element 0 of tensors does not require grad")
+NO_GRADIENT = ("the loss depends on none of the stage's trainable parameters: weights the objective never uses "
+               "(e.g. only the LM head under contrastive, whose embedding is the last hidden state), or a batch "
+               "without the one modality the stage trains")
+
+
 @dataclass
 class NoSettings:
     pass

@@ -41,7 +41,7 @@ from torch import nn
 
 from vlm.data.collate import slice_rows
 from vlm.errors import UserError
-from vlm.train.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from vlm.train.objectives.base import NO_GRADIENT, OBJECTIVES, Objective, ObjectiveOutput
 
 
 @dataclass
@@ -164,6 +164,8 @@ class Contrastive(Objective):
         for k, ((side, sub), state) in enumerate(zip(chunks, states)):
             with state.replay():
                 s = model.embed(**sub)                                     # [c, D]
+            if not s.requires_grad:
+                raise UserError(f"objective 'contrastive': {NO_GRADIENT}")
             surrogate = (s * next(cache[side])).sum()
             if k < len(chunks) - 1:
                 surrogate.backward()
