@@ -132,6 +132,7 @@ BAD = [
     (["stages.1.llm=lora", "stages.1.lora={r: 0}"], "stages.1.lora.r"),     # peft: a ValueError when built
     (["stages.1.llm=lora", "stages.1.lora={target_modules: [zzz]}"], "stages.1.lora.target_modules"),
     (["runtime.seed=-1"], "runtime.seed"),
+    (["runtime.max_error_rate=1.5"], "runtime.max_error_rate"),
     (["stages.1.objective=masked_prediction"], "stages.1.objective"),       # checked before stage 0 trains
     (["stages.1.objective=contrastive", "stages.1.batch_size=4", "stages.1.grad_accum=2"],
      "stages.1.grad_accum"),                                                 # would cut the in-batch negatives

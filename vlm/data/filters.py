@@ -129,16 +129,7 @@ class FilterStats(DataStats):
     """DataStats where filtered samples, and samples the model cannot take, are not errors (they do not
     count toward the error rate)."""
 
-    NOT_ERRORS = frozenset({"too_long", FILTERED, NOT_FOR_MODEL})
-
-    @property
-    def errors(self) -> int:
-        return super().errors - self.skipped.get(FILTERED, 0) - self.skipped.get(NOT_FOR_MODEL, 0)
-
-    def worst_shard(self) -> tuple[str, int]:
-        counts = {s: sum(n for r, n in c.items() if r not in self.NOT_ERRORS) for s, c in self.by_shard.items()}
-        shard = max(counts, key=lambda s: (counts[s], s), default="")
-        return shard, counts.get(shard, 0)
+    NOT_ERRORS = DataStats.NOT_ERRORS | {FILTERED, NOT_FOR_MODEL}
 
 
 def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, limit: int = 5000) -> None:

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from vlm.data.remote import RemoteContext, is_remote, shard_refs
 from vlm.data.tar import _KEY_EXT, SampleRef, TarBroken, _octal, _pax_records, tar_members  # noqa: F401
@@ -348,27 +348,33 @@ class DataStats:
         self.by_shard.setdefault(shard, Counter())[reason] += 1
         self.first.setdefault(reason, message)
 
+    NOT_ERRORS: ClassVar[frozenset[str]] = NOT_ERRORS   # reasons left out of the error rate
+
     @property
     def errors(self) -> int:
-        return sum(n for r, n in self.skipped.items() if r not in NOT_ERRORS)
+        return sum(n for r, n in self.skipped.items() if r not in self.NOT_ERRORS)
 
     @property
     def error_rate(self) -> float:
         return self.errors / max(self.samples, 1)
 
-    def worst_shard(self) -> tuple[str, int]:
-        counts = {s: sum(n for r, n in c.items() if r not in NOT_ERRORS) for s, c in self.by_shard.items()}
-        shard = max(counts, key=lambda s: (counts[s], s), default="")
-        return shard, counts.get(shard, 0)
+    def worst_shard(self) -> tuple[str, Counter]:
+        """The shard with the most errors, and its errors by reason (the same reasons `errors` counts)."""
+        counts = {s: Counter({r: n for r, n in c.items() if r not in self.NOT_ERRORS})
+                  for s, c in self.by_shard.items()}
+        shard = max(counts, key=lambda s: (counts[s].total(), s), default="")
+        return shard, counts.get(shard, Counter())
 
     def check(self, max_error_rate: float, min_samples: int) -> None:
         """Raise UserError once the error rate passes the threshold (after `min_samples` samples)."""
         if self.samples < min_samples or self.error_rate <= max_error_rate:
             return
-        shard, n = self.worst_shard()
-        reasons = ", ".join(f"{r}={c}" for r, c in self.by_shard.get(shard, Counter()).most_common())
-        raise UserError(f"{self.errors} of {self.samples} samples failed ({self.error_rate:.1%} > "
-                        f"{max_error_rate:.1%}); most errors in shard {shard} ({n}: {reasons})")
+        shard, errors = self.worst_shard()
+        reasons = ", ".join(f"{r}={c}" for r, c in errors.most_common())
+        first = self.first.get(errors.most_common(1)[0][0], "") if errors else ""
+        raise UserError(f"{self.errors} of {self.samples} samples failed ({self.error_rate:.1%} > max_error_rate "
+                        f"{max_error_rate:.1%}); most errors in shard {shard} ({errors.total()}: {reasons})"
+                        + (f"; first: {first}" if first else ""))
 
     def to_dict(self) -> dict:
         return {"samples": self.samples, "skipped": dict(self.skipped), "converted": dict(self.converted),

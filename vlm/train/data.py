@@ -43,7 +43,8 @@ def build_stage_loader(recipe: Recipe, stage_index: int, processor, rank: int = 
                          shuffle_buffer=rt.shuffle_buffer, seed=stage_seed(recipe, stage_index),
                          num_workers=rt.num_workers, rank=rank, world_size=world_size, format=format,
                          format_settings=dict(format_settings or {}), remote_timeout=rt.remote_timeout,
-                         remote_retries=rt.remote_retries, remote_backoff=rt.remote_backoff)
+                         remote_retries=rt.remote_retries, remote_backoff=rt.remote_backoff,
+                         max_error_rate=rt.max_error_rate)
     where = f"stages.{stage_index}.filter"
 
     def wrap(base):

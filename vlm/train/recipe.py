@@ -111,6 +111,7 @@ class Runtime:
     compile: bool = False
     activation_checkpointing: bool = False
     max_nan_steps: int = 5                          # consecutive non-finite steps before stopping
+    max_error_rate: float = 0.05                    # bad samples (undecodable ...) of those read before stopping
     log_every: int = 1
     log_samples: bool = False                       # samples-rank<R>.jsonl: the sample keys of every step
     wandb: bool = False
@@ -392,6 +393,7 @@ def _validate_runtime(rt: Runtime) -> None:
     _require(rt.remote_retries >= 0, "runtime.remote_retries", f"must be >= 0, got {rt.remote_retries}")
     _require(rt.remote_backoff >= 0, "runtime.remote_backoff", f"must be >= 0, got {rt.remote_backoff}")
     _require(rt.max_nan_steps >= 1, "runtime.max_nan_steps", f"must be >= 1, got {rt.max_nan_steps}")
+    _require(0 <= rt.max_error_rate <= 1, "runtime.max_error_rate", f"a fraction in [0, 1], got {rt.max_error_rate}")
     _require(rt.log_every >= 1, "runtime.log_every", f"must be >= 1, got {rt.log_every}")
     _require(rt.device in ("auto", "cpu", "cuda") or rt.device.startswith("cuda:"), "runtime.device",
              f"auto | cpu | cuda[:N], got {rt.device!r}")
