@@ -240,11 +240,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
             yield i, resolve(ref, fetched) if is_placeholder(ref) else ref
 
     def _no_usable_sample(self, w: int, events: list[tuple]) -> None:
-        """A whole pass over every source gave this slot nothing to train on: stop, never loop forever."""
-        reasons = Counter(e[2] for e in events if e[1] == "skip")
+        """A whole pass over every source gave this slot nothing to train on: stop, never loop forever. The
+        reasons count distinct samples (a message names its sample), not the reads of the passes it took."""
+        skips = [(e[2], e[4]) for e in events if e[1] == "skip"]
+        reasons = Counter(r for r, _ in dict.fromkeys(skips))
         names = ", ".join(f"'{s.name}'" for s in self.sources)
         raise UserError(f"data source(s) {names}: a whole pass on rank {self.rank} (worker {w}) gave no usable "
-                        f"sample (skipped: {', '.join(f'{r} {n}' for r, n in reasons.most_common())})")
+                        f"sample (skipped: {', '.join(f'{r} {n}' for r, n in reasons.most_common())}; first: "
+                        f"{skips[0][1]})")
 
     def _batch(self, w: int, rows: list[list[tuple[Any, str, int, int]]], events: list[tuple]) -> dict:
         end = max(k for row in rows for _, _, k, _ in row) + 1
