@@ -259,7 +259,7 @@ def test_bad_audio_in_pretraining_is_resampled_padded_or_skipped_and_counted(tmp
     batch = next(iter(pipe))
     assert sorted(batch["sample_keys"]) == sorted(k for k, (_, what) in BAD_AUDIO.items() if what == "kept")
     assert pipe.stats.skipped == {"too_short": 1, "bad_audio": 2, "no_audio": 1}
-    assert pipe.stats.converted == {"audio_resampled": 2, "audio_downmixed": 1}
+    assert pipe.stats.converted == {"audio_resampled": 2, "audio_downmixed": 1, "audio_silent": 1, "audio_clipped": 1}
     assert pipe.stats.errors == 2                          # too short / no audio: the settings drop them
     objective.teacher.fit(iter([batch["audio"]]), seed=0)
     out = objective(model, batch)

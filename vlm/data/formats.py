@@ -267,6 +267,18 @@ class Clip:
         return self.length
 
 
+def audio_notes(x: torch.Tensor) -> list[str]:
+    """Kept but counted (DataStats.converted): a silent clip (every sample 0, also a stereo pair that cancels in
+    the downmix) and a clipped one (>= 1 % of its samples exactly at a full-scale peak: a clipped recording sits
+    on its limit, a sampled sine almost never repeats its maximum)."""
+    peak = x.abs().max() if x.numel() else x.new_zeros(())
+    if peak == 0:
+        return ["audio_silent"]
+    if peak >= 0.99 and (x.abs() == peak).sum() >= 0.01 * x.numel():
+        return ["audio_clipped"]
+    return []
+
+
 @FORMATS.register("clips")
 class ClipFormat(Format):
     """`clip_seconds` of the sample's first audio file at the model's rate: a random crop (seeded per
@@ -298,6 +310,7 @@ class ClipFormat(Format):
             raise SampleError("bad_audio", f"{self.modality}: {short_error(e)}") from None
         if not torch.isfinite(x).all():
             raise SampleError("bad_audio", "non-finite samples")
+        converted += audio_notes(x)
         n = x.shape[0]
         if n < self.min:
             raise SampleError("too_short", f"{n / self.sample_rate:.2f} s < min {self.min / self.sample_rate:.2f} s")
