@@ -219,6 +219,13 @@ def flac(wave: np.ndarray, sr: int) -> bytes:
     return buf.getvalue()
 
 
+def encoded(wave: np.ndarray, sr: int, fmt: str) -> bytes:
+    import soundfile as sf
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format=fmt)
+    return buf.getvalue()
+
+
 def wav_float(wave: np.ndarray, sr: int) -> bytes:
     import soundfile as sf
     buf = io.BytesIO()
@@ -236,6 +243,8 @@ BAD_AUDIO = {   # name -> (file bytes, what must happen); the bad ones first
     "stereo": (lambda: flac(np.stack([tone(220, 2.0), tone(330, 2.0)]), 24000), "kept"),
     "rate16k": (lambda: flac(tone(220, 2.0, 16000), 16000), "kept"),
     "rate44k": (lambda: flac(tone(220, 2.0, 44100), 44100), "kept"),
+    "mp3": (lambda: encoded(tone(220, 2.0), 24000, "MP3"), "kept"),          # counted as 'no_audio' before
+    "ogg": (lambda: encoded(tone(330, 2.0), 24000, "OGG"), "kept"),
 }
 
 
@@ -248,12 +257,13 @@ def test_bad_audio_in_pretraining_is_resampled_padded_or_skipped_and_counted(tmp
     with ShardWriter(str(tmp_path / "bad"), max_count=100) as w:
         w.write({"__key__": "text", "json": {"conversations": C.conv("hi", "there")}})
         for name, (make, _) in BAD_AUDIO.items():
-            w.write({"__key__": name, "wav" if name == "nan" else "flac": make(), "json": {"modality": "music"}})
+            ext = {"nan": "wav", "mp3": "mp3", "ogg": "ogg"}.get(name, "flac")
+            w.write({"__key__": name, ext: make(), "json": {"modality": "music"}})
     model = vlm.build("mert", "tiny", codebooks=[8, 8])
     settings = MaskedPredictionSettings(codebook_size=8, clip_seconds=2.0, min_seconds=1.5, noise_prob=1.0,
                                         teacher_frames=500)
     objective = MaskedPrediction(settings)
-    cfg = PipelineConfig(batch_size=5, max_len=8, shuffle_buffer=0, num_workers=0, format="clips",
+    cfg = PipelineConfig(batch_size=7, max_len=8, shuffle_buffer=0, num_workers=0, format="clips",
                          format_settings=objective.format_settings(), max_error_rate=0.5)
     pipe = ShardPipeline([{"name": "bad", "shards": [str(tmp_path / "bad")], "weight": 1.0}], model.processor, cfg)
     batch = next(iter(pipe))

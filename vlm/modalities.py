@@ -2,7 +2,7 @@
 
     from vlm.modalities import MODALITIES, modality_of_file
     MODALITIES["music"].placeholder        # "<music>"
-    MODALITIES["music"].files              # "audio": music items come from flac / wav files
+    MODALITIES["music"].files              # "audio": music items come from flac / wav / mp3 / ogg files
     MODALITIES["audio"].decode(raw_bytes)  # (waveform [C, N] float32, sample rate)
     MODALITIES["image"].empty()            # a blank raw item (a black image), for encoders that must run
 
@@ -24,7 +24,7 @@ from typing import Any
 # File kinds and their extensions in shards (webdataset field names) and on disk.
 FILE_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "image": ("jpg", "jpeg", "png", "webp"),
-    "audio": ("flac", "wav"),
+    "audio": ("flac", "wav", "mp3", "ogg"),       # all that soundfile (libsndfile >= 1.1) decodes
     "video": ("mp4",),
 }
 
@@ -86,7 +86,7 @@ def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
 
 
 def decode_audio(data: bytes, draft_size: Any = None):
-    """flac / wav bytes -> (waveform Tensor[C, N] float32, sample rate)."""
+    """flac / wav / mp3 / ogg bytes -> (waveform Tensor[C, N] float32, sample rate)."""
     import soundfile as sf
     import torch
 

@@ -350,7 +350,7 @@ def read_captions(path: str) -> dict[str, str]:
 
 
 def _read_media(path: str, kind: str) -> tuple[str, bytes]:
-    """flac/wav kept as is (others readable by soundfile -> flac); mp4 kept as is after a probe."""
+    """flac / wav / mp3 / ogg kept as is (others readable by soundfile -> flac); mp4 kept as is after a probe."""
     if not os.path.isfile(path):
         raise Skip("missing_file", f"file not found: {path}")
     ext = os.path.splitext(path)[1].lower().lstrip(".")

@@ -15,7 +15,7 @@ several as `0.jpg`, `1.jpg` ...: the modality table, `vlm.modalities`); `json` w
 self-supervised pretraining).
 
 [Contract] media <-> placeholders (`vlm.modalities`): the n-th `<image>` takes the n-th image file in
-key order, the n-th `<video>` the n-th mp4; audio files (flac/wav) fill the `<audio>` and `<music>`
+key order, the n-th `<video>` the n-th mp4; audio files (flac / wav / mp3 / ogg) fill the `<audio>` and `<music>`
 placeholders in the order those placeholders appear. "Key order" is by the numeric prefix (`2.jpg`
 before `10.jpg`). The texts are the conversation's turns, or a pair's query, positive, negatives.
 
