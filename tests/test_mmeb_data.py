@@ -84,6 +84,10 @@ def test_pair_benchmark_candidates(pair_world):
             assert all(c.query.image is not None and c.query.instruction for c in q.candidates)
     q = by["ret-i2t"].queries[0]
     assert q.query.query.image is not None and q.candidates[0].query.image is None
+    # --limit N keeps the first N queries of every dataset (it kept N samples of the first dataset alone)
+    from benchmarks.tasks.mmeb import first_per_dataset
+    kept = build_pair_datasets(first_per_dataset(read(pair_world / "test"), 2), {"candidates": 1000})
+    assert sorted(d.name for d in kept) == sorted(by) and all(len(d.queries) == 2 for d in kept)
 
 
 # ------------------------------------------------------------------------------------------------ MMEB-train

@@ -265,6 +265,22 @@ def pair_items(s: Sample) -> tuple[Item, list[Item], dict[str, Any]]:
 MODALITY_OF = {mod.placeholder: name for name, mod in MODALITIES.items()}
 
 
+def pair_dataset(meta: dict) -> str:
+    """The dataset a pair sample belongs to: json `dataset`, else its `task`."""
+    return meta.get("dataset") or meta.get("task", "pairs")
+
+
+def first_per_dataset(samples: list[Sample], limit: int) -> list[Sample]:
+    seen: dict[str, int] = {}
+    out = []
+    for s in samples:
+        name = pair_dataset(s.meta())
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] <= limit:
+            out.append(s)
+    return out
+
+
 def build_pair_datasets(samples: list[Sample], spec: dict) -> list[Dataset]:
     """One dataset per json `dataset`. Candidates, gold first: classification - the label set (`choices`);
     VQA - every distinct answer of the split's VQA samples; retrieval and grounding - the dataset's targets
@@ -274,7 +290,7 @@ def build_pair_datasets(samples: list[Sample], spec: dict) -> list[Dataset]:
     vqa_answers = list(dict.fromkeys(t[0].query.text for _, _, t, m in parsed if m.get("meta_task") == "vqa"))
     groups: dict[str, list] = {}
     for row in parsed:
-        groups.setdefault(row[3].get("dataset") or row[3].get("task", "pairs"), []).append(row)
+        groups.setdefault(pair_dataset(row[3]), []).append(row)
     k = int(spec.get("candidates", 1000))
     out = []
     for name, rows in groups.items():
@@ -387,10 +403,12 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     datasets, keys = [], {}
     for spec in bench.options.get("datasets", []):
         if spec.get("pairs"):
-            samples, dhash = load_samples(bench, ctx)
+            samples, dhash = load_samples(bench, replace(ctx, limit=None))
+            if ctx.limit:            # --limit N: the first N queries of every dataset, not N of the first one
+                samples = first_per_dataset(samples, ctx.limit)
             for ds in build_pair_datasets(samples, spec):
                 datasets.append(ds)
-                keys[ds.name] = f"mmeb-{data_hash([], dhash, spec, ds.name)}"
+                keys[ds.name] = f"mmeb-{data_hash([], dhash, spec, ds.name, ctx.limit)}"
             continue
         if "subset" in spec:
             folder = bench.data.folder(ctx.roots)
