@@ -54,6 +54,18 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run_with_the_last_good_checkp
     assert not (run / "final").exists()
 
 
+def test_a_stage_whose_every_step_was_skipped_is_not_a_trained_model(tmp_path, world, monkeypatch, capsys):
+    """Fewer steps than max_nan_steps, all non-finite: the run wrote final/ from untrained weights, exit 0."""
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("sft", ["media.*.projector.*"], steps=3)],
+                            max_nan_steps=5, log_samples=False)
+    forward = MultimodalLM.forward
+    monkeypatch.setattr(MultimodalLM, "forward", lambda self, *a, **kw: forward(self, *a, **kw) * float("nan"))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "stage 'sft': every one of its 3 steps was non-finite and skipped: nothing trained" in err, err
+    assert not (tmp_path / "run" / "final").exists()
+
+
 def test_a_loss_with_no_graph_to_the_trainable_weights_is_one_line(tmp_path, world, monkeypatch, capsys):
     recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("sft", ["media.*.projector.*"], steps=2)],
                             log_samples=False)

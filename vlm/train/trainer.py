@@ -337,12 +337,17 @@ class Trainer:
         unit, total = ("step", st.steps) if st.steps else ("tok", st.tokens)
         log.open_bar(st.name, total, schedule.steps if st.steps else schedule.tokens, unit)
         params = [p for p in self.strategy.inner(wrapped).parameters() if p.requires_grad]
+        from_start, applied = schedule.steps == 0, 0
         while not schedule.done:
             t0 = time.perf_counter()
             res = self._step(wrapped, optimizer, schedule, batches, params, st)
             state.step += 1
             state.schedule = schedule.state_dict()
             self._count_nonfinite(res, st, state)
+            applied += res.finite
+            if schedule.done and from_start and not applied:     # fewer steps than max_nan_steps, all skipped
+                raise TrainingDiverged(f"stage '{st.name}': every one of its {schedule.steps} steps was non-finite "
+                                       f"and skipped: nothing trained (a temperature or LR far off?)")
             if self.samples is not None:
                 self.samples.write(state.step, res.keys)
             if state.step % rt.log_every == 0 or schedule.done:
