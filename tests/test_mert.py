@@ -271,6 +271,11 @@ def test_bad_audio_in_pretraining_is_resampled_padded_or_skipped_and_counted(tmp
     assert pipe.stats.skipped == {"too_short": 1, "bad_audio": 2, "no_audio": 1}
     assert pipe.stats.converted == {"audio_resampled": 2, "audio_downmixed": 1, "audio_silent": 1, "audio_clipped": 1}
     assert pipe.stats.errors == 2                          # too short / no audio: the settings drop them
+    from vlm.data.inspect import inspect_shards           # `vlm data inspect --model`: read as training reads
+    from vlm.data.reader import expand_shards
+    report = inspect_shards(expand_shards(str(tmp_path / "bad")), processor=model.processor, samples=0)
+    assert report["errors"]["skipped"] == pipe.stats.skipped and report["ok"] == len(batch["sample_keys"])
+    assert report["errors"]["converted"] == pipe.stats.converted and report["modalities"] == {"music": report["ok"]}
     objective.teacher.fit(iter([batch["audio"]]), seed=0)
     out = objective(model, batch)
     assert math.isfinite(float(out.loss.detach())) and all(math.isfinite(v) for v in out.metrics.values())

@@ -279,13 +279,16 @@ def audio_notes(x: torch.Tensor) -> list[str]:
     return []
 
 
+CLIP_SECONDS, MIN_CLIP_SECONDS = 5.0, 1.5    # MERT's crop; shorter clips are skipped (the CQT's lowest band: ~1.4 s)
+
+
 @FORMATS.register("clips")
 class ClipFormat(Format):
     """`clip_seconds` of the sample's first audio file at the model's rate: a random crop (seeded per
     sample) of longer clips, zero padding after shorter ones down to `min_seconds` (shorter: skipped)."""
 
-    def __init__(self, processor, max_len, draft_size=None, modality: str = "music", clip_seconds: float = 5.0,
-                 min_seconds: float = 1.0):
+    def __init__(self, processor, max_len, draft_size=None, modality: str = "music", clip_seconds: float = CLIP_SECONDS,
+                 min_seconds: float = MIN_CLIP_SECONDS):
         super().__init__(processor, max_len, draft_size)
         if modality not in processor.preprocess:
             raise UserError(f"the model has no {modality} input (it takes {sorted(processor.preprocess)})")

@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from vlm.data.decode import RawSample, SampleError, decode_sample
+from vlm.data.decode import RawSample, SampleError, decode_sample, read_meta
 from vlm.data.reader import DataStats, FileCache, expand_shards, read_fields, scan_shard
 from vlm.data.writer import pair_side_problem
 from vlm.modalities import MODALITIES
@@ -110,6 +110,13 @@ def histogram(lengths: list[int]) -> list[tuple[int, int, int]]:
     return rows
 
 
+def clip_format(processor):
+    """The `clips` format as masked_prediction reads a music encoder's data, with its default settings."""
+    from vlm.data.formats import FORMATS
+    modality = "music" if "music" in processor.preprocess else next(iter(processor.preprocess))
+    return FORMATS.get("clips")(processor, 0, modality=modality)
+
+
 def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: int | None = None) -> dict[str, Any]:
     """Scan the shards (one pass, in order) -> a JSON-able report."""
     from vlm.data.pipeline import SampleProcessor
@@ -118,7 +125,10 @@ def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: i
     counts = {k: Counter() for k in ("extensions", "layouts", "modalities", "sources", "tasks")}
     lengths: list[int] = []
     examples: list[dict] = []
-    if processor is not None:
+    clips = None
+    if processor is not None and processor.tokenizer is None:     # an audio encoder (mert): read as it trains
+        clips = clip_format(processor)
+    elif processor is not None:
         sp = SampleProcessor(processor, max_len=10**9)
     else:
         from vlm.data.template import ChatTemplate
@@ -139,8 +149,15 @@ def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: i
                     fields = read_fields(ref, files)
                     counts["extensions"].update(_ext(f) for f in fields)
                     counts["layouts"]["+".join(sorted({_ext(f) for f in fields}))] += 1
-                    pair = _pair_sides(fields)
-                    if pair is not None:               # a contrastive pair sample (the `pairs` batch format)
+                    pair = None if clips else _pair_sides(fields)
+                    if clips is not None:              # the `clips` batch format: 75 Hz frames of the crop
+                        clip, converted = clips.make(ref.key, fields, ref.shard)
+                        stats.converted.update(converted)
+                        n_tokens = clip.length * 75 // clips.sample_rate
+                        raw = RawSample(ref.key, ref.shard, [], {clips.modality: [(clip.wave[None, :clip.length],
+                                                                                   clips.sample_rate)]},
+                                        read_meta(fields))
+                    elif pair is not None:             # a contrastive pair sample (the `pairs` batch format)
                         raw, n_tokens = _inspect_pair(ref, fields, pair, processor, None if processor else template)
                     elif processor is not None:
                         raw = decode_sample(ref.key, fields, ref.shard)
@@ -168,7 +185,10 @@ def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: i
     pct = (lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]) if lengths else (lambda q: 0)
     return {"shards": len(shards), "samples": stats.samples, "ok": len(lengths),
             **{k: dict(v.most_common()) for k, v in counts.items()},
-            "tokens": {"counted_with": "model" if processor is not None else "tiny tokenizer, 1 token per placeholder",
+            "tokens": {"counted_with": (f"75 Hz frames of the model's clips (masked_prediction's default "
+                                        f"{clips.clip / clips.sample_rate:g} s crops, at least "
+                                        f"{clips.min / clips.sample_rate:g} s)" if clips else
+                                        "model" if processor is not None else "tiny tokenizer, 1 token per placeholder"),
                        "min": lengths[0] if lengths else 0, "p50": pct(0.5), "p95": pct(0.95),
                        "max": lengths[-1] if lengths else 0,
                        "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlm.data.formats import CLIP_SECONDS, MIN_CLIP_SECONDS
 from vlm.errors import UserError
 from vlm.train.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
 from vlm.train.objectives.teachers import (
@@ -64,9 +65,9 @@ class MaskedPredictionSettings:
     noise_segments: list[int] = field(default_factory=lambda: [1, 3])        # segments per mixed clip
     noise_seconds: list[float] = field(default_factory=lambda: [0.5, 1.0])   # length of a segment
     noise_snr_db: list[float] = field(default_factory=lambda: [0.0, 10.0])   # clip-to-segment power ratio
-    clip_seconds: float = 5.0              # crop length (MERT: 5 s)
+    clip_seconds: float = CLIP_SECONDS     # crop length (MERT: 5 s)
     target_cache_mb: float = 0.0           # > 0: keep each crop's targets in memory (clips seen again are free)
-    min_seconds: float = 1.5               # shorter clips are skipped (the CQT's lowest band needs ~1.4 s)
+    min_seconds: float = MIN_CLIP_SECONDS  # shorter clips are skipped (the CQT's lowest band needs ~1.4 s)
 
     def check(self, where: str) -> None:
         def need(ok: bool, name: str, what: str) -> None:
