@@ -222,3 +222,20 @@ def test_a_source_too_small_for_its_slots_is_an_error_not_a_hang(tmp_path):
     assert len(list(source_refs(src, 0, 0, slot=0, num_slots=2, epochs=3))) == 3     # bounded: fine
     with pytest.raises(UserError, match="its 1 sample.s. do not reach all 2 ranks x data workers .slot 1"):
         next(source_refs(src, 0, 0, slot=1, num_slots=2))
+
+
+def test_a_filter_keeping_nothing_says_what_the_data_holds(tmp_path, world):
+    import webdataset as wds
+
+    from vlm.data.filters import check_filter
+    from vlm.data.writer import encode_audio
+    from vlm.train.recipe import SampleFilter
+    with pytest.raises(UserError, match=r"none of the first 8 samples .* \(their media: image 7, text 1; "
+                                        r"tasks: color 4, caption 3, text 1\)$"):
+        check_filter([world], SampleFilter(tasks=["colour"]), "stages.0.filter")
+    (tmp_path / "plain").mkdir()
+    with wds.TarWriter(str(tmp_path / "plain" / "s.tar")) as w:          # bare audio files: 'audio', not 'music'
+        for i in range(3):
+            w.write({"__key__": f"a{i}", "flac": encode_audio(C.audio_sample(i)["flac"], "flac")})
+    with pytest.raises(UserError, match="their media: audio 3; tasks: - 3.*json says \"modality\": \"music\""):
+        check_filter([str(tmp_path / "plain")], SampleFilter(modalities=["music"]), "stages.0.filter")

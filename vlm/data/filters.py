@@ -13,6 +13,7 @@ image-only model), whatever its filter says: the batch format says which modalit
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 
 from vlm.data.decode import SampleError
@@ -139,11 +140,18 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
     if not local:
         return                                        # remote shards are not read before training starts
     files, seen = FileCache(), 0
+    media: Counter = Counter()                       # what the samples seen are, for the message
+    tasks: Counter = Counter()
     try:
         for shard in local:
             for ref in scan_shard(shard):
-                if not ref.error and ref_passes(ref, files, sample_filter):
-                    return
+                if not ref.error:
+                    meta = _json_of(ref, files)
+                    exts = [m[0] for m in ref.members]
+                    if keep_sample(meta, sample_filter, exts):
+                        return
+                    media["+".join(sorted(sample_modalities(meta, exts))) or "text"] += 1
+                    tasks[str(meta.get("task", "-"))] += 1
                 seen += 1
                 if seen >= limit:
                     break
@@ -151,4 +159,9 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
                 break
     finally:
         files.close()
-    raise UserError(f"recipe field '{where}': none of the first {seen} samples of the stage's data passes it")
+    top = (lambda c: ", ".join(f"{k} {n}" for k, n in c.most_common(4)))
+    hint = ("; an audio file is 'music' when its sample's json says \"modality\": \"music\" (or set the "
+            "filter's modalities to null)" if sample_filter.modalities and "music" in sample_filter.modalities
+            and "audio" in media else "")
+    raise UserError(f"recipe field '{where}': none of the first {seen} samples of the stage's data passes it "
+                    f"(their media: {top(media) or '-'}; tasks: {top(tasks) or '-'}){hint}")
