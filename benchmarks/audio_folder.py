@@ -17,7 +17,6 @@ than two labels in train, no test clip) is a one-line UserError naming the file 
 from __future__ import annotations
 
 import csv
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +95,7 @@ def read_labels(folder: str | Path, need: tuple[str, ...] = ("train",)) -> list[
              for line, p, label, split in parsed]
     seen: dict[Path, int] = {}
     for c in clips:                 # one file twice: a test clip also in train, or a file under two labels
-        where = Path(os.path.normpath(c.path.absolute()))
+        where = c.path.resolve()    # a link to a file listed too is that file
         if where in seen:
             raise UserError(f"{csv_path}: rows {seen[where]} and {c.row} name the same file ({c.path.name}); "
                             f"list each file once")

@@ -409,10 +409,15 @@ def test_audio_folder_edits_duplicates_bom_and_split(mert_folder, tmp_path, caps
     second = json.loads(next((tmp_path / "eval" / "results").rglob("audio-folder_mine.json")).read_text())
     assert second["signature"] != first["signature"] and second["metrics"]["n_train"] == first["metrics"]["n_train"]
     capsys.readouterr()
+    (d / "clips" / "link.flac").symlink_to(d / "clips" / "1.flac")
     bad = {"duplicate": (rows + ["./clips/0.flac,high"], [], "rows 2 and 10 name the same file (0.flac)"),
-           "no_val": (rows, ["--split", "val"], "no val clips")}
+           "link": (rows + ["clips/link.flac,high"], [], "rows 3 and 10 name the same file (link.flac)"),
+           "no_val": (rows, ["--split", "val"], "no val clips"),
+           "unseen": (["path,label,split", *(f"clips/{i}.flac,{['low', 'high'][i % 2]},train" for i in range(6)),
+                       "clips/6.flac,mid,test", "clips/7.flac,mid,test"], [],
+                      "no test clip has a label of the 'train' split (mid vs high, low)")}
     for name, (lines, extra, message) in bad.items():
         (d / "labels.csv").write_text("\n".join(lines) + "\n")
-        assert main([*argv[:-3], "--out", str(tmp_path / name), *extra]) == 2, name
+        assert main([*argv[:-3], "--out", str(tmp_path / name), "--quiet", *extra]) == 2, name
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (name, err)

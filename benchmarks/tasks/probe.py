@@ -148,6 +148,9 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                         f"a probe needs at least 2 (skipped: {dict(skipped) or 'none'})")
     if not test:
         raise UserError(f"benchmark {bench.name}: no usable {bench.data.split} clips (skipped: {dict(skipped) or 'none'})")
+    if not any(c.label in classes for c in test):      # an accuracy of 0 that measures nothing
+        raise UserError(f"benchmark {bench.name}: no {bench.data.split} clip has a label of the '{train_split}' "
+                        f"split ({', '.join(sorted({c.label for c in test})[:5])} vs {', '.join(classes[:5])})")
     x_train = _features(model, train, h_train, bench.modality, ctx)                 # [N, L, D]
     x_test = _features(model, test, h_test, bench.modality, ctx)
     idx = {c: i for i, c in enumerate(classes)}
