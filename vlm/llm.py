@@ -89,10 +89,9 @@ def add_special_tokens(tokenizer) -> int:
 # building / loading
 # ---------------------------------------------------------------------------------------------
 def llm_config(model_type: str, vocab_size: int, **overrides):
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING, AutoConfig
     require(model_type in TINY_ARCH or overrides, f"unknown tiny LLM architecture '{model_type}'; "
             f"choose one of {sorted(TINY_ARCH)} or give its sizes")
-    from transformers import CONFIG_MAPPING
     if model_type not in CONFIG_MAPPING:
         raise UserError(f"unknown LLM model_type '{model_type}' (not a transformers architecture)")
     # a config takes any keyword as an attribute: a misspelt size would be kept and ignored

@@ -94,10 +94,6 @@ def _json_of(ref: SampleRef, files: FileCache) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def ref_passes(ref: SampleRef, files: FileCache, f: SampleFilter) -> bool:
-    return keep_sample(_json_of(ref, files), f, [m[0] for m in ref.members])
-
-
 def needs_filtering(base: SampleProcessor, sample_filter: SampleFilter) -> bool:
     """Whether a stage's samples must be judged before decoding: a filter, or a model that cannot take
     every modality of the table."""

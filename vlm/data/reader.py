@@ -337,6 +337,8 @@ def slot_refs(sources: Sequence[Source], seed: int, slot: int, num_slots: int, s
 class DataStats:
     """Samples read, skipped per reason and per shard, and media converted on the way (not errors)."""
 
+    NOT_ERRORS: ClassVar[frozenset[str]] = NOT_ERRORS   # reasons left out of the error rate
+
     samples: int = 0
     skipped: Counter = field(default_factory=Counter)              # reason -> count
     by_shard: dict[str, Counter] = field(default_factory=dict)     # shard -> reason -> count
@@ -347,8 +349,6 @@ class DataStats:
         self.skipped[reason] += 1
         self.by_shard.setdefault(shard, Counter())[reason] += 1
         self.first.setdefault(reason, message)
-
-    NOT_ERRORS: ClassVar[frozenset[str]] = NOT_ERRORS   # reasons left out of the error rate
 
     @property
     def errors(self) -> int:
