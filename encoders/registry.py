@@ -60,7 +60,8 @@ def list_encoders(pattern: str | None = None) -> list[dict[str, str]]:
 def check_config_options(encoder: str, config_cls: type, options: dict[str, Any]) -> None:
     """Options that override a transformers config must be its fields: HF configs take any keyword as an
     attribute, so a misspelt one (``feature_selct``) would be kept and ignored. One line naming it."""
-    unknown = sorted(set(options) - set(config_cls().to_dict()))
+    from vlm.config import unused_options
+    unknown = unused_options(config_cls, options)
     if unknown:
         raise UserError(f"unknown option(s) {unknown} for encoder {encoder!r}: not fields of transformers' "
                         f"{config_cls.__name__} (nor weights / feature_layer)")

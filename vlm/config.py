@@ -271,3 +271,15 @@ def config_from_args(cls: type, args: argparse.Namespace, what: str = "config fi
     for item in getattr(args, "overrides", None) or []:
         apply_override(raw, item)
     return from_dict(cls, raw, what=what)
+
+
+def unused_options(config_cls: type, options: dict[str, Any]) -> list[str]:
+    """Keys of `options` that a transformers config class would keep as bare attributes and never use (a
+    misspelt `hiden_size`): not among its default fields, and not consumed by its constructor (a legacy key
+    such as `rope_theta` is turned into `rope_parameters`). HF configs take any keyword, so this is the check."""
+    default = config_cls().to_dict()
+    try:
+        built = config_cls(**options).to_dict()
+    except (TypeError, ValueError):
+        return []                                   # a bad value: the caller's build reports it
+    return sorted(k for k in options if k in built and k not in default)

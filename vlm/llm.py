@@ -95,7 +95,9 @@ def llm_config(model_type: str, vocab_size: int, **overrides):
     if model_type not in CONFIG_MAPPING:
         raise UserError(f"unknown LLM model_type '{model_type}' (not a transformers architecture)")
     # a config takes any keyword as an attribute: a misspelt size would be kept and ignored
-    unknown = sorted(set(overrides) - set(CONFIG_MAPPING[model_type]().to_dict()) - {"attn_implementation"})
+    from vlm.config import unused_options
+    unknown = unused_options(CONFIG_MAPPING[model_type], {k: v for k, v in overrides.items()
+                                                          if k != "attn_implementation"})
     require(not unknown, f"unknown LLM setting(s) {unknown} for model_type '{model_type}': not fields of "
             f"transformers' {CONFIG_MAPPING[model_type].__name__}")
     kw = {**TINY_ARCH.get(model_type, {}), **overrides}
