@@ -27,6 +27,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -311,11 +313,34 @@ def _task_of(encoded: dict[str, Any], meta: dict[str, Any]) -> str:
     return "caption" if "txt" in encoded or "caption" in meta else "other"
 
 
+STAGING = ".partial-"                 # <out_dir>/.partial-<pid>: a writer's shards until it closes
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                   # another user's process: alive
+        return True
+    return True
+
+
+def _shard_regex(pattern: str) -> re.Pattern:
+    """The file names a shard pattern makes (`shard-%06d.tar` -> shard-<digits>.tar)."""
+    parts = re.split(r"%0?\d*d", pattern)
+    return re.compile(r"\d+".join(re.escape(p) for p in parts))
+
+
 class ShardWriter:
     """`webdataset.ShardWriter` that encodes and validates samples, counts them, and writes `index.json`.
 
     Shards are `<out_dir>/<prefix>-000000.tar` ...; `index.json` (written on close) lists the shards,
     the samples in each, counts per task and per modality, and `meta` (e.g. the seed).
+
+    The shards are written to `<out_dir>/.partial-<pid>/` and move into `out_dir` on close, replacing the
+    previous data set there (its index and its shards of the same pattern): a failed or killed run leaves
+    the folder as it was, and a smaller rebuild leaves no old shards behind.
     """
 
     def __init__(self, out_dir: str | os.PathLike, prefix: str = "shard", max_count: int = 1000,
@@ -328,9 +353,12 @@ class ShardWriter:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create output folder {self.out_dir}: {e.strerror}") from e
-        stale = os.path.join(self.out_dir, "index.json")
-        if os.path.exists(stale):  # a previous run's index must not describe this run's shards
-            os.remove(stale)
+        for name in os.listdir(self.out_dir):           # what killed writers left
+            if name.startswith(STAGING) and name[len(STAGING):].isdigit() and not _pid_alive(int(name[len(STAGING):])):
+                shutil.rmtree(os.path.join(self.out_dir, name), ignore_errors=True)
+        self.stage_dir = os.path.join(self.out_dir, f"{STAGING}{os.getpid()}")
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
+        os.makedirs(self.stage_dir)
         self.pattern = pattern or f"{prefix}-%06d.tar"
         self.validate = validate
         self.meta = dict(meta or {})
@@ -339,7 +367,7 @@ class ShardWriter:
         self.modalities: Counter[str] = Counter()
         self.skipped = 0
         self._keys: set[str] = set()
-        self._wds = wds.ShardWriter(os.path.join(self.out_dir, self.pattern), maxcount=max_count,
+        self._wds = wds.ShardWriter(os.path.join(self.stage_dir, self.pattern), maxcount=max_count,
                                     maxsize=max_size, post=self._finished, verbose=0,
                                     mtime=FIXED_MTIME, encoder=False)
 
@@ -370,12 +398,13 @@ class ShardWriter:
         self.modalities.update(kinds or {"text"})        # text only: counted as `vlm data inspect` counts it
 
     def close(self, write_index: bool = True) -> dict[str, Any]:
-        """Finish the last shard and write `index.json` (not after a failure); returns the index."""
+        """Finish the last shard, move the shards into `out_dir` in place of the previous data set and write
+        `index.json` (not after a failure: `discard`); returns the index."""
         if self._wds is not None:
             self._wds.close()
             self._wds = None
         for shard in [s for s in self.shards if s["samples"] == 0]:  # only when nothing was written
-            os.remove(os.path.join(self.out_dir, shard["file"]))
+            os.remove(os.path.join(self.stage_dir, shard["file"]))
             self.shards.remove(shard)
         index = {
             "shards": self.shards,
@@ -385,25 +414,36 @@ class ShardWriter:
             "skipped": self.skipped,
             **self.meta,
         }
-        if write_index:  # written last, so its presence means the folder is complete
-            with open(os.path.join(self.out_dir, "index.json"), "w") as f:
-                json.dump(index, f, indent=1, sort_keys=True)
-                f.write("\n")
+        if write_index:
+            self._publish(index)
         self.index = index
         return index
+
+    def _publish(self, index: dict[str, Any]) -> None:
+        """The staged shards replace the folder's data set; `index.json` is written last, so its presence
+        means the folder is complete."""
+        with open(os.path.join(self.stage_dir, "index.json"), "w") as f:
+            json.dump(index, f, indent=1, sort_keys=True)
+            f.write("\n")
+        final = os.path.join(self.out_dir, "index.json")
+        if os.path.exists(final):
+            os.remove(final)
+        ours = _shard_regex(self.pattern)
+        for name in os.listdir(self.out_dir):          # the previous data set's shards (or a killed run's)
+            if ours.fullmatch(name) and os.path.isfile(os.path.join(self.out_dir, name)):
+                os.remove(os.path.join(self.out_dir, name))
+        for s in self.shards:
+            os.replace(os.path.join(self.stage_dir, s["file"]), os.path.join(self.out_dir, s["file"]))
+        os.replace(os.path.join(self.stage_dir, "index.json"), final)
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def discard(self) -> None:
-        """After a failure: close, write no index and delete the shards this writer wrote (nothing else in
-        the folder), so that no half-written data set is left for a later run to read."""
-        current = getattr(self._wds, "fname", None) if self._wds is not None else None
+        """After a failure: close and delete what this writer staged; the folder keeps its previous data set."""
         self.close(write_index=False)
-        for name in {s["file"] for s in self.shards} | ({os.path.basename(current)} if current else set()):
-            path = os.path.join(self.out_dir, name)
-            if os.path.exists(path):
-                os.remove(path)
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
         self.shards = []
 
     def __exit__(self, exc_type, exc, tb) -> None:
