@@ -264,13 +264,15 @@ def test_too_long_sample_never_splits_media(tmp_path, model):
     src = write_tar(tmp_path / "long.tar", [
         {"__key__": "media_first", "jpg": jpg(), "json": conv("<image>\nDescribe.", long_text)},
         {"__key__": "media_last", "jpg": jpg(), "json": conv(long_text + "\n<image>", "red")},
+        {"__key__": "answer_cut", "json": conv(long_text * 2, "red")},      # the cut leaves no answer token
+        {"__key__": "asks", "json": {"conversations": [{"from": "human", "value": "Hi"}]}},   # no answer at all
         *image_samples("short", 2)])
     full = next(iter(ShardPipeline(src, model.processor, batch_size=1, epochs=1, shuffle_buffer=0)))
     pipe = ShardPipeline(src, model.processor, batch_size=4, epochs=1, shuffle_buffer=0, max_len=64,
                          min_samples=10**6)
     batch = next(iter(pipe))
     assert batch["sample_keys"] == ["media_first", "short0000", "short0001"]
-    assert pipe.stats.skipped == {"too_long": 1} and pipe.stats.errors == 0
+    assert pipe.stats.skipped == {"too_long": 2, "no_answer": 1} and pipe.stats.errors == 1
     assert batch["input_ids"].shape[1] == 64
     assert batch["input_ids"][0].tolist() == full["input_ids"][0, :64].tolist()
     assert batch["labels"][0].tolist() == full["labels"][0, :64].tolist()

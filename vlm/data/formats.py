@@ -41,6 +41,7 @@ from vlm.data.decode import (
 )
 from vlm.data.packing import pack_rows, row_fits, truncate
 from vlm.data.processor import Processed, Processor
+from vlm.data.template import IGNORE
 from vlm.data.writer import media_fields, pair_side_problem
 from vlm.errors import UserError
 from vlm.modalities import (
@@ -129,9 +130,13 @@ class ChatFormat(Format):
             p = self.processor.from_turns(raw.turns, tensors, key=raw.key, preprocessed=True)
         except UserError as e:
             raise SampleError("processor", str(e)) from None
+        if all(t == IGNORE for t in p.labels):
+            raise SampleError("no_answer", "no assistant turn: nothing to learn from")
         cut = truncate(p, self.max_len, self.processor.placeholder_ids)
         if cut is None:
             raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len} and media past the cut")
+        if all(t == IGNORE for t in cut.labels):
+            raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len}: the cut leaves no answer token")
         return cut, converted
 
     def collate(self, items, pad_id):
