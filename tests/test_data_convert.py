@@ -157,3 +157,31 @@ def test_every_converter_refuses_paths_outside_its_root(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(records[1:3]))
     with pytest.raises(UserError, match="outside"):
         convert.convert_llava_json(str(tmp_path / "bad.json"), str(root), str(tmp_path / "o5"))
+
+
+def test_unreadable_or_odd_parquet_and_jsonl_are_one_line(tmp_path, datasets_lib):
+    """A corrupt parquet, one whose columns differ from its folder's first (datasets stopped mid-stream with
+    "Couldn't cast"), a broken MMEB jsonl line and an MMEB text that is a number: one line or a counted skip."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vlm.data.mmeb import convert_mmeb_train
+    conv = [[{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]]
+    for name, extra in (("a", {}), ("b", {"quality": [0.5]})):
+        (tmp_path / "cols").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"id": [name], "conversations": conv, **extra}), tmp_path / "cols" / f"{name}.parquet")
+    with pytest.raises(UserError, match=r"b\.parquet: columns .* differ from .*a\.parquet's"):
+        convert_hf_dataset(str(tmp_path / "cols"), str(tmp_path / "o1"))
+    (tmp_path / "cols" / "b.parquet").write_bytes((tmp_path / "cols" / "a.parquet").read_bytes()[:60])
+    with pytest.raises(UserError, match=r"b\.parquet: not a readable parquet file"):
+        convert_hf_dataset(str(tmp_path / "cols"), str(tmp_path / "o1"))
+    sub = tmp_path / "mmeb" / "VOC2007"
+    sub.mkdir(parents=True)
+    row = {"qry": "Find the dog", "qry_image_path": "", "pos_text": "a dog", "pos_image_path": "",
+           "neg_text": "", "neg_image_path": ""}
+    (sub / "original.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "qry": 5}) + "\n")
+    report = convert_mmeb_train(str(tmp_path / "mmeb"), str(tmp_path / "o2"), max_bad=0.9)
+    assert report.written == 1 and report.reasons == {"bad_row": 1}, report.reasons
+    (sub / "original.jsonl").write_text(json.dumps(row) + "\n{broken\n")
+    with pytest.raises(UserError, match=r"original\.jsonl: line 2: not a JSON object row"):
+        convert_mmeb_train(str(tmp_path / "mmeb"), str(tmp_path / "o3"))

@@ -234,6 +234,76 @@ def test_convert_llava_json(tmp_path):
         convert.convert_llava_json(str(tmp_path / "d.json"), str(tmp_path / "img"), str(tmp_path / "o7"), max_count=0)
 
 
+def test_a_rerun_replaces_the_data_set_only_when_it_succeeds(tmp_path):
+    """Shards are staged and replace the folder's data set on success: a failed rerun leaves the good one (it
+    deleted it), a smaller rebuild leaves no old shards, a killed writer's staging is cleaned up."""
+    _images(tmp_path / "img", ["a.jpg"])
+    good = [{"id": f"g{i}", "image": "a.jpg", "conversations": qa("<image>\nQ", "a")} for i in range(4)]
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    out = tmp_path / "out"
+    convert.convert_llava_json(str(tmp_path / "good.json"), str(tmp_path / "img"), str(out), max_count=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len([n for n in before if n.endswith(".tar")]) == 4
+    (tmp_path / "bad.json").write_text(json.dumps([dict(r, image="missing.jpg") for r in good]))
+    with pytest.raises(UserError, match="4 of 4 samples are bad"):
+        convert.convert_llava_json(str(tmp_path / "bad.json"), str(tmp_path / "img"), str(out), max_count=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / ".partial-999999999").mkdir()                                       # a killed writer's (no such pid)
+    (tmp_path / "one.json").write_text(json.dumps(good[:1]))
+    convert.convert_llava_json(str(tmp_path / "one.json"), str(tmp_path / "img"), str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "shard-000000.tar"]
+
+
+def test_converters_skip_odd_records_by_reason(tmp_path):
+    """Values that are not text are skipped by reason, never written as 'None'; OpenAI role/content turns are
+    read (the converter wrote a 'value' beside 'content' and training lost the question); a decompression bomb
+    is a bad image; a record with no answer is skipped; a file captioned twice or class lists that differ
+    between splits are one line."""
+    import struct
+    import zlib
+
+    _images(tmp_path / "img", ["a.jpg"])
+    chunk = (lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)))
+    (tmp_path / "img" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+    records = [{"id": "ok", "image": "a.jpg", "conversations": qa("<image>\nQ", "a")},
+               {"id": "roles", "image": "a.jpg", "conversations": [{"role": "user", "content": "what?"},
+                                                                   {"role": "assistant", "content": "red"}]},
+               {"id": "null", "conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "x"}]},
+               {"id": "asks", "conversations": [{"from": "human", "value": "Hi"}]},
+               {"id": "bomb", "image": "bomb.png", "conversations": qa("<image>\nQ", "a")},
+               {"id": "text", "image": None, "conversations": qa("Hi", "Hello")}]
+    (tmp_path / "r.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(records).encode())      # with a BOM
+    report = convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(tmp_path / "o1"),
+                                        max_bad=0.9)
+    assert report.reasons == {"bad_turn": 1, "no_answer": 1, "bad_image": 1}, report.reasons
+    samples = {s["__key__"]: meta(s) for s in read_raw(tmp_path / "o1")}
+    assert samples["roles"]["conversations"] == qa("<image>\nwhat?", "red") and set(samples) == {"ok", "roles", "text"}
+    (tmp_path / "cap").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cap" / "a.jpg")
+    (tmp_path / "cap" / "a.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "cap" / ".hidden.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="not UTF-8 text"):                 # the only sample: bad, named
+        convert.convert_caption_folder(str(tmp_path / "cap"), str(tmp_path / "o2"))
+    (tmp_path / "media").mkdir()
+    sf.write(str(tmp_path / "media" / "a.wav"), np.zeros(800, np.float32), 8000)
+    sf.write(str(tmp_path / "media" / "empty.wav"), np.zeros(0, np.float32), 8000)
+    (tmp_path / "caps.json").write_text(json.dumps({"a.wav": "a tone", "b.wav": None, "empty.wav": "nothing"}))
+    report = convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "caps.json"), str(tmp_path / "o3"),
+                                          max_bad=0.9)
+    assert report.written == 1 and report.reasons == {"bad_caption": 1, "bad_audio": 1}, report.reasons
+    (tmp_path / "caps.csv").write_text("\ufefffile,caption\na.wav,one\na.wav,two\n", encoding="utf-8")
+    with pytest.raises(UserError, match="entries 1 and 2 both caption a.wav"):   # the BOM header is a header
+        convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "caps.csv"), str(tmp_path / "o4"))
+    for split, classes in (("tr", ["apple", "banana"]), ("te", ["apple"])):
+        for c in classes:
+            _images(tmp_path / split / c, ["0.jpg"])
+    convert.convert_class_folder(str(tmp_path / "tr"), str(tmp_path / "wds"), split="train")
+    with pytest.raises(UserError, match="split.s. train were converted with 2 classes.*labels would shift"):
+        convert.convert_class_folder(str(tmp_path / "te"), str(tmp_path / "wds"), split="test")
+    assert (tmp_path / "wds" / "classnames.txt").read_text() == "apple\nbanana\n"
+
+
 def test_convert_caption_and_class_folders(tmp_path):
     _images(tmp_path / "cap", ["a.jpg", "b.png", "c.jpg"])
     (tmp_path / "cap" / "a.txt").write_text("a red square\n")

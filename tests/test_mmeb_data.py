@@ -116,7 +116,8 @@ def test_convert_mmeb_train_from_a_local_copy(tmp_path, tiny_model):
     ] + [{"qry": f"<|image_1|>\nq{i}", "qry_image_path": img.format(i % 4), "pos_text": f"a{i}",
           "pos_image_path": "", "neg_text": "", "neg_image_path": ""} for i in range(5)])
     report = convert_mmeb_train(str(root), str(tmp_path / "out"), max_bad=0.2)
-    assert report.written == 9 and report.skipped == 1 and "leaves the image folder" in report.problems[0]
+    assert report.written == 9 and report.skipped == 1 and "'../outside.jpg' is outside" in report.problems[0]
+    assert report.reasons == {"path_outside_root": 1}          # the reason kept (it was 'bad_sample')
     samples = {s.key: s for s in _shards(tmp_path / "out")}
     first = samples["A-OKVQA-0"].meta()
     assert first["query"]["text"].startswith("<image>\nRepresent") and first["negatives"] == [{"text": "blue"}]

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlm.data.template import normalise_conversation
 from vlm.data.writer import ShardWriter, validate_sample
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind
@@ -38,6 +39,9 @@ from vlm.modalities import MODALITIES, file_kind
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
 MEDIA_PROMPTS = {"audio": "Describe the sound.", "music": "Describe the music.", "video": "Describe the video."}
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+LLAVA_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}    # normalised role -> LLaVA `from`
 
 
 class Skip(ValueError):
@@ -100,12 +104,13 @@ def _list_dir(folder: str) -> list[str]:
 
 
 def _walk(folder: str) -> list[str]:
-    """Paths of all files under `folder`, relative to it, sorted."""
+    """Paths of all files under `folder`, relative to it, sorted; hidden files and folders (`.DS_Store`,
+    `.git/`, `._a.jpg` resource forks) left out."""
     _list_dir(folder)
     out = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        out += [os.path.relpath(os.path.join(root, f), folder) for f in sorted(files)]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [os.path.relpath(os.path.join(root, f), folder) for f in sorted(files) if not f.startswith(".")]
     return out
 
 
@@ -138,20 +143,30 @@ def read_image(path: str) -> tuple[str, bytes]:
             data = f.read()
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
         raise Skip("bad_image", f"not a readable image: {path} ({e.__class__.__name__})") from e
     ext = _image_ext(path)
     if file_kind(ext) == "image":
         return ext, data
+    return "png", png_bytes(data, path)
+
+
+def png_bytes(data: bytes, what: str) -> bytes:
+    """Image bytes of a format shards do not keep (bmp, gif ...) re-encoded as png; one that verified but does
+    not decode (truncated) is a bad_image Skip."""
+    from PIL import Image
     buf = io.BytesIO()
-    with Image.open(io.BytesIO(data)) as im:
-        im.convert("RGB").save(buf, format="PNG")
-    return "png", buf.getvalue()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.convert("RGB").save(buf, format="PNG")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise Skip("bad_image", f"not a readable image: {what} ({e.__class__.__name__})") from None
+    return buf.getvalue()
 
 
 def _load_json(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:             # a BOM (Windows editors) is not JSON's
             return json.load(f)
     except FileNotFoundError as e:
         raise UserError(f"{path}: file not found") from e
@@ -174,8 +189,9 @@ def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], 
         for item in items:
             try:
                 sample = build(item, seen)
-            except (ValueError, KeyError, TypeError) as e:
-                report.skip(str(e).strip("'\""), getattr(e, "reason", "bad_sample"))
+            except (ValueError, KeyError, TypeError) as e:       # a KeyError's str() is its key quoted
+                report.skip(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e),
+                            getattr(e, "reason", "bad_sample"))
                 continue
             problems = validate_sample(sample)
             if problems:
@@ -211,10 +227,13 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
         if not isinstance(rec, dict):
             raise ValueError(f"record {i}: not an object")
         rid = str(rec.get("id", i))
-        conv = rec.get("conversations")
-        if not isinstance(conv, list) or not conv or not all(isinstance(t, dict) for t in conv):
-            raise ValueError(f"record {i} (id {rid}): 'conversations' must be a non-empty list of turns")
-        images = rec.get("image", [])
+        try:           # LLaVA from/value or OpenAI role/content turns, each text a string
+            turns = normalise_conversation(rec.get("conversations"), f"record {i} (id {rid})")
+        except UserError as e:
+            raise Skip("bad_turn", str(e)) from None
+        if not any(t["role"] == "assistant" for t in turns):
+            raise Skip("no_answer", f"record {i} (id {rid}): no gpt / assistant turn to learn from")
+        images = rec.get("image") or []                  # null / absent: a text-only record
         images = [images] if isinstance(images, str) else images
         if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
             raise ValueError(f"record {i} (id {rid}): 'image' must be a path or a list of paths")
@@ -225,10 +244,10 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
             except Skip as e:
                 raise Skip(e.reason, f"record {i} (id {rid}): {e}") from None
             sample[ext if len(images) == 1 else f"{n}.{ext}"] = data
-        conv = [dict(t) for t in conv]
-        n_placeholders = sum(len(re.findall(r"<image>", str(t.get("value", "")))) for t in conv)
+        conv = [{"from": LLAVA_ROLES[t["role"]], "value": t["text"]} for t in turns]
+        n_placeholders = sum(len(re.findall(r"<image>", t["value"])) for t in conv)
         if images and n_placeholders == 0:
-            conv[0]["value"] = "<image>\n" * len(images) + str(conv[0].get("value", ""))
+            conv[0]["value"] = "<image>\n" * len(images) + conv[0]["value"]
         meta = {"conversations": conv, "source": source, "task": rec.get("task", task), "id": rid}
         meta.update({k: rec[k] for k in ("quality", "difficulty", "labels") if k in rec})
         sample["json"] = meta
@@ -257,8 +276,11 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
         txt = os.path.splitext(rel)[0] + ".txt"
         if txt not in present:
             raise Skip("no_caption", f"{os.path.join(folder, rel)}: no caption file {txt}")
-        with open(inside(folder, txt, "caption file"), encoding="utf-8", errors="replace") as f:
-            caption = f.read().strip()
+        try:
+            with open(inside(folder, txt, "caption file"), encoding="utf-8") as f:
+                caption = f.read().strip()
+        except UnicodeDecodeError as e:
+            raise Skip("bad_caption", f"{os.path.join(folder, txt)}: not UTF-8 text (byte {e.start})") from None
         if not caption:
             raise Skip("no_caption", f"{os.path.join(folder, txt)}: empty caption")
         ext, data = read_image(inside(folder, rel, "image"))
@@ -271,6 +293,22 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
 # ---------------------------------------------------------------------------------------------
 # Class folders -> clip_benchmark / UniBench `wds` layout
 # ---------------------------------------------------------------------------------------------
+
+def _check_class_list(out: str, split: str, names: list[str], folder: str) -> None:
+    """A split converted into a folder whose other splits have another class list: their `cls` numbers would
+    name other classes (one classnames.txt serves every split). One line."""
+    path = os.path.join(out, "classnames.txt")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        old = [line.rstrip("\n") for line in f if line.strip()]
+    others = sorted(d for d in os.listdir(out) if d != split and os.path.isfile(os.path.join(out, d, "index.json")))
+    if old != names and others:
+        diff = ", ".join(sorted(set(old) ^ set(names))[:3]) or "the same names in another order"
+        raise UserError(f"{path}: split(s) {', '.join(others)} were converted with {len(old)} classes, {folder} has "
+                        f"{len(names)} (differing: {diff}): their labels would shift; give the same class "
+                        f"folders (an empty one for a class with no images) or another --out")
+
 
 def convert_class_folder(folder: str, out: str, templates: list[str] | None = None, split: str = "test",
                          max_count: int = 10_000, max_bad: float = 0.1) -> Report:
@@ -288,12 +326,9 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
         raise UserError(f"template {bad[0]!r} has no {{c}} for the class name")
     items = [(ci, os.path.join(c, f)) for ci, c in enumerate(classes) for f in _walk(os.path.join(folder, c))
              if f.lower().endswith(IMAGE_FILE_EXTS)]
+    names = [c.replace("_", " ") for c in classes]
+    _check_class_list(out, split, names, folder)
     os.makedirs(os.path.join(out, split), exist_ok=True)
-    for fname, lines in (("classnames.txt", [c.replace("_", " ") for c in classes]),
-                         ("zeroshot_classification_templates.txt", templates),
-                         ("dataset_type.txt", ["classification"])):
-        with open(os.path.join(out, fname), "w") as f:
-            f.write("\n".join(lines) + "\n")
 
     def build(item: tuple[int, str], seen: set[str]) -> dict[str, Any]:
         ci, rel = item
@@ -301,10 +336,12 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
         return {"__key__": make_key(os.path.splitext(rel)[0], seen), "cls": str(ci).encode(), ext: data}
 
     split_dir = os.path.join(out, split)
-    for stale in [f for f in os.listdir(split_dir) if re.fullmatch(r"\d+\.tar", f)]:
-        os.remove(os.path.join(split_dir, stale))  # a smaller rebuild must not leave old shards counted
     report = _write_all(split_dir, items, build, folder, max_bad, pattern="%d.tar",
                         max_count=max_count, meta={"classes": len(classes)})
+    for fname, lines in (("classnames.txt", names), ("zeroshot_classification_templates.txt", templates),
+                         ("dataset_type.txt", ["classification"])):       # after the split: a failed one changes nothing
+        with open(os.path.join(out, fname), "w") as f:
+            f.write("\n".join(lines) + "\n")
     with open(os.path.join(split_dir, "index.json")) as f:
         n_shards = len(json.load(f)["shards"])
     with open(os.path.join(split_dir, "nshards.txt"), "w") as f:
@@ -317,8 +354,10 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
 # Audio / music / video folder + captions (JSON or CSV)
 # ---------------------------------------------------------------------------------------------
 
-def read_captions(path: str) -> dict[str, str]:
-    """Captions file -> {file: caption}: JSON ({file: caption} or [{file, caption}]) or CSV (file,caption)."""
+def read_captions(path: str) -> dict[str, Any]:
+    """Captions file -> {file: caption}: JSON ({file: caption} or [{file, caption}]) or CSV (file,caption; Excel's
+    BOM read). A caption that is not text is kept as it is, for the converter to skip; a file captioned twice
+    is a one-line error naming both entries."""
     if path.lower().endswith(".json"):
         data = _load_json(path)
         if isinstance(data, dict):
@@ -332,7 +371,7 @@ def read_captions(path: str) -> dict[str, str]:
             raise UserError(f"{path}: expected an object or a list of records")
     else:
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 rows = [r for r in csv.reader(f) if r]
         except FileNotFoundError as e:
             raise UserError(f"{path}: file not found") from e
@@ -346,7 +385,14 @@ def read_captions(path: str) -> dict[str, str]:
         pairs = [(r[0], ",".join(r[1:])) for r in rows]
     if not pairs:
         raise UserError(f"{path}: no captions")
-    return {str(k).strip(): str(v).strip() for k, v in pairs}
+    table: dict[str, Any] = {}
+    entry: dict[str, int] = {}
+    for n, (k, v) in enumerate(pairs, 1):
+        name = str(k).strip()
+        if name in table:
+            raise UserError(f"{path}: entries {entry[name]} and {n} both caption {name}; give each file once")
+        table[name], entry[name] = v.strip() if isinstance(v, str) else v, n
+    return table
 
 
 def _read_media(path: str, kind: str) -> tuple[str, bytes]:
@@ -374,6 +420,8 @@ def _read_media(path: str, kind: str) -> tuple[str, bytes]:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise Skip("bad_audio", f"{path}: not a readable audio file") from e
+    if x.shape[0] == 0:
+        raise Skip("bad_audio", f"{path}: an audio file with no samples")
     if file_kind(ext) == "audio":
         return ext, data
     buf = io.BytesIO()
@@ -393,6 +441,8 @@ def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audi
 
     def build(item: tuple[str, str], seen: set[str]) -> dict[str, Any]:
         rel, caption = item
+        if not isinstance(caption, str):
+            raise Skip("bad_caption", f"{captions}: the caption of {rel} is a {type(caption).__name__}, not text")
         if not caption:
             raise Skip("no_caption", f"{captions}: empty caption for {rel}")
         ext, data = _read_media(inside(folder, rel, f"{captions}: file"), kind)

@@ -58,6 +58,7 @@ def open_rows(path: str, split: str | None = None) -> tuple[Any, str]:
         os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs if f.endswith(".parquet"))
     if not files:
         raise UserError(f"{path}: no *.parquet files and not a save_to_disk folder")
+    check_parquet_files(files)
     try:
         if path.endswith(".parquet"):
             dd = datasets.load_dataset("parquet", data_files={"train": files}, streaming=True)
@@ -67,6 +68,23 @@ def open_rows(path: str, split: str | None = None) -> tuple[Any, str]:
         raise UserError(f"{path}: cannot read the parquet files ({str(e).splitlines()[0]})") from None
     split = _pick_split(path, split, list(dd))
     return dd[split].decode(False), split
+
+
+def check_parquet_files(files: list[str]) -> None:
+    """Each file's footer read (cheap): a corrupt file, or one whose columns differ from those of the first file
+    in its folder (datasets streams them as one table and stops mid-way with "Couldn't cast"; files of other
+    folders may be other configs), is one line naming it."""
+    import pyarrow.parquet as pq
+    first: dict[str, tuple[str, list[str]]] = {}          # folder -> (its first file, that file's columns)
+    for f in files:
+        try:
+            names = sorted(pq.read_schema(f).names)
+        except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid on a truncated / foreign file, OSError
+            raise UserError(f"{f}: not a readable parquet file ({(str(e).splitlines() or [''])[0][:160]})") from None
+        ref, cols = first.setdefault(os.path.dirname(f), (f, names))
+        if names != cols:
+            raise UserError(f"{f}: columns {names} differ from {ref}'s {cols}; convert the files with different "
+                            f"columns separately")
 
 
 def _pick_split(path: str, split: str | None, have: list[str]) -> str:
@@ -126,7 +144,9 @@ def conversation_of(turns: Any) -> list[dict[str, str]]:
         elif "role" in t and "content" in t:                              # ShareGPT / OpenAI messages
             role, text = _ROLES.get(str(t["role"]).lower()), _content_text(t["content"])
         elif "user" in t and "assistant" in t:                            # the_cauldron
-            out += [{"from": "human", "value": str(t["user"])}, {"from": "gpt", "value": str(t["assistant"])}]
+            if not (isinstance(t["user"], str) and isinstance(t["assistant"], str)):
+                raise Skip("bad_turn", "a the_cauldron turn whose user or assistant text is not text")
+            out += [{"from": "human", "value": t["user"]}, {"from": "gpt", "value": t["assistant"]}]
             continue
         else:
             raise Skip("bad_turn", f"a turn with keys {sorted(t)} (want from/value, role/content or user/assistant)")
@@ -142,7 +162,7 @@ def image_bytes(value: Any, root: str) -> tuple[str, bytes]:
     """One stored image (an Image feature dict, bytes, a path, a PIL image) -> (extension, bytes)."""
     from PIL import Image, UnidentifiedImageError
 
-    from vlm.data.convert import read_image
+    from vlm.data.convert import png_bytes, read_image
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if data is None:
@@ -163,14 +183,11 @@ def image_bytes(value: Any, root: str) -> tuple[str, bytes]:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
             im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise Skip("bad_image", f"image bytes are not a readable image ({e.__class__.__name__})") from None
     if fmt in _PIL_EXT:
         return _PIL_EXT[fmt], bytes(data)
-    buf = io.BytesIO()
-    with Image.open(io.BytesIO(data)) as im:
-        im.convert("RGB").save(buf, format="PNG")
-    return "png", buf.getvalue()
+    return "png", png_bytes(data, "image bytes")
 
 
 def convert_hf_dataset(path: str, out: str, split: str | None = None, image_column: str | None = None,
@@ -191,7 +208,19 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
     img_col = _column(names, image_column, IMAGE_COLUMNS, "image", path, required=image_column is not None)
 
     def items() -> Iterator[tuple[int, dict]]:
-        yield from enumerate(rows)
+        """The rows; a file that stops the stream (a corrupt parquet, one whose columns differ from the
+        others') is one line naming it, not an arrow / datasets traceback from inside the loop."""
+        it, i = iter(rows), 0
+        while True:
+            try:
+                row = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid, datasets' CastError, OSError ...
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise UserError(f"{path}: reading stopped after {i} row(s) ({type(e).__name__}: {why})") from None
+            yield i, row
+            i += 1
 
     def build(item: tuple[int, dict], seen: set[str]) -> dict[str, Any]:
         i, row = item

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vlm.data.convert import Report, _write_all, make_key, read_image
+from vlm.data.convert import Report, Skip, _write_all, inside, make_key, read_image
 from vlm.errors import UserError
 
 PHI3_IMAGE = "<|image_1|>"
@@ -32,15 +32,6 @@ COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
 SUBSETS = ("ImageNet_1K", "N24News", "HatefulMemes", "VOC2007", "SUN397", "OK-VQA", "A-OKVQA", "DocVQA",
            "InfographicsVQA", "ChartQA", "Visual7W", "VisDial", "CIRR", "VisualNews_t2i", "VisualNews_i2t",
            "MSCOCO_t2i", "MSCOCO_i2t", "NIGHTS", "WebQA", "MSCOCO")
-
-
-def confined_path(root: str, rel: str) -> str:
-    """root/rel, refusing paths that leave root (absolute, '..', a symlink pointing out): ValueError."""
-    real_root = os.path.realpath(root)
-    p = os.path.realpath(os.path.join(real_root, rel))
-    if os.path.isabs(rel) or os.path.commonpath([real_root, p]) != real_root:
-        raise ValueError(f"image path {rel!r} leaves the image folder {root}")
-    return p
 
 
 def subset_files(root: str, subset: str, split: str) -> list[str]:
@@ -53,14 +44,26 @@ def subset_files(root: str, subset: str, split: str) -> list[str]:
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
-    """The rows of one parquet / jsonl file; a file without MMEB's columns is a UserError naming it."""
+    """The rows of one parquet / jsonl file; a file without MMEB's columns, a line that is not a JSON object, a
+    file that does not read: a UserError naming it (and the line)."""
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = []
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        rows.append(json.loads(line))
+                        if not isinstance(rows[-1], dict):
+                            raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: line {n}: not a JSON object row ({str(e).splitlines()[0][:120]})") from None
         cols = set(rows[0]) if rows else set(COLUMNS)
     else:
         import pyarrow.parquet as pq
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid on a truncated / foreign file, OSError
+            raise UserError(f"{path}: not a readable parquet file ({(str(e).splitlines() or [''])[0][:160]})") from None
         cols, rows = set(table.column_names), None
     missing = [c for c in COLUMNS if c not in cols]
     if missing:
@@ -74,13 +77,16 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
 
 def side(text: str | None, image: str | None) -> tuple[str, bool]:
     """An MMEB string as our prompt text, and whether it takes an image."""
+    for value in (text, image):
+        if not isinstance(value, (str, type(None))):
+            raise Skip("bad_row", f"a text or image path that is a {type(value).__name__}, not a string")
     text, has_image = (text or "").strip(), bool(image)
     if PHI3_IMAGE in text:
         text = text.replace(PHI3_IMAGE, "<image>" if has_image else "").strip()
     elif has_image:
         text = f"<image>\n{text}"
     if text.count("<image>") > 1:
-        raise ValueError("more than one image token in a side with one image path")
+        raise Skip("bad_row", "more than one image token in a side with one image path")
     return text, has_image
 
 
@@ -114,22 +120,21 @@ def convert_mmeb_train(root: str, out: str, subsets: list[str] | None = None, sp
         where = f"{subset} row {i}"
         sides = [("query", row.get("qry"), row.get("qry_image_path")),
                  ("positive", row.get("pos_text"), row.get("pos_image_path"))]
-        if (row.get("neg_text") or "").strip() or row.get("neg_image_path"):
+        neg = row.get("neg_text")
+        if (neg.strip() if isinstance(neg, str) else neg) or row.get("neg_image_path"):
             sides.append(("negative", row.get("neg_text"), row.get("neg_image_path")))
         sample: dict[str, Any] = {"__key__": make_key(f"{subset}-{i}", seen)}
         texts, k = [], 0
         for name, text, image in sides:
             try:
                 t, has = side(text, image)
-            except ValueError as e:
-                raise ValueError(f"{where}: {name}: {e}") from None
-            if not t:
-                raise ValueError(f"{where}: empty {name}")
+                if not t:
+                    raise Skip("empty_side", f"empty {name}")
+                if has:
+                    ext, data = read_image(inside(image_root, image, "image"))
+            except Skip as e:                               # the reason kept: missing_file, path_outside_root ...
+                raise Skip(e.reason, f"{where}: {name}: {e}") from None
             if has:
-                try:
-                    ext, data = read_image(confined_path(image_root, str(image)))
-                except ValueError as e:
-                    raise ValueError(f"{where}: {name}: {e}") from None
                 sample[f"{k}.{ext}"] = data
                 k += 1
             texts.append(t)

@@ -130,11 +130,19 @@ def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool
 
 
 def captions_of(rec: dict) -> dict[str, str]:
-    misc, scene = rec.get("misc") or {}, rec.get("scene") or {}
-    music = " ".join(str(m.get("text", "")).strip() for m in misc.get("music_caption") or [] if isinstance(m, dict))
-    out = {"visual": str(scene.get("polish_caption") or scene.get("caption") or "").strip(),
-           "music": music.strip(), "merged": str(scene.get("merge_caption") or "").strip()}
+    """The record's captions by kind; a value that is not text (null, a number) is no caption, never 'None'."""
+    def text(x: Any) -> str:
+        return x.strip() if isinstance(x, str) else ""
+    misc, scene = _mapping(rec.get("misc")), _mapping(rec.get("scene"))
+    parts = misc.get("music_caption")
+    music = " ".join(text(m.get("text")) for m in parts if isinstance(m, dict)) if isinstance(parts, list) else ""
+    out = {"visual": text(scene.get("polish_caption")) or text(scene.get("caption")),
+           "music": music.strip(), "merged": text(scene.get("merge_caption"))}
     return {k: v for k, v in out.items() if v}
+
+
+def _mapping(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
 
 
 def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, size: int = 224,
@@ -166,7 +174,10 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
                 caps = captions_of(rec)
                 if not caps:
                     raise Skip("no_caption", f"{where}: no visual, music or merged caption")
-                rate = float(basic.get("video_fps") or 0) or None
+                fps_value = basic.get("video_fps")
+                if fps_value is not None and (isinstance(fps_value, bool) or not isinstance(fps_value, (int, float))):
+                    raise Skip("bad_record", f"{where}: video_fps must be a number, got {fps_value!r}")
+                rate = float(fps_value or 0) or None
                 if rate:                                                   # cap the clip's length
                     end = min(end, start + int(max_seconds * rate))
                 frames, clip_fps, wave = cut_clip(path, start, end, fps, size, audio=True)
@@ -179,7 +190,7 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
             scores = {k: basic.get(k) for k in ("imaging_quality", "of_score", "aesthetic_score")}
             quality = basic.get("imaging_quality")
             meta = {"source": source, "video_id": basic.get("video_id"), "clip_id": basic.get("clip_id"),
-                    "captions": caps, "scores": scores, "frame_caption": (rec.get("misc") or {}).get("frame_caption"),
+                    "captions": caps, "scores": scores, "frame_caption": _mapping(rec.get("misc")).get("frame_caption"),
                     "labels": {"description": caps.get("merged") or caps.get("visual") or caps.get("music")}}
             if isinstance(quality, (int, float)):
                 meta["quality"] = round(min(1.0, max(0.0, float(quality) / 100.0)), 4)
