@@ -142,6 +142,11 @@ def test_hf_llava_export_gives_same_logits(tmp_path, arch):
         ours = m.logits(ids, media=s.media)
         theirs = hf(input_ids=ids, pixel_values=torch.stack(s.media["image"])).logits
     assert torch.allclose(ours, theirs, atol=1e-5)
+    # --out is never replaced: the checkpoint itself (it was wiped), a folder with files, a file
+    (tmp_path / "a.txt").write_text("x")
+    for out in (ck, tmp_path / "hf", tmp_path / "a.txt"):
+        assert cli(["export", str(ck), "--to", "hf-llava", "--out", str(out)]) == 2
+    assert (ck / "config.json").is_file() and (tmp_path / "a.txt").read_text() == "x"
 
 
 def test_frozen_llm_bit_identical_after_step(model, video_file):
@@ -235,7 +240,10 @@ def test_hf_llava_export_reproduced_by_transformers_processor_and_generate(tmp_p
         theirs = hf.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
         mine = m.generate(torch.tensor([ours.input_ids]), media={"image": ours.media["image"]}, max_new_tokens=8)[0]
         assert torch.allclose(hf(**inputs).logits, m.logits(torch.tensor([ours.input_ids]), media=ours.media), atol=1e-5)
-    assert theirs[:len(mine)] == mine and len(mine) > 0
+    stop = [m.tokenizer.convert_tokens_to_ids("<|im_end|>"), m.tokenizer.eos_token_id]
+    assert hf.generation_config.eos_token_id == stop                 # it generated past <|im_end|> forever
+    cut = next((i for i, t in enumerate(theirs) if t in stop), len(theirs))
+    assert theirs[:cut] == mine and len(mine) > 0
 
 
 @pytest.mark.parametrize("version", [1, 2])

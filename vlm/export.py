@@ -49,6 +49,11 @@ def to_hf_llava(model: MultimodalLM, out: str | Path) -> Path:
                       image_seq_length=model.num_media_tokens("image", tok.blank()),
                       multimodal_projector_bias=True, tie_word_embeddings=text_cfg.tie_word_embeddings)
     hf = LlavaForConditionalGeneration(cfg).eval()
+    # generation ends where our chat turns end (<|im_end|>), as `vlm chat` stops; the tokenizer's own eos (</s>)
+    # alone made transformers' generate run past every answer
+    stop = [model.tokenizer.convert_tokens_to_ids("<|im_end|>"), model.tokenizer.eos_token_id]
+    hf.generation_config.eos_token_id = [t for t in stop if t is not None]
+    hf.generation_config.pad_token_id = model.tokenizer.pad_token_id
     with torch.no_grad():
         _load(hf.model.vision_tower, enc.vision_model.state_dict(), "vision tower")
         _load(hf.model.multi_modal_projector, {k: v for k, v in proj.state_dict().items()}, "projector")
@@ -110,4 +115,8 @@ def _load(module, state: dict, what: str) -> None:
 def export(ckpt: str | Path, to: str, out: str | Path) -> Path:
     from vlm.loading import load
     require(to in TARGETS, f"unknown export target '{to}'; known: {list(TARGETS)}")
+    out = Path(out)          # never replaced: it could be the checkpoint itself, or a folder of the user's
+    require(not out.exists() or (out.is_dir() and not any(out.iterdir())),
+            f"--out {out}: {'a file' if not out.is_dir() else 'a folder with files in it'}; export into a new or "
+            f"empty folder")
     return to_hf_llava(load(ckpt), out)
