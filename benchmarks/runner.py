@@ -60,7 +60,8 @@ def bench_signature(bench: Benchmark, limit: int | None, data: str = "") -> str:
 
 def data_identity(bench: Benchmark, roots: Roots) -> str:
     """Names, sizes and mtimes of the files a benchmark reads (`benchmarks.data.data_hash`): the shards of
-    its split (and of the train split for probes), or a labels.csv and the files it lists; "" for data
+    its split (and of the train split for probes) and the folder's .txt files (class names, templates), or a
+    labels.csv and the files it lists; "" for data
     read another way (MMEB's parquet sets), which then keeps the definition-only signature."""
     from benchmarks.data import data_hash
     try:
@@ -74,6 +75,8 @@ def data_identity(bench: Benchmark, roots: Roots) -> str:
         files = shard_files(folder, bench.data.split)
         if bench.kind == "probe":
             files += shard_files(folder, bench.data.train_split or "train")
+        # a wds layout's classnames.txt / zeroshot_classification_templates.txt: an edited one is a new question
+        files += sorted(p for p in Path(folder).glob("*.txt") if p.is_file())
         return data_hash(files)
     except (UserError, OSError):
         return ""

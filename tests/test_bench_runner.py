@@ -185,3 +185,21 @@ def test_split_reads_another_split_under_its_own_name(assets, tmp_path, capsys):
     assert len(val) > 0 and len(test) > 0 and set(val["key"]).isdisjoint(test["key"])
     rc, cap = _cli(["eval", *common, "--split", "train", "--out", str(tmp_path / "train")], capsys)
     assert rc == 2 and len(cap.err.strip().splitlines()) == 1 and "train" in cap.err
+
+
+def test_an_edited_classnames_file_is_a_new_question(assets, tmp_path):
+    """The stored result of a wds benchmark answered again after classnames.txt changed (it said 'already done'
+    with the old classes' score)."""
+    import shutil
+
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    wds = tmp_path / "colors"
+    shutil.copytree(assets["wds"], wds)
+    cfg = RunConfig(out=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    first = evaluate([assets["clip"]], [get_benchmark(f"wds:{wds}")], cfg)
+    names = (wds / "classnames.txt").read_text().splitlines()
+    (wds / "classnames.txt").write_text("\n".join(reversed(names)) + "\n")
+    again = evaluate([assets["clip"]], [get_benchmark(f"wds:{wds}")], cfg)
+    assert again.reused == 0 and first.reused == 0
+    assert again.table["score"].iloc[0] != first.table["score"].iloc[0]
