@@ -176,6 +176,22 @@ def on_split(bench: Benchmark, split: str) -> Benchmark:
     return dataclasses.replace(bench, name=f"{bench.name}@{split}", data=dataclasses.replace(bench.data, split=split))
 
 
+def distinct(names: list[str], longer: list[str]) -> list[str]:
+    """Display names of one run made distinct: two models (or benchmarks) that share a name (two checkpoints
+    named `model`, two `wds:colors` folders) would share a column and one result would be dropped; those take
+    their longer name (the spec, the folder), and `#k` if that is shared too."""
+    from collections import Counter
+    shared = Counter(names)
+    out = [long if shared[n] > 1 else n for n, long in zip(names, longer)]
+    seen: Counter = Counter()
+    again = Counter(out)
+    for i, n in enumerate(out):
+        seen[n] += 1
+        if again[n] > 1 and seen[n] > 1:
+            out[i] = f"{n}#{seen[n]}"
+    return out
+
+
 def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -> RunResult:
     """Run every benchmark for every model into cfg.out, then rebuild the aggregate, report and chart."""
     from tqdm.auto import tqdm
@@ -183,8 +199,14 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
         raise UserError("no model given: --model PATH|open_clip:ARCH[:CKPT]")
     cfg.check()
     models = [load_model(s, cfg.device) for s in model_specs]       # bad paths fail here, before any work
+    for m, name in zip(models, distinct([m.name for m in models], [str(m.spec) for m in models])):
+        m.name = name
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]
+    names = distinct([b.name for b in benches], [b.name.replace(b.name.split(":", 1)[1].split("@")[0], b.data.root, 1)
+                                                 if os.path.isabs(b.data.root) and ":" in b.name else b.name
+                                                 for b in benches])
+    benches = [b if b.name == n else dataclasses.replace(b, name=n) for b, n in zip(benches, names)]
     for b in benches:
         check_data(b, cfg.roots)
     ctx = Context(roots=cfg.roots, cache=FeatureCache(cfg.feature_cache), batch_size=cfg.batch_size,

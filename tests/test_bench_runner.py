@@ -203,3 +203,21 @@ def test_an_edited_classnames_file_is_a_new_question(assets, tmp_path):
     again = evaluate([assets["clip"]], [get_benchmark(f"wds:{wds}")], cfg)
     assert again.reused == 0 and first.reused == 0
     assert again.table["score"].iloc[0] != first.table["score"].iloc[0]
+
+
+def test_two_models_or_folders_of_one_name_keep_both_results(assets, tmp_path):
+    """Two checkpoints named `model` and two `wds:colors` folders in one run: each keeps its own column / row
+    (one result was dropped from the table, or one folder's file overwrote the other's)."""
+    import shutil
+
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    for d in ("a", "b"):
+        shutil.copytree(assets["wds"], tmp_path / d / "colors")
+    shutil.copytree(assets["llava"], tmp_path / "one" / "model")
+    shutil.copytree(assets["llava"], tmp_path / "two" / "model")
+    cfg = RunConfig(out=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    res = evaluate([str(tmp_path / "one" / "model"), str(tmp_path / "two" / "model")],
+                   [get_benchmark(f"wds:{tmp_path / d / 'colors'}") for d in ("a", "b")], cfg)
+    assert len(res.table) == 4 and res.table["model"].nunique() == 2 and res.table["benchmark"].nunique() == 2
+    assert set(res.table["benchmark"]) == {f"wds:{tmp_path / d / 'colors'}" for d in ("a", "b")}
