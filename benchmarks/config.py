@@ -46,6 +46,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise UserError(f"eval config field '{name}': must be >= {low}, got {value}")
+        for name in ("out", "cache_dir"):              # folders the run writes: an existing file is not one
+            value = getattr(self, name)
+            if value and Path(value).exists() and not Path(value).is_dir():
+                raise UserError(f"eval config field '{name}': {value} is a file, not a folder")
 
     @property
     def roots(self) -> Roots:

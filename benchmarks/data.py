@@ -88,6 +88,8 @@ def shard_files(folder: str | Path, split: str) -> list[Path]:
             n = int(n_file.read_text().strip())
         except ValueError:
             raise UserError(f"{n_file}: not an integer") from None
+        if n < 1:
+            raise UserError(f"{n_file}: {n} shards; a split needs at least one")
         files = [d / f"{i}.tar" for i in range(n)]
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -124,7 +126,11 @@ class WdsMeta:
 
 
 def _read_lines(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def read_wds_meta(folder: str | Path) -> WdsMeta:
@@ -144,6 +150,15 @@ def read_wds_meta(folder: str | Path) -> WdsMeta:
     bad = [t for t in templates if "{c}" not in t]
     if bad:
         raise UserError(f"{tmpl}: template without '{{c}}': {bad[0]!r}")
+    for t in templates:                   # str.format: '{}' or '{color}' beside {c} raised deep in the run
+        try:
+            t.format(c="x")
+        except (IndexError, KeyError, ValueError) as e:
+            raise UserError(f"{tmpl}: template {t!r} takes only {{c}} (the class name); write a literal brace "
+                            f"as {{{{ or }}}} ({type(e).__name__}: {e})") from None
+    dupes = sorted({c for c in classnames if classnames.count(c) > 1})
+    if dupes:
+        raise UserError(f"{names}: class name(s) {dupes[:3]} listed twice: the later class could never be predicted")
     return WdsMeta(root, classnames, templates)
 
 

@@ -135,6 +135,24 @@ def test_cli_bad_input_exits_2(assets, tmp_path, capsys):
         rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{a['wds']}", flag, value, *common], capsys)
         field = flag[2:].replace("-", "_")
         assert rc == 2 and f"'{field}': must be >= 1, got {value}" in cap.err, cap.err
+    # a user's wds folder with odd text files (each was a traceback, or a class that could never win)
+    import shutil
+    odd = {"latin1": ("classnames.txt", "rouge\ncafé\n".encode("latin-1"), "not UTF-8 text"),
+           "brace": ("zeroshot_classification_templates.txt", b"a {} photo of {c}\n", "takes only {c}"),
+           "field": ("zeroshot_classification_templates.txt", b"{c} with {color}\n", "takes only {c}"),
+           "twice": ("classnames.txt", b"red\nred\n", "listed twice"),
+           "zero": ("test/nshards.txt", b"0\n", "0 shards")}
+    for name, (fname, data, message) in odd.items():
+        d = tmp_path / f"odd_{name}"
+        shutil.copytree(a["wds"], d)
+        (d / fname).write_bytes(data)
+        rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{d}", *common], capsys)
+        assert rc == 2 and message in cap.err and len(cap.err.strip().splitlines()) == 1, (name, cap.err)
+    (tmp_path / "afile").write_text("x")
+    for flag in ("--out", "--cache-dir"):
+        argv = ["eval", "--model", a["clip"], "--bench", f"wds:{a['wds']}", *common, flag, str(tmp_path / "afile")]
+        rc, cap = _cli(argv, capsys)
+        assert rc == 2 and "is a file, not a folder" in cap.err, cap.err
 
 
 def test_cli_run_list_and_model_card(assets, tmp_path, capsys):

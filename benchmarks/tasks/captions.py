@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.data import Sample
+from vlm.errors import UserError
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -17,7 +18,11 @@ def captions_of(sample: Sample) -> list[str]:
     """Reference captions: `txt` (one per line, clip_benchmark retrieval shards), json `caption(s)`, or
     the canonical description of a synthetic-world scene; [] when there is none."""
     if "txt" in sample.fields:
-        return [ln.strip() for ln in sample.fields["txt"].decode("utf-8").splitlines() if ln.strip()]
+        try:
+            text = sample.fields["txt"].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{sample.shard}: sample {sample.key}: its txt caption is not UTF-8 (byte {e.start})") from None
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
     meta = sample.meta()
     if isinstance(meta.get("captions"), list):
         return [str(c) for c in meta["captions"]]
