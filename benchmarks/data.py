@@ -66,7 +66,11 @@ class Sample:
         try:
             return MODALITIES[modality].decode(raw)
         except MediaError as e:
-            raise UserError(f"{self.shard}: sample {self.key}: {e}") from None
+            raise BadMedia(f"{self.shard}: sample {self.key}: {e}") from None
+
+
+class BadMedia(UserError):
+    """A sample's media file that does not decode: tasks that can skip a sample catch it and count it."""
 
 
 def _numeric_key(p: Path) -> tuple:

@@ -239,3 +239,25 @@ def test_two_models_or_folders_of_one_name_keep_both_results(assets, tmp_path):
                    [get_benchmark(f"wds:{tmp_path / d / 'colors'}") for d in ("a", "b")], cfg)
     assert len(res.table) == 4 and res.table["model"].nunique() == 2 and res.table["benchmark"].nunique() == 2
     assert set(res.table["benchmark"]) == {f"wds:{tmp_path / d / 'colors'}" for d in ("a", "b")}
+
+
+def test_an_undecodable_image_is_skipped_and_counted_not_the_end_of_the_benchmark(assets, tmp_path):
+    import shutil
+
+    import webdataset as wds
+
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    d = tmp_path / "colors"
+    shutil.copytree(assets["wds"], d)
+    n = int((d / "test" / "nshards.txt").read_text())
+    with wds.TarWriter(str(d / "test" / f"{n}.tar")) as w:
+        w.write({"__key__": "zbad", "jpg": b"\xff\xd8 nine", "cls": b"0"})
+    (d / "test" / "nshards.txt").write_text(f"{n + 1}\n")
+    cfg = RunConfig(out=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    res = evaluate([assets["clip"]], [get_benchmark(f"wds:{d}")], cfg)
+    row = res.table.iloc[0]
+    metrics = json.loads(row["metrics"])
+    assert row["status"] == "ok" and metrics["skipped_bad_image"] == 1.0
+    clean = evaluate([assets["clip"]], [get_benchmark(f"wds:{assets['wds']}")], replace(cfg, out=tmp_path / "o2"))
+    assert row["score"] == clean.table.iloc[0]["score"] and metrics["n"] == json.loads(clean.table.iloc[0]["metrics"])["n"]

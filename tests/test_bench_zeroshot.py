@@ -59,7 +59,7 @@ def test_zero_shot_matches_clip_benchmark(tiny_clip, tmp_path):
     assert torch.equal(pred, ref_logits.argmax(1))                       # identical per-sample predictions
     assert len(collections.Counter(pred.tolist())) >= 4                  # ... on a model whose predictions spread
     meta = read_wds_meta(folder)
-    feats, _, _ = image_features(model, meta, "test", ctx)
+    feats, _, _, _ = image_features(model, meta, "test", ctx)
     ours = 100.0 * feats @ text_weights(model, meta, ctx).T
     torch.testing.assert_close(ours, ref_logits, atol=1e-3, rtol=1e-5)
     ref_top5 = (ref_logits.topk(5, 1).indices == ref_target[:, None]).any(1).float().mean().item()
@@ -99,7 +99,7 @@ def test_random_init_is_seeded_once_under_decoding_threads(tiny_clip, tmp_path):
     from benchmarks.tasks.zeroshot import image_features
     cfg, folder, _ = tiny_clip
     model = load_model(f"open_clip:{cfg}")
-    feats, _, _ = image_features(model, read_wds_meta(folder), "test", Context(progress=False, workers=4, batch_size=8))
+    feats, _, _, _ = image_features(model, read_wds_meta(folder), "test", Context(progress=False, workers=4, batch_size=8))
     assert feats.shape[0] == 120
     torch.manual_seed(0)
     ref, _, pre = open_clip.create_model_and_transforms(cfg.stem)

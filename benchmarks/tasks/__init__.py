@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.cache import FeatureCache
-from benchmarks.data import Sample, data_hash, iter_samples, shard_files
+from benchmarks.data import BadMedia, Sample, data_hash, iter_samples, shard_files
 from benchmarks.registry import Benchmark, Roots
 
 if TYPE_CHECKING:
@@ -81,26 +81,42 @@ def load_samples(bench: Benchmark, ctx: Context, split: str | None = None) -> tu
     return out, data_hash(files, sorted(tasks), ctx.limit)
 
 
-def image_features_of(model, samples: list[Sample], dhash: str, ctx: Context) -> "torch.Tensor":
-    """[N, D] normalised embeddings of each sample's first image, cached by model and data hash."""
+def decoded_image(model, s: Sample, raw: bytes | None = None):
+    """The preprocessed image of a sample, or None when its file does not decode (skipped and counted as
+    `skipped_bad_image` by the task, never the end of the benchmark)."""
+    try:
+        return model.preprocess_image(s.decode("image", s.first("image") if raw is None else raw))
+    except BadMedia:
+        return None
+
+
+def encode_images(model, items, prep, ctx: Context, total: int | None = None) -> tuple["torch.Tensor", list[bool]]:
+    """[N_ok, D] image embeddings of `prep(item)` over items (None: an undecodable image, left out) and, per
+    item, whether it has a row."""
     import torch
 
     from benchmarks.data import prefetch
+    feats, ok = [], []
+    with bar(ctx, "images", total, "img") as pbar:
+        for batch in prefetch(items, prep, ctx.batch_size, ctx.workers):
+            ok += [x is not None for x in batch]
+            good = [x for x in batch if x is not None]
+            if good:
+                feats.append(model.encode_image_batch(torch.stack(good)))
+            pbar.update(len(batch))
+    return (torch.cat(feats) if feats else torch.zeros(0)), ok
 
-    def prep(s: Sample):
-        return model.preprocess_image(s.decode("image", s.first("image")))
 
+def image_features_of(model, samples: list[Sample], dhash: str, ctx: Context) -> tuple["torch.Tensor", list[bool]]:
+    """[N_ok, D] normalised embeddings of each sample's first image and, per sample, whether its image decoded
+    (the others are left out: the task skips and counts them), cached by model and data hash."""
     def compute():
-        feats = []
-        with bar(ctx, "images", len(samples), "img") as pbar:
-            for batch in prefetch(samples, prep, ctx.batch_size, ctx.workers):
-                feats.append(model.encode_image_batch(torch.stack(batch)))
-                pbar.update(len(batch))
-        return {"features": torch.cat(feats)}, {"keys": [s.key for s in samples]}
+        feats, ok = encode_images(model, samples, lambda s: decoded_image(model, s), ctx, len(samples))
+        return {"features": feats}, {"keys": [s.key for s in samples], "ok": ok}
 
     name = f"images-{data_hash([], dhash, [s.key for s in samples])}"      # the subset matters, not just the files
-    t, _ = ctx.cache.get_or_compute(model.fingerprint, name, compute)
-    return t["features"]
+    t, m = ctx.cache.get_or_compute(model.fingerprint, name, compute)
+    return t["features"], m.get("ok") or [True] * len(samples)
 
 
 def text_features_of(model, texts: list[str], ctx: Context) -> "torch.Tensor":

@@ -29,7 +29,11 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             caps.append(c)
     if not kept:
         raise UserError(f"benchmark {bench.name}: no sample has captions for mode '{mode}'")
-    img = image_features_of(model, kept, dhash, ctx)                      # [N, D]
+    img, ok = image_features_of(model, kept, dhash, ctx)                  # [N, D]
+    bad = ok.count(False)
+    kept, caps = [s for s, good in zip(kept, ok) if good], [c for c, good in zip(caps, ok) if good]
+    if not kept:
+        raise UserError(f"benchmark {bench.name}: no image decodes ({bad} bad)")
     flat = [c for cs in caps for c in cs]
     txt = text_features_of(model, flat, ctx)                                            # [sum K, D]
     rows, start = [], 0
@@ -41,4 +45,4 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                          score_true=float(scores[0]), score_best_false=float(scores[1:].max()), caption=cs[0]))
     acc = float(torch.tensor([r["correct"] for r in rows], dtype=torch.float).mean())
     return TaskResult(rows, {"accuracy": acc, "chance": float(sum(1 / r["n_captions"] for r in rows) / len(rows)),
-                             "n": float(len(rows))})
+                             "n": float(len(rows)), "skipped_bad_image": float(bad)})

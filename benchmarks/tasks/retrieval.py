@@ -48,11 +48,16 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     kept = [(s, c) for s in samples if (c := captions_of(s))]
     if not kept:
         raise UserError(f"benchmark {bench.name}: no sample has a caption (txt, json caption or a scene)")
+    img, ok = image_features_of(model, [s for s, _ in kept], dhash, ctx)              # [N, D]
+    bad = ok.count(False)
+    kept = [k for k, good in zip(kept, ok) if good]
+    if not kept:
+        raise UserError(f"benchmark {bench.name}: no image decodes ({bad} bad)")
     texts, pos = positives([c for _, c in kept])
-    img = image_features_of(model, [s for s, _ in kept], dhash, ctx)                  # [N, D]
     txt = text_features_of(model, texts, ctx)                                           # [T, D]
     metrics, i2t, _ = score(img, txt, pos)
     rows = [dict(key=s.key, caption=c[0], n_captions=len(c), **{f"image_hit@{k}": bool(i2t[k][i]) for k in KS})
             for i, (s, c) in enumerate(kept)]
-    metrics |= {"n_images": float(len(kept)), "n_texts": float(len(texts))}
+    metrics |= {"n_images": float(len(kept)), "n_texts": float(len(texts)), "skipped_bad_image": float(bad),
+                "skipped_no_caption": float(len(samples) - len(kept) - bad)}
     return TaskResult(rows, metrics)

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.data import WdsMeta, data_hash, iter_samples, prefetch, read_cls, read_wds_meta, shard_files
+from benchmarks.data import WdsMeta, data_hash, iter_samples, read_cls, read_wds_meta, shard_files
 from benchmarks.metrics import balanced_accuracy, topk_correct
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, bar
+from benchmarks.tasks import Context, TaskResult, decoded_image, encode_images
 from vlm.errors import UserError
 
 
@@ -37,7 +37,8 @@ def class_weights(model, classnames: list[str], templates: list[str]) -> torch.T
 
 
 def encode_wds_images(model, files, n_classes: int, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Every image of the shards through the model: ([N, D] normalised features, [N] labels, keys)."""
+    """Every image of the shards through the model: ([N, D] normalised features, [N] labels, keys); an image
+    that does not decode is left out and its key returned in the 4th list (skipped and counted)."""
     keys: list[str] = []
     labels: list[int] = []
 
@@ -50,18 +51,14 @@ def encode_wds_images(model, files, n_classes: int, ctx: Context) -> tuple[torch
             if ctx.limit and len(keys) >= ctx.limit:
                 return
 
-    def prep(item) -> torch.Tensor:
-        s, raw = item
-        return model.preprocess_image(s.decode("image", raw))
-
-    feats = []
-    with bar(ctx, "images", unit="img") as pbar:
-        for batch in prefetch(items(), prep, ctx.batch_size, ctx.workers):
-            feats.append(model.encode_image_batch(torch.stack(batch)))                # [B, D]
-            pbar.update(len(batch))
-    if not feats:
+    feats, ok = encode_images(model, items(), lambda item: decoded_image(model, *item), ctx)
+    if not keys:
         raise UserError(f"{files[0].parent}: no samples")
-    return torch.cat(feats), torch.tensor(labels), keys
+    if not any(ok):
+        raise UserError(f"{files[0].parent}: no image decodes ({len(keys)} bad)")
+    bad = [k for k, good in zip(keys, ok) if not good]
+    return (feats, torch.tensor([y for y, good in zip(labels, ok) if good]),
+            [k for k, good in zip(keys, ok) if good], bad)
 
 
 def image_features(model, meta: WdsMeta, split: str, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -69,11 +66,11 @@ def image_features(model, meta: WdsMeta, split: str, ctx: Context) -> tuple[torc
     name = f"wds-images-{data_hash(files, ctx.limit)}"
 
     def compute():
-        x, y, keys = encode_wds_images(model, files, len(meta.classnames), ctx)
-        return {"features": x, "labels": y}, {"keys": keys}
+        x, y, keys, bad = encode_wds_images(model, files, len(meta.classnames), ctx)
+        return {"features": x, "labels": y}, {"keys": keys, "bad": bad}
 
     t, m = ctx.cache.get_or_compute(model.fingerprint, name, compute)
-    return t["features"], t["labels"], m["keys"]
+    return t["features"], t["labels"], m["keys"], len(m.get("bad", []))
 
 
 def text_weights(model, meta: WdsMeta, ctx: Context) -> torch.Tensor:
@@ -102,12 +99,13 @@ def evaluate(logits: torch.Tensor, labels: torch.Tensor, keys: list[str], classn
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     meta = read_wds_meta(bench.data.folder(ctx.roots))
     t0 = time.perf_counter()
-    feats, labels, keys = image_features(model, meta, bench.data.split, ctx)          # [N, D]
+    feats, labels, keys, bad = image_features(model, meta, bench.data.split, ctx)     # [N, D]
     t1 = time.perf_counter()
     w = text_weights(model, meta, ctx)                                                 # [C, D]
     t2 = time.perf_counter()
     logits = 100.0 * feats @ w.T                                                       # [N, C]
     res = evaluate(logits, labels, keys, meta.classnames)
+    res.metrics["skipped_bad_image"] = float(bad)
     res.tables["timing"] = [dict(phase="images", seconds=round(t1 - t0, 3), n=len(keys)),
                             dict(phase="class weights", seconds=round(t2 - t1, 3), n=len(meta.classnames) * len(meta.templates))]
     return res
