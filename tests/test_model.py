@@ -208,6 +208,16 @@ def test_cli_chat_answers_and_rejects_extra_placeholders(tmp_path, capsys):
     assert len(err) == 1 and "placeholder" in err[0]
     assert cli(["chat", str(ck), "<image>?", "--image", str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
+    # settings and prompts that answered noise or crashed
+    context = m.llm.config.max_position_embeddings
+    odd = [(["  "], "the prompt is empty"), (["caf\udce9?"], "not UTF-8"),          # argv's surrogate escape
+           (["hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+           (["hi", "--temperature", "-1"], "--temperature must be >= 0"),
+           ([" ".join(["red"] * context)], f"past the model's context of {context} tokens")]
+    for argv, message in odd:
+        assert cli(["chat", str(ck), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
 
 
 @pytest.mark.parametrize("size", [(75, 32), (32, 101), (150, 64), (64, 64)], ids=["wide", "tall", "wide-resized", "square"])

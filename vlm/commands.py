@@ -70,8 +70,19 @@ def _read_media(kind: str, path: str):
 
 
 def cmd_chat(args) -> int:
+    from vlm.errors import UserError
     from vlm.loading import load
     from vlm.modalities import MODALITIES
+    try:
+        args.prompt.encode("utf-8")    # argv bytes that are not UTF-8 arrive as surrogates: a tokenizer TypeError
+    except UnicodeEncodeError:
+        raise UserError("the prompt is not UTF-8 text") from None
+    if not args.prompt.strip():
+        raise UserError("the prompt is empty")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     model = load(args.ckpt)
     media = {k: [_read_media(k, f) for f in getattr(args, k) or []] for k in MODALITIES}
     answer = model.chat(args.prompt, {k: v for k, v in media.items() if v}, max_new_tokens=args.max_new_tokens,

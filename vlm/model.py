@@ -293,8 +293,14 @@ class MultimodalLM(nn.Module):
         return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
     def chat(self, text: str, media: dict[str, list] | None = None, **gen) -> str:
-        """One user turn -> the model's answer as text."""
+        """One user turn -> the model's answer as text. A prompt that with `max_new_tokens` does not fit the
+        LLM's context is a one-line error (past it the model answers noise)."""
         p = self.processor.prompt(text, media)
+        context = getattr(self.llm.config, "max_position_embeddings", None)
+        new = int(gen.get("max_new_tokens", 32))
+        if context and len(p.input_ids) + new > context:
+            raise UserError(f"the prompt is {len(p.input_ids)} tokens (media included) and max_new_tokens {new}: "
+                            f"past the model's context of {context} tokens")
         ids = self.generate(torch.tensor([p.input_ids]), media=p.media, **gen)[0]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
