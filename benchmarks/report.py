@@ -35,12 +35,14 @@ def _score(table, model: str, bench: str) -> float | None:
 
 
 def capability_table(table) -> str:
-    """Markdown: one row per (type, capability), the mean headline score of its benchmarks per model."""
+    """Markdown: one row per (type, capability, split), the mean headline score of its benchmarks per model.
+    Results of another split (`BENCH@val`) are a row of their own, never averaged with the test split's."""
     models = _models(table)
-    ok = table[table["status"] == "ok"]
+    ok = table[table["status"] == "ok"].copy()
+    ok["split"] = ok["benchmark"].astype(str).str.partition("@")[2]
     rows = []
-    for (typ, cap), grp in ok.groupby(["type", "capability"], sort=True):
-        row: list[Any] = [typ, cap, ", ".join(sorted(grp["benchmark"].unique()))]
+    for (typ, cap, split), grp in ok.groupby(["type", "capability", "split"], sort=True):
+        row: list[Any] = [typ, f"{cap} @{split}" if split else cap, ", ".join(sorted(grp["benchmark"].unique()))]
         for m in models:
             s = grp[grp["model"] == m]["score"].dropna()
             row.append(float(s.mean()) if len(s) else None)

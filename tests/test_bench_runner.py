@@ -201,6 +201,10 @@ def test_split_reads_another_split_under_its_own_name(assets, tmp_path, capsys):
     val = pd.read_parquet(next((tmp_path / "val" / "results").glob("*/sw-vqa-color_val.parquet")))
     test = pd.read_parquet(next((tmp_path / "test" / "results").glob("*/sw-vqa-color.parquet")))
     assert len(val) > 0 and len(test) > 0 and set(val["key"]).isdisjoint(test["key"])
+    rc, cap = _cli(["eval", *common, "--split", "val", "--out", str(tmp_path / "test")], capsys)   # both in one folder
+    assert rc == 0
+    rows = [r for r in cap.out.splitlines() if r.startswith("| ") and "sw-vqa-color" in r]
+    assert len(rows) == 2 and any("@val | sw-vqa-color@val |" in r for r in rows), cap.out   # never averaged
     rc, cap = _cli(["eval", *common, "--split", "train", "--out", str(tmp_path / "train")], capsys)
     assert rc == 2 and len(cap.err.strip().splitlines()) == 1 and "train" in cap.err
 
