@@ -147,8 +147,8 @@ def read_wds_meta(folder: str | Path) -> WdsMeta:
         if not p.exists():
             raise UserError(f"{root}: no {p.name} (not a clip_benchmark wds folder)")
     classnames, templates = _read_lines(names), _read_lines(tmpl)
-    if not classnames:
-        raise UserError(f"{names}: empty")
+    if len(classnames) < 2:             # one class: every image "correct", a top-1 of 1.0 that measures nothing
+        raise UserError(f"{names}: {len(classnames)} class(es); zero-shot classification needs at least 2")
     if not templates:
         raise UserError(f"{tmpl}: empty")
     bad = [t for t in templates if "{c}" not in t]

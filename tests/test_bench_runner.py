@@ -141,6 +141,7 @@ def test_cli_bad_input_exits_2(assets, tmp_path, capsys):
            "brace": ("zeroshot_classification_templates.txt", b"a {} photo of {c}\n", "takes only {c}"),
            "field": ("zeroshot_classification_templates.txt", b"{c} with {color}\n", "takes only {c}"),
            "twice": ("classnames.txt", b"red\nred\n", "listed twice"),
+           "one": ("classnames.txt", b"red\n", "needs at least 2"),
            "zero": ("test/nshards.txt", b"0\n", "0 shards")}
     for name, (fname, data, message) in odd.items():
         d = tmp_path / f"odd_{name}"

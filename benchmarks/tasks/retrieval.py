@@ -54,6 +54,9 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     if not kept:
         raise UserError(f"benchmark {bench.name}: no image decodes ({bad} bad)")
     texts, pos = positives([c for _, c in kept])
+    if len(kept) < 2 or len(texts) < 2:  # one image, or every image with the same caption: recall 1.0 by construction
+        raise UserError(f"benchmark {bench.name}: {len(kept)} image(s) and {len(texts)} distinct caption(s); "
+                        f"retrieval needs at least 2 of each")
     txt = text_features_of(model, texts, ctx)                                           # [T, D]
     metrics, i2t, _ = score(img, txt, pos)
     rows = [dict(key=s.key, caption=c[0], n_captions=len(c), **{f"image_hit@{k}": bool(i2t[k][i]) for k in KS})
