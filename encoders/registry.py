@@ -58,13 +58,13 @@ def list_encoders(pattern: str | None = None) -> list[dict[str, str]]:
 
 
 def check_config_options(encoder: str, config_cls: type, options: dict[str, Any]) -> None:
-    """Options that override a transformers config must be its fields: HF configs take any keyword as an
-    attribute, so a misspelt one (``feature_selct``) would be kept and ignored. One line naming it."""
-    from vlm.config import unused_options
-    unknown = unused_options(config_cls, options)
+    """Options that override a transformers config: one that looks misspelt (``feature_selct``) is one line
+    naming it (HF configs take any keyword as an attribute, so it would be kept and ignored)."""
+    from vlm.config import misspelt_options
+    unknown = misspelt_options(config_cls, options, ("weights", "feature_layer", "feature_select", "sample_rate"))
     if unknown:
         raise UserError(f"unknown option(s) {unknown} for encoder {encoder!r}: not fields of transformers' "
-                        f"{config_cls.__name__} (nor weights / feature_layer)")
+                        f"{config_cls.__name__} (nor weights / feature_layer), though close to one")
 
 
 def build_encoder(name: str, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:

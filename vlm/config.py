@@ -273,13 +273,13 @@ def config_from_args(cls: type, args: argparse.Namespace, what: str = "config fi
     return from_dict(cls, raw, what=what)
 
 
-def unused_options(config_cls: type, options: dict[str, Any]) -> list[str]:
-    """Keys of `options` that a transformers config class would keep as bare attributes and never use (a
-    misspelt `hiden_size`): not among its default fields, and not consumed by its constructor (a legacy key
-    such as `rope_theta` is turned into `rope_parameters`). HF configs take any keyword, so this is the check."""
-    default = config_cls().to_dict()
-    try:
-        built = config_cls(**options).to_dict()
-    except (TypeError, ValueError):
-        return []                                   # a bad value: the caller's build reports it
-    return sorted(k for k in options if k in built and k not in default)
+def misspelt_options(config_cls: type, options: dict[str, Any], also: tuple[str, ...] = ()) -> list[str]:
+    """Keys of `options` that look like a misspelling of a transformers config field (or of `also`, the
+    caller's own options): `hiden_size`, `feature_selct`. HF configs keep any keyword as an attribute, so a typo
+    would be kept and ignored; a key unlike every field may be one the modelling code reads with getattr
+    (`head_dim`) or a legacy key the constructor converts (`rope_theta`), and passes."""
+    import difflib
+    import inspect
+    known = (set(config_cls().to_dict()) | set(inspect.signature(config_cls.__init__).parameters)
+             | set(getattr(config_cls, "attribute_map", {})) | set(also))      # hidden_size -> d_model aliases
+    return sorted(k for k in options if k not in known and difflib.get_close_matches(k, known, n=1, cutoff=0.8))

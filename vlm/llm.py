@@ -95,11 +95,10 @@ def llm_config(model_type: str, vocab_size: int, **overrides):
     if model_type not in CONFIG_MAPPING:
         raise UserError(f"unknown LLM model_type '{model_type}' (not a transformers architecture)")
     # a config takes any keyword as an attribute: a misspelt size would be kept and ignored
-    from vlm.config import unused_options
-    unknown = unused_options(CONFIG_MAPPING[model_type], {k: v for k, v in overrides.items()
-                                                          if k != "attn_implementation"})
+    from vlm.config import misspelt_options
+    unknown = misspelt_options(CONFIG_MAPPING[model_type], overrides, ("attn_implementation", "vocab_size"))
     require(not unknown, f"unknown LLM setting(s) {unknown} for model_type '{model_type}': not fields of "
-            f"transformers' {CONFIG_MAPPING[model_type].__name__}")
+            f"transformers' {CONFIG_MAPPING[model_type].__name__}, though close to one")
     kw = {**TINY_ARCH.get(model_type, {}), **overrides}
     kw.setdefault("max_position_embeddings", 2048)
     kw.setdefault("tie_word_embeddings", False)
