@@ -34,15 +34,29 @@ def _score(table, model: str, bench: str) -> float | None:
     return float(sel["score"].iloc[0]) if len(sel) else None
 
 
+def split_of(bench: str) -> str:
+    """The split a result read when not its benchmark's own (`BENCH@val` -> 'val'; '' otherwise; an '@' inside
+    a folder path is not one)."""
+    head, at, tail = str(bench).rpartition("@")
+    return tail if at and head and "/" not in tail else ""
+
+
+def capability_groups(table):
+    """(type, capability label, rows) of the ok results; another split's results are a group of their own
+    (`color @val`), never averaged with the test split's."""
+    ok = table[table["status"] == "ok"].copy()
+    ok["split"] = [split_of(b) for b in ok["benchmark"]]
+    for (typ, cap, split), grp in ok.groupby(["type", "capability", "split"], sort=True):
+        yield typ, f"{cap} @{split}" if split else cap, grp
+
+
 def capability_table(table) -> str:
     """Markdown: one row per (type, capability, split), the mean headline score of its benchmarks per model.
     Results of another split (`BENCH@val`) are a row of their own, never averaged with the test split's."""
     models = _models(table)
-    ok = table[table["status"] == "ok"].copy()
-    ok["split"] = ok["benchmark"].astype(str).str.partition("@")[2]
     rows = []
-    for (typ, cap, split), grp in ok.groupby(["type", "capability", "split"], sort=True):
-        row: list[Any] = [typ, f"{cap} @{split}" if split else cap, ", ".join(sorted(grp["benchmark"].unique()))]
+    for typ, cap, grp in capability_groups(table):
+        row: list[Any] = [typ, cap, ", ".join(sorted(grp["benchmark"].unique()))]
         for m in models:
             s = grp[grp["model"] == m]["score"].dropna()
             row.append(float(s.mean()) if len(s) else None)

@@ -269,10 +269,10 @@ def report_html(out: str | Path, table, benches: list[Benchmark] = (), roots: Ro
 
 
 def _capability_html(table, models: list[str]) -> str:
-    ok = table[table["status"] == "ok"]
+    from benchmarks.report import capability_groups
     out = ["<table><thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in ["type", "capability", "benchmarks", *models])
            + "</tr></thead><tbody>"]
-    for (typ, cap), grp in ok.groupby(["type", "capability"], sort=True):
+    for typ, cap, grp in capability_groups(table):
         cells = [typ, cap, ", ".join(sorted(grp["benchmark"].unique()))]
         vals = []
         for m in models:
