@@ -248,10 +248,18 @@ def test_a_rerun_replaces_the_data_set_only_when_it_succeeds(tmp_path):
     with pytest.raises(UserError, match="4 of 4 samples are bad"):
         convert.convert_llava_json(str(tmp_path / "bad.json"), str(tmp_path / "img"), str(out), max_count=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    (out / ".partial-999999999").mkdir()                                       # a killed writer's (no such pid)
+    (out / ".partial-1-dead").mkdir()                                          # a killed writer's, two days old
+    os.utime(out / ".partial-1-dead", (1, 1))
+    (out / ".partial-2-live").mkdir()                                          # another writer's, live
     (tmp_path / "one.json").write_text(json.dumps(good[:1]))
     convert.convert_llava_json(str(tmp_path / "one.json"), str(tmp_path / "img"), str(out))
-    assert sorted(p.name for p in out.iterdir()) == ["index.json", "shard-000000.tar"]
+    assert sorted(p.name for p in out.iterdir()) == [".partial-2-live", "index.json", "shard-000000.tar"]
+    # two writers of one process into one folder, nested (one staging folder each)
+    with ShardWriter(tmp_path / "two", prefix="train") as a, ShardWriter(tmp_path / "two", prefix="val") as b:
+        a.write({"__key__": "a", "json": {"caption": "x"}, "jpg": Image.new("RGB", (8, 8))})
+        b.write({"__key__": "b", "json": {"caption": "y"}, "jpg": Image.new("RGB", (8, 8))})
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["index.json", "train-000000.tar",
+                                                                   "val-000000.tar"]
 
 
 def test_converters_skip_odd_records_by_reason(tmp_path):

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import webdataset as wds
 
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, media_order, placeholder_modalities
+
 FIXED_MTIME = 0.0  # tar member mtime: a constant, so the same samples give the same bytes
 
 
@@ -313,17 +315,18 @@ def _task_of(encoded: dict[str, Any], meta: dict[str, Any]) -> str:
     return "caption" if "txt" in encoded or "caption" in meta else "other"
 
 
-STAGING = ".partial-"                 # <out_dir>/.partial-<pid>: a writer's shards until it closes
+STAGING = ".partial-"                 # <out_dir>/.partial-<pid>-<random>: a writer's shards until it closes
+STALE_SECONDS = 24 * 3600             # a staging folder untouched this long is a killed writer's
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:                   # another user's process: alive
-        return True
-    return True
+def _remove_stale_staging(out_dir: str) -> None:
+    """Staging folders killed writers left: untouched for a day (a live writer on another host of a shared file
+    system, whose pid means nothing here, touches its folder with every shard)."""
+    import time
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if name.startswith(STAGING) and os.path.isdir(path) and time.time() - os.path.getmtime(path) > STALE_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _shard_regex(pattern: str) -> re.Pattern:
@@ -353,12 +356,8 @@ class ShardWriter:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create output folder {self.out_dir}: {e.strerror}") from e
-        for name in os.listdir(self.out_dir):           # what killed writers left
-            if name.startswith(STAGING) and name[len(STAGING):].isdigit() and not _pid_alive(int(name[len(STAGING):])):
-                shutil.rmtree(os.path.join(self.out_dir, name), ignore_errors=True)
-        self.stage_dir = os.path.join(self.out_dir, f"{STAGING}{os.getpid()}")
-        shutil.rmtree(self.stage_dir, ignore_errors=True)
-        os.makedirs(self.stage_dir)
+        _remove_stale_staging(self.out_dir)
+        self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=self.out_dir)   # one per writer
         self.pattern = pattern or f"{prefix}-%06d.tar"
         self.validate = validate
         self.meta = dict(meta or {})
@@ -420,21 +419,19 @@ class ShardWriter:
         return index
 
     def _publish(self, index: dict[str, Any]) -> None:
-        """The staged shards replace the folder's data set; `index.json` is written last, so its presence
-        means the folder is complete."""
+        """The staged shards replace the folder's data set: moved in (each rename atomic), then `index.json`
+        replaced in one rename (the folder always has an index naming complete shards), then the previous data
+        set's shards this index does not name removed."""
         with open(os.path.join(self.stage_dir, "index.json"), "w") as f:
             json.dump(index, f, indent=1, sort_keys=True)
             f.write("\n")
-        final = os.path.join(self.out_dir, "index.json")
-        if os.path.exists(final):
-            os.remove(final)
-        ours = _shard_regex(self.pattern)
-        for name in os.listdir(self.out_dir):          # the previous data set's shards (or a killed run's)
-            if ours.fullmatch(name) and os.path.isfile(os.path.join(self.out_dir, name)):
-                os.remove(os.path.join(self.out_dir, name))
         for s in self.shards:
             os.replace(os.path.join(self.stage_dir, s["file"]), os.path.join(self.out_dir, s["file"]))
-        os.replace(os.path.join(self.stage_dir, "index.json"), final)
+        os.replace(os.path.join(self.stage_dir, "index.json"), os.path.join(self.out_dir, "index.json"))
+        ours, keep = _shard_regex(self.pattern), {s["file"] for s in self.shards}
+        for name in os.listdir(self.out_dir):          # the previous data set's other shards (or a killed run's)
+            if ours.fullmatch(name) and name not in keep and os.path.isfile(os.path.join(self.out_dir, name)):
+                os.remove(os.path.join(self.out_dir, name))
         shutil.rmtree(self.stage_dir, ignore_errors=True)
 
     def __enter__(self) -> ShardWriter:

@@ -23,7 +23,6 @@ Same seed -> byte-identical shards (each sample draws from its own generator see
 """
 from __future__ import annotations
 
-import glob
 import json
 import multiprocessing
 import os
@@ -161,16 +160,9 @@ def _generate(jobs: list[tuple[int, str, str, int]], workers: int) -> Iterator[d
         yield from pool.imap(make_sample, jobs, chunksize=8)
 
 
-def _clear(folder: str, pattern: str) -> None:
-    """Remove shards a previous build left in `folder`, so a smaller rebuild leaves no stale ones."""
-    for path in glob.glob(os.path.join(folder, pattern)):
-        os.remove(path)
-
-
 def _write_split(out: str, split: str, jobs: list, workers: int, meta: dict[str, Any]) -> dict[str, Any]:
     folder = os.path.join(out, split)
-    os.makedirs(folder, exist_ok=True)
-    _clear(folder, "shard-*.tar")
+    os.makedirs(folder, exist_ok=True)        # the writer replaces a previous build's shards when it succeeds
     with ShardWriter(folder, prefix="shard", max_count=SHARD_SAMPLES, meta=meta) as w:
         for sample in _generate(jobs, workers):
             w.write(sample)
@@ -187,7 +179,6 @@ def write_class_set(out: str, name: str, per_class: int, seed: int) -> dict[str,
                          ("dataset_type.txt", ["classification"])):
         with open(os.path.join(folder, fname), "w") as f:
             f.write("\n".join(lines) + "\n")
-    _clear(os.path.join(folder, "test"), "*.tar")
     counts = {c: 0 for c in classes}
     with ShardWriter(os.path.join(folder, "test"), pattern="%d.tar", max_count=10**9,
                      meta={"name": f"{NAME}/{name}", "seed": seed}) as w:
