@@ -185,3 +185,6 @@ def test_unreadable_or_odd_parquet_and_jsonl_are_one_line(tmp_path, datasets_lib
     (sub / "original.jsonl").write_text(json.dumps(row) + "\n{broken\n")
     with pytest.raises(UserError, match=r"original\.jsonl: line 2: not a JSON object row"):
         convert_mmeb_train(str(tmp_path / "mmeb"), str(tmp_path / "o3"))
+    (sub / "original.jsonl").write_bytes('{"qry": "café"}\n'.encode("latin-1"))         # before any line is read
+    with pytest.raises(UserError, match=r"original\.jsonl: not UTF-8 text \(after line 0\)"):
+        convert_mmeb_train(str(tmp_path / "mmeb"), str(tmp_path / "o3"))

@@ -47,7 +47,7 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
     """The rows of one parquet / jsonl file; a file without MMEB's columns, a line that is not a JSON object, a
     file that does not read: a UserError naming it (and the line)."""
     if path.endswith(".jsonl"):
-        rows = []
+        rows, n = [], 0
         try:
             with open(path, encoding="utf-8-sig") as f:
                 for n, line in enumerate(f, 1):
@@ -55,7 +55,9 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
                         rows.append(json.loads(line))
                         if not isinstance(rows[-1], dict):
                             raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text (after line {n})") from None
+        except ValueError as e:
             raise UserError(f"{path}: line {n}: not a JSON object row ({str(e).splitlines()[0][:120]})") from None
         cols = set(rows[0]) if rows else set(COLUMNS)
     else:

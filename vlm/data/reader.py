@@ -42,8 +42,9 @@ from vlm.data.tar import _KEY_EXT, SampleRef, TarBroken, _octal, _pax_records, t
 from vlm.errors import UserError
 
 # Reasons that are not data errors (the sample is fine, the settings drop it): not in the error rate.
-# too_short / no_audio: a clip under the stage's min_seconds, a sample without audio in an audio-clip stage.
-NOT_ERRORS = frozenset({"too_long", "too_short", "no_audio"})
+# too_short / no_audio: a clip under the stage's min_seconds, a sample without audio in an audio-clip stage;
+# no_answer: a prompt without an assistant turn (an evaluation prompt), nothing to train on but not broken.
+NOT_ERRORS = frozenset({"too_long", "too_short", "no_audio", "no_answer"})
 
 
 # ---------------------------------------------------------------------------------------------

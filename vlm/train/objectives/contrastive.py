@@ -159,14 +159,19 @@ class Contrastive(Objective):
             loss, hits = self.scores(leaves["query"], leaves["target"])
             loss.backward()
         cache = {s: iter(leaves[s].grad.split([r.shape[0] for r in reps[s]])) for s in reps}
-        # 3. each chunk again with a graph; surrogate s . u has the chunk's share of the parameter gradient
-        surrogate = None
-        for k, ((side, sub), state) in enumerate(zip(chunks, states)):
+        # 3. each chunk again with a graph; surrogate s . u has the chunk's share of the parameter gradient (a chunk
+        # whose embedding no trainable weight reaches, e.g. text queries while only the image projector trains,
+        # has none); the last one with a graph is returned for the trainer's backward
+        pending = None
+        for (side, sub), state in zip(chunks, states):
             with state.replay():
                 s = model.embed(**sub)                                     # [c, D]
+            u = next(cache[side])
             if not s.requires_grad:
-                raise UserError(f"objective 'contrastive': {NO_GRADIENT}")
-            surrogate = (s * next(cache[side])).sum()
-            if k < len(chunks) - 1:
-                surrogate.backward()
-        return loss.detach() + (surrogate - surrogate.detach()), hits
+                continue
+            if pending is not None:
+                pending.backward()
+            pending = (s * u).sum()
+        if pending is None:
+            raise UserError(f"objective 'contrastive': {NO_GRADIENT}")
+        return loss.detach() + (pending - pending.detach()), hits
