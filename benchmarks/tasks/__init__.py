@@ -90,7 +90,7 @@ def decoded_image(model, s: Sample, raw: bytes | None = None):
         return None
 
 
-def encode_images(model, items, prep, ctx: Context, total: int | None = None) -> tuple["torch.Tensor", list[bool]]:
+def encode_images(model, items, prep, ctx: Context, total: int | None = None) -> tuple[torch.Tensor, list[bool]]:
     """[N_ok, D] image embeddings of `prep(item)` over items (None: an undecodable image, left out) and, per
     item, whether it has a row."""
     import torch
@@ -107,7 +107,7 @@ def encode_images(model, items, prep, ctx: Context, total: int | None = None) ->
     return (torch.cat(feats) if feats else torch.zeros(0)), ok
 
 
-def image_features_of(model, samples: list[Sample], dhash: str, ctx: Context) -> tuple["torch.Tensor", list[bool]]:
+def image_features_of(model, samples: list[Sample], dhash: str, ctx: Context) -> tuple[torch.Tensor, list[bool]]:
     """[N_ok, D] normalised embeddings of each sample's first image and, per sample, whether its image decoded
     (the others are left out: the task skips and counts them), cached by model and data hash."""
     def compute():

@@ -41,7 +41,12 @@ from torch import nn
 
 from vlm.data.collate import slice_rows
 from vlm.errors import UserError
-from vlm.train.objectives.base import NO_GRADIENT, OBJECTIVES, Objective, ObjectiveOutput
+from vlm.train.objectives.base import (
+    NO_GRADIENT,
+    OBJECTIVES,
+    Objective,
+    ObjectiveOutput,
+)
 
 
 @dataclass
