@@ -184,12 +184,19 @@ def distinct(names: list[str], longer: list[str]) -> list[str]:
     shared = Counter(names)
     out = [long if shared[n] > 1 else n for n, long in zip(names, longer)]
     seen: Counter = Counter()
-    again = Counter(out)
     for i, n in enumerate(out):
         seen[n] += 1
-        if again[n] > 1 and seen[n] > 1:
+        if seen[n] > 1:
             out[i] = f"{n}#{seen[n]}"
     return out
+
+
+def folder_name(bench: Benchmark) -> str:
+    """A user folder's benchmark named by its whole path (`wds:/data/a/colors@val`), not its last part."""
+    prefix, sep, rest = bench.name.partition(":")
+    if not sep or not os.path.isabs(bench.data.root):
+        return bench.name
+    return f"{prefix}:{bench.data.root}{rest[len(rest.split('@')[0]):]}"
 
 
 def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -> RunResult:
@@ -203,9 +210,7 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
         m.name = name
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]
-    names = distinct([b.name for b in benches], [b.name.replace(b.name.split(":", 1)[1].split("@")[0], b.data.root, 1)
-                                                 if os.path.isabs(b.data.root) and ":" in b.name else b.name
-                                                 for b in benches])
+    names = distinct([b.name for b in benches], [folder_name(b) for b in benches])
     benches = [b if b.name == n else dataclasses.replace(b, name=n) for b, n in zip(benches, names)]
     for b in benches:
         check_data(b, cfg.roots)

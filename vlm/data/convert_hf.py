@@ -31,7 +31,7 @@ from typing import Any
 
 from vlm.data.convert import Report, Skip, _write_all, inside, make_key
 from vlm.errors import UserError
-from vlm.modalities import PLACEHOLDERS
+from vlm.modalities import PLACEHOLDERS, short_error
 
 CONVERSATION_COLUMNS = ("conversations", "messages", "texts")
 IMAGE_COLUMNS = ("images", "image")
@@ -80,7 +80,7 @@ def check_parquet_files(files: list[str]) -> None:
         try:
             names = sorted(pq.read_schema(f).names)
         except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid on a truncated / foreign file, OSError
-            raise UserError(f"{f}: not a readable parquet file ({(str(e).splitlines() or [''])[0][:160]})") from None
+            raise UserError(f"{f}: not a readable parquet file ({short_error(e)[:160]})") from None
         ref, cols = first.setdefault(os.path.dirname(f), (f, names))
         if names != cols:
             raise UserError(f"{f}: columns {names} differ from {ref}'s {cols}; convert the files with different "
@@ -217,8 +217,8 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
             except StopIteration:
                 return
             except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid, datasets' CastError, OSError ...
-                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                raise UserError(f"{path}: reading stopped after {i} row(s) ({type(e).__name__}: {why})") from None
+                raise UserError(f"{path}: reading stopped after {i} row(s) ({type(e).__name__}: "
+                                f"{short_error(e)[:300]})") from None
             yield i, row
             i += 1
 

@@ -135,7 +135,7 @@ class ChatFormat(Format):
         cut = truncate(p, self.max_len, self.processor.placeholder_ids)
         if cut is None:
             raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len} and media past the cut")
-        if all(t == IGNORE for t in cut.labels):
+        if cut is not p and all(t == IGNORE for t in cut.labels):
             raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len}: the cut leaves no answer token")
         return cut, converted
 
@@ -276,10 +276,11 @@ def audio_notes(x: torch.Tensor) -> list[str]:
     """Kept but counted (DataStats.converted): a silent clip (every sample 0, also a stereo pair that cancels in
     the downmix) and a clipped one (>= 1 % of its samples exactly at a full-scale peak: a clipped recording sits
     on its limit, a sampled sine almost never repeats its maximum)."""
-    peak = x.abs().max() if x.numel() else x.new_zeros(())
+    a = x.abs()
+    peak = a.max() if x.numel() else x.new_zeros(())
     if peak == 0:
         return ["audio_silent"]
-    if peak >= 0.99 and (x.abs() == peak).sum() >= 0.01 * x.numel():
+    if peak >= 0.99 and (a == peak).sum() >= 0.01 * x.numel():
         return ["audio_clipped"]
     return []
 

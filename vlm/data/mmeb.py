@@ -25,6 +25,7 @@ from typing import Any
 
 from vlm.data.convert import Report, Skip, _write_all, inside, make_key, read_image
 from vlm.errors import UserError
+from vlm.modalities import short_error
 
 PHI3_IMAGE = "<|image_1|>"
 COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
@@ -58,14 +59,14 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
         except UnicodeDecodeError:
             raise UserError(f"{path}: not UTF-8 text (after line {n})") from None
         except ValueError as e:
-            raise UserError(f"{path}: line {n}: not a JSON object row ({str(e).splitlines()[0][:120]})") from None
+            raise UserError(f"{path}: line {n}: not a JSON object row ({short_error(e)[:120]})") from None
         cols = set(rows[0]) if rows else set(COLUMNS)
     else:
         import pyarrow.parquet as pq
         try:
             table = pq.read_table(path)
         except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid on a truncated / foreign file, OSError
-            raise UserError(f"{path}: not a readable parquet file ({(str(e).splitlines() or [''])[0][:160]})") from None
+            raise UserError(f"{path}: not a readable parquet file ({short_error(e)[:160]})") from None
         cols, rows = set(table.column_names), None
     missing = [c for c in COLUMNS if c not in cols]
     if missing:

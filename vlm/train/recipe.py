@@ -236,6 +236,12 @@ def _require(cond: bool, field_path: str, message: str) -> None:
         raise UserError(f"recipe field '{field_path}': {message}")
 
 
+def _stage_field_error(e: UserError, stage_path: str) -> UserError:
+    """'lora.r: why' (vlm.llm's errors name the stage setting first) -> "recipe field 'stages.N.lora.r': why"."""
+    field, _, why = str(e).partition(": ")
+    return UserError(f"recipe field '{stage_path}.{field}': {why}")
+
+
 def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> None:
     """Everything checkable without weights; the first problem raises a UserError naming its field."""
     _require(bool(recipe.name) and recipe.name not in (".", "..") and not any(c in recipe.name for c in "/\\"),
@@ -351,8 +357,7 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
         try:
             lora_config(st.lora)
         except UserError as e:
-            field, _, why = str(e).partition(": ")
-            raise UserError(f"recipe field '{p}.{field}': {why}") from None
+            raise _stage_field_error(e, p) from None
     _require(bool(st.trainable) or st.llm != "frozen", f"{p}.trainable",
              f"stage '{st.name}' trains nothing (no trainable patterns and llm: frozen)")
     for name, w in st.data.items():
@@ -530,8 +535,7 @@ def check_model(recipe: Recipe):
         try:
             trained = apply_stage(model, st)
         except UserError as e:                         # peft on this LLM: lora.target_modules matching nothing
-            field, _, why = str(e).partition(": ")
-            raise UserError(f"recipe field 'stages.{i}.{field}': {why}") from None
+            raise _stage_field_error(e, f"stages.{i}") from None
         names = [n for n, _ in model.named_parameters()]
         for j, pat in enumerate(st.trainable):
             _require(any(fnmatch.fnmatchcase(n, pat) for n in names), f"stages.{i}.trainable.{j}",
