@@ -84,6 +84,25 @@ def test_embedder_is_the_benchmarks_code_path_and_normalised(setup, tmp_path):
     assert c.shape == (2, 32) and np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
 
 
+def test_an_open_clip_config_file_shadows_no_other_architecture(tmp_path):
+    """open_clip keys its architectures by file stem, process-wide: a config file named RN50.json, or two files
+    of one name, must each build their own model and leave the built-in RN50 the built-in."""
+    from benchmarks.fixtures import tiny_open_clip_config
+    from vlm.embed.backends import OpenClipBackend
+    a = tiny_open_clip_config(tmp_path / "a" / "tiny.json", embed_dim=16)
+    b = tiny_open_clip_config(tmp_path / "b" / "tiny.json", embed_dim=24)
+    user_rn50 = tiny_open_clip_config(tmp_path / "c" / "RN50.json")
+    models = [OpenClipBackend(f"open_clip:{p}") for p in (a, b, user_rn50)]
+    for m in models:
+        m.load()
+    assert [m.dim for m in models] == [16, 24, 32]
+    builtin = OpenClipBackend("open_clip:RN50")
+    builtin.load()
+    assert type(builtin.model.visual).__name__ == "ModifiedResNet"
+    assert type(models[2].model.visual).__name__ == "VisionTransformer"
+    assert len({m.fingerprint for m in (*models, builtin)}) == 4
+
+
 def test_embedder_bad_input_is_one_line(setup, tmp_path):
     from vlm.embed import Embedder
     from vlm.errors import UserError

@@ -300,6 +300,27 @@ def open_clip_config(arch: str, file: Path | None = None) -> dict | None:
     return config
 
 
+_REGISTERED: dict[str, str] = {}
+
+
+def registered_config(name: str, config: str) -> str:
+    """Register an open_clip architecture config (JSON text) under `name` (written to a temporary folder:
+    open_clip names an architecture by its file's stem) and return the name; once per name and process."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import open_clip
+    if name not in _REGISTERED:
+        folder = tempfile.mkdtemp(prefix="vlm-open-clip-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        copy = Path(folder) / f"{name}.json"
+        copy.write_text(config)
+        open_clip.add_model_config(copy)
+        _REGISTERED[name] = str(copy)
+    return name
+
+
 class OpenClipBackend(Backend):
     """An open_clip CLIP: its own preprocessing and tokenizer, fp32 weights. Text -> text tower, image ->
     image tower, both -> the normalised sum of the two (MMEB's CLIP baselines); instructions are ignored."""
@@ -327,6 +348,11 @@ class OpenClipBackend(Backend):
                 raise UserError(f"unknown open_clip architecture '{arch}' (see open_clip.list_models(), "
                                 "or give a config file: open_clip:/path/arch.json[:CKPT])")
             config = json.dumps(config, sort_keys=True)
+            if self.config_file is not None:
+                # open_clip's registry is keyed by file stem and process-wide: a file named like a built-in
+                # (RN50.json) or like another config file would replace that architecture for every later
+                # model of the process. The file is registered under a name of its own (registered_config).
+                self._registered = (f"{cfg.stem}-{digest(config)}", config)
             if ckpt is not None and not Path(ckpt).is_file():
                 raise UserError(f"open_clip checkpoint not found: {ckpt} (pretrained tags need the network; "
                                 "give a local file)")
@@ -343,12 +369,13 @@ class OpenClipBackend(Backend):
         with self._lock:
             if self._model is not None:
                 return
+            arch = self.arch
             if self.config_file is not None:
-                open_clip.add_model_config(self.config_file)
+                arch = registered_config(*self._registered)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)          # random-init models are the same on every run
                 try:
-                    model, _, pre = open_clip.create_model_and_transforms(self.arch, pretrained=self.ckpt,
+                    model, _, pre = open_clip.create_model_and_transforms(arch, pretrained=self.ckpt,
                                                                           device=self.device)
                 except RuntimeError as e:
                     if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
@@ -358,7 +385,7 @@ class OpenClipBackend(Backend):
                 except Exception as e:  # noqa: BLE001  unpickling, safetensors and OS errors of a damaged file
                     raise UserError(f"{self.ckpt}: not a readable open_clip checkpoint "
                                     f"({type(e).__name__}: {short_error(e)[:200]})") from None
-            self._tokenizer = open_clip.get_tokenizer(self.arch)
+            self._tokenizer = open_clip.get_tokenizer(arch)
             self._preprocess = pre
             self._model = model.eval()
 
