@@ -44,7 +44,12 @@ RESULTS = "results"
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "model"
+    """A file name for `text`; one cut to 80 characters ends in a hash of the whole text (two long folder
+    paths alike in their first 80 characters stay two files)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    if len(name) > 80:
+        name = f"{name[:71]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return name or "model"
 
 
 def model_dir_name(model: EvalModel) -> str:

@@ -246,6 +246,13 @@ def test_two_models_or_folders_of_one_name_keep_both_results(assets, tmp_path):
     assert set(res.table["benchmark"]) == {f"wds:{tmp_path / d / 'colors'}" for d in ("a", "b")}
 
 
+def test_result_file_names_of_long_names_alike_at_the_start_differ():
+    from benchmarks.runner import slug
+    a, b = (f"wds:/data/{'x' * 90}/{d}/colors" for d in ("a", "b"))
+    assert slug(a) != slug(b) and len(slug(a)) == len(slug(b)) == 80
+    assert slug(a) == slug(a) and slug("wds:/data/colors") == "wds_data_colors" and slug("///") == "model"
+
+
 def test_an_undecodable_image_is_skipped_and_counted_not_the_end_of_the_benchmark(assets, tmp_path):
     import shutil
 
