@@ -343,7 +343,7 @@ def tone_folder(d: Path, n: int) -> tuple[Path, list[str]]:
 def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(mert_folder, tmp_path, capsys):
     folder, _ = mert_folder
     d, rows = tone_folder(tmp_path / "mine", 12)
-    for name in ("silent", "stereo", "rate16k", "corrupt", "nan"):
+    for name in ("silent", "clipped", "stereo", "rate16k", "corrupt", "nan"):
         (d / "clips" / f"{name}.flac").write_bytes(BAD_AUDIO[name][0]())
         rows.append(f"clips/{name}.flac,low")
     (d / "clips" / "tiny.wav").write_bytes(flac(tone(440, 0.05), 24000))
@@ -358,7 +358,8 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     m = rec["metrics"]
     skipped = {k: v for k, v in m.items() if k.startswith("skipped_")}
     assert sum(skipped.values()) == 4 and skipped.get("skipped_missing_file") == 1
-    assert m["n"] + m["n_train"] == 12 + 5 + 2 - 4 and 0 <= m["accuracy"] <= 1
+    assert m["n"] + m["n_train"] == 12 + 6 + 2 - 4 and 0 <= m["accuracy"] <= 1
+    assert m["kept_audio_silent"] == 1 and m["kept_audio_clipped"] == 1      # kept, and counted as pretraining does
     assert [r["layer"] for r in rec["tables"]["layers"]] == [0, 1, 2]
     from vlm.cli import main
     capsys.readouterr()

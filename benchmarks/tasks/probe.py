@@ -10,7 +10,8 @@ Labels are the samples' answers (synthetic-world: pitch, chord, instrument, temp
 direction, noise type) or a user's labels.csv (`benchmarks.audio_folder`). Features of both splits are
 cached; the probes themselves train in seconds. Clips a probe cannot use (undecodable in a user's
 folder, non-finite samples, shorter than 0.1 s) are skipped and counted by reason (`skipped_<reason>`
-in the metrics); silent clips are kept (the waveform normalisation leaves them zero).
+in the metrics); silent and clipped clips are kept and counted (`kept_audio_silent`, `kept_audio_clipped`:
+the rule of the data layer's `audio_notes`; the waveform normalisation leaves a silent clip zero).
 """
 from __future__ import annotations
 
@@ -151,6 +152,8 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     if not any(c.label in classes for c in test):      # an accuracy of 0 that measures nothing
         raise UserError(f"benchmark {bench.name}: no {bench.data.split} clip has a label of the '{train_split}' "
                         f"split ({', '.join(sorted({c.label for c in test})[:5])} vs {', '.join(classes[:5])})")
+    from vlm.data.formats import audio_notes
+    kept = Counter(n for c in (*train, *test) for n in audio_notes(c.audio[0]))
     x_train = _features(model, train, h_train, bench.modality, ctx)                 # [N, L, D]
     x_test = _features(model, test, h_test, bench.modality, ctx)
     idx = {c: i for i, c in enumerate(classes)}
@@ -172,7 +175,8 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                "best_layer": float(max(range(len(weights)), key=weights.__getitem__)),
                # test clips of a label no train clip has: scored (always wrong), and counted so it shows
                "unseen_label": float(sum(c.label not in idx for c in test)),
-               **{f"skipped_{k}": float(v) for k, v in sorted(skipped.items())}}
+               **{f"skipped_{k}": float(v) for k, v in sorted(skipped.items())},
+               **{f"kept_{k}": float(v) for k, v in sorted(kept.items())}}
     layers = [dict(layer=k, weight=w, accuracy=a) for k, (w, a) in enumerate(zip(weights, per_layer))]
     return TaskResult(rows, metrics, {"layers": layers})
 
