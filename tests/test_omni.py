@@ -148,11 +148,15 @@ def test_mmtrail_converter_skips_bad_clips_by_reason(tmp_path):
             rec("empty", "ok.mp4", [20, 20]), rec("silent", "silent.mp4", [0, 10]), rec("corrupt", "corrupt.mp4", [0, 10]),
             rec("escape", "../secret.mp4", [0, 10])]
     (tmp_path / "ann.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
-    report = convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out"))
+    from vlm.errors import UserError
+    with pytest.raises(UserError, match=r"6 of 7 clips are bad, more than --max-bad 0.1;"):
+        convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tar"))     # nothing published
+    report = convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out"), max_bad=1.0)
     assert report.clips == 1 and report.written == 2                      # visual + music captions of "good"
     assert dict(report.skipped) == {"range_past_end": 1, "missing_video": 1, "empty_range": 1, "no_audio_track": 1,
                                     "bad_video": 1, "path_outside_root": 1}
-    kept = convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out2"), audio_optional=True)
+    kept = convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out2"), audio_optional=True, max_bad=1.0)
     assert kept.clips == 2 and "no_audio_track" not in kept.skipped
 
 

@@ -123,7 +123,8 @@ def _convert(args: argparse.Namespace) -> int:
 def _convert_mmtrail(args: argparse.Namespace) -> int:
     from vlm.data.mmtrail import convert_mmtrail
     report = convert_mmtrail(args.annotations, args.videos, args.out, fps=args.fps, size=args.size,
-                             max_seconds=args.max_seconds, audio_optional=args.audio_optional, max_count=args.max_count)
+                             max_seconds=args.max_seconds, audio_optional=args.audio_optional, max_count=args.max_count,
+                             max_bad=args.max_bad)
     print(report.summary())
     return 0
 
@@ -209,6 +210,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--max-seconds", type=float, default=30.0, help="a clip's length cap (default 30)")
     p.add_argument("--audio-optional", action="store_true", help="keep clips without an audio track")
     p.add_argument("--max-count", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--max-bad", type=float, default=0.1, help="stop when more than this fraction of the records is "
+                   "skipped (default 0.1; missing videos count); fewer are skipped and counted")
     p.set_defaults(func=_convert_mmtrail)
 
     p = sub.add_parser("inspect", help="counts, token lengths, examples and errors of shards",

@@ -147,7 +147,8 @@ def _mapping(x: Any) -> dict:
 
 def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, size: int = 224,
                     max_seconds: float = 30.0, audio_optional: bool = False, source: str = "mmtrail",
-                    max_count: int = 1000) -> MMTrailReport:
+                    max_count: int = 1000, max_bad: float = 0.1) -> MMTrailReport:
+    """Stops (nothing published) when no clip converts or more than `max_bad` of the records are skipped."""
     from vlm.data.convert import make_key
     from vlm.data.writer import Audio, ShardWriter, encode_mp4
     if not os.path.isdir(videos):
@@ -202,6 +203,10 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
                                       {"from": "gpt", "value": text}]}})
                 report.written += 1
             report.clips += 1
-    if report.clips == 0:
-        raise UserError(f"{annotations}: no clip converted; {report.summary()}")
+        bad = sum(report.skipped.values())                 # inside the writer: a stop publishes no shard
+        if report.clips == 0:
+            raise UserError(f"{annotations}: no clip converted; {report.summary()}")
+        if bad > max_bad * (bad + report.clips):
+            raise UserError(f"{annotations}: {bad} of {bad + report.clips} clips are bad, more than --max-bad "
+                            f"{max_bad:g}; {report.summary()}")
     return report
