@@ -312,6 +312,10 @@ def test_converters_skip_odd_records_by_reason(tmp_path):
     assert (tmp_path / "wds" / "classnames.txt").read_text() == "apple\nbanana\n"
 
 
+def report_notes(report) -> list[str]:
+    return [n.split(" in ")[0] for n in report.notes]
+
+
 def test_convert_caption_and_class_folders(tmp_path):
     _images(tmp_path / "cap", ["a.jpg", "b.png", "c.jpg"])
     (tmp_path / "cap" / "a.txt").write_text("a red square\n")
@@ -329,6 +333,11 @@ def test_convert_caption_and_class_folders(tmp_path):
     classes, _, items = read_wds_layout(tmp_path / "wds")
     pairs = [(classes[c], img[5, 5]) for img, c in items]
     assert len(pairs) == 4 and all((p[2] > 200) == (name == "blue thing") for name, p in pairs)
+    assert report_notes(convert.convert_class_folder(str(tmp_path / "cls"), str(tmp_path / "wds1"))) == []
+    (tmp_path / "cls" / "green_thing").mkdir()                              # a class with no image: kept, said
+    report = convert.convert_class_folder(str(tmp_path / "cls"), str(tmp_path / "wds3"))
+    assert report.written == 4 and report_notes(report) == ["1 class(es) with no image"]
+    assert "note: 1 class(es) with no image in" in report.summary() and "green thing" in report.summary()
     with pytest.raises(UserError, match="no class sub-folders"):
         convert.convert_class_folder(str(tmp_path / "cap"), str(tmp_path / "wds2"))
     with pytest.raises(UserError, match="not a folder"):
@@ -342,7 +351,14 @@ def test_convert_media_folders(tmp_path):
     with open(tmp_path / "caps.csv", "w", newline="") as f:
         csv.writer(f).writerows([["file", "caption"], ["a.flac", "a high tone"], ["b.wav", "a low, soft tone"]])
     report = convert.convert_media_folder(str(tmp_path / "aud"), str(tmp_path / "caps.csv"), str(tmp_path / "o"), kind="music")
-    assert report.written == 2
+    assert report.written == 2 and report.notes == []
+    (tmp_path / "aud" / "more").mkdir()
+    for name in ("more/c.flac", "d.ogg"):                                   # not in the captions table: said
+        sf.write(tmp_path / "aud" / name, tone(1.0, 16000), 16000)
+    (tmp_path / "aud" / "notes.txt").write_text("not audio")
+    again = convert.convert_media_folder(str(tmp_path / "aud"), str(tmp_path / "caps.csv"), str(tmp_path / "o5"), kind="music")
+    assert again.written == 2 and len(again.notes) == 1, again.notes
+    assert again.notes[0].startswith("2 audio file(s) under") and "d.ogg, more/c.flac" in again.notes[0]
     samples = {s["__key__"]: s for s in read_raw(tmp_path / "o")}
     assert meta(samples["b"])["caption"] == "a low, soft tone" and "wav" in samples["b"]
     assert meta(samples["a"])["conversations"][0]["value"].startswith("<music>")

@@ -62,6 +62,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     out: str = ""
     reasons: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)        # what was left alone on purpose, said once each
 
     def skip(self, problem: str, reason: str = "bad_sample") -> None:
         self.skipped += 1
@@ -73,7 +74,11 @@ class Report:
         text = f"wrote {self.written} samples to {self.out}, skipped {self.skipped}"
         if self.reasons:
             text += " (" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()) + ")"
-        return text + "".join(f"\n  skipped: {p}" for p in self.problems[:5])
+        return text + "".join(f"\n  skipped: {p}" for p in self.problems[:5]) + "".join(f"\n  note: {n}" for n in self.notes)
+
+
+def named(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def inside(root: str, path: str, what: str = "path") -> str:
@@ -346,6 +351,10 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
         n_shards = len(json.load(f)["shards"])
     with open(os.path.join(split_dir, "nshards.txt"), "w") as f:
         f.write(f"{n_shards}\n")
+    empty = [names[i] for i in range(len(classes)) if not any(ci == i for ci, _ in items)]
+    if empty:
+        report.notes.append(f"{len(empty)} class(es) with no image in {folder}: {named(empty)} (kept in "
+                            "classnames.txt: a zero-shot candidate with no test image)")
     report.out = out
     return report
 
@@ -449,8 +458,16 @@ def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audi
         return {"__key__": make_key(os.path.splitext(rel)[0], seen), ext: data,
                 "json": _caption_meta(placeholder, prompt, caption, source, f"{kind}_caption")}
 
-    return _write_all(out, sorted(table.items()), build, captions, max_bad, max_count=max_count,
-                      meta={"source": source, "kind": kind})
+    report = _write_all(out, sorted(table.items()), build, captions, max_bad, max_count=max_count,
+                        meta={"source": source, "kind": kind})
+    base = os.path.realpath(folder)
+    listed = {os.path.realpath(os.path.join(base, k)) for k in table}
+    wanted = "video" if kind == "video" else "audio"
+    unlisted = [f for f in _walk(folder) if file_kind(f) == wanted and os.path.realpath(os.path.join(base, f)) not in listed]
+    if unlisted:
+        report.notes.append(f"{len(unlisted)} {wanted} file(s) under {folder} have no caption in {captions}, not "
+                            f"converted: {named(unlisted)}")
+    return report
 
 
 CONVERTERS = {"llava-json": convert_llava_json, "caption-folder": convert_caption_folder,
