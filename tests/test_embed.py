@@ -103,6 +103,28 @@ def test_an_open_clip_config_file_shadows_no_other_architecture(tmp_path):
     assert len({m.fingerprint for m in (*models, builtin)}) == 4
 
 
+def test_a_swapped_tokenizer_is_another_fingerprint(setup, tmp_path):
+    """Cached text features and exports are keyed by the fingerprint: a checkpoint whose tokenizer was replaced
+    (same config and weights) embeds text differently, so it must not reuse them."""
+    import json
+    import shutil
+
+    from vlm.embed.backends import VLMBackend
+    _, ckpt, _ = setup
+    shutil.copytree(ckpt, tmp_path / "m")
+    before = VLMBackend(tmp_path / "m").fingerprint
+    assert VLMBackend(tmp_path / "m").fingerprint == before                 # stable while nothing changes
+    tok = json.loads((tmp_path / "m" / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = sorted(vocab)[-2:]
+    vocab[a], vocab[b] = vocab[b], vocab[a]                                 # two token ids swapped
+    (tmp_path / "m" / "tokenizer.json").write_text(json.dumps(tok))
+    assert VLMBackend(tmp_path / "m").fingerprint != before
+    changed = VLMBackend(tmp_path / "m").fingerprint
+    (tmp_path / "m" / "chat_template.jinja").write_text("{{ messages }}")   # a file the tokenizer also reads
+    assert VLMBackend(tmp_path / "m").fingerprint not in (before, changed)
+
+
 def test_embedder_bad_input_is_one_line(setup, tmp_path):
     from vlm.embed import Embedder
     from vlm.errors import UserError

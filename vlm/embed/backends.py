@@ -150,6 +150,8 @@ class VLMPreparer:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# what else the tokenizer reads when a folder has it: part of the fingerprint with the two above
+TOKENIZER_EXTRAS = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 def tokenizer_problem(path: Path) -> str | None:
@@ -204,7 +206,10 @@ class VLMBackend(Backend):
             raise UserError(f"{path}: {what} is not an embedder (it has no LLM to embed prompts with)")
         self.spec, self.path = str(path), p
         self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
-        self.fingerprint = digest("vlm", config, file_id(p / "model.safetensors"))
+        # the tokenizer is part of what a text embeds to: a swapped tokenizer.json is another model (cached
+        # features and exports of the old one are not reused for it)
+        tokenizer = [file_id(p / f) for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (p / f).is_file()]
+        self.fingerprint = digest("vlm", config, file_id(p / "model.safetensors"), *tokenizer)
         self.modalities = tuple(raw.get("media") or raw.get("encoders") or {})    # format 2 | 1
         self.config = raw
         self._model = None

@@ -129,7 +129,7 @@ def warn_other_model(cfg: SearchConfig, index, emb) -> None:
     fine; other weights give scores in another space): said on stderr after the results."""
     if cfg.model and index.run.get("fingerprint") and emb.fingerprint != index.run["fingerprint"]:
         import sys
-        print(f"warning: --model {cfg.model} is not the weights file {cfg.dir} was exported with "
+        print(f"warning: --model {cfg.model} is not the weights / tokenizer {cfg.dir} was exported with "
               f"({index.run.get('model')}); the scores mean something only for the same weights", file=sys.stderr)
 
 

@@ -385,7 +385,7 @@ class Index:
             emb = Embedder.load(spec, device=device)
             want = self.run.get("fingerprint")
             if want and emb.fingerprint != want:
-                raise UserError(f"{spec}: not the weights {self.folder} was exported with (changed or replaced since: "
+                raise UserError(f"{spec}: not the weights / tokenizer {self.folder} was exported with (changed or replaced since: "
                                 f"fingerprint {emb.fingerprint}, the export's {want}); re-export, or pass the model "
                                 f"explicitly if it is the same weights moved")
             self._embedder = emb
