@@ -42,7 +42,7 @@ from vlm.data.decode import (
 from vlm.data.packing import pack_rows, row_fits, truncate
 from vlm.data.processor import Processed, Processor
 from vlm.data.template import IGNORE
-from vlm.data.writer import media_fields, pair_side_problem
+from vlm.data.writer import PAIR_SHAPE, media_fields, pair_sides
 from vlm.errors import UserError
 from vlm.modalities import (
     FILE_EXTENSIONS,
@@ -224,17 +224,13 @@ class PairFormat(Format):
 
     def make(self, key, fields, shard, seed=0):
         meta = read_meta(fields)
-        sides = [meta.get("query"), meta.get("positive")]
+        named, why = pair_sides(meta, self.negatives)   # only the sides trained on are read (and decoded)
+        if why is not None:
+            raise SampleError("bad_pair", f"{why} {PAIR_SHAPE}")
         negatives = meta.get("negatives") or []
-        if not isinstance(negatives, list):
-            raise SampleError("bad_pair", "'negatives' must be a list of {'text': ...}")
         if len(negatives) < self.negatives:
             raise SampleError("too_few_negatives", f"{len(negatives)} negatives, the objective takes {self.negatives}")
-        sides += negatives[:self.negatives]             # only the sides trained on are read (and decoded)
-        for name, side in zip(["query", "positive", *(f"negatives.{i}" for i in range(self.negatives))], sides):
-            if (why := pair_side_problem(side)) is not None:
-                raise SampleError("bad_pair", f"pair side '{name}' {why} (a pair sample needs json 'query' and "
-                                              f"'positive', each {{'text': ...}})")
+        sides = [side for _, side in named]
         orders = [placeholder_modalities(s["text"]) for s in sides]
         # the files of the negatives left out come last (files fill placeholders in key order): not read
         media = decode_media([m for o in orders for m in o], fields, self.draft_size,

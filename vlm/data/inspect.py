@@ -21,7 +21,7 @@ from typing import Any
 
 from vlm.data.decode import RawSample, SampleError, decode_sample, read_meta
 from vlm.data.reader import DataStats, FileCache, expand_shards, read_fields, scan_shard
-from vlm.data.writer import pair_side_problem
+from vlm.data.writer import PAIR_SHAPE, pair_sides
 from vlm.modalities import MODALITIES
 
 BINS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
@@ -67,15 +67,11 @@ def _pair_sides(fields: dict[str, bytes]) -> list[tuple[str, str]] | None:
     meta = read_meta(fields)
     if "conversations" in meta or "query" not in meta:
         return None
-    negatives = meta.get("negatives") or []
-    if not isinstance(negatives, list):
-        raise SampleError("bad_pair", "'negatives' must be a list of {'text': ...}")
-    sides = [("query", meta.get("query")), ("positive", meta.get("positive")), *(("negative", n) for n in negatives)]
-    for name, side in sides:
-        if (why := pair_side_problem(side)) is not None:
-            raise SampleError("bad_pair", f"pair side '{name}' {why} (a pair sample needs json 'query' and "
-                                          f"'positive' (and 'negatives'), each {{'text': ...}})")
-    return [(name, with_instruction(s["text"], s.get("instruction"))) for name, s in sides]
+    sides, why = pair_sides(meta)
+    if why is not None:
+        raise SampleError("bad_pair", f"{why} {PAIR_SHAPE}")
+    return [("negative" if name.startswith("negatives.") else name, with_instruction(s["text"], s.get("instruction")))
+            for name, s in sides]
 
 
 def _inspect_pair(ref, fields: dict[str, bytes], sides: list[tuple[str, str]], processor, template

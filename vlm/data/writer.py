@@ -295,15 +295,25 @@ def pair_side_problem(side: Any) -> str | None:
     return None if side["text"].strip() else "has an empty 'text'"
 
 
+PAIR_SHAPE = "(a pair sample needs json 'query' and 'positive' (and 'negatives'), each {'text': ...})"
+
+
+def pair_sides(meta: dict[str, Any], negatives: int | None = None) -> tuple[list[tuple[str, Any]], str | None]:
+    """A pair sample's named sides (query, positive, negatives.0 ...; the first `negatives` of them when given)
+    and why they are unusable (None when usable), by `pair_side_problem`."""
+    negs = meta.get("negatives") or []
+    if not isinstance(negs, list):
+        return [], "'negatives' must be a list of {'text': ...}"
+    sides = [("query", meta.get("query")), ("positive", meta.get("positive")),
+             *((f"negatives.{i}", n) for i, n in enumerate(negs if negatives is None else negs[:negatives]))]
+    why = next((f"pair side '{name}' {w}" for name, side in sides if (w := pair_side_problem(side)) is not None), None)
+    return sides, why
+
+
 def _pair_problems(key: str, meta: dict[str, Any], media: dict[str, list[str]]) -> list[str]:
-    sides = [("query", meta.get("query")), ("positive", meta.get("positive"))]
-    negatives = meta.get("negatives", [])
-    if not isinstance(negatives, list):
-        return [f"{key}: 'negatives' must be a list of {{'text': ...}}"]
-    sides += [(f"negatives.{i}", n) for i, n in enumerate(negatives)]
-    for name, side in sides:
-        if (why := pair_side_problem(side)) is not None:
-            return [f"{key}: pair side '{name}' {why}"]
+    _, why = pair_sides(meta)
+    if why is not None:
+        return [f"{key}: {why}"]
     return _count_problems(key, [m for t in sample_texts(meta) or [] for m in placeholder_modalities(t)], media)
 
 
