@@ -172,6 +172,32 @@ def test_grad_cache_under_two_ranks_equals_one_process_without_it(gc_ranks):
     assert worst < 1e-5, worst
 
 
+def test_the_open_clip_baseline_reads_the_backbones_tokenizer(tmp_path):
+    """vlm2vec_compare.py's (b): an open_clip CLIP whose text tower tokenises with the vlm2vec backbone's own
+    tokenizer (the same ids), so its trainable parameters match the backbone's, not CLIP's 49k-token table."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    import vlm
+    from benchmarks.studies.vlm2vec_compare import CLIP_CFG, clip_config, llm_tokenizer
+    from vlm.embed.backends import OpenClipBackend
+    from vlm.embed.items import Item
+    vlm.build("llava", "tiny", audio=None, music=None, video=None).save_pretrained(tmp_path / "backbone")
+    tok = llm_tokenizer(tmp_path / "tok", tmp_path / "backbone")
+    (tmp_path / "small.json").write_text(json.dumps(clip_config(tok)))
+    (tmp_path / "big.json").write_text(json.dumps(CLIP_CFG))
+    small, big = OpenClipBackend(f"open_clip:{tmp_path / 'small.json'}"), OpenClipBackend(f"open_clip:{tmp_path / 'big.json'}")
+    text = "A red circle in the center."
+    ids = AutoTokenizer.from_pretrained(str(tmp_path / "backbone"))(text).input_ids
+    small.load()
+    assert small.preparer()([Item(text=text)])["tokens"][0, :len(ids)].tolist() == ids
+    size = {n: sum(p.numel() for p in b.model.parameters()) for n, b in (("small", small), ("big", big))}
+    assert size["big"] - size["small"] == (49408 - len(AutoTokenizer.from_pretrained(str(tok)))) * 64
+    v = small.embed_batch(small.preparer()([Item(text=text), Item(text="a blue square")]))
+    assert v.shape == (2, 64) and not torch.allclose(v[0], v[1])
+
+
 def test_comparison_report_calls_a_float_tie_a_tie():
     """benchmarks/studies/vlm2vec_compare.py's claim lines: means equal but for the last bit of a float sum
     (0.1 + 0.2 vs 0.3) are not 'met'; a real lead is, and 'every seed' needs the worst seed above the best."""
