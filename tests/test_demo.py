@@ -56,3 +56,12 @@ def test_the_readme_demo_table_is_what_the_demo_prints():
             for b in benches.split(", "):
                 rows.append({"model": m, "benchmark": b, "type": typ, "capability": cap, "score": float(s), "status": "ok"})
     assert capability_table(pd.DataFrame(rows)) == "\n".join(lines)
+
+
+def test_a_bad_recipe_override_stops_the_demo_before_it_builds_data(tmp_path, capsys):
+    from vlm.cli import main
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--data", str(tmp_path / "sw"), "--samples", "40",
+               "stages.9.lr=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stages.9" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "sw").exists()                               # nothing built first

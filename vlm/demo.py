@@ -42,9 +42,10 @@ def run(cfg: DemoConfig) -> int:
     t0 = time.time()
     out, data = Path(cfg.out), Path(cfg.data)
     from vlm.data.cli import BuildConfig, build_if_absent
+    overrides = [f"data.world.shards=[{data / 'train'}]", f"runtime.seed={cfg.seed}", *cfg.recipe_overrides]
+    load_recipe(cfg.recipe, overrides, check_files=False)      # a bad recipe or override: said before minutes of building
     build_if_absent(BuildConfig(out=str(data), samples=cfg.samples, seed=cfg.seed))
-    recipe = load_recipe(cfg.recipe, [f"data.world.shards=[{data / 'train'}]", f"runtime.seed={cfg.seed}",
-                                      *cfg.recipe_overrides])
+    recipe = load_recipe(cfg.recipe, overrides)
     save_config(cfg, out / "demo_config.yaml")
     run_dir = out / recipe.name
     final = run_dir / "final"
