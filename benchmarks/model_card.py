@@ -45,10 +45,26 @@ def _split(text: str, where: str = "model card") -> tuple[dict, str]:
         head, sep, body = text[4:].partition("\n---\n")
         if sep:
             try:
-                return yaml.safe_load(head) or {}, body
+                meta = yaml.safe_load(head) or {}
             except yaml.YAMLError as e:
                 raise UserError(f"{where}: front matter is not valid YAML ({str(e).splitlines()[0]})") from None
+            if not isinstance(meta, dict):
+                raise UserError(f"{where}: front matter is a YAML {type(meta).__name__}, not a mapping of keys")
+            return meta, body
     return {}, text
+
+
+def _section_span(body: str, where: str) -> tuple[int, int] | None:
+    """Where the generated section is (start of its start marker, end of its end marker), None when the card
+    has none; a marker without its pair, two pairs or an end before the start is a one-line error (replacing
+    from a lone marker would delete what the author wrote after it)."""
+    starts, ends = body.count(START), body.count(END)
+    if starts == ends == 0:
+        return None
+    if starts != 1 or ends != 1 or body.index(END) < body.index(START):
+        raise UserError(f"{where}: the generated section's markers do not pair up ({starts} x '{START}', {ends} x "
+                        f"'{END}'; one of each, start first): fix them by hand, nothing was written")
+    return body.index(START), body.index(END) + len(END)
 
 
 def _join(meta: dict, body: str) -> str:
@@ -84,26 +100,59 @@ def write_results(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     return p
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def row_problem(r: Any) -> str | None:
+    """Why a results row cannot be used (None when it can): a JSON object with text `model`, `benchmark`,
+    `metric`, a finite number `score` (not a string, a bool, NaN or inf), and if present a finite `chance`, an
+    integer `n`, a text or integer `seed`."""
+    if not isinstance(r, dict):
+        return f"is a JSON {type(r).__name__}, not an object"
+    missing = [k for k in ("model", "benchmark", "metric", "score") if k not in r]
+    if missing:
+        return f"has no {missing[0]!r}"
+    for k in ("model", "benchmark", "metric", "type", "capability", "kind"):
+        if k in r and r[k] is not None and not (isinstance(r[k], str) and r[k]):
+            return f"has a {k!r} that is not text: {r[k]!r}"
+    for k in ("score", "chance"):
+        if (k == "score" or r.get(k) is not None) and not _number(r.get(k)):
+            return f"has a {k!r} that is not a finite number: {r.get(k)!r}"
+    if r.get("n") is not None and not (_number(r["n"]) and float(r["n"]).is_integer()):
+        return f"has an 'n' that is not a count: {r['n']!r}"
+    if r.get("seed") is not None and not (isinstance(r["seed"], str) or (_number(r["seed"]) and float(r["seed"]).is_integer())):
+        return f"has a 'seed' that is neither text nor an integer: {r['seed']!r}"
+    return None
+
+
 def read_results(paths: list[Path]) -> list[dict[str, Any]]:
-    rows = []
-    for p in paths:
-        try:
-            lines = p.read_text().splitlines()
-        except OSError as e:
-            raise UserError(f"{p}: cannot read the results file ({e.strerror})") from None
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}: line {i} is not JSON ({e.msg})") from None
-            missing = [k for k in ("model", "benchmark", "metric", "score") if k not in r]
-            if missing:
-                raise UserError(f"{p}: line {i} has no {missing[0]!r}")
-            rows.append(r)
+    rows = [r for p in paths for r in _read_file(p)]
     if not rows:
         raise UserError(f"no results in {', '.join(map(str, paths))}")
+    return rows
+
+
+def _read_file(p: Path) -> list[dict[str, Any]]:
+    """One results file's rows (checked; none for an empty file)."""
+    rows = []
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(f"{p}: cannot read the results file ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not UTF-8 text (a results file is JSON lines)") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p}: line {i} is not JSON ({e.msg})") from None
+        why = row_problem(r)
+        if why:
+            raise UserError(f"{p}: line {i} {why}")
+        rows.append(r)
     return rows
 
 
@@ -113,6 +162,8 @@ def _files_of(card: Path, meta: dict) -> list[Path]:
         raise UserError(f"{card}: names no results files (front matter `{RESULTS_KEY}: [results/NAME.jsonl]`; "
                         f"`vlm card {card} --results FILE` or `vlm eval ... --model-card {card}` writes them)")
     files = [files] if isinstance(files, str) else files
+    if not (isinstance(files, list) and all(isinstance(f, str) and f for f in files)):
+        raise UserError(f"{card}: `{RESULTS_KEY}` must be a list of results file paths, got {files!r}")
     return [card.parent / f for f in files]
 
 
@@ -142,6 +193,9 @@ def summarize(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any
     for b in benches.values():
         for m, rs in b["by_model"].items():
             seeds = [r.get("seed") for r in rs]
+            if len(seeds) > 1 and None in seeds:
+                raise UserError(f"results: {m} / {b['benchmark']} ({b['metric']}) has rows with and without a "
+                                f"'seed' ({seeds}): give every row its seed, or one row")
             if len(set(map(str, seeds))) != len(seeds):
                 raise UserError(f"results: {m} / {b['benchmark']} ({b['metric']}) appears twice for seed {seeds}")
             mean, std = _stats([float(r["score"]) for r in rs])
@@ -202,52 +256,83 @@ def model_index(rows: list[dict[str, Any]]) -> list[dict]:
     return out
 
 
-def render(card: str | os.PathLike, text: str | None = None) -> str:
-    """The card with its `model-index` and results section regenerated from its results files."""
+def _read_card(card: Path) -> str:
+    if card.is_dir():
+        raise UserError(f"{card}: a folder, not a model card file")
+    try:
+        return card.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{card}: no such model card") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{card}: not UTF-8 text") from None
+
+
+def render(card: str | os.PathLike, text: str | None = None, pending: dict[Path, list[dict]] | None = None) -> str:
+    """The card with its `model-index` and results section regenerated from its results files (`pending`:
+    rows of files about to be written, read from there instead of the disk)."""
     card = Path(card)
-    text = card.read_text() if text is None else text
+    text = _read_card(card) if text is None else text
     meta, body = _split(text, str(card))
+    span = _section_span(body, str(card))
     files = _files_of(card, meta)
-    rows = read_results(files)
+    pending = pending or {}
+    rows = [r for f in files for r in (pending[f] if f in pending else _read_file(f))]
+    if not rows:
+        raise UserError(f"no results in {', '.join(map(str, files))}")
     meta["model-index"] = model_index(rows)
-    section = results_section(rows, [os.path.relpath(f, card.parent) for f in files], f"{card.parent.name}/{card.name}")
-    if START in body and END in body:
-        body = body[:body.index(START)] + section + body[body.index(END) + len(END):]
+    shown = "/".join(x for x in (card.parent.name, card.name) if x)
+    section = results_section(rows, [os.path.relpath(f, card.parent) for f in files], shown)
+    if span is not None:
+        body = body[:span[0]] + section + body[span[1]:]
     else:
         body = body.rstrip("\n") + "\n\n" + section + "\n"
     return _join(meta, body)
 
 
+def _write_card(p: Path, text: str) -> None:
+    """Atomically, keeping the card's file mode."""
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    if p.exists():
+        os.chmod(tmp, p.stat().st_mode & 0o7777)
+    os.replace(tmp, p)
+
+
 def regenerate(card: str | os.PathLike) -> Path:
     p = Path(card)
-    new = render(p)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, p)
+    _write_card(p, render(p))
     return p
 
 
 def check(card: str | os.PathLike) -> list[str]:
     """The diff between a card and what its results files give ([] when they agree)."""
     p = Path(card)
-    old = p.read_text()
+    old = _read_card(p)
     return list(difflib.unified_diff(old.splitlines(), render(p, old).splitlines(), str(p), "regenerated", lineterm=""))
 
 
 def attach(card: str | os.PathLike, results: list[str | os.PathLike], name: str | None = None) -> Path:
-    """Copy (concatenate) results files into `<card dir>/results/<name or card stem>.jsonl`, name it in the
-    card's front matter beside the results files it already names, and regenerate the card."""
+    """Copy (concatenate) results files into `<card dir>/results/<name or card stem>.jsonl` (replacing that
+    file: said on stderr when it held other rows), name it in the card's front matter beside the results files
+    it already names, and regenerate the card. Everything is checked first: a bad row, card or front matter
+    writes nothing."""
     p = Path(card)
     rows = read_results([Path(r) for r in results])
     dest = p.parent / RESULTS_DIR / f"{name or p.stem}.jsonl"
-    write_results(dest, rows)
-    text = p.read_text() if p.exists() else f"# {p.stem}\n"
+    text = _read_card(p) if p.exists() or p.is_dir() else f"# {p.stem}\n"
     meta, body = _split(text, str(p))
-    named = list(meta.get(RESULTS_KEY) or [])
-    meta[RESULTS_KEY] = named + [f for f in [f"{RESULTS_DIR}/{dest.name}"] if f not in named]
+    named = _files_of(p, meta) if meta.get(RESULTS_KEY) else []
+    rel = f"{RESULTS_DIR}/{dest.name}"
+    meta[RESULTS_KEY] = [os.path.relpath(f, p.parent) for f in named] + [rel for f in [dest] if f not in named]
+    new = render(p, _join(meta, body), pending={dest: rows})
+    before = dest.read_bytes() if dest.is_file() else b""
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(_join(meta, body))
-    return regenerate(p)
+    write_results(dest, rows)
+    _write_card(p, new)
+    if before.strip() and dest.read_bytes() != before:
+        print(f"{dest}: replaced ({sum(1 for x in before.splitlines() if x.strip())} row(s) before, {len(rows)} now; "
+              f"--name NAME writes a results file beside it)", file=sys.stderr)
+    return p
 
 
 def update_model_card(path: str | os.PathLike, table, **extra: Any) -> Path:
@@ -271,13 +356,15 @@ def update_model_card(path: str | os.PathLike, table, **extra: Any) -> Path:
 def cmd_card(args: argparse.Namespace) -> int:
     if args.results and len(args.cards) != 1:
         raise UserError("--results goes with one card")
+    if args.results and args.check:
+        raise UserError("--check compares a card with the results files it names; it does not go with --results")
     if args.results:
         attach(args.cards[0], args.results, args.name)
         print(f"{args.cards[0]}: results from {', '.join(args.results)}")
         return 0
     bad = 0
     for card in args.cards:
-        if not Path(card).is_file():
+        if not Path(card).exists():
             raise UserError(f"{card}: no such model card")
         if args.check:
             diff = check(card)

@@ -42,3 +42,88 @@ def test_attach_keeps_the_other_results_files_a_card_names(tmp_path):
     models, _ = summarize(read_results(_files_of(card, meta)))
     assert set(models) == {"A", "B"}
     assert not check(card)
+
+
+def _card(tmp_path, body: str = "# m\n", results: str = "results/m.jsonl") -> Path:
+    from benchmarks.model_card import write_results
+    write_results(tmp_path / "results" / "m.jsonl", [{"model": "A", "benchmark": "b", "metric": "acc", "score": 0.5}])
+    card = tmp_path / "m.md"
+    card.write_text(f"---\nvlm-results: [{results}]\n---\n{body}")
+    return card
+
+
+@pytest.mark.parametrize("body", [
+    "# m\n<!-- vlm-eval results: start -->\n## My notes\nimportant text\n",                     # a lone start
+    "# m\n<!-- vlm-eval results: end -->\nMIDDLE\n<!-- vlm-eval results: start -->\nTAIL\n",      # end first
+    "# m\n<!-- vlm-eval results: start -->\nA\n<!-- vlm-eval results: end -->\n"
+    "<!-- vlm-eval results: start -->\nSTALE B\n<!-- vlm-eval results: end -->\n"])             # two pairs
+def test_markers_that_do_not_pair_up_are_an_error_and_the_card_is_kept(tmp_path, body):
+    """Replacing from a lone start marker deleted the author's text after it; an end before the start
+    duplicated text; a second pair stayed stale while --check passed."""
+    from benchmarks.model_card import regenerate
+    from vlm.errors import UserError
+    card = _card(tmp_path, body)
+    before = card.read_text()
+    for call in (regenerate, check):
+        with pytest.raises(UserError, match="markers do not pair up"):
+            call(card)
+    assert card.read_text() == before
+
+
+def test_a_bad_results_row_or_card_writes_nothing(tmp_path):
+    import json
+
+    from benchmarks.model_card import attach, regenerate
+    from vlm.errors import UserError
+    card = _card(tmp_path)
+    regenerate(card)
+    before, results = card.read_text(), (tmp_path / "results" / "m.jsonl").read_text()
+    base = {"model": "B", "benchmark": "b", "metric": "acc"}
+    bad = {"a string score": ({**base, "score": "abc"}, "'score' that is not a finite number"),
+           "NaN": ({**base, "score": float("nan")}, "not a finite number: nan"),
+           "inf": ({**base, "score": float("inf")}, "not a finite number: inf"),
+           "bool": ({**base, "score": True}, "not a finite number: True"),
+           "null": ({**base, "score": None}, "not a finite number: None"),
+           "a list model": ({**base, "model": ["m"], "score": 0.1}, "'model' that is not text"),
+           "a number row": (5, "is a JSON int, not an object"),
+           "a text chance": ({**base, "score": 0.1, "chance": "x"}, "'chance' that is not a finite number")}
+    for name, (row, message) in bad.items():
+        (tmp_path / "new.jsonl").write_text(json.dumps(row) + "\n")
+        with pytest.raises(UserError, match=message):
+            attach(card, [tmp_path / "new.jsonl"], name="extra")
+        assert card.read_text() == before and not (tmp_path / "results" / "extra.jsonl").exists(), name
+    (tmp_path / "new.jsonl").write_bytes(b"\xff\xfe{}\n")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        attach(card, [tmp_path / "new.jsonl"])
+    (tmp_path / "new.jsonl").write_text(json.dumps({**base, "score": 0.1, "seed": 0}) + "\n"
+                                        + json.dumps({**base, "score": 0.2}) + "\n")
+    with pytest.raises(UserError, match="rows with and without a 'seed'"):        # not "2 seeds"
+        attach(card, [tmp_path / "new.jsonl"], name="extra")
+    assert card.read_text() == before and (tmp_path / "results" / "m.jsonl").read_text() == results
+    (tmp_path / "folder.md").mkdir()
+    (tmp_path / "good.jsonl").write_text(json.dumps({**base, "score": 0.1}) + "\n")
+    with pytest.raises(UserError, match="a folder, not a model card"):
+        attach(tmp_path / "folder.md", [tmp_path / "good.jsonl"])
+    assert not (tmp_path / "results" / "folder.jsonl").exists()
+    for front, message in (("- a\n", "front matter is a YAML list"), ("vlm-results: 5\n", "must be a list of results")):
+        (tmp_path / "odd.md").write_text(f"---\n{front}---\n# odd\n")
+        with pytest.raises(UserError, match=message):
+            attach(tmp_path / "odd.md", [tmp_path / "good.jsonl"])
+        assert not (tmp_path / "results" / "odd.jsonl").exists()
+
+
+def test_card_cli_check_with_results_mode_and_replaced_results(tmp_path, capsys, monkeypatch):
+    import json
+    import os
+
+    from vlm.cli import main
+    card = _card(tmp_path)
+    (tmp_path / "new.jsonl").write_text(json.dumps({"model": "C", "benchmark": "b", "metric": "acc", "score": 0.7}) + "\n")
+    assert main(["card", str(card), "--results", str(tmp_path / "new.jsonl"), "--check"]) == 2
+    assert "does not go with --results" in capsys.readouterr().err
+    os.chmod(card, 0o640)
+    monkeypatch.chdir(tmp_path)
+    assert main(["card", "m.md", "--results", "new.jsonl"]) == 0                 # replaces results/m.jsonl: said
+    assert "results/m.jsonl: replaced (1 row(s) before, 1 now" in capsys.readouterr().err
+    assert oct(card.stat().st_mode & 0o777) == oct(0o640)                       # the card's mode is kept
+    assert "Generated by `vlm card m.md`" in card.read_text()                   # not "/m.md"
