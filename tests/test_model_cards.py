@@ -55,8 +55,8 @@ def _card(tmp_path, body: str = "# m\n", results: str = "results/m.jsonl") -> Pa
 @pytest.mark.parametrize("body", [
     "# m\n<!-- vlm-eval results: start -->\n## My notes\nimportant text\n",                     # a lone start
     "# m\n<!-- vlm-eval results: end -->\nMIDDLE\n<!-- vlm-eval results: start -->\nTAIL\n",      # end first
-    "# m\n<!-- vlm-eval results: start -->\nA\n<!-- vlm-eval results: end -->\n"
-    "<!-- vlm-eval results: start -->\nSTALE B\n<!-- vlm-eval results: end -->\n"])             # two pairs
+    ("# m\n<!-- vlm-eval results: start -->\nA\n<!-- vlm-eval results: end -->\n"
+     "<!-- vlm-eval results: start -->\nSTALE B\n<!-- vlm-eval results: end -->\n")])           # two pairs
 def test_markers_that_do_not_pair_up_are_an_error_and_the_card_is_kept(tmp_path, body):
     """Replacing from a lone start marker deleted the author's text after it; an end before the start
     duplicated text; a second pair stayed stale while --check passed."""
