@@ -17,6 +17,10 @@ a loss), so we return the negative log-likelihood of the continuation (summed ov
 end of turn); `perplexity` reads the same value. [Contract] its evaluator passes every response through
 `unwrap_generation_output`, which turns a `(float, bool)` tuple into its string; a `GenerationResult`
 hands its `text` through untouched, so each pair travels inside one.
+
+A request whose image does not decode (a truncated file behind a PIL image) is answered "" in generation
+(scored wrong, counted in `bad_images`, logged with its task and doc id; the other requests of its batch are
+answered as alone) and is a one-line error in a likelihood (no honest score without the image).
 """
 from __future__ import annotations
 
@@ -26,16 +30,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-
 from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
+from loguru import logger as eval_logger
+from PIL import Image
 
 from benchmarks.models import VLMModel
 from vlm.errors import UserError
 
 MANIFEST = ModelManifest(model_id="vlm", simple_class_path="benchmarks.lmms_plugin.VLMLmms", aliases=("vlm_suite",))
+
+
+class BadImage(Exception):
+    """A request's image does not decode (generate_until answers it "" and counts it)."""
 
 
 class VLMLmms(lmms):
@@ -48,8 +56,25 @@ class VLMLmms(lmms):
         super().__init__()
         self.model = VLMModel(str(pretrained), device=device or "cpu")
         self.model.load()                                    # now: a bad checkpoint fails before any task runs
-        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1
-        self.max_new_tokens = int(max_new_tokens)
+        size = str(batch_size).strip()
+        if size.startswith("auto"):                          # lmms-eval's `auto[:N]`: one request at a time
+            self.batch_size = 1
+        elif size.isdigit() and int(size) > 0:
+            self.batch_size = int(size)
+        else:
+            raise UserError(f"vlm: batch_size must be a positive integer (or auto), got {batch_size!r}")
+        self.max_new_tokens = self._max_new(max_new_tokens)
+        self.bad_images = 0                                  # requests answered "" because an image did not decode
+
+    @staticmethod
+    def _max_new(value: Any) -> int:
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = -1
+        if n < 0 or isinstance(value, bool):
+            raise UserError(f"vlm: max_new_tokens must be a count >= 0, got {value!r}")
+        return n
 
     # ------------------------------------------------------------------ helpers
     def _doc(self, task: str, split: str, doc_id: int) -> dict:
@@ -77,7 +102,10 @@ class VLMLmms(lmms):
             elif isinstance(item, (str, Path)):
                 kind, raw = "video", str(item)
             elif isinstance(item, Image.Image):
-                kind, raw = "image", item.convert("RGB")
+                try:
+                    kind, raw = "image", item.convert("RGB")
+                except (OSError, ValueError, SyntaxError) as e:        # truncated / corrupt file behind the image
+                    raise BadImage(f"{type(e).__name__}: {e}") from None
             else:
                 raise UserError(f"vlm: cannot read a {type(item).__name__} from doc_to_visual "
                                 "(expected a PIL image, an audio dict or a video path)")
@@ -109,18 +137,24 @@ class VLMLmms(lmms):
             gen = dict(requests[idx[0]].args[1])
             until = gen.pop("until", [])
             until = [until] if isinstance(until, str) else list(until or [])
-            max_new = int(gen.pop("max_new_tokens", self.max_new_tokens))
+            max_new = self._max_new(gen.pop("max_new_tokens", self.max_new_tokens))
             for j in range(0, len(idx), self.batch_size):
-                chunk = idx[j:j + self.batch_size]
-                prompts = []
-                for i in chunk:
+                chunk, prompts = [], []
+                for i in idx[j:j + self.batch_size]:
                     ctx, _, doc_to_visual, doc_id, task, split = requests[i].args
                     visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual else []
-                    prompts.append(self._media(ctx, visuals))
-                texts = self.model.generate(prompts, max_new_tokens=max_new, batch_size=len(chunk), **gen)
+                    try:
+                        prompts.append(self._media(ctx, visuals))
+                    except BadImage as e:             # skipped: answered "" (scored wrong), counted, said
+                        self.bad_images += 1
+                        eval_logger.warning(f"vlm: {task} doc {doc_id}: its image does not decode ({e}); answered "
+                                            f"'' ({self.bad_images} such request(s) so far)")
+                        continue
+                    chunk.append(i)
+                texts = self.model.generate(prompts, max_new_tokens=max_new, batch_size=len(chunk), **gen) if chunk else []
                 for i, t in zip(chunk, texts):
                     out[i] = self._cut(t, until)
-                pbar.update(len(chunk))
+                pbar.update(len(idx[j:j + self.batch_size]))
         pbar.close()
         return [o or "" for o in out]
 
@@ -132,7 +166,10 @@ class VLMLmms(lmms):
             ctx, cont, doc_to_visual, doc_id, task, split = r.args
             doc = self._doc(task, split, doc_id)
             cont = cont if isinstance(cont, str) else cont(doc)
-            ctx, media = self._media(ctx, doc_to_visual(doc) if doc_to_visual else [])
+            try:
+                ctx, media = self._media(ctx, doc_to_visual(doc) if doc_to_visual else [])
+            except BadImage as e:                     # no honest likelihood without the image: one line
+                raise UserError(f"vlm: {task} doc {doc_id}: its image does not decode ({e})") from None
             reqs.append((ctx, media, str(cont).lstrip()))
         res = self.model.loglikelihood(reqs, batch_size=self.batch_size)
         return [GenerationResult(text=(-lp, greedy)) for lp, greedy in res]    # type: ignore[arg-type]

@@ -148,3 +148,41 @@ def test_media_from_other_tasks_doc_to_visual():
     assert ctx == "<music> then <image>" and set(media) == {"music", "image"}
     with pytest.raises(UserError, match="no audio encoder"):
         lm._media("<audio> what?", [wave])
+
+
+def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):
+    """batch_size 0 (every request crashed in range()) and a negative max_new_tokens (answered '' silently) are
+    one-line errors; a request whose image file is truncated is answered '' and counted (generation: the
+    other requests keep the answers they get alone), and is a one-line error for a likelihood."""
+    import io
+
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    import vlm
+    from benchmarks.lmms_plugin import VLMLmms
+    from vlm.errors import UserError
+    vlm.build("llava", "tiny", audio=None, music=None, video=None).save_pretrained(tmp_path / "ckpt")
+    for kw, message in (({"batch_size": 0}, "batch_size must be a positive integer"),
+                        ({"batch_size": "x"}, "batch_size must be"), ({"max_new_tokens": -1}, "max_new_tokens must be")):
+        with pytest.raises(UserError, match=message):
+            VLMLmms(str(tmp_path / "ckpt"), **kw)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, "PNG")
+    truncated = Image.open(io.BytesIO(buf.getvalue()[:120]))                # opens lazily; fails on load
+    docs = {0: Image.new("RGB", (32, 32), "red"), 1: truncated, 2: Image.new("RGB", (32, 32), "blue")}
+    lm = VLMLmms(str(tmp_path / "ckpt"), batch_size=3, max_new_tokens=4)
+    lm.task_dict = {"t": {"test": docs}}
+
+    def req(i, kind="generate_until"):
+        args = (("What colour?", {"max_new_tokens": 4, "until": []}, lambda d: [d], i, "t", "test") if kind == "generate_until"
+                else ("What colour?", " red", lambda d: [d], i, "t", "test"))
+        return Instance(kind, args, idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+    together = lm.generate_until([req(0), req(1), req(2)])
+    alone = [lm.generate_until([req(i)])[0] for i in (0, 2)]
+    assert together[1] == "" and [together[0], together[2]] == alone and lm.bad_images == 1
+    with pytest.raises(UserError, match="t doc 1: its image does not decode"):
+        lm.loglikelihood([req(1, "loglikelihood")])
+    with pytest.raises(UserError, match="max_new_tokens must be"):
+        lm.generate_until([Instance("generate_until", ("x", {"max_new_tokens": -1}, None, 0, "t", "test"), idx=0,
+                                    metadata={"task": "t", "doc_id": 0, "repeats": 1})])
