@@ -152,6 +152,9 @@ def test_list_filters_by_pattern_and_recipes_show_what_they_train(capsys):
                     "llava-audio-tiny": "audio", "llava-music-tiny": "music", "llava-video-tiny": "video",
                     "omni-tiny": "video", "vlm2vec-tiny": "image", "llava-text-tiny": "text",
                     "mert-tiny": "music"}
+    assert main(["list", "recipes", "tiny"]) == 1                      # nothing matches: said, not a blank output
+    out = capsys.readouterr()
+    assert out.out == "" and "no recipes match 'tiny'" in out.err and "'*tiny*'" in out.err
 
 
 def test_the_processor_pickles_without_the_model():

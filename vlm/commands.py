@@ -45,6 +45,11 @@ def _first_line(obj) -> str:
 
 def cmd_list(args) -> int:
     rows = _listers()[args.what](args.pattern)
+    if not rows:
+        import sys
+        hint = f"; the pattern is a glob: '*{args.pattern}*'" if args.pattern and not set("*?[") & set(args.pattern) else ""
+        print(f"no {args.what} match '{args.pattern}' (`vlm list {args.what}` lists them all{hint})", file=sys.stderr)
+        return 1
     width = max([len(r["name"]) for r in rows] + [4])
     for r in rows:
         extra = f"  [{', '.join(r['sizes'])}]" if r.get("sizes") else ""
