@@ -259,6 +259,32 @@ def test_error_rate_threshold_names_the_worst_shard(tmp_path, model):
     assert len(keys(fine)) == 60
 
 
+def test_a_corrupt_json_under_a_stage_filter_is_a_bad_sample_not_filtered(tmp_path, model):
+    """Every built-in stage has a filter: a json that does not parse was judged by it as 'filtered' (not an
+    error), so 17 % corrupt samples trained with exit 0. Now it reaches the full decode (bad_json, counted
+    toward the error rate); a non-number score a bound reads is bad_json too, a missing one still fails it."""
+    from vlm.data.filters import Filtering, FilterStats, SampleFilter, check_filter
+    good = [{**x, "json": {**x["json"], "difficulty": 0.2}} for x in image_samples("g", 30)]
+    broken = [{"__key__": f"x{i}", "jpg": jpg(), "json": b'{"conversations": [oops'} for i in range(6)]
+    odd = [{"__key__": "hard", "jpg": jpg(), "json": {**conv("<image>\nColour?", "red"), "difficulty": "hard"}},
+           {"__key__": "none", "jpg": jpg(), "json": conv("<image>\nColour?", "red")}]
+    src = write_tar(tmp_path / "mixed.tar", good + broken + odd)
+    f = SampleFilter(max_difficulty=0.5)
+
+    def pipe(rate):
+        return ShardPipeline([src], model.processor, batch_size=4, epochs=1, shuffle_buffer=0, stats_cls=FilterStats,
+                             wrap_sample_fn=lambda base: Filtering(base, f), max_error_rate=rate, min_samples=10)
+    with pytest.raises(UserError, match=r"samples failed .* > max_error_rate 5\.0%"):
+        keys(pipe(0.05))
+    p = pipe(0.5)
+    keys(p)
+    assert p.stats.skipped["bad_json"] == 7 and p.stats.skipped["filtered"] == 1 and p.stats.errors == 7
+    (tmp_path / "all").mkdir()
+    write_tar(tmp_path / "all" / "bad.tar", broken)
+    with pytest.raises(UserError, match="6 with a json that does not read|a json that does not read 6"):
+        check_filter([str(tmp_path / "all")], f, "stages.0.filter")
+
+
 def test_too_long_sample_never_splits_media(tmp_path, model):
     long_text = " ".join(["the circle is red"] * 30)
     src = write_tar(tmp_path / "long.tar", [

@@ -84,14 +84,16 @@ def check_filter_fields(f: SampleFilter, where: str) -> None:
                             f"known: {sorted(MODALITIES)}")
 
 
-def _json_of(ref: SampleRef, files: FileCache) -> dict:
+def _json_of(ref: SampleRef, files: FileCache) -> dict | None:
+    """The sample's json; None when it does not read as an object (the full decode names the error: judged
+    by the filter instead, a corrupt json was 'filtered', not a bad sample counted toward the error rate)."""
     if not any(m[0] == "json" for m in ref.members):
         return {}                                     # `txt` alone: a caption without scores
     try:
         meta = json.loads(read_fields(ref.only({"json"}), files)["json"])
     except (OSError, ValueError, UnicodeDecodeError):
-        return {}                                     # the full decode reports the real error
-    return meta if isinstance(meta, dict) else {}
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def needs_filtering(base: SampleProcessor, sample_filter: SampleFilter) -> bool:
@@ -112,8 +114,15 @@ class Filtering(SampleProcessor):
         self.takes = base.format.takes()
 
     def __call__(self, ref: SampleRef, files: FileCache, seed: int = 0):
-        if not ref.error:
-            meta, extensions = _json_of(ref, files), [m[0] for m in ref.members]
+        meta = None if ref.error else _json_of(ref, files)
+        if meta is not None:
+            extensions, f = [m[0] for m in ref.members], self.sample_filter
+            for key, bounded in (("difficulty", f.min_difficulty is not None or f.max_difficulty is not None),
+                                 ("quality", f.min_quality is not None)):
+                v = meta.get(key)
+                if bounded and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    raise SampleError("bad_json", f"{ref.key}: json '{key}' is {v!r}, not a number ({self.where} "
+                                                  f"bounds it)")
             if not keep_sample(meta, self.sample_filter, extensions):
                 raise SampleError(FILTERED, f"{ref.key}: not in {self.where}")
             if self.takes is not None and not (have := sample_modalities(meta, extensions)) <= self.takes:
@@ -141,8 +150,10 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
     try:
         for shard in local:
             for ref in scan_shard(shard):
-                if not ref.error:
-                    meta = _json_of(ref, files)
+                meta = None if ref.error else _json_of(ref, files)
+                if meta is None and not ref.error:
+                    media["a json that does not read"] += 1
+                elif meta is not None:
                     exts = [m[0] for m in ref.members]
                     if keep_sample(meta, sample_filter, exts):
                         return
