@@ -151,9 +151,33 @@ def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, w
     assert main(["train", str(recipe), "--out", str(run), "--resume", "stages.0.steps=4"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'stages.0.steps' (3 -> 4)" in err and len(err.splitlines()) == 1, err
+    # the shuffle buffer makes the data stream: refused as well (it trained on another stream, exit 0)
+    assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.shuffle_buffer=10"]) == 2
+    assert "'runtime.shuffle_buffer'" in capsys.readouterr().err
     # settings a resume may change are allowed
     assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.log_every=5"]) == 0
     capsys.readouterr()
+    # a hand-edited trainer.json, a missing rank file (mid-stage: it is read): one line naming the file
+    last, mid = run / "checkpoints" / "step-00000003", run / "checkpoints" / "step-00000002"
+    good = (last / "trainer.json").read_text()
+    shutil.rmtree(run / "final")
+    (last / "trainer.json").write_text(good.replace('"step": 3', '"step": "three"'))
+    assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trainer.json: 'step' is 'three', not a int" in err and len(err.splitlines()) == 1, err
+    shutil.rmtree(last)
+    rank = (mid / "rank-00000.pt").read_bytes()
+    (mid / "rank-00000.pt").unlink()
+    assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{mid / 'rank-00000.pt'}: missing" in err and len(err.splitlines()) == 1, err
+    (mid / "rank-00000.pt").write_bytes(rank)
+    # a recipe.yaml deleted: resumed with a warning; what a kill while final/ was written leaves: removed
+    (run / ".final.tmp-abc123").mkdir()                             # what a kill while final/ was written leaves
+    (run / "recipe.yaml").unlink()
+    assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 0
+    assert "recipe.yaml is missing, so this recipe cannot be checked" in capsys.readouterr().err
+    assert not (run / ".final.tmp-abc123").exists() and (run / "final" / "config.json").is_file()
     mid = run / "checkpoints" / "step-00000002"                     # mid-stage: optimizer and data state read
     for name in ("optimizer.pt", "rank-00000.pt"):
         shutil.rmtree(run / "final")

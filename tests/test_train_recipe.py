@@ -131,6 +131,8 @@ BAD = [
     (["stages.1.llm=lora", "stages.1.lora={r: abc}"], "stages.1.lora.r"),
     (["stages.1.llm=lora", "stages.1.lora={r: 0}"], "stages.1.lora.r"),     # peft: a ValueError when built
     (["stages.1.llm=lora", "stages.1.lora={target_modules: [zzz]}"], "stages.1.lora.target_modules"),
+    (["stages.0.llm=lora", "stages.0.lora={r: 4}", "stages.1.llm=lora", "stages.1.lora={r: 16}"],
+     "stages.1.lora"),                                                       # adapters are made once: was ignored
     (["runtime.seed=-1"], "runtime.seed"),
     (["runtime.max_error_rate=1.5"], "runtime.max_error_rate"),
     (["stages.1.objective=masked_prediction"], "stages.1.objective"),       # checked before stage 0 trains

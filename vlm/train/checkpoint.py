@@ -21,7 +21,7 @@ import pickle
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,11 @@ def remove_partial(run_dir: Path) -> list[Path]:
             if p.name.startswith(".tmp-") or (STEP_RE.match(p.name) and not (p / TRAINER_FILE).is_file()):
                 shutil.rmtree(p, ignore_errors=True)
                 gone.append(p)
+    if Path(run_dir).is_dir():                  # final/ and best/ are written as .final.tmp-XXXX, then renamed
+        for p in Path(run_dir).iterdir():
+            if p.is_dir() and re.match(r"\.(final|best)\.tmp-", p.name):
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p)
     return gone
 
 
@@ -153,11 +158,21 @@ def _write_json(path: Path, obj) -> None:
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
+_STATE_TYPES = {"int": (int,), "bool": (bool,), "str": (str,), "dict": (dict,), "float | None": (int, float, type(None))}
+
+
 def read_state(ckpt: Path) -> TrainerState:
+    path = ckpt / TRAINER_FILE
     try:
-        return TrainerState(**json.loads((ckpt / TRAINER_FILE).read_text()))
+        state = TrainerState(**json.loads(path.read_text()))
     except (ValueError, TypeError) as e:
-        raise UserError(f"{ckpt / TRAINER_FILE}: not a trainer state ({e})") from None
+        raise UserError(f"{path}: not a trainer state ({e})") from None
+    for f in fields(TrainerState):                      # a hand-edited field: one line, not a traceback later
+        value, kinds = getattr(state, f.name), _STATE_TYPES[f.type]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise UserError(f"{path}: '{f.name}' is {value!r}, not a {f.type} (not a trainer state); delete this "
+                            f"checkpoint folder to resume from an earlier one")
+    return state
 
 
 def load_model_weights(model, ckpt: Path) -> None:
@@ -209,6 +224,7 @@ def load_optimizer(ckpt: Path, trainable: dict[str, torch.Size], steps_taken: in
 
 def load_rank(ckpt: Path, rank: int) -> dict:
     path = ckpt / rank_file(rank)
-    if not path.is_file():
-        raise UserError(f"{ckpt}: no state for rank {rank}; resume with the world size it was saved with")
+    if not path.is_file():          # (the number of ranks was checked against trainer.json before)
+        raise UserError(f"{path}: missing (rank {rank}'s data position and RNG state); delete this checkpoint "
+                        f"folder to resume from an earlier one")
     return _load_tensors(path)

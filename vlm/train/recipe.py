@@ -526,8 +526,19 @@ def check_model(recipe: Recipe):
             model.enable_activation_checkpointing()
         except UserError as e:
             raise UserError(f"recipe field 'runtime.activation_checkpointing': {e}") from None
+    from vlm.llm import DEFAULT_LORA
     from vlm.train.objectives import build_objective
+    adapters: tuple[int, dict] | None = None      # the first lora stage: its settings make the adapters
     for i, st in enumerate(recipe.stages):
+        if st.llm == "lora":
+            if adapters is None:
+                adapters = (i, {**DEFAULT_LORA, **(st.lora or {})})
+            elif st.lora and {**DEFAULT_LORA, **st.lora} != adapters[1]:     # peft would keep stage k's adapters
+                k, made = adapters
+                diff = sorted(x for x in {**made, **st.lora} if made.get(x) != {**DEFAULT_LORA, **st.lora}.get(x))
+                _require(False, f"stages.{i}.lora", f"the LoRA adapters are made once, by stage {k} "
+                         f"(stages.{k}.lora: {', '.join(f'{x}={made.get(x)!r}' for x in diff)}); a later stage trains "
+                         f"those adapters and cannot change {', '.join(diff)}: give stage {k}'s settings or none")
         try:           # before any stage trains: a later stage's objective that cannot train this model
             build_objective(st.objective, st.objective_settings).check_model(model)
         except UserError as e:

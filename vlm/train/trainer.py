@@ -27,6 +27,7 @@ import contextlib
 import fnmatch
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,13 +208,19 @@ class Trainer:
     # what a checkpoint's weights, optimizer, schedule and data position depend on; runtime settings such as
     # logging, checkpoint cadence or evaluation may change on resume (a mid-stage data position needs the same
     # ranks and data workers: the pipeline's own state check)
-    RESUME_KEYS = ("model", "data", "stages", "runtime.seed", "runtime.precision")
+    RESUME_KEYS = ("model", "data", "stages", "runtime.seed", "runtime.precision", "runtime.shuffle_buffer")
 
     def _check_recipe(self, ckpt: Path | None) -> None:
         """On resume, the recipe must train what the checkpoint was trained by (the run folder's recipe.yaml,
         written at its start): a changed budget, LR, stage or data set would silently be ignored or mixed."""
         saved = self.run_dir / "recipe.yaml"
-        if ckpt is None or not saved.is_file():
+        if ckpt is None:
+            return
+        if not saved.is_file():
+            if self.d.is_main:
+                print(f"warning: --resume: {saved} is missing, so this recipe cannot be checked against the one "
+                      f"{ckpt.name} was trained with (a changed LR, budget or data would go unnoticed)",
+                      file=sys.stderr, flush=True)
             return
         import yaml
 
