@@ -292,13 +292,14 @@ def test_too_long_sample_never_splits_media(tmp_path, model):
         {"__key__": "media_last", "jpg": jpg(), "json": conv(long_text + "\n<image>", "red")},
         {"__key__": "answer_cut", "json": conv(long_text * 2, "red")},      # the cut leaves no answer token
         {"__key__": "asks", "json": {"conversations": [{"from": "human", "value": "Hi"}]}},   # no answer at all
+        {"__key__": "blank", "json": conv("Hi", "  ")},                    # an empty answer: not taught
         *image_samples("short", 2)])
     full = next(iter(ShardPipeline(src, model.processor, batch_size=1, epochs=1, shuffle_buffer=0)))
     pipe = ShardPipeline(src, model.processor, batch_size=4, epochs=1, shuffle_buffer=0, max_len=64,
                          min_samples=10**6)
     batch = next(iter(pipe))
     assert batch["sample_keys"] == ["media_first", "short0000", "short0001"]
-    assert pipe.stats.skipped == {"too_long": 2, "no_answer": 1} and pipe.stats.errors == 0     # dropped, not broken
+    assert pipe.stats.skipped == {"too_long": 2, "no_answer": 2} and pipe.stats.errors == 0     # dropped, not broken
     assert batch["input_ids"].shape[1] == 64
     assert batch["input_ids"][0].tolist() == full["input_ids"][0, :64].tolist()
     assert batch["labels"][0].tolist() == full["labels"][0, :64].tolist()

@@ -125,6 +125,9 @@ class ChatFormat(Format):
 
     def process(self, raw: RawSample) -> tuple[Processed, list[str]]:
         """A decoded sample -> Processed (media preprocessed, templated, truncated) + conversions made."""
+        answers = [t.get("text") for t in raw.turns if isinstance(t, dict) and t.get("role") == "assistant"]
+        if answers and not any(isinstance(a, str) and a.strip() for a in answers):
+            raise SampleError("no_answer", "every assistant turn is empty: it would teach an empty answer")
         tensors, converted = self.media_tensors(raw.media)
         try:
             p = self.processor.from_turns(raw.turns, tensors, key=raw.key, preprocessed=True)
