@@ -125,6 +125,30 @@ def test_a_swapped_tokenizer_is_another_fingerprint(setup, tmp_path):
     assert VLMBackend(tmp_path / "m").fingerprint not in (before, changed)
 
 
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_an_export_recorded_before_the_tokenizer_counted_still_searches_and_resumes(setup, tmp_path, capsys):
+    """run.json of an export made before the fingerprint covered the tokenizer records the weights-only
+    formula: the same files still search without a warning and resume (not 'other settings')."""
+    import json
+
+    from vlm.cli import main
+    from vlm.embed.backends import VLMBackend, digest, file_id
+    _, ckpt, world = setup
+    out = tmp_path / "e"
+    args = ["embed", "--model", str(ckpt), "--input", str(world), "--out", str(out), "--num-workers", "0", "--quiet"]
+    assert main(args) == 0 and main(["index", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    old = digest("vlm", (ckpt / "config.json").read_text(), file_id(ckpt / "model.safetensors"))
+    assert run["fingerprint"] == VLMBackend(ckpt).fingerprint != old and VLMBackend(ckpt).matches(old)
+    (out / "run.json").write_text(json.dumps({**run, "fingerprint": old}))
+    capsys.readouterr()
+    assert main(["search", str(out), "--text", "a red circle", "-k", "2"]) == 0
+    assert main(["search", str(out), "--text", "a red circle", "-k", "2", "--model", str(ckpt)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(args) == 0                                                    # a rerun: the same export
+    assert not VLMBackend(ckpt).matches(digest("vlm", "{}", file_id(ckpt / "model.safetensors")))
+
+
 def test_embedder_bad_input_is_one_line(setup, tmp_path):
     from vlm.embed import Embedder
     from vlm.errors import UserError

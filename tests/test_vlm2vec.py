@@ -196,6 +196,8 @@ def test_the_open_clip_baseline_reads_the_backbones_tokenizer(tmp_path):
     assert size["big"] - size["small"] == (49408 - len(AutoTokenizer.from_pretrained(str(tok)))) * 64
     v = small.embed_batch(small.preparer()([Item(text=text), Item(text="a blue square")]))
     assert v.shape == (2, 64) and not torch.allclose(v[0], v[1])
+    (tok / "tokenizer.json").write_text((tok / "tokenizer.json").read_text())          # rewritten: another file
+    assert OpenClipBackend(f"open_clip:{tmp_path / 'small.json'}").fingerprint != small.fingerprint
 
 
 def test_comparison_report_calls_a_float_tie_a_tie():

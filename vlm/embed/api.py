@@ -77,6 +77,10 @@ class Embedder:
     def fingerprint(self) -> str:
         return self.backend.fingerprint
 
+    def matches(self, recorded: str) -> bool:
+        """Whether an export's recorded fingerprint is this model's (`Backend.matches`)."""
+        return self.backend.matches(recorded)
+
     @property
     def modalities(self) -> tuple[str, ...]:
         """What it embeds: 'text' and the media modalities of its encoders."""

@@ -77,6 +77,11 @@ class Backend:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def matches(self, recorded: str) -> bool:
+        """Whether a fingerprint recorded by an export (run.json) is this model's: its own, or the one an
+        earlier version of the suite gave the same files (`legacy_fingerprint`, where the formula changed)."""
+        return recorded in (self.fingerprint, getattr(self, "legacy_fingerprint", None))
+
     def check(self, item: Item) -> None:
         for m in item.media:
             if m not in self.modalities:
@@ -210,6 +215,8 @@ class VLMBackend(Backend):
         # features and exports of the old one are not reused for it)
         tokenizer = [file_id(p / f) for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (p / f).is_file()]
         self.fingerprint = digest("vlm", config, file_id(p / "model.safetensors"), *tokenizer)
+        # what exports written before the tokenizer counted recorded (`matches`: they still search and resume)
+        self.legacy_fingerprint = digest("vlm", config, file_id(p / "model.safetensors"))
         self.modalities = tuple(raw.get("media") or raw.get("encoders") or {})    # format 2 | 1
         self.config = raw
         self._model = None
@@ -352,6 +359,10 @@ class OpenClipBackend(Backend):
             if config is None:
                 raise UserError(f"unknown open_clip architecture '{arch}' (see open_clip.list_models(), "
                                 "or give a config file: open_clip:/path/arch.json[:CKPT])")
+            text_cfg = config.get("text_cfg")
+            tok = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
+            tok_ids = ([file_id(Path(tok) / f) for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (Path(tok) / f).is_file()]
+                       if isinstance(tok, str) and Path(tok).is_dir() else [])   # a local tokenizer folder: part of it
             config = json.dumps(config, sort_keys=True)
             if self.config_file is not None:
                 # open_clip's registry is keyed by file stem and process-wide: a file named like a built-in
@@ -362,6 +373,7 @@ class OpenClipBackend(Backend):
                 raise UserError(f"open_clip checkpoint not found: {ckpt} (pretrained tags need the network; "
                                 "give a local file)")
             ident = [file_id(Path(ckpt))] if ckpt else [f"random-init seed {seed}"]
+            ident += tok_ids
         self.arch, self.ckpt = arch, ckpt
         self.name = spec if len(spec) < 60 else f"open_clip:{arch}"
         self.fingerprint = digest("open_clip", arch, config, *ident)

@@ -436,15 +436,20 @@ def manifest(cfg, backend, plan: InputPlan) -> dict:
             "parts": len(plan.parts), "dim": backend.dim, "layout": "clip-retrieval"}
 
 
-def check_manifest(out: Path, want: dict) -> None:
+def check_manifest(out: Path, want: dict, backend=None) -> None:
+    """A rerun into `out` must be the same export (`backend.matches`: a fingerprint recorded by an earlier
+    version of the suite for the same files is the same model)."""
     path = out / "run.json"
     if path.exists():
         try:
             have = json.loads(path.read_text())
         except ValueError:                          # invalid JSON, or not text at all
             have = {}
-        diff = [k for k in ("fingerprint", "instruction", "modalities", "dtype", "part_size", "sources", "samples")
+        same_model = have.get("fingerprint") == want.get("fingerprint") or (
+            backend is not None and isinstance(have.get("fingerprint"), str) and backend.matches(have["fingerprint"]))
+        diff = [k for k in ("instruction", "modalities", "dtype", "part_size", "sources", "samples")
                 if have.get(k) != want.get(k)]
+        diff = ([] if same_model else ["fingerprint"]) + diff
         if diff:
             raise UserError(f"{out} holds an export with other settings ({', '.join(diff)} differ); "
                             f"use another --out or delete it")
@@ -500,7 +505,7 @@ def export(cfg) -> ExportResult:
             (out / d).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {out}: cannot create {out / d} ({e.strerror})") from None
-    check_manifest(out, manifest(cfg, backend, plan))
+    check_manifest(out, manifest(cfg, backend, plan), backend)
     _remove_torn(out)
     dtype, dim = np.dtype(cfg.out_dtype), backend.dim
     names = [part_name(p.index, len(plan.parts)) for p in plan.parts]
