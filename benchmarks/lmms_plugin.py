@@ -54,8 +54,6 @@ class VLMLmms(lmms):
     def __init__(self, pretrained: str, device: str | None = "cpu", batch_size: int | str = 1,
                  max_new_tokens: int = 32, **_: Any) -> None:
         super().__init__()
-        self.model = VLMModel(str(pretrained), device=device or "cpu")
-        self.model.load()                                    # now: a bad checkpoint fails before any task runs
         size = str(batch_size).strip()
         if size.startswith("auto"):                          # lmms-eval's `auto[:N]`: one request at a time
             self.batch_size = 1
@@ -65,6 +63,8 @@ class VLMLmms(lmms):
             raise UserError(f"vlm: batch_size must be a positive integer (or auto), got {batch_size!r}")
         self.max_new_tokens = self._max_new(max_new_tokens)
         self.bad_images = 0                                  # requests answered "" because an image did not decode
+        self.model = VLMModel(str(pretrained), device=device or "cpu")      # (after the settings: said at once)
+        self.model.load()                                    # now: a bad checkpoint fails before any task runs
 
     @staticmethod
     def _max_new(value: Any) -> int:

@@ -347,7 +347,8 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
         (d / "clips" / f"{name}.flac").write_bytes(BAD_AUDIO[name][0]())
         rows.append(f"clips/{name}.flac,low")
     (d / "clips" / "tiny.wav").write_bytes(flac(tone(440, 0.05), 24000))
-    rows += ["clips/tiny.wav,high", "clips/missing.flac,high"]
+    (d / "clips" / "cancel.flac").write_bytes(flac(np.stack([tone(220, 2.0), -tone(220, 2.0)]), 24000))
+    rows += ["clips/tiny.wav,high", "clips/missing.flac,high", "clips/cancel.flac,high"]
     (d / "labels.csv").write_text("\n".join(rows) + "\n")
     from benchmarks.registry import get_benchmark
     from benchmarks.runner import RunConfig, evaluate
@@ -358,8 +359,8 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     m = rec["metrics"]
     skipped = {k: v for k, v in m.items() if k.startswith("skipped_")}
     assert sum(skipped.values()) == 4 and skipped.get("skipped_missing_file") == 1
-    assert m["n"] + m["n_train"] == 12 + 6 + 2 - 4 and 0 <= m["accuracy"] <= 1
-    assert m["kept_audio_silent"] == 1 and m["kept_audio_clipped"] == 1      # kept, and counted as pretraining does
+    assert m["n"] + m["n_train"] == 12 + 6 + 3 - 4 and 0 <= m["accuracy"] <= 1
+    assert m["kept_audio_silent"] == 2 and m["kept_audio_clipped"] == 1      # (a stereo pair cancelling in the downmix)
     assert [r["layer"] for r in rec["tables"]["layers"]] == [0, 1, 2]
     from vlm.cli import main
     capsys.readouterr()

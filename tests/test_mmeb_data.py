@@ -322,3 +322,7 @@ def test_pairs_format_reads_only_the_sides_it_trains_and_refuses_empty_or_odd_si
         assert e.value.reason == "bad_pair", name
         problems = validate_sample({"__key__": "k", **fields, "json": m})    # the writer refuses it too
         assert problems and message in problems[0], (name, problems)
+    for negs in ({}, "", 0, False):                                          # only absent / null mean none
+        problems = validate_sample({"__key__": "k", **fields, "json": {**meta, "negatives": negs}})
+        assert problems and "'negatives' must be a list" in problems[0], (negs, problems)
+    assert validate_sample({"__key__": "k", "0.jpg": img, "1.jpg": img, "json": {**meta, "negatives": None}}) == []

@@ -11,7 +11,8 @@ direction, noise type) or a user's labels.csv (`benchmarks.audio_folder`). Featu
 cached; the probes themselves train in seconds. Clips a probe cannot use (undecodable in a user's
 folder, non-finite samples, shorter than 0.1 s) are skipped and counted by reason (`skipped_<reason>`
 in the metrics); silent and clipped clips are kept and counted (`kept_audio_silent`, `kept_audio_clipped`:
-the rule of the data layer's `audio_notes`; the waveform normalisation leaves a silent clip zero).
+the data layer's `audio_notes` on the mono downmix at the file's rate, where pretraining judges it after
+resampling to the model's; the waveform normalisation leaves a silent clip zero).
 """
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         raise UserError(f"benchmark {bench.name}: no {bench.data.split} clip has a label of the '{train_split}' "
                         f"split ({', '.join(sorted({c.label for c in test})[:5])} vs {', '.join(classes[:5])})")
     from vlm.data.formats import audio_notes
-    kept = Counter(n for c in (*train, *test) for n in audio_notes(c.audio[0]))
+    kept = Counter(n for c in (*train, *test) for n in audio_notes(c.audio[0].reshape(-1, c.audio[0].shape[-1]).mean(0)))
     x_train = _features(model, train, h_train, bench.modality, ctx)                 # [N, L, D]
     x_test = _features(model, test, h_test, bench.modality, ctx)
     idx = {c: i for i, c in enumerate(classes)}

@@ -351,7 +351,8 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
         n_shards = len(json.load(f)["shards"])
     with open(os.path.join(split_dir, "nshards.txt"), "w") as f:
         f.write(f"{n_shards}\n")
-    empty = [names[i] for i in range(len(classes)) if not any(ci == i for ci, _ in items)]
+    present = {ci for ci, _ in items}
+    empty = [names[i] for i in range(len(classes)) if i not in present]
     if empty:
         report.notes.append(f"{len(empty)} class(es) with no image in {folder}: {named(empty)} (kept in "
                             "classnames.txt: a zero-shot candidate with no test image)")

@@ -230,7 +230,7 @@ class PairFormat(Format):
         named, why = pair_sides(meta, self.negatives)   # only the sides trained on are read (and decoded)
         if why is not None:
             raise SampleError("bad_pair", f"{why} {PAIR_SHAPE}")
-        negatives = meta.get("negatives") or []
+        negatives = meta.get("negatives") or []            # a list here (pair_sides checked it)
         if len(negatives) < self.negatives:
             raise SampleError("too_few_negatives", f"{len(negatives)} negatives, the objective takes {self.negatives}")
         sides = [side for _, side in named]

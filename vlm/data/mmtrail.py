@@ -153,6 +153,12 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
     from vlm.data.writer import Audio, ShardWriter, encode_mp4
     if not os.path.isdir(videos):
         raise UserError(f"--videos {videos}: not a folder")
+    if not 0 <= max_bad <= 1:
+        raise UserError(f"--max-bad is a fraction of the records in [0, 1], got {max_bad}")
+    missing, total = _missing_videos(annotations, videos)      # before minutes of encoding, not after
+    if missing > max_bad * total:
+        raise UserError(f"{annotations}: {missing} of {total} records name a video not found under {videos}, more than "
+                        f"--max-bad {max_bad:g}; nothing converted (--max-bad 1 converts the clips that are there)")
     report, seen = MMTrailReport(out=out), set()
     with ShardWriter(out, max_count=max_count, meta={"source": source, "annotations": os.path.basename(annotations)}) as w:
         for i, rec in read_records(annotations):
@@ -207,6 +213,26 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
         if report.clips == 0:
             raise UserError(f"{annotations}: no clip converted; {report.summary()}")
         if bad > max_bad * (bad + report.clips):
-            raise UserError(f"{annotations}: {bad} of {bad + report.clips} clips are bad, more than --max-bad "
-                            f"{max_bad:g}; {report.summary()}")
+            reasons = ", ".join(f"{r} {n}" for r, n in sorted(report.skipped.items()))
+            first = next(iter(report.first.values()))
+            raise UserError(f"{annotations}: {bad} of {bad + report.clips} clips are bad ({reasons}; first: {first}), "
+                            f"more than --max-bad {max_bad:g}; nothing published (--max-bad 1 keeps the "
+                            f"{report.clips} that converted)")
     return report
+
+
+def _missing_videos(annotations: str, videos: str) -> tuple[int, int]:
+    """(records whose video_path names no file under `videos`, records): the cheap part of the --max-bad
+    check, made before any clip is cut (the other reasons need the decode)."""
+    missing = total = 0
+    for _, rec in read_records(annotations):
+        total += 1
+        basic = rec.get("basic") if isinstance(rec, dict) else None
+        rel = basic.get("video_path") if isinstance(basic, dict) else None
+        if isinstance(rel, str) and rel:
+            try:
+                path = inside(videos, rel, "video_path")
+            except Skip:
+                continue                                   # counted by the conversion, with its reason
+            missing += not os.path.isfile(path)
+    return missing, total

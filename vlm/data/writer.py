@@ -301,7 +301,7 @@ PAIR_SHAPE = "(a pair sample needs json 'query' and 'positive' (and 'negatives')
 def pair_sides(meta: dict[str, Any], negatives: int | None = None) -> tuple[list[tuple[str, Any]], str | None]:
     """A pair sample's named sides (query, positive, negatives.0 ...; the first `negatives` of them when given)
     and why they are unusable (None when usable), by `pair_side_problem`."""
-    negs = meta.get("negatives") or []
+    negs = [] if meta.get("negatives") is None else meta["negatives"]     # absent / null: none
     if not isinstance(negs, list):
         return [], "'negatives' must be a list of {'text': ...}"
     sides = [("query", meta.get("query")), ("positive", meta.get("positive")),
