@@ -139,8 +139,8 @@ class VLMLmms(lmms):
             until = [until] if isinstance(until, str) else list(until or [])
             max_new = self._max_new(gen.pop("max_new_tokens", self.max_new_tokens))
             for j in range(0, len(idx), self.batch_size):
-                chunk, prompts = [], []
-                for i in idx[j:j + self.batch_size]:
+                batch, chunk, prompts = idx[j:j + self.batch_size], [], []
+                for i in batch:
                     ctx, _, doc_to_visual, doc_id, task, split = requests[i].args
                     visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual else []
                     try:
@@ -154,7 +154,7 @@ class VLMLmms(lmms):
                 texts = self.model.generate(prompts, max_new_tokens=max_new, batch_size=len(chunk), **gen) if chunk else []
                 for i, t in zip(chunk, texts):
                     out[i] = self._cut(t, until)
-                pbar.update(len(idx[j:j + self.batch_size]))
+                pbar.update(len(batch))
         pbar.close()
         return [o or "" for o in out]
 

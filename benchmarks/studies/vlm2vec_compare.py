@@ -121,8 +121,10 @@ def llm_tokenizer(out: Path, backbone: Path) -> Path:
     """The backbone's tokenizer files, copied into a folder of their own (the open_clip baseline's text tower
     reads them)."""
     import shutil
+
+    from vlm.embed.backends import TOKENIZER_FILES
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    for name in TOKENIZER_FILES:
         shutil.copyfile(backbone / name, out / name)
     return out
 

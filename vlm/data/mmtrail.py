@@ -174,10 +174,7 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
                 start, end = rng
                 if end <= start:
                     raise Skip("empty_range", f"{where}: frames [{start}, {end}) are empty")
-                rel = str(basic.get("video_path") or "")
-                path = inside(videos, rel, f"{where}: video_path")              # confined to the videos folder
-                if not os.path.isfile(path):
-                    raise Skip("missing_video", f"{where}: {rel} not found under {videos}")
+                path, rel = _video_of(basic, videos, where)
                 caps = captions_of(rec)
                 if not caps:
                     raise Skip("no_caption", f"{where}: no visual, music or merged caption")
@@ -221,18 +218,25 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
     return report
 
 
+def _video_of(basic: dict, videos: str, where: str) -> tuple[str, str]:
+    """(the file a record's video_path names, confined to the videos folder; that path as written), or Skip
+    (`path_outside_root`, `missing_video`)."""
+    rel = str(basic.get("video_path") or "")
+    path = inside(videos, rel, f"{where}: video_path")
+    if not os.path.isfile(path):
+        raise Skip("missing_video", f"{where}: {rel} not found under {videos}")
+    return path, rel
+
+
 def _missing_videos(annotations: str, videos: str) -> tuple[int, int]:
-    """(records whose video_path names no file under `videos`, records): the cheap part of the --max-bad
-    check, made before any clip is cut (the other reasons need the decode)."""
+    """(records whose video is missing, records): the cheap part of the --max-bad check, made before any clip
+    is cut by the conversion's own lookup (`_video_of`; the other reasons need the decode)."""
     missing = total = 0
-    for _, rec in read_records(annotations):
+    for i, rec in read_records(annotations):
         total += 1
-        basic = rec.get("basic") if isinstance(rec, dict) else None
-        rel = basic.get("video_path") if isinstance(basic, dict) else None
-        if isinstance(rel, str) and rel:
+        if isinstance(rec, dict) and isinstance(rec.get("basic"), dict):
             try:
-                path = inside(videos, rel, "video_path")
-            except Skip:
-                continue                                   # counted by the conversion, with its reason
-            missing += not os.path.isfile(path)
+                _video_of(rec["basic"], videos, f"record {i}")
+            except Skip as e:
+                missing += e.reason == "missing_video"      # the others are counted by the conversion
     return missing, total

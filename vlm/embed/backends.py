@@ -159,6 +159,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 TOKENIZER_EXTRAS = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
+def tokenizer_ids(folder: Path) -> list[str]:
+    """`file_id`s of the tokenizer files a folder has: part of a model's fingerprint."""
+    return [file_id(folder / f) for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (folder / f).is_file()]
+
+
 def tokenizer_problem(path: Path) -> str | None:
     """Why a checkpoint folder's tokenizer does not load, as one line naming the folder or file (None when
     it loads): asked after loading the model failed, to tell a broken tokenizer from other failures."""
@@ -213,8 +218,7 @@ class VLMBackend(Backend):
         self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
         # the tokenizer is part of what a text embeds to: a swapped tokenizer.json is another model (cached
         # features and exports of the old one are not reused for it)
-        tokenizer = [file_id(p / f) for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (p / f).is_file()]
-        self.fingerprint = digest("vlm", config, file_id(p / "model.safetensors"), *tokenizer)
+        self.fingerprint = digest("vlm", config, file_id(p / "model.safetensors"), *tokenizer_ids(p))
         # what exports written before the tokenizer counted recorded (`matches`: they still search and resume)
         self.legacy_fingerprint = digest("vlm", config, file_id(p / "model.safetensors"))
         self.modalities = tuple(raw.get("media") or raw.get("encoders") or {})    # format 2 | 1
@@ -361,8 +365,7 @@ class OpenClipBackend(Backend):
                                 "or give a config file: open_clip:/path/arch.json[:CKPT])")
             text_cfg = config.get("text_cfg")
             tok = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
-            tok_ids = ([file_id(Path(tok) / f) for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (Path(tok) / f).is_file()]
-                       if isinstance(tok, str) and Path(tok).is_dir() else [])   # a local tokenizer folder: part of it
+            tok_ids = tokenizer_ids(Path(tok)) if isinstance(tok, str) and Path(tok).is_dir() else []   # part of it
             config = json.dumps(config, sort_keys=True)
             if self.config_file is not None:
                 # open_clip's registry is keyed by file stem and process-wide: a file named like a built-in

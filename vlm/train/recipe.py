@@ -531,11 +531,12 @@ def check_model(recipe: Recipe):
     adapters: tuple[int, dict] | None = None      # the first lora stage: its settings make the adapters
     for i, st in enumerate(recipe.stages):
         if st.llm == "lora":
+            want = {**DEFAULT_LORA, **(st.lora or {})}
             if adapters is None:
-                adapters = (i, {**DEFAULT_LORA, **(st.lora or {})})
-            elif st.lora and {**DEFAULT_LORA, **st.lora} != adapters[1]:     # peft would keep stage k's adapters
+                adapters = (i, want)
+            elif st.lora and want != adapters[1]:                 # peft would keep stage k's adapters
                 k, made = adapters
-                diff = sorted(x for x in {**made, **st.lora} if made.get(x) != {**DEFAULT_LORA, **st.lora}.get(x))
+                diff = sorted(x for x in made.keys() | want.keys() if made.get(x) != want.get(x))
                 _require(False, f"stages.{i}.lora", f"the LoRA adapters are made once, by stage {k} "
                          f"(stages.{k}.lora: {', '.join(f'{x}={made.get(x)!r}' for x in diff)}); a later stage trains "
                          f"those adapters and cannot change {', '.join(diff)}: give stage {k}'s settings or none")
