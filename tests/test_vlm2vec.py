@@ -212,3 +212,20 @@ def test_comparison_report_calls_a_float_tie_a_tie():
     assert "- vqa: vs (b) open_clip: 0.300 vs 0.300: NOT met (a tie)" in lines
     assert "- retrieval: vs (b) open_clip: 0.375 vs 0.300: met (every seed)" in lines
     assert "- grounding: vs (a) untrained: 0.300 vs 0.300: NOT met (a tie)" in lines
+
+
+def test_resume_may_change_the_gradcache_chunk_size_but_not_the_loss(tmp_path, capsys):
+    """GradCache's chunk size is memory, not the loss: a --resume may change it (it used to be refused as a
+    changed recipe); the temperature, which changes the loss, is still refused."""
+    from vlm.cli import main
+    world = O.write_pair_world(tmp_path / "pairs")
+    recipe = O.pair_recipe(tmp_path, world, steps=2, settings={"chunk_size": 4}, checkpoint_every=1)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--out", str(run), "--resume", "stages.0.objective_settings.chunk_size=2"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--out", str(run), "--resume",
+                 "stages.0.objective_settings.temperature=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'stages.0.objective_settings.temperature' (0.05 -> 0.1)" in err and len(err.splitlines()) == 1, err

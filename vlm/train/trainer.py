@@ -40,7 +40,7 @@ from vlm.errors import UserError
 from vlm.train import checkpoint as ckpt_lib
 from vlm.train.data import build_stage_loader, to_device
 from vlm.train.logging import RunLog, SampleLog, plot
-from vlm.train.objectives import NO_GRADIENT, Objective, TaskModule, build_objective
+from vlm.train.objectives import NO_GRADIENT, OBJECTIVES, Objective, TaskModule, build_objective
 from vlm.train.recipe import (
     Recipe,
     Stage,
@@ -107,6 +107,19 @@ def _first_difference(a, b, path: str) -> tuple[str, object, object] | None:
                 return found
         return None
     return None if a == b else (path, a, b)
+
+
+def _drop_resumable(doc, recipe: Recipe) -> None:
+    """Remove from a recipe document the objective settings a resume may change (an objective's
+    `resumable_settings`, e.g. GradCache's chunk size: memory, not the loss), stage by stage of `recipe`."""
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    if not isinstance(stages, list):
+        return
+    for st, raw in zip(recipe.stages, stages):
+        settings = raw.get("objective_settings") if isinstance(raw, dict) else None
+        if isinstance(settings, dict):
+            for key in OBJECTIVES.get(st.objective).resumable_settings:
+                settings.pop(key, None)
 
 
 def summarize_trainable(model: nn.Module, names: list[str], depth: int = 2) -> str:
@@ -227,6 +240,8 @@ class Trainer:
         from vlm.config import read_yaml
         old = read_yaml(saved, "run's recipe")          # not YAML, not UTF-8, not a mapping: one line naming it
         new = yaml.safe_load(self.recipe.to_yaml())
+        _drop_resumable(old, self.recipe)
+        _drop_resumable(new, self.recipe)
         for key in self.RESUME_KEYS:
             a, b = _dig(old, key), _dig(new, key)
             where = _first_difference(a, b, key)

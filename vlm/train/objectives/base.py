@@ -66,6 +66,8 @@ class Objective(nn.Module):
     Settings: ClassVar[type] = NoSettings
     data_format: ClassVar[str] = "chat"
     count_name: ClassVar[str] = "items"              # what `count` counts, for the logs
+    # settings that change only memory or speed, never the loss or the data: a --resume may change them
+    resumable_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Any = None):
         super().__init__()

@@ -98,6 +98,7 @@ class Contrastive(Objective):
     Settings = ContrastiveSettings
     data_format = "pairs"
     count_name = "queries"
+    resumable_settings = ("chunk_size",)        # GradCache: the same loss and gradients in any chunking
 
     def format_settings(self) -> dict:
         return {"negatives": self.settings.negatives}
