@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -166,6 +167,7 @@ def test_encodec_teacher_gives_the_local_checkpoints_codes(tmp_path):
     folder = tiny_encodec(tmp_path / "encodec")
     teacher = build_teacher("encodec", codebook_size=64, max_frames=10, path=str(folder), bandwidth=2.4)
     assert teacher.codebook_sizes == [16] * 8 and not teacher.needs_fit and teacher.fitted_state() == {}
+    assert teacher.model is None           # the weights load at the first codes (a recipe check builds it too)
     wave = torch.stack([torch.from_numpy(tone(f, 1.0)) for f in (220, 440)])
     codes = teacher(wave, 70)
     ref = EncodecModel.from_pretrained(folder).eval().encode(wave[:, None], bandwidth=2.4).audio_codes[0]   # [B, 8, 75]
@@ -173,8 +175,12 @@ def test_encodec_teacher_gives_the_local_checkpoints_codes(tmp_path):
     assert build_teacher("encodec", path=str(folder), bandwidth=1.2).codebook_sizes == [16] * 4
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "config.json").write_text('{"model_type": "encodec"}')
+    cut = tmp_path / "cut"                 # a truncated copy: refused when built, not at the first step
+    shutil.copytree(folder, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) // 2])
     for path, msg in [(None, "teacher_settings.path"), (tmp_path / "none", "not a local folder"),
-                      (tmp_path / "bin", "no .safetensors"), (folder, "bandwidth 6.0")]:
+                      (tmp_path / "bin", "no .safetensors"), (folder, "bandwidth 6.0"), (cut, "corrupt weights file")]:
         with pytest.raises(UserError, match=msg):
             build_teacher("encodec", path=str(path) if path else None, bandwidth=6.0 if path == folder else 2.4)
 

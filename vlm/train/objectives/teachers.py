@@ -356,25 +356,39 @@ class EncodecTeacher(AcousticTeacher):
     needs_fit = False
 
     def __init__(self, path: str | None = None, bandwidth: float = 6.0):
+        """Reads the folder's config (and checks its weights file opens); the weights load at the first
+        codes asked for, so a recipe check that builds the objective does not load the checkpoint too."""
         super().__init__()
-        from transformers import EncodecModel
+        from transformers import EncodecConfig, EncodecModel
         folder = check_encodec_folder(path)
         try:
-            model = EncodecModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-        except (OSError, ValueError) as e:
+            cfg = EncodecConfig.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError, TypeError) as e:
             raise UserError(f"encodec teacher: cannot load {folder}: {str(e).splitlines()[0][:200]}") from None
-        cfg = model.config
         if cfg.chunk_length_s is not None:
             raise UserError(f"encodec teacher: {folder} encodes in chunks (chunk_length_s {cfg.chunk_length_s}, "
                             f"the 48 kHz model); give the 24 kHz one")
         if bandwidth not in cfg.target_bandwidths:
             raise UserError(f"encodec teacher: bandwidth {bandwidth} is not one of {folder}'s {cfg.target_bandwidths}")
-        self.model = model.eval().requires_grad_(False)
+        with torch.device("meta"):                  # the architecture without weights: its quantizer's arithmetic
+            n_q = EncodecModel(cfg).quantizer.get_num_quantizers_for_bandwidth(float(bandwidth))
+        self.folder = folder
+        self.model: nn.Module | None = None
         self.bandwidth = float(bandwidth)
         self.rate = int(cfg.sampling_rate)
         self.frame_rate = cfg.sampling_rate / cfg.hop_length
-        n_q = model.quantizer.get_num_quantizers_for_bandwidth(self.bandwidth)
         self.codebook_sizes = [int(cfg.codebook_size)] * int(n_q)
+
+    def loaded(self, device: torch.device) -> nn.Module:
+        """The checkpoint's EncodecModel on `device` (read from the folder once)."""
+        if self.model is None:
+            from transformers import EncodecModel
+            try:
+                model = EncodecModel.from_pretrained(self.folder, local_files_only=True, use_safetensors=True)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise UserError(f"encodec teacher: cannot load {self.folder}: {str(e).splitlines()[0][:200]}") from None
+            self.model = model.eval().requires_grad_(False)
+        return self.model.to(device)
 
     def fitted_state(self) -> dict[str, Tensor]:
         return {}                                   # the checkpoint itself is the state: nothing to save
@@ -397,8 +411,9 @@ class EncodecTeacher(AcousticTeacher):
             x = AF.resample(x, SAMPLE_RATE, self.rate)
             lengths = (lengths.float() * self.rate / SAMPLE_RATE).ceil().long()
         valid = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None].to(x.device)   # [B, N']
-        dtype = next(self.model.parameters()).dtype
-        out = self.model.encode((x * valid)[:, None].to(dtype), valid[:, None], bandwidth=self.bandwidth)
+        model = self.loaded(x.device)
+        dtype = next(model.parameters()).dtype
+        out = model.encode((x * valid)[:, None].to(dtype), valid[:, None], bandwidth=self.bandwidth)
         codes = out.audio_codes[0].transpose(1, 2)                                   # [B, T', K]
         t = torch.arange(frames, device=codes.device)
         if abs(self.frame_rate - SAMPLE_RATE / HOP) > 1e-6:                          # map 75 Hz frames by time
@@ -420,8 +435,16 @@ def check_encodec_folder(path: str | None) -> Path:
         raise UserError(f"encodec teacher: {folder / 'config.json'}: {e}") from None
     if cfg.get("model_type") != "encodec":
         raise UserError(f"encodec teacher: {folder / 'config.json'} is a {cfg.get('model_type')!r} model, not encodec")
-    if not any(folder.glob("*.safetensors")):
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
         raise UserError(f"encodec teacher: no .safetensors weights in {folder} (pickled .bin files are not loaded)")
+    from safetensors import safe_open
+    for file in weights:                            # the header and the file's length (a truncated copy) only
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on a damaged file
+            raise UserError(f"encodec teacher: corrupt weights file {file}: {str(e).splitlines()[0][:200]}") from None
     return folder
 
 
