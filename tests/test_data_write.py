@@ -262,6 +262,29 @@ def test_a_rerun_replaces_the_data_set_only_when_it_succeeds(tmp_path):
                                                                    "val-000000.tar"]
 
 
+def test_writers_finishing_into_one_folder_publish_one_after_the_other(tmp_path):
+    """Publishing holds a lock on the folder: a writer finishing while another publishes waits, so the
+    folder's index always names its own shards (interleaved, one index named shards the other replaced)."""
+    import fcntl
+    import threading
+    out = tmp_path / "out"
+    w = ShardWriter(out, max_count=1)
+    for i in range(3):
+        w.write({"__key__": f"k{i}", "json": {"caption": "x"}, "jpg": Image.new("RGB", (8, 8))})
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)                       # another writer publishing
+    done = threading.Thread(target=w.close)
+    done.start()
+    done.join(0.5)
+    assert done.is_alive() and not (out / "index.json").exists()       # waiting: nothing moved in
+    os.close(fd)
+    done.join(60)
+    assert not done.is_alive()
+    assert json.loads((out / "index.json").read_text())["num_samples"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "shard-000000.tar", "shard-000001.tar",
+                                                     "shard-000002.tar"]
+
+
 def test_converters_skip_odd_records_by_reason(tmp_path):
     """Values that are not text are skipped by reason, never written as 'None'; OpenAI role/content turns are
     read (the converter wrote a 'value' beside 'content' and training lost the question); a decompression bomb

@@ -431,10 +431,23 @@ class ShardWriter:
     def _publish(self, index: dict[str, Any]) -> None:
         """The staged shards replace the folder's data set: moved in (each rename atomic), then `index.json`
         replaced in one rename (the folder always has an index naming complete shards), then the previous data
-        set's shards this index does not name removed."""
+        set's shards this index does not name removed. Under a lock on the folder: two writers finishing into one
+        folder at once publish one after the other (the last one's data set wins whole; interleaved, the index of
+        one named shards the other had just replaced)."""
+        import fcntl
         with open(os.path.join(self.stage_dir, "index.json"), "w") as f:
             json.dump(index, f, indent=1, sort_keys=True)
             f.write("\n")
+        fd = os.open(self.out_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)               # released when the descriptor closes
+            self._move_in()
+        finally:
+            os.close(fd)
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
+
+    def _move_in(self) -> None:
+        """`_publish`'s renames and removals (with the folder locked)."""
         for s in self.shards:
             os.replace(os.path.join(self.stage_dir, s["file"]), os.path.join(self.out_dir, s["file"]))
         os.replace(os.path.join(self.stage_dir, "index.json"), os.path.join(self.out_dir, "index.json"))
@@ -442,7 +455,6 @@ class ShardWriter:
         for name in os.listdir(self.out_dir):          # the previous data set's other shards (or a killed run's)
             if ours.fullmatch(name) and name not in keep and os.path.isfile(os.path.join(self.out_dir, name)):
                 os.remove(os.path.join(self.out_dir, name))
-        shutil.rmtree(self.stage_dir, ignore_errors=True)
 
     def __enter__(self) -> ShardWriter:
         return self
