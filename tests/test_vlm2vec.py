@@ -229,3 +229,22 @@ def test_resume_may_change_the_gradcache_chunk_size_but_not_the_loss(tmp_path, c
                  "stages.0.objective_settings.temperature=0.1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'stages.0.objective_settings.temperature' (0.05 -> 0.1)" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_stage_cannot_remake_the_lora_adapters_its_init_checkpoint_has(tmp_path):
+    """A checkpoint with LoRA adapters as the starting point: peft keeps its adapters, so a stage's `lora`
+    naming another rank was ignored in silence (r=16 asked, r=4 trained); now a recipe error naming the field.
+    The same settings, or none, train those adapters."""
+    import vlm
+    from vlm.errors import UserError
+    from vlm.train.recipe import check_model, load_recipe
+    model = vlm.build("llava", "tiny", audio=None, music=None, video=None)
+    model.set_llm_mode("lora", {"r": 4})
+    model.save_pretrained(tmp_path / "lora4")
+    base = [f"model.settings.init={tmp_path / 'lora4'}", "stages.0.llm=lora"]
+    with pytest.raises(UserError, match=r"recipe field 'stages.0.lora.r': .* r=4, which a stage cannot change to 16"):
+        check_model(load_recipe("vlm2vec-tiny", [*base, "stages.0.lora={r: 16}"], check_files=False))
+    for same in (["stages.0.lora={r: 4, lora_alpha: 32}"], []):
+        trained = [n for n, p in check_model(load_recipe("vlm2vec-tiny", base + same, check_files=False))
+                   .named_parameters() if p.requires_grad and n.startswith("llm.")]
+        assert trained and all("lora_" in n for n in trained)

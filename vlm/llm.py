@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,9 +229,13 @@ def set_llm_mode(llm, mode: str, lora: dict | None = None):
     require(mode in MODES, f"llm mode '{mode}' is not one of {MODES}")
     from peft import PeftModel, get_peft_model
     if mode == "lora":
-        if not isinstance(llm, PeftModel):
+        if isinstance(llm, PeftModel):
+            _check_same_adapters(llm, lora)
+        else:
             try:
-                llm = get_peft_model(llm, lora_config(lora))
+                with warnings.catch_warnings():     # peft reads a property transformers deprecates (FutureWarning)
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                    llm = get_peft_model(llm, lora_config(lora))
             except ValueError as e:     # peft's NoMatchingPeftModuleError (target_modules naming nothing) ...
                 why = str(e).splitlines()[0][:200]
                 raise UserError(f"lora{'.target_modules' if 'target modules' in why.lower() else ''}: {why}") from None
@@ -243,6 +248,22 @@ def set_llm_mode(llm, mode: str, lora: dict | None = None):
         for n, p in llm.named_parameters():
             p.requires_grad_(mode == "full")
     return llm
+
+
+def _check_same_adapters(llm, lora: dict | None) -> None:
+    """A stage's `lora` settings against the adapters the LLM already has (made by an earlier stage or loaded
+    with its checkpoint): peft keeps those, so a setting naming another value would be ignored in silence."""
+    cfg = llm.peft_config["default"]
+    for key, want in (lora or {}).items():
+        have = getattr(cfg, key, None)
+        if key == "target_modules":
+            if isinstance(want, str) or have is None:       # 'all-linear' / a regex: stored expanded, not comparable
+                continue
+            have, want = sorted(have) if isinstance(have, (set, list)) else have, sorted(want)
+        if have != want:
+            raise UserError(f"lora.{key}: the LLM already has LoRA adapters (from its checkpoint or an earlier "
+                            f"stage) with {key}={have!r}, which a stage cannot change to {want!r}; give that "
+                            f"value or no lora settings")
 
 
 def lora_config_dict(llm) -> dict | None:
