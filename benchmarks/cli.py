@@ -52,17 +52,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from benchmarks.tasks.probe import layer_table
     layers = layer_table(res.records)
     if layers:
-        print("\nProbe accuracy per encoder layer (test split):\n" + layers)
+        print(f"\nProbe accuracy per encoder layer ({cfg.split or 'test'} split):\n" + layers)
     if cfg.model_card:
         from benchmarks.model_card import update_model_card
         models = {m.name for m in res.models}
         card = update_model_card(cfg.model_card, res.table[res.table["model"].isin(models)])
         print(f"model card: {card} (results: {card.parent}/results/{card.stem}.jsonl)", file=sys.stderr)
     for r in res.records:                   # samples a task could not use (counted by reason in its metrics)
-        bad = {k[len("skipped_"):]: int(v) for k, v in (r.get("metrics") or {}).items() if k.startswith("skipped_") and v}
+        metrics = r.get("metrics") or {}
+        bad = {k[len("skipped_"):]: int(v) for k, v in metrics.items() if k.startswith("skipped_") and v}
         if bad:
             print(f"{r['model']} / {r['benchmark']}: skipped {sum(bad.values())} sample(s): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), file=sys.stderr)
+        kept = {k[len("kept_"):]: int(v) for k, v in metrics.items() if k.startswith("kept_") and v}
+        if kept:                             # used, but worth knowing (silent or clipped audio ...)
+            print(f"{r['model']} / {r['benchmark']}: kept " + ", ".join(f"{k} {v}" for k, v in sorted(kept.items())),
+                  file=sys.stderr)
+        if metrics.get("unseen_label"):
+            print(f"{r['model']} / {r['benchmark']}: {int(metrics['unseen_label'])} scored sample(s) have a label no "
+                  f"training sample has (always wrong)", file=sys.stderr)
     done = sum(1 for r in res.records if r.get("status") == "ok" and not r.get("reused"))
     print(f"\n{done} run, {res.reused} already done, "
           f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "

@@ -90,6 +90,9 @@ def data_identity(bench: Benchmark, roots: Roots) -> str:
 def check_data(bench: Benchmark, roots: Roots) -> None:
     """Fail before any model runs when a benchmark's folder or split is missing (one line, naming it)."""
     folder = bench.data.folder(roots)
+    if bench.kind == "probe" and bench.data.split == (bench.data.train_split or "train"):
+        raise UserError(f"benchmark {bench.name}: the probe is fitted on the '{bench.data.split}' split, so scoring "
+                        f"it there measures memorisation; evaluate --split val or test")
     if bench.kind == "mmeb" and any("subset" in d for d in bench.options.get("datasets", [])):
         from benchmarks.tasks.mmeb import check_mmeb_eval
         check_mmeb_eval(bench, roots)
