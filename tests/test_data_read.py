@@ -332,8 +332,16 @@ def test_a_pass_with_no_usable_sample_stops_with_a_named_error(tmp_path, model):
     src = write_tar(tmp_path / "long.tar", image_samples("l", 4))
     for buffer in (0, 100):                 # the count is of the 4 samples, not of the reads of the passes it took
         pipe = ShardPipeline(src, model.processor, batch_size=2, max_len=8, shuffle_buffer=buffer)
-        with pytest.raises(UserError, match=r"no usable sample \(skipped: too_long 4; first: l000\d: "):
+        with pytest.raises(UserError, match=r"no usable sample \(skipped: too_long 4; for example l000\d: "):
             next(iter(pipe))
+    # a filter leaving text samples out and every image sample failing: the example is a failure, not a
+    # sample the filter left out on purpose (the message named one of those)
+    from vlm.data.filters import Filtering, FilterStats, SampleFilter
+    mixed = write_tar(tmp_path / "mixed.tar", text_samples("t", 6) + image_samples("l", 2))
+    pipe = ShardPipeline(mixed, model.processor, batch_size=2, max_len=8, shuffle_buffer=0, stats_cls=FilterStats,
+                         wrap_sample_fn=lambda base: Filtering(base, SampleFilter(tasks=["color"]), "f"))
+    with pytest.raises(UserError, match=r"skipped: filtered 6, too_long 2; for example l000\d: "):
+        next(iter(pipe))
 
 
 # ------------------------------------------------------------------------------------------------ worker -> main
@@ -421,3 +429,19 @@ def test_shard_lists_folders_globs_and_braces(tmp_path):
                       (tmp_path / "empty", "folder has no .tar shards")]:
         with pytest.raises(UserError, match=msg):
             expand_shards(str(spec))
+
+
+class _FailsInWorker(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        from vlm.errors import UserError
+        raise UserError("shard-000000.tar: sample k1: bad_audio")
+        yield 0
+
+
+def test_a_user_error_in_a_data_loader_worker_stays_one_line():
+    """torch re-raises a worker's exception as its class with 'Caught UserError in DataLoader worker process 0'
+    and the worker's traceback as the message: the CLI printed all of it. The worker's own line is kept."""
+    from vlm.errors import UserError
+    with pytest.raises(UserError) as e:
+        list(torch.utils.data.DataLoader(_FailsInWorker(), batch_size=None, num_workers=1))
+    assert str(e.value) == "shard-000000.tar: sample k1: bad_audio"

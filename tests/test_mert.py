@@ -435,3 +435,39 @@ def test_audio_folder_edits_duplicates_bom_and_split(mert_folder, tmp_path, caps
         assert main([*argv[:-3], "--out", str(tmp_path / name), "--quiet", *extra]) == 2, name
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (name, err)
+
+
+MERT_BAD = [   # each trained with exit 0 before (a NaN teacher, an error trained up, a loss with nothing to learn)
+    (["stages.0.objective_settings.teacher=rvq", "stages.0.objective_settings.teacher_settings={batch_clips: 0}"],
+     "stages.0.objective_settings.teacher_settings", "batch_clips must be an integer >= 1"),
+    (["stages.0.objective_settings.teacher=rvq", "stages.0.objective_settings.teacher_settings={lr: -1}"],
+     "stages.0.objective_settings.teacher_settings", "lr must be a number > 0"),
+    (["stages.0.objective_settings.teacher_settings={n_mels: 0}"],
+     "stages.0.objective_settings.teacher_settings", "n_mels must be an integer >= 1"),
+    (["stages.0.objective_settings.codebook_weight=-1"], "stages.0.objective_settings.codebook_weight", ">= 0"),
+    (["stages.0.objective_settings.regression_weight=-1"], "stages.0.objective_settings.regression_weight", ">= 0"),
+    (["stages.0.objective_settings.codebook_weight=0", "stages.0.objective_settings.regression=false"],
+     "stages.0.objective_settings.codebook_weight", "nothing to learn"),
+    (["stages.0.objective_settings.teacher_frames=-5"], "stages.0.objective_settings.teacher_frames", ">= 1"),
+    (["stages.0.objective_settings.min_masks=-3"], "stages.0.objective_settings.min_masks", ">= 0"),
+    (["model.settings.codebooks=[]"], "model.settings.codebooks", "non-empty list"),
+    (["model.settings.final_dim=0"], "model.settings.final_dim", "an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("overrides,field,why", MERT_BAD, ids=[b[1].split(".")[-1] + "-" + b[0][-1].split("=")[1][:10]
+                                                             for b in MERT_BAD])
+def test_mert_recipe_values_that_cannot_train_are_one_line_naming_the_field(overrides, field, why):
+    from vlm.errors import UserError
+    from vlm.train.recipe import check_model, load_recipe
+    with pytest.raises(UserError) as e:
+        check_model(load_recipe("mert-tiny", overrides, check_files=False))
+    msg = str(e.value)
+    assert f"recipe field '{field}'" in msg and why in msg and "\n" not in msg, msg
+
+
+def test_a_music_encoder_path_that_is_missing_names_its_setting(tmp_path):
+    from vlm.errors import UserError
+    from vlm.train.recipe import check_model, load_recipe
+    with pytest.raises(UserError, match="recipe field 'model.settings.music'"):
+        check_model(load_recipe("llava-music-tiny", [f"model.settings.music=mert:{tmp_path / 'none'}"], check_files=False))

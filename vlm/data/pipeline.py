@@ -242,12 +242,15 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _no_usable_sample(self, w: int, events: list[tuple]) -> None:
         """A whole pass over every source gave this slot nothing to train on: stop, never loop forever. The
         reasons count distinct samples (a message names its sample), not the reads of the passes it took."""
+        from vlm.data.filters import FILTERED, NOT_FOR_MODEL
         skips = [(e[2], e[4]) for e in events if e[1] == "skip"]
         reasons = Counter(r for r, _ in dict.fromkeys(skips))
         names = ", ".join(f"'{s.name}'" for s in self.sources)
+        # the example: a sample that failed (bad audio ...) before one a filter left out on purpose
+        example = next((m for r, m in skips if r not in (FILTERED, NOT_FOR_MODEL)), skips[0][1])
         raise UserError(f"data source(s) {names}: a whole pass on rank {self.rank} (worker {w}) gave no usable "
-                        f"sample (skipped: {', '.join(f'{r} {n}' for r, n in reasons.most_common())}; first: "
-                        f"{skips[0][1]})")
+                        f"sample (skipped: {', '.join(f'{r} {n}' for r, n in reasons.most_common())}; for example "
+                        f"{example})")
 
     def _batch(self, w: int, rows: list[list[tuple[Any, str, int, int]]], events: list[tuple]) -> dict:
         end = max(k for row in rows for _, _, k, _ in row) + 1

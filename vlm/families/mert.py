@@ -178,6 +178,13 @@ def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_
     """A HuBERT-shaped music encoder (24 kHz, 320-sample frames) with MERT's prediction heads.
     `codebooks`: units per codebook of the acoustic teacher (default: the mel_kmeans teacher's 2 x 64).
     Dropout draws from each rank's own RNG: keep it 0 where runs must match across rank counts."""
+    cb = [64, 64] if codebooks is None else codebooks
+    require(isinstance(cb, list) and bool(cb) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 2
+                                                      for c in cb),
+            f"codebooks: a non-empty list of code counts >= 2 (one per codebook of the teacher), got {codebooks!r}")
+    for name, value in (("final_dim", final_dim), ("regression_dim", regression_dim)):
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name}: an integer >= 1, got {value!r}")
     if seed is not None:
         torch.manual_seed(seed)
     hubert = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
@@ -187,7 +194,7 @@ def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_
                   apply_spec_augment=True, mask_time_prob=0.05, mask_time_length=5, layerdrop=0.0,
                   hidden_dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
                   feat_proj_dropout=dropout, final_dropout=dropout)
-    return MertModel(MertConfig(hubert, list(codebooks or [64, 64]), final_dim, 0.1, regression_dim,
+    return MertModel(MertConfig(hubert, list(cb), final_dim, 0.1, regression_dim,
                                 feature_grad_mult=feature_grad_mult))
 
 

@@ -498,7 +498,12 @@ def _field_of(spec: ModelSpec, message: str) -> str:
     merged = {**(fam.sizes.get(spec.size, {}) if spec.size else {}), **spec.settings}
     for k, v in merged.items():
         name = (v.get("name") or v.get("model_type")) if isinstance(v, dict) else v   # an encoder / an LLM
+        if message.startswith(f"{k}: "):                          # a builder naming its own setting
+            return f"model.settings.{k}"
         if isinstance(name, str) and (f"'{name}'" in message or f'"{name}"' in message):
+            return f"model.settings.{k}"
+        path = name.split(":", 1)[-1] if isinstance(name, str) else ""
+        if "/" in path and path in message:                       # an encoder given by path (mert:DIR, hf:DIR)
             return f"model.settings.{k}"
         if isinstance(v, dict) and str(v) in message:
             return f"model.settings.{k}"

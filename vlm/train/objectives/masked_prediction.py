@@ -75,6 +75,13 @@ class MaskedPredictionSettings:
                 raise UserError(f"recipe field '{where}.{name}': {what}")
         need(0 < self.mask_prob <= 1, "mask_prob", f"must be in (0, 1], got {self.mask_prob}")
         need(self.mask_span >= 1, "mask_span", f"must be >= 1, got {self.mask_span}")
+        need(self.min_masks >= 0, "min_masks", f"must be >= 0, got {self.min_masks}")
+        need(self.teacher_frames >= 1, "teacher_frames", f"must be >= 1, got {self.teacher_frames}")
+        for name in ("codebook_weight", "regression_weight"):
+            need(getattr(self, name) >= 0, name, f"must be >= 0 (a negative weight trains the error up), "
+                                                 f"got {getattr(self, name)}")
+        need(self.codebook_weight > 0 or (self.regression and self.regression_weight > 0), "codebook_weight",
+             "0 with no CQT term (regression off or regression_weight 0): the loss has nothing to learn")
         need(self.teacher in ACOUSTIC_TEACHERS, "teacher",
              f"unknown acoustic teacher '{self.teacher}'; known: {', '.join(ACOUSTIC_TEACHERS.names())}")
         need(self.codebook_size >= 2, "codebook_size", f"must be >= 2, got {self.codebook_size}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -81,6 +82,8 @@ class AcousticTeacher(nn.Module):
 
     codebook_sizes: list[int]
     needs_fit: ClassVar[bool] = True
+    # setting -> (its lowest value, whether that value itself is refused): checked by `limits_error`
+    limits: ClassVar[dict[str, tuple[float, bool]]] = {}
 
     def fit(self, batches, seed: int = 0) -> None:
         """Learn the codebooks from training audio: `batches` yields [B, N] waveforms at 24 kHz."""
@@ -135,8 +138,11 @@ class MelKMeans(AcousticTeacher):
     training audio, no download. Two codebooks: log-mel frames (timbre, 64 mel bands) and chroma frames
     (harmony, 12 pitch classes from the CQT), each standardised and clustered by k-means."""
 
+    limits = {"n_mels": (1, False)}
+
     def __init__(self, codebook_size: int = 64, n_mels: int = 64, max_frames: int = 20000):
         super().__init__()
+        _check_limits(type(self), "mel_kmeans", n_mels=n_mels)
         self.codebook_sizes = [int(codebook_size)] * 2
         self.max_frames = max_frames
         self.log_mel = LogMel(n_mels)
@@ -266,11 +272,14 @@ class RVQAutoencoder(AcousticTeacher):
     0.25 x commitment, EMA codebooks, `steps` Adam steps on batches of whole clips, all drawn from `seed`
     (the same teacher on every rank and on every rerun). The codes of each frame are the targets."""
 
+    limits = {"codebooks": (1, False), "n_mels": (1, False), "latent": (1, False), "hidden": (1, False),
+              "steps": (1, False), "batch_clips": (1, False), "lr": (0, True)}
+
     def __init__(self, codebook_size: int = 64, codebooks: int = 8, max_frames: int = 20000, n_mels: int = 80,
                  latent: int = 32, hidden: int = 128, steps: int = 300, batch_clips: int = 16, lr: float = 2e-3):
         super().__init__()
-        if codebooks < 1 or latent < 1 or steps < 1:
-            raise UserError(f"rvq teacher: codebooks, latent and steps must be >= 1 (got {codebooks}, {latent}, {steps})")
+        _check_limits(type(self), "rvq", codebooks=codebooks, n_mels=n_mels, latent=latent, hidden=hidden,
+                      steps=steps, batch_clips=batch_clips, lr=lr)
         self.codebook_sizes = [int(codebook_size)] * int(codebooks)
         self.max_frames, self.steps, self.batch_clips, self.lr = max_frames, steps, batch_clips, lr
         self.log_mel = LogMel(n_mels, n_fft=2048)                 # 11.7 Hz bins: some pitch detail below 1 kHz
@@ -463,6 +472,28 @@ def build_teacher(kind: str, **settings: Any) -> AcousticTeacher:
     return cls(**{k: v for k, v in settings.items() if k in params})
 
 
+def limits_error(cls: type[AcousticTeacher], settings: dict[str, Any]) -> str | None:
+    """What breaks a teacher's `limits` among `settings` (an integer setting must be an integer, every
+    one a finite number at or above its lowest value): None when nothing does."""
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in settings.items():
+        if key not in cls.limits:
+            continue
+        low, strict = cls.limits[key]
+        integer = isinstance(params[key].default, int)
+        number = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not number or not math.isfinite(value) or value < low or (strict and value == low):
+            return (f"{key} must be {'an integer' if integer else 'a number'} {'>' if strict else '>='} {low:g}, "
+                    f"got {value!r}")
+    return None
+
+
+def _check_limits(cls: type[AcousticTeacher], name: str, **settings: Any) -> None:
+    problem = limits_error(cls, settings)
+    if problem:
+        raise UserError(f"{name} teacher: {problem}")
+
+
 def teacher_settings_error(kind: str, settings: dict[str, Any]) -> str | None:
     """What is wrong with a teacher's settings, checked at recipe validation (no model built)."""
     if kind not in ACOUSTIC_TEACHERS:
@@ -474,6 +505,9 @@ def teacher_settings_error(kind: str, settings: dict[str, Any]) -> str | None:
             return f"{k} is set by objective_settings.{COMMON[k]}, not teacher_settings"
         if k not in params:
             return f"teacher '{kind}' has no setting {k!r}; known: {own}"
+    problem = limits_error(ACOUSTIC_TEACHERS.get(kind), settings)
+    if problem:
+        return f"teacher '{kind}': {problem}"
     if kind == "encodec":
         try:
             check_encodec_folder(settings.get("path"))
