@@ -259,11 +259,16 @@ class EncoderModel(EvalModel):
 
     def __init__(self, path: str, device: str = "cpu"):
         p = Path(path)
-        if not (p / "model.safetensors").is_file():
-            raise UserError(f"{path}: no model.safetensors (a mert / HuBERT folder needs its weights)")
+        weights = sorted(p.glob("*.safetensors"))        # model.safetensors, or the shards of a sharded folder
+        if not weights:
+            raise UserError(f"{path}: no .safetensors weights (a mert / HuBERT folder needs its weights; pickled "
+                            f".bin files are not loaded)")
         self.spec, self.path, self.device = path, p, device
         self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
-        self.fingerprint = _digest("encoder", (p / "config.json").read_text(), _file_id(p / "model.safetensors"))
+        # what the features depend on: the architecture, the weights, and the input's sample rate / normalisation
+        extra = [(p / name).read_text() for name in ("preprocessor_config.json", "model.safetensors.index.json")
+                 if (p / name).is_file()]
+        self.fingerprint = _digest("encoder", (p / "config.json").read_text(), *map(_file_id, weights), *extra)
         self._encoder = None
         self._lock = threading.Lock()
 
@@ -285,11 +290,14 @@ class EncoderModel(EvalModel):
         return encoder_layer_features(self.encoder, clips)
 
 
-def _is_encoder_folder(p: Path) -> bool:
+def _hf_model_type(p: Path) -> str | None:
+    """The model_type of a transformers folder's config.json; None for anything else (a vlm checkpoint has
+    none: its config names an llm and media instead)."""
     try:
-        return p.is_dir() and json.loads((p / "config.json").read_text()).get("model_type") == "hubert"
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
+        cfg = json.loads((p / "config.json").read_text()) if p.is_dir() else None
+    except (OSError, ValueError):
+        return None
+    return cfg.get("model_type") if isinstance(cfg, dict) and "llm" not in cfg else None
 
 
 def load_model(spec: str, device: str = "cpu") -> EvalModel:
@@ -297,6 +305,10 @@ def load_model(spec: str, device: str = "cpu") -> EvalModel:
     transformers HuBERT folder: probes only); bad input is a one-line UserError."""
     if spec.startswith("open_clip:"):
         return OpenClipModel(spec, device=device)
-    if _is_encoder_folder(Path(spec)):
+    model_type = _hf_model_type(Path(spec))
+    if model_type == "hubert":
         return EncoderModel(spec, device=device)
+    if model_type is not None:
+        raise UserError(f"{spec}: a transformers {model_type!r} folder; `vlm eval` takes a vlm checkpoint, a mert / "
+                        f"HuBERT music encoder folder (probes) or open_clip:ARCH[:CKPT]")
     return VLMModel(spec, device=device)

@@ -121,8 +121,14 @@ def build_hf(target: str, *, weights: str | None = None, feature_layer: int | No
     elif family == "whisper":
         enc = WhisperAudioEncoder(name, config, whisper_preprocess(proc, config.get("num_mel_bins", 80)), layer)
     else:  # hubert: MERT-style music encoder; 24 kHz unless the folder says otherwise
+        where = f"{name} option sample_rate" if "sample_rate" in kw else f"{proc_path}: sampling_rate"
         rate = kw.pop("sample_rate", proc.get("sampling_rate", MERT_SAMPLE_RATE))
-        pre = AudioPreprocess(rate, "waveform", normalize=proc.get("do_normalize", True))
+        normalize = proc.get("do_normalize", True)
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1000:
+            raise UserError(f"{where} must be an integer number of Hz (>= 1000), got {rate!r}")
+        if not isinstance(normalize, bool):
+            raise UserError(f"{proc_path}: do_normalize must be true or false, got {normalize!r}")
+        pre = AudioPreprocess(rate, "waveform", normalize=normalize)
         enc = HubertMusicEncoder(name, config, pre, layer)
     if kw:
         raise UserError(f"unknown options for {name}: {sorted(kw)}")

@@ -95,7 +95,8 @@ def load_into(targets: list[nn.Module], state: dict[str, Tensor], source: str) -
                 f"weights file {source} does not fit: {prefix + k} has shape {tuple(picked[k].shape)}, "
                 f"the encoder expects {tuple(own[k].shape)} ({len(bad)} mismatched tensors)"
             )
-        module.load_state_dict(picked, strict=True)
+        if not any(t.is_meta for t in own.values()):       # a meta skeleton (shapes only) has nothing to copy into
+            module.load_state_dict(picked, strict=True)
         return module
     own_keys = list(targets[0].state_dict())
     missing = [k for k in own_keys if not any(s.endswith(k) for s in state)]

@@ -471,3 +471,60 @@ def test_a_music_encoder_path_that_is_missing_names_its_setting(tmp_path):
     from vlm.train.recipe import check_model, load_recipe
     with pytest.raises(UserError, match="recipe field 'model.settings.music'"):
         check_model(load_recipe("llava-music-tiny", [f"model.settings.music=mert:{tmp_path / 'none'}"], check_files=False))
+
+
+def test_encoder_folders_for_probes_sharded_fingerprinted_by_preprocessing_and_other_models_named(mert_folder,
+                                                                                                  tmp_path):
+    """A sharded HuBERT folder probes as the single-file one does (it was refused: no model.safetensors); the
+    feature cache's fingerprint covers preprocessor_config.json (an edited sample rate reused stale features);
+    a sample rate that is not an integer is one line naming the file (a traceback); another transformers
+    model is named as such (it was called 'not an embedder')."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from benchmarks.models import load_model
+    from encoders import build_encoder
+    from vlm.errors import UserError
+    folder, _ = mert_folder
+    sharded = tmp_path / "sharded"
+    shutil.copytree(folder, sharded)
+    state = load_file(str(sharded / "model.safetensors"))
+    (sharded / "model.safetensors").unlink()
+    names = sorted(state)
+    half = {"model-00001-of-00002.safetensors": names[:len(names) // 2],
+            "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for file, keys in half.items():
+        save_file({k: state[k] for k in keys}, str(sharded / file))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, keys in half.items() for k in keys}}))
+    clips = [(torch.from_numpy(tone(f, 1.0))[None], 24000) for f in (220, 330)]
+    one, two = load_model(str(folder)), load_model(str(sharded))
+    assert torch.equal(one.layer_features("music", clips), two.layer_features("music", clips))
+    edited = tmp_path / "edited"
+    shutil.copytree(folder, edited)
+    proc = json.loads((edited / "preprocessor_config.json").read_text())
+    (edited / "preprocessor_config.json").write_text(json.dumps({**proc, "do_normalize": not proc["do_normalize"]}))
+    assert load_model(str(edited)).fingerprint != one.fingerprint
+    (edited / "preprocessor_config.json").write_text(json.dumps({**proc, "sampling_rate": "16k"}))
+    with pytest.raises(UserError, match=r"preprocessor_config.json: sampling_rate must be an integer"):
+        build_encoder(f"mert:{edited}")
+    other = tmp_path / "w2v2"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
+    with pytest.raises(UserError, match=r"a transformers 'wav2vec2' folder"):
+        load_model(str(other))
+
+
+def test_the_recipe_check_of_a_pretrained_music_encoder_is_quiet(mert_folder):
+    """The recipe check builds the model on the meta device: loading the encoder's weights into it printed
+    one 'copying from a non-meta parameter ... is a no-op' warning per tensor (50 for mert tiny)."""
+    import warnings
+
+    from vlm.train.recipe import check_model, load_recipe
+    folder, _ = mert_folder
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_model(load_recipe("llava-music-tiny", [f"model.settings.music=mert:{folder}"], check_files=False))
+    assert not [w for w in caught if "non-meta" in str(w.message)]

@@ -108,7 +108,7 @@ def folder_clips(bench: Benchmark, split: str) -> tuple[list[Clip], str]:
     out = []
     for r in rows:
         if not r.path.is_file():
-            out.append(Clip(r.key, r.label, None, "missing_file"))
+            out.append(Clip(r.key, r.label, None, "not_a_file" if r.path.exists() else "missing_file"))
             continue
         try:
             audio = MODALITIES[bench.modality].decode(r.path.read_bytes())
