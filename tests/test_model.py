@@ -128,6 +128,17 @@ def test_save_load_identical_logits(model, tmp_path, video_file):
     assert torch.equal(a, b)
 
 
+def test_a_tied_word_embedding_llm_saves_and_loads(tmp_path):
+    """Qwen2-0.5B ties its LM head to the token table (llava-0.5b): safetensors stores the shared tensor once,
+    and the load called the other name missing, so every such run's final model could not be loaded."""
+    m = build("llava", vision="tiny-clip", llm={"model_type": "qwen2", "tie_word_embeddings": True},
+              audio=None, music=None, video=None)
+    loaded = vlm.load(m.save_pretrained(tmp_path / "ckpt"))
+    a, b = m.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.llm.get_output_embeddings().weight is loaded.llm.get_input_embeddings().weight
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_hf_llava_export_gives_same_logits(tmp_path, arch):
     from transformers import LlavaForConditionalGeneration

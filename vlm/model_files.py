@@ -49,6 +49,11 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError(f"{p / WEIGHTS_FILE}: weights do not fit config.json ({str(e).splitlines()[0][:200]})") from None
+    # a tied tensor (an LLM's tie_word_embeddings: the LM head is the token table) is stored once under one of its
+    # names (safetensors' save_model); the others are loaded with it
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in own if k in state}
+    missing = [k for k in missing if own[k].data_ptr() not in loaded]
     require(not missing and not unexpected,
             f"{p / WEIGHTS_FILE}: weights do not match config.json (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})")
