@@ -133,6 +133,11 @@ BAD = [
     (["stages.1.llm=lora", "stages.1.lora={target_modules: [zzz]}"], "stages.1.lora.target_modules"),
     (["stages.0.llm=lora", "stages.0.lora={r: 4}", "stages.1.llm=lora", "stages.1.lora={r: 16}"],
      "stages.1.lora"),                                                       # adapters are made once: was ignored
+    (["model.settings.audio_pool=0"], "model.settings.audio_pool"),        # divided by zero at the first clip
+    (["model.settings.audio_pool=-1"], "model.settings.audio_pool"),       # no placeholder tokens: failed in stage 2
+    (["model.settings.seed=abc"], "model.settings.seed"),                  # a builder's annotation: tracebacks
+    (["model.settings.vision=123"], "model.settings.vision"),
+    (["model.settings.llm=[a]"], "model.settings.llm"),
     (["runtime.seed=-1"], "runtime.seed"),
     (["runtime.max_error_rate=1.5"], "runtime.max_error_rate"),
     (["stages.1.objective=masked_prediction"], "stages.1.objective"),       # checked before stage 0 trains

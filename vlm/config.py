@@ -93,7 +93,15 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
         return float(value)
     if tp in (int, str, bool) and type(value) is tp:
         return value
+    if tp in (dict, list) and isinstance(value, tp):      # a bare `dict` / `list` annotation: any contents
+        return copy.deepcopy(value)
     raise ctx.bad(path, tp, value)
+
+
+def check_value(tp: Any, value: Any, path: str, what: str = "recipe field") -> Any:
+    """`value` as annotation `tp` (a function's parameter, e.g. a family builder's setting), or a one-line
+    UserError naming `path`, as for a config's fields."""
+    return _convert(tp, value, path, _Ctx(what))
 
 
 def _from_dict(cls: type, raw: Any, path: str, ctx: _Ctx) -> Any:

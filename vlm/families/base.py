@@ -143,7 +143,17 @@ def media_parts(connector: dict, connectors: dict[str, dict] | None = None, **en
     if unknown:
         raise UserError(f"unknown encoder keyword {unknown[0]!r}; use {sorted(by_arg)}")
     present = {by_arg[a]: enc for a, enc in encoders.items() if enc is not None}
+    for m, settings in (connectors or {}).items():
+        check_count(f"{m}_pool", settings.get("pool"))
     return present, {m: {**connector, **(connectors or {}).get(m, {})} for m in present}
+
+
+def check_count(name: str, value: int | None, none: bool = True) -> None:
+    """A builder's count setting (a pool, frames ...): an integer >= 1, or None where `none` allows it
+    (a pool of 0 divided by zero when media were encoded; a negative one made no placeholder tokens)."""
+    if (value is None and none) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    raise UserError(f"{name}: an integer >= 1{' or null' if none else ''}, got {value!r}")
 
 
 def build_multimodal(family: str, llm: str | dict, encoders: dict[str, str | dict], media: dict[str, dict],

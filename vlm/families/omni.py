@@ -24,6 +24,7 @@ from vlm.families.base import (
     TINY_COMMON,
     Family,
     build_multimodal,
+    check_count,
     register_family,
 )
 from vlm.model import MultimodalLM
@@ -41,6 +42,9 @@ def build_omni(vision: str | dict = "tiny-clip", llm: str | dict = "tiny:llama",
     mute: soundtrack streams a clip's tokens leave out (an ablation); route: plain | inner_adaptor."""
     from vlm.errors import require
     require(route in ROUTES, f"omni route must be one of {ROUTES}, not '{route}'")
+    for name, value, none in (("music_pool", music_pool, True), ("audio_pool", audio_pool, True),
+                              ("frames", frames, False), ("frame_pool", frame_pool, False)):
+        check_count(name, value, none)
     encoders = {k: v for k, v in (("image", vision), ("music", music), ("audio", audio)) if v is not None}
     proj = {"type": "projector", "projector": projector}
     media = {"image": dict(proj),

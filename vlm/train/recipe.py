@@ -307,10 +307,16 @@ def _validate_model(m: ModelSpec) -> None:
     if m.size is not None:
         _require(m.size in fam.sizes, "model.size", f"family '{m.family}' has no size '{m.size}'; "
                  f"known: {sorted(fam.sizes)}")
+    import typing
+
+    from vlm.config import check_value
     params = inspect.signature(fam.builder).parameters
-    for k in m.settings:
+    hints = typing.get_type_hints(fam.builder)
+    for k, v in m.settings.items():
         _require(k in params, f"model.settings.{k}", f"not a setting of family '{m.family}'; "
                  f"known: {', '.join(params)}")
+        if k in hints:                                  # the builder's annotation: a wrong type is one line here
+            check_value(hints[k], v, f"model.settings.{k}")
     base_llm_skeleton(m.settings)                      # a pretrained: LLM names a recipe that has its own LLM
 
 
@@ -486,7 +492,9 @@ def model_skeleton(spec: ModelSpec):
         with torch.device("meta"):
             return build_model(spec)
     except UserError as e:
-        raise UserError(f"recipe field '{_field_of(spec, str(e))}': {e}") from None
+        field, msg = _field_of(spec, str(e)), str(e)
+        key = field.rsplit(".", 1)[-1]
+        raise UserError(f"recipe field '{field}': {msg[len(key) + 2:] if msg.startswith(f'{key}: ') else msg}") from None
     finally:
         torch.random.set_rng_state(state)
 
