@@ -391,14 +391,16 @@ class VideoPreprocess(Preprocess):
             import decord
 
             src = io.BytesIO(bytes(raw)) if isinstance(raw, (bytes, bytearray)) else str(raw)
+            what = str(raw) if isinstance(raw, (str, Path)) else f"{len(raw)} bytes of video"
             try:
                 reader = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=1)
-            except Exception as err:  # decord raises its own DECORDError
-                what = str(raw) if isinstance(raw, (str, Path)) else f"{len(raw)} bytes of video"
+                if len(reader) == 0:
+                    raise UserError(f"video {raw if isinstance(raw, (str, Path)) else '(bytes)'} has no frames")
+                frames = reader.get_batch(self.frame_indices(len(reader))).asnumpy()  # [F, H, W, 3] uint8
+            except UserError:
+                raise
+            except Exception as err:  # decord raises its own DECORDError (opening, or a frame that does not decode)
                 raise UserError(f"cannot decode video {what}: {str(err).splitlines()[0]}") from err
-            if len(reader) == 0:
-                raise UserError(f"video {raw if isinstance(raw, (str, Path)) else '(bytes)'} has no frames")
-            frames = reader.get_batch(self.frame_indices(len(reader))).asnumpy()  # [F, H, W, 3] uint8
             return [Image.fromarray(f) for f in frames]
         frames_in = list(raw)
         return [frames_in[i] for i in self.frame_indices(len(frames_in))]

@@ -204,6 +204,7 @@ def corrupt_shards(tmp_path) -> tuple[str, str]:
     bad = [
         {"__key__": "zero_jpg", "jpg": b"", "json": conv("<image>\nColour?", "red")},
         {"__key__": "garbage_jpg", "jpg": b"\xff\xd8\xff" + os.urandom(300), "json": conv("<image>\nColour?", "red")},
+        {"__key__": "half_jpg", "jpg": jpg()[:len(jpg()) // 2], "json": conv("<image>\nColour?", "red")},  # opens, fails on load
         {"__key__": "bad_json", "jpg": jpg(), "json": b"{not json"},
         {"__key__": "no_media", "json": conv("<image>\nColour?", "red")},
         {"__key__": "bad_mp4", "mp4": b"\x00\x00\x00\x18ftypmp42" + os.urandom(200), "json": conv("<video>\nWhat?", "x")},
@@ -240,9 +241,9 @@ def test_corrupt_input_is_skipped_and_counted_by_reason(tmp_path, model, monkeyp
     assert sorted(got) == sorted([f"g{i:04d}" for i in range(12)] + ["stereo_441"] +
                                  [f"c{i:04d}" for i in range(n_cut)])
     s = pipe.stats
-    assert dict(s.skipped) == {"bad_image": 2, "bad_json": 1, "missing_media": 1, "bad_video": 1, "bad_audio": 1,
+    assert dict(s.skipped) == {"bad_image": 3, "bad_json": 1, "missing_media": 1, "bad_video": 1, "bad_audio": 1,
                                "bad_conversation": 1, "processor": 1, "truncated_tar": 1}
-    assert s.by_shard[cut] == {"truncated_tar": 1} and sum(s.by_shard[main].values()) == 8
+    assert s.by_shard[cut] == {"truncated_tar": 1} and sum(s.by_shard[main].values()) == 9
     assert s.converted == {"audio_resampled": 1, "audio_downmixed": 1}  # converted, not an error
     assert "bad_video" in s.report()
 

@@ -231,6 +231,36 @@ def test_cli_chat_answers_and_rejects_extra_placeholders(tmp_path, capsys):
         assert len(err) == 1 and message in err[0], (argv, err)
 
 
+def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
+    """Each of these was a traceback (or, for nan / inf, a silently greedy / uniformly random answer)."""
+    import io
+    import shutil
+    m = build("llava", vision="tiny-clip", llm="tiny:llama", video="video:tiny-clip")
+    ck = m.save_pretrained(tmp_path / "ck")
+    buf = io.BytesIO()
+    M.image().save(buf, "JPEG")
+    (tmp_path / "half.jpg").write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])      # opens; fails on load
+    (tmp_path / "text.txt").write_text("hello\n")
+    notok = tmp_path / "notok"
+    shutil.copytree(ck, notok)
+    for f in notok.glob("tokenizer*"):
+        f.unlink()
+    build("mert", "tiny").save_pretrained(tmp_path / "mert")
+    (tmp_path / "afile").write_text("")
+    capsys.readouterr()
+    cases = [(["chat", str(ck), "<image>?", "--image", str(tmp_path / "half.jpg")], "half.jpg: cannot decode image"),
+             (["chat", str(ck), "<video>?", "--video", str(tmp_path / "text.txt")], "cannot decode video"),
+             (["chat", str(ck), "hi", "--temperature", "nan"], "--temperature must be a finite number"),
+             (["chat", str(ck), "hi", "--temperature", "inf"], "--temperature must be a finite number"),
+             (["chat", str(notok), "hi"], "cannot load the checkpoint's tokenizer files"),
+             (["chat", str(tmp_path / "mert"), "hi"], "has no LLM to chat with"),
+             (["export", str(ck), "--to", "hf-llava", "--out", str(tmp_path / "afile" / "sub")], "cannot create")]
+    for argv, message in cases:
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+
+
 @pytest.mark.parametrize("size", [(75, 32), (32, 101), (150, 64), (64, 64)], ids=["wide", "tall", "wide-resized", "square"])
 def test_hf_llava_export_reproduced_by_transformers_processor_and_generate(tmp_path_factory, size):
     """The exported folder end to end through transformers alone (AutoProcessor + chat template +

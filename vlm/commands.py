@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from vlm.modalities import MODALITIES
 
@@ -86,9 +87,12 @@ def cmd_chat(args) -> int:
         raise UserError("the prompt is empty")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):     # nan decoded greedily, inf uniformly
+        raise UserError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     model = load(args.ckpt)
+    if not hasattr(model, "chat"):
+        raise UserError(f"{args.ckpt}: not a multimodal LM but a {type(model).__name__} (e.g. a music encoder): "
+                        f"it has no LLM to chat with")
     media = {k: [_read_media(k, f) for f in getattr(args, k) or []] for k in MODALITIES}
     answer = model.chat(args.prompt, {k: v for k, v in media.items() if v}, max_new_tokens=args.max_new_tokens,
                         do_sample=args.temperature > 0, temperature=max(args.temperature, 1e-5))

@@ -78,6 +78,7 @@ def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
         img = Image.open(io.BytesIO(data))
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", draft_size)
+        img.load()                          # decode here: a truncated file fails now, not in the encoder's resize
         return to_rgb(img)
     except MediaError:
         raise

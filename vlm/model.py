@@ -372,8 +372,11 @@ def default_permissions(folder: Path) -> None:
 def write_folder(path: str | os.PathLike, write) -> Path:
     """Fill a temporary sibling folder with `write(tmp)`, then put it at `path` (atomic enough)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:                       # a file where a folder of the path should be, no permission ...
+        raise UserError(f"cannot create {path}: {e.strerror or e} ({e.filename or path.parent})") from None
     try:
         write(tmp)
         default_permissions(tmp)

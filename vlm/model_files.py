@@ -33,7 +33,6 @@ def read_config(p: Path) -> dict:
 def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
     require("family" in raw and "llm" in raw, f"{p / CONFIG_FILE}: not a vlm checkpoint config (needs 'family' and 'llm')")
     require((p / WEIGHTS_FILE).exists(), f"{p}: no {WEIGHTS_FILE}")
     try:
@@ -43,7 +42,7 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     if raw.get("format_version", 1) < FORMAT_VERSION:
         raw, state = upgrade(raw, state)
     config = ModelConfig.from_dict(raw)
-    tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    tok = load_tokenizer(p)
     model = MultimodalLM.from_config(config, tok)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -58,6 +57,15 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
             f"{p / WEIGHTS_FILE}: weights do not match config.json (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})")
     return model
+
+
+def load_tokenizer(p: Path):
+    """The checkpoint folder's tokenizer; missing or damaged files are one line naming the folder."""
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:   # json errors are ValueErrors
+        raise UserError(f"{p}: cannot load the checkpoint's tokenizer files ({str(e).splitlines()[0][:160]})") from None
 
 
 def upgrade(raw: dict, state: dict) -> tuple[dict, dict]:

@@ -29,7 +29,7 @@ from vlm.families.base import (
     register_family,
 )
 from vlm.model import FORMAT_VERSION, ModelConfig, MultimodalLM
-from vlm.model_files import load_multimodal, read_config, upgrade
+from vlm.model_files import load_multimodal, load_tokenizer, read_config, upgrade
 
 
 def _init_config(init: str) -> dict:
@@ -47,8 +47,7 @@ def load_init(init: str) -> MultimodalLM:
     its weights); on the meta device (the recipe's skeleton) the architecture only."""
     raw = _init_config(init)
     if torch.empty(0).is_meta:                          # under `with torch.device("meta")`
-        from transformers import AutoTokenizer
-        return MultimodalLM.from_config(ModelConfig.from_dict(raw), AutoTokenizer.from_pretrained(init, local_files_only=True))
+        return MultimodalLM.from_config(ModelConfig.from_dict(raw), load_tokenizer(Path(init)))
     return load_multimodal(Path(init), read_config(Path(init)))   # the stored config: upgraded with its weights
 
 
