@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ TINY_ARCH = {
                     num_key_value_heads=2, sliding_window=None),
     "gemma": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=1, head_dim=16),
+    "gemma2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=1, head_dim=16),     # eager attention: transformers has no SDPA for it
 }
 
 
@@ -111,11 +114,24 @@ def llm_config(model_type: str, vocab_size: int, **overrides):
     return cfg
 
 
+def _attention_fallback(make, impl: str):
+    """`make(attn_implementation)`; an architecture transformers gives no SDPA kernel (Gemma2) is built
+    with eager attention instead (said on stderr), as transformers' own default would."""
+    try:
+        return make(impl)
+    except ValueError as e:
+        if impl != "sdpa" or "does not support an attention implementation" not in str(e):
+            raise
+        print(f"note: {str(e).split(' does not support', 1)[0]} has no SDPA attention in transformers; "
+              f"using eager attention", file=sys.stderr)
+        return make("eager")
+
+
 def from_config(config):
-    """An AutoModelForCausalLM from a config (random init), fp32, SDPA attention."""
+    """An AutoModelForCausalLM from a config (random init), fp32, SDPA attention (eager where none)."""
     from transformers import AutoModelForCausalLM
-    config._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
-    return AutoModelForCausalLM.from_config(config, attn_implementation=config._attn_implementation)
+    impl = getattr(config, "_attn_implementation", None) or "sdpa"
+    return _attention_fallback(lambda a: AutoModelForCausalLM.from_config(config, attn_implementation=a), impl)
 
 
 def build_tiny_llm(model_type: str = "llama", seed: int | None = None, **overrides):
@@ -140,9 +156,9 @@ def load_llm(path: str | os.PathLike, trust_remote_code: bool = False, dtype=tor
     weights = list(p.glob("*.safetensors"))
     require(weights, f"{p}: no *.safetensors weights (pickled .bin files are never loaded)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code, dtype=dtype,
-                                                     attn_implementation="sdpa")
+        model = _attention_fallback(lambda a: AutoModelForCausalLM.from_pretrained(
+            p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype,
+            attn_implementation=a), "sdpa")
     except (OSError, ValueError) as e:
         raise UserError(f"{p}: cannot load the LLM: {str(e).splitlines()[0]}") from None
     except Exception as e:  # safetensors raises its own error type on a corrupt file
