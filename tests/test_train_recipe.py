@@ -166,6 +166,20 @@ def test_bad_recipe_is_one_line_naming_the_field_before_anything_is_built(overri
     assert not (recipe_file.parent / "run").exists()
 
 
+def test_a_key_given_twice_is_refused_and_merge_keys_still_work(tmp_path):
+    """PyYAML keeps the last of two equal keys in silence (`lr: 0.001` then `lr: 0.5` trained at 0.5)."""
+    from vlm.config import read_yaml
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: dup\nstages:\n- name: a\n  lr: 0.001\n  steps: 3\n  lr: 0.5\n")
+    with pytest.raises(UserError, match=r"dup.yaml: not valid YAML \(duplicate key 'lr' \(lines 4 and 6\)\)"):
+        R.load_recipe(str(dup), check_files=False)
+    with pytest.raises(UserError, match=r"override 'stages.0.lora': .*duplicate key 'r'"):
+        R.load_recipe("llava-tiny", ["stages.0.lora={r: 4, r: 8}"], check_files=False)
+    merge = tmp_path / "merge.yaml"
+    merge.write_text("base: &b {lr: 1, steps: 2}\nother:\n  <<: *b\n  lr: 3\n")
+    assert read_yaml(merge) == {"base": {"lr": 1, "steps": 2}, "other": {"lr": 3, "steps": 2}}
+
+
 def test_bad_files_and_overrides_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")

@@ -155,13 +155,41 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------
 # overrides: `stages.0.steps=20`
 # ---------------------------------------------------------------------------------------------
+class _UniqueKeys(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one in silence:
+    `lr: 0.001` ... `lr: 0.5` trained at 0.5)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}                             # key -> the line it first appears on
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":      # `<<: *anchor`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    duplicate = key in seen
+                except TypeError:                       # an unhashable key: the base class says so
+                    break
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (lines {seen[key]} and {line})", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+
+
 def apply_override(raw: dict, item: str) -> None:
     """Set one dotted path in a raw mapping; the value is parsed as YAML (20, true, [a, b])."""
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise UserError(f"override '{item}' is not key=value (e.g. stages.0.steps=20)")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError as e:
         raise UserError(f"override '{key}': value {text!r} is not valid YAML ({e.problem})") from None
     parts = key.split(".")
@@ -189,7 +217,7 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> dict:
     if not p.is_file():
         raise UserError(f"{what} file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError as e:
