@@ -223,7 +223,7 @@ def test_cli_chat_answers_and_rejects_extra_placeholders(tmp_path, capsys):
     context = m.llm.config.max_position_embeddings
     odd = [(["  "], "the prompt is empty"), (["caf\udce9?"], "not UTF-8"),          # argv's surrogate escape
            (["hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-           (["hi", "--temperature", "-1"], "--temperature must be >= 0"),
+           (["hi", "--temperature", "-1"], "--temperature must be a finite number >= 0"),
            ([" ".join(["red"] * context)], f"past the model's context of {context} tokens")]
     for argv, message in odd:
         assert cli(["chat", str(ck), *argv]) == 2, argv
@@ -234,6 +234,7 @@ def test_cli_chat_answers_and_rejects_extra_placeholders(tmp_path, capsys):
 def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
     """Each of these was a traceback (or, for nan / inf, a silently greedy / uniformly random answer)."""
     import io
+    import json
     import shutil
     m = build("llava", vision="tiny-clip", llm="tiny:llama", video="video:tiny-clip")
     ck = m.save_pretrained(tmp_path / "ck")
@@ -247,6 +248,10 @@ def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
         f.unlink()
     build("mert", "tiny").save_pretrained(tmp_path / "mert")
     (tmp_path / "afile").write_text("")
+    newer = tmp_path / "newer"                      # a newer suite's checkpoint loaded as if it were today's
+    shutil.copytree(ck, newer)
+    config = json.loads((newer / "config.json").read_text())
+    (newer / "config.json").write_text(json.dumps({**config, "format_version": 9}))
     capsys.readouterr()
     cases = [(["chat", str(ck), "<image>?", "--image", str(tmp_path / "half.jpg")], "half.jpg: cannot decode image"),
              (["chat", str(ck), "<video>?", "--video", str(tmp_path / "text.txt")], "cannot decode video"),
@@ -254,6 +259,7 @@ def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
              (["chat", str(ck), "hi", "--temperature", "inf"], "--temperature must be a finite number"),
              (["chat", str(notok), "hi"], "cannot load the checkpoint's tokenizer files"),
              (["chat", str(tmp_path / "mert"), "hi"], "has no LLM to chat with"),
+             (["chat", str(newer), "hi"], "format_version 9; this vlm-suite reads formats 1 to"),
              (["export", str(ck), "--to", "hf-llava", "--out", str(tmp_path / "afile" / "sub")], "cannot create")]
     for argv, message in cases:
         assert cli(argv) == 2, argv

@@ -30,6 +30,16 @@ def read_config(p: Path) -> dict:
     return raw
 
 
+def format_version(p: Path, raw: dict) -> int:
+    """The checkpoint config's format (1 when absent: the first format had none); a newer or odd one is refused
+    (it loaded as if it were today's)."""
+    version = raw.get("format_version", 1)
+    require(isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= FORMAT_VERSION,
+            f"{p / CONFIG_FILE}: format_version {version!r}; this vlm-suite reads formats 1 to {FORMAT_VERSION} "
+            f"(a newer one needs a newer vlm-suite)")
+    return version
+
+
 def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -39,7 +49,7 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
         state = load_file(str(p / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{p / WEIGHTS_FILE}: corrupt weights ({str(e).splitlines()[0]})") from None
-    if raw.get("format_version", 1) < FORMAT_VERSION:
+    if format_version(p, raw) < FORMAT_VERSION:
         raw, state = upgrade(raw, state)
     config = ModelConfig.from_dict(raw)
     tok = load_tokenizer(p)

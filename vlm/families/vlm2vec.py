@@ -29,7 +29,7 @@ from vlm.families.base import (
     register_family,
 )
 from vlm.model import FORMAT_VERSION, ModelConfig, MultimodalLM
-from vlm.model_files import load_multimodal, load_tokenizer, read_config, upgrade
+from vlm.model_files import format_version, load_multimodal, load_tokenizer, read_config, upgrade
 
 
 def _init_config(init: str) -> dict:
@@ -37,7 +37,7 @@ def _init_config(init: str) -> dict:
     raw = read_config(Path(init))
     require("llm" in raw and "media" in raw,
             f"{init}: not a multimodal LM checkpoint (a vlm2vec model starts from one: llava, iaa, dragonfly, omni ...)")
-    if raw.get("format_version", 1) < FORMAT_VERSION:
+    if format_version(Path(init), raw) < FORMAT_VERSION:
         raw, _ = upgrade(raw, {})
     return raw
 
