@@ -265,6 +265,9 @@ def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
         assert cli(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
+    # what the export leaves out is said (the video part went without a word)
+    assert cli(["export", str(ck), "--to", "hf-llava", "--out", str(tmp_path / "hf")]) == 0
+    assert "the checkpoint's video part(s) are left out" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("size", [(75, 32), (32, 101), (150, 64), (64, 64)], ids=["wide", "tall", "wide-resized", "square"])
@@ -334,3 +337,42 @@ def test_older_checkpoint_formats_load_with_identical_logits(tmp_path, version):
     b = collate([s], m.tokenizer.pad_token_id)
     with torch.no_grad():
         assert torch.equal(m.logits(b["input_ids"], media=b["media"]), loaded.logits(b["input_ids"], media=b["media"]))
+
+
+@pytest.mark.parametrize("family", ["llava", "mert"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(family, video_file):
+    """runtime.activation_checkpointing recomputes the LLM's (mert: the encoder's) layers in the backward:
+    the same sums and gradients as keeping the activations (it also raised a FutureWarning per run)."""
+    import copy
+    import warnings
+
+    import numpy as np
+    if family == "llava":
+        plain = build("llava", "tiny")
+        plain.set_llm_mode("full")
+        batch = collate(_mixed_batch(plain, video_file), plain.tokenizer.pad_token_id)
+
+        def value(m):
+            return m(batch["input_ids"], batch["attention_mask"], media=batch["media"]).float().pow(2).mean()
+    else:
+        plain = build("mert", "tiny", seed=0)
+        wave = torch.stack([torch.sin(torch.arange(24000) * f / 24000 * 6.283) for f in (220.0, 330.0)])
+
+        def value(m):
+            return m.encoder(wave).last_hidden_state.pow(2).mean()
+    ckpt = copy.deepcopy(plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        ckpt.enable_activation_checkpointing()
+    grads = []
+    for m in (plain, ckpt):
+        m.train()
+        m.zero_grad()
+        torch.manual_seed(0)                        # the same random draws (mert's SpecAugment mask in train mode
+        np.random.seed(0)                           # is drawn by numpy in transformers' HuBERT)
+        loss = value(m)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = grads
+    assert torch.allclose(a, b, atol=1e-6) and ga.keys() == gb.keys() and len(ga) > 10
+    assert all(torch.allclose(ga[n], gb[n], atol=1e-6) for n in ga)

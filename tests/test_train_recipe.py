@@ -138,6 +138,7 @@ BAD = [
     (["model.settings.seed=abc"], "model.settings.seed"),                  # a builder's annotation: tracebacks
     (["model.settings.vision=123"], "model.settings.vision"),
     (["model.settings.llm=[a]"], "model.settings.llm"),
+    (["stages.0.max_len=100000"], "stages.0.max_len"),                     # past the LLM's context
     (["runtime.seed=-1"], "runtime.seed"),
     (["runtime.max_error_rate=1.5"], "runtime.max_error_rate"),
     (["stages.1.objective=masked_prediction"], "stages.1.objective"),       # checked before stage 0 trains

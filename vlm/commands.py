@@ -59,9 +59,18 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
     from vlm.export import export
     out = export(args.ckpt, args.to, args.out)
     print(f"exported {args.ckpt} as {args.to} to {out}")
+    media = json.loads((Path(args.ckpt) / "config.json").read_text()).get("media") or {}
+    left = sorted(m for m in media if m != "image")
+    if left:                                # hf-llava is transformers' image-text Llava
+        print(f"note: only the image path is exported; the checkpoint's {', '.join(left)} part(s) are left out",
+              file=sys.stderr)
     return 0
 
 

@@ -282,6 +282,16 @@ def _check_same_adapters(llm, lora: dict | None) -> None:
                             f"value or no lora settings")
 
 
+def checkpoint_activations(model) -> None:
+    """Activation checkpointing of a transformers model's layers (non-reentrant), through the method
+    transformers names it by (`gradient_checkpointing_enable` is deprecated since 5.x: a FutureWarning)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def lora_config_dict(llm) -> dict | None:
     from peft import PeftModel
     if not isinstance(llm, PeftModel):

@@ -121,7 +121,7 @@ class MultimodalLM(nn.Module):
     def enable_activation_checkpointing(self) -> None:
         require(self.route.recomputable, f"activation checkpointing does not work with the "
                 f"'{self.route.settings()['type']}' route (its layers would be recomputed on the wrong path)")
-        llm_lib.base_model(self.llm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        llm_lib.checkpoint_activations(llm_lib.base_model(self.llm))
 
     def fsdp_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
         """Modules FSDP2 shards on their own (bottom-up), each with the methods the model calls on it. An

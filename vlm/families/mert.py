@@ -126,7 +126,8 @@ class MertModel(nn.Module):
         """Every rank runs every module every step already."""
 
     def enable_activation_checkpointing(self) -> None:
-        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from vlm.llm import checkpoint_activations
+        checkpoint_activations(self.encoder)
 
     def fsdp_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
         return [(layer, ()) for layer in self.encoder.encoder.layers]

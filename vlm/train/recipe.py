@@ -553,6 +553,9 @@ def check_model(recipe: Recipe):
                 _require(False, f"stages.{i}.lora", f"the LoRA adapters are made once, by stage {k} "
                          f"(stages.{k}.lora: {', '.join(f'{x}={made.get(x)!r}' for x in diff)}); a later stage trains "
                          f"those adapters and cannot change {', '.join(diff)}: give stage {k}'s settings or none")
+        context = getattr(getattr(getattr(model, "llm", None), "config", None), "max_position_embeddings", None)
+        _require(not isinstance(context, int) or st.max_len <= context, f"stages.{i}.max_len",
+                 f"{st.max_len} tokens, past the LLM's context of {context} (max_position_embeddings)")
         try:           # before any stage trains: a later stage's objective that cannot train this model
             build_objective(st.objective, st.objective_settings).check_model(model)
         except UserError as e:
