@@ -102,6 +102,12 @@ def test_recipe_show_prints_yaml_a_user_can_train_from(capsys, tmp_path):
     assert R.load_recipe(str(tmp_path / "mine.yaml"), check_files=False) == R.load_recipe("llava-tiny", check_files=False)
     assert main(["list", "recipes"]) == 0
     assert "llava-tiny" in capsys.readouterr().out
+    assert main(["recipe", "list", "mert-*"]) == 0                     # a pattern, as `vlm list recipes` takes
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == ["mert-95m", "mert-tiny"]
+    assert main(["recipe", "list", "zz*"]) == 1
+    (tmp_path / "empty.yaml").write_text("")
+    assert main(["recipe", "show", str(tmp_path / "empty.yaml")]) == 2
+    assert "empty.yaml: an empty recipe" in capsys.readouterr().err
 
 
 BAD = [

@@ -57,7 +57,11 @@ def cmd_recipe_show(args) -> int:
 
 def cmd_recipe_list(args) -> int:
     from vlm.train.recipe import list_recipes
-    rows = list_recipes()
+    import fnmatch
+    rows = [r for r in list_recipes() if args.pattern is None or fnmatch.fnmatchcase(r["name"], args.pattern)]
+    if not rows:
+        print(f"no recipe matches {args.pattern!r} (the pattern is a glob, e.g. 'llava-*')", file=sys.stderr)
+        return 1
     width = max([len(r["name"]) for r in rows] + [4])
     for r in rows:
         print(f"{r['name']:<{width}}  {r['modality']:<22}  {r['description']}")
@@ -83,6 +87,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(func=cmd_recipe_show)
     s = rsub.add_parser("list", help="list the built-in recipes")
+    s.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern, e.g. 'llava-*'")
     s.set_defaults(func=cmd_recipe_list)
 
 

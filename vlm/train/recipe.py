@@ -183,6 +183,9 @@ def raw_recipe(spec: str) -> tuple[dict, str]:
     p = Path(spec)
     if p.suffix in (".yaml", ".yml") or p.exists():
         raw = read_yaml(p, "recipe")
+        if not raw:
+            raise UserError(f"{p}: an empty recipe (a recipe has model, data and stages: `vlm recipe show "
+                            f"llava-tiny` prints one to start from)")
         raw.setdefault("name", p.stem)
         return raw, str(p)
     raise UserError(f"unknown recipe '{spec}': not a built-in ({', '.join(builtins) or 'none'}) nor a .yaml file")
