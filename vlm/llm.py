@@ -272,10 +272,10 @@ def _check_same_adapters(llm, lora: dict | None) -> None:
     cfg = llm.peft_config["default"]
     for key, want in (lora or {}).items():
         have = getattr(cfg, key, None)
-        if key == "target_modules":
-            if isinstance(want, str) or have is None:       # 'all-linear' / a regex: stored expanded, not comparable
-                continue
-            have, want = sorted(have) if isinstance(have, (set, list)) else have, sorted(want)
+        if key == "target_modules" and (isinstance(want, str) or have is None):
+            continue                                        # 'all-linear' / a regex: stored expanded, not comparable
+        if isinstance(want, (list, tuple)) and isinstance(have, (set, list, tuple)):   # peft keeps some as sets
+            have, want = sorted(map(str, have)), sorted(map(str, want))
         if have != want:
             raise UserError(f"lora.{key}: the LLM already has LoRA adapters (from its checkpoint or an earlier "
                             f"stage) with {key}={have!r}, which a stage cannot change to {want!r}; give that "
