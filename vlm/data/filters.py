@@ -18,13 +18,10 @@ from dataclasses import dataclass
 
 from vlm.data.decode import SampleError
 from vlm.data.pipeline import SampleProcessor
-from vlm.data.reader import DataStats, FileCache, SampleRef, read_fields
+from vlm.data.reader import FILTERED, NOT_FOR_MODEL, DataStats, FileCache, SampleRef, read_fields
 from vlm.data.writer import sample_texts
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, placeholder_modalities
-
-FILTERED = "filtered"
-NOT_FOR_MODEL = "not_for_model"       # media of a modality the model has no encoder for: fine data, not an error
 
 
 @dataclass

@@ -40,7 +40,18 @@ from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_
 from vlm.data.decode import RawSample, SampleError, draft_size_of
 from vlm.data.formats import ChatFormat, Format, build_format, sample_seed
 from vlm.data.processor import Processed, Processor
-from vlm.data.reader import SPLITS, DataStats, FileCache, SampleRef, Source, as_sources, read_fields, slot_refs
+from vlm.data.reader import (
+    FILTERED,
+    NOT_FOR_MODEL,
+    SPLITS,
+    DataStats,
+    FileCache,
+    SampleRef,
+    Source,
+    as_sources,
+    read_fields,
+    slot_refs,
+)
 from vlm.data.remote import RemoteContext, RemoteSettings, is_placeholder, resolve
 from vlm.errors import UserError
 
@@ -242,7 +253,6 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _no_usable_sample(self, w: int, events: list[tuple]) -> None:
         """A whole pass over every source gave this slot nothing to train on: stop, never loop forever. The
         reasons count distinct samples (a message names its sample), not the reads of the passes it took."""
-        from vlm.data.filters import FILTERED, NOT_FOR_MODEL
         skips = [(e[2], e[4]) for e in events if e[1] == "skip"]
         reasons = Counter(r for r, _ in dict.fromkeys(skips))
         names = ", ".join(f"'{s.name}'" for s in self.sources)
