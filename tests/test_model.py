@@ -246,6 +246,10 @@ def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
     shutil.copytree(ck, notok)
     for f in notok.glob("tokenizer*"):
         f.unlink()
+    oddtok = tmp_path / "oddtok"                    # valid JSON the tokenizers library refuses (a bare Exception)
+    shutil.copytree(ck, oddtok)
+    tj = json.loads((oddtok / "tokenizer.json").read_text())
+    (oddtok / "tokenizer.json").write_text(json.dumps({**tj, "model": {"type": "Nope"}}))
     build("mert", "tiny").save_pretrained(tmp_path / "mert")
     (tmp_path / "afile").write_text("")
     newer = tmp_path / "newer"                      # a newer suite's checkpoint loaded as if it were today's
@@ -257,7 +261,8 @@ def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
              (["chat", str(ck), "<video>?", "--video", str(tmp_path / "text.txt")], "cannot decode video"),
              (["chat", str(ck), "hi", "--temperature", "nan"], "--temperature must be a finite number"),
              (["chat", str(ck), "hi", "--temperature", "inf"], "--temperature must be a finite number"),
-             (["chat", str(notok), "hi"], "cannot load the checkpoint's tokenizer files"),
+             (["chat", str(notok), "hi"], "the tokenizer does not load: no tokenizer.json"),
+             (["chat", str(oddtok), "hi"], "the tokenizer does not load: Exception"),
              (["chat", str(tmp_path / "mert"), "hi"], "has no LLM to chat with"),
              (["chat", str(newer), "hi"], "format_version 9; this vlm-suite reads formats 1 to"),
              (["export", str(ck), "--to", "hf-llava", "--out", str(tmp_path / "afile" / "sub")], "cannot create")]

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from vlm.errors import UserError, require
+from vlm.modalities import short_error
 from vlm.model import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -69,13 +70,27 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     return model
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def load_tokenizer(p: Path):
-    """The checkpoint folder's tokenizer; missing or damaged files are one line naming the folder."""
+    """The checkpoint folder's tokenizer; a missing or damaged file is one line naming the folder or file
+    (transformers and the tokenizers library raise any kind of exception, some of them bare `Exception`)."""
     from transformers import AutoTokenizer
+    for name in TOKENIZER_FILES:
+        f = p / name
+        if f.is_file():
+            try:
+                raw = json.loads(f.read_text())
+            except ValueError as e:                    # invalid JSON, or not text at all
+                raise UserError(f"{f}: invalid JSON ({short_error(e)}); the tokenizer does not load") from None
+            require(isinstance(raw, dict), f"{f}: not a JSON object; the tokenizer does not load")
     try:
         return AutoTokenizer.from_pretrained(p, local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:   # json errors are ValueErrors
-        raise UserError(f"{p}: cannot load the checkpoint's tokenizer files ({str(e).splitlines()[0][:160]})") from None
+    except Exception as e:  # noqa: BLE001
+        missing = " or ".join(n for n in TOKENIZER_FILES if not (p / n).is_file())
+        raise UserError(f"{p}: the tokenizer does not load: " + (f"no {missing}" if missing else
+                                                                  f"{type(e).__name__}: {short_error(e)}")) from None
 
 
 def upgrade(raw: dict, state: dict) -> tuple[dict, dict]:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from vlm.embed.items import Item, read_media
 from vlm.errors import UserError
 from vlm.modalities import short_error
+from vlm.model_files import TOKENIZER_FILES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -154,7 +155,6 @@ class VLMPreparer:
         return batch
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # what else the tokenizer reads when a folder has it: part of the fingerprint with the two above
 TOKENIZER_EXTRAS = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
@@ -162,29 +162,6 @@ TOKENIZER_EXTRAS = ("special_tokens_map.json", "added_tokens.json", "chat_templa
 def tokenizer_ids(folder: Path) -> list[str]:
     """`file_id`s of the tokenizer files a folder has: part of a model's fingerprint."""
     return [file_id(folder / f) for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (folder / f).is_file()]
-
-
-def tokenizer_problem(path: Path) -> str | None:
-    """Why a checkpoint folder's tokenizer does not load, as one line naming the folder or file (None when
-    it loads): asked after loading the model failed, to tell a broken tokenizer from other failures."""
-    from transformers import AutoTokenizer
-
-    for name in TOKENIZER_FILES:
-        f = path / name
-        if f.is_file():
-            try:
-                raw = json.loads(f.read_text())
-            except ValueError as e:                    # invalid JSON, or not text at all
-                return f"{f}: invalid JSON ({short_error(e)}); the tokenizer does not load"
-            if not isinstance(raw, dict):
-                return f"{f}: not a JSON object; the tokenizer does not load"
-    try:
-        AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as e:  # noqa: BLE001  (transformers and the tokenizers library raise any kind)
-        missing = " or ".join(n for n in TOKENIZER_FILES if not (path / n).is_file())
-        return f"{path}: the tokenizer does not load: " + (f"no {missing}" if missing
-                                                           else f"{type(e).__name__}: {short_error(e)}")
-    return None
 
 
 class VLMBackend(Backend):
@@ -230,15 +207,7 @@ class VLMBackend(Backend):
         with self._lock:                  # decoding threads may ask first: build it once
             if self._model is None:
                 from vlm.loading import load
-                try:
-                    model = load(self.path, device=self.device)
-                except UserError:
-                    raise
-                except Exception:  # a broken tokenizer raises any kind; re-raised when the tokenizer is not the cause
-                    problem = tokenizer_problem(self.path)
-                    if problem is None:
-                        raise
-                    raise UserError(problem) from None
+                model = load(self.path, device=self.device)     # (a broken tokenizer: one line, vlm.model_files)
                 if not hasattr(model, "embed") or not hasattr(model, "processor"):
                     raise UserError(f"{self.spec}: a {type(model).__name__} is not an embedder (no embed())")
                 self._model = model
