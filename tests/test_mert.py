@@ -167,11 +167,12 @@ def test_encodec_teacher_gives_the_local_checkpoints_codes(tmp_path):
     folder = tiny_encodec(tmp_path / "encodec")
     teacher = build_teacher("encodec", codebook_size=64, max_frames=10, path=str(folder), bandwidth=2.4)
     assert teacher.codebook_sizes == [16] * 8 and not teacher.needs_fit and teacher.fitted_state() == {}
-    assert teacher.model is None           # the weights load at the first codes (a recipe check builds it too)
+    assert teacher._encodec is None        # the weights load at the first codes (a recipe check builds it too)
     wave = torch.stack([torch.from_numpy(tone(f, 1.0)) for f in (220, 440)])
     codes = teacher(wave, 70)
     ref = EncodecModel.from_pretrained(folder).eval().encode(wave[:, None], bandwidth=2.4).audio_codes[0]   # [B, 8, 75]
     assert torch.equal(codes, ref.transpose(1, 2)[:, :70]) and len(codes.unique()) > 2
+    assert not teacher.state_dict() and not list(teacher.parameters())   # out of the module tree (FSDP2's copy)
     assert build_teacher("encodec", path=str(folder), bandwidth=1.2).codebook_sizes == [16] * 4
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "config.json").write_text('{"model_type": "encodec"}')

@@ -382,7 +382,9 @@ class EncodecTeacher(AcousticTeacher):
         with torch.device("meta"):                  # the architecture without weights: its quantizer's arithmetic
             n_q = EncodecModel(cfg).quantizer.get_num_quantizers_for_bandwidth(float(bandwidth))
         self.folder = folder
-        self.model: nn.Module | None = None
+        # the EncodecModel, once loaded: kept out of the module tree (FSDP2 copies the task module before the first
+        # codes are asked for, and the copy's state dict must be the plain module's); frozen, never saved
+        self.__dict__["_encodec"] = None
         self.bandwidth = float(bandwidth)
         self.rate = int(cfg.sampling_rate)
         self.frame_rate = cfg.sampling_rate / cfg.hop_length
@@ -390,14 +392,14 @@ class EncodecTeacher(AcousticTeacher):
 
     def loaded(self, device: torch.device) -> nn.Module:
         """The checkpoint's EncodecModel on `device` (read from the folder once)."""
-        if self.model is None:
+        if self._encodec is None:
             from transformers import EncodecModel
             try:
                 model = EncodecModel.from_pretrained(self.folder, local_files_only=True, use_safetensors=True)
             except (OSError, ValueError, RuntimeError) as e:
                 raise UserError(f"encodec teacher: cannot load {self.folder}: {str(e).splitlines()[0][:200]}") from None
-            self.model = model.eval().requires_grad_(False)
-        return self.model.to(device)
+            self.__dict__["_encodec"] = model.eval().requires_grad_(False)
+        return self._encodec.to(device)
 
     def fitted_state(self) -> dict[str, Tensor]:
         return {}                                   # the checkpoint itself is the state: nothing to save
