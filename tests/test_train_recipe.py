@@ -267,3 +267,28 @@ def test_a_filter_keeping_nothing_says_what_the_data_holds(tmp_path, world):
             w.write({"__key__": f"a{i}", "flac": encode_audio(C.audio_sample(i)["flac"], "flac")})
     with pytest.raises(UserError, match="their media: audio 3; tasks: - 3.*json says \"modality\": \"music\""):
         check_filter([str(tmp_path / "plain")], SampleFilter(modalities=["music"]), "stages.0.filter")
+
+
+def _annotated(a: int, b: NotImportedHere, c: Path, d: float | None = None, e: list[int] | None = None):  # noqa: F821
+    return a
+
+
+class _Builder:
+    def __call__(self, size: int = 1, name: str = "x"):
+        return size
+
+
+def test_builder_settings_are_type_checked_only_where_the_annotation_is_plain_and_resolves():
+    """model.settings are checked against a family builder's annotations: one that resolves only for type
+    checkers, a Path, a partial or a callable object must not break a valid recipe (a plugin family's
+    builder raised NameError / TypeError in the first version); numbers YAML reads as text are converted."""
+    import functools
+
+    from vlm.config import check_value, checkable_types
+    assert checkable_types(_annotated) == {"a": int, "d": float | None, "e": list[int] | None}
+    assert checkable_types(functools.partial(_annotated, 1)) == {"d": float | None, "e": list[int] | None}
+    assert checkable_types(_Builder()) == {"size": int, "name": str}
+    assert check_value(float, "1e-4", "x") == 1e-4
+    recipe = R.load_recipe("mert-tiny", ["model.settings.dropout=1e-4"], check_files=False)
+    assert recipe.model.settings["dropout"] == 1e-4
+    R.check_model(recipe)                              # the builder gets the number, not the text

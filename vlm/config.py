@@ -98,6 +98,48 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
     raise ctx.bad(path, tp, value)
 
 
+_PLAIN = (int, float, str, bool, dict, list, type(None), Any)
+
+
+def _plain(tp: Any) -> bool:
+    """Whether `_convert` checks annotation `tp` as written: built from plain YAML types (unions, lists and
+    dicts of them, literals); anything else (a Path, a class of the caller's) is not checked."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return True
+    if origin in (Union, types.UnionType, list, dict):
+        return all(_plain(a) for a in args)
+    return tp in _PLAIN
+
+
+def checkable_types(fn: Any) -> dict[str, Any]:
+    """A callable's parameter annotations that `check_value` can check (see `_plain`), by parameter name.
+    Annotations written as strings are evaluated one by one in the function's module; one that does not
+    resolve (a name imported only for type checkers), or a callable without a signature, is left out."""
+    import inspect
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return {}
+    inner = getattr(fn, "func", fn)                     # functools.partial
+    if not inspect.isfunction(inner) and not inspect.ismethod(inner):
+        inner = getattr(type(inner), "__call__", inner)     # a callable object
+    scope = getattr(inspect.unwrap(inner), "__globals__", {})
+    out = {}
+    for name, p in sig.parameters.items():
+        tp = p.annotation
+        if tp is inspect.Parameter.empty:
+            continue
+        if isinstance(tp, str):
+            try:
+                tp = eval(tp, dict(scope))  # noqa: S307 - an annotation of the caller's own code
+            except Exception:  # noqa: BLE001
+                continue
+        if _plain(tp):
+            out[name] = tp
+    return out
+
+
 def check_value(tp: Any, value: Any, path: str, what: str = "recipe field") -> Any:
     """`value` as annotation `tp` (a function's parameter, e.g. a family builder's setting), or a one-line
     UserError naming `path`, as for a config's fields."""

@@ -310,16 +310,14 @@ def _validate_model(m: ModelSpec) -> None:
     if m.size is not None:
         _require(m.size in fam.sizes, "model.size", f"family '{m.family}' has no size '{m.size}'; "
                  f"known: {sorted(fam.sizes)}")
-    import typing
-
-    from vlm.config import check_value
+    from vlm.config import check_value, checkable_types
     params = inspect.signature(fam.builder).parameters
-    hints = typing.get_type_hints(fam.builder)
+    types = checkable_types(fam.builder)
     for k, v in m.settings.items():
         _require(k in params, f"model.settings.{k}", f"not a setting of family '{m.family}'; "
                  f"known: {', '.join(params)}")
-        if k in hints:                                  # the builder's annotation: a wrong type is one line here
-            check_value(hints[k], v, f"model.settings.{k}")
+        if k in types:                                  # the builder's annotation: a wrong type is one line here
+            m.settings[k] = check_value(types[k], v, f"model.settings.{k}")    # '1e-4' read as a number
     base_llm_skeleton(m.settings)                      # a pretrained: LLM names a recipe that has its own LLM
 
 
