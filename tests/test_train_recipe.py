@@ -185,6 +185,9 @@ def test_a_key_given_twice_is_refused_and_merge_keys_still_work(tmp_path):
     merge = tmp_path / "merge.yaml"
     merge.write_text("base: &b {lr: 1, steps: 2}\nother:\n  <<: *b\n  lr: 3\n")
     assert read_yaml(merge) == {"base": {"lr": 1, "steps": 2}, "other": {"lr": 3, "steps": 2}}
+    # a mapping merging one that itself merges and overrides (the first version called its override a duplicate)
+    merge.write_text("common: &c {lr: 1, steps: 2}\nd:\n  s: &s\n    <<: *c\n    lr: 3\nextra:\n  <<: *s\n")
+    assert read_yaml(merge)["extra"] == {"lr": 3, "steps": 2}
 
 
 def test_bad_files_and_overrides_are_one_line_errors(tmp_path):

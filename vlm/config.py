@@ -123,7 +123,7 @@ def checkable_types(fn: Any) -> dict[str, Any]:
         return {}
     inner = getattr(fn, "func", fn)                     # functools.partial
     if not inspect.isfunction(inner) and not inspect.ismethod(inner):
-        inner = getattr(type(inner), "__call__", inner)     # a callable object
+        inner = type(inner).__call__                    # a callable object
     scope = getattr(inspect.unwrap(inner), "__globals__", {})
     out = {}
     for name, p in sig.parameters.items():
@@ -132,8 +132,8 @@ def checkable_types(fn: Any) -> dict[str, Any]:
             continue
         if isinstance(tp, str):
             try:
-                tp = eval(tp, dict(scope))  # noqa: S307 - an annotation of the caller's own code
-            except Exception:  # noqa: BLE001
+                tp = eval(tp, dict(scope))              # an annotation of the builder's own code
+            except Exception:  # noqa: BLE001, S112 - unresolvable for us: not checked
                 continue
         if _plain(tp):
             out[name] = tp
@@ -199,30 +199,38 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------
 class _UniqueKeys(yaml.SafeLoader):
     """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one in silence:
-    `lr: 0.001` ... `lr: 0.5` trained at 0.5)."""
+    `lr: 0.001` ... `lr: 0.5` trained at 0.5). Checked on the composed document, before construction: merging
+    (`<<: *anchor`) rewrites mappings in place as they are constructed, and a merged key that a mapping
+    overrides is not a duplicate."""
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}                             # key -> the line it first appears on
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":      # `<<: *anchor`: its keys may be overridden
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    duplicate = key in seen
-                except TypeError:                       # an unhashable key: the base class says so
-                    break
-                if duplicate:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (lines {seen[key]} and {line})", key_node.start_mark)
-                seen[key] = line
-        return super().construct_mapping(node, deep)
+    def construct_document(self, node):
+        seen_nodes: set[int] = set()
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if id(n) in seen_nodes:                     # an alias: the same node again
+                continue
+            seen_nodes.add(id(n))
+            if isinstance(n, yaml.MappingNode):
+                first: dict = {}
+                for key_node, value_node in n.value:
+                    stack += [key_node, value_node]
+                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+                    if key in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key_node.value!r} (lines {first[key]} and {line})",
+                            key_node.start_mark)
+                    first[key] = line
+            elif isinstance(n, yaml.SequenceNode):
+                stack += n.value
+        return super().construct_document(node)
 
 
 def load_yaml(text: str) -> Any:
     """yaml.safe_load, refusing duplicate keys."""
-    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_UniqueKeys)         # a SafeLoader subclass
 
 
 def apply_override(raw: dict, item: str) -> None:
