@@ -316,16 +316,16 @@ def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):
     from vlm.data.inspect import inspect_shards
     main, cut = corrupt_shards(tmp_path)
     r = inspect_shards([main, cut], samples=2)
-    assert r["samples"] == 12 + 9 + sum(1 for _ in scan_shard(cut))
+    assert r["samples"] == 12 + 10 + sum(1 for _ in scan_shard(cut))
     assert r["modalities"]["image"] >= 12 and r["tasks"]["color"] >= 12 and r["layouts"]["jpg+json"] >= 12
     assert r["errors"]["skipped"]["bad_video"] == 1 and r["errors"]["skipped"]["truncated_tar"] == 1
     assert sum(n for _, _, n in r["tokens"]["histogram"]) == r["ok"] and len(r["examples"]) == 2
     with_model = inspect_shards([main], processor=model.processor, samples=0)
     assert with_model["tokens"]["max"] > r["tokens"]["max"]  # media tokens counted exactly
     assert vlm_main(["data", "inspect", main, "--json", "--samples", "1"]) == 0
-    assert json.loads(capsys.readouterr().out)["samples"] == 21
+    assert json.loads(capsys.readouterr().out)["samples"] == 22
     vlm_main(["data", "inspect", main])
-    assert "bad_image: 2" in capsys.readouterr().out
+    assert "bad_image: 3" in capsys.readouterr().out
 
 
 def test_a_pass_with_no_usable_sample_stops_with_a_named_error(tmp_path, model):
