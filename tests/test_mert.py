@@ -443,6 +443,8 @@ MERT_BAD = [   # each trained with exit 0 before (a NaN teacher, an error traine
      "stages.0.objective_settings.teacher_settings", "batch_clips must be an integer >= 1"),
     (["stages.0.objective_settings.teacher=rvq", "stages.0.objective_settings.teacher_settings={lr: -1}"],
      "stages.0.objective_settings.teacher_settings", "lr must be a number > 0"),
+    (["stages.0.objective_settings.teacher=rvq", "stages.0.objective_settings.teacher_settings={steps: 1.5}"],
+     "stages.0.objective_settings.teacher_settings", "steps must be an integer >= 1"),
     (["stages.0.objective_settings.teacher_settings={n_mels: 0}"],
      "stages.0.objective_settings.teacher_settings", "n_mels must be an integer >= 1"),
     (["stages.0.objective_settings.codebook_weight=-1"], "stages.0.objective_settings.codebook_weight", ">= 0"),
@@ -465,6 +467,16 @@ def test_mert_recipe_values_that_cannot_train_are_one_line_naming_the_field(over
         check_model(load_recipe("mert-tiny", overrides, check_files=False))
     msg = str(e.value)
     assert f"recipe field '{field}'" in msg and why in msg and "\n" not in msg, msg
+
+
+def test_teacher_settings_yaml_reads_as_text_are_numbers():
+    """YAML reads `lr: 1e-3` as text: the recipe's own fields take it as 0.001, and so does a teacher's
+    setting (the first limits check refused it as 'not a number'; before that Adam failed on it)."""
+    from vlm.train.objectives.teachers import build_teacher
+    from vlm.train.recipe import load_recipe
+    load_recipe("mert-tiny", ["stages.0.objective_settings.teacher=rvq",
+                              "stages.0.objective_settings.teacher_settings={lr: 1e-3}"], check_files=False)
+    assert build_teacher("rvq", codebook_size=16, codebooks=2, steps=3, lr="1e-3").lr == 0.001
 
 
 def test_a_music_encoder_path_that_is_missing_names_its_setting(tmp_path):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,7 +81,7 @@ class AcousticTeacher(nn.Module):
 
     codebook_sizes: list[int]
     needs_fit: ClassVar[bool] = True
-    # setting -> (its lowest value, whether that value itself is refused): checked by `limits_error`
+    # setting -> (its lowest value, whether that value itself is refused): checked (and read as numbers) by `typed_limits`
     limits: ClassVar[dict[str, tuple[float, bool]]] = {}
 
     def fit(self, batches, seed: int = 0) -> None:
@@ -138,7 +137,7 @@ class MelKMeans(AcousticTeacher):
     training audio, no download. Two codebooks: log-mel frames (timbre, 64 mel bands) and chroma frames
     (harmony, 12 pitch classes from the CQT), each standardised and clustered by k-means."""
 
-    limits = {"n_mels": (1, False)}
+    limits: ClassVar[dict[str, tuple[float, bool]]] = {"n_mels": (1, False)}
 
     def __init__(self, codebook_size: int = 64, n_mels: int = 64, max_frames: int = 20000):
         super().__init__()
@@ -272,8 +271,9 @@ class RVQAutoencoder(AcousticTeacher):
     0.25 x commitment, EMA codebooks, `steps` Adam steps on batches of whole clips, all drawn from `seed`
     (the same teacher on every rank and on every rerun). The codes of each frame are the targets."""
 
-    limits = {"codebooks": (1, False), "n_mels": (1, False), "latent": (1, False), "hidden": (1, False),
-              "steps": (1, False), "batch_clips": (1, False), "lr": (0, True)}
+    limits: ClassVar[dict[str, tuple[float, bool]]] = {
+        "codebooks": (1, False), "n_mels": (1, False), "latent": (1, False), "hidden": (1, False),
+        "steps": (1, False), "batch_clips": (1, False), "lr": (0, True)}
 
     def __init__(self, codebook_size: int = 64, codebooks: int = 8, max_frames: int = 20000, n_mels: int = 80,
                  latent: int = 32, hidden: int = 128, steps: int = 300, batch_clips: int = 16, lr: float = 2e-3):
@@ -471,29 +471,41 @@ def build_teacher(kind: str, **settings: Any) -> AcousticTeacher:
     if unknown:
         raise UserError(f"acoustic teacher '{kind}' has no setting {unknown[0]!r}; "
                         f"known: {sorted(p for p in params if p != 'self')}")
-    return cls(**{k: v for k, v in settings.items() if k in params})
+    try:
+        typed = typed_limits(cls, {k: v for k, v in settings.items() if k in params})    # lr '1e-3' -> 0.001
+    except UserError as e:
+        raise UserError(f"acoustic teacher '{kind}': {e}") from None
+    return cls(**typed)
 
 
-def limits_error(cls: type[AcousticTeacher], settings: dict[str, Any]) -> str | None:
-    """What breaks a teacher's `limits` among `settings` (an integer setting must be an integer, every
-    one a finite number at or above its lowest value): None when nothing does."""
+def typed_limits(cls: type[AcousticTeacher], settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with each of the teacher's `limits` read as its parameter's type (an integer setting an
+    integer, a float one a number: YAML's text '1e-3' too) and checked: a finite value at or above its
+    lowest; a one-line UserError naming the setting otherwise."""
+    from vlm.config import check_value
     params = inspect.signature(cls.__init__).parameters
+    out = dict(settings)
     for key, value in settings.items():
         if key not in cls.limits:
             continue
         low, strict = cls.limits[key]
         integer = isinstance(params[key].default, int)
-        number = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not number or not math.isfinite(value) or value < low or (strict and value == low):
-            return (f"{key} must be {'an integer' if integer else 'a number'} {'>' if strict else '>='} {low:g}, "
-                    f"got {value!r}")
-    return None
+        what = f"{key} must be {'an integer' if integer else 'a number'} {'>' if strict else '>='} {low:g}, got {value!r}"
+        try:
+            value = check_value(int if integer else float, value, key)
+        except UserError:
+            raise UserError(what) from None
+        if value < low or (strict and value == low):
+            raise UserError(what)
+        out[key] = value
+    return out
 
 
 def _check_limits(cls: type[AcousticTeacher], name: str, **settings: Any) -> None:
-    problem = limits_error(cls, settings)
-    if problem:
-        raise UserError(f"{name} teacher: {problem}")
+    try:
+        typed_limits(cls, settings)
+    except UserError as e:
+        raise UserError(f"{name} teacher: {e}") from None
 
 
 def teacher_settings_error(kind: str, settings: dict[str, Any]) -> str | None:
@@ -507,9 +519,10 @@ def teacher_settings_error(kind: str, settings: dict[str, Any]) -> str | None:
             return f"{k} is set by objective_settings.{COMMON[k]}, not teacher_settings"
         if k not in params:
             return f"teacher '{kind}' has no setting {k!r}; known: {own}"
-    problem = limits_error(ACOUSTIC_TEACHERS.get(kind), settings)
-    if problem:
-        return f"teacher '{kind}': {problem}"
+    try:
+        typed_limits(ACOUSTIC_TEACHERS.get(kind), settings)
+    except UserError as e:
+        return f"teacher '{kind}': {e}"
     if kind == "encodec":
         try:
             check_encodec_folder(settings.get("path"))
