@@ -285,6 +285,20 @@ def test_writers_finishing_into_one_folder_publish_one_after_the_other(tmp_path)
                                                      "shard-000002.tar"]
 
 
+def test_a_folder_without_file_locks_still_publishes(tmp_path, monkeypatch, capsys):
+    """Some NFS / FUSE mounts have no flock: the data set is published with a warning, not lost to an OSError."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with ShardWriter(tmp_path / "nfs") as w:
+        w.write({"__key__": "k", "json": {"caption": "x"}, "jpg": Image.new("RGB", (8, 8))})
+    assert json.loads((tmp_path / "nfs" / "index.json").read_text())["num_samples"] == 1
+    assert "no file locks here" in capsys.readouterr().err
+
+
 def test_converters_skip_odd_records_by_reason(tmp_path):
     """Values that are not text are skipped by reason, never written as 'None'; OpenAI role/content turns are
     read (the converter wrote a 'value' beside 'content' and training lost the question); a decompression bomb

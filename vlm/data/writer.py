@@ -24,11 +24,13 @@ webdataset writes them), and media are encoded without timestamps.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -440,7 +442,14 @@ class ShardWriter:
             f.write("\n")
         fd = os.open(self.out_dir, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)               # released when the descriptor closes
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)           # released when the descriptor closes
+            except OSError as e:                         # a file system without locks (some NFS / FUSE mounts)
+                if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                print(f"warning: {self.out_dir}: no file locks here ({e.strerror}); publishing without one "
+                      f"(two writers finishing into this folder at once could mix their data sets)",
+                      file=sys.stderr, flush=True)
             self._move_in()
         finally:
             os.close(fd)
