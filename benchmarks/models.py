@@ -259,7 +259,9 @@ class EncoderModel(EvalModel):
 
     def __init__(self, path: str, device: str = "cpu"):
         p = Path(path)
-        weights = sorted(p.glob("*.safetensors"))        # model.safetensors, or the shards of a sharded folder
+        from vlm.families.mert import HEADS_FILE
+        # the encoder's weights: model.safetensors or a sharded folder's shards (a mert checkpoint's heads are not read)
+        weights = sorted(w for w in p.glob("*.safetensors") if w.name != HEADS_FILE)
         if not weights:
             raise UserError(f"{path}: no .safetensors weights (a mert / HuBERT folder needs its weights; pickled "
                             f".bin files are not loaded)")

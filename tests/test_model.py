@@ -369,6 +369,10 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(family, vide
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         ckpt.enable_activation_checkpointing()
+    from vlm.llm import base_model
+    inner = base_model(ckpt.llm) if family == "llava" else ckpt.encoder
+    assert inner.is_activation_checkpointing and not (base_model(plain.llm) if family == "llava"
+                                                       else plain.encoder).is_activation_checkpointing
     grads = []
     for m in (plain, ckpt):
         m.train()

@@ -138,7 +138,7 @@ BAD = [
     (["stages.1.llm=lora", "stages.1.lora={r: 0}"], "stages.1.lora.r"),     # peft: a ValueError when built
     (["stages.1.llm=lora", "stages.1.lora={target_modules: [zzz]}"], "stages.1.lora.target_modules"),
     (["stages.0.llm=lora", "stages.0.lora={r: 4}", "stages.1.llm=lora", "stages.1.lora={r: 16}"],
-     "stages.1.lora"),                                                       # adapters are made once: was ignored
+     "stages.1.lora.r"),                                                     # adapters are made once: was ignored
     (["model.settings.audio_pool=0"], "model.settings.audio_pool"),        # divided by zero at the first clip
     (["model.settings.audio_pool=-1"], "model.settings.audio_pool"),       # no placeholder tokens: failed in stage 2
     (["model.settings.seed=abc"], "model.settings.seed"),                  # a builder's annotation: tracebacks

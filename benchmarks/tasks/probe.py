@@ -1,7 +1,8 @@
 """Audio and music probes in the MARBLE manner: the encoder stays frozen; per layer its features are
 averaged over time; a probe learns a softmax weighting of the layers and a small MLP head on the
-weighted sum, trained on the benchmark's train split, scored (accuracy) on its test split. As MARBLE
-reports single layers too, one probe per layer is fitted as well: the per-layer table.
+weighted sum, trained on the benchmark's train split, scored (accuracy) on the split evaluated (test, or
+`--split val`; never the train split itself). As MARBLE reports single layers too, one probe per layer is
+fitted as well: the per-layer table.
 
     vlm eval --suite music-probes --model runs/mert-tiny/final --out runs/probes     # prints the table
     vlm eval --bench audio-folder:/data/my-instruments --model runs/mert-tiny/final --out runs/probes

@@ -27,7 +27,7 @@ from torch import nn
 from encoders.base import AudioPreprocess, ConvFrames, normalize_waveform
 from vlm.data.processor import Processor
 from vlm.errors import UserError, require
-from vlm.families.base import SYNTHETIC_WORLD, Family, register_family
+from vlm.families.base import SYNTHETIC_WORLD, Family, check_count, register_family
 from vlm.model import load_safetensors, write_folder
 
 HEADS_FILE, HEADS_CONFIG = "mert_heads.safetensors", "mert_pretraining.json"
@@ -184,8 +184,7 @@ def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_
                                                       for c in cb),
             f"codebooks: a non-empty list of code counts >= 2 (one per codebook of the teacher), got {codebooks!r}")
     for name, value in (("final_dim", final_dim), ("regression_dim", regression_dim)):
-        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                f"{name}: an integer >= 1, got {value!r}")
+        check_count(name, value, none=False)
     if seed is not None:
         torch.manual_seed(seed)
     hubert = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,

@@ -56,16 +56,10 @@ def cmd_recipe_show(args) -> int:
 
 
 def cmd_recipe_list(args) -> int:
-    from vlm.train.recipe import list_recipes
-    import fnmatch
-    rows = [r for r in list_recipes() if args.pattern is None or fnmatch.fnmatchcase(r["name"], args.pattern)]
-    if not rows:
-        print(f"no recipe matches {args.pattern!r} (the pattern is a glob, e.g. 'llava-*')", file=sys.stderr)
-        return 1
-    width = max([len(r["name"]) for r in rows] + [4])
-    for r in rows:
-        print(f"{r['name']:<{width}}  {r['modality']:<22}  {r['description']}")
-    return 0
+    """`vlm recipe list [PATTERN]` is `vlm list recipes [PATTERN]`."""
+    from vlm.commands import cmd_list
+    args.what = "recipes"
+    return cmd_list(args)
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:

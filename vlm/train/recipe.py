@@ -540,20 +540,10 @@ def check_model(recipe: Recipe):
             model.enable_activation_checkpointing()
         except UserError as e:
             raise UserError(f"recipe field 'runtime.activation_checkpointing': {e}") from None
-    from vlm.llm import DEFAULT_LORA
     from vlm.train.objectives import build_objective
-    adapters: tuple[int, dict] | None = None      # the first lora stage: its settings make the adapters
     for i, st in enumerate(recipe.stages):
-        if st.llm == "lora":
-            want = {**DEFAULT_LORA, **(st.lora or {})}
-            if adapters is None:
-                adapters = (i, want)
-            elif st.lora and want != adapters[1]:                 # peft would keep stage k's adapters
-                k, made = adapters
-                diff = sorted(x for x in made.keys() | want.keys() if made.get(x) != want.get(x))
-                _require(False, f"stages.{i}.lora", f"the LoRA adapters are made once, by stage {k} "
-                         f"(stages.{k}.lora: {', '.join(f'{x}={made.get(x)!r}' for x in diff)}); a later stage trains "
-                         f"those adapters and cannot change {', '.join(diff)}: give stage {k}'s settings or none")
+        # (a later stage's lora settings other than the adapters' - made by an earlier stage or loaded with an
+        # init checkpoint - are refused by apply_stage below, naming stages.i.lora.KEY: peft keeps the first)
         context = getattr(getattr(getattr(model, "llm", None), "config", None), "max_position_embeddings", None)
         _require(not isinstance(context, int) or st.max_len <= context, f"stages.{i}.max_len",
                  f"{st.max_len} tokens, past the LLM's context of {context} (max_position_embeddings)")
