@@ -11,7 +11,11 @@ from vlm.errors import UserError
 
 
 def read_safetensors(path: str | Path) -> dict[str, Tensor]:
-    """Read a .safetensors file; a missing, pickled or corrupt file is a UserError."""
+    """Read a .safetensors file; a missing, pickled or corrupt file is a UserError. Under `torch.device("meta")`
+    (a model skeleton: shapes only) the tensors are meta tensors of the stored shapes and dtypes, read from the
+    file's header alone (a recipe check read a whole checkpoint for nothing)."""
+    import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -20,6 +24,14 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     if p.suffix != ".safetensors":
         raise UserError(f"weights file {p} is not .safetensors (pickled checkpoints are not loaded)")
     try:
+        if torch.empty(0).is_meta:
+            dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+            with safe_open(str(p), framework="pt") as f:
+                return {k: torch.empty(f.get_slice(k).get_shape(), dtype=dtypes.get(f.get_slice(k).get_dtype(),
+                                                                                     torch.float32))
+                        for k in f.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
         return load_file(str(p))
     except Exception as err:  # safetensors raises SafetensorError / OSError on bad headers
         raise UserError(

@@ -530,14 +530,31 @@ def test_encoder_folders_for_probes_sharded_fingerprinted_by_preprocessing_and_o
         load_model(str(other))
 
 
-def test_the_recipe_check_of_a_pretrained_music_encoder_is_quiet(mert_folder):
+def test_the_recipe_check_of_a_pretrained_music_encoder_is_quiet_and_reads_headers_only(mert_folder, tmp_path,
+                                                                                       monkeypatch):
     """The recipe check builds the model on the meta device: loading the encoder's weights into it printed
-    one 'copying from a non-meta parameter ... is a no-op' warning per tensor (50 for mert tiny)."""
+    one 'copying from a non-meta parameter ... is a no-op' warning per tensor (50 for mert tiny), after reading
+    the whole file for nothing. Now it reads the file's header (shapes): a damaged file is still refused."""
+    import shutil
     import warnings
 
+    import safetensors.torch
+
+    from vlm.errors import UserError
     from vlm.train.recipe import check_model, load_recipe
     folder, _ = mert_folder
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_model(load_recipe("llava-music-tiny", [f"model.settings.music=mert:{folder}"], check_files=False))
+
+    def never(*a, **k):
+        raise AssertionError("the recipe check read the weights")
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "load_file", never)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_model(load_recipe("llava-music-tiny", [f"model.settings.music=mert:{folder}"], check_files=False))
     assert not [w for w in caught if "non-meta" in str(w.message)]
+    cut = tmp_path / "cut"
+    shutil.copytree(folder, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError, match="corrupt weights file"):
+        check_model(load_recipe("llava-music-tiny", [f"model.settings.music=mert:{cut}"], check_files=False))
