@@ -28,10 +28,12 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
             dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                       "U8": torch.uint8, "BOOL": torch.bool}
+            meta = {}
             with safe_open(str(p), framework="pt") as f:
-                return {k: torch.empty(f.get_slice(k).get_shape(), dtype=dtypes.get(f.get_slice(k).get_dtype(),
-                                                                                     torch.float32))
-                        for k in f.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
+                for k in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                    stored = f.get_slice(k)
+                    meta[k] = torch.empty(stored.get_shape(), dtype=dtypes.get(stored.get_dtype(), torch.float32))
+            return meta
         return load_file(str(p))
     except Exception as err:  # safetensors raises SafetensorError / OSError on bad headers
         raise UserError(
