@@ -26,6 +26,7 @@ import difflib
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ RESULTS_DIR = "results"
 FIELDS = ("model", "benchmark", "type", "capability", "kind", "metric", "score", "n", "seed", "chance")
 
 
-def _split(text: str, where: str = "model card") -> tuple[dict, str]:
+def _split(text: str, where: str = "model card") -> tuple[dict, str, str | None]:
+    """(front matter as data, body, the front matter's own text or None when the card has none)."""
     if text.startswith("---\n"):
         head, sep, body = text[4:].partition("\n---\n")
         if sep:
@@ -50,8 +52,8 @@ def _split(text: str, where: str = "model card") -> tuple[dict, str]:
                 raise UserError(f"{where}: front matter is not valid YAML ({str(e).splitlines()[0]})") from None
             if not isinstance(meta, dict):
                 raise UserError(f"{where}: front matter is a YAML {type(meta).__name__}, not a mapping of keys")
-            return meta, body
-    return {}, text
+            return meta, body, head
+    return {}, text, None
 
 
 def _section_span(body: str, where: str) -> tuple[int, int] | None:
@@ -67,8 +69,50 @@ def _section_span(body: str, where: str) -> tuple[int, int] | None:
     return body.index(START), body.index(END) + len(END)
 
 
-def _join(meta: dict, body: str) -> str:
+def _join(meta: dict, body: str, head: str | None = None, keys: tuple[str, ...] = ()) -> str:
+    """The card's text: with `head` (the front matter as written), only the top-level `keys` are rewritten
+    from `meta` and the rest keeps its text, comments included; without it, `meta` dumped whole."""
+    if head is not None:
+        kept = _replace_keys(head, {k: meta[k] for k in keys if k in meta})
+        if kept is not None:
+            return "---\n" + kept + "---\n" + body
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=100) + "---\n" + body
+
+
+_TOP_KEY = re.compile(r"^([A-Za-z0-9_][^:#]*?)\s*:(?:\s|$)")
+
+
+def _replace_keys(head: str, updates: dict) -> str | None:
+    """`head` with each top-level key of `updates` rewritten as block YAML in place (a new key at the end),
+    every other line as it was; None when the result would not read back as the intended mapping (flow
+    styles, anchors, a layout this line-based edit does not follow)."""
+    lines = head.splitlines()
+    out, i = [], 0
+    done = set()
+    while i < len(lines):
+        m = _TOP_KEY.match(lines[i])
+        key = m.group(1).strip() if m else None
+        if key in updates:
+            j = i + 1                        # the key's block: indented, blank or `- ` lines (a comment at column 0 ends it)
+            while j < len(lines) and not _TOP_KEY.match(lines[j]) and not lines[j].startswith("#"):
+                j += 1
+            while j > i + 1 and not lines[j - 1].strip():          # blank lines after the block stay
+                j -= 1
+            out.extend(yaml.safe_dump({key: updates[key]}, sort_keys=False, allow_unicode=True, width=100).splitlines())
+            done.add(key)
+            i = j
+            continue
+        out.append(lines[i])
+        i += 1
+    for key in updates:
+        if key not in done:
+            out.extend(yaml.safe_dump({key: updates[key]}, sort_keys=False, allow_unicode=True, width=100).splitlines())
+    text = "\n".join(out) + "\n"
+    try:
+        want = {**(yaml.safe_load(head) or {}), **updates}
+        return text if yaml.safe_load(text) == want else None
+    except yaml.YAMLError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +316,7 @@ def render(card: str | os.PathLike, text: str | None = None, pending: dict[Path,
     rows of files about to be written, read from there instead of the disk)."""
     card = Path(card)
     text = _read_card(card) if text is None else text
-    meta, body = _split(text, str(card))
+    meta, body, head = _split(text, str(card))
     span = _section_span(body, str(card))
     files = _files_of(card, meta)
     pending = pending or {}
@@ -286,7 +330,7 @@ def render(card: str | os.PathLike, text: str | None = None, pending: dict[Path,
         body = body[:span[0]] + section + body[span[1]:]
     else:
         body = body.rstrip("\n") + "\n\n" + section + "\n"
-    return _join(meta, body)
+    return _join(meta, body, head, ("model-index",))
 
 
 def _write_card(p: Path, text: str) -> None:
@@ -320,11 +364,11 @@ def attach(card: str | os.PathLike, results: list[str | os.PathLike], name: str 
     rows = read_results([Path(r) for r in results])
     dest = p.parent / RESULTS_DIR / f"{name or p.stem}.jsonl"
     text = _read_card(p) if p.exists() or p.is_dir() else f"# {p.stem}\n"
-    meta, body = _split(text, str(p))
+    meta, body, head = _split(text, str(p))
     named = _files_of(p, meta) if meta.get(RESULTS_KEY) else []
     rel = f"{RESULTS_DIR}/{dest.name}"
     meta[RESULTS_KEY] = [os.path.relpath(f, p.parent) for f in named] + [rel for f in [dest] if f not in named]
-    new = render(p, _join(meta, body), pending={dest: rows})
+    new = render(p, _join(meta, body, head, (RESULTS_KEY,)), pending={dest: rows})
     before = dest.read_bytes() if dest.is_file() else b""
     p.parent.mkdir(parents=True, exist_ok=True)
     write_results(dest, rows)
