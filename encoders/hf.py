@@ -9,7 +9,9 @@ stores the config dict, so rebuilding does not need the folder.
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,15 @@ def build_mert_folder(target: str, *, weights: str | None = None, feature_layer:
     return enc
 
 
+@functools.lru_cache(maxsize=None)
+def _note_rate_assumed(folder: str) -> None:
+    """Said once per folder: HuBERT-shaped checkpoints are trained at 16 kHz (HuBERT, wav2vec2) or 24 kHz
+    (MERT), and a folder that does not say which is read at MERT's rate."""
+    print(f"{folder}: no sampling_rate in preprocessor_config.json; reading its audio at {MERT_SAMPLE_RATE} Hz "
+          "(MERT's rate; a checkpoint trained at 16 kHz needs the file or the encoder option sample_rate: 16000)",
+          file=sys.stderr)
+
+
 @register_encoder("hf:", "image|audio|music", "local transformers folder (CLIP, SigLIP, Whisper, HuBERT): hf:<folder>")
 def build_hf(target: str, *, weights: str | None = None, feature_layer: int | None = None, **kw: Any) -> Encoder:
     """Build from a local folder; weights from its safetensors (or the ``weights`` file).
@@ -122,6 +133,8 @@ def build_hf(target: str, *, weights: str | None = None, feature_layer: int | No
         enc = WhisperAudioEncoder(name, config, whisper_preprocess(proc, config.get("num_mel_bins", 80)), layer)
     else:  # hubert: MERT-style music encoder; 24 kHz unless the folder says otherwise
         where = f"{name} option sample_rate" if "sample_rate" in kw else f"{proc_path}: sampling_rate"
+        if "sample_rate" not in kw and "sampling_rate" not in proc:
+            _note_rate_assumed(str(folder))
         rate = kw.pop("sample_rate", proc.get("sampling_rate", MERT_SAMPLE_RATE))
         normalize = proc.get("do_normalize", True)
         if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1000:

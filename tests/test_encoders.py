@@ -297,7 +297,8 @@ def test_hf_clip_full_model_feature_layers(tmp_path: Path, image: Image.Image) -
     assert "vision_config" not in json.dumps(enc.spec())  # the vision config itself, no folder needed
 
 
-def test_hf_siglip_whisper_hubert_folders(tmp_path: Path, image: Image.Image, stereo: tuple[torch.Tensor, int]) -> None:
+def test_hf_siglip_whisper_hubert_folders(tmp_path: Path, image: Image.Image, stereo: tuple[torch.Tensor, int],
+                                          capsys: pytest.CaptureFixture) -> None:
     from transformers import (
         HubertConfig,
         HubertModel,
@@ -352,6 +353,10 @@ def test_hf_siglip_whisper_hubert_folders(tmp_path: Path, image: Image.Image, st
         rebuilt = build_encoder_from_spec(json.loads(json.dumps(enc.spec())))
         rebuilt.load_state_dict(enc.state_dict())
         torch.testing.assert_close(rebuilt.eval().encode([item])[0], tokens)
+    # the HuBERT folder has no preprocessor_config.json: read at 24 kHz, and said once (it was silent)
+    err = capsys.readouterr().err
+    assert err.count("no sampling_rate in preprocessor_config.json; reading its audio at 24000 Hz") == 1
+    assert str(tmp_path / "music") in err
 
 
 # ---------------------------------------------------------------------- bad input
