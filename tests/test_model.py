@@ -296,8 +296,10 @@ def test_hf_llava_export_reproduced_by_transformers_processor_and_generate(tmp_p
 
     proc = AutoProcessor.from_pretrained(root / "hf")
     hf = LlavaForConditionalGeneration.from_pretrained(root / "hf").eval()
-    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"\n{question}"}]}],
+    # content as parts, as llava-hf users write it: the image part renders '<image>\n' as our prompts do
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
                                     add_generation_prompt=True)
+    assert proc.tokenizer.padding_side == "left"     # batched generate() on right padding answered wrongly
     inputs = proc(images=img, text=text, return_tensors="pt")
     assert torch.equal(inputs["pixel_values"][0], ours.media["image"][0])              # bit for bit
     assert inputs["input_ids"][0].tolist() == ours.input_ids

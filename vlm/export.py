@@ -68,19 +68,26 @@ def to_hf_llava(model: MultimodalLM, out: str | Path) -> Path:
                                    vision_feature_select_strategy=enc.feature_select,
                                    num_additional_image_tokens=1 if enc.family == "clip" else 0,
                                    chat_template=chat_template(model.config.system))
-        processor.save_pretrained(tmp)
+        tk = model.tokenizer                    # batched generate() needs left padding (right: wrong answers)
+        side, kwargs = tk.padding_side, dict(tk.init_kwargs)
+        tk.padding_side, tk.init_kwargs["padding_side"] = "left", "left"     # saved from init_kwargs
+        try:
+            processor.save_pretrained(tmp)
+        finally:
+            tk.padding_side, tk.init_kwargs = side, kwargs
     return write_folder(out, write)
 
 
 def chat_template(system: str | None) -> str:
     """Our ChatML (`vlm.data.template`) as a Jinja chat template: `apply_chat_template` gives the text our
-    processor tokenises, content as a string or as parts ({"type": "image"} -> <image>, {"type": "text"})."""
+    processor tokenises, content as a string or as parts ({"type": "image"} -> '<image>\n', as our prompts
+    and llava-hf's templates put it; {"type": "text"})."""
     default = "" if not system else (
         "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + system.replace("{", "{{ '{' }}")
         + "<|im_end|>\n{% endif %}")
     return (default + "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
             "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"
-            "{% if p['type'] == 'image' %}<image>{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}"
+            "{% if p['type'] == 'image' %}<image>\n{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}"
             "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
