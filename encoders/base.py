@@ -340,9 +340,15 @@ class AudioPreprocess(Preprocess):
             wav = AF.resample(wav, *resample_ratio(int(sr), self.sample_rate))  # [N']
         return wav
 
+    # waveform: a clip shorter than this is zero-padded to it (the encoder sets it: its conv front end's
+    # receptive field, so the shortest clip still gives one frame instead of a convolution error)
+    min_samples: int = 0
+
     def __call__(self, raw: Any, sr: int | None = None) -> Tensor:
         wav = self.load(raw, sr)  # [N]
         if self.features == "waveform":
+            if wav.numel() < self.min_samples:
+                wav = torch.nn.functional.pad(wav, (0, self.min_samples - wav.numel()))
             if self.normalize:
                 wav = normalize_waveform(wav)
             return wav  # [N]

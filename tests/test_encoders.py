@@ -404,3 +404,27 @@ def test_bad_weights_and_folders(tmp_path: Path) -> None:
         build_encoder("hf:openai/clip-vit-base-patch32")
     with pytest.raises(UserError, match="feature_layer 5"):
         build_encoder("tiny-clip", feature_layer=5)
+
+
+def test_a_music_clip_shorter_than_one_frame_is_padded_and_non_finite_audio_is_refused() -> None:
+    """A 100-sample clip crashed the conv front end (kernel larger than the input) in training and `vlm embed`;
+    a float WAV holding NaN / Inf decoded as it was and poisoned every batch it was in."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from vlm.modalities import MediaError, decode_audio
+    enc = build_encoder("mert:tiny").eval()
+    item = enc.preprocess((torch.randn(1, 100), 16000))
+    assert item.numel() == 400 and enc.num_tokens(item) == 1     # the conv stack's receptive field: one frame
+    assert torch.isfinite(enc.encode([item])[0]).all()
+    long = enc.preprocess((torch.randn(1, 24000), 24000))
+    assert long.numel() == 24000                                 # longer clips untouched
+    for bad in (np.nan, np.inf):
+        y = np.zeros(1000, np.float32)
+        y[100:200] = bad
+        buf = io.BytesIO()
+        sf.write(buf, y, 16000, format="WAV", subtype="FLOAT")
+        with pytest.raises(MediaError, match=r"100 non-finite sample\(s\)"):
+            decode_audio(buf.getvalue())

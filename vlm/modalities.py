@@ -88,6 +88,7 @@ def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
 
 def decode_audio(data: bytes, draft_size: Any = None):
     """flac / wav / mp3 / ogg bytes -> (waveform Tensor[C, N] float32, sample rate)."""
+    import numpy as np
     import soundfile as sf
     import torch
 
@@ -97,6 +98,8 @@ def decode_audio(data: bytes, draft_size: Any = None):
         raise MediaError(f"cannot decode audio ({len(data)} bytes): {short_error(e)}") from None
     if wave.shape[0] == 0:
         raise MediaError("audio file has no samples")
+    if not np.isfinite(wave).all():                 # a float file can hold them; they would poison a whole batch
+        raise MediaError(f"audio has {int((~np.isfinite(wave)).sum())} non-finite sample(s) (NaN or Inf)")
     return torch.from_numpy(wave.T.copy()), int(sr)  # [C, N]
 
 
