@@ -570,3 +570,64 @@ def test_index_search_checks_its_arguments(tmp_path):
     with pytest.raises(UserError, match="query vectors"):
         index.search(np.zeros((0,), np.float32))
     assert index.search(unit_rows(1, 8, 1)[0], 3)[1].shape == (1, 3)
+
+
+def test_a_media_folder_as_other_tools_leave_it(setup, tmp_path, capsys):
+    """Found by a review on folders nobody had tried: .gif / .bmp / .tif were ignored without a count;
+    `case.JPG` beside `case.jpg` (and `dup.png` beside `dup.jpg`) became one row crediting the wrong file; the
+    source column named a caption file; a FIFO hung the export for ever; a Latin-1 caption dropped a good image
+    from an image-only export; a symlinked folder vanished unsaid; a 10-minute clip's 15,000-token prompt was
+    padded into the batch (23 GB, then the OOM killer) instead of being skipped as too long."""
+    import json
+    import os
+
+    import pandas as pd
+    from PIL import Image
+
+    from vlm.embed.backends import ItemTooLong, VLMPreparer
+    from vlm.embed.export import export
+    from vlm.embed.items import Item
+    _, ckpt, _ = setup
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    img = Image.new("RGB", (40, 30), (200, 20, 20))
+    for name, fmt in (("a.gif", "GIF"), ("b.bmp", "BMP"), ("c.tif", "TIFF"), ("case.jpg", "JPEG"),
+                      ("case.JPG", "JPEG"), ("dup.jpg", "JPEG"), ("dup.png", "PNG"), ("sub/latin.jpg", "JPEG")):
+        img.save(src / name, format=fmt)
+    (src / "a.txt").write_text("a gif")
+    (src / "sub" / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    os.mkfifo(src / "z.jpg")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", src / "linked")
+    capsys.readouterr()
+    res = export(config(model=str(ckpt), input=str(src), out=str(tmp_path / "e"), modality=["image"]))
+    assert "1 folder(s) not read" in capsys.readouterr().err and res.parts == 2
+    meta = pd.concat([pd.read_parquet(tmp_path / "e" / "metadata" / f"metadata_{i}.parquet") for i in range(2)])
+    assert meta["key"].tolist() == ["a", "b", "c", "case", "dup", "sub/latin"]
+    assert meta["source"].str.rsplit("/", n=1).str[-1].tolist() == ["a.gif", "b.bmp", "c.tif", "case.JPG", "dup.jpg",
+                                                                     "latin.jpg"]
+    assert meta["caption"].tolist()[0] == "a gif" and meta["caption"].tolist()[-1] == "caf\ufffd"
+    listed = [s for i in range(2) for s in json.loads((tmp_path / "e" / "stats" / f"stats_{i}.json").read_text())["skipped"]]
+    assert sorted((s["source"].rsplit("/", 1)[-1], s["reason"]) for s in listed) == [
+        ("case.jpg", "duplicate_key"), ("dup.png", "duplicate_key"), ("z.jpg", "unreadable_file")]
+    # the row of case.JPG is case.JPG's embedding (the two files differ)
+    Image.new("RGB", (40, 30), (20, 20, 200)).save(src / "case.jpg", format="JPEG")
+    os.unlink(src / "z.jpg")
+    again = export(config(model=str(ckpt), input=str(src), out=str(tmp_path / "f"), modality=["image"]))
+    assert again.parts == 2
+    from vlm.embed import Embedder
+    emb = Embedder.load(str(ckpt))
+    rows = np.concatenate([np.load(tmp_path / "f" / "img_emb" / f"img_emb_{i}.npy") for i in range(2)])
+    want = emb.embed(images=[str(src / "case.JPG")])[0]
+    assert np.abs(rows[3].astype(np.float32) - want).max() < 2e-3
+    # an item past the LLM's context is refused before any forward (vlm embed lists it as too_long)
+    prep = emb.backend.preparer()
+    assert prep.context == 2048
+    small = VLMPreparer(emb.backend.model.processor, context=40)
+    with pytest.raises(ItemTooLong, match="past the model's context of 40 tokens"):
+        small([Item(text="word " * 60)])
+    (src / "long.txt").write_text("word " * 3000)
+    img.save(src / "long.jpg", format="JPEG")
+    export(config(model=str(ckpt), input=str(src), out=str(tmp_path / "g"), modality=["text"]))
+    listed = [s for p in sorted((tmp_path / "g" / "stats").glob("stats_*.json")) for s in json.loads(p.read_text())["skipped"]]
+    assert [(s["key"], s["reason"]) for s in listed if s["key"] == "long"] == [("long", "too_long")]

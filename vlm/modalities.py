@@ -23,7 +23,7 @@ from typing import Any
 
 # File kinds and their extensions in shards (webdataset field names) and on disk.
 FILE_EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "image": ("jpg", "jpeg", "png", "webp"),
+    "image": ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"),    # PIL decodes them all (first frame)
     "audio": ("flac", "wav", "mp3", "ogg"),       # all that soundfile (libsndfile >= 1.1) decodes
     "video": ("mp4",),
 }

@@ -105,14 +105,21 @@ class Backend:
 
 
 # ------------------------------------------------------------------------------------------------ our checkpoints
+class ItemTooLong(UserError):
+    """An item whose prompt does not fit the LLM's context (`vlm embed` skips it as `too_long`)."""
+
+    reason = "too_long"
+
+
 class VLMPreparer:
     """[Item] -> a right-padded prompt batch (`vlm.data.collate`); media preprocessed unless they are
     tensors already. Picklable: the processor holds no weights."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, context: int | None = None):
         from vlm.data.decode import draft_size_of
         from vlm.data.pipeline import fast_processor
         self.pad_id = processor.pad_id
+        self.context = context                  # the LLM's context: a longer prompt is refused (ItemTooLong)
         self.processor = fast_processor(processor)
         # JPEGs may decode straight at the smallest scale the image preprocess still resizes down from
         self.draft_size = draft_size_of(processor.preprocess.get("image"))
@@ -134,6 +141,9 @@ class VLMPreparer:
             media = {m: [done.get((m, i), x)] for m, x in it.media.items()}
             rows.append(proc.from_turns([{"role": "user", "text": it.prompt()}], media, add_generation_prompt=True,
                                         key="item", preprocessed=True))
+            if self.context and len(rows[-1].input_ids) > self.context:   # (a 10-minute clip: 15,000 tokens)
+                raise ItemTooLong(f"item {i}: its prompt is {len(rows[-1].input_ids)} tokens (media included), past "
+                                  f"the model's context of {self.context} tokens")
         return collate(rows, self.pad_id)
 
     def _preprocess(self, m: str, raws: list, defer: bool) -> list[torch.Tensor]:
@@ -188,7 +198,10 @@ class VLMBackend(Backend):
         if not isinstance(raw, dict):
             raise UserError(f"{p / 'config.json'}: not a JSON object")
         if "llm" not in raw:
-            family = raw.get("family")
+            family, model_type = raw.get("family"), raw.get("model_type")
+            if isinstance(model_type, str) and not family:     # an exported / downloaded transformers folder
+                raise UserError(f"{path}: a transformers {model_type!r} folder, not a vlm checkpoint; embed with the "
+                                "checkpoint it was exported from, or open_clip:ARCH[:CKPT]")
             what = f"a {family} checkpoint" if isinstance(family, str) and family else "this checkpoint"
             raise UserError(f"{path}: {what} is not an embedder (it has no LLM to embed prompts with)")
         self.spec, self.path = str(path), p
@@ -222,7 +235,7 @@ class VLMBackend(Backend):
         return int(base_model(self.model.llm).config.get_text_config().hidden_size)
 
     def preparer(self) -> VLMPreparer:
-        return VLMPreparer(self.model.processor)
+        return VLMPreparer(self.model.processor, getattr(self.model.llm.config, "max_position_embeddings", None))
 
     @torch.inference_mode()
     def forward(self, batch: dict) -> torch.Tensor:

@@ -91,16 +91,23 @@ class InputPlan:
 
 
 def _media_groups(folder: Path) -> list[list[str]]:
-    """Files under `folder` grouped by path without extension (`a.jpg` + `a.txt` = one sample), sorted."""
+    """Files under `folder` grouped by path without extension (`a.jpg` + `a.txt` = one sample), sorted.
+    Folders os.walk cannot enter (unreadable) or does not follow (symlinks: they can loop) are said on stderr."""
+    import sys
     groups: dict[str, list[str]] = {}
-    for root, dirs, files in os.walk(folder):
+    unread: list[str] = []
+    for root, dirs, files in os.walk(folder, onerror=lambda e: unread.append(f"{e.filename} (unreadable)")):
         dirs.sort()
+        unread += [f"{os.path.join(root, d)} (a symlink)" for d in dirs if os.path.islink(os.path.join(root, d))]
         for f in sorted(files):
             ext = f.rsplit(".", 1)[-1].lower() if "." in f else ""
             if file_kind(ext) is None and ext not in TEXT_EXTENSIONS + ("json",):
                 continue
             rel = os.path.relpath(os.path.join(root, f), folder)
             groups.setdefault(rel.rsplit(".", 1)[0], []).append(rel)
+    if unread:
+        print(f"{folder}: {len(unread)} folder(s) not read: {', '.join(unread[:5])}"
+              f"{' ...' if len(unread) > 5 else ''}", file=sys.stderr)
     return [groups[k] for k in sorted(groups)]
 
 
@@ -133,16 +140,39 @@ def plan_input(spec: str, part_size: int) -> InputPlan:
     return InputPlan("shards", shards, counts, parts)
 
 
-def caption_of(meta: dict, fields: dict[str, bytes]) -> str | None:
+def _kind(name: str) -> str:
+    ext = name.rsplit(".", 1)[-1].lower()
+    return file_kind(ext) or ext
+
+
+def _one_file_per_kind(files: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A folder sample's files: the first (sorted) of each kind (image / audio / video, txt, json) and the
+    rest (`case.JPG` beside `case.jpg`, `dup.png` beside `dup.jpg`)."""
+    kept: dict[str, str] = {}
+    extra = []
+    for f in files:
+        kind = _kind(f)
+        if kind in kept:
+            extra.append(f)
+        else:
+            kept[kind] = f
+    return kept, extra
+
+
+def caption_of(meta: dict, fields: dict[str, bytes], strict: bool = True) -> str | None:
     """A sample's caption: json `caption`, `txt`, or a synthetic-world scene's canonical description. A txt
-    that is not UTF-8 makes the sample a bad one (SampleSkip `bad_text`), not a caption with U+FFFD in it."""
+    that is not UTF-8 makes the sample a bad one (SampleSkip `bad_text`), not a caption with U+FFFD in it,
+    when the caption is embedded (`strict`); when it is only metadata, its bad bytes read as U+FFFD."""
     if isinstance(meta.get("caption"), str) and meta["caption"].strip():
         return meta["caption"].strip()
     if "txt" in fields:
         try:
             text = fields["txt"].decode("utf-8").strip()
         except UnicodeDecodeError as e:
-            raise SampleSkip("bad_text", f"txt is not UTF-8 text (byte {e.start}: {e.reason})") from None
+            if not strict:                  # only the metadata's caption: kept, its bad bytes as U+FFFD
+                text = fields["txt"].decode("utf-8", errors="replace").strip()
+            else:
+                raise SampleSkip("bad_text", f"txt is not UTF-8 text (byte {e.start}: {e.reason})") from None
         if text:
             return text.splitlines()[0].strip()
     labels = meta.get("labels")
@@ -211,9 +241,19 @@ class WindowReader(torch.utils.data.IterableDataset):
         if self.plan.kind == "files":
             root = Path(part.source)
             for files in self.plan.files[lo:hi]:
-                key, where = files[0].rsplit(".", 1)[0], str(root / files[0])
+                key = files[0].rsplit(".", 1)[0]
+                kept, extra = _one_file_per_kind(files)
+                for f in extra:                 # a.jpg + a.png: one sample per name stem; the others listed
+                    yield key, str(root / f), None, "duplicate_key", (f"{f}: {kept[_kind(f)]} has the same name stem "
+                                                                      "(one sample per stem)")
+                media = [f for k, f in kept.items() if k in ("image", "audio", "video")]
+                where = str(root / (media[0] if media else files[0]))     # the media file, not its caption
                 try:
-                    yield key, where, {f.rsplit(".", 1)[-1].lower(): (root / f).read_bytes() for f in files}, "", ""
+                    unusual = [f for f in kept.values() if not (root / f).is_file()]
+                    if unusual:                 # a FIFO blocks read_bytes for ever; a broken symlink
+                        yield key, str(root / unusual[0]), None, "unreadable_file", "not a regular file"
+                        continue
+                    yield key, where, {f.rsplit(".", 1)[-1].lower(): (root / f).read_bytes() for f in kept.values()}, "", ""
                 except OSError as e:
                     yield key, where, None, "unreadable_file", str(e.strerror)
             return
@@ -239,7 +279,7 @@ class WindowReader(torch.utils.data.IterableDataset):
             meta = read_meta(fields)
         except SampleError as e:
             raise SampleSkip(e.reason, str(e)) from None
-        caption = caption_of(meta, fields)
+        caption = caption_of(meta, fields, strict="text" in self.modalities)
         kinds = media_fields(fields)
         out = {}
         for m in self.modalities:
@@ -301,7 +341,8 @@ class WindowReader(torch.utils.data.IterableDataset):
                 try:
                     self.prepare([row[3][m]], **kw)
                 except Exception as e:  # anything a broken file makes a preprocess raise
-                    skipped.append({"key": row[0], "source": row[2], "reason": f"bad_{m}", "message": short_error(e)})
+                    skipped.append({"key": row[0], "source": row[2], "reason": getattr(e, "reason", None) or f"bad_{m}",
+                                    "message": short_error(e)})
                     break
             else:
                 good.append(row)
