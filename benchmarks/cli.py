@@ -1,7 +1,7 @@
 """`vlm eval`: run benchmarks, or list them. Every setting is one field of `EvalConfig`: a flag, a key of
 `--config FILE.yaml`, or `key=value`; the resolved settings are saved as OUT/eval_config.yaml.
 
-    vlm eval --model PATH|open_clip:ARCH[:CKPT] [--model ...] (--suite NAME | --bench NAME ... | --bench wds:DIR) --out DIR
+    vlm eval --model PATH|open_clip:ARCH[:CKPT] [--model ...] (--suite NAME ... | --bench NAME ... | --bench wds:DIR) --out DIR
              [--data SYNTHETIC_WORLD_DIR] [--bench-root DIR] [--cache-dir DIR | --no-cache] [--limit N] [--redo]
              [--model-card model_cards/llava.md] [--config eval.yaml] [key=value ...]
     vlm eval list [PATTERN] [--suites]

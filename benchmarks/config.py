@@ -70,7 +70,9 @@ class EvalConfig(RunConfig):
     models: list[str] = field(default_factory=list, metadata={
         "flag": "--model", "repeat": True, "metavar": "MODEL",
         "help": "checkpoint folder or open_clip:ARCH[:CKPT]; repeat for several"})
-    suite: str | None = field(default=None, metadata={"help": "a suite name (see `vlm eval list --suites`)"})
+    suite: list[str] = field(default_factory=list, metadata={
+        "flag": "--suite", "repeat": True, "metavar": "NAME",
+        "help": "a suite name (see `vlm eval list --suites`); repeat for several"})
     benches: list[str] = field(default_factory=list, metadata={
         "flag": "--bench", "repeat": True, "metavar": "BENCH", "help": "a benchmark name or wds:DIR; repeat for several"})
     model_card: str | None = field(default=None, metadata={

@@ -158,9 +158,12 @@ def get_suite(name: str) -> Suite:
     return SUITES.get(name)
 
 
-def resolve(benches: list[str] | None = None, suite: str | None = None) -> list[Benchmark]:
-    """The benchmarks a command line asks for: a suite's and/or named ones, each once, in order."""
-    names = list(get_suite(suite).benchmarks) if suite else []
+def resolve(benches: list[str] | None = None, suite: str | list[str] | None = None) -> list[Benchmark]:
+    """The benchmarks a command line asks for: the suites' (one name or several) and/or named ones, each
+    once, in order."""
+    names: list[str] = []
+    for s in [suite] if isinstance(suite, str) else suite or []:
+        names += [n for n in get_suite(s).benchmarks if n not in names]
     names += [n for n in benches or [] if n not in names]
     if not names:
         raise UserError("nothing to evaluate: give --suite NAME or --bench NAME")

@@ -273,3 +273,22 @@ def test_an_undecodable_image_is_skipped_and_counted_not_the_end_of_the_benchmar
     assert row["status"] == "ok" and metrics["skipped_bad_image"] == 1.0
     clean = evaluate([assets["clip"]], [get_benchmark(f"wds:{assets['wds']}")], replace(cfg, out=tmp_path / "o2"))
     assert row["score"] == clean.table.iloc[0]["score"] and metrics["n"] == json.loads(clean.table.iloc[0]["metrics"])["n"]
+
+
+def test_repeated_suites_are_all_evaluated():
+    """`--suite a --suite b` ran only b, without a word."""
+    from benchmarks.config import EvalConfig
+    from benchmarks.registry import get_suite, resolve
+    import argparse
+
+    from vlm.config import add_config_flags, config_from_args
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, EvalConfig)
+    args = parser.parse_args(["--model", "m", "--suite", "synthetic-world-audio", "--suite", "synthetic-world-music",
+                              "--out", "x"])
+    cfg = config_from_args(EvalConfig, args)
+    names = [b.name for b in resolve(cfg.benches, cfg.suite)]
+    want = [*get_suite("synthetic-world-audio").benchmarks]
+    want += [n for n in get_suite("synthetic-world-music").benchmarks if n not in want]
+    assert names == want and len(names) > len(get_suite("synthetic-world-audio").benchmarks)
+    assert [b.name for b in resolve(suite="synthetic-world-audio")] == list(get_suite("synthetic-world-audio").benchmarks)

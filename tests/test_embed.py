@@ -447,6 +447,9 @@ def test_a_broken_model_folder_says_what_is_wrong(setup, tmp_path, capsys):
         "bad_tokenizer": (lambda d: (d / "tokenizer.json").write_text("{bad"), "tokenizer.json: invalid JSON"),
         "bad_tok_config": (lambda d: (d / "tokenizer_config.json").write_text("{bad"),
                            "tokenizer_config.json: invalid JSON"),
+        # `vlm export --to hf-llava`'s folder was "not an embedder (it has no LLM...)": it has one
+        "hf_export": (lambda d: (d / "config.json").write_text('{"model_type": "llava"}'),
+                      "a transformers 'llava' folder, not a vlm checkpoint"),
     }
     for name, (damage, message) in cases.items():
         shutil.copytree(ckpt, tmp_path / name)

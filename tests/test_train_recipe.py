@@ -295,3 +295,12 @@ def test_builder_settings_are_type_checked_only_where_the_annotation_is_plain_an
     recipe = R.load_recipe("mert-tiny", ["model.settings.dropout=1e-4"], check_files=False)
     assert recipe.model.settings["dropout"] == 1e-4
     R.check_model(recipe)                              # the builder gets the number, not the text
+
+
+def test_a_stage_error_without_a_field_first_is_not_cut_at_its_own_colon():
+    """vlm2vec from an iaa run said "recipe field 'stages.0.route 'inner_adaptor' keeps the LLM frozen (asked': full)"."""
+    from vlm.errors import UserError
+    from vlm.train.recipe import _stage_field_error
+    msg = "route 'inner_adaptor' keeps the LLM frozen (asked: full)"
+    assert str(_stage_field_error(UserError(msg), "stages.0")) == f"recipe field 'stages.0': {msg}"
+    assert str(_stage_field_error(UserError("lora.r: must be >= 1"), "stages.2")) == "recipe field 'stages.2.lora.r': must be >= 1"

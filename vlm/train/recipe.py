@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -241,8 +242,10 @@ def _require(cond: bool, field_path: str, message: str) -> None:
 
 def _stage_field_error(e: UserError, stage_path: str) -> UserError:
     """'lora.r: why' (vlm.llm's errors name the stage setting first) -> "recipe field 'stages.N.lora.r': why"."""
-    field, _, why = str(e).partition(": ")
-    return UserError(f"recipe field '{stage_path}.{field}': {why}")
+    field, sep, why = str(e).partition(": ")
+    if sep and re.fullmatch(r"[A-Za-z_][\w.]*", field):
+        return UserError(f"recipe field '{stage_path}.{field}': {why}")
+    return UserError(f"recipe field '{stage_path}': {e}")      # no field first ("... (asked: full)" is not one)
 
 
 def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> None:
