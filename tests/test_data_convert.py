@@ -46,7 +46,7 @@ def datasets_lib():
     return pytest.importorskip("datasets")
 
 
-def test_llava_layout_parquet_with_image_bytes(tmp_path, datasets_lib):
+def test_llava_layout_parquet_with_image_bytes(tmp_path, datasets_lib, monkeypatch):
     from datasets import Dataset, Features, Image as HFImage, List, Value
     feats = Features({"id": Value("string"), "image": HFImage(),
                       "conversations": List({"from": Value("string"), "value": Value("string")})})
@@ -64,6 +64,10 @@ def test_llava_layout_parquet_with_image_bytes(tmp_path, datasets_lib):
     assert "a3" in report.problems[0] and "bad_image: 1" in report.summary()
     out = read_out(tmp_path / "out")
     assert set(out) == {"a1", "a2", "a4"}
+    # the parquet file named relative to the working folder (its folder was '': "image root folder not found")
+    monkeypatch.chdir(tmp_path / "ds" / "data")
+    again = convert_hf_dataset("train-00000-of-00001.parquet", str(tmp_path / "out-rel"), max_bad=0.5)
+    assert (again.written, again.skipped) == (3, 1)
     assert out["a1"]["jpg"] == jpg("red") and out["a2"]["png"] == png("blue")       # kept byte for byte
     assert conv_of(out["a2"])[0]["value"] == "<image>\nDescribe."                   # placeholder added
     assert "jpg" not in out["a4"] and "png" not in out["a4"]                         # text only
@@ -188,3 +192,33 @@ def test_unreadable_or_odd_parquet_and_jsonl_are_one_line(tmp_path, datasets_lib
     (sub / "original.jsonl").write_bytes('{"qry": "café"}\n'.encode("latin-1"))         # before any line is read
     with pytest.raises(UserError, match=r"original\.jsonl: not UTF-8 text \(after line 0\)"):
         convert_mmeb_train(str(tmp_path / "mmeb"), str(tmp_path / "o3"))
+
+
+def test_deep_and_rotated_images_convert_as_they_look(tmp_path):
+    """The converters re-encoded through convert("RGB"): a 16-bit TIFF came out almost all white, a float
+    TIFF all black; no decoder applied an EXIF orientation (phone photos trained sideways)."""
+    import numpy as np
+
+    from vlm.modalities import decode_image
+    ramp = np.tile(np.arange(256, dtype=np.uint16) * 257, (8, 1))          # 0..65535 in 256 steps
+    folder = tmp_path / "img"
+    folder.mkdir()
+    Image.fromarray(ramp).save(folder / "deep.tif")
+    Image.fromarray((ramp / 65535.0).astype(np.float32)).save(folder / "float.tif")
+    rotated = Image.new("RGB", (64, 32), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                         # rotate 90 degrees to display
+    rotated.save(folder / "phone.jpg", exif=exif)
+    for name in ("deep", "float", "phone"):
+        (folder / f"{name}.txt").write_text(f"{name} image")
+    report = convert.convert_caption_folder(str(folder), str(tmp_path / "out"))
+    assert report.written == 3
+    images = {}
+    for sample in wds.WebDataset(sorted(glob.glob(str(tmp_path / "out" / "*.tar"))), shardshuffle=False):
+        ext = next(k for k in ("png", "jpg") if k in sample)
+        answer = json.loads(sample["json"])["conversations"][1]["value"]
+        images[answer.split()[0]] = decode_image(sample[ext])
+    for name in ("deep", "float"):
+        row = np.asarray(images[name].convert("L"))[0].astype(float)
+        assert abs(row.mean() - 127.5) < 2 and len(set(row.tolist())) > 200, name
+    assert images["phone"].size == (32, 64)                                  # upright, in the shard and decoded

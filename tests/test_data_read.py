@@ -446,3 +446,31 @@ def test_a_user_error_in_a_data_loader_worker_stays_one_line():
     with pytest.raises(UserError) as e:
         list(torch.utils.data.DataLoader(_FailsInWorker(), batch_size=None, num_workers=1))
     assert str(e.value) == "shard-000000.tar: sample k1: bad_audio"
+
+
+def test_a_tar_with_a_sample_split_apart_or_gzipped_says_so(tmp_path):
+    """`tar cf x.tar dir` writes members in directory order (000.txt, 001.txt, 000.jpg ...): every sample
+    split in two, reported as no_text / missing_media with no hint; a .tar.gz read as 'corrupt tar header'."""
+    import gzip
+    import io
+    import tarfile
+
+    from vlm.data.reader import scan_shard
+
+    def add(tf, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    split = tmp_path / "split.tar"
+    with tarfile.open(split, "w") as tf:
+        for name in ("000.txt", "001.txt", "000.jpg", "001.jpg", "002.txt", "002.jpg"):
+            add(tf, name, b"x")
+    refs = list(scan_shard(str(split)))
+    assert [(r.key, r.error or "") for r in refs] == [("000", ""), ("001", ""), ("000", "split_sample"),
+                                                ("001", "split_sample"), ("002", "")]
+    assert "must be adjacent in the tar" in refs[2].message and len(refs[4].members) == 2
+    gz = tmp_path / "x.tar.gz"
+    gz.write_bytes(gzip.compress(split.read_bytes()))
+    [ref] = scan_shard(str(gz))
+    assert ref.error == "bad_tar" and "gzip-compressed tar" in ref.message

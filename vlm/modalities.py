@@ -69,6 +69,16 @@ def to_rgb(img):
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def upright(img):
+    """The image as it is meant to be seen: an EXIF orientation (a phone photo taken sideways) applied."""
+    from PIL import ImageOps
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001  damaged EXIF: the pixels are still fine
+        return img
+    return ImageOps.exif_transpose(img) if orientation in (2, 3, 4, 5, 6, 7, 8) else img
+
+
 def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
     """bytes -> RGB PIL image. `draft_size` (w, h): let the JPEG decoder scale down by 1/2..1/8 while
     staying >= that size (DCT-domain scaling: most of the decode cost of a big JPEG goes away)."""
@@ -79,7 +89,7 @@ def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", draft_size)
         img.load()                          # decode here: a truncated file fails now, not in the encoder's resize
-        return to_rgb(img)
+        return to_rgb(upright(img))
     except MediaError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...

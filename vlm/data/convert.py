@@ -151,7 +151,7 @@ def read_image(path: str) -> tuple[str, bytes]:
     except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
         raise Skip("bad_image", f"not a readable image: {path} ({e.__class__.__name__})") from e
     ext = _image_ext(path)
-    if file_kind(ext) == "image":
+    if ext in ("jpg", "jpeg", "png", "webp"):            # what shards keep; gif / bmp / tif ... become png
         return ext, data
     return "png", png_bytes(data, path)
 
@@ -160,10 +160,15 @@ def png_bytes(data: bytes, what: str) -> bytes:
     """Image bytes of a format shards do not keep (bmp, gif ...) re-encoded as png; one that verified but does
     not decode (truncated) is a bad_image Skip."""
     from PIL import Image
+
+    from vlm.modalities import MediaError, to_rgb, upright
     buf = io.BytesIO()
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.convert("RGB").save(buf, format="PNG")
+            im.load()
+            to_rgb(upright(im)).save(buf, format="PNG")     # 16-bit / float scaled (convert clipped them); EXIF turned
+    except MediaError as e:
+        raise Skip("bad_image", f"not a usable image: {what} ({e})") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise Skip("bad_image", f"not a readable image: {what} ({e.__class__.__name__})") from None
     return buf.getvalue()

@@ -174,8 +174,12 @@ def image_bytes(value: Any, root: str) -> tuple[str, bytes]:
     elif isinstance(value, str):
         return read_image(inside(root, value, "image"))
     elif isinstance(value, Image.Image):
+        from vlm.modalities import MediaError, to_rgb
         buf = io.BytesIO()
-        value.convert("RGB").save(buf, format="PNG")
+        try:
+            to_rgb(value).save(buf, format="PNG")          # 16-bit / float scaled, not clipped by convert("RGB")
+        except MediaError as e:
+            raise Skip("bad_image", str(e)) from None
         return "png", buf.getvalue()
     else:
         raise Skip("bad_image", f"an image stored as {type(value).__name__}")
@@ -196,7 +200,7 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
                        max_bad: float = 0.1) -> Report:
     """A local Hugging Face dataset (parquet or save_to_disk) -> conversation shards; see the module doc."""
     rows, split = open_rows(path, split)
-    root = image_root or (path if os.path.isdir(path) else os.path.dirname(path))
+    root = image_root or (path if os.path.isdir(path) else os.path.dirname(path) or ".")
     if not os.path.isdir(root):
         raise UserError(f"{root}: image root folder not found")
     source = source or os.path.basename(os.path.normpath(path))

@@ -179,7 +179,13 @@ def scan_shard(path: str) -> Iterator[SampleRef]:
         return
     key: str | None = None
     members: list[tuple[str, int, int]] = []
+    done: set[str] = set()                  # keys already yielded: one seen again means members not adjacent
     with f:
+        if f.read(2) == b"\x1f\x8b":
+            yield SampleRef(path, "", (), "bad_tar", f"{path}: a gzip-compressed tar (.tar.gz); shards are read "
+                                                     "uncompressed: gunzip it")
+            return
+        f.seek(0)
         try:
             for name, offset, n in tar_members(f, size):
                 m = _KEY_EXT.match(name)
@@ -187,7 +193,8 @@ def scan_shard(path: str) -> Iterator[SampleRef]:
                     continue
                 base, ext = m.groups()
                 if base != key and key is not None:
-                    yield SampleRef(path, key, tuple(members))
+                    yield _ref_of(path, key, members, done)
+                    done.add(key)
                     members = []
                 key = base
                 members.append((ext.lower(), offset, n))
@@ -200,7 +207,14 @@ def scan_shard(path: str) -> Iterator[SampleRef]:
             yield SampleRef(path, key or "", (), reason, f"{path}: {e}")
             return
     if key is not None:
-        yield SampleRef(path, key, tuple(members))
+        yield _ref_of(path, key, members, done)
+
+
+def _ref_of(path: str, key: str, members: list, done: set[str]) -> SampleRef:
+    if key in done:                         # `tar cf x.tar dir` orders by directory, not by name
+        return SampleRef(path, key, (), "split_sample", f"{path}: key {key!r} appears again after other members: "
+                         "a sample's files must be adjacent in the tar (write it with `tar --sort=name`)")
+    return SampleRef(path, key, tuple(members))
 
 
 class FileCache:
