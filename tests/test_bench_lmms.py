@@ -22,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINT = "vlm = benchmarks.lmms_plugin:MANIFEST"
 LMMS_TASKS = ("synthetic_world_vqa", "synthetic_world_vqa_mc", "synthetic_world_av_vqa", "synthetic_world_av_captions",
-              "synthetic_world_text")
+              "synthetic_world_text", "synthetic_world_av_vqa_music", "synthetic_world_av_captions_video")
 
 
 def _entry_point_dir(tmp: Path) -> Path:
@@ -112,6 +112,16 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
     n = ours.loc[AV_VQA, "n"]
     assert res["synthetic_world_av_vqa"]["accuracy,none"] == pytest.approx((ours.loc[AV_VQA, "score"] * n).sum() / n.sum())
     assert set(res["synthetic_world_av_captions"]) >= {"cider,none", "bleu,none", "rouge_l,none"}
+    # One modality's tasks (what a music-only or video-only model can run): its questions, and its caption
+    # benchmark, whose corpus CIDEr is `vlm eval`'s own (the pooled task's is over all four caption sets at once).
+    from benchmarks.lmms_tasks.export import AV_BY_MODALITY
+    music_vqa = AV_BY_MODALITY["music"][0]
+    [video_caps] = AV_BY_MODALITY["video"][1]
+    n = ours.loc[music_vqa, "n"]
+    assert res["synthetic_world_av_vqa_music"]["accuracy,none"] == pytest.approx(
+        (ours.loc[music_vqa, "score"] * n).sum() / n.sum())
+    assert ours.loc[video_caps, "metric"] == "cider" and ours.loc[video_caps, "score"] > 0
+    assert res["synthetic_world_av_captions_video"]["cider,none"] == pytest.approx(ours.loc[video_caps, "score"])
 
     # Per sample: lmms-eval's answers are our runner's answers, in the same order.
     def answers(task: str) -> list[str]:
@@ -127,6 +137,7 @@ def test_lmms_eval_cli_matches_runner(tmp_path):
     assert len(preds(AV_VQA)) >= 2 * len(AV_VQA) and len(preds(AV_CAPTIONS)) >= 2 * len(AV_CAPTIONS)
     assert answers("synthetic_world_av_vqa") == preds(AV_VQA)
     assert answers("synthetic_world_av_captions") == preds(AV_CAPTIONS)
+    assert answers("synthetic_world_av_vqa_music") == preds(music_vqa)
     assert len(preds(TEXT_QA)) == 3 * len(TEXT_QA) and answers("synthetic_world_text") == preds(TEXT_QA)
 
 

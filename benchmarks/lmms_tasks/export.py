@@ -3,7 +3,9 @@ hooks. The samples are exactly those of our benchmarks (same split, task filter 
 is the same first human turn, and the scoring is `benchmarks.tasks.generative`'s (VQA) or the same
 corpus metrics (captions), so `lmms-eval --tasks synthetic_world_vqa` and `vlm eval --bench sw-vqa`
 score the same way; `synthetic_world_av_vqa` / `synthetic_world_av_captions` are the sound, music and
-video benchmarks (sw-vqa-audio-*, music-*, video, trailer-*; sw-caption-audio / music / video / trailer),
+video benchmarks (sw-vqa-audio-*, music-*, video, trailer-*; sw-caption-audio / music / video / trailer) pooled,
+and `synthetic_world_av_vqa_<m>` / `synthetic_world_av_captions_<m>` the same per modality m (audio, music, video,
+trailer: a model without some encoders runs its own; a caption task is one benchmark, its CIDEr `vlm eval`'s),
 `synthetic_world_text` the text-only questions (sw-text-*; no media).
 
 Where the data is: $VLM_SYNTHETIC_WORLD (default data/synthetic-world), split $VLM_LMMS_SPLIT (default
@@ -22,6 +24,10 @@ AV_VQA = ["sw-vqa-audio-tone", "sw-vqa-audio-noise", "sw-vqa-music-pitch", "sw-v
           "sw-vqa-music-instrument", "sw-vqa-music-tempo", "sw-vqa-video", "sw-vqa-trailer-shape",
           "sw-vqa-trailer-instrument"]
 AV_CAPTIONS = ["sw-caption-audio", "sw-caption-music", "sw-caption-video", "sw-caption-trailer"]
+# the same per modality (`synthetic_world_av_vqa_<m>` / `synthetic_world_av_captions_<m>`): what a model with
+# only some of the encoders can be scored on (a request of a modality it lacks stops lmms-eval's whole run)
+AV_BY_MODALITY = {m: ([b for b in AV_VQA if b.startswith(f"sw-vqa-{m}")], [f"sw-caption-{m}"])
+                  for m in ("audio", "music", "video", "trailer")}
 TEXT_QA = ["sw-text-fact", "sw-text-arith", "sw-text-count", "sw-text-order"]   # data: a `--tasks text` build
 
 

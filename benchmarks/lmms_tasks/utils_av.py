@@ -1,6 +1,8 @@
 """Hooks of the synthetic-world sound / music / video lmms-eval tasks (loaded by path from the YAMLs).
-Each data file is computed only when lmms-eval builds its task (it imports this module then)."""
-from benchmarks.lmms_tasks.export import AV_CAPTIONS, AV_VQA, data_files
+The data files are module attributes computed on first access (PEP 562), so building one task exports only
+its own benchmarks: VQA_FILES / CAPTION_FILES (every modality, pooled) and VQA_FILES_<M> / CAPTION_FILES_<M>
+(M = AUDIO, MUSIC, VIDEO, TRAILER: one modality's)."""
+from benchmarks.lmms_tasks.export import AV_BY_MODALITY, AV_CAPTIONS, AV_VQA, data_files
 from benchmarks.lmms_tasks.export import (  # noqa: F401
     bleu_agg,
     cider_agg,
@@ -11,5 +13,13 @@ from benchmarks.lmms_tasks.export import (  # noqa: F401
     rouge_agg,
 )
 
-VQA_FILES = data_files(tuple(AV_VQA))
-CAPTION_FILES = data_files(tuple(AV_CAPTIONS))
+
+def __getattr__(name: str) -> dict[str, str]:
+    kind, _, modality = name.partition("_FILES")
+    if kind in ("VQA", "CAPTION") and (not modality or modality[1:].lower() in AV_BY_MODALITY):
+        if modality:
+            vqa, captions = AV_BY_MODALITY[modality[1:].lower()]
+        else:
+            vqa, captions = AV_VQA, AV_CAPTIONS
+        return data_files(tuple(vqa if kind == "VQA" else captions))
+    raise AttributeError(name)
