@@ -270,6 +270,10 @@ def test_a_filter_keeping_nothing_says_what_the_data_holds(tmp_path, world):
             w.write({"__key__": f"a{i}", "flac": encode_audio(C.audio_sample(i)["flac"], "flac")})
     with pytest.raises(UserError, match="their media: audio 3; tasks: - 3.*json says \"modality\": \"music\""):
         check_filter([str(tmp_path / "plain")], SampleFilter(modalities=["music"]), "stages.0.filter")
+    # another maker's data (no json `task`) under a built-in recipe's task filter: how to train on it is said
+    with pytest.raises(UserError, match=r"none has a json `task` and the filter keeps tasks caption .*"
+                                        r"override `stages.1.filter.tasks=null`"):
+        check_filter([str(tmp_path / "plain")], SampleFilter(tasks=["caption"]), "stages.1.filter")
 
 
 def _annotated(a: int, b: NotImportedHere, c: Path, d: float | None = None, e: list[int] | None = None):  # noqa: F821

@@ -167,5 +167,9 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
     hint = ("; an audio file is 'music' when its sample's json says \"modality\": \"music\" (or set the "
             "filter's modalities to null)" if sample_filter.modalities and "music" in sample_filter.modalities
             and "audio" in media else "")
+    if sample_filter.tasks and tasks and set(tasks) == {"-"}:      # data of another maker: no `task` field
+        hint += (f"; none has a json `task` and the filter keeps tasks {', '.join(sample_filter.tasks[:4])} "
+                 f"(a built-in recipe's filters select synthetic-world's tasks: override `{where}.tasks=null`, "
+                 "and its difficulty bounds, for other data)")
     raise UserError(f"recipe field '{where}': none of the first {seen} samples of the stage's data passes it "
                     f"(their media: {top(media) or '-'}; tasks: {top(tasks) or '-'}){hint}")

@@ -232,7 +232,8 @@ class PairFormat(Format):
             raise SampleError("bad_pair", f"{why} {PAIR_SHAPE}")
         negatives = meta.get("negatives") or []            # a list here (pair_sides checked it)
         if len(negatives) < self.negatives:
-            raise SampleError("too_few_negatives", f"{len(negatives)} negatives, the objective takes {self.negatives}")
+            raise SampleError("too_few_negatives", f"{len(negatives)} negatives, the objective takes {self.negatives} "
+                              "(its objective_settings.negatives)")
         sides = [side for _, side in named]
         orders = [placeholder_modalities(s["text"]) for s in sides]
         # the files of the negatives left out come last (files fill placeholders in key order): not read

@@ -43,8 +43,9 @@ from vlm.errors import UserError
 
 # Reasons that are not data errors (the sample is fine, the settings drop it): not in the error rate.
 # too_short / no_audio: a clip under the stage's min_seconds, a sample without audio in an audio-clip stage;
-# no_answer: a prompt without an assistant turn (an evaluation prompt), nothing to train on but not broken.
-NOT_ERRORS = frozenset({"too_long", "too_short", "no_audio", "no_answer"})
+# no_answer: a prompt without an assistant turn (an evaluation prompt), nothing to train on but not broken;
+# too_few_negatives: a pair with fewer hard negatives than the contrastive objective's `negatives` asks.
+NOT_ERRORS = frozenset({"too_long", "too_short", "no_audio", "no_answer", "too_few_negatives"})
 # a stage filter's choices (vlm.data.filters): left out on purpose, never errors
 FILTERED = "filtered"
 NOT_FOR_MODEL = "not_for_model"       # media of a modality the model has no encoder for: fine data, not an error
