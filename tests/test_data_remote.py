@@ -246,3 +246,20 @@ def test_a_recipe_trains_over_http(server, tmp_path, one_intra_op_thread):
     assert len(rows) == 2 and all(r["loss"] > 0 for r in rows.values()) and end["data"]["samples"] >= 8
     data = ckpt_lib.load_rank(ckpt_lib.latest(tmp_path / "run"), 0)["data"]
     assert data["remote_shards"] and all(v[0] == PER_SHARD for v in data["remote_shards"].values())
+
+
+def test_a_split_sample_reads_remotely_as_it_does_locally(tmp_path):
+    """A key seen again after other members is `split_sample` on both readers (the stream had its own grouping)."""
+    import io
+    import tarfile
+
+    from vlm.data.reader import scan_shard
+    with tarfile.open(tmp_path / "split.tar", "w") as tf:
+        for name in ("000.txt", "001.txt", "000.jpg", "002.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"x"))
+    local = [(r.key, r.error or "") for r in scan_shard(str(tmp_path / "split.tar"))]
+    remote = [(r.key, getattr(r, "reason", "")) for r in
+              stream_shard(f"pipe:cat {tmp_path}/split.tar", RemoteSettings(timeout=2, retries=0))]
+    assert local == remote == [("000", ""), ("001", ""), ("000", "split_sample"), ("002", "")]

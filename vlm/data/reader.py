@@ -38,7 +38,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlm.data.remote import RemoteContext, is_remote, shard_refs
-from vlm.data.tar import _KEY_EXT, SampleRef, TarBroken, _octal, _pax_records, tar_members  # noqa: F401
+from vlm.data.tar import (  # noqa: F401
+    _KEY_EXT,
+    SampleRef,
+    TarBroken,
+    _octal,
+    _pax_records,
+    split_sample_message,
+    tar_members,
+)
 from vlm.errors import UserError
 
 # Reasons that are not data errors (the sample is fine, the settings drop it): not in the error rate.
@@ -213,8 +221,7 @@ def scan_shard(path: str) -> Iterator[SampleRef]:
 
 def _ref_of(path: str, key: str, members: list, done: set[str]) -> SampleRef:
     if key in done:                         # `tar cf x.tar dir` orders by directory, not by name
-        return SampleRef(path, key, (), "split_sample", f"{path}: key {key!r} appears again after other members: "
-                         "a sample's files must be adjacent in the tar (write it with `tar --sort=name`)")
+        return SampleRef(path, key, (), "split_sample", split_sample_message(path, key))
     return SampleRef(path, key, tuple(members))
 
 

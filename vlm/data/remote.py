@@ -42,7 +42,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from vlm.data.tar import _KEY_EXT, SampleRef, TarBroken, _octal, _pax_records
+from vlm.data.tar import _KEY_EXT, SampleRef, TarBroken, _octal, _pax_records, split_sample_message
 from vlm.errors import UserError
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -271,6 +271,13 @@ def stream_shard(url: str, settings: RemoteSettings, first: int = 0, stop: int |
     past) to `stop` (exclusive; None: the end). A failure is retried from the first byte of the sample
     it broke in; after `settings.retries` failures in a row, one StreamError ends the shard."""
     index, offset, failures = 0, 0, 0                 # next sample, its first byte, failures in a row
+    done: set[str] = set()                            # keys already passed: seen again, a split sample
+
+    def sample(index: int, key: str, members: list, data: list) -> StreamSample | StreamError:
+        if key in done:
+            return StreamError(index, key, "split_sample", split_sample_message(url, key))
+        return StreamSample(index, key, tuple(members), tuple(data))
+
     while stop is None or index < stop:
         reader = None
         key, members, data = None, [], []
@@ -283,7 +290,8 @@ def stream_shard(url: str, settings: RemoteSettings, first: int = 0, stop: int |
                 base, ext = m.groups()
                 if base != key and key is not None:
                     if index >= first:
-                        yield StreamSample(index, key, tuple(members), tuple(data))
+                        yield sample(index, key, members, data)
+                    done.add(key)
                     index, offset, failures = index + 1, start, 0
                     members, data = [], []
                     if stop is not None and index >= stop:
@@ -293,7 +301,7 @@ def stream_shard(url: str, settings: RemoteSettings, first: int = 0, stop: int |
                 data.append(body)
             if key is not None:
                 if index >= first:
-                    yield StreamSample(index, key, tuple(members), tuple(data))
+                    yield sample(index, key, members, data)
                 index += 1
             return
         except TarBroken as e:                       # as `reader.scan_shard`: the sample before is whole

@@ -102,3 +102,9 @@ def _pax_records(body: bytes) -> Iterator[tuple[str, str]]:
         key, _, value = body[sp + 1:i + n - 1].partition(b"=")
         yield key.decode("utf-8", "replace"), value.decode("utf-8", "surrogateescape")
         i += n
+
+
+def split_sample_message(where: str, key: str) -> str:
+    """A key seen again after other members (`tar cf x.tar dir` writes directory order, not name order)."""
+    return (f"{where}: key {key!r} appears again after other members: a sample's files must be adjacent in the "
+            "tar (write it with `tar --sort=name`)")
