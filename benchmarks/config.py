@@ -70,7 +70,7 @@ class EvalConfig(RunConfig):
     models: list[str] = field(default_factory=list, metadata={
         "flag": "--model", "repeat": True, "metavar": "MODEL",
         "help": "checkpoint folder or open_clip:ARCH[:CKPT]; repeat for several"})
-    suite: list[str] = field(default_factory=list, metadata={
+    suite: list[str] | None = field(default_factory=list, metadata={      # None: an older eval_config.yaml
         "flag": "--suite", "repeat": True, "metavar": "NAME",
         "help": "a suite name (see `vlm eval list --suites`); repeat for several"})
     benches: list[str] = field(default_factory=list, metadata={

@@ -104,13 +104,18 @@ def _replace_keys(head: str, updates: dict) -> str | None:
             continue
         out.append(lines[i])
         i += 1
+    try:
+        before = yaml.safe_load(head) or {}
+    except yaml.YAMLError:
+        return None
+    if any(key in before and key not in done for key in updates):   # a quoted / complex key the lines missed
+        return None
     for key in updates:
         if key not in done:
             out.extend(yaml.safe_dump({key: updates[key]}, sort_keys=False, allow_unicode=True, width=100).splitlines())
     text = "\n".join(out) + "\n"
     try:
-        want = {**(yaml.safe_load(head) or {}), **updates}
-        return text if yaml.safe_load(text) == want else None
+        return text if yaml.safe_load(text) == {**before, **updates} else None
     except yaml.YAMLError:
         return None
 

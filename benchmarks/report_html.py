@@ -74,13 +74,12 @@ def _data_uri(mime: str, data: bytes) -> str:
 
 
 def _thumb(data: bytes) -> str | None:
-    from PIL import Image
+    from vlm.modalities import decode_image
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            im.thumbnail((THUMB, THUMB))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=85)
+        im = decode_image(data, (THUMB, THUMB))               # as the model saw it: upright, 16-bit scaled
+        im.thumbnail((THUMB, THUMB))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
     except Exception:                                                  # a broken file: no thumbnail
         return None
     return _data_uri("image/jpeg", buf.getvalue())

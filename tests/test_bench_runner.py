@@ -292,3 +292,8 @@ def test_repeated_suites_are_all_evaluated():
     want += [n for n in get_suite("synthetic-world-music").benchmarks if n not in want]
     assert names == want and len(names) > len(get_suite("synthetic-world-audio").benchmarks)
     assert [b.name for b in resolve(suite="synthetic-world-audio")] == list(get_suite("synthetic-world-audio").benchmarks)
+    # an eval_config.yaml saved before (`suite: null` beside --bench, or one name) still reads
+    from vlm.config import from_dict
+    assert from_dict(EvalConfig, {"out": "x", "suite": None, "benches": ["sw-vqa"]}).suite is None
+    assert [b.name for b in resolve(["sw-vqa"], None)] == ["sw-vqa"]
+    assert from_dict(EvalConfig, {"out": "x", "suite": "synthetic-world-audio"}).suite == ["synthetic-world-audio"]

@@ -221,4 +221,4 @@ def test_deep_and_rotated_images_convert_as_they_look(tmp_path):
     for name in ("deep", "float"):
         row = np.asarray(images[name].convert("L"))[0].astype(float)
         assert abs(row.mean() - 127.5) < 2 and len(set(row.tolist())) > 200, name
-    assert images["phone"].size == (32, 64)                                  # upright, in the shard and decoded
+    assert images["phone"].size == (32, 64)             # the JPEG is kept with its EXIF; decoding turns it

@@ -671,3 +671,23 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
                          "--out", str(tmp_path / "o"), "--max-bad", "-1"], "--max-bad is a fraction"),
                        (["data", "inspect", str(tmp_path / "x.tar"), "--limit", "0"], "--limit must be >= 1")):
         assert vlm_main(argv) == 2 and said in capsys.readouterr().err
+
+
+def test_image_fields_of_every_decodable_extension_are_written(tmp_path):
+    """gif / bmp / tif are image extensions the readers decode; writing a PIL image under one was a bare
+    ValueError traceback."""
+    import glob
+
+    import webdataset as wds
+    from PIL import Image
+
+    from vlm.data.writer import write_samples
+    from vlm.modalities import decode_image
+    img = Image.new("RGB", (6, 4), (250, 10, 10))
+    write_samples([{"__key__": f"k{ext}", ext: img, "txt": "red"} for ext in ("gif", "bmp", "tif", "tiff")], tmp_path)
+    got = {}
+    for s in wds.WebDataset(sorted(glob.glob(str(tmp_path / "*.tar"))), shardshuffle=False):
+        ext = next(k for k in ("gif", "bmp", "tif", "tiff") if k in s)
+        got[ext] = decode_image(s[ext])
+    assert sorted(got) == ["bmp", "gif", "tif", "tiff"]
+    assert all(im.size == (6, 4) and im.getpixel((0, 0))[0] > 200 for im in got.values())

@@ -414,3 +414,46 @@ def test_grounded_recipe_trains_through_the_trainer_and_bad_boxes_are_sample_err
     assert e.value.reason == "bad_bbox"
     with pytest.raises(UserError, match="zooms"):
         build_format("grounded_chat", build("llava", "tiny").processor, 256)
+
+
+def test_a_grounded_box_turns_with_an_exif_orientation():
+    """Decoding applies the EXIF orientation; the box (in the stored pixels, as datasets annotate) was only
+    scaled, so the focus pointed at another crop of the turned image. Every orientation: the box's region in
+    the decoded image is where `upright_box` puts it; the focus equals that of the same picture stored upright."""
+    import numpy as np
+
+    from vlm.data.decode import draft_size_of
+    from vlm.data.formats import build_format
+    from vlm.modalities import decode_image, upright_box
+    w, h, box = 40, 20, (5, 3, 12, 9)
+    a = np.zeros((h, w, 3), np.uint8)
+    a[box[1]:box[3], box[0]:box[2]] = 255
+    for o in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = o
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG", exif=exif)
+        ys, xs = np.nonzero(np.asarray(decode_image(buf.getvalue()))[:, :, 0] > 128)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == upright_box(box, (w, h), o), o
+
+    model = build("dragonfly", "tiny")
+    pre = model.processor.preprocess["image"]
+    fmt = build_format("grounded_chat", model.processor, 256, draft_size_of(pre))
+    g = torch.Generator().manual_seed(0)
+    picture = Image.fromarray(torch.randint(0, 256, (200, 400, 3), generator=g, dtype=torch.uint8).numpy())
+    stored_box = [300, 20, 390, 60]
+    turned = picture.transpose(Image.Transpose.ROTATE_90)        # what orientation 6 undoes, stored sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = io.BytesIO()
+    turned.save(sideways, format="JPEG", exif=exif, quality=95)
+    upright_jpg = io.BytesIO()
+    picture.save(upright_jpg, format="JPEG", quality=95)
+    conv = [{"from": "human", "value": "<image>\nWhat is in the box?"}, {"from": "gpt", "value": "a thing"}]
+    sideways_box = [20, 10, 60, 100]                   # stored_box in the sideways pixels (ROTATE_90 of 400x200)
+    assert upright_box(tuple(sideways_box), turned.size, 6) == tuple(stored_box)
+    items = []
+    for jpg, bbox in ((sideways.getvalue(), sideways_box), (upright_jpg.getvalue(), stored_box)):
+        fields = {"jpg": jpg, "json": json.dumps({"conversations": conv, "labels": {"bbox": bbox}}).encode()}
+        items.append(fmt.make("k", fields, "shard")[0])
+    assert items[0].focus == items[1].focus == [pre.focus(picture.size, stored_box)]

@@ -610,9 +610,14 @@ def test_a_media_folder_as_other_tools_leave_it(setup, tmp_path, capsys):
     assert meta["source"].str.rsplit("/", n=1).str[-1].tolist() == ["a.gif", "b.bmp", "c.tif", "case.JPG", "dup.jpg",
                                                                      "latin.jpg"]
     assert meta["caption"].tolist()[0] == "a gif" and meta["caption"].tolist()[-1] == "caf\ufffd"
-    listed = [s for i in range(2) for s in json.loads((tmp_path / "e" / "stats" / f"stats_{i}.json").read_text())["skipped"]]
-    assert sorted((s["source"].rsplit("/", 1)[-1], s["reason"]) for s in listed) == [
-        ("case.jpg", "duplicate_key"), ("dup.png", "duplicate_key"), ("z.jpg", "unreadable_file")]
+    stats = [json.loads((tmp_path / "e" / "stats" / f"stats_{i}.json").read_text()) for i in range(2)]
+    listed = [s for p in stats for s in p["skipped"]]
+    assert [(s["source"].rsplit("/", 1)[-1], s["reason"]) for s in listed] == [("z.jpg", "unreadable_file")]
+    left = [s for p in stats for s in p["left_out_files"]]        # files, not samples: rows + skipped = samples
+    assert sorted((s["source"].rsplit("/", 1)[-1], s["reason"]) for s in left) == [
+        ("case.jpg", "duplicate_file"), ("dup.png", "duplicate_file")]
+    assert res.rows + res.skipped == 7
+    assert json.loads((tmp_path / "e" / "stats" / "summary.json").read_text())["left_out_files"] == 2
     # the row of case.JPG is case.JPG's embedding (the two files differ)
     Image.new("RGB", (40, 30), (20, 20, 200)).save(src / "case.jpg", format="JPEG")
     os.unlink(src / "z.jpg")
@@ -624,8 +629,8 @@ def test_a_media_folder_as_other_tools_leave_it(setup, tmp_path, capsys):
     want = emb.embed(images=[str(src / "case.JPG")])[0]
     assert np.abs(rows[3].astype(np.float32) - want).max() < 2e-3
     # an item past the LLM's context is refused before any forward (vlm embed lists it as too_long)
-    prep = emb.backend.preparer()
-    assert prep.context == 2048
+    assert emb.backend.preparer(within_context=True).context == 2048
+    assert emb.backend.preparer().context is None      # the API and the benchmarks embed a long item as before
     small = VLMPreparer(emb.backend.model.processor, context=40)
     with pytest.raises(ItemTooLong, match="past the model's context of 40 tokens"):
         small([Item(text="word " * 60)])

@@ -151,3 +151,8 @@ def test_regenerating_keeps_the_front_matter_as_written(tmp_path):
     assert meta["vlm-results"] == ["results/m.jsonl", "results/m-extra.jsonl"] and meta["license"] == "mit"
     assert "# the Hub reads this card" in head and "- a  # first" in head
     assert {m["name"] for m in meta["model-index"]} == {"A", "B"}
+    # a quoted key the line edit does not match: the whole front matter is dumped (no duplicate, stale key)
+    card.write_text('---\nlicense: mit\n"model-index":\n- name: old\n  results: []\nvlm-results: [results/m.jsonl]\n---\n# m\n')
+    regenerate(card)
+    text = card.read_text()
+    assert "old" not in text and text.count("model-index") == 1 and not check(card)

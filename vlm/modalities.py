@@ -69,27 +69,45 @@ def to_rgb(img):
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def orientation(img) -> int:
+    """The EXIF orientation of an opened image (1: as stored; 2-8: flipped / turned; damaged EXIF: 1)."""
+    try:
+        o = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001  damaged EXIF: the pixels are still fine
+        return 1
+    return o if o in (1, 2, 3, 4, 5, 6, 7, 8) else 1
+
+
 def upright(img):
     """The image as it is meant to be seen: an EXIF orientation (a phone photo taken sideways) applied."""
     from PIL import ImageOps
-    try:
-        orientation = img.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001  damaged EXIF: the pixels are still fine
-        return img
-    return ImageOps.exif_transpose(img) if orientation in (2, 3, 4, 5, 6, 7, 8) else img
+    return ImageOps.exif_transpose(img) if orientation(img) != 1 else img
+
+
+def upright_box(box: tuple[float, float, float, float], size: tuple[int, int], o: int) -> tuple[float, ...]:
+    """A [left, top, right, bottom] box in the stored pixels of a (w, h) image -> the same region in the image
+    `upright` makes of it (what PIL's exif_transpose does for EXIF orientation o)."""
+    w, h = size
+    points = {1: lambda x, y: (x, y), 2: lambda x, y: (w - x, y), 3: lambda x, y: (w - x, h - y),
+              4: lambda x, y: (x, h - y), 5: lambda x, y: (y, x), 6: lambda x, y: (h - y, x),
+              7: lambda x, y: (h - y, w - x), 8: lambda x, y: (y, w - x)}[o]
+    (x0, y0), (x1, y1) = points(box[0], box[1]), points(box[2], box[3])
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
 def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
-    """bytes -> RGB PIL image. `draft_size` (w, h): let the JPEG decoder scale down by 1/2..1/8 while
-    staying >= that size (DCT-domain scaling: most of the decode cost of a big JPEG goes away)."""
+    """bytes -> RGB PIL image, upright (its EXIF orientation applied). `draft_size` (w, h) of the upright
+    image: let the JPEG decoder scale down by 1/2..1/8 while staying >= that size (DCT-domain scaling: most of
+    the decode cost of a big JPEG goes away)."""
     from PIL import Image
 
     try:
         img = Image.open(io.BytesIO(data))
+        o = orientation(img)
         if draft_size is not None and img.format == "JPEG":
-            img.draft("RGB", draft_size)
+            img.draft("RGB", draft_size if o < 5 else draft_size[::-1])     # 5-8 turn the image a quarter
         img.load()                          # decode here: a truncated file fails now, not in the encoder's resize
-        return to_rgb(upright(img))
+        return to_rgb(upright(img) if o != 1 else img)
     except MediaError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...

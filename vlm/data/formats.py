@@ -49,8 +49,10 @@ from vlm.modalities import (
     MODALITIES,
     PLACEHOLDER_RE,
     media_order,
+    orientation,
     placeholder_modalities,
     short_error,
+    upright_box,
 )
 from vlm.registry import Registry
 
@@ -175,7 +177,8 @@ class GroundedChatFormat(ChatFormat):
     """`chat` plus, per image, the high-resolution crop that holds the centre of the sample's `bbox`
     (`sample_box`): `batch["focus"]` [N_images] (-1 where a sample has no box, and for its later images),
     in the order of `batch["media"]["image"]`. The model's image preprocess must have `focus(size, box)`
-    (the zoom connector's). Boxes are in the stored image's pixels; a draft-decoded image scales them."""
+    (the zoom connector's). Boxes are in the stored image's pixels (as datasets annotate them); an EXIF
+    orientation turns them with the pixels, a draft-decoded image scales them."""
 
     def __init__(self, processor, max_len, draft_size=None):
         super().__init__(processor, max_len, draft_size)
@@ -193,8 +196,11 @@ class GroundedChatFormat(ChatFormat):
         focus = [-1] * len(images)
         if box is not None and images:
             first = media_fields(fields)["image"][0]
-            with Image.open(io.BytesIO(fields[first])) as stored:       # the header only: the stored size
-                sx, sy = images[0].size[0] / stored.size[0], images[0].size[1] / stored.size[1]
+            with Image.open(io.BytesIO(fields[first])) as stored:       # the header only: size, orientation
+                o = orientation(stored)
+                box = upright_box(box, stored.size, o)                  # decoding turned the pixels: turn the box
+                w, h = stored.size if o < 5 else stored.size[::-1]
+            sx, sy = images[0].size[0] / w, images[0].size[1] / h
             focus[0] = self.image.focus(images[0].size, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
         p, converted = self.process(raw)
         return Grounded(p.input_ids, p.labels, p.media, focus), converted

@@ -60,7 +60,8 @@ class Audio:
 # ---------------------------------------------------------------------------------------------
 
 def encode_image(image, ext: str = "jpg", quality: int = 90) -> bytes:
-    """PIL image -> bytes of `ext` (jpg/png/webp); deterministic for the same pixels."""
+    """PIL image -> bytes of `ext` (jpg/png/webp, or gif/bmp/tif which the decoders read too); deterministic
+    for the same pixels."""
     buf = io.BytesIO()
     image = image.convert("RGB")
     if ext in ("jpg", "jpeg"):
@@ -69,6 +70,8 @@ def encode_image(image, ext: str = "jpg", quality: int = 90) -> bytes:
         image.save(buf, format="PNG", optimize=False)
     elif ext == "webp":
         image.save(buf, format="WEBP", quality=quality, method=4)
+    elif ext in ("gif", "bmp", "tif", "tiff"):
+        image.save(buf, format={"tif": "TIFF", "tiff": "TIFF"}.get(ext, ext.upper()))
     else:
         raise ValueError(f"not an image extension: {ext}")
     return buf.getvalue()

@@ -97,7 +97,8 @@ class Backend:
     def load(self) -> None:
         """Build / read the weights now (otherwise on first use)."""
 
-    def preparer(self):  # pragma: no cover - interface
+    def preparer(self, within_context: bool = False):  # pragma: no cover - interface
+        """`within_context`: refuse (ItemTooLong) an item longer than the model reads, where it has a limit."""
         raise NotImplementedError
 
     def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - interface
@@ -142,8 +143,8 @@ class VLMPreparer:
             rows.append(proc.from_turns([{"role": "user", "text": it.prompt()}], media, add_generation_prompt=True,
                                         key="item", preprocessed=True))
             if self.context and len(rows[-1].input_ids) > self.context:   # (a 10-minute clip: 15,000 tokens)
-                raise ItemTooLong(f"item {i}: its prompt is {len(rows[-1].input_ids)} tokens (media included), past "
-                                  f"the model's context of {self.context} tokens")
+                raise ItemTooLong(f"its prompt is {len(rows[-1].input_ids)} tokens (media included), past the "
+                                  f"model's context of {self.context} tokens")
         return collate(rows, self.pad_id)
 
     def _preprocess(self, m: str, raws: list, defer: bool) -> list[torch.Tensor]:
@@ -234,8 +235,11 @@ class VLMBackend(Backend):
         from vlm.llm import base_model
         return int(base_model(self.model.llm).config.get_text_config().hidden_size)
 
-    def preparer(self) -> VLMPreparer:
-        return VLMPreparer(self.model.processor, getattr(self.model.llm.config, "max_position_embeddings", None))
+    def preparer(self, within_context: bool = False) -> VLMPreparer:
+        """`within_context`: an item whose prompt exceeds the LLM's context is refused (ItemTooLong; `vlm embed`
+        skips it as too_long); otherwise it is embedded as the API and the benchmarks always have."""
+        context = getattr(self.model.llm.config, "max_position_embeddings", None) if within_context else None
+        return VLMPreparer(self.model.processor, context)
 
     @torch.inference_mode()
     def forward(self, batch: dict) -> torch.Tensor:
@@ -408,8 +412,8 @@ class OpenClipBackend(Backend):
         self.load()
         return self._preprocess(image)                                      # [3, H, W]
 
-    def preparer(self) -> OpenClipPreparer:
-        self.load()
+    def preparer(self, within_context: bool = False) -> OpenClipPreparer:
+        self.load()                    # (open_clip's tokenizer cuts a text at its context itself)
         return OpenClipPreparer(self._preprocess, self._tokenizer)
 
     @torch.inference_mode()

@@ -78,7 +78,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("skipped_by_reason", {}).items()))
     print(f"embedded {res.rows:,} samples into {len(res.written)} part(s) of {res.parts} in {res.seconds:.1f} s "
           f"({res.items_per_s:,.0f} items/s, {res.model_seconds / max(res.seconds, 1e-9):.0%} of the time in the model); "
-          f"skipped {res.skipped}" + (f" ({reasons}; listed in {cfg.out}/stats/)" if res.skipped else ""))
+          f"skipped {res.skipped}" + (f" ({reasons}; listed in {cfg.out}/stats/)" if res.skipped else "")
+          + (f"; {summary['left_out_files']} file(s) left out beside a sample's own (left_out_files in {cfg.out}/stats/)"
+             if summary.get("left_out_files") else ""))
     if summary and summary["parts_done"] == summary["parts"] and summary["rows"] == 0:   # finished, nothing in it
         from vlm.errors import UserError
         raise UserError(f"{cfg.input}: nothing could be embedded, every sample was skipped ({reasons or 'none read'}; "

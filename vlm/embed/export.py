@@ -10,7 +10,7 @@ the same sample):
     OUT/text_emb/text_emb_N.npy       (with --modality text: the sample's caption)
     OUT/audio_emb/audio_emb_N.npy ... (audio / music / video likewise)
     OUT/metadata/metadata_N.parquet   key, caption, source (the shard or file the sample came from)
-    OUT/stats/stats_N.json            rows, seconds, and every skipped sample with its reason
+    OUT/stats/stats_N.json            rows, every skipped sample with its reason, files left out beside a sample's own
     OUT/run.json                      model, fingerprint, instruction, modalities, dim, the part plan
 N is zero-padded to log10(parts) + 1 digits, so names sort in part order.
 
@@ -58,6 +58,9 @@ from vlm.modalities import (
 # clip-retrieval's folder prefixes: img_emb / text_emb; the other modalities by their name
 PREFIX = {"image": "img", "text": "text", **{m: m for m in MODALITIES if m != "image"}}
 TEXT_EXTENSIONS = ("txt",)
+# a media folder's second file of one kind under a name stem (case.JPG beside case.jpg): listed in the part's
+# stats as a left-out file, not a skipped sample (the sample is the first file)
+DUPLICATE_FILE = "duplicate_file"
 
 
 def emb_dir(modality: str) -> str:
@@ -244,7 +247,7 @@ class WindowReader(torch.utils.data.IterableDataset):
                 key = files[0].rsplit(".", 1)[0]
                 kept, extra = _one_file_per_kind(files)
                 for f in extra:                 # a.jpg + a.png: one sample per name stem; the others listed
-                    yield key, str(root / f), None, "duplicate_key", (f"{f}: {kept[_kind(f)]} has the same name stem "
+                    yield key, str(root / f), None, DUPLICATE_FILE, (f"{f}: {kept[_kind(f)]} has the same name stem "
                                                                       "(one sample per stem)")
                 media = [f for k, f in kept.items() if k in ("image", "audio", "video")]
                 where = str(root / (media[0] if media else files[0]))     # the media file, not its caption
@@ -305,7 +308,11 @@ class WindowReader(torch.utils.data.IterableDataset):
         hi = min(lo + self.batch_size, part.stop)
         rows: list[tuple[str, str, str, dict[str, Item]]] = []        # key, caption, source, items
         skipped: list[dict] = []
+        left_out: list[dict] = []                       # files beside a sample's own (not samples: not counted)
         for key, source, fields, reason, message in self.samples(part, lo, hi):
+            if reason == DUPLICATE_FILE:
+                left_out.append({"key": key, "source": source, "reason": reason, "message": message})
+                continue
             if fields is None:
                 skipped.append({"key": key, "source": source, "reason": reason, "message": message})
                 continue
@@ -332,7 +339,7 @@ class WindowReader(torch.utils.data.IterableDataset):
                     survivors = []
                 rows = survivors
         return {"part": part.index, "window": j, "keys": [r[0] for r in rows], "captions": [r[1] for r in rows],
-                "sources": [r[2] for r in rows], "batches": batches, "skipped": skipped}
+                "sources": [r[2] for r in rows], "batches": batches, "skipped": skipped, "left_out": left_out}
 
     def _survivors(self, rows: list, skipped: list[dict], kw: dict) -> list:
         good = []
@@ -552,7 +559,8 @@ def export(cfg) -> ExportResult:
     names = [part_name(p.index, len(plan.parts)) for p in plan.parts]
     mine, redone = parts_to_do(out, plan, names, world, rank, modalities, dim, dtype)
     total = sum(p.stop - p.start for p in mine)
-    reader = WindowReader(plan, mine, backend.preparer(), modalities, cfg.instruction, cfg.batch_size)
+    reader = WindowReader(plan, mine, backend.preparer(within_context=True), modalities, cfg.instruction,
+                          cfg.batch_size)
     workers = min(cfg.num_workers, sum(windows(p, cfg.batch_size) for p in mine))
     loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers,
                                          prefetch_factor=4 if workers else None,
@@ -577,7 +585,8 @@ def export(cfg) -> ExportResult:
             lost = [s for c in done for s in c["skipped"]]
             keys = [k for c in done for k in c["keys"]]
             stats = {"part": part.index, "source": part.source, "samples": [part.start, part.stop], "rows": len(keys),
-                     "skipped": lost, "skipped_by_reason": dict(Counter(s["reason"] for s in lost))}
+                     "skipped": lost, "skipped_by_reason": dict(Counter(s["reason"] for s in lost)),
+                     "left_out_files": [x for c in done for x in c.get("left_out", [])]}
             write_part(out, names[part.index], modalities, {m: [c["emb"][m] for c in done if c["keys"]] for m in modalities},
                        dim, dtype, keys, [x for c in done for x in c["captions"]],
                        [x for c in done for x in c["sources"]], stats)
@@ -608,7 +617,8 @@ def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> N
     for p in parts:
         reasons.update(p["skipped_by_reason"])
     summary = {"parts": count, "parts_done": len(parts), "rows": sum(p["rows"] for p in parts),
-               "skipped": sum(len(p["skipped"]) for p in parts), "skipped_by_reason": dict(reasons)}
+               "skipped": sum(len(p["skipped"]) for p in parts), "skipped_by_reason": dict(reasons),
+               "left_out_files": sum(len(p.get("left_out_files", [])) for p in parts)}
     _atomic(out / "stats" / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
 
 
