@@ -248,3 +248,26 @@ def test_a_stage_cannot_remake_the_lora_adapters_its_init_checkpoint_has(tmp_pat
         trained = [n for n, p in check_model(load_recipe("vlm2vec-tiny", base + same, check_files=False))
                    .named_parameters() if p.requires_grad and n.startswith("llm.")]
         assert trained and all("lora_" in n for n in trained)
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_grad_cache_keeps_one_chunk_of_activations_at_a_time():
+    """The README's claim (a big batch in the memory of one chunk): the second pass kept the previous chunk's
+    graph alive while it built the next, twice the activations of a chunk. Counted as the study counts them
+    (bytes autograd saves for backward, live at once): the step's peak is one chunk's."""
+    from pathlib import Path
+
+    import vlm
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "studies"))
+    from gradcache_memory import SavedBytes, pair_batch, step
+
+    from vlm.train.objectives.contrastive import slice_rows
+    torch.manual_seed(0)
+    model = vlm.build("vlm2vec", "tiny").train()
+    batch = pair_batch(model, 24)
+    _, peak, _ = step(model, batch, 6)
+    one = SavedBytes(model.parameters())
+    sub = slice_rows(batch["query"], 0, 6, model.processor.template.placeholder_id, model.processor.num_media_tokens)
+    with torch.autograd.graph.saved_tensors_hooks(one.pack, one.unpack):
+        model.embed(**sub).sum().backward()                         # the biggest chunk: 6 image queries
+    assert one.peak > 0 and peak < 1.1 * one.peak, (peak, one.peak)

@@ -13,12 +13,13 @@ loss of its own queries only, so 2 ranks x b pairs make the same update as 1 ran
 GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup";
 luyug/GradCache), `chunk_size` > 0: the loss couples every embedding of the batch, but its gradient
 factors as dL/dtheta = sum_i (dL/ds_i)^T ds_i/dtheta. So
-  1. embed the batch in chunks of `chunk_size` prompts without a graph (the RNG state before each
-     chunk is kept, so dropout draws the same masks again in step 3);
+  1. embed the batch in chunks of `chunk_size` prompts, each chunk's graph dropped at once (kept only
+     long enough to see whether the chunk reaches a trainable weight; the RNG state before each chunk is
+     kept, so dropout draws the same masks again in step 3);
   2. compute the loss over all the (detached) embeddings s_i and backpropagate it to them only: the
      cache u_i = dL/ds_i (the cross-rank gather happens here);
-  3. re-embed each chunk with a graph and backpropagate the surrogate sum_i s_i . u_i, which has the
-     same parameter gradient as the chunk's share of the loss.
+  3. re-embed each chunk that reaches a trainable weight with a graph and backpropagate the surrogate
+     sum_i s_i . u_i at once, which has the same parameter gradient as the chunk's share of the loss.
 Activations of one chunk are alive at a time, so a batch of 1,024 pairs trains in the memory of 32;
 the loss and the gradients equal the one-pass ones (tests/test_vlm2vec.py: 64 pairs in 8 chunks).
 
@@ -47,6 +48,10 @@ from vlm.train.objectives.base import (
     Objective,
     ObjectiveOutput,
 )
+
+
+def _keep_nothing(_) -> None:
+    """saved_tensors_hooks pack / unpack of a graph never backpropagated: no activation is kept."""
 
 
 @dataclass
@@ -153,31 +158,42 @@ class Contrastive(Objective):
             n = sub["input_ids"].shape[0]
             chunks += [(side, slice_rows(sub, i, min(i + size, n), proc.template.placeholder_id,
                                          proc.num_media_tokens)) for i in range(0, n, size)]
-        # 1. embeddings without a graph, each chunk's RNG state kept
-        states, reps = [], {"query": [], "target": []}
-        with torch.no_grad():
+        # 1. the embeddings, each chunk's RNG state kept; built with a graph only to learn whether the chunk reaches
+        # a trainable weight (text queries while only the image projector trains do not): a graph that saves no
+        # activation (the hooks keep nothing), dropped at once. When the LLM's decoder stack trains, every chunk
+        # passes through it: no graph is needed to know
+        states, reps, needs = [], {"query": [], "target": []}, []
+        probe = not any(p.requires_grad for p in model.parts.backbone.parameters())
+        with (torch.enable_grad() if probe else torch.no_grad()), \
+                torch.autograd.graph.saved_tensors_hooks(_keep_nothing, _keep_nothing):
             for side, sub in chunks:
                 states.append(RandState(sub["input_ids"].device))
-                reps[side].append(model.embed(**sub))
-        leaves = {s: torch.cat(r).detach().requires_grad_() for s, r in reps.items()}
+                e = model.embed(**sub)
+                needs.append(e.requires_grad or not probe)
+                reps[side].append(e.detach())
+                del e                                                      # its graph goes before the next chunk's
+        if not any(needs):
+            raise UserError(f"objective 'contrastive': {NO_GRADIENT}")
+        leaves = {s: torch.cat(r).requires_grad_() for s, r in reps.items()}
         # 2. the loss over the whole batch, backpropagated to the embeddings only: the gradient cache
         with torch.enable_grad():
             loss, hits = self.scores(leaves["query"], leaves["target"])
             loss.backward()
         cache = {s: iter(leaves[s].grad.split([r.shape[0] for r in reps[s]])) for s in reps}
-        # 3. each chunk again with a graph; surrogate s . u has the chunk's share of the parameter gradient (a chunk
-        # whose embedding no trainable weight reaches, e.g. text queries while only the image projector trains,
-        # has none); the last one with a graph is returned for the trainer's backward
-        pending = None
-        for (side, sub), state in zip(chunks, states):
+        # 3. each chunk that reaches a trainable weight again, with a graph: the surrogate s . u has its share of the
+        # parameter gradient, backpropagated at once (one chunk's graph alive at a time); the last one's is
+        # returned for the trainer's backward
+        last = max(i for i, n in enumerate(needs) if n)
+        for i, ((side, sub), state) in enumerate(zip(chunks, states)):
+            u = next(cache[side])
+            if not needs[i]:
+                continue
             with state.replay():
                 s = model.embed(**sub)                                     # [c, D]
-            u = next(cache[side])
-            if not s.requires_grad:
-                continue
-            if pending is not None:
-                pending.backward()
-            pending = (s * u).sum()
-        if pending is None:
-            raise UserError(f"objective 'contrastive': {NO_GRADIENT}")
-        return loss.detach() + (pending - pending.detach()), hits
+            if not s.requires_grad:             # the decoder trains but nothing of it is on the embedding's path
+                raise UserError(f"objective 'contrastive': {NO_GRADIENT}")
+            surrogate = (s * u).sum()
+            if i == last:
+                return loss.detach() + (surrogate - surrogate.detach()), hits
+            surrogate.backward()
+        raise AssertionError("unreachable: the last chunk with a gradient returns")
