@@ -21,7 +21,7 @@ def default_cache_dir() -> Path:
 @dataclass
 class RunConfig:
     """How a run evaluates (the `vlm eval` flags beyond which models and benchmarks: `EvalConfig`)."""
-    out: str = field(metadata={"help": "output folder (results/, aggregate.parquet, report.md, chart.png)"})
+    out: str = field(metadata={"help": "output folder (results/, aggregate.parquet, results.jsonl, report.md, report.html, chart.png)"})
     data: str | None = field(default=None, metadata={
         "help": "synthetic-world folder (default $VLM_SYNTHETIC_WORLD or data/synthetic-world)"})
     bench_root: str | None = field(default=None, metadata={

@@ -213,8 +213,9 @@ def sample_media(sample: Sample, prompt: str) -> dict[str, list]:
     """The raw media a prompt's placeholders take, in order (the [Contract] of `vlm.modalities`)."""
     try:
         return decode_media(placeholder_modalities(prompt), sample.fields, strict=False)
-    except SampleError as e:
-        raise UserError(f"{sample.shard}: sample {sample.key}: {e}") from None
+    except SampleError as e:                 # a file that does not decode: BadMedia (tasks may skip the sample)
+        kind = BadMedia if e.reason in ("bad_image", "bad_audio", "bad_video") else UserError
+        raise kind(f"{sample.shard}: sample {sample.key}: {e}") from None
 
 
 def first_turn(meta: dict[str, Any], where: str) -> tuple[str, str]:

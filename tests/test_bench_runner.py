@@ -297,3 +297,29 @@ def test_repeated_suites_are_all_evaluated():
     assert from_dict(EvalConfig, {"out": "x", "suite": None, "benches": ["sw-vqa"]}).suite is None
     assert [b.name for b in resolve(["sw-vqa"], None)] == ["sw-vqa"]
     assert from_dict(EvalConfig, {"out": "x", "suite": "synthetic-world-audio"}).suite == ["synthetic-world-audio"]
+
+
+def test_a_question_whose_image_does_not_decode_is_skipped_and_counted(tmp_path):
+    """The generative and likelihood tasks stopped the whole evaluation at one undecodable image (exit 2),
+    where the zero-shot tasks skip and count it."""
+    import webdataset as wds
+
+    import vlm
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    from vlm.data.synthetic import build_synthetic_world
+    world = tmp_path / "sw"
+    build_synthetic_world(world, samples=20, seed=0, eval_per_task=3, splits=("test",), workers=1,
+                          classification=False, tasks=["color"])
+    shard = world / "test" / "shard-000000.tar"
+    samples = list(wds.WebDataset(str(shard), shardshuffle=False))
+    with wds.TarWriter(str(shard)) as w:
+        for i, s in enumerate(samples):
+            w.write({k: (b"\xff\xd8 not a jpeg" if k == "jpg" and i == 1 else v) for k, v in s.items()
+                     if not k.startswith("__") or k == "__key__"})
+    ckpt = vlm.build("llava", "tiny", audio=None, music=None, video=None).save_pretrained(tmp_path / "m")
+    cfg = RunConfig(out=tmp_path / "out", data=str(world), cache=False, progress=False, batch_size=2)
+    res = evaluate([str(ckpt)], [get_benchmark("sw-vqa-color"), get_benchmark("sw-vqa-mc")], cfg)
+    for _, row in res.table.iterrows():
+        metrics = json.loads(row["metrics"])
+        assert row["status"] == "ok" and metrics["skipped_bad_media"] == 1.0 and metrics["n"] == 2.0, row.to_dict()

@@ -325,6 +325,9 @@ def test_index_choice_follows_count_and_budget():
     assert choose(1_000_000, 64, parse_bytes("400M")).factory == "HNSW20"
     small = choose(1_000_000, 64, parse_bytes("40M"))
     assert small.kind == "ivfpq" and small.bytes <= parse_bytes("40M")
+    from vlm.errors import UserError      # 40 vectors as IVF-PQ: faiss's training traceback before; one line now
+    with pytest.raises(UserError, match="IVF-PQ index needs at least 256 vectors to train, this one has 40"):
+        choose(40, 64, parse_bytes("4G"), kind="ivfpq")
 
 
 @pytest.mark.usefixtures("one_intra_op_thread")

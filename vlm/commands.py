@@ -121,7 +121,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("list", help="list registered encoders, families, recipes or benchmarks",
+    p = sub.add_parser("list", help="list registered encoders, families, recipes, benchmarks, objectives or connectors",
                        description="List registered things, each with its modality and a one-line description.")
     p.add_argument("what", choices=list(_listers()))
     p.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern, e.g. 'timm:*'")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.data import Sample, data_hash, first_turn, sample_media
+from benchmarks.data import BadMedia, Sample, data_hash, first_turn, sample_media
 from benchmarks.metrics import bleu, cider, exact_match, rouge_l, vqa_match
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, TaskResult, bar, load_samples
@@ -52,21 +52,41 @@ def _mean(rows: list[dict[str, Any]], k: str) -> float:
     return sum(float(r[k]) for r in rows) / len(rows) if rows else float("nan")
 
 
+def _decodable(s: Sample, prompt: str, bad: list[str]) -> dict | None:
+    """The sample's media for `prompt`, or None when a file does not decode (the sample is left out and
+    counted as `skipped_bad_media`, as the zero-shot tasks skip a bad image; never the end of the benchmark)."""
+    try:
+        return sample_media(s, prompt)
+    except BadMedia as e:
+        bad.append(str(e))
+        return None
+
+
+def _bad_metrics(bad: list[str]) -> dict[str, float]:
+    return {"skipped_bad_media": float(len(bad))} if bad else {}
+
+
 def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
     suffix, max_new = bench.options.get("prompt_suffix", ""), int(bench.options.get("max_new_tokens", 16))
     bs = int(bench.options.get("batch_size", min(ctx.batch_size, 8)))
     rows: list[dict[str, Any]] = []
+    bad: list[str] = []
     with bar(ctx, bench.name, len(samples), "q") as pbar:
         for i in range(0, len(samples), bs):
             chunk = samples[i:i + bs]
             metas = [s.meta() for s in chunk]
             pg = [prompt_for(m, suffix, f"{s.shard}: sample {s.key}") for s, m in zip(chunk, metas)]
-            preds = model.generate([(p, sample_media(s, p)) for s, (p, _) in zip(chunk, pg)], max_new, batch_size=bs)
-            for s, m, (p, gold), pred in zip(chunk, metas, pg, preds):
+            todo = [(s, m, pgi, media) for s, m, pgi in zip(chunk, metas, pg)
+                    if (media := _decodable(s, pgi[0], bad)) is not None]
+            preds = model.generate([(p, media) for _, _, (p, _), media in todo], max_new, batch_size=bs) if todo else []
+            for (s, m, (p, gold), _), pred in zip(todo, preds):
                 rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred,
                                  n_choices=len(m.get("choices") or []), **score_answer(pred, gold)))
             pbar.update(len(chunk))
-    metrics = {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"), "n": float(len(rows))}
+    if not rows and bad:
+        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
+    metrics = {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"), "n": float(len(rows)),
+               **_bad_metrics(bad)}
     if rows and all(r["n_choices"] for r in rows):         # a closed answer set: guessing uniformly among it
         metrics["chance"] = _mean([{"c": 1 / r["n_choices"]} for r in rows], "c")
     return TaskResult(rows, metrics)
@@ -75,6 +95,7 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -
 def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
     suffix = bench.options.get("prompt_suffix", "")
     rows: list[dict[str, Any]] = []
+    bad: list[str] = []
     with bar(ctx, bench.name, len(samples), "q") as pbar:
         for s in samples:
             m = s.meta()
@@ -82,15 +103,20 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> 
             if not choices:
                 raise UserError(f"{s.shard}: sample {s.key} has no 'choices' (needed by mode loglik)")
             prompt, gold = prompt_for(m, suffix, f"{s.shard}: sample {s.key}")
-            media = sample_media(s, prompt)
+            media = _decodable(s, prompt, bad)
+            if media is None:
+                pbar.update(1)
+                continue
             ll = model.loglikelihood([(prompt, media, c) for c in choices])
             best = max(range(len(choices)), key=lambda j: ll[j][0])
             rows.append(dict(key=s.key, task=m.get("task", ""), gold=gold, pred=choices[best],
                              correct=float(choices[best] == gold), n_choices=len(choices),
                              logprob_gold=ll[choices.index(gold)][0] if gold in choices else float("nan")))
             pbar.update(1)
+    if not rows and bad:
+        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
     return TaskResult(rows, {"accuracy": _mean(rows, "correct"), "chance": _mean([{"c": 1 / r["n_choices"]} for r in rows], "c"),
-                             "n": float(len(rows))})
+                             "n": float(len(rows)), **_bad_metrics(bad)})
 
 
 def _caption_prompt(bench: Benchmark, s: Sample) -> str:
@@ -106,17 +132,26 @@ def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context) ->
     if not kept:
         raise UserError(f"benchmark {bench.name}: no sample has a reference caption")
     preds: list[str] = []
+    bad: list[str] = []
+    done: list[tuple[Sample, list[str]]] = []
     with bar(ctx, bench.name, len(kept), "clip") as pbar:
         for i in range(0, len(kept), bs):
             chunk = kept[i:i + bs]
-            prompts = [_caption_prompt(bench, s) for s, _ in chunk]
-            preds += model.generate([(p, sample_media(s, p)) for (s, _), p in zip(chunk, prompts)], max_new, batch_size=bs)
+            todo = [(s, r, p, media) for (s, r), p in zip(chunk, [_caption_prompt(bench, s) for s, _ in chunk])
+                    if (media := _decodable(s, p, bad)) is not None]
+            if todo:
+                preds += model.generate([(p, media) for _, _, p, media in todo], max_new, batch_size=bs)
+                done += [(s, r) for s, r, _, _ in todo]
             pbar.update(len(chunk))
+    if not done:
+        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
+    kept = done
     refs = [r for _, r in kept]
     corpus_cider, per = cider(preds, refs)
     rouge, _ = rouge_l(preds, refs)
     rows = [dict(key=s.key, pred=p, reference=r[0], cider=c) for (s, r), p, c in zip(kept, preds, per)]
-    return TaskResult(rows, {"cider": corpus_cider, "bleu": bleu(preds, refs), "rouge_l": rouge, "n": float(len(rows))})
+    return TaskResult(rows, {"cider": corpus_cider, "bleu": bleu(preds, refs), "rouge_l": rouge, "n": float(len(rows)),
+                             **_bad_metrics(bad)})
 
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:

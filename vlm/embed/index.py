@@ -150,6 +150,9 @@ def choose(n: int, d: int, budget: int, kind: str = "auto", exact_max: int = 50_
         m = max(8, min(32, links))
         return Choice("hnsw", f"HNSW{m}", {"M": m, "efConstruction": 80}, n * (4 * d + 8 * m))
     nlist = 2 ** max(4, min(16, round(math.log2(4 * math.sqrt(n)))))
+    if n < max(256, nlist):             # PQ's 8-bit codebooks train 256 centroids; IVF one per list
+        raise UserError(f"an IVF-PQ index needs at least {max(256, nlist):,} vectors to train, this one has {n:,}: "
+                        "use --kind flat (exact) or hnsw")
     fits = [m for m in range(1, d + 1) if d % m == 0 and n * (m + 8) + nlist * d * 4 <= budget]
     if not fits:
         raise UserError(f"{n:,} vectors of dimension {d} do not fit in {budget / 2**20:.0f} MiB even as "
