@@ -110,9 +110,9 @@ def _replace_keys(head: str, updates: dict) -> str | None:
         return None
     if any(key in before and key not in done for key in updates):   # a quoted / complex key the lines missed
         return None
-    for key in updates:
+    for key, value in updates.items():
         if key not in done:
-            out.extend(yaml.safe_dump({key: updates[key]}, sort_keys=False, allow_unicode=True, width=100).splitlines())
+            out.extend(yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True, width=100).splitlines())
     text = "\n".join(out) + "\n"
     try:
         return text if yaml.safe_load(text) == {**before, **updates} else None

@@ -93,7 +93,7 @@ def build_mert_folder(target: str, *, weights: str | None = None, feature_layer:
     return enc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _note_rate_assumed(folder: str) -> None:
     """Said once per folder: HuBERT-shaped checkpoints are trained at 16 kHz (HuBERT, wav2vec2) or 24 kHz
     (MERT), and a folder that does not say which is read at MERT's rate."""

@@ -42,7 +42,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from vlm.data.tar import _KEY_EXT, SampleRef, TarBroken, _octal, _pax_records, split_sample_message
+from vlm.data.tar import (
+    _KEY_EXT,
+    SampleRef,
+    TarBroken,
+    _octal,
+    _pax_records,
+    split_sample_message,
+)
 from vlm.errors import UserError
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

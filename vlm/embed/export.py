@@ -99,7 +99,10 @@ def _media_groups(folder: Path) -> list[list[str]]:
     import sys
     groups: dict[str, list[str]] = {}
     unread: list[str] = []
-    for root, dirs, files in os.walk(folder, onerror=lambda e: unread.append(f"{e.filename} (unreadable)")):
+    def note(e: OSError) -> None:
+        unread.append(f"{e.filename} (unreadable)")
+
+    for root, dirs, files in os.walk(folder, onerror=note):
         dirs.sort()
         unread += [f"{os.path.join(root, d)} (a symlink)" for d in dirs if os.path.islink(os.path.join(root, d))]
         for f in sorted(files):
