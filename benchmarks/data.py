@@ -214,7 +214,7 @@ def sample_media(sample: Sample, prompt: str) -> dict[str, list]:
     try:
         return decode_media(placeholder_modalities(prompt), sample.fields, strict=False)
     except SampleError as e:                 # a file that does not decode: BadMedia (tasks may skip the sample)
-        kind = BadMedia if e.reason in ("bad_image", "bad_audio", "bad_video") else UserError
+        kind = BadMedia if e.reason in {f"bad_{k}" for k in FILE_EXTENSIONS} else UserError   # decode_item's
         raise kind(f"{sample.shard}: sample {sample.key}: {e}") from None
 
 

@@ -483,6 +483,13 @@ class ConvFrames(TokenCount):
             length = (length - k) // s + 1
         return max(0, length)
 
+    def min_length(self) -> int:
+        """The shortest input that gives one frame (the stack's receptive field): `count` run backwards."""
+        length = 1
+        for k, s in zip(reversed(self.kernels), reversed(self.strides), strict=True):
+            length = (length - 1) * s + k
+        return length
+
 
 @dataclass(frozen=True)
 class StridedFrames(TokenCount):

@@ -59,11 +59,8 @@ class HubertMusicEncoder(Encoder, kind="hubert"):
         self.feature_layer = resolve_layer(feature_layer, config.num_hidden_layers + 1, f"HuBERT encoder {name!r}")
         self.preprocess = preprocess or AudioPreprocess(MERT_SAMPLE_RATE, "waveform", normalize=True)
         self.hop = math.prod(config.conv_stride)  # samples per frame
-        field = 1                                  # the conv front end's receptive field: one frame's samples
-        for k, st in reversed(list(zip(config.conv_kernel, config.conv_stride, strict=True))):
-            field = (field - 1) * st + k
-        if isinstance(self.preprocess, AudioPreprocess):
-            self.preprocess.min_samples = field    # a shorter clip is zero-padded to one frame
+        if isinstance(self.preprocess, AudioPreprocess):     # a shorter clip is zero-padded to one frame
+            self.preprocess.min_samples = self.token_count().min_length()
 
     @property
     def frame_rate(self) -> float:

@@ -78,10 +78,11 @@ def orientation(img) -> int:
     return o if o in (1, 2, 3, 4, 5, 6, 7, 8) else 1
 
 
-def upright(img):
-    """The image as it is meant to be seen: an EXIF orientation (a phone photo taken sideways) applied."""
+def upright(img, o: int | None = None):
+    """The image as it is meant to be seen: an EXIF orientation (a phone photo taken sideways) applied
+    (`o`: the image's `orientation`, when the caller has read it already)."""
     from PIL import ImageOps
-    return ImageOps.exif_transpose(img) if orientation(img) != 1 else img
+    return ImageOps.exif_transpose(img) if (orientation(img) if o is None else o) != 1 else img
 
 
 def upright_box(box: tuple[float, float, float, float], size: tuple[int, int], o: int) -> tuple[float, ...]:
@@ -107,7 +108,7 @@ def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", draft_size if o < 5 else draft_size[::-1])     # 5-8 turn the image a quarter
         img.load()                          # decode here: a truncated file fails now, not in the encoder's resize
-        return to_rgb(upright(img) if o != 1 else img)
+        return to_rgb(upright(img, o))
     except MediaError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...

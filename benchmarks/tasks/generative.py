@@ -62,7 +62,10 @@ def _decodable(s: Sample, prompt: str, bad: list[str]) -> dict | None:
         return None
 
 
-def _bad_metrics(bad: list[str]) -> dict[str, float]:
+def _bad_metrics(bench: Benchmark, bad: list[str], kept: int) -> dict[str, float]:
+    """`skipped_bad_media` when a sample was left out; a one-line error when every one was."""
+    if bad and not kept:
+        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
     return {"skipped_bad_media": float(len(bad))} if bad else {}
 
 
@@ -83,10 +86,9 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -
                 rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred,
                                  n_choices=len(m.get("choices") or []), **score_answer(pred, gold)))
             pbar.update(len(chunk))
-    if not rows and bad:
-        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
+    skipped = _bad_metrics(bench, bad, len(rows))
     metrics = {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"), "n": float(len(rows)),
-               **_bad_metrics(bad)}
+               **skipped}
     if rows and all(r["n_choices"] for r in rows):         # a closed answer set: guessing uniformly among it
         metrics["chance"] = _mean([{"c": 1 / r["n_choices"]} for r in rows], "c")
     return TaskResult(rows, metrics)
@@ -113,10 +115,9 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> 
                              correct=float(choices[best] == gold), n_choices=len(choices),
                              logprob_gold=ll[choices.index(gold)][0] if gold in choices else float("nan")))
             pbar.update(1)
-    if not rows and bad:
-        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
+    skipped = _bad_metrics(bench, bad, len(rows))
     return TaskResult(rows, {"accuracy": _mean(rows, "correct"), "chance": _mean([{"c": 1 / r["n_choices"]} for r in rows], "c"),
-                             "n": float(len(rows)), **_bad_metrics(bad)})
+                             "n": float(len(rows)), **skipped})
 
 
 def _caption_prompt(bench: Benchmark, s: Sample) -> str:
@@ -143,15 +144,14 @@ def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context) ->
                 preds += model.generate([(p, media) for _, _, p, media in todo], max_new, batch_size=bs)
                 done += [(s, r) for s, r, _, _ in todo]
             pbar.update(len(chunk))
-    if not done:
-        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
+    skipped = _bad_metrics(bench, bad, len(done))
     kept = done
     refs = [r for _, r in kept]
     corpus_cider, per = cider(preds, refs)
     rouge, _ = rouge_l(preds, refs)
     rows = [dict(key=s.key, pred=p, reference=r[0], cider=c) for (s, r), p, c in zip(kept, preds, per)]
     return TaskResult(rows, {"cider": corpus_cider, "bleu": bleu(preds, refs), "rouge_l": rouge, "n": float(len(rows)),
-                             **_bad_metrics(bad)})
+                             **skipped})
 
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
