@@ -248,8 +248,10 @@ def test_a_recipe_trains_over_http(server, tmp_path, one_intra_op_thread):
     assert data["remote_shards"] and all(v[0] == PER_SHARD for v in data["remote_shards"].values())
 
 
-def test_a_split_sample_reads_remotely_as_it_does_locally(tmp_path):
-    """A key seen again after other members is `split_sample` on both readers (the stream had its own grouping)."""
+def test_a_split_sample_or_a_gzipped_tar_reads_remotely_as_it_does_locally(tmp_path):
+    """A key seen again after other members is `split_sample` on both readers (the stream had its own grouping);
+    a .tar.gz is named as one on both (the stream said "corrupt tar header at byte 0")."""
+    import gzip
     import io
     import tarfile
 
@@ -263,3 +265,8 @@ def test_a_split_sample_reads_remotely_as_it_does_locally(tmp_path):
     remote = [(r.key, getattr(r, "reason", "")) for r in
               stream_shard(f"pipe:cat {tmp_path}/split.tar", RemoteSettings(timeout=2, retries=0))]
     assert local == remote == [("000", ""), ("001", ""), ("000", "split_sample"), ("002", "")]
+    (tmp_path / "x.tar.gz").write_bytes(gzip.compress((tmp_path / "split.tar").read_bytes()))
+    [local] = scan_shard(str(tmp_path / "x.tar.gz"))
+    [remote] = stream_shard(f"pipe:cat {tmp_path}/x.tar.gz", RemoteSettings(timeout=2, retries=0))
+    assert local.error == remote.reason == "bad_tar"
+    assert "gzip-compressed tar" in local.message and "gzip-compressed tar" in remote.message

@@ -190,11 +190,6 @@ def scan_shard(path: str) -> Iterator[SampleRef]:
     members: list[tuple[str, int, int]] = []
     done: set[str] = set()                  # keys already yielded: one seen again means members not adjacent
     with f:
-        if f.read(2) == b"\x1f\x8b":
-            yield SampleRef(path, "", (), "bad_tar", f"{path}: a gzip-compressed tar (.tar.gz); shards are read "
-                                                     "uncompressed: gunzip it")
-            return
-        f.seek(0)
         try:
             for name, offset, n in tar_members(f, size):
                 m = _KEY_EXT.match(name)

@@ -48,6 +48,7 @@ from vlm.data.tar import (
     TarBroken,
     _octal,
     _pax_records,
+    check_header,
     split_sample_message,
 )
 from vlm.errors import UserError
@@ -226,9 +227,7 @@ class _Reader:
             pass
 
 
-def _header(h: bytes, pos: int) -> tuple[str, int, bytes]:
-    if _octal(h[148:156]) != sum(h) - sum(h[148:156]) + 256:
-        raise TarBroken("bad_tar", f"corrupt tar header at byte {pos}")
+def _header(h: bytes) -> tuple[str, int, bytes]:
     name = h[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
     prefix = h[345:500].split(b"\0", 1)[0] if h[257:262] == b"ustar" else b""
     if prefix:
@@ -246,9 +245,10 @@ def _members(reader: _Reader) -> Iterator[tuple[int, str, int, int, bytes]]:
             return
         if not h and at == 0:
             raise TarBroken("bad_tar", "empty file")
+        check_header(h, at)
         if len(h) < 512:    # a tar always ends with zero blocks: without them the last sample may be cut
             raise TarBroken("truncated_tar", f"tar cut short at byte {reader.pos} (no end-of-archive blocks)")
-        name, size, kind = _header(h, at)
+        name, size, kind = _header(h)
         start = at if start is None else start
         if kind in (b"x", b"L"):
             body = reader.read((size + 511) // 512 * 512)

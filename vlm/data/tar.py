@@ -49,6 +49,20 @@ def _octal(field: bytes) -> int:
     return int(field, 8) if field else 0
 
 
+GZIP_MESSAGE = "a gzip-compressed tar (.tar.gz); shards are read uncompressed: gunzip it"
+
+
+def check_header(h: bytes, pos: int) -> None:
+    """Raise TarBroken("bad_tar") unless the block at `pos` can be a tar header (a short block is left to the
+    caller, which calls it truncated). A gzip magic number at byte 0 is named as such: a .tar.gz is the
+    usual cause, not corruption.
+    """
+    if pos == 0 and h[:2] == b"\x1f\x8b":
+        raise TarBroken("bad_tar", GZIP_MESSAGE)
+    if len(h) == 512 and _octal(h[148:156]) != sum(h) - sum(h[148:156]) + 256:  # checksum field = spaces
+        raise TarBroken("bad_tar", f"corrupt tar header at byte {pos}")
+
+
 def tar_members(f, file_size: int) -> Iterator[tuple[str, int, int]]:
     """(name, data offset, size) of the regular files of an open tar, reading the 512-byte headers only.
 
@@ -63,10 +77,9 @@ def tar_members(f, file_size: int) -> Iterator[tuple[str, int, int]]:
             return  # the end-of-archive blocks
         if not h and pos == 0:
             raise TarBroken("bad_tar", "empty file")
+        check_header(h, pos)
         if len(h) < 512:  # a tar always ends with zero blocks: without them the last sample may be cut
             raise TarBroken("truncated_tar", f"tar cut short at byte {pos + len(h)} (no end-of-archive blocks)")
-        if _octal(h[148:156]) != sum(h) - sum(h[148:156]) + 256:  # the checksum field counts as spaces
-            raise TarBroken("bad_tar", f"corrupt tar header at byte {pos}")
         size, kind = _octal(h[124:136]), h[156:157]
         data = pos + 512
         if data + size > file_size:
