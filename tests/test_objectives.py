@@ -1,6 +1,6 @@
 """The contrastive and masked_prediction objectives through the trainer, as users run it (`vlm train`):
 losses finite and falling on tiny data, 2 ranks (torchrun, gloo DDP) equal to 1 process at the same
-global batch, and kill -9 + --resume bitwise equal to an uninterrupted run; plus their building blocks
+global batch (grounded_next_token too), and kill -9 + --resume bitwise equal to an uninterrupted run; plus their building blocks
 (span masks, the noise mixture, the CQT target, the k-means teacher)."""
 from __future__ import annotations
 
@@ -125,32 +125,51 @@ def test_masked_prediction_terms_fall_with_the_noise_mixture_on(learning):
     assert all(0.4 < f < 0.7 for f in frac), frac                          # spans of 5 at p 0.8: ~55 %
 
 
+def grounded_recipe(tmp, steps=3):
+    """dragonfly-tiny (text selection) on synthetic-world's fine-detail questions, each with its answer's bbox."""
+    from vlm.data.synthetic import build_synthetic_world
+    build_synthetic_world(tmp / "fd", samples=24, tasks=["fine_detail"], eval_per_task=2, splits=("train",),
+                          classification=False, workers=1)
+    return C.write_recipe(tmp / "grounded.yaml", str(tmp / "fd" / "train"), [
+        C.stage("sft", ["media.*.projector.*", "media.image.zoom.*"], llm="full", steps=steps, batch_size=8,
+                max_len=256, lr=1e-3, eps=1e-6, objective="grounded_next_token")],
+        model={"family": "dragonfly", "size": "tiny", "settings": {"selection": "text"}}, checkpoint_every=0)
+
+
 # ------------------------------------------------------------------ 2 ranks == 1 rank
+RANK_RUNS = ("pairs", "masked", "grounded")
+
+
 @pytest.fixture(scope="module")
 def ranks(worlds):
     tmp, pairs, music = worlds
     (tmp / "d").mkdir()
     recipes = [pair_recipe(tmp / "d", pairs, steps=3, checkpoint_every=0),
-               masked_recipe(tmp / "d", music, steps=3, checkpoint_every=0)]
+               masked_recipe(tmp / "d", music, steps=3, checkpoint_every=0), grounded_recipe(tmp / "d")]
     (tmp / "d" / "launch.py").write_text(DDP_LAUNCH)
-    args = [x for r, name in zip(recipes, ("pairs", "masked")) for x in (str(r), str(tmp / "d" / f"ddp-{name}"))]
+    args = [x for r, name in zip(recipes, RANK_RUNS) for x in (str(r), str(tmp / "d" / f"ddp-{name}"))]
     dist = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              str(tmp / "d" / "launch.py"), *args], cwd=C.REPO, env=C.env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for r, name in zip(recipes, ("pairs", "masked")):
+    for r, name in zip(recipes, RANK_RUNS):
         C.run_vlm("train", str(r), "--out", str(tmp / "d" / f"one-{name}"), timeout=600)
     _, err = dist.communicate(timeout=600)
     assert dist.returncode == 0, err[-4000:]
     return tmp / "d"
 
 
-@pytest.mark.parametrize("name, count", [("pairs", "queries"), ("masked", "masked_frames")])
-def test_two_ranks_equal_one_process(ranks, name, count):
+@pytest.mark.parametrize("name, counts", [("pairs", ["queries"]), ("masked", ["masked_frames"]),
+                                          ("grounded", ["label_tokens", "grounded_images"])])
+def test_two_ranks_equal_one_process(ranks, name, counts):
+    """grounded: the relevance term's images are split across ranks and summed like the answer tokens."""
     one, two = C.step_rows(ranks / f"one-{name}"), C.step_rows(ranks / f"ddp-{name}")
     assert sorted(one) == sorted(two) == [1, 2, 3]
     for s in one:
         assert abs(one[s]["loss"] - two[s]["loss"]) < 1e-5, (s, one[s]["loss"], two[s]["loss"])
-        assert one[s][count] == two[s][count]
+        assert all(one[s][c] == two[s][c] for c in counts), s
+    if name == "grounded":
+        assert all(one[s]["grounded_images"] > 0 and one[s]["relevance_ce"] > 0 for s in one)
+        assert all(abs(one[s]["relevance_ce"] - two[s]["relevance_ce"]) < 1e-5 for s in one)
     a, b = C.weights(ranks / f"one-{name}" / "final"), C.weights(ranks / f"ddp-{name}" / "final")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst
