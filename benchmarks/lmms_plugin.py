@@ -38,6 +38,7 @@ from PIL import Image
 
 from benchmarks.models import VLMModel
 from vlm.errors import UserError
+from vlm.modalities import MediaError, to_rgb, upright
 
 MANIFEST = ModelManifest(model_id="vlm", simple_class_path="benchmarks.lmms_plugin.VLMLmms", aliases=("vlm_suite",))
 
@@ -102,15 +103,20 @@ class VLMLmms(lmms):
             elif isinstance(item, (str, Path)):
                 kind, raw = "video", str(item)
             elif isinstance(item, Image.Image):
-                try:
-                    kind, raw = "image", item.convert("RGB")
-                except (OSError, ValueError, SyntaxError) as e:        # truncated / corrupt file behind the image
+                try:       # decoded here (it may open lazily); then as decoding bytes does it: EXIF orientation
+                    item.load()                                  # applied, 16-bit / float scaled to 8 bits
+                    kind, raw = "image", to_rgb(upright(item))
+                except (OSError, ValueError, SyntaxError, MediaError) as e:   # truncated / corrupt file behind it
                     raise BadImage(f"{type(e).__name__}: {e}") from None
             else:
                 raise UserError(f"vlm: cannot read a {type(item).__name__} from doc_to_visual "
                                 "(expected a PIL image, an audio dict or a video path)")
             if kind not in have:
-                raise UserError(f"vlm: this model has no {kind} encoder (it reads {', '.join(sorted(have))})")
+                reads = {"audio": "audio", "music": "music", "video": "video", "trailer": "video"}  # task -> encoder
+                tasks = [f"synthetic_world_av_vqa_{t}" for t, m in reads.items() if m in have]
+                hint = (f"; the pooled synthetic_world_av_* tasks need every one: run the per-modality tasks "
+                        f"({', '.join(tasks)}, and their _captions_ twins)" if tasks and kind != "image" else "")
+                raise UserError(f"vlm: this model has no {kind} encoder (it reads {', '.join(sorted(have))}){hint}")
             kinds.append(kind)
             media.setdefault(kind, []).append(raw)
         if not placeholder_modalities(ctx):

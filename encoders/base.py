@@ -37,12 +37,14 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _as_pil(image: Any):
-    """A PIL image, a uint8 HWC array or a CHW tensor -> an RGB PIL image (`vlm.modalities.to_rgb`: 16-bit
-    and float images scaled to 8 bits, not clipped; an image with no pixels is a one-line error)."""
+def as_pil(image: Any):
+    """A PIL image, a uint8 HWC array or a CHW tensor -> an RGB PIL image, upright (`vlm.modalities.to_rgb`:
+    16-bit and float images scaled to 8 bits, not clipped; `upright`: a PIL image opened from a phone photo
+    still carries its EXIF orientation, applied here as decoding applies it to bytes and files; an image
+    turned already has none left); an image with no pixels is a one-line error."""
     from PIL import Image
 
-    from vlm.modalities import MediaError, short_error, to_rgb
+    from vlm.modalities import MediaError, short_error, to_rgb, upright
     if isinstance(image, Tensor):
         from torchvision.transforms.functional import to_pil_image
 
@@ -54,7 +56,7 @@ def _as_pil(image: Any):
             raise UserError(f"not an image: a {type(image).__name__} ({short_error(e)}); give a PIL image, "
                             f"a uint8 HWC array, a CHW tensor or a file path") from None
     try:
-        return to_rgb(image)
+        return to_rgb(upright(image))
     except MediaError as e:
         raise UserError(f"image: {e}") from None
 
@@ -127,10 +129,10 @@ class ImagePreprocess(Preprocess):
 
     def __call__(self, image: Any) -> Tensor:
         """``image``: a PIL image, a uint8 HWC array or a CHW tensor -> [3, H, W] float."""
-        image = _as_pil(image)
+        image = as_pil(image)
         if self.backend == "hf":
             return self._hf(image)
-        return self._transform(image)  # [3, H, W] (_as_pil gave RGB)
+        return self._transform(image)  # [3, H, W] (as_pil gave RGB)
 
     def batch(self, images: list[Any]) -> list[Tensor]:
         """`[self(x) for x in images]`, the same values bit for bit; with the "hf" backend the images of one
@@ -145,17 +147,18 @@ class ImagePreprocess(Preprocess):
         ``normalize(pixels([x])[0])`` is ``self(x)`` bit for bit (both backends). A loader worker hands
         these to the process that runs the model, a quarter of the bytes of the float pixels."""
         if self.backend != "hf":
-            return [self._pil_pixels(_as_pil(x)) for x in images]
+            return [self._pil_pixels(as_pil(x)) for x in images]
         import numpy as np
         from PIL import Image
 
+        from vlm.modalities import orientation
         out: list[Tensor | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, x in enumerate(images):
-            if isinstance(x, Image.Image) and x.mode == "RGB" and x.width and x.height:          # one resize for the images of one size
+        for i, x in enumerate(images):                      # one resize for the upright RGB images of one size
+            if isinstance(x, Image.Image) and x.mode == "RGB" and x.width and x.height and orientation(x) == 1:
                 groups.setdefault(x.size, []).append(i)
             else:
-                out[i] = self._hf_crop(self._hf_uint8(_as_pil(x)))
+                out[i] = self._hf_crop(self._hf_uint8(as_pil(x)))
         for idx in groups.values():
             x = torch.from_numpy(np.stack([np.asarray(images[i]) for i in idx])).permute(0, 3, 1, 2).contiguous()
             for i, t in zip(idx, self._hf_crop(x).unbind(0)):
@@ -173,7 +176,7 @@ class ImagePreprocess(Preprocess):
         return x.sub(torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)).div_(torch.tensor(std, dtype=x.dtype).view(-1, 1, 1))
 
     def _pil_pixels(self, image: Any) -> Tensor:
-        """The PIL path's resize and crop, then ToTensor's uint8 CHW stage (of an RGB image: `_as_pil`'s)."""
+        """The PIL path's resize and crop, then ToTensor's uint8 CHW stage (of an RGB image: `as_pil`'s)."""
         import numpy as np
 
         for step in self._transform.transforms[:-2]:  # resize [, centre crop]; then ToTensor, Normalize

@@ -157,8 +157,9 @@ def test_media_from_other_tasks_doc_to_visual():
     assert media["music"][0][0].shape == (1, 1600) and media["music"][0][1] == 16000 and media["video"] == ["clip.mp4"]
     ctx, media = lm._media("<music> then <image>", [wave, img])
     assert ctx == "<music> then <image>" and set(media) == {"music", "image"}
-    with pytest.raises(UserError, match="no audio encoder"):
+    with pytest.raises(UserError, match="no audio encoder") as e:
         lm._media("<audio> what?", [wave])
+    assert "per-modality tasks (synthetic_world_av_vqa_music, synthetic_world_av_vqa_video, " in str(e.value)
 
 
 def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):

@@ -503,9 +503,47 @@ def test_high_bit_depth_images_are_scaled_not_clipped():
     got = np.asarray(decode_image(buf.getvalue()))
     assert got.shape == (64, 64, 3) and got.min() == 0 and got.max() == 255
     assert (got[..., 0] == (ramp >> 8)).all()                           # PIL's own convert: 99 % white
-    from encoders.base import _as_pil
+    from encoders.base import as_pil
     floats = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
-    assert np.asarray(_as_pil(Image.fromarray(floats)))[..., 0].tolist()[0][:2] == [0, 17]
+    assert np.asarray(as_pil(Image.fromarray(floats)))[..., 0].tolist()[0][:2] == [0, 17]
+
+
+def test_a_pil_image_with_an_exif_orientation_is_seen_upright_on_every_path(tmp_path):
+    """A file or bytes were turned by their EXIF orientation, a PIL image opened from the same phone photo was
+    not (Embedder, every encoder's preprocess, dragonfly's zoom, the lmms-eval plugin): the same picture gave
+    two embeddings. Now a PIL image with the tag is turned and one turned already (HF datasets applies
+    exif_transpose) is not turned twice. The plugin also scaled a 16-bit image by clipping it."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    import vlm
+    from benchmarks.lmms_plugin import VLMLmms
+    from vlm.embed.api import Embedder
+    g = np.random.default_rng(0)
+    picture = Image.fromarray(g.integers(0, 256, (24, 48, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6                                          # stored sideways, shown turned 90 degrees
+    buf = io.BytesIO()
+    picture.transpose(Image.Transpose.ROTATE_90).save(buf, format="PNG", exif=exif)
+    (tmp_path / "phone.png").write_bytes(buf.getvalue())
+    opened = Image.open(tmp_path / "phone.png")
+    turned = ImageOps.exif_transpose(Image.open(tmp_path / "phone.png"))
+    assert opened.size == (24, 48) and turned.size == (48, 24)
+
+    ckpt = tmp_path / "ckpt"
+    vlm.build("llava", "tiny", audio=None, music=None, video=None).save_pretrained(ckpt)
+    emb = Embedder.load(str(ckpt))
+    rows = emb.embed(images=[str(tmp_path / "phone.png"), opened, turned, picture])
+    assert np.abs(rows - rows[0]).max() < 1e-5
+    zoom = vlm.build("dragonfly", "tiny").processor.preprocess["image"]
+    assert np.array_equal(zoom(opened).numpy(), zoom(picture).numpy()) and np.array_equal(zoom(turned).numpy(), zoom(picture).numpy())
+    lm = VLMLmms(str(ckpt))
+    _, media = lm._media("<image>\nWhat?", [Image.open(tmp_path / "phone.png")])
+    assert np.array_equal(np.asarray(media["image"][0]), np.asarray(picture))
+    deep = Image.fromarray(np.full((8, 8), 40000, np.uint16))       # 16-bit grey: convert("RGB") clipped it white
+    _, media = lm._media("<image>\nWhat?", [deep])
+    assert np.asarray(media["image"][0]).max() == 40000 >> 8
 
 
 @pytest.mark.usefixtures("one_intra_op_thread")

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from encoders.base import TokenCount, pool_grid
+from encoders.base import TokenCount, as_pil, pool_grid
 from vlm.connectors.base import MEDIA, MediaContext, MediaTokenizer, build_projector
 from vlm.errors import UserError, require
 
@@ -201,13 +201,7 @@ class ZoomPreprocess:
         return mid * f * f + slot
 
     def __call__(self, image) -> Tensor:
-        from PIL import Image
-        if isinstance(image, Tensor):
-            from torchvision.transforms.functional import to_pil_image
-            image = to_pil_image(image)
-        elif not isinstance(image, Image.Image):
-            image = Image.fromarray(image)
-        image = image.convert("RGB")
+        image = as_pil(image)
         grid, f = self.grid(image), self.settings.factor
         x = torch.cat([self._view(image, (1, 1), 1)[None],                     # [1, 3, Sh, Sw]
                        _tiles(self._view(image, grid, 1), grid, 1),             # [M, 3, Sh, Sw]
