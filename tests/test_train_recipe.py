@@ -308,3 +308,26 @@ def test_a_stage_error_without_a_field_first_is_not_cut_at_its_own_colon():
     msg = "route 'inner_adaptor' keeps the LLM frozen (asked: full)"
     assert str(_stage_field_error(UserError(msg), "stages.0")) == f"recipe field 'stages.0': {msg}"
     assert str(_stage_field_error(UserError("lora.r: must be >= 1"), "stages.2")) == "recipe field 'stages.2.lora.r': must be >= 1"
+
+
+def test_a_later_stage_without_a_usable_sample_stops_the_run_before_the_first_step(tmp_path, world, capsys):
+    """Stage 2 reads only audio, which this model has no encoder for: every sample is `not_for_model`. It was
+    found when stage 2 started, after stage 1 had trained (hours, on a real recipe); now before any step."""
+    import yaml
+
+    from vlm.data.writer import ShardWriter
+    with ShardWriter(tmp_path / "audio", max_count=100) as w:
+        for i in range(6):
+            w.write(C.audio_sample(i))
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("align", ["media.*.projector.*"]),
+                                                      C.stage("sft", ["media.*.projector.*"], data={"sound": 1.0})],
+                            checkpoint_every=1)
+    spec = yaml.safe_load(recipe.read_text())
+    spec["data"]["sound"] = {"shards": [str(tmp_path / "audio")]}
+    recipe.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("vlm train: error: stage 'sft' (stages.1, checked before training "
+                                                         "starts): data source(s) 'sound': ")
+    assert err.endswith("no usable sample (skipped: not_for_model 6; for example s0000: audio media; the model takes image)")
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

@@ -118,12 +118,12 @@ class Filtering(SampleProcessor):
                                  ("quality", f.min_quality is not None)):
                 v = meta.get(key)
                 if bounded and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                    raise SampleError("bad_json", f"{ref.key}: json '{key}' is {v!r}, not a number ({self.where} "
+                    raise SampleError("bad_json", f"json '{key}' is {v!r}, not a number ({self.where} "
                                                   f"bounds it)")
             if not keep_sample(meta, self.sample_filter, extensions):
-                raise SampleError(FILTERED, f"{ref.key}: not in {self.where}")
+                raise SampleError(FILTERED, f"not in {self.where}")
             if self.takes is not None and not (have := sample_modalities(meta, extensions)) <= self.takes:
-                raise SampleError(NOT_FOR_MODEL, f"{ref.key}: {'/'.join(sorted(have - self.takes))} media; the "
+                raise SampleError(NOT_FOR_MODEL, f"{'/'.join(sorted(have - self.takes))} media; the "
                                                  f"model takes {'/'.join(sorted(self.takes))}")
         return super().__call__(ref, files, seed)
 

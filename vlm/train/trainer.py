@@ -176,6 +176,7 @@ class Trainer:
                 start = self._restore_model(plain, ckpt, state)
                 self.log.event("resume", f"resuming from {ckpt} (stage '{state.stage_name}', step {state.step})",
                                step=state.step, checkpoint=str(ckpt))
+            self._check_later_stages(plain, range(start + 1, len(self.recipe.stages)))
             for i in range(start, len(self.recipe.stages)):
                 if state.early_stopped:          # runtime.eval.patience ended the run: no later stage
                     break
@@ -190,6 +191,24 @@ class Trainer:
             if self.samples is not None:
                 self.samples.close()
             self.d.close()
+
+    def _check_later_stages(self, plain: nn.Module, stages: range) -> None:
+        """A later stage's data with no usable sample for this rank (a filter that keeps nothing, media the
+        model has no encoder for, every sample broken) is found now, not after the stages before it trained:
+        each of this rank's data workers reads its share of the stage until one batch comes (the stage's own
+        rule for giving up). The first stage to run finds it when it starts, a moment from now."""
+        for i in stages:
+            st = self.recipe.stages[i]
+            objective = build_objective(st.objective, st.objective_settings)
+            data = self._loader(i, objective, plain, self.d.rank, self.d.world_size).dataset
+            for w in range(data.workers):
+                batches = data.batches(w, 0)
+                try:
+                    next(batches)
+                except UserError as e:
+                    raise UserError(f"stage '{st.name}' (stages.{i}, checked before training starts): {e}") from None
+                finally:
+                    batches.close()
 
     def _note_one_process(self) -> None:
         """runtime.strategy ddp / fsdp2 started without torchrun: one process trains, and says so."""
