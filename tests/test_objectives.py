@@ -1,6 +1,6 @@
 """The contrastive and masked_prediction objectives through the trainer, as users run it (`vlm train`):
 losses finite and falling on tiny data, 2 ranks (torchrun, gloo DDP) equal to 1 process at the same
-global batch (grounded_next_token too), and kill -9 + --resume bitwise equal to an uninterrupted run; plus their building blocks
+global batch (grounded_next_token too; FSDP2 with the encodec teacher), and kill -9 + --resume bitwise equal to an uninterrupted run; plus their building blocks
 (span masks, the noise mixture, the CQT target, the k-means teacher)."""
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import sys
 import torch.distributed as dist
 from vlm.cli import main
 dist.init_process_group("gloo")
-for recipe, out in zip(sys.argv[1::2], sys.argv[2::2]):
-    if main(["train", recipe, "--out", out, "runtime.strategy=ddp"]):
+for recipe, out, strategy in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+    if main(["train", recipe, "--out", out, f"runtime.strategy={strategy}"]):
         sys.exit(1)
 dist.destroy_process_group()
 """
@@ -73,12 +73,15 @@ RVQ = {"teacher": "rvq", "teacher_settings": {"steps": 20}, "target_cache_mb": 6
 MERT_RVQ = {"family": "mert", "size": "tiny", "settings": {"codebooks": [16] * 8}}
 
 
-def masked_recipe(tmp, world, steps=8, noise=0.0, name="masked", rvq=False, **runtime):
+def masked_recipe(tmp, world, steps=8, noise=0.0, name="masked", rvq=False, encodec=None, **runtime):
+    """rvq: the rvq teacher; encodec: a local EnCodec folder as the teacher (8 codebooks of 16 at 2.4 kbps)."""
+    teacher = RVQ if rvq else {"teacher": "encodec", "teacher_settings": {"path": str(encodec), "bandwidth": 2.4}} \
+        if encodec else {}
     return C.write_recipe(tmp / f"{name}.yaml", world, [
         C.stage("pretrain", ["encoder.*", "final_proj.*", "label_embs", "regression_head.*"], steps=steps,
                 batch_size=4, lr=5e-3, eps=1e-6, objective="masked_prediction",
-                objective_settings={**MASKED, "noise_prob": noise, **(RVQ if rvq else {})})],
-        model=MERT_RVQ if rvq else MERT, **runtime)
+                objective_settings={**MASKED, "noise_prob": noise, **teacher})],
+        model=MERT_RVQ if rvq or encodec else MERT, **runtime)
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +140,21 @@ def grounded_recipe(tmp, steps=3):
 
 
 # ------------------------------------------------------------------ 2 ranks == 1 rank
-RANK_RUNS = ("pairs", "masked", "grounded")
+RANK_RUNS = {"pairs": "ddp", "masked": "ddp", "grounded": "ddp", "encodec": "fsdp2"}     # run -> strategy
 
 
 @pytest.fixture(scope="module")
 def ranks(worlds):
+    from test_mert import tiny_encodec
     tmp, pairs, music = worlds
     (tmp / "d").mkdir()
     recipes = [pair_recipe(tmp / "d", pairs, steps=3, checkpoint_every=0),
-               masked_recipe(tmp / "d", music, steps=3, checkpoint_every=0), grounded_recipe(tmp / "d")]
+               masked_recipe(tmp / "d", music, steps=3, checkpoint_every=0), grounded_recipe(tmp / "d"),
+               masked_recipe(tmp / "d", music, steps=3, name="encodec", encodec=tiny_encodec(tmp / "d" / "encodec"),
+                             checkpoint_every=0)]
     (tmp / "d" / "launch.py").write_text(DDP_LAUNCH)
-    args = [x for r, name in zip(recipes, RANK_RUNS) for x in (str(r), str(tmp / "d" / f"ddp-{name}"))]
+    args = [x for r, (name, strategy) in zip(recipes, RANK_RUNS.items())
+            for x in (str(r), str(tmp / "d" / f"two-{name}"), strategy)]
     dist = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              str(tmp / "d" / "launch.py"), *args], cwd=C.REPO, env=C.env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -159,10 +166,12 @@ def ranks(worlds):
 
 
 @pytest.mark.parametrize("name, counts", [("pairs", ["queries"]), ("masked", ["masked_frames"]),
-                                          ("grounded", ["label_tokens", "grounded_images"])])
+                                          ("grounded", ["label_tokens", "grounded_images"]),
+                                          ("encodec", ["masked_frames"])])
 def test_two_ranks_equal_one_process(ranks, name, counts):
-    """grounded: the relevance term's images are split across ranks and summed like the answer tokens."""
-    one, two = C.step_rows(ranks / f"one-{name}"), C.step_rows(ranks / f"ddp-{name}")
+    """grounded: the relevance term's images are split across ranks and summed like the answer tokens;
+    encodec: FSDP2 with a local EnCodec checkpoint as the acoustic teacher (kept out of the sharded module)."""
+    one, two = C.step_rows(ranks / f"one-{name}"), C.step_rows(ranks / f"two-{name}")
     assert sorted(one) == sorted(two) == [1, 2, 3]
     for s in one:
         assert abs(one[s]["loss"] - two[s]["loss"]) < 1e-5, (s, one[s]["loss"], two[s]["loss"])
@@ -170,7 +179,7 @@ def test_two_ranks_equal_one_process(ranks, name, counts):
     if name == "grounded":
         assert all(one[s]["grounded_images"] > 0 and one[s]["relevance_ce"] > 0 for s in one)
         assert all(abs(one[s]["relevance_ce"] - two[s]["relevance_ce"]) < 1e-5 for s in one)
-    a, b = C.weights(ranks / f"one-{name}" / "final"), C.weights(ranks / f"ddp-{name}" / "final")
+    a, b = C.weights(ranks / f"one-{name}" / "final"), C.weights(ranks / f"two-{name}" / "final")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst
 
