@@ -26,7 +26,10 @@ import sys
 import torch.distributed as dist
 from vlm.cli import main
 dist.init_process_group("gloo")
-for recipe, out, strategy in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+args = sys.argv[1:]
+if not args or len(args) % 3:
+    sys.exit(f"launch.py: give (recipe, output folder, strategy) triples, got {args}")
+for recipe, out, strategy in zip(args[0::3], args[1::3], args[2::3]):
     if main(["train", recipe, "--out", out, f"runtime.strategy={strategy}"]):
         sys.exit(1)
 dist.destroy_process_group()

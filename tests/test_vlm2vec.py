@@ -153,7 +153,7 @@ def gc_ranks(tmp_path_factory):
     two = O.pair_recipe(tmp, world, steps=3, name="two", settings={"chunk_size": 2}, checkpoint_every=0)
     (tmp / "launch.py").write_text(O.DDP_LAUNCH)
     ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            str(tmp / "launch.py"), str(two), str(tmp / "ddp")], cwd=C.REPO, env=C.env(),
+                            str(tmp / "launch.py"), str(two), str(tmp / "ddp"), "ddp"], cwd=C.REPO, env=C.env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     C.run_vlm("train", str(one), "--out", str(tmp / "single"), timeout=600)
     _, err = ddp.communicate(timeout=600)
