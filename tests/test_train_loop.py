@@ -154,6 +154,9 @@ def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, w
     # the shuffle buffer makes the data stream: refused as well (it trained on another stream, exit 0)
     assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.shuffle_buffer=10"]) == 2
     assert "'runtime.shuffle_buffer'" in capsys.readouterr().err
+    # other benchmarks scored from here on: their scores would be compared with the best score of the first ones
+    assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.eval.split=test"]) == 2
+    assert "'runtime.eval.split' ('val' -> 'test')" in capsys.readouterr().err
     # settings a resume may change are allowed
     assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.log_every=5"]) == 0
     capsys.readouterr()

@@ -178,7 +178,8 @@ def test_a_key_given_twice_is_refused_and_merge_keys_still_work(tmp_path):
     from vlm.config import read_yaml
     dup = tmp_path / "dup.yaml"
     dup.write_text("name: dup\nstages:\n- name: a\n  lr: 0.001\n  steps: 3\n  lr: 0.5\n")
-    with pytest.raises(UserError, match=r"dup.yaml: not valid YAML \(duplicate key 'lr' \(lines 4 and 6\)\)"):
+    with pytest.raises(UserError, match=r"dup.yaml: not valid YAML at line 6, column 3 \(duplicate key 'lr' "
+                                        r"\(lines 4 and 6\)\)"):
         R.load_recipe(str(dup), check_files=False)
     with pytest.raises(UserError, match=r"override 'stages.0.lora': .*duplicate key 'r'"):
         R.load_recipe("llava-tiny", ["stages.0.lora={r: 4, r: 8}"], check_files=False)
@@ -200,6 +201,12 @@ def test_bad_files_and_overrides_are_one_line_errors(tmp_path):
         with pytest.raises(UserError) as e:
             R.load_recipe(spec, overrides, check_files=False)
         assert "\n" not in str(e.value)
+    bad.write_text("name: [a\nmodel: {\n")            # where the parser stopped, not "while parsing a flow sequence"
+    with pytest.raises(UserError, match=r"bad.yaml: not valid YAML at line 2, column 6 \(expected ',' or ']', but got "
+                                        r"':'\)$"):
+        R.load_recipe(str(bad), check_files=False)
+    with pytest.raises(UserError, match=r"runtime.shuffle_buffer.*must be >= 0"):      # -5 meant "no shuffle" silently
+        R.load_recipe("llava-tiny", ["runtime.shuffle_buffer=-5"], check_files=False)
 
 
 def test_options_may_follow_the_recipe_among_overrides(recipe_file, monkeypatch):
@@ -242,6 +249,31 @@ def test_odd_run_folders_and_logs(tmp_path, world):
     assert (run / METRICS).read_text().splitlines() == rows[:2]
     RunLog(run, True, resume_step=None)._jsonl.close()                           # from scratch: a new file
     assert (run / METRICS).read_text() == ""
+    # the per-rank sample log: a torn line stopped --resume with a JSON traceback; rewritten atomically like
+    # metrics.jsonl (a kill while it was rewritten in place left it empty)
+    from vlm.train.logging import SampleLog
+    (run / "samples-rank0.jsonl").write_text('{"step": 1, "keys": ["a"]}\n{"step": 3, "keys": ["c"]}\n{"step": 4, "ke')
+    SampleLog(run, 0, resume_step=2).close()
+    assert (run / "samples-rank0.jsonl").read_text() == '{"step": 1, "keys": ["a"]}\n'
+    assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_an_environment_error_is_one_line_naming_the_path(monkeypatch, capsys):
+    """A full or read-only disk, or an output under a file, while a command writes: a traceback before; now one
+    line naming the path, exit 2. Other OS errors stay tracebacks (they are bugs to see)."""
+    import errno
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/out/img_emb_3.npy")
+    monkeypatch.setattr("vlm.commands.cmd_list", full)
+    assert main(["list", "recipes"]) == 2
+    assert capsys.readouterr().err == "vlm list: error: /out/img_emb_3.npy: No space left on device\n"
+
+    def other(args):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+    monkeypatch.setattr("vlm.commands.cmd_list", other)
+    with pytest.raises(OSError):
+        main(["list", "recipes"])
 
 
 def test_a_source_too_small_for_its_slots_is_an_error_not_a_hang(tmp_path):

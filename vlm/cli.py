@@ -11,6 +11,7 @@ Bad input (a `UserError`) prints one line and exits 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -49,7 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:          # `vlm data inspect ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so the exit flush does not fail again
         return 0
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # the machine, not the input: a read-only or full disk, an output path under a file, no permission
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"vlm {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+# read-only file system, no space left, a path under a file, permission denied, disk quota exceeded
+ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 if __name__ == "__main__":

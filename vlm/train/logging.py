@@ -13,6 +13,7 @@ the files read as if the run had never stopped.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class RunLog:
                 continue
             if isinstance(row, dict) and _before(row, step):
                 keep.append(line)
-        path.write_text("".join(r + "\n" for r in keep))
+        _rewrite(path, keep)
 
     # ------------------------------------------------------------------ records
     def info(self, message: str) -> None:
@@ -129,6 +130,17 @@ class RunLog:
             self._wandb.finish()
 
 
+def _rewrite(path: Path, lines: list[str]) -> None:
+    """The log holding these lines, atomically: a kill while it is written leaves the old file or the new one
+    (rewritten in place, a kill left it empty: every row before the checkpoint lost)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(r + "\n" for r in lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _before(row: dict, step: int) -> bool:
     """Whether a row belongs to the run up to checkpoint `step` (a stage starting there starts again)."""
     at = row.get("step", 0)
@@ -142,8 +154,15 @@ class SampleLog:
         self.path = Path(run_dir) / f"samples-rank{rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            rows = [r for r in self.path.read_text().splitlines() if r.strip()]
-            self.path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= resume_step))
+            keep = []
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:          # a line torn by a crash: not a record
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= resume_step:
+                    keep.append(line)
+            _rewrite(self.path, keep)
         self._f = open(self.path, "a")
 
     def write(self, step: int, keys: list[str]) -> None:
@@ -155,8 +174,17 @@ class SampleLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of <run>/metrics.jsonl; a line torn by a crash is not a record (as on resume)."""
     path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def plot(run_dir: Path) -> Path | None:

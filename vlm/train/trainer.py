@@ -176,7 +176,8 @@ class Trainer:
                 start = self._restore_model(plain, ckpt, state)
                 self.log.event("resume", f"resuming from {ckpt} (stage '{state.stage_name}', step {state.step})",
                                step=state.step, checkpoint=str(ckpt))
-            self._check_later_stages(plain, range(start + 1, len(self.recipe.stages)))
+            mid = ckpt is not None and start == state.stage and not state.stage_done   # its data position is checked
+            self._check_later_stages(plain, range(start + 1 if mid else start, len(self.recipe.stages)))
             for i in range(start, len(self.recipe.stages)):
                 if state.early_stopped:          # runtime.eval.patience ended the run: no later stage
                     break
@@ -193,10 +194,10 @@ class Trainer:
             self.d.close()
 
     def _check_later_stages(self, plain: nn.Module, stages: range) -> None:
-        """A later stage's data with no usable sample for this rank (a filter that keeps nothing, media the
-        model has no encoder for, every sample broken) is found now, not after the stages before it trained:
-        each of this rank's data workers reads its share of the stage until one batch comes (the stage's own
-        rule for giving up). The first stage to run finds it when it starts, a moment from now."""
+        """A stage's data with no usable sample for this rank (a filter that keeps nothing, media the model has
+        no encoder for, every sample broken) is found now, naming the stage, not after the stages before it
+        trained: each of this rank's data workers reads its share of the stage until one batch comes (the
+        stage's own rule for giving up). A stage resumed mid-way is not read again here."""
         for i in stages:
             st = self.recipe.stages[i]
             objective = build_objective(st.objective, st.objective_settings)
@@ -240,7 +241,12 @@ class Trainer:
     # what a checkpoint's weights, optimizer, schedule and data position depend on; runtime settings such as
     # logging, checkpoint cadence or evaluation may change on resume (a mid-stage data position needs the same
     # ranks and data workers: the pipeline's own state check)
-    RESUME_KEYS = ("model", "data", "stages", "runtime.seed", "runtime.precision", "runtime.shuffle_buffer")
+    # the evaluation's benchmarks, split, data, limit and metric define the best score a checkpoint carries (a
+    # resumed run comparing other benchmarks' scores with it would keep the wrong best/ or stop early); its
+    # cadence and patience may change
+    RESUME_KEYS = ("model", "data", "stages", "runtime.seed", "runtime.precision", "runtime.shuffle_buffer",
+                   "runtime.eval.benchmarks", "runtime.eval.split", "runtime.eval.data", "runtime.eval.limit",
+                   "runtime.eval.metric")
 
     def _check_recipe(self, ckpt: Path | None) -> None:
         """On resume, the recipe must train what the checkpoint was trained by (the run folder's recipe.yaml,
