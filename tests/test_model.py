@@ -189,6 +189,33 @@ def test_bad_checkpoints_one_line_errors(tmp_path, capsys):
         vlm.load(ck)
 
 
+def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
+    """Each edit below was a traceback (TypeError, AttributeError, KeyError, transformers' 5 KB ValueError)
+    wherever the model loaded (chat, eval, embed, export, init of a recipe); an unknown projector did not name the
+    file."""
+    import json
+    import shutil
+    ck = build("llava", vision="tiny-clip", llm="tiny:llama").save_pretrained(tmp_path / "ck")
+    base = json.loads((ck / "config.json").read_text())
+    edits = [(lambda c: c.pop("media"), "field 'media' is missing"),
+             (lambda c: c.update(media=["image"]), r"field 'media' must be an object, got \['image'\]"),
+             (lambda c: c.update(llm=[1]), "field 'llm' must be an object"),
+             (lambda c: c.update(system=5), "field 'system' must be a string or null, got 5"),
+             (lambda c: c["encoders"]["image"]["preprocess"].update(size="big"), r"does not build a model \(ValueError"),
+             (lambda c: c["encoders"]["image"].pop("preprocess"), r"does not build a model \(KeyError: 'preprocess'"),
+             (lambda c: c["llm"].update(model_type="nosuch"), "does not build a model .ValueError: Unrecognized model"),
+             (lambda c: c["media"]["image"].update(projector="mlp3x"), "unknown projector 'mlp3x'")]
+    for i, (edit, message) in enumerate(edits):
+        bad = tmp_path / f"bad{i}"
+        shutil.copytree(ck, bad)
+        c = json.loads(json.dumps(base))
+        edit(c)
+        (bad / "config.json").write_text(json.dumps(c))
+        with pytest.raises(UserError, match=f"^{bad / 'config.json'}: {message}") as e:
+            vlm.load(bad)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 500, i
+
+
 def test_unknown_encoder_is_an_error_naming_it():
     with pytest.raises(UserError, match="no-such-encoder"):
         build("llava", vision="no-such-encoder", llm="tiny:llama")

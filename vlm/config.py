@@ -269,7 +269,10 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> dict:
     try:
         raw = load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{p}: not valid YAML{where} ({what})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{p}: not UTF-8 text (byte {e.start}); a {what} is a YAML file") from None
     if raw is None:

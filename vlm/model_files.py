@@ -52,9 +52,15 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
         raise UserError(f"{p / WEIGHTS_FILE}: corrupt weights ({str(e).splitlines()[0]})") from None
     if format_version(p, raw) < FORMAT_VERSION:
         raw, state = upgrade(raw, state)
-    config = ModelConfig.from_dict(raw)
+    config = checked_config(p / CONFIG_FILE, raw)
     tok = load_tokenizer(p)
-    model = MultimodalLM.from_config(config, tok)
+    try:
+        model = MultimodalLM.from_config(config, tok)
+    except UserError as e:                       # an unknown projector, route, encoder ... named, with the file
+        raise UserError(f"{p / CONFIG_FILE}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, RuntimeError) as e:
+        raise UserError(f"{p / CONFIG_FILE}: does not build a model ({type(e).__name__}: {short_error(e)[:300]}); "
+                        f"was it edited by hand?") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
@@ -68,6 +74,26 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
             f"{p / WEIGHTS_FILE}: weights do not match config.json (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})")
     return model
+
+
+_JSON_NAMES = {str: "a string", dict: "an object", type(None): "null"}
+# config.json's fields and the JSON types they hold (None: may be null)
+CONFIG_TYPES = {"family": (str,), "llm": (dict,), "encoders": (dict,), "media": (dict,), "route": (dict,),
+                "llm_mode": (str,), "lora": (dict, type(None)), "system": (str, type(None))}
+
+
+def checked_config(f: Path, raw: dict) -> ModelConfig:
+    """config.json's fields, each of the JSON type it must be, as a ModelConfig; one line naming the field
+    otherwise (a hand-edited `"media": ["image"]` or `"system": 5` was a traceback wherever the model loaded)."""
+    for key, types in CONFIG_TYPES.items():
+        if key in raw:
+            require(isinstance(raw[key], types), f"{f}: field '{key}' must be "
+                    f"{' or '.join(_JSON_NAMES[t] for t in types)}, got {raw[key]!r:.60}")
+    for key in ("encoders", "media"):
+        require(key in raw, f"{f}: field '{key}' is missing")
+        for name, spec in raw[key].items():
+            require(isinstance(spec, dict), f"{f}: field '{key}.{name}' must be an object, got {spec!r:.60}")
+    return ModelConfig.from_dict(raw)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

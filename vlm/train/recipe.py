@@ -404,6 +404,7 @@ def _validate_runtime(rt: Runtime) -> None:
     _require(rt.checkpoint_every >= 0, "runtime.checkpoint_every", f"must be >= 0, got {rt.checkpoint_every}")
     _require(rt.keep_last >= 1, "runtime.keep_last", f"must be >= 1, got {rt.keep_last}")
     _require(rt.num_workers >= 0, "runtime.num_workers", f"must be >= 0, got {rt.num_workers}")
+    _require(rt.shuffle_buffer >= 0, "runtime.shuffle_buffer", f"must be >= 0 (0: no shuffling), got {rt.shuffle_buffer}")
     _require(rt.remote_timeout > 0, "runtime.remote_timeout", f"must be > 0, got {rt.remote_timeout}")
     _require(rt.remote_retries >= 0, "runtime.remote_retries", f"must be >= 0, got {rt.remote_retries}")
     _require(rt.remote_backoff >= 0, "runtime.remote_backoff", f"must be >= 0, got {rt.remote_backoff}")
