@@ -249,6 +249,33 @@ def test_kill9_then_rerun_gives_the_uninterrupted_files(exports):
     assert not [p for p in (tmp / "victim").rglob(".*tmp*")]             # the torn file is gone
 
 
+def test_an_unfinished_export_is_not_indexed_and_a_stale_index_not_searched(exports, capsys):
+    """`vlm index` on an export killed part-way indexed what was there (exit 0), and after the export finished
+    `vlm search` kept searching that index without a word."""
+    import shutil
+
+    from vlm.cli import main
+    from vlm.embed.index import Index
+    from vlm.errors import UserError
+    tmp, _ = exports
+    cut = tmp / "cut"
+    shutil.copytree(tmp / "one", cut)
+    (cut / "metadata" / "metadata_5.parquet").unlink()                # what a kill in the last part leaves
+    (cut / "stats" / "summary.json").unlink()
+    assert main(["index", str(cut)]) == 2
+    assert capsys.readouterr().err.strip().endswith("the export is not finished (5 of 6 parts written); rerun the "
+                                                    "same `vlm embed` command to finish it (finished parts are kept), "
+                                                    "then index")
+    shutil.rmtree(cut)
+    shutil.copytree(tmp / "one", cut)
+    (cut / "text_emb" / "text_emb_5.npy").rename(cut / "text_emb_5.npy.kept")
+    assert main(["index", str(cut)]) == 0                             # (an export with a part's text missing)
+    (cut / "text_emb_5.npy.kept").rename(cut / "text_emb" / "text_emb_5.npy")   # the export changed since
+    with pytest.raises(UserError, match=r"text.json: indexed \d+ rows in 5 parts, the export now has \d+ in 6; "
+                                        r"rebuild with `vlm index "):
+        Index(cut)
+
+
 def test_two_ranks_write_what_one_rank_writes(exports):
     tmp, _ = exports
     one, two = files_of(tmp / "one"), files_of(tmp / "two")

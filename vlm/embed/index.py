@@ -63,6 +63,19 @@ def modalities_of(folder: Path) -> list[str]:
     return [m for m in PREFIX if export_parts(folder, m)]
 
 
+def check_finished(folder: Path, run: dict) -> None:
+    """A `vlm embed` export still under way or killed part-way is not indexed (a search would miss its later
+    parts without a word): every planned part written and the summary of the finished export there. An
+    export whose run.json plans no parts (another tool's layout) is taken as it is."""
+    planned = run.get("parts")
+    if not isinstance(planned, int):
+        return
+    done = len(list((folder / "metadata").glob("metadata_*.parquet")))
+    if done < planned or not (folder / "stats" / "summary.json").is_file():
+        raise UserError(f"{folder}: the export is not finished ({done} of {planned} parts written); rerun the same "
+                        f"`vlm embed` command to finish it (finished parts are kept), then index")
+
+
 def read_run(folder: Path) -> dict:
     path = Path(folder) / "run.json"
     if not Path(folder).is_dir():
@@ -208,6 +221,7 @@ def build_index(folder: str | os.PathLike, memory: str | int = "4G", kind: str =
     import faiss
     folder = Path(folder)
     run = read_run(folder)
+    check_finished(folder, run)
     budget = parse_bytes(memory)
     have = modalities_of(folder)
     if not have:
@@ -281,6 +295,15 @@ class Index:
         if not isinstance(info, dict) or any(k not in info for k in need):
             raise UserError(f"{path}: not an index description (needs {', '.join(need)}); "
                             f"rebuild with `vlm index {self.folder}`")
+        # an export finished (or redone) after it was indexed: the index no longer holds its rows
+        try:
+            rows = [int(np.load(p, mmap_mode="r").shape[0]) for p in export_parts(self.folder, modality)]
+        except (OSError, ValueError, IndexError) as e:
+            raise UserError(f"{self.folder / emb_dir(modality)}: a part does not read ({short_error(e)}); rerun "
+                            f"the `vlm embed` command, then `vlm index {self.folder}`") from None
+        if rows != info["part_rows"]:
+            raise UserError(f"{path}: indexed {sum(info['part_rows'])} rows in {len(info['part_rows'])} parts, the "
+                            f"export now has {sum(rows)} in {len(rows)}; rebuild with `vlm index {self.folder}`")
         return info
 
     @property
