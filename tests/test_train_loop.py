@@ -141,6 +141,27 @@ def test_ddp_without_torchrun_trains_one_process_and_says_so(tmp_path, world, ca
     assert "one process" not in capsys.readouterr().out
 
 
+def test_a_run_folder_in_use_is_refused(tmp_path, world, capsys):
+    """Two `vlm train` into one folder at once both crashed (a checkpoint rename raced, metrics.jsonl torn) and
+    left two recipes' checkpoints mixed; the second is refused now, and the folder is free again after."""
+    from filelock import FileLock
+
+    from vlm.train.trainer import LOCK_FILE
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=1)],
+                            checkpoint_every=0, log_samples=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    with FileLock(str(run / LOCK_FILE)):                  # (FileLock: per process and thread; this test holds it)
+        import threading
+        out = {}
+        t = threading.Thread(target=lambda: out.update(rc=main(["train", str(recipe), "--out", str(run)])))
+        t.start()
+        t.join()
+    assert out["rc"] == 2 and "is in use by another `vlm train`" in capsys.readouterr().err
+    assert not (run / "recipe.yaml").exists()
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+
+
 def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, world, capsys):
     recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=3)],
                             checkpoint_every=1, log_samples=False)

@@ -144,6 +144,22 @@ def check_run_dir(run_dir: Path) -> None:
         raise UserError(f"output folder {run_dir}: {e.strerror}") from None
 
 
+LOCK_FILE = ".vlm-train.lock"
+
+
+def lock_run_dir(run_dir: Path):
+    """The run folder for this run alone: a second `vlm train` into it at the same time (two recipes' checkpoints
+    and metrics interleaved, both crashing) is refused. The lock goes with the process, a kill -9 included."""
+    from filelock import FileLock, Timeout
+    lock = FileLock(str(run_dir / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(f"output folder {run_dir} is in use by another `vlm train` (it holds {run_dir / LOCK_FILE}); "
+                        f"wait for it to end, or train into another --out") from None
+    return lock
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path | str | None = None, resume: bool = False):
         self.recipe = recipe
@@ -159,9 +175,11 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
         """Train every stage not yet done; returns `<run>/final`."""
+        lock = None
         try:
             check_run_dir(self.run_dir)
             if self.d.is_main:
+                lock = lock_run_dir(self.run_dir)
                 build_sources(self.recipe)       # synthetic-world sources with `build` settings, if absent
             ckpt = self._resume_point()          # (its barrier: the other ranks wait for the data)
             state = ckpt_lib.read_state(ckpt) if ckpt else ckpt_lib.TrainerState(
@@ -191,6 +209,8 @@ class Trainer:
                 self.log.close()
             if self.samples is not None:
                 self.samples.close()
+            if lock is not None:
+                lock.release()
             self.d.close()
 
     def _check_later_stages(self, plain: nn.Module, stages: range) -> None:
