@@ -306,6 +306,13 @@ def test_a_filter_keeping_nothing_says_what_the_data_holds(tmp_path, world):
     with pytest.raises(UserError, match=r"none has a json `task` and the filter keeps tasks caption .*"
                                         r"override `stages.1.filter.tasks=null`"):
         check_filter([str(tmp_path / "plain")], SampleFilter(tasks=["caption"]), "stages.1.filter")
+    # shards of random bytes: said to be unreadable, not blamed on the filter ("none passes it (media: -)")
+    (tmp_path / "junk").mkdir()
+    for i in range(3):
+        (tmp_path / "junk" / f"s{i}.tar").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UserError, match=r"'stages.1.filter': the stage's data has no readable sample among the first 3 "
+                                        r"\(bad_tar 3; e.g. .*s0.tar\): check its shards"):
+        check_filter([str(tmp_path / "junk")], SampleFilter(tasks=["caption"]), "stages.1.filter")
 
 
 def _annotated(a: int, b: NotImportedHere, c: Path, d: float | None = None, e: list[int] | None = None):  # noqa: F821

@@ -144,10 +144,13 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
     files, seen = FileCache(), 0
     media: Counter = Counter()                       # what the samples seen are, for the message
     tasks: Counter = Counter()
+    broken: Counter = Counter()                      # shard errors (bad_tar ...): not the filter's doing
     try:
         for shard in local:
             for ref in scan_shard(shard):
                 meta = None if ref.error else _json_of(ref, files)
+                if ref.error:
+                    broken[ref.error] += 1
                 if meta is None and not ref.error:
                     media["a json that does not read"] += 1
                 elif meta is not None:
@@ -164,6 +167,9 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
     finally:
         files.close()
     top = (lambda c: ", ".join(f"{k} {n}" for k, n in c.most_common(4)))
+    if seen and sum(broken.values()) == seen:      # nothing read at all: say so, not that the filter keeps nothing
+        raise UserError(f"recipe field '{where}': the stage's data has no readable sample among the first {seen} "
+                        f"({top(broken)}; e.g. {local[0]}): check its shards")
     hint = ("; an audio file is 'music' when its sample's json says \"modality\": \"music\" (or set the "
             "filter's modalities to null)" if sample_filter.modalities and "music" in sample_filter.modalities
             and "audio" in media else "")
