@@ -50,15 +50,7 @@ class RunLog:
         path = self.run_dir / METRICS
         if not path.exists():
             return
-        keep = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:              # a line torn by a crash (full disk, power loss): not a record
-                continue
-            if isinstance(row, dict) and _before(row, step):
-                keep.append(line)
-        _rewrite(path, keep)
+        _rewrite(path, [line for line, row in _records(path) if _before(row, step)])
 
     # ------------------------------------------------------------------ records
     def info(self, message: str) -> None:
@@ -130,6 +122,19 @@ class RunLog:
             self._wandb.finish()
 
 
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of a JSONL log; a line torn by a crash (full disk, power loss) is not a record."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append((line, row))
+    return out
+
+
 def _rewrite(path: Path, lines: list[str]) -> None:
     """The log holding these lines, atomically: a kill while it is written leaves the old file or the new one
     (rewritten in place, a kill left it empty: every row before the checkpoint lost)."""
@@ -154,15 +159,8 @@ class SampleLog:
         self.path = Path(run_dir) / f"samples-rank{rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            keep = []
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:          # a line torn by a crash: not a record
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= resume_step:
-                    keep.append(line)
-            _rewrite(self.path, keep)
+            _rewrite(self.path, [line for line, row in _records(self.path)
+                                 if isinstance(row.get("step"), int) and row["step"] <= resume_step])
         self._f = open(self.path, "a")
 
     def write(self, step: int, keys: list[str]) -> None:
@@ -176,15 +174,7 @@ class SampleLog:
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of <run>/metrics.jsonl; a line torn by a crash is not a record (as on resume)."""
     path = Path(run_dir) / METRICS
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return [row for _, row in _records(path)] if path.exists() else []
 
 
 def plot(run_dir: Path) -> Path | None:
