@@ -126,6 +126,12 @@ BAD = [
     (["model.settings.vision={name: tiny-vit, dpeth: 1}"], "model.settings.vision"),
     (["model.settings.llm={model_type: llama, hiden_size: 32}"], "model.settings.llm"),
     (["model.settings.llm={hidden_size: 32}"], "model.settings.llm"),        # sizes without an architecture
+    (["model.settings.llm={model_type: llama, hidden_size: -4}"], "model"),  # torch's negative dimension: traceback
+    (["model.settings.llm={model_type: llama, hidden_size: big}"], "model"),  # huggingface_hub's validation: traceback
+    (["model.settings.vision=timm:nonexistent_net"], "model.settings.vision"),  # a prefixed name was blamed on 'model'
+    (["model.settings.llm=tiny:llamma"], "model.settings.llm"),
+    (["runtime.shuffle_buffer=-5"], "runtime.shuffle_buffer"),             # silently "no shuffle"
+    (["stages.0.objective_settings={temprature: 0.1}"], "stages.0.objective_settings.temprature"),  # "has: " nothing
     (["stages.0.batch_size=3", "stages.0.grad_accum=2"], "stages.0.batch_size"),
     (["stages.1.data={other: 1.0}"], "stages.1.data.other"),                 # unknown source
     (["stages.0.filter.tasks=[colour]"], "stages.0.filter"),                 # a filter keeping nothing
@@ -201,6 +207,8 @@ def test_bad_files_and_overrides_are_one_line_errors(tmp_path):
         with pytest.raises(UserError) as e:
             R.load_recipe(spec, overrides, check_files=False)
         assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"a folder, not a recipe file"):           # said "not found"
+        R.load_recipe(str(tmp_path), check_files=False)
     bad.write_text("name: [a\nmodel: {\n")            # where the parser stopped, not "while parsing a flow sequence"
     with pytest.raises(UserError, match=r"bad.yaml: not valid YAML at line 2, column 6 \(expected ',' or ']', but got "
                                         r"':'\)$"):

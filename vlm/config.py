@@ -153,7 +153,8 @@ def _from_dict(cls: type, raw: Any, path: str, ctx: _Ctx) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for k in raw:
         if k not in names:
-            raise UserError(f"{ctx.what} '{_join(path, k)}' is unknown; {cls.__name__} has: {', '.join(names)}")
+            raise UserError(f"{ctx.what} '{_join(path, k)}' is unknown; " +
+                            (f"{cls.__name__} has: {', '.join(names)}" if names else "it takes no settings"))
     kw = {}
     for f in dataclasses.fields(cls):
         if f.name in raw:
@@ -264,6 +265,8 @@ def apply_override(raw: dict, item: str) -> None:
 
 def read_yaml(path: str | os.PathLike, what: str = "config") -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p}: a folder, not a {what} file (a YAML file)")
     if not p.is_file():
         raise UserError(f"{what} file not found: {p}")
     try:

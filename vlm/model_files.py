@@ -42,6 +42,7 @@ def format_version(p: Path, raw: dict) -> int:
 
 
 def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
+    from huggingface_hub.errors import StrictDataclassError     # transformers' typed configs
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     require("family" in raw and "llm" in raw, f"{p / CONFIG_FILE}: not a vlm checkpoint config (needs 'family' and 'llm')")
@@ -58,7 +59,8 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
         model = MultimodalLM.from_config(config, tok)
     except UserError as e:                       # an unknown projector, route, encoder ... named, with the file
         raise UserError(f"{p / CONFIG_FILE}: {e}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, RuntimeError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, RuntimeError,
+            StrictDataclassError) as e:
         raise UserError(f"{p / CONFIG_FILE}: does not build a model ({type(e).__name__}: {short_error(e)[:300]}); "
                         f"was it edited by hand?") from None
     try:

@@ -329,19 +329,17 @@ def unbuilt(src: Source) -> bool:
     return src.build is not None and not (Path(src.shards[0]).parent / "index.json").exists()
 
 
-def _build_config(src: Source):
-    """The `vlm data build` config of a source's `build` settings: the data set above its split folder."""
+def _build_config(src: Source, path: str = ""):
+    """The `vlm data build` config of a source's `build` settings: the data set above its split folder
+    (`path`: where the settings are, for an error naming the field)."""
     from vlm.data.cli import BuildConfig
-    return from_dict(BuildConfig, {"out": str(Path(src.shards[0]).parent), **src.build})
+    return from_dict(BuildConfig, {"out": str(Path(src.shards[0]).parent), **src.build}, path)
 
 
 def _check_build(src: Source, p: str) -> None:
     _require(len(src.shards) == 1 and Path(src.shards[0]).name in ("train", "val", "test"), f"{p}.shards",
              f"a source with build settings reads one split folder of the data set it builds (OUT/train), got {src.shards}")
-    try:
-        _build_config(src)
-    except UserError as e:
-        raise UserError(f"recipe field '{p}.build': {e}") from None
+    _build_config(src, f"{p}.build")
 
 
 def build_sources(recipe: Recipe) -> None:
@@ -492,6 +490,7 @@ def model_skeleton(spec: ModelSpec):
     An unknown encoder or LLM name raises a UserError naming the `model.settings` field it came from.
     """
     import torch
+    from huggingface_hub.errors import StrictDataclassError     # transformers' typed configs
     state = torch.random.get_rng_state()
     try:
         with torch.device("meta"):
@@ -500,6 +499,9 @@ def model_skeleton(spec: ModelSpec):
         field, msg = _field_of(spec, str(e)), str(e)
         key = field.rsplit(".", 1)[-1]
         raise UserError(f"recipe field '{field}': {msg[len(key) + 2:] if msg.startswith(f'{key}: ') else msg}") from None
+    except (TypeError, ValueError, RuntimeError, StrictDataclassError) as e:   # a value transformers / torch refuse
+        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())       # (hidden_size -4, "big")
+        raise UserError(f"recipe field 'model': the model does not build ({type(e).__name__}: {text[:300]})") from None
     finally:
         torch.random.set_rng_state(state)
 
@@ -517,6 +519,8 @@ def _field_of(spec: ModelSpec, message: str) -> str:
             return f"model.settings.{k}"
         path = name.split(":", 1)[-1] if isinstance(name, str) else ""
         if "/" in path and path in message:                       # an encoder given by path (mert:DIR, hf:DIR)
+            return f"model.settings.{k}"
+        if path and path != name and (f"'{path}'" in message or f'"{path}"' in message):  # timm:NAME, tiny:TYPE
             return f"model.settings.{k}"
         if isinstance(v, dict) and str(v) in message:
             return f"model.settings.{k}"
