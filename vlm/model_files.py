@@ -42,7 +42,7 @@ def format_version(p: Path, raw: dict) -> int:
 
 
 def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
-    from huggingface_hub.errors import StrictDataclassError     # transformers' typed configs
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     require("family" in raw and "llm" in raw, f"{p / CONFIG_FILE}: not a vlm checkpoint config (needs 'family' and 'llm')")

@@ -490,7 +490,7 @@ def model_skeleton(spec: ModelSpec):
     An unknown encoder or LLM name raises a UserError naming the `model.settings` field it came from.
     """
     import torch
-    from huggingface_hub.errors import StrictDataclassError     # transformers' typed configs
+    from huggingface_hub.errors import StrictDataclassError
     state = torch.random.get_rng_state()
     try:
         with torch.device("meta"):
