@@ -195,6 +195,10 @@ def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, w
     assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{mid / 'rank-00000.pt'}: missing" in err and len(err.splitlines()) == 1, err
+    torch.save({"x": {}}, mid / "rank-00000.pt")                      # a file of another structure: KeyError 'data'
+    assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{mid / 'rank-00000.pt'}: not a rank state" in err and len(err.splitlines()) == 1, err
     (mid / "rank-00000.pt").write_bytes(rank)
     # a recipe.yaml deleted: resumed with a warning; what a kill while final/ was written leaves: removed
     (run / ".final.tmp-abc123").mkdir()                             # what a kill while final/ was written leaves
@@ -202,6 +206,9 @@ def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, w
     assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 0
     assert "recipe.yaml is missing, so this recipe cannot be checked" in capsys.readouterr().err
     assert not (run / ".final.tmp-abc123").exists() and (run / "final" / "config.json").is_file()
+    # finished twice, done once (it was logged twice)
+    from vlm.train.logging import read_metrics
+    assert [r.get("event") for r in read_metrics(run)].count("done") == 1
     mid = run / "checkpoints" / "step-00000002"                     # mid-stage: optimizer and data state read
     for name in ("optimizer.pt", "rank-00000.pt"):
         shutil.rmtree(run / "final")

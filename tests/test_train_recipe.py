@@ -378,3 +378,21 @@ def test_a_later_stage_without_a_usable_sample_stops_the_run_before_the_first_st
                                                          "starts): data source(s) 'sound': ")
     assert err.endswith("no usable sample (skipped: not_for_model 6; for example s0000: audio media; the model takes image)")
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """torch's writer on a full disk raises RuntimeError('[enforce fail at inline_container.cc:672] . unexpected
+    pos ...'): a traceback. One line now, naming the folder; the checkpoints before it stay whole."""
+    import torch
+
+    from vlm.train import checkpoint as ckpt_lib
+    from vlm.train.strategies import Dist
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 606080 vs 605972")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match=r"\.tmp-step-00000003: the checkpoint could not be written .*is the disk full"):
+        ckpt_lib.save(tmp_path, ckpt_lib.TrainerState(step=3), Dist(), None, {}, {"data": {}, "rng": {}}, keep_last=2)
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("another bug")))
+    with pytest.raises(RuntimeError, match="another bug"):            # not every RuntimeError is a full disk
+        ckpt_lib.save(tmp_path, ckpt_lib.TrainerState(step=4), Dist(), None, {}, {"data": {}, "rng": {}}, keep_last=2)

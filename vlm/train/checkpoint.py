@@ -133,10 +133,16 @@ def save(run_dir: Path, state: TrainerState, d, plain_model, optim_state: dict |
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     d.barrier()
-    torch.save(rank_state, tmp / rank_file(d.rank))
-    if d.is_main:
-        plain_model.save_pretrained(tmp / MODEL_DIR)
-        torch.save(optim_state, tmp / OPTIM_FILE)
+    try:
+        torch.save(rank_state, tmp / rank_file(d.rank))
+        if d.is_main:
+            plain_model.save_pretrained(tmp / MODEL_DIR)
+            torch.save(optim_state, tmp / OPTIM_FILE)
+    except RuntimeError as e:       # torch's writer on a full disk: "[enforce fail at inline_container.cc] unexpected pos"
+        if "inline_container" not in str(e) and "file write failed" not in str(e):
+            raise
+        raise UserError(f"{tmp}: the checkpoint could not be written ({str(e).splitlines()[0][:160]}): is the disk "
+                        f"full? The checkpoints before it are whole; free space and rerun with --resume") from None
     d.barrier()                                       # every rank's file is on disk
     if d.is_main:
         _write_json(tmp / TRAINER_FILE, asdict(state))
@@ -227,4 +233,8 @@ def load_rank(ckpt: Path, rank: int) -> dict:
     if not path.is_file():          # (the number of ranks was checked against trainer.json before)
         raise UserError(f"{path}: missing (rank {rank}'s data position and RNG state); delete this checkpoint "
                         f"folder to resume from an earlier one")
-    return _load_tensors(path)
+    state = _load_tensors(path)
+    if not (isinstance(state, dict) and {"data", "rng"} <= set(state)):
+        raise UserError(f"{path}: not a rank state (needs 'data' and 'rng'); delete this checkpoint folder to resume "
+                        f"from an earlier one")
+    return state

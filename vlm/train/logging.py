@@ -147,7 +147,10 @@ def _rewrite(path: Path, lines: list[str]) -> None:
 
 
 def _before(row: dict, step: int) -> bool:
-    """Whether a row belongs to the run up to checkpoint `step` (a stage starting there starts again)."""
+    """Whether a row belongs to the run up to checkpoint `step` (a stage starting there starts again; a resumed
+    run is not done: its "done" is written again when it is)."""
+    if row.get("event") == "done":
+        return False
     at = row.get("step", 0)
     return at < step if row.get("event") == "stage_start" else at <= step
 
