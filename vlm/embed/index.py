@@ -296,11 +296,7 @@ class Index:
             raise UserError(f"{path}: not an index description (needs {', '.join(need)}); "
                             f"rebuild with `vlm index {self.folder}`")
         # an export finished (or redone) after it was indexed: the index no longer holds its rows
-        try:
-            rows = [int(np.load(p, mmap_mode="r").shape[0]) for p in export_parts(self.folder, modality)]
-        except (OSError, ValueError, IndexError) as e:
-            raise UserError(f"{self.folder / emb_dir(modality)}: a part does not read ({short_error(e)}); rerun "
-                            f"the `vlm embed` command, then `vlm index {self.folder}`") from None
+        rows = [part_rows(p) for p in export_parts(self.folder, modality)]
         if rows != info["part_rows"]:
             raise UserError(f"{path}: indexed {sum(info['part_rows'])} rows in {len(info['part_rows'])} parts, the "
                             f"export now has {sum(rows)} in {len(rows)}; rebuild with `vlm index {self.folder}`")

@@ -194,12 +194,12 @@ class Trainer:
                 start = self._restore_model(plain, ckpt, state)
                 self.log.event("resume", f"resuming from {ckpt} (stage '{state.stage_name}', step {state.step})",
                                step=state.step, checkpoint=str(ckpt))
-            mid = ckpt is not None and start == state.stage and not state.stage_done   # its data position is checked
-            self._check_later_stages(plain, range(start + 1 if mid else start, len(self.recipe.stages)))
+            mid = ckpt is not None and start == state.stage and not state.stage_done   # resumed inside stage `start`
+            self._check_stage_data(plain, range(start + 1 if mid else start, len(self.recipe.stages)))
             for i in range(start, len(self.recipe.stages)):
                 if state.early_stopped:          # runtime.eval.patience ended the run: no later stage
                     break
-                mid_stage = ckpt is not None and i == state.stage and not state.stage_done
+                mid_stage = mid and i == start
                 if ckpt is not None and i == start and not mid_stage:
                     ckpt_lib.set_rng_state(ckpt_lib.load_rank(ckpt, self.d.rank)["rng"])
                 self._run_stage(i, plain, state, ckpt if mid_stage else None)
@@ -213,7 +213,7 @@ class Trainer:
                 lock.release()
             self.d.close()
 
-    def _check_later_stages(self, plain: nn.Module, stages: range) -> None:
+    def _check_stage_data(self, plain: nn.Module, stages: range) -> None:
         """A stage's data with no usable sample for this rank (a filter that keeps nothing, media the model has
         no encoder for, every sample broken) is found now, naming the stage, not after the stages before it
         trained: each of this rank's data workers reads its share of the stage until one batch comes (the
