@@ -65,3 +65,20 @@ def test_a_bad_recipe_override_stops_the_demo_before_it_builds_data(tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 2 and "stages.9" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "sw").exists()                               # nothing built first
+
+
+def test_a_rerun_into_the_same_out_with_another_seed_is_refused(tmp_path, capsys):
+    """The steps are skipped when their outputs exist: a rerun with another seed (or recipe override) would
+    reuse the model trained with the first and label its results with the second. Refused, before any work;
+    another suite is an evaluation only and goes on to the data step."""
+    from vlm.cli import main
+    from vlm.config import save_config
+    from vlm.demo import DemoConfig
+    out, data = tmp_path / "demo", tmp_path / "sw"
+    save_config(DemoConfig(out=str(out), data=str(data), samples=40, recipe_overrides=["stages.0.steps=2"]),
+                out / "demo_config.yaml")
+    for extra, field in ((["--seed", "1"], "seed (0 -> 1)"), (["stages.0.steps=3"], "recipe_overrides")):
+        rc = main(["demo", "--out", str(out), "--data", str(data), "--samples", "40", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and field in err and "another --out" in err and len(err.strip().splitlines()) == 1, err
+    assert not data.exists()                                            # refused before the data step

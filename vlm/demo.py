@@ -7,7 +7,8 @@
 2. trains the `llava-tiny` recipe through its curriculum stages (`vlm train llava-tiny`),
 3. evaluates the trained and the untrained model on the synthetic-world capability suite
    (`vlm eval --suite synthetic-world-quick`) and prints the capability table and where the plots are.
-Each step is skipped when its output exists (a finished training run, finished benchmarks). Settings are
+Each step is skipped when its output exists (a finished training run, finished benchmarks); a rerun into the same
+--out with another data set, sample count, seed, recipe or recipe override is refused (`--suite` may change). Settings are
 `DemoConfig` fields (flags, `--config FILE.yaml`, or KEY=value); any other key=value overrides the
 recipe (e.g. stages.1.steps=100). The resolved settings are saved as OUT/demo_config.yaml.
 """
@@ -32,6 +33,24 @@ class DemoConfig:
     recipe_overrides: list[str] = field(default_factory=list, metadata={"flag": None})
 
 
+# settings that change the trained model: a rerun into the same --out with others would reuse that model
+# (each step is skipped when its output exists) and label its results with the new settings
+MODEL_FIELDS = ("data", "samples", "seed", "recipe", "recipe_overrides")
+
+
+def check_same_run(cfg: DemoConfig, saved: Path) -> None:
+    """Refuse a rerun into an --out whose demo was made with other model settings (the suite may change)."""
+    from vlm.config import read_yaml
+    from vlm.errors import UserError
+    if not saved.is_file():
+        return
+    before = read_yaml(saved, what="demo config")
+    changed = [f"{k} ({before.get(k)!r} -> {getattr(cfg, k)!r})" for k in MODEL_FIELDS if before.get(k) != getattr(cfg, k)]
+    if changed:
+        raise UserError(f"{saved.parent} already holds a demo made with other settings: {', '.join(changed)}; "
+                        f"give another --out, or remove {saved.parent} to start again")
+
+
 def run(cfg: DemoConfig) -> int:
     from benchmarks.registry import resolve
     from benchmarks.report import capability_table
@@ -44,6 +63,7 @@ def run(cfg: DemoConfig) -> int:
     from vlm.data.cli import BuildConfig, build_if_absent
     overrides = [f"data.world.shards=[{data / 'train'}]", f"runtime.seed={cfg.seed}", *cfg.recipe_overrides]
     load_recipe(cfg.recipe, overrides, check_files=False)      # a bad recipe or override: said before minutes of building
+    check_same_run(cfg, out / "demo_config.yaml")
     build_if_absent(BuildConfig(out=str(data), samples=cfg.samples, seed=cfg.seed))
     recipe = load_recipe(cfg.recipe, overrides)
     save_config(cfg, out / "demo_config.yaml")
