@@ -182,6 +182,12 @@ def test_resume_continues_exactly(tmp_path, model, workers, packing):
     assert second.stats.skipped["bad_image"] >= 1   # the stream went through `broken` (2+ epochs)
     with pytest.raises(UserError, match="num_workers"):
         ShardPipeline(sources, model.processor, **{**cfg, "num_workers": workers + 2}).load_state_dict(state)
+    # other shards at the same paths (a rebuilt data set): the positions point into other samples. Refused,
+    # naming the shard; a state from before the contents were kept resumes as it did.
+    write_tar(tmp_path / "a1.tar", image_samples("a", 9, start=9))
+    with pytest.raises(UserError, match=r"shard .*a1\.tar changed since the checkpoint \(\d+ -> \d+ bytes\)"):
+        ShardPipeline(sources, model.processor, **cfg).load_state_dict(state)
+    ShardPipeline(sources, model.processor, **cfg).load_state_dict({k: v for k, v in state.items() if k != "contents"})
 
 
 def test_mixture_weights_70_30(tmp_path, model):

@@ -29,6 +29,7 @@ keeps (`remote_shards`) so that a restart replays without reading them again.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -52,7 +53,7 @@ from vlm.data.reader import (
     read_fields,
     slot_refs,
 )
-from vlm.data.remote import RemoteContext, RemoteSettings, is_placeholder, resolve
+from vlm.data.remote import RemoteContext, RemoteSettings, is_placeholder, is_remote, resolve
 from vlm.errors import UserError
 
 STATE_VERSION = 1
@@ -298,6 +299,7 @@ class ShardPipeline:
         if cfg.batch_size < 1 or cfg.max_len < 2:
             raise UserError(f"batch_size must be >= 1 and max_len >= 2, got {cfg.batch_size}, {cfg.max_len}")
         self.sources = as_sources(sources)
+        self._shard_contents: list | None = None
         rank, world = cfg.rank, cfg.world_size
         if rank is None or world is None:
             from webdataset.utils import pytorch_worker_info
@@ -376,12 +378,34 @@ class ShardPipeline:
     def _fingerprint(self) -> list:
         return [[s.name, len(s.shards), s.weight] for s in self.sources]
 
+    def _contents(self) -> list:
+        """Per source: a digest of its shard file names and the local shards' sizes in bytes (None for a remote
+        one), taken once: other shards at the same paths must not resume from positions into the old ones."""
+        if self._shard_contents is None:
+            import hashlib
+            self._shard_contents = [
+                {"names": hashlib.sha256("\n".join(os.path.basename(x) for x in s.shards).encode()).hexdigest()[:16],
+                 "sizes": [os.path.getsize(x) if not is_remote(x) and os.path.isfile(x) else None for x in s.shards]} for s in self.sources]
+        return self._shard_contents
+
+    def _check_contents(self, saved: list | None) -> None:
+        if saved is None:                     # a state from before the contents were kept: nothing to compare
+            return
+        for s, old, new in zip(self.sources, saved, self._contents()):
+            if old.get("names") != new["names"]:
+                raise UserError(f"data source '{s.name}': its shard files are not the ones the checkpoint was trained "
+                                f"on (other names at the same paths); resume with that data, or start a new run")
+            for shard, a, b in zip(s.shards, old.get("sizes", []), new["sizes"]):
+                if a != b:
+                    raise UserError(f"data source '{s.name}': shard {shard} changed since the checkpoint ({a} -> {b} "
+                                    f"bytes); resume with the data the run was trained on, or start a new run")
+
     def state_dict(self) -> dict:
         ds = self.dataset
         return {"version": STATE_VERSION, "seed": self.cfg.seed, "start_epoch": ds.start_epoch,
                 "rank": self.rank, "world_size": self.world_size, "num_workers": ds.workers,
                 "positions": list(ds.positions), "done": list(ds.done), "order": list(self.order),
-                "sources": self._fingerprint(), "stats": self.stats.to_dict(),
+                "sources": self._fingerprint(), "contents": self._contents(), "stats": self.stats.to_dict(),
                 **({"remote_shards": {u: list(v) for u, v in ds.remote_shards.items()}} if ds.remote_shards else {})}
 
     def load_state_dict(self, state: dict) -> None:
@@ -393,6 +417,7 @@ class ShardPipeline:
         if state.get("sources") != self._fingerprint():
             raise UserError(f"data state was saved for sources {state.get('sources')}, "
                             f"this run has {self._fingerprint()}")
+        self._check_contents(state.get("contents"))
         self.cfg.seed = int(state["seed"])
         ds.start_epoch = int(state["start_epoch"])
         ds.positions = [int(p) for p in state["positions"]]
