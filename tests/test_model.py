@@ -192,7 +192,7 @@ def test_bad_checkpoints_one_line_errors(tmp_path, capsys):
 def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
     """Each edit below was a traceback (TypeError, AttributeError, KeyError, transformers' 5 KB ValueError)
     wherever the model loaded (chat, eval, embed, export, init of a recipe); an unknown projector did not name the
-    file."""
+    file; a misspelt field loaded with its default."""
     import json
     import shutil
     ck = build("llava", vision="tiny-clip", llm="tiny:llama").save_pretrained(tmp_path / "ck")
@@ -204,7 +204,9 @@ def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
              (lambda c: c["encoders"]["image"]["preprocess"].update(size="big"), r"does not build a model \(ValueError"),
              (lambda c: c["encoders"]["image"].pop("preprocess"), r"does not build a model \(KeyError: 'preprocess'"),
              (lambda c: c["llm"].update(model_type="nosuch"), "does not build a model .ValueError: Unrecognized model"),
-             (lambda c: c["media"]["image"].update(projector="mlp3x"), "unknown projector 'mlp3x'")]
+             (lambda c: c["media"]["image"].update(projector="mlp3x"), "unknown projector 'mlp3x'"),
+             (lambda c: c["media"]["image"].update(pool=0), r"projector connector: pool must be >= 1 .*got 0"),
+             (lambda c: c.update(sytem=c.pop("system")), r"'sytem' is not a config field \(did you mean 'system'\?\)")]
     for i, (edit, message) in enumerate(edits):
         bad = tmp_path / f"bad{i}"
         shutil.copytree(ck, bad)

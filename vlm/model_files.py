@@ -86,11 +86,17 @@ CONFIG_TYPES = {"family": (str,), "llm": (dict,), "encoders": (dict,), "media": 
 
 def checked_config(f: Path, raw: dict) -> ModelConfig:
     """config.json's fields, each of the JSON type it must be, as a ModelConfig; one line naming the field
-    otherwise (a hand-edited `"media": ["image"]` or `"system": 5` was a traceback wherever the model loaded)."""
+    otherwise (a hand-edited `"media": ["image"]` or `"system": 5` was a traceback wherever the model loaded; a
+    misspelt `"sytem"` loaded without its system prompt). Other unknown keys (a note someone added) pass."""
     for key, types in CONFIG_TYPES.items():
         if key in raw:
             require(isinstance(raw[key], types), f"{f}: field '{key}' must be "
                     f"{' or '.join(_JSON_NAMES[t] for t in types)}, got {raw[key]!r:.60}")
+    import difflib
+    known = [*ModelConfig.__dataclass_fields__, "format_version", "architecture"]
+    for key in raw:                   # a misspelt field would be dropped and its default used without a word
+        near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75) if key not in known else None
+        require(not near, f"{f}: '{key}' is not a config field (did you mean '{near[0]}'?)" if near else "")
     for key in ("encoders", "media"):
         require(key in raw, f"{f}: field '{key}' is missing")
         for name, spec in raw[key].items():

@@ -154,6 +154,8 @@ class AVTokenizer(MediaTokenizer):
         self.__dict__["streams"] = {k: e for k, e in (("music", music), ("audio", audio)) if e is not None}  # the model's
         self.pools = {k: int(p) if p is not None else default_pool(k, self.streams[k])
                       for k, p in (("music", music_pool), ("audio", audio_pool)) if k in self.streams}
+        for k, p in self.pools.items():
+            require(p >= 1, f"av connector: {k}_pool must be >= 1 (encoder frames per LLM token), got {p}")
         self.projector = nn.ModuleDict({"vision": build_projector(projector, encoder.output_dim, d_lm)})
         for k, e in self.streams.items():
             self.projector[k] = build_projector(projector, e.output_dim, d_lm)

@@ -17,6 +17,7 @@ from torch import nn
 
 from encoders.base import TokenCount
 from vlm.connectors.base import MEDIA, PROJECTORS, MediaContext, MediaTokenizer, TimePooled, build_projector
+from vlm.errors import require
 from vlm.modalities import MODALITIES
 
 
@@ -66,6 +67,7 @@ class ProjectorTokenizer(MediaTokenizer):
         """pool None: the modality table's tokens per second over the encoder's frame rate (1 for images)."""
         super().__init__(modality, encoder)
         self.pool = int(pool) if pool is not None else default_pool(modality, encoder)
+        require(self.pool >= 1, f"projector connector: pool must be >= 1 (encoder tokens per LLM token), got {pool}")
         self.projector = build_projector(projector, encoder.output_dim, d_lm)
         self.projector_kind = projector
 
