@@ -2,6 +2,7 @@
 field (exit 2, nothing built or written); LR schedules; `vlm recipe show` round-trips."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -378,6 +379,11 @@ def test_a_later_stage_without_a_usable_sample_stops_the_run_before_the_first_st
                                                          "starts): data source(s) 'sound': ")
     assert err.endswith("no usable sample (skipped: not_for_model 6; for example s0000: audio media; the model takes image)")
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    # the run folder's logs say why it ended (train.log had the start of the run and nothing after it)
+    log = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert log[-1].endswith("error: " + err.removeprefix("vlm train: error: ")), log[-1]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["event"] == "error" and rows[-1]["message"] == err.removeprefix("vlm train: error: ")
 
 
 def test_a_checkpoint_on_a_full_disk_is_one_line(tmp_path, monkeypatch):

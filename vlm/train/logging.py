@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from vlm.errors import UserError
+
 METRICS, TEXT_LOG, PLOT = "metrics.jsonl", "train.log", "loss_lr.png"
 
 
@@ -41,7 +43,6 @@ class RunLog:
             try:
                 import wandb as wb
             except ImportError:
-                from vlm.errors import UserError
                 raise UserError("recipe field 'runtime.wandb': true, but the wandb package is not installed") from None
             self._wandb = wb.init(project=wandb.pop("project"), config=wandb, dir=str(self.run_dir),
                                   name=self.run_dir.name, resume="allow")
@@ -69,6 +70,15 @@ class RunLog:
             return
         self._write({"event": kind, "time": time.time(), **fields})
         self.info(message)
+
+    def failed(self, error: BaseException) -> None:
+        """The error that ended the run, in train.log and metrics.jsonl (the CLI prints it, so not printed here)."""
+        if not self.enabled:
+            return
+        message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}".splitlines()[0]
+        self._write({"event": "error", "time": time.time(), "message": message})
+        self._text.write(f"[{time.strftime('%H:%M:%S')}] error: {message}\n")
+        self._text.flush()
 
     def metrics(self, row: dict) -> None:
         if not self.enabled:
@@ -148,8 +158,9 @@ def _rewrite(path: Path, lines: list[str]) -> None:
 
 def _before(row: dict, step: int) -> bool:
     """Whether a row belongs to the run up to checkpoint `step` (a stage starting there starts again; a resumed
-    run is not done: its "done" is written again when it is)."""
-    if row.get("event") == "done":
+    run is not done: its "done" is written again when it is; an error that ended an earlier attempt stays in
+    train.log only)."""
+    if row.get("event") in ("done", "error"):
         return False
     at = row.get("step", 0)
     return at < step if row.get("event") == "stage_start" else at <= step

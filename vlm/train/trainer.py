@@ -204,6 +204,10 @@ class Trainer:
                     ckpt_lib.set_rng_state(ckpt_lib.load_rank(ckpt, self.d.rank)["rng"])
                 self._run_stage(i, plain, state, ckpt if mid_stage else None)
             return self._finish(plain)
+        except (Exception, KeyboardInterrupt) as e:
+            if self.log is not None:
+                self.log.failed(e)
+            raise
         finally:
             if self.log is not None:
                 self.log.close()
