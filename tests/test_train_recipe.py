@@ -402,3 +402,14 @@ def test_a_checkpoint_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("another bug")))
     with pytest.raises(RuntimeError, match="another bug"):            # not every RuntimeError is a full disk
         ckpt_lib.save(tmp_path, ckpt_lib.TrainerState(step=4), Dist(), None, {}, {"data": {}, "rng": {}}, keep_last=2)
+
+
+def test_integers_read_as_yaml_1_2_reads_them():
+    """PyYAML reads YAML 1.1: `steps: 010` trained 8 steps (octal) and `1:30` was 90 (base 60). A leading zero
+    is decimal, `1:30` a string the typed field names; hex, binary and 1_000 are as before; recipe files and
+    key=value overrides read the same way."""
+    r = R.load_recipe("llava-tiny", ["stages.0.steps=010", "stages.1.steps=0x10", "stages.2.steps=1_000"],
+                      check_files=False)
+    assert [s.steps for s in r.stages] == [10, 16, 1000]
+    with pytest.raises(UserError, match=r"'stages.0.steps'.*1:30"):
+        R.load_recipe("llava-tiny", ["stages.0.steps=1:30"], check_files=False)

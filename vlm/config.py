@@ -229,6 +229,22 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_document(node)
 
 
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    """Integers as YAML 1.2 (and every reader of today) reads them: PyYAML follows YAML 1.1, where `steps: 010`
+    is octal 8 and `1:30` is sexagesimal 90. A leading zero is decimal now; `1:30` stays a string (a typed
+    field then names it); 0x10, 0b10 and 1_000 read as before."""
+    text = loader.construct_scalar(node)
+    digits = text.replace("_", "")
+    if ":" in digits:
+        return text
+    if re.fullmatch(r"[-+]?0[0-9]+", digits):
+        return int(digits, 10)
+    return loader.construct_yaml_int(node)
+
+
+_UniqueKeys.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+
+
 def load_yaml(text: str) -> Any:
     """yaml.safe_load, refusing duplicate keys."""
     return yaml.load(text, Loader=_UniqueKeys)         # a SafeLoader subclass
