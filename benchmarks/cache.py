@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from vlm.atomic import write_file
 
 
 class FeatureCache:
@@ -48,14 +49,8 @@ class FeatureCache:
         from safetensors.torch import save_file
         p = self._path(model_fp, name)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)})
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        write_file(p, lambda tmp: save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)}))
 
     def get_or_compute(self, model_fp: str, name: str,
                        compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from vlm.atomic import write_text
 from vlm.errors import UserError
 
 START, END = "<!-- vlm-eval results: start -->", "<!-- vlm-eval results: end -->"
@@ -143,10 +144,7 @@ def results_rows(table, **extra: Any) -> list[dict[str, Any]]:
 def write_results(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
-    os.replace(tmp, p)
-    return p
+    return write_text(p, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
 
 
 def _number(x: Any) -> bool:
@@ -340,11 +338,7 @@ def render(card: str | os.PathLike, text: str | None = None, pending: dict[Path,
 
 def _write_card(p: Path, text: str) -> None:
     """Atomically, keeping the card's file mode."""
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    if p.exists():
-        os.chmod(tmp, p.stat().st_mode & 0o7777)
-    os.replace(tmp, p)
+    write_text(p, text, keep_mode=True)
 
 
 def regenerate(card: str | os.PathLike) -> Path:

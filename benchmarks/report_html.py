@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.registry import BENCHMARKS, Benchmark, Roots
+from vlm.atomic import write_text
 
 GALLERY_LIMIT = 1000              # samples per benchmark in the gallery (all rows stay in results/)
 THUMB = 192                       # px, the longest side of an image thumbnail
@@ -319,8 +320,4 @@ def _gallery(name: str, rec: dict, models: list[str], per_model: dict[str, list[
 
 
 def write_html(out: str | Path, table, benches: list[Benchmark] = (), roots: Roots | None = None) -> Path:
-    p = Path(out) / "report.html"
-    tmp = p.with_name(".report.html.tmp")
-    tmp.write_text(report_html(out, table, benches, roots), encoding="utf-8")
-    tmp.replace(p)
-    return p
+    return write_text(Path(out) / "report.html", report_html(out, table, benches, roots))

@@ -38,6 +38,7 @@ from benchmarks.data import shard_files
 from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
 from benchmarks.tasks import Context, applicable, run_task
+from vlm.atomic import write_file, write_text
 from vlm.errors import UserError
 
 RESULTS = "results"
@@ -119,15 +120,12 @@ def check_data(bench: Benchmark, roots: Roots) -> None:
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     import pandas as pd
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    frame = pd.DataFrame(rows)
+    write_file(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, default=float))
 
 
 def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) -> dict[str, Any]:

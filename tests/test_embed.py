@@ -204,16 +204,16 @@ KILL_AT_THIRD_METADATA = """
 import os, signal, sys
 import vlm.embed.export as E
 calls = []
-original = E._atomic
-def dying(path, write):
+original = E.write_file
+def dying(path, write, **kw):
     if path.name.startswith("metadata_"):
         calls.append(path)
         if len(calls) == 3:                    # the third part: npy + stats written, metadata half-written
             tmp = path.with_name("." + path.name + ".tmp-" + str(os.getpid()))
             tmp.write_bytes(b"PAR1 torn")
             os.kill(os.getpid(), signal.SIGKILL)
-    return original(path, write)
-E._atomic = dying
+    return original(path, write, **kw)
+E.write_file = dying
 from vlm.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -128,6 +128,67 @@ def test_save_load_identical_logits(model, tmp_path, video_file):
     assert torch.equal(a, b)
 
 
+def test_a_save_killed_between_its_two_renames_loses_no_folder(tmp_path):
+    """replace_dir moves the old folder aside, then the new one in: a kill between the two left the model only
+    under `.NAME.old-PID`, and every later load said "checkpoint not found". The load puts it back; the next save
+    removes such leftovers of a process no longer running."""
+    import shutil
+    import subprocess
+    m = build("llava", vision="tiny-clip", llm="tiny:llama")
+    ck = m.save_pretrained(tmp_path / "final")
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                                 # a process id no longer running
+    old = tmp_path / f".final.old-{gone.pid}"
+    os.replace(ck, old)                                         # killed after the first rename
+    loaded = vlm.load(ck)
+    assert ck.is_dir() and not old.exists()
+    a, b = m.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shutil.copytree(ck, old)                                    # killed after the second: the old copy stays
+    m.save_pretrained(ck)
+    assert not old.exists() and (ck / "config.json").is_file()
+    running = subprocess.Popen(["sleep", "60"])
+    try:                                                        # a running process's folder is not touched
+        theirs = tmp_path / f".final.old-{running.pid}"
+        shutil.copytree(ck, theirs)
+        m.save_pretrained(ck)
+        assert theirs.is_dir()
+    finally:
+        running.kill()
+        running.wait()
+    mine = tmp_path / f".final.old-{os.getpid()}"               # this process id's own: a killed earlier one's
+    shutil.copytree(ck, mine)                                   # (ids are reused): it blocked the rename
+    m.save_pretrained(ck)
+    assert not mine.exists() and (ck / "config.json").is_file()
+
+
+def test_a_file_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    """Every results file, report, log rewrite, config and index goes through vlm.atomic.write_file: a full disk
+    while writing left `.report.html.tmp` (and the like) behind. Now the old file stays and nothing else."""
+    import errno
+
+    from vlm.atomic import remove_torn, write_file, write_text
+    target = write_text(tmp_path / "report.html", "old")
+
+    def full(tmp):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    with pytest.raises(OSError):
+        write_file(target, full)
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"] and target.read_text() == "old"
+    target.chmod(0o640)
+    write_text(target, "new", keep_mode=True, fsync=True)
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o640
+    # a killed writer's temporary: removed once its process is gone, kept while it runs
+    import subprocess
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    torn, live = tmp_path / f".report.html.tmp-{gone.pid}", tmp_path / f".report.html.tmp-{os.getpid()}"
+    torn.write_text("x")
+    live.write_text("x")
+    assert remove_torn(tmp_path.glob(".*.tmp-*")) == [torn] and live.exists()
+
+
 def test_a_tied_word_embedding_llm_saves_and_loads(tmp_path):
     """Qwen2-0.5B ties its LM head to the token table (llava-0.5b): safetensors stores the shared tensor once,
     and the load called the other name missing, so every such run's final model could not be loaded."""

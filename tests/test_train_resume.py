@@ -62,7 +62,7 @@ def test_no_sample_is_skipped_or_repeated(runs):
 def test_partial_checkpoint_folders_are_ignored_and_removed(runs):
     ckpts = runs["victim"] / "checkpoints"
     assert not (ckpts / ".tmp-step-00000099").exists() and not (ckpts / "step-00000098").exists()
-    assert "removed partial checkpoint" in runs["log"]
+    assert "cleaned up after an interrupted save" in runs["log"]
 
 
 def test_frozen_parameters_stay_bit_identical_and_trainable_sets_are_logged(runs):

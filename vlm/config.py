@@ -187,12 +187,10 @@ def to_yaml(data: Any) -> str:
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """The resolved config as YAML, written atomically (a temporary file per process: ranks of one
     torchrun job may write the same config at once)."""
+    from vlm.atomic import write_text
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, to_yaml(cfg))
 
 
 # ---------------------------------------------------------------------------------------------

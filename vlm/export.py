@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from vlm import llm as llm_lib
+from vlm.atomic import write_folder
 from vlm.connectors.base import PlainRoute
 from vlm.connectors.projector import ProjectorTokenizer
 from vlm.errors import UserError, require
-from vlm.model import MultimodalLM, write_folder
+from vlm.model import MultimodalLM
 
 TARGETS = ("hf-llava",)
 

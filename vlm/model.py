@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm import llm as llm_lib
+from vlm.atomic import write_folder
 from vlm.connectors import MediaContext, build_media, build_route
 from vlm.data.processor import Processor
 from vlm.errors import UserError, require
@@ -346,41 +345,3 @@ def load_safetensors(module: nn.Module, path: Path) -> None:
         raise UserError(f"{path}: cannot load the weights ({str(e).splitlines()[0][:200]})") from None
     require(not missing and not unexpected, f"{path}: weights do not match the model (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})")
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Put folder src at dst atomically enough: dst is either the old or the new folder, never a mix."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-def default_permissions(folder: Path) -> None:
-    """The modes a plain mkdir / open would give under the umask: mkdtemp makes the folder 0700 and
-    safetensors writes 0600, so a model saved on a shared file system was unreadable by other users."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [folder, *folder.rglob("*")]:
-        if not p.is_symlink():
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
-
-
-def write_folder(path: str | os.PathLike, write) -> Path:
-    """Fill a temporary sibling folder with `write(tmp)`, then put it at `path` (atomic enough)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    except OSError as e:                       # a file where a folder of the path should be, no permission ...
-        raise UserError(f"cannot create {path}: {e.strerror or e} ({e.filename or path.parent})") from None
-    try:
-        write(tmp)
-        default_permissions(tmp)
-        replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path

@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+from vlm.atomic import recover_replaced
 from vlm.errors import UserError, require
 from vlm.modalities import short_error
 from vlm.model import (
@@ -21,6 +22,8 @@ from vlm.model import (
 
 
 def read_config(p: Path) -> dict:
+    if not p.exists():
+        recover_replaced(p.parent, p.name)      # a save killed between its two renames: the old folder is whole
     require(p.is_dir(), f"checkpoint not found: {p}")
     require((p / CONFIG_FILE).exists(), f"{p}: no {CONFIG_FILE} (not a vlm checkpoint folder)")
     try:

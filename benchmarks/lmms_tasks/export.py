@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlm.atomic import write_file
+
 BENCHMARK = "sw-vqa"
 SCHEMA = 2                       # the parquet's columns; a new layout gets a new file name
 AV_VQA = ["sw-vqa-audio-tone", "sw-vqa-audio-noise", "sw-vqa-music-pitch", "sw-vqa-music-chord",
@@ -71,9 +73,8 @@ def export_split(benchmarks: tuple[str, ...], root: str, split: str) -> Path:
     out = default_cache_dir().parent / "lmms" / f"{tag}-{split}-v{SCHEMA}-{'-'.join(hashes)[:40]}.parquet"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
-        os.replace(tmp, out)
+        frame = pd.DataFrame(rows)
+        write_file(out, lambda tmp: frame.to_parquet(tmp, index=False))
     return out
 
 
@@ -108,9 +109,7 @@ def _video_file(raw: bytes) -> str:
     path = default_cache_dir().parent / "lmms" / "clips" / f"{hashlib.sha256(raw).hexdigest()[:24]}.mp4"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(raw)
-        os.replace(tmp, path)
+        write_file(path, lambda tmp: tmp.write_bytes(raw))
     return str(path)
 
 

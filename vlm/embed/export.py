@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlm.atomic import remove_torn, write_file
 from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
 from vlm.embed.items import Item
 from vlm.errors import UserError
@@ -360,16 +361,6 @@ class WindowReader(torch.utils.data.IterableDataset):
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[np.ndarray]], dim: int,
                dtype: np.dtype, keys: list[str], captions: list[str], sources: list[str], stats: dict) -> None:
     import pyarrow as pa
@@ -381,23 +372,17 @@ def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[
         def save(tmp, arr=arr):
             with open(tmp, "wb") as f:
                 np.save(f, arr)
-        _atomic(path, save)
+        write_file(path, save)
     stats_path = out / "stats" / f"stats_{name}.json"
-    _atomic(stats_path, lambda tmp: tmp.write_text(json.dumps(stats, indent=1)))
+    write_file(stats_path, lambda tmp: tmp.write_text(json.dumps(stats, indent=1)))
     table = pa.table({"key": pa.array(keys, pa.string()), "caption": pa.array(captions, pa.string()),
                       "source": pa.array(sources, pa.string())})
-    _atomic(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: pq.write_table(table, tmp))
+    write_file(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def _remove_torn(out: Path) -> None:
     """Temporary files a killed export left (their process is gone; a live rank's are kept)."""
-    for tmp in out.glob("*/.*.tmp-*"):
-        try:
-            os.kill(int(tmp.name.rsplit("-", 1)[-1]), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, PermissionError):
-            pass
+    remove_torn(out.glob("*/.*.tmp-*"))
 
 
 def part_done(out: Path, name: str) -> bool:
@@ -505,7 +490,7 @@ def check_manifest(out: Path, want: dict, backend=None) -> None:
             raise UserError(f"{out} holds an export with other settings ({', '.join(diff)} differ); "
                             f"use another --out or delete it")
         return
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(want, indent=1)))
+    write_file(path, lambda tmp: tmp.write_text(json.dumps(want, indent=1)))
 
 
 # ------------------------------------------------------------------------------------------------ the export
@@ -622,7 +607,7 @@ def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> N
     summary = {"parts": count, "parts_done": len(parts), "rows": sum(p["rows"] for p in parts),
                "skipped": sum(len(p["skipped"]) for p in parts), "skipped_by_reason": dict(reasons),
                "left_out_files": sum(len(p.get("left_out_files", [])) for p in parts)}
-    _atomic(out / "stats" / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+    write_file(out / "stats" / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
 
 
 def read_summary(out: Path) -> dict:

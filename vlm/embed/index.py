@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm.atomic import write_file, write_text
 from vlm.embed.export import PREFIX, emb_dir, npy_shape
 from vlm.errors import UserError
 from vlm.modalities import short_error
@@ -258,10 +259,8 @@ def build_index(folder: str | os.PathLike, memory: str | int = "4G", kind: str =
                 "search": search, "recall@10": round(recall, 4), "n": n, "dim": d, "bytes": choice.bytes,
                 "budget": budget, "part_rows": rows, "metadata": [str(p.relative_to(folder)) for p in metadata],
                 "model": run.get("model"), "fingerprint": run.get("fingerprint")}
-        tmp = folder / "index" / f".{m}.index.tmp"
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, folder / "index" / f"{m}.index")
-        (folder / "index" / f"{m}.json").write_text(json.dumps(info, indent=1))
+        write_file(folder / "index" / f"{m}.index", lambda tmp: faiss.write_index(index, str(tmp)))
+        write_text(folder / "index" / f"{m}.json", json.dumps(info, indent=1))
         infos[m] = info
         if not quiet:
             print(f"{m}: {n:,} vectors x {d}, budget {budget / 2**30:.2f} GiB -> {choice.describe()}"

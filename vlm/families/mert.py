@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import AudioPreprocess, ConvFrames, normalize_waveform
+from vlm.atomic import write_folder
 from vlm.data.processor import Processor
 from vlm.errors import UserError, require
 from vlm.families.base import SYNTHETIC_WORLD, Family, check_count, register_family
-from vlm.model import load_safetensors, write_folder
+from vlm.model import load_safetensors
 
 HEADS_FILE, HEADS_CONFIG = "mert_heads.safetensors", "mert_pretraining.json"
 SAMPLE_RATE = 24000

@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vlm.atomic import write_text
 from vlm.errors import UserError
 from vlm.train.recipe import PRETRAINED, base_llm_architecture, load_recipe
 
@@ -106,10 +107,8 @@ def checkpoint(spec: str, seed: int) -> Path:
             tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
             raise UserError(f"training the base LLM '{spec}' (seed {seed}) failed (exit {rc}): {tail[0]} "
                             f"(log: {log})")
-        tmp = folder / (DONE + ".tmp")
-        tmp.write_text(json.dumps({"spec": spec, "seed": seed, "command": cmd, "key": key_doc}, indent=1,
-                                  default=str))
-        os.replace(tmp, folder / DONE)
+        write_text(folder / DONE, json.dumps({"spec": spec, "seed": seed, "command": cmd, "key": key_doc},
+                                             indent=1, default=str))
         print(f"[base-llm] {name} (seed {seed}) ready: {final}", flush=True)
     return final
 

@@ -16,7 +16,6 @@ Everything is loaded with safetensors or `torch.load(weights_only=True)`: no pic
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
@@ -27,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlm.atomic import recover_replaced, replace_dir, write_text
 from vlm.errors import UserError
-from vlm.model import replace_dir
 
 STEP_RE = re.compile(r"^step-(\d{8})$")
 TRAINER_FILE, OPTIM_FILE, MODEL_DIR = "trainer.json", "optimizer.pt", "model"
@@ -117,7 +116,8 @@ def remove_partial(run_dir: Path) -> list[Path]:
             if p.is_dir() and re.match(r"\.(final|best)\.tmp-", p.name):
                 shutil.rmtree(p, ignore_errors=True)
                 gone.append(p)
-    return gone
+    # a kill between replace_dir's two renames: the old folder back where it was, or gone if the new one is there
+    return gone + recover_replaced(Path(run_dir)) + recover_replaced(root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,11 +154,7 @@ def save(run_dir: Path, state: TrainerState, d, plain_model, optim_state: dict |
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1), fsync=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import statistics
 from pathlib import Path
 
+from vlm.atomic import replace_dir
 from vlm.errors import UserError
 from vlm.train import checkpoint as ckpt_lib
 
@@ -129,9 +129,4 @@ class TrainingEval:
         (candidate / BEST_INFO).write_text(json.dumps(
             {"step": state.step, "score": state.best_score, "metric": self.spec.metric, "split": self.spec.split,
              "scores": scores}, indent=2))
-        best, old = self.run_dir / BEST, self.run_dir / f".{BEST}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if best.exists():
-            os.replace(best, old)
-        os.replace(candidate, best)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(candidate, self.run_dir / BEST)

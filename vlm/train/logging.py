@@ -13,12 +13,12 @@ the files read as if the run had never stopped.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from vlm.atomic import write_text
 from vlm.errors import UserError
 
 METRICS, TEXT_LOG, PLOT = "metrics.jsonl", "train.log", "loss_lr.png"
@@ -148,12 +148,7 @@ def _records(path: Path) -> list[tuple[str, dict]]:
 def _rewrite(path: Path, lines: list[str]) -> None:
     """The log holding these lines, atomically: a kill while it is written leaves the old file or the new one
     (rewritten in place, a kill left it empty: every row before the checkpoint lost)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(r + "\n" for r in lines))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, "".join(r + "\n" for r in lines), fsync=True)
 
 
 def _before(row: dict, step: int) -> bool:

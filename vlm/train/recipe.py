@@ -575,8 +575,5 @@ def check_model(recipe: Recipe):
 
 
 def save_resolved(recipe: Recipe, run_dir: Path) -> Path:
-    path = Path(run_dir) / "recipe.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(recipe.to_yaml())
-    os.replace(tmp, path)
-    return path
+    from vlm.atomic import write_text
+    return write_text(Path(run_dir) / "recipe.yaml", recipe.to_yaml())

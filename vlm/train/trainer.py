@@ -247,7 +247,7 @@ class Trainer:
         if self.d.is_main:
             removed = ckpt_lib.remove_partial(self.run_dir) if self.resume else []
             for p in removed:
-                print(f"removed partial checkpoint {p}", flush=True)
+                print(f"cleaned up after an interrupted save: {p}", flush=True)
         self.d.barrier()
         found = ckpt_lib.latest(self.run_dir)
         if found is not None and not self.resume:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlm.atomic import write_file
 from vlm.data.formats import CLIP_SECONDS, MIN_CLIP_SECONDS
 from vlm.errors import UserError
 from vlm.train.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
@@ -226,7 +227,6 @@ class MaskedPrediction(Objective):
     def prepare(self, model: nn.Module, batches, state_dir) -> None:
         """Fit the acoustic teacher on the stage's audio once; a resumed run reads it back. Every rank fits
         the same teacher (same data, same seed) and writes the same bytes (each through its own temp file)."""
-        import os
 
         from safetensors.torch import load_file, save_file
         if not self.teacher.needs_fit:
@@ -237,9 +237,8 @@ class MaskedPrediction(Objective):
             return
         self.teacher.fit((b["audio"] for b in batches()), seed=0)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file(self.teacher.fitted_state(), str(tmp))
-        tmp.replace(path)
+        state = self.teacher.fitted_state()
+        write_file(path, lambda tmp: save_file(state, str(tmp)))
 
     def targets(self, wave: Tensor, lengths: Tensor, frames: int) -> tuple[Tensor, Tensor | None]:
         """The teacher's codes [B, T, K] and the CQT [B, T, R] (None without the musical teacher) of the

@@ -1,0 +1,137 @@
+"""Crash-safe writes: a file or folder is the old one or the new one, never a torn mix.
+
+    write_text(path, text)                     # a file: written as `.NAME.tmp-PID`, then renamed over NAME
+    write_file(path, lambda tmp: df.to_parquet(tmp))
+    write_folder(path, lambda tmp: model_parts_into(tmp))   # a folder: filled beside it, then swapped in
+
+A write that fails (a full disk, a read-only file system) leaves no temporary file behind. A process killed
+inside a write leaves `.NAME.tmp-PID` (a file) or `.NAME.old-PID` (the previous folder, moved aside for the
+swap): `remove_torn` / `recover_replaced` clean them up once that process is gone, putting a folder back
+where a kill between the swap's two renames left none.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlm.errors import UserError
+
+TMP_MARK, OLD_MARK = ".tmp-", ".old-"
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (this process counts as running)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                          # another user's process: running
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ files
+def write_file(path: str | os.PathLike, write: Callable[[Path], Any], fsync: bool = False,
+               keep_mode: bool = False) -> Path:
+    """`write(tmp)` to a temporary sibling, then renamed over `path`; the temporary is removed if it fails.
+    fsync: on disk before the rename (a log a resume truncates); keep_mode: the replaced file's mode."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        if keep_mode and path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, **kw: Any) -> Path:
+    return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), **kw)
+
+
+def remove_torn(files: Any) -> list[Path]:
+    """Of these paths, the `.NAME.tmp-PID` files of processes no longer running (killed inside write_file)."""
+    gone = []
+    for p in files:
+        pid = Path(p).name.rpartition(TMP_MARK)[2]
+        if pid.isdigit() and not running(int(pid)) and Path(p).is_file():
+            Path(p).unlink(missing_ok=True)
+            gone.append(Path(p))
+    return gone
+
+
+# ------------------------------------------------------------------------------------------------ folders
+def replace_dir(src: Path, dst: Path) -> None:
+    """Put folder src at dst atomically enough: dst is either the old or the new folder, never a mix (a kill
+    between the two renames leaves the old one as `.NAME.old-PID`: `recover_replaced` puts it back)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}{OLD_MARK}{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)         # left by a killed process that had this process id
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def recover_replaced(parent: Path, name: str | None = None) -> list[Path]:
+    """What a process killed inside `replace_dir` left in `parent` (for folder `name` only, or for every one):
+    its `.NAME.old-PID` goes back to NAME when NAME is missing (killed between the two renames: the folder
+    would be gone), else it is removed. Folders of a process still running are left alone. Returns the
+    folders put back or removed."""
+    done = []
+    if not parent.is_dir():
+        return done
+    for p in parent.iterdir():
+        head, mark, pid = p.name.rpartition(OLD_MARK)
+        if not (mark and head.startswith(".") and pid.isdigit() and p.is_dir()) or running(int(pid)):
+            continue
+        dst = parent / head[1:]
+        if name is not None and dst.name != name:
+            continue
+        if dst.exists():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.replace(p, dst)
+        done.append(p)
+    return done
+
+
+def default_permissions(folder: Path) -> None:
+    """The modes a plain mkdir / open would give under the umask: mkdtemp makes the folder 0700 and
+    safetensors writes 0600, so a model saved on a shared file system was unreadable by other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def write_folder(path: str | os.PathLike, write) -> Path:
+    """Fill a temporary sibling folder with `write(tmp)`, then put it at `path` (atomic enough)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_replaced(path.parent, path.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:                       # a file where a folder of the path should be, no permission ...
+        raise UserError(f"cannot create {path}: {e.strerror or e} ({e.filename or path.parent})") from None
+    try:
+        write(tmp)
+        default_permissions(tmp)
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
