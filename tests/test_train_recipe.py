@@ -296,6 +296,18 @@ def test_a_source_too_small_for_its_slots_is_an_error_not_a_hang(tmp_path):
         next(source_refs(src, 0, 0, slot=1, num_slots=2))
 
 
+def test_a_misspelt_filter_task_is_named_even_when_other_tasks_pass(world):
+    """tasks [color, captoin]: the color samples pass, so the stage trained on color alone without a word. A
+    task found nowhere that looks like one found is refused; a task unlike all (maybe further on) passes."""
+    from vlm.data.filters import check_filter
+    from vlm.train.recipe import SampleFilter
+    with pytest.raises(UserError, match=r"^recipe field 'stages.1.filter.tasks': no sample among the first 8 of "
+                                        r"the stage's data has task 'captoin' \(did you mean 'caption'\?\)$"):
+        check_filter([world], SampleFilter(tasks=["color", "captoin"]), "stages.1.filter")
+    check_filter([world], SampleFilter(tasks=["color", "caption"]), "stages.1.filter")
+    check_filter([world], SampleFilter(tasks=["color", "spatial"]), "stages.1.filter")
+
+
 def test_a_filter_keeping_nothing_says_what_the_data_holds(tmp_path, world):
     import webdataset as wds
 

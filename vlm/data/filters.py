@@ -136,14 +136,18 @@ class FilterStats(DataStats):
 
 
 def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, limit: int = 5000) -> None:
-    """UserError naming the filter if none of the first `limit` samples of its sources passes it."""
+    """UserError naming the filter if none of the first `limit` samples of its sources passes it, or if one
+    of its `tasks` is absent from them and looks like a misspelling of a task there (`shpe` for `shape`: the
+    stage would train on the other tasks only, without a word)."""
     from vlm.data.reader import expand_shards, is_remote, scan_shard
     local = [s for s in expand_shards(shards) if not is_remote(s)]
     if not local:
         return                                        # remote shards are not read before training starts
-    files, seen = FileCache(), 0
+    files, seen, passed = FileCache(), 0, False
     media: Counter = Counter()                       # what the samples seen are, for the message
-    tasks: Counter = Counter()
+    tasks: Counter = Counter()                       # of the samples that do not pass
+    all_tasks: set[str] = set()
+    wanted = set(sample_filter.tasks or [])
     broken: Counter = Counter()                      # shard errors (bad_tar ...): not the filter's doing
     try:
         for shard in local:
@@ -155,10 +159,14 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
                     media["a json that does not read"] += 1
                 elif meta is not None:
                     exts = [m[0] for m in ref.members]
+                    all_tasks.add(str(meta.get("task", "-")))
                     if keep_sample(meta, sample_filter, exts):
-                        return
-                    media["+".join(sorted(sample_modalities(meta, exts))) or "text"] += 1
-                    tasks[str(meta.get("task", "-"))] += 1
+                        passed = True
+                        if wanted <= all_tasks:
+                            return
+                    else:
+                        media["+".join(sorted(sample_modalities(meta, exts))) or "text"] += 1
+                        tasks[str(meta.get("task", "-"))] += 1
                 seen += 1
                 if seen >= limit:
                     break
@@ -166,6 +174,9 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
                 break
     finally:
         files.close()
+    if passed:
+        _check_task_names(wanted - all_tasks, all_tasks, seen, where)
+        return
     top = (lambda c: ", ".join(f"{k} {n}" for k, n in c.most_common(4)))
     if seen and sum(broken.values()) == seen:      # nothing read at all: say so, not that the filter keeps nothing
         raise UserError(f"recipe field '{where}': the stage's data has no readable sample among the first {seen} "
@@ -179,3 +190,14 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
                  "and its difficulty bounds, for other data)")
     raise UserError(f"recipe field '{where}': none of the first {seen} samples of the stage's data passes it "
                     f"(their media: {top(media) or '-'}; tasks: {top(tasks) or '-'}){hint}")
+
+
+def _check_task_names(absent: set[str], present: set[str], seen: int, where: str) -> None:
+    """A filter task found nowhere in the samples read that looks like one found: a misspelling (a task only
+    further on in the data, unlike every task seen, passes)."""
+    import difflib
+    for task in sorted(absent):
+        near = difflib.get_close_matches(task, sorted(present - {"-"}), n=1, cutoff=0.75)
+        if near:
+            raise UserError(f"recipe field '{where}.tasks': no sample among the first {seen} of the stage's data "
+                            f"has task {task!r} (did you mean {near[0]!r}?)")
