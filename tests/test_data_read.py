@@ -292,6 +292,23 @@ def test_a_corrupt_json_under_a_stage_filter_is_a_bad_sample_not_filtered(tmp_pa
         check_filter([str(tmp_path / "all")], f, "stages.0.filter")
 
 
+def test_no_usable_sample_gives_an_example_of_the_main_reason(tmp_path, model):
+    """One sample left out by the filter, then five of a modality the model has no encoder for: the example was
+    the filtered one (the first skip), hiding why the stage had nothing to train on."""
+    import vlm
+    from vlm.data.filters import Filtering, FilterStats, SampleFilter
+    other = {"__key__": "other", "json": {**conv("Colour?", "red"), "task": "other"}}
+    sounds = [{"__key__": f"snd{i}", "wav": encode_audio(Audio(np.zeros(1600, np.float32), 16000), "wav"),
+               "json": {**conv("<audio>\nHigh or low?", "low"), "task": "t"}} for i in range(5)]
+    src = write_tar(tmp_path / "s.tar", [other, *sounds])
+    f = SampleFilter(tasks=["t"])
+    image_only = vlm.build("llava", vision="tiny-clip", llm="tiny:llama")
+    pipe = ShardPipeline([src], image_only.processor, batch_size=2, shuffle_buffer=0, stats_cls=FilterStats,
+                         wrap_sample_fn=lambda base: Filtering(base, f), epochs=3)
+    with pytest.raises(UserError, match=r"skipped: not_for_model 5, filtered 1; for example snd\d: audio media"):
+        keys(pipe)
+
+
 def test_too_long_sample_never_splits_media(tmp_path, model):
     long_text = " ".join(["the circle is red"] * 30)
     src = write_tar(tmp_path / "long.tar", [

@@ -257,8 +257,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         skips = [(e[2], e[4]) for e in events if e[1] == "skip"]
         reasons = Counter(r for r, _ in dict.fromkeys(skips))
         names = ", ".join(f"'{s.name}'" for s in self.sources)
-        # the example: a sample that failed (bad audio ...) before one a filter left out on purpose
-        example = next((m for r, m in skips if r not in (FILTERED, NOT_FOR_MODEL)), skips[0][1])
+        # the example: a sample that failed (bad audio ...) before one left out on purpose, and then one of the
+        # most common reason (a few filtered samples beside hundreds of not_for_model: the latter is the cause)
+        failed = [m for r, m in skips if r not in (FILTERED, NOT_FOR_MODEL)]
+        example = failed[0] if failed else next(m for r, m in skips if r == reasons.most_common(1)[0][0])
         raise UserError(f"data source(s) {names}: a whole pass on rank {self.rank} (worker {w}) gave no usable "
                         f"sample (skipped: {', '.join(f'{r} {n}' for r, n in reasons.most_common())}; for example "
                         f"{example})")
