@@ -67,8 +67,8 @@ def bench_signature(bench: Benchmark, limit: int | None, data: str = "") -> str:
 def data_identity(bench: Benchmark, roots: Roots) -> str:
     """Names, sizes and mtimes of the files a benchmark reads (`benchmarks.data.data_hash`): the shards of
     its split (and of the train split for probes) and the folder's .txt files (class names, templates), or a
-    labels.csv and the files it lists; "" for data
-    read another way (MMEB's parquet sets), which then keeps the definition-only signature."""
+    labels.csv and the files it lists; an MMEB benchmark's parquet files and the images they name, or its
+    datasets' shards; "" when they cannot be listed (check_data then names what is missing)."""
     from benchmarks.data import data_hash
     try:
         folder = bench.data.folder(roots)
@@ -77,7 +77,13 @@ def data_identity(bench: Benchmark, roots: Roots) -> str:
             listed = sorted({c.path for c in read_labels(folder) if c.path.is_file()})
             return data_hash([folder / LABELS_FILE, *listed])
         if bench.kind == "mmeb" and bench.options.get("datasets"):
-            return ""
+            from benchmarks.tasks.mmeb import mmeb_eval_files
+            files = []
+            for spec in bench.options["datasets"]:
+                files += (mmeb_eval_files(folder, spec) if "subset" in spec else
+                          shard_files(folder / spec["path"], bench.data.split) if "path" in spec else
+                          shard_files(folder, bench.data.split))
+            return data_hash(sorted(set(files)))
         files = shard_files(folder, bench.data.split)
         if bench.kind == "probe":
             files += shard_files(folder, bench.data.train_split or "train")

@@ -185,6 +185,36 @@ def test_mmeb_eval_local_copy_scores_precision_at_1(tmp_path):
     assert len(get_benchmark("mmeb-all").options["datasets"]) == 36
 
 
+def test_a_changed_mmeb_eval_copy_is_a_new_question(tmp_path):
+    """A stored MMEB-eval score was reused for another --bench-root or an edited parquet (its data identity was
+    empty), and the feature cache reused embeddings of an image replaced in place (its key held the parquet
+    only): both depend on the parquet files and the images they name now."""
+    import shutil
+    import time
+
+    from benchmarks.registry import Roots, get_benchmark
+    from benchmarks.runner import data_identity
+    from benchmarks.tasks.mmeb import mmeb_eval_files
+    root = tmp_path / "a" / "MMEB-eval"
+    (root / "eval_images" / "ImageNet-1K").mkdir(parents=True)
+    for name, colour in (("x.jpg", "red"), ("y.jpg", "blue")):
+        H.image(colour, 32).save(root / "eval_images" / "ImageNet-1K" / name)
+    H.write_parquet(root / "ImageNet-1K" / "test-00000-of-00001.parquet", [
+        {"qry_text": "<|image_1|>\nRepresent it", "qry_img_path": "ImageNet-1K/x.jpg",
+         "tgt_text": ["gold", "other"], "tgt_img_path": ["", ""]}])
+    bench = get_benchmark("mmeb-imagenet-1k")
+    roots = Roots(bench_root=str(tmp_path / "a"))
+    first = data_identity(bench, roots)
+    assert first and [p.name for p in mmeb_eval_files(root, bench.options["datasets"][0])] == [
+        "test-00000-of-00001.parquet", "x.jpg"]                            # y.jpg is not read: not in it
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert data_identity(bench, Roots(bench_root=str(tmp_path / "b"))) != first
+    assert data_identity(bench, roots) == first                            # unchanged: the same
+    time.sleep(0.01)
+    shutil.copy(root / "eval_images" / "ImageNet-1K" / "y.jpg", root / "eval_images" / "ImageNet-1K" / "x.jpg")
+    assert data_identity(bench, roots) != first
+
+
 # ------------------------------------------------------------------------------------------------ the family
 def test_vlm2vec_starts_from_any_checkpoint(tmp_path):
     import torch

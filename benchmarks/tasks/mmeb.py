@@ -335,6 +335,24 @@ def mmeb_files(folder: Path, subset: str) -> list[Path]:
     return files
 
 
+def mmeb_eval_files(folder: Path, spec: dict) -> list[Path]:
+    """Every file one MMEB-eval subset reads: its parquet files and the images their rows name (what a stored
+    score or cached embedding depends on: an image replaced in place is another question)."""
+    import pyarrow.parquet as pq
+    files = mmeb_files(folder, spec["subset"])
+    images = folder / spec.get("images", "eval_images")
+    named: set[str] = set()
+    for f in files:
+        try:
+            table = pq.read_table(f, columns=["qry_img_path", "tgt_img_path"])
+        except (OSError, ValueError, KeyError):
+            continue                            # the build names the file and what is wrong with it
+        for col in table.columns:
+            for v in col.to_pylist():
+                named.update(x for x in (v if isinstance(v, list) else [v]) if isinstance(x, str) and x)
+    return files + sorted(p for p in (images / n for n in named) if p.is_file())
+
+
 def confined(root: Path, rel: str, where: str) -> str:
     """root / rel, refusing paths that leave root (absolute paths, '..', symlinks out)."""
     real_root = os.path.realpath(root)
@@ -412,7 +430,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             continue
         if "subset" in spec:
             folder = bench.data.folder(ctx.roots)
-            files = mmeb_files(folder, spec["subset"])
+            files = mmeb_eval_files(folder, spec)
             ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)),
                          build_mmeb_eval(folder, spec, ctx.limit))
             datasets.append(ds)
