@@ -160,11 +160,16 @@ def get_suite(name: str) -> Suite:
 
 def resolve(benches: list[str] | None = None, suite: str | list[str] | None = None) -> list[Benchmark]:
     """The benchmarks a command line asks for: the suites' (one name or several) and/or named ones, each
-    once, in order."""
+    once, in order (one folder spelled two ways, `audio-folder:a/` and `audio-folder:/abs/a`, is one benchmark)."""
     names: list[str] = []
     for s in [suite] if isinstance(suite, str) else suite or []:
-        names += [n for n in get_suite(s).benchmarks if n not in names]
-    names += [n for n in benches or [] if n not in names]
+        names += get_suite(s).benchmarks
+    names += benches or []
     if not names:
         raise UserError("nothing to evaluate: give --suite NAME or --bench NAME")
-    return [get_benchmark(n) for n in names]
+    out: list[Benchmark] = []
+    for n in dict.fromkeys(names):
+        b = get_benchmark(n)
+        if b not in out:
+            out.append(b)
+    return out

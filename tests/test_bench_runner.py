@@ -296,6 +296,8 @@ def test_repeated_suites_are_all_evaluated():
     from vlm.config import from_dict
     assert from_dict(EvalConfig, {"out": "x", "suite": None, "benches": ["sw-vqa"]}).suite is None
     assert [b.name for b in resolve(["sw-vqa"], None)] == ["sw-vqa"]
+    # the same --bench twice (it ran twice, the second as 'sw-vqa#2' in the results) is one benchmark
+    assert [b.name for b in resolve(["sw-vqa", "sw-colors", "sw-vqa"], None)] == ["sw-vqa", "sw-colors"]
     assert from_dict(EvalConfig, {"out": "x", "suite": "synthetic-world-audio"}).suite == ["synthetic-world-audio"]
 
 

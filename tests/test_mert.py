@@ -357,8 +357,9 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     (d / "clips" / "cancel.flac").write_bytes(flac(np.stack([tone(220, 2.0), -tone(220, 2.0)]), 24000))
     rows += ["clips/tiny.wav,high", "clips/missing.flac,high", "clips/cancel.flac,high"]
     (d / "labels.csv").write_text("\n".join(rows) + "\n")
-    from benchmarks.registry import get_benchmark
+    from benchmarks.registry import get_benchmark, resolve
     from benchmarks.runner import RunConfig, evaluate
+    assert len(resolve([f"audio-folder:{d}", f"audio-folder:{d}/", f"audio-folder:{d}/../mine"])) == 1   # one folder
     res = evaluate([str(folder)], [get_benchmark(f"audio-folder:{d}")],
                    RunConfig(out=str(tmp_path / "eval"), cache=False, progress=False))
     [rec] = res.records
