@@ -349,6 +349,49 @@ def test_converters_skip_odd_records_by_reason(tmp_path):
     assert (tmp_path / "wds" / "classnames.txt").read_text() == "apple\nbanana\n"
 
 
+def test_converters_write_only_what_reads_back(tmp_path):
+    """Each case wrote wrong data with exit 0: a truncated JPEG (verify() does not decode) passed as good and
+    every reader after skipped it; llava-json put <image> into the system prompt; a captions CSV with a third
+    column glued it onto the caption; ./a.wav and a.wav captioned one file twice; a caption .txt with a BOM
+    kept it; a dangling caption link was a traceback."""
+    Image.new("RGB", (256, 256), "red").save(tmp_path / "full.jpg", quality=95)
+    _images(tmp_path / "img", ["a.jpg"])
+    (tmp_path / "img" / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:900])
+    records = [{"id": "cut", "image": "cut.jpg", "conversations": qa("<image>\nQ", "a")},
+               {"id": "sys", "image": "a.jpg", "conversations": [{"from": "system", "value": "Be brief."},
+                                                                 *qa("Colour?", "red")]},
+               {"id": "answer_only", "image": "a.jpg", "conversations": [{"from": "gpt", "value": "red"}]}]
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    report = convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(tmp_path / "o1"),
+                                        max_bad=0.9)
+    assert report.reasons == {"bad_image": 1, "bad_turn": 1}, report.reasons
+    assert "truncated" in " ".join(report.problems)
+    from vlm.data.convert import Skip
+    from vlm.data.convert_hf import image_bytes
+    with pytest.raises(Skip, match="truncated"):                         # hf-dataset image bytes: the same check
+        image_bytes((tmp_path / "img" / "cut.jpg").read_bytes(), str(tmp_path))
+    (s,) = read_raw(tmp_path / "o1")
+    assert meta(s)["conversations"] == [{"from": "system", "value": "Be brief."}, *qa("<image>\nColour?", "red")]
+
+    (tmp_path / "media").mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(str(tmp_path / "media" / name), tone(0.2, 8000), 8000)
+    (tmp_path / "extra.csv").write_text("file,caption,duration\na.wav,a dog barks,0.2\nb.wav,\"rain, soft\",0.2\n")
+    convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "extra.csv"), str(tmp_path / "o2"))
+    assert sorted(meta(s)["caption"] for s in read_raw(tmp_path / "o2")) == ["a dog barks", "rain, soft"]
+    (tmp_path / "alias.json").write_text(json.dumps({"a.wav": "a dog barks", "./a.wav": "church bells"}))
+    with pytest.raises(UserError, match=r"entries 1 and 2 both caption a\.wav"):
+        convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "alias.json"), str(tmp_path / "o3"))
+
+    _images(tmp_path / "cap", ["a.jpg", "b.jpg"])
+    (tmp_path / "cap" / "a.txt").write_bytes("\ufeffa red square".encode("utf-8"))
+    os.symlink("gone.txt", tmp_path / "cap" / "b.txt")                      # a dangling link inside the root
+    report = convert.convert_caption_folder(str(tmp_path / "cap"), str(tmp_path / "o4"), max_bad=0.9)
+    assert report.reasons == {"bad_caption": 1} and "b.txt: cannot be read" in report.problems[0]
+    (s,) = read_raw(tmp_path / "o4")
+    assert meta(s)["caption"] == "a red square"
+
+
 def report_notes(report) -> list[str]:
     return [n.split(" in ")[0] for n in report.notes]
 
@@ -412,7 +455,7 @@ def test_convert_media_folders(tmp_path):
     with pytest.raises(UserError, match=r"nope\.flac"):
         convert.convert_media_folder(str(tmp_path / "aud"), str(tmp_path / "missing.json"), str(tmp_path / "m"))
     (tmp_path / "bad.csv").write_text("only-one-column\n")
-    with pytest.raises(UserError, match=r"bad\.csv: row 1"):
+    with pytest.raises(UserError, match=r"bad\.csv: line 1"):
         convert.read_captions(str(tmp_path / "bad.csv"))
 
 

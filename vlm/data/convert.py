@@ -34,7 +34,7 @@ from typing import Any
 from vlm.data.template import normalise_conversation
 from vlm.data.writer import ShardWriter, validate_sample
 from vlm.errors import UserError
-from vlm.modalities import MODALITIES, file_kind
+from vlm.modalities import MODALITIES, PLACEHOLDERS, file_kind
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
 MEDIA_PROMPTS = {"audio": "Describe the sound.", "music": "Describe the music.", "video": "Describe the video."}
@@ -139,21 +139,37 @@ def read_image(path: str) -> tuple[str, bytes]:
 
     Raises ValueError with the reason when the file is missing or not a readable image.
     """
-    from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
         raise Skip("missing_file", f"image file not found: {path}")
     try:
         with open(path, "rb") as f:
             data = f.read()
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
+    except OSError as e:
         raise Skip("bad_image", f"not a readable image: {path} ({e.__class__.__name__})") from e
+    checked_image(data, path)
     ext = _image_ext(path)
     if ext in ("jpg", "jpeg", "png", "webp"):            # what shards keep; gif / bmp / tif ... become png
         return ext, data
     return "png", png_bytes(data, path)
+
+
+def checked_image(data: bytes, what: str) -> str:
+    """The PIL format of image bytes that decode, else a bad_image Skip. `verify()` alone does not decode JPEG
+    data: a truncated JPEG was written as a good sample and skipped by every reader after. JPEGs decode at
+    draft size (every coefficient is still read, so a cut file still fails)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            im.verify()
+        with Image.open(io.BytesIO(data)) as im:
+            if fmt == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise Skip("bad_image", f"not a readable image: {what} ({e.__class__.__name__}: {e})") from None
+    return fmt
 
 
 def png_bytes(data: bytes, what: str) -> bytes:
@@ -254,10 +270,8 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
             except Skip as e:
                 raise Skip(e.reason, f"record {i} (id {rid}): {e}") from None
             sample[ext if len(images) == 1 else f"{n}.{ext}"] = data
-        conv = [{"from": LLAVA_ROLES[t["role"]], "value": t["text"]} for t in turns]
-        n_placeholders = sum(len(re.findall(r"<image>", t["value"])) for t in conv)
-        if images and n_placeholders == 0:
-            conv[0]["value"] = "<image>\n" * len(images) + conv[0]["value"]
+        conv = with_image_placeholders([{"from": LLAVA_ROLES[t["role"]], "value": t["text"]} for t in turns],
+                                       len(images), f"record {i} (id {rid})")
         meta = {"conversations": conv, "source": source, "task": rec.get("task", task), "id": rid}
         meta.update({k: rec[k] for k in ("quality", "difficulty", "labels") if k in rec})
         sample["json"] = meta
@@ -286,11 +300,13 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
         txt = os.path.splitext(rel)[0] + ".txt"
         if txt not in present:
             raise Skip("no_caption", f"{os.path.join(folder, rel)}: no caption file {txt}")
-        try:
-            with open(inside(folder, txt, "caption file"), encoding="utf-8") as f:
+        try:                          # utf-8-sig: a BOM (Windows editors) is not part of the caption
+            with open(inside(folder, txt, "caption file"), encoding="utf-8-sig") as f:
                 caption = f.read().strip()
         except UnicodeDecodeError as e:
             raise Skip("bad_caption", f"{os.path.join(folder, txt)}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:          # a dangling link, no permission
+            raise Skip("bad_caption", f"{os.path.join(folder, txt)}: cannot be read ({e.strerror or e})") from None
         if not caption:
             raise Skip("no_caption", f"{os.path.join(folder, txt)}: empty caption")
         ext, data = read_image(inside(folder, rel, "image"))
@@ -369,6 +385,20 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
 # Audio / music / video folder + captions (JSON or CSV)
 # ---------------------------------------------------------------------------------------------
 
+def with_image_placeholders(conv: list[dict], n_images: int, where: str) -> list[dict]:
+    """A conversation whose text has no `<image>` gets one per image before its first human turn (not the
+    system prompt); with images and no human turn to put them in, the record is a bad_turn Skip."""
+    placeholder = PLACEHOLDERS["image"]
+    if not n_images or any(placeholder in t["value"] for t in conv):
+        return conv
+    first = next((k for k, t in enumerate(conv) if t["from"] == "human"), None)
+    if first is None:
+        raise Skip("bad_turn", f"{where}: no human / user turn to put its image(s) in")
+    conv = list(conv)
+    conv[first] = {**conv[first], "value": f"{placeholder}\n" * n_images + conv[first]["value"]}
+    return conv
+
+
 def read_captions(path: str) -> dict[str, Any]:
     """Captions file -> {file: caption}: JSON ({file: caption} or [{file, caption}]) or CSV (file,caption; Excel's
     BOM read). A caption that is not text is kept as it is, for the converter to skip; a file captioned twice
@@ -392,18 +422,24 @@ def read_captions(path: str) -> dict[str, Any]:
             raise UserError(f"{path}: file not found") from e
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise UserError(f"{path}: cannot read the CSV ({e.__class__.__name__})") from e
-        if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "caption"]:
+        header = [c.strip().lower() for c in rows[0]] if rows else []
+        if header[:2] == ["file", "caption"]:     # a header: those two columns, whatever else the table has
             rows = rows[1:]
-        bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
-        if bad is not None:
-            raise UserError(f"{path}: row {bad + 1} needs two columns: file,caption")
-        pairs = [(r[0], ",".join(r[1:])) for r in rows]
+            bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
+            if bad is not None:
+                raise UserError(f"{path}: line {bad + 2} needs the columns file,caption")
+            pairs = [(r[0], r[1]) for r in rows]
+        else:                                     # file,caption without a header: a comma in a caption is kept
+            bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
+            if bad is not None:
+                raise UserError(f"{path}: line {bad + 1} needs two columns: file,caption")
+            pairs = [(r[0], ",".join(r[1:])) for r in rows]
     if not pairs:
         raise UserError(f"{path}: no captions")
     table: dict[str, Any] = {}
     entry: dict[str, int] = {}
     for n, (k, v) in enumerate(pairs, 1):
-        name = str(k).strip()
+        name = os.path.normpath(str(k).strip())        # ./a.wav and a.wav: one file
         if name in table:
             raise UserError(f"{path}: entries {entry[name]} and {n} both caption {name}; give each file once")
         table[name], entry[name] = v.strip() if isinstance(v, str) else v, n

@@ -29,7 +29,14 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from vlm.data.convert import Report, Skip, _write_all, inside, make_key
+from vlm.data.convert import (
+    Report,
+    Skip,
+    _write_all,
+    inside,
+    make_key,
+    with_image_placeholders,
+)
 from vlm.errors import UserError
 from vlm.modalities import PLACEHOLDERS, short_error
 
@@ -160,9 +167,9 @@ def conversation_of(turns: Any) -> list[dict[str, str]]:
 
 def image_bytes(value: Any, root: str) -> tuple[str, bytes]:
     """One stored image (an Image feature dict, bytes, a path, a PIL image) -> (extension, bytes)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    from vlm.data.convert import png_bytes, read_image
+    from vlm.data.convert import checked_image, png_bytes, read_image
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if data is None:
@@ -183,12 +190,7 @@ def image_bytes(value: Any, root: str) -> tuple[str, bytes]:
         return "png", buf.getvalue()
     else:
         raise Skip("bad_image", f"an image stored as {type(value).__name__}")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format
-            im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise Skip("bad_image", f"image bytes are not a readable image ({e.__class__.__name__})") from None
+    fmt = checked_image(data, "image bytes")
     if fmt in _PIL_EXT:
         return _PIL_EXT[fmt], bytes(data)
     return "png", png_bytes(data, "image bytes")
@@ -237,12 +239,9 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
         except Skip as e:
             raise Skip(e.reason, f"row {i} (id {rid}): {e}") from None
         placeholder = PLACEHOLDERS["image"]
+        conv = with_image_placeholders(conv, len(files), f"row {i} (id {rid})")
         n = sum(t["value"].count(placeholder) for t in conv)
-        if files and n == 0:
-            first_user = next((k for k, t in enumerate(conv) if t["from"] == "human"), 0)
-            conv[first_user] = {**conv[first_user],
-                                "value": f"{placeholder}\n" * len(files) + conv[first_user]["value"]}
-        elif n != len(files):
+        if n != len(files):
             raise Skip("placeholder_mismatch", f"row {i} (id {rid}): {n} {placeholder} placeholder(s), "
                                                f"{len(files)} image(s)")
         sample: dict[str, Any] = {"__key__": make_key(rid, seen)}
