@@ -392,6 +392,38 @@ def test_converters_write_only_what_reads_back(tmp_path):
     assert meta(s)["caption"] == "a red square"
 
 
+def test_class_folder_names_that_would_shift_labels_are_refused(tmp_path, capsys):
+    """classnames.txt is one name per line: a folder `a\\nb` made two lines and shifted every later label; `hot_dog`
+    and `hot dog` gave one name twice; a template with another field passed here and failed in eval; a folder
+    name that is not UTF-8 or a templates file that is not UTF-8 was a traceback (half a layout written)."""
+    from vlm.cli import main
+    for names, message in ((["a", "a\nb", "c"], "line break or control character"),
+                           (["hot_dog", "hot dog"], "'hot dog' and 'hot_dog' .* both give the class name 'hot dog'")):
+        root = tmp_path / f"cls{len(names)}"
+        for n in names:
+            _images(root / n, ["0.jpg"])
+        with pytest.raises(UserError, match=message):
+            convert.convert_class_folder(str(root), str(tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+    root = tmp_path / "ok"
+    _images(root / "apple", ["0.jpg"])
+    with pytest.raises(UserError, match=r"template 'a \{c\} of \{kind\}' does not format with the class name alone"):
+        convert.convert_class_folder(str(root), str(tmp_path / "out"), templates=["a {c} of {kind}"])
+    (tmp_path / "tpl.txt").write_bytes("une photo de {c} \xe9t\xe9".encode("latin-1"))
+    capsys.readouterr()
+    assert main(["data", "convert", "class-folder", str(root), "--out", str(tmp_path / "out"),
+                 "--templates", str(tmp_path / "tpl.txt")]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
+    odd = os.path.join(os.fsencode(tmp_path / "latin"), b"caf\xe9")
+    os.makedirs(odd)
+    Image.new("RGB", (8, 8)).save(os.fsdecode(os.path.join(odd, b"0.jpg")))
+    with pytest.raises(UserError, match="not UTF-8; rename it"):
+        convert.convert_class_folder(str(tmp_path / "latin"), str(tmp_path / "out"))
+    (Path(os.fsdecode(odd)) / "0.txt").write_text("a grey square")              # the folder as a caption folder
+    report = convert.convert_caption_folder(os.fsdecode(odd), str(tmp_path / "caps"))
+    assert report.written == 1 and meta(read_raw(tmp_path / "caps")[0])["source"] == "caf\ufffd"
+
+
 def report_notes(report) -> list[str]:
     return [n.split(" in ")[0] for n in report.notes]
 

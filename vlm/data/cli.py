@@ -79,10 +79,12 @@ def _read_templates(path: str | None) -> list[str] | None:
     if path is None:
         return None
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f if line.strip()]
     except OSError as e:
         raise UserError(f"{path}: cannot read the templates file ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: the templates file is not UTF-8 text (byte {e.start})") from None
     if not lines:
         raise UserError(f"{path}: no templates")
     return lines

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlm.atomic import write_text
 from vlm.data.template import normalise_conversation
 from vlm.data.writer import ShardWriter, validate_sample
 from vlm.errors import UserError
@@ -119,9 +120,15 @@ def _walk(folder: str) -> list[str]:
     return out
 
 
+def text_of(name: str) -> str:
+    """A file or folder name as text: bytes that are not UTF-8 (kept by Python as surrogates, which no JSON or
+    tar header takes) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def make_key(name: str, seen: set[str]) -> str:
     """A tar-safe sample key (no dots or slashes) from a file name or id; unique within `seen`."""
-    base = _KEY_BAD.sub("_", str(name)).strip("_") or "sample"
+    base = _KEY_BAD.sub("_", text_of(str(name))).strip("_") or "sample"
     key, i = base, 1
     while key in seen:
         key, i = f"{base}_{i}", i + 1
@@ -246,7 +253,7 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
         raise UserError(f"{json_path}: expected a list of records, got {type(records).__name__}")
     if not os.path.isdir(image_root):
         raise UserError(f"{image_root}: image folder not found")
-    source = source or os.path.splitext(os.path.basename(json_path))[0]
+    source = source or text_of(os.path.splitext(os.path.basename(json_path))[0])
 
     def build(item: tuple[int, Any], seen: set[str]) -> dict[str, Any]:
         i, rec = item
@@ -294,7 +301,7 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
     files = _walk(folder)
     present = set(files)
     images = [f for f in files if f.lower().endswith(IMAGE_FILE_EXTS)]
-    source = source or os.path.basename(os.path.normpath(folder))
+    source = source or text_of(os.path.basename(os.path.normpath(folder)))
 
     def build(rel: str, seen: set[str]) -> dict[str, Any]:
         txt = os.path.splitext(rel)[0] + ".txt"
@@ -336,6 +343,27 @@ def _check_class_list(out: str, split: str, names: list[str], folder: str) -> No
                         f"folders (an empty one for a class with no images) or another --out")
 
 
+def _class_names(folder: str, classes: list[str]) -> list[str]:
+    """Sub-folder names as class names (`_` -> space); one line each in classnames.txt, so a name with a line
+    break or another control character, one that is not UTF-8, or two folders giving one name (`hot_dog`,
+    `hot dog`) would shift or merge the labels: one line naming them."""
+    names, first = [], {}
+    for c in classes:
+        where = os.path.join(folder, c)
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{where!r}: a class folder name that is not UTF-8; rename it") from None
+        if any(ch < " " or ch == "\x7f" for ch in c):
+            raise UserError(f"{where!r}: a class folder name with a line break or control character; rename it")
+        name = c.replace("_", " ")
+        if name in first:
+            raise UserError(f"class folders {first[name]!r} and {c!r} in {folder} both give the class name {name!r}")
+        first[name] = c
+        names.append(name)
+    return names
+
+
 def convert_class_folder(folder: str, out: str, templates: list[str] | None = None, split: str = "test",
                          max_count: int = 10_000, max_bad: float = 0.1) -> Report:
     """`folder/<class>/*.jpg` -> `out/classnames.txt`, `out/zeroshot_classification_templates.txt`,
@@ -347,12 +375,17 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
     if not classes:
         raise UserError(f"{folder}: no class sub-folders")
     templates = templates or DEFAULT_TEMPLATES
-    bad = [t for t in templates if "{c}" not in t]
-    if bad:
-        raise UserError(f"template {bad[0]!r} has no {{c}} for the class name")
+    for t in templates:
+        if "{c}" not in t:
+            raise UserError(f"template {t!r} has no {{c}} for the class name")
+        try:
+            t.format(c="x")
+        except (KeyError, IndexError, ValueError) as e:        # `a {c} of {kind}`: the reader formats with c only
+            raise UserError(f"template {t!r} does not format with the class name alone "
+                            f"({type(e).__name__}: {e}); write a literal brace as {{{{ or }}}}") from None
+    names = _class_names(folder, classes)
     items = [(ci, os.path.join(c, f)) for ci, c in enumerate(classes) for f in _walk(os.path.join(folder, c))
              if f.lower().endswith(IMAGE_FILE_EXTS)]
-    names = [c.replace("_", " ") for c in classes]
     _check_class_list(out, split, names, folder)
     os.makedirs(os.path.join(out, split), exist_ok=True)
 
@@ -366,12 +399,10 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
                         max_count=max_count, meta={"classes": len(classes)})
     for fname, lines in (("classnames.txt", names), ("zeroshot_classification_templates.txt", templates),
                          ("dataset_type.txt", ["classification"])):       # after the split: a failed one changes nothing
-        with open(os.path.join(out, fname), "w") as f:
-            f.write("\n".join(lines) + "\n")
+        write_text(os.path.join(out, fname), "\n".join(lines) + "\n")
     with open(os.path.join(split_dir, "index.json")) as f:
         n_shards = len(json.load(f)["shards"])
-    with open(os.path.join(split_dir, "nshards.txt"), "w") as f:
-        f.write(f"{n_shards}\n")
+    write_text(os.path.join(split_dir, "nshards.txt"), f"{n_shards}\n")
     present = {ci for ci, _ in items}
     empty = [names[i] for i in range(len(classes)) if i not in present]
     if empty:
@@ -488,7 +519,7 @@ def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audi
     _list_dir(folder)
     table = read_captions(captions)
     placeholder, prompt = MODALITIES[kind].placeholder, MEDIA_PROMPTS[kind]
-    source = source or os.path.basename(os.path.normpath(folder))
+    source = source or text_of(os.path.basename(os.path.normpath(folder)))
 
     def build(item: tuple[str, str], seen: set[str]) -> dict[str, Any]:
         rel, caption = item

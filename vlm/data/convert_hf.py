@@ -35,6 +35,7 @@ from vlm.data.convert import (
     _write_all,
     inside,
     make_key,
+    text_of,
     with_image_placeholders,
 )
 from vlm.errors import UserError
@@ -205,7 +206,7 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
     root = image_root or (path if os.path.isdir(path) else os.path.dirname(path) or ".")
     if not os.path.isdir(root):
         raise UserError(f"{root}: image root folder not found")
-    source = source or os.path.basename(os.path.normpath(path))
+    source = source or text_of(os.path.basename(os.path.normpath(path)))
     first = next(iter(rows), None)
     if first is None:
         raise UserError(f"{path}: split {split!r} has no rows")
