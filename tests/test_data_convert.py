@@ -179,6 +179,14 @@ def test_unreadable_or_odd_parquet_and_jsonl_are_one_line(tmp_path, datasets_lib
     (tmp_path / "cols" / "b.parquet").write_bytes((tmp_path / "cols" / "a.parquet").read_bytes()[:60])
     with pytest.raises(UserError, match=r"b\.parquet: not a readable parquet file"):
         convert_hf_dataset(str(tmp_path / "cols"), str(tmp_path / "o1"))
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "conversations": pa.array([], pa.string())}),
+                   tmp_path / "empty.parquet")                                   # 0 rows: ArrowInvalid traceback
+    with pytest.raises(UserError, match=r"empty\.parquet: split 'train' (does not read|has no rows)"):
+        convert_hf_dataset(str(tmp_path / "empty.parquet"), str(tmp_path / "o1"))
+    from vlm.data.mmtrail import read_records
+    (tmp_path / "ann.json").write_bytes('[{"video": "café.mp4"}]'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"ann\.json: not UTF-8 text"):
+        list(read_records(str(tmp_path / "ann.json")))
     sub = tmp_path / "mmeb" / "VOC2007"
     sub.mkdir(parents=True)
     row = {"qry": "Find the dog", "qry_image_path": "", "pos_text": "a dog", "pos_image_path": "",

@@ -207,7 +207,10 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
     if not os.path.isdir(root):
         raise UserError(f"{root}: image root folder not found")
     source = source or text_of(os.path.basename(os.path.normpath(path)))
-    first = next(iter(rows), None)
+    try:
+        first = next(iter(rows), None)
+    except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid (a parquet of 0 rows), datasets' errors ...
+        raise UserError(f"{path}: split {split!r} does not read ({type(e).__name__}: {short_error(e)[:300]})") from None
     if first is None:
         raise UserError(f"{path}: split {split!r} has no rows")
     names = list(first)

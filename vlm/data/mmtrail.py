@@ -58,7 +58,14 @@ def read_records(path: str) -> Iterator[tuple[int, Any]]:
     """The records of a JSON list or a JSON-lines file, with their index."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: annotations file not found")
-    with open(path, encoding="utf-8") as f:
+    try:
+        yield from _records(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def _records(path: str) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8-sig") as f:
         head = f.read(1)
         while head and head.isspace():
             head = f.read(1)
