@@ -262,6 +262,48 @@ def test_a_rerun_replaces_the_data_set_only_when_it_succeeds(tmp_path):
                                                                    "val-000000.tar"]
 
 
+def test_a_kill_while_publishing_is_refused_by_readers_and_said_on_a_rerun(tmp_path, monkeypatch):
+    """A kill between the shard renames left new shards beside the old index: a folder that looked whole and
+    mixed two data sets. The move runs inside a journal (.publishing): readers refuse the folder until a writer
+    finishes into it. A rerun says how many samples it replaced (it replaced them without a word); a staging
+    folder of a writer killed on this host goes at once (it stayed a day)."""
+    import socket
+    import subprocess
+
+    from vlm.data import writer as W
+    from vlm.data.reader import expand_shards
+    _images(tmp_path / "img", ["a.jpg"])
+    recs = [{"id": f"g{i}", "image": "a.jpg", "conversations": qa("<image>\nQ", "a")} for i in range(3)]
+    (tmp_path / "r.json").write_text(json.dumps(recs))
+    out = tmp_path / "out"
+    first = convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(out), max_count=1)
+    assert first.replaced is None and "replacing" not in first.summary()
+    real = os.replace
+    moved = []
+
+    def killed_after_one_shard(src, dst):
+        if str(dst).endswith(".tar") and moved:
+            raise KeyboardInterrupt                                          # the kill, after one rename
+        moved.append(dst)
+        return real(src, dst)
+    monkeypatch.setattr(W.os, "replace", killed_after_one_shard)
+    with pytest.raises(KeyboardInterrupt):
+        convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(out), max_count=1)
+    monkeypatch.setattr(W.os, "replace", real)
+    with pytest.raises(UserError, match=r"a writer stopped while moving a new data set in .*mix two data sets"):
+        expand_shards(str(out))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (out / f".partial-{gone.pid}@{socket.gethostname()}-x1").mkdir()         # killed here: removed now
+    (out / f".partial-{gone.pid}@elsewhere-x2").mkdir()                       # another host's: a day's grace
+    again = convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(out), max_count=1)
+    assert again.replaced == 3 and "(replacing the 3 samples there before)" in again.summary()
+    assert len(expand_shards(str(out))) == 3
+    left = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert f".partial-{gone.pid}@elsewhere-x2" in left and ".publishing" not in left
+    assert f".partial-{gone.pid}@{socket.gethostname()}-x1" not in left
+
+
 def test_writers_finishing_into_one_folder_publish_one_after_the_other(tmp_path):
     """Publishing holds a lock on the folder: a writer finishing while another publishes waits, so the
     folder's index always names its own shards (interleaved, one index named shards the other replaced)."""

@@ -64,6 +64,7 @@ class Report:
     out: str = ""
     reasons: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)        # what was left alone on purpose, said once each
+    replaced: int | None = None                            # samples of the data set --out held before (it is gone)
 
     def skip(self, problem: str, reason: str = "bad_sample") -> None:
         self.skipped += 1
@@ -72,7 +73,10 @@ class Report:
             self.problems.append(problem)
 
     def summary(self) -> str:
-        text = f"wrote {self.written} samples to {self.out}, skipped {self.skipped}"
+        text = f"wrote {self.written} samples to {self.out}"
+        if self.replaced is not None:
+            text += f" (replacing the {self.replaced} samples there before)"
+        text += f", skipped {self.skipped}"
         if self.reasons:
             text += " (" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()) + ")"
         return text + "".join(f"\n  skipped: {p}" for p in self.problems[:5]) + "".join(f"\n  note: {n}" for n in self.notes)
@@ -234,6 +238,7 @@ def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], 
             report.written += 1
         w.skipped = report.skipped
         _check_bad(report, what, max_bad)          # inside: a failed conversion leaves no shards and no index
+    report.replaced = w.replaced
     return report
 
 

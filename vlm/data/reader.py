@@ -78,6 +78,8 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     if spec.startswith("file://"):
         spec = spec[len("file://"):]
     if os.path.isdir(spec):
+        from vlm.data.writer import check_not_torn
+        check_not_torn(spec)
         index = os.path.join(spec, "index.json")
         if os.path.exists(index):
             try:

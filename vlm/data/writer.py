@@ -330,24 +330,55 @@ def _task_of(encoded: dict[str, Any], meta: dict[str, Any]) -> str:
     return "caption" if "txt" in encoded or "caption" in meta else "other"
 
 
-STAGING = ".partial-"                 # <out_dir>/.partial-<pid>-<random>: a writer's shards until it closes
+STAGING = ".partial-"                 # <out_dir>/.partial-<pid>@<host>-<random>: a writer's shards until it closes
 STALE_SECONDS = 24 * 3600             # a staging folder untouched this long is a killed writer's
+PUBLISHING = ".publishing"            # <out_dir>/.publishing: shards are being moved in (pid@host inside)
+_STAGE_RE = re.compile(rf"^{re.escape(STAGING)}(\d+)@(.+)-[^-]+$")
+
+
+def _this_host() -> str:
+    import socket
+    return socket.gethostname()
 
 
 def _remove_stale_staging(out_dir: str) -> None:
-    """Staging folders killed writers left: untouched for a day (a live writer on another host of a shared file
-    system, whose pid means nothing here, touches its folder with every shard)."""
+    """Staging folders killed writers left: one of a process no longer running on this host, or one untouched
+    for a day (a live writer on another host of a shared file system touches its folder with every shard)."""
     import time
+
+    from vlm.atomic import running
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
-        if name.startswith(STAGING) and os.path.isdir(path) and time.time() - os.path.getmtime(path) > STALE_SECONDS:
+        if not (name.startswith(STAGING) and os.path.isdir(path)):
+            continue
+        m = _STAGE_RE.match(name)
+        dead_here = m is not None and m.group(2) == _this_host() and not running(int(m.group(1)))
+        if dead_here or time.time() - os.path.getmtime(path) > STALE_SECONDS:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def check_not_torn(folder: str) -> None:
+    """A shard folder whose writer stopped while moving its shards in (a kill between the renames: some shards
+    new, some old, the old index) is refused, not read as one data set."""
+    journal = os.path.join(folder, PUBLISHING)
+    if os.path.exists(journal):
+        raise UserError(f"{folder}: a writer stopped while moving a new data set in ({journal} is there): its "
+                        f"shards mix two data sets; rerun the command that wrote it")
 
 
 def _shard_regex(pattern: str) -> re.Pattern:
     """The file names a shard pattern makes (`shard-%06d.tar` -> shard-<digits>.tar)."""
     parts = re.split(r"%0?\d*d", pattern)
     return re.compile(r"\d+".join(re.escape(p) for p in parts))
+
+
+def _samples_in(index: str) -> int | None:
+    """The sample count an existing index.json names (None: no index, or not one of ours)."""
+    try:
+        with open(index) as f:
+            return int(json.load(f)["num_samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class ShardWriter:
@@ -372,7 +403,8 @@ class ShardWriter:
         except OSError as e:
             raise UserError(f"cannot create output folder {self.out_dir}: {e.strerror}") from e
         _remove_stale_staging(self.out_dir)
-        self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=self.out_dir)   # one per writer
+        self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}@{_this_host()}-", dir=self.out_dir)
+        self.replaced: int | None = None       # samples of the data set this one replaced (None: there was none)
         self.pattern = pattern or f"{prefix}-%06d.tar"
         self.validate = validate
         self.meta = dict(meta or {})
@@ -459,7 +491,11 @@ class ShardWriter:
         shutil.rmtree(self.stage_dir, ignore_errors=True)
 
     def _move_in(self) -> None:
-        """`_publish`'s renames and removals (with the folder locked)."""
+        """`_publish`'s renames and removals (with the folder locked), inside a journal: a kill among the renames
+        leaves `.publishing`, and readers refuse the folder (`check_not_torn`) until a writer finishes into it."""
+        from vlm.atomic import write_text
+        self.replaced = _samples_in(os.path.join(self.out_dir, "index.json"))
+        journal = write_text(os.path.join(self.out_dir, PUBLISHING), f"{os.getpid()}@{_this_host()}\n")
         for s in self.shards:
             os.replace(os.path.join(self.stage_dir, s["file"]), os.path.join(self.out_dir, s["file"]))
         os.replace(os.path.join(self.stage_dir, "index.json"), os.path.join(self.out_dir, "index.json"))
@@ -467,6 +503,7 @@ class ShardWriter:
         for name in os.listdir(self.out_dir):          # the previous data set's other shards (or a killed run's)
             if ours.fullmatch(name) and name not in keep and os.path.isfile(os.path.join(self.out_dir, name)):
                 os.remove(os.path.join(self.out_dir, name))
+        journal.unlink()
 
     def __enter__(self) -> ShardWriter:
         return self
