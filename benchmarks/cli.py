@@ -44,7 +44,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--model is required: a checkpoint folder or open_clip:ARCH[:CKPT]")
     from benchmarks.registry import resolve
     from benchmarks.report import capability_table
-    from benchmarks.runner import evaluate
+    from benchmarks.runner import evaluate, skipped_items
     benches = resolve(cfg.benches, cfg.suite)
     res = evaluate(cfg.models, benches, cfg)
     save_config(cfg, f"{cfg.out}/eval_config.yaml")
@@ -59,8 +59,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         card = update_model_card(cfg.model_card, res.table[res.table["model"].isin(models)])
         print(f"model card: {card} (results: {card.parent}/results/{card.stem}.jsonl)", file=sys.stderr)
     for r in res.records:                   # samples a task could not use (counted by reason in its metrics)
+        if r.get("status") == "skipped":     # not applicable: said here, not only in report.md
+            print(f"{r['model']} / {r['benchmark']}: not applicable ({r.get('reason')})", file=sys.stderr)
         metrics = r.get("metrics") or {}
-        bad = {k[len("skipped_"):]: int(v) for k, v in metrics.items() if k.startswith("skipped_") and v}
+        bad = skipped_items(metrics)
         if bad:
             print(f"{r['model']} / {r['benchmark']}: skipped {sum(bad.values())} sample(s): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), file=sys.stderr)
@@ -77,6 +79,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses", file=sys.stderr)
     print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",
           file=sys.stderr)
+    if res.records and all(r.get("status") == "skipped" for r in res.records):
+        raise UserError("nothing was evaluated: no benchmark asked for applies to the model(s) (reasons above)")
     return 0
 
 

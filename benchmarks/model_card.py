@@ -137,6 +137,11 @@ def results_rows(table, **extra: Any) -> list[dict[str, Any]]:
         row.update(score=round(float(r["score"]), 6), n=None if n is None or n != n else int(n))
         if metrics.get("chance") is not None:
             row["chance"] = round(float(metrics["chance"]), 6)
+        limit = r.get("limit")                          # a --limit run: its score is over the first `limit` items
+        if limit is not None and limit == limit:
+            row["limit"] = int(limit)
+        if r.get("skipped"):                            # unreadable items its score does not cover
+            row["skipped"] = r["skipped"]
         rows.append({**{k: v for k, v in row.items() if v is not None}, **extra})
     return rows
 

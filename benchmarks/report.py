@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlm.atomic import write_text
+
 
 def _fmt(x: Any) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -82,6 +84,11 @@ def report_markdown(table) -> str:
         parts += [f"### {r['benchmark']} ({r['model']}): Precision@1", "",
                   _md(["overall", "IND", "OOD", "classification", "vqa", "retrieval", "grounding"],
                       [[met.get(k) for k in ("precision@1", "ind", "ood", "classification", "vqa", "retrieval", "grounding")]]), ""]
+    partial = table[(table["status"] == "ok") & (table["limit"].notna() | (table["skipped"].fillna("") != ""))] \
+        if {"limit", "skipped"} <= set(table.columns) else table[:0]
+    if len(partial):            # scores over fewer items than the benchmark holds: said beside them
+        parts += ["## Items not scored", "", _md(["model", "benchmark", "n scored", "--limit", "skipped (unreadable)"], [
+            [r["model"], r["benchmark"], r["n"], r["limit"], r["skipped"] or "-"] for _, r in partial.iterrows()]), ""]
     skipped = table[table["status"] == "skipped"]
     if len(skipped):
         parts += ["## Not applicable", "", _md(["model", "benchmark", "reason"],
@@ -91,9 +98,7 @@ def report_markdown(table) -> str:
 
 
 def write_report(out: str | os.PathLike, table) -> Path:
-    p = Path(out) / "report.md"
-    p.write_text(report_markdown(table))
-    return p
+    return write_text(Path(out) / "report.md", report_markdown(table))
 
 
 def write_chart(out: str | os.PathLike, table) -> Path | None:

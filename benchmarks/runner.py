@@ -247,6 +247,12 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     return RunResult(table, records, models, ctx.cache.hits, ctx.cache.misses)
 
 
+def skipped_items(metrics: dict[str, Any]) -> dict[str, int]:
+    """A result's unreadable items by reason, from its `skipped_<reason>` metrics: items its score does not
+    cover."""
+    return {k[len("skipped_"):]: int(v) for k, v in sorted(metrics.items()) if k.startswith("skipped_") and v}
+
+
 def aggregate(out: str | os.PathLike) -> "Any":
     """One row per model x benchmark from every results/*/*.json in `out` (when a model name was evaluated
     with other weights before, the latest result wins); written as parquet and csv."""
@@ -261,10 +267,12 @@ def aggregate(out: str | os.PathLike) -> "Any":
                          kind=r.get("kind"), type=r.get("type"), capability=r.get("capability"),
                          modality=r.get("modality"), metric=r.get("metric"), score=r.get("score"),
                          status=r.get("status"), reason=r.get("reason", ""), seconds=r.get("seconds"),
-                         n=(r.get("metrics") or {}).get("n"), metrics=json.dumps(r.get("metrics") or {}),
+                         n=(r.get("metrics") or {}).get("n"), limit=r.get("limit"),
+                         skipped=", ".join(f"{k} {v}" for k, v in skipped_items(r.get("metrics") or {}).items()),
+                         metrics=json.dumps(r.get("metrics") or {}),
                          finished=r.get("finished", 0.0)))
     cols = ["model", "model_spec", "benchmark", "kind", "type", "capability", "modality", "metric", "score", "status",
-            "reason", "seconds", "n", "metrics"]
+            "reason", "seconds", "n", "limit", "skipped", "metrics"]
     table = pd.DataFrame(rows, columns=cols + ["finished"])
     table = table.sort_values("finished", kind="stable").drop_duplicates(["model", "benchmark"], keep="last")
     table = table[cols].reset_index(drop=True)                       # in the order the work was done

@@ -273,6 +273,22 @@ def test_an_undecodable_image_is_skipped_and_counted_not_the_end_of_the_benchmar
     assert row["status"] == "ok" and metrics["skipped_bad_image"] == 1.0
     clean = evaluate([assets["clip"]], [get_benchmark(f"wds:{assets['wds']}")], replace(cfg, out=tmp_path / "o2"))
     assert row["score"] == clean.table.iloc[0]["score"] and metrics["n"] == json.loads(clean.table.iloc[0]["metrics"])["n"]
+    # the skip and a --limit reach what is published: results rows and report.md (only stderr and the json had them)
+    from benchmarks.model_card import results_rows
+    from benchmarks.report import report_markdown
+    limited = evaluate([assets["clip"]], [get_benchmark(f"wds:{d}")], replace(cfg, out=tmp_path / "o3", limit=3))
+    rows = results_rows(res.table) + results_rows(limited.table)
+    assert rows[0]["skipped"] == "bad_image 1" and "limit" not in rows[0] and rows[1]["limit"] == 3
+    report = report_markdown(res.table)
+    assert "## Items not scored" in report and "bad_image 1" in report
+
+
+def test_nothing_applicable_is_said_and_exits_2(assets, tmp_path, capsys):
+    """Every benchmark not applicable to the model: the reason was only in report.md, and the exit code 0."""
+    rc, cap = _cli(["eval", "--model", assets["clip"], "--bench", "sw-vqa-color", "--data", str(assets["world"]),
+                    "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert rc == 2 and "sw-vqa-color: not applicable (" in cap.err
+    assert cap.err.strip().splitlines()[-1].startswith("vlm eval: error: nothing was evaluated")
 
 
 def test_repeated_suites_are_all_evaluated():

@@ -108,7 +108,7 @@ def aggregate(hits: dict[str, list[bool]], datasets: dict[str, Dataset]) -> tupl
         return sum(r["precision_at_1"] for r in rows) / len(rows) if rows else float("nan")
 
     metrics = {"precision@1": mean(table), "ind": mean([r for r in table if not r["ood"]]),
-               "ood": mean([r for r in table if r["ood"]])}
+               "ood": mean([r for r in table if r["ood"]]), "n": sum(r["n"] for r in table)}
     for m in META_TASKS:
         metrics[m] = mean([r for r in table if r["meta_task"] == m])
     for r in table:

@@ -18,7 +18,7 @@ resampling to the model's; the waveform normalisation leaves a silent clip zero)
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +99,14 @@ def shard_clips(bench: Benchmark, ctx: Context, split: str) -> tuple[list[Clip],
     return out, dhash
 
 
-def folder_clips(bench: Benchmark, split: str) -> tuple[list[Clip], str]:
-    """A user's labels.csv: missing or undecodable files are skipped and counted, not fatal."""
+def folder_clips(bench: Benchmark, split: str, limit: int | None = None) -> tuple[list[Clip], str]:
+    """A user's labels.csv (its first `limit` rows of the split): missing or undecodable files are skipped and
+    counted, not fatal."""
     from benchmarks.audio_folder import LABELS_FILE, read_labels
     from benchmarks.data import data_hash
     from vlm.modalities import MODALITIES, MediaError
     root = Path(bench.data.root)                                     # an absolute folder
-    rows = [r for r in read_labels(root) if r.split == split]
+    rows = [r for r in read_labels(root) if r.split == split][:limit or None]
     out = []
     for r in rows:
         if not r.path.is_file():
@@ -118,7 +119,7 @@ def folder_clips(bench: Benchmark, split: str) -> tuple[list[Clip], str]:
             continue
         out.append(Clip(r.key, r.label, audio, check_clip(*audio)))
     files = [root / LABELS_FILE] + sorted({r.path for r in rows if r.path.is_file()})
-    return out, data_hash(files, split)
+    return out, data_hash(files, split, limit)
 
 
 def _features(model, clips: list[Clip], dhash: str, modality: str, ctx: Context) -> torch.Tensor:
@@ -139,10 +140,14 @@ def _usable(clips: list[Clip], skipped: Counter) -> list[Clip]:
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     train_split = bench.data.train_split or "train"
+    # --limit N: the first N clips scored; the probe is fitted on the whole train split (a probe fitted on N
+    # clips measures the limit, not the encoder)
     if bench.options.get("format") == "audio-folder":
-        (train, h_train), (test, h_test) = folder_clips(bench, train_split), folder_clips(bench, bench.data.split)
+        (train, h_train), (test, h_test) = folder_clips(bench, train_split), folder_clips(bench, bench.data.split,
+                                                                                           ctx.limit)
     else:
-        (train, h_train), (test, h_test) = shard_clips(bench, ctx, train_split), shard_clips(bench, ctx, bench.data.split)
+        (train, h_train) = shard_clips(bench, replace(ctx, limit=None), train_split)
+        (test, h_test) = shard_clips(bench, ctx, bench.data.split)
     skipped: Counter = Counter()
     train, test = _usable(train, skipped), _usable(test, skipped)
     classes = sorted({c.label for c in train})
