@@ -215,6 +215,51 @@ def test_a_changed_mmeb_eval_copy_is_a_new_question(tmp_path):
     assert data_identity(bench, roots) != first
 
 
+def test_an_unreadable_mmeb_image_skips_its_query_not_the_run(tmp_path):
+    """One missing or undecodable image stopped the whole run (36 sets of mmeb-all included). Now its query
+    is skipped and counted (missing_file at build, bad_media when the model cannot read it), the others are
+    scored as before; an empty candidate list and an item with neither text nor image are named."""
+    import torch
+
+    from benchmarks.registry import Roots, get_benchmark
+    from benchmarks.tasks import Context
+    from benchmarks.tasks.mmeb import run
+    from vlm.embed.items import UnreadableMedia
+    from vlm.errors import UserError
+
+    class Reader:
+        fingerprint, modalities = "reader", ("image",)
+
+        def embed(self, queries, batch_size=32):
+            for q in queries:
+                if q.image is not None and str(q.image).endswith("bad.jpg"):
+                    raise UnreadableMedia(f"image {q.image}: cannot decode image (3 bytes)")
+            return torch.stack([torch.nn.functional.normalize(torch.tensor([
+                1.0 if (q.text or "").startswith(("gold", "Represent")) else 0.0, 0.1]), dim=0) for q in queries])
+
+    root = tmp_path / "MMEB-eval"
+    (root / "eval_images" / "ImageNet-1K").mkdir(parents=True)
+    H.image("red", 32).save(root / "eval_images" / "ImageNet-1K" / "a.jpg")
+    (root / "eval_images" / "ImageNet-1K" / "bad.jpg").write_bytes(b"\xff\xd8x")
+    f = root / "ImageNet-1K" / "test-00000-of-00001.parquet"
+
+    def row(img, tgt=("gold label", "other")):
+        return {"qry_text": "<|image_1|>\nRepresent it", "qry_img_path": f"ImageNet-1K/{img}",
+                "tgt_text": list(tgt), "tgt_img_path": [""] * len(tgt)}
+    H.write_parquet(f, [row("a.jpg"), row("missing.jpg"), row("bad.jpg"), row("a.jpg")])
+    bench = get_benchmark("mmeb-imagenet-1k")
+    ctx = Context(roots=Roots(bench_root=str(tmp_path)), progress=False)
+    res = run(Reader(), bench, ctx)
+    assert res.metrics["precision@1"] == 1.0 and res.metrics["n"] == 2
+    assert res.metrics["skipped_missing_file"] == 1 and res.metrics["skipped_bad_media"] == 1
+    for rows, message in (([row("a.jpg", ())], "row 0: an empty candidate list"),
+                          ([row("a.jpg", ("gold", ""))], "row 0: an item with neither text nor an image"),
+                          ([row("missing.jpg")], "every row names an image that is not there")):
+        H.write_parquet(f, rows)
+        with pytest.raises(UserError, match=message):
+            run(Reader(), bench, ctx)
+
+
 # ------------------------------------------------------------------------------------------------ the family
 def test_vlm2vec_starts_from_any_checkpoint(tmp_path):
     import torch

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,7 @@ from benchmarks.models import Query
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, TaskResult, bar, load_samples
 from benchmarks.tasks.captions import captions_of
+from vlm.embed.items import UnreadableMedia
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, PLACEHOLDER_RE
 
@@ -63,20 +65,54 @@ class Dataset:
     meta_task: str
     ood: bool
     queries: list[MMEBQuery] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)      # queries left out, by reason (a missing image ...)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
+def embed_readable(model, queries: list[Query], batch_size: int) -> tuple[torch.Tensor, set[int]]:
+    """Embeddings of the queries and the indices of those whose media do not read (their rows are zeros).
+    All at once first; after a failure, batch by batch and within a failing batch one by one."""
+    try:
+        return model.embed(queries, batch_size=batch_size), set()
+    except UnreadableMedia:
+        pass
+    parts: list[torch.Tensor | None] = []
+    bad: set[int] = set()
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start:start + batch_size]
+        try:
+            parts += list(model.embed(chunk, batch_size=batch_size))
+            continue
+        except UnreadableMedia:
+            pass
+        for k, q in enumerate(chunk):
+            try:
+                parts.append(model.embed([q], batch_size=1)[0])
+            except UnreadableMedia:
+                bad.add(start + k)
+                parts.append(None)
+    good = [p for p in parts if p is not None]
+    if not good:
+        raise UserError(f"none of the {len(queries)} items has media that read (e.g. {queries[0]})")
+    zero = torch.zeros_like(good[0])
+    return torch.stack([zero if p is None else p for p in parts]), bad
+
+
 def dataset_scores(model, ds: Dataset, batch_size: int = 64, progress: bool = False) -> list[list[float]]:
-    """Cosine scores of each query against its candidates (gold first), each unique item embedded once."""
+    """Cosine scores of each query against its candidates (gold first), each unique item embedded once; []
+    for a query whose own input or one of whose candidates does not read (skipped, counted `bad_media`)."""
     items: dict[str, Query] = {}
     for q in ds.queries:
         for it in [q.query, *q.candidates]:
             items.setdefault(it.id, it.query)
     ids = list(items)
-    emb = model.embed([items[i] for i in ids], batch_size=batch_size)                  # [U, D]
+    emb, bad = embed_readable(model, [items[i] for i in ids], batch_size)              # [U, D]
     pos = {i: n for n, i in enumerate(ids)}
     out = []
     for q in ds.queries:
+        if any(pos[it.id] in bad for it in [q.query, *q.candidates]):
+            out.append([])
+            continue
         c = emb[[pos[it.id] for it in q.candidates]]                                    # [K, D]
         out.append((c @ emb[pos[q.query.id]]).tolist())
     return out
@@ -119,6 +155,7 @@ def aggregate(hits: dict[str, list[bool]], datasets: dict[str, Dataset]) -> tupl
 def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[Dataset], str] | None = None) -> TaskResult:
     rows: list[dict[str, Any]] = []
     hits: dict[str, list[bool]] = {}
+    skipped: Counter = Counter()
     with bar(ctx, "mmeb datasets", len(datasets)) as pbar:
         for ds in datasets:
             if cache_key is None:
@@ -130,13 +167,17 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
                             "lengths": torch.tensor([len(s) for s in sc])}, {}
                 t, _ = ctx.cache.get_or_compute(model.fingerprint, cache_key(ds), compute)
                 scores = [s.tolist() for s in torch.split(t["scores"], t["lengths"].tolist())]
-            h = precision_at_1([without_gold_copies(q, s) for q, s in zip(ds.queries, scores)])
+            kept = [(q, s) for q, s in zip(ds.queries, scores) if s]           # [] : a query whose media do not read
+            skipped.update(ds.skipped)
+            skipped["bad_media"] += len(scores) - len(kept)
+            h = precision_at_1([without_gold_copies(q, s) for q, s in kept])
             hits[ds.name] = h
-            for q, s, hit in zip(ds.queries, scores, h):
+            for (q, s), hit in zip(kept, h):
                 rows.append(dict(dataset=ds.name, meta_task=ds.meta_task, ood=ds.ood, key=q.key, correct=hit,
                                  n_candidates=len(s), pred=0 if hit else best_other(q, s), score_gold=float(s[0])))
             pbar.update(1)
     metrics, table = aggregate(hits, {d.name: d for d in datasets})
+    metrics.update({f"skipped_{k}": v for k, v in sorted(skipped.items()) if v})
     return TaskResult(rows, metrics, {"datasets": table})
 
 
@@ -362,23 +403,32 @@ def confined(root: Path, rel: str, where: str) -> str:
     return p
 
 
+class MissingImage(Exception):
+    """A row naming an image that is not there: the row is skipped and counted."""
+
+
 def mmeb_item(text: str, img: str, images: Path, where: str) -> Query:
     """An MMEB string (image token removed: the Item puts our placeholder first) and its image path."""
     body = text.replace(PHI3_IMAGE, "").strip() or None
     if not img:
+        if body is None:
+            raise UserError(f"{where}: an item with neither text nor an image")
         return Query(text=body)
     path = confined(images, img, where)
     if not os.path.isfile(path):
-        raise UserError(f"{where}: image not found: {path}")
+        raise MissingImage(path)
     return Query(text=body, image=path)
 
 
-def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None) -> list[MMEBQuery]:
-    """Rows of one MMEB-eval subset: the query, then its candidates (gold at index 0) as the data lists them."""
+def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None,
+                    skipped: Counter | None = None) -> list[MMEBQuery]:
+    """Rows of one MMEB-eval subset: the query, then its candidates (gold at index 0) as the data lists them.
+    A row naming an image that is not there is skipped and counted in `skipped` (`missing_file`)."""
     import pyarrow.parquet as pq
     subset = spec["subset"]
     images = folder / spec.get("images", "eval_images")
-    out = []
+    skipped = Counter() if skipped is None else skipped
+    out, first_missing = [], None
     for f in mmeb_files(folder, subset):
         table = pq.read_table(f)
         missing = [c for c in ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path") if c not in table.column_names]
@@ -389,14 +439,24 @@ def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None) -> list[
             tt, ti = row["tgt_text"], row["tgt_img_path"]
             tt = tt if isinstance(tt, list) else [tt] * (len(ti) if isinstance(ti, list) else 1)
             ti = ti if isinstance(ti, list) else [ti] * len(tt)
-            if len(tt) != len(ti) or not tt:
+            if not tt:
+                raise UserError(f"{where}: an empty candidate list (tgt_text / tgt_img_path)")
+            if len(tt) != len(ti):
                 raise UserError(f"{where}: tgt_text and tgt_img_path differ in length ({len(tt)} vs {len(ti)})")
-            q = Item(f"q:{row['qry_text']}|{row['qry_img_path']}",
-                     mmeb_item(row["qry_text"] or "", row["qry_img_path"] or "", images, where))
-            cands = [Item(f"t:{t}|{p}", mmeb_item(t or "", p or "", images, where)) for t, p in zip(tt, ti)]
+            try:
+                q = Item(f"q:{row['qry_text']}|{row['qry_img_path']}",
+                         mmeb_item(row["qry_text"] or "", row["qry_img_path"] or "", images, where))
+                cands = [Item(f"t:{t}|{p}", mmeb_item(t or "", p or "", images, where)) for t, p in zip(tt, ti)]
+            except MissingImage as e:
+                skipped["missing_file"] += 1
+                first_missing = first_missing or f"{where}: {e}"
+                continue
             out.append(MMEBQuery(f"{subset}-{len(out)}", q, cands))
             if limit and len(out) >= limit:
                 return out
+    if not out:
+        raise UserError(f"MMEB-eval subset {subset}: " + (f"every row names an image that is not there (e.g. "
+                        f"{first_missing})" if first_missing else f"its parquet files under {folder / subset} have no rows"))
     return out
 
 
@@ -431,8 +491,8 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         if "subset" in spec:
             folder = bench.data.folder(ctx.roots)
             files = mmeb_eval_files(folder, spec)
-            ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)),
-                         build_mmeb_eval(folder, spec, ctx.limit))
+            ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)))
+            ds.queries = build_mmeb_eval(folder, spec, ctx.limit, ds.skipped)
             datasets.append(ds)
             keys[ds.name] = f"mmeb-{data_hash(files, ctx.limit, spec)}"
             continue

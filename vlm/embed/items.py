@@ -57,6 +57,10 @@ class Item:
         return len(self.text or "") + len(self.instruction or "") + 64 * len(self.media)
 
 
+class UnreadableMedia(UserError):
+    """A media file of an item that is missing or does not decode (a harness may skip that item and count it)."""
+
+
 def read_media(modality: str, value: Any, draft_size: tuple[int, int] | None = None) -> Any:
     """A path (str / Path) becomes the modality's raw item (the modality table's decoder; a JPEG may decode
     at the smallest scale >= `draft_size`, as the data pipeline does); anything else is taken as a raw
@@ -67,5 +71,7 @@ def read_media(modality: str, value: Any, draft_size: tuple[int, int] | None = N
                 return MODALITIES[modality].decode(Path(value).read_bytes(), draft_size)
             return read_file(modality, Path(value))
         except MediaError as e:
-            raise UserError(f"{modality} {value}: {e}") from None
+            raise UnreadableMedia(f"{modality} {value}: {e}") from None
+        except OSError as e:
+            raise UnreadableMedia(f"{modality} {value}: cannot be read ({e.strerror or e})") from None
     return value
