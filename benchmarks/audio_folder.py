@@ -85,6 +85,14 @@ def read_labels(folder: str | Path, need: tuple[str, ...] = ("train",)) -> list[
         parsed.append((line, path, label, split))
     if not parsed:
         raise UserError(f"{csv_path}: no rows after the header")
+    spellings: dict[str, dict[str, list[int]]] = {}
+    for line, _, label, _ in parsed:      # `Piano` and `piano`: two classes, half the clips always "wrong"
+        spellings.setdefault(label.casefold(), {}).setdefault(label, []).append(line)
+    for forms in spellings.values():
+        if len(forms) > 1:
+            named = " and ".join(f"{k!r} (rows {', '.join(map(str, v[:3]))}{' ...' if len(v) > 3 else ''})"
+                                 for k, v in list(forms.items())[:2])
+            raise UserError(f"{csv_path}: labels {named} differ only in case; write each label one way")
     if not has_split:
         by_label: dict[str, list[str]] = {}
         for _, path, label, _ in parsed:

@@ -386,6 +386,12 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     assert main(["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "e2")]) == 2
     err = capsys.readouterr().err
     assert "labels.csv: header must be" in err and len(err.strip().splitlines()) == 1
+    # `Piano` and `piano`: two classes, each clip of one always "wrong" against the other (0.667 for a perfect probe)
+    (d / "labels.csv").write_text("path,label\nclips/0.flac,piano\nclips/1.flac,Piano\nclips/2.flac,violin\n")
+    from benchmarks.audio_folder import read_labels
+    from vlm.errors import UserError
+    with pytest.raises(UserError, match=r"labels 'piano' \(rows 2\) and 'Piano' \(rows 3\) differ only in case"):
+        read_labels(d)
 
 
 def test_odd_audio_scales_are_normalised_and_odd_rates_resample_in_small_steps():
