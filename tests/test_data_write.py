@@ -213,6 +213,9 @@ def test_convert_llava_json(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(many))
     report = convert.convert_llava_json(str(tmp_path / "m.json"), str(tmp_path / "img"), str(tmp_path / "o2"), max_bad=0.5)
     assert (report.written, report.skipped) == (3, 1) and "missing.jpg" in report.problems[0]
+    index = json.loads((tmp_path / "o2" / "index.json").read_text())          # the reasons stay with the data
+    assert index["skipped"] == 1 and index["skipped_by_reason"] == {"missing_file": 1}
+    assert "missing.jpg" in index["skipped_examples"][0]
     # a systematic problem: UserError naming the file and the sample
     (tmp_path / "one.json").write_text(json.dumps(many[-1:]))
     with pytest.raises(UserError, match=r"missing\.jpg.*|id gone"):

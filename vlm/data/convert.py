@@ -237,6 +237,9 @@ def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], 
             w.write(sample)
             report.written += 1
         w.skipped = report.skipped
+        if report.skipped:         # kept with the data set: the terminal's summary was the only record of them
+            w.meta["skipped_by_reason"] = dict(report.reasons.most_common())
+            w.meta["skipped_examples"] = report.problems[:20]
         _check_bad(report, what, max_bad)          # inside: a failed conversion leaves no shards and no index
     report.replaced = w.replaced
     return report
