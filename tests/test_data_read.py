@@ -349,6 +349,10 @@ def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):
     assert json.loads(capsys.readouterr().out)["samples"] == 22
     vlm_main(["data", "inspect", main])
     assert "bad_image: 3" in capsys.readouterr().out
+    # nothing usable (every sample broken, a JPEG given as a shard): the report, then exit 2 for a script
+    (tmp_path / "photo.tar").write_bytes(b"\xff\xd8\xff\xe0 a jpeg")
+    assert vlm_main(["data", "inspect", str(tmp_path / "photo.tar")]) == 2
+    assert "no usable sample among the" in capsys.readouterr().err
 
 
 def test_a_pass_with_no_usable_sample_stops_with_a_named_error(tmp_path, model):

@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import re
+import sys
 from collections import Counter
 from typing import Any
 
@@ -225,4 +226,7 @@ def run(args: argparse.Namespace) -> int:
         processor = load(args.model).processor
     report = inspect_shards(expand_shards(args.shards), processor, args.samples, args.limit)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    if not report["ok"]:                   # nothing a model could train on: not a success for a script either
+        print(f"vlm data inspect: error: no usable sample among the {report['samples']} read", file=sys.stderr)
+        return 2
     return 0
