@@ -497,6 +497,8 @@ def test_convert_caption_and_class_folders(tmp_path):
     assert "note: 1 class(es) with no image in" in report.summary() and "green thing" in report.summary()
     with pytest.raises(UserError, match="no class sub-folders"):
         convert.convert_class_folder(str(tmp_path / "cap"), str(tmp_path / "wds2"))
+    with pytest.raises(UserError, match="a split is a folder name inside --out"):       # it wrote outside --out
+        convert.convert_class_folder(str(tmp_path / "cls"), str(tmp_path / "wds4"), split="../escaped")
     with pytest.raises(UserError, match="not a folder"):
         convert.convert_caption_folder(str(tmp_path / "absent"), str(tmp_path / "x"))
 

@@ -146,14 +146,14 @@ def test_mmtrail_converter_skips_bad_clips_by_reason(tmp_path):
                 "misc": {"music_caption": [{"text": "quiet", "time": "0:00-0:03"}]}}
     recs = [rec("good", "ok.mp4", [10, 40]), rec("past", "ok.mp4", [100, 120]), rec("missing", "gone.mp4", [0, 10]),
             rec("empty", "ok.mp4", [20, 20]), rec("silent", "silent.mp4", [0, 10]), rec("corrupt", "corrupt.mp4", [0, 10]),
-            rec("escape", "../secret.mp4", [0, 10])]
+            rec("escape", "../secret.mp4", [0, 10]), rec("negative", "ok.mp4", [-4, 4])]   # sound and picture apart
     (tmp_path / "ann.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     from vlm.errors import UserError
-    with pytest.raises(UserError, match=r"6 of 7 clips are bad \(bad_video 1, .*\), more than --max-bad 0.2; "
+    with pytest.raises(UserError, match=r"7 of 8 clips are bad \(bad_record 1, bad_video 1, .*\), more than --max-bad 0.2; "
                                         r"nothing published \(--max-bad 1 keeps the 1 that converted\)"):
         convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out"), max_bad=0.2)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tar"))     # nothing published
-    with pytest.raises(UserError, match=r"1 of 7 records name a video not found under .*, more than --max-bad 0.1; "
+    with pytest.raises(UserError, match=r"1 of 8 records name a video not found under .*, more than --max-bad 0.1; "
                                         r"nothing converted"):                 # said before any clip is cut
         convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out"))
     for bad in (-0.5, float("nan"), 2):
@@ -162,7 +162,7 @@ def test_mmtrail_converter_skips_bad_clips_by_reason(tmp_path):
     report = convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out"), max_bad=1.0)
     assert report.clips == 1 and report.written == 2                      # visual + music captions of "good"
     assert dict(report.skipped) == {"range_past_end": 1, "missing_video": 1, "empty_range": 1, "no_audio_track": 1,
-                                    "bad_video": 1, "path_outside_root": 1}
+                                    "bad_video": 1, "path_outside_root": 1, "bad_record": 1}
     kept = convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out2"), audio_optional=True, max_bad=1.0)
     assert kept.clips == 2 and "no_audio_track" not in kept.skipped
 

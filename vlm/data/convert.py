@@ -379,6 +379,8 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
 
     Class names are the sub-folder names (sorted; `_` -> space); templates must contain `{c}`.
     """
+    if not split or split in (".", "..") or os.sep in split or (os.altsep and os.altsep in split):
+        raise UserError(f"--split {split!r}: a split is a folder name inside --out (test, train ...), not a path")
     classes = [d for d in _list_dir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")]
     if not classes:
         raise UserError(f"{folder}: no class sub-folders")

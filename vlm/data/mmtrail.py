@@ -176,8 +176,10 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
                 basic = rec["basic"]
                 where = f"record {i} ({basic.get('clip_id', '?')})"
                 rng = basic.get("clip_start_end_idx")
-                if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) for x in rng)):
-                    raise Skip("bad_record", f"{where}: clip_start_end_idx must be [start, end] frames")
+                if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                         and x >= 0 for x in rng)):
+                    raise Skip("bad_record", f"{where}: clip_start_end_idx must be [start, end] frame numbers >= 0, "
+                                             f"got {rng!r:.40}")
                 start, end = rng
                 if end <= start:
                     raise Skip("empty_range", f"{where}: frames [{start}, {end}) are empty")
