@@ -111,8 +111,8 @@ def iter_samples(files: Iterable[Path]) -> Iterator[Sample]:
     try:
         for f in files:
             for ref in scan_shard(str(f)):
-                if ref.error:
-                    raise UserError(f"{f}: unreadable tar shard ({ref.message})")
+                if ref.error:               # (the reader's message names the shard too: once is enough)
+                    raise UserError(f"{f}: unreadable tar shard ({ref.message.removeprefix(f'{f}: ')})")
                 try:
                     fields = read_fields(ref, cache)
                 except OSError as e:

@@ -73,8 +73,12 @@ class Benchmark:
     options: dict[str, Any] = field(default_factory=dict)   # task-kind settings (prompt, mode, max_new_tokens ...)
 
     def row(self) -> dict[str, Any]:
+        subsets = [d["subset"] for d in self.options.get("datasets", []) if "subset" in d]
+        data = self.data.describe()
+        if subsets:                      # MMEB-eval: <root>/MMEB-eval/<subset>/*.parquet, not a split of shards
+            data = data.rsplit("/", 1)[0] + f"/{subsets[0] if len(subsets) == 1 else '<subset>'}/*.parquet"
         return dict(name=self.name, modality=self.modality, description=self.description, kind=self.kind,
-                    type=self.type, capability=self.capability, metric=self.metric, data=self.data.describe())
+                    type=self.type, capability=self.capability, metric=self.metric, data=data)
 
 
 @dataclass(frozen=True)
