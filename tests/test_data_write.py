@@ -435,6 +435,16 @@ def test_converters_write_only_what_reads_back(tmp_path):
     assert report.reasons == {"bad_caption": 1} and "b.txt: cannot be read" in report.problems[0]
     (s,) = read_raw(tmp_path / "o4")
     assert meta(s)["caption"] == "a red square"
+    # messages that name what is wrong: the record, the type; an "id": null is no id (it was the key "None")
+    (tmp_path / "list.json").write_text(json.dumps([{"file": "a.wav", "caption": "x"}, {"file": "b.wav"}]))
+    with pytest.raises(UserError, match=r"list\.json: record 1 needs 'file' and 'caption', got \{'file': 'b.wav'\}"):
+        convert.read_captions(str(tmp_path / "list.json"))
+    (tmp_path / "n.json").write_text(json.dumps([{"id": None, "conversations": qa("Hi", "Hello")},
+                                                 {"id": "s", "conversations": "Hi there"}]))
+    report = convert.convert_llava_json(str(tmp_path / "n.json"), str(tmp_path / "img"), str(tmp_path / "o5"),
+                                        max_bad=0.9)
+    assert [s["__key__"] for s in read_raw(tmp_path / "o5")] == ["0"]
+    assert "must be a non-empty list of turns, got str" in report.problems[0]
 
 
 def test_class_folder_names_that_would_shift_labels_are_refused(tmp_path, capsys):

@@ -267,7 +267,7 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
         i, rec = item
         if not isinstance(rec, dict):
             raise ValueError(f"record {i}: not an object")
-        rid = str(rec.get("id", i))
+        rid = str(i) if rec.get("id") is None else str(rec["id"])      # "id": null is no id (it was key "None")
         try:           # LLaVA from/value or OpenAI role/content turns, each text a string
             turns = normalise_conversation(rec.get("conversations"), f"record {i} (id {rid})")
         except UserError as e:
@@ -449,10 +449,11 @@ def read_captions(path: str) -> dict[str, Any]:
         if isinstance(data, dict):
             pairs = list(data.items())
         elif isinstance(data, list):
-            try:
-                pairs = [(d["file"], d["caption"]) for d in data]
-            except (KeyError, TypeError) as e:
-                raise UserError(f"{path}: each record needs 'file' and 'caption'") from e
+            bad = next((i for i, d in enumerate(data) if not (isinstance(d, dict) and "file" in d and "caption" in d)),
+                       None)
+            if bad is not None:
+                raise UserError(f"{path}: record {bad} needs 'file' and 'caption', got {data[bad]!r:.80}")
+            pairs = [(d["file"], d["caption"]) for d in data]
         else:
             raise UserError(f"{path}: expected an object or a list of records")
     else:

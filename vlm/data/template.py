@@ -27,7 +27,8 @@ class Tokenized:
 def normalise_conversation(conv, key: str = "sample") -> list[dict]:
     """LLaVA `from/value` or OpenAI `role/content` turns -> [{'role', 'text'}]; a one-line error if malformed."""
     if not isinstance(conv, list) or not conv:
-        raise UserError(f"{key}: 'conversations' must be a non-empty list of turns")
+        raise UserError(f"{key}: 'conversations' must be a non-empty list of turns, got "
+                        f"{'an empty list' if conv == [] else type(conv).__name__}")
     out = []
     for i, turn in enumerate(conv):
         if not isinstance(turn, dict):
