@@ -431,8 +431,10 @@ def test_converters_write_only_what_reads_back(tmp_path):
     _images(tmp_path / "cap", ["a.jpg", "b.jpg"])
     (tmp_path / "cap" / "a.txt").write_bytes("\ufeffa red square".encode("utf-8"))
     os.symlink("gone.txt", tmp_path / "cap" / "b.txt")                      # a dangling link inside the root
+    (tmp_path / "cap" / "d.txt").write_text("a caption whose image is missing")
     report = convert.convert_caption_folder(str(tmp_path / "cap"), str(tmp_path / "o4"), max_bad=0.9)
     assert report.reasons == {"bad_caption": 1} and "b.txt: cannot be read" in report.problems[0]
+    assert report_notes(report) == ["1 caption file(s)"] and "d.txt" in report.notes[0]
     (s,) = read_raw(tmp_path / "o4")
     assert meta(s)["caption"] == "a red square"
     # messages that name what is wrong: the record, the type; an "id": null is no id (it was the key "None")
@@ -462,6 +464,10 @@ def test_class_folder_names_that_would_shift_labels_are_refused(tmp_path, capsys
         assert not (tmp_path / "out").exists()
     root = tmp_path / "ok"
     _images(root / "apple", ["0.jpg"])
+    _images(root / "banana", ["0.jpg"])
+    _images(root, ["loose.jpg"])                                             # in no class folder: said
+    report = convert.convert_class_folder(str(root), str(tmp_path / "fine"))
+    assert report.written == 2 and "1 image(s) directly in" in report.notes[0] and "loose.jpg" in report.notes[0]
     with pytest.raises(UserError, match=r"template 'a \{c\} of \{kind\}' does not format with the class name alone"):
         convert.convert_class_folder(str(root), str(tmp_path / "out"), templates=["a {c} of {kind}"])
     (tmp_path / "tpl.txt").write_bytes("une photo de {c} \xe9t\xe9".encode("latin-1"))

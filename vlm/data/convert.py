@@ -328,7 +328,12 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
         return {"__key__": make_key(os.path.splitext(rel)[0], seen), ext: data,
                 "json": _caption_meta("<image>", "Describe the image briefly.", caption, source, "caption")}
 
-    return _write_all(out, images, build, folder, max_bad, max_count=max_count, meta={"source": source})
+    report = _write_all(out, images, build, folder, max_bad, max_count=max_count, meta={"source": source})
+    stems = {os.path.splitext(f)[0] for f in images}
+    orphans = [f for f in files if f.lower().endswith(".txt") and os.path.splitext(f)[0] not in stems]
+    if orphans:                       # a caption whose image is missing or of another extension: said, not lost
+        report.notes.append(f"{len(orphans)} caption file(s) in {folder} have no image beside them: {named(orphans)}")
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +418,11 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
     with open(os.path.join(split_dir, "index.json")) as f:
         n_shards = len(json.load(f)["shards"])
     write_text(os.path.join(split_dir, "nshards.txt"), f"{n_shards}\n")
+    loose = [f for f in _list_dir(folder) if f.lower().endswith(IMAGE_FILE_EXTS)
+             and os.path.isfile(os.path.join(folder, f))]
+    if loose:                         # an image outside every class folder has no label: said, not converted
+        report.notes.append(f"{len(loose)} image(s) directly in {folder} are in no class sub-folder, not converted: "
+                            f"{named(loose)}")
     present = {ci for ci, _ in items}
     empty = [names[i] for i in range(len(classes)) if i not in present]
     if empty:
