@@ -42,9 +42,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = config_from_args(EvalConfig, args, what="eval config field")
     if not cfg.models:
         raise UserError("--model is required: a checkpoint folder or open_clip:ARCH[:CKPT]")
+    from benchmarks.metrics import skipped_items
     from benchmarks.registry import resolve
     from benchmarks.report import capability_table
-    from benchmarks.runner import evaluate, skipped_items
+    from benchmarks.runner import evaluate
     benches = resolve(cfg.benches, cfg.suite)
     res = evaluate(cfg.models, benches, cfg)
     save_config(cfg, f"{cfg.out}/eval_config.yaml")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,3 +112,9 @@ def cider(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[float, l
     res = {i: [_caption_tokens(p)] for i, p in enumerate(preds)}
     score, per = Cider().compute_score(gts, res)
     return float(score), [float(x) for x in per]
+
+
+def skipped_items(metrics: dict[str, Any]) -> dict[str, int]:
+    """A result's unreadable items by reason, from its `skipped_<reason>` metrics: items its score does not
+    cover."""
+    return {k[len("skipped_"):]: int(v) for k, v in sorted(metrics.items()) if k.startswith("skipped_") and v}

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.metrics import skipped_items
 from benchmarks.registry import BENCHMARKS, Benchmark, Roots
 from vlm.atomic import write_text
 
@@ -312,6 +313,9 @@ def _gallery(name: str, rec: dict, models: list[str], per_model: dict[str, list[
             cells.append(f'<td class="pred{cls}">{_esc(preds[m])}{extra}</td>')
         body.append(f'<tr data-disagree="{int(disagree)}" data-error="{int(error)}">' + "".join(cells) + "</tr>")
     more = f" (the first {limit} of {len(keys)}; all rows in results/)" if len(keys) > limit else ""
+    bad = skipped_items(rec.get("metrics") or {})        # items the score does not cover, said beside it
+    more += (f"; scored under --limit {rec['limit']}" if rec.get("limit") else "") + \
+        (f"; not scored: {', '.join(f'{k} {v}' for k, v in bad.items())}" if bad else "")
     return (f'<details id="d-{gid}"><summary>{_esc(name)} <span class=muted>({_esc(rec.get("kind"))}, '
             f'{_esc(rec.get("metric"))}) - <span id="count-{gid}">{min(len(keys), limit)}</span> of '
             f"{len(keys)} shown{more}</span></summary>"

@@ -35,6 +35,7 @@ from typing import Any
 from benchmarks.cache import FeatureCache
 from benchmarks.config import RunConfig
 from benchmarks.data import shard_files
+from benchmarks.metrics import skipped_items
 from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
 from benchmarks.tasks import Context, applicable, run_task
@@ -245,12 +246,6 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
         write_chart(cfg.out, table)
         write_html(cfg.out, table, benches, cfg.roots)
     return RunResult(table, records, models, ctx.cache.hits, ctx.cache.misses)
-
-
-def skipped_items(metrics: dict[str, Any]) -> dict[str, int]:
-    """A result's unreadable items by reason, from its `skipped_<reason>` metrics: items its score does not
-    cover."""
-    return {k[len("skipped_"):]: int(v) for k, v in sorted(metrics.items()) if k.startswith("skipped_") and v}
 
 
 def aggregate(out: str | os.PathLike) -> "Any":

@@ -281,6 +281,8 @@ def test_an_undecodable_image_is_skipped_and_counted_not_the_end_of_the_benchmar
     assert rows[0]["skipped"] == "bad_image 1" and "limit" not in rows[0] and rows[1]["limit"] == 3
     report = report_markdown(res.table)
     assert "## Items not scored" in report and "bad_image 1" in report
+    assert "; not scored: bad_image 1" in (tmp_path / "out" / "report.html").read_text()
+    assert "; scored under --limit 3" in (tmp_path / "o3" / "report.html").read_text()
 
 
 def test_nothing_applicable_is_said_and_exits_2(assets, tmp_path, capsys):
