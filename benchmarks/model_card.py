@@ -138,7 +138,7 @@ def results_rows(table, **extra: Any) -> list[dict[str, Any]]:
         if metrics.get("chance") is not None:
             row["chance"] = round(float(metrics["chance"]), 6)
         limit = r.get("limit")                          # a --limit run: its score is over the first `limit` items
-        if limit is not None and limit == limit:
+        if limit is not None and not math.isnan(limit):
             row["limit"] = int(limit)
         if r.get("skipped"):                            # unreadable items its score does not cover
             row["skipped"] = r["skipped"]

@@ -53,7 +53,13 @@ from vlm.data.reader import (
     read_fields,
     slot_refs,
 )
-from vlm.data.remote import RemoteContext, RemoteSettings, is_placeholder, is_remote, resolve
+from vlm.data.remote import (
+    RemoteContext,
+    RemoteSettings,
+    is_placeholder,
+    is_remote,
+    resolve,
+)
 from vlm.errors import UserError
 
 STATE_VERSION = 1

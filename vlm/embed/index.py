@@ -259,7 +259,7 @@ def build_index(folder: str | os.PathLike, memory: str | int = "4G", kind: str =
                 "search": search, "recall@10": round(recall, 4), "n": n, "dim": d, "bytes": choice.bytes,
                 "budget": budget, "part_rows": rows, "metadata": [str(p.relative_to(folder)) for p in metadata],
                 "model": run.get("model"), "fingerprint": run.get("fingerprint")}
-        write_file(folder / "index" / f"{m}.index", lambda tmp: faiss.write_index(index, str(tmp)))
+        write_file(folder / "index" / f"{m}.index", lambda tmp, index=index: faiss.write_index(index, str(tmp)))
         write_text(folder / "index" / f"{m}.json", json.dumps(info, indent=1))
         infos[m] = info
         if not quiet:
