@@ -393,7 +393,8 @@ class ShardPipeline:
             import hashlib
             self._shard_contents = [
                 {"names": hashlib.sha256("\n".join(os.path.basename(x) for x in s.shards).encode()).hexdigest()[:16],
-                 "sizes": [os.path.getsize(x) if not is_remote(x) and os.path.isfile(x) else None for x in s.shards]} for s in self.sources]
+                 "sizes": [os.path.getsize(x) if not is_remote(x) and os.path.isfile(x) else None for x in s.shards]}
+                for s in self.sources]
         return self._shard_contents
 
     def _check_contents(self, saved: list | None) -> None:
