@@ -441,6 +441,10 @@ def test_converters_write_only_what_reads_back(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps([{"file": "a.wav", "caption": "x"}, {"file": "b.wav"}]))
     with pytest.raises(UserError, match=r"list\.json: record 1 needs 'file' and 'caption', got \{'file': 'b.wav'\}"):
         convert.read_captions(str(tmp_path / "list.json"))
+    for name in ("latin.csv", "latin.json"):                                  # named with the byte, not the class
+        (tmp_path / name).write_bytes("file,caption\na.wav,café\n".encode("latin-1"))
+        with pytest.raises(UserError, match=rf"{name}: not UTF-8 text \(byte \d+\)"):
+            convert.read_captions(str(tmp_path / name))
     (tmp_path / "n.json").write_text(json.dumps([{"id": None, "conversations": qa("Hi", "Hello")},
                                                  {"id": "s", "conversations": "Hi there"}]))
     report = convert.convert_llava_json(str(tmp_path / "n.json"), str(tmp_path / "img"), str(tmp_path / "o5"),

@@ -209,8 +209,10 @@ def _load_json(path: str) -> Any:
         raise UserError(f"{path}: file not found") from e
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read the file ({e.__class__.__name__})") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the file ({e.strerror or e.__class__.__name__})") from e
 
 
 def _caption_meta(placeholder: str, prompt: str, caption: str, source: str, task: str) -> dict[str, Any]:
@@ -472,8 +474,10 @@ def read_captions(path: str) -> dict[str, Any]:
                 rows = [r for r in csv.reader(f) if r]
         except FileNotFoundError as e:
             raise UserError(f"{path}: file not found") from e
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise UserError(f"{path}: cannot read the CSV ({e.__class__.__name__})") from e
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        except (OSError, csv.Error) as e:
+            raise UserError(f"{path}: cannot read the CSV ({e})") from e
         header = [c.strip().lower() for c in rows[0]] if rows else []
         if header[:2] == ["file", "caption"]:     # a header: those two columns, whatever else the table has
             rows = rows[1:]
