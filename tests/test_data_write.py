@@ -402,15 +402,17 @@ def test_converters_write_only_what_reads_back(tmp_path):
     Image.new("RGB", (256, 256), "red").save(tmp_path / "full.jpg", quality=95)
     _images(tmp_path / "img", ["a.jpg"])
     (tmp_path / "img" / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:900])
+    (tmp_path / "img" / "adir.jpg").mkdir()
     records = [{"id": "cut", "image": "cut.jpg", "conversations": qa("<image>\nQ", "a")},
+               {"id": "dir", "image": "adir.jpg", "conversations": qa("<image>\nQ", "a")},
                {"id": "sys", "image": "a.jpg", "conversations": [{"from": "system", "value": "Be brief."},
                                                                  *qa("Colour?", "red")]},
                {"id": "answer_only", "image": "a.jpg", "conversations": [{"from": "gpt", "value": "red"}]}]
     (tmp_path / "r.json").write_text(json.dumps(records))
     report = convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(tmp_path / "o1"),
                                         max_bad=0.9)
-    assert report.reasons == {"bad_image": 1, "bad_turn": 1}, report.reasons
-    assert "truncated" in " ".join(report.problems)
+    assert report.reasons == {"bad_image": 1, "bad_turn": 1, "missing_file": 1}, report.reasons
+    assert "truncated" in " ".join(report.problems) and "adir.jpg is a folder, not an image file" in " ".join(report.problems)
     from vlm.data.convert import Skip
     from vlm.data.convert_hf import image_bytes
     with pytest.raises(Skip, match="truncated"):                         # hf-dataset image bytes: the same check

@@ -152,7 +152,8 @@ def read_image(path: str) -> tuple[str, bytes]:
     """
 
     if not os.path.isfile(path):
-        raise Skip("missing_file", f"image file not found: {path}")
+        raise Skip("missing_file", f"{path} is a folder, not an image file" if os.path.isdir(path)
+                   else f"image file not found: {path}")
     try:
         with open(path, "rb") as f:
             data = f.read()
