@@ -85,6 +85,11 @@ def _records(path: str) -> Iterator[tuple[int, Any]]:
                     raise UserError(f"{path}: line {i + 1} is not JSON ({e.msg})") from None
 
 
+def _av_reason(e: BaseException) -> str:
+    """PyAV's error without its errno and the path again ("[Errno 1094995529] Invalid data ...: '<path>'")."""
+    return (getattr(e, "strerror", None) or str(e).splitlines()[0])[:120]
+
+
 def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool) -> tuple[np.ndarray, float, np.ndarray | None]:
     """Frames [start, end) of a video at about `fps` (short side <= `size`) and the audio of the same
     time span (mono float32 at 24 kHz, or None). Seeks, then decodes only the range."""
@@ -92,7 +97,7 @@ def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool
     try:
         container = av.open(path)
     except Exception as e:
-        raise Skip("bad_video", f"{path}: cannot open ({str(e).splitlines()[0][:120]})") from None
+        raise Skip("bad_video", f"{path}: cannot open ({_av_reason(e)})") from None
     try:
         if not container.streams.video:
             raise Skip("bad_video", f"{path}: no video stream")
@@ -122,7 +127,7 @@ def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool
                         img = img.resize((w, h))
                     frames.append(np.asarray(img.convert("RGB")))
         except av.FFmpegError as e:
-            raise Skip("bad_video", f"{path}: decoding failed ({str(e).splitlines()[0][:120]})") from None
+            raise Skip("bad_video", f"{path}: decoding failed ({_av_reason(e)})") from None
         if not frames:
             raise Skip("range_past_end", f"frames [{start}, {end}) hold no decodable frame")
         arr = np.stack(frames)
