@@ -437,7 +437,10 @@ def test_audio_folder_edits_duplicates_bom_and_split(mert_folder, tmp_path, caps
            "no_val": (rows, ["--split", "val"], "no val clips"),
            "unseen": (["path,label,split", *(f"clips/{i}.flac,{['low', 'high'][i % 2]},train" for i in range(6)),
                        "clips/6.flac,mid,test", "clips/7.flac,mid,test"], [],
-                      "no test clip has a label of the 'train' split (mid vs high, low)")}
+                      "no test clip has a label of the 'train' split (mid vs high, low)"),
+           "limited": (["path,label,split", *(f"clips/{i}.flac,{['low', 'high'][i % 2]},train" for i in range(6)),
+                        "clips/6.flac,mid,test", "clips/7.flac,low,test"], ["--limit", "1"],
+                       "no test clip among the first 1 (--limit) has a label of the 'train' split")}
     for name, (lines, extra, message) in bad.items():
         (d / "labels.csv").write_text("\n".join(lines) + "\n")
         assert main([*argv[:-3], "--out", str(tmp_path / name), "--quiet", *extra]) == 2, name

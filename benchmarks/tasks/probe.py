@@ -154,11 +154,14 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     if len(classes) < 2:
         raise UserError(f"benchmark {bench.name}: the '{train_split}' split has {len(classes)} usable class(es); "
                         f"a probe needs at least 2 (skipped: {dict(skipped) or 'none'})")
+    limited = f" among the first {ctx.limit} (--limit)" if ctx.limit else ""
     if not test:
-        raise UserError(f"benchmark {bench.name}: no usable {bench.data.split} clips (skipped: {dict(skipped) or 'none'})")
+        raise UserError(f"benchmark {bench.name}: no usable {bench.data.split} clips{limited} "
+                        f"(skipped: {dict(skipped) or 'none'})")
     if not any(c.label in classes for c in test):      # an accuracy of 0 that measures nothing
-        raise UserError(f"benchmark {bench.name}: no {bench.data.split} clip has a label of the '{train_split}' "
-                        f"split ({', '.join(sorted({c.label for c in test})[:5])} vs {', '.join(classes[:5])})")
+        raise UserError(f"benchmark {bench.name}: no {bench.data.split} clip{limited} has a label of the "
+                        f"'{train_split}' split ({', '.join(sorted({c.label for c in test})[:5])} vs "
+                        f"{', '.join(classes[:5])})")
     from vlm.data.formats import audio_notes
     kept = Counter(n for c in (*train, *test) for n in audio_notes(c.audio[0].reshape(-1, c.audio[0].shape[-1]).mean(0)))
     x_train = _features(model, train, h_train, bench.modality, ctx)                 # [N, L, D]
