@@ -86,9 +86,12 @@ def check_parquet_files(files: list[str]) -> None:
     first: dict[str, tuple[str, list[str]]] = {}          # folder -> (its first file, that file's columns)
     for f in files:
         try:
-            names = sorted(pq.read_schema(f).names)
+            meta = pq.read_metadata(f)
+            names = sorted(meta.schema.to_arrow_schema().names)
         except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid on a truncated / foreign file, OSError
             raise UserError(f"{f}: not a readable parquet file ({short_error(e)[:160]})") from None
+        if meta.num_rows == 0:            # the streaming reader stops on it with "BatchSize must be greater than 0"
+            raise UserError(f"{f}: a parquet file with no rows; remove it or convert the others without it")
         ref, cols = first.setdefault(os.path.dirname(f), (f, names))
         if names != cols:
             raise UserError(f"{f}: columns {names} differ from {ref}'s {cols}; convert the files with different "
