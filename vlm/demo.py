@@ -45,7 +45,8 @@ def check_same_run(cfg: DemoConfig, saved: Path) -> None:
     if not saved.is_file():
         return
     before = read_yaml(saved, what="demo config")
-    changed = [f"{k} ({before.get(k)!r} -> {getattr(cfg, k)!r})" for k in MODEL_FIELDS if before.get(k) != getattr(cfg, k)]
+    changed = [f"{k} ({before[k]!r} -> {getattr(cfg, k)!r})" for k in MODEL_FIELDS        # (a field an older
+               if k in before and before[k] != getattr(cfg, k)]                              # version lacked: not compared)
     if changed:
         raise UserError(f"{saved.parent} already holds a demo made with other settings: {', '.join(changed)}; "
                         f"give another --out, or remove {saved.parent} to start again")
