@@ -452,6 +452,12 @@ def test_converters_write_only_what_reads_back(tmp_path):
     report = convert.convert_llava_json(str(tmp_path / "n.json"), str(tmp_path / "img"), str(tmp_path / "o5"),
                                         max_bad=0.9)
     assert [s["__key__"] for s in read_raw(tmp_path / "o5")] == ["0"]
+    _images(tmp_path / "uni", ["写真.jpg", "café.jpg"])                    # keys keep letters of any script
+    for stem in ("写真", "café"):
+        (tmp_path / "uni" / f"{stem}.txt").write_text(f"caption of {stem}")
+    convert.convert_caption_folder(str(tmp_path / "uni"), str(tmp_path / "o6"))
+    assert {s["__key__"]: meta(s)["caption"] for s in read_raw(tmp_path / "o6")} == {
+        "写真": "caption of 写真", "café": "caption of café"}
     assert "must be a non-empty list of turns, got str" in report.problems[0]
 
 

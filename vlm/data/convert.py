@@ -39,7 +39,8 @@ from vlm.modalities import MODALITIES, PLACEHOLDERS, file_kind
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
 MEDIA_PROMPTS = {"audio": "Describe the sound.", "music": "Describe the music.", "video": "Describe the video."}
-_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+_KEY_BAD = re.compile(r"[^\w-]+")      # letters and digits of any script stay (`写真`, `café`): keys of names in
+                                       # other scripts were all `sample`, `sample_1` ...; dots, slashes, spaces go
 
 
 LLAVA_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}    # normalised role -> LLaVA `from`
