@@ -452,13 +452,19 @@ def test_converters_write_only_what_reads_back(tmp_path):
     report = convert.convert_llava_json(str(tmp_path / "n.json"), str(tmp_path / "img"), str(tmp_path / "o5"),
                                         max_bad=0.9)
     assert [s["__key__"] for s in read_raw(tmp_path / "o5")] == ["0"]
+    assert "must be a non-empty list of turns, got str" in report.problems[0]
+    (tmp_path / "two.json").write_text(json.dumps([{"id": "r1", "image": "a.jpg",
+                                                    "conversations": qa("<image>\n<image>\nQ", "a")},
+                                                   {"id": "ok", "image": "a.jpg", "conversations": qa("<image>\nQ", "a")}]))
+    report = convert.convert_llava_json(str(tmp_path / "two.json"), str(tmp_path / "img"), str(tmp_path / "o7"),
+                                        max_bad=0.9)                        # an invalid sample: its place is said
+    assert report.problems[0].startswith(f"entry 0 of {tmp_path / 'two.json'}: r1: 2 image placeholder(s)")
     _images(tmp_path / "uni", ["写真.jpg", "café.jpg"])                    # keys keep letters of any script
     for stem in ("写真", "café"):
         (tmp_path / "uni" / f"{stem}.txt").write_text(f"caption of {stem}")
     convert.convert_caption_folder(str(tmp_path / "uni"), str(tmp_path / "o6"))
     assert {s["__key__"]: meta(s)["caption"] for s in read_raw(tmp_path / "o6")} == {
         "写真": "caption of 写真", "café": "caption of café"}
-    assert "must be a non-empty list of turns, got str" in report.problems[0]
 
 
 def test_class_folder_names_that_would_shift_labels_are_refused(tmp_path, capsys):

@@ -227,7 +227,7 @@ def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], 
     """Build a sample from each item (ValueError/KeyError/TypeError = a bad sample: skipped, counted)."""
     report, seen = Report(out=out), set()
     with ShardWriter(out, **writer_kw) as w:
-        for item in items:
+        for n, item in enumerate(items):
             try:
                 sample = build(item, seen)
             except (ValueError, KeyError, TypeError) as e:       # a KeyError's str() is its key quoted
@@ -235,8 +235,8 @@ def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], 
                             getattr(e, "reason", "bad_sample"))
                 continue
             problems = validate_sample(sample)
-            if problems:
-                report.skip(problems[0], "invalid_sample")
+            if problems:                # named by its place in the input too: the key is the converter's own
+                report.skip(f"entry {n} of {what}: {problems[0]}", "invalid_sample")
                 continue
             w.write(sample)
             report.written += 1
