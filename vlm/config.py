@@ -26,6 +26,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from vlm.atomic import write_text
 from vlm.errors import UserError
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -187,7 +188,6 @@ def to_yaml(data: Any) -> str:
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """The resolved config as YAML, written atomically (a temporary file per process: ranks of one
     torchrun job may write the same config at once)."""
-    from vlm.atomic import write_text
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text(path, to_yaml(cfg))

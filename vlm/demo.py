@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from vlm.config import add_config_flags, config_from_args, save_config
+from vlm.config import add_config_flags, config_from_args, read_yaml, save_config
+from vlm.errors import UserError
 
 
 @dataclass
@@ -40,8 +41,6 @@ MODEL_FIELDS = ("data", "samples", "seed", "recipe", "recipe_overrides")
 
 def check_same_run(cfg: DemoConfig, saved: Path) -> None:
     """Refuse a rerun into an --out whose demo was made with other model settings (the suite may change)."""
-    from vlm.config import read_yaml
-    from vlm.errors import UserError
     if not saved.is_file():
         return
     before = read_yaml(saved, what="demo config")

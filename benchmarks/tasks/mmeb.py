@@ -490,11 +490,13 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             continue
         if "subset" in spec:
             folder = bench.data.folder(ctx.roots)
-            files = mmeb_eval_files(folder, spec)
             ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)))
             ds.queries = build_mmeb_eval(folder, spec, ctx.limit, ds.skipped)
             datasets.append(ds)
-            keys[ds.name] = f"mmeb-{data_hash(files, ctx.limit, spec)}"
+            # the embeddings depend on the parquet files and the images the built rows read (an image replaced in
+            # place is another input): those paths are in the queries, the parquet need not be read again
+            images = sorted({it.query.image for q in ds.queries for it in (q.query, *q.candidates) if it.query.image})
+            keys[ds.name] = f"mmeb-{data_hash([*mmeb_files(folder, spec['subset']), *images], ctx.limit, spec)}"
             continue
         if "path" in spec:
             folder = bench.data.folder(ctx.roots) / spec["path"]

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
+from vlm.atomic import running, write_text
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, media_order, placeholder_modalities
 
@@ -345,8 +346,6 @@ def _remove_stale_staging(out_dir: str) -> None:
     """Staging folders killed writers left: one of a process no longer running on this host, or one untouched
     for a day (a live writer on another host of a shared file system touches its folder with every shard)."""
     import time
-
-    from vlm.atomic import running
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
         if not (name.startswith(STAGING) and os.path.isdir(path)):
@@ -493,7 +492,6 @@ class ShardWriter:
     def _move_in(self) -> None:
         """`_publish`'s renames and removals (with the folder locked), inside a journal: a kill among the renames
         leaves `.publishing`, and readers refuse the folder (`check_not_torn`) until a writer finishes into it."""
-        from vlm.atomic import write_text
         self.replaced = _samples_in(os.path.join(self.out_dir, "index.json"))
         journal = write_text(os.path.join(self.out_dir, PUBLISHING), f"{os.getpid()}@{_this_host()}\n")
         for s in self.shards:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlm.atomic import remove_torn, write_file
+from vlm.atomic import remove_torn, write_file, write_text
 from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
 from vlm.embed.items import Item
 from vlm.errors import UserError
@@ -374,7 +374,7 @@ def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[
                 np.save(f, arr)
         write_file(path, save)
     stats_path = out / "stats" / f"stats_{name}.json"
-    write_file(stats_path, lambda tmp: tmp.write_text(json.dumps(stats, indent=1)))
+    write_text(stats_path, json.dumps(stats, indent=1))
     table = pa.table({"key": pa.array(keys, pa.string()), "caption": pa.array(captions, pa.string()),
                       "source": pa.array(sources, pa.string())})
     write_file(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: pq.write_table(table, tmp))
@@ -490,7 +490,7 @@ def check_manifest(out: Path, want: dict, backend=None) -> None:
             raise UserError(f"{out} holds an export with other settings ({', '.join(diff)} differ); "
                             f"use another --out or delete it")
         return
-    write_file(path, lambda tmp: tmp.write_text(json.dumps(want, indent=1)))
+    write_text(path, json.dumps(want, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------ the export
@@ -607,7 +607,7 @@ def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> N
     summary = {"parts": count, "parts_done": len(parts), "rows": sum(p["rows"] for p in parts),
                "skipped": sum(len(p["skipped"]) for p in parts), "skipped_by_reason": dict(reasons),
                "left_out_files": sum(len(p.get("left_out_files", [])) for p in parts)}
-    write_file(out / "stats" / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+    write_text(out / "stats" / "summary.json", json.dumps(summary, indent=1))
 
 
 def read_summary(out: Path) -> dict:

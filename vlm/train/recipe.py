@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vlm.atomic import write_text
 from vlm.config import apply_override, from_dict, read_yaml, to_yaml
 from vlm.data.filters import SampleFilter, check_filter_fields
 from vlm.errors import UserError
@@ -575,5 +576,4 @@ def check_model(recipe: Recipe):
 
 
 def save_resolved(recipe: Recipe, run_dir: Path) -> Path:
-    from vlm.atomic import write_text
     return write_text(Path(run_dir) / "recipe.yaml", recipe.to_yaml())
