@@ -90,6 +90,8 @@ def named(names: list[str], n: int = 3) -> str:
 def inside(root: str, path: str, what: str = "path") -> str:
     """`path` (relative to `root`, or absolute) resolved, if it lies inside `root`; else Skip
     (`path_outside_root`): `..`, an absolute path elsewhere, a symlink pointing out."""
+    if not path.strip():
+        raise Skip("missing_file", f"{what}: an empty path")
     base = os.path.realpath(root)
     full = os.path.realpath(os.path.join(base, path))
     if os.path.commonpath([full, base]) != base:
@@ -266,6 +268,7 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
     if not os.path.isdir(image_root):
         raise UserError(f"{image_root}: image folder not found")
     source = source or text_of(os.path.splitext(os.path.basename(json_path))[0])
+    empty_image: list[str] = []                         # records with "image": "": text-only, said in the summary
 
     def build(item: tuple[int, Any], seen: set[str]) -> dict[str, Any]:
         i, rec = item
@@ -278,7 +281,11 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
             raise Skip("bad_turn", str(e)) from None
         if not any(t["role"] == "assistant" for t in turns):
             raise Skip("no_answer", f"record {i} (id {rid}): no gpt / assistant turn to learn from")
-        images = rec.get("image") or []                  # null / absent: a text-only record
+        images = rec.get("image")
+        if images is None or images == "":              # null / absent / "": a text-only record
+            if images == "":
+                empty_image.append(rid)
+            images = []
         images = [images] if isinstance(images, str) else images
         if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
             raise ValueError(f"record {i} (id {rid}): 'image' must be a path or a list of paths")
@@ -296,8 +303,12 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
         sample["json"] = meta
         return sample
 
-    return _write_all(out, enumerate(records), build, json_path, max_bad, max_count=max_count,
-                      meta={"source": source, "converted_from": os.path.basename(json_path)})
+    report = _write_all(out, enumerate(records), build, json_path, max_bad, max_count=max_count,
+                        meta={"source": source, "converted_from": os.path.basename(json_path)})
+    if empty_image:
+        report.notes.append(f"{len(empty_image)} record(s) have \"image\": \"\" (read as text-only records): "
+                            f"{named(empty_image)}")
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
