@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from vlm.data.decode import SampleError, decode_media
 from vlm.data.reader import FileCache, read_fields, scan_shard
-from vlm.errors import UserError
+from vlm.errors import UserError, read_text
 from vlm.modalities import FILE_EXTENSIONS, MODALITIES, MediaError, media_order, placeholder_modalities
 
 
@@ -130,10 +130,7 @@ class WdsMeta:
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    text = read_text(path, "file")
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 

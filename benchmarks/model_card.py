@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from vlm.atomic import write_text
-from vlm.errors import UserError
+from vlm.errors import UserError, read_text
 
 START, END = "<!-- vlm-eval results: start -->", "<!-- vlm-eval results: end -->"
 RESULTS_KEY = "vlm-results"
@@ -188,12 +188,7 @@ def read_results(paths: list[Path]) -> list[dict[str, Any]]:
 def _read_file(p: Path) -> list[dict[str, Any]]:
     """One results file's rows (checked; none for an empty file)."""
     rows = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UserError(f"{p}: cannot read the results file ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{p}: not UTF-8 text (a results file is JSON lines)") from None
+    lines = read_text(p, "results file (JSON lines)").splitlines()
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -311,12 +306,7 @@ def model_index(rows: list[dict[str, Any]]) -> list[dict]:
 def _read_card(card: Path) -> str:
     if card.is_dir():
         raise UserError(f"{card}: a folder, not a model card file")
-    try:
-        return card.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{card}: no such model card") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{card}: not UTF-8 text") from None
+    return read_text(card, "model card", encoding="utf-8")
 
 
 def render(card: str | os.PathLike, text: str | None = None, pending: dict[Path, list[dict]] | None = None) -> str:

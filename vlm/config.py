@@ -27,7 +27,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from vlm.atomic import write_text
-from vlm.errors import UserError
+from vlm.errors import UserError, read_text
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -283,15 +283,14 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> dict:
         raise UserError(f"{p}: a folder, not a {what} file (a YAML file)")
     if not p.is_file():
         raise UserError(f"{what} file not found: {p}")
+    text = read_text(p, f"{what} file (a YAML file)")
     try:
-        raw = load_yaml(p.read_text(encoding="utf-8"))
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{p}: not valid YAML{where} ({what})") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{p}: not UTF-8 text (byte {e.start}); a {what} is a YAML file") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

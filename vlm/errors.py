@@ -1,4 +1,7 @@
-"""One exception type for bad user input: the CLI prints its message on one line and exits 2."""
+"""One exception type for bad user input: the CLI prints its message on one line and exits 2; reading a
+user's text file with it."""
+
+import os
 
 
 class UserError(Exception):
@@ -17,3 +20,20 @@ class UserError(Exception):
 def require(cond: bool, message: str) -> None:
     if not cond:
         raise UserError(message)
+
+
+def read_text(path: str | os.PathLike, what: str, encoding: str = "utf-8-sig", newline: str | None = None) -> str:
+    """A user's text file (`what`: "templates file", "model card" ...) read whole; a missing file, a folder,
+    bytes that are not UTF-8 (the byte named) or an unreadable file are a UserError naming the file. A BOM
+    (Windows editors) is dropped unless `encoding` says otherwise."""
+    try:
+        with open(path, encoding=encoding, newline=newline) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder, not a {what}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what} ({e.strerror or e})") from None

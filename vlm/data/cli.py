@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlm.config import add_config_flags, config_from_args, save_config
-from vlm.errors import UserError
+from vlm.errors import UserError, read_text
 from vlm.modalities import MODALITIES
 
 Split = Literal["train", "val", "test"]
@@ -78,13 +78,7 @@ def _build(args: argparse.Namespace) -> int:
 def _read_templates(path: str | None) -> list[str] | None:
     if path is None:
         return None
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the templates file ({e.strerror})") from e
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: the templates file is not UTF-8 text (byte {e.start})") from None
+    lines = [line.strip() for line in read_text(path, "templates file").splitlines() if line.strip()]
     if not lines:
         raise UserError(f"{path}: no templates")
     return lines

@@ -34,7 +34,7 @@ from typing import Any
 from vlm.atomic import write_text
 from vlm.data.template import normalise_conversation
 from vlm.data.writer import ShardWriter, validate_sample
-from vlm.errors import UserError
+from vlm.errors import UserError, read_text
 from vlm.modalities import MODALITIES, PLACEHOLDERS, file_kind
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
@@ -206,17 +206,11 @@ def png_bytes(data: bytes, what: str) -> bytes:
 
 
 def _load_json(path: str) -> Any:
+    text = read_text(path, "JSON file")                        # a BOM (Windows editors) is not JSON's: dropped
     try:
-        with open(path, encoding="utf-8-sig") as f:             # a BOM (Windows editors) is not JSON's
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f"{path}: file not found") from e
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the file ({e.strerror or e.__class__.__name__})") from e
 
 
 def _caption_meta(placeholder: str, prompt: str, caption: str, source: str, task: str) -> dict[str, Any]:
@@ -482,14 +476,10 @@ def read_captions(path: str) -> dict[str, Any]:
         else:
             raise UserError(f"{path}: expected an object or a list of records")
     else:
+        text = read_text(path, "captions file", newline="")
         try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                rows = [r for r in csv.reader(f) if r]
-        except FileNotFoundError as e:
-            raise UserError(f"{path}: file not found") from e
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        except (OSError, csv.Error) as e:
+            rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+        except csv.Error as e:
             raise UserError(f"{path}: cannot read the CSV ({e})") from e
         header = [c.strip().lower() for c in rows[0]] if rows else []
         if header[:2] == ["file", "caption"]:     # a header: those two columns, whatever else the table has
