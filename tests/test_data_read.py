@@ -184,6 +184,13 @@ def test_resume_continues_exactly(tmp_path, model, workers, packing):
         ShardPipeline(sources, model.processor, **{**cfg, "num_workers": workers + 2}).load_state_dict(state)
     # other shards at the same paths (a rebuilt data set): the positions point into other samples. Refused,
     # naming the shard; a state from before the contents were kept resumes as it did.
+    size = (tmp_path / "b0.tar").stat().st_size
+    write_tar(tmp_path / "b0.tar", text_samples("c", 10))            # other samples, the same size
+    assert (tmp_path / "b0.tar").stat().st_size == size
+    with pytest.raises(UserError, match=r"shard .*b0\.tar changed since the checkpoint \(the same size, other bytes"):
+        ShardPipeline(sources, model.processor, **cfg).load_state_dict(state)
+    no_ends = [{k: v for k, v in c.items() if k != "ends"} for c in state["contents"]]   # a state from before
+    ShardPipeline(sources, model.processor, **cfg).load_state_dict({**state, "contents": no_ends})
     write_tar(tmp_path / "a1.tar", image_samples("a", 9, start=9))
     with pytest.raises(UserError, match=r"shard .*a1\.tar changed since the checkpoint \(\d+ -> \d+ bytes\)"):
         ShardPipeline(sources, model.processor, **cfg).load_state_dict(state)

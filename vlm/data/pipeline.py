@@ -29,6 +29,7 @@ keeps (`remote_shards`) so that a restart replays without reading them again.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -63,6 +64,17 @@ from vlm.data.remote import (
 from vlm.errors import UserError
 
 STATE_VERSION = 1
+
+
+def _ends_digest(path: str, span: int = 1 << 16) -> str:
+    """A digest of a file's first and last `span` bytes: a data set rebuilt into the same paths at the same
+    sizes (another seed) differs there (the first and last samples), at the cost of two short reads."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        f.seek(max(span, os.fstat(f.fileno()).st_size - span))
+        h.update(f.read())
+    return h.hexdigest()
 
 
 @dataclass
@@ -387,14 +399,16 @@ class ShardPipeline:
         return [[s.name, len(s.shards), s.weight] for s in self.sources]
 
     def _contents(self) -> list:
-        """Per source: a digest of its shard file names and the local shards' sizes in bytes (None for a remote
-        one), taken once: other shards at the same paths must not resume from positions into the old ones."""
+        """Per source: a digest of its shard file names, the local shards' sizes in bytes and digests of their
+        ends (None for a remote one), taken once: other shards at the same paths must not resume from positions
+        into the old ones."""
         if self._shard_contents is None:
-            import hashlib
+            local = [[x if not is_remote(x) and os.path.isfile(x) else None for x in s.shards] for s in self.sources]
             self._shard_contents = [
                 {"names": hashlib.sha256("\n".join(os.path.basename(x) for x in s.shards).encode()).hexdigest()[:16],
-                 "sizes": [os.path.getsize(x) if not is_remote(x) and os.path.isfile(x) else None for x in s.shards]}
-                for s in self.sources]
+                 "sizes": [os.path.getsize(x) if x else None for x in paths],
+                 "ends": [_ends_digest(x) if x else None for x in paths]}
+                for s, paths in zip(self.sources, local)]
         return self._shard_contents
 
     def _check_contents(self, saved: list | None) -> None:
@@ -408,6 +422,11 @@ class ShardPipeline:
                 if a != b:
                     raise UserError(f"data source '{s.name}': shard {shard} changed since the checkpoint ({a} -> {b} "
                                     f"bytes); resume with the data the run was trained on, or start a new run")
+            for shard, a, b in zip(s.shards, old.get("ends") or [], new["ends"]):    # states before: no "ends"
+                if a != b:
+                    raise UserError(f"data source '{s.name}': shard {shard} changed since the checkpoint (the same "
+                                    f"size, other bytes); resume with the data the run was trained on, or start a "
+                                    f"new run")
 
     def state_dict(self) -> dict:
         ds = self.dataset
