@@ -127,8 +127,9 @@ def test_a_swapped_tokenizer_is_another_fingerprint(setup, tmp_path):
 
 @pytest.mark.usefixtures("one_intra_op_thread")
 def test_an_export_recorded_before_the_tokenizer_counted_still_searches_and_resumes(setup, tmp_path, capsys):
-    """run.json of an export made before the fingerprint covered the tokenizer records the weights-only
-    formula: the same files still search without a warning and resume (not 'other settings')."""
+    """run.json (and the index) of an export made before the fingerprint covered the tokenizer records the
+    weights-only formula, and none of the settings recorded since (compute dtype, batch size, the input's
+    contents): the same files still search without a warning and resume (not 'other settings')."""
     import json
 
     from vlm.cli import main
@@ -140,7 +141,10 @@ def test_an_export_recorded_before_the_tokenizer_counted_still_searches_and_resu
     run = json.loads((out / "run.json").read_text())
     old = digest("vlm", (ckpt / "config.json").read_text(), file_id(ckpt / "model.safetensors"))
     assert run["fingerprint"] == VLMBackend(ckpt).fingerprint != old and VLMBackend(ckpt).matches(old)
-    (out / "run.json").write_text(json.dumps({**run, "fingerprint": old}))
+    earlier = {k: v for k, v in run.items() if k not in ("compute_dtype", "batch_size", "contents")}
+    (out / "run.json").write_text(json.dumps({**earlier, "fingerprint": old}))
+    info = json.loads((out / "index" / "image.json").read_text())
+    (out / "index" / "image.json").write_text(json.dumps({**info, "fingerprint": old}))
     capsys.readouterr()
     assert main(["search", str(out), "--text", "a red circle", "-k", "2"]) == 0
     assert main(["search", str(out), "--text", "a red circle", "-k", "2", "--model", str(ckpt)]) == 0
@@ -268,10 +272,13 @@ def test_an_unfinished_export_is_not_indexed_and_a_stale_index_not_searched(expo
                                                     "then index")
     shutil.rmtree(cut)
     shutil.copytree(tmp / "one", cut)
-    (cut / "text_emb" / "text_emb_5.npy").rename(cut / "text_emb_5.npy.kept")
-    assert main(["index", str(cut)]) == 0                             # (an export with a part's text missing)
-    (cut / "text_emb_5.npy.kept").rename(cut / "text_emb" / "text_emb_5.npy")   # the export changed since
-    with pytest.raises(UserError, match=r"text.json: indexed \d+ rows in 5 parts, the export now has \d+ in 6; "
+    (cut / "text_emb" / "text_emb_5.npy").rename(cut / "text_emb_5.npy.kept")     # a part lost (a partial copy):
+    assert main(["index", str(cut)]) == 2                                        # indexed without it before
+    assert "text_emb: 5 embeddings parts for 6 metadata parts; rerun the same `vlm embed`" in capsys.readouterr().err
+    (cut / "text_emb_5.npy.kept").rename(cut / "text_emb" / "text_emb_5.npy")
+    assert main(["index", str(cut)]) == 0
+    np.save(cut / "text_emb" / "text_emb_5.npy", np.load(cut / "text_emb" / "text_emb_5.npy")[:1])   # changed since
+    with pytest.raises(UserError, match=r"text.json: indexed \d+ rows in 6 parts, the export now has \d+ in 6; "
                                         r"rebuild with `vlm index "):
         Index(cut)
 
@@ -707,3 +714,89 @@ def test_a_media_folder_as_other_tools_leave_it(setup, tmp_path, capsys):
     export(config(model=str(ckpt), input=str(src), out=str(tmp_path / "g"), modality=["text"]))
     listed = [s for p in sorted((tmp_path / "g" / "stats").glob("stats_*.json")) for s in json.loads(p.read_text())["skipped"]]
     assert [(s["key"], s["reason"]) for s in listed if s["key"] == "long"] == [("long", "too_long")]
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_a_resume_onto_other_input_settings_or_files_is_refused(setup, tmp_path, capsys):
+    """Found by a review: a resume took a shard rewritten in place at the same size, another compute dtype or
+    batch size (parts of two precisions in one export), and a folder holding parts but no run.json (another
+    model's parts kept as finished); a file name that is not UTF-8 crashed every rerun at the same part."""
+    import json
+    import os
+    import shutil
+
+    import pandas as pd
+    from PIL import Image
+
+    from vlm.embed.export import export
+    from vlm.errors import UserError
+    _, ckpt, world = setup
+    shards = tmp_path / "in"
+    shutil.copytree(world, shards)
+    out = tmp_path / "e"
+    base = dict(model=str(ckpt), input=str(shards), out=str(out), part_size=12)
+    export(config(**base))
+    export(config(**base, instruction=""))                       # "" embeds as no instruction: the same export
+    for kw, message in (({"dtype": "bfloat16"}, "compute_dtype ('float32' -> 'bfloat16')"),
+                        ({"batch_size": 3}, "batch_size (4 -> 3)")):
+        with pytest.raises(UserError, match=f"other settings: {message.replace('(', '.').replace(')', '.')}"):
+            export(config(**base, **kw))
+    first = sorted(shards.glob("*.tar"))[0]
+    data = first.read_bytes()
+    first.write_bytes(data.replace(b"a red circle", b"a rex circle", 1))   # the same size, other bytes
+    with pytest.raises(UserError, match=r"input .*\.tar changed since the export began \(the same size, other "
+                                        r"bytes\)"):
+        export(config(**base))
+    first.write_bytes(data[:-10240])                            # a sample fewer
+    with pytest.raises(UserError, match=r"other settings: samples \(\[12, 12\] -> \[11, 12\]\)"):
+        export(config(**base))
+    first.write_bytes(data)
+    (out / "run.json").unlink()
+    with pytest.raises(UserError, match=r"holds \d+ export file\(s\) .* but no run.json"):
+        export(config(**base))
+    # a media file whose name is not UTF-8: a row, its key and source with U+FFFD
+    media = tmp_path / "media"
+    media.mkdir()
+    Image.new("RGB", (32, 32), "red").save(os.fsdecode(bytes(media) + b"/bad\xffname.png"), format="PNG")
+    export(config(model=str(ckpt), input=str(media), out=str(tmp_path / "m")))
+    meta = pd.read_parquet(tmp_path / "m" / "metadata" / "metadata_0.parquet")
+    assert meta["key"].tolist() == ["bad\ufffdname"] and meta["source"].str.endswith("bad\ufffdname.png").all()
+    assert json.loads((tmp_path / "m" / "stats" / "summary.json").read_text())["rows"] == 1
+
+
+def test_an_index_of_another_model_or_of_missing_shards_is_refused(tmp_path, capsys):
+    """Found by a review: an index built from another model's vectors was searched (the export redone into the
+    folder with another model); HNSW returned fewer than k rows past its efSearch; --memory inf was a
+    traceback; a tiny HNSW index printed recall 0.2 (faiss's -1 padding); a shard that a folder's index.json
+    names but that is not there was read as one bad sample."""
+    import json
+
+    from vlm.cli import main
+    from vlm.data.reader import expand_shards
+    from vlm.embed.index import Index, build_index, open_index
+    from vlm.errors import UserError
+    x = unit_rows(600, 16, 0)
+    out = fake_export(tmp_path / "e", x)
+    build_index(out, kind="hnsw", quiet=True)
+    q = unit_rows(3, 16, 1)
+    scores, ids = open_index(out).search(q, 300)                 # efSearch 16 or so: still 300 rows each
+    assert (ids >= 0).all() and ids.shape == (3, 300)
+    assert np.array_equal(np.sort(ids[:, :5], 1), np.sort(np.argsort(-(q @ x.T), 1)[:, :5], 1))
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "fingerprint": "b" * 16}))
+    idx = json.loads((out / "index" / "image.json").read_text())
+    (out / "index" / "image.json").write_text(json.dumps({**idx, "fingerprint": "a" * 16}))
+    with pytest.raises(UserError, match="image.json: built from another export's vectors"):
+        Index(out)
+    assert main(["index", str(out), "--memory", "inf"]) == 2
+    assert "memory budget 'inf': expected a finite size" in capsys.readouterr().err
+    tiny = fake_export(tmp_path / "t", unit_rows(3, 16, 2), parts=1)
+    assert build_index(tiny, kind="hnsw", quiet=True)["image"]["recall@10"] == 1.0
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "index.json").write_text(json.dumps({"shards": [{"file": "a.tar"}]}))
+    with pytest.raises(UserError, match=r"index.json: names 1 shard\(s\) that are not in .*: a.tar"):
+        expand_shards(str(tmp_path / "s"))
+    (tmp_path / "s" / "train").mkdir()
+    (tmp_path / "s" / "index.json").write_text(json.dumps({"splits": {"train": 4}}))
+    with pytest.raises(UserError, match="a data set's root folder, not shards; give one of its split folders"):
+        expand_shards(str(tmp_path / "s"))

@@ -1,5 +1,5 @@
 """One exception type for bad user input: the CLI prints its message on one line and exits 2; reading a
-user's text file with it."""
+user's text file and a file name as text with it."""
 
 import os
 
@@ -37,3 +37,9 @@ def read_text(path: str | os.PathLike, what: str, encoding: str = "utf-8-sig", n
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+
+
+def text_of(name: str) -> str:
+    """A file or folder name as text: bytes that are not UTF-8 (kept by Python as surrogates, which no JSON,
+    parquet or tar header takes) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -34,7 +34,7 @@ from typing import Any
 from vlm.atomic import write_text
 from vlm.data.template import normalise_conversation
 from vlm.data.writer import ShardWriter, validate_sample
-from vlm.errors import UserError, read_text
+from vlm.errors import UserError, read_text, text_of
 from vlm.modalities import MODALITIES, PLACEHOLDERS, file_kind
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
@@ -125,12 +125,6 @@ def _walk(folder: str) -> list[str]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         out += [os.path.relpath(os.path.join(root, f), folder) for f in sorted(files) if not f.startswith(".")]
     return out
-
-
-def text_of(name: str) -> str:
-    """A file or folder name as text: bytes that are not UTF-8 (kept by Python as surrogates, which no JSON or
-    tar header takes) become U+FFFD."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def make_key(name: str, seen: set[str]) -> str:

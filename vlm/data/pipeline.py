@@ -51,6 +51,7 @@ from vlm.data.reader import (
     SampleRef,
     Source,
     as_sources,
+    ends_digest,
     read_fields,
     slot_refs,
 )
@@ -64,17 +65,6 @@ from vlm.data.remote import (
 from vlm.errors import UserError
 
 STATE_VERSION = 1
-
-
-def _ends_digest(path: str, span: int = 1 << 16) -> str:
-    """A digest of a file's first and last `span` bytes: a data set rebuilt into the same paths at the same
-    sizes (another seed) differs there (the first and last samples), at the cost of two short reads."""
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        h.update(f.read(span))
-        f.seek(max(span, os.fstat(f.fileno()).st_size - span))
-        h.update(f.read())
-    return h.hexdigest()
 
 
 @dataclass
@@ -407,7 +397,7 @@ class ShardPipeline:
             self._shard_contents = [
                 {"names": hashlib.sha256("\n".join(os.path.basename(x) for x in s.shards).encode()).hexdigest()[:16],
                  "sizes": [os.path.getsize(x) if x else None for x in paths],
-                 "ends": [_ends_digest(x) if x else None for x in paths]}
+                 "ends": [ends_digest(x) if x else None for x in paths]}
                 for s, paths in zip(self.sources, local)]
         return self._shard_contents
 

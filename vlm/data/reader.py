@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import random
@@ -62,6 +63,17 @@ NOT_FOR_MODEL = "not_for_model"       # media of a modality the model has no enc
 # ---------------------------------------------------------------------------------------------
 # shard lists
 # ---------------------------------------------------------------------------------------------
+def ends_digest(path: str, span: int = 1 << 16) -> str:
+    """A digest of a file's first and last `span` bytes: a data set rebuilt into the same paths at the same
+    sizes (another seed) differs there (the first and last samples), at the cost of two short reads."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        f.seek(max(span, os.fstat(f.fileno()).st_size - span))
+        h.update(f.read())
+    return h.hexdigest()
+
+
 def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """A list / brace pattern / glob of tar files, or a folder (its index.json shards, else *.tar); a folder
     that a brace pattern or a glob names stands for its shards too."""
@@ -84,10 +96,20 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         if os.path.exists(index):
             try:
                 with open(index) as f:
-                    names = [s["file"] for s in json.load(f)["shards"]]
+                    data = json.load(f)
+                if isinstance(data, dict) and "shards" not in data and isinstance(data.get("splits"), (dict, list)):
+                    splits = [s for s in data["splits"] if os.path.isdir(os.path.join(spec, str(s)))]
+                    raise UserError(f"{spec}: a data set's root folder, not shards; give one of its split folders "
+                                    f"({', '.join(os.path.join(spec, str(s)) for s in splits) or 'none here'})")
+                names = [s["file"] for s in data["shards"]]
             except (ValueError, KeyError, TypeError) as e:
                 raise UserError(f"{index}: not a shard index ({e.__class__.__name__})") from None
-            return [os.path.join(spec, n) for n in names]
+            paths = [os.path.join(spec, n) for n in names]
+            missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
+            if missing:                      # a partial copy: its samples would be one silent bad_tar each
+                raise UserError(f"{index}: names {len(missing)} shard(s) that are not in {spec}: "
+                                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+            return paths
         found = sorted(glob.glob(os.path.join(spec, "*.tar")))
         if not found:
             raise UserError(f"{spec}: folder has no .tar shards")

@@ -6,7 +6,8 @@
     v = emb.embed(images=["a.jpg", pil_image])                # [N, D] float32, L2-normalised (numpy)
     v = emb.embed(images=[img], texts=["What colour is it?"], instruction="Represent the given image with the following question:")
 
-    export("runs/vlm2vec-tiny/final", "data/sw/test", "runs/emb")   # vlm embed: clip-retrieval layout
+    export_embeddings("runs/vlm2vec-tiny/final", "data/sw/test", "runs/emb",      # vlm embed: clip-retrieval
+                      modality=["image", "text"])                                 # layout; any EmbedConfig field
     build_index("runs/emb")                                          # vlm index: FAISS, choice printed
     hits = search("runs/emb", text="a red circle", k=10)             # vlm search: key, score, caption
 
@@ -22,7 +23,7 @@ from vlm.lazy import lazy_attributes
 _LAZY = {
     "Embedder": ("vlm.embed.api", "Embedder"),
     "Item": ("vlm.embed.items", "Item"),
-    "export": ("vlm.embed.export", "export"),
+    "export_embeddings": ("vlm.embed.export", "export_embeddings"),     # not "export": the submodule's name
     "build_index": ("vlm.embed.index", "build_index"),
     "open_index": ("vlm.embed.index", "open_index"),
     "search": ("vlm.embed.index", "search"),

@@ -75,18 +75,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"embedded again, a finished part was damaged: {damage}", file=sys.stderr)
     import json
     summary = json.loads((res.out / "stats" / "summary.json").read_text()) if (res.out / "stats" / "summary.json").exists() else {}
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("skipped_by_reason", {}).items()))
+
+    def by_reason(counts: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"embedded {res.rows:,} samples into {len(res.written)} part(s) of {res.parts} in {res.seconds:.1f} s "
           f"({res.items_per_s:,.0f} items/s, {res.model_seconds / max(res.seconds, 1e-9):.0%} of the time in the model); "
-          f"skipped {res.skipped}" + (f" ({reasons}; listed in {cfg.out}/stats/)" if res.skipped else "")
+          f"skipped {res.skipped}" + (f" ({by_reason(res.skipped_by_reason)}; listed in {cfg.out}/stats/)" if res.skipped else "")
           + (f"; {summary['left_out_files']} file(s) left out beside a sample's own (left_out_files in {cfg.out}/stats/)"
              if summary.get("left_out_files") else ""))
+    reasons = by_reason(summary.get("skipped_by_reason", {}))             # the whole export's, this run's parts and earlier
     if summary and summary["parts_done"] == summary["parts"] and summary["rows"] == 0:   # finished, nothing in it
         from vlm.errors import UserError
         raise UserError(f"{cfg.input}: nothing could be embedded, every sample was skipped ({reasons or 'none read'}; "
                         f"listed in {cfg.out}/stats/)")
     if summary:
-        print(f"{cfg.out}: {summary['rows']:,} rows in {summary['parts_done']} of {summary['parts']} parts", file=sys.stderr)
+        print(f"{cfg.out}: {summary['rows']:,} rows in {summary['parts_done']} of {summary['parts']} parts"
+              + (f", {summary['skipped']:,} skipped ({reasons})" if summary.get("skipped") else ""), file=sys.stderr)
     return 0
 
 

@@ -47,7 +47,7 @@ import torch
 from vlm.atomic import remove_torn, write_file, write_text
 from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
 from vlm.embed.items import Item
-from vlm.errors import UserError
+from vlm.errors import UserError, text_of
 from vlm.modalities import (
     MODALITIES,
     PLACEHOLDER_RE,
@@ -375,8 +375,9 @@ def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[
         write_file(path, save)
     stats_path = out / "stats" / f"stats_{name}.json"
     write_text(stats_path, json.dumps(stats, indent=1))
-    table = pa.table({"key": pa.array(keys, pa.string()), "caption": pa.array(captions, pa.string()),
-                      "source": pa.array(sources, pa.string())})
+    table = pa.table({"key": pa.array([text_of(k) for k in keys], pa.string()),    # names not UTF-8: U+FFFD
+                      "caption": pa.array(captions, pa.string()),
+                      "source": pa.array([text_of(s) for s in sources], pa.string())})
     write_file(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
@@ -465,32 +466,82 @@ def model_reference(spec: str) -> str:
     return os.path.abspath(spec) if os.path.exists(spec) else spec
 
 
+def input_contents(plan: InputPlan) -> list:
+    """Per source, what a resume checks besides its path and sample count: a shard's size and a digest of its
+    ends (a data set rebuilt in place, another seed); a media folder's digest of its files' names, sizes and
+    modification times (an image replaced in place)."""
+    from vlm.data.reader import ends_digest
+    if plan.kind == "files":
+        root = Path(plan.sources[0])
+        listing = []
+        for f in (f for group in plan.files for f in group):
+            try:
+                st = (root / f).stat()
+                listing.append(f"{text_of(f)}|{st.st_size}|{st.st_mtime_ns}")
+            except OSError:
+                listing.append(f"{text_of(f)}|-")
+        import hashlib
+        return [{"files": hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]}]
+    return [{"size": os.path.getsize(s), "ends": ends_digest(s)} if os.path.isfile(s) else {} for s in plan.sources]
+
+
 def manifest(cfg, backend, plan: InputPlan) -> dict:
-    return {"model": model_reference(cfg.model), "fingerprint": backend.fingerprint, "instruction": cfg.instruction,
+    return {"model": model_reference(cfg.model), "fingerprint": backend.fingerprint,
+            "instruction": cfg.instruction or None,          # "" and none embed alike
             "modalities": list(cfg.modality), "dtype": cfg.out_dtype, "part_size": cfg.part_size,
+            "compute_dtype": cfg.dtype, "batch_size": cfg.batch_size,
             "input": cfg.input, "sources": [os.path.abspath(s) for s in plan.sources], "samples": plan.counts,
-            "parts": len(plan.parts), "dim": backend.dim, "layout": "clip-retrieval"}
+            "contents": input_contents(plan), "parts": len(plan.parts), "dim": backend.dim, "layout": "clip-retrieval"}
+
+
+# what a resume must share with the export it continues (the rows of a part come out bitwise the same only
+# then); the last two were not recorded by earlier versions: not compared when run.json lacks them
+SAME_EXPORT = ("instruction", "modalities", "dtype", "part_size", "sources", "samples")
+SAME_EXPORT_IF_RECORDED = ("compute_dtype", "batch_size")
 
 
 def check_manifest(out: Path, want: dict, backend=None) -> None:
     """A rerun into `out` must be the same export (`backend.matches`: a fingerprint recorded by an earlier
-    version of the suite for the same files is the same model)."""
+    version of the suite for the same files is the same model); a folder holding parts but no run.json is
+    refused (its parts would be taken as this export's)."""
     path = out / "run.json"
     if path.exists():
         try:
             have = json.loads(path.read_text())
         except ValueError:                          # invalid JSON, or not text at all
             have = {}
+        if not isinstance(have, dict):
+            have = {}
         same_model = have.get("fingerprint") == want.get("fingerprint") or (
             backend is not None and isinstance(have.get("fingerprint"), str) and backend.matches(have["fingerprint"]))
-        diff = [k for k in ("instruction", "modalities", "dtype", "part_size", "sources", "samples")
-                if have.get(k) != want.get(k)]
-        diff = ([] if same_model else ["fingerprint"]) + diff
+        diff = [f"{k} ({have.get(k)!r:.60} -> {want.get(k)!r:.60})" for k in SAME_EXPORT
+                if ((have.get(k) or None) if k == "instruction" else have.get(k)) != want.get(k)]
+        diff += [f"{k} ({have[k]!r} -> {want.get(k)!r})" for k in SAME_EXPORT_IF_RECORDED
+                 if k in have and have[k] != want.get(k)]
+        if not same_model:
+            diff.insert(0, f"model ({have.get('model')} -> {want.get('model')}: another folder, or its weights or "
+                           f"tokenizer files changed since)")
         if diff:
-            raise UserError(f"{out} holds an export with other settings ({', '.join(diff)} differ); "
+            raise UserError(f"{out} holds an export with other settings: {'; '.join(diff)}; "
                             f"use another --out or delete it")
+        for src, a, b in zip(want["sources"], have.get("contents") or [], want["contents"]):
+            if a != b:
+                raise UserError(f"{out}: input {src} changed since the export began ({_changed(a, b)}); finish it "
+                                f"with that input, or export into another --out")
         return
+    made = [p for d in ("metadata", "stats", *(emb_dir(m) for m in PREFIX)) if (out / d).is_dir()
+            for p in (out / d).iterdir() if not p.name.startswith(".")]
+    if made:
+        raise UserError(f"{out} holds {len(made)} export file(s) ({made[0].relative_to(out)} ...) but no run.json "
+                        f"(another export, or its run.json removed): its parts would be taken as this export's; "
+                        f"use another --out or delete the folder")
     write_text(path, json.dumps(want, indent=1))
+
+
+def _changed(a: dict, b: dict) -> str:
+    if "size" in a and a.get("size") != b.get("size"):
+        return f"{a['size']} -> {b['size']} bytes"
+    return "the same size, other bytes" if "ends" in a else "its files' names, sizes or times"
 
 
 # ------------------------------------------------------------------------------------------------ the export
@@ -505,6 +556,7 @@ class ExportResult:
     items_per_s: float
     model_seconds: float = 0.0           # of `seconds`, in the model's forward (the rest: waiting, writing)
     redone: list[str] = field(default_factory=list)     # complete parts found damaged and embedded again: why
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)     # of `skipped` (this process's)
 
 
 def export(cfg) -> ExportResult:
@@ -554,7 +606,7 @@ def export(cfg) -> ExportResult:
                                          prefetch_factor=4 if workers else None,
                                          worker_init_fn=die_with_parent if workers else None)
     pending: dict[int, dict[int, dict]] = {}               # part -> window -> its embedded chunk
-    written, rows, skipped, model_s, t0 = [], 0, 0, 0.0, time.perf_counter()
+    written, rows, skipped, model_s, t0 = [], 0, Counter(), 0.0, time.perf_counter()
     with tqdm(total=total, desc=f"embed{f' rank {rank}' if world > 1 else ''}", unit="item", dynamic_ncols=True,
               disable=not cfg.progress, position=rank if world > 1 else None) as bar:
         for chunk in start_workers(loader):
@@ -580,25 +632,42 @@ def export(cfg) -> ExportResult:
                        [x for c in done for x in c["sources"]], stats)
             written.append(part.index)
             rows += len(keys)
-            skipped += len(lost)
+            skipped.update(s["reason"] for s in lost)
     seconds = time.perf_counter() - t0
     _finish(out, world, rank, len(plan.parts), names)
-    return ExportResult(out, len(plan.parts), written, rows, skipped, seconds, (rows + skipped) / max(seconds, 1e-9),
-                        model_s, redone)
+    lost = sum(skipped.values())
+    return ExportResult(out, len(plan.parts), written, rows, lost, seconds, (rows + lost) / max(seconds, 1e-9),
+                        model_s, redone, dict(skipped))
+
+
+def export_embeddings(model: str, input: str, out: str, **settings: Any) -> ExportResult:
+    """`vlm embed` from Python: `settings` are the other fields of `vlm.embed.cli.EmbedConfig` (instruction,
+    modality, batch_size, part_size, num_workers, device, dtype, out_dtype, progress), checked by name and type."""
+    from vlm.config import from_dict
+    from vlm.embed.cli import EmbedConfig
+    return export(from_dict(EmbedConfig, {"model": model, "input": input, "out": out, **settings},
+                            what="embed setting"))
 
 
 def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> None:
-    """After every rank is done (a barrier under torchrun), rank 0 sums the parts' stats into stats/summary.json."""
+    """After every rank is done (a barrier under torchrun), rank 0 sums the parts' stats into stats/summary.json;
+    the other ranks wait for it (a second barrier: each reads the summary it prints)."""
     import torch.distributed as dist
-    if world > 1:
-        owns = not dist.is_initialized()
-        if owns:
-            dist.init_process_group("gloo")
-        dist.barrier()
-        if owns:
-            dist.destroy_process_group()
-    if rank != 0:
+    if world == 1:
+        _write_summary(out, count, names)
         return
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("gloo")
+    dist.barrier()
+    if rank == 0:
+        _write_summary(out, count, names)
+    dist.barrier()
+    if owns:
+        dist.destroy_process_group()
+
+
+def _write_summary(out: Path, count: int, names: list[str]) -> None:
     parts = [json.loads((out / "stats" / f"stats_{n}.json").read_text()) for n in names
              if (out / "stats" / f"stats_{n}.json").exists()]
     reasons = Counter()

@@ -49,6 +49,8 @@ def parse_bytes(text: str | int) -> int:
         value = float(t[:-1] if unit else t)
     except ValueError:
         raise UserError(f"memory budget {text!r}: expected a size like 4G, 512M or 1000000") from None
+    if not math.isfinite(value):
+        raise UserError(f"memory budget {text!r}: expected a finite size like 4G, 512M or 1000000")
     if value <= 0:
         raise UserError(f"memory budget {text!r} must be > 0")
     return int(value * UNITS[unit])
@@ -64,6 +66,14 @@ def modalities_of(folder: Path) -> list[str]:
     return [m for m in PREFIX if export_parts(folder, m)]
 
 
+def size_text(n: int) -> str:
+    """Bytes in the largest binary unit that keeps a whole number of them (1K, 3.5M -> 3584K, 4G)."""
+    for unit in ("T", "G", "M", "K"):
+        if n >= UNITS[unit]:
+            return f"{n / UNITS[unit]:.1f} {unit}iB".replace(".0 ", " ")
+    return f"{n} bytes"
+
+
 def check_finished(folder: Path, run: dict) -> None:
     """A `vlm embed` export still under way or killed part-way is not indexed (a search would miss its later
     parts without a word): every planned part written and the summary of the finished export there. An
@@ -75,6 +85,11 @@ def check_finished(folder: Path, run: dict) -> None:
     if done < planned or not (folder / "stats" / "summary.json").is_file():
         raise UserError(f"{folder}: the export is not finished ({done} of {planned} parts written); rerun the same "
                         f"`vlm embed` command to finish it (finished parts are kept), then index")
+    modalities = run.get("modalities") if isinstance(run.get("modalities"), list) else []
+    for m in modalities:                # a part copied or deleted away: an index of the rest would miss it silently
+        if m in PREFIX and len(export_parts(folder, m)) != done:
+            raise UserError(f"{folder / emb_dir(m)}: {len(export_parts(folder, m))} embeddings parts for {done} "
+                            f"metadata parts; rerun the same `vlm embed` command to redo the missing ones, then index")
 
 
 def read_run(folder: Path) -> dict:
@@ -156,7 +171,7 @@ def choose(n: int, d: int, budget: int, kind: str = "auto", exact_max: int = 50_
     flat = n * 4 * d
     if kind == "flat" or (kind == "auto" and n <= exact_max):
         if flat > budget and kind == "flat":
-            raise UserError(f"an exact index of {n:,} x {d} needs {flat / 2**20:.0f} MiB > the budget {budget / 2**20:.0f} MiB")
+            raise UserError(f"an exact index of {n:,} x {d} needs {size_text(flat)} > the budget {size_text(budget)}")
         if flat <= budget:
             return Choice("flat", "Flat", {}, flat)
     links = int((budget / n - 4 * d) / 8)
@@ -169,10 +184,15 @@ def choose(n: int, d: int, budget: int, kind: str = "auto", exact_max: int = 50_
                         "use --kind flat (exact) or hnsw")
     fits = [m for m in range(1, d + 1) if d % m == 0 and n * (m + 8) + nlist * d * 4 <= budget]
     if not fits:
-        raise UserError(f"{n:,} vectors of dimension {d} do not fit in {budget / 2**20:.0f} MiB even as "
+        raise UserError(f"{n:,} vectors of dimension {d} do not fit in {size_text(budget)} even as "
                         f"IVF-PQ with one byte per vector; give more --memory")
     m = max(x for x in fits if x <= max(1, d // 2)) if any(x <= max(1, d // 2) for x in fits) else min(fits)
     return Choice("ivfpq", f"IVF{nlist},PQ{m}x8", {"nlist": nlist, "m": m}, n * (m + 8) + nlist * d * 4)
+
+
+def faiss_ivf(index):
+    import faiss
+    return faiss.extract_index_ivf(index)
 
 
 def _exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -183,9 +203,9 @@ def _exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found top-k & true top-k| / k."""
+    """Mean over queries of |found top-k & true top-k| / k (faiss's -1 padding, a missing hit, never counts)."""
     k = truth.shape[1]
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), truth.tolist())]))
+    return float(np.mean([len((set(a) - {-1}) & set(b)) / k for a, b in zip(found.tolist(), truth.tolist())]))
 
 
 def tune(index, choice: Choice, x: np.ndarray, target: float, k: int = 10, queries: int = 200, seed: int = 0
@@ -196,6 +216,7 @@ def tune(index, choice: Choice, x: np.ndarray, target: float, k: int = 10, queri
     if choice.kind == "flat":
         return {}, 1.0
     rng = np.random.default_rng(seed)
+    k = min(k, len(x))                  # fewer vectors than k: every one is a true neighbour
     q = x[rng.choice(len(x), size=min(queries, len(x)), replace=False)]
     truth = _exact_topk(x, q, k)
     if choice.kind == "hnsw":
@@ -256,16 +277,17 @@ def build_index(folder: str | os.PathLike, memory: str | int = "4G", kind: str =
             index.add(x)
         search, recall = tune(index, choice, x, target_recall)
         info = {"modality": m, "kind": choice.kind, "factory": choice.factory, "build": choice.params,
-                "search": search, "recall@10": round(recall, 4), "n": n, "dim": d, "bytes": choice.bytes,
+                "search": search, "recall@10": round(recall, 4), "recall_queries": min(200, n), "n": n, "dim": d,
+                "bytes": choice.bytes,
                 "budget": budget, "part_rows": rows, "metadata": [str(p.relative_to(folder)) for p in metadata],
                 "model": run.get("model"), "fingerprint": run.get("fingerprint")}
         write_file(folder / "index" / f"{m}.index", lambda tmp, index=index: faiss.write_index(index, str(tmp)))
         write_text(folder / "index" / f"{m}.json", json.dumps(info, indent=1))
         infos[m] = info
         if not quiet:
-            print(f"{m}: {n:,} vectors x {d}, budget {budget / 2**30:.2f} GiB -> {choice.describe()}"
-                  + (f"; {next(iter(search))}={next(iter(search.values()))} gives recall@10 {recall:.3f} "
-                     f"vs exact on 200 sampled queries" if search else "; exact search"))
+            print(f"{m}: {n:,} vectors x {d}, budget {size_text(budget)} -> {choice.describe()}"
+                  + (f"; {next(iter(search))}={next(iter(search.values()))} gives recall@{min(10, n)} {recall:.3f} "
+                     f"vs exact on {min(200, n)} sampled queries" if search else "; exact search"))
     return infos
 
 
@@ -294,6 +316,12 @@ class Index:
         if not isinstance(info, dict) or any(k not in info for k in need):
             raise UserError(f"{path}: not an index description (needs {', '.join(need)}); "
                             f"rebuild with `vlm index {self.folder}`")
+        # an index of another model's vectors (the export redone into this folder): its neighbours are of
+        # another space, and the query would be embedded with the new model
+        made, now = info.get("fingerprint"), self.run.get("fingerprint")
+        if made and now and made != now:
+            raise UserError(f"{path}: built from another export's vectors (model fingerprint {made}, the export's "
+                            f"{now}); rebuild with `vlm index {self.folder}`")
         # an export finished (or redone) after it was indexed: the index no longer holds its rows
         rows = [part_rows(p) for p in export_parts(self.folder, modality)]
         if rows != info["part_rows"]:
@@ -333,7 +361,7 @@ class Index:
                 if name == "efSearch":
                     idx.hnsw.efSearch = value
                 else:
-                    faiss.extract_index_ivf(idx).nprobe = value
+                    faiss_ivf(idx).nprobe = value
             self._indexes[target] = idx
         return self._indexes[target]
 
@@ -350,7 +378,20 @@ class Index:
                             f"(dimension {d}); embed with the export's model ({self.run.get('model')})")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise UserError(f"-k must be an integer >= 1, got {k!r}")
-        return self.index(target).search(v, min(int(k), self.infos[target]["n"]))
+        k = min(int(k), self.infos[target]["n"])
+        idx = self.index(target)
+        depth = dict(self.infos[target]["search"])
+        if "efSearch" in depth:             # HNSW returns at most efSearch hits: as deep as k at least
+            idx.hnsw.efSearch = max(depth["efSearch"], k)
+            return idx.search(v, k)
+        scores, ids = idx.search(v, k)
+        if "nprobe" in depth:               # IVF: the probed lists may hold fewer than k vectors; probe more
+            ivf = faiss_ivf(idx)
+            while (ids < 0).any() and ivf.nprobe < ivf.nlist:
+                ivf.nprobe = min(ivf.nlist, ivf.nprobe * 2)
+                scores, ids = idx.search(v, k)
+            ivf.nprobe = depth["nprobe"]
+        return scores, ids
 
     def rows(self, ids: list[int], target: str | None = None) -> list[dict]:
         """Metadata rows (key, caption, source) of global row ids (rows counted over the parts in order)."""
