@@ -175,7 +175,7 @@ class VLMModel(EvalModel):
         """Answers to single user turns (text with placeholders, raw media per modality): greedy, unless
         `sampling` asks otherwise (do_sample, temperature, top_k, top_p, as `MultimodalLM.generate`)."""
         m, proc = self.model, self.model.processor
-        sampling = {k: v for k, v in sampling.items() if k in ("do_sample", "temperature", "top_k", "top_p")}
+        sampling = sampling_settings(sampling)
         if not sampling.get("do_sample") or not sampling.get("temperature", 1.0):
             sampling = {}                                              # temperature 0 means greedy
         out: list[str] = []
@@ -213,6 +213,42 @@ class VLMModel(EvalModel):
         if modality not in encoders:
             raise UserError(f"{self.name} has no {modality} encoder")
         return encoder_layer_features(encoders[modality], clips)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(value)
+
+
+# generation settings `generate` reads (as lmms-eval tasks and `--gen_kwargs` give them: values may be strings)
+SAMPLING: dict[str, tuple[Any, str]] = {"do_sample": (_flag, "true or false"), "temperature": (float, "a number"),
+                                        "top_k": (int, "an integer"), "top_p": (float, "a number")}
+_WARNED: set[str] = set()
+
+
+def sampling_settings(gen: dict[str, Any]) -> dict[str, Any]:
+    """do_sample / temperature / top_k / top_p of `gen`, typed; None, "None" or "null" is the default (lmms-eval
+    tasks write `top_p: null`); a value that does not convert is a UserError naming it. Beam search is not
+    done here: num_beams > 1 is said once and decoding stays greedy / sampled."""
+    out: dict[str, Any] = {}
+    for key, (convert, what) in SAMPLING.items():
+        value = gen.get(key)
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            continue
+        try:
+            out[key] = convert(value)
+        except (TypeError, ValueError):
+            raise UserError(f"generation setting {key}={value!r}: expected {what}") from None
+    beams = gen.get("num_beams")
+    if beams not in (None, 1, "1", "None", "none") and "num_beams" not in _WARNED:
+        import sys
+        _WARNED.add("num_beams")
+        print(f"warning: num_beams={beams}: beam search is not supported; decoding greedily (or sampling, per "
+              f"do_sample)", file=sys.stderr)
+    return out
 
 
 def num_layers(encoder: torch.nn.Module) -> int | None:

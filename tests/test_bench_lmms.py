@@ -198,3 +198,13 @@ def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):
     with pytest.raises(UserError, match="max_new_tokens must be"):
         lm.generate_until([Instance("generate_until", ("x", {"max_new_tokens": -1}, None, 0, "t", "test"), idx=0,
                                     metadata={"task": "t", "doc_id": 0, "repeats": 1})])
+    # generation settings as lmms-eval tasks and --gen_kwargs give them: `top_p: null` and the string 'None'
+    # crashed the whole run (TypeError in the sampler); strings are typed; a value that is not one is a line
+    def sampled(**gen):
+        return Instance("generate_until", ("What colour?", {"until": [], "max_new_tokens": 4, **gen}, lambda d: [d], 0,
+                                           "t", "test"), idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1})
+    assert lm.generate_until([sampled(do_sample=True, temperature=0.7, top_p=None)])[0] is not None
+    assert lm.generate_until([sampled(do_sample="True", temperature="0.5", top_p="None", top_k="None")])[0] is not None
+    assert lm.generate_until([sampled(do_sample="False", top_p=None)]) == alone[:1]          # greedy: the same answer
+    with pytest.raises(UserError, match=r"generation setting top_p='x': expected a number"):
+        lm.generate_until([sampled(do_sample=True, top_p="x")])

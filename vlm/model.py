@@ -280,11 +280,11 @@ class MultimodalLM(nn.Module):
     def _pick(logits, do_sample, temperature, top_k, top_p, generator):
         if not do_sample:
             return logits.argmax(-1)
-        logits = logits / max(temperature, 1e-5)
+        logits = logits / max(1.0 if temperature is None else temperature, 1e-5)      # None: the default, as in HF
         if top_k:
             kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p < 1.0:
+        if top_p is not None and top_p < 1.0:
             sorted_l, idx = logits.sort(-1, descending=True)
             cum = sorted_l.softmax(-1).cumsum(-1)
             drop = cum - sorted_l.softmax(-1) > top_p                    # keep the smallest set reaching top_p
