@@ -248,6 +248,25 @@ def test_bad_checkpoints_one_line_errors(tmp_path, capsys):
     (ck / "config.json").write_text("{nope")
     with pytest.raises(UserError, match="invalid JSON"):
         vlm.load(ck)
+    # a run folder, pickled weights, a folder named config.json, a tensor of another shape: each said as such
+    run = tmp_path / "run"
+    m.save_pretrained(run / "final")
+    with pytest.raises(UserError, match=f"no config.json .not a vlm checkpoint folder.; the model is in {run / 'final'}"):
+        vlm.load(run)
+    (run / "final" / "model.safetensors").rename(run / "final" / "pytorch_model.bin")
+    with pytest.raises(UserError, match="no model.safetensors .pytorch_model.bin is there: pickled weights are not"):
+        vlm.load(run / "final")
+    (run / "final" / "config.json").unlink()
+    (run / "final" / "config.json").mkdir()
+    with pytest.raises(UserError, match="config.json: a folder, not a file"):
+        vlm.load(run / "final")
+    from safetensors.torch import load_file, save_file
+    ok = m.save_pretrained(tmp_path / "ok")
+    state = load_file(ok / "model.safetensors")
+    name = next(k for k, v in state.items() if v.dim() == 2)
+    save_file({**state, name: state[name][:, :3].contiguous()}, ok / "model.safetensors")
+    with pytest.raises(UserError, match=f"weights do not fit config.json .size mismatch for {name}: "):
+        vlm.load(ok)
 
 
 def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
@@ -267,7 +286,12 @@ def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
              (lambda c: c["llm"].update(model_type="nosuch"), "does not build a model .ValueError: Unrecognized model"),
              (lambda c: c["media"]["image"].update(projector="mlp3x"), "unknown projector 'mlp3x'"),
              (lambda c: c["media"]["image"].update(pool=0), r"projector connector: pool must be >= 1 .*got 0"),
-             (lambda c: c.update(sytem=c.pop("system")), r"'sytem' is not a config field \(did you mean 'system'\?\)")]
+             (lambda c: c.update(sytem=c.pop("system")), r"'sytem' is not a config field \(did you mean 'system'\?\)"),
+             # today's config labelled as an older format, or an older one with fields of the wrong type: these
+             # went through the upgrade unchecked (AttributeError / KeyError tracebacks)
+             (lambda c: c.update(format_version=2), r"not a format-2 config \(format_version 2; KeyError"),
+             (lambda c: c.update(format_version=2, media=["image"]), r"not a format-2 config .*AttributeError"),
+             (lambda c: c.update(format_version=1, connectors=["x"]), r"not a format-1 config .*AttributeError")]
     for i, (edit, message) in enumerate(edits):
         bad = tmp_path / f"bad{i}"
         shutil.copytree(ck, bad)

@@ -25,13 +25,22 @@ def read_config(p: Path) -> dict:
     if not p.exists():
         recover_replaced(p.parent, p.name)      # a save killed between its two renames: the old folder is whole
     require(p.is_dir(), f"checkpoint not found: {p}")
-    require((p / CONFIG_FILE).exists(), f"{p}: no {CONFIG_FILE} (not a vlm checkpoint folder)")
+    require((p / CONFIG_FILE).exists(), f"{p}: no {CONFIG_FILE} (not a vlm checkpoint folder)" + _where_model_is(p))
+    require((p / CONFIG_FILE).is_file(), f"{p / CONFIG_FILE}: a folder, not a file")
     try:
         raw = json.loads((p / CONFIG_FILE).read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{p / CONFIG_FILE}: invalid JSON ({e})") from None
     require(isinstance(raw, dict), f"{p / CONFIG_FILE}: not a JSON object")
     return raw
+
+
+def _where_model_is(p: Path) -> str:
+    """A hint when `p` is a run folder or one of its checkpoints rather than the model folder in it."""
+    for sub in ("final", "model"):
+        if (p / sub / CONFIG_FILE).is_file():
+            return f"; the model is in {p / sub}"
+    return ""
 
 
 def format_version(p: Path, raw: dict) -> int:
@@ -49,13 +58,20 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     require("family" in raw and "llm" in raw, f"{p / CONFIG_FILE}: not a vlm checkpoint config (needs 'family' and 'llm')")
-    require((p / WEIGHTS_FILE).exists(), f"{p}: no {WEIGHTS_FILE}")
+    pickled = sorted(x.name for x in p.glob("*.bin")) + sorted(x.name for x in p.glob("*.pt"))
+    require((p / WEIGHTS_FILE).exists(), f"{p}: no {WEIGHTS_FILE}" + (
+        f" ({pickled[0]} is there: pickled weights are not loaded, they can run code; save them as safetensors)"
+        if pickled else ""))
     try:
         state = load_file(str(p / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{p / WEIGHTS_FILE}: corrupt weights ({str(e).splitlines()[0]})") from None
-    if format_version(p, raw) < FORMAT_VERSION:
-        raw, state = upgrade(raw, state)
+    if (version := format_version(p, raw)) < FORMAT_VERSION:
+        try:
+            raw, state = upgrade(raw, state)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:     # a config of another shape labelled so
+            raise UserError(f"{p / CONFIG_FILE}: not a format-{version} config (format_version {version}; "
+                            f"{type(e).__name__}: {short_error(e)[:200]}); was it edited by hand?") from None
     config = checked_config(p / CONFIG_FILE, raw)
     tok = load_tokenizer(p)
     try:
@@ -68,8 +84,10 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
                         f"was it edited by hand?") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise UserError(f"{p / WEIGHTS_FILE}: weights do not fit config.json ({str(e).splitlines()[0][:200]})") from None
+    except RuntimeError as e:                    # torch: a heading line, then one line per tensor that does not fit
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines[1:]), lines[0] if lines else type(e).__name__)
+        raise UserError(f"{p / WEIGHTS_FILE}: weights do not fit config.json ({first[:300]})") from None
     # a tied tensor (an LLM's tie_word_embeddings: the LM head is the token table) is stored once under one of its
     # names (safetensors' save_model); the others are loaded with it
     own = model.state_dict()
