@@ -160,6 +160,21 @@ def test_a_save_killed_between_its_two_renames_loses_no_folder(tmp_path):
     shutil.copytree(ck, mine)                                   # (ids are reused): it blocked the rename
     m.save_pretrained(ck)
     assert not mine.exists() and (ck / "config.json").is_file()
+    # killed while filling the new folder: its temporary (a model's worth of disk) stayed for ever (a random
+    # name); it carries pid@host now and the next save removes it, not one of a process still running
+    from vlm.atomic import this_host
+    torn, live = (tmp_path / f".final.tmp-{pid}@{this_host()}-abc123" for pid in (gone.pid, os.getpid()))
+    for d in (torn, live):
+        shutil.copytree(ck, d)
+    m.save_pretrained(ck)
+    assert not torn.exists() and live.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == [live.name, "final"]
+    cwd = os.getcwd()                                           # "." (an empty --out): a traceback before
+    try:
+        os.chdir(ck)
+        with pytest.raises(UserError, match="it is the current folder"):
+            m.save_pretrained(".")
+    finally:
+        os.chdir(cwd)
 
 
 def test_a_file_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):

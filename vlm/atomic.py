@@ -23,6 +23,11 @@ from vlm.errors import UserError
 TMP_MARK, OLD_MARK = ".tmp-", ".old-"
 
 
+def this_host() -> str:
+    import socket
+    return socket.gethostname()
+
+
 def running(pid: int) -> bool:
     """Whether process `pid` runs on this machine (this process counts as running)."""
     if pid == os.getpid():
@@ -119,13 +124,26 @@ def default_permissions(folder: Path) -> None:
             p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
+def _remove_torn_folders(parent: Path, name: str) -> None:
+    """`.NAME.tmp-PID@HOST-XXXX` folders of write_folder calls killed on this host (a model's worth of disk)."""
+    prefix = f".{name}{TMP_MARK}"
+    for p in parent.glob(f"{prefix}*@*"):
+        pid, _, rest = p.name[len(prefix):].partition("@")
+        if pid.isdigit() and rest.rpartition("-")[0] == this_host() and not running(int(pid)) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def write_folder(path: str | os.PathLike, write) -> Path:
-    """Fill a temporary sibling folder with `write(tmp)`, then put it at `path` (atomic enough)."""
-    path = Path(path)
+    """Fill a temporary sibling folder (`.NAME.tmp-PID@HOST-XXXX`) with `write(tmp)`, then put it at `path`
+    (atomic enough); what a killed call left is removed by the next one."""
+    given, path = Path(path), Path(os.path.abspath(path))     # "." has no name to put a sibling beside
+    if Path.cwd() == path or path in Path.cwd().parents:
+        raise UserError(f"cannot replace {path}: it is the current folder (or holds it); write to a new folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         recover_replaced(path.parent, path.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        _remove_torn_folders(path.parent, path.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}@{this_host()}-", dir=path.parent))
     except OSError as e:                       # a file where a folder of the path should be, no permission ...
         raise UserError(f"cannot create {path}: {e.strerror or e} ({e.filename or path.parent})") from None
     try:
@@ -134,4 +152,4 @@ def write_folder(path: str | os.PathLike, write) -> Path:
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return given

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from vlm.atomic import running, write_text
+from vlm.atomic import running, this_host, write_text
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, media_order, placeholder_modalities
 
@@ -337,11 +337,6 @@ PUBLISHING = ".publishing"            # <out_dir>/.publishing: shards are being 
 _STAGE_RE = re.compile(rf"^{re.escape(STAGING)}(\d+)@(.+)-[^-]+$")
 
 
-def _this_host() -> str:
-    import socket
-    return socket.gethostname()
-
-
 def _remove_stale_staging(out_dir: str) -> None:
     """Staging folders killed writers left: one of a process no longer running on this host, or one untouched
     for a day (a live writer on another host of a shared file system touches its folder with every shard)."""
@@ -351,7 +346,7 @@ def _remove_stale_staging(out_dir: str) -> None:
         if not (name.startswith(STAGING) and os.path.isdir(path)):
             continue
         m = _STAGE_RE.match(name)
-        dead_here = m is not None and m.group(2) == _this_host() and not running(int(m.group(1)))
+        dead_here = m is not None and m.group(2) == this_host() and not running(int(m.group(1)))
         if dead_here or time.time() - os.path.getmtime(path) > STALE_SECONDS:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -402,7 +397,7 @@ class ShardWriter:
         except OSError as e:
             raise UserError(f"cannot create output folder {self.out_dir}: {e.strerror}") from e
         _remove_stale_staging(self.out_dir)
-        self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}@{_this_host()}-", dir=self.out_dir)
+        self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}@{this_host()}-", dir=self.out_dir)
         self.replaced: int | None = None       # samples of the data set this one replaced (None: there was none)
         self.pattern = pattern or f"{prefix}-%06d.tar"
         self.validate = validate
@@ -493,7 +488,7 @@ class ShardWriter:
         """`_publish`'s renames and removals (with the folder locked), inside a journal: a kill among the renames
         leaves `.publishing`, and readers refuse the folder (`check_not_torn`) until a writer finishes into it."""
         self.replaced = _samples_in(os.path.join(self.out_dir, "index.json"))
-        journal = write_text(os.path.join(self.out_dir, PUBLISHING), f"{os.getpid()}@{_this_host()}\n")
+        journal = write_text(os.path.join(self.out_dir, PUBLISHING), f"{os.getpid()}@{this_host()}\n")
         for s in self.shards:
             os.replace(os.path.join(self.stage_dir, s["file"]), os.path.join(self.out_dir, s["file"]))
         os.replace(os.path.join(self.stage_dir, "index.json"), os.path.join(self.out_dir, "index.json"))
