@@ -27,6 +27,11 @@ def _md(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def _count(v: Any) -> Any:
+    """A count from a table column (floats there when another row has none): 100, not 100.000; none: '-'."""
+    return "-" if v is None or v != v else int(v)
+
+
 def _models(table) -> list[str]:
     return list(dict.fromkeys(table["model"].tolist()))
 
@@ -88,7 +93,8 @@ def report_markdown(table) -> str:
         if {"limit", "skipped"} <= set(table.columns) else table[:0]
     if len(partial):            # scores over fewer items than the benchmark holds: said beside them
         parts += ["## Items not scored", "", _md(["model", "benchmark", "n scored", "--limit", "skipped (unreadable)"], [
-            [r["model"], r["benchmark"], r["n"], r["limit"], r["skipped"] or "-"] for _, r in partial.iterrows()]), ""]
+            [r["model"], r["benchmark"], _count(r["n"]), _count(r["limit"]), r["skipped"] or "-"]
+            for _, r in partial.iterrows()]), ""]
     skipped = table[table["status"] == "skipped"]
     if len(skipped):
         parts += ["## Not applicable", "", _md(["model", "benchmark", "reason"],

@@ -281,6 +281,9 @@ def test_an_undecodable_image_is_skipped_and_counted_not_the_end_of_the_benchmar
     assert rows[0]["skipped"] == "bad_image 1" and "limit" not in rows[0] and rows[1]["limit"] == 3
     report = report_markdown(res.table)
     assert "## Items not scored" in report and "bad_image 1" in report
+    import pandas as pd                      # one table with both rows: counts stay counts (100.000 before)
+    both = report_markdown(pd.concat([res.table, limited.table], ignore_index=True)).split("## Items not scored")[1]
+    assert "| 3 | 3 | - |" in both and ".000 |" not in both.split("\n\n")[1], both
     assert "; not scored: bad_image 1" in (tmp_path / "out" / "report.html").read_text()
     assert "; scored under --limit 3" in (tmp_path / "o3" / "report.html").read_text()
 

@@ -402,6 +402,11 @@ def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
     # what the export leaves out is said (the video part went without a word)
     assert cli(["export", str(ck), "--to", "hf-llava", "--out", str(tmp_path / "hf")]) == 0
     assert "the checkpoint's video part(s) are left out" in capsys.readouterr().err
+    for argv, message in ((["chat", str(tmp_path / "hf"), "hi"], "a transformers 'llava' folder, not a vlm checkpoint"),
+                          (["chat", str(ck), "<image>?", "--image", str(tmp_path)], "a folder, not an image file")):
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
 
 
 @pytest.mark.parametrize("size", [(75, 32), (32, 101), (150, 64), (64, 64)], ids=["wide", "tall", "wide-resized", "square"])

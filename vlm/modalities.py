@@ -229,7 +229,8 @@ def read_file(modality: str, path: str | Path) -> Any:
     """A media file from disk as the raw item of `modality` (what `vlm chat` and users pass)."""
     p = Path(path)
     if not p.is_file():
-        raise MediaError(f"{modality} file not found: {p}")
+        raise MediaError(f"{p}: a folder, not {'an' if modality[0] in 'aeiou' else 'a'} {modality} file" if p.is_dir()
+                         else f"{modality} file not found: {p}")
     m = MODALITIES[modality]
     if m.files == "video":
         return str(p)                                               # decord reads the path itself

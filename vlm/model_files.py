@@ -57,6 +57,9 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+    if "family" not in raw and isinstance(raw.get("model_type"), str):       # vlm export's output, a hub download
+        raise UserError(f"{p}: a transformers {raw['model_type']!r} folder, not a vlm checkpoint; use the checkpoint "
+                        f"it was exported from (or load it with transformers)")
     require("family" in raw and "llm" in raw, f"{p / CONFIG_FILE}: not a vlm checkpoint config (needs 'family' and 'llm')")
     pickled = sorted(x.name for x in p.glob("*.bin")) + sorted(x.name for x in p.glob("*.pt"))
     require((p / WEIGHTS_FILE).exists(), f"{p}: no {WEIGHTS_FILE}" + (
