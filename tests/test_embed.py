@@ -673,13 +673,15 @@ def test_a_media_folder_as_other_tools_leave_it(setup, tmp_path, capsys):
                       ("case.JPG", "JPEG"), ("dup.jpg", "JPEG"), ("dup.png", "PNG"), ("sub/latin.jpg", "JPEG")):
         img.save(src / name, format=fmt)
     (src / "a.txt").write_text("a gif")
+    (src / "noext").write_bytes(b"?")                             # no media kind: left out, and said so
     (src / "sub" / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
     os.mkfifo(src / "z.jpg")
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere", src / "linked")
     capsys.readouterr()
     res = export(config(model=str(ckpt), input=str(src), out=str(tmp_path / "e"), modality=["image"]))
-    assert "1 folder(s) not read" in capsys.readouterr().err and res.parts == 2
+    err = capsys.readouterr().err
+    assert "1 folder(s) not read" in err and "1 file(s) of no media kind left out: noext" in err and res.parts == 2
     meta = pd.concat([pd.read_parquet(tmp_path / "e" / "metadata" / f"metadata_{i}.parquet") for i in range(2)])
     assert meta["key"].tolist() == ["a", "b", "c", "case", "dup", "sub/latin"]
     assert meta["source"].str.rsplit("/", n=1).str[-1].tolist() == ["a.gif", "b.bmp", "c.tif", "case.JPG", "dup.jpg",

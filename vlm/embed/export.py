@@ -100,6 +100,7 @@ def _media_groups(folder: Path) -> list[list[str]]:
     import sys
     groups: dict[str, list[str]] = {}
     unread: list[str] = []
+    other: list[str] = []                   # files of no media kind (no extension, .pdf ...): said, not silently gone
     def note(e: OSError) -> None:
         unread.append(f"{e.filename} (unreadable)")
 
@@ -109,12 +110,17 @@ def _media_groups(folder: Path) -> list[list[str]]:
         for f in sorted(files):
             ext = f.rsplit(".", 1)[-1].lower() if "." in f else ""
             if file_kind(ext) is None and ext not in TEXT_EXTENSIONS + ("json",):
+                if not f.startswith("."):
+                    other.append(os.path.relpath(os.path.join(root, f), folder))
                 continue
             rel = os.path.relpath(os.path.join(root, f), folder)
             groups.setdefault(rel.rsplit(".", 1)[0], []).append(rel)
     if unread:
         print(f"{folder}: {len(unread)} folder(s) not read: {', '.join(unread[:5])}"
               f"{' ...' if len(unread) > 5 else ''}", file=sys.stderr)
+    if other:
+        print(f"{folder}: {len(other)} file(s) of no media kind left out: {', '.join(map(text_of, other[:5]))}"
+              f"{' ...' if len(other) > 5 else ''}", file=sys.stderr)
     return [groups[k] for k in sorted(groups)]
 
 
