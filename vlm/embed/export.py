@@ -32,6 +32,7 @@ the main process runs the model, so the export runs at the model's pace (benchma
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -486,7 +487,6 @@ def input_contents(plan: InputPlan) -> list:
                 listing.append(f"{text_of(f)}|{st.st_size}|{st.st_mtime_ns}")
             except OSError:
                 listing.append(f"{text_of(f)}|-")
-        import hashlib
         return [{"files": hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]}]
     return [{"size": os.path.getsize(s), "ends": ends_digest(s)} if os.path.isfile(s) else {} for s in plan.sources]
 
