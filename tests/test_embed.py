@@ -760,7 +760,13 @@ def test_a_resume_onto_other_input_settings_or_files_is_refused(setup, tmp_path,
     media = tmp_path / "media"
     media.mkdir()
     Image.new("RGB", (32, 32), "red").save(os.fsdecode(bytes(media) + b"/bad\xffname.png"), format="PNG")
-    export(config(model=str(ckpt), input=str(media), out=str(tmp_path / "m")))
+    import inspect
+
+    import vlm.embed                         # from Python: the documented call (its lazy name was the submodule's)
+    vlm.embed.export_embeddings(str(ckpt), str(media), str(tmp_path / "m"), num_workers=0, progress=False)
+    assert inspect.ismodule(vlm.embed.export) and inspect.isfunction(vlm.embed.export_embeddings)
+    with pytest.raises(UserError, match="embed setting 'modalty' is unknown"):
+        vlm.embed.export_embeddings(str(ckpt), str(media), str(tmp_path / "m2"), modalty=["text"])
     meta = pd.read_parquet(tmp_path / "m" / "metadata" / "metadata_0.parquet")
     assert meta["key"].tolist() == ["bad\ufffdname"] and meta["source"].str.endswith("bad\ufffdname.png").all()
     assert json.loads((tmp_path / "m" / "stats" / "summary.json").read_text())["rows"] == 1

@@ -23,7 +23,7 @@ from vlm.lazy import lazy_attributes
 _LAZY = {
     "Embedder": ("vlm.embed.api", "Embedder"),
     "Item": ("vlm.embed.items", "Item"),
-    "export_embeddings": ("vlm.embed.export", "export_embeddings"),     # not "export": the submodule's name
+    "export_embeddings": ("vlm.embed.cli", "export_embeddings"),     # not "export": the submodule's name
     "build_index": ("vlm.embed.index", "build_index"),
     "open_index": ("vlm.embed.index", "open_index"),
     "search": ("vlm.embed.index", "search"),

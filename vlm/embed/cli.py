@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import Any
 
-from vlm.config import add_config_flags, config_from_args, save_config
+from vlm.config import add_config_flags, config_from_args, from_dict, save_config
 
 
 @dataclass
@@ -62,6 +63,14 @@ class SearchConfig:
     recall: bool = field(default=False, metadata={"help": "caption -> image Recall@1/5/10 over the export's captions"})
     model: str | None = field(default=None, metadata={"help": "embed the query with this model (default: the export's)"})
     device: str = "auto"
+
+
+def export_embeddings(model: str, input: str, out: str, **settings: Any):
+    """`vlm embed` from Python (an `ExportResult`): `settings` are EmbedConfig's other fields (instruction,
+    modality, batch_size, part_size, num_workers, device, dtype, out_dtype, progress), checked by name and type."""
+    from vlm.embed.export import export
+    return export(from_dict(EmbedConfig, {"model": model, "input": input, "out": out, **settings},
+                            what="embed setting"))
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

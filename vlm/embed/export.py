@@ -646,15 +646,6 @@ def export(cfg) -> ExportResult:
                         model_s, redone, dict(skipped))
 
 
-def export_embeddings(model: str, input: str, out: str, **settings: Any) -> ExportResult:
-    """`vlm embed` from Python: `settings` are the other fields of `vlm.embed.cli.EmbedConfig` (instruction,
-    modality, batch_size, part_size, num_workers, device, dtype, out_dtype, progress), checked by name and type."""
-    from vlm.config import from_dict
-    from vlm.embed.cli import EmbedConfig
-    return export(from_dict(EmbedConfig, {"model": model, "input": input, "out": out, **settings},
-                            what="embed setting"))
-
-
 def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> None:
     """After every rank is done (a barrier under torchrun), rank 0 sums the parts' stats into stats/summary.json;
     the other ranks wait for it (a second barrier: each reads the summary it prints)."""
