@@ -16,13 +16,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from benchmarks.metrics import skipped_items
 from benchmarks.registry import BENCHMARKS, Benchmark, Roots
+from benchmarks.store import latest, read_records
 from vlm.atomic import write_text
 
 GALLERY_LIMIT = 1000              # samples per benchmark in the gallery (all rows stay in results/)
@@ -111,19 +111,10 @@ def media_html(fields: dict[str, bytes]) -> str:
 # what the folder holds
 # ---------------------------------------------------------------------------------------------
 def latest_records(out: Path) -> list[dict[str, Any]]:
-    """The latest ok record of each (model, benchmark) in `out/results`, with its rows file."""
-    recs: dict[tuple[str, str], dict] = {}
-    for p in sorted((out / "results").glob("*/*.json")):
-        try:
-            r = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            continue
-        if r.get("status") != "ok" or not r.get("rows"):
-            continue
-        k = (r["model"], r["benchmark"])
-        if k not in recs or r.get("finished", 0) >= recs[k].get("finished", 0):
-            recs[k] = {**r, "_rows": p.parent / r["rows"]}
-    return list(recs.values())
+    """The latest record of each (model, benchmark) in `out/results` (the one the aggregate shows) when it
+    is ok, with its rows file."""
+    return [{**r, "_rows": p.parent / r["rows"]} for p, r in latest(read_records(out))
+            if r.get("status") == "ok" and r.get("rows")]
 
 
 def _cell(row: dict[str, Any], names: list[str] | None, *keys: str) -> Any:

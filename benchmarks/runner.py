@@ -38,11 +38,10 @@ from benchmarks.data import shard_files
 from benchmarks.metrics import skipped_items
 from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
+from benchmarks.store import RESULTS, latest, names_taken, read_records, same_model_key
 from benchmarks.tasks import Context, applicable, run_task
 from vlm.atomic import write_file, write_text
 from vlm.errors import UserError
-
-RESULTS = "results"
 
 
 def slug(text: str) -> str:
@@ -147,6 +146,8 @@ def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) ->
         except json.JSONDecodeError:
             rec = {}
         if rec.get("fingerprint") == model.fingerprint and rec.get("signature") == sig:
+            rec["used"] = time.time()            # asked for now: it, not another model's of this name, is shown
+            _write_json(rec_path, rec)
             return rec | {"reused": True}
     rec: dict[str, Any] = dict(model=model.name, model_spec=model.spec, fingerprint=model.fingerprint,
                                benchmark=bench.name, kind=bench.kind, type=bench.type, capability=bench.capability,
@@ -221,6 +222,11 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     models = [load_model(s, cfg.device) for s in model_specs]       # bad paths fail here, before any work
     for m, name in zip(models, distinct([m.name for m in models], [str(m.spec) for m in models])):
         m.name = name
+    taken = names_taken(cfg.out)          # names other models have in this folder (an earlier call's): kept apart
+    for m in models:
+        if m.name in taken and same_model_key(str(m.spec)) not in taken[m.name]:
+            m.name = next(n for n in (str(m.spec), *(f"{m.spec}#{k}" for k in range(2, 10**6)))
+                          if n not in taken or same_model_key(str(m.spec)) in taken[n])
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]
     names = distinct([b.name for b in benches], [folder_name(b) for b in benches])
@@ -250,27 +256,20 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
 
 def aggregate(out: str | os.PathLike) -> "Any":
     """One row per model x benchmark from every results/*/*.json in `out` (when a model name was evaluated
-    with other weights before, the latest result wins); written as parquet and csv."""
+    with other weights before, the latest asked for wins: `benchmarks.store.latest`); written as parquet and csv."""
     import pandas as pd
     rows = []
-    for p in sorted((Path(out) / RESULTS).glob("*/*.json")):
-        try:
-            r = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            continue
+    for _, r in latest(read_records(out)):
         rows.append(dict(model=r.get("model"), model_spec=r.get("model_spec"), benchmark=r.get("benchmark"),
                          kind=r.get("kind"), type=r.get("type"), capability=r.get("capability"),
                          modality=r.get("modality"), metric=r.get("metric"), score=r.get("score"),
                          status=r.get("status"), reason=r.get("reason", ""), seconds=r.get("seconds"),
                          n=(r.get("metrics") or {}).get("n"), limit=r.get("limit"),
                          skipped=", ".join(f"{k} {v}" for k, v in skipped_items(r.get("metrics") or {}).items()),
-                         metrics=json.dumps(r.get("metrics") or {}),
-                         finished=r.get("finished", 0.0)))
+                         metrics=json.dumps(r.get("metrics") or {})))
     cols = ["model", "model_spec", "benchmark", "kind", "type", "capability", "modality", "metric", "score", "status",
             "reason", "seconds", "n", "limit", "skipped", "metrics"]
-    table = pd.DataFrame(rows, columns=cols + ["finished"])
-    table = table.sort_values("finished", kind="stable").drop_duplicates(["model", "benchmark"], keep="last")
-    table = table[cols].reset_index(drop=True)                       # in the order the work was done
+    table = pd.DataFrame(rows, columns=cols)                          # in the order the work was done
     table["score"] = pd.to_numeric(table["score"], errors="coerce")
     table.to_parquet(Path(out) / "aggregate.parquet", index=False)
     table.drop(columns=["metrics"]).to_csv(Path(out) / "aggregate.csv", index=False)

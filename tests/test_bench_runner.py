@@ -246,6 +246,43 @@ def test_two_models_or_folders_of_one_name_keep_both_results(assets, tmp_path):
     assert set(res.table["benchmark"]) == {f"wds:{tmp_path / d / 'colors'}" for d in ("a", "b")}
 
 
+def test_a_name_another_call_gave_other_weights_keeps_both_and_shows_what_was_asked(assets, tmp_path):
+    """Found by a review: two checkpoints both named `model`, evaluated by two calls into one --out, shared one
+    column: the later call's result replaced the earlier one's in every view, and a third call re-asking the
+    first model printed the second's score (the reused record was older). An earlier call's name is taken now
+    (the new model takes its path, as within one call), and a reused record is the one shown."""
+    import shutil
+
+    import torch
+
+    import vlm.families
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    from benchmarks.store import latest, read_records
+    one, two = tmp_path / "one" / "model", tmp_path / "two" / "model"
+    shutil.copytree(assets["llava"], one)
+    torch.manual_seed(1)
+    vlm.families.build("llava", "tiny").save_pretrained(two)
+    cfg = RunConfig(out=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    bench = [get_benchmark(f"wds:{assets['wds']}")]
+    first = evaluate([str(one)], bench, cfg).table
+    second = evaluate([str(two)], bench, cfg)
+    assert second.models[0].name == str(two)                      # "model" is one/model's in this folder
+    third = evaluate([str(one)], bench, cfg)
+    assert third.reused == 1 and third.models[0].name == "model"
+    table = third.table.set_index("model")
+    assert set(table.index) == {"model", str(two)} and table.loc["model", "model_spec"] == str(one)
+    assert table.loc["model", "score"] == first.iloc[0]["score"]
+    # one path, weights changed in place and back: the weights asked for last are the ones shown
+    shutil.copy2(one / "model.safetensors", tmp_path / "kept.safetensors")          # bytes and times
+    shutil.copy(two / "model.safetensors", one / "model.safetensors")
+    evaluate([str(one)], bench, cfg)
+    shutil.copy2(tmp_path / "kept.safetensors", one / "model.safetensors")
+    again = evaluate([str(one)], bench, cfg)
+    shown = [r for _, r in latest(read_records(cfg.out)) if r["model"] == "model"]
+    assert again.reused == 1 and len(shown) == 1 and shown[0]["fingerprint"] == again.models[0].fingerprint
+
+
 def test_result_file_names_of_long_names_alike_at_the_start_differ():
     from benchmarks.runner import slug
     a, b = (f"wds:/data/{'x' * 90}/{d}/colors" for d in ("a", "b"))
