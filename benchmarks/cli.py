@@ -42,7 +42,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = config_from_args(EvalConfig, args, what="eval config field")
     if not cfg.models:
         raise UserError("--model is required: a checkpoint folder or open_clip:ARCH[:CKPT]")
-    from benchmarks.metrics import skipped_items
     from benchmarks.registry import resolve
     from benchmarks.report import capability_table
     from benchmarks.runner import evaluate
@@ -59,6 +58,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         models = {m.name for m in res.models}
         card = update_model_card(cfg.model_card, res.table[res.table["model"].isin(models)])
         print(f"model card: {card} (results: {card.parent}/results/{card.stem}.jsonl)", file=sys.stderr)
+    say_records(res)
+    done = sum(1 for r in res.records if r.get("status") == "ok" and not r.get("reused"))
+    print(f"\n{done} run, {res.reused} already done, "
+          f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "
+          f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses", file=sys.stderr)
+    print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",
+          file=sys.stderr)
+    check_something_applied(res)
+    return 0
+
+
+def check_something_applied(res) -> None:
+    if res.records and all(r.get("status") == "skipped" for r in res.records):
+        raise UserError("nothing was evaluated: no benchmark asked for applies to the model(s) (reasons above)")
+
+
+def say_records(res) -> None:
+    """On stderr, per record of a run: not applicable (why), samples skipped or kept by reason, unseen labels."""
+    from benchmarks.metrics import skipped_items
     for r in res.records:                   # samples a task could not use (counted by reason in its metrics)
         if r.get("status") == "skipped":     # not applicable: said here, not only in report.md
             print(f"{r['model']} / {r['benchmark']}: not applicable ({r.get('reason')})", file=sys.stderr)
@@ -74,15 +92,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if metrics.get("unseen_label"):
             print(f"{r['model']} / {r['benchmark']}: {int(metrics['unseen_label'])} scored sample(s) have a label no "
                   f"training sample has (always wrong)", file=sys.stderr)
-    done = sum(1 for r in res.records if r.get("status") == "ok" and not r.get("reused"))
-    print(f"\n{done} run, {res.reused} already done, "
-          f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "
-          f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses", file=sys.stderr)
-    print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",
-          file=sys.stderr)
-    if res.records and all(r.get("status") == "skipped" for r in res.records):
-        raise UserError("nothing was evaluated: no benchmark asked for applies to the model(s) (reasons above)")
-    return 0
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:

@@ -82,3 +82,37 @@ def test_a_rerun_into_the_same_out_with_another_seed_is_refused(tmp_path, capsys
         err = capsys.readouterr().err
         assert rc == 2 and field in err and "another --out" in err and len(err.strip().splitlines()) == 1, err
     assert not data.exists()                                            # refused before the data step
+
+
+def test_a_demo_refuses_before_any_work_what_would_reuse_or_overwrite_the_wrong_thing(tmp_path, capsys):
+    """Found by a review: an edited --recipe FILE (same name) reused the model trained with the old one; --data
+    naming a user's own folder (no index.json) had synthetic-world built over its shards; a misspelt --suite was
+    said after the whole training; --out naming a file was a traceback on the rerun."""
+    from vlm.cli import main
+    from vlm.config import save_config
+    from vlm.demo import DemoConfig
+    from vlm.train.recipe import load_recipe, save_resolved
+    out, data = tmp_path / "demo", tmp_path / "sw"
+    my = tmp_path / "my.yaml"
+    my.write_text(load_recipe("llava-tiny", check_files=False).to_yaml())          # `vlm recipe show` > my.yaml
+    args = ["demo", "--out", str(out), "--data", str(data), "--recipe", str(my)]
+    save_config(DemoConfig(out=str(out), data=str(data), recipe=str(my)), out / "demo_config.yaml")
+    recipe = load_recipe(str(my), [f"data.world.shards=[{data / 'train'}]", "runtime.seed=0"], check_files=False)
+    (out / recipe.name / "final").mkdir(parents=True)
+    save_resolved(recipe, out / recipe.name)                           # what the trained model was trained with
+    (out / recipe.name / "final" / "config.json").write_text("{}")
+    my.write_text(my.read_text().replace("steps: 500", "steps: 400", 1))    # the file edited since
+    mine = tmp_path / "mine"
+    (mine / "train").mkdir(parents=True)
+    (mine / "train" / "shard-000000.tar").write_bytes(b"precious")
+    (tmp_path / "afile").write_text("x")
+    cases = [(args, "trained with another recipe: 'stages."),
+             (["demo", "--out", str(tmp_path / "d2"), "--data", str(mine)], "not a synthetic-world build (no index.json)"),
+             (["demo", "--out", str(tmp_path / "d3"), "--data", str(data), "--suite", "synthetic-world-quik"],
+              "synthetic-world-quik"),
+             (["demo", "--out", str(tmp_path / "afile"), "--data", str(data)], "a file, not a folder")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert not data.exists() and (mine / "train" / "shard-000000.tar").read_bytes() == b"precious"

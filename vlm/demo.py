@@ -52,23 +52,32 @@ def check_same_run(cfg: DemoConfig, saved: Path) -> None:
 
 
 def run(cfg: DemoConfig) -> int:
+    from benchmarks.cli import check_something_applied, say_records
     from benchmarks.registry import resolve
     from benchmarks.report import capability_table
     from benchmarks.runner import RunConfig, evaluate
     from vlm.train.recipe import build_model, load_recipe
-    from vlm.train.trainer import train
+    from vlm.train.trainer import recipe_difference, train
 
     t0 = time.time()
     out, data = Path(cfg.out), Path(cfg.data)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder")
     from vlm.data.cli import BuildConfig, build_if_absent
     overrides = [f"data.world.shards=[{data / 'train'}]", f"runtime.seed={cfg.seed}", *cfg.recipe_overrides]
-    load_recipe(cfg.recipe, overrides, check_files=False)      # a bad recipe or override: said before minutes of building
+    recipe = load_recipe(cfg.recipe, overrides, check_files=False)   # a bad recipe or override: said before
+    benches = resolve(suite=cfg.suite)                         # minutes of building; a misspelt suite too
     check_same_run(cfg, out / "demo_config.yaml")
+    run_dir = out / recipe.name
+    final = run_dir / "final"
+    if (final / "config.json").exists() and (run_dir / "recipe.yaml").is_file():
+        where = recipe_difference(run_dir / "recipe.yaml", recipe)   # the recipe FILE edited since: same name
+        if where is not None:
+            raise UserError(f"{out} already holds a demo whose model was trained with another recipe: '{where[0]}' "
+                            f"({where[1]!r} -> {where[2]!r}); give another --out, or remove {out} to start again")
     build_if_absent(BuildConfig(out=str(data), samples=cfg.samples, seed=cfg.seed))
     recipe = load_recipe(cfg.recipe, overrides)
     save_config(cfg, out / "demo_config.yaml")
-    run_dir = out / recipe.name
-    final = run_dir / "final"
     if not (final / "config.json").exists():
         print(f"[demo] training {recipe.name} into {run_dir}", flush=True)
         train(recipe, run_dir, resume=(run_dir / "checkpoints").exists())
@@ -76,12 +85,14 @@ def run(cfg: DemoConfig) -> int:
     if not (untrained / "config.json").exists():
         build_model(recipe.model, seed=cfg.seed).save_pretrained(untrained)
     print(f"[demo] evaluating trained vs untrained on '{cfg.suite}'", flush=True)
-    res = evaluate([str(final), str(untrained)], resolve(suite=cfg.suite), RunConfig(out=str(out / "eval"), data=str(data)))
+    res = evaluate([str(final), str(untrained)], benches, RunConfig(out=str(out / "eval"), data=str(data)))
     from benchmarks.model_card import results_rows, write_results
     write_results(out / "eval" / "results.jsonl", results_rows(res.table, seed=cfg.seed))   # for model_cards/llava.md
     print()
     print(capability_table(res.table))
     print()
+    say_records(res)
+    check_something_applied(res)
     print(f"training curves : {run_dir / 'loss_lr.png'}  (metrics: {run_dir / 'metrics.jsonl'})")
     print(f"eval report     : {out / 'eval' / 'report.html'}  ({out / 'eval' / 'report.md'}, "
           f"results: {out / 'eval' / 'results.jsonl'})")

@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,13 @@ from vlm.errors import UserError
 from vlm.train import checkpoint as ckpt_lib
 from vlm.train.data import build_stage_loader, to_device
 from vlm.train.logging import RunLog, SampleLog, plot
-from vlm.train.objectives import NO_GRADIENT, OBJECTIVES, Objective, TaskModule, build_objective
+from vlm.train.objectives import (
+    NO_GRADIENT,
+    OBJECTIVES,
+    Objective,
+    TaskModule,
+    build_objective,
+)
 from vlm.train.recipe import (
     Recipe,
     Stage,
@@ -158,6 +165,23 @@ def lock_run_dir(run_dir: Path):
         raise UserError(f"output folder {run_dir} is in use by another `vlm train` (it holds {run_dir / LOCK_FILE}); "
                         f"wait for it to end, or train into another --out") from None
     return lock
+
+
+def recipe_difference(saved: Path, recipe: Recipe) -> tuple[str, Any, Any] | None:
+    """Where `recipe` would train other than the run folder's saved recipe.yaml (`Trainer.RESUME_KEYS`: the
+    model, data, stages, seed ...; logging and memory-only settings may differ): (key, saved, now), or None."""
+    import yaml
+
+    from vlm.config import read_yaml
+    old = read_yaml(saved, "run's recipe")          # not YAML, not UTF-8, not a mapping: one line naming it
+    new = yaml.safe_load(recipe.to_yaml())
+    _drop_resumable(old, recipe)
+    _drop_resumable(new, recipe)
+    for key in Trainer.RESUME_KEYS:
+        where = _first_difference(_dig(old, key), _dig(new, key), key)
+        if where is not None:
+            return where
+    return None
 
 
 class Trainer:
@@ -284,21 +308,12 @@ class Trainer:
                       f"{ckpt.name} was trained with (a changed LR, budget or data would go unnoticed)",
                       file=sys.stderr, flush=True)
             return
-        import yaml
-
-        from vlm.config import read_yaml
-        old = read_yaml(saved, "run's recipe")          # not YAML, not UTF-8, not a mapping: one line naming it
-        new = yaml.safe_load(self.recipe.to_yaml())
-        _drop_resumable(old, self.recipe)
-        _drop_resumable(new, self.recipe)
-        for key in self.RESUME_KEYS:
-            a, b = _dig(old, key), _dig(new, key)
-            where = _first_difference(a, b, key)
-            if where is not None:
-                raise UserError(f"--resume: the recipe differs from the one {self.run_dir} was trained with at "
-                                f"'{where[0]}' ({where[1]!r} -> {where[2]!r}); resume with that recipe, or train "
-                                f"a new run (--out) from its checkpoint (e.g. model.settings.init=... where the "
-                                f"family takes one)")
+        where = recipe_difference(saved, self.recipe)
+        if where is not None:
+            raise UserError(f"--resume: the recipe differs from the one {self.run_dir} was trained with at "
+                            f"'{where[0]}' ({where[1]!r} -> {where[2]!r}); resume with that recipe, or train "
+                            f"a new run (--out) from its checkpoint (e.g. model.settings.init=... where the "
+                            f"family takes one)")
 
     def _open_logs(self, resume_step: int | None) -> None:
         rt = self.recipe.runtime
