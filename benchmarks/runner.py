@@ -158,7 +158,17 @@ def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) ->
         _write_json(rec_path, rec)
         return rec
     hits0, t0 = ctx.cache.hits, time.perf_counter()
-    result = run_task(model, bench, ctx)
+    try:
+        result = run_task(model, bench, ctx)
+    except UserError as e:
+        if cfg.limit is None:
+            raise
+        # a quick look under a small --limit: a benchmark the limit leaves too little to score (an MMEB set with
+        # no query, one retrieval pair) is not applicable at that limit, not the end of the whole run
+        rec |= dict(status="skipped", reason=f"--limit {cfg.limit} leaves too little to score: {e}", score=None,
+                    metrics={}, seconds=0.0, finished=time.time())
+        _write_json(rec_path, rec)
+        return rec
     seconds = time.perf_counter() - t0
     rows = [dict(model=model.name, benchmark=bench.name, **r) for r in result.rows]
     _write_rows(rows_path, rows)

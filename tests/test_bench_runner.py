@@ -383,3 +383,20 @@ def test_a_question_whose_image_does_not_decode_is_skipped_and_counted(tmp_path)
     for _, row in res.table.iterrows():
         metrics = json.loads(row["metrics"])
         assert row["status"] == "ok" and metrics["skipped_bad_media"] == 1.0 and metrics["n"] == 2.0, row.to_dict()
+
+
+def test_a_small_limit_skips_what_it_leaves_too_little_of_not_the_whole_run(assets, tmp_path):
+    """Found by a review: `--suite synthetic-world --limit 2` ended the whole run at sw-mmeb ('dataset cls-shape
+    has no queries'), with no report; without a limit such data is still an error."""
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    benches = [get_benchmark(n) for n in ("sw-mmeb", "sw-shapes")]
+    cfg = RunConfig(out=tmp_path / "out", cache_dir=tmp_path / "cache", progress=False, data=str(assets["world"]),
+                    limit=1)
+    res = evaluate([assets["clip"]], benches, cfg)
+    rows = res.table.set_index("benchmark")
+    assert rows.loc["sw-mmeb", "status"] == "skipped" and "--limit 1 leaves too little" in rows.loc["sw-mmeb", "reason"]
+    assert rows.loc["sw-shapes", "status"] == "ok" and (tmp_path / "out" / "report.md").is_file()
+    from dataclasses import replace                                    # the same data without the limit: scored
+    whole = evaluate([assets["clip"]], benches[:1], replace(cfg, out=tmp_path / "o2", limit=None))
+    assert whole.table.iloc[0]["status"] == "ok"
