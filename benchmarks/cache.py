@@ -15,12 +15,14 @@ from typing import Any, Callable
 
 import torch
 
-from vlm.atomic import write_file
+from vlm.atomic import remove_torn, write_file
 
 
 class FeatureCache:
     def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root).expanduser() if root is not None else None
+        if self.root is not None and self.root.is_dir():      # what runs killed mid-write left (of dead processes)
+            remove_torn(self.root.glob("*/.*.tmp-*"))
         self.hits = 0
         self.misses = 0
 

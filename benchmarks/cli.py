@@ -28,6 +28,9 @@ def cmd_list(words: list[str], suites: bool) -> int:
             print(f"{s['name']:<28} {len(s['benchmarks']):>3} benchmarks  {s['description']}")
         return 0
     rows = list_benchmarks(words[0] if words else None)
+    if not rows:
+        print(f"no benchmark matches {words[0]!r} (a glob, e.g. 'sw-*'; `vlm eval list` lists them all)", file=sys.stderr)
+        return 1
     w = max([len(r["name"]) for r in rows] + [4])
     for r in rows:
         print(f"{r['name']:<{w}}  {r['kind']:<9} {r['type']:<18} {r['capability']:<22} {r['metric']:<12} {r['data']}")
@@ -46,6 +49,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from benchmarks.report import capability_table
     from benchmarks.runner import evaluate
     benches = resolve(cfg.benches, cfg.suite)
+    if cfg.model_card:
+        from benchmarks.model_card import check_card
+        check_card(cfg.model_card)                   # before the evaluation, not after it
     res = evaluate(cfg.models, benches, cfg)
     save_config(cfg, f"{cfg.out}/eval_config.yaml")
     print(capability_table(res.table))

@@ -373,6 +373,15 @@ def attach(card: str | os.PathLike, results: list[str | os.PathLike], name: str 
     return p
 
 
+def check_card(path: str | os.PathLike) -> None:
+    """What `update_model_card` will need of the card, checked before an evaluation runs (it was said only after
+    it): a readable card, its front matter a mapping, its section markers paired. A missing card is made."""
+    p = Path(path)
+    if p.exists() or p.is_dir():
+        _, body, _ = _split(_read_card(p), str(p))
+        _section_span(body, str(p))
+
+
 def update_model_card(path: str | os.PathLike, table, **extra: Any) -> Path:
     """`vlm eval --model-card`: this run's results become the card's results file, then the card is
     regenerated from it."""

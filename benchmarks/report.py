@@ -12,24 +12,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlm.atomic import write_text
+from vlm.atomic import write_file, write_text
 
 
 def _fmt(x: Any) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return f"{x:.3f}" if isinstance(x, float) else str(x)
+    text = f"{x:.3f}" if isinstance(x, float) else str(x)
+    return " ".join(text.replace("|", "\\|").split())          # a name with | or a line break keeps the table whole
 
 
 def _md(header: list[str], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out = ["| " + " | ".join(_fmt(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 
 def _count(v: Any) -> Any:
     """A count from a table column (floats there when another row has none): 100, not 100.000; none: '-'."""
-    return "-" if v is None or v != v else int(v)
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
 
 
 def _models(table) -> list[str]:
@@ -136,6 +137,6 @@ def write_chart(out: str | os.PathLike, table) -> Path | None:
         ax.invert_yaxis()
     axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(p, dpi=110)
+    write_file(p, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return p

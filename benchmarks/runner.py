@@ -40,7 +40,7 @@ from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
 from benchmarks.store import RESULTS, latest, names_taken, read_records, same_model_key
 from benchmarks.tasks import Context, applicable, run_task
-from vlm.atomic import write_file, write_text
+from vlm.atomic import remove_torn, write_file, write_text
 from vlm.errors import UserError
 
 
@@ -243,6 +243,7 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     benches = [b if b.name == n else dataclasses.replace(b, name=n) for b, n in zip(benches, names)]
     for b in benches:
         check_data(b, cfg.roots)
+    remove_torn([*Path(cfg.out).glob(".*.tmp-*"), *(Path(cfg.out) / RESULTS).glob("*/.*.tmp-*")])   # a killed run's
     ctx = Context(roots=cfg.roots, cache=FeatureCache(cfg.feature_cache), batch_size=cfg.batch_size,
                   workers=cfg.workers, progress=cfg.progress, limit=cfg.limit)
     records = []
@@ -281,6 +282,6 @@ def aggregate(out: str | os.PathLike) -> "Any":
             "reason", "seconds", "n", "limit", "skipped", "metrics"]
     table = pd.DataFrame(rows, columns=cols)                          # in the order the work was done
     table["score"] = pd.to_numeric(table["score"], errors="coerce")
-    table.to_parquet(Path(out) / "aggregate.parquet", index=False)
-    table.drop(columns=["metrics"]).to_csv(Path(out) / "aggregate.csv", index=False)
+    write_file(Path(out) / "aggregate.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    write_file(Path(out) / "aggregate.csv", lambda tmp: table.drop(columns=["metrics"]).to_csv(tmp, index=False))
     return table

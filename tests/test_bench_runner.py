@@ -3,6 +3,7 @@ skips finished work; another output folder hits the feature cache; `vlm eval` ba
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import replace
 
 import pandas as pd
@@ -400,3 +401,32 @@ def test_a_small_limit_skips_what_it_leaves_too_little_of_not_the_whole_run(asse
     from dataclasses import replace                                    # the same data without the limit: scored
     whole = evaluate([assets["clip"]], benches[:1], replace(cfg, out=tmp_path / "o2", limit=None))
     assert whole.table.iloc[0]["status"] == "ok"
+
+
+def test_eval_checks_the_card_first_lists_no_match_and_keeps_tables_whole(assets, tmp_path, capsys):
+    """Found by a review: a model card with unpaired markers was refused only after the whole evaluation;
+    `vlm eval list nomatch` printed nothing and exited 0; a model name with '|' broke report.md's tables; a
+    killed run's temporary result files stayed."""
+    from benchmarks.report import report_markdown
+    from benchmarks.runner import RunConfig, evaluate
+    from vlm.cli import main
+    card = tmp_path / "lone.md"
+    card.write_text("---\nx: 1\n---\n<!-- vlm-eval results: start -->\nmine\n")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", assets["clip"], "--bench", f"wds:{assets['wds']}", "--out", str(out),
+                 "--model-card", str(card), "--quiet"]) == 2
+    assert "markers do not pair up" in capsys.readouterr().err and not (out / "results").exists()
+    assert main(["eval", "list", "nomatch*"]) == 1 and "no benchmark matches 'nomatch*'" in capsys.readouterr().err
+    (out / "results" / "x").mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    torn = out / "results" / "x" / f".wds.json.tmp-{gone.pid}"
+    torn.write_text("{")
+    from benchmarks.registry import get_benchmark
+    res = evaluate([assets["clip"]], [get_benchmark(f"wds:{assets['wds']}")],
+                   RunConfig(out=out, cache_dir=tmp_path / "cache", progress=False))
+    assert not torn.exists()
+    table = res.table.assign(model="a|b\nc")
+    lines = [ln for ln in report_markdown(table).splitlines() if ln.startswith("|")]
+    columns = lines[1].count("|")                                      # the |---|---| line under the header
+    assert all(ln.count("|") - ln.count("\\|") == columns for ln in lines[:3]), lines[:3]
