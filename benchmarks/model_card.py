@@ -240,6 +240,10 @@ def summarize(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any
     for b in benches.values():
         for m, rs in b["by_model"].items():
             seeds = [r.get("seed") for r in rs]
+            if len(seeds) > 1 and all(s is None for s in seeds):       # two runs of one thing, not seeds
+                raise UserError(f"results: {m} / {b['benchmark']} ({b['metric']}) has {len(seeds)} rows and no "
+                                f"'seed' in them (the same evaluation twice, a --limit run beside a whole one?): "
+                                f"keep one row, or give each its seed")
             if len(seeds) > 1 and None in seeds:
                 raise UserError(f"results: {m} / {b['benchmark']} ({b['metric']}) has rows with and without a "
                                 f"'seed' ({seeds}): give every row its seed, or one row")

@@ -99,6 +99,10 @@ def test_a_bad_results_row_or_card_writes_nothing(tmp_path):
                                         + json.dumps({**base, "score": 0.2}) + "\n")
     with pytest.raises(UserError, match="rows with and without a 'seed'"):        # not "2 seeds"
         attach(card, [tmp_path / "new.jsonl"], name="extra")
+    (tmp_path / "new.jsonl").write_text(json.dumps({**base, "score": 0.1}) + "\n" + json.dumps({**base, "score": 0.2})
+                                        + "\n")                               # neither has a seed: a duplicate
+    with pytest.raises(UserError, match="has 2 rows and no 'seed' in them .the same evaluation twice"):
+        attach(card, [tmp_path / "new.jsonl"], name="extra")
     assert card.read_text() == before and (tmp_path / "results" / "m.jsonl").read_text() == results
     (tmp_path / "folder.md").mkdir()
     (tmp_path / "good.jsonl").write_text(json.dumps({**base, "score": 0.1}) + "\n")
