@@ -270,3 +270,44 @@ def test_a_split_sample_or_a_gzipped_tar_reads_remotely_as_it_does_locally(tmp_p
     [remote] = stream_shard(f"pipe:cat {tmp_path}/x.tar.gz", RemoteSettings(timeout=2, retries=0))
     assert local.error == remote.reason == "bad_tar"
     assert "gzip-compressed tar" in local.message and "gzip-compressed tar" in remote.message
+
+
+def test_a_broken_header_a_misspelt_scheme_a_dead_shard_and_a_compound_pipe(tmp_path, shards, monkeypatch):
+    """Found by a review: a remote tar whose header does not parse (a flipped byte, an HTML page served as 200)
+    crashed the run (ValueError) where the local reader counts bad_tar; `htps://` was a traceback; a shard
+    that could not be opened paid its retries and back-off again on every pass (minutes to hours of silence
+    before the run's error checks could fire); a compound pipe command's children outlived the run."""
+    import tarfile
+
+    from vlm.data.reader import scan_shard
+    from vlm.data.remote import RemoteContext, shard_refs
+    from vlm.errors import UserError
+    data = bytearray((shards / "shard-000000.tar").read_bytes())
+    at = tarfile.open(shards / "shard-000000.tar").getmembers()[4].offset
+    data[at + 148:at + 156] = b"zzzzzzz\0"                                # the checksum field: not octal
+    (tmp_path / "hdr.tar").write_bytes(bytes(data))
+    local = list(scan_shard(str(tmp_path / "hdr.tar")))
+    remote = list(stream_shard(f"pipe:cat {tmp_path}/hdr.tar", RemoteSettings(timeout=2, retries=0)))
+    assert local[-1].error == remote[-1].reason == "bad_tar"
+    assert [r.key for r in local[:-1]] == [r.key for r in remote[:-1]]
+    with pytest.raises(UserError, match="htps://x/a.tar: Protocol not known: htps .a misspelt URL scheme"):
+        list(stream_shard("htps://x/a.tar", RemoteSettings(timeout=2, retries=0)))
+    import vlm.data.remote as R
+    opened = []
+
+    def counting(url, *a, **kw):
+        opened.append(url)
+        return stream_shard(url, *a, **kw)
+    monkeypatch.setattr(R, "stream_shard", counting)
+    ctx = RemoteContext(settings=RemoteSettings(timeout=1, retries=2, backoff=0.01))
+    for epoch in range(3):                                               # three passes over a failing shard
+        [ref] = list(shard_refs("pipe:false", ctx, epoch))
+        assert ref.error == REMOTE_ERROR and "`false` exited with 1" in ref.message
+    assert opened == ["pipe:false"]                                      # tried (with its retries) on the first only
+    marker = tmp_path / "child.pid"
+    refs = list(stream_shard(f"pipe:sh -c 'echo $$ > {marker}; exec sleep 60'; cat {shards}/shard-000000.tar",
+                             RemoteSettings(timeout=0.5, retries=0)))
+    assert refs[-1].reason == REMOTE_ERROR
+    child = Path(f"/proc/{int(marker.read_text())}/status")
+    time.sleep(0.2)                                                      # gone, or a zombie no one reaped
+    assert not child.exists() or "\nState:\tZ" in child.read_text(), child.read_text()

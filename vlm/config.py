@@ -256,7 +256,9 @@ def apply_override(raw: dict, item: str) -> None:
     try:
         value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError as e:
-        raise UserError(f"override '{key}': value {text!r} is not valid YAML ({e.problem})") from None
+        hint = ("; quote list items holding { } : or , (e.g. '[\"https://host/s-{000..009}.tar\"]')"
+                if any(c in text for c in "{}:,") else "")
+        raise UserError(f"override '{key}': value {text!r} is not valid YAML ({e.problem}){hint}") from None
     parts = key.split(".")
     node: Any = raw
     for i, part in enumerate(parts):

@@ -34,7 +34,9 @@ import io
 import os
 import re
 import select
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -82,7 +84,8 @@ class _Pipe:
 
     def __init__(self, cmd: str, timeout: float):
         self.err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=self.err)
+        # its own process group: a compound command (`a; b`, `aws s3 cp ... - | ...`) is killed whole on close
+        self.proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=self.err, start_new_session=True)
         self.fd, self.timeout, self.cmd = self.proc.stdout.fileno(), timeout, cmd
 
     def read(self, n: int) -> bytes:
@@ -99,8 +102,10 @@ class _Pipe:
         return data
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)      # the shell and what it started (a finished group: gone)
+        except (ProcessLookupError, PermissionError):
+            pass
         self.proc.wait()
         self.proc.stdout.close()
         self.err.close()
@@ -153,6 +158,8 @@ class _Fsspec:
             raise UserError(f"{url}: no fsspec backend for this URL ({e}); install it (e.g. pip install s3fs)") from None
         except FileNotFoundError:
             raise
+        except ValueError as e:                          # fsspec: "Protocol not known: htps"
+            raise UserError(f"{url}: {e} (a misspelt URL scheme? http, https, s3, gs, hf, pipe: ...)") from None
         except OSError as e:
             raise Cut(f"cannot open: {e}") from None
         if offset:
@@ -322,6 +329,9 @@ def stream_shard(url: str, settings: RemoteSettings, first: int = 0, stop: int |
         except FileNotFoundError as e:
             yield StreamError(index, key or "", REMOTE_ERROR, f"{url}: not found ({e})")
             return
+        except ValueError as e:                      # a header that does not parse (a flipped byte, an HTML page
+            yield StreamError(index, key or "", "bad_tar", f"{url}: not a tar from byte {offset} on ({e})")
+            return                                   # served as 200): a bad shard, as locally, not a crash
         except Cut as e:
             failures += 1
             if failures > settings.retries:
@@ -350,6 +360,10 @@ class RemoteContext:
     learned: dict[str, list] = field(default_factory=dict)
     replaying: bool = False
     pending: dict[tuple[str, int], int] = field(default_factory=dict)   # placeholders not yet consumed
+    # shards this stream could not open at all (a dead server, a failing pipe), with the error: later passes
+    # count them again at once instead of paying the retries and back-off each time (a dead server was a
+    # silent stall of minutes to hours before the run's error checks could see it)
+    dead: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def drain(self) -> dict[str, list]:
         out, self.learned = self.learned, {}
@@ -404,10 +418,18 @@ def shard_refs(url: str, ctx: RemoteContext, epoch: int) -> Iterator:
             i += 1
         if i >= n:
             return
+    if i == 0 and url in ctx.dead:
+        reason, message = ctx.dead[url]
+        yield SampleRef(url, "", (), reason, message, epoch=epoch, index=0)
+        return
     err_at, reason, message = None, None, None
     for s in stream_shard(url, ctx.settings, first=i):
         if isinstance(s, StreamError):
             err_at, reason, message = s.index, s.reason, s.message
+            if s.index == 0 and s.reason == REMOTE_ERROR:
+                ctx.dead[url] = (reason, message)
+                print(f"warning: {message}; counted as {REMOTE_ERROR} (this reader does not try it again)",
+                      file=sys.stderr, flush=True)
             yield SampleRef(url, s.key, (), s.reason, s.message, epoch=epoch, index=s.index)
             i = s.index + 1
             break
