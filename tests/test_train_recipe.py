@@ -258,6 +258,17 @@ def test_odd_run_folders_and_logs(tmp_path, world):
     assert (run / METRICS).read_text().splitlines() == rows[:2]
     RunLog(run, True, resume_step=None)._jsonl.close()                           # from scratch: a new file
     assert (run / METRICS).read_text() == ""
+    # under torchrun: rank 1's bad data ended the run, rank 0 failed in a collective (gloo "Connection closed by
+    # peer"); train.log's last line and the error event were rank 0's side effect, not the cause
+    main, other = RunLog(run, True, resume_step=None, rank=0, world_size=2), RunLog(run, False, rank=1, world_size=2)
+    other.failed(UserError("62 of 975 samples failed (6.4% > max_error_rate 5.0%)"))
+    main.failed(RuntimeError("[pair.cc:561] Connection closed by peer"), wait=0.5)
+    main.close()
+    log = (run / "train.log").read_text().splitlines()
+    assert log[-1].endswith("error: rank 1: 62 of 975 samples failed (6.4% > max_error_rate 5.0%)"), log
+    assert "(rank 0, after another rank failed) RuntimeError: [pair.cc:561] Connection closed" in log[-2]
+    event = json.loads((run / METRICS).read_text().splitlines()[-1])
+    assert event["event"] == "error" and event["message"].startswith("rank 1: 62 of 975")
     # the per-rank sample log: a torn line stopped --resume with a JSON traceback; rewritten atomically like
     # metrics.jsonl (a kill while it was rewritten in place left it empty)
     from vlm.train.logging import SampleLog

@@ -24,14 +24,20 @@ from vlm.errors import UserError
 METRICS, TEXT_LOG, PLOT = "metrics.jsonl", "train.log", "loss_lr.png"
 
 
+RANK_ERROR = ".error-rank"             # RUN/.error-rankN: the error that ended rank N (N > 0), for rank 0's log
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None, wandb: dict | None = None):
-        self.run_dir, self.enabled = Path(run_dir), enabled
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None, wandb: dict | None = None,
+                 rank: int = 0, world_size: int = 1):
+        self.run_dir, self.enabled, self.rank, self.world_size = Path(run_dir), enabled, rank, world_size
         self.bar: tqdm | None = None
         self._tb = self._wandb = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.run_dir.glob(f"{RANK_ERROR}*"):       # an earlier run's
+            old.unlink(missing_ok=True)
         if resume_step is not None:
             self._truncate(resume_step)
         # from a checkpoint: its rows are kept (truncated above); from scratch: an earlier attempt's rows go
@@ -71,14 +77,41 @@ class RunLog:
         self._write({"event": kind, "time": time.time(), **fields})
         self.info(message)
 
-    def failed(self, error: BaseException) -> None:
-        """The error that ended the run, in train.log and metrics.jsonl (the CLI prints it, so not printed here)."""
-        if not self.enabled:
-            return
+    def failed(self, error: BaseException, wait: float = 5.0) -> None:
+        """The error that ended the run, in train.log and metrics.jsonl (the CLI prints it, so not printed here).
+        Under torchrun the other ranks leave theirs in the run folder: when rank 0's own error is not the cause
+        (a collective whose peer is gone), the cause another rank gave is the last line and the event."""
         message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}".splitlines()[0]
-        self._write({"event": "error", "time": time.time(), "message": message})
-        self._text.write(f"[{time.strftime('%H:%M:%S')}] error: {message}\n")
+        if not self.enabled:
+            if self.rank > 0:
+                try:
+                    write_text(self.run_dir / f"{RANK_ERROR}{self.rank}",
+                               json.dumps({"rank": self.rank, "message": message, "user": isinstance(error, UserError)}))
+                except OSError:
+                    pass
+            return
+        causes = [] if isinstance(error, UserError) or self.world_size == 1 else self._other_ranks_errors(wait)
+        lines = [message] + [f"rank {c['rank']}: {c['message']}" for c in causes]
+        if causes:
+            lines[0] = f"(rank 0, after another rank failed) {message}"
+        self._write({"event": "error", "time": time.time(), "message": lines[-1]})
+        for line in lines:
+            self._text.write(f"[{time.strftime('%H:%M:%S')}] error: {line}\n")
         self._text.flush()
+
+    def _other_ranks_errors(self, wait: float) -> list[dict]:
+        """Errors other ranks left (those that are bad input first), waiting up to `wait` s for one to appear."""
+        deadline = time.time() + wait
+        while True:
+            found = []
+            for p in sorted(self.run_dir.glob(f"{RANK_ERROR}*")):
+                try:
+                    found.append(json.loads(p.read_text()))
+                except (OSError, ValueError):
+                    continue
+            if found or time.time() >= deadline:
+                return sorted(found, key=lambda c: not c.get("user"))[:1]
+            time.sleep(0.2)
 
     def metrics(self, row: dict) -> None:
         if not self.enabled:

@@ -318,7 +318,8 @@ class Trainer:
     def _open_logs(self, resume_step: int | None) -> None:
         rt = self.recipe.runtime
         wandb = {"project": rt.wandb_project, **self.recipe.to_dict()} if rt.wandb else None
-        self.log = RunLog(self.run_dir, self.d.is_main, resume_step, wandb)
+        self.log = RunLog(self.run_dir, self.d.is_main, resume_step, wandb, rank=self.d.rank,
+                          world_size=self.d.world_size)
         if rt.log_samples:
             self.samples = SampleLog(self.run_dir, self.d.rank, resume_step)
         if self.d.is_main:
