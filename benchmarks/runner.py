@@ -165,8 +165,8 @@ def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) ->
             raise
         # a quick look under a small --limit: a benchmark the limit leaves too little to score (an MMEB set with
         # no query, one retrieval pair) is not applicable at that limit, not the end of the whole run
-        rec |= dict(status="skipped", reason=f"--limit {cfg.limit} leaves too little to score: {e}", score=None,
-                    metrics={}, seconds=0.0, finished=time.time())
+        rec |= {"status": "skipped", "reason": f"--limit {cfg.limit} leaves too little to score: {e}", "score": None,
+                "metrics": {}, "seconds": 0.0, "finished": time.time()}
         _write_json(rec_path, rec)
         return rec
     seconds = time.perf_counter() - t0

@@ -319,7 +319,7 @@ def test_an_undecodable_image_is_skipped_and_counted_not_the_end_of_the_benchmar
     assert rows[0]["skipped"] == "bad_image 1" and "limit" not in rows[0] and rows[1]["limit"] == 3
     report = report_markdown(res.table)
     assert "## Items not scored" in report and "bad_image 1" in report
-    import pandas as pd                      # one table with both rows: counts stay counts (100.000 before)
+    # one table with both rows: counts stay counts (100.000 before)
     both = report_markdown(pd.concat([res.table, limited.table], ignore_index=True)).split("## Items not scored")[1]
     assert "| 3 | 3 | - |" in both and ".000 |" not in both.split("\n\n")[1], both
     assert "; not scored: bad_image 1" in (tmp_path / "out" / "report.html").read_text()
@@ -336,10 +336,10 @@ def test_nothing_applicable_is_said_and_exits_2(assets, tmp_path, capsys):
 
 def test_repeated_suites_are_all_evaluated():
     """`--suite a --suite b` ran only b, without a word."""
-    from benchmarks.config import EvalConfig
-    from benchmarks.registry import get_suite, resolve
     import argparse
 
+    from benchmarks.config import EvalConfig
+    from benchmarks.registry import get_suite, resolve
     from vlm.config import add_config_flags, config_from_args
     parser = argparse.ArgumentParser()
     add_config_flags(parser, EvalConfig)
@@ -398,7 +398,7 @@ def test_a_small_limit_skips_what_it_leaves_too_little_of_not_the_whole_run(asse
     rows = res.table.set_index("benchmark")
     assert rows.loc["sw-mmeb", "status"] == "skipped" and "--limit 1 leaves too little" in rows.loc["sw-mmeb", "reason"]
     assert rows.loc["sw-shapes", "status"] == "ok" and (tmp_path / "out" / "report.md").is_file()
-    from dataclasses import replace                                    # the same data without the limit: scored
+    # the same data without the limit: scored
     whole = evaluate([assets["clip"]], benches[:1], replace(cfg, out=tmp_path / "o2", limit=None))
     assert whole.table.iloc[0]["status"] == "ok"
 

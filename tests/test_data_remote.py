@@ -283,7 +283,8 @@ def test_a_broken_header_a_misspelt_scheme_a_dead_shard_and_a_compound_pipe(tmp_
     from vlm.data.remote import RemoteContext, shard_refs
     from vlm.errors import UserError
     data = bytearray((shards / "shard-000000.tar").read_bytes())
-    at = tarfile.open(shards / "shard-000000.tar").getmembers()[4].offset
+    with tarfile.open(shards / "shard-000000.tar") as tf:
+        at = tf.getmembers()[4].offset
     data[at + 148:at + 156] = b"zzzzzzz\0"                                # the checksum field: not octal
     (tmp_path / "hdr.tar").write_bytes(bytes(data))
     local = list(scan_shard(str(tmp_path / "hdr.tar")))

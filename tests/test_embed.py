@@ -359,7 +359,9 @@ def test_index_choice_follows_count_and_budget():
     assert choose(1_000_000, 64, parse_bytes("400M")).factory == "HNSW20"
     small = choose(1_000_000, 64, parse_bytes("40M"))
     assert small.kind == "ivfpq" and small.bytes <= parse_bytes("40M")
-    from vlm.errors import UserError      # 40 vectors as IVF-PQ: faiss's training traceback before; one line now
+    from vlm.errors import (
+        UserError,  # 40 vectors as IVF-PQ: faiss's training traceback before; one line now
+    )
     with pytest.raises(UserError, match="IVF-PQ index needs at least 256 vectors to train, this one has 40"):
         choose(40, 64, parse_bytes("4G"), kind="ivfpq")
 
@@ -736,14 +738,14 @@ def test_a_resume_onto_other_input_settings_or_files_is_refused(setup, tmp_path,
     shards = tmp_path / "in"
     shutil.copytree(world, shards)
     out = tmp_path / "e"
-    base = dict(model=str(ckpt), input=str(shards), out=str(out), part_size=12)
+    base = {"model": str(ckpt), "input": str(shards), "out": str(out), "part_size": 12}
     export(config(**base))
     export(config(**base, instruction=""))                       # "" embeds as no instruction: the same export
     for kw, message in (({"dtype": "bfloat16"}, "compute_dtype ('float32' -> 'bfloat16')"),
                         ({"batch_size": 3}, "batch_size (4 -> 3)")):
         with pytest.raises(UserError, match=f"other settings: {message.replace('(', '.').replace(')', '.')}"):
             export(config(**base, **kw))
-    first = sorted(shards.glob("*.tar"))[0]
+    first = min(shards.glob("*.tar"))
     data = first.read_bytes()
     first.write_bytes(data.replace(b"a red circle", b"a rex circle", 1))   # the same size, other bytes
     with pytest.raises(UserError, match=r"input .*\.tar changed since the export began \(the same size, other "
@@ -762,7 +764,7 @@ def test_a_resume_onto_other_input_settings_or_files_is_refused(setup, tmp_path,
     Image.new("RGB", (32, 32), "red").save(os.fsdecode(bytes(media) + b"/bad\xffname.png"), format="PNG")
     import inspect
 
-    import vlm.embed                         # from Python: the documented call (its lazy name was the submodule's)
+    import vlm.embed  # from Python: the documented call (its lazy name was the submodule's)
     vlm.embed.export_embeddings(str(ckpt), str(media), str(tmp_path / "m"), num_workers=0, progress=False)
     assert inspect.ismodule(vlm.embed.export) and inspect.isfunction(vlm.embed.export_embeddings)
     with pytest.raises(UserError, match="embed setting 'modalty' is unknown"):
@@ -787,7 +789,7 @@ def test_an_index_of_another_model_or_of_missing_shards_is_refused(tmp_path, cap
     out = fake_export(tmp_path / "e", x)
     build_index(out, kind="hnsw", quiet=True)
     q = unit_rows(3, 16, 1)
-    scores, ids = open_index(out).search(q, 300)                 # efSearch 16 or so: still 300 rows each
+    _, ids = open_index(out).search(q, 300)                      # efSearch 16 or so: still 300 rows each
     assert (ids >= 0).all() and ids.shape == (3, 300)
     assert np.array_equal(np.sort(ids[:, :5], 1), np.sort(np.argsort(-(q @ x.T), 1)[:, :5], 1))
     run = json.loads((out / "run.json").read_text())
