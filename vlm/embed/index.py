@@ -67,7 +67,7 @@ def modalities_of(folder: Path) -> list[str]:
 
 
 def size_text(n: int) -> str:
-    """Bytes in the largest binary unit that keeps a whole number of them (1K, 3.5M -> 3584K, 4G)."""
+    """Bytes in the largest binary unit they reach, to one decimal: 1 KiB, 3.5 MiB, 4 GiB."""
     for unit in ("T", "G", "M", "K"):
         if n >= UNITS[unit]:
             return f"{n / UNITS[unit]:.1f} {unit}iB".replace(".0 ", " ")
