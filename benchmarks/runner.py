@@ -165,7 +165,7 @@ def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) ->
             raise
         # a quick look under a small --limit: a benchmark the limit leaves too little to score (an MMEB set with
         # no query, one retrieval pair) is not applicable at that limit, not the end of the whole run
-        rec |= {"status": "skipped", "reason": f"--limit {cfg.limit} leaves too little to score: {e}", "score": None,
+        rec |= {"status": "skipped", "reason": f"under --limit {cfg.limit}: {e}", "score": None,
                 "metrics": {}, "seconds": 0.0, "finished": time.time()}
         _write_json(rec_path, rec)
         return rec
