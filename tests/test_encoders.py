@@ -133,10 +133,22 @@ def test_large_presets_shapes_on_meta() -> None:
 
 
 # ------------------------------------------------------------------- preprocessing
-def test_image_preprocess_settings(image: Image.Image) -> None:
-    enc = build_encoder(
-        "timm:vit_tiny_patch16_224.augreg_in21k", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2
-    )
+def test_image_preprocess_settings(image: Image.Image, tmp_path) -> None:
+    """A weights tag gives the preprocessing; without a weights file it is refused (random weights were built
+    without a word, where `vlm eval` refuses the same tag); hub names are refused before timm goes online."""
+    from safetensors.torch import save_file
+
+    from vlm.errors import UserError
+    arch = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    plain = build_encoder("timm:vit_tiny_patch16_224", **arch)
+    save_file({k: v.contiguous() for k, v in plain.model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    for name in ("timm:vit_tiny_patch16_224.augreg_in21k", "open_clip:ViT-B-32.openai"):
+        with pytest.raises(UserError, match=r"names pretrained weights, which are not downloaded; give them as weights="):
+            build_encoder(name, **(arch if name.startswith("timm") else {}))
+    with pytest.raises(UserError, match="a hub or local-dir name makes timm download"):
+        build_encoder("timm:hf-hub:timm/vit_tiny_patch16_224.augreg_in21k")
+    enc = build_encoder("timm:vit_tiny_patch16_224.augreg_in21k", weights=str(tmp_path / "w.safetensors"), **arch)
+    assert all(torch.equal(a, b) for a, b in zip(enc.model.state_dict().values(), plain.model.state_dict().values()))
     pre = enc.preprocess
     assert pre.size == (32, 32) and pre.mean == (0.5, 0.5, 0.5) and pre.interpolation == "bicubic"
     assert pre(image.convert("L")).shape == (3, 32, 32)  # converted to RGB

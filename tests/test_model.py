@@ -321,6 +321,13 @@ def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
 def test_unknown_encoder_is_an_error_naming_it():
     with pytest.raises(UserError, match="no-such-encoder"):
         build("llava", vision="no-such-encoder", llm="tiny:llama")
+    # found by a review: an image encoder in the audio slot trained (every audio sample then failed, chat was a
+    # TypeError traceback); `hf: DIR` (YAML's mapping) was a KeyError traceback
+    with pytest.raises(UserError, match="encoder 'audio': tiny-clip is an image encoder, not one for audio"):
+        build("llava", vision="tiny-clip", audio="tiny-clip", llm="tiny:llama")
+    with pytest.raises(UserError, match=r"encoder 'image': \{'hf': '/x'\} names no encoder"):
+        build("llava", vision={"hf": "/x"}, llm="tiny:llama")
+    build("llava", vision="tiny-clip", music="whisper:tiny", llm="tiny:llama")      # a waveform encoder for music
 
 
 def test_cli_lists_and_help(capsys):

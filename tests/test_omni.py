@@ -288,3 +288,17 @@ def test_omni_batches_mixing_clips_images_and_text_train_under_ddp_and_fsdp2(tmp
         assert sorted(two) == [1, 2]
         for s in one:
             assert abs(one[s]["loss"] - two[s]["loss"]) < 1e-5, (strategy, s, one[s]["loss"], two[s]["loss"])
+
+
+def test_chat_with_a_file_that_is_not_a_video_is_one_line(omni, tmp_path, capsys):
+    """Found by a review: the omni connector decodes the clip inside the model, and its MediaError was a
+    traceback from `vlm chat` (a llava-video checkpoint said it in one line)."""
+    import soundfile as sf
+
+    from vlm.cli import main
+    ckpt = omni.save_pretrained(tmp_path / "omni")
+    sf.write(str(tmp_path / "a.flac"), np.zeros(1600, np.float32), 16000)
+    capsys.readouterr()
+    assert main(["chat", str(ckpt), "<video> What?", "--video", str(tmp_path / "a.flac")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot decode video" in err[0], err

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from vlm.modalities import MODALITIES
+from vlm.modalities import MODALITIES, MediaError
 
 
 def _listers() -> dict:
@@ -77,7 +77,7 @@ def cmd_export(args) -> int:
 def _read_media(kind: str, path: str):
     """A media file from the command line, decoded as the data pipeline decodes it (the modality table)."""
     from vlm.errors import UserError
-    from vlm.modalities import MediaError, read_file
+    from vlm.modalities import read_file
     try:
         return read_file(kind, path)
     except MediaError as e:
@@ -103,8 +103,11 @@ def cmd_chat(args) -> int:
         raise UserError(f"{args.ckpt}: not a multimodal LM but a {type(model).__name__} (e.g. a music encoder): "
                         f"it has no LLM to chat with")
     media = {k: [_read_media(k, f) for f in getattr(args, k) or []] for k in MODALITIES}
-    answer = model.chat(args.prompt, {k: v for k, v in media.items() if v}, max_new_tokens=args.max_new_tokens,
-                        do_sample=args.temperature > 0, temperature=max(args.temperature, 1e-5))
+    try:
+        answer = model.chat(args.prompt, {k: v for k, v in media.items() if v}, max_new_tokens=args.max_new_tokens,
+                            do_sample=args.temperature > 0, temperature=max(args.temperature, 1e-5))
+    except MediaError as e:              # decoded in the model's connector (omni's video soundtrack ...)
+        raise UserError(str(e)) from None
     print(answer)
     return 0
 

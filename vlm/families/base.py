@@ -156,6 +156,10 @@ def check_count(name: str, value: int | None, none: bool = True) -> None:
     raise UserError(f"{name}: an integer >= 1{' or null' if none else ''}, got {value!r}")
 
 
+# what a modality's encoder slot takes (a waveform encoder serves audio and music alike)
+SLOT_TAKES = {"image": ("image",), "video": ("video",), "audio": ("audio", "music"), "music": ("music", "audio")}
+
+
 def build_multimodal(family: str, llm: str | dict, encoders: dict[str, str | dict], media: dict[str, dict],
                      route: dict | None = None, llm_mode: str = "frozen", lora: dict | None = None,
                      system: str | None = None, seed: int | None = 0) -> MultimodalLM:
@@ -169,7 +173,14 @@ def build_multimodal(family: str, llm: str | dict, encoders: dict[str, str | dic
     encs = {}
     for name, spec in encoders.items():
         kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
+        if not isinstance(kw.get("name"), str) or not kw["name"]:     # `hf: DIR` reads as YAML {hf: DIR}
+            raise UserError(f"encoder '{name}': {spec!r} names no encoder (a string like hf:DIR, or a mapping with "
+                            f"'name'; in YAML, no space after the colon of hf:DIR)")
         encs[name] = build_encoder(kw.pop("name"), **kw)
+        takes = SLOT_TAKES.get(name)
+        if takes is not None and encs[name].modality not in takes:    # a CLIP folder as the audio encoder: every
+            raise UserError(f"encoder '{name}': {encs[name].name} is an {encs[name].modality} encoder, not one "
+                            f"for {name} ({' or '.join(takes)})")    # sample failed, or a traceback at chat
     cfg = ModelConfig(family=family, llm={}, encoders={}, media={m: dict(c) for m, c in media.items()},
                       route=dict(route or {"type": "plain"}), llm_mode=llm_mode, lora=lora, system=system)
     return MultimodalLM(cfg, model, tok, encs)
