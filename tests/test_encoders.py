@@ -139,7 +139,7 @@ def test_image_preprocess_settings(image: Image.Image, tmp_path) -> None:
     from safetensors.torch import save_file
 
     from vlm.errors import UserError
-    arch = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    arch = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
     plain = build_encoder("timm:vit_tiny_patch16_224", **arch)
     save_file({k: v.contiguous() for k, v in plain.model.state_dict().items()}, str(tmp_path / "w.safetensors"))
     for name in ("timm:vit_tiny_patch16_224.augreg_in21k", "open_clip:ViT-B-32.openai"):
