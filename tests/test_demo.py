@@ -116,3 +116,25 @@ def test_a_demo_refuses_before_any_work_what_would_reuse_or_overwrite_the_wrong_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
     assert not data.exists() and (mine / "train" / "shard-000000.tar").read_bytes() == b"precious"
+
+
+def test_a_demo_whose_data_set_was_rebuilt_in_place_is_refused(tmp_path, capsys):
+    """Found by a review: `vlm data build` into the demo's --data with another seed, then a demo rerun: the
+    model trained on the old data was reused and its results printed as the new data's."""
+    import json
+
+    from vlm.cli import main
+    from vlm.data.cli import BuildConfig, build_if_absent
+    from vlm.demo import DATA_FILE, check_same_data
+    out, data = tmp_path / "demo", tmp_path / "sw"
+    build_if_absent(BuildConfig(out=str(data), samples=40, seed=0, eval_per_task=2))
+    check_same_data(data, out / DATA_FILE, trained=False)                  # what the first run records
+    recorded = json.loads((out / DATA_FILE).read_text())["index_sha256"]
+    check_same_data(data, out / DATA_FILE, trained=True)                   # the same data: fine
+    (out / "llava-tiny" / "final").mkdir(parents=True)
+    (out / "llava-tiny" / "final" / "config.json").write_text("{}")
+    (data / "index.json").write_text((data / "index.json").read_text().replace('"seed": 0', '"seed": 1'))
+    assert main(["demo", "--out", str(out), "--data", str(data), "--samples", "40"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the data set the demo" in err[0], err
+    assert json.loads((out / DATA_FILE).read_text())["index_sha256"] == recorded

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from vlm.atomic import write_text
 from vlm.config import add_config_flags, config_from_args, read_yaml, save_config
 from vlm.errors import UserError
 
@@ -51,6 +52,30 @@ def check_same_run(cfg: DemoConfig, saved: Path) -> None:
                         f"give another --out, or remove {saved.parent} to start again")
 
 
+DATA_FILE = "demo_data.json"            # OUT/demo_data.json: the identity of the data set the model was trained on
+
+
+def data_identity(data: Path) -> str:
+    import hashlib
+    return hashlib.sha256((data / "index.json").read_bytes()).hexdigest()[:16]
+
+
+def check_same_data(data: Path, saved: Path, trained: bool) -> None:
+    """The data set at --data rebuilt in place since the demo's model was trained on it (another seed or
+    sample count given to `vlm data build`): refused, as other settings are; recorded on the first run."""
+    import json
+    now = data_identity(data)
+    if saved.is_file():
+        before = json.loads(saved.read_text()).get("index_sha256")
+        if trained and before != now:
+            raise UserError(f"{data} is not the data set the demo in {saved.parent} was trained on (its index.json "
+                            f"changed since); give another --out, or remove {saved.parent} to start again")
+        if before == now:
+            return
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    write_text(saved, json.dumps({"data": str(data), "index_sha256": now}))
+
+
 def run(cfg: DemoConfig) -> int:
     from benchmarks.cli import check_something_applied, say_records
     from benchmarks.registry import resolve
@@ -76,6 +101,7 @@ def run(cfg: DemoConfig) -> int:
             raise UserError(f"{out} already holds a demo whose model was trained with another recipe: '{where[0]}' "
                             f"({where[1]!r} -> {where[2]!r}); give another --out, or remove {out} to start again")
     build_if_absent(BuildConfig(out=str(data), samples=cfg.samples, seed=cfg.seed))
+    check_same_data(data, out / DATA_FILE, trained=(final / "config.json").exists())
     recipe = load_recipe(cfg.recipe, overrides)
     save_config(cfg, out / "demo_config.yaml")
     if not (final / "config.json").exists():
