@@ -146,6 +146,14 @@ class TimmEncoder(Encoder, kind="timm"):
         )
 
 
+def _check_tag_has_weights(name: str, tag: str | None, weights: str | None) -> None:
+    """A pretrained-weights tag (`.openai`, `.augreg_in21k`) without a local weights file: refused (nothing is
+    downloaded, so the encoder would have random weights under a name that says otherwise)."""
+    if tag and not weights:
+        raise UserError(f"{name}: '.{tag}' names pretrained weights, which are not downloaded; give them as "
+                        f"weights=<file.safetensors>, or drop '.{tag}' for random weights")
+
+
 @register_encoder(
     "timm:", "image", "any timm model, random init or weights=<file.safetensors>: timm:<model_name>[.<tag>]"
 )
@@ -153,10 +161,7 @@ def build_timm(target: str, *, weights: str | None = None, feature_layer: int | 
     if target.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         raise UserError(f"timm:{target}: a hub or local-dir name makes timm download or read its config; build the "
                         f"architecture by name (timm:<model_name>) with weights=<file.safetensors>")
-    tag = target.partition(".")[2]
-    if tag and not weights:           # timm builds the architecture and ignores the tag: random weights unsaid
-        raise UserError(f"timm:{target}: '.{tag}' names pretrained weights, which are not downloaded; give them as "
-                        f"weights=<file.safetensors>, or drop '.{tag}' for random weights")
+    _check_tag_has_weights(f"timm:{target}", target.partition(".")[2], weights)   # timm ignores the tag
     keep_prefix = kw.pop("keep_prefix", True)
     enc = TimmEncoder(f"timm:{target}", target, kw, None, -1 if feature_layer is None else feature_layer, keep_prefix)
     if weights:
@@ -348,9 +353,7 @@ def build_open_clip(target: str, *, weights: str | None = None, feature_layer: i
     tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else None
     if tag and not tag_cfg:
         raise UserError(f"unknown open_clip weights tag {tag!r} for {arch!r}")
-    if tag and not weights:           # the tag gives the preprocessing only: random weights unsaid
-        raise UserError(f"open_clip:{target}: '.{tag}' names pretrained weights, which are not downloaded; give them "
-                        f"as weights=<file.safetensors>, or drop '.{tag}' for random weights")
+    _check_tag_has_weights(f"open_clip:{target}", tag, weights)         # the tag gives the preprocessing only
     return _openclip_encoder(f"open_clip:{target}", model_cfg, tag_cfg, weights, feature_layer, **kw)
 
 

@@ -28,6 +28,18 @@ def this_host() -> str:
     return socket.gethostname()
 
 
+def owner_tag() -> str:
+    """`PID@HOST` of this process: what a temporary folder's name carries after its prefix (+ `-XXXX`)."""
+    return f"{os.getpid()}@{this_host()}"
+
+
+def left_by_dead_process(tag: str) -> bool:
+    """Whether `PID@HOST-XXXX` (a temporary folder's name after its prefix) names a process of this host that
+    no longer runs (its folder is a leftover; one of another host of a shared file system cannot be judged)."""
+    pid, _, rest = tag.partition("@")
+    return pid.isdigit() and rest.rpartition("-")[0] == this_host() and not running(int(pid))
+
+
 def running(pid: int) -> bool:
     """Whether process `pid` runs on this machine (this process counts as running)."""
     if pid == os.getpid():
@@ -128,8 +140,7 @@ def _remove_torn_folders(parent: Path, name: str) -> None:
     """`.NAME.tmp-PID@HOST-XXXX` folders of write_folder calls killed on this host (a model's worth of disk)."""
     prefix = f".{name}{TMP_MARK}"
     for p in parent.glob(f"{prefix}*@*"):
-        pid, _, rest = p.name[len(prefix):].partition("@")
-        if pid.isdigit() and rest.rpartition("-")[0] == this_host() and not running(int(pid)) and p.is_dir():
+        if left_by_dead_process(p.name[len(prefix):]) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -143,7 +154,7 @@ def write_folder(path: str | os.PathLike, write) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         recover_replaced(path.parent, path.name)
         _remove_torn_folders(path.parent, path.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}@{this_host()}-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}{owner_tag()}-", dir=path.parent))
     except OSError as e:                       # a file where a folder of the path should be, no permission ...
         raise UserError(f"cannot create {path}: {e.strerror or e} ({e.filename or path.parent})") from None
     try:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from vlm.atomic import running, this_host, write_text
+from vlm.atomic import left_by_dead_process, owner_tag, write_text
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, media_order, placeholder_modalities
 
@@ -334,7 +334,6 @@ def _task_of(encoded: dict[str, Any], meta: dict[str, Any]) -> str:
 STAGING = ".partial-"                 # <out_dir>/.partial-<pid>@<host>-<random>: a writer's shards until it closes
 STALE_SECONDS = 24 * 3600             # a staging folder untouched this long is a killed writer's
 PUBLISHING = ".publishing"            # <out_dir>/.publishing: shards are being moved in (pid@host inside)
-_STAGE_RE = re.compile(rf"^{re.escape(STAGING)}(\d+)@(.+)-[^-]+$")
 
 
 def _remove_stale_staging(out_dir: str) -> None:
@@ -345,9 +344,7 @@ def _remove_stale_staging(out_dir: str) -> None:
         path = os.path.join(out_dir, name)
         if not (name.startswith(STAGING) and os.path.isdir(path)):
             continue
-        m = _STAGE_RE.match(name)
-        dead_here = m is not None and m.group(2) == this_host() and not running(int(m.group(1)))
-        if dead_here or time.time() - os.path.getmtime(path) > STALE_SECONDS:
+        if left_by_dead_process(name[len(STAGING):]) or time.time() - os.path.getmtime(path) > STALE_SECONDS:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -397,7 +394,7 @@ class ShardWriter:
         except OSError as e:
             raise UserError(f"cannot create output folder {self.out_dir}: {e.strerror}") from e
         _remove_stale_staging(self.out_dir)
-        self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}@{this_host()}-", dir=self.out_dir)
+        self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{owner_tag()}-", dir=self.out_dir)
         self.replaced: int | None = None       # samples of the data set this one replaced (None: there was none)
         self.pattern = pattern or f"{prefix}-%06d.tar"
         self.validate = validate
@@ -488,7 +485,7 @@ class ShardWriter:
         """`_publish`'s renames and removals (with the folder locked), inside a journal: a kill among the renames
         leaves `.publishing`, and readers refuse the folder (`check_not_torn`) until a writer finishes into it."""
         self.replaced = _samples_in(os.path.join(self.out_dir, "index.json"))
-        journal = write_text(os.path.join(self.out_dir, PUBLISHING), f"{os.getpid()}@{this_host()}\n")
+        journal = write_text(os.path.join(self.out_dir, PUBLISHING), f"{owner_tag()}\n")
         for s in self.shards:
             os.replace(os.path.join(self.stage_dir, s["file"]), os.path.join(self.out_dir, s["file"]))
         os.replace(os.path.join(self.stage_dir, "index.json"), os.path.join(self.out_dir, "index.json"))
