@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from encoders.base import Encoder, GridTokens, ImagePreprocess, TokenCount, preprocess_from_dict
 from encoders.registry import check_config_options, register_encoder
 from vlm.errors import UserError
+from vlm.hub import offline, open_clip_hub_names, require_local
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -182,7 +183,7 @@ def tiny_vit(*, weights: str | None = None, feature_layer: int | None = None, **
 
 
 # ------------------------------------------------------------------------ open_clip
-def openclip_from_cfg(model_cfg: dict[str, Any]) -> nn.Module:
+def openclip_from_cfg(model_cfg: dict[str, Any], name: str = "") -> nn.Module:
     """An open_clip model from its config dict, random weights (what ``create_model`` builds
     with ``pretrained=None`` in fp32, without any hub access)."""
     from open_clip.coca_model import CoCa
@@ -197,10 +198,11 @@ def openclip_from_cfg(model_cfg: dict[str, Any]) -> nn.Module:
         text_cfg["hf_model_pretrained"] = False
     custom_text = cfg.pop("custom_text", False) or "hf_model_name" in text_cfg
     model_class = (CoCa if "multimodal_cfg" in cfg else CustomTextCLIP) if custom_text else CLIP
-    try:
+    names = open_clip_hub_names(cfg)
+    names.pop("tokenizer", None)                        # the model alone: its tokenizer is not built here
+    require_local(f"open_clip model {name}" if name else "open_clip model", names)
+    with offline():
         return model_class(**cfg)
-    except OSError as err:  # an HF text tower whose config is not in the local cache
-        raise UserError(f"open_clip model needs files that are not local: {str(err).splitlines()[0]}") from err
 
 
 def openclip_preprocess(model_cfg: dict[str, Any], tag_cfg: dict[str, Any] | None) -> ImagePreprocess:
@@ -244,7 +246,7 @@ class OpenClipEncoder(Encoder, kind="open_clip"):
         self.model_cfg = copy.deepcopy(model_cfg)
         self.preprocess = preprocess
         self.keep_text = keep_text
-        model = openclip_from_cfg(self.model_cfg)
+        model = openclip_from_cfg(self.model_cfg, name)
         if keep_text:
             self.clip_model: nn.Module | None = model
         else:

@@ -810,3 +810,17 @@ def test_an_index_of_another_model_or_of_missing_shards_is_refused(tmp_path, cap
     (tmp_path / "s" / "index.json").write_text(json.dumps({"splits": {"train": 4}}))
     with pytest.raises(UserError, match="a data set's root folder, not shards; give one of its split folders"):
         expand_shards(str(tmp_path / "s"))
+
+
+def test_an_open_clip_model_whose_tokenizer_is_on_the_hub_is_refused_before_the_network(tmp_path, monkeypatch):
+    """`Embedder.load("open_clip:ViT-B-16-SigLIP")` (its tokenizer: the hub's timm/ViT-B-16-SigLIP) retried
+    huggingface.co for a minute, then raised transformers' OSError: one line naming the model now, nothing
+    tried."""
+    from test_encoders import no_network
+
+    from vlm.embed.backends import OpenClipBackend
+    from vlm.errors import UserError
+    no_network(monkeypatch, tmp_path)
+    with pytest.raises(UserError, match="open_clip:ViT-B-16-SigLIP: its tokenizer is the Hugging Face model "
+                                        "'timm/ViT-B-16-SigLIP', which is not on this machine"):
+        OpenClipBackend("open_clip:ViT-B-16-SigLIP")

@@ -258,6 +258,44 @@ def test_open_clip_prefix_from_added_config(tmp_path: Path, image: Image.Image) 
     assert visual_only.clip_model is None and not any(k.startswith("clip_model.") for k in visual_only.state_dict())
 
 
+def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Sockets that refuse to connect and an empty Hugging Face cache: what a machine without a network has."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise OSError("this test has no network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+
+
+def test_open_clip_text_tower_on_the_hub_is_refused_and_a_local_one_builds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open_clip architecture whose text tower is a Hugging Face model (roberta-ViT-B-32) tried the
+    network (a minute of retries, then a traceback): refused at once, naming the model; the same kind of
+    architecture with its text tower in a local folder builds with no network."""
+    import open_clip
+    from transformers import BertConfig
+
+    no_network(monkeypatch, tmp_path)
+    with pytest.raises(UserError, match="text tower is the Hugging Face model 'roberta-base', which is not on"):
+        build_encoder("open_clip:roberta-ViT-B-32")
+    BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=32).save_pretrained(tmp_path / "bert")
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+           "text_cfg": {"hf_model_name": str(tmp_path / "bert"), "hf_model_pretrained": False,
+                        "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler", "context_length": 16}}
+    (tmp_path / "Local-Bert-CLIP.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "Local-Bert-CLIP.json")
+    enc = build_encoder("open_clip:Local-Bert-CLIP").eval()
+    with torch.no_grad():
+        text = enc.clip_model.encode_text(torch.tensor([[1, 5, 7, 2]]))
+    assert text.shape == (1, 16) and torch.isfinite(text).all()
+
+
 def test_video_prefix(mp4: Path) -> None:
     enc = build_encoder("video:tiny-clip", num_frames=3, temporal="sinusoidal").eval()
     clip = enc.preprocess(mp4.read_bytes())  # from bytes this time

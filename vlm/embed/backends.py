@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from vlm.embed.items import Item, read_media
 from vlm.errors import UserError
+from vlm.hub import offline, open_clip_hub_names, require_local
 from vlm.modalities import short_error
 from vlm.model_files import TOKENIZER_FILES
 
@@ -349,9 +350,10 @@ class OpenClipBackend(Backend):
             if config is None:
                 raise UserError(f"unknown open_clip architecture '{arch}' (see open_clip.list_models(), "
                                 "or give a config file: open_clip:/path/arch.json[:CKPT])")
-            text_cfg = config.get("text_cfg")
-            tok = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
-            tok_ids = tokenizer_ids(Path(tok)) if isinstance(tok, str) and Path(tok).is_dir() else []   # part of it
+            hub_names = open_clip_hub_names(config)
+            require_local(spec, hub_names)                 # before open_clip would try the network
+            tok = hub_names.get("tokenizer")
+            tok_ids = tokenizer_ids(Path(tok)) if tok and Path(tok).is_dir() else []   # part of it
             config = json.dumps(config, sort_keys=True)
             if self.config_file is not None:
                 # open_clip's registry is keyed by file stem and process-wide: a file named like a built-in
@@ -378,7 +380,7 @@ class OpenClipBackend(Backend):
             arch = self.arch
             if self.config_file is not None:
                 arch = registered_config(*self._registered)
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), offline():
                 torch.manual_seed(self.seed)          # random-init models are the same on every run
                 try:
                     model, _, pre = open_clip.create_model_and_transforms(arch, pretrained=self.ckpt,
@@ -391,7 +393,8 @@ class OpenClipBackend(Backend):
                 except Exception as e:  # noqa: BLE001  unpickling, safetensors and OS errors of a damaged file
                     raise UserError(f"{self.ckpt}: not a readable open_clip checkpoint "
                                     f"({type(e).__name__}: {short_error(e)[:200]})") from None
-            self._tokenizer = open_clip.get_tokenizer(arch)
+            with offline():
+                self._tokenizer = open_clip.get_tokenizer(arch)
             self._preprocess = pre
             self._model = model.eval()
 
