@@ -39,7 +39,7 @@ from benchmarks.metrics import skipped_items
 from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
 from benchmarks.store import RESULTS, latest, names_taken, read_records, same_model_key
-from benchmarks.tasks import Context, applicable, run_task
+from benchmarks.tasks import Context, TooFewItems, applicable, run_task
 from vlm.atomic import remove_torn, write_file, write_text
 from vlm.errors import UserError
 
@@ -160,11 +160,12 @@ def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) ->
     hits0, t0 = ctx.cache.hits, time.perf_counter()
     try:
         result = run_task(model, bench, ctx)
-    except UserError as e:
+    except TooFewItems as e:
         if cfg.limit is None:
             raise
         # a quick look under a small --limit: a benchmark the limit leaves too little to score (an MMEB set with
-        # no query, one retrieval pair) is not applicable at that limit, not the end of the whole run
+        # no query, one retrieval pair) is not applicable at that limit, not the end of the whole run; any other
+        # error (a wrong --data, a broken shard) ends the run as it does without a limit
         rec |= {"status": "skipped", "reason": f"under --limit {cfg.limit}: {e}", "score": None,
                 "metrics": {}, "seconds": 0.0, "finished": time.time()}
         _write_json(rec_path, rec)

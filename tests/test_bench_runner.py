@@ -3,6 +3,7 @@ skips finished work; another output folder hits the feature cache; `vlm eval` ba
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from dataclasses import replace
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks.fixtures import fit_open_clip, tiny_open_clip_config, write_wds_classification
+from vlm.errors import UserError
 
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -401,6 +403,14 @@ def test_a_small_limit_skips_what_it_leaves_too_little_of_not_the_whole_run(asse
     # the same data without the limit: scored
     whole = evaluate([assets["clip"]], benches[:1], replace(cfg, out=tmp_path / "o2", limit=None))
     assert whole.table.iloc[0]["status"] == "ok"
+    # an error the limit does not cause (a shard that does not read) still ends the run under --limit: it
+    # was "not applicable (under --limit 1: ...)", the other benchmarks scored and exit 0
+    broken = tmp_path / "broken"
+    shutil.copytree(assets["world"], broken)
+    first = min((broken / "test").glob("*.tar"))
+    first.write_bytes(first.read_bytes()[:700])
+    with pytest.raises(UserError, match="unreadable tar shard"):
+        evaluate([assets["clip"]], benches[:1], replace(cfg, out=tmp_path / "o3", data=str(broken)))
 
 
 def test_eval_checks_the_card_first_lists_no_match_and_keeps_tables_whole(assets, tmp_path, capsys):

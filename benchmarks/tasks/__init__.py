@@ -18,12 +18,19 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.cache import FeatureCache
 from benchmarks.data import BadMedia, Sample, data_hash, iter_samples, shard_files
 from benchmarks.registry import Benchmark, Roots
+from vlm.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
 MODULES = {"zeroshot": "zeroshot", "relation": "relation", "retrieval": "retrieval", "mmeb": "mmeb",
            "vqa": "generative", "caption": "generative", "probe": "probe"}
+
+
+class TooFewItems(UserError):
+    """A benchmark's items leave too little to score: none, none whose media decode, one retrieval pair.
+    Under --limit the benchmark is not applicable at that limit (the other benchmarks run); without a limit
+    it ends the run like any other bad input. Any other error ends the run either way."""
 
 
 @dataclass
@@ -63,7 +70,6 @@ def bar(ctx: Context, desc: str, total: int | None = None, unit: str = "it"):
 
 def load_samples(bench: Benchmark, ctx: Context, split: str | None = None) -> tuple[list[Sample], str]:
     """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash."""
-    from vlm.errors import UserError
     folder: Path = bench.data.folder(ctx.roots)
     split = split or bench.data.split
     files = shard_files(folder, split)
@@ -76,7 +82,7 @@ def load_samples(bench: Benchmark, ctx: Context, split: str | None = None) -> tu
         if ctx.limit and len(out) >= ctx.limit:
             break
     if not out:
-        raise UserError(f"{folder}/{split}: no samples for benchmark {bench.name}"
+        raise TooFewItems(f"{folder}/{split}: no samples for benchmark {bench.name}"
                         + (f" (task in {sorted(tasks)})" if tasks else ""))
     return out, data_hash(files, sorted(tasks), ctx.limit)
 

@@ -27,7 +27,7 @@ from benchmarks.data import Sample, data_hash, iter_samples, sample_media, shard
 from benchmarks.metrics import precision_at_1
 from benchmarks.models import Query
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, bar, load_samples
+from benchmarks.tasks import Context, TaskResult, TooFewItems, bar, load_samples
 from benchmarks.tasks.captions import captions_of
 from vlm.embed.items import UnreadableMedia
 from vlm.errors import UserError
@@ -93,7 +93,7 @@ def embed_readable(model, queries: list[Query], batch_size: int) -> tuple[torch.
                 parts.append(None)
     good = [p for p in parts if p is not None]
     if not good:
-        raise UserError(f"none of the {len(queries)} items has media that read (e.g. {queries[0]})")
+        raise TooFewItems(f"none of the {len(queries)} items has media that read (e.g. {queries[0]})")
     zero = torch.zeros_like(good[0])
     return torch.stack([zero if p is None else p for p in parts]), bad
 
@@ -509,7 +509,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             build = BUILDERS[spec["meta_task"]]
         ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)), build(samples, spec))
         if not ds.queries:
-            raise UserError(f"benchmark {bench.name}: dataset {ds.name} has no queries")
+            raise TooFewItems(f"benchmark {bench.name}: dataset {ds.name} has no queries")
         datasets.append(ds)
         keys[ds.name] = f"mmeb-{data_hash([], dhash, spec)}"
     return evaluate(model, datasets, ctx, cache_key=lambda d: keys[d.name])

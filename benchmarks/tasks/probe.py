@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, load_samples
+from benchmarks.tasks import Context, TaskResult, TooFewItems, load_samples
 from vlm.errors import UserError
 
 MIN_SECONDS = 0.1             # shorter clips are skipped (a HuBERT frame is 400 samples = 17 ms at 24 kHz)
@@ -156,10 +156,10 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                         f"a probe needs at least 2 (skipped: {dict(skipped) or 'none'})")
     limited = f" among the first {ctx.limit} (--limit)" if ctx.limit else ""
     if not test:
-        raise UserError(f"benchmark {bench.name}: no usable {bench.data.split} clips{limited} "
+        raise TooFewItems(f"benchmark {bench.name}: no usable {bench.data.split} clips{limited} "
                         f"(skipped: {dict(skipped) or 'none'})")
     if not any(c.label in classes for c in test):      # an accuracy of 0 that measures nothing
-        raise UserError(f"benchmark {bench.name}: no {bench.data.split} clip{limited} has a label of the "
+        raise TooFewItems(f"benchmark {bench.name}: no {bench.data.split} clip{limited} has a label of the "
                         f"'{train_split}' split ({', '.join(sorted({c.label for c in test})[:5])} vs "
                         f"{', '.join(classes[:5])})")
     from vlm.data.formats import audio_notes
