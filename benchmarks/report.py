@@ -51,23 +51,41 @@ def split_of(bench: str) -> str:
 
 def capability_groups(table):
     """(type, capability label, rows) of the ok results; another split's results are a group of their own
-    (`color @val`), never averaged with the test split's."""
+    (`color @val`), never averaged with the test split's, and so are benchmarks of another kind under one
+    capability (`pitch (probe)`, the encoder alone, beside `pitch (vqa)`, the model answering)."""
     ok = table[table["status"] == "ok"].copy()
     ok["split"] = [split_of(b) for b in ok["benchmark"]]
+    if "kind" not in ok.columns:
+        ok["kind"] = ""
+    ok["kind"] = ok["kind"].fillna("")
     for (typ, cap, split), grp in ok.groupby(["type", "capability", "split"], sort=True):
-        yield typ, f"{cap} @{split}" if split else cap, grp
+        kinds = sorted(grp["kind"].unique())
+        for kind in kinds:
+            label = f"{cap} ({kind})" if len(kinds) > 1 else cap
+            yield typ, f"{label} @{split}" if split else label, grp[grp["kind"] == kind]
+
+
+def capability_cell(grp, model: str) -> tuple[float | None, str]:
+    """A model's mean headline score over a capability group's benchmarks, and a note when it has scores for
+    only some of them (`2 of 3`): such a mean is over other benchmarks than its neighbours' in the row."""
+    s = grp[grp["model"] == model].dropna(subset=["score"])
+    if not len(s):
+        return None, ""
+    have, total = s["benchmark"].nunique(), grp["benchmark"].nunique()
+    return float(s["score"].mean()), (f"{have} of {total}" if have < total else "")
 
 
 def capability_table(table) -> str:
-    """Markdown: one row per (type, capability, split), the mean headline score of its benchmarks per model.
-    Results of another split (`BENCH@val`) are a row of their own, never averaged with the test split's."""
+    """Markdown: one row per (type, capability, kind, split), the mean headline score of its benchmarks per
+    model, with `(k of n)` beside a mean over only some of the row's benchmarks. Results of another split
+    (`BENCH@val`) are a row of their own, never averaged with the test split's."""
     models = _models(table)
     rows = []
     for typ, cap, grp in capability_groups(table):
         row: list[Any] = [typ, cap, ", ".join(sorted(grp["benchmark"].unique()))]
         for m in models:
-            s = grp[grp["model"] == m]["score"].dropna()
-            row.append(float(s.mean()) if len(s) else None)
+            mean, part = capability_cell(grp, m)
+            row.append(f"{mean:.3f} ({part})" if part else mean)
         rows.append(row)
     return _md(["type", "capability", "benchmarks", *models], rows)
 

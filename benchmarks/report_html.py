@@ -261,17 +261,16 @@ def report_html(out: str | Path, table, benches: list[Benchmark] = (), roots: Ro
 
 
 def _capability_html(table, models: list[str]) -> str:
-    from benchmarks.report import capability_groups
+    from benchmarks.report import capability_cell, capability_groups
     out = ["<table><thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in ["type", "capability", "benchmarks", *models])
            + "</tr></thead><tbody>"]
     for typ, cap, grp in capability_groups(table):
         cells = [typ, cap, ", ".join(sorted(grp["benchmark"].unique()))]
-        vals = []
-        for m in models:
-            s = grp[grp["model"] == m]["score"].dropna()
-            vals.append(float(s.mean()) if len(s) else None)
+        vals = [capability_cell(grp, m) for m in models]
         out.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells)
-                   + "".join(f'<td class="num">{_num(v)}</td>' for v in vals) + "</tr>")
+                   + "".join(f'<td class="num">{_num(v)}'
+                             + (f' <span class="muted">({_esc(part)})</span>' if part else "") + "</td>"
+                             for v, part in vals) + "</tr>")
     return "".join(out) + "</tbody></table>"
 
 

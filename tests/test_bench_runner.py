@@ -440,3 +440,22 @@ def test_eval_checks_the_card_first_lists_no_match_and_keeps_tables_whole(assets
     lines = [ln for ln in report_markdown(table).splitlines() if ln.startswith("|")]
     columns = lines[1].count("|")                                      # the |---|---| line under the header
     assert all(ln.count("|") - ln.count("\\|") == columns for ln in lines[:3]), lines[:3]
+
+
+def test_capability_rows_keep_kinds_apart_and_say_a_partial_mean():
+    """Found by a review: a capability row averaged a probe's accuracy (the encoder alone) with a VQA accuracy
+    (the model answering), and a model scored on one of a row's two benchmarks had its mean printed beside
+    another model's mean over both, as if comparable."""
+    from benchmarks.report import capability_table, report_markdown
+    from benchmarks.report_html import _capability_html
+
+    def row(model, bench, kind, score):
+        return {"model": model, "model_spec": model, "benchmark": bench, "type": "music", "capability": "pitch",
+                "kind": kind, "metric": "accuracy", "score": score, "status": "ok"}
+    table = pd.DataFrame([row("a", "probe-pitch", "probe", 0.9), row("a", "vqa-pitch", "vqa", 0.3),
+                          row("b", "vqa-pitch", "vqa", 0.5), row("a", "vqa-pitch-2", "vqa", 0.1)])
+    lines = capability_table(table).splitlines()
+    assert lines[2:] == ["| music | pitch (probe) | probe-pitch | 0.900 | n/a |",
+                         "| music | pitch (vqa) | vqa-pitch, vqa-pitch-2 | 0.200 | 0.500 (1 of 2) |"]
+    assert "\n".join(lines) in report_markdown(table)
+    assert '0.500 <span class="muted">(1 of 2)</span>' in _capability_html(table, ["a", "b"])
