@@ -4,7 +4,7 @@ CLIP / SigLIP (full model or vision-only config) -> HFVisionEncoder; Whisper -> 
 HuBERT -> the MERT-style music encoder. Never remote code, never a hub download; the spec
 stores the config dict, so rebuilding does not need the folder.
 
-    enc = build_encoder("hf:/models/clip-vit-large-patch14-336", feature_layer=-2)
+    enc = build_encoder("hf:/models/clip-vit-large-patch14-336")   # CLIP: feature_layer -2 unless given
 """
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ def build_hf(target: str, *, weights: str | None = None, feature_layer: int | No
     proc_path = folder / "preprocessor_config.json"
     proc = _read_json(proc_path) if proc_path.is_file() else {}
     allow_random = kw.pop("allow_random", False)
-    layer = -1 if feature_layer is None else feature_layer
+    # CLIP's default is its penultimate layer, as LLaVA-1.5 reads it and as the clip-vit-l-336 / tiny-clip
+    # presets do (the same weights give the same features either way); the others their last layer
+    layer = (-2 if family == "clip" else -1) if feature_layer is None else feature_layer
     name = f"hf:{target}"
 
     enc: Encoder

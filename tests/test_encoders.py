@@ -344,6 +344,9 @@ def test_hf_clip_full_model_feature_layers(tmp_path: Path, image: Image.Image) -
         torch.testing.assert_close(run(enc, x), want)
         assert enc.num_tokens(x[0]) == want.shape[1]
     assert enc.hf_vision_config.hidden_size == 32 and enc.vision_model.config is enc.hf_vision_config
+    default = build_encoder(name).eval()               # LLaVA-1.5's layer, as the clip-vit-l-336 preset reads it
+    assert default.feature_layer == -2
+    torch.testing.assert_close(run(default, x), states[-2][:, 1:])
     assert "vision_config" not in json.dumps(enc.spec())  # the vision config itself, no folder needed
 
 
