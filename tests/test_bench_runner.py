@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks.fixtures import fit_open_clip, tiny_open_clip_config, write_wds_classification
+from benchmarks.fixtures import (
+    fit_open_clip,
+    tiny_open_clip_config,
+    write_wds_classification,
+)
 from vlm.errors import UserError
-
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, TooFewItems, image_features_of, load_samples, text_features_of
+from benchmarks.tasks import (
+    Context,
+    TaskResult,
+    TooFewItems,
+    image_features_of,
+    load_samples,
+    text_features_of,
+)
 from benchmarks.tasks.captions import relation_captions
 
 

@@ -127,12 +127,23 @@ def _walk(folder: str) -> list[str]:
     return out
 
 
-def make_key(name: str, seen: set[str]) -> str:
-    """A tar-safe sample key (no dots or slashes) from a file name or id; unique within `seen`."""
+class Keys(set):
+    """The keys a conversion has given, and per base name the next suffix to try: N records of one id cost
+    N steps, not N^2 / 2 (a VQA set whose records all carry their image's id took hours at 100k records)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_suffix: dict[str, int] = {}
+
+
+def make_key(name: str, seen: Keys) -> str:
+    """A tar-safe sample key (no dots or slashes) from a file name or id; unique within `seen`: the name,
+    else name_1, name_2 ... (the first free one)."""
     base = _KEY_BAD.sub("_", text_of(str(name))).strip("_") or "sample"
-    key, i = base, 1
+    key, i = base, seen.next_suffix.get(base, 1)
     while key in seen:
         key, i = f"{base}_{i}", i + 1
+    seen.next_suffix[base] = i
     seen.add(key)
     return key
 
@@ -215,7 +226,7 @@ def _caption_meta(placeholder: str, prompt: str, caption: str, source: str, task
 def _write_all(out: str, items: Iterable[Any], build: Callable[[Any, set[str]], dict[str, Any]], what: str,
                max_bad: float, **writer_kw) -> Report:
     """Build a sample from each item (ValueError/KeyError/TypeError = a bad sample: skipped, counted)."""
-    report, seen = Report(out=out), set()
+    report, seen = Report(out=out), Keys()
     with ShardWriter(out, **writer_kw) as w:
         for n, item in enumerate(items):
             try:
@@ -258,7 +269,7 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
     source = source or text_of(os.path.splitext(os.path.basename(json_path))[0])
     empty_image: list[str] = []                         # records with "image": "": text-only, said in the summary
 
-    def build(item: tuple[int, Any], seen: set[str]) -> dict[str, Any]:
+    def build(item: tuple[int, Any], seen: Keys) -> dict[str, Any]:
         i, rec = item
         if not isinstance(rec, dict):
             raise ValueError(f"record {i}: not an object")
@@ -314,7 +325,7 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
     images = [f for f in files if f.lower().endswith(IMAGE_FILE_EXTS)]
     source = source or text_of(os.path.basename(os.path.normpath(folder)))
 
-    def build(rel: str, seen: set[str]) -> dict[str, Any]:
+    def build(rel: str, seen: Keys) -> dict[str, Any]:
         txt = os.path.splitext(rel)[0] + ".txt"
         if txt not in present:
             raise Skip("no_caption", f"{os.path.join(folder, rel)}: no caption file {txt}")
@@ -407,7 +418,7 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
     _check_class_list(out, split, names, folder)
     os.makedirs(os.path.join(out, split), exist_ok=True)
 
-    def build(item: tuple[int, str], seen: set[str]) -> dict[str, Any]:
+    def build(item: tuple[int, str], seen: Keys) -> dict[str, Any]:
         ci, rel = item
         ext, data = read_image(inside(folder, rel, "image"))
         return {"__key__": make_key(os.path.splitext(rel)[0], seen), "cls": str(ci).encode(), ext: data}
@@ -543,7 +554,7 @@ def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audi
     placeholder, prompt = MODALITIES[kind].placeholder, MEDIA_PROMPTS[kind]
     source = source or text_of(os.path.basename(os.path.normpath(folder)))
 
-    def build(item: tuple[str, str], seen: set[str]) -> dict[str, Any]:
+    def build(item: tuple[str, str], seen: Keys) -> dict[str, Any]:
         rel, caption = item
         if not isinstance(caption, str):
             raise Skip("bad_caption", f"{captions}: the caption of {rel} is a {type(caption).__name__}, not text")

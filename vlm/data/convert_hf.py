@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vlm.data.convert import (
+    Keys,
     Report,
     Skip,
     _write_all,
@@ -235,7 +236,7 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
             yield i, row
             i += 1
 
-    def build(item: tuple[int, dict], seen: set[str]) -> dict[str, Any]:
+    def build(item: tuple[int, dict], seen: Keys) -> dict[str, Any]:
         i, row = item
         rid = str(row.get("id", i)) if row.get("id") is not None else str(i)
         try:

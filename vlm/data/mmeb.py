@@ -23,7 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vlm.data.convert import Report, Skip, _write_all, inside, make_key, read_image
+from vlm.data.convert import (
+    Keys,
+    Report,
+    Skip,
+    _write_all,
+    inside,
+    make_key,
+    read_image,
+)
 from vlm.errors import UserError
 from vlm.modalities import short_error
 
@@ -118,7 +126,7 @@ def convert_mmeb_train(root: str, out: str, subsets: list[str] | None = None, sp
                     yield s, n, row
                     n += 1
 
-    def build(item: tuple[str, int, dict], seen: set[str]) -> dict[str, Any]:
+    def build(item: tuple[str, int, dict], seen: Keys) -> dict[str, Any]:
         subset, i, row = item
         where = f"{subset} row {i}"
         sides = [("query", row.get("qry"), row.get("qry_image_path")),

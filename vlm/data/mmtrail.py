@@ -161,7 +161,7 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
                     max_seconds: float = 30.0, audio_optional: bool = False, source: str = "mmtrail",
                     max_count: int = 1000, max_bad: float = 0.1) -> MMTrailReport:
     """Stops (nothing published) when no clip converts or more than `max_bad` of the records are skipped."""
-    from vlm.data.convert import make_key
+    from vlm.data.convert import Keys, make_key
     from vlm.data.writer import Audio, ShardWriter, encode_mp4
     if not os.path.isdir(videos):
         raise UserError(f"--videos {videos}: not a folder")
@@ -171,7 +171,7 @@ def convert_mmtrail(annotations: str, videos: str, out: str, fps: float = 4.0, s
     if missing > max_bad * total:
         raise UserError(f"{annotations}: {missing} of {total} records name a video not found under {videos}, more than "
                         f"--max-bad {max_bad:g}; nothing converted (--max-bad 1 converts the clips that are there)")
-    report, seen = MMTrailReport(out=out), set()
+    report, seen = MMTrailReport(out=out), Keys()
     with ShardWriter(out, max_count=max_count, meta={"source": source, "annotations": os.path.basename(annotations)}) as w:
         for i, rec in read_records(annotations):
             where = f"record {i}"
