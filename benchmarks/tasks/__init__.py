@@ -28,9 +28,11 @@ MODULES = {"zeroshot": "zeroshot", "relation": "relation", "retrieval": "retriev
 
 
 class TooFewItems(UserError):
-    """A benchmark's items leave too little to score: none, none whose media decode, one retrieval pair.
-    Under --limit the benchmark is not applicable at that limit (the other benchmarks run); without a limit
-    it ends the run like any other bad input. Any other error ends the run either way."""
+    """What is left of a benchmark's items under --limit is too few to score: one retrieval pair, an MMEB set
+    whose first N samples hold no query, no test clip of a train label among the first N. Under --limit
+    the benchmark is not applicable at that limit (the other benchmarks run); without a limit it ends the run
+    like any other bad input. Data that scores nothing at any limit (no samples, none that decode, no
+    captions) is a UserError: it ends the run either way."""
 
 
 @dataclass
@@ -82,7 +84,7 @@ def load_samples(bench: Benchmark, ctx: Context, split: str | None = None) -> tu
         if ctx.limit and len(out) >= ctx.limit:
             break
     if not out:
-        raise TooFewItems(f"{folder}/{split}: no samples for benchmark {bench.name}"
+        raise UserError(f"{folder}/{split}: no samples for benchmark {bench.name}"
                         + (f" (task in {sorted(tasks)})" if tasks else ""))
     return out, data_hash(files, sorted(tasks), ctx.limit)
 

@@ -20,7 +20,7 @@ import torch
 from benchmarks.data import BadMedia, Sample, data_hash, first_turn, sample_media
 from benchmarks.metrics import bleu, cider, exact_match, rouge_l, vqa_match
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, TooFewItems, bar, load_samples
+from benchmarks.tasks import Context, TaskResult, bar, load_samples
 from benchmarks.tasks.captions import captions_of
 from vlm.errors import UserError
 
@@ -65,7 +65,7 @@ def _decodable(s: Sample, prompt: str, bad: list[str]) -> dict | None:
 def _bad_metrics(bench: Benchmark, bad: list[str], kept: int) -> dict[str, float]:
     """`skipped_bad_media` when a sample was left out; a one-line error when every one was."""
     if bad and not kept:
-        raise TooFewItems(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
+        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
     return {"skipped_bad_media": float(len(bad))} if bad else {}
 
 
@@ -131,7 +131,7 @@ def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context) ->
     bs = int(bench.options.get("batch_size", min(ctx.batch_size, 8)))
     kept = [(s, refs) for s in samples if (refs := captions_of(s))]
     if not kept:
-        raise TooFewItems(f"benchmark {bench.name}: no sample has a reference caption")
+        raise UserError(f"benchmark {bench.name}: no sample has a reference caption")
     preds: list[str] = []
     bad: list[str] = []
     done: list[tuple[Sample, list[str]]] = []

@@ -93,7 +93,7 @@ def embed_readable(model, queries: list[Query], batch_size: int) -> tuple[torch.
                 parts.append(None)
     good = [p for p in parts if p is not None]
     if not good:
-        raise TooFewItems(f"none of the {len(queries)} items has media that read (e.g. {queries[0]})")
+        raise UserError(f"none of the {len(queries)} items has media that read (e.g. {queries[0]})")
     zero = torch.zeros_like(good[0])
     return torch.stack([zero if p is None else p for p in parts]), bad
 

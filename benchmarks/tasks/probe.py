@@ -156,7 +156,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                         f"a probe needs at least 2 (skipped: {dict(skipped) or 'none'})")
     limited = f" among the first {ctx.limit} (--limit)" if ctx.limit else ""
     if not test:
-        raise TooFewItems(f"benchmark {bench.name}: no usable {bench.data.split} clips{limited} "
+        raise UserError(f"benchmark {bench.name}: no usable {bench.data.split} clips{limited} "
                         f"(skipped: {dict(skipped) or 'none'})")
     if not any(c.label in classes for c in test):      # an accuracy of 0 that measures nothing
         raise TooFewItems(f"benchmark {bench.name}: no {bench.data.split} clip{limited} has a label of the "

@@ -9,15 +9,9 @@ from __future__ import annotations
 import torch
 
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import (
-    Context,
-    TaskResult,
-    TooFewItems,
-    image_features_of,
-    load_samples,
-    text_features_of,
-)
+from benchmarks.tasks import Context, TaskResult, image_features_of, load_samples, text_features_of
 from benchmarks.tasks.captions import relation_captions
+from vlm.errors import UserError
 
 
 def applicable(model, bench: Benchmark) -> str | None:
@@ -34,12 +28,12 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             kept.append(s)
             caps.append(c)
     if not kept:
-        raise TooFewItems(f"benchmark {bench.name}: no sample has captions for mode '{mode}'")
+        raise UserError(f"benchmark {bench.name}: no sample has captions for mode '{mode}'")
     img, ok = image_features_of(model, kept, dhash, ctx)                  # [N, D]
     bad = ok.count(False)
     kept, caps = [s for s, good in zip(kept, ok) if good], [c for c, good in zip(caps, ok) if good]
     if not kept:
-        raise TooFewItems(f"benchmark {bench.name}: no image decodes ({bad} bad)")
+        raise UserError(f"benchmark {bench.name}: no image decodes ({bad} bad)")
     flat = [c for cs in caps for c in cs]
     txt = text_features_of(model, flat, ctx)                                            # [sum K, D]
     rows, start = [], 0

@@ -11,7 +11,14 @@ import torch
 
 from benchmarks.metrics import recall_at_k
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, TooFewItems, image_features_of, load_samples, text_features_of
+from benchmarks.tasks import (
+    Context,
+    TaskResult,
+    TooFewItems,
+    image_features_of,
+    load_samples,
+    text_features_of,
+)
 from benchmarks.tasks.captions import captions_of
 from vlm.errors import UserError
 
@@ -47,12 +54,12 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     samples, dhash = load_samples(bench, ctx)
     kept = [(s, c) for s in samples if (c := captions_of(s))]
     if not kept:
-        raise TooFewItems(f"benchmark {bench.name}: no sample has a caption (txt, json caption or a scene)")
+        raise UserError(f"benchmark {bench.name}: no sample has a caption (txt, json caption or a scene)")
     img, ok = image_features_of(model, [s for s, _ in kept], dhash, ctx)              # [N, D]
     bad = ok.count(False)
     kept = [k for k, good in zip(kept, ok) if good]
     if not kept:
-        raise TooFewItems(f"benchmark {bench.name}: no image decodes ({bad} bad)")
+        raise UserError(f"benchmark {bench.name}: no image decodes ({bad} bad)")
     texts, pos = positives([c for _, c in kept])
     if len(kept) < 2 or len(texts) < 2:  # one image, or every image with the same caption: recall 1.0 by construction
         raise TooFewItems(f"benchmark {bench.name}: {len(kept)} image(s) and {len(texts)} distinct caption(s); "

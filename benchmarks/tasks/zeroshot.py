@@ -20,7 +20,7 @@ import torch
 from benchmarks.data import WdsMeta, data_hash, iter_samples, read_cls, read_wds_meta, shard_files
 from benchmarks.metrics import balanced_accuracy, topk_correct
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, TooFewItems, decoded_image, encode_images
+from benchmarks.tasks import Context, TaskResult, decoded_image, encode_images
 from vlm.errors import UserError
 
 
@@ -53,9 +53,9 @@ def encode_wds_images(model, files, n_classes: int, ctx: Context) -> tuple[torch
 
     feats, ok = encode_images(model, items(), lambda item: decoded_image(model, *item), ctx)
     if not keys:
-        raise TooFewItems(f"{files[0].parent}: no samples")
+        raise UserError(f"{files[0].parent}: no samples")
     if not any(ok):
-        raise TooFewItems(f"{files[0].parent}: no image decodes ({len(keys)} bad)")
+        raise UserError(f"{files[0].parent}: no image decodes ({len(keys)} bad)")
     bad = [k for k, good in zip(keys, ok) if not good]
     return (feats, torch.tensor([y for y, good in zip(labels, ok) if good]),
             [k for k, good in zip(keys, ok) if good], bad)
