@@ -23,7 +23,6 @@ from PIL import Image
 
 from vlm.cli import main as vlm_main
 from vlm.data import convert
-from vlm.data.synthetic.common import COLORS
 from vlm.data.synthetic import (
     CAPTION_EVAL_TASKS,
     EVAL_TASKS,
@@ -32,7 +31,16 @@ from vlm.data.synthetic import (
     available_tasks,
     build_synthetic_world,
 )
-from vlm.data.writer import Audio, ShardWriter, encode_image, encode_mp4, media_fields, validate_sample
+from vlm.data.synthetic.common import COLORS
+from vlm.data.writer import (
+    Audio,
+    ShardWriter,
+    encode_image,
+    encode_mp4,
+    media_fields,
+    validate_sample,
+    write_samples,
+)
 from vlm.errors import UserError
 
 SEED = 0
@@ -781,6 +789,38 @@ def test_synthetic_world_task_subset(tmp_path, capsys):
     rc = vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "x"), "--tasks", "colour"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "'colour'" in err and len(err.splitlines()) == 1
+
+
+def test_a_build_never_overwrites_other_data_and_leaves_no_earlier_split(tmp_path, capsys):
+    """Found by a review: `vlm data build --out` a converted data set deleted its index.json (its shards
+    orphaned, exit 0); a rebuild with fewer splits left the earlier seed's val/ and test/ beside the new
+    index, and benchmarks (which find data by folder) scored them; --eval-per-task -3 wrote empty splits and
+    0 meant the default."""
+    other = tmp_path / "other"
+    write_samples([{"__key__": "a", "txt": "hello", "json": {"task": "caption"}}], other, validate=False)
+    before = (other / "index.json").read_bytes()
+    build = ["data", "build", "synthetic-world", "--samples", "12", "--tasks", "color", "--no-classification"]
+    assert vlm_main([*build, "--out", str(other)]) == 2
+    assert "holds another data set" in capsys.readouterr().err and (other / "index.json").read_bytes() == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert vlm_main([*build, "--out", str(tmp_path / "mine")]) == 2
+    assert "not a synthetic-world build (no index.json) and not empty" in capsys.readouterr().err
+    (tmp_path / "mine" / "notes.txt").unlink()
+    (tmp_path / "mine" / "train").mkdir()                     # a user's shards in a folder named like a split
+    (tmp_path / "mine" / "train" / "shard-000000.tar").write_bytes(b"precious")
+    assert vlm_main([*build, "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "train" / "shard-000000.tar").read_bytes() == b"precious"
+    (tmp_path / "mine" / ".building").write_text("synthetic-world\n")    # what a killed build leaves: rebuilt
+    assert vlm_main([*build, "--out", str(tmp_path / "mine")]) == 0 and not (tmp_path / "mine" / ".building").exists()
+    sw = tmp_path / "sw"
+    assert vlm_main([*build, "--out", str(sw), "--seed", "1"]) == 0 and (sw / "test").is_dir()
+    assert vlm_main([*build, "--out", str(sw), "--seed", "2", "--splits", "train"]) == 0
+    assert "test/: removed" in capsys.readouterr().err
+    assert sorted(p.name for p in sw.iterdir()) == ["build_config.yaml", "index.json", "train"]
+    for value in ("0", "-3"):
+        assert vlm_main([*build, "--out", str(sw), "--eval-per-task", value]) == 2
+        assert "--eval-per-task must be >= 1" in capsys.readouterr().err
 
 
 def test_spoken_words_with_espeak(tmp_path, monkeypatch):

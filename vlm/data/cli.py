@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vlm.atomic import write_text
 from vlm.config import add_config_flags, config_from_args, save_config
 from vlm.errors import UserError, read_text
 from vlm.modalities import MODALITIES
@@ -55,26 +54,16 @@ def build(cfg: BuildConfig) -> dict:
     return index
 
 
-BUILDING = ".building"           # build_if_absent's mark while it builds: its leftovers are its own
-
-
 def build_if_absent(cfg: BuildConfig) -> Path:
     """The data set at cfg.out, built first when it has no index.json (the demo's and the studies' data). A
-    folder with other things in it (a user's own data) is not built over, unless they are what a build of
-    this function that did not finish left (its `.building` mark)."""
+    folder with other things in it (a user's own data) is not built over (the build refuses it), unless they
+    are what a build that did not finish left."""
     out = Path(cfg.out)
     if not (out / "index.json").exists():
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: a file, not a folder")
-        mark = out / BUILDING
-        if out.is_dir() and any(out.iterdir()) and not mark.exists():
-            raise UserError(f"{out}: not a {cfg.dataset} build (no index.json) and not empty; give a {cfg.dataset} "
-                            f"folder, or a new or empty one to build it in")
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(mark, f"{cfg.dataset}\n")
         print(f"building {cfg.dataset} ({cfg.samples} training samples) in {out}", flush=True)
         build(cfg)
-        mark.unlink()
     return out
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -205,6 +207,27 @@ def _task_info(tasks: Iterable[str]) -> dict[str, Any]:
     return info
 
 
+BUILDING = ".building"          # a build's mark while it runs: a folder holding it is a build a kill interrupted
+
+
+def check_out_folder(out: str) -> None:
+    """Refuse to build over another data set: `out` must be new, empty, a synthetic-world build (its
+    index.json says so) or one a kill interrupted (its `.building` mark)."""
+    index = os.path.join(out, "index.json")
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                name = json.load(f).get("name")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if name != NAME:
+            raise UserError(f"{out}: holds another data set (its index.json is not a {NAME} build's); give a new "
+                            f"or empty folder, or a {NAME} build to rebuild")
+    elif os.listdir(out) and not os.path.exists(os.path.join(out, BUILDING)):
+        raise UserError(f"{out}: not a {NAME} build (no index.json) and not empty; give a {NAME} folder, or a "
+                        f"new or empty one to build it in")
+
+
 def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES, seed: int = 0,
                           splits: Iterable[str] = SPLITS, eval_per_task: int | None = None,
                           workers: int | None = None, classification: bool = True,
@@ -226,6 +249,9 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
         raise UserError(f"--seed must be >= 0 (got {seed})")
     if samples < 1:
         raise UserError(f"--samples must be >= 1 (got {samples})")
+    if eval_per_task is not None and eval_per_task < 1:
+        raise UserError(f"--eval-per-task must be >= 1 (got {eval_per_task}); leave it out for the default, "
+                        f"max(2, samples // 100)")
     eval_per_task = eval_per_task or max(2, samples // 100)
     workers = workers or default_workers(samples)
     tasks = select_tasks(tasks)
@@ -233,6 +259,9 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {out}: {e.strerror}") from e
+    check_out_folder(out)
+    with open(os.path.join(out, BUILDING), "w") as f:                # removed once index.json is written
+        f.write(f"{NAME}\n")
     if os.path.exists(os.path.join(out, "index.json")):
         os.remove(os.path.join(out, "index.json"))  # rewritten last: present = complete
     index: dict[str, Any] = {"name": NAME, "version": 1, "seed": seed, "samples": samples, "selected": sorted(tasks),
@@ -245,6 +274,10 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
             names = task_schedule(weights, samples, seed, split)
         else:
             names = [t for t in ALL_EVAL_TASKS + CAPTION_EVAL_TASKS if t in tasks for _ in range(eval_per_task)]
+            if not names:
+                print(f"{split}: not written: none of the tasks {sorted(tasks)} has benchmark questions",
+                      file=sys.stderr)
+                continue
         jobs = [(seed, split, t, i) for i, t in enumerate(names)]
         sidx = _write_split(out, split, jobs, workers, {"name": f"{NAME}/{split}", "seed": seed})
         index["splits"][split] = {"shards": [f"{split}/{s['file']}" for s in sidx["shards"]],
@@ -255,9 +288,16 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
     if classification:
         per_class = max(2, samples // 100)
         index["wds"] = {name: write_class_set(out, name, per_class, seed) for name in CLASS_SETS}
+    # what an earlier build left that this one does not have: benchmarks find their data by folder, so a
+    # val/ of another seed would be scored as this build's
+    for stale in [*(sp for sp in SPLITS if sp not in index["splits"]), *([] if classification else ["wds"])]:
+        if os.path.isdir(os.path.join(out, stale)):
+            shutil.rmtree(os.path.join(out, stale))
+            print(f"{stale}/: removed (an earlier build's; not in this one)", file=sys.stderr)
     with open(os.path.join(out, "index.json"), "w") as f:
         json.dump(index, f, indent=1, sort_keys=True)
         f.write("\n")
+    os.remove(os.path.join(out, BUILDING))
     return index
 
 
