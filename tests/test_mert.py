@@ -311,7 +311,8 @@ def test_music_probes_suite_prints_the_per_layer_table(probe_world, mert_folder,
     assert len(table) == 4
     for ln in table:
         cells = [c.strip() for c in ln.strip("|").split("|")]
-        assert len(cells) == 2 + 3 + 2                       # model, benchmark, layers 0-2, weighted, top weight
+        assert len(cells) == 2 + 3 + 3               # model, benchmark, layers 0-2, weighted, top weight, best layer
+        assert cells[-1] == str(max(range(3), key=lambda k: float(cells[2 + k])))
         assert all(0.0 <= float(c) <= 1.0 for c in cells[2:6])
 
 
@@ -337,12 +338,13 @@ def test_mert_study_trains_probes_and_reprobes_its_runs_on_another_build(probe_w
 
 
 def tone_folder(d: Path, n: int) -> tuple[Path, list[str]]:
-    """d/clips/0..n-1.flac, low (110 Hz) and high (880 Hz) tones in turn; labels.csv's lines (not written)."""
+    """d/clips/0..n-1.flac, low (110 Hz up) and high (880 Hz up) tones in turn, each a little higher than the
+    last of its label (no two clips alike); labels.csv's lines (not written)."""
     (d / "clips").mkdir(parents=True)
     rows = ["path,label"]
     for i in range(n):
         label = ["low", "high"][i % 2]
-        (d / "clips" / f"{i}.flac").write_bytes(flac(tone(110 if label == "low" else 880, 0.6), 24000))
+        (d / "clips" / f"{i}.flac").write_bytes(flac(tone((110 if label == "low" else 880) * (1 + i / 100), 0.6), 24000))
         rows.append(f"clips/{i}.flac,{label}")
     return d, rows
 
@@ -392,6 +394,26 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     from vlm.errors import UserError
     with pytest.raises(UserError, match=r"labels 'piano' \(rows 2\) and 'Piano' \(rows 3\) differ only in case"):
         read_labels(d)
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_a_test_clip_the_probe_was_fitted_on_is_not_scored(mert_folder, tmp_path):
+    """Found by a review: synthetic-world's music probes scored val / test clips byte-identical to train clips
+    (half the pitch and chord ones, 82 % of the tempo ones), which a probe answers from memory. A test clip
+    whose audio a train clip has (another file name, the same sound) is left out and counted."""
+    import shutil
+
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    folder, _ = mert_folder
+    d, rows = tone_folder(tmp_path / "dup", 8)
+    rows = ["path,label,split", *(f"{r},{'train' if i < 6 else 'test'}" for i, r in enumerate(rows[1:]))]
+    shutil.copy(d / "clips" / "0.flac", d / "clips" / "copy-of-0.flac")
+    (d / "labels.csv").write_text("\n".join([*rows, "clips/copy-of-0.flac,low,test"]) + "\n")
+    [rec] = evaluate([str(folder)], [get_benchmark(f"audio-folder:{d}")],
+                     RunConfig(out=str(tmp_path / "eval"), cache=False, progress=False)).records
+    assert rec["status"] == "ok", rec
+    assert rec["metrics"]["skipped_seen_in_train"] == 1 and rec["metrics"]["n"] == 2 and rec["metrics"]["n_train"] == 6
 
 
 def test_odd_audio_scales_are_normalised_and_odd_rates_resample_in_small_steps():
