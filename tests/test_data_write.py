@@ -892,3 +892,37 @@ def test_image_fields_of_every_decodable_extension_are_written(tmp_path):
         got[ext] = decode_image(s[ext])
     assert sorted(got) == ["bmp", "gif", "tif", "tiff"]
     assert all(im.size == (6, 4) and im.getpixel((0, 0))[0] > 200 for im in got.values())
+
+
+def test_a_build_counts_the_eval_items_a_model_could_have_seen_in_train(tmp_path, capsys):
+    """Found by a review: in small generation spaces (single-digit sums, one note on one instrument, a click
+    track of a given tempo) val / test samples repeat train items exactly, unknown to anyone reading the
+    scores. The build counts them per task (index.json `seen_in_train`) and prints them; the count is what a
+    direct comparison of the shards' media and conversations finds."""
+    import tarfile
+    from collections import defaultdict
+    out = tmp_path / "sw"
+    assert vlm_main(["data", "build", "synthetic-world", "--out", str(out), "--samples", "200", "--eval-per-task", "30",
+                     "--tasks", "text_arith", "music_tempo", "--no-classification"]) == 0
+    assert "also in train (the same media and conversation: answerable from memory): " in capsys.readouterr().out
+
+    def items(split):
+        by_key = defaultdict(dict)
+        for shard in sorted((out / split).glob("*.tar")):
+            with tarfile.open(shard) as tar:
+                for m in tar.getmembers():
+                    key, field = m.name.split(".", 1)
+                    by_key[key][field] = tar.extractfile(m).read()
+        rows = []
+        for fields in by_key.values():
+            meta = json.loads(fields.pop("json"))
+            rows.append((meta["task"], json.dumps(meta["conversations"]), tuple(sorted(fields.items()))))
+        return rows
+    train = {(t, c, m) for t, c, m in items("train")}
+    index = json.loads((out / "index.json").read_text())
+    for split in ("val", "test"):
+        want = defaultdict(int)
+        for row in items(split):
+            want[row[0]] += row in train
+        assert index["splits"][split]["seen_in_train"] == {t: want[t] for t in ("music_tempo", "text_arith")}
+        assert want["text_arith"] > 0                  # 110 distinct sums: a test question is often a train one

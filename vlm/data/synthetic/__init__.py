@@ -23,6 +23,7 @@ Same seed -> byte-identical shards (each sample draws from its own generator see
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -162,13 +163,28 @@ def _generate(jobs: list[tuple[int, str, str, int]], workers: int) -> Iterator[d
         yield from pool.imap(make_sample, jobs, chunksize=8)
 
 
-def _write_split(out: str, split: str, jobs: list, workers: int, meta: dict[str, Any]) -> dict[str, Any]:
+def item_digest(sample: dict[str, Any]) -> str:
+    """What a model sees of an encoded sample: its media bytes and its conversation (not its key, split or
+    labels). Two samples of one digest are the same item to a model."""
+    h = hashlib.sha1()
+    for field in sorted(k for k in sample if k not in ("__key__", "json")):
+        h.update(field.encode() + b"\0" + bytes(sample[field]) + b"\0")
+    conversations = json.loads(sample["json"]).get("conversations") if "json" in sample else None
+    h.update(json.dumps(conversations, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _write_split(out: str, split: str, jobs: list, workers: int, meta: dict[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The split's shards; returns their index and, per task, the digests of its samples (`item_digest`)."""
     folder = os.path.join(out, split)
     os.makedirs(folder, exist_ok=True)        # the writer replaces a previous build's shards when it succeeds
+    digests: dict[str, list[str]] = {}
     with ShardWriter(folder, prefix="shard", max_count=SHARD_SAMPLES, meta=meta) as w:
-        for sample in _generate(jobs, workers):
+        for (_, _, task, _), sample in zip(jobs, _generate(jobs, workers)):
             w.write(sample)
-    return w.index
+            digests.setdefault(task, []).append(item_digest(sample))
+    return w.index, digests
 
 
 def write_class_set(out: str, name: str, per_class: int, seed: int) -> dict[str, Any]:
@@ -279,11 +295,18 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
                       file=sys.stderr)
                 continue
         jobs = [(seed, split, t, i) for i, t in enumerate(names)]
-        sidx = _write_split(out, split, jobs, workers, {"name": f"{NAME}/{split}", "seed": seed})
+        sidx, digests = _write_split(out, split, jobs, workers, {"name": f"{NAME}/{split}", "seed": seed})
         index["splits"][split] = {"shards": [f"{split}/{s['file']}" for s in sidx["shards"]],
                                   "shard_samples": [s["samples"] for s in sidx["shards"]],
                                   "num_samples": sidx["num_samples"], "tasks": sidx["tasks"],
                                   "modalities": sidx["modalities"]}
+        if split == "train":
+            train_digests = {t: set(ds) for t, ds in digests.items()}
+        elif "train" in splits:
+            # val / test samples that are train items too (the same media and conversation): what a model can
+            # answer from memory. Small spaces repeat (single-digit sums, one note on one instrument)
+            index["splits"][split]["seen_in_train"] = {
+                t: sum(d in train_digests.get(t, ()) for d in ds) for t, ds in sorted(digests.items())}
     index["tasks"] = _task_info(tasks)
     if classification:
         per_class = max(2, samples // 100)
@@ -307,6 +330,10 @@ def format_counts(index: dict[str, Any]) -> str:
     for split, info in index["splits"].items():
         lines.append(f"{split}: {info['num_samples']} samples in {len(info['shards'])} shard(s)")
         lines += [f"  {t:<22}{n}" for t, n in sorted(info["tasks"].items())]
+        seen = {t: n for t, n in info.get("seen_in_train", {}).items() if n}
+        if seen:
+            lines.append("  also in train (the same media and conversation: answerable from memory): " + ", ".join(
+                f"{t} {n} of {info['tasks'][t]}" for t, n in seen.items()))
     for name, info in index.get("wds", {}).items():
         lines.append(f"wds/{name}: {info['num_samples']} images, {len(info['classes'])} classes")
     if set(GENERATORS) - OPT_IN - set(index.get("selected", GENERATORS)) == {"audio_speech"}:  # all asked, no speech
