@@ -254,10 +254,21 @@ def test_an_unreadable_mmeb_image_skips_its_query_not_the_run(tmp_path):
     assert res.metrics["skipped_missing_file"] == 1 and res.metrics["skipped_bad_media"] == 1
     for rows, message in (([row("a.jpg", ())], "row 0: an empty candidate list"),
                           ([row("a.jpg", ("gold", ""))], "row 0: an item with neither text nor an image"),
-                          ([row("missing.jpg")], "every row names an image that is not there")):
+                          ([row("missing.jpg")], "every row names an image that is not there"),
+                          # found by a review: these scored NaN (exit 0, no results row) or 1.000 by construction
+                          ([row("bad.jpg")], "every one of its 1 queries has an input or a candidate whose media do not"),
+                          ([row("a.jpg", ("gold label",)), row("a.jpg", ("gold", "gold"))],
+                           "every query has one candidate \\(its gold\\) only")):
         H.write_parquet(f, rows)
         with pytest.raises(UserError, match=message):
             run(Reader(), bench, ctx)
+    H.write_parquet(f, [row("a.jpg", ("gold label",)), row("a.jpg", ("gold", "x", "y", "z")), row("a.jpg")])
+    res = run(Reader(), bench, ctx)                     # a one-candidate query is left out, counted; chance said
+    assert res.metrics["skipped_one_candidate"] == 1 and res.metrics["n"] == 2
+    assert res.metrics["chance"] == pytest.approx((1 / 4 + 1 / 2) / 2) and res.metrics["candidates_min"] == 2
+    f.write_bytes(b"PAR1 not really")                   # a traceback (pyarrow's ArrowInvalid) before
+    with pytest.raises(UserError, match="test-00000-of-00001.parquet: not a readable parquet file"):
+        run(Reader(), bench, ctx)
 
 
 # ------------------------------------------------------------------------------------------------ the family

@@ -31,7 +31,7 @@ from benchmarks.tasks import Context, TaskResult, TooFewItems, bar, load_samples
 from benchmarks.tasks.captions import captions_of
 from vlm.embed.items import UnreadableMedia
 from vlm.errors import UserError
-from vlm.modalities import MODALITIES, PLACEHOLDER_RE
+from vlm.modalities import MODALITIES, PLACEHOLDER_RE, short_error
 
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 INSTRUCTIONS = {
@@ -155,6 +155,7 @@ def aggregate(hits: dict[str, list[bool]], datasets: dict[str, Dataset]) -> tupl
 def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[Dataset], str] | None = None) -> TaskResult:
     rows: list[dict[str, Any]] = []
     hits: dict[str, list[bool]] = {}
+    sizes: dict[str, list[int]] = {}              # candidates per scored query (the gold's copies left out)
     skipped: Counter = Counter()
     with bar(ctx, "mmeb datasets", len(datasets)) as pbar:
         for ds in datasets:
@@ -170,13 +171,29 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
             kept = [(q, s) for q, s in zip(ds.queries, scores) if s]           # [] : a query whose media do not read
             skipped.update(ds.skipped)
             skipped["bad_media"] += len(scores) - len(kept)
-            h = precision_at_1([without_gold_copies(q, s) for q, s in kept])
+            if not kept:                       # a P@1 of nothing: NaN, stored as a score and left out of results
+                raise UserError(f"benchmark dataset {ds.name}: every one of its {len(scores)} queries has an input "
+                                f"or a candidate whose media do not read")
+            # the gold alone (one candidate, or only its copies): a hit by construction, nothing measured
+            pairs = [(k, r) for k in kept if len(r := without_gold_copies(*k)) >= 2]
+            skipped["one_candidate"] += len(kept) - len(pairs)
+            kept, ranked = [k for k, _ in pairs], [r for _, r in pairs]
+            if not kept:
+                raise UserError(f"benchmark dataset {ds.name}: every query has one candidate (its gold) only: "
+                                f"precision@1 would be 1 by construction (MMEB lists 1,000 outside classification)")
+            h = precision_at_1(ranked)
             hits[ds.name] = h
+            sizes[ds.name] = [len(r) for r in ranked]
             for (q, s), hit in zip(kept, h):
                 rows.append(dict(dataset=ds.name, meta_task=ds.meta_task, ood=ds.ood, key=q.key, correct=hit,
                                  n_candidates=len(s), pred=0 if hit else best_other(q, s), score_gold=float(s[0])))
             pbar.update(1)
     metrics, table = aggregate(hits, {d.name: d for d in datasets})
+    for r in table:                 # a random ranking's P@1 is 1 / candidates: said beside the score
+        r["candidates"] = sum(sizes[r["dataset"]]) / len(sizes[r["dataset"]])
+        r["chance"] = sum(1 / k for k in sizes[r["dataset"]]) / len(sizes[r["dataset"]])
+    metrics["chance"] = sum(r["chance"] for r in table) / len(table)        # averaged as precision@1 is
+    metrics["candidates_min"] = float(min(k for ks in sizes.values() for k in ks))
     metrics.update({f"skipped_{k}": v for k, v in sorted(skipped.items()) if v})
     return TaskResult(rows, metrics, {"datasets": table})
 
@@ -424,13 +441,17 @@ def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None,
                     skipped: Counter | None = None) -> list[MMEBQuery]:
     """Rows of one MMEB-eval subset: the query, then its candidates (gold at index 0) as the data lists them.
     A row naming an image that is not there is skipped and counted in `skipped` (`missing_file`)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     subset = spec["subset"]
     images = folder / spec.get("images", "eval_images")
     skipped = Counter() if skipped is None else skipped
     out, first_missing = [], None
     for f in mmeb_files(folder, subset):
-        table = pq.read_table(f)
+        try:
+            table = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{f}: not a readable parquet file ({short_error(e)[:200]})") from None
         missing = [c for c in ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path") if c not in table.column_names]
         if missing:
             raise UserError(f"{f}: not an MMEB-eval file (no column {missing[0]!r})")
