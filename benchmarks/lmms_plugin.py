@@ -14,7 +14,8 @@ returning one):
 `vlm eval`, so both harnesses give the same answers on the same split. [Contract] lmms-eval 0.7.3's
 `multiple_choice` picks `argmin` of the first value `loglikelihood` returns (its built-in models return
 a loss), so we return the negative log-likelihood of the continuation (summed over its tokens and the
-end of turn); `perplexity` reads the same value. [Contract] its evaluator passes every response through
+end of turn). (lmms-eval 0.7.3's own `loglikelihood` output type expects a (value, is_greedy) pair
+where `multiple_choice` expects the value alone, and fails in its evaluator: not supported.) [Contract] its evaluator passes every response through
 `unwrap_generation_output`, which turns a `(float, bool)` tuple into its string; a `GenerationResult`
 hands its `text` through untouched, so each pair travels inside one.
 
@@ -53,8 +54,14 @@ class VLMLmms(lmms):
     is_simple = True
 
     def __init__(self, pretrained: str, device: str | None = "cpu", batch_size: int | str = 1,
-                 max_new_tokens: int = 32, **_: Any) -> None:
+                 max_new_tokens: int = 32, max_batch_size: int | None = None, **unknown: Any) -> None:
         super().__init__()
+        if unknown:      # a misspelt key (devcie=cuda) or one we do not have (dtype) ran silently as the default
+            name = sorted(unknown)[0]
+            why = (" (evaluation runs in float32, as vlm eval does)" if name in ("dtype", "torch_dtype")
+                   else "")
+            raise UserError(f"vlm: unknown model_args key {name!r}{why}; the keys are pretrained, device, "
+                            f"batch_size, max_new_tokens")
         size = str(batch_size).strip()
         if size.startswith("auto"):                          # lmms-eval's `auto[:N]`: one request at a time
             self.batch_size = 1

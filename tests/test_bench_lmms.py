@@ -176,7 +176,10 @@ def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):
     from vlm.errors import UserError
     vlm.build("llava", "tiny", audio=None, music=None, video=None).save_pretrained(tmp_path / "ckpt")
     for kw, message in (({"batch_size": 0}, "batch_size must be a positive integer"),
-                        ({"batch_size": "x"}, "batch_size must be"), ({"max_new_tokens": -1}, "max_new_tokens must be")):
+                        ({"batch_size": "x"}, "batch_size must be"), ({"max_new_tokens": -1}, "max_new_tokens must be"),
+                        # found by a review: ran silently as the defaults (on the CPU; in float32)
+                        ({"devcie": "cuda"}, "unknown model_args key 'devcie'"),
+                        ({"dtype": "bfloat16"}, r"unknown model_args key 'dtype' \(evaluation runs in float32")):
         with pytest.raises(UserError, match=message):
             VLMLmms(str(tmp_path / "ckpt"), **kw)
     buf = io.BytesIO()
