@@ -583,6 +583,20 @@ def test_convert_media_folders(tmp_path):
     (tmp_path / "bad.csv").write_text("only-one-column\n")
     with pytest.raises(UserError, match=r"bad\.csv: line 1"):
         convert.read_captions(str(tmp_path / "bad.csv"))
+    # found by a review: with a header the caption was cut at its first unquoted comma ("tone 0"), exit 0
+    (tmp_path / "head.csv").write_text("file,caption\nc0.wav,tone 0, with comma\n")
+    assert convert.read_captions(str(tmp_path / "head.csv")) == {"c0.wav": "tone 0, with comma"}
+    (tmp_path / "wide.csv").write_text("file,caption,source\nc0.wav,tone 0, with comma,mine\n")
+    with pytest.raises(UserError, match=r"wide\.csv: line 2 has 4 fields, the header 3: quote a caption"):
+        convert.read_captions(str(tmp_path / "wide.csv"))
+    fifo = tmp_path / "fifo"                          # a caption file that is a FIFO: the read blocked for ever
+    fifo.mkdir()
+    Image.new("RGB", (32, 32), "red").save(fifo / "a.jpg")
+    Image.new("RGB", (32, 32), "blue").save(fifo / "b.jpg")
+    (fifo / "b.txt").write_text("a blue thing")
+    os.mkfifo(fifo / "a.txt")
+    report = convert.convert_caption_folder(str(fifo), str(tmp_path / "fo"), max_bad=0.5)
+    assert report.written == 1 and report.reasons == {"bad_caption": 1}
 
 
 # ---------------------------------------------------------------------------------------------

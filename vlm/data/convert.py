@@ -329,6 +329,8 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
         txt = os.path.splitext(rel)[0] + ".txt"
         if txt not in present:
             raise Skip("no_caption", f"{os.path.join(folder, rel)}: no caption file {txt}")
+        if not os.path.isfile(os.path.join(folder, txt)):      # a FIFO or a device would block the read
+            raise Skip("bad_caption", f"{os.path.join(folder, txt)}: not a regular file")
         try:                          # utf-8-sig: a BOM (Windows editors) is not part of the caption
             with open(inside(folder, txt, "caption file"), encoding="utf-8-sig") as f:
                 caption = f.read().strip()
@@ -492,7 +494,14 @@ def read_captions(path: str) -> dict[str, Any]:
             bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
             if bad is not None:
                 raise UserError(f"{path}: line {bad + 2} needs the columns file,caption")
-            pairs = [(r[0], r[1]) for r in rows]
+            if len(header) == 2:                  # file,caption only: a comma in a caption is kept (as below)
+                pairs = [(r[0], ",".join(r[1:])) for r in rows]
+            else:                                 # more columns: a row longer than the header is ambiguous
+                bad = next((i for i, r in enumerate(rows) if len(r) > len(header)), None)
+                if bad is not None:
+                    raise UserError(f"{path}: line {bad + 2} has {len(rows[bad])} fields, the header "
+                                    f"{len(header)}: quote a caption that holds a comma")
+                pairs = [(r[0], r[1]) for r in rows]
         else:                                     # file,caption without a header: a comma in a caption is kept
             bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
             if bad is not None:
