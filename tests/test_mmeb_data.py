@@ -127,6 +127,9 @@ def test_convert_mmeb_train_from_a_local_copy(tmp_path, tiny_model):
         pair, _ = fmt.make(s.key, s.fields, s.shard)
         assert pair.query.input_ids and pair.targets
     assert sorted(samples["A-OKVQA-2"].fields) == ["0.jpg", "1.jpg", "json"]
+    # found by a review: a subset named twice was converted twice (every sample doubled: A-OKVQA-0_1 ...)
+    again = convert_mmeb_train(str(root), str(tmp_path / "out2"), subsets=["A-OKVQA", "A-OKVQA"], max_bad=0.2)
+    assert again.written == 9
 
 
 def _shards(folder: Path):

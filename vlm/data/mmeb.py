@@ -111,7 +111,7 @@ def convert_mmeb_train(root: str, out: str, subsets: list[str] | None = None, sp
     image_root = images or root
     if not os.path.isdir(image_root):
         raise UserError(f"{image_root}: image folder not found")
-    subsets = list(subsets or [s for s in SUBSETS if (Path(root) / s).is_dir()])
+    subsets = list(dict.fromkeys(subsets or [s for s in SUBSETS if (Path(root) / s).is_dir()]))   # each once
     if not subsets:
         raise UserError(f"{root}: none of MMEB-train's subsets ({', '.join(SUBSETS[:4])} ...) is there")
     files = {s: subset_files(root, s, split) for s in subsets}       # every subset checked before writing
