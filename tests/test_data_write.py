@@ -835,6 +835,14 @@ def test_a_build_never_overwrites_other_data_and_leaves_no_earlier_split(tmp_pat
     for value in ("0", "-3"):
         assert vlm_main([*build, "--out", str(sw), "--eval-per-task", value]) == 2
         assert "--eval-per-task must be >= 1" in capsys.readouterr().err
+    # the other way round: a conversion into a build's root replaced its index.json, without a word
+    before = (sw / "index.json").read_bytes()
+    (tmp_path / "caps").mkdir()
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "caps" / "a.jpg")
+    (tmp_path / "caps" / "a.txt").write_text("a red square")
+    assert vlm_main(["data", "convert", "caption-folder", str(tmp_path / "caps"), "--out", str(sw)]) == 2
+    assert "a data set's root folder (splits train), not a shard folder" in capsys.readouterr().err
+    assert (sw / "index.json").read_bytes() == before
 
 
 def test_spoken_words_with_espeak(tmp_path, monkeypatch):

@@ -90,17 +90,18 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     if spec.startswith("file://"):
         spec = spec[len("file://"):]
     if os.path.isdir(spec):
-        from vlm.data.writer import check_not_torn
+        from vlm.data.writer import check_not_torn, root_splits
         check_not_torn(spec)
         index = os.path.join(spec, "index.json")
+        splits = root_splits(spec)
+        if splits is not None:
+            splits = [s for s in splits if os.path.isdir(os.path.join(spec, s))]
+            raise UserError(f"{spec}: a data set's root folder, not shards; give one of its split folders "
+                            f"({', '.join(os.path.join(spec, s) for s in splits) or 'none here'})")
         if os.path.exists(index):
             try:
                 with open(index) as f:
                     data = json.load(f)
-                if isinstance(data, dict) and "shards" not in data and isinstance(data.get("splits"), (dict, list)):
-                    splits = [s for s in data["splits"] if os.path.isdir(os.path.join(spec, str(s)))]
-                    raise UserError(f"{spec}: a data set's root folder, not shards; give one of its split folders "
-                                    f"({', '.join(os.path.join(spec, str(s)) for s in splits) or 'none here'})")
                 names = [s["file"] for s in data["shards"]]
             except (ValueError, KeyError, TypeError) as e:
                 raise UserError(f"{index}: not a shard index ({e.__class__.__name__})") from None

@@ -372,6 +372,19 @@ def _samples_in(index: str) -> int | None:
         return None
 
 
+def root_splits(folder: str) -> list[str] | None:
+    """The split folders a data set's root `index.json` names (synthetic-world's `splits`), None when `folder`
+    holds no such index (a shard folder's index lists `shards`)."""
+    try:
+        with open(os.path.join(folder, "index.json")) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and "shards" not in data and isinstance(data.get("splits"), (dict, list)):
+        return [str(s) for s in data["splits"]]
+    return None
+
+
 class ShardWriter:
     """`webdataset.ShardWriter` that encodes and validates samples, counts them, and writes `index.json`.
 
@@ -393,6 +406,10 @@ class ShardWriter:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create output folder {self.out_dir}: {e.strerror}") from e
+        splits = root_splits(self.out_dir)
+        if splits is not None:           # its index.json would be replaced by this one: the splits orphaned
+            raise UserError(f"{self.out_dir}: a data set's root folder (splits {', '.join(splits)}), not a shard "
+                            f"folder; give a new folder, or one of its split folders to replace")
         _remove_stale_staging(self.out_dir)
         self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{owner_tag()}-", dir=self.out_dir)
         self.replaced: int | None = None       # samples of the data set this one replaced (None: there was none)
