@@ -35,7 +35,7 @@ from vlm.atomic import write_text
 from vlm.data.template import normalise_conversation
 from vlm.data.writer import ShardWriter, validate_sample
 from vlm.errors import UserError, read_text, text_of
-from vlm.modalities import MODALITIES, PLACEHOLDERS, file_kind
+from vlm.modalities import MODALITIES, PLACEHOLDERS, file_kind, short_error
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
 MEDIA_PROMPTS = {"audio": "Describe the sound.", "music": "Describe the music.", "video": "Describe the video."}
@@ -188,7 +188,8 @@ def checked_image(data: bytes, what: str) -> str:
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise Skip("bad_image", f"not a readable image: {what} ({e.__class__.__name__}: {e})") from None
+        # (PIL names the BytesIO with its address: without it the message, and index.json, is the same each run)
+        raise Skip("bad_image", f"not a readable image: {what} ({e.__class__.__name__}: {short_error(e)})") from None
     return fmt
 
 
