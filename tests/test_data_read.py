@@ -508,3 +508,15 @@ def test_a_tar_with_a_sample_split_apart_or_gzipped_says_so(tmp_path):
     gz.write_bytes(gzip.compress(split.read_bytes()))
     [ref] = scan_shard(str(gz))
     assert ref.error == "bad_tar" and "gzip-compressed tar" in ref.message
+
+
+def test_a_classification_sample_is_named_as_such_not_as_text_missing():
+    """Found by a review: `vlm data inspect` on a clip_benchmark class set (cls + jpg) said every sample
+    'no_text: neither conversations, caption nor txt', as if the set were broken."""
+    from vlm.data.decode import SampleError, decode_sample
+    with pytest.raises(SampleError, match="a classification sample") as e:
+        decode_sample("k", {"cls": b"3", "jpg": b"\xff\xd8"})
+    assert e.value.reason == "class_label_only"
+    with pytest.raises(SampleError) as e:
+        decode_sample("k", {"jpg": b"\xff\xd8"})
+    assert e.value.reason == "no_text"

@@ -136,6 +136,9 @@ def decode_sample(key: str, fields: dict[str, bytes], shard: str = "",
         caption = meta.get("caption")
         if not isinstance(caption, str) and "txt" in fields:
             caption = fields["txt"].decode("utf-8", errors="replace").strip()
+        if (not isinstance(caption, str) or not caption) and "cls" in fields:
+            raise SampleError("class_label_only", "a classification sample (cls + media, no text): zero-shot "
+                              "benchmarks read it (wds:DIR), training and chat formats need text")
         if not isinstance(caption, str) or not caption:
             raise SampleError("no_text", "neither conversations, caption nor txt")
         turns = _caption_turns(caption, media_fields(fields), meta)
