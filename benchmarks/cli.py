@@ -89,8 +89,10 @@ def say_records(res) -> None:
         metrics = r.get("metrics") or {}
         bad = skipped_items(metrics)
         if bad:
+            first = (r.get("tables") or {}).get("skipped_examples") or {}
             print(f"{r['model']} / {r['benchmark']}: skipped {sum(bad.values())} sample(s): "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), file=sys.stderr)
+                  + ", ".join(f"{k} {v}" + (f" (first: {first[k]})" if k in first else "") for k, v in sorted(bad.items())),
+                  file=sys.stderr)
         kept = {k[len("kept_"):]: int(v) for k, v in metrics.items() if k.startswith("kept_") and v}
         if kept:                             # used, but worth knowing (silent or clipped audio ...)
             print(f"{r['model']} / {r['benchmark']}: kept " + ", ".join(f"{k} {v}" for k, v in sorted(kept.items())),

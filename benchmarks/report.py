@@ -111,7 +111,7 @@ def report_markdown(table) -> str:
     partial = table[(table["status"] == "ok") & (table["limit"].notna() | (table["skipped"].fillna("") != ""))] \
         if {"limit", "skipped"} <= set(table.columns) else table[:0]
     if len(partial):            # scores over fewer items than the benchmark holds: said beside them
-        parts += ["## Items not scored", "", _md(["model", "benchmark", "n scored", "--limit", "skipped (unreadable)"], [
+        parts += ["## Items not scored", "", _md(["model", "benchmark", "n scored", "--limit", "skipped (by reason)"], [
             [r["model"], r["benchmark"], _count(r["n"]), _count(r["limit"]), r["skipped"] or "-"]
             for _, r in partial.iterrows()]), ""]
     skipped = table[table["status"] == "skipped"]

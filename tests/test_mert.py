@@ -376,7 +376,7 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     capsys.readouterr()
     assert main(["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "eval")]) == 0
     err = capsys.readouterr().err                        # (the finished record is reused) the counts are printed
-    assert "skipped 4 sample(s): " in err and "missing_file 1" in err, err
+    assert "skipped 4 sample(s): " in err and "missing_file 1 (first: row21:missing.flac)" in err, err
     assert "kept audio_clipped 1, audio_silent 2" in err, err
     # the probe scored on the clips it was fitted on: refused (it printed 1.000 for every layer)
     assert main(["eval", "--bench", f"audio-folder:{d}", "--model", str(folder), "--out", str(tmp_path / "eval"),

@@ -132,10 +132,12 @@ def _features(model, clips: list[Clip], dhash: str, modality: str, ctx: Context)
     return t["features"]
 
 
-def _usable(clips: list[Clip], skipped: Counter) -> list[Clip]:
+def _usable(clips: list[Clip], skipped: Counter, first: dict[str, str]) -> list[Clip]:
+    """The clips with no problem; the others counted per reason, the first of each named in `first`."""
     for c in clips:
         if c.problem is not None:
             skipped[c.problem] += 1
+            first.setdefault(c.problem, c.key)
     return [c for c in clips if c.problem is None]
 
 
@@ -144,7 +146,7 @@ def _digest(clip: Clip) -> str:
     return hashlib.sha1(wave.contiguous().numpy().tobytes() + str((sr, tuple(wave.shape))).encode()).hexdigest()
 
 
-def _unseen(test: list[Clip], train: list[Clip], skipped: Counter) -> list[Clip]:
+def _unseen(test: list[Clip], train: list[Clip], skipped: Counter, first: dict[str, str]) -> list[Clip]:
     """The test clips whose audio no train clip has: a probe fitted on a clip scores it from memory (in a
     synthetic-world build of few distinct notes half the pitch and chord test clips were train clips, and
     82 % of the tempo ones). The others are counted as `seen_in_train`."""
@@ -152,6 +154,7 @@ def _unseen(test: list[Clip], train: list[Clip], skipped: Counter) -> list[Clip]
     kept = [c for c in test if _digest(c) not in seen]
     if len(kept) < len(test):
         skipped["seen_in_train"] += len(test) - len(kept)
+        first.setdefault("seen_in_train", next(c.key for c in test if c not in kept))
     return kept
 
 
@@ -166,8 +169,9 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         (train, h_train) = shard_clips(bench, replace(ctx, limit=None), train_split)
         (test, h_test) = shard_clips(bench, ctx, bench.data.split)
     skipped: Counter = Counter()
-    train, test = _usable(train, skipped), _usable(test, skipped)
-    test = _unseen(test, train, skipped)
+    first: dict[str, str] = {}                  # reason -> the first clip skipped for it (named by the CLI)
+    train, test = _usable(train, skipped, first), _usable(test, skipped, first)
+    test = _unseen(test, train, skipped, first)
     classes = sorted({c.label for c in train})
     if len(classes) < 2:
         raise UserError(f"benchmark {bench.name}: the '{train_split}' split has {len(classes)} usable class(es); "
@@ -207,7 +211,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                **{f"skipped_{k}": float(v) for k, v in sorted(skipped.items())},
                **{f"kept_{k}": float(v) for k, v in sorted(kept.items())}}
     layers = [dict(layer=k, weight=w, accuracy=a) for k, (w, a) in enumerate(zip(weights, per_layer))]
-    return TaskResult(rows, metrics, {"layers": layers})
+    return TaskResult(rows, metrics, {"layers": layers, "skipped_examples": first})
 
 
 def layer_table(records: list[dict[str, Any]]) -> str | None:
