@@ -266,24 +266,17 @@ def num_layers(encoder: torch.nn.Module) -> int | None:
 @torch.inference_mode()
 def encoder_layer_features(encoder, clips: list[tuple[torch.Tensor, int]], batch_size: int = 16) -> torch.Tensor:
     """MARBLE features: the hidden state after the embedding and after every block, each averaged over
-    time. [N, L + 1, D]. Runs the encoder's own `encode` once per layer (its `feature_layer` picks the
-    layer and `encode` drops padded frames), so no encoder internals are assumed beyond the block stack."""
+    time. [N, L + 1, D]. The encoder's own `encode_layers` (features at each `feature_layer`), so no encoder
+    internals are assumed beyond the block stack."""
     n = num_layers(encoder)
     if n is None:
         raise UserError(f"encoder {getattr(encoder, 'name', type(encoder).__name__)} has no stack of layers to probe")
     items = [encoder.preprocess(w, sr) for w, sr in clips]
-    saved = encoder.feature_layer
-    per_layer = []
-    try:
-        for k in range(n + 1):
-            encoder.feature_layer = k
-            feats = []
-            for i in range(0, len(items), batch_size):
-                feats += [f.float().mean(0) for f in encoder.encode(items[i:i + batch_size])]   # [D] each
-            per_layer.append(torch.stack(feats))                                             # [N, D]
-    finally:
-        encoder.feature_layer = saved
-    return torch.stack(per_layer, dim=1)                                                      # [N, L + 1, D]
+    feats = []
+    for i in range(0, len(items), batch_size):
+        feats += [torch.stack([layer.float().mean(0) for layer in f])                          # [L + 1, D] each
+                  for f in encoder.encode_layers(items[i:i + batch_size], n)]
+    return torch.stack(feats)                                                                  # [N, L + 1, D]
 
 
 class EncoderModel(EvalModel):

@@ -590,6 +590,20 @@ class Encoder(nn.Module):
                 out[i] = feats[j]  # [T, D]
         return out  # type: ignore[return-value]
 
+    def encode_layers(self, items: list[Tensor], n_layers: int) -> list[Tensor]:
+        """Variable-size items -> list of [n_layers + 1, T_i, D]: the features at every `feature_layer` 0..n
+        (MARBLE probes). This one encodes the items once per layer; an encoder whose model hands out every
+        hidden state in one pass overrides it."""
+        saved = self.feature_layer
+        try:
+            per_layer = []
+            for k in range(n_layers + 1):
+                self.feature_layer = k
+                per_layer.append(self.encode(items))
+        finally:
+            self.feature_layer = saved
+        return [torch.stack([layer[i] for layer in per_layer]) for i in range(len(items))]
+
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description; ``build_encoder_from_spec`` rebuilds the same
         architecture (random weights, no file access) so a checkpoint loads into it."""

@@ -15,8 +15,10 @@ eval mode apart from dropout.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from encoders.base import AudioPreprocess, ConvFrames, Encoder, preprocess_from_dict
@@ -73,6 +75,23 @@ class HubertMusicEncoder(Encoder, kind="hubert"):
         if self.feature_layer == -1:
             return out.last_hidden_state  # [B, frames, D]
         return out.hidden_states[self.feature_layer]  # [B, frames, D]
+
+    def encode_layers(self, items: list[Tensor], n_layers: int) -> list[Tensor]:
+        """Every hidden state from one pass per batch (the base class runs the model once per layer: a long
+        clip of a 12-layer model was 13 passes)."""
+        if n_layers != self.hubert_config.num_hidden_layers:
+            return super().encode_layers(items, n_layers)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[tuple(item.shape)].append(i)
+        out: list[Tensor | None] = [None] * len(items)
+        for idx in groups.values():
+            hidden = self.model(input_values=self._to_model(torch.stack([items[i] for i in idx])),
+                                output_hidden_states=True).hidden_states            # L + 1 x [b, T, D]
+            stacked = torch.stack(hidden, dim=1)                                       # [b, L + 1, T, D]
+            for j, i in enumerate(idx):
+                out[i] = stacked[j]
+        return out  # type: ignore[return-value]
 
     def token_count(self) -> ConvFrames:
         """Frames after the conv front end: L -> floor((L - kernel) / stride) + 1 per conv."""

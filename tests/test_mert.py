@@ -594,3 +594,20 @@ def test_the_recipe_check_of_a_pretrained_music_encoder_is_quiet_and_reads_heade
     (cut / "model.safetensors").write_bytes(data[:len(data) // 2])
     with pytest.raises(UserError, match="corrupt weights file"):
         check_model(load_recipe("llava-music-tiny", [f"model.settings.music=mert:{cut}"], check_files=False))
+
+
+def test_probe_features_of_every_layer_in_one_pass_equal_one_pass_per_layer():
+    """A HuBERT-shaped encoder hands the probes every hidden state from one forward pass (one pass per layer
+    made a long clip of a 12-layer model 13 passes, found by a review); the features are the generic
+    per-layer path's, bit for bit, for clips of several lengths in mixed batches."""
+    from benchmarks.models import encoder_layer_features
+    from encoders import build_encoder
+    from encoders.base import Encoder
+    torch.manual_seed(0)
+    enc = build_encoder("mert:tiny").eval()
+    g = torch.Generator().manual_seed(1)
+    clips = [(torch.randn(1, int(24000 * s), generator=g) * 0.1, 24000) for s in (1, 2, 1, 0.5)]
+    fast = encoder_layer_features(enc, clips, batch_size=3)
+    generic = [torch.stack([x.float().mean(0) for x in f]) for f in Encoder.encode_layers(
+        enc, [enc.preprocess(w, sr) for w, sr in clips], 2)]
+    assert fast.shape == (4, 3, 64) and torch.equal(fast, torch.stack(generic))
