@@ -17,6 +17,7 @@ than two labels in train, no test clip) is a one-line UserError naming the file 
 from __future__ import annotations
 
 import csv
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,8 @@ def read_labels(folder: str | Path, need: tuple[str, ...] = ("train",)) -> list[
             continue
         if len(row) != len(header):
             raise UserError(f"{csv_path}: row {line} has {len(row)} fields, the header {len(header)}")
-        path, label = row[0].strip(), row[1].strip()
+        # one text, one label: "café" typed (NFC) and from a macOS file name or some exports (NFD) were two
+        path, label = row[0].strip(), unicodedata.normalize("NFC", row[1].strip())
         if not path or not label:
             raise UserError(f"{csv_path}: row {line}: empty {'path' if not path else 'label'}")
         split = row[2].strip().lower() if has_split else None

@@ -394,6 +394,9 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     from vlm.errors import UserError
     with pytest.raises(UserError, match=r"labels 'piano' \(rows 2\) and 'Piano' \(rows 3\) differ only in case"):
         read_labels(d)
+    # "café" composed (NFC) and decomposed (NFD, macOS file names): one label, not two (found by a review)
+    (d / "labels.csv").write_text("path,label\nclips/0.flac,caf\u00e9\nclips/1.flac,cafe\u0301\nclips/2.flac,tea\n")
+    assert [c.label for c in read_labels(d)] == ["caf\u00e9", "caf\u00e9", "tea"]
 
 
 @pytest.mark.usefixtures("one_intra_op_thread")
