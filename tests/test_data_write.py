@@ -565,6 +565,16 @@ def test_convert_media_folders(tmp_path):
     again = convert.convert_media_folder(str(tmp_path / "aud"), str(tmp_path / "caps.csv"), str(tmp_path / "o5"), kind="music")
     assert again.written == 2 and len(again.notes) == 1, again.notes
     assert again.notes[0].startswith("2 audio file(s) under") and "d.ogg, more/c.flac" in again.notes[0]
+    nan = tone(1.0, 16000).astype("float32")                  # float wav with NaN: written, then skipped by
+    nan[100] = float("nan")                                    # training (found by a review): bad_audio here
+    (tmp_path / "nan").mkdir()
+    sf.write(tmp_path / "nan" / "a.wav", nan, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "nan" / "b.wav", tone(1.0, 16000, 220), 16000)
+    with open(tmp_path / "nancaps.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "caption"], ["a.wav", "broken"], ["b.wav", "a low tone"]])
+    rep = convert.convert_media_folder(str(tmp_path / "nan"), str(tmp_path / "nancaps.csv"), str(tmp_path / "on"),
+                                       kind="music", max_bad=0.5)
+    assert rep.written == 1 and rep.reasons == {"bad_audio": 1} and "not finite" in rep.problems[0]
     samples = {s["__key__"]: s for s in read_raw(tmp_path / "o")}
     assert meta(samples["b"])["caption"] == "a low, soft tone" and "wav" in samples["b"]
     assert meta(samples["a"])["conversations"][0]["value"].startswith("<music>")

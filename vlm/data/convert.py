@@ -539,6 +539,7 @@ def _read_media(path: str, kind: str) -> tuple[str, bytes]:
         except av.error.FFmpegError as e:
             raise Skip("bad_video", f"{path}: not a readable mp4 ({e.__class__.__name__})") from e
         return "mp4", data
+    import numpy as np
     import soundfile as sf
 
     try:
@@ -547,6 +548,8 @@ def _read_media(path: str, kind: str) -> tuple[str, bytes]:
         raise Skip("bad_audio", f"{path}: not a readable audio file") from e
     if x.shape[0] == 0:
         raise Skip("bad_audio", f"{path}: an audio file with no samples")
+    if not np.isfinite(x).all():     # the decoders refuse it (bad_audio): not written, as they would skip it
+        raise Skip("bad_audio", f"{path}: samples that are not finite (NaN or inf)")
     if file_kind(ext) == "audio":
         return ext, data
     buf = io.BytesIO()
