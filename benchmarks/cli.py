@@ -66,7 +66,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"model card: {card} (results: {card.parent}/results/{card.stem}.jsonl)", file=sys.stderr)
     say_records(res)
     done = sum(1 for r in res.records if r.get("status") == "ok" and not r.get("reused"))
-    print(f"\n{done} run, {res.reused} already done, "
+    reused = sum(1 for r in res.records if r.get("status") == "ok" and r.get("reused"))   # (a reused
+    print(f"\n{done} run, {reused} already done, "                                     # skip is a skip)
           f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "
           f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses", file=sys.stderr)
     print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",

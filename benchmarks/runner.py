@@ -104,21 +104,22 @@ def check_data(bench: Benchmark, roots: Roots) -> None:
         from benchmarks.tasks.mmeb import check_mmeb_eval
         check_mmeb_eval(bench, roots)
         return
-    if bench.kind == "mmeb" and any("path" in d for d in bench.options.get("datasets", [])):
-        for d in bench.options["datasets"]:
-            shard_files(folder / d["path"], bench.data.split)
-        return
     if bench.options.get("format") == "audio-folder":
         from benchmarks.audio_folder import read_labels
         read_labels(folder, need=(bench.data.train_split or "train", bench.data.split))
         return
     hint = ""
     if bench.data.root == "synthetic-world":
-        hint = " (build it with `vlm data build synthetic-world --out DIR` and pass --data DIR)"
+        hint = (" (build it with `vlm data build synthetic-world --out DIR` and pass --data DIR, or set "
+                "$VLM_SYNTHETIC_WORLD)")
     elif bench.data.root == "bench-root":
         hint = " (put the shards there or pass --bench-root DIR)"
     if not folder.is_dir():
         raise UserError(f"benchmark {bench.name}: data folder not found: {folder}{hint}")
+    if bench.kind == "mmeb" and any("path" in d for d in bench.options.get("datasets", [])):
+        for d in bench.options["datasets"]:
+            shard_files(folder / d["path"], bench.data.split)
+        return
     shard_files(folder, bench.data.split)
     if bench.kind == "probe":
         shard_files(folder, bench.data.train_split or "train")
