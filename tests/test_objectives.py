@@ -276,3 +276,21 @@ def test_kmeans_teacher_is_deterministic_for_a_seed():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     codes = a(waves[0], 100)
     assert codes.shape == (4, 100, 2) and codes.max() < 8 and len(codes.unique()) > 1
+
+
+def test_a_kmeans_teacher_fitted_on_silence_says_so(capsys):
+    """Found by a review: pretraining on all-silent clips trained on with exit 0, the only sign sklearn's
+    raw ConvergenceWarning ('Number of distinct clusters (1) found smaller than n_clusters')."""
+    import warnings
+
+    from vlm.train.objectives.teachers import MelKMeans
+    teacher = MelKMeans(codebook_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # sklearn's own warning is not what a user reads
+        teacher.fit(iter([torch.zeros(4, 48000)]), seed=0)
+    err = capsys.readouterr().err
+    assert "take 1 distinct value(s) for 8 units: the clips are silent or alike" in err, err
+    capsys.readouterr()
+    waves = [torch.stack([torch.from_numpy(tone(110 * (1 + i + j), 2.0, 24000)) for j in range(4)]) for i in range(3)]
+    MelKMeans(codebook_size=8).fit(iter(waves), seed=0)
+    assert "distinct value" not in capsys.readouterr().err

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -162,13 +164,21 @@ class MelKMeans(AcousticTeacher):
 
     def fit(self, batches, seed: int = 0) -> None:
         from sklearn.cluster import KMeans
+        from sklearn.exceptions import ConvergenceWarning
         for i, x in enumerate(collect_frames(self.features, batches, self.max_frames)):
             x = x.flatten(0, 1)[: self.max_frames].double()                            # [F, d]
             k = self.codebook_sizes[i]
             if x.shape[0] < k:
                 raise UserError(f"the acoustic teacher needs >= {k} frames to fit {k} units, got {x.shape[0]}")
+            distinct = torch.unique(x, dim=0).shape[0]
+            if distinct < k:           # all-silent or all-alike audio: sklearn warned of 'distinct clusters' only
+                print(f"warning: the mel_kmeans teacher's {('log-mel', 'chroma')[i]} frames of the training audio "
+                      f"take {distinct} distinct value(s) for {k} units: the clips are silent or alike, and the "
+                      f"codes it predicts carry little", file=sys.stderr, flush=True)
             mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-            km = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=seed).fit(((x - mean) / std).numpy())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=ConvergenceWarning)     # said above
+                km = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=seed).fit(((x - mean) / std).numpy())
             getattr(self, f"mean{i}").copy_(mean.float())
             getattr(self, f"std{i}").copy_(std.float())
             getattr(self, f"centroids{i}").copy_(torch.from_numpy(km.cluster_centers_).float())
