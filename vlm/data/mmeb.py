@@ -53,37 +53,48 @@ def subset_files(root: str, subset: str, split: str) -> list[str]:
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
-    """The rows of one parquet / jsonl file; a file without MMEB's columns, a line that is not a JSON object, a
-    file that does not read: a UserError naming it (and the line)."""
+    """The rows of one parquet / jsonl file, streamed (a few thousand rows in memory, not the file: a
+    --max-per-subset 10 read a 150 MB file whole); a file without MMEB's columns, a line that is not a JSON
+    object, a file that does not read: a UserError naming it (and the line)."""
     if path.endswith(".jsonl"):
-        rows, n = [], 0
-        try:
-            with open(path, encoding="utf-8-sig") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        rows.append(json.loads(line))
-                        if not isinstance(rows[-1], dict):
-                            raise ValueError("not a JSON object")
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not UTF-8 text (after line {n})") from None
-        except ValueError as e:
-            raise UserError(f"{path}: line {n}: not a JSON object row ({short_error(e)[:120]})") from None
-        cols = set(rows[0]) if rows else set(COLUMNS)
-    else:
-        import pyarrow.parquet as pq
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid on a truncated / foreign file, OSError
-            raise UserError(f"{path}: not a readable parquet file ({short_error(e)[:160]})") from None
-        cols, rows = set(table.column_names), None
+        yield from _jsonl_rows(path)
+        return
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(path)
+        _check_columns(path, set(pf.schema_arrow.names))
+        for batch in pf.iter_batches(4096):
+            yield from batch.to_pylist()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid on a truncated / foreign file, OSError
+        raise UserError(f"{path}: not a readable parquet file ({short_error(e)[:160]})") from None
+
+
+def _check_columns(path: str, cols: set[str]) -> None:
     missing = [c for c in COLUMNS if c not in cols]
     if missing:
         raise UserError(f"{path}: not an MMEB-train file (no column {missing[0]!r})")
-    if rows is None:
-        for batch in table.to_batches(4096):
-            yield from batch.to_pylist()
-    else:
-        yield from rows
+
+
+def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
+    n, first = 0, True
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("not a JSON object")
+                if first:
+                    _check_columns(path, set(row))
+                    first = False
+                yield row
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (after line {n})") from None
+    except ValueError as e:
+        raise UserError(f"{path}: line {n}: not a JSON object row ({short_error(e)[:120]})") from None
 
 
 def side(text: str | None, image: str | None) -> tuple[str, bool]:
