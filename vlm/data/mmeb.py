@@ -86,14 +86,14 @@ def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
                     continue
                 row = json.loads(line)
                 if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
+                    raise TypeError("not a JSON object")
                 if first:
                     _check_columns(path, set(row))
                     first = False
                 yield row
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text (after line {n})") from None
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise UserError(f"{path}: line {n}: not a JSON object row ({short_error(e)[:120]})") from None
 
 
