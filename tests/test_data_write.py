@@ -372,16 +372,18 @@ def test_converters_skip_odd_records_by_reason(tmp_path):
                {"id": "bomb", "image": "bomb.png", "conversations": qa("<image>\nQ", "a")},
                {"id": "text", "image": None, "conversations": qa("Hi", "Hello")},
                {"id": "blank", "image": "", "conversations": qa("Hi", "Hello")},          # text-only, said
-               {"id": "gap", "image": ["a.jpg", " "], "conversations": qa("Q", "a")}]      # an empty path: a skip
+               {"id": "gap", "image": ["a.jpg", " "], "conversations": qa("Q", "a")},     # an empty path: a skip
+               {"id": "mute", "conversations": qa("Hi", "")},                   # an empty answer: nothing to learn
+               {"id": "null-task", "task": None, "conversations": qa("Hi", "Hello")}]      # null: the default task
     (tmp_path / "r.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(records).encode())      # with a BOM
     report = convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(tmp_path / "o1"),
                                         max_bad=0.9)
-    assert report.reasons == {"bad_turn": 1, "no_answer": 1, "bad_image": 1, "missing_file": 1}, report.reasons
+    assert report.reasons == {"bad_turn": 1, "no_answer": 2, "bad_image": 1, "missing_file": 1}, report.reasons
     assert any("gap" in p and "an empty path" in p for p in report.problems), report.problems
     assert report.notes == ['1 record(s) have "image": "" (read as text-only records): blank'], report.notes
     samples = {s["__key__"]: meta(s) for s in read_raw(tmp_path / "o1")}
     assert samples["roles"]["conversations"] == qa("<image>\nwhat?", "red")
-    assert set(samples) == {"ok", "roles", "text", "blank"}
+    assert set(samples) == {"ok", "roles", "text", "blank", "null-task"} and samples["null-task"]["task"] == "sft"
     (tmp_path / "cap").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "cap" / "a.jpg")
     (tmp_path / "cap" / "a.txt").write_bytes("café".encode("latin-1"))

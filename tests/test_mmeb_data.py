@@ -130,6 +130,9 @@ def test_convert_mmeb_train_from_a_local_copy(tmp_path, tiny_model):
     # found by a review: a subset named twice was converted twice (every sample doubled: A-OKVQA-0_1 ...)
     again = convert_mmeb_train(str(root), str(tmp_path / "out2"), subsets=["A-OKVQA", "A-OKVQA"], max_bad=0.2)
     assert again.written == 9
+    from vlm.errors import UserError
+    with pytest.raises(UserError, match="--max-per-subset must be >= 1, got 0"):    # it said "no samples found"
+        convert_mmeb_train(str(root), str(tmp_path / "out3"), max_per_subset=0)
 
 
 def _shards(folder: Path):
@@ -415,3 +418,12 @@ def test_pairs_format_reads_only_the_sides_it_trains_and_refuses_empty_or_odd_si
         problems = validate_sample({"__key__": "k", **fields, "json": {**meta, "negatives": negs}})
         assert problems and "'negatives' must be a list" in problems[0], (negs, problems)
     assert validate_sample({"__key__": "k", "0.jpg": img, "1.jpg": img, "json": {**meta, "negatives": None}}) == []
+
+
+def test_an_mmeb_side_already_holding_our_image_placeholder_keeps_one():
+    """Found by a review: a side written with `<image>` (not Phi-3's <|image_1|>) and an image path got a
+    second token, then was skipped as 'more than one image token'."""
+    from vlm.data.mmeb import side
+    assert side("<image>\nWhat colour?", "a.jpg") == ("<image>\nWhat colour?", True)
+    assert side("<|image_1|>\nWhat colour?", "a.jpg") == ("<image>\nWhat colour?", True)
+    assert side("What colour?", "a.jpg") == ("<image>\nWhat colour?", True)

@@ -281,6 +281,8 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
             raise Skip("bad_turn", str(e)) from None
         if not any(t["role"] == "assistant" for t in turns):
             raise Skip("no_answer", f"record {i} (id {rid}): no gpt / assistant turn to learn from")
+        if not any(t["role"] == "assistant" and t["text"].strip() for t in turns):   # every answer "": a sample
+            raise Skip("no_answer", f"record {i} (id {rid}): every gpt / assistant turn is empty")  # of no target
         images = rec.get("image")
         if images is None or images == "":              # null / absent / "": a text-only record
             if images == "":
@@ -298,7 +300,7 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
             sample[ext if len(images) == 1 else f"{n}.{ext}"] = data
         conv = with_image_placeholders([{"from": LLAVA_ROLES[t["role"]], "value": t["text"]} for t in turns],
                                        len(images), f"record {i} (id {rid})")
-        meta = {"conversations": conv, "source": source, "task": rec.get("task", task), "id": rid}
+        meta = {"conversations": conv, "source": source, "task": rec.get("task") or task, "id": rid}   # null: the default
         meta.update({k: rec[k] for k in ("quality", "difficulty", "labels") if k in rec})
         sample["json"] = meta
         return sample

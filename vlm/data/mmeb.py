@@ -105,7 +105,7 @@ def side(text: str | None, image: str | None) -> tuple[str, bool]:
     text, has_image = (text or "").strip(), bool(image)
     if PHI3_IMAGE in text:
         text = text.replace(PHI3_IMAGE, "<image>" if has_image else "").strip()
-    elif has_image:
+    elif has_image and "<image>" not in text:          # a side already in our placeholder keeps it
         text = f"<image>\n{text}"
     if text.count("<image>") > 1:
         raise Skip("bad_row", "more than one image token in a side with one image path")
@@ -119,6 +119,8 @@ def convert_mmeb_train(root: str, out: str, subsets: list[str] | None = None, sp
     default `root`)."""
     if not os.path.isdir(root):
         raise UserError(f"{root}: not a folder (a local copy of TIGER-Lab/MMEB-train)")
+    if max_per_subset is not None and max_per_subset < 1:
+        raise UserError(f"--max-per-subset must be >= 1, got {max_per_subset}")
     image_root = images or root
     if not os.path.isdir(image_root):
         raise UserError(f"{image_root}: image folder not found")
