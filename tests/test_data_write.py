@@ -609,6 +609,10 @@ def test_convert_media_folders(tmp_path):
     os.mkfifo(fifo / "a.txt")
     report = convert.convert_caption_folder(str(fifo), str(tmp_path / "fo"), max_bad=0.5)
     assert report.written == 1 and report.reasons == {"bad_caption": 1}
+    (fifo / "a.txt").unlink()                         # a camera's B.JPG beside B.TXT: its caption (it was
+    (fifo / "b.txt").rename(fifo / "b.TXT")           # "no caption file b.txt" and the .TXT listed nowhere)
+    report = convert.convert_caption_folder(str(fifo), str(tmp_path / "fo2"), max_bad=0.5)
+    assert report.written == 1 and report.reasons == {"no_caption": 1} and report.notes == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -329,7 +329,8 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
     source = source or text_of(os.path.basename(os.path.normpath(folder)))
 
     def build(rel: str, seen: Keys) -> dict[str, Any]:
-        txt = os.path.splitext(rel)[0] + ".txt"
+        stem = os.path.splitext(rel)[0]
+        txt = next((stem + e for e in (".txt", ".TXT", ".Txt") if stem + e in present), stem + ".txt")  # B.JPG, B.TXT
         if txt not in present:
             raise Skip("no_caption", f"{os.path.join(folder, rel)}: no caption file {txt}")
         if not os.path.isfile(os.path.join(folder, txt)):      # a FIFO or a device would block the read
