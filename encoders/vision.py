@@ -200,9 +200,13 @@ def openclip_from_cfg(model_cfg: dict[str, Any], name: str = "") -> nn.Module:
     model_class = (CoCa if "multimodal_cfg" in cfg else CustomTextCLIP) if custom_text else CLIP
     names = open_clip_hub_names(cfg)
     names.pop("tokenizer", None)                        # the model alone: its tokenizer is not built here
-    require_local(f"open_clip model {name}" if name else "open_clip model", names)
-    with offline():
-        return model_class(**cfg)
+    what = f"open_clip model {name}" if name else "open_clip model"
+    require_local(what, names)
+    try:
+        with offline():
+            return model_class(**cfg)
+    except OSError as err:     # cached, but not whole (a file the text tower needs is missing)
+        raise UserError(f"{what}: its text tower's files are not all local: {str(err).splitlines()[0]}") from err
 
 
 def openclip_preprocess(model_cfg: dict[str, Any], tag_cfg: dict[str, Any] | None) -> ImagePreprocess:

@@ -33,7 +33,7 @@ def test_mmeb_precision_at_1_hand_computed():
     datasets = [
         Dataset("A", "classification", False, [_q("q", ["near", "far"]), _q("q", ["far", "near"])]),   # hit, miss
         Dataset("B", "vqa", False, [_q("q", ["near", "far", "far"])]),                                 # hit
-        Dataset("C", "retrieval", True, [_q("q", ["near"]), _q("q", ["near", "near2"])]),            # hit, tie = miss
+        Dataset("C", "retrieval", True, [_q("q", ["near", "far"]), _q("q", ["near", "near2"])]),     # hit, tie = miss
         Dataset("D", "grounding", True, [_q("q", ["far", "near"])]),                                   # miss
     ]
     res = evaluate(TableModel(t), datasets, Context(progress=False))
@@ -47,6 +47,11 @@ def test_mmeb_precision_at_1_hand_computed():
     assert res.metrics["retrieval"] == 0.5 and res.metrics["grounding"] == 0.0
     assert [r["correct"] for r in res.rows] == [True, False, True, True, False, False]
     assert {r["dataset"]: r["n"] for r in res.tables["datasets"]} == {"A": 2, "B": 1, "C": 2, "D": 1}
+    assert {r["dataset"]: r["chance"] for r in res.tables["datasets"]} == {"A": 0.5, "B": 1 / 3, "C": 0.5, "D": 0.5}
+    # a query whose gold is its only candidate is a hit by construction: left out and counted, not scored
+    alone = evaluate(TableModel(t), [Dataset("E", "retrieval", True, [_q("q", ["near"]), _q("q", ["far", "near"])])],
+                     Context(progress=False))
+    assert alone.metrics["p@1/E"] == 0.0 and alone.metrics["skipped_one_candidate"] == 1 and alone.metrics["n"] == 1
 
 
 def test_retrieval_recall_constructed_case():

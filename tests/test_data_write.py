@@ -841,8 +841,11 @@ def test_a_build_never_overwrites_other_data_and_leaves_no_earlier_split(tmp_pat
     (tmp_path / "mine" / "train" / "shard-000000.tar").write_bytes(b"precious")
     assert vlm_main([*build, "--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine" / "train" / "shard-000000.tar").read_bytes() == b"precious"
-    (tmp_path / "mine" / ".building").write_text("synthetic-world\n")    # what a killed build leaves: rebuilt
-    assert vlm_main([*build, "--out", str(tmp_path / "mine")]) == 0 and not (tmp_path / "mine" / ".building").exists()
+    (tmp_path / "mine" / ".building").write_text("synthetic-world\n")    # what a killed build leaves: rebuilt,
+    (tmp_path / "mine" / "index.json").write_text('{"name": "synth')       # even with a torn index
+    assert vlm_main([*build, "--out", str(tmp_path / "mine"), "--splits", "test", "train"]) == 0   # any order
+    assert not (tmp_path / "mine" / ".building").exists()
+    assert "seen_in_train" in json.loads((tmp_path / "mine" / "index.json").read_text())["splits"]["test"]
     sw = tmp_path / "sw"
     assert vlm_main([*build, "--out", str(sw), "--seed", "1"]) == 0 and (sw / "test").is_dir()
     assert vlm_main([*build, "--out", str(sw), "--seed", "2", "--splits", "train"]) == 0

@@ -282,6 +282,14 @@ def test_open_clip_text_tower_on_the_hub_is_refused_and_a_local_one_builds(
     no_network(monkeypatch, tmp_path)
     with pytest.raises(UserError, match="text tower is the Hugging Face model 'roberta-base', which is not on"):
         build_encoder("open_clip:roberta-ViT-B-32")
+    from huggingface_hub import constants
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--roberta-base" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)                      # a cache holding roberta's tokenizer but not its config:
+    (snapshot / "tokenizer.json").write_text("{}")    # not the text tower's files
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc")
+    with pytest.raises(UserError, match="text tower is the Hugging Face model 'roberta-base', which is not on"):
+        build_encoder("open_clip:roberta-ViT-B-32")
     BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                max_position_embeddings=32).save_pretrained(tmp_path / "bert")
     cfg = {"embed_dim": 16,
@@ -291,6 +299,11 @@ def test_open_clip_text_tower_on_the_hub_is_refused_and_a_local_one_builds(
     (tmp_path / "Local-Bert-CLIP.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "Local-Bert-CLIP.json")
     enc = build_encoder("open_clip:Local-Bert-CLIP").eval()
+    cfg["text_cfg"]["hf_model_name"] = "./no-such-bert"
+    (tmp_path / "Missing-Bert-CLIP.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "Missing-Bert-CLIP.json")
+    with pytest.raises(UserError, match="its text tower folder ./no-such-bert is not there"):
+        build_encoder("open_clip:Missing-Bert-CLIP")
     with torch.no_grad():
         text = enc.clip_model.encode_text(torch.tensor([[1, 5, 7, 2]]))
     assert text.shape == (1, 16) and torch.isfinite(text).all()

@@ -417,6 +417,11 @@ def test_a_test_clip_the_probe_was_fitted_on_is_not_scored(mert_folder, tmp_path
                      RunConfig(out=str(tmp_path / "eval"), cache=False, progress=False)).records
     assert rec["status"] == "ok", rec
     assert rec["metrics"]["skipped_seen_in_train"] == 1 and rec["metrics"]["n"] == 2 and rec["metrics"]["n_train"] == 6
+    # --limit 1 leaves only the copy: not applicable at that limit (the rest of a suite runs), not the run's end
+    (d / "labels.csv").write_text("\n".join([*rows[:7], "clips/copy-of-0.flac,low,test", rows[7]]) + "\n")
+    [rec] = evaluate([str(folder)], [get_benchmark(f"audio-folder:{d}")],
+                     RunConfig(out=str(tmp_path / "eval2"), cache=False, progress=False, limit=1)).records
+    assert rec["status"] == "skipped" and "under --limit 1" in rec["reason"], rec
 
 
 def test_odd_audio_scales_are_normalised_and_odd_rates_resample_in_small_steps():

@@ -94,3 +94,16 @@ def test_run_folder_has_recipe_metrics_tensorboard_and_plot(runs):
     assert {"loss", "lr", "tok_per_s", "grad_norm", "stage"} <= set(rows[1])
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert kept == [f"step-{s:08d}" for s in (2, 4, 6, 7)]   # every 2 steps + stage ends, keep_last 10
+
+
+def test_a_resume_onto_another_encoder_layer_is_refused_naming_it():
+    """Found by a review: hf:DIR CLIP folders read feature_layer -2 by default now (-1 before); a run started
+    with the old default and resumed would have loaded its weights into a model reading other features."""
+    import vlm
+    from vlm.train.trainer import encoder_layer_difference
+    base = {"audio": None, "music": None, "video": None}
+    old = vlm.build("llava", "tiny", vision={"name": "tiny-clip", "feature_layer": -1}, **base)
+    new = vlm.build("llava", "tiny", vision={"name": "tiny-clip"}, **base)           # the preset's -2
+    assert encoder_layer_difference(new, old.config_dict()) == ("image", -1, -2)
+    assert encoder_layer_difference(old, old.config_dict()) is None
+    assert encoder_layer_difference(new, {}) is None and encoder_layer_difference(new, {"encoders": None}) is None

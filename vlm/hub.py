@@ -12,8 +12,8 @@ from typing import Any
 
 from vlm.errors import UserError
 
-# The files one of them holds: a model's config, a tokenizer's config or its single-file form.
-_MARKERS = ("config.json", "tokenizer_config.json", "tokenizer.json")
+# The files that say a role's files are cached: a model's config; a tokenizer's config or its single-file form.
+_MARKERS = {"text tower": ("config.json",), "tokenizer": ("tokenizer_config.json", "tokenizer.json")}
 
 
 def open_clip_hub_names(config: dict[str, Any]) -> dict[str, str]:
@@ -26,10 +26,11 @@ def open_clip_hub_names(config: dict[str, Any]) -> dict[str, str]:
     return {role: name for role, name in names.items() if isinstance(name, str) and name}
 
 
-def in_cache(name: str) -> bool:
-    """Whether the Hugging Face cache holds a config or tokenizer file of the model `name`."""
+def in_cache(name: str, role: str = "text tower") -> bool:
+    """Whether the Hugging Face cache holds the model `name`'s files for `role` (its config.json for a text
+    tower, a tokenizer file for a tokenizer)."""
     from huggingface_hub import try_to_load_from_cache
-    for file in _MARKERS:
+    for file in _MARKERS[role]:
         try:
             if isinstance(try_to_load_from_cache(name, file), str):
                 return True
@@ -41,8 +42,10 @@ def in_cache(name: str) -> bool:
 def require_local(what: str, names: dict[str, str]) -> None:
     """Refuse, naming `what` and the model, any name of `names` that is neither a folder nor cached."""
     for role, name in names.items():
-        if Path(name).is_dir() or in_cache(name):
+        if Path(name).is_dir() or in_cache(name, role):
             continue
+        if name.startswith(("/", "./", "../", "~")):      # a path, not a hub name
+            raise UserError(f"{what}: its {role} folder {name} is not there")
         raise UserError(f"{what}: its {role} is the Hugging Face model '{name}', which is not on this machine "
                         "(nothing is downloaded): put it in the Hugging Face cache beforehand, or give a config "
                         "file whose text_cfg names a local folder")

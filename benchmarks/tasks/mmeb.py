@@ -178,8 +178,8 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
             pairs = [(k, r) for k in kept if len(r := without_gold_copies(*k)) >= 2]
             skipped["one_candidate"] += len(kept) - len(pairs)
             kept, ranked = [k for k, _ in pairs], [r for _, r in pairs]
-            if not kept:
-                raise UserError(f"benchmark dataset {ds.name}: every query has one candidate (its gold) only: "
+            if not kept:              # (at a small --limit a set's candidates are few: not applicable there)
+                raise TooFewItems(f"benchmark dataset {ds.name}: every query has one candidate (its gold) only: "
                                 f"precision@1 would be 1 by construction (MMEB lists 1,000 outside classification)")
             h = precision_at_1(ranked)
             hits[ds.name] = h

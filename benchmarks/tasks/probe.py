@@ -154,7 +154,7 @@ def _unseen(test: list[Clip], train: list[Clip], skipped: Counter, first: dict[s
     kept = [c for c in test if _digest(c) not in seen]
     if len(kept) < len(test):
         skipped["seen_in_train"] += len(test) - len(kept)
-        first.setdefault("seen_in_train", next(c.key for c in test if c not in kept))
+        first.setdefault("seen_in_train", next(c.key for c in test if _digest(c) in seen))
     return kept
 
 
@@ -177,9 +177,10 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         raise UserError(f"benchmark {bench.name}: the '{train_split}' split has {len(classes)} usable class(es); "
                         f"a probe needs at least 2 (skipped: {dict(skipped) or 'none'})")
     limited = f" among the first {ctx.limit} (--limit)" if ctx.limit else ""
-    if not test:
-        raise UserError(f"benchmark {bench.name}: no usable {bench.data.split} clips{limited} "
-                        f"(skipped: {dict(skipped) or 'none'})")
+    if not test:           # the first N all train clips: what the limit left (a data problem otherwise)
+        error = TooFewItems if ctx.limit and skipped.get("seen_in_train") else UserError
+        raise error(f"benchmark {bench.name}: no usable {bench.data.split} clips{limited} "
+                    f"(skipped: {dict(skipped) or 'none'})")
     if not any(c.label in classes for c in test):      # an accuracy of 0 that measures nothing
         raise TooFewItems(f"benchmark {bench.name}: no {bench.data.split} clip{limited} has a label of the "
                         f"'{train_split}' split ({', '.join(sorted({c.label for c in test})[:5])} vs "

@@ -133,6 +133,8 @@ def convert_mmeb_train(root: str, out: str, subsets: list[str] | None = None, sp
         for s in subsets:
             n = 0
             for f in files[s]:
+                if max_per_subset is not None and n >= max_per_subset:
+                    break                                  # the later files are not opened
                 for row in read_rows(f):
                     if max_per_subset is not None and n >= max_per_subset:
                         break

@@ -345,6 +345,13 @@ class OpenClipBackend(Backend):
             if not (folder / "open_clip_config.json").is_file():
                 raise UserError(f"{folder}: no open_clip_config.json (not an open_clip local-dir)")
             config, ident = (folder / "open_clip_config.json").read_text(), [file_id(p) for p in sorted(folder.iterdir())]
+            try:
+                raw = json.loads(config)
+                local_cfg = raw.get("model_cfg", raw)           # as open_clip reads it
+            except (ValueError, AttributeError):
+                local_cfg = {}
+            local_cfg = local_cfg if isinstance(local_cfg, dict) else {}
+            require_local(spec, open_clip_hub_names(local_cfg))   # its text tower may name the hub too
         else:
             config = open_clip_config(arch, self.config_file)
             if config is None:
@@ -389,9 +396,11 @@ class OpenClipBackend(Backend):
                     if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
                         raise UserError(f"{self.spec}: weights do not fit the architecture "
                                         f"({str(e).splitlines()[0][:200]})") from None
-                    raise UserError(f"{self.ckpt}: not a readable open_clip checkpoint ({short_error(e)[:200]})") from None
+                    raise UserError(f"{self.ckpt or self.spec}: not a readable open_clip "
+                                    f"{'checkpoint' if self.ckpt else 'model'} ({short_error(e)[:200]})") from None
                 except Exception as e:  # noqa: BLE001  unpickling, safetensors and OS errors of a damaged file
-                    raise UserError(f"{self.ckpt}: not a readable open_clip checkpoint "
+                    raise UserError(f"{self.ckpt or self.spec}: not a readable open_clip "
+                                    f"{'checkpoint' if self.ckpt else 'model'} "
                                     f"({type(e).__name__}: {short_error(e)[:200]})") from None
             with offline():
                 self._tokenizer = open_clip.get_tokenizer(arch)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import math
 import random
 import sys
@@ -165,6 +166,19 @@ def lock_run_dir(run_dir: Path):
         raise UserError(f"output folder {run_dir} is in use by another `vlm train` (it holds {run_dir / LOCK_FILE}); "
                         f"wait for it to end, or train into another --out") from None
     return lock
+
+
+def encoder_layer_difference(model: nn.Module, saved: dict) -> tuple[str, Any, Any] | None:
+    """(encoder, saved layer, built layer) of the first encoder whose `feature_layer` differs from the one a
+    checkpoint's config.json records: the weights load either way, but the projector was trained on other
+    features (a recipe without the setting, resumed after its default changed)."""
+    encoders = getattr(model, "encoders", None)
+    for name, spec in (saved.get("encoders") or {}).items() if isinstance(saved, dict) else ():
+        if encoders is None or name not in encoders or not isinstance(spec, dict) or "feature_layer" not in spec:
+            continue
+        if spec["feature_layer"] != encoders[name].feature_layer:
+            return name, spec["feature_layer"], encoders[name].feature_layer
+    return None
 
 
 def recipe_difference(saved: Path, recipe: Recipe) -> tuple[str, Any, Any] | None:
@@ -347,6 +361,15 @@ class Trainer:
                             f"recipe that wrote it")
         for st in self.recipe.stages[:state.stage + 1]:
             plain.set_llm_mode(st.llm, st.lora)
+        try:
+            saved = json.loads((ckpt / ckpt_lib.MODEL_DIR / "config.json").read_text())
+        except (OSError, ValueError):
+            saved = {}                                   # (load_model_weights names what is wrong with it)
+        where = encoder_layer_difference(plain, saved)
+        if where is not None:
+            raise UserError(f"--resume: {ckpt} was trained on its {where[0]} encoder's feature_layer {where[1]}, "
+                            f"this recipe builds {where[2]} (a default that changed: hf:DIR CLIP folders read -2 "
+                            f"now); set the encoder's feature_layer: {where[1]} in the recipe to resume")
         ckpt_lib.load_model_weights(plain, ckpt)
         return state.stage + 1 if state.stage_done else state.stage
 

@@ -32,6 +32,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from vlm.atomic import write_text
 from vlm.data.synthetic import audio as synth_audio
 from vlm.data.synthetic import images as synth_images
 from vlm.data.synthetic import pairs as synth_pairs
@@ -230,6 +231,8 @@ def check_out_folder(out: str) -> None:
     """Refuse to build over another data set: `out` must be new, empty, a synthetic-world build (its
     index.json says so) or one a kill interrupted (its `.building` mark)."""
     index = os.path.join(out, "index.json")
+    if os.path.exists(os.path.join(out, BUILDING)):      # a build a kill interrupted (its index may be torn)
+        return
     if os.path.exists(index):
         try:
             with open(index, encoding="utf-8") as f:
@@ -261,6 +264,7 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise UserError(f"unknown split {bad[0]!r}; choose from {', '.join(SPLITS)}")
+    splits = [s for s in SPLITS if s in splits]          # train first: val / test are compared with it
     if seed < 0:
         raise UserError(f"--seed must be >= 0 (got {seed})")
     if samples < 1:
@@ -317,9 +321,7 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
         if os.path.isdir(os.path.join(out, stale)):
             shutil.rmtree(os.path.join(out, stale))
             print(f"{stale}/: removed (an earlier build's; not in this one)", file=sys.stderr)
-    with open(os.path.join(out, "index.json"), "w") as f:
-        json.dump(index, f, indent=1, sort_keys=True)
-        f.write("\n")
+    write_text(os.path.join(out, "index.json"), json.dumps(index, indent=1, sort_keys=True) + "\n")
     os.remove(os.path.join(out, BUILDING))
     return index
 
