@@ -580,14 +580,19 @@ class Encoder(nn.Module):
 
     def encode(self, items: list[Tensor]) -> list[Tensor]:
         """Variable-size items -> list of [T_i, D]: same-shaped items run as one batch."""
+        return self.by_shape(items, self.forward)
+
+    def by_shape(self, items: list[Tensor], run) -> list[Tensor]:
+        """`run` ([b, ...] model input -> [b, ...] output) on each group of same-shaped items, stacked; the
+        outputs back in the items' order."""
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             groups[tuple(item.shape)].append(i)
         out: list[Tensor | None] = [None] * len(items)
         for idx in groups.values():
-            feats = self.forward(self._to_model(torch.stack([items[i] for i in idx])))  # [b, T, D]
+            feats = run(self._to_model(torch.stack([items[i] for i in idx])))
             for j, i in enumerate(idx):
-                out[i] = feats[j]  # [T, D]
+                out[i] = feats[j]
         return out  # type: ignore[return-value]
 
     def encode_layers(self, items: list[Tensor], n_layers: int) -> list[Tensor]:

@@ -15,7 +15,6 @@ eval mode apart from dropout.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,17 +80,8 @@ class HubertMusicEncoder(Encoder, kind="hubert"):
         clip of a 12-layer model was 13 passes)."""
         if n_layers != self.hubert_config.num_hidden_layers:
             return super().encode_layers(items, n_layers)
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, item in enumerate(items):
-            groups[tuple(item.shape)].append(i)
-        out: list[Tensor | None] = [None] * len(items)
-        for idx in groups.values():
-            hidden = self.model(input_values=self._to_model(torch.stack([items[i] for i in idx])),
-                                output_hidden_states=True).hidden_states            # L + 1 x [b, T, D]
-            stacked = torch.stack(hidden, dim=1)                                       # [b, L + 1, T, D]
-            for j, i in enumerate(idx):
-                out[i] = stacked[j]
-        return out  # type: ignore[return-value]
+        return self.by_shape(items, lambda x: torch.stack(           # L + 1 x [b, T, D] -> [b, L + 1, T, D]
+            self.model(input_values=x, output_hidden_states=True).hidden_states, dim=1))
 
     def token_count(self) -> ConvFrames:
         """Frames after the conv front end: L -> floor((L - kernel) / stride) + 1 per conv."""

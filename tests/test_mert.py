@@ -615,7 +615,10 @@ def test_probe_features_of_every_layer_in_one_pass_equal_one_pass_per_layer():
     enc = build_encoder("mert:tiny").eval()
     g = torch.Generator().manual_seed(1)
     clips = [(torch.randn(1, int(24000 * s), generator=g) * 0.1, 24000) for s in (1, 2, 1, 0.5)]
+    passes = []
+    enc.model.register_forward_hook(lambda *a: passes.append(1))
     fast = encoder_layer_features(enc, clips, batch_size=3)
+    assert len(passes) == 3                  # batches [1 s, 2 s, 1 s] (two shapes) and [0.5 s]: one pass per shape
     generic = [torch.stack([x.float().mean(0) for x in f]) for f in Encoder.encode_layers(
         enc, [enc.preprocess(w, sr) for w, sr in clips], 2)]
     assert fast.shape == (4, 3, 64) and torch.equal(fast, torch.stack(generic))

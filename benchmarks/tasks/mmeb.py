@@ -184,9 +184,9 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
             h = precision_at_1(ranked)
             hits[ds.name] = h
             sizes[ds.name] = [len(r) for r in ranked]
-            for (q, s), hit in zip(kept, h):
+            for (q, s), r, hit in zip(kept, ranked, h):     # n_candidates: the gold's copies left out
                 rows.append(dict(dataset=ds.name, meta_task=ds.meta_task, ood=ds.ood, key=q.key, correct=hit,
-                                 n_candidates=len(s), pred=0 if hit else best_other(q, s), score_gold=float(s[0])))
+                                 n_candidates=len(r), pred=0 if hit else best_other(q, s), score_gold=float(s[0])))
             pbar.update(1)
     metrics, table = aggregate(hits, {d.name: d for d in datasets})
     for r in table:                 # a random ranking's P@1 is 1 / candidates: said beside the score

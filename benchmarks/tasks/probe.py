@@ -235,5 +235,7 @@ def layer_table(records: list[dict[str, Any]]) -> str | None:
 
 
 def _best_single(record: dict[str, Any]) -> str:
-    accs = [row["accuracy"] for row in record["tables"]["layers"]]
+    if "best_single_layer" in record["metrics"]:
+        return str(int(record["metrics"]["best_single_layer"]))
+    accs = [row["accuracy"] for row in record["tables"]["layers"]]        # a result stored before the metric
     return str(max(range(len(accs)), key=accs.__getitem__))
