@@ -333,8 +333,9 @@ def convert_caption_folder(folder: str, out: str, source: str | None = None, max
         txt = next((stem + e for e in (".txt", ".TXT", ".Txt") if stem + e in present), stem + ".txt")  # B.JPG, B.TXT
         if txt not in present:
             raise Skip("no_caption", f"{os.path.join(folder, rel)}: no caption file {txt}")
-        if not os.path.isfile(os.path.join(folder, txt)):      # a FIFO or a device would block the read
-            raise Skip("bad_caption", f"{os.path.join(folder, txt)}: not a regular file")
+        path = os.path.join(folder, txt)
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or a device would block the read
+            raise Skip("bad_caption", f"{path}: not a regular file")
         try:                          # utf-8-sig: a BOM (Windows editors) is not part of the caption
             with open(inside(folder, txt, "caption file"), encoding="utf-8-sig") as f:
                 caption = f.read().strip()
