@@ -57,7 +57,7 @@ class VLMLmms(lmms):
                  max_new_tokens: int = 32, max_batch_size: int | None = None, **unknown: Any) -> None:
         super().__init__()
         if unknown:      # a misspelt key (devcie=cuda) or one we do not have (dtype) ran silently as the default
-            name = sorted(unknown)[0]
+            name = min(unknown)
             why = (" (evaluation runs in float32, as vlm eval does)" if name in ("dtype", "torch_dtype")
                    else "")
             raise UserError(f"vlm: unknown model_args key {name!r}{why}; the keys are pretrained, device, "
