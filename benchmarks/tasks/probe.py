@@ -183,8 +183,8 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                     f"(skipped: {dict(skipped) or 'none'})")
     if not any(c.label in classes for c in test):      # an accuracy of 0 that measures nothing
         raise TooFewItems(f"benchmark {bench.name}: no {bench.data.split} clip{limited} has a label of the "
-                        f"'{train_split}' split ({', '.join(sorted({c.label for c in test})[:5])} vs "
-                        f"{', '.join(classes[:5])})")
+                          f"'{train_split}' split ({', '.join(sorted({c.label for c in test})[:5])} vs "
+                          f"{', '.join(classes[:5])})")
     from vlm.data.formats import audio_notes
     kept = Counter(n for c in (*train, *test) for n in audio_notes(c.audio[0].reshape(-1, c.audio[0].shape[-1]).mean(0)))
     x_train = _features(model, train, h_train, bench.modality, ctx)                 # [N, L, D]

@@ -242,7 +242,7 @@ def check_out_folder(out: str) -> None:
         if name != NAME:
             raise UserError(f"{out}: holds another data set (its index.json is not a {NAME} build's); give a new "
                             f"or empty folder, or a {NAME} build to rebuild")
-    elif os.listdir(out) and not os.path.exists(os.path.join(out, BUILDING)):
+    elif os.listdir(out):
         raise UserError(f"{out}: not a {NAME} build (no index.json) and not empty; give a {NAME} folder, or a "
                         f"new or empty one to build it in")
 
