@@ -967,3 +967,17 @@ def test_a_build_counts_the_eval_items_a_model_could_have_seen_in_train(tmp_path
             want[row[0]] += row in train
         assert index["splits"][split]["seen_in_train"] == {t: want[t] for t in ("music_tempo", "text_arith")}
         assert want["text_arith"] > 0                  # 110 distinct sums: a test question is often a train one
+
+
+def test_inspect_says_what_a_conversion_skipped(tmp_path, capsys):
+    """Found by a review: `vlm data inspect` of a converted folder said '0 would be skipped' while its
+    conversion had skipped records (kept in index.json, not in the shards)."""
+    _images(tmp_path / "img", ["a.jpg"])
+    records = [{"id": "ok", "image": "a.jpg", "conversations": qa("<image>\nQ", "a")},
+               {"id": "gone", "image": "missing.jpg", "conversations": qa("<image>\nQ", "a")}]
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(tmp_path / "o"), max_bad=0.9)
+    capsys.readouterr()
+    assert vlm_main(["data", "inspect", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped when {tmp_path / 'o'} was converted (not in its shards): missing_file 1; e.g. record 1" in out, out

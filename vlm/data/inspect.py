@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -213,10 +214,31 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"  in {shard}: " + ", ".join(f"{k}={v}" for k, v in c.items()))
     if errors.get("converted"):
         lines.append("converted: " + ", ".join(f"{k} {v}" for k, v in errors["converted"].items()))
+    for folder, c in (r.get("skipped_when_converted") or {}).items():   # not in the shards: from index.json
+        lines.append(f"skipped when {folder} was converted (not in its shards): "
+                     + ", ".join(f"{k} {v}" for k, v in c["by_reason"].items())
+                     + (f"; e.g. {c['first']}" if c["first"] else ""))
     for ex in r["examples"]:
         lines.append(f"--- {ex['key']} ({ex['shard']}): {', '.join(ex['media']) or 'text only'}; {ex['tokens']} tokens")
         lines += ["  " + turn[:200].replace("\n", "\\n") for turn in ex["turns"]]
     return "\n".join(lines)
+
+
+def conversion_skips(specs: list[str]) -> dict[str, dict[str, Any]]:
+    """{folder: {"by_reason", "first"}} of the records a conversion into `folder` skipped, as its index.json
+    keeps them (`vlm data convert`): they are not in the shards, so a scan of the shards cannot show them."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        try:
+            with open(os.path.join(spec, "index.json")) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            continue
+        reasons = meta.get("skipped_by_reason") if isinstance(meta, dict) else None
+        if isinstance(reasons, dict) and reasons:
+            examples = meta.get("skipped_examples") or []
+            out[spec] = {"by_reason": reasons, "first": examples[0] if examples else ""}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -225,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         from vlm.loading import load
         processor = load(args.model).processor
     report = inspect_shards(expand_shards(args.shards), processor, args.samples, args.limit)
+    report["skipped_when_converted"] = conversion_skips(args.shards)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     if not report["ok"]:                   # nothing a model could train on: not a success for a script either
         print(f"vlm data inspect: error: no usable sample among the {report['samples']} read", file=sys.stderr)
