@@ -151,11 +151,11 @@ def _unseen(test: list[Clip], train: list[Clip], skipped: Counter, first: dict[s
     synthetic-world build of few distinct notes half the pitch and chord test clips were train clips, and
     82 % of the tempo ones). The others are counted as `seen_in_train`."""
     seen = {_digest(c) for c in train}
-    kept = [c for c in test if _digest(c) not in seen]
-    if len(kept) < len(test):
-        skipped["seen_in_train"] += len(test) - len(kept)
-        first.setdefault("seen_in_train", next(c.key for c in test if _digest(c) in seen))
-    return kept
+    repeats = [_digest(c) in seen for c in test]
+    if any(repeats):
+        skipped["seen_in_train"] += sum(repeats)
+        first.setdefault("seen_in_train", test[repeats.index(True)].key)
+    return [c for c, repeat in zip(test, repeats) if not repeat]
 
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:

@@ -396,16 +396,18 @@ class OpenClipBackend(Backend):
                     if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
                         raise UserError(f"{self.spec}: weights do not fit the architecture "
                                         f"({str(e).splitlines()[0][:200]})") from None
-                    raise UserError(f"{self.ckpt or self.spec}: not a readable open_clip "
-                                    f"{'checkpoint' if self.ckpt else 'model'} ({short_error(e)[:200]})") from None
+                    raise UserError(f"{self._unreadable()} ({short_error(e)[:200]})") from None
                 except Exception as e:  # noqa: BLE001  unpickling, safetensors and OS errors of a damaged file
-                    raise UserError(f"{self.ckpt or self.spec}: not a readable open_clip "
-                                    f"{'checkpoint' if self.ckpt else 'model'} "
-                                    f"({type(e).__name__}: {short_error(e)[:200]})") from None
+                    raise UserError(f"{self._unreadable()} ({type(e).__name__}: {short_error(e)[:200]})") from None
             with offline():
                 self._tokenizer = open_clip.get_tokenizer(arch)
             self._preprocess = pre
             self._model = model.eval()
+
+    def _unreadable(self) -> str:
+        """The start of the message when open_clip cannot build the model (its checkpoint, if one is given)."""
+        return f"{self.ckpt}: not a readable open_clip checkpoint" if self.ckpt else \
+            f"{self.spec}: not a readable open_clip model"
 
     @property
     def model(self):
