@@ -981,3 +981,48 @@ def test_inspect_says_what_a_conversion_skipped(tmp_path, capsys):
     assert vlm_main(["data", "inspect", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert f"skipped when {tmp_path / 'o'} was converted (not in its shards): missing_file 1; e.g. record 1" in out, out
+
+
+def test_music_clips_are_new_in_val_and_test_and_version_1_rebuilds_the_old_ones(tmp_path, capsys):
+    """Found by a review: every note of an instrument was played alike (36 notes x 5 instruments, one click
+    track per tempo), so val / test music clips were train clips byte for byte and a probe answered them from
+    memory. Version 2 plays each clip its own way (tuning, onset, envelope, brightness, loudness; click pitch,
+    phase, jitter), keeping its labels true: no music clip of val / test is a train clip, the note's spectrum
+    peak is within 30 cents of its label, the clicks sit at the labelled onsets. `--world-version 1` still
+    builds the earlier data (its repeats counted)."""
+    music = ["music_pitch", "music_chord", "music_instrument", "music_tempo", "music_caption"]
+    args = ["--samples", "200", "--eval-per-task", "25", "--tasks", *music, "--no-classification"]
+    assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "v2"), *args]) == 0
+    assert "also in train" not in capsys.readouterr().out
+    index = json.loads((tmp_path / "v2" / "index.json").read_text())
+    assert index["world_version"] == 2
+    for split in ("val", "test"):
+        assert sum(index["splits"][split]["seen_in_train"].values()) == 0
+    samples = [s for split in ("train", "test") for s in read_raw(tmp_path / "v2" / split)]
+    audio = [hashlib.sha1(s["flac"]).hexdigest() for s in samples]
+    assert len(set(audio)) == len(audio)                    # no two clips alike, within a split or across
+    checked = {"pitch": 0, "tempo": 0}
+    for s in samples:
+        m, (x, sr) = meta(s), decode_audio(s["flac"])
+        assert sr == 24000 and np.isfinite(x).all() and 0.3 < np.abs(x).max() <= 1.0
+        labels = m["labels"]
+        if m["task"] == "music_pitch" and labels["instrument"] != "guitar":   # plucked strings may peak on the octave
+            spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+            peak = np.fft.rfftfreq(len(x), 1 / sr)[spec.argmax()]
+            assert abs(1200 * np.log2(peak / labels["freq_hz"])) < 30, labels
+            assert abs(1200 * np.log2(labels["freq_hz"] / (440 * 2 ** ((labels["midi"] - 69) / 12)))) <= 25
+            checked["pitch"] += 1
+        if m["task"] == "music_tempo" and m["quality"] == 1.0:
+            env = np.abs(x[: len(x) // 120 * 120]).reshape(-1, 120).max(1)    # 5 ms frames
+            starts = np.flatnonzero(np.diff(np.r_[0, (env > 0.2).astype(int)]) == 1) * 120 / sr
+            assert len(starts) == len(labels["onsets_s"]), labels
+            assert np.abs(starts - np.array(labels["onsets_s"])).max() < 0.006
+            checked["tempo"] += 1
+    assert checked["pitch"] >= 10 and checked["tempo"] >= 10
+    assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "v1"), "--world-version", "1",
+                     *args]) == 0
+    assert "also in train" in capsys.readouterr().out      # the earlier generators' repeats, still counted
+    assert json.loads((tmp_path / "v1" / "index.json").read_text())["world_version"] == 1
+    assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "v3"), "--world-version", "3",
+                     *args]) == 2
+    assert "--world-version 3: choose from 1, 2" in capsys.readouterr().err

@@ -179,6 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/av-study")
     p.add_argument("--samples", type=int, default=6000, help="training samples if the subset must be built")
     p.add_argument("--eval-per-task", type=int, default=100)
+    p.add_argument("--world-version", type=int, default=None,
+                   help="synthetic-world's generators for data built here (default the newest; 1: as builds whose "
+                        "index.json has no world_version, every music clip of a note alike)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     p.add_argument("--threads", type=int, default=1,
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
     for recipe in a.recipes:
         data, samples, tasks = subsets[OWN_DATA.get(recipe, "shared")]
         build_if_absent(BuildConfig(out=str(data), samples=samples, eval_per_task=a.eval_per_task, tasks=tasks,
-                                    classification=False))
+                                    classification=False, world_version=a.world_version))
         ckpts = {(seed, v): path for seed in a.seeds
                  for v, path in checkpoints(recipe, seed, data, out, a.overrides).items()}
         res = evaluate([str(c) for c in ckpts.values()], resolve(suite=RECIPES[recipe]),

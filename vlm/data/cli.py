@@ -42,6 +42,9 @@ class BuildConfig:
         "metavar": "TASK"})
     classification: bool = field(default=True, metadata={"flag": "--no-classification",
                                                          "help": "skip the wds/ zero-shot classification sets"})
+    world_version: int | None = field(default=None, metadata={
+        "help": "the generators' version (default the newest, 2: every music clip played its own way); 1 "
+                "rebuilds byte for byte a build whose index.json has no world_version"})
 
 
 def build(cfg: BuildConfig) -> dict:
@@ -49,7 +52,7 @@ def build(cfg: BuildConfig) -> dict:
     from vlm.data.synthetic import build_synthetic_world
     index = build_synthetic_world(cfg.out, samples=cfg.samples, seed=cfg.seed, splits=cfg.splits,
                                   eval_per_task=cfg.eval_per_task, workers=cfg.workers, tasks=cfg.tasks,
-                                  classification=cfg.classification)
+                                  classification=cfg.classification, world_version=cfg.world_version)
     save_config(cfg, Path(cfg.out) / "build_config.yaml")
     return index
 

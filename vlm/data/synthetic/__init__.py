@@ -47,6 +47,10 @@ DEFAULT_SAMPLES = 4000
 SHARD_SAMPLES = 500  # several shards even at the default size, so ranks x workers can split them
 GENERATORS = {**synth_images.GENERATORS, **synth_audio.GENERATORS, **synth_video.GENERATORS,
               **synth_pairs.GENERATORS, **synth_text.GENERATORS}
+# The generators of each version of the data set (index.json `world_version`; `--world-version` rebuilds an older
+# one byte for byte). 2: every music clip played with its own performance (audio.Performance / ClickStyle).
+WORLD_VERSION = 2
+WORLD_GENERATORS = {1: {**GENERATORS, **synth_audio.GENERATORS_V1}, 2: GENERATORS}
 MODALITY = {t: "image" for t in [*synth_images.GENERATORS, *synth_pairs.GENERATORS]}
 MODALITY.update({t: "music" if t.startswith("music") else "audio" for t in synth_audio.GENERATORS})
 MODALITY.update({t: "video" for t in synth_video.GENERATORS})
@@ -146,10 +150,11 @@ def task_schedule(weights: dict[str, float], n: int, seed: int, split: str) -> l
     return [schedule[int(i)] for i in order]
 
 
-def make_sample(job: tuple[int, str, str, int]) -> dict[str, Any]:
-    """One encoded sample (bytes per field) for (seed, split, task, index); runs in worker processes."""
-    seed, split, task, index = job
-    fields = GENERATORS[task](rng_for(seed, split, index), split)
+def make_sample(job: tuple[int, str, str, int, int]) -> dict[str, Any]:
+    """One encoded sample (bytes per field) for (seed, split, task, index, world version); runs in worker
+    processes."""
+    seed, split, task, index, version = job
+    fields = WORLD_GENERATORS[version][task](rng_for(seed, split, index), split)
     fields["json"].update(split=split, modality=MODALITY[task])
     return encode_sample({"__key__": f"{split}-{index:06d}", **fields})
 
@@ -182,7 +187,7 @@ def _write_split(out: str, split: str, jobs: list, workers: int, meta: dict[str,
     os.makedirs(folder, exist_ok=True)        # the writer replaces a previous build's shards when it succeeds
     digests: dict[str, list[str]] = {}
     with ShardWriter(folder, prefix="shard", max_count=SHARD_SAMPLES, meta=meta) as w:
-        for (_, _, task, _), sample in zip(jobs, _generate(jobs, workers)):
+        for (_, _, task, *_), sample in zip(jobs, _generate(jobs, workers)):
             w.write(sample)
             digests.setdefault(task, []).append(item_digest(sample))
     return w.index, digests
@@ -250,8 +255,11 @@ def check_out_folder(out: str) -> None:
 def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES, seed: int = 0,
                           splits: Iterable[str] = SPLITS, eval_per_task: int | None = None,
                           workers: int | None = None, classification: bool = True,
-                          tasks: Iterable[str] | None = None) -> dict[str, Any]:
+                          tasks: Iterable[str] | None = None, world_version: int | None = None) -> dict[str, Any]:
     """Generate synthetic-world under `out`; returns (and writes) `<out>/index.json`.
+
+    world_version: which generators (`WORLD_GENERATORS`, default the newest; an older one rebuilds what
+    earlier code built).
 
     tasks: only these tasks (e.g. a fine-detail study), still mixed by their TRAIN_WEIGHTS; default all.
 
@@ -272,6 +280,9 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
     if eval_per_task is not None and eval_per_task < 1:
         raise UserError(f"--eval-per-task must be >= 1 (got {eval_per_task}); leave it out for the default, "
                         f"max(2, samples // 100)")
+    world_version = WORLD_VERSION if world_version is None else world_version
+    if world_version not in WORLD_GENERATORS:
+        raise UserError(f"--world-version {world_version}: choose from {', '.join(map(str, WORLD_GENERATORS))}")
     eval_per_task = eval_per_task or max(2, samples // 100)
     workers = workers or default_workers(samples)
     tasks = select_tasks(tasks)
@@ -284,7 +295,8 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
         f.write(f"{NAME}\n")
     if os.path.exists(os.path.join(out, "index.json")):
         os.remove(os.path.join(out, "index.json"))  # rewritten last: present = complete
-    index: dict[str, Any] = {"name": NAME, "version": 1, "seed": seed, "samples": samples, "selected": sorted(tasks),
+    index: dict[str, Any] = {"name": NAME, "version": 1, "world_version": world_version, "seed": seed,
+                             "samples": samples, "selected": sorted(tasks),
                              "eval_per_task": eval_per_task, "splits": {}, "speech": "audio_speech" in tasks}
     for split in splits:
         if split == "train":
@@ -298,7 +310,7 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
                 print(f"{split}: not written: none of the tasks {sorted(tasks)} has benchmark questions",
                       file=sys.stderr)
                 continue
-        jobs = [(seed, split, t, i) for i, t in enumerate(names)]
+        jobs = [(seed, split, t, i, world_version) for i, t in enumerate(names)]
         sidx, digests = _write_split(out, split, jobs, workers, {"name": f"{NAME}/{split}", "seed": seed})
         index["splits"][split] = {"shards": [f"{split}/{s['file']}" for s in sidx["shards"]],
                                   "shard_samples": [s["samples"] for s in sidx["shards"]],
@@ -308,7 +320,7 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
             train_digests = {t: set(ds) for t, ds in digests.items()}
         elif "train" in splits:
             # val / test samples that are train items too (the same media and conversation): what a model can
-            # answer from memory. Small spaces repeat (single-digit sums, one note on one instrument)
+            # answer from memory. Small spaces repeat (single-digit sums; version 1: one note on one instrument)
             index["splits"][split]["seen_in_train"] = {
                 t: sum(d in train_digests.get(t, ()) for d in ds) for t, ds in sorted(digests.items())}
     index["tasks"] = _task_info(tasks)
