@@ -815,7 +815,12 @@ def test_synthetic_world_task_subset(tmp_path, capsys):
     assert set(index["splits"]["train"]["tasks"]) == {"color", "fine_detail"}
     assert index["splits"]["train"]["tasks"]["color"] > index["splits"]["train"]["tasks"]["fine_detail"]  # 7 : 3
     assert set(index["splits"]["test"]["tasks"]) == {"color", "fine_detail"}
-    capsys.readouterr()
+    assert list(index["wds"]) == ["colors"] and sorted(os.listdir(tmp_path / "fd" / "wds")) == ["colors"]
+    # a review: the image class sets were built whatever --tasks said (a music build had wds/shapes)
+    assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "fd"), "--samples", "30",
+                     "--tasks", "music_tempo", "--splits", "test"]) == 0
+    assert "wds" not in json.loads((tmp_path / "fd" / "index.json").read_text())
+    assert not (tmp_path / "fd" / "wds").exists() and "wds/: removed" in capsys.readouterr().err
     rc = vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "x"), "--tasks", "colour"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "'colour'" in err and len(err.splitlines()) == 1

@@ -41,7 +41,8 @@ class BuildConfig:
         "help": "only these tasks (e.g. fine_detail color shape), mixed by their usual weights; default all",
         "metavar": "TASK"})
     classification: bool = field(default=True, metadata={"flag": "--no-classification",
-                                                         "help": "skip the wds/ zero-shot classification sets"})
+                                                         "help": "skip the wds/ zero-shot classification sets (built for "
+                                                                 "the shape and color tasks, when built)"})
     world_version: int | None = field(default=None, metadata={
         "help": "the generators' version (default the newest, 2: every music clip played its own way); 1 "
                 "rebuilds byte for byte a build whose index.json has no world_version"})

@@ -324,12 +324,15 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
             index["splits"][split]["seen_in_train"] = {
                 t: sum(d in train_digests.get(t, ()) for d in ds) for t, ds in sorted(digests.items())}
     index["tasks"] = _task_info(tasks)
-    if classification:
+    # a class set where its task is built (the shapes set with `shape`): none in a music or text build
+    class_sets = [name for name, (by, *_) in CLASS_SETS.items() if by in tasks] if classification else []
+    if class_sets:
         per_class = max(2, samples // 100)
-        index["wds"] = {name: write_class_set(out, name, per_class, seed) for name in CLASS_SETS}
+        index["wds"] = {name: write_class_set(out, name, per_class, seed) for name in class_sets}
     # what an earlier build left that this one does not have: benchmarks find their data by folder, so a
     # val/ of another seed would be scored as this build's
-    for stale in [*(sp for sp in SPLITS if sp not in index["splits"]), *([] if classification else ["wds"])]:
+    stale_sets = [f"wds/{name}" for name in CLASS_SETS if name not in class_sets] if class_sets else ["wds"]
+    for stale in [*(sp for sp in SPLITS if sp not in index["splits"]), *stale_sets]:
         if os.path.isdir(os.path.join(out, stale)):
             shutil.rmtree(os.path.join(out, stale))
             print(f"{stale}/: removed (an earlier build's; not in this one)", file=sys.stderr)
