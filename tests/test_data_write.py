@@ -916,8 +916,14 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert rc == 2 and "nope" in capsys.readouterr().err
     for argv, said in ((["data", "convert", "llava-json", "--json", str(tmp_path / "bad.json"), "--images", str(tmp_path),
                          "--out", str(tmp_path / "o"), "--max-bad", "-1"], "--max-bad is a fraction"),
-                       (["data", "inspect", str(tmp_path / "x.tar"), "--limit", "0"], "--limit must be >= 1")):
+                       (["data", "inspect", str(tmp_path / "x.tar"), "--limit", "0"], "--limit must be >= 1"),
+                       # a review: a flag and a key=value for one field ran with the key=value's, unsaid
+                       (["data", "build", "synthetic-world", "--out", str(tmp_path / "w"), "--samples", "10",
+                         "samples=20"], "samples is given twice, by --samples and by 'samples=20'; give one"),
+                       (["eval", "--model", "m", "--bench", "sw-vqa", "--limit", "4", "limit=3"],
+                        "limit is given twice")):
         assert vlm_main(argv) == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_image_fields_of_every_decodable_extension_are_written(tmp_path):

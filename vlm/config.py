@@ -364,7 +364,8 @@ def _flag_value(value: Any, tp: Any) -> Any:
 
 
 def config_from_args(cls: type, args: argparse.Namespace, what: str = "config field") -> Any:
-    """Flags given on the command line <- --config file <- key=value overrides, typed as `cls`."""
+    """A `--config` file, the flags given over it, then `key=value` overrides, typed as `cls`; a field set by both a
+    flag and an override is refused."""
     hints = typing.get_type_hints(cls)
     flags = {}
     for f in dataclasses.fields(cls):
@@ -375,7 +376,11 @@ def config_from_args(cls: type, args: argparse.Namespace, what: str = "config fi
     raw = read_yaml(args.config) if getattr(args, "config", None) else {}
     for name, value in flags.items():      # list flags add to the file's list
         raw[name] = [*raw.get(name, []), *value] if isinstance(value, list) and isinstance(raw.get(name), list) else value
+    given = {f.name: flag_of(f) or f.name for f in dataclasses.fields(cls) if f.name in flags}
     for item in getattr(args, "overrides", None) or []:
+        root = item.partition("=")[0].split(".")[0]
+        if root in given:      # which should win is a guess either way
+            raise UserError(f"{root} is given twice, by {given[root]} and by '{item}'; give one")
         apply_override(raw, item)
     return from_dict(cls, raw, what=what)
 
