@@ -76,6 +76,8 @@ class Performance:
     vibrato: float = 1.0                # scale of the flute's vibrato depth
     velocities: tuple[float, ...] = ()  # per-note gain in a chord (default 1 each)
     peak: float = 0.8                   # the clip's peak level
+    exact: bool = False                 # the guitar at its exact pitch (version 1: the nearest whole delay line,
+                                        # up to ~36 cents off at the top notes)
 
     @classmethod
     def draw(cls, rng: np.random.Generator, notes: int) -> Performance:
@@ -85,7 +87,7 @@ class Performance:
                    release=float(rng.uniform(0.5, 2.0)), tilt=float(rng.uniform(-0.3, 0.3)),
                    decay=float(rng.uniform(0.7, 1.4)), vibrato=float(rng.uniform(0.5, 1.5)),
                    velocities=tuple(float(v) for v in rng.uniform(0.7, 1.0, notes)),
-                   peak=float(rng.uniform(0.5, 0.9)))
+                   peak=float(rng.uniform(0.5, 0.9)), exact=True)
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,19 @@ def _decaying_partials(f: float, n: int, sr: int, n_partials: int = 12, tilt: fl
     return out.imag * np.exp(-1.5 * decay * t)
 
 
-def karplus_strong(f: float, n: int, sr: int, rng: np.random.Generator, decay: float = 1.0) -> np.ndarray:
+def karplus_strong(f: float, n: int, sr: int, rng: np.random.Generator, decay: float = 1.0,
+                   exact: bool = False) -> np.ndarray:
     """Plucked string: a noise burst through a delay line with a two-tap averaging filter.
 
-    Vectorised one period at a time: y[i] = g * (y[i-P] + y[i-P-1]) / 2 with g = 0.996 ** decay.
+    Vectorised one period at a time: y[i] = g * (y[i-P] + y[i-P-1]) / 2 with g = 0.996 ** decay. A whole
+    delay line sounds at sr / (P + 1/2); `exact` reads the string faster or slower (linear interpolation,
+    under 3 %) so it sounds at f.
     """
+    if exact:
+        p = max(2, round(sr / f - 0.5))
+        ratio = f * (p + 0.5) / sr                     # > 1: read faster
+        y = karplus_strong(f, int(np.ceil(n * ratio)) + 2, sr, rng, decay)
+        return np.interp(np.arange(n) * ratio, np.arange(len(y)), y)
     g = 0.996 ** decay
     p = max(2, round(sr / f - 0.5))  # the averaging filter adds half a sample of delay
     y = np.zeros(n + p + 1)
@@ -189,7 +199,7 @@ def instrument_tone(instrument: str, f: float, n: int, sr: int, rng: np.random.G
         x = _additive(f, n, sr, tilted(lambda k: 1.0 / k))
         return x * env(0.12, 0.1) * (0.7 + 0.3 * np.exp(-np.arange(n) / (0.3 * sr)))
     if instrument == "guitar":
-        return karplus_strong(f, n, sr, rng, perf.decay) * env(0.002, 0.05)
+        return karplus_strong(f, n, sr, rng, perf.decay, perf.exact) * env(0.002, 0.05)
     if instrument == "piano":
         return _decaying_partials(f, n, sr, tilt=perf.tilt, decay=perf.decay) * env(0.003, 0.05)
     raise ValueError(f"unknown instrument {instrument!r}")
