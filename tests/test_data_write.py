@@ -1048,3 +1048,9 @@ def test_music_clips_are_new_in_val_and_test_and_version_1_rebuilds_the_old_ones
     assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "v3"), "--world-version", "3",
                      *args]) == 2
     assert "--world-version 3: choose from 1, 2" in capsys.readouterr().err
+    # a study's data folder (built if absent) is not used for another version than it holds
+    from vlm.data.cli import BuildConfig, build_if_absent
+    for version in (None, 1):
+        assert build_if_absent(BuildConfig(out=str(tmp_path / "v1"), world_version=version)) == tmp_path / "v1"
+    with pytest.raises(UserError, match="a synthetic-world version 1 build, not the version 2 asked for"):
+        build_if_absent(BuildConfig(out=str(tmp_path / "v1"), world_version=2))

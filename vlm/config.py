@@ -376,7 +376,7 @@ def config_from_args(cls: type, args: argparse.Namespace, what: str = "config fi
     raw = read_yaml(args.config) if getattr(args, "config", None) else {}
     for name, value in flags.items():      # list flags add to the file's list
         raw[name] = [*raw.get(name, []), *value] if isinstance(value, list) and isinstance(raw.get(name), list) else value
-    given = {f.name: flag_of(f) or f.name for f in dataclasses.fields(cls) if f.name in flags}
+    given = {f.name: flag_of(f) or f"the {f.name.upper()} argument" for f in dataclasses.fields(cls) if f.name in flags}
     for item in getattr(args, "overrides", None) or []:
         root = item.partition("=")[0].split(".")[0]
         if root in given:      # which should win is a guess either way

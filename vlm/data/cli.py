@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ class BuildConfig:
                                                                  "the shape and color tasks, when built)"})
     world_version: int | None = field(default=None, metadata={
         "help": "the generators' version (default the newest, 2: every music clip played its own way); 1 "
-                "rebuilds byte for byte a build whose index.json has no world_version"})
+                "writes the same shards as builds whose index.json has no world_version"})
 
 
 def build(cfg: BuildConfig) -> dict:
@@ -61,13 +62,22 @@ def build(cfg: BuildConfig) -> dict:
 def build_if_absent(cfg: BuildConfig) -> Path:
     """The data set at cfg.out, built first when it has no index.json (the demo's and the studies' data). A
     folder with other things in it (a user's own data) is not built over (the build refuses it), unless they
-    are what a build that did not finish left."""
+    are what a build that did not finish left. A build there is used as it is, unless cfg asks for another
+    `world_version` than it has (refused: a study would train on the other generators' data)."""
     out = Path(cfg.out)
     if not (out / "index.json").exists():
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: a file, not a folder")
         print(f"building {cfg.dataset} ({cfg.samples} training samples) in {out}", flush=True)
         build(cfg)
+    elif cfg.world_version is not None:
+        try:
+            have = json.loads(read_text(out / "index.json", "data set index")).get("world_version", 1)
+        except (ValueError, AttributeError):
+            raise UserError(f"{out / 'index.json'}: not a data set index (not a JSON object)") from None
+        if have != cfg.world_version:
+            raise UserError(f"{out}: a synthetic-world version {have} build, not the version {cfg.world_version} "
+                            f"asked for; give another folder or remove this one")
     return out
 
 
