@@ -164,7 +164,7 @@ def karplus_strong(f: float, n: int, sr: int, rng: np.random.Generator, decay: f
     """
     if exact:
         p = max(2, round(sr / f - 0.5))
-        ratio = f * (p + 0.5) / sr                     # > 1: read faster
+        ratio = f * (p + 0.5) / sr                     # f over the whole line's pitch: the reading rate
         y = karplus_strong(f, int(np.ceil(n * ratio)) + 2, sr, rng, decay)
         return np.interp(np.arange(n) * ratio, np.arange(len(y)), y)
     g = 0.996 ** decay
