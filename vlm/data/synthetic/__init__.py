@@ -2,6 +2,7 @@
 
     vlm data build synthetic-world --out data/synthetic-world [--samples 4000] [--seed 0]
     vlm data build synthetic-world --out data/sw-mmeb --tasks mmeb      # the MMEB-style pair tasks (VLM2Vec)
+    vlm data build synthetic-world --out data/sw-v1 --world-version 1    # the generators of version 1 (music alike)
 
     from vlm.data.synthetic import build_synthetic_world
     index = build_synthetic_world("data/sw", samples=4000, seed=0)
@@ -47,8 +48,8 @@ DEFAULT_SAMPLES = 4000
 SHARD_SAMPLES = 500  # several shards even at the default size, so ranks x workers can split them
 GENERATORS = {**synth_images.GENERATORS, **synth_audio.GENERATORS, **synth_video.GENERATORS,
               **synth_pairs.GENERATORS, **synth_text.GENERATORS}
-# The generators of each version of the data set (index.json `world_version`; `--world-version` rebuilds an older
-# one byte for byte). 2: every music clip played with its own performance (audio.Performance / ClickStyle).
+# The generators of each version of the data set (index.json `world_version`; `--world-version` writes an older
+# one's shards again). 2: every music clip played with its own performance (audio.Performance / ClickStyle).
 WORLD_VERSION = 2
 WORLD_GENERATORS = {1: {**GENERATORS, **synth_audio.GENERATORS_V1}, 2: GENERATORS}
 MODALITY = {t: "image" for t in [*synth_images.GENERATORS, *synth_pairs.GENERATORS]}
