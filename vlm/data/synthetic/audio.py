@@ -213,12 +213,9 @@ def play(instrument: str, midis: list[int], seconds: float, rng: np.random.Gener
     start = int(perf.start * sr)
     length = int((n - start) * perf.length)
     velocities = perf.velocities or (1.0,) * len(midis)
-    notes = sum(v * instrument_tone(instrument, midi_to_hz(m + perf.cents / 100), length, sr, rng, perf)
-                for m, v in zip(midis, velocities, strict=True))
-    if length == n:
-        return _normalise(notes, perf.peak)
     x = np.zeros(n, dtype=np.float64)
-    x[start:start + length] = notes
+    x[start:start + length] = sum(v * instrument_tone(instrument, midi_to_hz(m + perf.cents / 100), length, sr, rng, perf)
+                                  for m, v in zip(midis, velocities, strict=True))
     return _normalise(x, perf.peak)
 
 
