@@ -81,6 +81,15 @@ for short, task, typ, cap, mod in _VQA:
                                   _sw(tasks=(task,), train_split="train"), modality=mod,
                                   description=f"MARBLE probe of the frozen {mod} encoder on '{task}'"))
 
+# Tempo finer than slow / fast (60-80 vs 140-180 bpm, which any encoder tells apart): the click track's bpm
+# in three ranges per band, each about 10 % of its tempo wide.
+BPM_BINS = ((60, 66), (67, 73), (74, 80), (140, 153), (154, 167), (168, 180))
+_benches.append(Benchmark("sw-probe-music-bpm", "probe", "music", "rhythm (bpm)", "accuracy",
+                          _sw(tasks=("music_tempo",), train_split="train"), modality="music",
+                          options={"label": "labels.bpm", "bins": [list(b) for b in BPM_BINS]},
+                          description="MARBLE probe of the frozen music encoder: the click track's beats per minute "
+                                      "in six ranges ('music_tempo' clips)"))
+
 # Captioning what is heard and seen: the caption samples of the test split, each asked with its own prompt.
 for short, task, cap, mod in [("audio", "audio_caption", "sound captioning", "audio"),
                               ("music", "music_caption", "music captioning", "music"),
@@ -110,8 +119,8 @@ register_suite(Suite("synthetic-world-trailer", "trailer clips: what is seen and
 register_suite(Suite("synthetic-world-embedding", "the embedding harnesses: zero-shot, relation, retrieval, MMEB",
                      ("sw-shapes", "sw-colors", "sw-relation-spatial", "sw-relation-attribute", "sw-retrieval", "sw-mmeb")))
 register_suite(Suite("music-probes", "MARBLE-style probes of the frozen music encoder: pitch, chord quality, "
-                     "instrument, tempo (a mert or vlm checkpoint)",
-                     tuple(f"sw-probe-music-{t}" for t in ("pitch", "chord", "instrument", "tempo"))))
+                     "instrument, tempo (slow / fast, and bpm in six ranges; a mert or vlm checkpoint)",
+                     tuple(f"sw-probe-music-{t}" for t in ("pitch", "chord", "instrument", "tempo", "bpm"))))
 
 # ------------------------------------------------------------------------------ text-only questions
 # What the base LLM knows before it sees media (`vlm data build synthetic-world --tasks text`; pass that

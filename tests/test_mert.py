@@ -308,12 +308,40 @@ def test_music_probes_suite_prints_the_per_layer_table(probe_world, mert_folder,
     out = capsys.readouterr().out
     assert "Probe accuracy per encoder layer" in out
     table = [ln for ln in out.splitlines() if ln.startswith("| ckpt | sw-probe-music-")]
-    assert len(table) == 4
+    assert len(table) == 5
     for ln in table:
         cells = [c.strip() for c in ln.strip("|").split("|")]
         assert len(cells) == 2 + 3 + 3               # model, benchmark, layers 0-2, weighted, top weight, best layer
         assert cells[-1] == str(max(range(3), key=lambda k: float(cells[2 + k])))
         assert all(0.0 <= float(c) <= 1.0 for c in cells[2:6])
+
+
+def test_probe_labels_from_a_json_field_in_ranges():
+    """sw-probe-music-bpm: the class is the bpm's range; a clip without the field or outside every range is
+    skipped by a named reason, never put in a class."""
+    from benchmarks.registry import get_benchmark
+    from benchmarks.tasks.probe import sample_label
+    opts = get_benchmark("sw-probe-music-bpm").options
+    assert sample_label({"answer": "slow", "labels": {"bpm": 60}}, opts) == ("60-66", None)
+    assert sample_label({"answer": "slow", "labels": {"bpm": 73}}, opts) == ("67-73", None)
+    assert sample_label({"answer": "fast", "labels": {"bpm": 180}}, opts) == ("168-180", None)
+    assert sample_label({"answer": "fast", "labels": {"bpm": 100}}, opts)[1] == "label_outside_bins"
+    assert sample_label({"answer": "fast", "labels": {}}, opts)[1] == "no_label"
+    assert sample_label({"answer": "fast", "labels": {"bpm": "fast"}}, opts)[1] == "label_not_a_number"
+    assert sample_label({"answer": "fast", "labels": {"bpm": 100}}, {}) == ("fast", None)
+    assert sample_label({"labels": {"bpm": 100}}, {"label": "labels.bpm"}) == ("100", None)
+
+
+def test_bpm_probe_reads_every_tempo_clip_of_a_build(probe_world, mert_folder, tmp_path):
+    """Every music_tempo clip of a build falls in one of the six ranges (none skipped)."""
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    folder, _ = mert_folder
+    res = evaluate([str(folder)], [get_benchmark("sw-probe-music-bpm")],
+                   RunConfig(out=str(tmp_path / "eval"), data=str(probe_world), progress=False))
+    (rec,) = res.records
+    assert not any(k.startswith("skipped_") and k != "skipped_seen_in_train" for k in rec["metrics"]), rec["metrics"]
+    assert rec["metrics"]["n_train"] > 0 and 0.0 <= rec["score"] <= 1.0
 
 
 def test_mert_study_trains_probes_and_reprobes_its_runs_on_another_build(probe_world, tmp_path, capsys):

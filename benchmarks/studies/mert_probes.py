@@ -1,5 +1,6 @@
 """MERT study: does pretraining `mert-tiny` on synthetic-world's music teach the encoder what MARBLE-style
-probes can read (pitch, chord quality, instrument, tempo), beyond the same architecture with random weights?
+probes can read (pitch, chord quality, instrument, tempo: slow / fast and bpm in six ranges), beyond the
+same architecture with random weights?
 
     python benchmarks/studies/mert_probes.py --data data/synthetic-world --out runs/mert-study --split val
     python benchmarks/studies/mert_probes.py --data data/synthetic-world --out runs/mert-study --split test
@@ -38,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PROBES = ("pitch", "chord", "instrument", "tempo")
+PROBES = ("pitch", "chord", "instrument", "tempo", "bpm")   # bpm: tempo in six ranges (suites.BPM_BINS)
 VARIANTS = {                      # name -> overrides of the mert-tiny recipe
     "pretrained": [],
     "no-cqt": ["stages.0.objective_settings.regression=false"],

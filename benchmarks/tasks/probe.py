@@ -8,7 +8,9 @@ fitted as well: the per-layer table.
     vlm eval --bench audio-folder:/data/my-instruments --model runs/mert-tiny/final --out runs/probes
 
 Labels are the samples' answers (synthetic-world: pitch, chord, instrument, tempo, tone count /
-direction, noise type) or a user's labels.csv (`benchmarks.audio_folder`). Features of both splits are
+direction, noise type), a field of their json put in ranges (`sw-probe-music-bpm`: the click track's beats
+per minute in six ranges, where the slow / fast answer is read by any encoder) or a user's labels.csv
+(`benchmarks.audio_folder`). Features of both splits are
 cached; the probes themselves train in seconds. Clips a probe cannot use (undecodable in a user's
 folder, non-finite samples, shorter than 0.1 s) are skipped and counted by reason (`skipped_<reason>`
 in the metrics); silent and clipped clips are kept and counted (`kept_audio_silent`, `kept_audio_clipped`:
@@ -95,9 +97,30 @@ def shard_clips(bench: Benchmark, ctx: Context, split: str) -> tuple[list[Clip],
     samples, dhash = load_samples(bench, ctx, split)
     out = []
     for s in samples:
+        label, problem = sample_label(s.meta(), bench.options)
         audio = s.decode("audio", s.first("audio"))
-        out.append(Clip(s.key, str(s.meta().get("answer")), audio, check_clip(*audio)))
+        out.append(Clip(s.key, label, audio, problem or check_clip(*audio)))
     return out, dhash
+
+
+def sample_label(meta: dict[str, Any], options: dict[str, Any]) -> tuple[str, str | None]:
+    """A shard sample's class and, when it has none, why (a reason name). The class is the sample's answer,
+    or with option `label` (a dotted path into its json, e.g. 'labels.bpm') that field, put by option `bins`
+    ([[lo, hi], ...], both ends included) in the class 'lo-hi' of the range that holds it."""
+    path = options.get("label")
+    if not path:
+        return str(meta.get("answer")), None
+    value: Any = meta
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "", "no_label"
+        value = value[part]
+    bins = options.get("bins")
+    if not bins:
+        return str(value), None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "", "label_not_a_number"
+    return next(((f"{lo}-{hi}", None) for lo, hi in bins if lo <= value <= hi), ("", "label_outside_bins"))
 
 
 def folder_clips(bench: Benchmark, split: str, limit: int | None = None) -> tuple[list[Clip], str]:
