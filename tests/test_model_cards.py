@@ -44,6 +44,19 @@ def test_attach_keeps_the_other_results_files_a_card_names(tmp_path):
     assert not check(card)
 
 
+
+@pytest.mark.parametrize("name", ["a/b", "../m", "..", " ", "a\\b"])
+def test_attach_refuses_a_results_name_with_a_folder(tmp_path, name):
+    """--name is a file name under the card's results/: a folder in it (a/b, ../x) would be written where the
+    front matter does not point; refused before anything is written."""
+    from benchmarks.model_card import attach, write_results
+    from vlm.errors import UserError
+    write_results(tmp_path / "a.jsonl", [{"benchmark": "b", "metric": "acc", "n": 1, "seed": 0, "model": "A", "score": 0.5}])
+    card = tmp_path / "cards" / "m.md"
+    with pytest.raises(UserError, match="--name"):
+        attach(card, [tmp_path / "a.jsonl"], name=name)
+    assert not (tmp_path / "cards").exists()
+
 def _card(tmp_path, body: str = "# m\n", results: str = "results/m.jsonl") -> Path:
     from benchmarks.model_card import write_results
     write_results(tmp_path / "results" / "m.jsonl", [{"model": "A", "benchmark": "b", "metric": "acc", "score": 0.5}])
