@@ -1033,6 +1033,7 @@ def test_music_clips_are_new_in_val_and_test_and_version_1_rebuilds_the_old_ones
         if m["task"] == "music_pitch":        # the guitar too (a review: its delay line was up to 36 cents off)
             assert abs(1200 * np.log2(fundamental(x, sr) / labels["freq_hz"])) < 5, labels
             assert abs(1200 * np.log2(labels["freq_hz"] / (440 * 2 ** ((labels["midi"] - 69) / 12)))) <= 25
+            assert labels["performance"]["exact"] is True          # a flag, not the 1 that rounding made of it
             checked["pitch"] += 1
         if m["task"] == "music_tempo" and m["quality"] == 1.0:
             env = np.abs(x[: len(x) // 120 * 120]).reshape(-1, 120).max(1)    # 5 ms frames

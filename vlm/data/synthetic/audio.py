@@ -118,8 +118,8 @@ def performance(rng: np.random.Generator, notes: int, varied: bool) -> Performan
 
 
 def performance_labels(perf: Performance | ClickStyle) -> dict[str, Any]:
-    """A performance's factors for a sample's labels (3 decimals)."""
-    return {k: [round(x, 3) for x in v] if isinstance(v, tuple) else round(v, 3)
+    """A performance's factors for a sample's labels (numbers to 3 decimals, flags as they are)."""
+    return {k: [round(x, 3) for x in v] if isinstance(v, tuple) else v if isinstance(v, bool) else round(v, 3)
             for k, v in dataclasses.asdict(perf).items()}
 
 
