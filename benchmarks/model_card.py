@@ -359,8 +359,11 @@ def attach(card: str | os.PathLike, results: list[str | os.PathLike], name: str 
     it already names, and regenerate the card. Everything is checked first: a bad row, card or front matter
     writes nothing."""
     p = Path(card)
-    if name is not None and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\")):
-        raise UserError(f"--name {name!r}: a results file name (written to {p.parent / RESULTS_DIR}), without a folder")
+    if name is not None:
+        name = name.removesuffix(".jsonl")
+        if not name or name != name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
+            raise UserError(f"--name {name!r}: a results file name (written to {p.parent / RESULTS_DIR}), without "
+                            f"a folder or surrounding spaces")
     rows = read_results([Path(r) for r in results])
     dest = p.parent / RESULTS_DIR / f"{name or p.stem}.jsonl"
     text = _read_card(p) if p.exists() or p.is_dir() else f"# {p.stem}\n"

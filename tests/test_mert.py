@@ -327,6 +327,8 @@ def test_probe_labels_from_a_json_field_in_ranges():
     assert sample_label({"answer": "fast", "labels": {"bpm": 180}}, opts) == ("168-180", None)
     assert sample_label({"answer": "fast", "labels": {"bpm": 100}}, opts)[1] == "label_outside_bins"
     assert sample_label({"answer": "fast", "labels": {}}, opts)[1] == "no_label"
+    assert sample_label({"answer": "fast", "labels": {"bpm": None}}, opts)[1] == "no_label"
+    assert sample_label({"answer": "fast", "labels": {"bpm": 80.5}}, opts)[1] == "label_outside_bins"
     assert sample_label({"answer": "fast", "labels": {"bpm": "fast"}}, opts)[1] == "label_not_a_number"
     assert sample_label({"answer": "fast", "labels": {"bpm": 100}}, {}) == ("fast", None)
     assert sample_label({"labels": {"bpm": 100}}, {"label": "labels.bpm"}) == ("100", None)

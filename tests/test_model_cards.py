@@ -36,7 +36,7 @@ def test_attach_keeps_the_other_results_files_a_card_names(tmp_path):
     card = tmp_path / "cards" / "m.md"
     attach(card, [tmp_path / "a.jsonl"])
     attach(card, [tmp_path / "b.jsonl"], name="m-extra")
-    attach(card, [tmp_path / "b.jsonl"], name="m-extra")          # again: named once
+    attach(card, [tmp_path / "b.jsonl"], name="m-extra.jsonl")    # again (its .jsonl dropped): named once
     meta, _, _ = _split(card.read_text(), str(card))
     assert meta["vlm-results"] == ["results/m.jsonl", "results/m-extra.jsonl"]
     models, _ = summarize(read_results(_files_of(card, meta)))
@@ -45,7 +45,7 @@ def test_attach_keeps_the_other_results_files_a_card_names(tmp_path):
 
 
 
-@pytest.mark.parametrize("name", ["a/b", "../m", "..", " ", "a\\b"])
+@pytest.mark.parametrize("name", ["a/b", "../m", "..", " ", "a\\b", " m", ".jsonl"])
 def test_attach_refuses_a_results_name_with_a_folder(tmp_path, name):
     """--name is a file name under the card's results/: a folder in it (a/b, ../x) would be written where the
     front matter does not point; refused before anything is written."""

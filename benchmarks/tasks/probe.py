@@ -12,8 +12,8 @@ direction, noise type), a field of their json put in ranges (`sw-probe-music-bpm
 per minute in six ranges, where the slow / fast answer is read by any encoder) or a user's labels.csv
 (`benchmarks.audio_folder`). Features of both splits are
 cached; the probes themselves train in seconds. Clips a probe cannot use (undecodable in a user's
-folder, non-finite samples, shorter than 0.1 s) are skipped and counted by reason (`skipped_<reason>`
-in the metrics); silent and clipped clips are kept and counted (`kept_audio_silent`, `kept_audio_clipped`:
+folder, non-finite samples, shorter than 0.1 s; with a json-field label: `no_label`, `label_not_a_number`,
+`label_outside_bins`) are skipped and counted by reason (`skipped_<reason>` in the metrics); silent and clipped clips are kept and counted (`kept_audio_silent`, `kept_audio_clipped`:
 the data layer's `audio_notes` on the mono downmix at the file's rate, where pretraining judges it after
 resampling to the model's; the waveform normalisation leaves a silent clip zero).
 """
@@ -106,13 +106,14 @@ def shard_clips(bench: Benchmark, ctx: Context, split: str) -> tuple[list[Clip],
 def sample_label(meta: dict[str, Any], options: dict[str, Any]) -> tuple[str, str | None]:
     """A shard sample's class and, when it has none, why (a reason name). The class is the sample's answer,
     or with option `label` (a dotted path into its json, e.g. 'labels.bpm') that field, put by option `bins`
-    ([[lo, hi], ...], both ends included) in the class 'lo-hi' of the range that holds it."""
+    ([[lo, hi], ...], both ends included: ranges of whole numbers such as bpm; a value between two ranges is
+    outside) in the class 'lo-hi' of the first range that holds it."""
     path = options.get("label")
     if not path:
         return str(meta.get("answer")), None
     value: Any = meta
     for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if not isinstance(value, dict) or value.get(part) is None:
             return "", "no_label"
         value = value[part]
     bins = options.get("bins")
