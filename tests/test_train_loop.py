@@ -190,6 +190,11 @@ def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, w
     err = capsys.readouterr().err.strip()
     assert "trainer.json: 'step' is 'three', not a int" in err and len(err.splitlines()) == 1, err
     shutil.rmtree(last)
+    # mid-stage, other data workers: the data position cannot be kept; said before the model is built
+    assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.num_workers=2"]) == 2
+    out, err = capsys.readouterr()
+    assert "by 1 data worker(s) per rank, this run has 2" in err and "runtime.num_workers=1" in err, err
+    assert len(err.strip().splitlines()) == 1 and "resuming from" not in out
     rank = (mid / "rank-00000.pt").read_bytes()
     (mid / "rank-00000.pt").unlink()
     assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 2

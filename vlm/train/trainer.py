@@ -299,6 +299,15 @@ class Trainer:
         if ckpt is not None and state.world_size != self.d.world_size:
             raise UserError(f"{ckpt} was saved by {state.world_size} rank(s), this run has {self.d.world_size}; "
                             f"resume with the same number of ranks")
+        if ckpt is not None and not state.stage_done and not state.early_stopped:
+            # a mid-stage data position is per data worker: said here, before the model is built (the
+            # pipeline's own check at load_state_dict would say it only after that)
+            saved = ckpt_lib.load_rank(ckpt, self.d.rank)["data"].get("num_workers")
+            mine = max(1, self.recipe.runtime.num_workers)           # the pipeline's count (0 reads as 1)
+            if saved is not None and saved != mine:
+                raise UserError(f"{ckpt} was saved inside stage '{state.stage_name}' by {saved} data worker(s) per "
+                                f"rank, this run has {mine} (runtime.num_workers={self.recipe.runtime.num_workers}); "
+                                f"resume with runtime.num_workers={saved}")
 
     # what a checkpoint's weights, optimizer, schedule and data position depend on; runtime settings such as
     # logging, checkpoint cadence or evaluation may change on resume (a mid-stage data position needs the same
