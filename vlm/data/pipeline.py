@@ -67,6 +67,12 @@ from vlm.errors import UserError
 STATE_VERSION = 1
 
 
+def data_streams(num_workers: int) -> int:
+    """Data streams per rank for `num_workers` loader processes (0: the main process reads, one stream): what
+    the pipeline splits a source by and keeps a position for (a mid-stage resume needs the same count)."""
+    return max(1, num_workers)
+
+
 @dataclass
 class PipelineConfig:
     batch_size: int = 8                  # samples per batch (padding) or rows per batch (packing)
@@ -172,7 +178,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         super().__init__()
         self.sources, self.sample_fn, self.cfg = sources, sample_fn, cfg
         self.rank, self.world_size, self.pad_id = rank, world_size, pad_id
-        self.workers = max(1, cfg.num_workers)
+        self.workers = data_streams(cfg.num_workers)
         self.worker_map = list(range(self.workers))
         self.positions = [0] * self.workers
         self.done = [False] * self.workers
@@ -317,13 +323,13 @@ class ShardPipeline:
         if not 0 <= rank < world:
             raise UserError(f"rank {rank} is not in [0, world_size {world})")
         self.rank, self.world_size = rank, world
-        slots = world * max(1, cfg.num_workers)
+        slots = world * data_streams(cfg.num_workers)
         if cfg.split not in SPLITS:
             raise UserError(f"split must be one of {SPLITS}, got {cfg.split!r}")
         for s in self.sources:
             if (cfg.split == "shard" or s.remote) and len(s.shards) < slots:
                 raise UserError(f"data source '{s.name}': {len(s.shards)} shards cannot be split by shard over "
-                                f"{world} ranks x {max(1, cfg.num_workers)} workers; " +
+                                f"{world} ranks x {data_streams(cfg.num_workers)} workers; " +
                                 ("remote shards are dealt whole: give at least that many" if s.remote
                                  else "use split='sample'"))
         sample_fn = SampleProcessor(processor, cfg.max_len, cfg.draft, cfg.fast_tokenizer, cfg.format,

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlm.data.pipeline import data_streams
 from vlm.errors import UserError
 from vlm.train import checkpoint as ckpt_lib
 from vlm.train.data import build_stage_loader, to_device
@@ -303,7 +304,7 @@ class Trainer:
             # a mid-stage data position is per data worker: said here, before the model is built (the
             # pipeline's own check at load_state_dict would say it only after that)
             saved = ckpt_lib.load_rank(ckpt, self.d.rank)["data"].get("num_workers")
-            mine = max(1, self.recipe.runtime.num_workers)           # the pipeline's count (0 reads as 1)
+            mine = data_streams(self.recipe.runtime.num_workers)
             if saved is not None and saved != mine:
                 raise UserError(f"{ckpt} was saved inside stage '{state.stage_name}' by {saved} data worker(s) per "
                                 f"rank, this run has {mine} (runtime.num_workers={self.recipe.runtime.num_workers}); "
