@@ -44,7 +44,6 @@ def test_attach_keeps_the_other_results_files_a_card_names(tmp_path):
     assert not check(card)
 
 
-
 @pytest.mark.parametrize("name", ["a/b", "../m", "..", " ", "a\\b", " m", ".jsonl"])
 def test_attach_refuses_a_results_name_with_a_folder(tmp_path, name):
     """--name is a file name under the card's results/: a folder in it (a/b, ../x) would be written where the
@@ -56,6 +55,7 @@ def test_attach_refuses_a_results_name_with_a_folder(tmp_path, name):
     with pytest.raises(UserError, match="--name"):
         attach(card, [tmp_path / "a.jsonl"], name=name)
     assert not (tmp_path / "cards").exists()
+
 
 def _card(tmp_path, body: str = "# m\n", results: str = "results/m.jsonl") -> Path:
     from benchmarks.model_card import write_results

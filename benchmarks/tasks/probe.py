@@ -10,12 +10,12 @@ fitted as well: the per-layer table.
 Labels are the samples' answers (synthetic-world: pitch, chord, instrument, tempo, tone count /
 direction, noise type), a field of their json put in ranges (`sw-probe-music-bpm`: the click track's beats
 per minute in six ranges, where the slow / fast answer is read by any encoder) or a user's labels.csv
-(`benchmarks.audio_folder`). Features of both splits are
-cached; the probes themselves train in seconds. Clips a probe cannot use (undecodable in a user's
-folder, non-finite samples, shorter than 0.1 s; with a json-field label: `no_label`, `label_not_a_number`,
-`label_outside_bins`) are skipped and counted by reason (`skipped_<reason>` in the metrics); silent and clipped clips are kept and counted (`kept_audio_silent`, `kept_audio_clipped`:
-the data layer's `audio_notes` on the mono downmix at the file's rate, where pretraining judges it after
-resampling to the model's; the waveform normalisation leaves a silent clip zero).
+(`benchmarks.audio_folder`). Features of both splits are cached; the probes themselves train in seconds.
+Clips a probe cannot use (undecodable in a user's folder, non-finite samples, shorter than 0.1 s; with a
+json-field label: `no_label`, `label_not_a_number`, `label_outside_bins`) are skipped and counted by reason
+(`skipped_<reason>` in the metrics); silent and clipped clips are kept and counted (`kept_audio_silent`,
+`kept_audio_clipped`: the data layer's `audio_notes` on the mono downmix at the file's rate, where pretraining
+judges it after resampling to the model's; the waveform normalisation leaves a silent clip zero).
 """
 from __future__ import annotations
 
