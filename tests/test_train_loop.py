@@ -131,6 +131,49 @@ def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, world, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_a_finished_model_and_the_users_recipe_file_are_not_written_over(tmp_path, world, capsys):
+    """Found by a review: a finished run whose checkpoints were removed was trained over (final/ replaced), and a
+    recipe file in the run folder as recipe.yaml was replaced by the resolved recipe (its comments lost)."""
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=1)],
+                            checkpoint_every=0, log_samples=False)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    shutil.rmtree(run / "checkpoints")                       # disk freed, the model kept
+    before = (run / "final" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    for resume in ([], ["--resume"]):
+        assert main(["train", str(recipe), "--out", str(run), "runtime.seed=7", *resume]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds a finished model" in err and len(err.splitlines()) == 1, err
+    assert (run / "final" / "model.safetensors").read_bytes() == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    text = "# my notes\n" + recipe.read_text()
+    (mine / "recipe.yaml").write_text(text)
+    assert main(["train", str(mine / "recipe.yaml"), "--out", str(mine)]) == 2
+    assert "would write its resolved recipe over this file" in capsys.readouterr().err
+    assert (mine / "recipe.yaml").read_text() == text and sorted(os.listdir(mine)) == ["recipe.yaml"]
+    assert main(["train", str(recipe), 'runtime.output_dir=""']) == 2
+    assert "recipe field 'runtime.output_dir': empty" in capsys.readouterr().err
+
+
+def test_wandb_that_cannot_start_is_one_line_and_leaves_the_logs(tmp_path, monkeypatch):
+    """`runtime.wandb=true` without a wandb login was a 40-line traceback, after a resume had already cut the
+    metrics file back (found by a review)."""
+    wandb = pytest.importorskip("wandb")
+    from vlm.errors import UserError
+    from vlm.train.logging import RunLog
+
+    def refuse(**kw):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+    monkeypatch.setattr(wandb, "init", refuse)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    with pytest.raises(UserError, match=r"recipe field 'runtime.wandb': wandb does not start \(UsageError: No API "
+                                        r"key configured"):
+        RunLog(tmp_path, True, resume_step=1, wandb={"project": "p"})
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
 def test_ddp_without_torchrun_trains_one_process_and_says_so(tmp_path, world, capsys):
     recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=1)],
                             log_samples=False)

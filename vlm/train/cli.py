@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vlm.errors import UserError
 
@@ -38,6 +39,12 @@ def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, overrides, world_size=world_size_from_env())
     if out:
         recipe.runtime.output_dir = out.replace("{", "{{").replace("}", "}}")
+    source = Path(args.recipe)
+    saved = recipe.output_dir() / "recipe.yaml"
+    if source.suffix in (".yaml", ".yml") and source.is_file() and saved.is_file() and saved.samefile(source):
+        # the run writes its resolved recipe there: the user's file (its comments, its layout) would be lost
+        raise UserError(f"{source}: the run folder {recipe.output_dir()} would write its resolved recipe over this "
+                        f"file; train into another --out")
     check_model(recipe)
     from vlm.train.trainer import TrainingDiverged, train
     try:

@@ -36,6 +36,19 @@ class RunLog:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if wandb is not None:          # first: a wandb that cannot start (no API key ...) leaves the logs as they were
+            try:
+                import wandb as wb
+            except ImportError:
+                raise UserError("recipe field 'runtime.wandb': true, but the wandb package is not installed") from None
+            try:
+                self._wandb = wb.init(project=wandb.pop("project"), config=wandb, dir=str(self.run_dir),
+                                      name=self.run_dir.name, resume="allow")
+            except wb.errors.Error as e:     # UsageError (no API key, not logged in), CommError (no network) ...
+                first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                raise UserError(f"recipe field 'runtime.wandb': wandb does not start ({type(e).__name__}: "
+                                f"{first[:200]}); log in (`wandb login`), set WANDB_MODE=offline, or "
+                                f"runtime.wandb=false") from None
         for old in self.run_dir.glob(f"{RANK_ERROR}*"):       # an earlier run's
             old.unlink(missing_ok=True)
         if resume_step is not None:
@@ -45,13 +58,6 @@ class RunLog:
         self._text = open(self.run_dir / TEXT_LOG, "a")
         from torch.utils.tensorboard import SummaryWriter
         self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
-        if wandb is not None:
-            try:
-                import wandb as wb
-            except ImportError:
-                raise UserError("recipe field 'runtime.wandb': true, but the wandb package is not installed") from None
-            self._wandb = wb.init(project=wandb.pop("project"), config=wandb, dir=str(self.run_dir),
-                                  name=self.run_dir.name, resume="allow")
 
     def _truncate(self, step: int) -> None:
         path = self.run_dir / METRICS

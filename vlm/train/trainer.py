@@ -289,6 +289,11 @@ class Trainer:
                 print(f"cleaned up after an interrupted save: {p}", flush=True)
         self.d.barrier()
         found = ckpt_lib.latest(self.run_dir)
+        if found is None and (self.run_dir / "final").exists():
+            # a finished run whose checkpoints were removed (to free the disk): nothing to resume, and a new run
+            # would write over its model
+            raise UserError(f"{self.run_dir} holds a finished model ({self.run_dir / 'final'}) and no checkpoint to "
+                            f"resume from; train into another --out (or move final/ away to train here again)")
         if found is not None and not self.resume:
             raise UserError(f"{self.run_dir} already has checkpoints ({found.name}); pass --resume to continue "
                             f"it or --out to start a new run")
@@ -457,7 +462,7 @@ class Trainer:
         unit, total = ("step", st.steps) if st.steps else ("tok", st.tokens)
         log.open_bar(st.name, total, schedule.steps if st.steps else schedule.tokens, unit)
         params = [p for p in self.strategy.inner(wrapped).parameters() if p.requires_grad]
-        from_start, applied = schedule.steps == 0, 0
+        from_start, applied, nan_before = schedule.steps == 0, 0, state.nan_steps
         while not schedule.done:
             t0 = time.perf_counter()
             res = self._step(wrapped, optimizer, schedule, batches, params, st)
@@ -466,8 +471,10 @@ class Trainer:
             self._count_nonfinite(res, st, state)
             applied += res.finite
             if schedule.done and from_start and not applied:     # fewer steps than max_nan_steps, all skipped
+                earlier = (f"; {nan_before} step(s) of earlier stages were non-finite too: the weights may have "
+                           f"diverged there (their LR or temperature?)") if nan_before else ""
                 raise TrainingDiverged(f"stage '{st.name}': every one of its {schedule.steps} steps was non-finite "
-                                       f"and skipped: nothing trained (a temperature or LR far off?)")
+                                       f"and skipped: nothing trained (a temperature or LR far off?){earlier}")
             if self.samples is not None:
                 self.samples.write(state.step, res.keys)
             if state.step % rt.log_every == 0 or schedule.done:
