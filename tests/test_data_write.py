@@ -271,6 +271,15 @@ def test_a_rerun_replaces_the_data_set_only_when_it_succeeds(tmp_path):
         b.write({"__key__": "b", "json": {"caption": "y"}, "jpg": Image.new("RGB", (8, 8))})
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["index.json", "train-000000.tar",
                                                                    "val-000000.tar"]
+    # a folder of a user's own shards (webdataset's usual names, no index of ours): refused, not replaced or
+    # removed (a review found them deleted without a word)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for i in range(3):
+        (theirs / f"shard-{i:06d}.tar").write_bytes(b"x" * 100)
+    with pytest.raises(UserError, match=r"holds 3 .tar file\(s\) not written here by this suite .*shard-000000.tar"):
+        convert.convert_llava_json(str(tmp_path / "one.json"), str(tmp_path / "img"), str(theirs))
+    assert sorted(p.name for p in theirs.iterdir()) == [f"shard-{i:06d}.tar" for i in range(3)]
 
 
 def test_a_kill_while_publishing_is_refused_by_readers_and_said_on_a_rerun(tmp_path, monkeypatch):
@@ -848,6 +857,9 @@ def test_a_build_never_overwrites_other_data_and_leaves_no_earlier_split(tmp_pat
     assert (tmp_path / "mine" / "train" / "shard-000000.tar").read_bytes() == b"precious"
     (tmp_path / "mine" / ".building").write_text("synthetic-world\n")    # what a killed build leaves: rebuilt,
     (tmp_path / "mine" / "index.json").write_text('{"name": "synth')       # even with a torn index
+    assert vlm_main([*build, "--out", str(tmp_path / "mine")]) == 2          # (but not over the user's shard:
+    assert "holds 1 .tar file(s) not written here" in capsys.readouterr().err  # a killed build's have an index)
+    (tmp_path / "mine" / "train" / "shard-000000.tar").unlink()
     assert vlm_main([*build, "--out", str(tmp_path / "mine"), "--splits", "test", "train"]) == 0   # any order
     assert not (tmp_path / "mine" / ".building").exists()
     assert "seen_in_train" in json.loads((tmp_path / "mine" / "index.json").read_text())["splits"]["test"]

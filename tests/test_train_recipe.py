@@ -161,6 +161,13 @@ BAD = [
      "stages.1.batch_size"),                                                 # a query with no negative
     (["name=../escaped"], "name"),                                           # runs would leave the runs folder
     (["runtime.output_dir=runs/{name.upper}"], "runtime.output_dir"),
+    (['runtime.output_dir=""'], "runtime.output_dir"),                      # the current folder: its files replaced
+    (["model.settings.llm=nonexistent:thing"], "model.settings.llm"),       # was blamed on 'model'
+    # a data set's build settings: refused by the build only after the checks, naming a `vlm data build` flag
+    (["data.world.shards=[/nonexistent/sw/train]", "data.world.build={samples: -5}"], "data.world.build.samples"),
+    (["data.world.shards=[/nonexistent/sw/train]", "data.world.build={tasks: [nosuch]}"], "data.world.build.tasks"),
+    (["data.world.shards=[/nonexistent/sw/train]", "data.world.build={world_version: 9}"],
+     "data.world.build.world_version"),
 ]
 
 

@@ -151,7 +151,7 @@ def load_llm(path: str | os.PathLike, trust_remote_code: bool = False, dtype=tor
     """AutoModelForCausalLM + tokenizer from a local folder; safetensors only, no hub, no remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     p = Path(path)
-    require(p.is_dir(), f"LLM folder not found: {p}")
+    require(p.is_dir(), f"LLM folder not found: '{p}'")
     require((p / "config.json").exists(), f"{p}: no config.json (not a Hugging Face model folder)")
     weights = list(p.glob("*.safetensors"))
     require(weights, f"{p}: no *.safetensors weights (pickled .bin files are never loaded)")

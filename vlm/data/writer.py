@@ -410,6 +410,14 @@ class ShardWriter:
         if splits is not None:           # its index.json would be replaced by this one: the splits orphaned
             raise UserError(f"{self.out_dir}: a data set's root folder (splits {', '.join(splits)}), not a shard "
                             f"folder; give a new folder, or one of its split folders to replace")
+        foreign = sorted(n for n in os.listdir(self.out_dir) if n.endswith(".tar"))
+        if foreign and _samples_in(os.path.join(self.out_dir, "index.json")) is None \
+                and not os.path.exists(os.path.join(self.out_dir, PUBLISHING)):
+            # tar files no index of ours names (a user's own shards, often named shard-000000.tar too): the move-in
+            # would replace or remove them
+            raise UserError(f"{self.out_dir}: holds {len(foreign)} .tar file(s) not written here by this suite (no "
+                            f"index.json names them; e.g. {foreign[0]}); they are not written over: give a new or "
+                            f"empty folder")
         _remove_stale_staging(self.out_dir)
         self.stage_dir = tempfile.mkdtemp(prefix=f"{STAGING}{owner_tag()}-", dir=self.out_dir)
         self.replaced: int | None = None       # samples of the data set this one replaced (None: there was none)

@@ -340,7 +340,10 @@ def _build_config(src: Source, path: str = ""):
 def _check_build(src: Source, p: str) -> None:
     _require(len(src.shards) == 1 and Path(src.shards[0]).name in ("train", "val", "test"), f"{p}.shards",
              f"a source with build settings reads one split folder of the data set it builds (OUT/train), got {src.shards}")
-    _build_config(src, f"{p}.build")
+    cfg = _build_config(src, f"{p}.build")
+    from vlm.data.synthetic import check_build_args     # the values the build would refuse only after the checks
+    check_build_args(cfg.samples, cfg.seed, cfg.eval_per_task, cfg.world_version, cfg.tasks,
+                     error=lambda name, text: UserError(f"recipe field '{p}.build.{name}': {text}"))
 
 
 def build_sources(recipe: Recipe) -> None:
@@ -412,6 +415,7 @@ def _validate_runtime(rt: Runtime) -> None:
     _require(rt.log_every >= 1, "runtime.log_every", f"must be >= 1, got {rt.log_every}")
     _require(rt.device in ("auto", "cpu", "cuda") or rt.device.startswith("cuda:"), "runtime.device",
              f"auto | cpu | cuda[:N], got {rt.device!r}")
+    _require(bool(rt.output_dir.strip()), "runtime.output_dir", "empty; name the run folder (default runs/{name})")
     try:
         rt.output_dir.format(name="x")
         _require(rt.output_dir.replace("{name}", "") == rt.output_dir.format(name=""), "runtime.output_dir",
@@ -500,7 +504,7 @@ def model_skeleton(spec: ModelSpec):
         field, msg = _field_of(spec, str(e)), str(e)
         key = field.rsplit(".", 1)[-1]
         raise UserError(f"recipe field '{field}': {msg[len(key) + 2:] if msg.startswith(f'{key}: ') else msg}") from None
-    except (TypeError, ValueError, RuntimeError, StrictDataclassError) as e:   # a value transformers / torch refuse
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, StrictDataclassError) as e:   # a value transformers / torch refuse
         text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())       # (hidden_size -4, "big")
         raise UserError(f"recipe field 'model': the model does not build ({type(e).__name__}: {text[:300]})") from None
     finally:

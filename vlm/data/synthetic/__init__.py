@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from vlm.atomic import write_text
@@ -253,6 +253,31 @@ def check_out_folder(out: str) -> None:
                         f"new or empty one to build it in")
 
 
+def _flag_error(name: str, text: str) -> UserError:
+    return UserError(f"--{name.replace('_', '-')} {text}")
+
+
+def check_build_args(samples: int, seed: int, eval_per_task: int | None, world_version: int | None,
+                     tasks: Iterable[str] | None, error: Callable[[str, str], Exception] = _flag_error) -> set[str]:
+    """The values a build refuses, before anything is written; returns the tasks to generate. `error(field,
+    text)` makes the exception (default: naming the `vlm data build` flag; a recipe's `build` names its field)."""
+    if seed < 0:
+        raise error("seed", f"must be >= 0 (got {seed})")
+    if samples < 1:
+        raise error("samples", f"must be >= 1 (got {samples})")
+    if eval_per_task is not None and eval_per_task < 1:
+        raise error("eval_per_task", f"must be >= 1 (got {eval_per_task}); leave it out for the default, "
+                                     f"max(2, samples // 100)")
+    if world_version is not None and world_version not in WORLD_GENERATORS:
+        raise error("world_version", f"{world_version}: choose from {', '.join(map(str, WORLD_GENERATORS))}")
+    try:
+        return select_tasks(tasks)
+    except UserError as e:
+        if error is _flag_error:
+            raise
+        raise error("tasks", str(e)) from None
+
+
 def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES, seed: int = 0,
                           splits: Iterable[str] = SPLITS, eval_per_task: int | None = None,
                           workers: int | None = None, classification: bool = True,
@@ -274,19 +299,10 @@ def build_synthetic_world(out: str | os.PathLike, samples: int = DEFAULT_SAMPLES
     if bad:
         raise UserError(f"unknown split {bad[0]!r}; choose from {', '.join(SPLITS)}")
     splits = [s for s in SPLITS if s in splits]          # train first: val / test are compared with it
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0 (got {seed})")
-    if samples < 1:
-        raise UserError(f"--samples must be >= 1 (got {samples})")
-    if eval_per_task is not None and eval_per_task < 1:
-        raise UserError(f"--eval-per-task must be >= 1 (got {eval_per_task}); leave it out for the default, "
-                        f"max(2, samples // 100)")
+    tasks = check_build_args(samples, seed, eval_per_task, world_version, tasks)
     world_version = WORLD_VERSION if world_version is None else world_version
-    if world_version not in WORLD_GENERATORS:
-        raise UserError(f"--world-version {world_version}: choose from {', '.join(map(str, WORLD_GENERATORS))}")
     eval_per_task = eval_per_task or max(2, samples // 100)
     workers = workers or default_workers(samples)
-    tasks = select_tasks(tasks)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
