@@ -81,6 +81,8 @@ def read_labels(folder: str | Path, need: tuple[str, ...] = ("train",)) -> list[
         path, label = row[0].strip(), unicodedata.normalize("NFC", row[1].strip())
         if not path or not label:
             raise UserError(f"{csv_path}: row {line}: empty {'path' if not path else 'label'}")
+        if "\0" in path:
+            raise UserError(f"{csv_path}: row {line}: the path holds a NUL character")
         split = row[2].strip().lower() if has_split else None
         if has_split and split not in SPLITS:
             raise UserError(f"{csv_path}: row {line}: split {row[2]!r} is not one of {list(SPLITS)}")
@@ -105,7 +107,10 @@ def read_labels(folder: str | Path, need: tuple[str, ...] = ("train",)) -> list[
              for line, p, label, split in parsed]
     seen: dict[Path, int] = {}
     for c in clips:                 # one file twice: a test clip also in train, or a file under two labels
-        where = c.path.resolve()    # a link to a file listed too is that file
+        try:
+            where = c.path.resolve()    # a link to a file listed too is that file
+        except (OSError, RuntimeError):  # a link loop (3.11 raises RuntimeError), a name too long: read as missing
+            where = c.path.absolute()
         if where in seen:
             raise UserError(f"{csv_path}: rows {seen[where]} and {c.row} name the same file ({c.path.name}); "
                             f"list each file once")

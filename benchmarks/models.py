@@ -276,7 +276,14 @@ def encoder_layer_features(encoder, clips: list[tuple[torch.Tensor, int]], batch
     for i in range(0, len(items), batch_size):
         feats += [torch.stack([layer.float().mean(0) for layer in f])                          # [L + 1, D] each
                   for f in encoder.encode_layers(items[i:i + batch_size], n)]
-    return torch.stack(feats)                                                                  # [N, L + 1, D]
+    out = torch.stack(feats)                                                                   # [N, L + 1, D]
+    finite = torch.isfinite(out).all(-1)                                                      # [N, L + 1]
+    if not finite.all():          # NaN / inf weights (the clips are checked finite before): a probe would fit noise
+        layers = [i for i in range(out.shape[1]) if not finite[:, i].all()]
+        raise UserError(f"encoder {getattr(encoder, 'name', type(encoder).__name__)}: non-finite features at layer(s) "
+                        f"{', '.join(map(str, layers))} for {int((~finite.all(1)).sum())} of {len(out)} clip(s) (NaN or "
+                        f"inf in its weights?); not probed")
+    return out
 
 
 class EncoderModel(EvalModel):

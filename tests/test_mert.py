@@ -332,6 +332,9 @@ def test_probe_labels_from_a_json_field_in_ranges():
     assert sample_label({"answer": "fast", "labels": {"bpm": "fast"}}, opts)[1] == "label_not_a_number"
     assert sample_label({"answer": "fast", "labels": {"bpm": 100}}, {}) == ("fast", None)
     assert sample_label({"labels": {"bpm": 100}}, {"label": "labels.bpm"}) == ("100", None)
+    # the plain probes' class is the answer: a sample without one is skipped, not a class "None" (found by a review)
+    for meta in ({}, {"answer": None}, {"answer": "  "}):
+        assert sample_label(meta, {}) == ("", "no_label")
 
 
 def test_bpm_probe_reads_every_tempo_clip_of_a_build(probe_world, mert_folder, tmp_path):
@@ -529,6 +532,9 @@ MERT_BAD = [   # each trained with exit 0 before (a NaN teacher, an error traine
     (["stages.0.objective_settings.min_masks=-3"], "stages.0.objective_settings.min_masks", ">= 0"),
     (["model.settings.codebooks=[]"], "model.settings.codebooks", "non-empty list"),
     (["model.settings.final_dim=0"], "model.settings.final_dim", "an integer >= 1"),
+    (["model.settings.hidden_size=0"], "model.settings.hidden_size", "an integer >= 1"),   # (a ZeroDivisionError
+    (["model.settings.num_attention_heads=0"], "model.settings.num_attention_heads", "an integer >= 1"),  # traceback)
+    (["model.settings.conv_dim=0"], "model.settings.conv_dim", "an integer >= 1"),
 ]
 
 
@@ -652,3 +658,70 @@ def test_probe_features_of_every_layer_in_one_pass_equal_one_pass_per_layer():
     generic = [torch.stack([x.float().mean(0) for x in f]) for f in Encoder.encode_layers(
         enc, [enc.preprocess(w, sr) for w, sr in clips], 2)]
     assert fast.shape == (4, 3, 64) and torch.equal(fast, torch.stack(generic))
+
+
+def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_folder, tmp_path):
+    """Found by a review: an EnCodec folder without the model's tensors trained on random codes; a damaged fitted
+    teacher on resume, a mert folder's bad `mert_pretraining.json` and NaN weights under a probe were tracebacks
+    or a score of noise."""
+    from safetensors.torch import save_file
+
+    from benchmarks.models import encoder_layer_features
+    from vlm.errors import UserError
+    from vlm.families.mert import HEADS_CONFIG, MertModel
+    from vlm.train.objectives.masked_prediction import TEACHER_FILE, MaskedPrediction, MaskedPredictionSettings
+    from vlm.train.objectives.teachers import build_teacher
+    folder = tiny_encodec(tmp_path / "encodec")
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    shutil.copy(folder / "config.json", empty / "config.json")
+    save_file({"x": torch.zeros(2)}, str(empty / "model.safetensors"))
+    teacher = build_teacher("encodec", path=str(empty), bandwidth=2.4)
+    with pytest.raises(UserError, match=r"does not hold the model's weights \(\d+ tensor\(s\) missing"):
+        teacher(torch.from_numpy(tone(220, 1.0))[None], 70)
+    # a fitted teacher file that does not read: named, with what to do
+    obj = MaskedPrediction(MaskedPredictionSettings(teacher="mel_kmeans", codebook_size=16))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / TEACHER_FILE).write_text("garbage")
+    with pytest.raises(UserError, match=f"{TEACHER_FILE}: the fitted teacher does not read .*delete it"):
+        obj.prepare(None, lambda: iter(()), tmp_path / "state")
+    # the heads' settings of a mert folder
+    src, _ = mert_folder
+    for heads, msg in [({"family": "mert", "bogus": 1}, "unknown field 'bogus'"), ([], "not a JSON object"),
+                       ({"family": "mert", "codebooks": [0]}, "codebooks: a non-empty list of code counts >= 2"),
+                       ({"family": "mert", "final_dim": 0}, "final_dim: an integer >= 1")]:
+        bad = tmp_path / f"bad-{len(msg)}"
+        shutil.copytree(src, bad)
+        (bad / HEADS_CONFIG).write_text(json.dumps(heads))
+        with pytest.raises(UserError, match=msg) as e:
+            MertModel.from_folder(bad)
+        assert HEADS_CONFIG in str(e.value) and "\n" not in str(e.value)
+    # NaN weights: features of noise are refused, not probed
+    from encoders import build_encoder
+    enc = build_encoder(f"mert:{src}").eval()
+    with torch.no_grad():
+        next(p for n, p in enc.named_parameters() if "encoder.layers.1." in n).fill_(float("nan"))
+    with pytest.raises(UserError, match=r"non-finite features at layer\(s\) 2 for 2 of 2 clip"):
+        encoder_layer_features(enc, [(torch.from_numpy(tone(220, 1.0))[None], 24000)] * 2)
+
+
+def test_audio_folder_paths_the_file_system_refuses_are_skipped_or_named(mert_folder, tmp_path):
+    """A NUL in a path is a malformed row (one line); a name too long or a link loop is a clip skipped by reason
+    (they were tracebacks: found by a review)."""
+    from benchmarks.audio_folder import read_labels
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    from vlm.errors import UserError
+    d, rows = tone_folder(tmp_path / "mine", 12)
+    os.symlink("loop-b.wav", d / "loop-a.wav")
+    os.symlink("loop-a.wav", d / "loop-b.wav")
+    (d / "labels.csv").write_text("\n".join(rows + ["loop-a.wav,low", f"{'x' * 300}.wav,high"]) + "\n")
+    folder, _ = mert_folder
+    [rec] = evaluate([str(folder)], [get_benchmark(f"audio-folder:{d}")],
+                     RunConfig(out=str(tmp_path / "eval"), cache=False, progress=False)).records
+    assert rec["status"] == "ok", rec
+    skipped = {k: v for k, v in rec["metrics"].items() if k.startswith("skipped_")}
+    assert skipped == {"skipped_missing_file": 1, "skipped_bad_path": 1}, skipped
+    (d / "labels.csv").write_text("\n".join(rows + ["clips/a\0b.flac,low"]) + "\n")
+    with pytest.raises(UserError, match=r"labels.csv: row 14: the path holds a NUL character"):
+        read_labels(d)

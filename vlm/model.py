@@ -342,6 +342,9 @@ def load_safetensors(module: nn.Module, path: Path) -> None:
     try:
         missing, unexpected = load_model(module, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise UserError(f"{path}: cannot load the weights ({str(e).splitlines()[0][:200]})") from None
+        # torch's size mismatch is a heading ("Error(s) in loading state_dict for ...:") and a line per tensor
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise UserError(f"{path}: cannot load the weights ({detail[:200]})") from None
     require(not missing and not unexpected, f"{path}: weights do not match the model (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})")

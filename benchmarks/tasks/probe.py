@@ -11,8 +11,9 @@ Labels are the samples' answers (synthetic-world: pitch, chord, instrument, temp
 direction, noise type), a field of their json put in ranges (`sw-probe-music-bpm`: the click track's beats
 per minute in six ranges, where the slow / fast answer is read by any encoder) or a user's labels.csv
 (`benchmarks.audio_folder`). Features of both splits are cached; the probes themselves train in seconds.
-Clips a probe cannot use (undecodable in a user's folder, non-finite samples, shorter than 0.1 s; with a
-json-field label: `no_label`, `label_not_a_number`, `label_outside_bins`) are skipped and counted by reason
+Clips a probe cannot use (missing, undecodable or a path the file system refuses in a user's folder,
+non-finite samples, shorter than 0.1 s; a sample without an answer, or without its json-field label:
+`no_label`, `label_not_a_number`, `label_outside_bins`) are skipped and counted by reason
 (`skipped_<reason>` in the metrics); silent and clipped clips are kept and counted (`kept_audio_silent`,
 `kept_audio_clipped`: the data layer's `audio_notes` on the mono downmix at the file's rate, where pretraining
 judges it after resampling to the model's; the waveform normalisation leaves a silent clip zero).
@@ -108,14 +109,14 @@ def sample_label(meta: dict[str, Any], options: dict[str, Any]) -> tuple[str, st
     or with option `label` (a dotted path into its json, e.g. 'labels.bpm') that field, put by option `bins`
     ([[lo, hi], ...], both ends included: ranges of whole numbers such as bpm; a value between two ranges is
     outside) in the class 'lo-hi' of the first range that holds it."""
-    path = options.get("label")
-    if not path:
-        return str(meta.get("answer")), None
+    path = options.get("label") or "answer"
     value: Any = meta
     for part in path.split("."):
         if not isinstance(value, dict) or value.get(part) is None:
             return "", "no_label"
         value = value[part]
+    if isinstance(value, str) and not value.strip():
+        return "", "no_label"
     bins = options.get("bins")
     if not bins:
         return str(value), None
@@ -134,7 +135,12 @@ def folder_clips(bench: Benchmark, split: str, limit: int | None = None) -> tupl
     rows = [r for r in read_labels(root) if r.split == split][:limit or None]
     out = []
     for r in rows:
-        if not r.path.is_file():
+        try:
+            is_file = r.path.is_file()
+        except OSError:                            # a name the file system refuses (too long ...)
+            out.append(Clip(r.key, r.label, None, "bad_path"))
+            continue
+        if not is_file:
             out.append(Clip(r.key, r.label, None, "not_a_file" if r.path.exists() else "missing_file"))
             continue
         try:
@@ -143,7 +149,8 @@ def folder_clips(bench: Benchmark, split: str, limit: int | None = None) -> tupl
             out.append(Clip(r.key, r.label, None, "bad_audio"))
             continue
         out.append(Clip(r.key, r.label, audio, check_clip(*audio)))
-    files = [root / LABELS_FILE] + sorted({r.path for r in rows if r.path.is_file()})
+    files = [root / LABELS_FILE] + sorted({r.path for r, c in zip(rows, out) if c.problem not in
+                                           ("bad_path", "not_a_file", "missing_file")})
     return out, data_hash(files, split, limit)
 
 

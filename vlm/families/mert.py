@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -166,11 +166,36 @@ class MertModel(nn.Module):
             heads = json.loads((folder / HEADS_CONFIG).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{folder}: not a mert checkpoint ({e})") from None
-        require(hubert.get("model_type") == "hubert", f"{folder / 'config.json'}: not a HuBERT config")
+        require(isinstance(hubert, dict) and hubert.get("model_type") == "hubert",
+                f"{folder / 'config.json'}: not a HuBERT config")
+        where = folder / HEADS_CONFIG
+        require(isinstance(heads, dict), f"{where}: not a JSON object of the heads' settings")
+        known = {f.name for f in fields(MertConfig)} - {"hubert"}
+        unknown = sorted(set(heads) - known - {"family"})
+        if unknown:
+            raise UserError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        settings = {k: v for k, v in heads.items() if k != "family"}
+        if "codebooks" in settings:
+            check_codebooks(settings["codebooks"], f"{where}: codebooks")
+        for name in ("final_dim", "regression_dim", "sample_rate"):
+            if name in settings:
+                check_count(f"{where}: {name}", settings[name], none=False)
         keep = {k: v for k, v in hubert.items() if k not in ("architectures", "transformers_version", "model_type")}
-        model = cls(MertConfig(hubert=keep, **{k: v for k, v in heads.items() if k != "family"}))
+        try:
+            model = cls(MertConfig(hubert=keep, **settings))
+        except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
+            raise UserError(f"{folder}: does not build a mert model ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
         model.load_weights(folder)
         return model
+
+
+def check_codebooks(cb, name: str, given=None) -> None:
+    """Units per codebook: a non-empty list of integers >= 2."""
+    require(isinstance(cb, list) and bool(cb) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 2
+                                                      for c in cb),
+            f"{name}: a non-empty list of code counts >= 2 (one per codebook of the teacher), got "
+            f"{cb if given is None else given!r}")
 
 
 def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_heads: int = 4,
@@ -181,10 +206,9 @@ def build_mert(hidden_size: int = 64, num_hidden_layers: int = 2, num_attention_
     `codebooks`: units per codebook of the acoustic teacher (default: the mel_kmeans teacher's 2 x 64).
     Dropout draws from each rank's own RNG: keep it 0 where runs must match across rank counts."""
     cb = [64, 64] if codebooks is None else codebooks
-    require(isinstance(cb, list) and bool(cb) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 2
-                                                      for c in cb),
-            f"codebooks: a non-empty list of code counts >= 2 (one per codebook of the teacher), got {codebooks!r}")
-    for name, value in (("final_dim", final_dim), ("regression_dim", regression_dim)):
+    check_codebooks(cb, "codebooks", codebooks)
+    for name, value in (("hidden_size", hidden_size), ("num_attention_heads", num_attention_heads),
+                        ("conv_dim", conv_dim), ("final_dim", final_dim), ("regression_dim", regression_dim)):
         check_count(name, value, none=False)
     if seed is not None:
         torch.manual_seed(seed)

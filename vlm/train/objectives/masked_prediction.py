@@ -233,7 +233,12 @@ class MaskedPrediction(Objective):
             return
         path = Path(state_dir) / TEACHER_FILE
         if path.exists():
-            self.teacher.load_fitted(load_file(str(path)))
+            from safetensors import SafetensorError
+            try:
+                self.teacher.load_fitted(load_file(str(path)))
+            except (SafetensorError, OSError, RuntimeError) as e:     # damaged, or another teacher's tensors
+                raise UserError(f"{path}: the fitted teacher does not read ({str(e).splitlines()[0][:200]}); delete "
+                                f"it and resume: the teacher is fitted again from the stage's audio") from None
             return
         self.teacher.fit((b["audio"] for b in batches()), seed=0)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,8 @@ class MelKMeans(AcousticTeacher):
             x = x.flatten(0, 1)[: self.max_frames].double()                            # [F, d]
             k = self.codebook_sizes[i]
             if x.shape[0] < k:
-                raise UserError(f"the acoustic teacher needs >= {k} frames to fit {k} units, got {x.shape[0]}")
+                raise UserError(f"the acoustic teacher needs >= {k} frames to fit {k} units, got {x.shape[0]} (the "
+                                f"objective setting teacher_frames, or the stage's audio, is too small)")
             distinct = torch.unique(x, dim=0).shape[0]
             if distinct < k:           # all-silent or all-alike audio: sklearn warned of 'distinct clusters' only
                 print(f"warning: the mel_kmeans teacher's {('log-mel', 'chroma')[i]} frames of the training audio "
@@ -404,10 +405,20 @@ class EncodecTeacher(AcousticTeacher):
         """The checkpoint's EncodecModel on `device` (read from the folder once)."""
         if self._encodec is None:
             from transformers import EncodecModel
+            from transformers.utils import logging as hf_logging
+            level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()          # its load report would list every tensor; named below instead
             try:
-                model = EncodecModel.from_pretrained(self.folder, local_files_only=True, use_safetensors=True)
+                model, info = EncodecModel.from_pretrained(self.folder, local_files_only=True, use_safetensors=True,
+                                                           output_loading_info=True, ignore_mismatched_sizes=True)
             except (OSError, ValueError, RuntimeError) as e:
                 raise UserError(f"encodec teacher: cannot load {self.folder}: {str(e).splitlines()[0][:200]}") from None
+            finally:
+                hf_logging.set_verbosity(level)
+            bad = sorted(info.get("missing_keys") or []) + [str(m[0]) for m in info.get("mismatched_keys") or []]
+            if bad:               # left at their random init: the codes would be noise
+                raise UserError(f"encodec teacher: {self.folder} does not hold the model's weights ({len(bad)} "
+                                f"tensor(s) missing or of another shape, e.g. {bad[0]})")
             self.__dict__["_encodec"] = model.eval().requires_grad_(False)
         return self._encodec.to(device)
 
