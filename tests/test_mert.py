@@ -669,7 +669,7 @@ def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_
     from benchmarks.models import encoder_layer_features
     from vlm.errors import UserError
     from vlm.families.mert import HEADS_CONFIG, MertModel
-    from vlm.train.objectives.masked_prediction import TEACHER_FILE, MaskedPrediction, MaskedPredictionSettings
+    from vlm.train.objectives import masked_prediction as mp
     from vlm.train.objectives.teachers import build_teacher
     folder = tiny_encodec(tmp_path / "encodec")
     empty = tmp_path / "no-weights"
@@ -680,10 +680,10 @@ def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_
     with pytest.raises(UserError, match=r"does not hold the model's weights \(\d+ tensor\(s\) missing"):
         teacher(torch.from_numpy(tone(220, 1.0))[None], 70)
     # a fitted teacher file that does not read: named, with what to do
-    obj = MaskedPrediction(MaskedPredictionSettings(teacher="mel_kmeans", codebook_size=16))
+    obj = mp.MaskedPrediction(mp.MaskedPredictionSettings(teacher="mel_kmeans", codebook_size=16))
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / TEACHER_FILE).write_text("garbage")
-    with pytest.raises(UserError, match=f"{TEACHER_FILE}: the fitted teacher does not read .*delete it"):
+    (tmp_path / "state" / mp.TEACHER_FILE).write_text("garbage")
+    with pytest.raises(UserError, match=f"{mp.TEACHER_FILE}: the fitted teacher does not read .*delete it"):
         obj.prepare(None, lambda: iter(()), tmp_path / "state")
     # the heads' settings of a mert folder
     src, _ = mert_folder
