@@ -49,6 +49,14 @@ class BuildConfig:
                 "writes the same shards as builds whose index.json has no world_version"})
 
 
+def check_build(cfg: BuildConfig, error=None) -> None:
+    """The values `build` would refuse, checked before anything is written; `error(field, text)` makes the
+    exception (default: naming the flag; a recipe's `build` settings name their field)."""
+    from vlm.data.synthetic import check_build_args
+    kw = {"error": error} if error is not None else {}
+    check_build_args(cfg.samples, cfg.seed, cfg.eval_per_task, cfg.world_version, cfg.tasks, **kw)
+
+
 def build(cfg: BuildConfig) -> dict:
     """Build the data set a BuildConfig describes; returns its index (also OUT/index.json)."""
     from vlm.data.synthetic import build_synthetic_world

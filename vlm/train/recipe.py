@@ -340,10 +340,9 @@ def _build_config(src: Source, path: str = ""):
 def _check_build(src: Source, p: str) -> None:
     _require(len(src.shards) == 1 and Path(src.shards[0]).name in ("train", "val", "test"), f"{p}.shards",
              f"a source with build settings reads one split folder of the data set it builds (OUT/train), got {src.shards}")
-    from vlm.data.synthetic import check_build_args
+    from vlm.data.cli import check_build
     cfg = _build_config(src, f"{p}.build")               # and the values the build would refuse only after the checks
-    check_build_args(cfg.samples, cfg.seed, cfg.eval_per_task, cfg.world_version, cfg.tasks,
-                     error=lambda name, text: UserError(f"recipe field '{p}.build.{name}': {text}"))
+    check_build(cfg, error=lambda name, text: UserError(f"recipe field '{p}.build.{name}': {text}"))
 
 
 def build_sources(recipe: Recipe) -> None:
