@@ -510,6 +510,42 @@ def test_a_tar_with_a_sample_split_apart_or_gzipped_says_so(tmp_path):
     assert ref.error == "bad_tar" and "gzip-compressed tar" in ref.message
 
 
+def test_pax_headers_that_step_back_and_a_key_written_twice_are_named_not_looped_or_merged(tmp_path):
+    """Found by a review: a pax record of length 0, or a pax size of -1536 (back to the same header), made the
+    tar reader loop forever (`vlm data inspect` and training hung); two samples of one key back to back were
+    merged into one, the first's files overwritten by the second's, uncounted."""
+    from vlm.data.reader import scan_shard
+
+    def tar_with(pax_value: bytes) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+            for name in ("ok.txt", "x.txt"):
+                info = tarfile.TarInfo(name)
+                info.size = 1
+                if name == "x.txt":
+                    info.pax_headers = {"VLMP": "aaaaa"}
+                t.addfile(info, io.BytesIO(b"a"))
+        data = buf.getvalue()
+        assert data.count(b"14 VLMP=aaaaa\n") == 1
+        return data.replace(b"14 VLMP=aaaaa\n", pax_value)
+
+    for value, why in [(b"00 VLMP=aaaaa\n", "bad pax header"), (b"14 size=-1536\n", "pax size '-1536'")]:
+        path = tmp_path / f"pax-{len(why)}.tar"
+        path.write_bytes(tar_with(value))
+        refs = list(scan_shard(str(path)))                  # (it never returned)
+        assert refs[-1].error == "bad_tar" and why in refs[-1].message and len(refs) <= 2
+    dup = tmp_path / "dup.tar"
+    with tarfile.open(dup, "w") as t:
+        for name, data in [("a.txt", b"red"), ("a.json", b"{}"), ("a.txt", b"green"), ("a.json", b"{}"),
+                           ("b.txt", b"blue")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    refs = list(scan_shard(str(dup)))
+    assert [(r.key, r.error) for r in refs] == [("a", "duplicate_member"), ("b", None)]
+    assert "key 'a' has two .txt members" in refs[0].message
+
+
 def test_a_classification_sample_is_named_as_such_not_as_text_missing():
     """Found by a review: `vlm data inspect` on a clip_benchmark class set (cls + jpg) said every sample
     'no_text: neither conversations, caption nor txt', as if the set were broken."""

@@ -45,6 +45,7 @@ from vlm.data.tar import (  # noqa: F401
     TarBroken,
     _octal,
     _pax_records,
+    duplicate_member_message,
     split_sample_message,
     tar_members,
 )
@@ -242,6 +243,9 @@ def scan_shard(path: str) -> Iterator[SampleRef]:
 def _ref_of(path: str, key: str, members: list, done: set[str]) -> SampleRef:
     if key in done:                         # `tar cf x.tar dir` orders by directory, not by name
         return SampleRef(path, key, (), "split_sample", split_sample_message(path, key))
+    twice = duplicate_member_message(path, key, [m[0] for m in members])
+    if twice is not None:
+        return SampleRef(path, key, (), "duplicate_member", twice)
     return SampleRef(path, key, tuple(members))
 
 

@@ -51,6 +51,7 @@ from vlm.data.tar import (
     _octal,
     _pax_records,
     check_header,
+    duplicate_member_message,
     split_sample_message,
 )
 from vlm.errors import UserError
@@ -290,6 +291,9 @@ def stream_shard(url: str, settings: RemoteSettings, first: int = 0, stop: int |
     def sample(index: int, key: str, members: list, data: list) -> StreamSample | StreamError:
         if key in done:
             return StreamError(index, key, "split_sample", split_sample_message(url, key))
+        twice = duplicate_member_message(url, key, [m[0] for m in members])
+        if twice is not None:
+            return StreamError(index, key, "duplicate_member", twice)
         return StreamSample(index, key, tuple(members), tuple(data))
 
     while stop is None or index < stop:

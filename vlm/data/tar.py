@@ -91,7 +91,11 @@ def tar_members(f, file_size: int) -> Iterator[tuple[str, int, int]]:
             if kind == b"L":
                 long_name = body.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             else:
-                pax = dict(_pax_records(body))
+                try:
+                    pax = dict(_pax_records(body))
+                except ValueError as e:
+                    raise TarBroken("bad_tar", f"bad pax header at byte {data - 512}: "
+                                               f"{e}") from None
             continue
         if kind in (b"0", b"\0", b"7"):
             name = long_name or pax.get("path")
@@ -101,20 +105,38 @@ def tar_members(f, file_size: int) -> Iterator[tuple[str, int, int]]:
                 if prefix:
                     name = prefix.decode("utf-8", "surrogateescape") + "/" + name
             if "size" in pax:
-                size = int(pax["size"])
+                try:
+                    size = int(pax["size"])
+                except ValueError:
+                    size = -1
+                if size < 0 or data + size > file_size:   # (a negative size stepped back to this header: a loop)
+                    raise TarBroken("bad_tar" if size < 0 else "truncated_tar",
+                                    f"tar member {name}: pax size {pax['size']!r} does not fit the file", name)
                 pos = data + (size + 511) // 512 * 512
             yield name, data, size
         long_name, pax = None, {}
 
 
 def _pax_records(body: bytes) -> Iterator[tuple[str, str]]:
+    """`length key=value\n` records; ValueError where a length does not step forward within the body (a loop)."""
     i = 0
     while i < len(body) and body[i:i + 1] != b"\0":
-        sp = body.index(b" ", i)
+        sp = body.index(b" ", i)                                  # (ValueError when there is none)
         n = int(body[i:sp])
+        if n <= sp - i or i + n > len(body):
+            raise ValueError(f"record length {n} at offset {i}")
         key, _, value = body[sp + 1:i + n - 1].partition(b"=")
         yield key.decode("utf-8", "replace"), value.decode("utf-8", "surrogateescape")
         i += n
+
+
+def duplicate_member_message(where: str, key: str, exts: list[str]) -> str | None:
+    """Two members of one extension under one key (two samples of one key back to back: the second would
+    overwrite the first when grouped), or None."""
+    twice = next((e for i, e in enumerate(exts) if e in exts[:i]), None)
+    if twice is None:
+        return None
+    return f"{where}: key {key!r} has two .{twice} members (two samples of one key?); keys must be unique in a shard"
 
 
 def split_sample_message(where: str, key: str) -> str:
