@@ -527,6 +527,36 @@ def test_class_folder_names_that_would_shift_labels_are_refused(tmp_path, capsys
     assert report.written == 1 and meta(read_raw(tmp_path / "caps")[0])["source"] == "caf\ufffd"
 
 
+def test_a_users_own_index_and_class_list_are_not_written_over_and_links_up_are_no_class(tmp_path):
+    """Found by a review: a conversion into a folder with the user's own index.json, classnames.txt or templates
+    replaced them without a word; a class folder linking to the root read every image again under a second label;
+    --out inside the class folder made its split a class on a rerun."""
+    root = tmp_path / "cls"
+    _images(root / "cat", ["0.jpg"])
+    _images(root / "dog", ["0.jpg"])
+    os.symlink(root, root / "zz loop")
+    report = convert.convert_class_folder(str(root), str(tmp_path / "out"))
+    assert report.written == 2 and any("link to the folder itself" in n and "zz loop" in n for n in report.notes)
+    assert (tmp_path / "out" / "classnames.txt").read_text() == "cat\ndog\n"
+    with pytest.raises(UserError, match="is inside the class folder"):
+        convert.convert_class_folder(str(root), str(root / "out"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "classnames.txt").write_text("x\ny\nz\n")
+    with pytest.raises(UserError, match=r"classnames.txt: not written by a conversion here"):
+        convert.convert_class_folder(str(root), str(mine))
+    assert (mine / "classnames.txt").read_text() == "x\ny\nz\n" and sorted(os.listdir(mine)) == ["classnames.txt"]
+    (tmp_path / "caps").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "caps" / "a.jpg")
+    (tmp_path / "caps" / "a.txt").write_text("a black square")
+    (mine / "index.json").write_text('{"my": "own index", "num_samples": 5}')
+    with pytest.raises(UserError, match=r"index.json: not a shard index of this suite"):
+        convert.convert_caption_folder(str(tmp_path / "caps"), str(mine))
+    assert (mine / "index.json").read_text() == '{"my": "own index", "num_samples": 5}'
+    convert.convert_caption_folder(str(tmp_path / "caps"), str(tmp_path / "caps-out"))   # and a rerun over ours
+    assert convert.convert_caption_folder(str(tmp_path / "caps"), str(tmp_path / "caps-out")).written == 1
+
+
 def report_notes(report) -> list[str]:
     return [n.split(" in ")[0] for n in report.notes]
 

@@ -365,6 +365,11 @@ def _check_class_list(out: str, split: str, names: list[str], folder: str) -> No
     """A split converted into a folder whose other splits have another class list: their `cls` numbers would
     name other classes (one classnames.txt serves every split). One line."""
     path = os.path.join(out, "classnames.txt")
+    ours = os.path.isdir(out) and any(os.path.isfile(os.path.join(out, d, "index.json")) for d in os.listdir(out))
+    for own in ("classnames.txt", "zeroshot_classification_templates.txt"):
+        if os.path.isfile(os.path.join(out, own)) and not ours:      # a user's wds folder, not a conversion's
+            raise UserError(f"{os.path.join(out, own)}: not written by a conversion here (no split folder of this "
+                            f"suite beside it); not written over: give a new or empty --out")
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -398,6 +403,11 @@ def _class_names(folder: str, classes: list[str]) -> list[str]:
     return names
 
 
+def _holds(outer: str, inner: str) -> bool:
+    """`inner` is `outer` or inside it (real paths)."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
 def convert_class_folder(folder: str, out: str, templates: list[str] | None = None, split: str = "test",
                          max_count: int = 10_000, max_bad: float = 0.1) -> Report:
     """`folder/<class>/*.jpg` -> `out/classnames.txt`, `out/zeroshot_classification_templates.txt`,
@@ -408,6 +418,11 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
     if not split or split in (".", "..") or os.sep in split or (os.altsep and os.altsep in split):
         raise UserError(f"--split {split!r}: a split is a folder name inside --out (test, train ...), not a path")
     classes = [d for d in _list_dir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")]
+    here = os.path.realpath(folder)
+    if _holds(here, os.path.realpath(out)):             # a rerun would read its own split folder as a class
+        raise UserError(f"--out {out} is inside the class folder {folder}; give a folder outside it")
+    looped = [d for d in classes if _holds(os.path.realpath(os.path.join(folder, d)), here)]
+    classes = [d for d in classes if d not in looped]   # a link to the folder itself or above it: no class
     if not classes:
         raise UserError(f"{folder}: no class sub-folders")
     templates = templates or DEFAULT_TEMPLATES
@@ -439,6 +454,9 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
     with open(os.path.join(split_dir, "index.json")) as f:
         n_shards = len(json.load(f)["shards"])
     write_text(os.path.join(split_dir, "nshards.txt"), f"{n_shards}\n")
+    if looped:
+        report.notes.append(f"{len(looped)} sub-folder(s) of {folder} link to the folder itself or a folder above "
+                            f"it (e.g. {looped[0]!r}): not classes, not converted")
     loose = [f for f in _list_dir(folder) if f.lower().endswith(IMAGE_FILE_EXTS)
              and os.path.isfile(os.path.join(folder, f))]
     if loose:                         # an image outside every class folder has no label: said, not converted

@@ -372,6 +372,16 @@ def _samples_in(index: str) -> int | None:
         return None
 
 
+def _ours(index: str) -> bool:
+    """An index.json a ShardWriter wrote: a JSON object listing its `shards`."""
+    try:
+        with open(index) as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("shards"), list)
+
+
 def root_splits(folder: str) -> list[str] | None:
     """The split folders a data set's root `index.json` names (synthetic-world's `splits`), None when `folder`
     holds no such index (a shard folder's index lists `shards`)."""
@@ -410,9 +420,12 @@ class ShardWriter:
         if splits is not None:           # its index.json would be replaced by this one: the splits orphaned
             raise UserError(f"{self.out_dir}: a data set's root folder (splits {', '.join(splits)}), not a shard "
                             f"folder; give a new folder, or one of its split folders to replace")
+        index = os.path.join(self.out_dir, "index.json")
+        if os.path.exists(index) and not _ours(index):     # a user's own index.json: this one would replace it
+            raise UserError(f"{index}: not a shard index of this suite (no 'shards' list); not written over: give a "
+                            f"new or empty folder")
         foreign = sorted(n for n in os.listdir(self.out_dir) if n.endswith(".tar"))
-        if foreign and _samples_in(os.path.join(self.out_dir, "index.json")) is None \
-                and not os.path.exists(os.path.join(self.out_dir, PUBLISHING)):
+        if foreign and _samples_in(index) is None and not os.path.exists(os.path.join(self.out_dir, PUBLISHING)):
             # tar files no index of ours names (a user's own shards, often named shard-000000.tar too): the move-in
             # would replace or remove them
             raise UserError(f"{self.out_dir}: holds {len(foreign)} .tar file(s) not written here by this suite (no "
