@@ -129,9 +129,16 @@ class WdsMeta:
     templates: list[str]
 
 
-def _read_lines(path: Path) -> list[str]:
-    text = read_text(path, "file")
-    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+def _read_lines(path: Path, positional: bool = False) -> list[str]:
+    """The non-blank lines; `positional` (class names: `cls` N is line N + 1): a blank line before the last name
+    is refused, as dropping it would shift every later class (clip_benchmark keeps it as a class)."""
+    lines = [ln.strip() for ln in read_text(path, "file").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if positional and "" in lines:
+        raise UserError(f"{path}: line {lines.index('') + 1} is blank: class names are one per line, by position "
+                        f"(`cls` N names line N + 1); remove the blank line or name the class")
+    return [ln for ln in lines if ln]
 
 
 def read_wds_meta(folder: str | Path) -> WdsMeta:
@@ -143,7 +150,7 @@ def read_wds_meta(folder: str | Path) -> WdsMeta:
     for p in (names, tmpl):
         if not p.exists():
             raise UserError(f"{root}: no {p.name} (not a clip_benchmark wds folder)")
-    classnames, templates = _read_lines(names), _read_lines(tmpl)
+    classnames, templates = _read_lines(names, positional=True), _read_lines(tmpl)
     if len(classnames) < 2:             # one class: every image "correct", a top-1 of 1.0 that measures nothing
         raise UserError(f"{names}: {len(classnames)} class(es); zero-shot classification needs at least 2")
     if not templates:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm.errors import UserError
+from vlm.errors import UserError, read_text
 from vlm.registry import Registry
 
 # UniBench's benchmark types, plus the ones our own harnesses add.
@@ -119,7 +119,7 @@ def wds_benchmark(folder: str | os.PathLike, split: str = "test") -> Benchmark:
     when its `dataset_type.txt` says `retrieval` (images + `txt` captions), as clip_benchmark reads it."""
     p = Path(folder).expanduser().resolve()
     kind_file = p / "dataset_type.txt"
-    dataset_type = kind_file.read_text().strip().lower() if kind_file.is_file() else "classification"
+    dataset_type = read_text(kind_file, "dataset type file").strip().lower() if kind_file.is_file() else "classification"
     if dataset_type == "retrieval":
         return Benchmark(name=f"wds:{p.name}", kind="retrieval", type="custom", capability="image-text retrieval",
                          metric="mean_recall", data=DataRef(root=str(p), split=split), description=f"retrieval over {p}")

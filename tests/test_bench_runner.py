@@ -232,6 +232,18 @@ def test_an_edited_classnames_file_is_a_new_question(assets, tmp_path):
     again = evaluate([assets["clip"]], [get_benchmark(f"wds:{wds}")], cfg)
     assert again.reused == 0 and first.reused == 0
     assert again.table["score"].iloc[0] != first.table["score"].iloc[0]
+    # fewer names than the cached labels need: one line naming a sample (an IndexError traceback: a review); a
+    # blank line before the last name: refused (dropped, it shifted every later class silently)
+    from vlm.errors import UserError
+    (wds / "classnames.txt").write_text("\n".join(names[:-1]) + "\n")
+    with pytest.raises(UserError, match=rf"sample .*: cls {len(names) - 1} outside the {len(names) - 1} classes"):
+        evaluate([assets["clip"]], [get_benchmark(f"wds:{wds}")], cfg)
+    (wds / "classnames.txt").write_text("\n".join([names[0], "", *names[1:]]) + "\n\n")
+    with pytest.raises(UserError, match="classnames.txt: line 2 is blank"):
+        evaluate([assets["clip"]], [get_benchmark(f"wds:{wds}")], cfg)
+    (wds / "dataset_type.txt").write_bytes(b"classif\xe9cation")
+    with pytest.raises(UserError, match="dataset_type.txt: not UTF-8 text"):
+        get_benchmark(f"wds:{wds}")
 
 
 def test_two_models_or_folders_of_one_name_keep_both_results(assets, tmp_path):

@@ -70,7 +70,12 @@ def image_features(model, meta: WdsMeta, split: str, ctx: Context) -> tuple[torc
         return {"features": x, "labels": y}, {"keys": keys, "bad": bad}
 
     t, m = ctx.cache.get_or_compute(model.fingerprint, name, compute)
-    return t["features"], t["labels"], m["keys"], len(m.get("bad", []))
+    labels, n = t["labels"], len(meta.classnames)
+    if len(labels) and int(labels.max()) >= n:     # cached under a longer classnames.txt (the key is the shards')
+        i = int((labels >= n).nonzero()[0])
+        raise UserError(f"{meta.folder}: sample {m['keys'][i]}: cls {int(labels[i])} outside the {n} classes of "
+                        f"classnames.txt")
+    return t["features"], labels, m["keys"], len(m.get("bad", []))
 
 
 def text_weights(model, meta: WdsMeta, ctx: Context) -> torch.Tensor:
