@@ -131,6 +131,17 @@ class VLMLmms(lmms):
         return ctx, media
 
     @staticmethod
+    def _visuals(doc_to_visual, doc) -> list:
+        """The task's media of a doc; a file its `doc_to_visual` cannot decode (ours decode the shard's bytes
+        there) is a BadImage, skipped and counted like one that fails here (it ended the whole run)."""
+        if not doc_to_visual:
+            return []
+        try:
+            return doc_to_visual(doc)
+        except (MediaError, OSError, SyntaxError) as e:
+            raise BadImage(f"{type(e).__name__}: {e}") from None
+
+    @staticmethod
     def _cut(text: str, until: list[str]) -> str:
         for u in until:
             if u and u in text:
@@ -155,9 +166,8 @@ class VLMLmms(lmms):
                 batch, chunk, prompts = idx[j:j + self.batch_size], [], []
                 for i in batch:
                     ctx, _, doc_to_visual, doc_id, task, split = requests[i].args
-                    visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual else []
                     try:
-                        prompts.append(self._media(ctx, visuals))
+                        prompts.append(self._media(ctx, self._visuals(doc_to_visual, self._doc(task, split, doc_id))))
                     except BadImage as e:             # skipped: answered "" (scored wrong), counted, said
                         self.bad_images += 1
                         eval_logger.warning(f"vlm: {task} doc {doc_id}: its image does not decode ({e}); answered "
@@ -180,7 +190,7 @@ class VLMLmms(lmms):
             doc = self._doc(task, split, doc_id)
             cont = cont if isinstance(cont, str) else cont(doc)
             try:
-                ctx, media = self._media(ctx, doc_to_visual(doc) if doc_to_visual else [])
+                ctx, media = self._media(ctx, self._visuals(doc_to_visual, doc))
             except BadImage as e:                     # no honest likelihood without the image: one line
                 raise UserError(f"vlm: {task} doc {doc_id}: its image does not decode ({e})") from None
             reqs.append((ctx, media, str(cont).lstrip()))

@@ -198,6 +198,17 @@ def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):
     assert together[1] == "" and [together[0], together[2]] == alone and lm.bad_images == 1
     with pytest.raises(UserError, match="t doc 1: its image does not decode"):
         lm.loglikelihood([req(1, "loglikelihood")])
+    # a doc_to_visual that decodes bytes itself (the suite's exported tasks) and fails there: the same, not the end
+    # of the whole run (found by a review)
+    from vlm.modalities import decode_image
+
+    def from_bytes(i, kind="generate_until"):
+        args = req(i, kind).args
+        visual = lambda d: [decode_image(b"not an image" if d is truncated else buf.getvalue())]  # noqa: E731
+        return Instance(kind, (*args[:2], visual, *args[3:]), idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+    assert lm.generate_until([from_bytes(0), from_bytes(1)])[1] == "" and lm.bad_images == 2
+    with pytest.raises(UserError, match="t doc 1: its image does not decode"):
+        lm.loglikelihood([from_bytes(1, "loglikelihood")])
     with pytest.raises(UserError, match="max_new_tokens must be"):
         lm.generate_until([Instance("generate_until", ("x", {"max_new_tokens": -1}, None, 0, "t", "test"), idx=0,
                                     metadata={"task": "t", "doc_id": 0, "repeats": 1})])

@@ -100,14 +100,19 @@ def decode_image(data: bytes, draft_size: tuple[int, int] | None = None):
     """bytes -> RGB PIL image, upright (its EXIF orientation applied). `draft_size` (w, h) of the upright
     image: let the JPEG decoder scale down by 1/2..1/8 while staying >= that size (DCT-domain scaling: most of
     the decode cost of a big JPEG goes away)."""
-    from PIL import Image
+    from PIL import Image, ImageFile
 
     try:
         img = Image.open(io.BytesIO(data))
         o = orientation(img)
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", draft_size if o < 5 else draft_size[::-1])     # 5-8 turn the image a quarter
-        img.load()                          # decode here: a truncated file fails now, not in the encoder's resize
+        tolerant = ImageFile.LOAD_TRUNCATED_IMAGES    # set process-wide by lmms-eval's tasks: a cut file would
+        ImageFile.LOAD_TRUNCATED_IMAGES = False         # decode half grey and be scored; here it fails (and is
+        try:                                            # counted), lmms-eval's own loading is left as it was
+            img.load()                      # decode here: a truncated file fails now, not in the encoder's resize
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
         return to_rgb(upright(img, o))
     except MediaError:
         raise
