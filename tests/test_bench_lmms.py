@@ -204,7 +204,7 @@ def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):
 
     def from_bytes(i, kind="generate_until"):
         args = req(i, kind).args
-        visual = lambda d: [decode_image(b"not an image" if d is truncated else buf.getvalue())]  # noqa: E731
+        visual = lambda d: [decode_image(b"not an image" if d is truncated else buf.getvalue())]
         return Instance(kind, (*args[:2], visual, *args[3:]), idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
     assert lm.generate_until([from_bytes(0), from_bytes(1)])[1] == "" and lm.bad_images == 2
     with pytest.raises(UserError, match="t doc 1: its image does not decode"):

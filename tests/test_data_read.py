@@ -561,10 +561,9 @@ def test_a_classification_sample_is_named_as_such_not_as_text_missing():
 def test_a_truncated_image_fails_even_where_lmms_eval_lets_pil_load_truncated_files(monkeypatch):
     """lmms-eval's tasks set PIL's LOAD_TRUNCATED_IMAGES process-wide: a cut JPEG then decoded half grey, was
     answered and scored, uncounted (found by a review). Our decode still refuses it, and leaves the flag as set."""
-    from PIL import ImageFile
+    from PIL import Image, ImageFile
 
     from vlm.modalities import MediaError, decode_image
-    from PIL import Image
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), "red").save(buf, "JPEG")
     cut = buf.getvalue()[: len(buf.getvalue()) // 2]
