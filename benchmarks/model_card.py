@@ -196,6 +196,8 @@ def _read_file(p: Path) -> list[dict[str, Any]]:
             r = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{p}: line {i} is not JSON ({e.msg})") from None
+        except RecursionError:
+            raise UserError(f"{p}: line {i} is JSON nested too deep to read") from None
         why = row_problem(r)
         if why:
             raise UserError(f"{p}: line {i} {why}")

@@ -572,3 +572,31 @@ def test_a_truncated_image_fails_even_where_lmms_eval_lets_pil_load_truncated_fi
         decode_image(cut)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
     assert decode_image(buf.getvalue()).size == (64, 64)
+
+
+def test_json_nested_too_deep_is_bad_json_or_one_line_not_a_recursion_traceback(tmp_path):
+    """Found by a review: 100,000 nested brackets in a sample's json, a captions file, an MMEB row or a results
+    line were a RecursionError traceback (in training too)."""
+    from benchmarks.model_card import read_results
+    from vlm.data.convert import _load_json
+    from vlm.data.decode import SampleError, read_meta
+    from vlm.data.writer import validate_sample
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(SampleError) as e:
+        read_meta({"json": deep})
+    assert e.value.reason == "bad_json"
+    assert "'json' does not parse (RecursionError)" in validate_sample({"__key__": "k", "json": deep, "txt": b"x"})[0]
+    (tmp_path / "caps.json").write_bytes(deep)
+    with pytest.raises(UserError, match="caps.json: JSON nested too deep"):
+        _load_json(str(tmp_path / "caps.json"))
+    (tmp_path / "r.jsonl").write_bytes(deep + b"\n")
+    with pytest.raises(UserError, match="r.jsonl: line 1 is JSON nested too deep"):
+        read_results([tmp_path / "r.jsonl"])
+
+
+def test_a_sample_key_from_non_utf8_member_names_seeds_like_any_other():
+    """Training crashed (UnicodeEncodeError) on a shard whose member names are latin-1 (found by a review)."""
+    from vlm.data.formats import sample_seed
+    key = b"caf\xe9".decode("utf-8", "surrogateescape")                       # as the tar reader names it
+    assert sample_seed(0, key, 0) == sample_seed(0, key, 0) != sample_seed(0, "cafe", 0)
+    assert sample_seed(3, "plain", 1) == sample_seed(3, "plain", 1)

@@ -78,8 +78,8 @@ def read_meta(fields: dict[str, bytes]) -> dict:
         return {}
     try:
         meta = json.loads(fields["json"])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SampleError("bad_json", f"json does not parse: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:      # (RecursionError: nested too deep)
+        raise SampleError("bad_json", f"json does not parse: {short_error(e)[:200]}") from None
     if not isinstance(meta, dict):
         raise SampleError("bad_json", "json is not an object")
     return meta

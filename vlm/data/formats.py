@@ -76,7 +76,8 @@ def with_instruction(text: str, instruction: str | None) -> str:
 
 def sample_seed(seed: int, key: str, epoch: int) -> int:
     """Per-sample randomness (crops, masks) that is the same whatever the split into ranks and workers."""
-    return zlib.crc32(f"{seed}:{epoch}:{key}".encode()) * 2654435761 % (2**61 - 1)
+    # (surrogateescape: a key from tar member names that are not UTF-8 keeps its bytes; .encode() raised)
+    return zlib.crc32(f"{seed}:{epoch}:{key}".encode("utf-8", "surrogateescape")) * 2654435761 % (2**61 - 1)
 
 
 class Format:

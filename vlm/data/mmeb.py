@@ -93,7 +93,7 @@ def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
                 yield row
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text (after line {n})") from None
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise UserError(f"{path}: line {n}: not a JSON object row ({short_error(e)[:120]})") from None
 
 

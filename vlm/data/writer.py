@@ -246,7 +246,7 @@ def validate_sample(sample: dict[str, Any]) -> list[str]:
         return problems
     try:
         meta = _as_meta(sample["json"])
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:      # (RecursionError: nested too deep)
         return [f"{key}: 'json' does not parse ({e.__class__.__name__})"]
     if not isinstance(meta, dict):
         return [f"{key}: 'json' must be an object"]
