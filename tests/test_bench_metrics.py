@@ -108,3 +108,23 @@ def test_registry_rules():
     with pytest.raises(UserError, match="unknown benchmark"):
         get_benchmark("no-such-benchmark")
     assert get_benchmark("wds:/some/where/wds_cifar10").name == "wds:wds_cifar10"
+
+
+def test_captions_that_are_not_texts_are_no_captions_not_stringified():
+    """Found by a review: `{"captions": [null, 5]}` was scored as the captions "None" and "5"; a relation sample
+    without two captions was dropped uncounted (the count is `skipped_no_captions`, relation.run)."""
+    from benchmarks.tasks.captions import captions_of, relation_captions
+
+    class S:
+        fields: dict = {}
+
+        def __init__(self, meta):
+            self._meta = meta
+
+        def meta(self):
+            return self._meta
+    assert captions_of(S({"captions": ["a red circle", "a circle"]})) == ["a red circle", "a circle"]
+    assert captions_of(S({"captions": [None, 5]})) == [] and captions_of(S({"captions": ["ok", " "]})) == []
+    assert relation_captions(S({"captions": ["true", "false"]}), "given") == ["true", "false"]
+    for caps in (["only one"], "two words", ["fine", None], None):
+        assert relation_captions(S({"captions": caps}), "given") is None

@@ -24,12 +24,17 @@ def captions_of(sample: Sample) -> list[str]:
             raise UserError(f"{sample.shard}: sample {sample.key}: its txt caption is not UTF-8 (byte {e.start})") from None
         return [ln.strip() for ln in text.splitlines() if ln.strip()]
     meta = sample.meta()
-    if isinstance(meta.get("captions"), list):
-        return [str(c) for c in meta["captions"]]
+    if isinstance(meta.get("captions"), list):         # every one a text, or none used (`[null, 5]` was "None", "5")
+        return list(meta["captions"]) if _texts(meta["captions"]) else []
     if isinstance(meta.get("caption"), str):
         return [meta["caption"]]
     desc = (meta.get("labels") or {}).get("description")
     return [desc] if isinstance(desc, str) and desc else []
+
+
+def _texts(items: list) -> bool:
+    """Every item a non-blank string."""
+    return all(isinstance(c, str) and c.strip() for c in items)
 
 
 def _name(o: dict[str, Any]) -> str:
@@ -46,7 +51,7 @@ def relation_captions(sample: Sample, mode: str) -> list[str] | None:
     meta = sample.meta()
     if mode == "given":
         caps = meta.get("captions")
-        return [str(c) for c in caps] if isinstance(caps, list) and len(caps) >= 2 else None
+        return list(caps) if isinstance(caps, list) and len(caps) >= 2 and _texts(caps) else None
     labels = meta.get("labels") or {}
     objs = labels.get("objects") or []
     if mode == "spatial":

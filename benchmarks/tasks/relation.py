@@ -44,5 +44,8 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         rows.append(dict(key=s.key, correct=hit, n_captions=len(cs), pred=int(scores.argmax()),
                          score_true=float(scores[0]), score_best_false=float(scores[1:].max()), caption=cs[0]))
     acc = float(torch.tensor([r["correct"] for r in rows], dtype=torch.float).mean())
-    return TaskResult(rows, {"accuracy": acc, "chance": float(sum(1 / r["n_captions"] for r in rows) / len(rows)),
-                             "n": float(len(rows)), "skipped_bad_image": float(bad)})
+    metrics = {"accuracy": acc, "chance": float(sum(1 / r["n_captions"] for r in rows) / len(rows)),
+               "n": float(len(rows)), "skipped_bad_image": float(bad)}
+    if mode == "given":          # shipped captions missing, fewer than two or not texts: counted (dropped silently)
+        metrics["skipped_no_captions"] = float(len(samples) - len(kept) - bad)
+    return TaskResult(rows, metrics)
