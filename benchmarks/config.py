@@ -46,6 +46,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise UserError(f"eval config field '{name}': must be >= {low}, got {value}")
+            if value is not None and value > 2**62:         # (the results' parquet files hold 64-bit integers)
+                raise UserError(f"eval config field '{name}': must be <= 2**62, got {value}")
         for name in ("out", "cache_dir"):              # folders the run writes: an existing file is not one
             value = getattr(self, name)
             if value and Path(value).exists() and not Path(value).is_dir():

@@ -141,6 +141,8 @@ def test_cli_bad_input_exits_2(assets, tmp_path, capsys):
         rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{a['wds']}", flag, value, *common], capsys)
         field = flag[2:].replace("-", "_")
         assert rc == 2 and f"'{field}': must be >= 1, got {value}" in cap.err, cap.err
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{a['wds']}", "--limit", "9" * 20, *common], capsys)
+    assert rc == 2 and "'limit': must be <= 2**62" in cap.err, cap.err        # (an OverflowError after the whole run)
     # a user's wds folder with odd text files (each was a traceback, or a class that could never win)
     import shutil
     odd = {"latin1": ("classnames.txt", "rouge\ncafé\n".encode("latin-1"), "not UTF-8 text"),
