@@ -54,6 +54,8 @@ def _split(text: str, where: str = "model card") -> tuple[dict, str, str | None]
             if not isinstance(meta, dict):
                 raise UserError(f"{where}: front matter is a YAML {type(meta).__name__}, not a mapping of keys")
             return meta, body, head
+        # an opening `---` with no closing one: a new block on top would leave this one as body text
+        raise UserError(f"{where}: the front matter opened by the first line `---` has no closing `---` line")
     return {}, text, None
 
 
@@ -171,7 +173,7 @@ def row_problem(r: Any) -> str | None:
     for k in ("score", "chance"):
         if (k == "score" or r.get(k) is not None) and not _number(r.get(k)):
             return f"has a {k!r} that is not a finite number: {r.get(k)!r}"
-    if r.get("n") is not None and not (_number(r["n"]) and float(r["n"]).is_integer()):
+    if r.get("n") is not None and not (_number(r["n"]) and float(r["n"]).is_integer() and 0 <= r["n"] < 2**53):
         return f"has an 'n' that is not a count: {r['n']!r}"
     if r.get("seed") is not None and not (isinstance(r["seed"], str) or (_number(r["seed"]) and float(r["seed"]).is_integer())):
         return f"has a 'seed' that is neither text nor an integer: {r['seed']!r}"
@@ -213,6 +215,12 @@ def _files_of(card: Path, meta: dict) -> list[Path]:
     files = [files] if isinstance(files, str) else files
     if not (isinstance(files, list) and all(isinstance(f, str) and f for f in files)):
         raise UserError(f"{card}: `{RESULTS_KEY}` must be a list of results file paths, got {files!r}")
+    home = card.parent.resolve()
+    for f in files:              # committed beside the card: a path outside its folder is another repository's file
+        where = (card.parent / f).resolve()
+        if Path(f).is_absolute() or not (where == home or home in where.parents):
+            raise UserError(f"{card}: `{RESULTS_KEY}` names {f!r}, outside the card's folder; results files sit beside "
+                            f"the card (results/NAME.jsonl)")
     return [card.parent / f for f in files]
 
 
@@ -252,7 +260,7 @@ def summarize(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any
             if len(set(map(str, seeds))) != len(seeds):
                 raise UserError(f"results: {m} / {b['benchmark']} ({b['metric']}) appears twice for seed {seeds}")
             mean, std = _stats([float(r["score"]) for r in rs])
-            n = {r.get("n") for r in rs}
+            n = {None if r.get("n") is None else int(r["n"]) for r in rs}      # (5.0 printed as n=5.0)
             b["by_model"][m] = {"mean": mean, "std": std, "seeds": len(rs), "n": n.pop() if len(n) == 1 else None}
     return models, list(benches.values())
 
@@ -312,7 +320,7 @@ def model_index(rows: list[dict[str, Any]]) -> list[dict]:
 def _read_card(card: Path) -> str:
     if card.is_dir():
         raise UserError(f"{card}: a folder, not a model card file")
-    return read_text(card, "model card", encoding="utf-8")
+    return read_text(card, "model card")                       # (a BOM dropped: the front matter starts the file)
 
 
 def render(card: str | os.PathLike, text: str | None = None, pending: dict[Path, list[dict]] | None = None) -> str:

@@ -99,7 +99,10 @@ def test_a_bad_results_row_or_card_writes_nothing(tmp_path):
            "null": ({**base, "score": None}, "not a finite number: None"),
            "a list model": ({**base, "model": ["m"], "score": 0.1}, "'model' that is not text"),
            "a number row": (5, "is a JSON int, not an object"),
-           "a text chance": ({**base, "score": 0.1, "chance": "x"}, "'chance' that is not a finite number")}
+           "a text chance": ({**base, "score": 0.1, "chance": "x"}, "'chance' that is not a finite number"),
+           # found by a review: shown as (n=-3) and (n=1e+300)
+           "a negative n": ({**base, "score": 0.1, "n": -3}, "'n' that is not a count"),
+           "a huge n": ({**base, "score": 0.1, "n": 1e300}, "'n' that is not a count")}
     for name, (row, message) in bad.items():
         (tmp_path / "new.jsonl").write_text(json.dumps(row) + "\n")
         with pytest.raises(UserError, match=message):
@@ -127,6 +130,20 @@ def test_a_bad_results_row_or_card_writes_nothing(tmp_path):
         with pytest.raises(UserError, match=message):
             attach(tmp_path / "odd.md", [tmp_path / "good.jsonl"])
         assert not (tmp_path / "results" / "odd.jsonl").exists()
+    # found by a review: a front matter never closed got a second block on top of it; results files outside the
+    # card's folder were read
+    (tmp_path / "open.md").write_text("---\nlicense: mit\n# body\n")
+    with pytest.raises(UserError, match="has no closing `---` line"):
+        attach(tmp_path / "open.md", [tmp_path / "good.jsonl"])
+    assert (tmp_path / "open.md").read_text() == "---\nlicense: mit\n# body\n"
+    for path in ("/abs/r.jsonl", "../elsewhere/r.jsonl"):
+        (tmp_path / "far.md").write_text(f"---\nvlm-results: [{path}]\n---\n# far\n")
+        with pytest.raises(UserError, match="outside the card's folder"):
+            regenerate(tmp_path / "far.md")
+    (tmp_path / "bom.md").write_bytes("\ufeff---\nlicense: mit\n---\n# bom\n".encode())
+    attach(tmp_path / "bom.md", [tmp_path / "good.jsonl"])           # the BOM's card keeps one front matter block
+    assert (tmp_path / "bom.md").read_text().count("license: mit") == 1
+    assert (tmp_path / "bom.md").read_text().startswith("---\n")
 
 
 def test_card_cli_check_with_results_mode_and_replaced_results(tmp_path, capsys, monkeypatch):
