@@ -53,6 +53,15 @@ class VLMLmms(lmms):
 
     is_simple = True
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> VLMLmms:
+        """lmms-eval passes its own --batch_size (default 1) and --device beside `model_args`: a key in both was
+        a TypeError ("multiple values"); `model_args` wins, as it is the more specific."""
+        from lmms_eval import utils
+        args = utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
+
     def __init__(self, pretrained: str, device: str | None = "cpu", batch_size: int | str = 1,
                  max_new_tokens: int = 32, max_batch_size: int | None = None, **unknown: Any) -> None:
         super().__init__()

@@ -182,6 +182,10 @@ def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):
                         ({"dtype": "bfloat16"}, r"unknown model_args key 'dtype' \(evaluation runs in float32")):
         with pytest.raises(UserError, match=message):
             VLMLmms(str(tmp_path / "ckpt"), **kw)
+    # lmms-eval passes its --batch_size / --device too: a key also in model_args was a TypeError (found by a review)
+    made = VLMLmms.create_from_arg_string(f"pretrained={tmp_path / 'ckpt'},batch_size=2",
+                                          {"batch_size": 1, "device": "cpu"})
+    assert made.batch_size == 2
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, "PNG")
     truncated = Image.open(io.BytesIO(buf.getvalue()[:120]))                # opens lazily; fails on load

@@ -725,3 +725,13 @@ def test_audio_folder_paths_the_file_system_refuses_are_skipped_or_named(mert_fo
     (d / "labels.csv").write_text("\n".join(rows + ["clips/a\0b.flac,low"]) + "\n")
     with pytest.raises(UserError, match=r"labels.csv: row 14: the path holds a NUL character"):
         read_labels(d)
+
+
+def test_a_mert_checkpoint_where_a_language_model_is_needed_says_what_it_is(mert_folder):
+    """lmms-eval, `vlm chat` and the embedder said "a transformers 'hubert' folder, not a vlm checkpoint; use the
+    checkpoint it was exported from" of the suite's own mert checkpoint (found by a review)."""
+    from vlm.embed import Embedder
+    from vlm.errors import UserError
+    folder, _ = mert_folder
+    with pytest.raises(UserError, match="a mert music-encoder checkpoint, with no language model; probe it"):
+        Embedder.load(str(folder))                                   # (the lmms-eval plugin's loader too)

@@ -53,11 +53,23 @@ def format_version(p: Path, raw: dict) -> int:
     return version
 
 
+MERT_HEADS_CONFIG = "mert_pretraining.json"     # beside a mert checkpoint's HuBERT folder (vlm.families.mert)
+
+
+def mert_notice(p: Path) -> None:
+    """A mert checkpoint (a HuBERT folder with the pretraining heads beside it) where a model with an LLM is
+    needed: one line saying what it is and what it is for."""
+    if (p / MERT_HEADS_CONFIG).is_file():
+        raise UserError(f"{p}: a mert music-encoder checkpoint, with no language model; probe it (`vlm eval --suite "
+                        f"music-probes --model {p}`) or use it as a family's music encoder (`music: mert:{p}`)")
+
+
 def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     if "family" not in raw and isinstance(raw.get("model_type"), str):       # vlm export's output, a hub download
+        mert_notice(p)
         raise UserError(f"{p}: a transformers {raw['model_type']!r} folder, not a vlm checkpoint; use the checkpoint "
                         f"it was exported from (or load it with transformers)")
     require("family" in raw and "llm" in raw, f"{p / CONFIG_FILE}: not a vlm checkpoint config (needs 'family' and 'llm')")

@@ -202,6 +202,8 @@ class VLMBackend(Backend):
         if "llm" not in raw:
             family, model_type = raw.get("family"), raw.get("model_type")
             if isinstance(model_type, str) and not family:     # an exported / downloaded transformers folder
+                from vlm.model_files import mert_notice
+                mert_notice(p)
                 raise UserError(f"{path}: a transformers {model_type!r} folder, not a vlm checkpoint; use the "
                                 "checkpoint it was exported from, or open_clip:ARCH[:CKPT] to embed")
             what = f"a {family} checkpoint" if isinstance(family, str) and family else "this checkpoint"

@@ -30,8 +30,9 @@ from vlm.data.processor import Processor
 from vlm.errors import UserError, require
 from vlm.families.base import SYNTHETIC_WORLD, Family, check_count, register_family
 from vlm.model import load_safetensors
+from vlm.model_files import MERT_HEADS_CONFIG
 
-HEADS_FILE, HEADS_CONFIG = "mert_heads.safetensors", "mert_pretraining.json"
+HEADS_FILE, HEADS_CONFIG = "mert_heads.safetensors", MERT_HEADS_CONFIG
 SAMPLE_RATE = 24000
 CONV_KERNEL, CONV_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)      # 320 samples per frame
 
