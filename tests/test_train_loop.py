@@ -157,6 +157,23 @@ def test_a_finished_model_and_the_users_recipe_file_are_not_written_over(tmp_pat
     assert "recipe field 'runtime.output_dir': empty" in capsys.readouterr().err
 
 
+def test_train_log_names_each_skip_reason_with_an_example(tmp_path, capsys):
+    """train.log said only "144 samples read, 136 skipped (8 errors ...)"; the reasons were in metrics.jsonl alone
+    (found by a review)."""
+    from vlm.data.writer import ShardWriter
+    with ShardWriter(tmp_path / "world", max_count=10**6, validate=False) as w:
+        for i in range(12):
+            sample = C.image_sample(i)
+            if i == 5:
+                sample["jpg"] = b"not a jpeg"
+            w.write(sample)
+    recipe = C.write_recipe(tmp_path / "r.yaml", str(tmp_path / "world"), [C.stage("a", ["media.*.projector.*"],
+                            steps=3)], checkpoint_every=0, log_samples=False, max_error_rate=0.5)
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "skipped (1 errors" in log and "  bad_image: 1  e.g. " in log and "s0005" in log, log
+
+
 def test_wandb_that_cannot_start_is_one_line_and_leaves_the_logs(tmp_path, monkeypatch):
     """`runtime.wandb=true` without a wandb login was a 40-line traceback, after a resume had already cut the
     metrics file back (found by a review)."""

@@ -430,8 +430,9 @@ class Trainer:
             ckpt_lib.set_rng_state(rank_state["rng"])                # last: nothing draws after it
         self._train_loop(i, st, wrapped, optimizer, schedule, loader, batches, task, state, objective)
         self.strategy.sync_plain(wrapped, task, all_ranks=True)     # fsdp2: the next stage re-shards it
-        self.log.event("stage_end", f"stage '{st.name}' done at step {state.step}; data: "
-                       f"{loader.stats.report().splitlines()[0]}", stage=st.name, step=state.step,
+        report = loader.stats.report().splitlines()       # the counts, then per skip reason its count and a sample
+        self.log.event("stage_end", f"stage '{st.name}' done at step {state.step}; data: {report[0]}"
+                       + "".join(f"\n{line}" for line in report[1:]), stage=st.name, step=state.step,
                        data=loader.stats.to_dict())
 
     def _loader(self, i: int, objective: Objective, plain: nn.Module, rank: int, world_size: int, **overrides):
