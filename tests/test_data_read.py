@@ -600,3 +600,12 @@ def test_a_sample_key_from_non_utf8_member_names_seeds_like_any_other():
     key = b"caf\xe9".decode("utf-8", "surrogateescape")                       # as the tar reader names it
     assert sample_seed(0, key, 0) == sample_seed(0, key, 0) != sample_seed(0, "cafe", 0)
     assert sample_seed(3, "plain", 1) == sample_seed(3, "plain", 1)
+
+
+def test_an_index_whose_shard_names_are_not_names_is_one_line(tmp_path):
+    """`{"shards": [{"file": 5}]}` was a TypeError traceback in `vlm data inspect` (found by a review)."""
+    from vlm.data.reader import expand_shards
+    for shards in ([{"file": 5}], [5], [{"file": ""}]):
+        (tmp_path / "index.json").write_text(json.dumps({"shards": shards}))
+        with pytest.raises(UserError, match="index.json: not a shard index"):
+            expand_shards(str(tmp_path))

@@ -104,8 +104,11 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
                 with open(index) as f:
                     data = json.load(f)
                 names = [s["file"] for s in data["shards"]]
-            except (ValueError, KeyError, TypeError) as e:
-                raise UserError(f"{index}: not a shard index ({e.__class__.__name__})") from None
+                if not all(isinstance(n, str) and n for n in names):
+                    raise TypeError("a shard 'file' that is not a name")
+            except (ValueError, KeyError, TypeError, RecursionError) as e:
+                raise UserError(f"{index}: not a shard index ({e.__class__.__name__}"
+                                f"{': ' + str(e) if isinstance(e, TypeError) else ''})") from None
             paths = [os.path.join(spec, n) for n in names]
             missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
             if missing:                      # a partial copy: its samples would be one silent bad_tar each
