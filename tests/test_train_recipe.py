@@ -443,3 +443,21 @@ def test_integers_read_as_yaml_1_2_reads_them():
     assert [s.steps for s in r.stages] == [10, 16, 1000]
     with pytest.raises(UserError, match=r"'stages.0.steps'.*1:30"):
         R.load_recipe("llava-tiny", ["stages.0.steps=1:30"], check_files=False)
+
+
+def test_a_shard_that_is_not_a_tar_is_named_before_training(tmp_path, world, capsys):
+    """Half the data in a gzip'd shard named .tar trained with exit 0: the shard was one bad_tar among hundreds of
+    samples, under any max_error_rate (found by a review)."""
+    import gzip
+    import shutil
+    data = tmp_path / "data"
+    data.mkdir()
+    [good] = sorted(Path(world).glob("*.tar"))
+    shutil.copy(good, data / "a.tar")
+    (data / "b.tar").write_bytes(gzip.compress(good.read_bytes()))
+    recipe = C.write_recipe(tmp_path / "r.yaml", str(data), [C.stage("a", ["media.*.projector.*"], steps=1)],
+                            output_dir=str(tmp_path / "run"))
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "recipe field 'data.world.shards.0'" in err and "b.tar: a gzip-compressed tar" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -354,11 +354,24 @@ def build_sources(recipe: Recipe) -> None:
 
 
 def _check_shards(pattern: str, field_path: str) -> None:
+    """The shards exist, and each local one starts as a tar: a whole shard that does not read (a .tar.gz named
+    .tar) is one bad_tar among thousands of samples, which the error rate never notices."""
     from vlm.data.reader import expand_shards
+    from vlm.data.tar import TarBroken, check_header
     try:
-        expand_shards(pattern)
+        paths = expand_shards(pattern)
     except UserError as e:
         raise UserError(f"recipe field '{field_path}': {e}") from None
+    for path in paths:
+        if "://" in path or path.startswith("pipe:"):
+            continue
+        try:
+            with open(path, "rb") as f:
+                check_header(f.read(512), 0)
+        except TarBroken as e:
+            raise UserError(f"recipe field '{field_path}': {path}: {e}") from None
+        except OSError as e:
+            raise UserError(f"recipe field '{field_path}': {path}: cannot read ({e.strerror})") from None
 
 
 def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
