@@ -116,10 +116,8 @@ def test_captions_that_are_not_texts_are_no_captions_not_stringified():
     from benchmarks.tasks.captions import captions_of, relation_captions
 
     class S:
-        fields: dict = {}
-
         def __init__(self, meta):
-            self._meta = meta
+            self._meta, self.fields = meta, {}
 
         def meta(self):
             return self._meta

@@ -18,7 +18,7 @@ from typing import Any
 from vlm.data.template import normalise_conversation
 from vlm.data.writer import media_fields
 from vlm.errors import UserError
-from vlm.modalities import MODALITIES, MediaError, placeholder_modalities, short_error  # noqa: F401
+from vlm.modalities import MODALITIES, MediaError, placeholder_modalities, short_error
 
 CAPTION_PROMPT = "{placeholder}\nDescribe the {what} briefly."
 
