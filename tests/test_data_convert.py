@@ -241,3 +241,16 @@ def test_keys_of_repeated_ids_are_the_first_free_suffix():
     names = ["a", "a_1", "a", "a", "a.b", "a/b", "", "."]
     assert [convert.make_key(n, seen) for n in names] == ["a", "a_1", "a_2", "a_3", "a_b", "a_b_1", "sample", "sample_1"]
     assert [convert.make_key("same", seen) for _ in range(20000)][-1] == "same_19999"
+
+
+def test_a_conversation_whose_every_answer_is_empty_is_no_answer():
+    """hf-dataset wrote samples whose assistant turns were all "" (the_cauldron, ShareGPT); llava-json skipped them
+    as no_answer (found by a review)."""
+    from vlm.data.convert import Skip
+    from vlm.data.convert_hf import conversation_of
+    with pytest.raises(Skip) as e:
+        conversation_of([{"user": "What colour?", "assistant": "  "}])
+    assert e.value.reason == "no_answer" and "every assistant turn is empty" in str(e.value)
+    with pytest.raises(Skip):
+        conversation_of([{"from": "human", "value": "hi"}, {"from": "gpt", "value": ""}])
+    assert conversation_of([{"user": "What colour?", "assistant": "red"}])[-1] == {"from": "gpt", "value": "red"}

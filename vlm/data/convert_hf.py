@@ -167,6 +167,8 @@ def conversation_of(turns: Any) -> list[dict[str, str]]:
         out.append({"from": role, "value": text})
     if not any(t["from"] == "gpt" for t in out):
         raise Skip("no_answer", "no assistant turn")
+    if not any(t["from"] == "gpt" and t["value"].strip() for t in out):   # as llava-json: a sample of no target
+        raise Skip("no_answer", "every assistant turn is empty")
     return out
 
 
