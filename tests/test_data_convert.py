@@ -254,3 +254,28 @@ def test_a_conversation_whose_every_answer_is_empty_is_no_answer():
     with pytest.raises(Skip):
         conversation_of([{"from": "human", "value": "hi"}, {"from": "gpt", "value": ""}])
     assert conversation_of([{"user": "What colour?", "assistant": "red"}])[-1] == {"from": "gpt", "value": "red"}
+
+
+def test_a_video_whose_frames_do_not_decode_is_skipped_when_converted(tmp_path):
+    """Container and stream headers read, the frame data garbage: written as good (found by a review)."""
+    import json
+
+    import numpy as np
+
+    from vlm.data.convert import convert_media_folder
+    from vlm.data.writer import encode_mp4
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    (tmp_path / "v").mkdir()
+    for i in range(3):
+        (tmp_path / "v" / f"ok{i}.mp4").write_bytes(encode_mp4(frames, fps=4))
+    data = bytearray(encode_mp4(frames, fps=4))
+    at = data.find(b"mdat")
+    size = int.from_bytes(data[at - 4:at], "big")
+    data[at + 4:at - 4 + size] = bytes(rng.integers(0, 256, size - 8, dtype=np.uint8))
+    (tmp_path / "v" / "garbage.mp4").write_bytes(bytes(data))
+    (tmp_path / "caps.json").write_text(json.dumps({**{f"ok{i}.mp4": f"clip {i}" for i in range(3)},
+                                                    "garbage.mp4": "garbage frames"}))
+    report = convert_media_folder(str(tmp_path / "v"), str(tmp_path / "caps.json"), str(tmp_path / "out"),
+                                  kind="video", max_bad=0.5)
+    assert report.written == 3 and report.reasons == {"bad_video": 1}, report

@@ -560,6 +560,8 @@ def _read_media(path: str, kind: str) -> tuple[str, bytes]:
             with av.open(io.BytesIO(data)) as c:
                 if not c.streams.video:
                     raise Skip("bad_video", f"{path}: no video stream")
+                if next(c.decode(video=0), None) is None:     # headers fine, frames not: as the JPEG check does
+                    raise Skip("bad_video", f"{path}: no video frame decodes")
         except av.error.FFmpegError as e:
             raise Skip("bad_video", f"{path}: not a readable mp4 ({e.__class__.__name__})") from e
         return "mp4", data
