@@ -48,6 +48,9 @@ class RunConfig:
                 raise UserError(f"eval config field '{name}': must be >= {low}, got {value}")
             if value is not None and value > 2**62:         # (the results' parquet files hold 64-bit integers)
                 raise UserError(f"eval config field '{name}': must be <= 2**62, got {value}")
+        if self.split is not None and (not self.split.strip() or "/" in self.split or "\\" in self.split
+                                       or self.split in (".", "..")):   # a split is a folder name, not a path
+            raise UserError(f"eval config field 'split': a split name (val, test ...), not a path: {self.split!r}")
         for name in ("out", "cache_dir"):              # folders the run writes: an existing file is not one
             value = getattr(self, name)
             if value and Path(value).exists() and not Path(value).is_dir():

@@ -115,7 +115,8 @@ def check_data(bench: Benchmark, roots: Roots) -> None:
     elif bench.data.root == "bench-root":
         hint = " (put the shards there or pass --bench-root DIR)"
     if not folder.is_dir():
-        raise UserError(f"benchmark {bench.name}: data folder not found: {folder}{hint}")
+        what = "a file, not a data folder" if folder.exists() else "data folder not found"
+        raise UserError(f"benchmark {bench.name}: {what}: {folder}{hint}")
     if bench.kind == "mmeb" and any("path" in d for d in bench.options.get("datasets", [])):
         for d in bench.options["datasets"]:
             shard_files(folder / d["path"], bench.data.split)

@@ -143,6 +143,11 @@ def test_cli_bad_input_exits_2(assets, tmp_path, capsys):
         assert rc == 2 and f"'{field}': must be >= 1, got {value}" in cap.err, cap.err
     rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{a['wds']}", "--limit", "9" * 20, *common], capsys)
     assert rc == 2 and "'limit': must be <= 2**62" in cap.err, cap.err        # (an OverflowError after the whole run)
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{a['wds']}", "--split", "../x", *common], capsys)
+    assert rc == 2 and "'split': a split name (val, test ...), not a path" in cap.err, cap.err   # read outside it
+    (tmp_path / "afile").write_text("x")
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", f"wds:{tmp_path / 'afile'}", *common], capsys)
+    assert rc == 2 and "a file, not a data folder" in cap.err, cap.err              # it said "not found"
     # a user's wds folder with odd text files (each was a traceback, or a class that could never win)
     import shutil
     odd = {"latin1": ("classnames.txt", "rouge\ncafé\n".encode("latin-1"), "not UTF-8 text"),
