@@ -34,7 +34,7 @@ from vlm.atomic import write_folder
 from vlm.connectors import MediaContext, build_media, build_route
 from vlm.data.processor import Processor
 from vlm.errors import UserError, require
-from vlm.modalities import PLACEHOLDERS
+from vlm.modalities import PLACEHOLDERS, short_error
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT_VERSION = 3
@@ -335,6 +335,14 @@ class MultimodalLM(nn.Module):
         return cls(config, llm, tokenizer, encs)
 
 
+def load_error_line(e: BaseException) -> str:
+    """One line of a weights-loading error: torch's load_state_dict error is a heading ("Error(s) in loading
+    state_dict for ...:") and a line per tensor that does not fit, so the first tensor's line; any other error,
+    its own first line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else short_error(e)
+
+
 def load_safetensors(module: nn.Module, path: Path) -> None:
     """`path` into `module`, strictly; a corrupt or mismatched file is a one-line UserError."""
     from safetensors import SafetensorError
@@ -342,9 +350,6 @@ def load_safetensors(module: nn.Module, path: Path) -> None:
     try:
         missing, unexpected = load_model(module, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError) as e:
-        # torch's size mismatch is a heading ("Error(s) in loading state_dict for ...:") and a line per tensor
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
-        raise UserError(f"{path}: cannot load the weights ({detail[:200]})") from None
+        raise UserError(f"{path}: cannot load the weights ({load_error_line(e)[:200]})") from None
     require(not missing and not unexpected, f"{path}: weights do not match the model (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})")

@@ -18,6 +18,7 @@ from vlm.model import (
     WEIGHTS_FILE,
     ModelConfig,
     MultimodalLM,
+    load_error_line,
 )
 
 
@@ -100,9 +101,7 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:                    # torch: a heading line, then one line per tensor that does not fit
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        first = next((ln for ln in lines[1:]), lines[0] if lines else type(e).__name__)
-        raise UserError(f"{p / WEIGHTS_FILE}: weights do not fit config.json ({first[:300]})") from None
+        raise UserError(f"{p / WEIGHTS_FILE}: weights do not fit config.json ({load_error_line(e)[:300]})") from None
     # a tied tensor (an LLM's tie_word_embeddings: the LM head is the token table) is stored once under one of its
     # names (safetensors' save_model); the others are loaded with it
     own = model.state_dict()

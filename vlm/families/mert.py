@@ -29,6 +29,7 @@ from vlm.atomic import write_folder
 from vlm.data.processor import Processor
 from vlm.errors import UserError, require
 from vlm.families.base import SYNTHETIC_WORLD, Family, check_count, register_family
+from vlm.modalities import short_error
 from vlm.model import load_safetensors
 from vlm.model_files import MERT_HEADS_CONFIG
 
@@ -186,7 +187,7 @@ class MertModel(nn.Module):
             model = cls(MertConfig(hubert=keep, **settings))
         except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
             raise UserError(f"{folder}: does not build a mert model ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                            f"{short_error(e)[:200]})") from None
         model.load_weights(folder)
         return model
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from vlm.atomic import write_text
 from vlm.errors import UserError
+from vlm.modalities import short_error
 
 METRICS, TEXT_LOG, PLOT = "metrics.jsonl", "train.log", "loss_lr.png"
 
@@ -45,9 +46,8 @@ class RunLog:
                 self._wandb = wb.init(project=wandb.pop("project"), config=wandb, dir=str(self.run_dir),
                                       name=self.run_dir.name, resume="allow")
             except wb.errors.Error as e:     # UsageError (no API key, not logged in), CommError (no network) ...
-                first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
                 raise UserError(f"recipe field 'runtime.wandb': wandb does not start ({type(e).__name__}: "
-                                f"{first[:200]}); log in (`wandb login`), set WANDB_MODE=offline, or "
+                                f"{short_error(e)[:200]}); log in (`wandb login`), set WANDB_MODE=offline, or "
                                 f"runtime.wandb=false") from None
         for old in self.run_dir.glob(f"{RANK_ERROR}*"):       # an earlier run's
             old.unlink(missing_ok=True)

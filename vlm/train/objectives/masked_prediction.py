@@ -234,10 +234,12 @@ class MaskedPrediction(Objective):
         path = Path(state_dir) / TEACHER_FILE
         if path.exists():
             from safetensors import SafetensorError
+
+            from vlm.model import load_error_line
             try:
                 self.teacher.load_fitted(load_file(str(path)))
             except (SafetensorError, OSError, RuntimeError) as e:     # damaged, or another teacher's tensors
-                raise UserError(f"{path}: the fitted teacher does not read ({str(e).splitlines()[0][:200]}); delete "
+                raise UserError(f"{path}: the fitted teacher does not read ({load_error_line(e)[:200]}); delete "
                                 f"it and resume: the teacher is fitted again from the stage's audio") from None
             return
         self.teacher.fit((b["audio"] for b in batches()), seed=0)
