@@ -363,36 +363,44 @@ def _shard_regex(pattern: str) -> re.Pattern:
     return re.compile(r"\d+".join(re.escape(p) for p in parts))
 
 
-def _samples_in(index: str) -> int | None:
-    """The sample count an existing index.json names (None: no index, or not one of ours)."""
+def _read_index(index: str) -> Any:
+    """An index.json as parsed (None: there is none, or it does not parse)."""
     try:
         with open(index) as f:
-            return int(json.load(f)["num_samples"])
-    except (OSError, ValueError, KeyError, TypeError):
+            return json.load(f)
+    except (OSError, ValueError, RecursionError):
         return None
 
 
-def _ours(index: str) -> bool:
-    """An index.json a ShardWriter wrote: a JSON object listing its `shards`."""
+def _count_of(data: Any) -> int | None:
+    """The sample count an index names (None: not one of ours)."""
     try:
-        with open(index) as f:
-            data = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return False
+        return int(data["num_samples"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _samples_in(index: str) -> int | None:
+    """The sample count an existing index.json names (None: no index, or not one of ours)."""
+    return _count_of(_read_index(index))
+
+
+def _is_shard_index(data: Any) -> bool:
+    """An index a ShardWriter wrote: a JSON object listing its `shards`."""
     return isinstance(data, dict) and isinstance(data.get("shards"), list)
+
+
+def _splits_of(data: Any) -> list[str] | None:
+    """The split folders a data set's root index names (synthetic-world's `splits`); None for any other index."""
+    if isinstance(data, dict) and "shards" not in data and isinstance(data.get("splits"), (dict, list)):
+        return [str(s) for s in data["splits"]]
+    return None
 
 
 def root_splits(folder: str) -> list[str] | None:
     """The split folders a data set's root `index.json` names (synthetic-world's `splits`), None when `folder`
     holds no such index (a shard folder's index lists `shards`)."""
-    try:
-        with open(os.path.join(folder, "index.json")) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if isinstance(data, dict) and "shards" not in data and isinstance(data.get("splits"), (dict, list)):
-        return [str(s) for s in data["splits"]]
-    return None
+    return _splits_of(_read_index(os.path.join(folder, "index.json")))
 
 
 class ShardWriter:
@@ -416,16 +424,17 @@ class ShardWriter:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create output folder {self.out_dir}: {e.strerror}") from e
-        splits = root_splits(self.out_dir)
+        index = os.path.join(self.out_dir, "index.json")
+        data = _read_index(index)                        # (read once: what the checks below ask of it)
+        splits = _splits_of(data)
         if splits is not None:           # its index.json would be replaced by this one: the splits orphaned
             raise UserError(f"{self.out_dir}: a data set's root folder (splits {', '.join(splits)}), not a shard "
                             f"folder; give a new folder, or one of its split folders to replace")
-        index = os.path.join(self.out_dir, "index.json")
-        if os.path.exists(index) and not _ours(index):     # a user's own index.json: this one would replace it
+        if os.path.exists(index) and not _is_shard_index(data):     # a user's own index.json: ours would replace it
             raise UserError(f"{index}: not a shard index of this suite (no 'shards' list); not written over: give a "
                             f"new or empty folder")
         foreign = sorted(n for n in os.listdir(self.out_dir) if n.endswith(".tar"))
-        if foreign and _samples_in(index) is None and not os.path.exists(os.path.join(self.out_dir, PUBLISHING)):
+        if foreign and _count_of(data) is None and not os.path.exists(os.path.join(self.out_dir, PUBLISHING)):
             # tar files no index of ours names (a user's own shards, often named shard-000000.tar too): the move-in
             # would replace or remove them
             raise UserError(f"{self.out_dir}: holds {len(foreign)} .tar file(s) not written here by this suite (no "
