@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,14 +36,20 @@ class Sample:
     fields: dict[str, bytes] = field(default_factory=dict)
 
     def meta(self) -> dict[str, Any]:
-        """The sample's json, {} when it has none; invalid json is a one-line error naming the sample."""
+        """The sample's json object, {} when it has none; json that does not parse or is not an object is a
+        `SampleProblem` ('bad_json') naming the sample: the task skips and counts it."""
         raw = self.fields.get("json")
         if raw is None:
             return {}
         try:
-            return json.loads(raw)
+            meta = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise UserError(f"{self.shard}: sample {self.key}: invalid json ({e.msg})") from None
+            raise SampleProblem("bad_json", self, f"invalid json ({e.msg})") from None
+        except (RecursionError, UnicodeDecodeError) as e:     # nested past Python's limit; bytes not UTF-8
+            raise SampleProblem("bad_json", self, f"invalid json ({type(e).__name__})") from None
+        if not isinstance(meta, dict):
+            raise SampleProblem("bad_json", self, f"its json is a {type(meta).__name__}, not an object")
+        return meta
 
     def files(self, kind: str) -> list[bytes]:
         """Every field of a file kind ('image', 'audio', 'video'), in key order (`0.jpg` < `1.jpg` < `10.jpg`)."""
@@ -50,10 +57,10 @@ class Sample:
         return [self.fields[n] for n in sorted(names, key=media_order)]
 
     def first(self, kind: str) -> bytes:
-        """The first file of a kind; a sample without one is a one-line error naming it."""
+        """The first file of a kind; a sample without one is a `SampleProblem` ('no_<kind>') naming it."""
         found = self.files(kind)
         if not found:
-            raise UserError(f"{self.shard}: sample {self.key} has no {kind} ({'/'.join(FILE_EXTENSIONS[kind])})")
+            raise SampleProblem(f"no_{kind}", self, f"has no {kind} ({'/'.join(FILE_EXTENSIONS[kind])})")
         return found[0]
 
     def named(self, name: str, kind: str) -> bytes | None:
@@ -66,15 +73,30 @@ class Sample:
         try:
             return MODALITIES[modality].decode(raw)
         except MediaError as e:
-            raise BadMedia(f"{self.shard}: sample {self.key}: {e}") from None
+            raise BadMedia(f"bad_{modality}", self, str(e)) from None
 
 
-class BadMedia(UserError):
-    """A sample's media file that does not decode: tasks that can skip a sample catch it and count it."""
+class SampleProblem(UserError):
+    """One sample a task cannot use (no image, json that does not parse, no label ...): `reason` is the counter
+    it goes to (`skipped_<reason>` in the metrics), `key` the sample. Tasks skip and count it
+    (`benchmarks.tasks.Skips`); a benchmark none of whose samples is usable ends with the first one's message."""
+
+    def __init__(self, reason: str, sample: Sample | None, message: str):
+        where = f"{sample.shard}: sample {sample.key}" if sample is not None else ""
+        super().__init__(f"{where}: {message}" if where and not message.startswith(where) else message)
+        self.reason = reason
+        self.key, self.shard = (sample.key, sample.shard) if sample is not None else ("", "")
+
+
+class BadMedia(SampleProblem):
+    """A sample's media file that does not decode (reason `bad_<modality>`)."""
 
 
 def _numeric_key(p: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name))
+
+
+_NOTED: set[str] = set()         # nshards.txt files whose unread shards were already said
 
 
 def shard_files(folder: str | Path, split: str) -> list[Path]:
@@ -98,6 +120,11 @@ def shard_files(folder: str | Path, split: str) -> list[Path]:
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise UserError(f"{n_file} says {n} shards but {missing[:3]} are missing")
+        unread = sorted({p.name for p in d.glob("*.tar")} - {f.name for f in files}, key=lambda x: _numeric_key(Path(x)))
+        if unread and str(n_file) not in _NOTED:   # read as clip_benchmark reads it (the first n), and said once
+            _NOTED.add(str(n_file))
+            print(f"note: {n_file} says {n} shard(s); {len(unread)} other .tar file(s) in {d} are not read "
+                  f"(e.g. {unread[0]})", file=sys.stderr)
         return files
     files = sorted(d.glob("*.tar"), key=_numeric_key)
     if not files:
@@ -171,15 +198,16 @@ def read_wds_meta(folder: str | Path) -> WdsMeta:
 
 
 def read_cls(sample: Sample, n_classes: int) -> int:
-    """The integer class of a classification sample; a missing or out-of-range `cls` names the sample."""
+    """The integer class of a classification sample; a missing or non-integer `cls` is a `SampleProblem`
+    (skipped and counted), one outside classnames.txt a one-line error naming the sample."""
     raw = sample.fields.get("cls")
     if raw is None:
-        raise UserError(f"{sample.shard}: sample {sample.key} has no 'cls' field (not a classification shard)")
+        raise SampleProblem("no_label", sample, "has no 'cls' field (not a classification shard)")
     try:
         c = int(raw.decode().strip())
-    except ValueError:
-        raise UserError(f"{sample.shard}: sample {sample.key}: 'cls' is not an integer") from None
-    if not 0 <= c < n_classes:
+    except (ValueError, UnicodeDecodeError):
+        raise SampleProblem("bad_label", sample, "'cls' is not an integer") from None
+    if not 0 <= c < n_classes:      # classnames.txt and the shards disagree: not one sample's fault
         raise UserError(f"{sample.shard}: sample {sample.key}: cls {c} outside the {n_classes} classes")
     return c
 
@@ -217,16 +245,18 @@ def sample_media(sample: Sample, prompt: str) -> dict[str, list]:
     """The raw media a prompt's placeholders take, in order (the [Contract] of `vlm.modalities`)."""
     try:
         return decode_media(placeholder_modalities(prompt), sample.fields, strict=False)
-    except SampleError as e:                 # a file that does not decode: BadMedia (tasks may skip the sample)
-        kind = BadMedia if e.reason in {f"bad_{k}" for k in FILE_EXTENSIONS} else UserError   # decode_item's
-        raise kind(f"{sample.shard}: sample {sample.key}: {e}") from None
+    except SampleError as e:                 # a file that does not decode or is missing: the task skips the sample
+        kind = BadMedia if e.reason in {f"bad_{k}" for k in FILE_EXTENSIONS} else SampleProblem   # decode_item's
+        raise kind(e.reason, sample, str(e)) from None
 
 
 def first_turn(meta: dict[str, Any], where: str) -> tuple[str, str]:
-    """(the first human turn, the first assistant turn) of a sample's conversation."""
-    conv = meta.get("conversations") or []
-    human = next((t.get("value") for t in conv if t.get("from") in ("human", "user")), None)
-    gpt = next((t.get("value") for t in conv if t.get("from") in ("gpt", "assistant")), None)
-    if human is None:
-        raise UserError(f"{where}: no human turn in 'conversations'")
+    """(the first human turn, the first assistant turn) of a sample's conversation; a sample without a human
+    turn is a `SampleProblem` ('no_question')."""
+    conv = meta.get("conversations")
+    turns = [t for t in conv if isinstance(t, dict)] if isinstance(conv, list) else []
+    human = next((t.get("value") for t in turns if t.get("from") in ("human", "user")), None)
+    gpt = next((t.get("value") for t in turns if t.get("from") in ("gpt", "assistant")), None)
+    if not isinstance(human, str):       # none, or a value that is not a text: the sample has no question
+        raise SampleProblem("no_question", None, f"{where}: no human turn (a text) in 'conversations'")
     return human, meta.get("answer", gpt or "")

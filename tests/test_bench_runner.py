@@ -481,3 +481,84 @@ def test_capability_rows_keep_kinds_apart_and_say_a_partial_mean():
                          "| music | pitch (vqa) | vqa-pitch, vqa-pitch-2 | 0.200 | 0.500 (1 of 2) |"]
     assert "\n".join(lines) in report_markdown(table)
     assert '0.500 <span class="muted">(1 of 2)</span>' in _capability_html(table, ["a", "b"])
+
+
+def _rewrite_shard(shard, change) -> None:
+    """Each sample of a tar shard through change(i, sample) -> sample or None (left out)."""
+    import webdataset as wds
+    samples = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+               for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    with wds.TarWriter(str(shard)) as w:
+        for i, s in enumerate(samples):
+            if (s := change(i, s)) is not None:
+                w.write(s)
+
+
+def test_a_sample_without_image_label_or_readable_json_is_skipped_by_reason_and_named(assets, tmp_path, capsys):
+    """A sample with no image, a `cls` that is missing or not a number, json that does not parse or is not an
+    object, a txt caption that is not UTF-8 ended the whole evaluation in one line (a review): each is skipped,
+    counted by its reason and the first one's key named; the score is that of the data without them."""
+    import webdataset as wds
+
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    d = tmp_path / "colors"
+    shutil.copytree(assets["wds"], d)
+    n = int((d / "test" / "nshards.txt").read_text())
+    jpg = next(iter(wds.WebDataset(str(d / "test" / "0.tar"), shardshuffle=False)))["jpg"]
+    with wds.TarWriter(str(d / "test" / f"{n}.tar")) as w:
+        w.write({"__key__": "znoimg", "cls": b"0", "txt": b"a caption"})
+        w.write({"__key__": "zbadcls", "jpg": jpg, "cls": b"red"})
+        w.write({"__key__": "znocls", "jpg": jpg})
+        w.write({"__key__": "zbadimg", "jpg": b"\xff\xd8 nine", "cls": b"1"})
+    (d / "test" / "nshards.txt").write_text(f"{n + 1}\n")
+    common = ["--cache-dir", str(tmp_path / "c"), "--quiet"]
+    rc, cap = _cli(["eval", "--model", assets["clip"], "--bench", f"wds:{d}", "--out", str(tmp_path / "o1"), *common],
+                   capsys)
+    assert rc == 0, cap.err
+    assert ("skipped 4 sample(s): bad_image 1 (first: zbadimg), bad_label 1 (first: zbadcls), no_image 1 (first: "
+            "znoimg), no_label 1 (first: znocls)") in cap.err, cap.err
+    rc, cap = _cli(["eval", "--model", assets["clip"], "--bench", f"wds:{assets['wds']}", "--out", str(tmp_path / "o2"),
+                    *common], capsys)
+    scores = [pd.read_csv(tmp_path / o / "aggregate.csv")["score"].iloc[0] for o in ("o1", "o2")]
+    assert rc == 0 and scores[0] == scores[1]
+    (d / "test" / "nshards.txt").write_text(f"{n}\n")      # a stale count: read as clip_benchmark does, and said
+    rc, cap = _cli(["eval", "--model", assets["clip"], "--bench", f"wds:{d}", "--out", str(tmp_path / "o4"), *common],
+                   capsys)
+    assert rc == 0 and f"says {n} shard(s); 1 other .tar file(s) in {d / 'test'} are not read" in cap.err, cap.err
+    assert "skipped" not in cap.err
+    # every sample unusable: one line with the counts and the commonest reason's message
+    bad = write_wds_classification(tmp_path / "nocls", n_per_class=1, shards=1, with_cls=False)
+    rc, cap = _cli(["eval", "--model", assets["clip"], "--bench", f"wds:{bad}", "--out", str(tmp_path / "o3"),
+                    *common], capsys)
+    assert rc == 2 and len(cap.err.strip().splitlines()) == 1
+    assert "no usable sample (skipped no_label 6; e.g. " in cap.err and "has no 'cls'" in cap.err, cap.err
+
+    # shards read by sample (retrieval, relation, VQA): json that does not parse or is a list, no image, a txt
+    # caption that is not UTF-8, a question without a human turn: skipped and named, the rest scored as without them
+    broken, clean = tmp_path / "sw-broken", tmp_path / "sw-clean"
+    for w in (broken, clean):
+        shutil.copytree(assets["world"], w)
+    shard = sorted((broken / "test").glob("*.tar"))[0]
+    keys = [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    spoil = {keys[0]: lambda s: {**s, "json": b"{not json"}, keys[4]: lambda s: {**s, "json": b"[1, 2]"},  # 4 per task
+             keys[8]: lambda s: {k: v for k, v in s.items() if k != "jpg"},
+             keys[12]: lambda s: {**s, "txt": b"caf\xe9"},
+             keys[1]: lambda s: {**s, "json": json.dumps({**json.loads(s["json"]), "conversations": "hi"}).encode()}}
+    _rewrite_shard(shard, lambda i, s: spoil[s["__key__"]](s) if s["__key__"] in spoil else s)
+    gone = {keys[i] for i in (0, 4, 8, 12)}               # what retrieval cannot use (the question is not read)
+    _rewrite_shard(sorted((clean / "test").glob("*.tar"))[0], lambda i, s: None if s["__key__"] in gone else s)
+    benches = [get_benchmark(b) for b in ("sw-retrieval", "sw-relation-spatial", "sw-relation-attribute", "sw-mmeb")]
+    cfg = RunConfig(out=tmp_path / "b", cache_dir=tmp_path / "c", progress=False)
+    got = evaluate([assets["clip"]], benches, replace(cfg, data=str(broken))).table
+    want = evaluate([assets["clip"]], benches[:1], replace(cfg, data=str(clean), out=tmp_path / "w")).table
+    assert list(got["status"]) == ["ok"] * 4 and got["score"].iloc[0] == want["score"].iloc[0], got
+    skipped = [json.loads(m) for m in got["metrics"]]
+    assert all(m["skipped_bad_json"] == 2 for m in skipped), skipped          # once each, whatever its task
+    assert skipped[0]["skipped_no_image"] == 1 and skipped[0]["skipped_bad_text"] == 1, skipped[0]
+    assert skipped[3]["skipped_no_image"] == 1, skipped[3]                     # MMEB: once, not per dataset
+    vqa = evaluate([assets["llava"]], [get_benchmark("sw-vqa-color"), get_benchmark("sw-caption")],
+                   replace(cfg, data=str(broken), out=tmp_path / "v"))
+    m = [json.loads(x) for x in vqa.table["metrics"]]
+    assert list(vqa.table["status"]) == ["ok", "ok"] and m[0]["skipped_no_question"] == 1, m
+    assert m[0]["skipped_bad_json"] == 2 == m[1]["skipped_bad_json"], m

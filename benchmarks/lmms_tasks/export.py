@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,32 +44,46 @@ def export_split(benchmarks: tuple[str, ...], root: str, split: str) -> Path:
     import pandas as pd
 
     from benchmarks.config import default_cache_dir
-    from benchmarks.data import first_turn
+    from benchmarks.data import SampleProblem, first_turn
     from benchmarks.registry import Roots, get_benchmark
-    from benchmarks.tasks import Context, load_samples
+    from benchmarks.tasks import Context, Skips, load_samples
     from benchmarks.tasks.captions import captions_of
     from vlm.modalities import MODALITIES, placeholder_modalities
     rows, hashes = [], []
     for name in benchmarks:
         bench = get_benchmark(name)
         bench = replace(bench, data=replace(bench.data, split=split))
-        samples, dhash = load_samples(bench, Context(roots=Roots(synthetic_world=root), progress=False))
+        skips = Skips()          # samples our runner skips too (json that does not parse, no question, media missing)
+        samples, dhash = load_samples(bench, Context(roots=Roots(synthetic_world=root), progress=False), skips=skips)
         hashes.append(dhash)
+        before = len(rows)
         for s in samples:
-            m = s.meta()
-            prompt, gold = first_turn(m, f"{s.shard}: sample {s.key}")
-            refs = [str(gold)]
-            if bench.kind == "caption":
-                refs = captions_of(s)
-                if not refs:
-                    continue
-                gold = refs[0]
-            kinds = placeholder_modalities(prompt)
-            pools = {k: iter(s.files(k)) for k in ("image", "audio", "video")}
-            media = [next(pools[MODALITIES[k].files]) for k in kinds]
+            try:
+                m = s.meta()
+                prompt, gold = first_turn(m, f"{s.shard}: sample {s.key}")
+                refs = [str(gold)]
+                if bench.kind == "caption":
+                    refs = captions_of(s)
+                    if not refs:
+                        continue
+                    gold = refs[0]
+                kinds = placeholder_modalities(prompt)
+                pools = {k: iter(s.files(k)) for k in ("image", "audio", "video")}
+                media = [next(pools[MODALITIES[k].files], None) for k in kinds]
+                if None in media:
+                    raise SampleProblem("missing_media", s, f"its prompt has {len(kinds)} placeholder(s) and the "
+                                                            f"sample fewer files")
+            except SampleProblem as e:
+                skips.add(e, s.key)
+                continue
             rows.append(dict(key=s.key, benchmark=name, task=m.get("task", ""), prompt=prompt, answer=str(gold),
                              choices=[str(c) for c in m.get("choices") or []], references=[str(r) for r in refs],
                              media_kinds=kinds, media=media))
+        if skips and len(rows) == before:
+            raise skips.nothing_usable(f"benchmark {name}")
+        if skips:                    # said once per export, as the runner says its skips
+            print(f"{name}: skipped " + ", ".join(f"{k} {v} (first: {skips.first[k]})"
+                                                  for k, v in sorted(skips.counts.items())), file=sys.stderr)
     tag = "-".join(benchmarks) if len(benchmarks) == 1 else f"{len(benchmarks)}-benchmarks"
     out = default_cache_dir().parent / "lmms" / f"{tag}-{split}-v{SCHEMA}-{'-'.join(hashes)[:40]}.parquet"
     if not out.exists():

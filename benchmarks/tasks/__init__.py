@@ -11,12 +11,20 @@
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.cache import FeatureCache
-from benchmarks.data import BadMedia, Sample, data_hash, iter_samples, shard_files
+from benchmarks.data import (
+    BadMedia,
+    Sample,
+    SampleProblem,
+    data_hash,
+    iter_samples,
+    shard_files,
+)
 from benchmarks.registry import Benchmark, Roots
 from vlm.errors import UserError
 
@@ -70,23 +78,115 @@ def bar(ctx: Context, desc: str, total: int | None = None, unit: str = "it"):
     return tqdm(total=total, desc=desc, unit=unit, disable=not ctx.progress, leave=False, dynamic_ncols=True)
 
 
-def load_samples(bench: Benchmark, ctx: Context, split: str | None = None) -> tuple[list[Sample], str]:
-    """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash."""
+class Skips:
+    """The samples a task leaves out, by reason (`skipped_<reason>` in its metrics), with the first one's key
+    per reason (`skipped_examples`, named by the CLI) and message (the error when no sample is usable). A
+    sample (shard, key) is counted once, however many of a benchmark's datasets read it."""
+
+    def __init__(self) -> None:
+        self.samples: dict[tuple[str, str], str] = {}      # (shard, key) -> reason
+        self.extra: Counter = Counter()                     # counted without the samples (n at once, a cache)
+        self.first: dict[str, str] = {}
+        self.messages: dict[str, str] = {}
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(self.samples.values()) + self.extra
+
+    def add(self, problem: SampleProblem, key: str = "") -> None:
+        self.count(problem.reason, key or problem.key, str(problem), shard=problem.shard)
+
+    def skip(self, reason: str, sample: Sample, message: str) -> None:
+        """One sample left out for `reason`; `message` says why (the sample is named before it)."""
+        self.count(reason, sample.key, f"{sample.shard}: sample {sample.key}: {message}", shard=sample.shard)
+
+    def count(self, reason: str, key: str, message: str = "", n: int = 1, shard: str = "") -> None:
+        if n == 1:
+            self.samples.setdefault((shard, key), reason)
+        elif n:
+            self.extra[reason] += n
+        if n:
+            self.first.setdefault(reason, key)
+            self.messages.setdefault(reason, message or f"sample {key}: {reason}")
+
+    def update(self, other: Skips) -> None:
+        for ident, reason in other.samples.items():
+            self.samples.setdefault(ident, reason)
+        self.extra += other.extra
+        for reason in other.first:
+            self.first.setdefault(reason, other.first[reason])
+            self.messages.setdefault(reason, other.messages[reason])
+
+    def __bool__(self) -> bool:
+        return bool(self.samples or self.extra)
+
+    def metrics(self) -> dict[str, float]:
+        return {f"skipped_{k}": float(v) for k, v in sorted(self.counts.items())}
+
+    def tables(self) -> dict[str, Any]:
+        return {"skipped_examples": dict(self.first)} if self.first else {}
+
+    def nothing_usable(self, what: str) -> UserError:
+        """The error of a benchmark none of whose samples is usable: the counts and the first message."""
+        counts = self.counts
+        first = self.messages[max(counts, key=counts.__getitem__)]
+        return UserError(f"{what}: no usable sample (skipped {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}; "
+                         f"e.g. {first})")
+
+    def state(self) -> dict[str, Any]:
+        """What a cache entry keeps of it (`from_state` reads it back)."""
+        return {"counts": dict(self.counts), "first": self.first, "messages": self.messages}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> Skips:
+        out = cls()
+        if state:
+            out.extra.update(state.get("counts") or {})
+            out.first, out.messages = dict(state.get("first") or {}), dict(state.get("messages") or {})
+        return out
+
+
+def load_samples(bench: Benchmark, ctx: Context, split: str | None = None,
+                 skips: Skips | None = None) -> tuple[list[Sample], str]:
+    """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash. A
+    sample whose json does not parse is counted in `skips` (raised without one); with a task filter it could
+    not be told apart, so it is counted whatever its task."""
     folder: Path = bench.data.folder(ctx.roots)
     split = split or bench.data.split
     files = shard_files(folder, split)
     tasks = set(bench.data.tasks)
     out: list[Sample] = []
     for s in iter_samples(files):
-        if tasks and s.meta().get("task") not in tasks:
+        try:
+            task = s.meta().get("task")
+        except SampleProblem as e:
+            if skips is None:
+                raise
+            skips.add(e)
+            continue
+        if tasks and task not in tasks:
             continue
         out.append(s)
         if ctx.limit and len(out) >= ctx.limit:
             break
     if not out:
+        if skips:
+            raise skips.nothing_usable(f"{folder}/{split}: benchmark {bench.name}")
         raise UserError(f"{folder}/{split}: no samples for benchmark {bench.name}"
                         + (f" (task in {sorted(tasks)})" if tasks else ""))
     return out, data_hash(files, sorted(tasks), ctx.limit)
+
+
+def with_image(samples: list[Sample], skips: Skips) -> list[Sample]:
+    """The samples that have an image file; the others are counted as `no_image`."""
+    out = []
+    for s in samples:
+        try:
+            s.first("image")
+            out.append(s)
+        except SampleProblem as e:
+            skips.add(e)
+    return out
 
 
 def decoded_image(model, s: Sample, raw: bytes | None = None):

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.data import Sample
-from vlm.errors import UserError
+from benchmarks.data import Sample, SampleProblem
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -21,14 +20,15 @@ def captions_of(sample: Sample) -> list[str]:
         try:
             text = sample.fields["txt"].decode("utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"{sample.shard}: sample {sample.key}: its txt caption is not UTF-8 (byte {e.start})") from None
+            raise SampleProblem("bad_text", sample, f"its txt caption is not UTF-8 (byte {e.start})") from None
         return [ln.strip() for ln in text.splitlines() if ln.strip()]
     meta = sample.meta()
     if isinstance(meta.get("captions"), list):         # every one a text, or none used (`[null, 5]` was "None", "5")
         return list(meta["captions"]) if _texts(meta["captions"]) else []
     if isinstance(meta.get("caption"), str):
         return [meta["caption"]]
-    desc = (meta.get("labels") or {}).get("description")
+    labels = meta.get("labels")
+    desc = labels.get("description") if isinstance(labels, dict) else None
     return [desc] if isinstance(desc, str) and desc else []
 
 
@@ -52,6 +52,14 @@ def relation_captions(sample: Sample, mode: str) -> list[str] | None:
     if mode == "given":
         caps = meta.get("captions")
         return list(caps) if isinstance(caps, list) and len(caps) >= 2 and _texts(caps) else None
+    try:
+        return _built_captions(meta, mode)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:     # labels not as synthetic-world writes them
+        raise SampleProblem("bad_labels", sample, f"its json 'labels' do not give the objects mode '{mode}' needs "
+                                                  f"({type(e).__name__}: {e})") from None
+
+
+def _built_captions(meta: dict[str, Any], mode: str) -> list[str] | None:
     labels = meta.get("labels") or {}
     objs = labels.get("objects") or []
     if mode == "spatial":

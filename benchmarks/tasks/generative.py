@@ -13,16 +13,23 @@ harnesses score the same way.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from benchmarks.data import BadMedia, Sample, data_hash, first_turn, sample_media
+from benchmarks.data import (
+    BadMedia,
+    Sample,
+    SampleProblem,
+    data_hash,
+    first_turn,
+    sample_media,
+)
 from benchmarks.metrics import bleu, cider, exact_match, rouge_l, vqa_match
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, bar, load_samples
+from benchmarks.tasks import Context, Skips, TaskResult, bar, load_samples
 from benchmarks.tasks.captions import captions_of
-from vlm.errors import UserError
 
 CAPTION_PROMPT = "<image>\nDescribe the image briefly."
 
@@ -45,48 +52,56 @@ def score_answer(pred: str, gold: str) -> dict[str, float]:
     return {"exact_match": float(exact_match(pred, gold)), "accuracy": float(vqa_match(pred, gold))}
 
 
-ROWS_VERSION = 2          # what a cached result holds (2: n_choices and chance); a new one recomputes
+ROWS_VERSION = 3          # what a cached result holds (2: n_choices and chance; 3: skips by reason); a new one recomputes
 
 
 def _mean(rows: list[dict[str, Any]], k: str) -> float:
     return sum(float(r[k]) for r in rows) / len(rows) if rows else float("nan")
 
 
-def _decodable(s: Sample, prompt: str, bad: list[str]) -> dict | None:
-    """The sample's media for `prompt`, or None when a file does not decode (the sample is left out and
-    counted as `skipped_bad_media`, as the zero-shot tasks skip a bad image; never the end of the benchmark)."""
+def _usable(s: Sample, skips: Skips, make: Callable[[], Any]) -> Any:
+    """make() for one sample, or None when the sample cannot be used (a media file that does not decode:
+    `bad_media`, as the zero-shot tasks skip a bad image; no question, no choices, json that does not parse ...
+    by their reason): left out and counted, never the end of the benchmark."""
     try:
-        return sample_media(s, prompt)
+        return make()
     except BadMedia as e:
-        bad.append(str(e))
-        return None
+        skips.count("bad_media", s.key, str(e), shard=s.shard)
+    except SampleProblem as e:
+        skips.add(e, s.key)
+    return None
 
 
-def _bad_metrics(bench: Benchmark, bad: list[str], kept: int) -> dict[str, float]:
-    """`skipped_bad_media` when a sample was left out; a one-line error when every one was."""
-    if bad and not kept:
-        raise UserError(f"benchmark {bench.name}: no sample's media decode ({bad[0]})")
-    return {"skipped_bad_media": float(len(bad))} if bad else {}
+def _scored(bench: Benchmark, rows: list, skips: Skips) -> dict[str, float]:
+    """The skips' metrics; a one-line error when every sample was skipped."""
+    if not rows:
+        raise skips.nothing_usable(f"benchmark {bench.name}")
+    return skips.metrics()
 
 
-def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
+def _vqa_item(s: Sample, suffix: str, loglik: bool = False) -> tuple[dict[str, Any], str, str, dict]:
+    """(json, prompt, gold, media) of a VQA sample; mode loglik needs its `choices` too."""
+    m = s.meta()
+    if loglik and not (isinstance(m.get("choices"), list) and m["choices"]):
+        raise SampleProblem("no_choices", s, "has no 'choices' (needed by mode loglik)")
+    prompt, gold = prompt_for(m, suffix, f"{s.shard}: sample {s.key}")
+    return m, prompt, gold, sample_media(s, prompt)
+
+
+def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context, skips: Skips) -> TaskResult:
     suffix, max_new = bench.options.get("prompt_suffix", ""), int(bench.options.get("max_new_tokens", 16))
     bs = int(bench.options.get("batch_size", min(ctx.batch_size, 8)))
     rows: list[dict[str, Any]] = []
-    bad: list[str] = []
     with bar(ctx, bench.name, len(samples), "q") as pbar:
         for i in range(0, len(samples), bs):
             chunk = samples[i:i + bs]
-            metas = [s.meta() for s in chunk]
-            pg = [prompt_for(m, suffix, f"{s.shard}: sample {s.key}") for s, m in zip(chunk, metas)]
-            todo = [(s, m, pgi, media) for s, m, pgi in zip(chunk, metas, pg)
-                    if (media := _decodable(s, pgi[0], bad)) is not None]
-            preds = model.generate([(p, media) for _, _, (p, _), media in todo], max_new, batch_size=bs) if todo else []
-            for (s, m, (p, gold), _), pred in zip(todo, preds):
+            todo = [(s, *item) for s in chunk if (item := _usable(s, skips, lambda s=s: _vqa_item(s, suffix)))]
+            preds = model.generate([(p, media) for _, _, p, _, media in todo], max_new, batch_size=bs) if todo else []
+            for (s, m, p, gold, _), pred in zip(todo, preds):
                 rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred,
                                  n_choices=len(m.get("choices") or []), **score_answer(pred, gold)))
             pbar.update(len(chunk))
-    skipped = _bad_metrics(bench, bad, len(rows))
+    skipped = _scored(bench, rows, skips)
     metrics = {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"), "n": float(len(rows)),
                **skipped}
     if rows and all(r["n_choices"] for r in rows):         # a closed answer set: guessing uniformly among it
@@ -94,28 +109,23 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context) -
     return TaskResult(rows, metrics)
 
 
-def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
+def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, skips: Skips) -> TaskResult:
     suffix = bench.options.get("prompt_suffix", "")
     rows: list[dict[str, Any]] = []
-    bad: list[str] = []
     with bar(ctx, bench.name, len(samples), "q") as pbar:
         for s in samples:
-            m = s.meta()
-            choices = m.get("choices")
-            if not choices:
-                raise UserError(f"{s.shard}: sample {s.key} has no 'choices' (needed by mode loglik)")
-            prompt, gold = prompt_for(m, suffix, f"{s.shard}: sample {s.key}")
-            media = _decodable(s, prompt, bad)
-            if media is None:
-                pbar.update(1)
+            item = _usable(s, skips, lambda s=s: _vqa_item(s, suffix, loglik=True))
+            pbar.update(1)
+            if item is None:
                 continue
+            m, prompt, gold, media = item
+            choices = [str(c) for c in m["choices"]]
             ll = model.loglikelihood([(prompt, media, c) for c in choices])
             best = max(range(len(choices)), key=lambda j: ll[j][0])
             rows.append(dict(key=s.key, task=m.get("task", ""), gold=gold, pred=choices[best],
                              correct=float(choices[best] == gold), n_choices=len(choices),
                              logprob_gold=ll[choices.index(gold)][0] if gold in choices else float("nan")))
-            pbar.update(1)
-    skipped = _bad_metrics(bench, bad, len(rows))
+    skipped = _scored(bench, rows, skips)
     return TaskResult(rows, {"accuracy": _mean(rows, "correct"), "chance": _mean([{"c": 1 / r["n_choices"]} for r in rows], "c"),
                              "n": float(len(rows)), **skipped})
 
@@ -126,30 +136,33 @@ def _caption_prompt(bench: Benchmark, s: Sample) -> str:
     return first_turn(s.meta(), f"{s.shard}: sample {s.key}")[0] if prompt == "sample" else prompt
 
 
-def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context) -> TaskResult:
+def _caption_item(bench: Benchmark, s: Sample) -> tuple[list[str], str, dict] | None:
+    """(references, prompt, media) of a caption sample; None (counted `no_caption`) when it has no reference."""
+    refs = captions_of(s)
+    if not refs:
+        raise SampleProblem("no_caption", s, "no reference caption (txt, json caption or a scene)")
+    prompt = _caption_prompt(bench, s)
+    return refs, prompt, sample_media(s, prompt)
+
+
+def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context, skips: Skips) -> TaskResult:
     max_new = int(bench.options.get("max_new_tokens", 32))
     bs = int(bench.options.get("batch_size", min(ctx.batch_size, 8)))
-    kept = [(s, refs) for s in samples if (refs := captions_of(s))]
-    if not kept:
-        raise UserError(f"benchmark {bench.name}: no sample has a reference caption")
     preds: list[str] = []
-    bad: list[str] = []
     done: list[tuple[Sample, list[str]]] = []
-    with bar(ctx, bench.name, len(kept), "clip") as pbar:
-        for i in range(0, len(kept), bs):
-            chunk = kept[i:i + bs]
-            todo = [(s, r, p, media) for (s, r), p in zip(chunk, [_caption_prompt(bench, s) for s, _ in chunk])
-                    if (media := _decodable(s, p, bad)) is not None]
+    with bar(ctx, bench.name, len(samples), "clip") as pbar:
+        for i in range(0, len(samples), bs):
+            chunk = samples[i:i + bs]
+            todo = [(s, *item) for s in chunk if (item := _usable(s, skips, lambda s=s: _caption_item(bench, s)))]
             if todo:
                 preds += model.generate([(p, media) for _, _, p, media in todo], max_new, batch_size=bs)
                 done += [(s, r) for s, r, _, _ in todo]
             pbar.update(len(chunk))
-    skipped = _bad_metrics(bench, bad, len(done))
-    kept = done
-    refs = [r for _, r in kept]
+    skipped = _scored(bench, done, skips)
+    refs = [r for _, r in done]
     corpus_cider, per = cider(preds, refs)
     rouge, _ = rouge_l(preds, refs)
-    rows = [dict(key=s.key, pred=p, reference=r[0], cider=c) for (s, r), p, c in zip(kept, preds, per)]
+    rows = [dict(key=s.key, pred=p, reference=r[0], cider=c) for (s, r), p, c in zip(done, preds, per)]
     return TaskResult(rows, {"cider": corpus_cider, "bleu": bleu(preds, refs), "rouge_l": rouge, "n": float(len(rows)),
                              **skipped})
 
@@ -157,14 +170,15 @@ def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context) ->
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     """Runs the benchmark; its rows and metrics are cached like features (model x data x options), since
     generation is the expensive part here."""
-    samples, dhash = load_samples(bench, ctx)
+    skips = Skips()
+    samples, dhash = load_samples(bench, ctx, skips=skips)
     fn = run_caption if bench.kind == "caption" else \
         run_loglik if bench.options.get("mode", "generate") == "loglik" else run_generate
     name = f"{bench.kind}-{data_hash([], dhash, ROWS_VERSION, bench.kind, bench.options, [s.key for s in samples])}"
 
     def compute():
-        r = fn(model, samples, bench, ctx)
-        return {"n": torch.tensor([len(r.rows)])}, {"rows": r.rows, "metrics": r.metrics}
+        r = fn(model, samples, bench, ctx, skips)
+        return {"n": torch.tensor([len(r.rows)])}, {"rows": r.rows, "metrics": r.metrics, "tables": skips.tables()}
 
     _, meta = ctx.cache.get_or_compute(model.fingerprint, name, compute)
-    return TaskResult(meta["rows"], meta["metrics"])
+    return TaskResult(meta["rows"], meta["metrics"], meta.get("tables") or {})

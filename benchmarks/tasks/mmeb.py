@@ -23,11 +23,18 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.data import Sample, data_hash, iter_samples, sample_media, shard_files
+from benchmarks.data import (
+    Sample,
+    SampleProblem,
+    data_hash,
+    iter_samples,
+    sample_media,
+    shard_files,
+)
 from benchmarks.metrics import precision_at_1
 from benchmarks.models import Query
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, TooFewItems, bar, load_samples
+from benchmarks.tasks import Context, Skips, TaskResult, TooFewItems, bar, load_samples
 from benchmarks.tasks.captions import captions_of
 from vlm.embed.items import UnreadableMedia
 from vlm.errors import UserError
@@ -152,11 +159,14 @@ def aggregate(hits: dict[str, list[bool]], datasets: dict[str, Dataset]) -> tupl
     return metrics, table
 
 
-def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[Dataset], str] | None = None) -> TaskResult:
+def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[Dataset], str] | None = None,
+             skips: Skips | None = None) -> TaskResult:
+    """Precision@1 of every dataset; `skips`: the samples left out before any dataset was built (json that
+    does not parse, not a pair sample ...), counted beside the datasets' own skips."""
     rows: list[dict[str, Any]] = []
     hits: dict[str, list[bool]] = {}
     sizes: dict[str, list[int]] = {}              # candidates per scored query (the gold's copies left out)
-    skipped: Counter = Counter()
+    skipped: Counter = Counter(skips.counts if skips else {})
     with bar(ctx, "mmeb datasets", len(datasets)) as pbar:
         for ds in datasets:
             if cache_key is None:
@@ -195,7 +205,7 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
     metrics["chance"] = sum(r["chance"] for r in table) / len(table)        # averaged as precision@1 is
     metrics["candidates_min"] = float(min(k for ks in sizes.values() for k in ks))
     metrics.update({f"skipped_{k}": v for k, v in sorted(skipped.items()) if v})
-    return TaskResult(rows, metrics, {"datasets": table})
+    return TaskResult(rows, metrics, {"datasets": table, **(skips.tables() if skips else {})})
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -212,33 +222,57 @@ def _single_object(meta: dict) -> bool:
     return objs is None or len(objs) <= 1
 
 
-def build_classification(samples: list[Sample], spec: dict) -> list[MMEBQuery]:
+def _per_sample(samples: list[Sample], skips: Skips | None, make: Callable[[Sample], MMEBQuery | None]) -> list[MMEBQuery]:
+    """make(s) of every sample, None left out; a sample it cannot use (no image, one that does not decode,
+    json that does not parse) is counted in `skips` (raised without one)."""
     out = []
     for s in samples:
-        m = s.meta()
-        if not m.get("choices") or not _single_object(m):
+        try:
+            q = make(s)
+        except SampleProblem as e:
+            if skips is None:
+                raise
+            skips.add(e)
             continue
-        img = _image(s)
-        q = Item(f"q:{s.key}", Query(image=img, instruction=INSTRUCTIONS["classification"]))
-        out.append(MMEBQuery(s.key, q, [Item(f"t:{c}", Query(text=c)) for c in _gold_first(m["answer"], m["choices"])]))
+        if q is not None:
+            out.append(q)
     return out
 
 
-def build_vqa(samples: list[Sample], spec: dict) -> list[MMEBQuery]:
-    out = []
-    for s in samples:
-        m = s.meta()
-        if not m.get("choices"):
-            continue
-        q = Item(f"q:{s.key}", Query(text=m["question"], image=_image(s), instruction=INSTRUCTIONS["vqa"]))
-        out.append(MMEBQuery(s.key, q, [Item(f"t:{c}", Query(text=c)) for c in _gold_first(m["answer"], m["choices"])]))
-    return out
+def _classification_query(s: Sample) -> MMEBQuery | None:
+    m = s.meta()
+    if not m.get("choices") or not _single_object(m):
+        return None
+    q = Item(f"q:{s.key}", Query(image=_image(s), instruction=INSTRUCTIONS["classification"]))
+    return MMEBQuery(s.key, q, [Item(f"t:{c}", Query(text=c)) for c in _gold_first(m["answer"], m["choices"])])
 
 
-def build_retrieval(samples: list[Sample], spec: dict) -> list[MMEBQuery]:
+def build_classification(samples: list[Sample], spec: dict, skips: Skips | None = None) -> list[MMEBQuery]:
+    return _per_sample(samples, skips, _classification_query)
+
+
+def _vqa_query(s: Sample) -> MMEBQuery | None:
+    m = s.meta()
+    if not m.get("choices"):
+        return None
+    q = Item(f"q:{s.key}", Query(text=m["question"], image=_image(s), instruction=INSTRUCTIONS["vqa"]))
+    return MMEBQuery(s.key, q, [Item(f"t:{c}", Query(text=c)) for c in _gold_first(m["answer"], m["choices"])])
+
+
+def build_vqa(samples: list[Sample], spec: dict, skips: Skips | None = None) -> list[MMEBQuery]:
+    return _per_sample(samples, skips, _vqa_query)
+
+
+def build_retrieval(samples: list[Sample], spec: dict, skips: Skips | None = None) -> list[MMEBQuery]:
     """Text -> image: each caption against its image and up to `candidates - 1` images described differently."""
-    scenes = [(s, caps[0]) for s in samples if (caps := captions_of(s))]
-    images = {s.key: Item(f"i:{s.key}", Query(image=_image(s), instruction=INSTRUCTIONS["image"])) for s, _ in scenes}
+    scenes, images = [], {}
+
+    def scene(s: Sample) -> None:
+        if caps := captions_of(s):
+            images[s.key] = Item(f"i:{s.key}", Query(image=_image(s), instruction=INSTRUCTIONS["image"]))
+            scenes.append((s, caps[0]))
+
+    _per_sample(samples, skips, scene)
     rng = random.Random(spec.get("seed", 0))
     k = int(spec.get("candidates", 100))
     out = []
@@ -256,23 +290,24 @@ def _crop(img, bbox: list[int], margin: float = 0.15):
     return img.crop((max(0, int(x0 - mx)), max(0, int(y0 - my)), min(img.width, int(x1 + mx)), min(img.height, int(y1 + my))))
 
 
-def build_grounding(samples: list[Sample], spec: dict) -> list[MMEBQuery]:
+def _grounding_query(s: Sample) -> MMEBQuery | None:
+    labels = s.meta().get("labels") or {}
+    objs = labels.get("objects") or []
+    if len(objs) < 2 or any("bbox" not in o for o in objs):
+        return None
+    t = int(labels.get("target", labels.get("a", 0)))
+    img = _image(s)
+    order = [t] + [i for i in range(len(objs)) if i != t]
+    name = f"{objs[t]['color']} {objs[t]['shape']}"
+    q = Item(f"g:{s.key}:{t}", Query(text=name, image=img, instruction=INSTRUCTIONS["grounding"]))
+    cands = [Item(f"crop:{s.key}:{i}", Query(image=_crop(img, objs[i]["bbox"]), instruction=INSTRUCTIONS["crop"]))
+             for i in order]
+    return MMEBQuery(s.key, q, cands)
+
+
+def build_grounding(samples: list[Sample], spec: dict, skips: Skips | None = None) -> list[MMEBQuery]:
     """Image + object name -> the crop of that object among the crops of every object in the scene."""
-    out = []
-    for s in samples:
-        labels = s.meta().get("labels") or {}
-        objs = labels.get("objects") or []
-        if len(objs) < 2 or any("bbox" not in o for o in objs):
-            continue
-        t = int(labels.get("target", labels.get("a", 0)))
-        img = _image(s)
-        order = [t] + [i for i in range(len(objs)) if i != t]
-        name = f"{objs[t]['color']} {objs[t]['shape']}"
-        q = Item(f"g:{s.key}:{t}", Query(text=name, image=img, instruction=INSTRUCTIONS["grounding"]))
-        cands = [Item(f"crop:{s.key}:{i}", Query(image=_crop(img, objs[i]["bbox"]), instruction=INSTRUCTIONS["crop"]))
-                 for i in order]
-        out.append(MMEBQuery(s.key, q, cands))
-    return out
+    return _per_sample(samples, skips, _grounding_query)
 
 
 def _named_image(s: Sample, name: str):
@@ -281,21 +316,25 @@ def _named_image(s: Sample, name: str):
     return s.decode("image", raw) if raw is not None else None
 
 
-def build_shards(samples: list[Sample], spec: dict) -> list[MMEBQuery]:
-    """MMEB-form shards: json qry_text / tgt_text (+ qry_inst / tgt_inst), images qry.<ext> / tgt<i>.<ext>."""
-    out = []
-    for s in samples:
-        m = s.meta()
-        tgt = m.get("tgt_text")
-        if not isinstance(tgt, list) or not tgt:
-            raise UserError(f"{s.shard}: sample {s.key}: MMEB shards need a non-empty 'tgt_text' list")
+def build_shards(samples: list[Sample], spec: dict, skips: Skips | None = None) -> list[MMEBQuery]:
+    """MMEB-form shards: json qry_text / tgt_text (+ qry_inst / tgt_inst), images qry.<ext> / tgt<i>.<ext>. A
+    sample without a `tgt_text` list, or whose json or image does not read, is counted in `skips` (raised
+    without one)."""
+    return _per_sample(samples, skips, _shard_query)
 
-        q = Item(f"q:{s.key}", Query(text=m.get("qry_text") or None, image=_named_image(s, "qry"),
-                                     instruction=m.get("qry_inst")))
-        cands = [Item(f"t:{s.key}:{i}", Query(text=t or None, image=_named_image(s, f"tgt{i}"), instruction=m.get("tgt_inst")))
-                 for i, t in enumerate(tgt)]
-        out.append(MMEBQuery(s.key, q, cands))
-    return out
+
+def _shard_query(s: Sample) -> MMEBQuery:
+    m = s.meta()
+    tgt = m.get("tgt_text")
+    if not isinstance(tgt, list) or not tgt or not all(t is None or isinstance(t, str) for t in tgt):
+        raise SampleProblem("no_targets", s, "MMEB shards need a non-empty 'tgt_text' list of texts")
+    if not isinstance(m.get("qry_text") or "", str):
+        raise SampleProblem("no_targets", s, "'qry_text' is not a text")
+    q = Item(f"q:{s.key}", Query(text=m.get("qry_text") or None, image=_named_image(s, "qry"),
+                                 instruction=m.get("qry_inst")))
+    cands = [Item(f"t:{s.key}:{i}", Query(text=t or None, image=_named_image(s, f"tgt{i}"), instruction=m.get("tgt_inst")))
+             for i, t in enumerate(tgt)]
+    return MMEBQuery(s.key, q, cands)
 
 
 # ---------------------------------------------------------------------------------------------- pair tasks
@@ -306,7 +345,7 @@ def pair_items(s: Sample) -> tuple[Item, list[Item], dict[str, Any]]:
     m = s.meta()
     sides = [m.get("query"), m.get("positive"), *(m.get("negatives") or [])]
     if not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in sides[:2]):
-        raise UserError(f"{s.shard}: sample {s.key}: not a pair sample (json 'query' and 'positive')")
+        raise SampleProblem("not_a_pair", s, "not a pair sample (json 'query' and 'positive')")
     media = sample_media(s, "\n".join(x["text"] for x in sides))
     cursor = {k: 0 for k in media}
     items = []
@@ -339,12 +378,19 @@ def first_per_dataset(samples: list[Sample], limit: int) -> list[Sample]:
     return out
 
 
-def build_pair_datasets(samples: list[Sample], spec: dict) -> list[Dataset]:
+def build_pair_datasets(samples: list[Sample], spec: dict, skips: Skips | None = None) -> list[Dataset]:
     """One dataset per json `dataset`. Candidates, gold first: classification - the label set (`choices`);
     VQA - every distinct answer of the split's VQA samples; retrieval and grounding - the dataset's targets
     (positives and hard negatives) up to `candidates` (default 1,000), never one that shows what the gold
     shows (`labels.target_labels`: the same caption, the same object) nor the query's other answers."""
-    parsed = [(s, *pair_items(s)) for s in samples]
+    parsed = []
+    for s in samples:              # a sample that is not a pair or whose media do not read: counted in `skips`
+        try:
+            parsed.append((s, *pair_items(s)))
+        except SampleProblem as e:
+            if skips is None:
+                raise
+            skips.add(e)
     vqa_answers = list(dict.fromkeys(t[0].query.text for _, _, t, m in parsed if m.get("meta_task") == "vqa"))
     groups: dict[str, list] = {}
     for row in parsed:
@@ -489,7 +535,7 @@ def check_mmeb_eval(bench: Benchmark, roots) -> None:
             mmeb_files(folder, spec["subset"])
 
 
-BUILDERS: dict[str, Callable[[list[Sample], dict], list[MMEBQuery]]] = {
+BUILDERS: dict[str, Callable[[list[Sample], dict, Skips | None], list[MMEBQuery]]] = {
     "classification": build_classification, "vqa": build_vqa, "retrieval": build_retrieval,
     "grounding": build_grounding, "shards": build_shards}
 
@@ -500,12 +546,13 @@ def applicable(model, bench: Benchmark) -> str | None:
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     datasets, keys = [], {}
+    skips = Skips()                  # samples left out before the datasets are built (user shards: pairs, MMEB form)
     for spec in bench.options.get("datasets", []):
         if spec.get("pairs"):
-            samples, dhash = load_samples(bench, replace(ctx, limit=None))
+            samples, dhash = load_samples(bench, replace(ctx, limit=None), skips=skips)
             if ctx.limit:            # --limit N: the first N queries of every dataset, not N of the first one
                 samples = first_per_dataset(samples, ctx.limit)
-            for ds in build_pair_datasets(samples, spec):
+            for ds in build_pair_datasets(samples, spec, skips):
                 datasets.append(ds)
                 keys[ds.name] = f"mmeb-{data_hash([], dhash, spec, ds.name, ctx.limit)}"
             continue
@@ -519,6 +566,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             images = sorted({it.query.image for q in ds.queries for it in (q.query, *q.candidates) if it.query.image})
             keys[ds.name] = f"mmeb-{data_hash([*mmeb_files(folder, spec['subset']), *images], ctx.limit, spec)}"
             continue
+        own = Skips()                # this dataset's: no queries because every sample was skipped is an error
         if "path" in spec:
             folder = bench.data.folder(ctx.roots) / spec["path"]
             files = shard_files(folder, bench.data.split)
@@ -526,11 +574,16 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             dhash, build = data_hash(files, ctx.limit), BUILDERS["shards"]
         else:
             sub = replace(bench, data=replace(bench.data, tasks=tuple(spec.get("tasks", ()))))
-            samples, dhash = load_samples(sub, ctx)
+            samples, dhash = load_samples(sub, ctx, skips=own)
             build = BUILDERS[spec["meta_task"]]
-        ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)), build(samples, spec))
+        ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)), build(samples, spec, own))
         if not ds.queries:
+            if own:
+                raise own.nothing_usable(f"benchmark {bench.name}: dataset {ds.name}")
             raise TooFewItems(f"benchmark {bench.name}: dataset {ds.name} has no queries")
+        skips.update(own)
         datasets.append(ds)
         keys[ds.name] = f"mmeb-{data_hash([], dhash, spec)}"
-    return evaluate(model, datasets, ctx, cache_key=lambda d: keys[d.name])
+    if not datasets and skips:
+        raise skips.nothing_usable(f"benchmark {bench.name}")
+    return evaluate(model, datasets, ctx, cache_key=lambda d: keys[d.name], skips=skips)

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.data import SampleProblem
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, TooFewItems, load_samples
+from benchmarks.tasks import Context, Skips, TaskResult, TooFewItems, load_samples
 from vlm.errors import UserError
 
 MIN_SECONDS = 0.1             # shorter clips are skipped (a HuBERT frame is 400 samples = 17 ms at 24 kHz)
@@ -93,13 +94,18 @@ def check_clip(wave: torch.Tensor, sr: int) -> str | None:
     return None
 
 
-def shard_clips(bench: Benchmark, ctx: Context, split: str) -> tuple[list[Clip], str]:
-    """Benchmark shards (synthetic-world): labels are the answers; an undecodable file is an error."""
-    samples, dhash = load_samples(bench, ctx, split)
+def shard_clips(bench: Benchmark, ctx: Context, split: str, skips: Skips) -> tuple[list[Clip], str]:
+    """Benchmark shards (synthetic-world): labels are the answers; a sample without audio, whose audio does not
+    decode or whose json does not parse is a clip with its problem (skipped and counted)."""
+    samples, dhash = load_samples(bench, ctx, split, skips=skips)
     out = []
     for s in samples:
-        label, problem = sample_label(s.meta(), bench.options)
-        audio = s.decode("audio", s.first("audio"))
+        try:
+            label, problem = sample_label(s.meta(), bench.options)
+            audio = s.decode("audio", s.first("audio"))
+        except SampleProblem as e:
+            out.append(Clip(s.key, "", None, e.reason))
+            continue
         out.append(Clip(s.key, label, audio, problem or check_clip(*audio)))
     return out, dhash
 
@@ -163,12 +169,11 @@ def _features(model, clips: list[Clip], dhash: str, modality: str, ctx: Context)
     return t["features"]
 
 
-def _usable(clips: list[Clip], skipped: Counter, first: dict[str, str]) -> list[Clip]:
-    """The clips with no problem; the others counted per reason, the first of each named in `first`."""
+def _usable(clips: list[Clip], skips: Skips, split: str) -> list[Clip]:
+    """The clips with no problem; the others counted per reason, the first of each named."""
     for c in clips:
         if c.problem is not None:
-            skipped[c.problem] += 1
-            first.setdefault(c.problem, c.key)
+            skips.count(c.problem, c.key, shard=split)
     return [c for c in clips if c.problem is None]
 
 
@@ -177,15 +182,14 @@ def _digest(clip: Clip) -> str:
     return hashlib.sha1(wave.contiguous().numpy().tobytes() + str((sr, tuple(wave.shape))).encode()).hexdigest()
 
 
-def _unseen(test: list[Clip], train: list[Clip], skipped: Counter, first: dict[str, str]) -> list[Clip]:
+def _unseen(test: list[Clip], train: list[Clip], skips: Skips) -> list[Clip]:
     """The test clips whose audio no train clip has: a probe fitted on a clip scores it from memory (in a
     synthetic-world build of few distinct notes half the pitch and chord test clips were train clips, and
     82 % of the tempo ones). The others are counted as `seen_in_train`."""
     seen = {_digest(c) for c in train}
     repeats = [_digest(c) in seen for c in test]
     if any(repeats):
-        skipped["seen_in_train"] += sum(repeats)
-        first.setdefault("seen_in_train", test[repeats.index(True)].key)
+        skips.count("seen_in_train", test[repeats.index(True)].key, n=sum(repeats))
     return [c for c, repeat in zip(test, repeats) if not repeat]
 
 
@@ -193,16 +197,16 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     train_split = bench.data.train_split or "train"
     # --limit N: the first N clips scored; the probe is fitted on the whole train split (a probe fitted on N
     # clips measures the limit, not the encoder)
+    skips = Skips()                             # by reason, the first clip skipped for each (named by the CLI)
     if bench.options.get("format") == "audio-folder":
         (train, h_train), (test, h_test) = folder_clips(bench, train_split), folder_clips(bench, bench.data.split,
                                                                                            ctx.limit)
     else:
-        (train, h_train) = shard_clips(bench, replace(ctx, limit=None), train_split)
-        (test, h_test) = shard_clips(bench, ctx, bench.data.split)
-    skipped: Counter = Counter()
-    first: dict[str, str] = {}                  # reason -> the first clip skipped for it (named by the CLI)
-    train, test = _usable(train, skipped, first), _usable(test, skipped, first)
-    test = _unseen(test, train, skipped, first)
+        (train, h_train) = shard_clips(bench, replace(ctx, limit=None), train_split, skips)
+        (test, h_test) = shard_clips(bench, ctx, bench.data.split, skips)
+    train, test = _usable(train, skips, train_split), _usable(test, skips, bench.data.split)
+    test = _unseen(test, train, skips)
+    skipped = skips.counts
     classes = sorted({c.label for c in train})
     if len(classes) < 2:
         raise UserError(f"benchmark {bench.name}: the '{train_split}' split has {len(classes)} usable class(es); "
@@ -240,10 +244,10 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                "best_single_layer": float(max(range(len(per_layer)), key=per_layer.__getitem__)),
                # test clips of a label no train clip has: scored (always wrong), and counted so it shows
                "unseen_label": float(sum(c.label not in idx for c in test)),
-               **{f"skipped_{k}": float(v) for k, v in sorted(skipped.items())},
+               **skips.metrics(),
                **{f"kept_{k}": float(v) for k, v in sorted(kept.items())}}
     layers = [dict(layer=k, weight=w, accuracy=a) for k, (w, a) in enumerate(zip(weights, per_layer))]
-    return TaskResult(rows, metrics, {"layers": layers, "skipped_examples": first})
+    return TaskResult(rows, metrics, {"layers": layers, **skips.tables()})
 
 
 def layer_table(records: list[dict[str, Any]]) -> str | None:

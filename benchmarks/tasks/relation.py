@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from benchmarks.data import SampleProblem
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, image_features_of, load_samples, text_features_of
+from benchmarks.tasks import Context, Skips, TaskResult, image_features_of, load_samples, text_features_of, with_image
 from benchmarks.tasks.captions import relation_captions
 from vlm.errors import UserError
 
@@ -20,20 +21,31 @@ def applicable(model, bench: Benchmark) -> str | None:
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     mode = bench.options.get("mode", "given")
-    samples, dhash = load_samples(bench, ctx)
+    skips = Skips()
+    samples, dhash = load_samples(bench, ctx, skips=skips)
     kept, caps = [], []
-    for s in samples:
-        c = relation_captions(s, mode)
+    for s in with_image(samples, skips):
+        try:
+            c = relation_captions(s, mode)
+        except SampleProblem as e:
+            skips.add(e)
+            continue
         if c is not None:
             kept.append(s)
             caps.append(c)
+        elif mode == "given":    # shipped captions missing, fewer than two or not texts: counted (dropped silently)
+            skips.skip("no_captions", s, "no json 'captions' (two texts or more)")
     if not kept:
+        if skips:
+            raise skips.nothing_usable(f"benchmark {bench.name} (mode '{mode}')")
         raise UserError(f"benchmark {bench.name}: no sample has captions for mode '{mode}'")
     img, ok = image_features_of(model, kept, dhash, ctx)                  # [N, D]
-    bad = ok.count(False)
+    for s, good in zip(kept, ok):
+        if not good:
+            skips.skip("bad_image", s, "the image does not decode")
     kept, caps = [s for s, good in zip(kept, ok) if good], [c for c, good in zip(caps, ok) if good]
     if not kept:
-        raise UserError(f"benchmark {bench.name}: no image decodes ({bad} bad)")
+        raise skips.nothing_usable(f"benchmark {bench.name}")
     flat = [c for cs in caps for c in cs]
     txt = text_features_of(model, flat, ctx)                                            # [sum K, D]
     rows, start = [], 0
@@ -45,7 +57,6 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                          score_true=float(scores[0]), score_best_false=float(scores[1:].max()), caption=cs[0]))
     acc = float(torch.tensor([r["correct"] for r in rows], dtype=torch.float).mean())
     metrics = {"accuracy": acc, "chance": float(sum(1 / r["n_captions"] for r in rows) / len(rows)),
-               "n": float(len(rows)), "skipped_bad_image": float(bad)}
-    if mode == "given":          # shipped captions missing, fewer than two or not texts: counted (dropped silently)
-        metrics["skipped_no_captions"] = float(len(samples) - len(kept) - bad)
-    return TaskResult(rows, metrics)
+               "n": float(len(rows)), "skipped_bad_image": 0.0,
+               **({"skipped_no_captions": 0.0} if mode == "given" else {}), **skips.metrics()}
+    return TaskResult(rows, metrics, skips.tables())

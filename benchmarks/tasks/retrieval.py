@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import torch
 
+from benchmarks.data import SampleProblem
 from benchmarks.metrics import recall_at_k
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import (
     Context,
+    Skips,
     TaskResult,
     TooFewItems,
     image_features_of,
     load_samples,
     text_features_of,
+    with_image,
 )
 from benchmarks.tasks.captions import captions_of
-from vlm.errors import UserError
 
 KS = (1, 5, 10)
 
@@ -51,15 +53,28 @@ def score(img: torch.Tensor, txt: torch.Tensor, pos: torch.Tensor) -> tuple[dict
 
 
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
-    samples, dhash = load_samples(bench, ctx)
-    kept = [(s, c) for s in samples if (c := captions_of(s))]
+    skips = Skips()
+    samples, dhash = load_samples(bench, ctx, skips=skips)
+    kept = []
+    for s in with_image(samples, skips):
+        try:
+            c = captions_of(s)
+        except SampleProblem as e:
+            skips.add(e)
+            continue
+        if c:
+            kept.append((s, c))
+        else:
+            skips.skip("no_caption", s, "no caption (txt, json caption or a scene)")
     if not kept:
-        raise UserError(f"benchmark {bench.name}: no sample has a caption (txt, json caption or a scene)")
+        raise skips.nothing_usable(f"benchmark {bench.name}")
     img, ok = image_features_of(model, [s for s, _ in kept], dhash, ctx)              # [N, D]
-    bad = ok.count(False)
+    for (s, _), good in zip(kept, ok):
+        if not good:
+            skips.skip("bad_image", s, "the image does not decode")
     kept = [k for k, good in zip(kept, ok) if good]
     if not kept:
-        raise UserError(f"benchmark {bench.name}: no image decodes ({bad} bad)")
+        raise skips.nothing_usable(f"benchmark {bench.name}")
     texts, pos = positives([c for _, c in kept])
     if len(kept) < 2 or len(texts) < 2:  # one image, or every image with the same caption: recall 1.0 by construction
         raise TooFewItems(f"benchmark {bench.name}: {len(kept)} image(s) and {len(texts)} distinct caption(s); "
@@ -68,6 +83,6 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     metrics, i2t, _ = score(img, txt, pos)
     rows = [dict(key=s.key, caption=c[0], n_captions=len(c), **{f"image_hit@{k}": bool(i2t[k][i]) for k in KS})
             for i, (s, c) in enumerate(kept)]
-    metrics |= {"n_images": float(len(kept)), "n_texts": float(len(texts)), "skipped_bad_image": float(bad),
-                "skipped_no_caption": float(len(samples) - len(kept) - bad)}
-    return TaskResult(rows, metrics)
+    metrics |= {"n": float(len(kept)), "n_images": float(len(kept)), "n_texts": float(len(texts)),
+                "skipped_bad_image": 0.0, "skipped_no_caption": 0.0, **skips.metrics()}
+    return TaskResult(rows, metrics, skips.tables())

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.data import WdsMeta, data_hash, iter_samples, read_cls, read_wds_meta, shard_files
+from benchmarks.data import SampleProblem, WdsMeta, data_hash, iter_samples, read_cls, read_wds_meta, shard_files
 from benchmarks.metrics import balanced_accuracy, topk_correct
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, TaskResult, decoded_image, encode_images
+from benchmarks.tasks import Context, Skips, TaskResult, decoded_image, encode_images
 from vlm.errors import UserError
 
 
@@ -36,46 +36,53 @@ def class_weights(model, classnames: list[str], templates: list[str]) -> torch.T
     return w / w.norm(dim=-1, keepdim=True)
 
 
-def encode_wds_images(model, files, n_classes: int, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Every image of the shards through the model: ([N, D] normalised features, [N] labels, keys); an image
-    that does not decode is left out and its key returned in the 4th list (skipped and counted)."""
+def encode_wds_images(model, files, n_classes: int, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, list[str], Skips]:
+    """Every image of the shards through the model: [N, D] normalised features, [N] labels, keys, and the
+    samples left out by reason (no image, no or a bad `cls`, an image that does not decode: `Skips`)."""
     keys: list[str] = []
+    shards: list[str] = []
     labels: list[int] = []
+    skips = Skips()
 
     def items():
         for s in iter_samples(files):
-            raw = s.first("image")
-            labels.append(read_cls(s, n_classes))
+            try:
+                raw = s.first("image")
+                label = read_cls(s, n_classes)
+            except SampleProblem as e:
+                skips.add(e)
+                continue
+            labels.append(label)
             keys.append(s.key)
+            shards.append(s.shard)
             yield s, raw
             if ctx.limit and len(keys) >= ctx.limit:
                 return
 
     feats, ok = encode_images(model, items(), lambda item: decoded_image(model, *item), ctx)
-    if not keys:
-        raise UserError(f"{files[0].parent}: no samples")
+    for k, shard, good in zip(keys, shards, ok):
+        if not good:
+            skips.count("bad_image", k, f"{shard}: sample {k}: the image does not decode", shard=shard)
     if not any(ok):
-        raise UserError(f"{files[0].parent}: no image decodes ({len(keys)} bad)")
-    bad = [k for k, good in zip(keys, ok) if not good]
+        if skips:
+            raise skips.nothing_usable(str(files[0].parent))
+        raise UserError(f"{files[0].parent}: no samples")
     return (feats, torch.tensor([y for y, good in zip(labels, ok) if good]),
-            [k for k, good in zip(keys, ok) if good], bad)
+            [k for k, good in zip(keys, ok) if good], skips)
 
 
-def image_features(model, meta: WdsMeta, split: str, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def image_features(model, meta: WdsMeta, split: str, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, list[str], Skips]:
     files = shard_files(meta.folder, split)
-    name = f"wds-images-{data_hash(files, ctx.limit)}"
+    # the class count is part of the key: a sample whose cls is outside a shorter classnames.txt is an error,
+    # not a label cached under a longer one
+    name = f"wds-images-{data_hash(files, ctx.limit, len(meta.classnames))}"
 
     def compute():
-        x, y, keys, bad = encode_wds_images(model, files, len(meta.classnames), ctx)
-        return {"features": x, "labels": y}, {"keys": keys, "bad": bad}
+        x, y, keys, skips = encode_wds_images(model, files, len(meta.classnames), ctx)
+        return {"features": x, "labels": y}, {"keys": keys, "skips": skips.state()}
 
     t, m = ctx.cache.get_or_compute(model.fingerprint, name, compute)
-    labels, n = t["labels"], len(meta.classnames)
-    if len(labels) and int(labels.max()) >= n:     # cached under a longer classnames.txt (the key is the shards')
-        i = int((labels >= n).nonzero()[0])
-        raise UserError(f"{meta.folder}: sample {m['keys'][i]}: cls {int(labels[i])} outside the {n} classes of "
-                        f"classnames.txt")
-    return t["features"], labels, m["keys"], len(m.get("bad", []))
+    return t["features"], t["labels"], m["keys"], Skips.from_state(m.get("skips"))
 
 
 def text_weights(model, meta: WdsMeta, ctx: Context) -> torch.Tensor:
@@ -104,13 +111,14 @@ def evaluate(logits: torch.Tensor, labels: torch.Tensor, keys: list[str], classn
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     meta = read_wds_meta(bench.data.folder(ctx.roots))
     t0 = time.perf_counter()
-    feats, labels, keys, bad = image_features(model, meta, bench.data.split, ctx)     # [N, D]
+    feats, labels, keys, skips = image_features(model, meta, bench.data.split, ctx)   # [N, D]
     t1 = time.perf_counter()
     w = text_weights(model, meta, ctx)                                                 # [C, D]
     t2 = time.perf_counter()
     logits = 100.0 * feats @ w.T                                                       # [N, C]
     res = evaluate(logits, labels, keys, meta.classnames)
-    res.metrics["skipped_bad_image"] = float(bad)
+    res.metrics |= {"skipped_bad_image": 0.0, **skips.metrics()}
+    res.tables |= skips.tables()
     res.tables["timing"] = [dict(phase="images", seconds=round(t1 - t0, 3), n=len(keys)),
                             dict(phase="class weights", seconds=round(t2 - t1, 3), n=len(meta.classnames) * len(meta.templates))]
     return res
