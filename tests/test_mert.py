@@ -477,6 +477,9 @@ def test_odd_audio_scales_are_normalised_and_odd_rates_resample_in_small_steps()
         AudioPreprocess(24000)((torch.randn(1, 100), 5))
     with pytest.raises(UserError, match="'s.min_seconds': must be >= 0.080 s"):
         MaskedPredictionSettings(clip_seconds=0.05, min_seconds=0.05).check("s")
+    # a crop of 100000 s padded every clip to it and was killed for memory without a word (a review)
+    with pytest.raises(UserError, match=r"'s.clip_seconds': at most 120 s .* got 100000"):
+        MaskedPredictionSettings(clip_seconds=100000).check("s")
 
 
 @pytest.mark.usefixtures("one_intra_op_thread")

@@ -47,6 +47,7 @@ from vlm.train.objectives.teachers import (
 )
 
 TEACHER_FILE = "teacher.safetensors"
+MAX_CLIP_SECONDS = 120.0                   # the longest crop a recipe may ask for (check: why)
 
 
 @dataclass
@@ -94,6 +95,11 @@ class MaskedPredictionSettings:
             need(len(v) == 2 and v[0] <= v[1], name, f"a [low, high] range, got {v}")
         need(self.noise_segments[0] >= 1 and self.noise_seconds[0] > 0, "noise_segments", "segments >= 1, seconds > 0")
         need(0 < self.min_seconds <= self.clip_seconds, "min_seconds", "must be in (0, clip_seconds]")
+        # every clip of a batch is padded to the crop, and attention grows with the square of its 75 Hz frames: a
+        # crop of 100000 s was killed for memory without a word (a review); MERT crops 5 s, MARBLE's longest 30 s
+        need(self.clip_seconds <= MAX_CLIP_SECONDS, "clip_seconds",
+             f"at most {MAX_CLIP_SECONDS:g} s (MERT crops 5 s; a batch is padded to the crop and attention grows with "
+             f"the square of its {int(MAX_CLIP_SECONDS * SAMPLE_RATE / HOP)} frames), got {self.clip_seconds}")
         shortest = max(1024 / SAMPLE_RATE, (self.mask_span + 1) * HOP / SAMPLE_RATE)   # a mel window; a span + 1 frame
         need(self.min_seconds >= shortest, "min_seconds",
              f"must be >= {shortest:.3f} s (the log-mel's 1024-sample window and one mask span of "
