@@ -161,7 +161,17 @@ def test_every_converter_refuses_paths_outside_its_root(tmp_path):
     # and a whole file of escaping paths stops with one line naming it
     (tmp_path / "bad.json").write_text(json.dumps(records[1:3]))
     with pytest.raises(UserError, match="outside"):
-        convert.convert_llava_json(str(tmp_path / "bad.json"), str(root), str(tmp_path / "o5"))
+        convert.convert_llava_json(str(tmp_path / "bad.json"), str(root), str(tmp_path / "o5" / "train"))
+    assert not (tmp_path / "o5").exists()          # the folders it made are gone again (it left an empty --out)
+    (tmp_path / "o6").mkdir()
+    with pytest.raises(UserError, match="outside"):
+        convert.convert_llava_json(str(tmp_path / "bad.json"), str(root), str(tmp_path / "o6" / "train"))
+    assert os.listdir(tmp_path / "o6") == []       # the user's folder stays
+    os.symlink(tmp_path / "secret.jpg", root / "cls" / "red" / "c.jpg")
+    os.remove(root / "cls" / "red" / "a.jpg")
+    with pytest.raises(UserError, match="outside"):
+        convert.convert_class_folder(str(root / "cls"), str(tmp_path / "o7"))
+    assert not (tmp_path / "o7").exists()
 
 
 def test_unreadable_or_odd_parquet_and_jsonl_are_one_line(tmp_path, datasets_lib):

@@ -440,7 +440,6 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
     items = [(ci, os.path.join(c, f)) for ci, c in enumerate(classes) for f in _walk(os.path.join(folder, c))
              if f.lower().endswith(IMAGE_FILE_EXTS)]
     _check_class_list(out, split, names, folder)
-    os.makedirs(os.path.join(out, split), exist_ok=True)
 
     def build(item: tuple[int, str], seen: Keys) -> dict[str, Any]:
         ci, rel = item

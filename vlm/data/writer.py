@@ -403,6 +403,15 @@ def root_splits(folder: str) -> list[str] | None:
     return _splits_of(_read_index(os.path.join(folder, "index.json")))
 
 
+def _missing_folders(path: str) -> list[str]:
+    """The folders `os.makedirs(path)` would create, deepest first."""
+    out, p = [], os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        out.append(p)
+        p = os.path.dirname(p)
+    return out
+
+
 class ShardWriter:
     """`webdataset.ShardWriter` that encodes and validates samples, counts them, and writes `index.json`.
 
@@ -420,6 +429,7 @@ class ShardWriter:
         self.out_dir = os.fspath(out_dir)
         if not isinstance(max_count, int) or max_count < 1:
             raise UserError(f"samples per shard (max_count) must be >= 1, got {max_count!r}")
+        self._created = _missing_folders(self.out_dir)   # removed again by a failed run that leaves them empty
         try:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as e:
@@ -546,10 +556,17 @@ class ShardWriter:
         return self
 
     def discard(self) -> None:
-        """After a failure: close and delete what this writer staged; the folder keeps its previous data set."""
+        """After a failure: close and delete what this writer staged; the folder keeps its previous data set, and
+        the folders this writer created are removed when nothing else was put in them (a failed conversion left
+        an empty --out behind)."""
         self.close(write_index=False)
         shutil.rmtree(self.stage_dir, ignore_errors=True)
         self.shards = []
+        for d in self._created:                       # deepest first; one that holds anything stays
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
