@@ -250,6 +250,10 @@ def run(args: argparse.Namespace) -> int:
     report["skipped_when_converted"] = conversion_skips(args.shards)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     if not report["ok"]:                   # nothing a model could train on: not a success for a script either
+        if set(report["errors"]["skipped"]) == {"class_label_only"}:    # (`vlm data convert class-folder`'s layout)
+            print(f"vlm data inspect: all {report['samples']} sample(s) read are classification samples (cls + media, "
+                  f"no text): a zero-shot benchmark's (`vlm eval --bench wds:DIR`), nothing to train on")
+            return 0
         print(f"vlm data inspect: error: no usable sample among the {report['samples']} read", file=sys.stderr)
         return 2
     return 0
