@@ -663,7 +663,7 @@ def test_probe_features_of_every_layer_in_one_pass_equal_one_pass_per_layer():
     assert fast.shape == (4, 3, 64) and torch.equal(fast, torch.stack(generic))
 
 
-def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_folder, tmp_path):
+def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_folder, tmp_path, capsys):
     """Found by a review: an EnCodec folder without the model's tensors trained on random codes; a damaged fitted
     teacher on resume, a mert folder's bad `mert_pretraining.json` and NaN weights under a probe were tracebacks
     or a score of noise."""
@@ -682,12 +682,16 @@ def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_
     teacher = build_teacher("encodec", path=str(empty), bandwidth=2.4)
     with pytest.raises(UserError, match=r"does not hold the model's weights \(\d+ tensor\(s\) missing"):
         teacher(torch.from_numpy(tone(220, 1.0))[None], 70)
-    # a fitted teacher file that does not read: named, with what to do
-    obj = mp.MaskedPrediction(mp.MaskedPredictionSettings(teacher="mel_kmeans", codebook_size=16))
+    # a fitted teacher file that does not read: named, and fitted again as the first time (it said "delete it")
+    settings = mp.MaskedPredictionSettings(teacher="mel_kmeans", codebook_size=16)
+    waves = [torch.stack([torch.from_numpy(tone(110 * 2 ** (i / 12), 2.0)) for i in range(j, j + 3)]) for j in (0, 5)]
+    fresh, obj = mp.MaskedPrediction(settings), mp.MaskedPrediction(settings)
+    fresh.prepare(None, lambda: iter({"audio": w} for w in waves), tmp_path / "fresh")
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / mp.TEACHER_FILE).write_text("garbage")
-    with pytest.raises(UserError, match=f"{mp.TEACHER_FILE}: the fitted teacher does not read .*delete it"):
-        obj.prepare(None, lambda: iter(()), tmp_path / "state")
+    obj.prepare(None, lambda: iter({"audio": w} for w in waves), tmp_path / "state")
+    assert f"{mp.TEACHER_FILE}: the fitted teacher does not read" in capsys.readouterr().err
+    assert (tmp_path / "state" / mp.TEACHER_FILE).read_bytes() == (tmp_path / "fresh" / mp.TEACHER_FILE).read_bytes()
     # the heads' settings of a mert folder
     src, _ = mert_folder
     for heads, msg in [({"family": "mert", "bogus": 1}, "unknown field 'bogus'"), ([], "not a JSON object"),

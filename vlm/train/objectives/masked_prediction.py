@@ -24,6 +24,7 @@ The model provides: `frames(n_samples)`, `forward(audio, audio_lengths, mask) ->
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,9 @@ class MaskedPrediction(Objective):
                             f"gives {self.cqt.n_bins}")
 
     def prepare(self, model: nn.Module, batches, state_dir) -> None:
-        """Fit the acoustic teacher on the stage's audio once; a resumed run reads it back. Every rank fits
-        the same teacher (same data, same seed) and writes the same bytes (each through its own temp file)."""
+        """Fit the acoustic teacher on the stage's audio once; a resumed run reads it back (a file that does not
+        read is fitted again, from the same audio and seed). Every rank fits the same teacher (same data, same
+        seed) and writes the same bytes (each through its own temp file)."""
 
         from safetensors.torch import load_file, save_file
         if not self.teacher.needs_fit:
@@ -244,10 +246,11 @@ class MaskedPrediction(Objective):
             from vlm.model import load_error_line
             try:
                 self.teacher.load_fitted(load_file(str(path)))
+                return
             except (SafetensorError, OSError, RuntimeError) as e:     # damaged, or another teacher's tensors
-                raise UserError(f"{path}: the fitted teacher does not read ({load_error_line(e)[:200]}); delete "
-                                f"it and resume: the teacher is fitted again from the stage's audio") from None
-            return
+                # fitted again, as it was the first time (the same audio, the same seed: the same teacher)
+                print(f"warning: {path}: the fitted teacher does not read ({load_error_line(e)[:200]}); fitting it "
+                      f"again from the stage's audio", file=sys.stderr, flush=True)
         self.teacher.fit((b["audio"] for b in batches()), seed=0)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = self.teacher.fitted_state()
