@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from vlm.atomic import write_text
+from vlm.config import load_yaml
 from vlm.errors import UserError, read_text
 
 START, END = "<!-- vlm-eval results: start -->", "<!-- vlm-eval results: end -->"
@@ -48,9 +49,10 @@ def _split(text: str, where: str = "model card") -> tuple[dict, str, str | None]
         head, sep, body = text[4:].partition("\n---\n")
         if sep:
             try:
-                meta = yaml.safe_load(head) or {}
+                meta = load_yaml(head) or {}          # a key given twice is refused (PyYAML kept the last)
             except yaml.YAMLError as e:
-                raise UserError(f"{where}: front matter is not valid YAML ({str(e).splitlines()[0]})") from None
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise UserError(f"{where}: front matter is not valid YAML ({problem})") from None
             if not isinstance(meta, dict):
                 raise UserError(f"{where}: front matter is a YAML {type(meta).__name__}, not a mapping of keys")
             return meta, body, head

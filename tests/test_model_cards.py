@@ -125,7 +125,10 @@ def test_a_bad_results_row_or_card_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="a folder, not a model card"):
         attach(tmp_path / "folder.md", [tmp_path / "good.jsonl"])
     assert not (tmp_path / "results" / "folder.jsonl").exists()
-    for front, message in (("- a\n", "front matter is a YAML list"), ("vlm-results: 5\n", "must be a list of results")):
+    for front, message in (("- a\n", "front matter is a YAML list"), ("vlm-results: 5\n", "must be a list of results"),
+                           # a key given twice: the last was read, the first's results files silently dropped
+                           ("vlm-results: [results/m.jsonl]\nlicense: mit\nvlm-results: [results/x.jsonl]\n",
+                            r"not valid YAML \(duplicate key 'vlm-results' \(lines 1 and 3\)\)")):
         (tmp_path / "odd.md").write_text(f"---\n{front}---\n# odd\n")
         with pytest.raises(UserError, match=message):
             attach(tmp_path / "odd.md", [tmp_path / "good.jsonl"])
