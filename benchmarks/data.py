@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from vlm.data.convert import class_template_problem
 from vlm.data.decode import SampleError, decode_media
 from vlm.data.reader import FileCache, read_fields, scan_shard
 from vlm.errors import UserError, read_text
@@ -182,15 +183,10 @@ def read_wds_meta(folder: str | Path) -> WdsMeta:
         raise UserError(f"{names}: {len(classnames)} class(es); zero-shot classification needs at least 2")
     if not templates:
         raise UserError(f"{tmpl}: empty")
-    bad = [t for t in templates if "{c}" not in t]
-    if bad:
-        raise UserError(f"{tmpl}: template without '{{c}}': {bad[0]!r}")
     for t in templates:                   # str.format: '{}' or '{color}' beside {c} raised deep in the run
-        try:
-            t.format(c="x")
-        except (IndexError, KeyError, ValueError) as e:
-            raise UserError(f"{tmpl}: template {t!r} takes only {{c}} (the class name); write a literal brace "
-                            f"as {{{{ or }}}} ({type(e).__name__}: {e})") from None
+        problem = class_template_problem(t)
+        if problem:
+            raise UserError(f"{tmpl}: template {t!r} {problem}")
     dupes = sorted({c for c in classnames if classnames.count(c) > 1})
     if dupes:
         raise UserError(f"{names}: class name(s) {dupes[:3]} listed twice: the later class could never be predicted")

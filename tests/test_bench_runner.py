@@ -151,8 +151,12 @@ def test_cli_bad_input_exits_2(assets, tmp_path, capsys):
     # a user's wds folder with odd text files (each was a traceback, or a class that could never win)
     import shutil
     odd = {"latin1": ("classnames.txt", "rouge\ncafé\n".encode("latin-1"), "not UTF-8 text"),
-           "brace": ("zeroshot_classification_templates.txt", b"a {} photo of {c}\n", "takes only {c}"),
-           "field": ("zeroshot_classification_templates.txt", b"{c} with {color}\n", "takes only {c}"),
+           "brace": ("zeroshot_classification_templates.txt", b"a {} photo of {c}\n", "has the field {}: only {c}"),
+           "field": ("zeroshot_classification_templates.txt", b"{c} with {color}\n", "has the field {color}: only {c}"),
+           # `{c.upper}` was "without {c}"; a lone brace
+           "attr": ("zeroshot_classification_templates.txt", b"a {c.upper}\n", "uses {c.upper}: only {c} itself"),
+           "lone": ("zeroshot_classification_templates.txt", b"a {c} }\n", "does not format (Single '}'"),
+           "no c": ("zeroshot_classification_templates.txt", b"a photo\n", "has no {c} for the class name"),
            "twice": ("classnames.txt", b"red\nred\n", "listed twice"),
            "one": ("classnames.txt", b"red\n", "needs at least 2"),
            "zero": ("test/nshards.txt", b"0\n", "0 shards")}

@@ -513,7 +513,7 @@ def test_class_folder_names_that_would_shift_labels_are_refused(tmp_path, capsys
     capsys.readouterr()            # its own output inspected: a zero-shot benchmark's samples, not "no usable sample"
     assert main(["data", "inspect", str(tmp_path / "fine" / "test")]) == 0
     assert "are classification samples (cls + media, no text)" in capsys.readouterr().out
-    with pytest.raises(UserError, match=r"template 'a \{c\} of \{kind\}' does not format with the class name alone"):
+    with pytest.raises(UserError, match=r"template 'a \{c\} of \{kind\}' has the field \{kind\}: only \{c\}"):
         convert.convert_class_folder(str(root), str(tmp_path / "out"), templates=["a {c} of {kind}"])
     (tmp_path / "tpl.txt").write_bytes("une photo de {c} \xe9t\xe9".encode("latin-1"))
     capsys.readouterr()

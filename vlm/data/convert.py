@@ -38,6 +38,30 @@ from vlm.errors import UserError, read_text, text_of
 from vlm.modalities import MODALITIES, PLACEHOLDERS, file_kind, short_error
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
+
+
+def class_template_problem(template: str) -> str | None:
+    """What is wrong with a zero-shot template (`str.format(c=class_name)`, as clip_benchmark fills it), or None:
+    no `{c}`; a field that is not `c` (`{kind}`, `{}`); `{c.upper}` / `{c[0]}` (the class name's attribute or
+    character, not the name); a lone brace."""
+    import string
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        return f"does not format ({e}); write a literal brace as {{{{ or }}}}"
+    other = next((f for f in fields if f != "c"), None)
+    if other is not None:
+        if other.startswith(("c.", "c[")):
+            return f"uses {{{other}}}: only {{c}} itself (the class name) is filled in"
+        return (f"has the field {{{other}}}: only {{c}} (the class name) is filled in; write a literal brace as "
+                f"{{{{ or }}}}")
+    if "c" not in fields:
+        return "has no {c} for the class name"
+    try:
+        template.format(c="x")
+    except (KeyError, IndexError, ValueError) as e:       # a format spec that a text does not take: `{c:d}`
+        return f"does not format with the class name ({type(e).__name__}: {e})"
+    return None
 MEDIA_PROMPTS = {"audio": "Describe the sound.", "music": "Describe the music.", "video": "Describe the video."}
 _KEY_BAD = re.compile(r"[^\w-]+")      # letters and digits of any script stay (`写真`, `café`): keys of names in
                                        # other scripts were all `sample`, `sample_1` ...; dots, slashes, spaces go
@@ -429,13 +453,9 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
         raise UserError(f"{folder}: no class sub-folders")
     templates = templates or DEFAULT_TEMPLATES
     for t in templates:
-        if "{c}" not in t:
-            raise UserError(f"template {t!r} has no {{c}} for the class name")
-        try:
-            t.format(c="x")
-        except (KeyError, IndexError, ValueError) as e:        # `a {c} of {kind}`: the reader formats with c only
-            raise UserError(f"template {t!r} does not format with the class name alone "
-                            f"({type(e).__name__}: {e}); write a literal brace as {{{{ or }}}}") from None
+        problem = class_template_problem(t)
+        if problem:
+            raise UserError(f"template {t!r} {problem}")
     names = _class_names(folder, classes)
     items = [(ci, os.path.join(c, f)) for ci, c in enumerate(classes) for f in _walk(os.path.join(folder, c))
              if f.lower().endswith(IMAGE_FILE_EXTS)]
