@@ -510,6 +510,23 @@ def test_a_tar_with_a_sample_split_apart_or_gzipped_says_so(tmp_path):
     assert ref.error == "bad_tar" and "gzip-compressed tar" in ref.message
 
 
+def test_a_dotted_key_or_an_unknown_extension_is_named_in_the_skip_message():
+    """Found by a review: `a.b.jpg` + `a.b.json` (a key with a dot: webdataset's key is `a`) and an `.aac` file
+    were skipped as 'no_text' / 'missing_media' with nothing saying why."""
+    from vlm.data.decode import SampleError, decode_sample
+    conv = b'{"conversations": [{"from": "human", "value": "<audio>\\nhi"}, {"from": "gpt", "value": "x"}]}'
+    cases = [({"b.json": b'{"caption": "x"}', "b.jpg": b"x"}, "no_text", "a sample key with a dot?"),
+             ({"txt": b"a cat", "aac": b"x"}, "missing_media", "'aac' not read: not an extension of image/audio/video"),
+             ({"json": conv, "mka": b"x"}, "missing_media", "'mka' not read")]
+    for fields, reason, hint in cases:
+        with pytest.raises(SampleError) as e:
+            decode_sample("k", fields)
+        assert e.value.reason == reason and hint in str(e.value), str(e.value)
+    with pytest.raises(SampleError) as e:                       # a sample without the hint's cause: no hint
+        decode_sample("k", {"json": conv})
+    assert str(e.value) == "1 <audio> placeholder(s) but 0 audio file(s)"
+
+
 def test_pax_headers_that_step_back_and_a_key_written_twice_are_named_not_looped_or_merged(tmp_path):
     """Found by a review: a pax record of length 0, or a pax size of -1536 (back to the same header), made the
     tar reader loop forever (`vlm data inspect` and training hung); two samples of one key back to back were

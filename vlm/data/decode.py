@@ -18,7 +18,14 @@ from typing import Any
 from vlm.data.template import normalise_conversation
 from vlm.data.writer import media_fields
 from vlm.errors import UserError
-from vlm.modalities import MODALITIES, MediaError, placeholder_modalities, short_error
+from vlm.modalities import (
+    FILE_EXTENSIONS,
+    MODALITIES,
+    MediaError,
+    file_kind,
+    placeholder_modalities,
+    short_error,
+)
 
 CAPTION_PROMPT = "{placeholder}\nDescribe the {what} briefly."
 
@@ -72,6 +79,25 @@ def draft_size_of(preprocess: Any) -> tuple[int, int] | None:
     return w, h
 
 
+KNOWN_FIELDS = {"json", "txt", "cls", "caption"}
+
+
+def unread_fields_note(fields: dict[str, bytes]) -> str:
+    """'' or, for a sample some of whose files nothing reads, why: `a.b.jpg` in a tar is key `a` with the field
+    `b.jpg` (webdataset splits the file name at its first dot), so a key with a dot hides its json and text; an
+    extension no modality decodes (`.aac`, `.mkv`) is no media file."""
+    names = [n for n in fields if not n.startswith("__") and n.lower() not in KNOWN_FIELDS]
+    dotted = [n for n in names if "." in n and n.rsplit(".", 1)[-1].lower() in KNOWN_FIELDS]
+    if dotted:
+        return (f" (its files include {', '.join(sorted(dotted)[:3])}: a sample key with a dot? webdataset splits "
+                f"a file name at its first dot, so 'a.b.json' is key 'a' with the field 'b.json')")
+    unknown = [n for n in names if file_kind(n) is None]
+    if unknown:
+        return (f" (file(s) {', '.join(repr(n) for n in sorted(unknown)[:3])} not read: not an extension of "
+                f"{'/'.join(FILE_EXTENSIONS)} files here, which are {', '.join(e for v in FILE_EXTENSIONS.values() for e in v)})")
+    return ""
+
+
 def read_meta(fields: dict[str, bytes]) -> dict:
     """The sample's json ({} without one); a broken one is a SampleError('bad_json')."""
     if "json" not in fields:
@@ -94,7 +120,8 @@ def decode_media(order: list[str], fields: dict[str, bytes], draft_size: tuple[i
     for kind, names in files.items():
         want = sum(MODALITIES[m].files == kind for m in order)
         if want > len(names):
-            raise SampleError("missing_media", f"{want} <{kind}> placeholder(s) but {len(names)} {kind} file(s)")
+            raise SampleError("missing_media", f"{want} <{kind}> placeholder(s) but {len(names)} {kind} file(s)"
+                                               + unread_fields_note(fields))
         if strict and want < len(names):
             raise SampleError("unused_media", f"{len(names)} {kind} file(s) but {want} placeholder(s)")
     pools = {kind: iter(names) for kind, names in files.items()}
@@ -140,7 +167,11 @@ def decode_sample(key: str, fields: dict[str, bytes], shard: str = "",
             raise SampleError("class_label_only", "a classification sample (cls + media, no text): zero-shot "
                               "benchmarks read it (wds:DIR), training and chat formats need text")
         if not isinstance(caption, str) or not caption:
-            raise SampleError("no_text", "neither conversations, caption nor txt")
-        turns = _caption_turns(caption, media_fields(fields), meta)
+            raise SampleError("no_text", "neither conversations, caption nor txt" + unread_fields_note(fields))
+        try:
+            turns = _caption_turns(caption, media_fields(fields), meta)
+        except SampleError as e:
+            e.args = (str(e) + unread_fields_note(fields),)
+            raise
     order = [m for t in turns for m in placeholder_modalities(t["text"])]
     return RawSample(key, shard, turns, decode_media(order, fields, draft_size), meta=meta, caption=conv is None)
