@@ -316,11 +316,14 @@ def test_a_kill_while_publishing_is_refused_by_readers_and_said_on_a_rerun(tmp_p
     gone.wait()
     (out / f".partial-{gone.pid}@{socket.gethostname()}-x1").mkdir()         # killed here: removed now
     (out / f".partial-{gone.pid}@elsewhere-x2").mkdir()                       # another host's: a day's grace
+    live = out / f".partial-{os.getppid()}@{socket.gethostname()}-x3"          # a live writer here, two days in: kept
+    live.mkdir()
+    os.utime(live, (1, 1))
     again = convert.convert_llava_json(str(tmp_path / "r.json"), str(tmp_path / "img"), str(out), max_count=1)
     assert again.replaced == 3 and "(replacing the 3 samples there before)" in again.summary()
     assert len(expand_shards(str(out))) == 3
     left = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-    assert f".partial-{gone.pid}@elsewhere-x2" in left and ".publishing" not in left
+    assert f".partial-{gone.pid}@elsewhere-x2" in left and ".publishing" not in left and live.name in left
     assert f".partial-{gone.pid}@{socket.gethostname()}-x1" not in left
 
 

@@ -40,6 +40,12 @@ def left_by_dead_process(tag: str) -> bool:
     return pid.isdigit() and rest.rpartition("-")[0] == this_host() and not running(int(pid))
 
 
+def held_by_live_process(tag: str) -> bool:
+    """Whether `PID@HOST-XXXX` names a process of this host that still runs (its folder is in use, however old)."""
+    pid, _, rest = tag.partition("@")
+    return pid.isdigit() and rest.rpartition("-")[0] == this_host() and running(int(pid))
+
+
 def running(pid: int) -> bool:
     """Whether process `pid` runs on this machine (this process counts as running)."""
     if pid == os.getpid():

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from vlm.atomic import left_by_dead_process, owner_tag, write_text
+from vlm.atomic import held_by_live_process, left_by_dead_process, owner_tag, write_text
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, media_order, placeholder_modalities
 
@@ -337,14 +337,18 @@ PUBLISHING = ".publishing"            # <out_dir>/.publishing: shards are being 
 
 
 def _remove_stale_staging(out_dir: str) -> None:
-    """Staging folders killed writers left: one of a process no longer running on this host, or one untouched
-    for a day (a live writer on another host of a shared file system touches its folder with every shard)."""
+    """Staging folders killed writers left: one of a process no longer running on this host, or one of another
+    host untouched for a day (a live writer there touches its folder with every shard). One of a process of this
+    host that still runs stays, however old (a writer a day into one shard)."""
     import time
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
         if not (name.startswith(STAGING) and os.path.isdir(path)):
             continue
-        if left_by_dead_process(name[len(STAGING):]) or time.time() - os.path.getmtime(path) > STALE_SECONDS:
+        tag = name[len(STAGING):]
+        if held_by_live_process(tag):
+            continue
+        if left_by_dead_process(tag) or time.time() - os.path.getmtime(path) > STALE_SECONDS:
             shutil.rmtree(path, ignore_errors=True)
 
 
