@@ -194,8 +194,8 @@ def read_wds_meta(folder: str | Path) -> WdsMeta:
 
 
 def read_cls(sample: Sample, n_classes: int) -> int:
-    """The integer class of a classification sample; a missing or non-integer `cls` is a `SampleProblem`
-    (skipped and counted), one outside classnames.txt a one-line error naming the sample."""
+    """The integer class of a classification sample; a missing, negative or non-integer `cls` is a
+    `SampleProblem` (skipped and counted), one past classnames.txt a one-line error naming the sample."""
     raw = sample.fields.get("cls")
     if raw is None:
         raise SampleProblem("no_label", sample, "has no 'cls' field (not a classification shard)")
@@ -203,7 +203,9 @@ def read_cls(sample: Sample, n_classes: int) -> int:
         c = int(raw.decode().strip())
     except (ValueError, UnicodeDecodeError):
         raise SampleProblem("bad_label", sample, "'cls' is not an integer") from None
-    if not 0 <= c < n_classes:      # classnames.txt and the shards disagree: not one sample's fault
+    if c < 0:                       # no class (-1 often marks an unlabelled sample)
+        raise SampleProblem("bad_label", sample, f"'cls' is {c}, no class")
+    if c >= n_classes:              # classnames.txt and the shards disagree: not one sample's fault
         raise UserError(f"{sample.shard}: sample {sample.key}: cls {c} outside the {n_classes} classes")
     return c
 
@@ -244,6 +246,12 @@ def sample_media(sample: Sample, prompt: str) -> dict[str, list]:
     except SampleError as e:                 # a file that does not decode or is missing: the task skips the sample
         kind = BadMedia if e.reason in {f"bad_{k}" for k in FILE_EXTENSIONS} else SampleProblem   # decode_item's
         raise kind(e.reason, sample, str(e)) from None
+
+
+def choices_of(meta: dict[str, Any]) -> list[str]:
+    """A VQA sample's closed answer set as texts; [] when it has none (or `choices` is not a list)."""
+    choices = meta.get("choices")
+    return [str(c) for c in choices] if isinstance(choices, list) else []
 
 
 def first_turn(meta: dict[str, Any], where: str) -> tuple[str, str]:

@@ -172,8 +172,8 @@ def _question(row: dict[str, Any], sample) -> str:
             meta = sample.meta()
         except Exception:
             return ""
-        conv = meta.get("conversations") or []
-        if conv and isinstance(conv[0], dict):
+        conv = meta.get("conversations")
+        if isinstance(conv, list) and conv and isinstance(conv[0], dict):
             return str(conv[0].get("value", ""))
         q = meta.get("query")
         if isinstance(q, dict):
@@ -188,12 +188,13 @@ def chance_of(bench_name: str, recs: list[dict], samples: dict[str, Any], names:
         c = (r.get("metrics") or {}).get("chance")
         if c is not None:
             return float(c)
+    from benchmarks.data import SampleProblem, choices_of
     inv = []
     for s in samples.values():
         try:
-            choices = s.meta().get("choices")
-        except Exception:
-            choices = None
+            choices = choices_of(s.meta())
+        except SampleProblem:
+            choices = []
         if choices:
             inv.append(1 / len(choices))
     if inv:

@@ -554,15 +554,59 @@ def test_a_sample_without_image_label_or_readable_json_is_skipped_by_reason_and_
     _rewrite_shard(sorted((clean / "test").glob("*.tar"))[0], lambda i, s: None if s["__key__"] in gone else s)
     benches = [get_benchmark(b) for b in ("sw-retrieval", "sw-relation-spatial", "sw-relation-attribute", "sw-mmeb")]
     cfg = RunConfig(out=tmp_path / "b", cache_dir=tmp_path / "c", progress=False)
-    got = evaluate([assets["clip"]], benches, replace(cfg, data=str(broken))).table
+    res = evaluate([assets["clip"]], benches, replace(cfg, data=str(broken)))
+    got = res.table
     want = evaluate([assets["clip"]], benches[:1], replace(cfg, data=str(clean), out=tmp_path / "w")).table
     assert list(got["status"]) == ["ok"] * 4 and got["score"].iloc[0] == want["score"].iloc[0], got
     skipped = [json.loads(m) for m in got["metrics"]]
     assert all(m["skipped_bad_json"] == 2 for m in skipped), skipped          # once each, whatever its task
     assert skipped[0]["skipped_no_image"] == 1 and skipped[0]["skipped_bad_text"] == 1, skipped[0]
-    assert skipped[3]["skipped_no_image"] == 1, skipped[3]                     # MMEB: once, not per dataset
+    # MMEB counts queries: the sample once per dataset that would have made one of it
+    assert skipped[3]["skipped_no_image"] >= 1 and skipped[3]["skipped_bad_json"] == 2, skipped[3]
+    assert res.records[3]["tables"]["skipped_examples"]["no_image"] == keys[8], res.records[3]["tables"]
     vqa = evaluate([assets["llava"]], [get_benchmark("sw-vqa-color"), get_benchmark("sw-caption")],
                    replace(cfg, data=str(broken), out=tmp_path / "v"))
     m = [json.loads(x) for x in vqa.table["metrics"]]
     assert list(vqa.table["status"]) == ["ok", "ok"] and m[0]["skipped_no_question"] == 1, m
     assert m[0]["skipped_bad_json"] == 2 == m[1]["skipped_bad_json"], m
+
+
+def test_json_fields_of_another_type_are_skipped_and_counted_once_per_sample(assets, tmp_path):
+    """Found by a review of the skips: a `task` that is a list, `choices: 5`, `labels` that is a list ended a run
+    with a traceback (sw-mmeb, VQA, every task-filtered benchmark); one key in two shards was counted once; an
+    unrelated bad sample turned another benchmark's "no samples" into a message about it; a sample attribute mode
+    never reads was counted as skipped; `cls: -1` ended the run."""
+    import webdataset as wds
+
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    world = tmp_path / "sw"
+    shutil.copytree(assets["world"], world)
+    shard = sorted((world / "test").glob("*.tar"))[0]
+    keys = [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]     # 4 samples per task
+
+    def with_json(**fields):
+        return lambda s: {**s, "json": json.dumps({**json.loads(s["json"]), **fields}).encode()}
+    spoil = {keys[1]: with_json(conversations="hi"), keys[9]: with_json(task=["count"]),
+             keys[0]: lambda s: {k: v for k, v in s.items() if k != "jpg"},      # a one-object colour scene
+             keys[5]: with_json(choices=5), keys[7]: with_json(labels=[1, 2])}
+    _rewrite_shard(shard, lambda i, s: spoil[s["__key__"]](s) if s["__key__"] in spoil else s)
+    first = next(s for s in wds.WebDataset(str(shard), shardshuffle=False) if s["__key__"] == keys[1])
+    with wds.TarWriter(str(world / "test" / "shard-000099.tar")) as w:          # the same key in another shard
+        w.write({k: v for k, v in first.items() if not k.startswith("__") or k == "__key__"})
+    cfg = RunConfig(out=tmp_path / "o", cache_dir=tmp_path / "c", progress=False, data=str(world))
+    res = evaluate([assets["clip"]], [get_benchmark(b) for b in ("sw-mmeb", "sw-relation-attribute")], cfg)
+    assert list(res.table["status"]) == ["ok", "ok"], res.table
+    mmeb, attr = (r["metrics"] for r in res.records)
+    assert mmeb["skipped_bad_json"] == 1 and mmeb["skipped_bad_labels"] >= 2 and mmeb["skipped_no_image"] >= 1, mmeb
+    assert attr["skipped_bad_json"] == 1 and attr["skipped_bad_labels"] == 1 and "skipped_no_image" not in attr, attr
+    limited = evaluate([assets["clip"]], [get_benchmark("sw-mmeb")], replace(cfg, out=tmp_path / "l", limit=1))
+    assert list(limited.table["status"]) in (["ok"], ["skipped"]), limited.table   # never the end of the run
+    vqa = evaluate([assets["llava"]], [get_benchmark("sw-vqa-color"), get_benchmark("sw-vqa-shape")],
+                   replace(cfg, out=tmp_path / "v"))
+    color, shape = (r["metrics"] for r in vqa.records)
+    assert color["skipped_no_question"] == 2 and color["skipped_bad_json"] == 1, color          # once per shard
+    assert shape["n"] == 4 and "chance" not in shape, shape                       # choices: 5 scored, no chance
+    with pytest.raises(UserError, match=r"no samples for benchmark sw-text-fact \(task in \['text_fact'\]\); 1 "
+                                        r"sample\(s\) whose json does not read could not be told apart"):
+        evaluate([assets["llava"]], [get_benchmark("sw-text-fact")], replace(cfg, out=tmp_path / "t"))

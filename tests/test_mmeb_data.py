@@ -90,6 +90,36 @@ def test_pair_benchmark_candidates(pair_world):
     assert sorted(d.name for d in kept) == sorted(by) and all(len(d.queries) == 2 for d in kept)
 
 
+def test_pair_samples_with_fields_of_another_type_are_skipped_by_reason(pair_world):
+    """Found by a review: negatives that are a text, a side without text, an instruction that is a number, a
+    dataset that is a list, labels that are a text, target_labels of another length, a classification pair without
+    choices and an unknown meta_task each ended the benchmark (a traceback or one line about one sample)."""
+    from dataclasses import replace
+
+    from benchmarks.data import Sample
+    from benchmarks.tasks import Skips
+    from benchmarks.tasks.mmeb import build_pair_datasets
+    samples = read(pair_world / "test")
+    first_cls = next(i for i, s in enumerate(samples) if json.loads(s.fields["json"])["meta_task"] == "classification")
+
+    def spoiled(i: int, **fields) -> Sample:
+        meta = {**json.loads(samples[i].fields["json"]), **fields}
+        return replace(samples[i], key=f"bad{len(fields)}-{i}-{sorted(fields)[0]}",
+                       fields={**samples[i].fields, "json": json.dumps(meta).encode()})
+    side = json.loads(samples[1].fields["json"])["query"]
+    bad = [spoiled(1, negatives="abc"), spoiled(2, negatives=[{"instruction": "x"}]),
+           spoiled(3, query={**side, "instruction": 5}), spoiled(4, dataset=["x"]), spoiled(5, labels="abc"),
+           spoiled(6, labels={"target_labels": 5}), spoiled(first_cls, choices=None),
+           spoiled(first_cls, meta_task="bogus", dataset="cls-shape")]
+    skips = Skips()
+    clean = {d.name: len(d.queries) for d in build_pair_datasets(samples, {"candidates": 1000})}
+    got = {d.name: len(d.queries) for d in build_pair_datasets(samples + bad, {"candidates": 1000}, skips)}
+    assert got == clean and skips.counts == {"not_a_pair": 7, "no_choices": 1}, (skips.counts, skips.messages)
+    assert "'negatives' is not a list" in skips.messages["not_a_pair"]
+    with pytest.raises(Exception, match="not a list"):               # without a Skips: raised, as before
+        build_pair_datasets(bad[:1], {"candidates": 1000})
+
+
 # ------------------------------------------------------------------------------------------------ MMEB-train
 def test_convert_mmeb_train_from_a_local_copy(tmp_path, tiny_model):
     from vlm.data.formats import FORMATS

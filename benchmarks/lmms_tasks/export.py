@@ -44,10 +44,11 @@ def export_split(benchmarks: tuple[str, ...], root: str, split: str) -> Path:
     import pandas as pd
 
     from benchmarks.config import default_cache_dir
-    from benchmarks.data import SampleProblem, first_turn
+    from benchmarks.data import SampleProblem, choices_of, first_turn
     from benchmarks.registry import Roots, get_benchmark
     from benchmarks.tasks import Context, Skips, load_samples
     from benchmarks.tasks.captions import captions_of
+    from benchmarks.tasks.generative import caption_prompt
     from vlm.modalities import MODALITIES, placeholder_modalities
     rows, hashes = [], []
     for name in benchmarks:
@@ -60,13 +61,14 @@ def export_split(benchmarks: tuple[str, ...], root: str, split: str) -> Path:
         for s in samples:
             try:
                 m = s.meta()
-                prompt, gold = first_turn(m, f"{s.shard}: sample {s.key}")
-                refs = [str(gold)]
-                if bench.kind == "caption":
+                if bench.kind == "caption":                     # prompt and references as the runner's
                     refs = captions_of(s)
                     if not refs:
-                        continue
-                    gold = refs[0]
+                        raise SampleProblem("no_caption", s, "no reference caption (txt, json caption or a scene)")
+                    prompt, gold = caption_prompt(bench, s), refs[0]
+                else:
+                    prompt, gold = first_turn(m, f"{s.shard}: sample {s.key}")
+                    refs = [str(gold)]
                 kinds = placeholder_modalities(prompt)
                 pools = {k: iter(s.files(k)) for k in ("image", "audio", "video")}
                 media = [next(pools[MODALITIES[k].files], None) for k in kinds]
@@ -74,10 +76,10 @@ def export_split(benchmarks: tuple[str, ...], root: str, split: str) -> Path:
                     raise SampleProblem("missing_media", s, f"its prompt has {len(kinds)} placeholder(s) and the "
                                                             f"sample fewer files")
             except SampleProblem as e:
-                skips.add(e, s.key)
+                skips.add(e, s)
                 continue
             rows.append(dict(key=s.key, benchmark=name, task=m.get("task", ""), prompt=prompt, answer=str(gold),
-                             choices=[str(c) for c in m.get("choices") or []], references=[str(r) for r in refs],
+                             choices=choices_of(m), references=[str(r) for r in refs],
                              media_kinds=kinds, media=media))
         if skips and len(rows) == before:
             raise skips.nothing_usable(f"benchmark {name}")

@@ -93,8 +93,10 @@ class Skips:
     def counts(self) -> Counter:
         return Counter(self.samples.values()) + self.extra
 
-    def add(self, problem: SampleProblem, key: str = "") -> None:
-        self.count(problem.reason, key or problem.key, str(problem), shard=problem.shard)
+    def add(self, problem: SampleProblem, sample: Sample | None = None) -> None:
+        """A sample's problem (`sample`: the one it is about, when the problem was raised without it)."""
+        key, shard = (problem.key, problem.shard) if problem.key or sample is None else (sample.key, sample.shard)
+        self.count(problem.reason, key, str(problem), shard=shard)
 
     def skip(self, reason: str, sample: Sample, message: str) -> None:
         """One sample left out for `reason`; `message` says why (the sample is named before it)."""
@@ -109,10 +111,12 @@ class Skips:
             self.first.setdefault(reason, key)
             self.messages.setdefault(reason, message or f"sample {key}: {reason}")
 
-    def update(self, other: Skips) -> None:
-        for ident, reason in other.samples.items():
-            self.samples.setdefault(ident, reason)
-        self.extra += other.extra
+    def update(self, other: Skips, counts: bool = True) -> None:
+        """`other`'s samples (each once) and first examples; counts=False: its first examples only."""
+        if counts:
+            for ident, reason in other.samples.items():
+                self.samples.setdefault(ident, reason)
+            self.extra += other.extra
         for reason in other.first:
             self.first.setdefault(reason, other.first[reason])
             self.messages.setdefault(reason, other.messages[reason])
@@ -149,8 +153,8 @@ class Skips:
 def load_samples(bench: Benchmark, ctx: Context, split: str | None = None,
                  skips: Skips | None = None) -> tuple[list[Sample], str]:
     """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash. A
-    sample whose json does not parse is counted in `skips` (raised without one); with a task filter it could
-    not be told apart, so it is counted whatever its task."""
+    sample whose json does not parse or whose `task` is not a text is counted in `skips` (raised without one);
+    with a task filter it could not be told apart, so it is counted whatever its task."""
     folder: Path = bench.data.folder(ctx.roots)
     split = split or bench.data.split
     files = shard_files(folder, split)
@@ -159,6 +163,8 @@ def load_samples(bench: Benchmark, ctx: Context, split: str | None = None,
     for s in iter_samples(files):
         try:
             task = s.meta().get("task")
+            if task is not None and not isinstance(task, str):
+                raise SampleProblem("bad_json", s, f"its 'task' is a {type(task).__name__}, not a text")
         except SampleProblem as e:
             if skips is None:
                 raise
@@ -170,23 +176,13 @@ def load_samples(bench: Benchmark, ctx: Context, split: str | None = None,
         if ctx.limit and len(out) >= ctx.limit:
             break
     if not out:
-        if skips:
+        if skips and not tasks:
             raise skips.nothing_usable(f"{folder}/{split}: benchmark {bench.name}")
+        unread = (f"; {sum(skips.counts.values())} sample(s) whose json does not read could not be told apart "
+                  f"(e.g. {next(iter(skips.messages.values()))})" if skips else "")
         raise UserError(f"{folder}/{split}: no samples for benchmark {bench.name}"
-                        + (f" (task in {sorted(tasks)})" if tasks else ""))
+                        + (f" (task in {sorted(tasks)}){unread}" if tasks else ""))
     return out, data_hash(files, sorted(tasks), ctx.limit)
-
-
-def with_image(samples: list[Sample], skips: Skips) -> list[Sample]:
-    """The samples that have an image file; the others are counted as `no_image`."""
-    out = []
-    for s in samples:
-        try:
-            s.first("image")
-            out.append(s)
-        except SampleProblem as e:
-            skips.add(e)
-    return out
 
 
 def decoded_image(model, s: Sample, raw: bytes | None = None):

@@ -22,6 +22,7 @@ from benchmarks.data import (
     BadMedia,
     Sample,
     SampleProblem,
+    choices_of,
     data_hash,
     first_turn,
     sample_media,
@@ -68,7 +69,7 @@ def _usable(s: Sample, skips: Skips, make: Callable[[], Any]) -> Any:
     except BadMedia as e:
         skips.count("bad_media", s.key, str(e), shard=s.shard)
     except SampleProblem as e:
-        skips.add(e, s.key)
+        skips.add(e, s)
     return None
 
 
@@ -82,8 +83,8 @@ def _scored(bench: Benchmark, rows: list, skips: Skips) -> dict[str, float]:
 def _vqa_item(s: Sample, suffix: str, loglik: bool = False) -> tuple[dict[str, Any], str, str, dict]:
     """(json, prompt, gold, media) of a VQA sample; mode loglik needs its `choices` too."""
     m = s.meta()
-    if loglik and not (isinstance(m.get("choices"), list) and m["choices"]):
-        raise SampleProblem("no_choices", s, "has no 'choices' (needed by mode loglik)")
+    if loglik and not choices_of(m):
+        raise SampleProblem("no_choices", s, "has no 'choices' list (needed by mode loglik)")
     prompt, gold = prompt_for(m, suffix, f"{s.shard}: sample {s.key}")
     return m, prompt, gold, sample_media(s, prompt)
 
@@ -99,7 +100,7 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context, s
             preds = model.generate([(p, media) for _, _, p, _, media in todo], max_new, batch_size=bs) if todo else []
             for (s, m, p, gold, _), pred in zip(todo, preds):
                 rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred,
-                                 n_choices=len(m.get("choices") or []), **score_answer(pred, gold)))
+                                 n_choices=len(choices_of(m)), **score_answer(pred, gold)))
             pbar.update(len(chunk))
     skipped = _scored(bench, rows, skips)
     metrics = {"accuracy": _mean(rows, "accuracy"), "exact_match": _mean(rows, "exact_match"), "n": float(len(rows)),
@@ -119,7 +120,7 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, ski
             if item is None:
                 continue
             m, prompt, gold, media = item
-            choices = [str(c) for c in m["choices"]]
+            choices = choices_of(m)
             ll = model.loglikelihood([(prompt, media, c) for c in choices])
             best = max(range(len(choices)), key=lambda j: ll[j][0])
             rows.append(dict(key=s.key, task=m.get("task", ""), gold=gold, pred=choices[best],
@@ -130,7 +131,7 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, ski
                              "n": float(len(rows)), **skipped})
 
 
-def _caption_prompt(bench: Benchmark, s: Sample) -> str:
+def caption_prompt(bench: Benchmark, s: Sample) -> str:
     """The benchmark's prompt, or (option `prompt: sample`) the sample's own first human turn."""
     prompt = bench.options.get("prompt", CAPTION_PROMPT)
     return first_turn(s.meta(), f"{s.shard}: sample {s.key}")[0] if prompt == "sample" else prompt
@@ -141,7 +142,7 @@ def _caption_item(bench: Benchmark, s: Sample) -> tuple[list[str], str, dict] | 
     refs = captions_of(s)
     if not refs:
         raise SampleProblem("no_caption", s, "no reference caption (txt, json caption or a scene)")
-    prompt = _caption_prompt(bench, s)
+    prompt = caption_prompt(bench, s)
     return refs, prompt, sample_media(s, prompt)
 
 

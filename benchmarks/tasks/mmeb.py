@@ -26,6 +26,7 @@ import torch
 from benchmarks.data import (
     Sample,
     SampleProblem,
+    choices_of,
     data_hash,
     iter_samples,
     sample_media,
@@ -224,11 +225,16 @@ def _single_object(meta: dict) -> bool:
 
 def _per_sample(samples: list[Sample], skips: Skips | None, make: Callable[[Sample], MMEBQuery | None]) -> list[MMEBQuery]:
     """make(s) of every sample, None left out; a sample it cannot use (no image, one that does not decode,
-    json that does not parse) is counted in `skips` (raised without one)."""
+    json that does not parse, fields not as synthetic-world writes them) is counted in `skips` (raised without
+    one)."""
     out = []
     for s in samples:
         try:
-            q = make(s)
+            try:
+                q = make(s)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:   # a field of another type
+                raise SampleProblem("bad_labels", s, f"its json fields are not as this suite's builder reads them "
+                                                     f"({type(e).__name__}: {str(e)[:100]})") from None
         except SampleProblem as e:
             if skips is None:
                 raise
@@ -328,8 +334,9 @@ def _shard_query(s: Sample) -> MMEBQuery:
     tgt = m.get("tgt_text")
     if not isinstance(tgt, list) or not tgt or not all(t is None or isinstance(t, str) for t in tgt):
         raise SampleProblem("no_targets", s, "MMEB shards need a non-empty 'tgt_text' list of texts")
-    if not isinstance(m.get("qry_text") or "", str):
-        raise SampleProblem("no_targets", s, "'qry_text' is not a text")
+    for name in ("qry_text", "qry_inst", "tgt_inst"):
+        if not isinstance(m.get(name) or "", str):
+            raise SampleProblem("no_targets", s, f"'{name}' is not a text")
     q = Item(f"q:{s.key}", Query(text=m.get("qry_text") or None, image=_named_image(s, "qry"),
                                  instruction=m.get("qry_inst")))
     cands = [Item(f"t:{s.key}:{i}", Query(text=t or None, image=_named_image(s, f"tgt{i}"), instruction=m.get("tgt_inst")))
@@ -343,9 +350,7 @@ def pair_items(s: Sample) -> tuple[Item, list[Item], dict[str, Any]]:
     placeholder order (the pairs format's [Contract]), placeholders out of the text (the Item puts them
     back first, so our models read the prompt they trained on), each side's instruction kept."""
     m = s.meta()
-    sides = [m.get("query"), m.get("positive"), *(m.get("negatives") or [])]
-    if not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in sides[:2]):
-        raise SampleProblem("not_a_pair", s, "not a pair sample (json 'query' and 'positive')")
+    sides = _pair_sides(s, m)
     media = sample_media(s, "\n".join(x["text"] for x in sides))
     cursor = {k: 0 for k in media}
     items = []
@@ -362,9 +367,45 @@ def pair_items(s: Sample) -> tuple[Item, list[Item], dict[str, Any]]:
 MODALITY_OF = {mod.placeholder: name for name, mod in MODALITIES.items()}
 
 
+def _pair_sides(s: Sample, m: dict) -> list[dict]:
+    """The query, positive and negatives of a pair sample's json, each `{text, instruction?}`; anything else (a
+    side or field of another type, an unknown meta_task, a classification pair without its label set) is a
+    `SampleProblem` naming the field."""
+    def bad(what: str, reason: str = "not_a_pair") -> SampleProblem:
+        return SampleProblem(reason, s, what)
+    negatives = m.get("negatives") or []
+    if not isinstance(negatives, list):
+        raise bad("not a pair sample: json 'negatives' is not a list")
+    sides = [m.get("query"), m.get("positive"), *negatives]
+    if not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in sides[:2]):
+        raise bad("not a pair sample (json 'query' and 'positive')")
+    for j, x in enumerate(sides):
+        name = ("query", "positive")[j] if j < 2 else f"negatives[{j - 2}]"
+        if not (isinstance(x, dict) and isinstance(x.get("text"), str)):
+            raise bad(f"not a pair sample: json '{name}' has no 'text'")
+        if not isinstance(x.get("instruction") or "", str):
+            raise bad(f"not a pair sample: json '{name}.instruction' is not a text")
+    for name in ("dataset", "task", "meta_task"):
+        if m.get(name) is not None and not isinstance(m[name], str):
+            raise bad(f"not a pair sample: json '{name}' is not a text")
+    if m.get("meta_task") not in META_TASKS:
+        raise bad(f"meta_task {m.get('meta_task')!r} is not one of {META_TASKS}")
+    labels = m.get("labels")
+    if labels is not None and not isinstance(labels, dict):
+        raise bad("not a pair sample: json 'labels' is not an object")
+    names = (labels or {}).get("target_labels")
+    if names is not None and not (isinstance(names, list) and len(names) == len(sides) - 1):
+        raise bad(f"not a pair sample: json 'labels.target_labels' is not a list of one label per target "
+                  f"({len(sides) - 1})")
+    if m["meta_task"] == "classification" and not choices_of(m):
+        raise bad("a classification pair needs 'choices' (its label set)", "no_choices")
+    return sides
+
+
 def pair_dataset(meta: dict) -> str:
-    """The dataset a pair sample belongs to: json `dataset`, else its `task`."""
-    return meta.get("dataset") or meta.get("task", "pairs")
+    """The dataset a pair sample belongs to: json `dataset`, else its `task` (a text; 'pairs' without one)."""
+    name = meta.get("dataset") or meta.get("task")
+    return name if isinstance(name, str) and name else "pairs"
 
 
 def first_per_dataset(samples: list[Sample], limit: int) -> list[Sample]:
@@ -398,12 +439,10 @@ def build_pair_datasets(samples: list[Sample], spec: dict, skips: Skips | None =
     k = int(spec.get("candidates", 1000))
     out = []
     for name, rows in groups.items():
-        meta_task = rows[0][3].get("meta_task")
-        if meta_task not in META_TASKS:
-            raise UserError(f"{rows[0][0].shard}: sample {rows[0][0].key}: meta_task {meta_task!r} is not one of {META_TASKS}")
+        meta_task = rows[0][3]["meta_task"]             # (one of META_TASKS: `_pair_sides`)
         pool: dict[str, tuple[Item, str]] = {}
         for s, _, targets, m in rows:
-            names = (m.get("labels") or {}).get("target_labels") or [t.query.text for t in targets]
+            names = [str(x) for x in (m.get("labels") or {}).get("target_labels") or [t.query.text for t in targets]]
             for t, label in zip(targets, names):
                 pool.setdefault(t.id, (t, label))
         rng = random.Random(f"{spec.get('seed', 0)}:{name}")
@@ -411,9 +450,7 @@ def build_pair_datasets(samples: list[Sample], spec: dict, skips: Skips | None =
         for s, q, targets, m in rows:
             gold = targets[0]
             if meta_task in ("classification", "vqa"):
-                labels = m.get("choices") if meta_task == "classification" else vqa_answers
-                if not labels:
-                    raise UserError(f"{s.shard}: sample {s.key}: a classification pair needs 'choices' (its label set)")
+                labels = choices_of(m) if meta_task == "classification" else vqa_answers
                 cands = [gold] + [Item(f"t:{c}", Query(text=c)) for c in labels if c != gold.query.text]
             else:
                 gold_label = pool[gold.id][1]
@@ -566,22 +603,24 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             images = sorted({it.query.image for q in ds.queries for it in (q.query, *q.candidates) if it.query.image})
             keys[ds.name] = f"mmeb-{data_hash([*mmeb_files(folder, spec['subset']), *images], ctx.limit, spec)}"
             continue
-        own = Skips()                # this dataset's: no queries because every sample was skipped is an error
+        own = Skips()                # the samples this dataset's builder left out: counted per dataset, as queries
         if "path" in spec:
             folder = bench.data.folder(ctx.roots) / spec["path"]
             files = shard_files(folder, bench.data.split)
             samples = list(iter_samples(files))[:ctx.limit or None]
             dhash, build = data_hash(files, ctx.limit), BUILDERS["shards"]
-        else:
+        else:                        # (json that does not read: no dataset's, counted once for the benchmark)
             sub = replace(bench, data=replace(bench.data, tasks=tuple(spec.get("tasks", ()))))
-            samples, dhash = load_samples(sub, ctx, skips=own)
+            samples, dhash = load_samples(sub, ctx, skips=skips)
             build = BUILDERS[spec["meta_task"]]
         ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)), build(samples, spec, own))
-        if not ds.queries:
+        if not ds.queries:           # (under --limit: what the limit left, not the data set)
             if own:
-                raise own.nothing_usable(f"benchmark {bench.name}: dataset {ds.name}")
+                error = own.nothing_usable(f"benchmark {bench.name}: dataset {ds.name}")
+                raise TooFewItems(str(error)) if ctx.limit else error
             raise TooFewItems(f"benchmark {bench.name}: dataset {ds.name} has no queries")
-        skips.update(own)
+        ds.skipped.update(own.counts)
+        skips.update(own, counts=False)      # its first example per reason, for the CLI's line
         datasets.append(ds)
         keys[ds.name] = f"mmeb-{data_hash([], dhash, spec)}"
     if not datasets and skips:

@@ -10,7 +10,14 @@ import torch
 
 from benchmarks.data import SampleProblem
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, Skips, TaskResult, image_features_of, load_samples, text_features_of, with_image
+from benchmarks.tasks import (
+    Context,
+    Skips,
+    TaskResult,
+    image_features_of,
+    load_samples,
+    text_features_of,
+)
 from benchmarks.tasks.captions import relation_captions
 from vlm.errors import UserError
 
@@ -24,9 +31,11 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     skips = Skips()
     samples, dhash = load_samples(bench, ctx, skips=skips)
     kept, caps = [], []
-    for s in with_image(samples, skips):
+    for s in samples:            # first whether the mode uses the sample, then whether it has an image
         try:
             c = relation_captions(s, mode)
+            if c is not None:
+                s.first("image")
         except SampleProblem as e:
             skips.add(e)
             continue

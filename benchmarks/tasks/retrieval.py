@@ -20,7 +20,6 @@ from benchmarks.tasks import (
     image_features_of,
     load_samples,
     text_features_of,
-    with_image,
 )
 from benchmarks.tasks.captions import captions_of
 
@@ -56,9 +55,11 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     skips = Skips()
     samples, dhash = load_samples(bench, ctx, skips=skips)
     kept = []
-    for s in with_image(samples, skips):
+    for s in samples:            # first whether it has a caption, then whether it has an image
         try:
             c = captions_of(s)
+            if c:
+                s.first("image")
         except SampleProblem as e:
             skips.add(e)
             continue

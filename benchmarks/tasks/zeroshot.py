@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.data import SampleProblem, WdsMeta, data_hash, iter_samples, read_cls, read_wds_meta, shard_files
+from benchmarks.data import (
+    SampleProblem,
+    WdsMeta,
+    data_hash,
+    iter_samples,
+    read_cls,
+    read_wds_meta,
+    shard_files,
+)
 from benchmarks.metrics import balanced_accuracy, topk_correct
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, Skips, TaskResult, decoded_image, encode_images
