@@ -144,6 +144,7 @@ def test_an_export_recorded_before_the_tokenizer_counted_still_searches_and_resu
     earlier = {k: v for k, v in run.items() if k not in ("compute_dtype", "batch_size", "contents")}
     (out / "run.json").write_text(json.dumps({**earlier, "fingerprint": old}))
     info = json.loads((out / "index" / "image.json").read_text())
+    info = {k: v for k, v in info.items() if k != "run"}            # (nor the digest of run.json, recorded since)
     (out / "index" / "image.json").write_text(json.dumps({**info, "fingerprint": old}))
     capsys.readouterr()
     assert main(["search", str(out), "--text", "a red circle", "-k", "2"]) == 0
@@ -364,6 +365,15 @@ def test_index_choice_follows_count_and_budget():
     )
     with pytest.raises(UserError, match="IVF-PQ index needs at least 256 vectors to train, this one has 40"):
         choose(40, 64, parse_bytes("4G"), kind="ivfpq")
+    # found by a review: a budget of 0.5 bytes was 0 and an int 0 was not checked; the advice for a budget too
+    # small for 40 vectors named kinds that failed on it too, and HNSW was built past any budget
+    for bad in ("0.5", 0, -5, "1e300"):
+        with pytest.raises(UserError, match="memory budget .*(must be >= 1 byte|more than 1 EiB)"):
+            parse_bytes(bad)
+    with pytest.raises(UserError, match="an exact index of so few needs 10 KiB; give --memory of at least that"):
+        choose(40, 64, 1)
+    with pytest.raises(UserError, match="an HNSW index of 40 x 64 needs .* > the budget 1 bytes"):
+        choose(40, 64, 1, kind="hnsw")
 
 
 @pytest.mark.usefixtures("one_intra_op_thread")
@@ -824,3 +834,94 @@ def test_an_open_clip_model_whose_tokenizer_is_on_the_hub_is_refused_before_the_
     with pytest.raises(UserError, match="open_clip:ViT-B-16-SigLIP: its tokenizer is the Hugging Face model "
                                         "'timm/ViT-B-16-SigLIP', which is not on this machine"):
         OpenClipBackend("open_clip:ViT-B-16-SigLIP")
+
+
+@pytest.mark.usefixtures("one_intra_op_thread")
+def test_an_export_into_its_input_copied_parts_a_stale_index_and_odd_text_are_named(setup, tmp_path, capsys):
+    """Found by a review: --out inside a media-folder --input read the export as input on a rerun (and said to
+    delete the folder); a JSON caption with a lone surrogate crashed an image-only export at every rerun; copies of
+    part files were indexed as more rows; an index of an earlier export in the folder was searched; text, an
+    instruction or --out that are not UTF-8, a numpy image for open_clip, a [3] tensor and a truncated lazily-opened
+    image were tracebacks; a pathlib.Path model was 'no model given'."""
+    import json
+    import shutil
+
+    import pandas as pd
+    import torch
+    from PIL import Image
+
+    from vlm.embed import Embedder
+    from vlm.embed.export import export
+    from vlm.embed.index import build_index, open_index
+    from vlm.errors import UserError
+    tmp, ckpt, world = setup
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, c in enumerate(("red", "green", "blue")):
+        Image.new("RGB", (32, 32), c).save(src / f"p{i}.png")
+    (src / "p1.json").write_text('{"caption": "caf\\udce9"}')                    # valid JSON, a lone surrogate
+    for out in (src, src / "emb"):
+        with pytest.raises(UserError, match="is the input folder .* or inside it: a rerun would read"):
+            export(config(model=str(ckpt), input=str(src), out=str(out)))
+    assert sorted(p.name for p in src.iterdir()) == ["p0.png", "p1.json", "p1.png", "p2.png"]
+    from vlm.embed.cli import export_embeddings  # Path objects too
+    res = export_embeddings(Path(ckpt), src, tmp_path / "e", modality=["image"], progress=False, num_workers=0,
+                            batch_size=4, part_size=5)
+    meta = pd.read_parquet(tmp_path / "e" / "metadata" / "metadata_0.parquet")
+    assert res.rows == 3 and meta["caption"].tolist()[1] == "caf\ufffd"
+    for flag, kw in (("--out", {"out": str(tmp_path / "e\udcff")}), ("--instruction", {"instruction": "caf\udce9"})):
+        with pytest.raises(UserError, match=f"{flag} .*not UTF-8 text"):
+            export(config(**{"model": str(ckpt), "input": str(src), "out": str(tmp_path / "x"), **kw}))
+    assert not (tmp_path / "e\udcff").exists()
+    # a copy of a part beside the parts: refused, not indexed as more rows
+    e2 = tmp_path / "e2"
+    shutil.copytree(tmp_path / "e", e2)
+    shutil.copy(e2 / "img_emb" / "img_emb_0.npy", e2 / "img_emb" / "img_emb_0 (copy).npy")
+    with pytest.raises(UserError, match=r"img_emb_0 \(copy\).npy is not a part of this export"):
+        build_index(e2, quiet=True)
+    # the export redone into its folder with another instruction: the old index is not searched
+    build_index(tmp_path / "e", quiet=True)
+    for d in ("img_emb", "metadata", "stats"):
+        shutil.rmtree(tmp_path / "e" / d)
+    (tmp_path / "e" / "run.json").unlink()
+    export(config(model=str(ckpt), input=str(src), out=str(tmp_path / "e"), modality=["image"],
+                  instruction="Represent the given image in a few words."))
+    with pytest.raises(UserError, match=r"built from an earlier export in this folder .*rebuild with `vlm index"):
+        open_index(tmp_path / "e").search_text("a red square", k=1)
+    # the API's arguments
+    emb = Embedder.load(Path(ckpt), device="cpu")
+    clip = Embedder.load(clip_spec(tmp), device="cpu")
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes((src / "p0.png").read_bytes()[:60])
+    cases = [({"texts": ["a\udcff"]}, r"texts\[0\] 'a\ufffd': not UTF-8 text"),
+             ({"texts": ["a"], "instruction": "b\udcff"}, "instruction 'b\ufffd': not UTF-8 text"),
+             ({"texts": 5}, "texts: give a list"),
+             ({"images": [torch.zeros(3)]}, r"images\[0\]: a tensor of shape \[3\]; an image tensor is \[C, H, W\]"),
+             ({"images": [Image.open(trunc)]}, r"images\[0\]: the image does not read")]
+    for kw, message in cases:
+        for e in (emb, clip):
+            with pytest.raises(UserError, match=message):
+                e.embed(**kw)
+    array = np.zeros((8, 8, 3), np.uint8)
+    assert np.allclose(clip.embed(images=[array]), clip.embed(images=[Image.fromarray(array)]))
+    with pytest.raises(UserError, match="batch_size must be an integer"):
+        Embedder.load(str(ckpt), batch_size="8")
+    assert json.loads((tmp_path / "e" / "run.json").read_text())["instruction"].startswith("Represent")
+    # a damaged run.json on a resume is named (it listed every setting as changed and said to delete the folder)
+    run = (tmp_path / "e" / "run.json").read_text()
+    (tmp_path / "e" / "run.json").write_text(run[:50])
+    again = config(model=str(ckpt), input=str(src), out=str(tmp_path / "e"), modality=["image"],
+                   instruction="Represent the given image in a few words.")
+    with pytest.raises(UserError, match=r"run.json: does not read as the export's settings .*restore it"):
+        export(again)
+    (tmp_path / "e" / "run.json").unlink()
+    (tmp_path / "e" / "run.json").mkdir()
+    with pytest.raises(UserError, match=r"run.json: does not read as the export's settings"):
+        export(again)
+    # images beside a folder's shards: read as its shards, and the images said (they were dropped unsaid)
+    shards = tmp_path / "shards"
+    shutil.copytree(world, shards)
+    shutil.copy(src / "p0.png", shards / "loose.png")
+    capsys.readouterr()
+    export(config(model=str(ckpt), input=str(shards), out=str(tmp_path / "s"), modality=["image"]))
+    assert "1 media file(s) beside its shards are not embedded" in capsys.readouterr().err

@@ -42,4 +42,17 @@ def read_text(path: str | os.PathLike, what: str, encoding: str = "utf-8-sig", n
 def text_of(name: str) -> str:
     """A file or folder name as text: bytes that are not UTF-8 (kept by Python as surrogates, which no JSON,
     parquet or tar header takes) become U+FFFD."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:              # a lone surrogate of another range (a JSON "\ud800" escape)
+        return name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether a str can be written as UTF-8: no surrogates (argv or file-name bytes that were not UTF-8, a lone
+    JSON `\ud800` escape), which parquet, JSON files and tokenizers refuse."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -24,8 +24,8 @@ import torch
 
 from vlm.embed.backends import Backend, load_backend
 from vlm.embed.items import Item
-from vlm.errors import UserError
-from vlm.modalities import MODALITIES
+from vlm.errors import UserError, is_utf8, text_of
+from vlm.modalities import MODALITIES, short_error
 
 MEDIA_ARG = {"image": "images", "audio": "audio", "music": "music", "video": "video"}     # modality -> embed()'s keyword
 
@@ -34,12 +34,19 @@ def check_media(where: str, modality: str, value: Any) -> None:
     """One media entry of `Embedder.embed`: None (the row has none), a file path, or a raw item of the
     modality; a wrong type or an image with no pixels is a one-line UserError naming the entry."""
     from PIL import Image
+    if isinstance(value, torch.Tensor) and modality == "image" and not (
+            value.ndim == 3 and value.shape[0] in (1, 3) and min(value.shape[1:]) >= 1):
+        raise UserError(f"{where}: a tensor of shape {list(value.shape)}; an image tensor is [C, H, W] with C 1 or 3")
     if value is None or isinstance(value, (str, os.PathLike, torch.Tensor)):
         return
     if modality == "image":
         if isinstance(value, Image.Image):
             if value.width == 0 or value.height == 0:
                 raise UserError(f"{where}: the image has no pixels ({value.width}x{value.height})")
+            try:                        # an image opened lazily decodes here: a truncated or closed file is named
+                value.load()
+            except (OSError, ValueError) as e:
+                raise UserError(f"{where}: the image does not read ({short_error(e)})") from None
             return
         if isinstance(value, np.ndarray) and value.ndim in (2, 3) and value.dtype == np.uint8 and value.size:
             return
@@ -54,15 +61,15 @@ def check_media(where: str, modality: str, value: Any) -> None:
 
 class Embedder:
     def __init__(self, backend: Backend, batch_size: int = 32):
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.backend, self.batch_size = backend, batch_size
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", dtype: str = "float32", batch_size: int = 32) -> Embedder:
         """A checkpoint folder (any MultimodalLM: llava / iaa / dragonfly / vlm2vec ...) or
         `open_clip:ARCH[:CKPT]`. Weights load on first use."""
-        return cls(load_backend(spec, device, dtype), batch_size)
+        return cls(load_backend(os.fspath(spec) if isinstance(spec, os.PathLike) else spec, device, dtype), batch_size)
 
     # ---------------------------------------------------------------- what it is
     @property
@@ -102,6 +109,9 @@ class Embedder:
         for name, v in given.items():      # one item where a list of them belongs: list() would split it
             if isinstance(v, (str, bytes, Image.Image)):
                 raise UserError(f"{name}: give a list (one entry per row), got a single {type(v).__name__}")
+        for name, v in given.items():
+            if v is not None and not hasattr(v, "__iter__"):
+                raise UserError(f"{name}: give a list (one entry per row), got a {type(v).__name__}")
         given = {k: list(v) for k, v in given.items() if v is not None}
         if not given:
             raise UserError("nothing to embed: give texts, images, audio, music or video")
@@ -116,9 +126,11 @@ class Embedder:
         else:
             instructions = [instruction] * n
         for i, ins in enumerate(instructions):
+            where = f"instruction{f'[{i}]' if isinstance(instruction, (list, tuple)) else ''}"
             if ins is not None and not isinstance(ins, str):
-                raise UserError(f"instruction{f'[{i}]' if isinstance(instruction, (list, tuple)) else ''} is a "
-                                f"{type(ins).__name__}, not a string")
+                raise UserError(f"{where} is a {type(ins).__name__}, not a string")
+            if ins is not None and not is_utf8(ins):
+                raise UserError(f"{where} {text_of(ins)!r}: not UTF-8 text (a byte that is not)")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         items = []
@@ -126,10 +138,13 @@ class Embedder:
             media = {m: given[MEDIA_ARG[m]][i] for m in MODALITIES if MEDIA_ARG[m] in given}
             for m, v in media.items():
                 check_media(f"{MEDIA_ARG[m]}[{i}]", m, v)
-            media = {m: v for m, v in media.items() if v is not None}
+            media = {m: (Image.fromarray(v) if isinstance(v, np.ndarray) else v)    # arrays as PIL for every backend
+                     for m, v in media.items() if v is not None}
             text = given["texts"][i] if "texts" in given else None
             if text is not None and not isinstance(text, str):
                 raise UserError(f"texts[{i}] is a {type(text).__name__}, not a string")
+            if text is not None and not is_utf8(text):
+                raise UserError(f"texts[{i}] {text_of(text)!r}: not UTF-8 text (a byte that is not)")
             if not media and not (text or "").strip():
                 raise UserError(f"row {i}: nothing to embed (texts[{i}] is {'empty' if text is not None else 'None'}"
                                 f"{' and no media' if len(given) > 1 else ''})")

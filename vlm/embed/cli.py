@@ -68,9 +68,12 @@ class SearchConfig:
 def export_embeddings(model: str, input: str, out: str, **settings: Any):
     """`vlm embed` from Python (an `ExportResult`): `settings` are EmbedConfig's other fields (instruction,
     modality, batch_size, part_size, num_workers, device, dtype, out_dtype, progress), checked by name and type."""
+    import os
+
     from vlm.embed.export import export
-    return export(from_dict(EmbedConfig, {"model": model, "input": input, "out": out, **settings},
-                            what="embed setting"))
+    paths = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in
+             {"model": model, "input": input, "out": out}.items()}          # Path objects as the CLI's strings
+    return export(from_dict(EmbedConfig, {**paths, **settings}, what="embed setting"))
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

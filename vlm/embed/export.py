@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ import torch
 from vlm.atomic import remove_torn, write_file, write_text
 from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
 from vlm.embed.items import Item
-from vlm.errors import UserError, text_of
+from vlm.errors import UserError, is_utf8, text_of
 from vlm.modalities import (
     MODALITIES,
     PLACEHOLDER_RE,
@@ -98,7 +99,6 @@ class InputPlan:
 def _media_groups(folder: Path) -> list[list[str]]:
     """Files under `folder` grouped by path without extension (`a.jpg` + `a.txt` = one sample), sorted.
     Folders os.walk cannot enter (unreadable) or does not follow (symlinks: they can loop) are said on stderr."""
-    import sys
     groups: dict[str, list[str]] = {}
     unread: list[str] = []
     other: list[str] = []                   # files of no media kind (no extension, .pdf ...): said, not silently gone
@@ -144,6 +144,12 @@ def plan_input(spec: str, part_size: int) -> InputPlan:
                  for i, s in enumerate(range(0, len(groups), part_size))]
         return InputPlan("files", [str(p)], [len(groups)], parts, groups)
     shards = expand_shards(spec)
+    if p.is_dir():                  # a folder of shards is read as its shards: media files beside them are said
+        loose = sorted(f.name for f in p.iterdir() if f.is_file() and file_kind(f.name) is not None)
+        if loose:
+            print(f"{spec}: {len(loose)} media file(s) beside its shards are not embedded (a folder of .tar shards is "
+                  f"read as its shards): {', '.join(map(text_of, loose[:3]))}{' ...' if len(loose) > 3 else ''}",
+                  file=sys.stderr)
     counts = [sum(1 for _ in scan_shard(s)) for s in shards]
     if not sum(counts):
         raise UserError(f"{spec}: the shards hold no samples")
@@ -383,9 +389,15 @@ def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[
     stats_path = out / "stats" / f"stats_{name}.json"
     write_text(stats_path, json.dumps(stats, indent=1))
     table = pa.table({"key": pa.array([text_of(k) for k in keys], pa.string()),    # names not UTF-8: U+FFFD
-                      "caption": pa.array(captions, pa.string()),
+                      "caption": pa.array([None if c is None else text_of(c) for c in captions], pa.string()),
                       "source": pa.array([text_of(s) for s in sources], pa.string())})
     write_file(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: pq.write_table(table, tmp))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or under it (links resolved)."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([p, f]) == f
 
 
 def _remove_torn(out: Path) -> None:
@@ -514,10 +526,11 @@ def check_manifest(out: Path, want: dict, backend=None) -> None:
     if path.exists():
         try:
             have = json.loads(path.read_text())
-        except ValueError:                          # invalid JSON, or not text at all
-            have = {}
-        if not isinstance(have, dict):
-            have = {}
+        except (ValueError, OSError) as e:           # invalid JSON, not text at all, a folder
+            have = short_error(e)
+        if not isinstance(have, dict):              # its parts cannot be told this export's or another's
+            raise UserError(f"{path}: does not read as the export's settings ({str(have)[:80]}); restore it, or "
+                            f"export into another --out")
         same_model = have.get("fingerprint") == want.get("fingerprint") or (
             backend is not None and isinstance(have.get("fingerprint"), str) and backend.matches(have["fingerprint"]))
         diff = [f"{k} ({have.get(k)!r:.60} -> {want.get(k)!r:.60})" for k in SAME_EXPORT
@@ -584,6 +597,10 @@ def export(cfg) -> ExportResult:
     if cfg.instruction is not None and (placeholder := PLACEHOLDER_RE.search(cfg.instruction)):
         raise UserError(f"--instruction {cfg.instruction!r}: holds a media placeholder ({placeholder.group(0)}); "
                         f"the sample's media go in by themselves")
+    for flag, value in (("--out", cfg.out), ("--input", cfg.input), ("--instruction", cfg.instruction)):
+        if value is not None and not is_utf8(value):     # parquet and JSON take UTF-8 only (a traceback midway)
+            raise UserError(f"{flag} {text_of(value)!r}: not UTF-8 text (a byte that is not); rename it or give "
+                            f"it in UTF-8")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: a file, not a folder")
@@ -593,6 +610,9 @@ def export(cfg) -> ExportResult:
         if m != "text" and m not in backend.modalities:
             raise UserError(f"{backend.name} cannot embed {m} (it embeds {', '.join(['text', *backend.modalities])})")
     plan = plan_input(cfg.input, cfg.part_size)
+    if plan.kind == "files" and _inside(out, Path(plan.sources[0])):   # a rerun would read the export as input
+        raise UserError(f"--out {out} is the input folder {plan.sources[0]} or inside it: a rerun would read the "
+                        f"export's own files as input; give a folder outside it")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     for d in [*(emb_dir(m) for m in modalities), "metadata", "stats"]:
         try:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from vlm.atomic import write_file, write_text
-from vlm.embed.export import PREFIX, emb_dir, npy_shape
+from vlm.embed.export import PREFIX, emb_dir, npy_shape, part_name
 from vlm.errors import UserError
 from vlm.modalities import short_error
 
@@ -41,7 +41,9 @@ UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 def parse_bytes(text: str | int) -> int:
     """'4G' -> 4 * 2**30 (autofaiss's convention), '512M', '1e9', 1000."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 1:
+            raise UserError(f"memory budget {text!r} must be >= 1 byte")
         return text
     t = str(text).strip().upper().removesuffix("B").removesuffix("I")
     unit = t[-1] if t and t[-1] in UNITS else ""
@@ -51,8 +53,10 @@ def parse_bytes(text: str | int) -> int:
         raise UserError(f"memory budget {text!r}: expected a size like 4G, 512M or 1000000") from None
     if not math.isfinite(value):
         raise UserError(f"memory budget {text!r}: expected a finite size like 4G, 512M or 1000000")
-    if value <= 0:
-        raise UserError(f"memory budget {text!r} must be > 0")
+    if value <= 0 or value * UNITS[unit] < 1:
+        raise UserError(f"memory budget {text!r} must be >= 1 byte")
+    if value * UNITS[unit] > 2**60:                 # 1 EiB: a typo, not a machine
+        raise UserError(f"memory budget {text!r}: more than 1 EiB; give a size like 4G")
     return int(value * UNITS[unit])
 
 
@@ -81,15 +85,29 @@ def check_finished(folder: Path, run: dict) -> None:
     planned = run.get("parts")
     if not isinstance(planned, int):
         return
+    names = {part_name(i, planned) for i in range(planned)}
+    modalities = run.get("modalities") if isinstance(run.get("modalities"), list) else []
+    for d, ext in [*((emb_dir(m), "npy") for m in modalities if m in PREFIX), ("metadata", "parquet")]:
+        extra = sorted(p.name for p in (folder / d).glob(f"{d}_*.{ext}")
+                       if p.name[len(d) + 1:-len(ext) - 1] not in names)
+        if extra:                       # a copy (`_1 (copy)`) or another export's part: indexed, it adds rows twice
+            raise UserError(f"{folder / d}: {extra[0]} is not a part of this export (run.json plans {planned} "
+                            f"part(s), {d}_{part_name(0, planned)}.{ext} ...); move it out, then index")
     done = len(list((folder / "metadata").glob("metadata_*.parquet")))
     if done < planned or not (folder / "stats" / "summary.json").is_file():
         raise UserError(f"{folder}: the export is not finished ({done} of {planned} parts written); rerun the same "
                         f"`vlm embed` command to finish it (finished parts are kept), then index")
-    modalities = run.get("modalities") if isinstance(run.get("modalities"), list) else []
     for m in modalities:                # a part copied or deleted away: an index of the rest would miss it silently
         if m in PREFIX and len(export_parts(folder, m)) != done:
             raise UserError(f"{folder / emb_dir(m)}: {len(export_parts(folder, m))} embeddings parts for {done} "
                             f"metadata parts; rerun the same `vlm embed` command to redo the missing ones, then index")
+
+
+def run_digest(folder: Path) -> str:
+    """The identity of the export an index is built from: a digest of its run.json (model, instruction, input,
+    plan), which a new export into the folder writes anew."""
+    import hashlib
+    return hashlib.sha256((Path(folder) / "run.json").read_bytes()).hexdigest()[:16]
 
 
 def read_run(folder: Path) -> dict:
@@ -177,11 +195,16 @@ def choose(n: int, d: int, budget: int, kind: str = "auto", exact_max: int = 50_
     links = int((budget / n - 4 * d) / 8)
     if kind == "hnsw" or (kind == "auto" and links >= 8):
         m = max(8, min(32, links))
+        if n * (4 * d + 8 * m) > budget:    # the smallest graph (M=8) over the full vectors: more than the budget
+            raise UserError(f"an HNSW index of {n:,} x {d} needs {size_text(n * (4 * d + 8 * m))} > the budget "
+                            f"{size_text(budget)}; give more --memory, or --kind ivfpq (compressed)")
         return Choice("hnsw", f"HNSW{m}", {"M": m, "efConstruction": 80}, n * (4 * d + 8 * m))
     nlist = 2 ** max(4, min(16, round(math.log2(4 * math.sqrt(n)))))
     if n < max(256, nlist):             # PQ's 8-bit codebooks train 256 centroids; IVF one per list
+        small = n * (4 * d + 64)
         raise UserError(f"an IVF-PQ index needs at least {max(256, nlist):,} vectors to train, this one has {n:,}: "
-                        "use --kind flat (exact) or hnsw")
+                        + ("use --kind flat (exact) or hnsw" if small <= budget else
+                           f"an exact index of so few needs {size_text(flat)}; give --memory of at least that"))
     fits = [m for m in range(1, d + 1) if d % m == 0 and n * (m + 8) + nlist * d * 4 <= budget]
     if not fits:
         raise UserError(f"{n:,} vectors of dimension {d} do not fit in {size_text(budget)} even as "
@@ -280,7 +303,7 @@ def build_index(folder: str | os.PathLike, memory: str | int = "4G", kind: str =
                 "search": search, "recall@10": round(recall, 4), "recall_queries": min(200, n), "n": n, "dim": d,
                 "bytes": choice.bytes,
                 "budget": budget, "part_rows": rows, "metadata": [str(p.relative_to(folder)) for p in metadata],
-                "model": run.get("model"), "fingerprint": run.get("fingerprint")}
+                "model": run.get("model"), "fingerprint": run.get("fingerprint"), "run": run_digest(folder)}
         write_file(folder / "index" / f"{m}.index", lambda tmp, index=index: faiss.write_index(index, str(tmp)))
         write_text(folder / "index" / f"{m}.json", json.dumps(info, indent=1))
         infos[m] = info
@@ -322,6 +345,10 @@ class Index:
         if made and now and made != now:
             raise UserError(f"{path}: built from another export's vectors (model fingerprint {made}, the export's "
                             f"{now}); rebuild with `vlm index {self.folder}`")
+        # the export redone into this folder with other settings (an instruction ...): its run.json is another
+        if info.get("run") and info["run"] != run_digest(self.folder):
+            raise UserError(f"{path}: built from an earlier export in this folder (its run.json changed since); "
+                            f"rebuild with `vlm index {self.folder}`")
         # an export finished (or redone) after it was indexed: the index no longer holds its rows
         rows = [part_rows(p) for p in export_parts(self.folder, modality)]
         if rows != info["part_rows"]:
