@@ -177,6 +177,34 @@ def test_a_save_killed_between_its_two_renames_loses_no_folder(tmp_path):
         os.chdir(cwd)
 
 
+def test_a_save_keeps_what_it_would_lose_and_a_checkpoints_own_code_never_runs(tmp_path, capsys):
+    """Found by a review: save_pretrained replaced a folder of the user's files, a file or a symbolic link whole
+    (their files gone, the link a folder, the file hidden as `.NAME.old-PID`); a checkpoint whose tokenizer_config
+    named its own Python class asked on the terminal whether to run it (and ran it on 'y')."""
+    import json
+    m = build("llava", vision="tiny-clip", llm="tiny:llama")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    (tmp_path / "afile").write_text("keep")
+    os.symlink(mine, tmp_path / "alink")
+    for target, message in ((mine, r"holds 1 file\(s\) the saved folder does not \(e.g. thesis.txt\)"),
+                            (tmp_path / "afile", "a file, not a folder"), (tmp_path / "alink", "a symbolic link")):
+        with pytest.raises(UserError, match=message):
+            m.save_pretrained(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "alink", "mine"]
+    assert os.listdir(mine) == ["thesis.txt"] and (tmp_path / "afile").read_text() == "keep"
+    ck = m.save_pretrained(tmp_path / "ck")
+    assert m.save_pretrained(ck) == ck                           # an earlier save of the same kind: replaced
+    (ck / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["evil.Tok", None]},
+                                                          "tokenizer_class": "Tok"}))
+    (ck / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')\n")
+    capsys.readouterr()
+    with pytest.raises(UserError, match="the tokenizer does not load: ValueError: .*contains custom code"):
+        vlm.load(ck)
+    assert not (tmp_path / "ran").exists() and capsys.readouterr().out == ""      # never asked, never run
+
+
 def test_a_file_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
     """Every results file, report, log rewrite, config and index goes through vlm.atomic.write_file: a full disk
     while writing left `.report.html.tmp` (and the like) behind. Now the old file stays and nothing else."""

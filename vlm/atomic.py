@@ -152,10 +152,17 @@ def _remove_torn_folders(parent: Path, name: str) -> None:
 
 def write_folder(path: str | os.PathLike, write) -> Path:
     """Fill a temporary sibling folder (`.NAME.tmp-PID@HOST-XXXX`) with `write(tmp)`, then put it at `path`
-    (atomic enough); what a killed call left is removed by the next one."""
+    (atomic enough); what a killed call left is removed by the next one. `path` may be new, empty or an earlier
+    output of the same kind (its files all written again); a file, a symbolic link or a folder holding other
+    files is refused (the swap would lose them)."""
     given, path = Path(path), Path(os.path.abspath(path))     # "." has no name to put a sibling beside
     if Path.cwd() == path or path in Path.cwd().parents:
         raise UserError(f"cannot replace {path}: it is the current folder (or holds it); write to a new folder")
+    if path.is_symlink():          # replaced, the link became a folder here and its target kept the old files
+        raise UserError(f"{path}: a symbolic link; give the folder it points to ({os.path.realpath(path)}) or a new "
+                        f"path")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: a file, not a folder; give a new path (the file is not written over)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         recover_replaced(path.parent, path.name)
@@ -166,6 +173,11 @@ def write_folder(path: str | os.PathLike, write) -> Path:
     try:
         write(tmp)
         default_permissions(tmp)
+        foreign = sorted(set(os.listdir(path)) - set(os.listdir(tmp))) if path.is_dir() else []
+        if foreign:                    # the folder is replaced whole: what the new one lacks would be lost
+            raise UserError(f"{path}: holds {len(foreign)} file(s) the saved folder does not (e.g. {foreign[0]}); "
+                            f"the folder is replaced whole, so they are not written over: move them, or give a "
+                            f"new folder")
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

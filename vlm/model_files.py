@@ -155,7 +155,7 @@ def load_tokenizer(p: Path):
                 raise UserError(f"{f}: invalid JSON ({short_error(e)}); the tokenizer does not load") from None
             require(isinstance(raw, dict), f"{f}: not a JSON object; the tokenizer does not load")
     try:
-        return AutoTokenizer.from_pretrained(p, local_files_only=True)
+        return AutoTokenizer.from_pretrained(p, local_files_only=True, trust_remote_code=False)   # never its code
     except Exception as e:  # noqa: BLE001
         missing = " or ".join(n for n in TOKENIZER_FILES if not (p / n).is_file())
         raise UserError(f"{p}: the tokenizer does not load: " + (f"no {missing}" if missing else

@@ -64,7 +64,7 @@ def clip_config(tokenizer: Path | None) -> dict:
     cfg = json.loads(json.dumps(CLIP_CFG))
     if tokenizer is not None:
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        tok = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
         cfg["text_cfg"] |= {"vocab_size": len(tok), "hf_tokenizer_name": str(tokenizer.resolve()),
                             "pad_id": tok.pad_token_id, "pool_type": "last"}
     return cfg
