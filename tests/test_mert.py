@@ -703,6 +703,17 @@ def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_
         with pytest.raises(UserError, match=msg) as e:
             MertModel.from_folder(bad)
         assert HEADS_CONFIG in str(e.value) and "\n" not in str(e.value)
+    # the HuBERT config.json: a field of another type, a list transformers' checks refuse, bytes not UTF-8
+    hubert = json.loads((src / "config.json").read_text())
+    for n, (raw, msg) in enumerate([(json.dumps({**hubert, "hidden_size": "x"}).encode(), "does not build a mert model"),
+                                    (json.dumps({**hubert, "conv_dim": [32, 32]}).encode(), "does not build a mert model"),
+                                    (b'{"model_type": "hub\xe9rt"}', "not a mert checkpoint .*utf-8")]):
+        bad = tmp_path / f"bad-hubert-{n}"
+        shutil.copytree(src, bad)
+        (bad / "config.json").write_bytes(raw)
+        with pytest.raises(UserError, match=msg) as e:
+            MertModel.from_folder(bad)
+        assert "\n" not in str(e.value)
     # NaN weights: features of noise are refused, not probed
     from encoders import build_encoder
     enc = build_encoder(f"mert:{src}").eval()

@@ -205,6 +205,46 @@ def test_a_save_keeps_what_it_would_lose_and_a_checkpoints_own_code_never_runs(t
     assert not (tmp_path / "ran").exists() and capsys.readouterr().out == ""      # never asked, never run
 
 
+def test_weights_and_configs_no_trained_model_has_are_one_line(tmp_path):
+    """Found by a review: NaN / Inf weights or an LM head stored as int64 loaded and answered nothing (exit 0);
+    `tie_word_embeddings: true` over two different stored tensors loaded one of them silently; a pad_token_id past
+    the vocabulary, a config.json that is not UTF-8, nested 100,000 deep or holding a 5,000-digit number were
+    tracebacks."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    m = build("llava", vision="tiny-clip", llm="tiny:llama")
+    ck = m.save_pretrained(tmp_path / "ck")
+    state = load_file(str(ck / "model.safetensors"))
+    head = next(k for k in state if k.endswith("lm_head.weight"))
+
+    def variant(name, tensors=None, config=None, raw=None):
+        d = tmp_path / name
+        shutil.copytree(ck, d)
+        if tensors is not None:
+            save_file({**state, **tensors}, str(d / "model.safetensors"))
+        if config is not None:
+            (d / "config.json").write_text(json.dumps(config(json.loads((ck / "config.json").read_text()))))
+        if raw is not None:
+            (d / "config.json").write_bytes(raw)
+        return d
+    nan = state[head].clone()
+    nan[0, 0] = float("nan")
+    cases = [(variant("nan", {head: nan}), f"tensor {head} holds NaN or Inf values"),
+             (variant("int", {head: state[head].long()}), f"tensor {head} is stored as integers"),
+             (variant("tied", config=lambda c: {**c, "llm": {**c["llm"], "tie_word_embeddings": True}}),
+              "are one tensor in the model config.json describes .* but two different ones"),
+             (variant("pad", config=lambda c: {**c, "llm": {**c["llm"], "pad_token_id": 5000}}),
+              "does not build a model .*AssertionError"),
+             (variant("latin", raw=b'{"family": "caf\xe9"}'), "config.json: invalid JSON .*utf-8"),
+             (variant("deep", raw=b"[" * 100000), "config.json: invalid JSON"),
+             (variant("digits", raw=b'{"x": ' + b"9" * 5000 + b"}"), "config.json: invalid JSON")]
+    for folder, message in cases:
+        with pytest.raises(UserError, match=message):
+            vlm.load(folder)
+
+
 def test_a_file_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
     """Every results file, report, log rewrite, config and index goes through vlm.atomic.write_file: a full disk
     while writing left `.report.html.tmp` (and the like) behind. Now the old file stays and nothing else."""

@@ -344,12 +344,30 @@ def load_error_line(e: BaseException) -> str:
 
 
 def load_safetensors(module: nn.Module, path: Path) -> None:
-    """`path` into `module`, strictly; a corrupt or mismatched file is a one-line UserError."""
-    from safetensors import SafetensorError
+    """`path` into `module`, strictly; a corrupt or mismatched file, or weights no trained model has (`check_weights`),
+    is a one-line UserError."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
     try:
         missing, unexpected = load_model(module, str(path), strict=False)
+        with safe_open(str(path), "pt") as f:
+            integer = {k for k in f.keys() if not f.get_slice(k).get_dtype().startswith(("F", "BF"))}
     except (SafetensorError, OSError, RuntimeError) as e:
         raise UserError(f"{path}: cannot load the weights ({load_error_line(e)[:200]})") from None
     require(not missing and not unexpected, f"{path}: weights do not match the model (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})")
+    own = module.state_dict()
+    check_weights(path, {k: v for k, v in own.items() if k not in integer}, own, integer=integer)
+
+
+def check_weights(path: Path, tensors: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                  integer: set[str] = frozenset()) -> None:
+    """Weights that load but are no trained model's: a tensor the model holds in floating point stored as integers
+    (cast, an LM head of int64 zeros answered nothing) or values that are NaN / Inf (a diverged run's: every answer
+    empty, sampling a traceback). One line naming the first tensor."""
+    ints = sorted(k for k in (*integer, *(k for k, t in tensors.items() if not t.is_floating_point()))
+                  if k in own and own[k].is_floating_point())
+    require(not ints, f"{path}: tensor {ints[0] if ints else ''} is stored as integers; the model holds it in "
+                      f"floating point (not this model's weights)")
+    bad = next((k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    require(bad is None, f"{path}: tensor {bad} holds NaN or Inf values (a diverged or damaged save); not loaded")

@@ -9,6 +9,8 @@ import json
 import re
 from pathlib import Path
 
+import torch
+
 from vlm.atomic import recover_replaced
 from vlm.errors import UserError, require
 from vlm.modalities import short_error
@@ -18,6 +20,7 @@ from vlm.model import (
     WEIGHTS_FILE,
     ModelConfig,
     MultimodalLM,
+    check_weights,
     load_error_line,
 )
 
@@ -30,8 +33,8 @@ def read_config(p: Path) -> dict:
     require((p / CONFIG_FILE).is_file(), f"{p / CONFIG_FILE}: a folder, not a file")
     try:
         raw = json.loads((p / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p / CONFIG_FILE}: invalid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:      # invalid JSON, bytes not UTF-8, nested or a number too long
+        raise UserError(f"{p / CONFIG_FILE}: invalid JSON ({short_error(e)[:200]})") from None
     require(isinstance(raw, dict), f"{p / CONFIG_FILE}: not a JSON object")
     return raw
 
@@ -95,9 +98,18 @@ def load_multimodal(p: Path, raw: dict) -> MultimodalLM:
     except UserError as e:                       # an unknown projector, route, encoder ... named, with the file
         raise UserError(f"{p / CONFIG_FILE}: {e}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, RuntimeError,
-            StrictDataclassError) as e:
+            AssertionError, StrictDataclassError) as e:      # (AssertionError: torch's padding_idx past the table)
         raise UserError(f"{p / CONFIG_FILE}: does not build a model ({type(e).__name__}: {short_error(e)[:300]}); "
                         f"was it edited by hand?") from None
+    own = model.state_dict()
+    check_weights(p / WEIGHTS_FILE, state, own)
+    tied = {}                                   # one parameter stored under two names with other values: the config
+    for k in state:                             # ties what the weights do not (tie_word_embeddings edited)
+        if k in own and own[k].numel():         # (empty tensors may share an address without being tied)
+            first = tied.setdefault(own[k].data_ptr(), k)
+            require(first == k or torch.equal(state[first], state[k]),
+                    f"{p / CONFIG_FILE}: {first} and {k} are one tensor in the model config.json describes (tied, "
+                    f"e.g. llm.tie_word_embeddings) but two different ones in {WEIGHTS_FILE}")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:                    # torch: a heading line, then one line per tensor that does not fit

@@ -166,8 +166,8 @@ class MertModel(nn.Module):
         try:
             hubert = json.loads((folder / "config.json").read_text())
             heads = json.loads((folder / HEADS_CONFIG).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{folder}: not a mert checkpoint ({e})") from None
+        except (OSError, ValueError, RecursionError) as e:     # (ValueError: invalid JSON, bytes not UTF-8)
+            raise UserError(f"{folder}: not a mert checkpoint ({short_error(e)[:200]})") from None
         require(isinstance(hubert, dict) and hubert.get("model_type") == "hubert",
                 f"{folder / 'config.json'}: not a HuBERT config")
         where = folder / HEADS_CONFIG
@@ -183,9 +183,10 @@ class MertModel(nn.Module):
             if name in settings:
                 check_count(f"{where}: {name}", settings[name], none=False)
         keep = {k: v for k, v in hubert.items() if k not in ("architectures", "transformers_version", "model_type")}
+        from huggingface_hub.errors import StrictDataclassError
         try:
             model = cls(MertConfig(hubert=keep, **settings))
-        except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        except (TypeError, ValueError, ZeroDivisionError, RuntimeError, StrictDataclassError) as e:
             raise UserError(f"{folder}: does not build a mert model ({type(e).__name__}: "
                             f"{short_error(e)[:200]})") from None
         model.load_weights(folder)
