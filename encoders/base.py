@@ -355,6 +355,9 @@ class AudioPreprocess(Preprocess):
             if self.normalize:
                 wav = normalize_waveform(wav)
             return wav  # [N]
+        if wav.numel() <= self.n_fft // 2:       # the STFT's reflect padding needs more (a traceback before)
+            raise UserError(f"audio clip too short: {wav.numel()} samples at {self.sample_rate} Hz; the log-mel needs "
+                            f"more than {self.n_fft // 2} ({1000 * (self.n_fft // 2 + 1) / self.sample_rate:.1f} ms)")
         mel = self._mel_transform()(wav)[:, :-1]  # [n_mels, N // hop]; Whisper drops the last frame
         if mel.shape[-1] == 0:
             raise UserError(f"audio clip too short: {wav.numel()} samples < hop {self.hop_length}")

@@ -192,6 +192,13 @@ def test_whisper_log_mel_matches_transformers(stereo: tuple[torch.Tensor, int]) 
     ref = ref["input_features"][0, :, : ours.shape[1]]  # [80, frames] of the 30 s padded window
     assert ours.shape == (80, wav16.numel() // 160)
     torch.testing.assert_close(ours[:, :-2], ref[:, :-2], atol=2e-3, rtol=0)  # the last frames see padding
+    # a clip of 1 to 200 samples: the STFT's reflect padding was a traceback (found by a review); one line now
+    from vlm.errors import UserError
+    for n in (1, 170, 200):
+        with pytest.raises(UserError, match=f"audio clip too short: {n} samples at 16000 Hz; the log-mel needs more "
+                                            f"than 200"):
+            enc.preprocess(torch.zeros(n), 16000)
+    assert enc.preprocess(torch.zeros(320), 16000).shape == (80, 2)
 
 
 def test_mert_waveform_matches_transformers(stereo: tuple[torch.Tensor, int]) -> None:

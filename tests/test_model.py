@@ -196,6 +196,13 @@ def test_a_save_keeps_what_it_would_lose_and_a_checkpoints_own_code_never_runs(t
     assert os.listdir(mine) == ["thesis.txt"] and (tmp_path / "afile").read_text() == "keep"
     ck = m.save_pretrained(tmp_path / "ck")
     assert m.save_pretrained(ck) == ck                           # an earlier save of the same kind: replaced
+    odd = tmp_path / "caf\udce9"                                  # a name that is not UTF-8: one line, both ways
+    with pytest.raises(UserError, match="the path is not UTF-8 text"):
+        m.save_pretrained(odd)
+    os.rename(ck, odd)
+    with pytest.raises(UserError, match="the folder's path is not UTF-8 text .*rename it"):
+        vlm.load(odd)
+    os.rename(odd, ck)
     (ck / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["evil.Tok", None]},
                                                           "tokenizer_class": "Tok"}))
     (ck / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')\n")

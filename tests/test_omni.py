@@ -302,3 +302,9 @@ def test_chat_with_a_file_that_is_not_a_video_is_one_line(omni, tmp_path, capsys
     assert main(["chat", str(ckpt), "<video> What?", "--video", str(tmp_path / "a.flac")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot decode video" in err[0], err
+    # headers that decord reads and frames it does not (a one-frame 16x16 mpeg4): decord's traceback before
+    import helpers_media as M
+    M.mp4(tmp_path / "one.mp4", frames=1, size=16)
+    assert main(["chat", str(ckpt), "<video> What?", "--video", str(tmp_path / "one.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot decode video" in err[0], err

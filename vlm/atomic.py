@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlm.errors import UserError
+from vlm.errors import UserError, is_utf8, text_of
 
 TMP_MARK, OLD_MARK = ".tmp-", ".old-"
 
@@ -158,6 +158,8 @@ def write_folder(path: str | os.PathLike, write) -> Path:
     given, path = Path(path), Path(os.path.abspath(path))     # "." has no name to put a sibling beside
     if Path.cwd() == path or path in Path.cwd().parents:
         raise UserError(f"cannot replace {path}: it is the current folder (or holds it); write to a new folder")
+    if not is_utf8(str(path)):     # safetensors and tokenizers write UTF-8 paths only: a traceback half-way
+        raise UserError(f"{text_of(str(path))}: the path is not UTF-8 text; give one that is")
     if path.is_symlink():          # replaced, the link became a folder here and its target kept the old files
         raise UserError(f"{path}: a symbolic link; give the folder it points to ({os.path.realpath(path)}) or a new "
                         f"path")

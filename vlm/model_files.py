@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from vlm.atomic import recover_replaced
-from vlm.errors import UserError, require
+from vlm.errors import UserError, is_utf8, require, text_of
 from vlm.modalities import short_error
 from vlm.model import (
     CONFIG_FILE,
@@ -29,6 +29,8 @@ def read_config(p: Path) -> dict:
     if not p.exists():
         recover_replaced(p.parent, p.name)      # a save killed between its two renames: the old folder is whole
     require(p.is_dir(), f"checkpoint not found: {p}")
+    require(is_utf8(str(p.absolute())), f"{text_of(str(p))}: the folder's path is not UTF-8 text (safetensors and "
+                                        f"tokenizers read UTF-8 paths only); rename it")
     require((p / CONFIG_FILE).exists(), f"{p}: no {CONFIG_FILE} (not a vlm checkpoint folder)" + _where_model_is(p))
     require((p / CONFIG_FILE).is_file(), f"{p / CONFIG_FILE}: a folder, not a file")
     try:

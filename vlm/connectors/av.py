@@ -81,10 +81,14 @@ class AVPreprocess:
         total = len(vr)
         if total == 0:
             raise MediaError("video has no frames")
-        duration = total / max(vr.get_avg_fps(), 1e-6)
-        n = min(self.frames, total)
-        idx = [min(total - 1, int(total / n * (i + 0.5))) for i in range(n)]
-        frames = self._frames([Image.fromarray(f) for f in vr.get_batch(idx).asnumpy()])
+        try:                     # headers that read and frames that do not: decord's error, not a traceback
+            duration = total / max(vr.get_avg_fps(), 1e-6)
+            n = min(self.frames, total)
+            idx = [min(total - 1, int(total / n * (i + 0.5))) for i in range(n)]
+            decoded = vr.get_batch(idx).asnumpy()
+        except Exception as e:   # noqa: BLE001  (DECORDError)
+            raise MediaError(f"cannot decode video frames: {str(e).splitlines()[0][:200]}") from None
+        frames = self._frames([Image.fromarray(f) for f in decoded])
         del vr
         wave = None
         if self.music is not None or self.audio is not None:
