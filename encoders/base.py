@@ -77,6 +77,30 @@ class Preprocess:
         return f"{type(self).__name__}({args})"
 
 
+MAX_IMAGE_SIDE = 8192           # an encoder's input side; larger is a typo (a [100000, 100000] input is 30 GB)
+
+
+def _check_image_settings(size: Any, mean: Any, std: Any, crop_pct: Any) -> None:
+    """An image preprocess's settings (from code or a checkpoint's config.json), one line naming the field: a size
+    that is not 1 or 2 whole numbers in [1, MAX_IMAGE_SIDE], mean / std that are not 3 numbers (std > 0), a crop_pct
+    outside (0, 1] were tracebacks at the first image (or a 30 GB allocation)."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    sides = list(size) if isinstance(size, (list, tuple)) else [size]
+    if not (1 <= len(sides) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
+                                         for v in sides)):
+        raise UserError(f"image preprocess 'size': one or two whole numbers in [1, {MAX_IMAGE_SIDE}] (pixels), got "
+                        f"{size!r}")
+    for name, v in (("mean", mean), ("std", std)):
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(number(x) for x in v)):
+            raise UserError(f"image preprocess '{name}': three numbers (one per RGB channel), got {v!r}")
+    if not all(x > 0 for x in std):
+        raise UserError(f"image preprocess 'std': every value > 0 (it divides), got {list(std)!r}")
+    if not (number(crop_pct) and 0 < crop_pct <= 1):
+        raise UserError(f"image preprocess 'crop_pct': in (0, 1] (the crop's share of the resized side), got "
+                        f"{crop_pct!r}")
+
+
 class ImagePreprocess(Preprocess):
     """PIL image -> float tensor [3, H, W], as timm / open_clip eval transforms do it.
 
@@ -108,6 +132,7 @@ class ImagePreprocess(Preprocess):
         if backend not in ("pil", "hf"):
             raise UserError(f"unknown image preprocess backend {backend!r}; use 'pil' or 'hf'")
         self.backend = backend
+        _check_image_settings(size, mean, std, crop_pct)
         self.size = _pair(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
