@@ -696,7 +696,9 @@ def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_
     src, _ = mert_folder
     for heads, msg in [({"family": "mert", "bogus": 1}, "unknown field 'bogus'"), ([], "not a JSON object"),
                        ({"family": "mert", "codebooks": [0]}, "codebooks: a non-empty list of code counts >= 2"),
-                       ({"family": "mert", "final_dim": 0}, "final_dim: an integer >= 1")]:
+                       ({"family": "mert", "final_dim": 0}, "final_dim: an integer >= 1"),
+                       ({"family": "mert", "logit_temp": 0}, "logit_temp: a number > 0"),
+                       ({"family": "mert", "feature_grad_mult": "x"}, "feature_grad_mult: a number >= 0")]:
         bad = tmp_path / f"bad-{len(msg)}"
         shutil.copytree(src, bad)
         (bad / HEADS_CONFIG).write_text(json.dumps(heads))

@@ -252,6 +252,19 @@ def test_weights_and_configs_no_trained_model_has_are_one_line(tmp_path):
             vlm.load(folder)
 
 
+def test_build_settings_it_cannot_use_are_one_line():
+    """Found by a review: vlm.build with a setting the builder lacks, heads that do not divide the width or a seed
+    that is not a number raised TypeError / ValueError / transformers' validation error from deep inside."""
+    cases = [(("llava", "tiny"), {"nosuch": 1}, "family 'llava': no setting 'nosuch' \\(its settings: "),
+             (("llava", "tiny"), {"seed": "x"}, "family 'llava' size 'tiny': the settings do not build a model"),
+             (("llava", "tiny"), {"llm": {"model_type": "llama", "hidden_size": 60, "num_attention_heads": 7}},
+              "hidden size \\(60\\) is not a multiple of the number of attention heads"),
+             (("mert", "tiny"), {"num_attention_heads": 3}, "embed_dim must be divisible by num_heads")]
+    for (family, size), settings, message in cases:
+        with pytest.raises(UserError, match=message):
+            build(family, size, **settings)
+
+
 def test_a_file_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
     """Every results file, report, log rewrite, config and index goes through vlm.atomic.write_file: a full disk
     while writing left `.report.html.tmp` (and the like) behind. Now the old file stays and nothing else."""
@@ -371,6 +384,7 @@ def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
              (lambda c: c.update(media=["image"]), r"field 'media' must be an object, got \['image'\]"),
              (lambda c: c.update(llm=[1]), "field 'llm' must be an object"),
              (lambda c: c.update(system=5), "field 'system' must be a string or null, got 5"),
+             (lambda c: c.update(system="You see <image> always"), r"field 'system' holds a media placeholder \(<image>\)"),
              (lambda c: c["encoders"]["image"]["preprocess"].update(size="big"), r"image preprocess 'size': one or two"),
              # tracebacks at the first image (or a 30 GB allocation), found by a review
              (lambda c: c["encoders"]["image"]["preprocess"].update(size=[0, 0]), r"image preprocess 'size'"),

@@ -146,6 +146,10 @@ def checked_config(f: Path, raw: dict) -> ModelConfig:
     for key in raw:                   # a misspelt field would be dropped and its default used without a word
         near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75) if key not in known else None
         require(not near, f"{f}: '{key}' is not a config field (did you mean '{near[0]}'?)" if near else "")
+    from vlm.modalities import PLACEHOLDER_RE
+    found = PLACEHOLDER_RE.search(raw.get("system") or "")      # every prompt then had a placeholder no file fills
+    require(not found, f"{f}: field 'system' holds a media placeholder ({found.group(0) if found else ''}); the "
+                       f"system prompt is text only")
     for key in ("encoders", "media"):
         require(key in raw, f"{f}: field '{key}' is missing")
         for name, spec in raw[key].items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -182,6 +183,10 @@ class MertModel(nn.Module):
         for name in ("final_dim", "regression_dim", "sample_rate"):
             if name in settings:
                 check_count(f"{where}: {name}", settings[name], none=False)
+        for name, low in (("logit_temp", "> 0"), ("feature_grad_mult", ">= 0")):   # (they loaded, then divided by 0)
+            v = settings.get(name, 1.0)
+            require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and (v > 0 if low == "> 0" else v >= 0), f"{where}: {name}: a number {low}, got {v!r}")
         keep = {k: v for k, v in hubert.items() if k not in ("architectures", "transformers_version", "model_type")}
         from huggingface_hub.errors import StrictDataclassError
         try:
