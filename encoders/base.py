@@ -83,7 +83,7 @@ MAX_IMAGE_SIDE = 8192           # an encoder's input side; larger is a typo (a [
 def _check_image_settings(size: Any, mean: Any, std: Any, crop_pct: Any) -> None:
     """An image preprocess's settings (from code or a checkpoint's config.json), one line naming the field: a size
     that is not 1 or 2 whole numbers in [1, MAX_IMAGE_SIDE], mean / std that are not 3 numbers (std > 0), a crop_pct
-    outside (0, 1] were tracebacks at the first image (or a 30 GB allocation)."""
+    outside (0, 4] were tracebacks at the first image (or a 30 GB allocation)."""
     def number(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
     sides = list(size) if isinstance(size, (list, tuple)) else [size]
@@ -96,9 +96,9 @@ def _check_image_settings(size: Any, mean: Any, std: Any, crop_pct: Any) -> None
             raise UserError(f"image preprocess '{name}': three numbers (one per RGB channel), got {v!r}")
     if not all(x > 0 for x in std):
         raise UserError(f"image preprocess 'std': every value > 0 (it divides), got {list(std)!r}")
-    if not (number(crop_pct) and 0 < crop_pct <= 1):
-        raise UserError(f"image preprocess 'crop_pct': in (0, 1] (the crop's share of the resized side), got "
-                        f"{crop_pct!r}")
+    if not (number(crop_pct) and 0 < crop_pct <= 4):      # timm's volo presets use 1.15 (the crop pads)
+        raise UserError(f"image preprocess 'crop_pct': a number in (0, 4] (the crop's side over the resized side; "
+                        f"timm's convention), got {crop_pct!r}")
 
 
 class ImagePreprocess(Preprocess):

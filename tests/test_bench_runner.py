@@ -543,7 +543,7 @@ def test_a_sample_without_image_label_or_readable_json_is_skipped_by_reason_and_
     broken, clean = tmp_path / "sw-broken", tmp_path / "sw-clean"
     for w in (broken, clean):
         shutil.copytree(assets["world"], w)
-    shard = sorted((broken / "test").glob("*.tar"))[0]
+    shard = min((broken / "test").glob("*.tar"))
     keys = [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]
     spoil = {keys[0]: lambda s: {**s, "json": b"{not json"}, keys[4]: lambda s: {**s, "json": b"[1, 2]"},  # 4 per task
              keys[8]: lambda s: {k: v for k, v in s.items() if k != "jpg"},
@@ -551,7 +551,7 @@ def test_a_sample_without_image_label_or_readable_json_is_skipped_by_reason_and_
              keys[1]: lambda s: {**s, "json": json.dumps({**json.loads(s["json"]), "conversations": "hi"}).encode()}}
     _rewrite_shard(shard, lambda i, s: spoil[s["__key__"]](s) if s["__key__"] in spoil else s)
     gone = {keys[i] for i in (0, 4, 8, 12)}               # what retrieval cannot use (the question is not read)
-    _rewrite_shard(sorted((clean / "test").glob("*.tar"))[0], lambda i, s: None if s["__key__"] in gone else s)
+    _rewrite_shard(min((clean / "test").glob("*.tar")), lambda i, s: None if s["__key__"] in gone else s)
     benches = [get_benchmark(b) for b in ("sw-retrieval", "sw-relation-spatial", "sw-relation-attribute", "sw-mmeb")]
     cfg = RunConfig(out=tmp_path / "b", cache_dir=tmp_path / "c", progress=False)
     res = evaluate([assets["clip"]], benches, replace(cfg, data=str(broken)))
@@ -582,7 +582,7 @@ def test_json_fields_of_another_type_are_skipped_and_counted_once_per_sample(ass
     from benchmarks.runner import RunConfig, evaluate
     world = tmp_path / "sw"
     shutil.copytree(assets["world"], world)
-    shard = sorted((world / "test").glob("*.tar"))[0]
+    shard = min((world / "test").glob("*.tar"))
     keys = [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]     # 4 samples per task
 
     def with_json(**fields):

@@ -104,7 +104,7 @@ def test_pair_samples_with_fields_of_another_type_are_skipped_by_reason(pair_wor
 
     def spoiled(i: int, **fields) -> Sample:
         meta = {**json.loads(samples[i].fields["json"]), **fields}
-        return replace(samples[i], key=f"bad{len(fields)}-{i}-{sorted(fields)[0]}",
+        return replace(samples[i], key=f"bad{len(fields)}-{i}-{min(fields)}",
                        fields={**samples[i].fields, "json": json.dumps(meta).encode()})
     side = json.loads(samples[1].fields["json"])["query"]
     bad = [spoiled(1, negatives="abc"), spoiled(2, negatives=[{"instruction": "x"}]),

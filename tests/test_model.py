@@ -179,21 +179,25 @@ def test_a_save_killed_between_its_two_renames_loses_no_folder(tmp_path):
 
 def test_a_save_keeps_what_it_would_lose_and_a_checkpoints_own_code_never_runs(tmp_path, capsys):
     """Found by a review: save_pretrained replaced a folder of the user's files, a file or a symbolic link whole
-    (their files gone, the link a folder, the file hidden as `.NAME.old-PID`); a checkpoint whose tokenizer_config
-    named its own Python class asked on the terminal whether to run it (and ran it on 'y')."""
+    (their files gone, the link a folder, the file hidden as `.NAME.old-PID`): it keeps the other files (as
+    transformers' save_pretrained does), writes through the link and refuses the file; a checkpoint whose
+    tokenizer_config named its own Python class asked on the terminal whether to run it (and ran it on 'y')."""
     import json
     m = build("llava", vision="tiny-clip", llm="tiny:llama")
     mine = tmp_path / "mine"
-    mine.mkdir()
+    (mine / "notes").mkdir(parents=True)
     (mine / "thesis.txt").write_text("years of work")
+    (mine / "notes" / "a.md").write_text("more")
     (tmp_path / "afile").write_text("keep")
     os.symlink(mine, tmp_path / "alink")
-    for target, message in ((mine, r"holds 1 file\(s\) the saved folder does not \(e.g. thesis.txt\)"),
-                            (tmp_path / "afile", "a file, not a folder"), (tmp_path / "alink", "a symbolic link")):
-        with pytest.raises(UserError, match=message):
-            m.save_pretrained(target)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "alink", "mine"]
-    assert os.listdir(mine) == ["thesis.txt"] and (tmp_path / "afile").read_text() == "keep"
+    with pytest.raises(UserError, match="a file, not a folder"):
+        m.save_pretrained(tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "keep"
+    m.save_pretrained(tmp_path / "alink")                       # through the link: its target, the link kept
+    assert (tmp_path / "alink").is_symlink() and (mine / "config.json").is_file()
+    assert (mine / "thesis.txt").read_text() == "years of work" and (mine / "notes" / "a.md").read_text() == "more"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "alink", "mine"]     # nothing hidden left over
+    assert vlm.load(mine).config.family == "llava"
     ck = m.save_pretrained(tmp_path / "ck")
     assert m.save_pretrained(ck) == ck                           # an earlier save of the same kind: replaced
     odd = tmp_path / "caf\udce9"                                  # a name that is not UTF-8: one line, both ways
@@ -391,7 +395,7 @@ def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
              (lambda c: c["encoders"]["image"]["preprocess"].update(size=[100000, 100000]), r"image preprocess 'size'"),
              (lambda c: c["encoders"]["image"]["preprocess"].update(mean=[0.5, 0.5]), r"image preprocess 'mean': three"),
              (lambda c: c["encoders"]["image"]["preprocess"].update(std=[0, 0, 0]), r"image preprocess 'std': every value > 0"),
-             (lambda c: c["encoders"]["image"]["preprocess"].update(crop_pct=100), r"image preprocess 'crop_pct': in \(0, 1\]"),
+             (lambda c: c["encoders"]["image"]["preprocess"].update(crop_pct=100), r"image preprocess 'crop_pct': a number in \(0, 4\]"),
              (lambda c: c["encoders"]["image"].pop("preprocess"), r"does not build a model \(KeyError: 'preprocess'"),
              (lambda c: c["llm"].update(model_type="nosuch"), "does not build a model .ValueError: Unrecognized model"),
              (lambda c: c["media"]["image"].update(projector="mlp3x"), "unknown projector 'mlp3x'"),

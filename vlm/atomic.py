@@ -150,19 +150,33 @@ def _remove_torn_folders(parent: Path, name: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _carry_over(old: Path, new: Path) -> None:
+    """The entries of folder `old` that `new` lacks (a user's README, an older transformers' tokenizer file, a
+    `.gitattributes`), copied into `new` before it replaces `old`: a save writes its own files over, as
+    transformers' save_pretrained does, and keeps the rest. Copied, not moved: a kill before the swap leaves
+    `old` whole."""
+    if not old.is_dir():
+        return
+    for name in sorted(set(os.listdir(old)) - set(os.listdir(new))):
+        src = old / name
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, new / name, symlinks=True)
+        else:
+            shutil.copy2(src, new / name, follow_symlinks=False)
+
+
 def write_folder(path: str | os.PathLike, write) -> Path:
     """Fill a temporary sibling folder (`.NAME.tmp-PID@HOST-XXXX`) with `write(tmp)`, then put it at `path`
-    (atomic enough); what a killed call left is removed by the next one. `path` may be new, empty or an earlier
-    output of the same kind (its files all written again); a file, a symbolic link or a folder holding other
-    files is refused (the swap would lose them)."""
+    (atomic enough); what a killed call left is removed by the next one. An existing folder keeps the files the
+    new one lacks (`_carry_over`); a symbolic link is written through (its target replaced, the link kept); a
+    file at `path` is refused."""
     given, path = Path(path), Path(os.path.abspath(path))     # "." has no name to put a sibling beside
+    if path.is_symlink():          # written where it points (swapped, the link itself became a folder)
+        path = Path(os.path.realpath(path))
     if Path.cwd() == path or path in Path.cwd().parents:
         raise UserError(f"cannot replace {path}: it is the current folder (or holds it); write to a new folder")
     if not is_utf8(str(path)):     # safetensors and tokenizers write UTF-8 paths only: a traceback half-way
         raise UserError(f"{text_of(str(path))}: the path is not UTF-8 text; give one that is")
-    if path.is_symlink():          # replaced, the link became a folder here and its target kept the old files
-        raise UserError(f"{path}: a symbolic link; give the folder it points to ({os.path.realpath(path)}) or a new "
-                        f"path")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: a file, not a folder; give a new path (the file is not written over)")
     try:
@@ -175,11 +189,7 @@ def write_folder(path: str | os.PathLike, write) -> Path:
     try:
         write(tmp)
         default_permissions(tmp)
-        foreign = sorted(set(os.listdir(path)) - set(os.listdir(tmp))) if path.is_dir() else []
-        if foreign:                    # the folder is replaced whole: what the new one lacks would be lost
-            raise UserError(f"{path}: holds {len(foreign)} file(s) the saved folder does not (e.g. {foreign[0]}); "
-                            f"the folder is replaced whole, so they are not written over: move them, or give a "
-                            f"new folder")
+        _carry_over(path, tmp)
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

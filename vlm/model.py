@@ -351,7 +351,8 @@ def load_safetensors(module: nn.Module, path: Path) -> None:
     try:
         missing, unexpected = load_model(module, str(path), strict=False)
         with safe_open(str(path), "pt") as f:
-            integer = {k for k in f.keys() if not f.get_slice(k).get_dtype().startswith(("F", "BF"))}
+            names = f.keys()                            # (the file's header only: no tensor is read)
+            integer = {k for k in names if not f.get_slice(k).get_dtype().startswith(("F", "BF"))}
     except (SafetensorError, OSError, RuntimeError) as e:
         raise UserError(f"{path}: cannot load the weights ({load_error_line(e)[:200]})") from None
     require(not missing and not unexpected, f"{path}: weights do not match the model (missing {sorted(missing)[:3]}, "

@@ -104,7 +104,9 @@ class Skips:
 
     def count(self, reason: str, key: str, message: str = "", n: int = 1, shard: str = "") -> None:
         if n == 1:
-            self.samples.setdefault((shard, key), reason)
+            if (shard, key) in self.samples:        # counted already (under its first reason): once
+                return
+            self.samples[(shard, key)] = reason
         elif n:
             self.extra[reason] += n
         if n:
@@ -152,26 +154,27 @@ class Skips:
 
 def load_samples(bench: Benchmark, ctx: Context, split: str | None = None,
                  skips: Skips | None = None) -> tuple[list[Sample], str]:
-    """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash. A
-    sample whose json does not parse or whose `task` is not a text is counted in `skips` (raised without one);
-    with a task filter it could not be told apart, so it is counted whatever its task."""
+    """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash. Under a
+    task filter, a sample whose json does not parse or whose `task` is not a text is counted in `skips` (raised
+    without one): it cannot be told apart, so it is counted whatever its task."""
     folder: Path = bench.data.folder(ctx.roots)
     split = split or bench.data.split
     files = shard_files(folder, split)
     tasks = set(bench.data.tasks)
     out: list[Sample] = []
     for s in iter_samples(files):
-        try:
-            task = s.meta().get("task")
-            if task is not None and not isinstance(task, str):
-                raise SampleProblem("bad_json", s, f"its 'task' is a {type(task).__name__}, not a text")
-        except SampleProblem as e:
-            if skips is None:
-                raise
-            skips.add(e)
-            continue
-        if tasks and task not in tasks:
-            continue
+        if tasks:                    # (without a filter the json is read where a task needs it: a wds sample's
+            try:                     # txt caption scores whatever its json, as clip_benchmark reads it)
+                task = s.meta().get("task")
+                if task is not None and not isinstance(task, str):
+                    raise SampleProblem("bad_json", s, f"its 'task' is a {type(task).__name__}, not a text")
+            except SampleProblem as e:
+                if skips is None:
+                    raise
+                skips.add(e)
+                continue
+            if task not in tasks:
+                continue
         out.append(s)
         if ctx.limit and len(out) >= ctx.limit:
             break

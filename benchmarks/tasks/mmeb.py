@@ -412,7 +412,10 @@ def first_per_dataset(samples: list[Sample], limit: int) -> list[Sample]:
     seen: dict[str, int] = {}
     out = []
     for s in samples:
-        name = pair_dataset(s.meta())
+        try:
+            name = pair_dataset(s.meta())
+        except SampleProblem:        # kept: skipped and counted where its pair is read
+            name = "pairs"
         seen[name] = seen.get(name, 0) + 1
         if seen[name] <= limit:
             out.append(s)

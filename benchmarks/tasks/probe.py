@@ -81,6 +81,7 @@ class Clip:
     label: str
     audio: tuple[torch.Tensor, int] | None      # (waveform [C, N], sample rate); None when unusable
     problem: str | None = None                  # why it is unusable: a reason name
+    shard: str = ""                             # the shard it came from (a sample is (shard, key)); '' in a folder
 
 
 def check_clip(wave: torch.Tensor, sr: int) -> str | None:
@@ -104,9 +105,9 @@ def shard_clips(bench: Benchmark, ctx: Context, split: str, skips: Skips) -> tup
             label, problem = sample_label(s.meta(), bench.options)
             audio = s.decode("audio", s.first("audio"))
         except SampleProblem as e:
-            out.append(Clip(s.key, "", None, e.reason))
+            out.append(Clip(s.key, "", None, e.reason, s.shard))
             continue
-        out.append(Clip(s.key, label, audio, problem or check_clip(*audio)))
+        out.append(Clip(s.key, label, audio, problem or check_clip(*audio), s.shard))
     return out, dhash
 
 
@@ -173,7 +174,7 @@ def _usable(clips: list[Clip], skips: Skips, split: str) -> list[Clip]:
     """The clips with no problem; the others counted per reason, the first of each named."""
     for c in clips:
         if c.problem is not None:
-            skips.count(c.problem, c.key, shard=split)
+            skips.count(c.problem, c.key, shard=c.shard or split)
     return [c for c in clips if c.problem is None]
 
 

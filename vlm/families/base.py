@@ -100,7 +100,7 @@ class Family:
                 raise
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]     # (transformers': a heading first)
             raise UserError(f"family '{self.name}'{f' size {size!r}' if size else ''}: the settings do not build a "
-                            f"model ({type(e).__name__}: {' '.join(lines[:2])[:240]})") from None
+                            f"model ({type(e).__name__}: {' '.join(lines[:2])[:240]})") from e
 
 
 FAMILIES: Registry[Family] = Registry("model family")

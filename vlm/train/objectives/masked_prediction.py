@@ -245,12 +245,17 @@ class MaskedPrediction(Objective):
 
             from vlm.model import load_error_line
             try:
-                self.teacher.load_fitted(load_file(str(path)))
-                return
-            except (SafetensorError, OSError, RuntimeError) as e:     # damaged, or another teacher's tensors
-                # fitted again, as it was the first time (the same audio, the same seed: the same teacher)
+                state = load_file(str(path))
+            except (SafetensorError, OSError) as e:      # damaged: fitted again, as it was the first time (the
                 print(f"warning: {path}: the fitted teacher does not read ({load_error_line(e)[:200]}); fitting it "
-                      f"again from the stage's audio", file=sys.stderr, flush=True)
+                      f"again from the stage's audio", file=sys.stderr, flush=True)     # same audio and seed)
+            else:
+                try:
+                    self.teacher.load_fitted(state)
+                    return
+                except RuntimeError as e:                # another teacher's tensors: the settings changed since
+                    raise UserError(f"{path}: a teacher of other settings ({load_error_line(e)[:200]}); the run's "
+                                    f"heads learned its targets: resume with the settings it began with") from None
         self.teacher.fit((b["audio"] for b in batches()), seed=0)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = self.teacher.fitted_state()
