@@ -152,6 +152,13 @@ class Skips:
         return out
 
 
+def skip_or_raise(skips: Skips | None, problem: SampleProblem) -> None:
+    """Count `problem` in `skips`; a caller without one (that skips nothing) gets it raised."""
+    if skips is None:
+        raise problem
+    skips.add(problem)
+
+
 def load_samples(bench: Benchmark, ctx: Context, split: str | None = None,
                  skips: Skips | None = None) -> tuple[list[Sample], str]:
     """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash. Under a
@@ -169,9 +176,7 @@ def load_samples(bench: Benchmark, ctx: Context, split: str | None = None,
                 if task is not None and not isinstance(task, str):
                     raise SampleProblem("bad_json", s, f"its 'task' is a {type(task).__name__}, not a text")
             except SampleProblem as e:
-                if skips is None:
-                    raise
-                skips.add(e)
+                skip_or_raise(skips, e)
                 continue
             if task not in tasks:
                 continue

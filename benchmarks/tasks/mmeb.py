@@ -35,7 +35,15 @@ from benchmarks.data import (
 from benchmarks.metrics import precision_at_1
 from benchmarks.models import Query
 from benchmarks.registry import Benchmark
-from benchmarks.tasks import Context, Skips, TaskResult, TooFewItems, bar, load_samples
+from benchmarks.tasks import (
+    Context,
+    Skips,
+    TaskResult,
+    TooFewItems,
+    bar,
+    load_samples,
+    skip_or_raise,
+)
 from benchmarks.tasks.captions import captions_of
 from vlm.embed.items import UnreadableMedia
 from vlm.errors import UserError
@@ -236,9 +244,7 @@ def _per_sample(samples: list[Sample], skips: Skips | None, make: Callable[[Samp
                 raise SampleProblem("bad_labels", s, f"its json fields are not as this suite's builder reads them "
                                                      f"({type(e).__name__}: {str(e)[:100]})") from None
         except SampleProblem as e:
-            if skips is None:
-                raise
-            skips.add(e)
+            skip_or_raise(skips, e)
             continue
         if q is not None:
             out.append(q)
@@ -432,9 +438,7 @@ def build_pair_datasets(samples: list[Sample], spec: dict, skips: Skips | None =
         try:
             parsed.append((s, *pair_items(s)))
         except SampleProblem as e:
-            if skips is None:
-                raise
-            skips.add(e)
+            skip_or_raise(skips, e)
     vqa_answers = list(dict.fromkeys(t[0].query.text for _, _, t, m in parsed if m.get("meta_task") == "vqa"))
     groups: dict[str, list] = {}
     for row in parsed:
