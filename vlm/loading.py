@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vlm.errors import UserError
 from vlm.families import FAMILIES
 from vlm.model_files import load_multimodal, read_config, upgrade  # noqa: F401  (the checkpoint format)
 
@@ -24,4 +25,8 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     for _, fam in FAMILIES.items():
         if fam.loads is not None and fam.loads(p, raw):
             return fam.load(p).to(device).eval()
+    family = raw.get("family")       # (a family this process has not registered loads from its config alone)
+    if isinstance(family, str) and family in FAMILIES and FAMILIES.get(family).loads is not None:
+        raise UserError(f"{p / 'config.json'}: says family {family!r}, but the folder is not one of its checkpoints "
+                        f"(its files are a vlm checkpoint's)")
     return load_multimodal(p, raw).to(device).eval()
