@@ -389,6 +389,7 @@ def test_a_hand_edited_checkpoint_config_is_one_line_naming_the_file(tmp_path):
              (lambda c: c.update(llm=[1]), "field 'llm' must be an object"),
              (lambda c: c.update(system=5), "field 'system' must be a string or null, got 5"),
              (lambda c: c.update(family="mert"), "says family 'mert', but the folder is not one of its checkpoints"),
+             (lambda c: c["llm"].update(max_position_embeddings=0), "field 'llm.max_position_embeddings' must be a"),
              (lambda c: c.update(system="You see <image> always"), r"field 'system' holds a media placeholder \(<image>\)"),
              (lambda c: c["encoders"]["image"]["preprocess"].update(size="big"), r"image preprocess 'size': one or two"),
              # tracebacks at the first image (or a 30 GB allocation), found by a review

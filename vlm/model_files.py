@@ -146,6 +146,9 @@ def checked_config(f: Path, raw: dict) -> ModelConfig:
     for key in raw:                   # a misspelt field would be dropped and its default used without a word
         near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75) if key not in known else None
         require(not near, f"{f}: '{key}' is not a config field (did you mean '{near[0]}'?)" if near else "")
+    context = raw["llm"].get("max_position_embeddings") if isinstance(raw.get("llm"), dict) else None
+    require(context is None or (isinstance(context, int) and not isinstance(context, bool) and context >= 1),
+            f"{f}: field 'llm.max_position_embeddings' must be a whole number >= 1 (the context), got {context!r}")
     from vlm.modalities import PLACEHOLDER_RE
     found = PLACEHOLDER_RE.search(raw.get("system") or "")      # every prompt then had a placeholder no file fills
     require(not found, f"{f}: field 'system' holds a media placeholder ({found.group(0) if found else ''}); the "
