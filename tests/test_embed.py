@@ -397,6 +397,7 @@ def test_cli_search_and_bad_input_exit_2(setup, tmp_path, capsys):
         (["search", str(out), "--audio", str(tmp_path / "tone.flac")], "cannot embed audio"),
         (["search", str(out), "--text", "a red circle", "--model", clip], "does not match"),
         (["search", str(tmp_path / "empty"), "--text", "x"], "not a `vlm embed` output"),
+        (["search", str(out), "--text", "caf\udce9"], "--text 'caf\ufffd': not UTF-8 text"),   # argv's bytes
     ]
     for argv, message in bad:
         assert main(argv) == 2, argv

@@ -120,6 +120,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from vlm.errors import UserError
     args.cfg_dir = args.dir
     cfg = config_from_args(SearchConfig, args, what="search config field")
+    from vlm.errors import is_utf8, text_of
+    for flag, value in (("--text", cfg.text), ("--instruction", cfg.instruction)):
+        if value is not None and not is_utf8(value):      # (argv bytes that are not UTF-8: named by the flag)
+            raise UserError(f"{flag} {text_of(value)!r}: not UTF-8 text")
     from vlm.embed.api import Embedder
     index = open_index(cfg.dir)
     emb = Embedder.load(cfg.model, device=cfg.device) if cfg.model else index.embedder(cfg.device)
