@@ -76,6 +76,7 @@ def build_if_absent(cfg: BuildConfig) -> Path:
     if not (out / "index.json").exists():
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: a file, not a folder")
+        check_build(cfg)                # before saying it builds (it printed "building ... (-5 training samples)")
         print(f"building {cfg.dataset} ({cfg.samples} training samples) in {out}", flush=True)
         build(cfg)
     elif cfg.world_version is not None:
