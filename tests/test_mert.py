@@ -692,6 +692,9 @@ def test_broken_teachers_and_checkpoint_files_are_one_line_naming_the_file(mert_
     obj.prepare(None, lambda: iter({"audio": w} for w in waves), tmp_path / "state")
     assert f"{mp.TEACHER_FILE}: the fitted teacher does not read" in capsys.readouterr().err
     assert (tmp_path / "state" / mp.TEACHER_FILE).read_bytes() == (tmp_path / "fresh" / mp.TEACHER_FILE).read_bytes()
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "state" / mp.TEACHER_FILE))    # another teacher's: not refitted
+    with pytest.raises(UserError, match="a teacher of other settings .*resume with the settings it began with"):
+        mp.MaskedPrediction(settings).prepare(None, lambda: iter(()), tmp_path / "state")
     # the heads' settings of a mert folder
     src, _ = mert_folder
     for heads, msg in [({"family": "mert", "bogus": 1}, "unknown field 'bogus'"), ([], "not a JSON object"),

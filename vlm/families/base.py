@@ -96,8 +96,6 @@ class Family:
         try:
             return self.builder(**{**(self.sizes[size] if size else {}), **settings})
         except (TypeError, ValueError, ZeroDivisionError, StrictDataclassError) as e:
-            if isinstance(e, UserError):
-                raise
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]     # (transformers': a heading first)
             raise UserError(f"family '{self.name}'{f' size {size!r}' if size else ''}: the settings do not build a "
                             f"model ({type(e).__name__}: {' '.join(lines[:2])[:240]})") from e

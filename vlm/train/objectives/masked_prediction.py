@@ -48,7 +48,7 @@ from vlm.train.objectives.teachers import (
 )
 
 TEACHER_FILE = "teacher.safetensors"
-MAX_CLIP_SECONDS = 120.0                   # the longest crop a recipe may ask for (check: why)
+MAX_CLIP_SECONDS = 120.0                   # the longest crop a recipe may ask for (`check` says why)
 
 
 @dataclass
