@@ -73,6 +73,12 @@ def _usable(s: Sample, skips: Skips, make: Callable[[], Any]) -> Any:
     return None
 
 
+def _task(meta: dict[str, Any]) -> str:
+    """A row's task: the sample's json `task` when it is a text (a list there would break the rows' table)."""
+    task = meta.get("task")
+    return task if isinstance(task, str) else ""
+
+
 def _scored(bench: Benchmark, rows: list, skips: Skips) -> dict[str, float]:
     """The skips' metrics; a one-line error when every sample was skipped."""
     if not rows:
@@ -99,7 +105,7 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context, s
             todo = [(s, *item) for s in chunk if (item := _usable(s, skips, lambda s=s: _vqa_item(s, suffix)))]
             preds = model.generate([(p, media) for _, _, p, _, media in todo], max_new, batch_size=bs) if todo else []
             for (s, m, p, gold, _), pred in zip(todo, preds):
-                rows.append(dict(key=s.key, task=m.get("task", ""), prompt=p, gold=gold, pred=pred,
+                rows.append(dict(key=s.key, task=_task(m), prompt=p, gold=gold, pred=pred,
                                  n_choices=len(choices_of(m)), **score_answer(pred, gold)))
             pbar.update(len(chunk))
     skipped = _scored(bench, rows, skips)
@@ -123,7 +129,7 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, ski
             choices = choices_of(m)
             ll = model.loglikelihood([(prompt, media, c) for c in choices])
             best = max(range(len(choices)), key=lambda j: ll[j][0])
-            rows.append(dict(key=s.key, task=m.get("task", ""), gold=gold, pred=choices[best],
+            rows.append(dict(key=s.key, task=_task(m), gold=gold, pred=choices[best],
                              correct=float(choices[best] == gold), n_choices=len(choices),
                              logprob_gold=ll[choices.index(gold)][0] if gold in choices else float("nan")))
     skipped = _scored(bench, rows, skips)
