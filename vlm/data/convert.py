@@ -111,6 +111,13 @@ def named(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
+def within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies inside it, links resolved (an output inside its own input is read
+    back as input on a rerun)."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([p, f]) == f
+
+
 def inside(root: str, path: str, what: str = "path") -> str:
     """`path` (relative to `root`, or absolute) resolved, if it lies inside `root`; else Skip
     (`path_outside_root`): `..`, an absolute path elsewhere, a symlink pointing out."""
@@ -429,11 +436,6 @@ def _class_names(folder: str, classes: list[str]) -> list[str]:
     return names
 
 
-def _holds(outer: str, inner: str) -> bool:
-    """`inner` is `outer` or inside it (real paths)."""
-    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
-
-
 def convert_class_folder(folder: str, out: str, templates: list[str] | None = None, split: str = "test",
                          max_count: int = 10_000, max_bad: float = 0.1) -> Report:
     """`folder/<class>/*.jpg` -> `out/classnames.txt`, `out/zeroshot_classification_templates.txt`,
@@ -445,9 +447,9 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
         raise UserError(f"--split {split!r}: a split is a folder name inside --out (test, train ...), not a path")
     classes = [d for d in _list_dir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith(".")]
     here = os.path.realpath(folder)
-    if _holds(here, os.path.realpath(out)):             # a rerun would read its own split folder as a class
+    if within(out, here):                               # a rerun would read its own split folder as a class
         raise UserError(f"--out {out} is inside the class folder {folder}; give a folder outside it")
-    looped = [d for d in classes if _holds(os.path.realpath(os.path.join(folder, d)), here)]
+    looped = [d for d in classes if within(here, os.path.join(folder, d))]
     classes = [d for d in classes if d not in looped]   # a link to the folder itself or above it: no class
     if not classes:
         raise UserError(f"{folder}: no class sub-folders")

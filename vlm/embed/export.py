@@ -48,6 +48,7 @@ import torch
 
 from vlm.atomic import remove_torn, write_file, write_text
 from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
+from vlm.data.convert import within
 from vlm.embed.items import Item
 from vlm.errors import UserError, is_utf8, text_of
 from vlm.modalities import (
@@ -394,12 +395,6 @@ def write_part(out: Path, name: str, modalities: list[str], emb: dict[str, list[
     write_file(out / "metadata" / f"metadata_{name}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether `path` is `folder` or under it (links resolved)."""
-    p, f = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([p, f]) == f
-
-
 def _remove_torn(out: Path) -> None:
     """Temporary files a killed export left (their process is gone; a live rank's are kept)."""
     remove_torn(out.glob("*/.*.tmp-*"))
@@ -610,7 +605,7 @@ def export(cfg) -> ExportResult:
         if m != "text" and m not in backend.modalities:
             raise UserError(f"{backend.name} cannot embed {m} (it embeds {', '.join(['text', *backend.modalities])})")
     plan = plan_input(cfg.input, cfg.part_size)
-    if plan.kind == "files" and _inside(out, Path(plan.sources[0])):   # a rerun would read the export as input
+    if plan.kind == "files" and within(out, plan.sources[0]):   # a rerun would read the export as input
         raise UserError(f"--out {out} is the input folder {plan.sources[0]} or inside it: a rerun would read the "
                         f"export's own files as input; give a folder outside it")
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
