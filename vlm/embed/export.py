@@ -48,7 +48,6 @@ import torch
 
 from vlm.atomic import remove_torn, write_file, write_text
 from vlm.data.collate import die_with_parent, pack_batch, start_workers, unpack_batch
-from vlm.data.convert import within
 from vlm.embed.items import Item
 from vlm.errors import UserError, is_utf8, text_of
 from vlm.modalities import (
@@ -605,6 +604,7 @@ def export(cfg) -> ExportResult:
         if m != "text" and m not in backend.modalities:
             raise UserError(f"{backend.name} cannot embed {m} (it embeds {', '.join(['text', *backend.modalities])})")
     plan = plan_input(cfg.input, cfg.part_size)
+    from vlm.data.convert import within          # (here, not at import: the converters' modules are not needed)
     if plan.kind == "files" and within(out, plan.sources[0]):   # a rerun would read the export as input
         raise UserError(f"--out {out} is the input folder {plan.sources[0]} or inside it: a rerun would read the "
                         f"export's own files as input; give a folder outside it")
