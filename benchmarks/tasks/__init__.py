@@ -113,12 +113,8 @@ class Skips:
             self.first.setdefault(reason, key)
             self.messages.setdefault(reason, message or f"sample {key}: {reason}")
 
-    def update(self, other: Skips, counts: bool = True) -> None:
-        """`other`'s samples (each once) and first examples; counts=False: its first examples only."""
-        if counts:
-            for ident, reason in other.samples.items():
-                self.samples.setdefault(ident, reason)
-            self.extra += other.extra
+    def add_examples(self, other: Skips) -> None:
+        """`other`'s first example (key and message) of each reason this one has none of; no counts."""
         for reason in other.first:
             self.first.setdefault(reason, other.first[reason])
             self.messages.setdefault(reason, other.messages[reason])
@@ -219,16 +215,21 @@ def encode_images(model, items, prep, ctx: Context, total: int | None = None) ->
     return (torch.cat(feats) if feats else torch.zeros(0)), ok
 
 
-def image_features_of(model, samples: list[Sample], dhash: str, ctx: Context) -> tuple[torch.Tensor, list[bool]]:
+def image_features_of(model, samples: list[Sample], dhash: str, ctx: Context,
+                      skips: Skips) -> tuple[torch.Tensor, list[bool]]:
     """[N_ok, D] normalised embeddings of each sample's first image and, per sample, whether its image decoded
-    (the others are left out: the task skips and counts them), cached by model and data hash."""
+    (the others are left out and counted in `skips` as `bad_image`), cached by model and data hash."""
     def compute():
         feats, ok = encode_images(model, samples, lambda s: decoded_image(model, s), ctx, len(samples))
         return {"features": feats}, {"keys": [s.key for s in samples], "ok": ok}
 
     name = f"images-{data_hash([], dhash, [s.key for s in samples])}"      # the subset matters, not just the files
     t, m = ctx.cache.get_or_compute(model.fingerprint, name, compute)
-    return t["features"], m.get("ok") or [True] * len(samples)
+    ok = m.get("ok") or [True] * len(samples)
+    for s, good in zip(samples, ok):
+        if not good:
+            skips.skip("bad_image", s, "the image does not decode")
+    return t["features"], ok
 
 
 def text_features_of(model, texts: list[str], ctx: Context) -> "torch.Tensor":

@@ -383,8 +383,6 @@ def _pair_sides(s: Sample, m: dict) -> list[dict]:
     if not isinstance(negatives, list):
         raise bad("not a pair sample: json 'negatives' is not a list")
     sides = [m.get("query"), m.get("positive"), *negatives]
-    if not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in sides[:2]):
-        raise bad("not a pair sample (json 'query' and 'positive')")
     for j, x in enumerate(sides):
         name = ("query", "positive")[j] if j < 2 else f"negatives[{j - 2}]"
         if not (isinstance(x, dict) and isinstance(x.get("text"), str)):
@@ -627,7 +625,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
                 raise TooFewItems(str(error)) if ctx.limit else error
             raise TooFewItems(f"benchmark {bench.name}: dataset {ds.name} has no queries")
         ds.skipped.update(own.counts)
-        skips.update(own, counts=False)      # its first example per reason, for the CLI's line
+        skips.add_examples(own)              # its first example per reason, for the CLI's line
         datasets.append(ds)
         keys[ds.name] = f"mmeb-{data_hash([], dhash, spec)}"
     if not datasets and skips:

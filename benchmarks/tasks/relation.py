@@ -48,10 +48,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         if skips:
             raise skips.nothing_usable(f"benchmark {bench.name} (mode '{mode}')")
         raise UserError(f"benchmark {bench.name}: no sample has captions for mode '{mode}'")
-    img, ok = image_features_of(model, kept, dhash, ctx)                  # [N, D]
-    for s, good in zip(kept, ok):
-        if not good:
-            skips.skip("bad_image", s, "the image does not decode")
+    img, ok = image_features_of(model, kept, dhash, ctx, skips)           # [N, D]
     kept, caps = [s for s, good in zip(kept, ok) if good], [c for c, good in zip(caps, ok) if good]
     if not kept:
         raise skips.nothing_usable(f"benchmark {bench.name}")

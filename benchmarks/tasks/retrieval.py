@@ -69,10 +69,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             skips.skip("no_caption", s, "no caption (txt, json caption or a scene)")
     if not kept:
         raise skips.nothing_usable(f"benchmark {bench.name}")
-    img, ok = image_features_of(model, [s for s, _ in kept], dhash, ctx)              # [N, D]
-    for (s, _), good in zip(kept, ok):
-        if not good:
-            skips.skip("bad_image", s, "the image does not decode")
+    img, ok = image_features_of(model, [s for s, _ in kept], dhash, ctx, skips)       # [N, D]
     kept = [k for k, good in zip(kept, ok) if good]
     if not kept:
         raise skips.nothing_usable(f"benchmark {bench.name}")
