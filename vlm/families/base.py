@@ -82,8 +82,8 @@ class Family:
 
     def build(self, size: str | None = None, **settings):
         """The family's model at a named size with `settings` over it; a setting the builder does not take, or
-        values it cannot build (heads that do not divide the width, a seed that is not a number ...), is one line
-        naming the family (Python's TypeError / transformers' validation errors before)."""
+        values it cannot build (heads that do not divide the width, a negative size, a seed that is not a number
+        ...), is one line naming the family (Python's TypeError / transformers' validation errors before)."""
         from huggingface_hub.errors import StrictDataclassError
         if size is not None and size not in self.sizes:
             raise UserError(f"family '{self.name}' has no size '{size}'; known: {sorted(self.sizes)}")
@@ -95,7 +95,7 @@ class Family:
                                 f"{', '.join(sorted(params))})")
         try:
             return self.builder(**{**(self.sizes[size] if size else {}), **settings})
-        except (TypeError, ValueError, ZeroDivisionError, StrictDataclassError) as e:
+        except (TypeError, ValueError, RuntimeError, ZeroDivisionError, StrictDataclassError) as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]     # (transformers': a heading first)
             raise UserError(f"family '{self.name}'{f' size {size!r}' if size else ''}: the settings do not build a "
                             f"model ({type(e).__name__}: {' '.join(lines[:2])[:240]})") from e
