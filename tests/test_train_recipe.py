@@ -183,8 +183,20 @@ def test_bad_recipe_is_one_line_naming_the_field_before_anything_is_built(overri
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1, err
-    assert f"'{field}'" in err, err
+    assert f"recipe field '{field}'" in err, err
     assert not (recipe_file.parent / "run").exists()
+
+
+def test_settings_the_builder_refuses_are_blamed_on_the_model_not_a_setting_its_message_quotes(tmp_path, capsys):
+    """llava-tiny with heads that do not divide the width: the builder's error quotes size 'tiny', which the
+    field finder matched to another setting's value (it said 'model.settings.audio')."""
+    for override in ("model.settings.llm={model_type: llama, hidden_size: 60, num_attention_heads: 7}",
+                     "model.settings.llm={model_type: llama, hidden_size: -4}"):
+        assert main(["train", "llava-tiny", override, "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("vlm train: error: recipe field 'model': family 'llava' size 'tiny': the settings do "
+                              "not build a model"), err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_key_given_twice_is_refused_and_merge_keys_still_work(tmp_path):

@@ -97,8 +97,13 @@ class Family:
             return self.builder(**{**(self.sizes[size] if size else {}), **settings})
         except (TypeError, ValueError, RuntimeError, ZeroDivisionError, StrictDataclassError) as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]     # (transformers': a heading first)
-            raise UserError(f"family '{self.name}'{f' size {size!r}' if size else ''}: the settings do not build a "
-                            f"model ({type(e).__name__}: {' '.join(lines[:2])[:240]})") from e
+            raise SettingsDoNotBuild(f"family '{self.name}'{f' size {size!r}' if size else ''}: the settings do not "
+                                     f"build a model ({type(e).__name__}: {' '.join(lines[:2])[:240]})") from e
+
+
+class SettingsDoNotBuild(UserError):
+    """A family's builder refused its settings as a whole (a value transformers or torch cannot build): the
+    recipe names `model` for it, not the setting whose value the message happens to quote."""
 
 
 FAMILIES: Registry[Family] = Registry("model family")

@@ -507,11 +507,15 @@ def model_skeleton(spec: ModelSpec):
     An unknown encoder or LLM name raises a UserError naming the `model.settings` field it came from.
     """
     import torch
+
+    from vlm.families.base import SettingsDoNotBuild
     state = torch.random.get_rng_state()
     try:
         with torch.device("meta"):
             return build_model(spec)
-    except UserError as e:           # (values transformers / torch refuse too: `Family.build` names them)
+    except SettingsDoNotBuild as e:  # values transformers / torch refuse (hidden_size -4, heads that do not divide)
+        raise UserError(f"recipe field 'model': {e}") from None
+    except UserError as e:
         field, msg = _field_of(spec, str(e)), str(e)
         key = field.rsplit(".", 1)[-1]
         raise UserError(f"recipe field '{field}': {msg[len(key) + 2:] if msg.startswith(f'{key}: ') else msg}") from None
