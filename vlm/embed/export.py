@@ -605,6 +605,7 @@ def export(cfg) -> ExportResult:
             raise UserError(f"{backend.name} cannot embed {m} (it embeds {', '.join(['text', *backend.modalities])})")
     plan = plan_input(cfg.input, cfg.part_size)
     from vlm.data.convert import within          # (here, not at import: the converters' modules are not needed)
+
     if plan.kind == "files" and within(out, plan.sources[0]):   # a rerun would read the export as input
         raise UserError(f"--out {out} is the input folder {plan.sources[0]} or inside it: a rerun would read the "
                         f"export's own files as input; give a folder outside it")
