@@ -578,6 +578,7 @@ def export(cfg) -> ExportResult:
     import pyarrow.parquet  # the part writer's, at start-up: inside the stream its import stalls the model
     from tqdm.auto import tqdm
 
+    from vlm.data.convert import within        # (here, not at import: `vlm embed` starts without the converters)
     from vlm.embed.backends import load_backend
     pa.array([], pa.string())      # and so is the pandas import pyarrow makes on its first array (~0.3 s)
     modalities = list(dict.fromkeys(cfg.modality))
@@ -604,8 +605,6 @@ def export(cfg) -> ExportResult:
         if m != "text" and m not in backend.modalities:
             raise UserError(f"{backend.name} cannot embed {m} (it embeds {', '.join(['text', *backend.modalities])})")
     plan = plan_input(cfg.input, cfg.part_size)
-    from vlm.data.convert import within          # (here, not at import: the converters' modules are not needed)
-
     if plan.kind == "files" and within(out, plan.sources[0]):   # a rerun would read the export as input
         raise UserError(f"--out {out} is the input folder {plan.sources[0]} or inside it: a rerun would read the "
                         f"export's own files as input; give a folder outside it")
