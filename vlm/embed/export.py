@@ -578,7 +578,8 @@ def export(cfg) -> ExportResult:
     import pyarrow.parquet  # the part writer's, at start-up: inside the stream its import stalls the model
     from tqdm.auto import tqdm
 
-    from vlm.data.convert import within        # (here, not at import: `vlm embed` starts without the converters)
+    # (here, not at import: `vlm embed` starts without the converters)
+    from vlm.data.convert import within
     from vlm.embed.backends import load_backend
     pa.array([], pa.string())      # and so is the pandas import pyarrow makes on its first array (~0.3 s)
     modalities = list(dict.fromkeys(cfg.modality))
