@@ -74,7 +74,7 @@ class EvalConfig(RunConfig):
     """`vlm eval`: which models on which benchmarks, and how (RunConfig)."""
     models: list[str] = field(default_factory=list, metadata={
         "flag": "--model", "repeat": True, "metavar": "MODEL",
-        "help": "checkpoint folder or open_clip:ARCH[:CKPT]; repeat for several"})
+        "help": "checkpoint folder, open_clip:ARCH[:CKPT] or features:log-mel / features:mfcc (audio probes); repeat for several"})
     suite: list[str] | None = field(default_factory=list, metadata={      # None: an older eval_config.yaml
         "flag": "--suite", "repeat": True, "metavar": "NAME",
         "help": "a suite name (see `vlm eval list --suites`); repeat for several"})

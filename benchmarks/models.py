@@ -5,6 +5,7 @@
     m = load_model("open_clip:local-dir:/ckpt/my-clip")         # open_clip_config.json + weights
     m = load_model("open_clip:/cfg/tiny.json:/ckpt/tiny.safetensors")   # an architecture config file
     m = load_model("runs/llava-tiny/final")                     # a vlm checkpoint folder (vlm.load)
+    m = load_model("features:log-mel")                          # hand-crafted audio features (probes only)
 
 Embeddings are L2-normalised [N, D] float32. For our checkpoints an embedding is the final layer's
 hidden state at the last non-pad token of the prompt (VLM2Vec), so the embedding tasks run on them
@@ -328,6 +329,67 @@ class EncoderModel(EvalModel):
         return encoder_layer_features(self.encoder, clips)
 
 
+# ------------------------------------------------------------------------------------------------ features
+FEATURES = ("log-mel", "mfcc")
+FEATURE_RATES = {"music": 24000, "audio": 16000}     # the rates the suite's music / audio encoders read
+
+
+class FeatureModel(EvalModel):
+    """Hand-crafted audio features, the reference row of a MARBLE-style probe table (MARBLE reports MFCC):
+    what a probe reads from the signal itself, with nothing learned. `features:log-mel` is the log-mel
+    spectrogram (128 bands at 24 kHz for music, 80 at 16 kHz for audio; 75 frames a second for music, MERT's
+    rate, 100 for audio), `features:mfcc` 20 MFCCs and their deltas from those bands; either in dB, summarised
+    per clip by its mean and standard deviation over time: one "layer" [N, 1, 2 x bands]. No weights, no
+    seed: the probe's own fit is the only training. Probes only."""
+
+    can_probe = True
+    modalities = ("music", "audio")
+
+    def __init__(self, spec: str, device: str = "cpu"):
+        kind = spec.split(":", 1)[1]
+        if kind not in FEATURES:
+            raise UserError(f"{spec}: unknown features {kind!r}; choose from "
+                            + ", ".join(f"features:{k}" for k in FEATURES))
+        self.spec, self.kind, self.device = spec, kind, device
+        self.name = f"features:{kind}"
+        self.fingerprint = _digest("features", kind, "v1")
+        self._transforms: dict[str, torch.nn.Module] = {}
+
+    def _transform(self, modality: str) -> torch.nn.Module:
+        import torchaudio
+        if modality not in self._transforms:
+            sr = FEATURE_RATES[modality]
+            mel = dict(n_fft=2048 if modality == "music" else 1024, hop_length=sr // (75 if modality == "music" else 100),
+                       n_mels=128 if modality == "music" else 80)
+            if self.kind == "mfcc":
+                t = torchaudio.transforms.MFCC(sr, n_mfcc=20, log_mels=False, melkwargs=mel)
+            else:
+                t = torch.nn.Sequential(torchaudio.transforms.MelSpectrogram(sr, **mel),
+                                        torchaudio.transforms.AmplitudeToDB("power", top_db=80))
+            self._transforms[modality] = t
+        return self._transforms[modality]
+
+    @torch.inference_mode()
+    def layer_features(self, modality: str, clips: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        if modality not in FEATURE_RATES:
+            raise UserError(f"{self.name} reads audio and music; it has no {modality} features")
+        import torchaudio.functional as AF
+        from encoders.base import resample_ratio
+        sr, t = FEATURE_RATES[modality], self._transform(modality)
+        n_fft = t[0].n_fft if isinstance(t, torch.nn.Sequential) else t.MelSpectrogram.n_fft
+        out = []
+        for wave, rate in clips:
+            x = torch.as_tensor(wave, dtype=torch.float32).reshape(-1, wave.shape[-1]).mean(0)     # mono [N]
+            if int(rate) != sr:
+                x = AF.resample(x, *resample_ratio(int(rate), sr))
+            x = torch.nn.functional.pad(x, (0, max(0, n_fft - x.numel())))   # the STFT's reflect padding needs n_fft
+            f = t(x)                                                          # [bands, frames], dB
+            if self.kind == "mfcc":
+                f = torch.cat([f, AF.compute_deltas(f)])
+            out.append(torch.cat([f.mean(1), f.std(1, correction=0)])[None])            # [1, 2 x bands]
+        return torch.stack(out)                                                        # [N, 1, D]
+
+
 def _hf_model_type(p: Path) -> str | None:
     """The model_type of a transformers folder's config.json; None for anything else (a vlm checkpoint has
     none: its config names an llm and media instead)."""
@@ -339,10 +401,13 @@ def _hf_model_type(p: Path) -> str | None:
 
 
 def load_model(spec: str, device: str = "cpu") -> EvalModel:
-    """`open_clip:ARCH[:CKPT]`, a vlm checkpoint folder, or a music encoder folder (a mert checkpoint or a
-    transformers HuBERT folder: probes only); bad input is a one-line UserError."""
+    """`open_clip:ARCH[:CKPT]`, a vlm checkpoint folder, a music encoder folder (a mert checkpoint or a
+    transformers HuBERT folder: probes only) or `features:log-mel` / `features:mfcc` (hand-crafted audio
+    features: probes only); bad input is a one-line UserError."""
     if spec.startswith("open_clip:"):
         return OpenClipModel(spec, device=device)
+    if spec.startswith("features:"):
+        return FeatureModel(spec, device=device)
     model_type = _hf_model_type(Path(spec))
     if model_type == "hubert":
         return EncoderModel(spec, device=device)

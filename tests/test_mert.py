@@ -432,6 +432,45 @@ def test_audio_folder_probe_skips_bad_files_by_reason_and_bad_csv_is_one_line(me
     assert [c.label for c in read_labels(d)] == ["caf\u00e9", "caf\u00e9", "tea"]
 
 
+def test_hand_crafted_features_are_a_probe_reference_that_reads_timbre_at_any_rate(tmp_path, capsys):
+    """`features:log-mel` / `features:mfcc` (MARBLE's reference row): probed like an encoder, nothing learned but
+    the probe. Two timbres at the same pitches (a pure tone, a tone with six harmonics) are told apart; a clip
+    given at 48 kHz or in stereo has the features of the same clip at 24 kHz, mono; bad names are one line."""
+    from benchmarks.models import load_model
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    d = tmp_path / "timbre"
+    (d / "clips").mkdir(parents=True)
+    rows = ["path,label"]
+    for i in range(24):
+        label = ["pure", "rich"][i % 2]
+        f = 110 * 2 ** ((i // 2 * 5 % 12) / 4)              # the same twelve pitches for both labels, shuffled
+        (d / "clips" / f"{i}.flac").write_bytes(flac(tone(f, 0.5, harmonics=1 if label == "pure" else 6), 24000))
+        rows.append(f"clips/{i}.flac,{label}")
+    (d / "labels.csv").write_text("\n".join(rows) + "\n")
+    res = evaluate(["features:log-mel", "features:mfcc"], [get_benchmark(f"audio-folder:{d}")],
+                   RunConfig(out=str(tmp_path / "eval"), cache=False, progress=False))
+    scores = {rec["model"]: rec["score"] for rec in res.records if rec["status"] == "ok"}
+    assert scores["features:log-mel"] == 1.0 and scores["features:mfcc"] >= 5 / 6, scores   # 6 test clips, chance 0.5
+    assert all([r["layer"] for r in rec["tables"]["layers"]] == [0] for rec in res.records)
+    model = load_model("features:log-mel")
+    x = tone(330, 0.5)
+    at24 = model.layer_features("music", [(torch.from_numpy(x)[None], 24000)])
+    at48 = model.layer_features("music", [(torch.from_numpy(np.repeat(x, 2))[None].repeat(2, 1), 48000)])
+    assert at24.shape == (1, 1, 256) and torch.isfinite(at24).all()
+    assert (at24 - at48).abs().mean() < 1.0                       # dB: resampled, downmixed, the same clip
+    short = model.layer_features("audio", [(torch.zeros(1, 100), 16000)])      # silent, shorter than the FFT
+    assert short.shape == (1, 1, 160) and torch.isfinite(short).all()
+    assert load_model("features:mfcc").fingerprint != model.fingerprint
+    from vlm.cli import main
+    capsys.readouterr()
+    assert main(["eval", "--bench", f"audio-folder:{d}", "--model", "features:chroma", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown features 'chroma'" in err and "features:log-mel" in err and len(err.splitlines()) == 1, err
+    from benchmarks.tasks import applicable
+    assert "no image encoder" in applicable(model, get_benchmark("sw-colors"))       # probes only
+
+
 @pytest.mark.usefixtures("one_intra_op_thread")
 def test_a_test_clip_the_probe_was_fitted_on_is_not_scored(mert_folder, tmp_path):
     """Found by a review: synthetic-world's music probes scored val / test clips byte-identical to train clips
