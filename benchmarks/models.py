@@ -359,8 +359,8 @@ class FeatureModel(EvalModel):
         import torchaudio
         if modality not in self._transforms:
             sr = FEATURE_RATES[modality]
-            mel = dict(n_fft=2048 if modality == "music" else 1024, hop_length=sr // (75 if modality == "music" else 100),
-                       n_mels=128 if modality == "music" else 80)
+            music = modality == "music"
+            mel = {"n_fft": 2048 if music else 1024, "hop_length": sr // (75 if music else 100), "n_mels": 128 if music else 80}
             if self.kind == "mfcc":
                 t = torchaudio.transforms.MFCC(sr, n_mfcc=20, log_mels=False, melkwargs=mel)
             else:
@@ -374,7 +374,8 @@ class FeatureModel(EvalModel):
         if modality not in FEATURE_RATES:
             raise UserError(f"{self.name} reads audio and music; it has no {modality} features")
         import torchaudio.functional as AF
-        from encoders.base import resample_ratio
+
+        from encoders.base import resample_ratio, scale_loud
         sr, t = FEATURE_RATES[modality], self._transform(modality)
         n_fft = t[0].n_fft if isinstance(t, torch.nn.Sequential) else t.MelSpectrogram.n_fft
         out = []
@@ -383,6 +384,7 @@ class FeatureModel(EvalModel):
             if int(rate) != sr:
                 x = AF.resample(x, *resample_ratio(int(rate), sr))
             x = torch.nn.functional.pad(x, (0, max(0, n_fft - x.numel())))   # the STFT's reflect padding needs n_fft
+            x = scale_loud(x[None], torch.ones(1, x.numel(), dtype=torch.bool))[0]   # a peak > 1e6 overflows the power
             f = t(x)                                                          # [bands, frames], dB
             if self.kind == "mfcc":
                 f = torch.cat([f, AF.compute_deltas(f)])

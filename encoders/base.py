@@ -383,11 +383,16 @@ class AudioPreprocess(Preprocess):
         if wav.numel() <= self.n_fft // 2:       # the STFT's reflect padding needs more (a traceback before)
             raise UserError(f"audio clip too short: {wav.numel()} samples at {self.sample_rate} Hz; the log-mel needs "
                             f"more than {self.n_fft // 2} ({1000 * (self.n_fft // 2 + 1) / self.sample_rate:.1f} ms)")
+        # a float clip far beyond any audio scale (peak > 1e6) overflows the power spectrum to inf / NaN features:
+        # scaled to a peak of 1 (every other clip bit for bit)
+        wav = scale_loud(wav[None], torch.ones(1, wav.numel(), dtype=torch.bool))[0]
         mel = self._mel_transform()(wav)[:, :-1]  # [n_mels, N // hop]; Whisper drops the last frame
         if mel.shape[-1] == 0:
             raise UserError(f"audio clip too short: {wav.numel()} samples < hop {self.hop_length}")
         log_spec = torch.clamp(mel, min=1e-10).log10()
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        if not torch.isfinite(log_spec).all():     # (the samples were checked finite where they were decoded)
+            raise UserError("audio clip gives non-finite log-mel features (NaN or inf samples?)")
         return (log_spec + 4.0) / 4.0  # [n_mels, frames]
 
     def to_dict(self) -> dict[str, Any]:

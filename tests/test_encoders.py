@@ -199,6 +199,11 @@ def test_whisper_log_mel_matches_transformers(stereo: tuple[torch.Tensor, int]) 
                                             f"than 200"):
             enc.preprocess(torch.zeros(n), 16000)
     assert enc.preprocess(torch.zeros(320), 16000).shape == (80, 2)
+    # a float clip of peak 5e17 or more (finite) overflowed the power spectrum: all-NaN features, a NaN loss
+    # step in training and NaN rows in `vlm embed` (a review). It is read as the same clip at a peak of 1
+    quiet = wav16 / wav16.abs().max()
+    torch.testing.assert_close(enc.preprocess(quiet * 1e30, 16000), enc.preprocess(quiet, 16000), atol=1e-4, rtol=0)
+    assert not torch.allclose(enc.preprocess(quiet * 1e5, 16000), enc.preprocess(quiet, 16000))   # (only beyond 1e6)
 
 
 def test_mert_waveform_matches_transformers(stereo: tuple[torch.Tensor, int]) -> None:
