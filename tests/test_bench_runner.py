@@ -414,6 +414,46 @@ def test_a_question_whose_image_does_not_decode_is_skipped_and_counted(tmp_path)
         assert row["status"] == "ok" and metrics["skipped_bad_media"] == 1.0 and metrics["n"] == 2.0, row.to_dict()
 
 
+def test_media_the_models_preprocessing_refuses_is_skipped_and_counted_in_every_generative_mode(tmp_path):
+    """An audio file that decodes but is too short for the encoder's log-mel (1 sample) ended the whole
+    `vlm eval` run, every benchmark of it, without naming the sample (a review): the generative, likelihood and
+    caption tasks answer the other samples and count that one as bad_media, named."""
+    import io
+
+    import soundfile as sf
+    import webdataset as wds
+
+    import vlm
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    from vlm.data.synthetic import build_synthetic_world
+    world = tmp_path / "sw"
+    build_synthetic_world(world, samples=20, seed=0, eval_per_task=3, splits=("test",), workers=1,
+                          classification=False, tasks=["audio_tone", "audio_caption"])
+    one = io.BytesIO()
+    sf.write(one, [0.5], 16000, format="FLAC")
+    bad = {}
+    for shard in sorted((world / "test").glob("*.tar")):
+        samples = list(wds.WebDataset(str(shard), shardshuffle=False))
+        with wds.TarWriter(str(shard)) as w:
+            for s in samples:
+                task = json.loads(s["json"])["task"]
+                if "flac" in s and task not in bad:                # the first sample of each task: 1 sample long
+                    bad[task] = s["__key__"]
+                    s = {**s, "flac": one.getvalue()}
+                w.write({k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"})
+    ckpt = vlm.build("llava", "tiny", vision=None, music=None, video=None).save_pretrained(tmp_path / "m")
+    tone = get_benchmark("sw-vqa-audio-tone")
+    benches = [tone, replace(tone, name="tone-loglik", options={**tone.options, "mode": "loglik"}),
+               get_benchmark("sw-caption-audio")]
+    res = evaluate([str(ckpt)], benches, RunConfig(out=tmp_path / "out", data=str(world), cache=False, progress=False,
+                                                   batch_size=2))
+    for rec, task in zip(res.records, ("audio_tone", "audio_tone", "audio_caption")):
+        m = rec["metrics"]
+        assert rec["status"] == "ok" and m["skipped_bad_media"] == 1.0 and m["n"] == 2.0, rec
+        assert rec["tables"]["skipped_examples"]["bad_media"] == bad[task]
+
+
 def test_a_small_limit_skips_what_it_leaves_too_little_of_not_the_whole_run(assets, tmp_path):
     """Found by a review: `--suite synthetic-world --limit 2` ended the whole run at sw-mmeb ('dataset cls-shape
     has no queries'), with no report; without a limit such data is still an error."""

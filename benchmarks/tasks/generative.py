@@ -31,6 +31,8 @@ from benchmarks.metrics import bleu, cider, exact_match, rouge_l, vqa_match
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, Skips, TaskResult, bar, load_samples
 from benchmarks.tasks.captions import captions_of
+from vlm.errors import UserError
+from vlm.modalities import MediaError
 
 CAPTION_PROMPT = "<image>\nDescribe the image briefly."
 
@@ -73,6 +75,27 @@ def _usable(s: Sample, skips: Skips, make: Callable[[], Any]) -> Any:
     return None
 
 
+def _answers(model, todo: list[tuple], skips: Skips, max_new: int, bs: int) -> list[tuple[tuple, str]]:
+    """(item, answer) for the chunk's usable items, each (sample, ..., prompt, media) with prompt and media
+    last but one and last: `model.generate` over the whole chunk; when that raises a problem of one input
+    (media that decoded, but the model's preprocessing refuses it: an audio clip too short for its log-mel,
+    a sample rate outside any audio's ...), each item on its own, and the ones that fail are left out and
+    counted as `bad_media`, named, as a file that does not decode is (it ended the whole run)."""
+    prompts = [(t[-2], t[-1]) for t in todo]
+    try:
+        return list(zip(todo, model.generate(prompts, max_new, batch_size=bs)))
+    except (UserError, MediaError):
+        pass
+    out = []
+    for t, prompt in zip(todo, prompts):
+        try:
+            out.append((t, model.generate([prompt], max_new, batch_size=1)[0]))
+        except (UserError, MediaError) as e:
+            s = t[0]
+            skips.count("bad_media", s.key, f"{s.shard}: sample {s.key}: {str(e).splitlines()[0]}", shard=s.shard)
+    return out
+
+
 def _task(meta: dict[str, Any]) -> str:
     """A row's task: the sample's json `task` when it is a text (a list there would break the rows' table)."""
     task = meta.get("task")
@@ -103,8 +126,8 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context, s
         for i in range(0, len(samples), bs):
             chunk = samples[i:i + bs]
             todo = [(s, *item) for s in chunk if (item := _usable(s, skips, lambda s=s: _vqa_item(s, suffix)))]
-            preds = model.generate([(p, media) for _, _, p, _, media in todo], max_new, batch_size=bs) if todo else []
-            for (s, m, p, gold, _), pred in zip(todo, preds):
+            todo = [(s, m, gold, p, media) for s, m, p, gold, media in todo]      # prompt and media last
+            for (s, m, gold, p, _), pred in _answers(model, todo, skips, max_new, bs) if todo else []:
                 rows.append(dict(key=s.key, task=_task(m), prompt=p, gold=gold, pred=pred,
                                  n_choices=len(choices_of(m)), **score_answer(pred, gold)))
             pbar.update(len(chunk))
@@ -127,7 +150,11 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, ski
                 continue
             m, prompt, gold, media = item
             choices = choices_of(m)
-            ll = model.loglikelihood([(prompt, media, c) for c in choices])
+            try:
+                ll = model.loglikelihood([(prompt, media, c) for c in choices])
+            except (UserError, MediaError) as e:      # media the model's preprocessing refuses (as `_answers`)
+                skips.count("bad_media", s.key, f"{s.shard}: sample {s.key}: {str(e).splitlines()[0]}", shard=s.shard)
+                continue
             best = max(range(len(choices)), key=lambda j: ll[j][0])
             rows.append(dict(key=s.key, task=_task(m), gold=gold, pred=choices[best],
                              correct=float(choices[best] == gold), n_choices=len(choices),
@@ -161,9 +188,9 @@ def run_caption(model, samples: list[Sample], bench: Benchmark, ctx: Context, sk
         for i in range(0, len(samples), bs):
             chunk = samples[i:i + bs]
             todo = [(s, *item) for s in chunk if (item := _usable(s, skips, lambda s=s: _caption_item(bench, s)))]
-            if todo:
-                preds += model.generate([(p, media) for _, _, p, media in todo], max_new, batch_size=bs)
-                done += [(s, r) for s, r, _, _ in todo]
+            for (s, r, _, _), pred in _answers(model, todo, skips, max_new, bs) if todo else []:
+                preds.append(pred)
+                done.append((s, r))
             pbar.update(len(chunk))
     skipped = _scored(bench, done, skips)
     refs = [r for _, r in done]
