@@ -241,6 +241,16 @@ def test_deep_and_rotated_images_convert_as_they_look(tmp_path):
         row = np.asarray(images[name].convert("L"))[0].astype(float)
         assert abs(row.mean() - 127.5) < 2 and len(set(row.tolist())) > 200, name
     assert images["phone"].size == (32, 64)             # the JPEG is kept with its EXIF; decoding turns it
+    # a float image with NaN / inf pixels: the finite pixels' range (one NaN pixel made the whole image black,
+    # a review); NaN and -inf read as its low end, +inf as its high end; no finite pixel at all is a MediaError
+    from vlm.modalities import MediaError, to_rgb
+    spoilt = (ramp / 65535.0).astype(np.float32)
+    spoilt[:, 100], spoilt[:, 101], spoilt[:, 102] = np.nan, np.inf, -np.inf
+    row = np.asarray(to_rgb(Image.fromarray(spoilt)).convert("L"))[0]
+    clean = np.asarray(images["float"].convert("L"))[0]
+    assert (row[100:103] == [0, 255, 0]).all() and (np.delete(row, [100, 101, 102]) == np.delete(clean, [100, 101, 102])).all()
+    with pytest.raises(MediaError, match="no finite pixel value"):
+        to_rgb(Image.fromarray(np.full((4, 4), np.nan, np.float32)))
 
 
 def test_keys_of_repeated_ids_are_the_first_free_suffix():

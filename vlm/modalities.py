@@ -60,11 +60,17 @@ def to_rgb(img):
         img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8))
     elif img.mode in ("I", "F"):
         a = np.asarray(img, dtype=np.float64)
-        lo, hi = (float(a.min()), float(a.max())) if np.isfinite(a).all() else (0.0, 0.0)
+        finite = np.isfinite(a)
+        if not finite.any():
+            raise MediaError(f"image has no finite pixel value ({img.mode} mode, {img.width}x{img.height})")
+        # the range of the finite pixels; NaN and -inf read as its low end, +inf as its high end (one NaN pixel
+        # made the whole image black)
+        lo, hi = float(a[finite].min()), float(a[finite].max())
+        a = np.clip(np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo), lo, hi)
         if img.mode == "I" and lo >= 0 and hi <= 255:
             a8 = a.astype(np.uint8)                     # already 8-bit values (an L image opened as I)
         else:
-            a8 = (np.nan_to_num(a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)).round().astype(np.uint8)
+            a8 = ((a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)).round().astype(np.uint8)
         img = Image.fromarray(a8)
     return img if img.mode == "RGB" else img.convert("RGB")
 
