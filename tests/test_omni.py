@@ -3,6 +3,7 @@ time alignment of the soundtrack), the MMTrail converter (frame ranges, skips by
 long videos), bad clips, and omni batches mixing clips, images and text under DDP and FSDP2."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -165,6 +166,46 @@ def test_mmtrail_converter_skips_bad_clips_by_reason(tmp_path):
                                     "bad_video": 1, "path_outside_root": 1, "bad_record": 1}
     kept = convert_mmtrail(str(tmp_path / "ann.jsonl"), str(v), str(tmp_path / "out2"), audio_optional=True, max_bad=1.0)
     assert kept.clips == 2 and "no_audio_track" not in kept.skipped
+
+
+def test_mmtrail_frame_indices_count_from_the_videos_first_frame(tmp_path):
+    """A video whose first frame is at 2 s (pts 8 at 4 fps): MMTrail's frame indices (decord's) count from that
+    frame. The converter counted from time 0: frames [8, 12) came out as the video's frames 0-3, and [0, 4) was
+    skipped as past the end (a review)."""
+    from fractions import Fraction
+
+    import av
+    import decord
+
+    from vlm.data.mmtrail import convert_mmtrail
+    from vlm.data.reader import read_fields, scan_shard
+    (tmp_path / "videos").mkdir()
+    with av.open(str(tmp_path / "videos" / "late.mp4"), "w", format="mp4") as c:
+        st = c.add_stream("mpeg4", rate=4)
+        st.width = st.height = 32
+        st.pix_fmt = "yuv420p"
+        st.codec_context.time_base = Fraction(1, 4)
+        for i in range(16):                                       # frame i: grey level 15 i
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 15 * i, np.uint8), format="rgb24")
+            f.pts, f.time_base = i + 8, Fraction(1, 4)
+            for pkt in st.encode(f):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    assert [round(x.mean() / 15) for x in decord.VideoReader(str(tmp_path / "videos" / "late.mp4"))[0:2].asnumpy()] \
+        == [0, 1]                                                 # decord: frame 0 is the first frame
+    recs = [{"basic": {"video_path": "late.mp4", "video_fps": 4, "clip_id": f"c{a}", "clip_start_end_idx": [a, a + 4]},
+             "scene": {"caption": f"from {a}"}} for a in (0, 8)]
+    (tmp_path / "ann.json").write_text(json.dumps(recs))
+    report = convert_mmtrail(str(tmp_path / "ann.json"), str(tmp_path / "videos"), str(tmp_path / "out"), fps=4,
+                             audio_optional=True, size=32)
+    assert report.clips == 2 and not report.skipped
+    levels = {}
+    for ref in scan_shard(str(tmp_path / "out" / "shard-000000.tar")):
+        fields = read_fields(ref)
+        frames = decord.VideoReader(io.BytesIO(fields["mp4"])).get_batch(list(range(4))).asnumpy()
+        levels[json.loads(fields["json"])["conversations"][1]["value"]] = [round(x.mean() / 15) for x in frames]
+    assert levels == {"from 0": [0, 1, 2, 3], "from 8": [8, 9, 10, 11]}
 
 
 # VmHWM (this process's peak RSS since exec), not ru_maxrss, which keeps the forking parent's peak.

@@ -109,12 +109,15 @@ def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool
         if total and start >= total:
             raise Skip("range_past_end", f"frames [{start}, {end}) start past the video's {total} frames")
         t0, t1 = start / rate, end / rate
+        # frame indices count from the video's first frame (as decord's do), not from time 0: a video whose
+        # first frame is at 2 s gave frame 8's pixels for frame 0 ... and no frame for [0, 4)
+        v0 = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
         step = max(1, round(rate / fps))
         frames = []
         try:
-            container.seek(int(t0 / vs.time_base), stream=vs, backward=True)
+            container.seek(int((v0 + t0) / vs.time_base), stream=vs, backward=True)
             for frame in container.decode(vs):
-                idx = round(float(frame.pts * vs.time_base) * rate) if frame.pts is not None else None
+                idx = round((float(frame.pts * vs.time_base) - v0) * rate) if frame.pts is not None else None
                 if idx is None or idx < start:
                     continue
                 if idx >= end:
@@ -135,7 +138,7 @@ def cut_clip(path: str, start: int, end: int, fps: float, size: int, audio: bool
             arr = arr[:, : arr.shape[1] // 2 * 2, : arr.shape[2] // 2 * 2]
         wave = None
         if audio and container.streams.audio:
-            wave = audio_track(container, MUSIC_SR, t0, t1)
+            wave = audio_track(container, MUSIC_SR, v0 + t0, v0 + t1)       # the same span of the timeline
         return arr, len(frames) / max(t1 - t0, 1e-9), wave
     finally:
         container.close()
