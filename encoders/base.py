@@ -78,6 +78,9 @@ class Preprocess:
 
 
 MAX_IMAGE_SIDE = 8192           # an encoder's input side; larger is a typo (a [100000, 100000] input is 30 GB)
+# a centre crop never needs more of the image than this ratio of long to short side: beyond it the resize only
+# makes pixels the crop throws away (a 1 x 2,000,000 PNG of 6 KB resized to a 32-pixel short side is 6 GB)
+MAX_ASPECT = 32
 
 
 def _check_image_settings(size: Any, mean: Any, std: Any, crop_pct: Any) -> None:
@@ -108,9 +111,11 @@ class ImagePreprocess(Preprocess):
     ``crop=False``: resize (squash) to exactly ``size``.
     ``backend="pil"``: torchvision's transforms on the PIL image (timm, open_clip);
     ``backend="hf"``: what transformers' image processors do by default (their torchvision backend:
-    RGB by alpha-compositing on white, antialiased resize of the uint8 tensor, a centre crop at floor
-    offsets, rescale and normalise in one step), so an HF tower's pixels are the ones
-    ``AutoProcessor`` gives for its exported folder, bit for bit, for images of any shape.
+    antialiased resize of the uint8 tensor, a centre crop at floor offsets, rescale and normalise in one
+    step), so an HF tower's pixels are the ones ``AutoProcessor`` gives for its exported folder, bit for bit,
+    for RGB images of any shape up to 32:1. Every image first goes through `as_pil` (16-bit scaled, EXIF
+    applied, an alpha channel dropped as LLaVA's and open_clip's loaders drop it, where transformers
+    composites it on white) and, when cropping, `_centre` (an image longer than 32:1 cut to its centre).
     """
 
     kind = "image"
@@ -152,9 +157,24 @@ class ImagePreprocess(Preprocess):
         self._hf_mean = (torch.tensor(self.mean, device="cpu") * (1.0 / (1 / 255))).tolist()
         self._hf_std = (torch.tensor(self.std, device="cpu") * (1.0 / (1 / 255))).tolist()
 
+    def _centre(self, image: Any):
+        """An RGB PIL image whose long side is over MAX_ASPECT times its short side, cut to its centre of that
+        ratio when the preprocess crops (the crop keeps far less of it); any other image as it is. Such an
+        image's pixels differ from the uncut resize's by rounding only (the resize's scale is the cut image's)."""
+        if not self.crop:
+            return image
+        w, h = image.size
+        if w > MAX_ASPECT * h:
+            left = (w - MAX_ASPECT * h) // 2
+            return image.crop((left, 0, left + MAX_ASPECT * h, h))
+        if h > MAX_ASPECT * w:
+            top = (h - MAX_ASPECT * w) // 2
+            return image.crop((0, top, w, top + MAX_ASPECT * w))
+        return image
+
     def __call__(self, image: Any) -> Tensor:
         """``image``: a PIL image, a uint8 HWC array or a CHW tensor -> [3, H, W] float."""
-        image = as_pil(image)
+        image = self._centre(as_pil(image))
         if self.backend == "hf":
             return self._hf(image)
         return self._transform(image)  # [3, H, W] (as_pil gave RGB)
@@ -172,7 +192,7 @@ class ImagePreprocess(Preprocess):
         ``normalize(pixels([x])[0])`` is ``self(x)`` bit for bit (both backends). A loader worker hands
         these to the process that runs the model, a quarter of the bytes of the float pixels."""
         if self.backend != "hf":
-            return [self._pil_pixels(as_pil(x)) for x in images]
+            return [self._pil_pixels(self._centre(as_pil(x))) for x in images]
         import numpy as np
         from PIL import Image
 
@@ -180,10 +200,11 @@ class ImagePreprocess(Preprocess):
         out: list[Tensor | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(images):                      # one resize for the upright RGB images of one size
-            if isinstance(x, Image.Image) and x.mode == "RGB" and x.width and x.height and orientation(x) == 1:
+            if isinstance(x, Image.Image) and x.mode == "RGB" and x.width and x.height and orientation(x) == 1 \
+                    and self._centre(x) is x:
                 groups.setdefault(x.size, []).append(i)
             else:
-                out[i] = self._hf_crop(self._hf_uint8(as_pil(x)))
+                out[i] = self._hf_crop(self._hf_uint8(self._centre(as_pil(x))))
         for idx in groups.values():
             x = torch.from_numpy(np.stack([np.asarray(images[i]) for i in idx])).permute(0, 3, 1, 2).contiguous()
             for i, t in zip(idx, self._hf_crop(x).unbind(0)):

@@ -166,7 +166,7 @@ def test_image_preprocess_batch_is_the_per_image_preprocess(crop, size, interpol
     from encoders.base import ImagePreprocess
 
     rng = np.random.default_rng(0)
-    sizes = [(64, 64), (64, 64), (50, 70), (64, 64), (32, 32), (90, 40), (50, 70)]
+    sizes = [(64, 64), (64, 64), (50, 70), (64, 64), (32, 32), (90, 40), (50, 70), (2000, 20), (10, 700)]
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
     images.append(images[0].convert("L"))                        # not RGB: the one-by-one path
     pre = ImagePreprocess(size, (0.48, 0.45, 0.41), (0.27, 0.26, 0.28), interpolation, crop=crop, crop_pct=0.9,
@@ -179,6 +179,33 @@ def test_image_preprocess_batch_is_the_per_image_preprocess(crop, size, interpol
         for got in (pre.batch(batch), list(pre.normalize(torch.stack(pixels)).unbind(0)),
                     [pre.normalize(p) for p in pixels]):
             assert len(got) == len(want) and all(g.shape == w.shape and torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("backend", ["hf", "pil"])
+def test_a_long_thin_image_is_cut_to_what_the_centre_crop_keeps_before_resizing(backend) -> None:
+    """A 1 x 2,000,000 PNG (6 KB) resized to a 32-pixel short side was a 6 GB allocation, a 5000 x 1 one 4 GB at
+    336 (a review): beyond 32:1 the image is cut to its centre of that ratio first. The crop's pixels are those
+    of the uncut resize (a smooth image: equal here), and the cut image stays small."""
+    import encoders.base as base
+
+    ramp = np.linspace(0, 255, 3000).astype(np.uint8)
+    wide = Image.fromarray(np.stack([np.tile(ramp, (50, 1))] * 3, -1))                     # 60:1
+    tall = wide.transpose(Image.Transpose.ROTATE_90)
+    pre = base.ImagePreprocess(32, (0.5,) * 3, (0.5,) * 3, crop=True, backend=backend)
+    assert pre._centre(wide).size == (1600, 50) and pre._centre(tall).size == (50, 1600)
+    assert pre._centre(Image.new("RGB", (3200, 100))).size == (3200, 100)                 # 32:1 itself: as it is
+    cut = [pre(wide), pre(tall)]
+    limit = base.MAX_ASPECT
+    try:
+        base.MAX_ASPECT = 10 ** 9                                                          # the uncut resize
+        whole = [pre(wide), pre(tall)]
+    finally:
+        base.MAX_ASPECT = limit
+    assert all((a - b).abs().max() <= 2 / 255 / 0.5 for a, b in zip(cut, whole))          # within 2 grey levels
+    thin = Image.new("RGB", (2_000_000, 1), "red")
+    assert pre(thin).shape == (3, 32, 32) and pre._centre(thin).size == (32, 1)
+    squash = base.ImagePreprocess(32, (0.5,) * 3, (0.5,) * 3, crop=False, backend=backend)
+    assert squash._centre(thin) is thin                                                    # squashed: all of it
 
 
 def test_whisper_log_mel_matches_transformers(stereo: tuple[torch.Tensor, int]) -> None:
