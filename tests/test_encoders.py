@@ -208,6 +208,17 @@ def test_a_long_thin_image_is_cut_to_what_the_centre_crop_keeps_before_resizing(
     assert squash._centre(thin) is thin                                                    # squashed: all of it
 
 
+def test_an_alpha_channel_is_dropped_as_llava_and_open_clip_loaders_drop_it() -> None:
+    """What the README says of images with transparency: the colour under alpha 0 is read, on both backends (as
+    `convert("RGB")` in LLaVA's and open_clip's loaders; transformers' processor composites on white)."""
+    from encoders.base import ImagePreprocess, as_pil
+    clear_red = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert as_pil(clear_red).getpixel((0, 0)) == (255, 0, 0)
+    for backend in ("hf", "pil"):
+        pre = ImagePreprocess(8, (0.0,) * 3, (1.0,) * 3, backend=backend)
+        assert torch.allclose(pre(clear_red), pre(Image.new("RGB", (8, 8), (255, 0, 0))))
+
+
 def test_whisper_log_mel_matches_transformers(stereo: tuple[torch.Tensor, int]) -> None:
     """Our torchaudio log-mel equals WhisperFeatureExtractor's on the real (unpadded) frames."""
     from transformers import WhisperFeatureExtractor
