@@ -403,6 +403,15 @@ def test_cli_search_and_bad_input_exit_2(setup, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    # a query file that decodes but its preprocessing refuses (1 sample: too short for the log-mel) is named
+    import soundfile as sf
+
+    import vlm
+    heard = vlm.build("llava", "tiny", vision=None, music=None, video=None).save_pretrained(tmp_path / "heard")
+    sf.write(tmp_path / "one.wav", [0.5], 16000)
+    assert main(["search", str(out), "--audio", str(tmp_path / "one.wav"), "--model", str(heard)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"audio {tmp_path / 'one.wav'}: audio clip too short" in err, err
     # an input in which nothing can be embedded (after the progress bar: one line, exit 2; it used to exit 0)
     (tmp_path / "nothing").mkdir()
     (tmp_path / "nothing" / "notes.txt").write_text("no media here")

@@ -468,6 +468,23 @@ def test_cli_chat_answers_and_rejects_extra_placeholders(tmp_path, capsys):
         assert len(err) == 1 and message in err[0], (argv, err)
 
 
+def test_cli_chat_names_the_file_its_preprocessing_refuses(tmp_path, capsys):
+    """An audio file that decodes but is too short for the log-mel (1 sample) said "audio clip too short"
+    without naming the file (a review): the file and its flag are named; a prompt problem stays as it was."""
+    import soundfile as sf
+    ck = build("llava", "tiny", vision=None, music=None, video=None).save_pretrained(tmp_path / "ck")
+    sf.write(tmp_path / "one.wav", [0.5], 16000)
+    sf.write(tmp_path / "ok.wav", [0.0] * 8000, 16000)
+    capsys.readouterr()
+    for argv, message in ((["<audio><audio>?", "--audio", str(tmp_path / "ok.wav"), "--audio", str(tmp_path / "one.wav")],
+                           f"--audio {tmp_path / 'one.wav'}: audio clip too short: 1 samples"),
+                          (["<audio>?", "--audio", str(tmp_path / "ok.wav"), "--audio", str(tmp_path / "ok.wav")],
+                           "placeholder")):
+        assert cli(["chat", str(ck), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+
+
 def test_cli_chat_and_export_on_damaged_input_are_one_line(tmp_path, capsys):
     """Each of these was a traceback (or, for nan / inf, a silently greedy / uniformly random answer)."""
     import io

@@ -106,10 +106,24 @@ def cmd_chat(args) -> int:
     try:
         answer = model.chat(args.prompt, {k: v for k, v in media.items() if v}, max_new_tokens=args.max_new_tokens,
                             do_sample=args.temperature > 0, temperature=max(args.temperature, 1e-5))
-    except MediaError as e:              # decoded in the model's connector (omni's video soundtrack ...)
-        raise UserError(str(e)) from None
+    except (UserError, MediaError) as e:  # a file decoded, but its preprocessing refuses it (an audio clip too
+        raise UserError(_culprit(model, args, media) or str(e)) from None     # short, omni's soundtrack ...)
     print(answer)
     return 0
+
+
+def _culprit(model, args, media: dict[str, list]) -> str | None:
+    """After `chat` failed: the first file given whose preprocessing fails on its own, named with its error
+    (the error itself did not say which file); None when each preprocesses alone (the prompt was the problem)."""
+    from vlm.errors import UserError
+    from vlm.modalities import short_error
+    for kind, items in media.items():
+        for path, item in zip(getattr(args, kind) or [], items):
+            try:
+                model.processor.preprocess_media(kind, item)
+            except (UserError, MediaError) as e:
+                return f"--{kind} {path}: {short_error(e)}"
+    return None
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from vlm.atomic import write_file, write_text
 from vlm.embed.export import PREFIX, emb_dir, npy_shape, part_name
 from vlm.errors import UserError
-from vlm.modalities import short_error
+from vlm.modalities import MediaError, short_error
 
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -492,8 +492,14 @@ class Index:
             target = self._target(target)                   # before the model loads
         from vlm.embed.api import MEDIA_ARG
         emb = embedder or self.embedder()
-        vec = emb.embed(texts=[text] if text is not None else None, instruction=instruction,
-                        **{MEDIA_ARG[m]: [v] for m, v in given.items()})
+        try:
+            vec = emb.embed(texts=[text] if text is not None else None, instruction=instruction,
+                            **{MEDIA_ARG[m]: [v] for m, v in given.items()})
+        except (UserError, MediaError) as e:     # a file that decodes but its preprocessing refuses: name the file
+            files = [f"{m} {v}" for m, v in given.items() if isinstance(v, (str, os.PathLike)) and str(v) not in str(e)]
+            if len(files) != 1:
+                raise
+            raise UserError(f"{files[0]}: {str(e).splitlines()[0]}") from None
         if target is None:
             query_kinds = set(given) | ({"text"} if text is not None else set())
             target = next((t for t in self.targets if t not in query_kinds), self.targets[0])
