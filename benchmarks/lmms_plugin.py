@@ -19,9 +19,10 @@ where `multiple_choice` expects the value alone, and fails in its evaluator: not
 `unwrap_generation_output`, which turns a `(float, bool)` tuple into its string; a `GenerationResult`
 hands its `text` through untouched, so each pair travels inside one.
 
-A request whose image does not decode (a truncated file behind a PIL image) is answered "" in generation
-(scored wrong, counted in `bad_images`, logged with its task and doc id; the other requests of its batch are
-answered as alone) and is a one-line error in a likelihood (no honest score without the image).
+A request whose image does not decode (a truncated file behind a PIL image), or whose media the model's
+preprocessing refuses (an audio clip too short for its log-mel), is answered "" in generation (scored wrong,
+counted in `bad_images`, logged with its task and doc id; the other requests of its batch are answered as
+alone) and is a one-line error in a likelihood (no honest score without the image).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from loguru import logger as eval_logger
 from PIL import Image
 
-from benchmarks.models import VLMModel
+from benchmarks.models import VLMModel, generate_each
 from vlm.errors import UserError
 from vlm.modalities import MediaError, to_rgb, upright
 
@@ -183,8 +184,14 @@ class VLMLmms(lmms):
                                             f"'' ({self.bad_images} such request(s) so far)")
                         continue
                     chunk.append(i)
-                texts = self.model.generate(prompts, max_new_tokens=max_new, batch_size=len(chunk), **gen) if chunk else []
+                texts = generate_each(self.model, prompts, max_new, len(chunk), **gen) if chunk else []
                 for i, t in zip(chunk, texts):
+                    if isinstance(t, Exception):      # media its preprocessing refuses: as an image that does not
+                        self.bad_images += 1          # decode (it ended the whole run)
+                        _, _, _, doc_id, task, _ = requests[i].args
+                        eval_logger.warning(f"vlm: {task} doc {doc_id}: its media cannot be read ({t}); answered "
+                                            f"'' ({self.bad_images} such request(s) so far)")
+                        continue
                     out[i] = self._cut(t, until)
                 pbar.update(len(batch))
         pbar.close()

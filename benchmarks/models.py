@@ -392,6 +392,28 @@ class FeatureModel(EvalModel):
         return torch.stack(out)                                                        # [N, 1, D]
 
 
+def generate_each(model: EvalModel, prompts: list[tuple[str, dict]], max_new_tokens: int, batch_size: int,
+                  **sampling: Any) -> list[str | Exception]:
+    """`model.generate` over the prompts; when the batch raises a problem of one input (media that decoded
+    but the model's preprocessing refuses: an audio clip too short for its log-mel, a sample rate no audio
+    has ...), each prompt on its own, the exception in place of the answer of those that fail. The evaluation
+    tasks and the lmms-eval plugin skip and count those (one such sample ended the whole run)."""
+    from vlm.modalities import MediaError
+    sampling_settings(sampling)          # settings that do not parse are the caller's error, not an input's
+    try:
+        return list(model.generate(prompts, max_new_tokens, batch_size=batch_size, **sampling))
+    except (UserError, MediaError) as e:
+        if len(prompts) == 1:
+            return [e]
+    out: list[str | Exception] = []
+    for prompt in prompts:
+        try:
+            out.append(model.generate([prompt], max_new_tokens, batch_size=1, **sampling)[0])
+        except (UserError, MediaError) as e:
+            out.append(e)
+    return out
+
+
 def _hf_model_type(p: Path) -> str | None:
     """The model_type of a transformers folder's config.json; None for anything else (a vlm checkpoint has
     none: its config names an llm and media instead)."""

@@ -211,6 +211,15 @@ def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):
         visual = lambda d: [decode_image(b"not an image" if d is truncated else buf.getvalue())]
         return Instance(kind, (*args[:2], visual, *args[3:]), idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
     assert lm.generate_until([from_bytes(0), from_bytes(1)])[1] == "" and lm.bad_images == 2
+    # audio that decodes but the model's preprocessing refuses (1 sample: too short for its log-mel): the same
+    # (it ended the whole run)
+    vlm.build("llava", "tiny", vision=None, music=None, video=None).save_pretrained(tmp_path / "heard")
+    heard = VLMLmms(str(tmp_path / "heard"), batch_size=3, max_new_tokens=4)
+    heard.task_dict = {"t": {"test": {0: {"array": [0.1] * 8000, "sampling_rate": 16000},
+                                      1: {"array": [0.5], "sampling_rate": 16000},
+                                      2: {"array": [-0.1] * 8000, "sampling_rate": 16000}}}}
+    quiet = [heard.generate_until([req(i)])[0] for i in (0, 2)]
+    assert heard.generate_until([req(0), req(1), req(2)]) == [quiet[0], "", quiet[1]] and heard.bad_images == 1
     with pytest.raises(UserError, match="t doc 1: its image does not decode"):
         lm.loglikelihood([from_bytes(1, "loglikelihood")])
     with pytest.raises(UserError, match="max_new_tokens must be"):

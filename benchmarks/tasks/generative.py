@@ -28,6 +28,7 @@ from benchmarks.data import (
     sample_media,
 )
 from benchmarks.metrics import bleu, cider, exact_match, rouge_l, vqa_match
+from benchmarks.models import generate_each
 from benchmarks.registry import Benchmark
 from benchmarks.tasks import Context, Skips, TaskResult, bar, load_samples
 from benchmarks.tasks.captions import captions_of
@@ -76,23 +77,16 @@ def _usable(s: Sample, skips: Skips, make: Callable[[], Any]) -> Any:
 
 
 def _answers(model, todo: list[tuple], skips: Skips, max_new: int, bs: int) -> list[tuple[tuple, str]]:
-    """(item, answer) for the chunk's usable items, each (sample, ..., prompt, media) with prompt and media
-    last but one and last: `model.generate` over the whole chunk; when that raises a problem of one input
-    (media that decoded, but the model's preprocessing refuses it: an audio clip too short for its log-mel,
-    a sample rate outside any audio's ...), each item on its own, and the ones that fail are left out and
-    counted as `bad_media`, named, as a file that does not decode is (it ended the whole run)."""
-    prompts = [(t[-2], t[-1]) for t in todo]
-    try:
-        return list(zip(todo, model.generate(prompts, max_new, batch_size=bs)))
-    except (UserError, MediaError):
-        pass
+    """(item, answer) for the chunk's usable items, each (sample, ..., prompt, media); an item whose media
+    the model's preprocessing refuses (`generate_each`) is left out and counted as `bad_media`, named, as a
+    file that does not decode is."""
     out = []
-    for t, prompt in zip(todo, prompts):
-        try:
-            out.append((t, model.generate([prompt], max_new, batch_size=1)[0]))
-        except (UserError, MediaError) as e:
+    for t, answer in zip(todo, generate_each(model, [(t[-2], t[-1]) for t in todo], max_new, bs)):
+        if isinstance(answer, Exception):
             s = t[0]
-            skips.count("bad_media", s.key, f"{s.shard}: sample {s.key}: {str(e).splitlines()[0]}", shard=s.shard)
+            skips.count("bad_media", s.key, f"{s.shard}: sample {s.key}: {str(answer).splitlines()[0]}", shard=s.shard)
+        else:
+            out.append((t, answer))
     return out
 
 
