@@ -89,6 +89,19 @@ def test_frames_are_sampled_uniformly_and_pooled_to_the_configured_count(omni):
     assert muted.token_count()(muted.preprocess(clip_mp4())) == 6 * per_frame + n_audio
 
 
+def test_a_clip_longer_than_the_connector_reads_is_refused_before_its_soundtrack_decodes(omni, monkeypatch):
+    """A 2-frame file declaring 0.001 fps spans 2,000 s: its soundtrack, decoded and zero-padded whole, was 87,000
+    tokens and 2.5 GB before the context check (a review). Past MAX_CLIP_SECONDS it is a MediaError, too_long."""
+    import vlm.connectors.av as av_connector
+    from vlm.modalities import MediaError
+    tok = omni.media["video"]
+    assert tok.preprocess(clip_mp4(seconds=3.0, fps=4)).duration == pytest.approx(3.0)
+    monkeypatch.setattr(av_connector, "MAX_CLIP_SECONDS", 2.0)
+    with pytest.raises(MediaError, match=r"the clip spans 3 s \(12 frames at 4 fps\); clips of up to 2 s") as e:
+        tok.preprocess(clip_mp4(seconds=3.0, fps=4))
+    assert e.value.reason == "too_long"
+
+
 def test_a_beep_cut_from_a_longer_video_lands_in_its_frames_window(tmp_path):
     """A 20 s video with a beep at 12.0 s; the MMTrail converter cuts frames [100, 140) at 10 fps = 10-14 s,
     so the beep is at 2.0 s of a 4 s clip: window 3 of 6 holds the music tokens with its energy."""

@@ -31,6 +31,9 @@ from vlm.modalities import MediaError, audio_track
 
 STREAMS = ("music", "audio")
 BLANK_FPS = 4.0                     # decoded frames given without a clip: their assumed frame rate
+# the longest clip read: its soundtrack is decoded whole (trailer clips are seconds long; a 2-frame file that
+# declares 0.001 fps spans 2,000 s: 87,000 tokens and 2.5 GB before the context check refused it)
+MAX_CLIP_SECONDS = 600.0
 
 
 @dataclass
@@ -83,9 +86,16 @@ class AVPreprocess:
             raise MediaError("video has no frames")
         try:                     # headers that read and frames that do not: decord's error, not a traceback
             duration = total / max(vr.get_avg_fps(), 1e-6)
+            if duration > MAX_CLIP_SECONDS:
+                err = MediaError(f"the clip spans {duration:.0f} s ({total} frames at {vr.get_avg_fps():.3g} fps); "
+                                 f"clips of up to {MAX_CLIP_SECONDS:.0f} s are read: cut it first")
+                err.reason = "too_long"
+                raise err
             n = min(self.frames, total)
             idx = [min(total - 1, int(total / n * (i + 0.5))) for i in range(n)]
             decoded = vr.get_batch(idx).asnumpy()
+        except MediaError:
+            raise
         except Exception as e:   # noqa: BLE001  (DECORDError)
             raise MediaError(f"cannot decode video frames: {str(e).splitlines()[0][:200]}") from None
         frames = self._frames([Image.fromarray(f) for f in decoded])
