@@ -302,3 +302,61 @@ def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, w
         torch.save(good, mid / "optimizer.pt")
         assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 0
         capsys.readouterr()
+
+
+def test_a_resume_at_a_stage_end_checks_the_data_and_workers_and_a_fresh_start_inherits_nothing(tmp_path, world, capsys):
+    """Found by a review of the run lifecycle:
+    - resumed at a stage's end, a run whose shards were rebuilt in place trained its later stages on the new data
+      (exit 0; mid-stage it was refused), and one with other data workers on another data order;
+    - a run started from scratch in a folder an earlier run was killed in kept that run's fitted objective state
+      (a MERT teacher fitted on other data), best/ model, TensorBoard events and sample-log rows;
+    - a hand-edited schedule, or a resume onto another number of stages: a traceback / a 4 kB line."""
+    import json
+    data = tmp_path / "data"
+    shutil.copytree(world, data)
+    recipe = C.write_recipe(tmp_path / "r.yaml", str(data), [C.stage("a", ["media.*.projector.*"], steps=2),
+                                                             C.stage("b", ["media.*.projector.*"], steps=2)],
+                            checkpoint_every=1)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    shutil.rmtree(run / "final")
+    for late in ("step-00000003", "step-00000004"):               # back to the end of stage a
+        shutil.rmtree(run / "checkpoints" / late)
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.num_workers=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "saved at the end of stage 'a' by 1 data worker(s) per rank, this run has 2" in err and \
+        len(err.splitlines()) == 1, err
+    shard = next(data.glob("*.tar"))
+    shard.write_bytes(shard.read_bytes() + b"\0" * 512)           # rebuilt in place: another size
+    assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"(the end of stage 'a'): data source 'world': shard {shard} changed since the checkpoint" in err and \
+        len(err.splitlines()) == 1, err
+    # another number of stages: the counts and names, not both stage lists
+    three = C.write_recipe(tmp_path / "r3.yaml", str(data), [C.stage(n, ["media.*.projector.*"], steps=2)
+                                                             for n in ("a", "b", "c")], checkpoint_every=1)
+    assert main(["train", str(three), "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at 'stages (count)' ('2: a, b' -> '3: a, b, c')" in err and len(err) < 400, err
+    # a hand-edited schedule: one line naming the field
+    ckpt = run / "checkpoints" / "step-00000001"
+    state = json.loads((ckpt / "trainer.json").read_text())
+    (ckpt / "trainer.json").write_text(json.dumps({**state, "schedule": {}}))
+    from vlm.train.checkpoint import read_state
+    with pytest.raises(vlm.errors.UserError, match="'schedule.steps' is None, not a count"):
+        read_state(ckpt)
+    # a fresh start where an earlier run was killed before its first checkpoint: nothing of it is inherited
+    fresh = tmp_path / "fresh"
+    for d in ("objectives/stage-0", "best", "tb", "eval"):
+        (fresh / d).mkdir(parents=True)
+    (fresh / "objectives" / "stage-0" / "teacher.safetensors").write_bytes(b"another run's teacher")
+    (fresh / "samples-rank0.jsonl").write_text('{"step": 1, "text": "another run"}\n' * 5)
+    one = C.write_recipe(tmp_path / "r1.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=2)],
+                         checkpoint_every=0)
+    assert main(["train", str(one), "--out", str(fresh)]) == 0
+    out = capsys.readouterr().out
+    assert "removed what an earlier run left there (objectives, best, eval, tb, samples-rank0.jsonl)" in out, out
+    assert not (fresh / "objectives").exists() and not (fresh / "best").exists()
+    rows = [json.loads(r) for r in (fresh / "samples-rank0.jsonl").read_text().splitlines()]
+    assert rows and all(r.get("text") != "another run" for r in rows)

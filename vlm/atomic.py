@@ -95,6 +95,22 @@ def remove_torn(files: Any) -> list[Path]:
     return gone
 
 
+def fsync_files(folder: Path, names: Any = None) -> None:
+    """The files under `folder` (or only these `names` in it), and the folders holding them, on disk: a
+    checkpoint is renamed into place after this, so a power loss cannot leave a complete-looking one whose
+    weights are empty."""
+    paths = [folder / n for n in names] if names is not None else [p for p in folder.rglob("*") if p.is_file()]
+    for p in paths:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    for d in {p.parent for p in paths} | {folder}:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 # ------------------------------------------------------------------------------------------------ folders
 def replace_dir(src: Path, dst: Path) -> None:
     """Put folder src at dst atomically enough: dst is either the old or the new folder, never a mix (a kill

@@ -407,7 +407,10 @@ class ShardPipeline:
                 for s, paths in zip(self.sources, local)]
         return self._shard_contents
 
-    def _check_contents(self, saved: list | None) -> None:
+    def check_contents(self, saved: list | None) -> None:
+        """The shards are the ones a state (`state_dict()["contents"]`) was saved on: a one-line UserError naming
+        the source and shard if not (a mid-stage resume, and a resume at a stage's end onto its data rebuilt in
+        place: the run would mix two data sets)."""
         if saved is None:                     # a state from before the contents were kept: nothing to compare
             return
         for s, old, new in zip(self.sources, saved, self._contents()):
@@ -439,9 +442,18 @@ class ShardPipeline:
                 raise UserError(f"data state was saved with {k}={state.get(k)}, this run has {mine}; "
                                 f"resume with the same ranks and workers")
         if state.get("sources") != self._fingerprint():
-            raise UserError(f"data state was saved for sources {state.get('sources')}, "
-                            f"this run has {self._fingerprint()}")
-        self._check_contents(state.get("contents"))
+            saved, mine = state.get("sources") or [], self._fingerprint()
+            for old, new in zip(saved, mine):     # [name, shards, weight]: say which source and what changed
+                if isinstance(old, list) and len(old) == 3 and old[0] == new[0] and old != new:
+                    what = (f"{old[1]} shard(s) when the checkpoint was saved, {new[1]} now" if old[1] != new[1]
+                            else f"weight {old[2]} when the checkpoint was saved, {new[2]} now")
+                    raise UserError(f"data source '{new[0]}': {what}; resume with the data the run was trained on, "
+                                    f"or start a new run")
+            def names(xs) -> str:
+                return ", ".join(str(x[0] if isinstance(x, list) and x else x) for x in xs)
+            raise UserError(f"data state was saved for sources {names(saved)}, this run has {names(mine)}; resume "
+                            f"with the data the run was trained on, or start a new run")
+        self.check_contents(state.get("contents"))
         self.cfg.seed = int(state["seed"])
         ds.start_epoch = int(state["start_epoch"])
         ds.positions = [int(p) for p in state["positions"]]

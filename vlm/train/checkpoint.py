@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlm.atomic import recover_replaced, replace_dir, write_text
+from vlm.atomic import fsync_files, recover_replaced, replace_dir, write_text
 from vlm.errors import UserError
 
 STEP_RE = re.compile(r"^step-(\d{8})$")
@@ -138,6 +138,10 @@ def save(run_dir: Path, state: TrainerState, d, plain_model, optim_state: dict |
         if d.is_main:
             plain_model.save_pretrained(tmp / MODEL_DIR)
             torch.save(optim_state, tmp / OPTIM_FILE)
+        # each rank's own files on disk before trainer.json marks the folder complete and the rename puts it in place
+        fsync_files(tmp, [rank_file(d.rank), *([OPTIM_FILE] if d.is_main else [])])
+        if d.is_main:
+            fsync_files(tmp / MODEL_DIR)
     except RuntimeError as e:       # torch's writer on a full disk: "[enforce fail at inline_container.cc] unexpected pos"
         if "inline_container" not in str(e) and "file write failed" not in str(e):
             raise
@@ -174,6 +178,13 @@ def read_state(ckpt: Path) -> TrainerState:
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise UserError(f"{path}: '{f.name}' is {value!r}, not a {f.type} (not a trainer state); delete this "
                             f"checkpoint folder to resume from an earlier one")
+    sched = state.schedule                              # read back mid-stage: the stage's steps and tokens so far
+    if sched or not (state.stage_done or state.early_stopped):
+        for key in ("steps", "tokens"):
+            value = sched.get(key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise UserError(f"{path}: 'schedule.{key}' is {value!r}, not a count >= 0 (not a trainer state); "
+                                f"delete this checkpoint folder to resume from an earlier one")
     return state
 
 

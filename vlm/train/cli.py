@@ -43,8 +43,10 @@ def cmd_train(args) -> int:
     saved = recipe.output_dir() / "recipe.yaml"
     if source.suffix in (".yaml", ".yml") and source.is_file() and saved.is_file() and saved.samefile(source):
         # the run writes its resolved recipe there: the user's file (its comments, its layout) would be lost
+        advice = (f"to resume with it, copy it out of the run folder and pass the copy (cp {source} my.yaml; vlm train "
+                  f"my.yaml --out {recipe.output_dir()} --resume)" if resume else "train into another --out")
         raise UserError(f"{source}: the run folder {recipe.output_dir()} would write its resolved recipe over this "
-                        f"file; train into another --out")
+                        f"file; {advice}")
     check_model(recipe)
     from vlm.train.trainer import TrainingDiverged, train
     try:

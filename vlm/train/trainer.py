@@ -28,6 +28,7 @@ import fnmatch
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -115,7 +116,15 @@ def _first_difference(a, b, path: str) -> tuple[str, object, object] | None:
             if found:
                 return found
         return None
+    if isinstance(a, list) and isinstance(b, list):     # other lengths: their counts (and names), not both lists
+        return f"{path} (count)", _brief(a), _brief(b)
     return None if a == b else (path, a, b)
+
+
+def _brief(items: list) -> str:
+    """A list as its length and, when every item is a mapping with a `name` (stages, data sources), the names."""
+    names = [x.get("name") for x in items if isinstance(x, dict) and x.get("name") is not None]
+    return f"{len(items)}: {', '.join(map(str, names))}" if names and len(names) == len(items) else f"{len(items)} item{'s' if len(items) != 1 else ''}"
 
 
 def _drop_resumable(doc, recipe: Recipe) -> None:
@@ -234,6 +243,8 @@ class Trainer:
                 self.log.event("resume", f"resuming from {ckpt} (stage '{state.stage_name}', step {state.step})",
                                step=state.step, checkpoint=str(ckpt))
             mid = ckpt is not None and start == state.stage and not state.stage_done   # resumed inside stage `start`
+            if ckpt is not None and state.stage_done and start < len(self.recipe.stages):
+                self._check_trained_data(plain, state.stage, ckpt)
             self._check_stage_data(plain, range(start + 1 if mid else start, len(self.recipe.stages)))
             for i in range(start, len(self.recipe.stages)):
                 if state.early_stopped:          # runtime.eval.patience ended the run: no later stage
@@ -255,6 +266,19 @@ class Trainer:
             if lock is not None:
                 lock.release()
             self.d.close()
+
+    def _check_trained_data(self, plain: nn.Module, i: int, ckpt: Path) -> None:
+        """Resumed at the end of stage i: its shards must be the ones it trained on (a mid-stage resume checks its
+        own stage's in the pipeline's load_state_dict). Shards rebuilt in place at the same paths would have the
+        rest of the run train on another data set than the first stages, without a word."""
+        saved = ckpt_lib.load_rank(ckpt, self.d.rank)["data"].get("contents")
+        st = self.recipe.stages[i]
+        loader = self._loader(i, build_objective(st.objective, st.objective_settings), plain, self.d.rank,
+                              self.d.world_size)
+        try:
+            loader.check_contents(saved)
+        except UserError as e:
+            raise UserError(f"{ckpt} (the end of stage '{st.name}'): {e}") from None
 
     def _check_stage_data(self, plain: nn.Module, stages: range) -> None:
         """A stage's data with no usable sample for this rank (a filter that keeps nothing, media the model has
@@ -299,21 +323,43 @@ class Trainer:
                             f"it or --out to start a new run")
         if self.resume and found is None and self.d.is_main:
             print(f"--resume: no complete checkpoint in {self.run_dir}; starting from scratch", flush=True)
+        if found is None:
+            if self.d.is_main:
+                self._clear_unfinished_run()
+            self.d.barrier()                     # (before any rank opens its sample log)
         return found
+
+    # what a run writes beside its checkpoints that a new run must not inherit: a killed run's fitted MERT teacher
+    # (a fresh run on other data trained on its targets), best model, evaluations, TensorBoard events, sample logs
+    LEFT_BY_A_RUN = ("objectives", "best", "eval", "tb")
+
+    def _clear_unfinished_run(self) -> None:
+        """A run starting from scratch in a folder an earlier run was killed in before its first checkpoint: what
+        that run left (LEFT_BY_A_RUN, samples-rank*.jsonl) is removed, and said; train.log keeps its lines."""
+        left = [self.run_dir / n for n in self.LEFT_BY_A_RUN] + sorted(self.run_dir.glob("samples-rank*.jsonl"))
+        left = [p for p in left if p.exists() or p.is_symlink()]
+        for p in left:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if left:
+            print(f"starting from scratch in {self.run_dir}: removed what an earlier run left there "
+                  f"({', '.join(p.name for p in left)})", flush=True)
 
     def _check_world(self, ckpt: Path | None, state: ckpt_lib.TrainerState) -> None:
         if ckpt is not None and state.world_size != self.d.world_size:
             raise UserError(f"{ckpt} was saved by {state.world_size} rank(s), this run has {self.d.world_size}; "
                             f"resume with the same number of ranks")
-        if ckpt is not None and not state.stage_done and not state.early_stopped:
-            # a mid-stage data position is per data worker: said here, before the model is built (the
-            # pipeline's own check at load_state_dict would say it only after that)
+        if ckpt is not None and not state.early_stopped:
+            # a mid-stage data position is per data worker, and the data streams a stage is split into (its order)
+            # depend on their count, at a stage's end too (the next stage's order): said here, before the model is
+            # built (the pipeline's own check at load_state_dict would say it only after that, mid-stage only)
             saved = ckpt_lib.load_rank(ckpt, self.d.rank)["data"].get("num_workers")
             mine = data_streams(self.recipe.runtime.num_workers)
+            where = f"at the end of stage '{state.stage_name}'" if state.stage_done else \
+                f"inside stage '{state.stage_name}'"
             if saved is not None and saved != mine:
-                raise UserError(f"{ckpt} was saved inside stage '{state.stage_name}' by {saved} data worker(s) per "
-                                f"rank, this run has {mine} (runtime.num_workers={self.recipe.runtime.num_workers}); "
-                                f"resume with runtime.num_workers={saved}")
+                raise UserError(f"{ckpt} was saved {where} by {saved} data worker(s) per rank, this run has {mine} "
+                                f"(runtime.num_workers={self.recipe.runtime.num_workers}); resume with "
+                                f"runtime.num_workers={saved}")
 
     # what a checkpoint's weights, optimizer, schedule and data position depend on; runtime settings such as
     # logging, checkpoint cadence or evaluation may change on resume (a mid-stage data position needs the same
