@@ -360,3 +360,20 @@ def test_a_resume_at_a_stage_end_checks_the_data_and_workers_and_a_fresh_start_i
     assert not (fresh / "objectives").exists() and not (fresh / "best").exists()
     rows = [json.loads(r) for r in (fresh / "samples-rank0.jsonl").read_text().splitlines()]
     assert rows and all(r.get("text") != "another run" for r in rows)
+
+
+def test_a_checkpoint_folder_removed_under_its_save_is_one_line(tmp_path):
+    """`rm -rf RUN/checkpoints` while a checkpoint was being written: a FileNotFoundError traceback (a review)."""
+    from types import SimpleNamespace
+
+    from vlm.train import checkpoint as ckpt_lib
+
+    class Removed:
+        def save_pretrained(self, folder):
+            shutil.rmtree(tmp_path / "checkpoints")
+            (folder / "model.safetensors").write_bytes(b"")
+
+    d = SimpleNamespace(is_main=True, rank=0, barrier=lambda: None)
+    with pytest.raises(vlm.errors.UserError, match=r"the checkpoint being written was removed .* rerun with --resume"):
+        ckpt_lib.save(tmp_path, ckpt_lib.TrainerState(world_size=1, recipe_name="t"), d, Removed(), {}, {"rng": 0},
+                      keep_last=2)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except UserError as e:
-        print(f"vlm {args.command}: error: {e}", file=sys.stderr)
+        _say(f"vlm {args.command}: error: {e}")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -55,9 +55,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # the machine, not the input: a read-only or full disk, an output path under a file, no permission
         where = f"{e.filename}: " if e.filename else ""
-        print(f"vlm {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        _say(f"vlm {args.command}: error: {where}{e.strerror or e}")
         return 2
     return int(rc or 0)
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write (the ranks of a torchrun write to one terminal: two prints each, message
+    and newline, came out glued), prefixed with the rank when it is not rank 0 of several."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    prefix = f"[rank {rank}] " if rank not in (None, "", "0") and world not in ("", "1") else ""
+    sys.stderr.write(f"{prefix}{line}\n")
+    sys.stderr.flush()
 
 
 # read-only file system, no space left, a path under a file, permission denied, disk quota exceeded

@@ -147,14 +147,24 @@ def save(run_dir: Path, state: TrainerState, d, plain_model, optim_state: dict |
             raise
         raise UserError(f"{tmp}: the checkpoint could not be written ({str(e).splitlines()[0][:160]}): is the disk "
                         f"full? The checkpoints before it are whole; free space and rerun with --resume") from None
+    except FileNotFoundError as e:  # the folder removed under the save (`rm -rf checkpoints` while training)
+        raise _gone(tmp, e) from None
     d.barrier()                                       # every rank's file is on disk
     if d.is_main:
-        _write_json(tmp / TRAINER_FILE, asdict(state))
-        replace_dir(tmp, final)                       # the old folder or the new, never a mix
+        try:
+            _write_json(tmp / TRAINER_FILE, asdict(state))
+            replace_dir(tmp, final)                   # the old folder or the new, never a mix
+        except FileNotFoundError as e:
+            raise _gone(tmp, e) from None
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     d.barrier()
     return final
+
+
+def _gone(tmp: Path, e: OSError) -> UserError:
+    return UserError(f"{tmp}: the checkpoint being written was removed ({e.strerror}: {e.filename}; was the run's "
+                     f"checkpoints/ folder deleted while it trained?); the run stopped here: rerun with --resume")
 
 
 def _write_json(path: Path, obj) -> None:
