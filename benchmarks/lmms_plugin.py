@@ -19,10 +19,11 @@ where `multiple_choice` expects the value alone, and fails in its evaluator: not
 `unwrap_generation_output`, which turns a `(float, bool)` tuple into its string; a `GenerationResult`
 hands its `text` through untouched, so each pair travels inside one.
 
-A request whose image does not decode (a truncated file behind a PIL image), or whose media the model's
-preprocessing refuses (an audio clip too short for its log-mel), is answered "" in generation (scored wrong,
-counted in `bad_images`, logged with its task and doc id; the other requests of its batch are answered as
-alone) and is a one-line error in a likelihood (no honest score without the image).
+A request whose image does not decode (a truncated file behind a PIL image), whose media the model's
+preprocessing refuses (an audio clip too short for its log-mel) or whose prompt is past the model's context
+is answered "" in generation (scored wrong, counted in `bad_images`, logged with its task and doc id; the
+other requests of its batch are answered as alone) and is a one-line error in a likelihood (no honest score
+without the image).
 """
 from __future__ import annotations
 
@@ -186,10 +187,10 @@ class VLMLmms(lmms):
                     chunk.append(i)
                 texts = generate_each(self.model, prompts, max_new, len(chunk), **gen) if chunk else []
                 for i, t in zip(chunk, texts):
-                    if isinstance(t, Exception):      # media its preprocessing refuses: as an image that does not
-                        self.bad_images += 1          # decode (it ended the whole run)
+                    if isinstance(t, Exception):      # media its preprocessing refuses, a prompt past the context:
+                        self.bad_images += 1          # as an image that does not decode (it ended the whole run)
                         _, _, _, doc_id, task, _ = requests[i].args
-                        eval_logger.warning(f"vlm: {task} doc {doc_id}: its media cannot be read ({t}); answered "
+                        eval_logger.warning(f"vlm: {task} doc {doc_id}: cannot be answered ({t}); answered "
                                             f"'' ({self.bad_images} such request(s) so far)")
                         continue
                     out[i] = self._cut(t, until)

@@ -179,34 +179,62 @@ class VLMModel(EvalModel):
         sampling = sampling_settings(sampling)
         if not sampling.get("do_sample") or not sampling.get("temperature", 1.0):
             sampling = {}                                              # temperature 0 means greedy
-        out: list[str] = []
-        for i in range(0, len(prompts), batch_size):
-            items = [proc.prompt(text, media) for text, media in prompts[i:i + batch_size]]
-            b = self._collate(items, left_pad=True)
-            new = m.generate(b["input_ids"], media=b["media"], attention_mask=b["attention_mask"],
-                             max_new_tokens=max_new_tokens, **sampling)
-            out += [m.tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
+        from vlm.model import has_media, media_groups
+        out: list[str] = [""] * len(prompts)
+        for group in media_groups(m, [has_media(media) for _, media in prompts]):
+            for i in range(0, len(group), batch_size):
+                rows = group[i:i + batch_size]
+                items = [proc.prompt(*prompts[r]) for r in rows]
+                self._check_context(items, max_new_tokens)
+                b = self._collate(items, left_pad=True)
+                new = m.generate(b["input_ids"], media=b["media"], attention_mask=b["attention_mask"],
+                                 max_new_tokens=max_new_tokens, **sampling)
+                for r, t in zip(rows, new):
+                    out[r] = m.tokenizer.decode(t, skip_special_tokens=True).strip()
         return out
 
     @torch.inference_mode()
     def loglikelihood(self, requests: list[tuple[str, dict, str]], batch_size: int = 8) -> list[tuple[float, bool]]:
         """(prompt, media, continuation) -> (log p(continuation + end of turn | prompt), whether greedy
         decoding would produce exactly it). The prompt is one user turn; the continuation the answer."""
+        from vlm.model import has_media, media_groups
         m, proc = self.model, self.model.processor
-        res: list[tuple[float, bool]] = []
-        for i in range(0, len(requests), batch_size):
-            items = [proc.from_turns([{"role": "user", "text": p}, {"role": "assistant", "text": c}], media, key="request")
-                     for p, media, c in requests[i:i + batch_size]]
-            b = self._collate(items, left_pad=False)
-            logits = m.logits(b["input_ids"].to(m.device), b["attention_mask"].to(m.device),
-                              media=b["media"])[:, :-1].float()             # [B, L-1, V]
-            target = b["labels"][:, 1:].to(m.device)                         # [B, L-1]
-            sel = target != -100
-            greedy = (logits.argmax(-1) == target) | ~sel                    # [B, L-1]
-            token_logp = -F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
-            logp = (token_logp * sel).sum(1)
-            res += [(float(lp), bool(g)) for lp, g in zip(logp.tolist(), greedy.all(1).tolist())]
+        res: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        for group in media_groups(m, [has_media(media) for _, media, _ in requests]):
+            for i in range(0, len(group), batch_size):
+                rows = group[i:i + batch_size]
+                res_rows = self._loglik_batch(m, proc, [requests[r] for r in rows])
+                for r, v in zip(rows, res_rows):
+                    res[r] = v
         return res
+
+    def _check_context(self, items: list, new: int) -> None:
+        """Each prompt (with `new` tokens to generate) within the LLM's context, as `vlm chat` checks it: past it
+        the model answers noise, which was scored (a review). A UserError with reason `too_long` (the tasks skip
+        and count such a sample)."""
+        context = getattr(self.model.llm.config, "max_position_embeddings", None)
+        for it in items:
+            if context and len(it.input_ids) + new > context:
+                err = UserError(f"the prompt is {len(it.input_ids)} tokens (media included)"
+                                + (f" and max_new_tokens {new}" if new else "") + f": past the model's context of "
+                                f"{context} tokens")
+                err.reason = "too_long"
+                raise err
+
+    def _loglik_batch(self, m, proc, requests: list[tuple[str, dict, str]]) -> list[tuple[float, bool]]:
+        """`loglikelihood` of one batch."""
+        items = [proc.from_turns([{"role": "user", "text": p}, {"role": "assistant", "text": c}], media, key="request")
+                 for p, media, c in requests]
+        self._check_context(items, 0)
+        b = self._collate(items, left_pad=False)
+        logits = m.logits(b["input_ids"].to(m.device), b["attention_mask"].to(m.device),
+                          media=b["media"])[:, :-1].float()             # [B, L-1, V]
+        target = b["labels"][:, 1:].to(m.device)                         # [B, L-1]
+        sel = target != -100
+        greedy = (logits.argmax(-1) == target) | ~sel                    # [B, L-1]
+        token_logp = -F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+        logp = (token_logp * sel).sum(1)
+        return [(float(lp), bool(g)) for lp, g in zip(logp.tolist(), greedy.all(1).tolist())]
 
     @torch.inference_mode()
     def layer_features(self, modality: str, clips: list[tuple[torch.Tensor, int]]) -> torch.Tensor:

@@ -454,6 +454,25 @@ def test_media_the_models_preprocessing_refuses_is_skipped_and_counted_in_every_
         assert rec["tables"]["skipped_examples"]["bad_media"] == bad[task]
 
 
+def test_a_prompt_past_the_models_context_is_skipped_as_too_long_not_scored(tmp_path):
+    """`vlm chat` refused a prompt past the LLM's context; evaluation generated from it and scored the noise (a
+    review: a dragonfly checkpoint with a short context). It is skipped and counted as too_long."""
+    import vlm
+    from benchmarks.models import generate_each, load_model
+    from vlm.errors import UserError
+    llm = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 40}
+    ckpt = vlm.build("llava", "tiny", llm=llm, audio=None, music=None, video=None).save_pretrained(tmp_path / "m")
+    m = load_model(str(ckpt))
+    short, long = ("Hi?", {}), (" ".join(["red"] * 30) + "?", {})
+    answers = generate_each(m, [short, long, short], 8, batch_size=3)
+    assert isinstance(answers[0], str) and answers[0] == answers[2] == m.generate([short], 8)[0]
+    assert isinstance(answers[1], UserError) and answers[1].reason == "too_long"
+    assert "past the model's context of 40 tokens" in str(answers[1])
+    with pytest.raises(UserError, match="past the model's context of 40 tokens"):
+        m.loglikelihood([(*long, " red")])
+
+
 def test_a_small_limit_skips_what_it_leaves_too_little_of_not_the_whole_run(assets, tmp_path):
     """Found by a review: `--suite synthetic-world --limit 2` ended the whole run at sw-mmeb ('dataset cls-shape
     has no queries'), with no report; without a limit such data is still an error."""

@@ -83,3 +83,34 @@ def test_iaa_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         a = model.logits(batch["input_ids"], batch["attention_mask"], media=batch["media"])
         assert torch.equal(a, loaded.logits(batch["input_ids"], batch["attention_mask"], media=batch["media"]))
+
+
+def test_a_text_only_row_is_the_base_llm_whatever_its_batch_holds_in_evaluation_and_embedding(tmp_path):
+    """The path is chosen per batch (any media: the adaptors), so a text question batched with an image question
+    was answered, scored and embedded through the adaptors, another answer than alone (a review). Evaluation and
+    the Embedder batch rows with media apart from rows without, for IAA; the answers are those given alone."""
+    from benchmarks.models import Query, load_model
+    ckpt = build("iaa", "tiny", audio=None, music=None, video=None).save_pretrained(tmp_path / "iaa")
+    m = load_model(str(ckpt))
+    text = ("What is two plus three?", {})
+    image = ("<image>\nWhat colour is it?", {"image": [M.image("red", 32)]})
+    alone = [m.generate([p], max_new_tokens=6, batch_size=1)[0] for p in (text, image)]
+    assert m.generate([text, image, text], max_new_tokens=6, batch_size=3) == [alone[0], alone[1], alone[0]]
+    ll_alone = [m.loglikelihood([(*p, " five")], batch_size=1)[0] for p in (text, image)]
+    ll_mixed = m.loglikelihood([(*text, " five"), (*image, " five")], batch_size=2)
+    assert all(abs(a[0] - b[0]) < 1e-4 for a, b in zip(ll_alone, ll_mixed)), (ll_alone, ll_mixed)
+    queries = [Query(text="a red circle"), Query(image=M.image("red", 32)), Query(text="a blue square")]
+    mixed = m.embed(queries, batch_size=3)
+    each = torch.cat([m.embed([q], batch_size=1) for q in queries])
+    assert torch.allclose(mixed, each, atol=1e-5)
+    # (the text path really differs: the same text through the adaptors is another vector)
+    m.model.route.mode = "multimodal"
+    with torch.inference_mode():
+        assert not torch.allclose(m.model.embed(*_ids(m, "a red circle")), each[:1], atol=1e-3)
+    m.model.route.mode = "auto"
+
+
+def _ids(m, text):
+    from vlm.embed.items import Item
+    p = m.model.processor.prompt(Item(text=text).prompt(), {})
+    return torch.tensor([p.input_ids]), torch.ones(1, len(p.input_ids), dtype=torch.long)

@@ -57,6 +57,15 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def media_groups(model, has: list[bool]) -> list[list[int]]:
+    """The indices of rows to batch together, in order: for a route whose path is chosen per batch (IAA), the
+    rows with media apart from the rows without (a text-only row in a batch with an image took the adaptor path,
+    and its answer depended on its neighbours); for any other route, all rows as one group."""
+    if not getattr(getattr(model, "route", None), "path_per_batch", False):
+        return [list(range(len(has)))]
+    return [g for g in ([i for i, h in enumerate(has) if h], [i for i, h in enumerate(has) if not h]) if g]
+
+
 def has_media(media: dict | None) -> bool:
     return bool(media) and any(bool(v) for v in media.values())
 

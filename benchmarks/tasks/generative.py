@@ -79,12 +79,13 @@ def _usable(s: Sample, skips: Skips, make: Callable[[], Any]) -> Any:
 def _answers(model, todo: list[tuple], skips: Skips, max_new: int, bs: int) -> list[tuple[tuple, str]]:
     """(item, answer) for the chunk's usable items, each (sample, ..., prompt, media); an item whose media
     the model's preprocessing refuses (`generate_each`) is left out and counted as `bad_media`, named, as a
-    file that does not decode is."""
+    file that does not decode is; one past the model's context as `too_long`."""
     out = []
     for t, answer in zip(todo, generate_each(model, [(t[-2], t[-1]) for t in todo], max_new, bs)):
         if isinstance(answer, Exception):
             s = t[0]
-            skips.count("bad_media", s.key, f"{s.shard}: sample {s.key}: {str(answer).splitlines()[0]}", shard=s.shard)
+            skips.count(getattr(answer, "reason", None) or "bad_media", s.key,
+                        f"{s.shard}: sample {s.key}: {str(answer).splitlines()[0]}", shard=s.shard)
         else:
             out.append((t, answer))
     return out
@@ -147,7 +148,8 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, ski
             try:
                 ll = model.loglikelihood([(prompt, media, c) for c in choices])
             except (UserError, MediaError) as e:      # media the model's preprocessing refuses (as `_answers`)
-                skips.count("bad_media", s.key, f"{s.shard}: sample {s.key}: {str(e).splitlines()[0]}", shard=s.shard)
+                skips.count(getattr(e, "reason", None) or "bad_media", s.key,
+                            f"{s.shard}: sample {s.key}: {str(e).splitlines()[0]}", shard=s.shard)
                 continue
             best = max(range(len(choices)), key=lambda j: ll[j][0])
             rows.append(dict(key=s.key, task=_task(m), gold=gold, pred=choices[best],

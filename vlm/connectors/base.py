@@ -161,6 +161,9 @@ class Route(nn.Module):
 
     llm_modes: ClassVar[tuple[str, ...]] = ("frozen", "full", "lora")    # what the LLM may be set to
     recomputable: ClassVar[bool] = True       # layers may be recomputed in backward (activation checkpointing)
+    # the path is chosen per batch (any media item: multimodal), so a row's result depends on whether its batch
+    # holds media: evaluation and embedding batch rows with media apart from rows without (`media_groups`)
+    path_per_batch: ClassVar[bool] = False
 
     def path(self, multimodal: bool):
         return contextlib.nullcontext()

@@ -63,6 +63,7 @@ class InnerAdaptorRoute(Route):
     """IAA: media batches through the frozen LLM + adaptor layers and their own embedding / norm / head."""
 
     llm_modes = ("frozen",)                          # the point of IAA: the LLM never trains
+    path_per_batch = True                            # text-only rows are the base LLM only in a text-only batch
     recomputable = False                             # the hooks read the path set at forward time, not at backward
 
     def __init__(self, parts, adaptor_layers: list[int] | None = None, mode: str = "auto"):

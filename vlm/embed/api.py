@@ -158,8 +158,11 @@ class Embedder:
         for it in items:
             self.backend.check(it)
         bs = batch_size or self.batch_size
-        order = sorted(range(len(items)), key=lambda i: -items[i].size())
-        batches = [[items[i] for i in order[k:k + bs]] for k in range(0, len(order), bs)]
+        order, batches = [], []
+        for group in self.backend.groups(items):       # (IAA: rows with media batched apart from rows without)
+            group = sorted(group, key=lambda i: -items[i].size())
+            order += group
+            batches += [[items[i] for i in group[k:k + bs]] for k in range(0, len(group), bs)]
         prepare = self.backend.preparer()
         out: torch.Tensor | None = None
         with ThreadPoolExecutor(max_workers=1) as pool:

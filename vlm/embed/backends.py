@@ -90,6 +90,11 @@ class Backend:
                 have = ", ".join(["text", *self.modalities])
                 raise UserError(f"{self.name} cannot embed {m} (it embeds {have})")
 
+    def groups(self, items: list[Item]) -> list[list[int]]:
+        """The indices of items that may share a batch (`vlm.model.media_groups`): all of them, unless the model
+        takes a path per batch."""
+        return [list(range(len(items)))]
+
     # subclasses
     @property
     def dim(self) -> int:  # pragma: no cover - interface
@@ -243,6 +248,10 @@ class VLMBackend(Backend):
         skips it as too_long); otherwise it is embedded as the API and the benchmarks always have."""
         context = getattr(self.model.llm.config, "max_position_embeddings", None) if within_context else None
         return VLMPreparer(self.model.processor, context)
+
+    def groups(self, items: list[Item]) -> list[list[int]]:
+        from vlm.model import media_groups
+        return media_groups(self.model, [bool(it.media) for it in items])
 
     @torch.inference_mode()
     def forward(self, batch: dict) -> torch.Tensor:
