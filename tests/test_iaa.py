@@ -114,3 +114,20 @@ def _ids(m, text):
     from vlm.embed.items import Item
     p = m.model.processor.prompt(Item(text=text).prompt(), {})
     return torch.tensor([p.input_ids]), torch.ones(1, len(p.input_ids), dtype=torch.long)
+
+
+def test_text_only_samples_are_not_for_an_iaa_model_in_training(tmp_path, capsys):
+    """IAA's text path is the frozen LLM: a batch of text-only samples had no gradient and ended the run at a
+    random step (a review: a shard with text-only samples, batch size 1). Such samples are dropped and counted
+    as not_for_model, as media the model has no encoder for are."""
+    import test_train_common as C
+    from vlm.cli import main
+    world = C.write_image_world(tmp_path / "world", n=20)                 # every 5th sample text-only
+    iaa = {"family": "iaa", "size": "tiny", "settings": {"llm": "tiny:llama", "audio": None, "music": None,
+                                                         "video": None}}
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("s", ["route.*", "media.*.projector.*"],
+                                                                 steps=8, batch_size=1)],
+                            model=iaa, checkpoint_every=0, log_samples=False)
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "not_for_model" in log and "text only" in log, log[-2000:]

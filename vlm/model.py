@@ -103,7 +103,8 @@ class MultimodalLM(nn.Module):
     def processor(self) -> Processor:
         if self._processor is None:
             self._processor = Processor(self.tokenizer, {m: t.preprocess for m, t in self.media.items()},
-                                        {m: t.token_count() for m, t in self.media.items()}, self.config.system)
+                                        {m: t.token_count() for m, t in self.media.items()}, self.config.system,
+                                        trains_text=not getattr(self.route, "path_per_batch", False))
         return self._processor
 
     @property

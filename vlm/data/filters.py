@@ -97,7 +97,8 @@ def needs_filtering(base: SampleProcessor, sample_filter: SampleFilter) -> bool:
     """Whether a stage's samples must be judged before decoding: a filter, or a model that cannot take
     every modality of the table."""
     takes = base.format.takes()
-    return sample_filter != SampleFilter() or (takes is not None and not set(MODALITIES) <= takes)
+    return sample_filter != SampleFilter() or (takes is not None and not set(MODALITIES) <= takes) \
+        or not getattr(base.processor, "trains_text", True)
 
 
 class Filtering(SampleProcessor):
@@ -109,6 +110,7 @@ class Filtering(SampleProcessor):
         self.__dict__.update(base.__dict__)
         self.sample_filter, self.where = sample_filter, where
         self.takes = base.format.takes()
+        self.trains_text = getattr(base.processor, "trains_text", True) or self.takes is None
 
     def __call__(self, ref: SampleRef, files: FileCache, seed: int = 0):
         meta = None if ref.error else _json_of(ref, files)
@@ -125,6 +127,11 @@ class Filtering(SampleProcessor):
             if self.takes is not None and not (have := sample_modalities(meta, extensions)) <= self.takes:
                 raise SampleError(NOT_FOR_MODEL, f"{'/'.join(sorted(have - self.takes))} media; the "
                                                  f"model takes {'/'.join(sorted(self.takes))}")
+            if not self.trains_text and not sample_modalities(meta, extensions):
+                # IAA: text-only input runs the frozen LLM alone (in a batch of its own it had no gradient and
+                # ended the run; in a batch with media it trained the adaptors on a path it never takes)
+                raise SampleError(NOT_FOR_MODEL, "text only: the model's text path is its frozen LLM, nothing to "
+                                                 "train")
         return super().__call__(ref, files, seed)
 
 

@@ -35,13 +35,15 @@ class Processed:
 
 class Processor:
     def __init__(self, tokenizer, preprocess: dict[str, Callable], token_counts: dict[str, Callable[[torch.Tensor], int]],
-                 system: str | None = None):
+                 system: str | None = None, trains_text: bool = True):
         """tokenizer: None for models without text (a music encoder's pretraining); preprocess and
-        token_counts: per modality, picklable, no weights."""
+        token_counts: per modality, picklable, no weights. trains_text: False where text-only input has nothing
+        to train (IAA: it runs the frozen LLM alone); training data loaders drop such samples (`not_for_model`)."""
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.token_counts = token_counts
         self.system = system
+        self.trains_text = trains_text
         self._template: ChatTemplate | None = None
 
     @property
@@ -54,7 +56,7 @@ class Processor:
 
     def with_tokenizer(self, tokenizer) -> "Processor":
         """The same processor over another tokenizer object (one that gives the same ids)."""
-        return Processor(tokenizer, self.preprocess, self.token_counts, self.system)
+        return Processor(tokenizer, self.preprocess, self.token_counts, self.system, self.trains_text)
 
     @property
     def placeholder_ids(self) -> frozenset[int]:
