@@ -131,3 +131,17 @@ def test_text_only_samples_are_not_for_an_iaa_model_in_training(tmp_path, capsys
     assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
     log = (tmp_path / "run" / "train.log").read_text()
     assert "not_for_model" in log and "text only" in log, log[-2000:]
+
+
+def test_adaptor_layers_named_twice_or_not_depths_are_refused_naming_the_setting():
+    """[0, 0] built one adaptor but hooked layer 0 twice: the adaptor ran twice, and generation with a cache
+    answered otherwise than without (a review); out-of-range depths named the recipe's 'model' only."""
+    from vlm.errors import UserError
+    from vlm.train.recipe import load_recipe, model_skeleton
+    with pytest.raises(UserError, match=r"names a depth twice"):
+        build("iaa", "tiny", llm="tiny:llama", adaptor_layers=[0, 0])
+    for value, message in (("[0,0]", "names a depth twice"), ("[5]", r"must be depths in \[0, 2\)")):
+        recipe = load_recipe("iaa-tiny", [f"model.settings.adaptor_layers={value}", "model.settings.llm=tiny:llama"],
+                             check_files=False)
+        with pytest.raises(UserError, match=r"recipe field 'model.settings.adaptor_layers': \[.*" + message):
+            model_skeleton(recipe.model)

@@ -71,8 +71,13 @@ class InnerAdaptorRoute(Route):
         super().__init__()
         n = len(parts.layers)
         self.adaptor_layers = list(adaptor_layers) if adaptor_layers is not None else default_adaptor_layers(n)
-        require(all(0 <= i < n for i in self.adaptor_layers) and self.adaptor_layers,
-                f"adaptor_layers {self.adaptor_layers} must be depths in [0, {n})")
+        require(bool(self.adaptor_layers) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n
+                                                  for i in self.adaptor_layers),
+                f"adaptor_layers: {self.adaptor_layers} must be depths in [0, {n}) (whole numbers)")
+        # one adaptor per depth: a depth given twice hooked its layer twice (the adaptor ran twice, and generation
+        # with a cache answered otherwise than without)
+        require(len(set(self.adaptor_layers)) == len(self.adaptor_layers),
+                f"adaptor_layers: {self.adaptor_layers} names a depth twice")
         self.adaptors = nn.ModuleDict()
         for j, i in enumerate(self.adaptor_layers):
             layer = copy.deepcopy(parts.layers[i])
