@@ -120,6 +120,7 @@ BAD = [
     (["data.world.shards=/nonexistent/shard-*.tar"], "data.world.shards.0"),  # missing shards
     (["stages=[]"], "stages"),                                               # empty stage list
     (["stages.0.trainable=[]"], "stages.0.trainable"),                       # nothing trainable
+    (["stages.0.lora={r: 4}"], "stages.0.lora"),                              # LoRA on a frozen LLM: ignored before
     (["stages.0.trainable=[conectors.*]"], "stages.0.trainable.0"),          # a pattern matching nothing
     (["model.family=nope"], "model.family"),                                 # unknown family
     (["model.settings.vision=nope-vit"], "model.settings.vision"),           # unknown encoder

@@ -382,6 +382,8 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
             lora_config(st.lora)
         except UserError as e:
             raise _stage_field_error(e, p) from None
+    _require(not st.lora or st.llm == "lora", f"{p}.lora",          # (it trained without adapters, exit 0)
+             f"LoRA settings on a stage whose llm is '{st.llm}': only an llm: lora stage reads them")
     _require(bool(st.trainable) or st.llm != "frozen", f"{p}.trainable",
              f"stage '{st.name}' trains nothing (no trainable patterns and llm: frozen)")
     for name, w in st.data.items():
