@@ -268,6 +268,12 @@ def test_bad_settings_are_one_line_errors():
                     (dict(mid_grids=[[2, 2], [1, 3]]), "same number of crops")]:
         with pytest.raises(UserError, match=msg):
             build("dragonfly", "tiny", **kw)
+    # in a recipe each is named by its setting (they all said "recipe field 'model'": a review)
+    from vlm.train.recipe import load_recipe, model_skeleton
+    for override, field in (("top_k=0", "top_k"), ("factor=0", "factor"), ("pool=0", "pool"),
+                            ("mid_grids=[]", "mid_grids"), ("mid_grids=[[1,2],[2,2]]", "mid_grids")):
+        with pytest.raises(UserError, match=rf"^recipe field 'model.settings.{field}': the zoom"):
+            model_skeleton(load_recipe("dragonfly-tiny", [f"model.settings.{override}"], check_files=False).model)
 
 
 def test_fine_detail_study_recipes_and_selection_hits(tmp_path):

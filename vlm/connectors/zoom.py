@@ -62,13 +62,16 @@ class ZoomSettings:
     def __post_init__(self) -> None:
         grids = tuple((int(r), int(c)) for r, c in self.mid_grids)
         object.__setattr__(self, "mid_grids", grids)
+        # (each message starts with the setting's name: a recipe error names model.settings.<it>)
         require(bool(grids) and all(r >= 1 and c >= 1 for r, c in grids),
-                f"zoom mid_grids must be (rows, cols) >= 1: {grids}")
+                f"mid_grids: the zoom's mid grids must be (rows, cols) >= 1, got {list(grids)}")
         require(len({r * c for r, c in grids}) == 1,
-                f"zoom mid_grids must all have the same number of crops (a fixed budget), got {grids}")
-        require(self.factor >= 1 and self.pool >= 1,
-                f"zoom factor and pool must be >= 1 (got {self.factor}, {self.pool})")
-        require(1 <= self.top_k <= self.factor ** 2, f"zoom top_k must be in 1..{self.factor ** 2}, got {self.top_k}")
+                f"mid_grids: the zoom's mid grids must all have the same number of crops (a fixed budget), got "
+                f"{list(grids)}")
+        require(self.factor >= 1, f"factor: the zoom factor must be >= 1, got {self.factor}")
+        require(self.pool >= 1, f"pool: the zoom pool must be >= 1, got {self.pool}")
+        require(1 <= self.top_k <= self.factor ** 2,
+                f"top_k: the zoom's top_k must be in 1..{self.factor ** 2} (factor {self.factor} squared), got {self.top_k}")
         require(self.selection in SELECTIONS, f"zoom selection must be one of {SELECTIONS}, not '{self.selection}'")
 
     @property
