@@ -13,7 +13,10 @@ from vlm.llm import build_tiny_llm
 
 def test_default_layers_follow_the_reference():
     assert default_adaptor_layers(32) == [0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26, 30, 31]
-    assert default_adaptor_layers(24) == [0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 23]
+    # pairs every 5 layers at any depth (DESIGN.md): the stride scaled with the depth gave every layer of a
+    # 16-layer LLM an adaptor, and a 24-layer one a lone top adaptor (a review)
+    assert default_adaptor_layers(24) == [0, 1, 5, 6, 10, 11, 15, 16, 20, 21]
+    assert default_adaptor_layers(16) == [0, 1, 5, 6, 10, 11, 15]
     assert default_adaptor_layers(2) == [0, 1]
 
 

@@ -25,14 +25,15 @@ from vlm.connectors.base import ROUTES, Route
 from vlm.errors import require
 
 # The reference inserts pairs every 5 layers of a 32-layer LLM: [0, 1, 5, 6, ..., 30, 31].
-REFERENCE_DEPTH, REFERENCE_STRIDE = 32, 5
+REFERENCE_STRIDE = 5
 
 
 def default_adaptor_layers(n_layers: int) -> list[int]:
-    """Pairs every k layers, k scaled from the reference's 5-in-32; the last pair ends at the top layer."""
-    stride = max(2, round(REFERENCE_STRIDE * n_layers / REFERENCE_DEPTH))
-    layers = sorted({j for i in range(0, n_layers, stride) for j in (i, i + 1) if j < n_layers} | {n_layers - 1})
-    return layers
+    """A pair of depths every 5 layers, as the reference's (`[0, 1, 5, 6, ..., 30, 31]`, 14 of 32): the same
+    share of adapted layers at any depth (6 of 12, 10 of 24). (Until 2026-12-05 the stride was scaled with the
+    depth, which put an adaptor after every layer of a 16-layer LLM, and a lone one at the top of a 24-layer
+    one; a checkpoint keeps the depths it was built with.)"""
+    return [j for i in range(0, n_layers, REFERENCE_STRIDE) for j in (i, i + 1) if j < n_layers]
 
 
 MODES = ("auto", "text", "multimodal")
