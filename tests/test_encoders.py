@@ -186,7 +186,7 @@ def test_a_long_thin_image_is_cut_to_what_the_centre_crop_keeps_before_resizing(
     """A 1 x 2,000,000 PNG (6 KB) resized to a 32-pixel short side was a 6 GB allocation, a 5000 x 1 one 4 GB at
     336 (a review): beyond 32:1 the image is cut to its centre of that ratio first. The crop's pixels are those
     of the uncut resize (a smooth image: equal here), and the cut image stays small."""
-    import encoders.base as base
+    from encoders import base
 
     ramp = np.linspace(0, 255, 3000).astype(np.uint8)
     wide = Image.fromarray(np.stack([np.tile(ramp, (50, 1))] * 3, -1))                     # 60:1

@@ -124,6 +124,7 @@ def test_text_only_samples_are_not_for_an_iaa_model_in_training(tmp_path, capsys
     random step (a review: a shard with text-only samples, batch size 1). Such samples are dropped and counted
     as not_for_model, as media the model has no encoder for are."""
     import test_train_common as C
+
     from vlm.cli import main
     world = C.write_image_world(tmp_path / "world", n=20)                 # every 5th sample text-only
     iaa = {"family": "iaa", "size": "tiny", "settings": {"llm": "tiny:llama", "audio": None, "music": None,
