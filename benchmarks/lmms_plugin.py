@@ -211,7 +211,11 @@ class VLMLmms(lmms):
             except BadImage as e:                     # no honest likelihood without the image: one line
                 raise UserError(f"vlm: {task} doc {doc_id}: its image does not decode ({e})") from None
             reqs.append((ctx, media, str(cont).lstrip()))
-        res = self.model.loglikelihood(reqs, batch_size=self.batch_size)
+        try:
+            res = self.model.loglikelihood(reqs, batch_size=self.batch_size)
+        except UserError as e:                        # (a prompt past the context: no honest score either)
+            tasks = sorted({str(r.args[4]) for r in requests})
+            raise UserError(f"vlm: loglikelihood requests of {', '.join(tasks)}: {e}") from None
         return [GenerationResult(text=(-lp, greedy)) for lp, greedy in res]    # type: ignore[arg-type]
 
     def generate_until_multi_round(self, requests) -> list[str]:

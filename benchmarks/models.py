@@ -140,6 +140,13 @@ class VLMModel(EvalModel):
         self.backend = VLMBackend(path, device)
         self.spec, self.path, self.device = path, p, device
         self.name, self.fingerprint, self.modalities = self.backend.name, self.backend.fingerprint, self.backend.modalities
+        route = self.backend.config.get("route")
+        route = route.get("type") if isinstance(route, dict) else None
+        from vlm.connectors.base import ROUTES
+        if isinstance(route, str) and route in ROUTES and ROUTES.get(route).path_per_batch:
+            # its rows with media are batched apart from those without since 2026-12-05: features cached before
+            # (a text row embedded through the adaptors beside an image row) are not reused
+            self.fingerprint = _digest(self.fingerprint, "rows-by-media")
         self.embedder = Embedder(self.backend)
 
     @property
@@ -170,26 +177,41 @@ class VLMModel(EvalModel):
     def encode_texts(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         return self.embedder.embed_items([Query(text=t) for t in texts], batch_size)
 
+    def prepare(self, prompt: str, media: dict) -> Any:
+        """One user turn, templated and its media preprocessed (`generate_prepared` takes it); a prompt with no
+        room left in the LLM's context for an answer is a UserError with reason `too_long` (the model would
+        answer noise: it was scored). The errors of this input, before any model runs."""
+        item = self.model.processor.prompt(prompt, media)
+        self._check_context(item, 1)
+        return item
+
     @torch.inference_mode()
     def generate(self, prompts: list[tuple[str, dict]], max_new_tokens: int = 16, batch_size: int = 8,
                  **sampling: Any) -> list[str]:
         """Answers to single user turns (text with placeholders, raw media per modality): greedy, unless
         `sampling` asks otherwise (do_sample, temperature, top_k, top_p, as `MultimodalLM.generate`)."""
-        m, proc = self.model, self.model.processor
+        return self.generate_prepared([self.prepare(*p) for p in prompts], max_new_tokens, batch_size, **sampling)
+
+    @torch.inference_mode()
+    def generate_prepared(self, items: list, max_new_tokens: int = 16, batch_size: int = 8,
+                          **sampling: Any) -> list[str]:
+        """`generate` of `prepare`d turns. A route that takes a path per batch (IAA) has its rows with media
+        batched apart from the rows without; each batch generates at most what the context has room for."""
+        from vlm.model import has_media, media_groups
+        m = self.model
         sampling = sampling_settings(sampling)
         if not sampling.get("do_sample") or not sampling.get("temperature", 1.0):
             sampling = {}                                              # temperature 0 means greedy
-        from vlm.model import has_media, media_groups
-        out: list[str] = [""] * len(prompts)
-        for group in media_groups(m, [has_media(media) for _, media in prompts]):
+        context = self._context()
+        out: list[str] = [""] * len(items)
+        for group in media_groups(m, [has_media(it.media) for it in items]):
             for i in range(0, len(group), batch_size):
                 rows = group[i:i + batch_size]
-                items = [proc.prompt(*prompts[r]) for r in rows]
-                self._check_context(items, max_new_tokens)
-                b = self._collate(items, left_pad=True)
-                new = m.generate(b["input_ids"], media=b["media"], attention_mask=b["attention_mask"],
-                                 max_new_tokens=max_new_tokens, **sampling)
-                for r, t in zip(rows, new):
+                b = self._collate([items[r] for r in rows], left_pad=True)
+                new = max_new_tokens if not context else min(max_new_tokens, context - b["input_ids"].shape[1])
+                answers = m.generate(b["input_ids"], media=b["media"], attention_mask=b["attention_mask"],
+                                     max_new_tokens=new, **sampling)
+                for r, t in zip(rows, answers):
                     out[r] = m.tokenizer.decode(t, skip_special_tokens=True).strip()
         return out
 
@@ -208,24 +230,21 @@ class VLMModel(EvalModel):
                     res[r] = v
         return res
 
-    def _check_context(self, items: list, new: int) -> None:
-        """Each prompt (with `new` tokens to generate) within the LLM's context, as `vlm chat` checks it: past it
-        the model answers noise, which was scored (a review). A UserError with reason `too_long` (the tasks skip
-        and count such a sample)."""
-        context = getattr(self.model.llm.config, "max_position_embeddings", None)
-        for it in items:
-            if context and len(it.input_ids) + new > context:
-                err = UserError(f"the prompt is {len(it.input_ids)} tokens (media included)"
-                                + (f" and max_new_tokens {new}" if new else "") + f": past the model's context of "
-                                f"{context} tokens")
-                err.reason = "too_long"
-                raise err
+    def _context(self) -> int | None:
+        return getattr(self.model.llm.config, "max_position_embeddings", None)
+
+    def _check_context(self, item: Any, room: int = 0) -> None:
+        """A templated turn (with `room` tokens to spare) within the LLM's context: past it the model reads noise,
+        which was scored (a review). A `vlm.model.TooLong` (reason `too_long`: the tasks skip and count it)."""
+        from vlm.model import check_context
+        check_context(len(item.input_ids), self._context(), room)
 
     def _loglik_batch(self, m, proc, requests: list[tuple[str, dict, str]]) -> list[tuple[float, bool]]:
         """`loglikelihood` of one batch."""
         items = [proc.from_turns([{"role": "user", "text": p}, {"role": "assistant", "text": c}], media, key="request")
                  for p, media, c in requests]
-        self._check_context(items, 0)
+        for it in items:
+            self._check_context(it)
         b = self._collate(items, left_pad=False)
         logits = m.logits(b["input_ids"].to(m.device), b["attention_mask"].to(m.device),
                           media=b["media"])[:, :-1].float()             # [B, L-1, V]
@@ -422,23 +441,27 @@ class FeatureModel(EvalModel):
 
 def generate_each(model: EvalModel, prompts: list[tuple[str, dict]], max_new_tokens: int, batch_size: int,
                   **sampling: Any) -> list[str | Exception]:
-    """`model.generate` over the prompts; when the batch raises a problem of one input (media that decoded
-    but the model's preprocessing refuses: an audio clip too short for its log-mel, a sample rate no audio
-    has ...), each prompt on its own, the exception in place of the answer of those that fail. The evaluation
-    tasks and the lmms-eval plugin skip and count those (one such sample ended the whole run)."""
+    """`model.generate` over the prompts, each prepared on its own first (`prepare`): an input the model's
+    preprocessing refuses (an audio clip too short for its log-mel, a sample rate no audio has ...) or with no
+    room in its context gets its exception in place of an answer, and the others are generated in batches as
+    ever. The evaluation tasks and the lmms-eval plugin skip and count those (one such sample ended the whole
+    run). A model that does not load is an error, raised."""
     from vlm.modalities import MediaError
     sampling_settings(sampling)          # settings that do not parse are the caller's error, not an input's
-    try:
+    model.load()                         # a model that does not load is the run's error, not each sample's
+    prepare = getattr(model, "prepare", None)
+    if prepare is None:
         return list(model.generate(prompts, max_new_tokens, batch_size=batch_size, **sampling))
-    except (UserError, MediaError) as e:
-        if len(prompts) == 1:
-            return [e]
-    out: list[str | Exception] = []
-    for prompt in prompts:
+    out: list[Any] = [None] * len(prompts)
+    for i, prompt in enumerate(prompts):      # each input prepared on its own: its problems are its own
         try:
-            out.append(model.generate([prompt], max_new_tokens, batch_size=1, **sampling)[0])
+            out[i] = prepare(*prompt)
         except (UserError, MediaError) as e:
-            out.append(e)
+            out[i] = e
+    ok = [i for i, x in enumerate(out) if not isinstance(x, Exception)]
+    for i, answer in zip(ok, model.generate_prepared([out[i] for i in ok], max_new_tokens, batch_size, **sampling)
+                         if ok else []):
+        out[i] = answer
     return out
 
 

@@ -471,6 +471,20 @@ def test_a_prompt_past_the_models_context_is_skipped_as_too_long_not_scored(tmp_
     assert "past the model's context of 40 tokens" in str(answers[1])
     with pytest.raises(UserError, match="past the model's context of 40 tokens"):
         m.loglikelihood([(*long, " red")])
+    # a prompt that fits is answered, its answer cut at the context (lmms-eval tasks ask for hundreds of tokens)
+    n, asked = len(m.prepare(*short).input_ids), []
+    generate = m.model.generate
+    m.model.generate = lambda *a, **kw: asked.append(kw["max_new_tokens"]) or generate(*a, **kw)
+    assert isinstance(generate_each(m, [short], 500, batch_size=1)[0], str) and asked == [40 - n]
+    m.model.generate = generate
+    # a checkpoint that does not load is the run's error, raised once, not a skip of every sample
+    broken = tmp_path / "broken"
+    import shutil
+    shutil.copytree(ckpt, broken)
+    weights = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    with pytest.raises(UserError, match="model.safetensors"):
+        generate_each(load_model(str(broken)), [short, short], 8, batch_size=2)
 
 
 def test_a_small_limit_skips_what_it_leaves_too_little_of_not_the_whole_run(assets, tmp_path):

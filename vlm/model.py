@@ -57,6 +57,18 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+class TooLong(UserError):
+    """A prompt past the LLM's context (the model would read noise); `reason` is the counter a task skips it under."""
+    reason = "too_long"
+
+
+def check_context(n_tokens: int, context: int | None, room: int = 0) -> None:
+    """A TooLong when a prompt of `n_tokens` with `room` tokens to generate does not fit the LLM's `context`."""
+    if context and n_tokens + room > context:
+        raise TooLong(f"the prompt is {n_tokens} tokens (media included)" + (f" and {room} to generate" if room else "")
+                      + f": past the model's context of {context} tokens")
+
+
 def media_groups(model, has: list[bool]) -> list[list[int]]:
     """The indices of rows to batch together, in order: for a route whose path is chosen per batch (IAA), the
     rows with media apart from the rows without (a text-only row in a batch with an image took the adaptor path,
@@ -305,11 +317,8 @@ class MultimodalLM(nn.Module):
         """One user turn -> the model's answer as text. A prompt that with `max_new_tokens` does not fit the
         LLM's context is a one-line error (past it the model answers noise)."""
         p = self.processor.prompt(text, media)
-        context = getattr(self.llm.config, "max_position_embeddings", None)
-        new = int(gen.get("max_new_tokens", 32))
-        if context and len(p.input_ids) + new > context:
-            raise UserError(f"the prompt is {len(p.input_ids)} tokens (media included) and max_new_tokens {new}: "
-                            f"past the model's context of {context} tokens")
+        check_context(len(p.input_ids), getattr(self.llm.config, "max_position_embeddings", None),
+                      int(gen.get("max_new_tokens", 32)))
         ids = self.generate(torch.tensor([p.input_ids]), media=p.media, **gen)[0]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 

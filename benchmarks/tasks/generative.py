@@ -56,7 +56,9 @@ def score_answer(pred: str, gold: str) -> dict[str, float]:
     return {"exact_match": float(exact_match(pred, gold)), "accuracy": float(vqa_match(pred, gold))}
 
 
-ROWS_VERSION = 3          # what a cached result holds (2: n_choices and chance; 3: skips by reason); a new one recomputes
+# what a cached result holds (2: n_choices and chance; 3: skips by reason; 4: prompts past the context skipped,
+# IAA rows batched by media); a new one recomputes
+ROWS_VERSION = 4
 
 
 def _mean(rows: list[dict[str, Any]], k: str) -> float:
@@ -83,9 +85,7 @@ def _answers(model, todo: list[tuple], skips: Skips, max_new: int, bs: int) -> l
     out = []
     for t, answer in zip(todo, generate_each(model, [(t[-2], t[-1]) for t in todo], max_new, bs)):
         if isinstance(answer, Exception):
-            s = t[0]
-            skips.count(getattr(answer, "reason", None) or "bad_media", s.key,
-                        f"{s.shard}: sample {s.key}: {str(answer).splitlines()[0]}", shard=s.shard)
+            skips.skip(getattr(answer, "reason", None) or "bad_media", t[0], str(answer).splitlines()[0])
         else:
             out.append((t, answer))
     return out
@@ -137,6 +137,7 @@ def run_generate(model, samples: list[Sample], bench: Benchmark, ctx: Context, s
 def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, skips: Skips) -> TaskResult:
     suffix = bench.options.get("prompt_suffix", "")
     rows: list[dict[str, Any]] = []
+    model.load()                  # a model that does not load is the run's error, not each sample's (below)
     with bar(ctx, bench.name, len(samples), "q") as pbar:
         for s in samples:
             item = _usable(s, skips, lambda s=s: _vqa_item(s, suffix, loglik=True))
@@ -148,8 +149,7 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, ski
             try:
                 ll = model.loglikelihood([(prompt, media, c) for c in choices])
             except (UserError, MediaError) as e:      # media the model's preprocessing refuses (as `_answers`)
-                skips.count(getattr(e, "reason", None) or "bad_media", s.key,
-                            f"{s.shard}: sample {s.key}: {str(e).splitlines()[0]}", shard=s.shard)
+                skips.skip(getattr(e, "reason", None) or "bad_media", s, str(e).splitlines()[0])
                 continue
             best = max(range(len(choices)), key=lambda j: ll[j][0])
             rows.append(dict(key=s.key, task=_task(m), gold=gold, pred=choices[best],

@@ -496,16 +496,26 @@ class Index:
             vec = emb.embed(texts=[text] if text is not None else None, instruction=instruction,
                             **{MEDIA_ARG[m]: [v] for m, v in given.items()})
         except (UserError, MediaError) as e:     # a file that decodes but its preprocessing refuses: name the file
-            files = [f"{m} {v}" for m, v in given.items() if isinstance(v, (str, os.PathLike)) and str(v) not in str(e)]
-            if len(files) != 1:
+            files = [(m, v) for m, v in given.items() if isinstance(v, (str, os.PathLike)) and str(v) not in str(e)]
+            if len(files) != 1 or not self._fails_alone(emb, *files[0], instruction):
                 raise
-            raise UserError(f"{files[0]}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"{files[0][0]} {files[0][1]}: {str(e).splitlines()[0]}") from None
         if target is None:
             query_kinds = set(given) | ({"text"} if text is not None else set())
             target = next((t for t in self.targets if t not in query_kinds), self.targets[0])
         scores, ids = self.search(vec, k, target)
         rows = self.rows([i for i in ids[0].tolist() if i >= 0], target)
         return [{"rank": r + 1, "score": float(s), **row} for r, (s, row) in enumerate(zip(scores[0].tolist(), rows))]
+
+    @staticmethod
+    def _fails_alone(emb, modality: str, value: Any, instruction: str | None) -> bool:
+        """Whether a query file fails to embed on its own (then an error of the query is the file's)."""
+        from vlm.embed.api import MEDIA_ARG
+        try:
+            emb.embed(instruction=instruction, **{MEDIA_ARG[modality]: [value]})
+        except (UserError, MediaError):
+            return True
+        return False
 
     def search_text(self, text: str, k: int = 10, instruction: str | None = None, target: str | None = None):
         return self.query(text=text, k=k, instruction=instruction, target=target)
