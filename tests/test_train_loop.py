@@ -352,14 +352,22 @@ def test_a_resume_at_a_stage_end_checks_the_data_and_workers_and_a_fresh_start_i
         (fresh / d).mkdir(parents=True)
     (fresh / "objectives" / "stage-0" / "teacher.safetensors").write_bytes(b"another run's teacher")
     (fresh / "samples-rank0.jsonl").write_text('{"step": 1, "text": "another run"}\n' * 5)
+    (fresh / "recipe.yaml").write_text("the killed run's recipe\n")
     one = C.write_recipe(tmp_path / "r1.yaml", world, [C.stage("a", ["media.*.projector.*"], steps=2)],
                          checkpoint_every=0)
     assert main(["train", str(one), "--out", str(fresh)]) == 0
     out = capsys.readouterr().out
-    assert "removed what an earlier run left there (objectives, best, eval, tb, samples-rank0.jsonl)" in out, out
+    assert "moved what an earlier run left there (objectives, best, eval, tb, samples-rank0.jsonl) to" in out, out
+    [aside] = fresh.glob("previous-*")                   # kept, not deleted: its best/ may be all that run made
+    assert (aside / "objectives" / "stage-0" / "teacher.safetensors").read_bytes() == b"another run's teacher"
     assert not (fresh / "objectives").exists() and not (fresh / "best").exists()
     rows = [json.loads(r) for r in (fresh / "samples-rank0.jsonl").read_text().splitlines()]
     assert rows and all(r.get("text") != "another run" for r in rows)
+    # a folder no run wrote (no recipe.yaml, no train.log) is left alone
+    mine = tmp_path / "mine"
+    (mine / "eval").mkdir(parents=True)
+    assert main(["train", str(one), "--out", str(mine)]) == 0
+    assert (mine / "eval").is_dir() and not list(mine.glob("previous-*"))
 
 
 def test_a_checkpoint_folder_removed_under_its_save_is_one_line(tmp_path):

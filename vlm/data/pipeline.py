@@ -407,13 +407,15 @@ class ShardPipeline:
                 for s, paths in zip(self.sources, local)]
         return self._shard_contents
 
-    def check_contents(self, saved: list | None) -> None:
+    def check_contents(self, saved: list | None, only: set[str] | None = None) -> None:
         """The shards are the ones a state (`state_dict()["contents"]`) was saved on: a one-line UserError naming
         the source and shard if not (a mid-stage resume, and a resume at a stage's end onto its data rebuilt in
-        place: the run would mix two data sets)."""
+        place: the run would mix two data sets). `only`: the names of the sources to compare."""
         if saved is None:                     # a state from before the contents were kept: nothing to compare
             return
         for s, old, new in zip(self.sources, saved, self._contents()):
+            if only is not None and s.name not in only:
+                continue
             if old.get("names") != new["names"]:
                 raise UserError(f"data source '{s.name}': its shard files are not the ones the checkpoint was trained "
                                 f"on (other names at the same paths); resume with that data, or start a new run")

@@ -28,8 +28,8 @@ def build_iaa(vision: str | dict | None = "tiny-clip", llm: str | dict = "tiny:l
               audio: str | dict | None = None, music: str | dict | None = None, video: str | dict | None = None,
               adaptor_layers: list[int] | None = None, audio_pool: int | None = None, music_pool: int | None = None,
               seed: int | None = 0) -> MultimodalLM:
-    """adaptor_layers: depths after which an adaptor runs (None: pairs every k layers, k scaled from the
-    reference's 5-in-32). The LLM stays frozen: the route refuses any other mode."""
+    """adaptor_layers: depths after which an adaptor runs (None: a pair every 5 layers, the reference's
+    `[0, 1, 5, 6, ...]`). The LLM stays frozen: the route refuses any other mode."""
     encoders, media = media_parts({"type": "projector", "projector": projector},
                                   {"audio": {"pool": audio_pool}, "music": {"pool": music_pool}},
                                   vision=vision, audio=audio, music=music, video=video)

@@ -148,6 +148,8 @@ def save(run_dir: Path, state: TrainerState, d, plain_model, optim_state: dict |
         raise UserError(f"{tmp}: the checkpoint could not be written ({str(e).splitlines()[0][:160]}): is the disk "
                         f"full? The checkpoints before it are whole; free space and rerun with --resume") from None
     except FileNotFoundError as e:  # the folder removed under the save (`rm -rf checkpoints` while training)
+        if tmp.is_dir():
+            raise
         raise _gone(tmp, e) from None
     d.barrier()                                       # every rank's file is on disk
     if d.is_main:
@@ -155,6 +157,8 @@ def save(run_dir: Path, state: TrainerState, d, plain_model, optim_state: dict |
             _write_json(tmp / TRAINER_FILE, asdict(state))
             replace_dir(tmp, final)                   # the old folder or the new, never a mix
         except FileNotFoundError as e:
+            if tmp.is_dir():
+                raise
             raise _gone(tmp, e) from None
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -27,8 +27,8 @@ import contextlib
 import fnmatch
 import json
 import math
+import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -42,7 +42,7 @@ from torch import nn
 from vlm.data.pipeline import data_streams
 from vlm.errors import UserError
 from vlm.train import checkpoint as ckpt_lib
-from vlm.train.data import build_stage_loader, to_device
+from vlm.train.data import build_stage_loader, stage_sources, to_device
 from vlm.train.logging import RunLog, SampleLog, plot
 from vlm.train.objectives import (
     NO_GRADIENT,
@@ -122,9 +122,14 @@ def _first_difference(a, b, path: str) -> tuple[str, object, object] | None:
 
 
 def _brief(items: list) -> str:
-    """A list as its length and, when every item is a mapping with a `name` (stages, data sources), the names."""
+    """A list as its length and, when every item is a mapping with a `name` (stages, data sources), the names;
+    a short list of plain values (a few shard paths, betas) as itself."""
     names = [x.get("name") for x in items if isinstance(x, dict) and x.get("name") is not None]
-    return f"{len(items)}: {', '.join(map(str, names))}" if names and len(names) == len(items) else f"{len(items)} item{'s' if len(items) != 1 else ''}"
+    if names and len(names) == len(items):
+        return f"{len(items)}: {', '.join(map(str, names))}"
+    if not any(isinstance(x, (dict, list)) for x in items) and len(repr(items)) <= 200:
+        return repr(items)
+    return f"{len(items)} item{'s' if len(items) != 1 else ''}"
 
 
 def _drop_resumable(doc, recipe: Recipe) -> None:
@@ -273,10 +278,11 @@ class Trainer:
         rest of the run train on another data set than the first stages, without a word."""
         saved = ckpt_lib.load_rank(ckpt, self.d.rank)["data"].get("contents")
         st = self.recipe.stages[i]
+        later = {src["name"] for j in range(i + 1, len(self.recipe.stages)) for src in stage_sources(self.recipe, j)}
         loader = self._loader(i, build_objective(st.objective, st.objective_settings), plain, self.d.rank,
                               self.d.world_size)
-        try:
-            loader.check_contents(saved)
+        try:                                     # (a source no later stage reads may change: nothing mixes)
+            loader.check_contents(saved, only=later)
         except UserError as e:
             raise UserError(f"{ckpt} (the end of stage '{st.name}'): {e}") from None
 
@@ -334,15 +340,25 @@ class Trainer:
     LEFT_BY_A_RUN = ("objectives", "best", "eval", "tb")
 
     def _clear_unfinished_run(self) -> None:
-        """A run starting from scratch in a folder an earlier run was killed in before its first checkpoint: what
-        that run left (LEFT_BY_A_RUN, samples-rank*.jsonl) is removed, and said; train.log keeps its lines."""
+        """A run starting from scratch in the folder of an earlier run (its recipe.yaml / train.log are there)
+        killed before its first checkpoint: what that run left (LEFT_BY_A_RUN, samples-rank*.jsonl) is moved to
+        `previous-<time>/` in the folder, and said (its best/ may be the only model it made); train.log keeps
+        its lines. A folder no run wrote is left alone."""
+        if not ((self.run_dir / "recipe.yaml").is_file() or (self.run_dir / "train.log").is_file()):
+            return
         left = [self.run_dir / n for n in self.LEFT_BY_A_RUN] + sorted(self.run_dir.glob("samples-rank*.jsonl"))
         left = [p for p in left if p.exists() or p.is_symlink()]
+        if not left:
+            return
+        aside = self.run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+        n = 1
+        while aside.exists():                    # two fresh starts within a second
+            aside, n = aside.with_name(f"{aside.name.split('.')[0]}.{n}"), n + 1
+        aside.mkdir()
         for p in left:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        if left:
-            print(f"starting from scratch in {self.run_dir}: removed what an earlier run left there "
-                  f"({', '.join(p.name for p in left)})", flush=True)
+            os.replace(p, aside / p.name)
+        print(f"starting from scratch in {self.run_dir}: moved what an earlier run left there "
+              f"({', '.join(p.name for p in left)}) to {aside}", flush=True)
 
     def _check_world(self, ckpt: Path | None, state: ckpt_lib.TrainerState) -> None:
         if ckpt is not None and state.world_size != self.d.world_size:
@@ -362,8 +378,8 @@ class Trainer:
                                 f"runtime.num_workers={saved}")
 
     # what a checkpoint's weights, optimizer, schedule and data position depend on; runtime settings such as
-    # logging, checkpoint cadence or evaluation may change on resume (a mid-stage data position needs the same
-    # ranks and data workers: the pipeline's own state check)
+    # logging, checkpoint cadence or evaluation may change on resume (the ranks and the data workers may not:
+    # `_check_world`, mid-stage and at a stage's end, where the workers decide the next stage's data order)
     # the evaluation's benchmarks, split, data, limit and metric define the best score a checkpoint carries (a
     # resumed run comparing other benchmarks' scores with it would keep the wrong best/ or stop early); its
     # cadence and patience may change
