@@ -149,3 +149,29 @@ def test_adaptor_layers_named_twice_or_not_depths_are_refused_naming_the_setting
                              check_files=False)
         with pytest.raises(UserError, match=r"recipe field 'model.settings.adaptor_layers': \[.*" + message):
             model_skeleton(recipe.model)
+
+
+def test_a_resume_onto_other_default_adaptor_depths_says_which_to_set(tmp_path, monkeypatch, capsys):
+    """IAA's default depths changed (a review): a run begun before, resumed from a recipe without the setting,
+    built other adaptors and failed on missing weight keys with no hint. It names the depths to set."""
+    import shutil
+
+    import test_train_common as C
+
+    import vlm.connectors.inner_adaptor as ia
+    from vlm.cli import main
+    world = C.write_image_world(tmp_path / "world", n=12)
+    iaa = {"family": "iaa", "size": "tiny", "settings": {"llm": "tiny:llama", "audio": None, "music": None,
+                                                         "video": None}}
+    recipe = C.write_recipe(tmp_path / "r.yaml", world, [C.stage("s", ["route.*"], steps=2)], model=iaa,
+                            checkpoint_every=1, log_samples=False)
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints" / "step-00000002")
+    monkeypatch.setattr(ia, "default_adaptor_layers", lambda n: [1])       # as if the default had changed
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has adaptors after layers [0, 1], this recipe builds [1]" in err and \
+        "model.settings.adaptor_layers: [0, 1]" in err and len(err.splitlines()) == 1, err

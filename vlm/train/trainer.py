@@ -447,6 +447,13 @@ class Trainer:
             raise UserError(f"--resume: {ckpt} was trained on its {where[0]} encoder's feature_layer {where[1]}, "
                             f"this recipe builds {where[2]} (a default that changed: hf:DIR CLIP folders read -2 "
                             f"now); set the encoder's feature_layer: {where[1]} in the recipe to resume")
+        route = saved.get("route") if isinstance(saved, dict) else None
+        built = plain.route.settings() if hasattr(plain, "route") else {}
+        if isinstance(route, dict) and route.get("adaptor_layers") not in (None, built.get("adaptor_layers")):
+            # IAA's default depths changed on 2026-12-05 (a pair every 5 layers): a recipe without the setting
+            raise UserError(f"--resume: {ckpt} has adaptors after layers {route['adaptor_layers']}, this recipe "
+                            f"builds {built.get('adaptor_layers')} (a default that changed); set "
+                            f"model.settings.adaptor_layers: {route['adaptor_layers']} in the recipe to resume")
         ckpt_lib.load_model_weights(plain, ckpt)
         return state.stage + 1 if state.stage_done else state.stage
 
