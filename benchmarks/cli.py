@@ -23,8 +23,14 @@ def cmd_list(words: list[str], suites: bool) -> int:
     from benchmarks.registry import list_benchmarks, list_suites
     if len(words) > 1:
         raise UserError(f"`vlm eval list` takes one pattern, got {words}")
-    if suites:
-        for s in list_suites():
+    if suites:                            # (the pattern was ignored: every suite printed, exit 0)
+        import fnmatch
+        found = [s for s in list_suites() if not words or fnmatch.fnmatchcase(s["name"], words[0])]
+        if not found:
+            print(f"no suite matches {words[0]!r} (a glob, e.g. 'music*'; `vlm eval list --suites` lists them all)",
+                  file=sys.stderr)
+            return 1
+        for s in found:
             print(f"{s['name']:<28} {len(s['benchmarks']):>3} benchmarks  {s['description']}")
         return 0
     rows = list_benchmarks(words[0] if words else None)

@@ -204,6 +204,11 @@ def test_cli_run_list_and_model_card(assets, tmp_path, capsys):
     assert rc == 0 and "ub-cifar10" in cap.out
     rc, cap = _cli(["eval", "list", "--suites"], capsys)
     assert rc == 0 and "synthetic-world" in cap.out
+    # a pattern narrows the suites too (it was ignored: every suite, exit 0)
+    rc, cap = _cli(["eval", "list", "music*", "--suites"], capsys)
+    assert rc == 0 and [ln.split()[0] for ln in cap.out.splitlines()] == ["music-probes"]
+    rc, cap = _cli(["eval", "list", "nomatch*", "--suites"], capsys)
+    assert rc == 1 and not cap.out and "no suite matches 'nomatch*'" in cap.err
 
 
 def test_split_reads_another_split_under_its_own_name(assets, tmp_path, capsys):
