@@ -86,6 +86,7 @@ def test_frames_are_sampled_uniformly_and_pooled_to_the_configured_count(omni):
     assert feats[0].shape[0] == 6 * per_frame + n_music + n_audio == omni.num_media_tokens("video", item)
     assert feats[1].shape[0] == omni.num_media_tokens("video", short)
     muted = vlm.build("omni", "tiny", frame_pool=2, mute=["music"]).media["video"]
+    assert vlm.build("omni", "tiny", frame_pool=2, mute="music").media["video"].mute == ["music"]   # a name alone
     assert muted.token_count()(muted.preprocess(clip_mp4())) == 6 * per_frame + n_audio
 
 

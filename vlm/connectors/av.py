@@ -178,7 +178,7 @@ class AVTokenizer(MediaTokenizer):
     def set_mute(self, mute: list[str] | None) -> None:
         """Leave these soundtrack streams out of every clip's tokens (saved with the model's config; a
         processor built before keeps the old token counts: save and load, or build it again)."""
-        mute = sorted(set(mute or []))
+        mute = sorted(set([mute] if isinstance(mute, str) else mute or []))       # (a name alone was split in letters)
         require(set(mute) <= set(STREAMS), f"av connector: mute takes {list(STREAMS)}, got {mute}")
         self.mute = mute
         self.__dict__["_preprocess"] = None
