@@ -197,50 +197,50 @@ class VLMModel(EvalModel):
                           **sampling: Any) -> list[str]:
         """`generate` of `prepare`d turns. A route that takes a path per batch (IAA) has its rows with media
         batched apart from the rows without; each batch generates at most what the context has room for."""
-        from vlm.model import has_media, media_groups
+        from vlm.model import has_media
         m = self.model
         sampling = sampling_settings(sampling)
         if not sampling.get("do_sample") or not sampling.get("temperature", 1.0):
             sampling = {}                                              # temperature 0 means greedy
-        context = self._context()
-        out: list[str] = [""] * len(items)
-        for group in media_groups(m, [has_media(it.media) for it in items]):
+        context = m.context_length
+
+        def answer(batch: list) -> list[str]:
+            b = self._collate(batch, left_pad=True)
+            new = max_new_tokens if not context else min(max_new_tokens, context - b["input_ids"].shape[1])
+            ids = m.generate(b["input_ids"], media=b["media"], attention_mask=b["attention_mask"],
+                             max_new_tokens=new, **sampling)
+            return [m.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+        return self._in_batches(items, [has_media(it.media) for it in items], batch_size, answer)
+
+    def _in_batches(self, rows: list, has: list[bool], batch_size: int, run) -> list:
+        """`run(batch)` over batches of `rows` (a route that takes a path per batch has its rows with media
+        batched apart from the rows without: `media_groups`), the results in the rows' order."""
+        from vlm.model import media_groups
+        out: list = [None] * len(rows)
+        for group in media_groups(self.model, has):
             for i in range(0, len(group), batch_size):
-                rows = group[i:i + batch_size]
-                b = self._collate([items[r] for r in rows], left_pad=True)
-                new = max_new_tokens if not context else min(max_new_tokens, context - b["input_ids"].shape[1])
-                answers = m.generate(b["input_ids"], media=b["media"], attention_mask=b["attention_mask"],
-                                     max_new_tokens=new, **sampling)
-                for r, t in zip(rows, answers):
-                    out[r] = m.tokenizer.decode(t, skip_special_tokens=True).strip()
+                idx = group[i:i + batch_size]
+                for r, v in zip(idx, run([rows[r] for r in idx])):
+                    out[r] = v
         return out
 
     @torch.inference_mode()
     def loglikelihood(self, requests: list[tuple[str, dict, str]], batch_size: int = 8) -> list[tuple[float, bool]]:
         """(prompt, media, continuation) -> (log p(continuation + end of turn | prompt), whether greedy
         decoding would produce exactly it). The prompt is one user turn; the continuation the answer."""
-        from vlm.model import has_media, media_groups
-        m, proc = self.model, self.model.processor
-        res: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        for group in media_groups(m, [has_media(media) for _, media, _ in requests]):
-            for i in range(0, len(group), batch_size):
-                rows = group[i:i + batch_size]
-                res_rows = self._loglik_batch(m, proc, [requests[r] for r in rows])
-                for r, v in zip(rows, res_rows):
-                    res[r] = v
-        return res
-
-    def _context(self) -> int | None:
-        return getattr(self.model.llm.config, "max_position_embeddings", None)
+        from vlm.model import has_media
+        return self._in_batches(requests, [has_media(media) for _, media, _ in requests], batch_size,
+                                self._loglik_batch)
 
     def _check_context(self, item: Any, room: int = 0) -> None:
         """A templated turn (with `room` tokens to spare) within the LLM's context: past it the model reads noise,
         which was scored (a review). A `vlm.model.TooLong` (reason `too_long`: the tasks skip and count it)."""
         from vlm.model import check_context
-        check_context(len(item.input_ids), self._context(), room)
+        check_context(len(item.input_ids), self.model.context_length, room)
 
-    def _loglik_batch(self, m, proc, requests: list[tuple[str, dict, str]]) -> list[tuple[float, bool]]:
+    def _loglik_batch(self, requests: list[tuple[str, dict, str]]) -> list[tuple[float, bool]]:
         """`loglikelihood` of one batch."""
+        m, proc = self.model, self.model.processor
         items = [proc.from_turns([{"role": "user", "text": p}, {"role": "assistant", "text": c}], media, key="request")
                  for p, media, c in requests]
         for it in items:
@@ -431,7 +431,7 @@ class FeatureModel(EvalModel):
             if int(rate) != sr:
                 x = AF.resample(x, *resample_ratio(int(rate), sr))
             x = torch.nn.functional.pad(x, (0, max(0, n_fft - x.numel())))   # the STFT's reflect padding needs n_fft
-            x = scale_loud(x[None], torch.ones(1, x.numel(), dtype=torch.bool))[0]   # a peak > 1e6 overflows the power
+            x = scale_loud(x)                                                 # a peak > 1e6 overflows the power
             f = t(x)                                                          # [bands, frames], dB
             if self.kind == "mfcc":
                 f = torch.cat([f, AF.compute_deltas(f)])

@@ -272,11 +272,15 @@ class ImagePreprocess(Preprocess):
         }
 
 
-def scale_loud(w: Tensor, valid: Tensor) -> Tensor:
-    """[B, N] clips whose peak (over `valid` samples) is finite but far beyond any audio scale (> 1e6) divided by
-    it: the float32 sum of squares of such a clip overflows (1e19 normalised to all zeros, 1e36 to NaN; an
-    in-batch noise mixture's power ratio to inf). Every other clip is returned bit for bit (x / 1.0 is exact)."""
-    peak = (w.abs() * valid).amax(1, keepdim=True) if w.numel() else w.new_zeros(w.shape[0], 1)
+def scale_loud(w: Tensor, valid: Tensor | None = None) -> Tensor:
+    """[B, N] clips (or one clip [N]) whose peak (over `valid` samples; default all) is finite but far beyond any
+    audio scale (> 1e6) divided by it: the float32 sum of squares of such a clip overflows (1e19 normalised to all
+    zeros, 1e36 to NaN; an in-batch noise mixture's power ratio to inf; a log-mel's power to inf). Every other clip
+    is returned bit for bit (x / 1.0 is exact)."""
+    if w.dim() == 1:
+        return scale_loud(w[None], None if valid is None else valid[None])[0]
+    scaled = w.abs() if valid is None else w.abs() * valid
+    peak = scaled.amax(1, keepdim=True) if w.numel() else w.new_zeros(w.shape[0], 1)
     big = peak > 1e6
     return w / torch.where(big, peak, torch.ones_like(peak)) if bool(big.any()) else w
 
@@ -406,7 +410,7 @@ class AudioPreprocess(Preprocess):
                             f"more than {self.n_fft // 2} ({1000 * (self.n_fft // 2 + 1) / self.sample_rate:.1f} ms)")
         # a float clip far beyond any audio scale (peak > 1e6) overflows the power spectrum to inf / NaN features:
         # scaled to a peak of 1 (every other clip bit for bit)
-        wav = scale_loud(wav[None], torch.ones(1, wav.numel(), dtype=torch.bool))[0]
+        wav = scale_loud(wav)
         mel = self._mel_transform()(wav)[:, :-1]  # [n_mels, N // hop]; Whisper drops the last frame
         if mel.shape[-1] == 0:
             raise UserError(f"audio clip too short: {wav.numel()} samples < hop {self.hop_length}")

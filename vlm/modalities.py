@@ -35,6 +35,11 @@ class MediaError(ValueError):
 
     reason: str | None = None
 
+    def __init__(self, message: object = "", reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
 
 def short_error(e: BaseException) -> str:
     """An exception as one line without object addresses (so the same error reads the same every run)."""

@@ -120,6 +120,11 @@ class MultimodalLM(nn.Module):
         return self._processor
 
     @property
+    def context_length(self) -> int | None:
+        """The LLM's context in tokens (its config's `max_position_embeddings`; None where it has none)."""
+        return getattr(self.llm.config, "max_position_embeddings", None)
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -317,8 +322,7 @@ class MultimodalLM(nn.Module):
         """One user turn -> the model's answer as text. A prompt that with `max_new_tokens` does not fit the
         LLM's context is a one-line error (past it the model answers noise)."""
         p = self.processor.prompt(text, media)
-        check_context(len(p.input_ids), getattr(self.llm.config, "max_position_embeddings", None),
-                      int(gen.get("max_new_tokens", 32)))
+        check_context(len(p.input_ids), self.context_length, int(gen.get("max_new_tokens", 32)))
         ids = self.generate(torch.tensor([p.input_ids]), media=p.media, **gen)[0]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 

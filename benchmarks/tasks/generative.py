@@ -85,10 +85,15 @@ def _answers(model, todo: list[tuple], skips: Skips, max_new: int, bs: int) -> l
     out = []
     for t, answer in zip(todo, generate_each(model, [(t[-2], t[-1]) for t in todo], max_new, bs)):
         if isinstance(answer, Exception):
-            skips.skip(getattr(answer, "reason", None) or "bad_media", t[0], str(answer).splitlines()[0])
+            _skip_refused(skips, t[0], answer)
         else:
             out.append((t, answer))
     return out
+
+
+def _skip_refused(skips: Skips, s: Sample, e: Exception) -> None:
+    """A sample the model refused: under the error's reason (`too_long` ...), else `bad_media`, named."""
+    skips.skip(getattr(e, "reason", None) or "bad_media", s, str(e).splitlines()[0])
 
 
 def _task(meta: dict[str, Any]) -> str:
@@ -149,7 +154,7 @@ def run_loglik(model, samples: list[Sample], bench: Benchmark, ctx: Context, ski
             try:
                 ll = model.loglikelihood([(prompt, media, c) for c in choices])
             except (UserError, MediaError) as e:      # media the model's preprocessing refuses (as `_answers`)
-                skips.skip(getattr(e, "reason", None) or "bad_media", s, str(e).splitlines()[0])
+                _skip_refused(skips, s, e)
                 continue
             best = max(range(len(choices)), key=lambda j: ll[j][0])
             rows.append(dict(key=s.key, task=_task(m), gold=gold, pred=choices[best],

@@ -87,10 +87,8 @@ class AVPreprocess:
         try:                     # headers that read and frames that do not: decord's error, not a traceback
             duration = total / max(vr.get_avg_fps(), 1e-6)
             if duration > MAX_CLIP_SECONDS:
-                err = MediaError(f"the clip spans {duration:.0f} s ({total} frames at {vr.get_avg_fps():.3g} fps); "
-                                 f"clips of up to {MAX_CLIP_SECONDS:.0f} s are read: cut it first")
-                err.reason = "too_long"
-                raise err
+                raise MediaError(f"the clip spans {duration:.0f} s ({total} frames at {vr.get_avg_fps():.3g} fps); "
+                                 f"clips of up to {MAX_CLIP_SECONDS:.0f} s are read: cut it first", reason="too_long")
             n = min(self.frames, total)
             idx = [min(total - 1, int(total / n * (i + 0.5))) for i in range(n)]
             decoded = vr.get_batch(idx).asnumpy()
@@ -112,9 +110,8 @@ class AVPreprocess:
         try:
             with av.open(src) as container:
                 if not container.streams.audio:
-                    err = MediaError("the clip has no audio track (the model takes its music / sound)")
-                    err.reason = "no_audio_track"
-                    raise err
+                    raise MediaError("the clip has no audio track (the model takes its music / sound)",
+                                     reason="no_audio_track")
                 return audio_track(container, self.sample_rate, 0.0, duration)
         except av.FFmpegError as e:
             raise MediaError(f"cannot decode the audio track: {str(e).splitlines()[0][:200]}") from None

@@ -246,7 +246,7 @@ class VLMBackend(Backend):
     def preparer(self, within_context: bool = False) -> VLMPreparer:
         """`within_context`: an item whose prompt exceeds the LLM's context is refused (ItemTooLong; `vlm embed`
         skips it as too_long); otherwise it is embedded as the API and the benchmarks always have."""
-        context = getattr(self.model.llm.config, "max_position_embeddings", None) if within_context else None
+        context = self.model.context_length if within_context else None
         return VLMPreparer(self.model.processor, context)
 
     def groups(self, items: list[Item]) -> list[list[int]]:

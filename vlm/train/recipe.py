@@ -571,7 +571,7 @@ def check_model(recipe: Recipe):
     for i, st in enumerate(recipe.stages):
         # (a later stage's lora settings other than the adapters' - made by an earlier stage or loaded with an
         # init checkpoint - are refused by apply_stage below, naming stages.i.lora.KEY: peft keeps the first)
-        context = getattr(getattr(getattr(model, "llm", None), "config", None), "max_position_embeddings", None)
+        context = getattr(model, "context_length", None)                  # (a music encoder has none)
         _require(not isinstance(context, int) or st.max_len <= context, f"stages.{i}.max_len",
                  f"{st.max_len} tokens, past the LLM's context of {context} (max_position_embeddings)")
         try:           # before any stage trains: a later stage's objective that cannot train this model
