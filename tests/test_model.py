@@ -52,6 +52,19 @@ def test_labels_cover_assistant_turns_only(model):
     n_img = sum(t == model.placeholder_id["image"] for t in s.input_ids)
     assert n_img == model.num_media_tokens("image", s.media["image"][0]) > 1
 
+def test_media_inside_an_answer_is_input_not_a_target(model):
+    """An image in an assistant turn (a data set's "Here: <image>") takes no loss at its placeholder positions,
+    as LLaVA masks image features: the rest of the answer still does."""
+    tok, img = model.tokenizer, model.placeholder_id["image"]
+    s = model.processor({"conversations": [
+        {"from": "human", "value": "Show me a red one."}, {"from": "gpt", "value": "Here: <image> done."}]},
+        media={"image": [M.image()]})
+    assert img in s.input_ids
+    assert all(l == IGNORE for t, l in zip(s.input_ids, s.labels) if t == img)
+    kept = [t for t, l in zip(s.input_ids, s.labels) if l != IGNORE]
+    assert tok.decode(kept).replace(" ", "") == "Here:done.<|im_end|>"
+
+
 
 def test_remembered_conversations_tokenise_as_fresh_ones(model):
     """The template remembers short conversations: a repeat gives the ids a fresh template gives, a caller

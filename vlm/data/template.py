@@ -3,7 +3,8 @@
 [Contract] every placeholder (`<image>`, `<audio>`, `<music>`, `<video>`) in the text becomes
 exactly `n` copies of its placeholder token id, where `n` is the number of LLM tokens its
 media item turns into; the model writes the item's features over those positions. Labels are
--100 everywhere except the assistant turns' text and their closing `<|im_end|>`.
+-100 everywhere except the assistant turns' text and their closing `<|im_end|>` (a media item inside an
+assistant turn is input, as LLaVA treats it: its placeholder positions are -100 too).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class ChatTemplate:
         self.start_id = vocab["<|im_start|>"]
         self.end_id = vocab["<|im_end|>"]
         self.placeholder_id = {m: vocab[p] for m, p in PLACEHOLDERS.items()}
+        self._placeholders = frozenset(self.placeholder_id.values())
         self._nl = self._text("\n")
         self._memo: dict[tuple, Tokenized] = {}   # short conversations seen before (an embedder's fixed prompt)
 
@@ -99,7 +101,8 @@ class ChatTemplate:
             body = self._content(t["text"], media_tokens, cursor, order) + [self.end_id]
             ids += head + body + self._nl
             labels += [IGNORE] * len(head)
-            labels += body if t["role"] == "assistant" else [IGNORE] * len(body)
+            labels += ([IGNORE if i in self._placeholders else i for i in body] if t["role"] == "assistant"
+                       else [IGNORE] * len(body))
             labels += [IGNORE] * len(self._nl)
         if add_generation_prompt:
             head = [self.start_id] + self._text("assistant\n")
