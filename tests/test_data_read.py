@@ -331,6 +331,7 @@ def test_too_long_sample_never_splits_media(tmp_path, model):
     batch = next(iter(pipe))
     assert batch["sample_keys"] == ["media_first", "short0000", "short0001"]
     assert pipe.stats.skipped == {"too_long": 2, "no_answer": 2} and pipe.stats.errors == 0     # dropped, not broken
+    assert pipe.stats.converted == {"truncated": 1}      # kept but cut: counted (a review found it silent)
     assert batch["input_ids"].shape[1] == 64
     assert batch["input_ids"][0].tolist() == full["input_ids"][0, :64].tolist()
     assert batch["labels"][0].tolist() == full["labels"][0, :64].tolist()

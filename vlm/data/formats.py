@@ -143,7 +143,7 @@ class ChatFormat(Format):
             raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len} and media past the cut")
         if cut is not p and all(t == IGNORE for t in cut.labels):
             raise SampleError("too_long", f"{len(p)} tokens > max_len {self.max_len}: the cut leaves no answer token")
-        return cut, converted
+        return cut, converted + (["truncated"] if cut is not p else [])
 
     def collate(self, items, pad_id):
         return collate(items, pad_id)
