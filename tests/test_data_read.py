@@ -261,6 +261,21 @@ def test_corrupt_input_is_skipped_and_counted_by_reason(tmp_path, model, monkeyp
     assert "bad_video" in s.report()
 
 
+def test_a_txt_caption_that_is_not_utf8_is_bad_text_and_a_bom_is_not_caption(tmp_path, model):
+    """img2dataset-style shards (jpg + txt): a Latin-1 caption is skipped as bad_text, as the caption benchmarks
+    skip it (it trained as 'caf\ufffd'), and a UTF-8 BOM is not part of the caption (a review)."""
+    src = write_tar(tmp_path / "i2d.tar", [
+        {"__key__": "latin1", "jpg": jpg(), "txt": "café au lait".encode("latin-1")},
+        {"__key__": "bom", "jpg": jpg(), "txt": "\ufeffa red circle".encode("utf-8")},
+        {"__key__": "plain", "jpg": jpg(), "txt": "crème brûlée".encode("utf-8")}])
+    pipe = ShardPipeline(src, model.processor, batch_size=4, epochs=1, shuffle_buffer=0, min_samples=10**6)
+    batch = next(iter(pipe))
+    assert batch["sample_keys"] == ["bom", "plain"] and dict(pipe.stats.skipped) == {"bad_text": 1}
+    assert "not UTF-8 (byte 3)" in pipe.stats.first["bad_text"]
+    answers = [model.tokenizer.decode([t for t in row.tolist() if t != IGNORE]) for row in batch["labels"]]
+    assert answers == ["a red circle<|im_end|>", "crème brûlée<|im_end|>"]
+
+
 def test_error_rate_threshold_names_the_worst_shard(tmp_path, model):
     ok = write_tar(tmp_path / "ok.tar", image_samples("o", 40))
     bad = write_tar(tmp_path / "bad.tar", image_samples("b", 20) + [

@@ -18,7 +18,7 @@ def captions_of(sample: Sample) -> list[str]:
     the canonical description of a synthetic-world scene; [] when there is none."""
     if "txt" in sample.fields:
         try:
-            text = sample.fields["txt"].decode("utf-8")
+            text = sample.fields["txt"].decode("utf-8-sig")      # as training reads it (vlm.data.decode)
         except UnicodeDecodeError as e:
             raise SampleProblem("bad_text", sample, f"its txt caption is not UTF-8 (byte {e.start})") from None
         return [ln.strip() for ln in text.splitlines() if ln.strip()]

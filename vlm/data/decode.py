@@ -162,7 +162,10 @@ def decode_sample(key: str, fields: dict[str, bytes], shard: str = "",
     else:
         caption = meta.get("caption")
         if not isinstance(caption, str) and "txt" in fields:
-            caption = fields["txt"].decode("utf-8", errors="replace").strip()
+            try:                      # utf-8-sig: a BOM is not part of the caption; other bytes are not guessed at
+                caption = fields["txt"].decode("utf-8-sig").strip()
+            except UnicodeDecodeError as e:
+                raise SampleError("bad_text", f"its txt caption is not UTF-8 (byte {e.start})") from None
         if (not isinstance(caption, str) or not caption) and "cls" in fields:
             raise SampleError("class_label_only", "a classification sample (cls + media, no text): zero-shot "
                               "benchmarks read it (wds:DIR), training and chat formats need text")
