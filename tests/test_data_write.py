@@ -453,6 +453,22 @@ def test_converters_write_only_what_reads_back(tmp_path):
     (tmp_path / "extra.csv").write_text("file,caption,duration\na.wav,a dog barks,0.2\nb.wav,\"rain, soft\",0.2\n")
     convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "extra.csv"), str(tmp_path / "o2"))
     assert sorted(meta(s)["caption"] for s in read_raw(tmp_path / "o2")) == ["a dog barks", "rain, soft"]
+    # headers researchers have (a review: each was read as a sample, its captions glued together): Clotho's five
+    # caption columns are a sample each; a third column is not part of the caption; a header naming no file
+    # column, or no caption column, is one line
+    (tmp_path / "clotho.csv").write_text("file_name,caption_1,caption_2,caption_3\na.wav,a dog,\"a dog, loud\",\n"
+                                         "b.wav,rain,soft rain,rain on a roof\n")
+    report = convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "clotho.csv"), str(tmp_path / "o6"))
+    got = sorted((s["__key__"], meta(s)["caption"]) for s in read_raw(tmp_path / "o6"))
+    assert got == [("a", "a dog"), ("a_1", "a dog, loud"), ("b", "rain"), ("b_1", "soft rain"),
+                   ("b_2", "rain on a roof")] and report.written == 5 and not report.reasons
+    (tmp_path / "path.csv").write_text("path,caption,duration\na.wav,ça sonne,0.2\n", encoding="utf-8")
+    assert convert.read_captions(str(tmp_path / "path.csv")) == {"a.wav": "ça sonne"}
+    for name, text, said in (("nofile.csv", "name,caption\na.wav,x\n", "is a header with no file column"),
+                             ("nocap.csv", "file,label\na.wav,x\n", "has no caption column")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=rf"{name}: the (first row|header) \(.*\) {said}"):
+            convert.read_captions(str(tmp_path / name))
     (tmp_path / "alias.json").write_text(json.dumps({"a.wav": "a dog barks", "./a.wav": "church bells"}))
     with pytest.raises(UserError, match=r"entries 1 and 2 both caption a\.wav"):
         convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "alias.json"), str(tmp_path / "o3"))

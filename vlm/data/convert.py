@@ -512,10 +512,34 @@ def with_image_placeholders(conv: list[dict], n_images: int, where: str) -> list
     return conv
 
 
+FILE_COLUMNS = ("file", "file_name", "filename", "fname", "path")           # a captions CSV header's file column
+CAPTION_COLUMN = re.compile(r"(caption|text|description)(_?\d+)?")           # caption, caption_1 ... (Clotho's 5)
+
+
+def _captions_header(row: list[str], path: str) -> tuple[int, list[int]] | None:
+    """A captions CSV's first row -> (file column, caption columns) when it is a header, None when it is a
+    file's row. A first cell that is no file name (no extension) is a header: one naming no file or caption
+    column is an error, not a sample (a Clotho header, `file_name,caption_1..5`, was read as one)."""
+    names = [c.strip().lower() for c in row]
+    file_col = next((i for i, c in enumerate(names) if c in FILE_COLUMNS), None)
+    if file_col is None:
+        if "." in names[0] or len(names) < 2:
+            return None
+        raise UserError(f"{path}: the first row ({','.join(row)[:80]}) is a header with no file column "
+                        f"({', '.join(FILE_COLUMNS)}); or give rows file,caption without a header")
+    caps = [i for i, c in enumerate(names) if CAPTION_COLUMN.fullmatch(c)]
+    if not caps:
+        raise UserError(f"{path}: the header ({','.join(row)[:80]}) has no caption column (caption, caption_1 "
+                        "..., text or description)")
+    return file_col, caps
+
+
 def read_captions(path: str) -> dict[str, Any]:
-    """Captions file -> {file: caption}: JSON ({file: caption} or [{file, caption}]) or CSV (file,caption; Excel's
-    BOM read). A caption that is not text is kept as it is, for the converter to skip; a file captioned twice
-    is a one-line error naming both entries."""
+    """Captions file -> {file: caption, or a list of captions}: JSON ({file: caption(s)} or [{file, caption}]) or
+    CSV: rows file,caption, or a header naming a file column and one or more caption columns (Clotho's
+    file_name,caption_1 ... caption_5: every caption of a file, in order); Excel's BOM read. A caption that is not
+    text is kept as it is, for the converter to skip; a file captioned twice is a one-line error naming both
+    entries."""
     if path.lower().endswith(".json"):
         data = _load_json(path)
         if isinstance(data, dict):
@@ -534,20 +558,23 @@ def read_captions(path: str) -> dict[str, Any]:
             rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
         except csv.Error as e:
             raise UserError(f"{path}: cannot read the CSV ({e})") from e
-        header = [c.strip().lower() for c in rows[0]] if rows else []
-        if header[:2] == ["file", "caption"]:     # a header: those two columns, whatever else the table has
-            rows = rows[1:]
-            bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
+        header = _captions_header(rows[0], path) if rows else None
+        if header is not None:
+            n_header, rows, (file_col, caps) = len(rows[0]), rows[1:], header
+            need = max(file_col, caps[0]) + 1
+            bad = next((i for i, r in enumerate(rows) if len(r) < need), None)
             if bad is not None:
-                raise UserError(f"{path}: line {bad + 2} needs the columns file,caption")
-            if len(header) == 2:                  # file,caption only: a comma in a caption is kept (as below)
+                raise UserError(f"{path}: line {bad + 2} has {len(rows[bad])} field(s), the header's file and caption "
+                                f"columns need {need}")
+            if n_header == 2 and (file_col, caps) == (0, [1]):   # file,caption only: a comma in a caption is kept
                 pairs = [(r[0], ",".join(r[1:])) for r in rows]
             else:                                 # more columns: a row longer than the header is ambiguous
-                bad = next((i for i, r in enumerate(rows) if len(r) > len(header)), None)
+                bad = next((i for i, r in enumerate(rows) if len(r) > n_header), None)
                 if bad is not None:
                     raise UserError(f"{path}: line {bad + 2} has {len(rows[bad])} fields, the header "
-                                    f"{len(header)}: quote a caption that holds a comma")
-                pairs = [(r[0], r[1]) for r in rows]
+                                    f"{n_header}: quote a caption that holds a comma")
+                pairs = [(r[file_col], r[caps[0]] if len(caps) == 1 else
+                          [r[c].strip() for c in caps if c < len(r) and r[c].strip()]) for r in rows]
         else:                                     # file,caption without a header: a comma in a caption is kept
             bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
             if bad is not None:
@@ -624,7 +651,9 @@ def convert_media_folder(folder: str, captions: str, out: str, kind: str = "audi
         return {"__key__": make_key(os.path.splitext(rel)[0], seen), ext: data,
                 "json": _caption_meta(placeholder, prompt, caption, source, f"{kind}_caption")}
 
-    report = _write_all(out, sorted(table.items()), build, captions, max_bad, max_count=max_count,
+    # a file with several captions (a list: Clotho's five) is one sample per caption, keys name, name_1 ...
+    items = [(rel, c) for rel, v in sorted(table.items()) for c in (v if isinstance(v, list) and v else [v])]
+    report = _write_all(out, items, build, captions, max_bad, max_count=max_count,
                         meta={"source": source, "kind": kind})
     base = os.path.realpath(folder)
     listed = {os.path.realpath(os.path.join(base, k)) for k in table}
