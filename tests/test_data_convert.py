@@ -194,6 +194,14 @@ def test_unreadable_or_odd_parquet_and_jsonl_are_one_line(tmp_path, datasets_lib
                    tmp_path / "empty.parquet")                                   # 0 rows: ArrowInvalid traceback
     with pytest.raises(UserError, match=r"empty\.parquet: a parquet file with no rows"):
         convert_hf_dataset(str(tmp_path / "empty.parquet"), str(tmp_path / "o1"))
+    # an Image column under another name was left unread: every row trained text-only, exit 0 (a review)
+    from datasets import Dataset, Features, Image as HFImage, List, Value
+    Dataset.from_dict({"picture": [{"bytes": jpg("red"), "path": None}], "conversations": conv},
+                      features=Features({"picture": HFImage(), "conversations": List(
+                          {"from": Value("string"), "value": Value("string")})})).to_parquet(str(tmp_path / "pic.parquet"))
+    with pytest.raises(UserError, match=r"pic\.parquet: column 'picture' holds images .* --image-column picture"):
+        convert_hf_dataset(str(tmp_path / "pic.parquet"), str(tmp_path / "o1"))
+    assert convert_hf_dataset(str(tmp_path / "pic.parquet"), str(tmp_path / "o9"), image_column="picture").written == 1
     from vlm.data.mmtrail import read_records
     (tmp_path / "ann.json").write_bytes('[{"video": "café.mp4"}]'.encode("latin-1"))
     with pytest.raises(UserError, match=r"ann\.json: not UTF-8 text"):

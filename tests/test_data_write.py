@@ -496,6 +496,23 @@ def test_converters_write_only_what_reads_back(tmp_path):
                                         max_bad=0.9)
     assert [s["__key__"] for s in read_raw(tmp_path / "o5")] == ["0"]
     assert "must be a non-empty list of turns, got str" in report.problems[0]
+    # layouts researchers have (a review: images under "images" trained text-only, a "video" was dropped
+    # without a word, "messages" / content parts / JSON Lines were errors)
+    parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+    lines = [{"id": "plural", "images": ["a.jpg"], "conversations": qa("Colour?", "red")},
+             {"id": "msgs", "image": "a.jpg", "messages": parts},
+             {"id": "vid", "video": "clip.mp4", "conversations": qa("<video>\nWhat happens?", "it moves")},
+             {"id": "both", "image": "a.jpg", "images": ["a.jpg"], "conversations": qa("Q", "a")}]
+    (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n\n")
+    report = convert.convert_llava_json(str(tmp_path / "l.jsonl"), str(tmp_path / "img"), str(tmp_path / "o7"),
+                                        max_bad=0.9)
+    assert report.reasons == {"unread_media": 1, "bad_record": 1}, report.reasons
+    got = {s["__key__"]: (meta(s)["conversations"], "jpg" in s) for s in read_raw(tmp_path / "o7")}
+    assert got == {"plural": (qa("<image>\nColour?", "red"), True), "msgs": (qa("<image>What colour?", "red"), True)}
+    (tmp_path / "bad.jsonl").write_text(json.dumps(lines[0]) + "\n{oops\n")
+    with pytest.raises(UserError, match=r"bad\.jsonl: line 2 is not JSON"):
+        convert.convert_llava_json(str(tmp_path / "bad.jsonl"), str(tmp_path / "img"), str(tmp_path / "o8"))
     (tmp_path / "two.json").write_text(json.dumps([{"id": "r1", "image": "a.jpg",
                                                     "conversations": qa("<image>\n<image>\nQ", "a")},
                                                    {"id": "ok", "image": "a.jpg", "conversations": qa("<image>\nQ", "a")}]))

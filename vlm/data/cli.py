@@ -182,7 +182,8 @@ def add_cli(subparsers) -> None:
     formats.required = True
     p = formats.add_parser("llava-json", help="LLaVA JSON (id, image, conversations) + image folder",
                            description="LLaVA-format JSON + image folder -> conversation shards.")
-    p.add_argument("--json", required=True, help="the LLaVA JSON file (a list of records)")
+    p.add_argument("--json", required=True, help="the LLaVA JSON file (a list of records), or JSON Lines (.jsonl); "
+                   "records' turns under conversations or messages, from/value or role/content (text or parts)")
     p.add_argument("--images", required=True, help="the folder the records' `image` paths are relative to")
     _common_convert_args(p)
     p = formats.add_parser("caption-folder", help="images with same-stem .txt captions",

@@ -252,6 +252,24 @@ def _load_json(path: str) -> Any:
         raise UserError(f"{path}: JSON nested too deep to read") from None
 
 
+def _load_jsonl(path: str) -> list[Any]:
+    """JSON Lines: one record per non-blank line; a line that does not parse is one error naming it."""
+    records = []
+    for n, line in enumerate(read_text(path, "JSON Lines file").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {n} is not JSON (column {e.colno}: {e.msg})") from None
+            except RecursionError:
+                raise UserError(f"{path}: line {n}: JSON nested too deep to read") from None
+    return records
+
+
+UNREAD_MEDIA_KEYS = ("video", "videos", "audio", "audios")     # llava-json record keys of media it does not read
+ALIASES = {"image": "images", "conversations": "messages"}       # llava-json record keys read under two names
+
+
 def _caption_meta(placeholder: str, prompt: str, caption: str, source: str, task: str) -> dict[str, Any]:
     return {"conversations": [{"from": "human", "value": f"{placeholder}\n{prompt}"}, {"from": "gpt", "value": caption}],
             "caption": caption, "source": source, "task": task, "modality": placeholder.strip("<>")}
@@ -292,10 +310,13 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
                        max_count: int = 1000, max_bad: float = 0.1) -> Report:
     """LLaVA-format JSON (a list of {id, image, conversations}) + image folder -> shards.
 
-    `image` may be a path (relative to image_root) or a list of paths; records without it are text-only.
-    Records whose prompt has no `<image>` get one per image before the first human turn, as LLaVA does.
+    `image` (or `images`) may be a path (relative to image_root) or a list of paths; records without it are
+    text-only. Records whose prompt has no `<image>` get one per image before the first human turn, as LLaVA does.
+    Turns are `conversations` (or `messages`): LLaVA from/value or OpenAI role/content, content a string or parts
+    (`{"type": "image"}` is `<image>`). A record with media this converter does not read (`video`, `audio`) is
+    skipped and counted (`unread_media`), not trained as text. A `.jsonl` file is read one record per line.
     """
-    records = _load_json(json_path)
+    records = _load_jsonl(json_path) if json_path.lower().endswith(".jsonl") else _load_json(json_path)
     if not isinstance(records, list):
         raise UserError(f"{json_path}: expected a list of records, got {type(records).__name__}")
     if not os.path.isdir(image_root):
@@ -308,15 +329,29 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
         if not isinstance(rec, dict):
             raise ValueError(f"record {i}: not an object")
         rid = str(i) if rec.get("id") is None else str(rec["id"])      # "id": null is no id (it was key "None")
-        try:           # LLaVA from/value or OpenAI role/content turns, each text a string
-            turns = normalise_conversation(rec.get("conversations"), f"record {i} (id {rid})")
+        where = f"record {i} (id {rid})"
+        unread = [k for k in UNREAD_MEDIA_KEYS if rec.get(k) not in (None, "", [])]
+        if unread:
+            raise Skip("unread_media", f"{where}: llava-json reads images only, not its {unread[0]!r} (convert "
+                                       "audio / video with media-folder or hf-dataset): not trained without it")
+        twice = [k for k in ("image", "conversations") if k in rec and ALIASES[k] in rec]
+        if twice:
+            raise Skip("bad_record", f"{where}: both {twice[0]!r} and {ALIASES[twice[0]]!r}: give one")
+        conv = rec.get("conversations", rec.get("messages"))
+        try:           # LLaVA from/value or OpenAI role/content turns, content a string or parts
+            if isinstance(conv, list):
+                conv = [{**t, "content": content_text(t["content"])}
+                        if isinstance(t, dict) and isinstance(t.get("content"), list) else t for t in conv]
+            turns = normalise_conversation(conv, where)
+        except Skip as e:
+            raise Skip(e.reason, f"{where}: {e}") from None
         except UserError as e:
             raise Skip("bad_turn", str(e)) from None
         if not any(t["role"] == "assistant" for t in turns):
             raise Skip("no_answer", f"record {i} (id {rid}): no gpt / assistant turn to learn from")
         if not any(t["role"] == "assistant" and t["text"].strip() for t in turns):   # every answer "": a sample
             raise Skip("no_answer", f"record {i} (id {rid}): every gpt / assistant turn is empty")  # of no target
-        images = rec.get("image")
+        images = rec.get("image", rec.get("images"))
         if images is None or images == "":              # null / absent / "": a text-only record
             if images == "":
                 empty_image.append(rid)
@@ -497,6 +532,27 @@ def convert_class_folder(folder: str, out: str, templates: list[str] | None = No
 # ---------------------------------------------------------------------------------------------
 # Audio / music / video folder + captions (JSON or CSV)
 # ---------------------------------------------------------------------------------------------
+
+def content_text(content: Any) -> str:
+    """A message's content: a string, or OpenAI-style parts with `<image>` where an image part is (llava-json
+    and hf-dataset read both)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise Skip("bad_turn", f"a content part is not an object: {str(part)[:40]}")
+            kind = part.get("type")
+            if kind == "image":
+                out.append(PLACEHOLDERS["image"])
+            elif kind == "text" and isinstance(part.get("text"), str):
+                out.append(part["text"])
+            elif kind is not None and kind != "text":
+                raise Skip("unsupported_part", f"content part of type {kind!r}")
+        return "".join(out)
+    raise Skip("bad_turn", f"content is {type(content).__name__}, not text")
+
 
 def with_image_placeholders(conv: list[dict], n_images: int, where: str) -> list[dict]:
     """A conversation whose text has no `<image>` gets one per image before its first human turn (not the

@@ -34,6 +34,7 @@ from vlm.data.convert import (
     Report,
     Skip,
     _write_all,
+    content_text,
     inside,
     make_key,
     text_of,
@@ -125,26 +126,6 @@ def _column(names: list[str], given: str | None, candidates: tuple[str, ...], wh
 # ---------------------------------------------------------------------------------------------
 # one row -> one sample
 # ---------------------------------------------------------------------------------------------
-def _content_text(content: Any) -> str:
-    """A message's content: a string, or parts with `<image>` where an image part is."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for part in content:
-            if not isinstance(part, dict):
-                raise Skip("bad_turn", f"a content part is not an object: {str(part)[:40]}")
-            kind = part.get("type")
-            if kind == "image":
-                out.append(PLACEHOLDERS["image"])
-            elif kind == "text" and isinstance(part.get("text"), str):
-                out.append(part["text"])
-            elif kind is not None and kind != "text":
-                raise Skip("unsupported_part", f"content part of type {kind!r}")
-        return "".join(out)
-    raise Skip("bad_turn", f"content is {type(content).__name__}, not text")
-
-
 def conversation_of(turns: Any) -> list[dict[str, str]]:
     """LLaVA / ShareGPT messages / the_cauldron turns -> LLaVA `from/value` turns."""
     if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
@@ -154,7 +135,7 @@ def conversation_of(turns: Any) -> list[dict[str, str]]:
         if "from" in t and "value" in t:                                  # LLaVA / ShareGPT4V
             role, text = _ROLES.get(str(t["from"]).lower()), t["value"]
         elif "role" in t and "content" in t:                              # ShareGPT / OpenAI messages
-            role, text = _ROLES.get(str(t["role"]).lower()), _content_text(t["content"])
+            role, text = _ROLES.get(str(t["role"]).lower()), content_text(t["content"])
         elif "user" in t and "assistant" in t:                            # the_cauldron
             if not (isinstance(t["user"], str) and isinstance(t["assistant"], str)):
                 raise Skip("bad_turn", "a the_cauldron turn whose user or assistant text is not text")
@@ -170,6 +151,13 @@ def conversation_of(turns: Any) -> list[dict[str, str]]:
     if not any(t["from"] == "gpt" and t["value"].strip() for t in out):   # as llava-json: a sample of no target
         raise Skip("no_answer", "every assistant turn is empty")
     return out
+
+
+def _holds_images(value: Any) -> bool:
+    """A row's value is an `Image` feature's (undecoded: {"bytes", "path"}), or a list of them."""
+    if isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, dict) and set(value) == {"bytes", "path"}
 
 
 def image_bytes(value: Any, root: str) -> tuple[str, bytes]:
@@ -222,6 +210,10 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
     names = list(first)
     conv_col = _column(names, conversations_column, CONVERSATION_COLUMNS, "conversations", path)
     img_col = _column(names, image_column, IMAGE_COLUMNS, "image", path, required=image_column is not None)
+    unread = [c for c in names if c != img_col and _holds_images(first[c])]
+    if img_col is None and unread:        # the rows would train without their images, exit 0 (a review)
+        raise UserError(f"{path}: column {unread[0]!r} holds images but no column is named {' or '.join(IMAGE_COLUMNS)}: "
+                        f"name it with --image-column {unread[0]}")
 
     def items() -> Iterator[tuple[int, dict]]:
         """The rows; a file that stops the stream (a corrupt parquet, one whose columns differ from the
