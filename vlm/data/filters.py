@@ -46,25 +46,33 @@ def sample_modalities(meta: dict, extensions: list[str]) -> set[str]:
     return {("music" if music else "audio") if k == "audio" else k for k in kinds}
 
 
-def keep_sample(meta: dict, f: SampleFilter, extensions: list[str] = ()) -> bool:
-    """Whether a sample's json (and member extensions) pass a stage filter."""
+def failed_clause(meta: dict, f: SampleFilter, extensions: list[str] = ()) -> str | None:
+    """The first field of a stage filter that a sample's json (and member extensions) fails, None if it passes."""
     d, q = meta.get("difficulty"), meta.get("quality")
     if f.min_difficulty is not None and not (isinstance(d, (int, float)) and d >= f.min_difficulty):
-        return False
+        return "min_difficulty"
     if f.max_difficulty is not None and not (isinstance(d, (int, float)) and
                                              (d < f.max_difficulty or d == f.max_difficulty == 1.0)):
-        return False
+        return "max_difficulty"
     if f.min_quality is not None and not (isinstance(q, (int, float)) and q >= f.min_quality):
-        return False
+        return "min_quality"
     if f.tasks is not None and meta.get("task") not in f.tasks:
-        return False
+        return "tasks"
     if f.kind is not None:
         is_caption = isinstance(meta.get("caption"), str) or "conversations" not in meta
         if is_caption != (f.kind == "caption"):
-            return False
+            return "kind"
     if f.modalities is not None and not sample_modalities(meta, extensions) <= set(f.modalities):
-        return False
-    return True
+        return "modalities"
+    return None
+
+
+def keep_sample(meta: dict, f: SampleFilter, extensions: list[str] = ()) -> bool:
+    """Whether a sample's json (and member extensions) pass a stage filter."""
+    return failed_clause(meta, f, extensions) is None
+
+
+SCORE_OF = {"min_difficulty": "difficulty", "max_difficulty": "difficulty", "min_quality": "quality"}
 
 
 def check_filter_fields(f: SampleFilter, where: str) -> None:
@@ -154,6 +162,8 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
     media: Counter = Counter()                       # what the samples seen are, for the message
     tasks: Counter = Counter()                       # of the samples that do not pass
     all_tasks: set[str] = set()
+    failed: Counter = Counter()                      # the filter field each sample that does not pass fails
+    unscored: Counter = Counter()                    # of those: samples without the score their field bounds
     wanted = set(sample_filter.tasks or [])
     broken: Counter = Counter()                      # shard errors (bad_tar ...): not the filter's doing
     try:
@@ -167,13 +177,16 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
                 elif meta is not None:
                     exts = [m[0] for m in ref.members]
                     all_tasks.add(str(meta.get("task", "-")))
-                    if keep_sample(meta, sample_filter, exts):
+                    clause = failed_clause(meta, sample_filter, exts)
+                    if clause is None:
                         passed = True
                         if wanted <= all_tasks:
                             return
                     else:
                         media["+".join(sorted(sample_modalities(meta, exts))) or "text"] += 1
                         tasks[str(meta.get("task", "-"))] += 1
+                        failed[clause] += 1
+                        unscored[clause] += clause in SCORE_OF and meta.get(SCORE_OF[clause]) is None
                 seen += 1
                 if seen >= limit:
                     break
@@ -195,8 +208,13 @@ def check_filter(shards: list[str], sample_filter: SampleFilter, where: str, lim
         hint += (f"; none has a json `task` and the filter keeps tasks {', '.join(sample_filter.tasks[:4])} "
                  f"(a built-in recipe's filters select synthetic-world's tasks: override `{where}.tasks=null`, "
                  "and its difficulty bounds, for other data)")
+    for clause, n in failed.most_common():
+        if unscored[clause] == n:                      # data of another maker: no difficulty / quality scores
+            hint += (f"; none of the {n} sample(s) its {clause} refuses has a json `{SCORE_OF[clause]}`: override "
+                     f"`{where}.{clause}=null` for data without scores")
     raise UserError(f"recipe field '{where}': none of the first {seen} samples of the stage's data passes it "
-                    f"(their media: {top(media) or '-'}; tasks: {top(tasks) or '-'}){hint}")
+                    f"(their media: {top(media) or '-'}; tasks: {top(tasks) or '-'}; the field each fails: "
+                    f"{top(failed) or '-'}){hint}")
 
 
 def _check_task_names(absent: set[str], present: set[str], seen: int, where: str) -> None:
@@ -204,7 +222,18 @@ def _check_task_names(absent: set[str], present: set[str], seen: int, where: str
     further on in the data, unlike every task seen, passes)."""
     import difflib
     for task in sorted(absent):
-        near = difflib.get_close_matches(task, sorted(present - {"-"}), n=1, cutoff=0.75)
+        near = [t for t in difflib.get_close_matches(task, sorted(present - {"-"}), n=3, cutoff=0.75)
+                if _edits(task, t) <= 2]      # 'captoin' for 'caption', not 'audio_tone' beside 'audio_caption'
         if near:
             raise UserError(f"recipe field '{where}.tasks': no sample among the first {seen} of the stage's data "
                             f"has task {task!r} (did you mean {near[0]!r}?)")
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
