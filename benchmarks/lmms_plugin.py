@@ -65,7 +65,7 @@ class VLMLmms(lmms):
         return cls(**args, **extra)
 
     def __init__(self, pretrained: str, device: str | None = "cpu", batch_size: int | str = 1,
-                 max_new_tokens: int = 32, max_batch_size: int | None = None, **unknown: Any) -> None:
+                 max_new_tokens: int | None = None, max_batch_size: int | None = None, **unknown: Any) -> None:
         super().__init__()
         if unknown:      # a misspelt key (devcie=cuda) or one we do not have (dtype) ran silently as the default
             name = min(unknown)
@@ -80,7 +80,10 @@ class VLMLmms(lmms):
             self.batch_size = int(size)
         else:
             raise UserError(f"vlm: batch_size must be a positive integer (or auto), got {batch_size!r}")
-        self.max_new_tokens = self._max_new(max_new_tokens)
+        # given in model_args it wins over the tasks' generation_kwargs (every shipped task sets one: it was
+        # ignored, a review); otherwise a task's, or 32 for a task without one
+        self.max_new_given = max_new_tokens is not None
+        self.max_new_tokens = self._max_new(32 if max_new_tokens is None else max_new_tokens)
         self.bad_images = 0                                  # requests answered "" because an image did not decode
         self.model = VLMModel(str(pretrained), device=device or "cpu")      # (after the settings: said at once)
         self.model.load()                                    # now: a bad checkpoint fails before any task runs
@@ -172,7 +175,8 @@ class VLMLmms(lmms):
             gen = dict(requests[idx[0]].args[1])
             until = gen.pop("until", [])
             until = [until] if isinstance(until, str) else list(until or [])
-            max_new = self._max_new(gen.pop("max_new_tokens", self.max_new_tokens))
+            task_max = self._max_new(gen.pop("max_new_tokens", self.max_new_tokens))
+            max_new = self.max_new_tokens if self.max_new_given else task_max
             for j in range(0, len(idx), self.batch_size):
                 batch, chunk, prompts = idx[j:j + self.batch_size], [], []
                 for i in batch:

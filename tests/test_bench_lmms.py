@@ -202,6 +202,15 @@ def test_plugin_settings_and_an_image_that_does_not_decode(tmp_path):
     assert together[1] == "" and [together[0], together[2]] == alone and lm.bad_images == 1
     with pytest.raises(UserError, match="t doc 1: its image does not decode"):
         lm.loglikelihood([req(1, "loglikelihood")])
+    # max_new_tokens in model_args wins over the task's (every shipped task sets one: it was ignored, a review);
+    # without it the task's applies
+    short = VLMLmms(str(tmp_path / "ckpt"), max_new_tokens=1)
+    short.task_dict, plain = lm.task_dict, VLMLmms(str(tmp_path / "ckpt"))
+    plain.task_dict = lm.task_dict
+    one = plain.generate_until([Instance("generate_until", ("What colour?", {"max_new_tokens": 1, "until": []},
+                                                            lambda d: [d], 0, "t", "test"), idx=0,
+                                         metadata={"task": "t", "doc_id": 0, "repeats": 1})])
+    assert short.generate_until([req(0)]) == one and plain.generate_until([req(0)]) == alone[:1] != one
     # a doc_to_visual that decodes bytes itself (the suite's exported tasks) and fails there: the same, not the end
     # of the whole run (found by a review)
     from vlm.modalities import decode_image
