@@ -157,6 +157,22 @@ def test_two_ranks_two_workers_see_every_sample_once_per_epoch(tmp_path, model, 
                       split="shard")
 
 
+def test_a_source_smaller_than_the_shuffle_buffer_is_shuffled_one_epoch_at_a_time(tmp_path, model):
+    """12 samples under the default buffer of 1000: the buffer filled with 80 epochs and drew as if with
+    replacement (a review: 5 distinct samples in the first 12). Each epoch is now a permutation, in another
+    order each time; a source larger than the buffer still mixes across the boundary (webdataset's buffer)."""
+    write_tar(tmp_path / "small.tar", image_samples("s", 12))
+    pipe = ShardPipeline(str(tmp_path / "small.tar"), model.processor, batch_size=4, shuffle_buffer=1000, seed=1)
+    got = keys(take(pipe, 9))
+    epochs = [got[i:i + 12] for i in range(0, 36, 12)]
+    assert all(sorted(e) == [f"s{i:04d}" for i in range(12)] for e in epochs), epochs
+    assert len({tuple(e) for e in epochs}) == 3 and epochs[0] != sorted(epochs[0])
+    write_tar(tmp_path / "big.tar", image_samples("b", 12))
+    mixed = keys(take(ShardPipeline(str(tmp_path / "big.tar"), model.processor, batch_size=4, shuffle_buffer=4,
+                                    seed=1), 3))
+    assert sorted(mixed) != [f"b{i:04d}" for i in range(12)]       # the first 12 draws cross into epoch 2
+
+
 @pytest.mark.parametrize("workers,packing", [(0, False), (2, True)])
 def test_resume_continues_exactly(tmp_path, model, workers, packing):
     write_tar(tmp_path / "a0.tar", image_samples("a", 9))

@@ -342,13 +342,21 @@ def source_refs(source: Source, index: int, seed: int, slot: int, num_slots: int
 
 
 def shuffled(refs: Iterable[SampleRef], bufsize: int, rng: random.Random) -> Iterator[SampleRef]:
-    """A shuffle buffer (webdataset's `shuffle`): fill `bufsize`, then emit a random one per new item."""
+    """A shuffle buffer (webdataset's `shuffle`): fill `bufsize`, then emit a random one per new item.
+
+    A source smaller than the buffer is shuffled one epoch at a time: a buffer filling across epochs held
+    many copies of each sample, so the draws were as if with replacement (a review: 5 distinct samples in
+    the first 12 of 12). Once the buffer is full (a source larger than it), items flow as in webdataset."""
     if bufsize <= 1:
         yield from refs
         return
     buf: list[SampleRef] = []
     for ref in refs:
         if len(buf) < bufsize:
+            if buf and ref.epoch != buf[0].epoch:       # the buffer holds a whole epoch: emit it first
+                rng.shuffle(buf)
+                yield from buf
+                buf = []
             buf.append(ref)
             continue
         j = rng.randrange(bufsize)
