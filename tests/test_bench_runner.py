@@ -482,6 +482,12 @@ def test_a_prompt_past_the_models_context_is_skipped_as_too_long_not_scored(tmp_
     m.model.generate = lambda *a, **kw: asked.append(kw["max_new_tokens"]) or generate(*a, **kw)
     assert isinstance(generate_each(m, [short], 500, batch_size=1)[0], str) and asked == [40 - n]
     m.model.generate = generate
+    # a prompt near the context batched with short ones: the short ones keep the answers they get alone (the
+    # batch's padded length cut every row's room to the long row's: a review)
+    near = next(p for p in ((" ".join(["red"] * k) + "?", {}) for k in range(40))
+                if 40 - 8 < len(m.prepare(*p).input_ids) < 40)
+    together, alone = generate_each(m, [short, near, short], 8, batch_size=3), m.generate([short], 8)[0]
+    assert together[0] == together[2] == alone and together[1] == m.generate([near], 8)[0]
     # a checkpoint that does not load is the run's error, raised once, not a skip of every sample
     broken = tmp_path / "broken"
     import shutil
