@@ -256,8 +256,11 @@ class VLMModel(EvalModel):
         for it in items:
             self._check_context(it)
         b = self._collate(items, left_pad=False)
-        logits = m.logits(b["input_ids"].to(m.device), b["attention_mask"].to(m.device),
-                          media=b["media"])[:, :-1].float()             # [B, L-1, V]
+        # a text-conditioned zoom reads the prompt, what generation reads: every token from the answer on is
+        # marked an answer token for it (the candidate steered each choice's crops: a review)
+        from_answer = (b["labels"] != -100).cumsum(1) > 0
+        logits = m.logits(b["input_ids"].to(m.device), b["attention_mask"].to(m.device), media=b["media"],
+                          labels=torch.where(from_answer, 0, -100).to(m.device))[:, :-1].float()   # [B, L-1, V]
         target = b["labels"][:, 1:].to(m.device)                         # [B, L-1]
         sel = target != -100
         greedy = (logits.argmax(-1) == target) | ~sel                    # [B, L-1]

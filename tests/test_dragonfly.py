@@ -232,6 +232,24 @@ def test_text_selection_in_a_packed_row_reads_each_samples_own_question():
     assert picks(packed) == picks(padded)
 
 
+def test_scoring_candidate_answers_zooms_on_the_prompt_alone(tmp_path, tiny_text):
+    """Likelihood scoring (`vlm eval` multiple choice, lmms-eval's multiple_choice) put each candidate answer into
+    the text-conditioned zoom's query, so every choice was read on crops of its own choosing (a review). The
+    query is now the prompt's, as in training and generation, for any candidate."""
+    from benchmarks.models import load_model
+    tiny_text.save_pretrained(tmp_path / "m")
+    m = load_model(str(tmp_path / "m"))
+    m.load()
+    queries = []
+    hook = m.model.media["image"].zoom.register_forward_hook(lambda mod, inp, out: queries.append(inp[3].clone()))
+    img = Image.new("RGB", (600, 400), "red")
+    prompt = ("<image>\nWhat colour is the small shape?", {"image": [img]})
+    m.loglikelihood([(*prompt, " red"), (*prompt, " a green square beside a blue circle")], batch_size=1)
+    m.generate([prompt], 1)
+    hook.remove()
+    assert len(queries) == 3 and all(torch.equal(q, queries[2]) for q in queries[:2])
+
+
 # ------------------------------------------------------------------ save / load, generation
 def test_checkpoint_round_trip_identical_logits(tmp_path, tiny_text):
     model = tiny_text.train()

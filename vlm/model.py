@@ -242,9 +242,10 @@ class MultimodalLM(nn.Module):
             hidden, _ = self.run_backbone(embeds, attention_mask, position_ids)
         return hidden
 
-    def logits(self, input_ids, attention_mask=None, position_ids=None, media=None, **_) -> torch.Tensor:
-        """Full logits [B, L, V] (evaluation; training never builds them)."""
-        return self.head(self(input_ids, attention_mask, position_ids, media))
+    def logits(self, input_ids, attention_mask=None, position_ids=None, media=None, labels=None, **_) -> torch.Tensor:
+        """Full logits [B, L, V] (evaluation; training never builds them). `labels` as in `forward`: scoring a
+        candidate answer, its tokens stay out of a text-conditioned zoom's query, as in training."""
+        return self.head(self(input_ids, attention_mask, position_ids, media, labels))
 
     def embed(self, input_ids, attention_mask=None, media=None, **_) -> torch.Tensor:
         """One vector per row: the final layer's hidden state at the row's last non-pad token,
