@@ -341,6 +341,15 @@ def test_hf_llava_export_gives_same_logits(tmp_path, arch):
     assert (ck / "config.json").is_file() and (tmp_path / "a.txt").read_text() == "x"
 
 
+def test_hf_llava_export_refuses_an_llm_whose_logits_it_would_change(tmp_path, capsys):
+    """Gemma2 caps its final logits; transformers' Llava applies its lm_head alone, so the export's logits
+    differed (top-token probability 0.34 vs 0.52 at trained scale, a review) while the docstring promised ours."""
+    m = build("llava", vision="tiny-clip", llm="tiny:gemma2", audio=None, music=None, video=None)
+    ck = m.save_pretrained(tmp_path / "ckpt")
+    assert cli(["export", str(ck), "--to", "hf-llava", "--out", str(tmp_path / "hf")]) == 2
+    assert "final_logit_softcapping" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+
+
 def test_frozen_llm_bit_identical_after_step(model, video_file):
     m = build("llava", vision="tiny-clip", llm="tiny:llama", llm_mode="frozen")
     before = {k: v.clone() for k, v in m.llm.state_dict().items()}
