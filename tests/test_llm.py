@@ -87,6 +87,37 @@ def test_lora_trains_only_adapters():
         assert torch.allclose(merged(ids).logits, model(input_ids=ids).logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("settings", [{"modules_to_save": ["lm_head"]}, {"bias": "all"}, {"bias": "lora_only"}])
+def test_lora_trains_what_peft_trains_also_after_another_mode(settings):
+    """`modules_to_save` and `bias` add parameters peft trains; only the adapters trained (a review: lm_head's
+    copy grew the model and never moved). The same set after a frozen stage and back."""
+    from peft import get_peft_model
+    own = get_peft_model(L.build_tiny_llm("qwen2", seed=0)[0], L.lora_config({"r": 4, **settings}))
+    want = {n for n, p in own.named_parameters() if p.requires_grad}
+    assert any("lora_" not in n for n in want)                    # qwen2's q/k/v biases, the lm_head copy
+    model = L.set_llm_mode(L.build_tiny_llm("qwen2", seed=0)[0], "lora", {"r": 4, **settings})
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == want
+    model = L.set_llm_mode(L.set_llm_mode(model, "frozen"), "lora", {"r": 4, **settings})
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == want
+
+
+@pytest.mark.parametrize("settings", [{"modules_to_save": ["lm_head"]}, {"use_dora": True}])
+def test_a_checkpoint_with_lora_settings_that_add_weights_loads(tmp_path, settings):
+    """config.json kept r / alpha / dropout / targets only: a DoRA run (VLM2Vec's own setting) or one with
+    modules_to_save saved weights its config did not describe and did not load (a review)."""
+    import vlm
+    m = vlm.build("llava", "tiny", llm="tiny:qwen2", audio=None, music=None, video=None).eval()
+    m.set_llm_mode("lora", {"r": 4, **settings})
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    ids = torch.tensor([[20, 25, 27, 29]])
+    loaded = vlm.load(m.save_pretrained(tmp_path / "ck")).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(ids), m.logits(ids))
+
+
 def test_unknown_mode_and_arch():
     model, _ = L.build_tiny_llm("llama")
     with pytest.raises(UserError, match="mode"):

@@ -255,8 +255,9 @@ def set_llm_mode(llm, mode: str, lora: dict | None = None):
             except ValueError as e:     # peft's NoMatchingPeftModuleError (target_modules naming nothing) ...
                 why = str(e).splitlines()[0][:200]
                 raise UserError(f"lora{'.target_modules' if 'target modules' in why.lower() else ''}: {why}") from None
+        cfg = llm.peft_config["default"]
         for n, p in llm.named_parameters():
-            p.requires_grad_("lora_" in n)
+            p.requires_grad_(_peft_trains(n, cfg))
         return llm
     for p in llm.parameters():
         p.requires_grad_(mode == "full")
@@ -264,6 +265,16 @@ def set_llm_mode(llm, mode: str, lora: dict | None = None):
         for n, p in llm.named_parameters():
             p.requires_grad_(mode == "full")
     return llm
+
+
+def _peft_trains(name: str, cfg) -> bool:
+    """Whether peft trains a parameter of a LoRA-wrapped LLM: the adapters, the copies of `modules_to_save`,
+    `trainable_token_indices`' deltas and the biases its `bias` setting names (only the adapters trained: a
+    `modules_to_save: [lm_head]` grew the model and stayed at its start, a review)."""
+    if "lora_" in name or ".modules_to_save." in name or "trainable_tokens_" in name:
+        return True
+    bias = getattr(cfg, "bias", "none")
+    return name.endswith(".bias") and (bias == "all" or bias == "lora_only" and name.endswith("base_layer.bias"))
 
 
 def _check_same_adapters(llm, lora: dict | None) -> None:
@@ -296,10 +307,27 @@ def lora_config_dict(llm) -> dict | None:
     from peft import PeftModel
     if not isinstance(llm, PeftModel):
         return None
-    cfg = llm.peft_config["default"]
-    tm = cfg.target_modules
-    return dict(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=sorted(tm) if isinstance(tm, (set, list)) else tm)
+    from peft import LoraConfig
+    cfg, default = llm.peft_config["default"], LoraConfig()
+    out = {}
+    for f in dataclasses.fields(LoraConfig):
+        value = getattr(cfg, f.name, None)
+        if f.name in NOT_SAVED or f.name not in SAVED and value == getattr(default, f.name, None):
+            continue
+        value = sorted(value) if isinstance(value, set) else list(value) if isinstance(value, tuple) else value
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue                 # not a setting a config.json can hold (a callable, a config object)
+        out[f.name] = value
+    return out
+
+
+# LoraConfig fields a checkpoint's config.json keeps: the four always, every other one set away from peft's
+# default (use_dora, bias, modules_to_save ...: each adds weights, and a checkpoint saved without them did not
+# load, a review), except what describes the run rather than the adapters
+SAVED = ("r", "lora_alpha", "lora_dropout", "target_modules")
+NOT_SAVED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode"}
 
 
 def merged_copy(llm):
