@@ -164,6 +164,11 @@ BAD = [
     (["runtime.output_dir=runs/{name.upper}"], "runtime.output_dir"),
     (['runtime.output_dir=""'], "runtime.output_dir"),                      # the current folder: its files replaced
     (["model.settings.llm=nonexistent:thing"], "model.settings.llm"),       # was blamed on 'model'
+    # found by a review: an OverflowError traceback, a crash in the optimizer mid-run, a silent hang
+    (["stages.0.lr=1" + "0" * 400], "stages.0.lr"),
+    (["stages.0.lr=1e300"], "stages.0.lr"),
+    (["stages.0.lr=1e37", 'stages.0.lr_scale={"media.*": 100}'], "stages.0.lr"),
+    (["stages.0.batch_size=1" + "0" * 30], "stages.0.batch_size"),
     # a data set's build settings: refused by the build only after the checks, naming a `vlm data build` flag
     (["data.world.shards=[/nonexistent/sw/train]", "data.world.build={samples: -5}"], "data.world.build.samples"),
     (["data.world.shards=[/nonexistent/sw/train]", "data.world.build={tasks: [nosuch]}"], "data.world.build.tasks"),
@@ -215,6 +220,21 @@ def test_a_key_given_twice_is_refused_and_merge_keys_still_work(tmp_path):
     # a mapping merging one that itself merges and overrides (the first version called its override a duplicate)
     merge.write_text("common: &c {lr: 1, steps: 2}\nd:\n  s: &s\n    <<: *c\n    lr: 3\nextra:\n  <<: *s\n")
     assert read_yaml(merge)["extra"] == {"lr": 3, "steps": 2}
+    # an alias is a copy: overriding one stage's `filter: *f` changed every stage sharing the anchor (a review)
+    import copy
+
+    import yaml
+    doc = copy.deepcopy(R.raw_recipe("llava-tiny")[0])
+    doc["stages"][2]["filter"] = doc["stages"][1]["filter"]                   # one object: dumped as &id001 / *id001
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert "*id001" in shared.read_text()
+    recipe = R.load_recipe(str(shared), ["stages.2.filter.max_difficulty=0.9"], check_files=False)
+    assert recipe.stages[2].filter.max_difficulty == 0.9 != recipe.stages[1].filter.max_difficulty
+    assert recipe.stages[1].filter.tasks == recipe.stages[2].filter.tasks
+    (tmp_path / "loop.yaml").write_text("a: &a\n  b: *a\n")
+    with pytest.raises(UserError, match=r"loop\.yaml: YAML: an alias refers to a mapping or list that holds it"):
+        read_yaml(tmp_path / "loop.yaml")
 
 
 def test_bad_files_and_overrides_are_one_line_errors(tmp_path):
@@ -482,3 +502,8 @@ def test_a_shard_that_is_not_a_tar_is_named_before_training(tmp_path, world, cap
     err = capsys.readouterr().err.strip()
     assert "recipe field 'data.world.shards.0'" in err and "b.tar: a gzip-compressed tar" in err, err
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+    # a text file of 512 bytes or more given as a shard: its header's number fields are not octal (a traceback)
+    (data / "b.tar").write_text("model:\n  family: llava\n" * 40)
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "recipe field 'data.world.shards.0'" in err and "b.tar: corrupt tar header at byte 0" in err, err

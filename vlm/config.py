@@ -89,9 +89,13 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
         return {str(k): _convert(args[1], v, f"{path}.{k}", ctx) for k, v in value.items()}
     if tp is float and (isinstance(value, (int, float)) and not isinstance(value, bool)
                         or isinstance(value, str) and _FLOAT_RE.match(value.strip())):   # PyYAML reads 1e-4 as a string
-        if not math.isfinite(float(value)):             # .inf / .nan: no setting means either
-            raise ctx.error(path, f"expected a finite number, got {value}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:                           # an integer past float's range (400 digits)
+            number = math.inf
+        if not math.isfinite(number):                   # .inf / .nan: no setting means either
+            raise ctx.error(path, f"expected a finite number, got {str(value)[:40]}")
+        return number
     if tp in (int, str, bool) and type(value) is tp:
         return value
     if tp in (dict, list) and isinstance(value, tp):      # a bare `dict` / `list` annotation: any contents
@@ -244,8 +248,32 @@ _UniqueKeys.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
 
 
 def load_yaml(text: str) -> Any:
-    """yaml.safe_load, refusing duplicate keys."""
-    return yaml.load(text, Loader=_UniqueKeys)         # a SafeLoader subclass
+    """yaml.safe_load, refusing duplicate keys; every alias (`*anchor`) a copy of its own: PyYAML gives one object
+    for an anchor and its aliases, so an override of one stage's `filter: *f` changed every stage sharing it (a
+    review)."""
+    return _unshared(yaml.load(text, Loader=_UniqueKeys), [], [0])        # a SafeLoader subclass
+
+
+MAX_YAML_VALUES = 1_000_000
+
+
+def _unshared(value: Any, parents: list, count: list[int]) -> Any:
+    """A copy of a loaded YAML tree with no object in two places; an alias inside itself, or a document
+    whose aliases expand past MAX_YAML_VALUES values, is an error."""
+    if not isinstance(value, (dict, list)):
+        return value
+    if any(value is p for p in parents):
+        raise UserError("YAML: an alias refers to a mapping or list that holds it (a recursive document)")
+    count[0] += len(value)
+    if count[0] > MAX_YAML_VALUES:
+        raise UserError(f"YAML: its aliases expand past {MAX_YAML_VALUES:,} values")
+    parents.append(value)
+    try:
+        if isinstance(value, dict):
+            return {k: _unshared(v, parents, count) for k, v in value.items()}
+        return [_unshared(v, parents, count) for v in value]
+    finally:
+        parents.pop()
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -293,6 +321,8 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{p}: not valid YAML{where} ({what})") from None
+    except UserError as e:
+        raise UserError(f"{p}: {e}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

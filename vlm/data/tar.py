@@ -46,7 +46,10 @@ def _octal(field: bytes) -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for big numbers
         return int.from_bytes(field[1:], "big")
     field = field.split(b"\0", 1)[0].strip()
-    return int(field, 8) if field else 0
+    try:
+        return int(field, 8) if field else 0
+    except ValueError:            # a file that is no tar (a YAML given as a shard was a traceback: a review)
+        raise TarBroken("bad_tar", f"not a tar: a header number field reads {field[:12]!r}") from None
 
 
 GZIP_MESSAGE = "a gzip-compressed tar (.tar.gz); shards are read uncompressed: gunzip it"
@@ -59,7 +62,11 @@ def check_header(h: bytes, pos: int) -> None:
     """
     if pos == 0 and h[:2] == b"\x1f\x8b":
         raise TarBroken("bad_tar", GZIP_MESSAGE)
-    if len(h) == 512 and _octal(h[148:156]) != sum(h) - sum(h[148:156]) + 256:  # checksum field = spaces
+    try:
+        checksum = _octal(h[148:156]) if len(h) == 512 else None
+    except TarBroken:
+        checksum = -1
+    if checksum is not None and checksum != sum(h) - sum(h[148:156]) + 256:  # checksum field = spaces
         raise TarBroken("bad_tar", f"corrupt tar header at byte {pos}")
 
 

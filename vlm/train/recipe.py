@@ -374,6 +374,10 @@ def _check_shards(pattern: str, field_path: str) -> None:
             raise UserError(f"recipe field '{field_path}': {path}: cannot read ({e.strerror})") from None
 
 
+FLOAT32_MAX = 3.4e38          # torch's optimizers step in the parameters' float32
+MAX_BATCH = 2 ** 20           # samples per optimizer step, all ranks (CLIP-scale contrastive batches are 32k)
+
+
 def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
     _require(bool(st.name), f"{p}.name", "empty stage name")
     if st.llm == "lora":
@@ -396,6 +400,9 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
     _require(st.lr > 0, f"{p}.lr", f"must be > 0, got {st.lr}")
     for pat, scale in st.lr_scale.items():
         _require(scale > 0, f"{p}.lr_scale.{pat}", f"an LR multiplier > 0, got {scale!r}")   # a float: typed
+    top = st.lr * max([1.0, *st.lr_scale.values()])
+    _require(top < FLOAT32_MAX, f"{p}.lr", f"{st.lr:g} (x its largest lr_scale: {top:g}) is past float32's range, "
+             "where the optimizer step fails mid-run")
     _require(st.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {st.weight_decay}")
     _require(len(st.betas) == 2 and all(0 <= b < 1 for b in st.betas), f"{p}.betas", "two values in [0, 1)")
     _require(st.eps > 0, f"{p}.eps", f"must be > 0, got {st.eps}")
@@ -407,6 +414,8 @@ def _validate_stage(st: Stage, p: str, recipe: Recipe, world_size: int) -> None:
     _require(st.grad_accum >= 1, f"{p}.grad_accum", f"must be >= 1, got {st.grad_accum}")
     _require(st.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {st.grad_clip}")
     per = world_size * st.grad_accum
+    _require(st.batch_size <= MAX_BATCH, f"{p}.batch_size", f"{st.batch_size:.4g} samples per step: at most "
+             f"{MAX_BATCH:,} (one that large filled memory silently, a review)")
     _require(st.batch_size >= 1 and st.batch_size % per == 0, f"{p}.batch_size",
              f"{st.batch_size} (samples per optimizer step, all ranks) must be a positive multiple of "
              f"world size x grad_accum = {world_size} x {st.grad_accum}")
