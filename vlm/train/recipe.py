@@ -303,6 +303,9 @@ def _validate_eval(recipe: Recipe, check_files: bool) -> None:
             raise UserError(f"recipe field '{p}.data': {e}") from None
 
 
+PER_STAGE = {"llm_mode": "stages.N.llm", "lora": "stages.N.lora"}    # builder settings a recipe's stages own
+
+
 def _validate_model(m: ModelSpec) -> None:
     import inspect
 
@@ -320,6 +323,9 @@ def _validate_model(m: ModelSpec) -> None:
     for k, v in m.settings.items():
         _require(k in params, f"model.settings.{k}", f"not a setting of family '{m.family}'; "
                  f"known: {', '.join(params)}")
+        if k in PER_STAGE:
+            raise UserError(f"recipe field 'model.settings.{k}': a recipe sets it per stage ({PER_STAGE[k]}): "
+                            "each stage's would replace this one (it was ignored, a review)")
         if k in types:                                  # the builder's annotation: a wrong type is one line here
             m.settings[k] = check_value(types[k], v, f"model.settings.{k}")    # '1e-4' read as a number
     base_llm_skeleton(m.settings)                      # a pretrained: LLM names a recipe that has its own LLM
