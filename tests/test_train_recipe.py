@@ -170,6 +170,9 @@ BAD = [
     (["stages.0.lr=1e37", 'stages.0.lr_scale={"media.*": 100}'], "stages.0.lr"),
     (["stages.0.batch_size=1" + "0" * 30], "stages.0.batch_size"),
     (["model.settings.llm_mode=full"], "model.settings.llm_mode"),            # each stage's llm replaced it
+    (["runtime.eval.every=-1"], "runtime.eval.every"),                        # evaluation off: ignored, exit 0
+    (["runtime.eval.split=tset"], "runtime.eval.split"),
+    (["runtime.eval.benchmarks=[sw-vqa-color]", "runtime.eval.split=tset"], "runtime.eval.split"),   # was '.data'
     (["model.settings.lora={r: 8}"], "model.settings.lora"),
     # a data set's build settings: refused by the build only after the checks, naming a `vlm data build` flag
     (["data.world.shards=[/nonexistent/sw/train]", "data.world.build={samples: -5}"], "data.world.build.samples"),

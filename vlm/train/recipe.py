@@ -276,6 +276,13 @@ def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> N
     _validate_runtime(recipe.runtime)
     if recipe.runtime.eval.benchmarks:
         _validate_eval(recipe, check_files)
+    else:                   # evaluation off: a setting of it would be ignored (every: -1 trained, exit 0: a review)
+        given = [f.name for f in dataclasses.fields(EvalSpec) if getattr(recipe.runtime.eval, f.name) != getattr(EvalSpec(), f.name)]
+        _require(not given, f"runtime.eval.{given[0] if given else ''}", "evaluation is off while "
+                 "runtime.eval.benchmarks is empty: name the benchmarks, or drop the setting")
+
+
+EVAL_SPLITS = ("val", "test", "train")
 
 
 def _validate_eval(recipe: Recipe, check_files: bool) -> None:
@@ -286,6 +293,8 @@ def _validate_eval(recipe: Recipe, check_files: bool) -> None:
     _require(ev.every >= 0, f"{p}.every", f"must be >= 0, got {ev.every}")
     _require(ev.patience >= 0, f"{p}.patience", f"must be >= 0, got {ev.patience}")
     _require(ev.limit is None or ev.limit >= 1, f"{p}.limit", f"must be >= 1 or null, got {ev.limit}")
+    _require(ev.split in EVAL_SPLITS, f"{p}.split", f"one of {', '.join(EVAL_SPLITS)} (a synthetic-world build's "
+             f"splits), got {ev.split!r}")
     try:
         names, benches = eval_benchmarks(ev)
     except UserError as e:
