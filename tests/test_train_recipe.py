@@ -270,6 +270,11 @@ def test_options_may_follow_the_recipe_among_overrides(recipe_file, monkeypatch)
                  "--resume"]) == 0
     assert seen["recipe"].stages[0].steps == 5 and seen["resume"]
     assert seen["run_dir"] == recipe_file.parent / "o"
+    # --out twice, before and after the recipe: the last one won in silence (a review); the same folder twice is one
+    assert main(["train", "--out", str(recipe_file.parent / "o"), str(recipe_file), "--out",
+                 str(recipe_file.parent / "o")]) == 0
+    seen.clear()
+    assert main(["train", "--out", "A", str(recipe_file), "--out", "B"]) == 2 and not seen
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])

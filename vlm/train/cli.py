@@ -23,13 +23,16 @@ from vlm.errors import UserError
 def _split_rest(args) -> tuple[list[str], str | None, bool]:
     """Options may also come after the recipe, among the overrides (argparse stops at the first positional)."""
     late = argparse.ArgumentParser(prog="vlm train", add_help=False)
-    late.add_argument("--out")
+    late.add_argument("--out", action="append", default=[])
     late.add_argument("--resume", action="store_true")
     ns, rest = late.parse_known_args(args.overrides)
     for item in rest:
         if "=" not in item or item.startswith("-"):
             raise UserError(f"unrecognised argument '{item}'; overrides are key=value (e.g. stages.0.steps=20)")
-    return rest, ns.out or args.out, ns.resume or args.resume
+    outs = list(dict.fromkeys([*(args.out or []), *ns.out]))
+    if len(outs) > 1:          # argparse keeps the last in silence: the run went to the other folder (a review)
+        raise UserError(f"--out given {len(outs)} times ({', '.join(outs)}): give one run folder")
+    return rest, (outs or [None])[0], ns.resume or args.resume
 
 
 def cmd_train(args) -> int:
@@ -75,7 +78,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a recipe (built-in name or YAML file)",
                        description="Run a recipe's stages in order. Overrides are dotted key=value pairs, "
                                    "e.g. stages.0.steps=20 runtime.seed=3 runtime.strategy=ddp.")
-    p.add_argument("--out", default=None, help="run folder (default: runtime.output_dir)")
+    p.add_argument("--out", action="append", default=None, help="run folder (default: runtime.output_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("recipe", help="built-in recipe name (vlm recipe list) or a .yaml file")
     p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help="recipe overrides (YAML values)")
