@@ -195,7 +195,8 @@ def test_unreadable_or_odd_parquet_and_jsonl_are_one_line(tmp_path, datasets_lib
     with pytest.raises(UserError, match=r"empty\.parquet: a parquet file with no rows"):
         convert_hf_dataset(str(tmp_path / "empty.parquet"), str(tmp_path / "o1"))
     # an Image column under another name was left unread: every row trained text-only, exit 0 (a review)
-    from datasets import Dataset, Features, Image as HFImage, List, Value
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as HFImage
     Dataset.from_dict({"picture": [{"bytes": jpg("red"), "path": None}], "conversations": conv},
                       features=Features({"picture": HFImage(), "conversations": List(
                           {"from": Value("string"), "value": Value("string")})})).to_parquet(str(tmp_path / "pic.parquet"))

@@ -282,8 +282,8 @@ def test_a_txt_caption_that_is_not_utf8_is_bad_text_and_a_bom_is_not_caption(tmp
     skip it (it trained as 'caf\ufffd'), and a UTF-8 BOM is not part of the caption (a review)."""
     src = write_tar(tmp_path / "i2d.tar", [
         {"__key__": "latin1", "jpg": jpg(), "txt": "café au lait".encode("latin-1")},
-        {"__key__": "bom", "jpg": jpg(), "txt": "\ufeffa red circle".encode("utf-8")},
-        {"__key__": "plain", "jpg": jpg(), "txt": "crème brûlée".encode("utf-8")}])
+        {"__key__": "bom", "jpg": jpg(), "txt": "\ufeffa red circle".encode()},
+        {"__key__": "plain", "jpg": jpg(), "txt": "crème brûlée".encode()}])
     pipe = ShardPipeline(src, model.processor, batch_size=4, epochs=1, shuffle_buffer=0, min_samples=10**6)
     batch = next(iter(pipe))
     assert batch["sample_keys"] == ["bom", "plain"] and dict(pipe.stats.skipped) == {"bad_text": 1}
