@@ -117,6 +117,14 @@ def test_lr_scale_multiplies_the_lr_of_the_parameters_it_names(tmp_path, world):
         want = (3.0 if n.startswith("media.") and ".projector." in n else 5.0 if n.startswith("media.")
                 else 0.5 if n.startswith("llm.") and n.endswith(".bias") else 1.0)
         assert scale_of[id(p)][0] == want, n
+    # no decay on norms, biases, embedding tables and what a module's no_weight_decay() names (timm's position
+    # embedding and class token were decayed: a review)
+    full = vlm.build("llava", "tiny")
+    decays = {id(p) for g in decay_groups(full, 0.1) if g["weight_decay"] for p in g["params"]}
+    tower = full.encoders["video"].image.model
+    assert {"pos_embed", "cls_token"} <= set(tower.no_weight_decay())
+    assert id(tower.pos_embed) not in decays and id(tower.cls_token) not in decays
+    assert id(full.llm.get_input_embeddings().weight) not in decays and id(tower.patch_embed.proj.weight) in decays
     optimizer = torch.optim.AdamW(groups, lr=stage.lr)
     lr = StageSchedule(optimizer, stage).apply()
     assert sorted({g["lr"] / lr for g in optimizer.param_groups}) == pytest.approx(

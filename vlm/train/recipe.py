@@ -70,7 +70,7 @@ class Stage:
     lr: float = 1e-3
     lr_scale: dict[str, float] = field(default_factory=dict)  # pattern (as in trainable) -> LR multiplier, e.g.
                                                     # {"encoders.*": 4.0}; a parameter takes its first match, else 1
-    weight_decay: float = 0.0                       # never on norms, biases, embeddings
+    weight_decay: float = 0.0                       # never on norms, biases, nn.Embedding / timm's no_weight_decay()
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8                               # AdamW epsilon
     schedule: ScheduleName = "cosine"               # warmup + cosine | warmup-stable-decay | constant
