@@ -258,6 +258,20 @@ def test_noise_mixture_changes_the_input_and_leaves_the_clean_clips_alone():
     assert torch.allclose(normalize_waveform(mixed), normalize_waveform(noisy), atol=1e-4)
 
 
+def test_the_noise_mixture_refuses_splits_that_change_its_partners():
+    """The mixture takes its segments from the micro-batch: grad_accum 2 x 2 made another update than 1 x 4 (a
+    review: weights 1e-2 apart after one step, 7.5e-6 without the mixture), and one clip per rank mixed nothing."""
+    from vlm.errors import UserError
+    from vlm.train.recipe import load_recipe
+    for overrides, field in ((["stages.0.grad_accum=2"], "stages.0.grad_accum"),
+                             (["stages.0.batch_size=1"], "stages.0.batch_size")):
+        with pytest.raises(UserError, match=rf"^recipe field '{field}': .*noise"):
+            load_recipe("mert-tiny", overrides, check_files=False)
+        load_recipe("mert-tiny", [*overrides, "stages.0.objective_settings.noise_prob=0"], check_files=False)
+    with pytest.raises(UserError, match=r"'stages.0.batch_size': 16 leaves each of 16 rank"):
+        load_recipe("mert-tiny", [], world_size=16, check_files=False)
+
+
 def test_cqt_target_peaks_at_the_bin_of_a_pure_tone():
     from vlm.train.objectives.teachers import CQTTarget
     cqt = CQTTarget()

@@ -16,7 +16,10 @@ the CQT are computed on the fly from each clean crop.
 Masking as fairseq's `compute_mask_indices` (static spans): per clip, int(mask_prob * T / span + u)
 span starts (u ~ U[0, 1), at least `min_masks`) drawn without replacement, each covering `mask_span`
 frames; overlaps merge, so about 55 % of frames are masked at 0.8 / 5. Every random draw (mask,
-mixture) comes from the sample's own seed (`sample_seeds`), so any split into ranks draws the same.
+mixture) comes from the sample's own seed (`sample_seeds`), so any split into ranks draws the same masks.
+The mixture's segments come from the other clips of each rank's batch, as MERT's do: with `noise_prob` > 0,
+N ranks mix other partners than one process, and grad_accum (which would change them within one run) and a
+rank's batch of one clip (which has none) are refused.
 
 The model provides: `frames(n_samples)`, `forward(audio, audio_lengths, mask) -> hidden [B, T, H]`,
 `codebook_logits(hidden) -> [per codebook [N, V_k]]`, `regression(hidden) -> [N, R]` and
@@ -194,6 +197,21 @@ class MaskedPrediction(Objective):
     Settings = MaskedPredictionSettings
     data_format = "clips"
     count_name = "masked_frames"
+
+    @classmethod
+    def check_stage(cls, settings: MaskedPredictionSettings, stage, world_size: int, where: str) -> None:
+        """The noise mixture draws its segments from the micro-batch: grad_accum made another update than the
+        same batch in one pass (a review), and a rank's batch of one clip silently mixed nothing."""
+        if settings.noise_prob <= 0:
+            return
+        if stage.grad_accum > 1:
+            raise UserError(f"recipe field '{where}.grad_accum': {stage.grad_accum}, but the noise mixture "
+                            f"(objective_settings.noise_prob {settings.noise_prob}) mixes clips of the micro-batch: "
+                            "keep grad_accum 1, or set noise_prob 0")
+        if stage.batch_size // world_size < 2:
+            raise UserError(f"recipe field '{where}.batch_size': {stage.batch_size} leaves each of {world_size} rank(s) "
+                            "one clip, which the noise mixture has no other clip to mix with: use batch_size >= 2 "
+                            "per rank, or noise_prob 0")
 
     @classmethod
     def smoke_settings(cls, raw):
