@@ -75,8 +75,9 @@ class Benchmark:
     def row(self) -> dict[str, Any]:
         subsets = [d["subset"] for d in self.options.get("datasets", []) if "subset" in d]
         data = self.data.describe()
-        if subsets:                      # MMEB-eval: <root>/MMEB-eval/<subset>/*.parquet, not a split of shards
-            data = data.rsplit("/", 1)[0] + f"/{subsets[0] if len(subsets) == 1 else '<subset>'}/*.parquet"
+        if subsets:                      # MMEB-eval: <root>/MMEB-eval/<subset>/test-*.parquet, not a split of shards
+            data = (data.rsplit("/", 1)[0] + f"/{subsets[0] if len(subsets) == 1 else '<subset>'}/"
+                    f"{self.data.split}-*.parquet")
         return dict(name=self.name, modality=self.modality, description=self.description, kind=self.kind,
                     type=self.type, capability=self.capability, metric=self.metric, data=data)
 

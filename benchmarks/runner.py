@@ -80,7 +80,7 @@ def data_identity(bench: Benchmark, roots: Roots) -> str:
             from benchmarks.tasks.mmeb import mmeb_eval_files
             files = []
             for spec in bench.options["datasets"]:
-                files += (mmeb_eval_files(folder, spec) if "subset" in spec else
+                files += (mmeb_eval_files(folder, spec, bench.data.split) if "subset" in spec else
                           shard_files(folder / spec["path"], bench.data.split) if "path" in spec else
                           shard_files(folder, bench.data.split))
             return data_hash(sorted(set(files)))

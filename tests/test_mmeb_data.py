@@ -249,6 +249,20 @@ def test_a_changed_mmeb_eval_copy_is_a_new_question(tmp_path):
     time.sleep(0.01)
     shutil.copy(root / "eval_images" / "ImageNet-1K" / "y.jpg", root / "eval_images" / "ImageNet-1K" / "x.jpg")
     assert data_identity(bench, roots) != first
+    # another split's parquet beside test's is not test data (it was scored with it), and --split val is not the
+    # test files under a @val name (a review): MMEB-eval has a test split
+    from dataclasses import replace
+
+    from benchmarks.tasks.mmeb import build_mmeb_eval, check_mmeb_eval
+    from vlm.errors import UserError
+    H.write_parquet(root / "ImageNet-1K" / "validation-00000-of-00001.parquet", [
+        {"qry_text": "<|image_1|>\nRepresent it", "qry_img_path": "ImageNet-1K/y.jpg",
+         "tgt_text": ["gold", "other"], "tgt_img_path": ["", ""]}] * 3)
+    assert len(build_mmeb_eval(root, bench.options["datasets"][0])) == 1
+    val = replace(bench, data=replace(bench.data, split="val"))
+    with pytest.raises(UserError, match=r"no .*ImageNet-1K/val-\*\.parquet .*test split only\); the folder has "
+                                        r"test-00000-of-00001\.parquet, validation-00000-of-00001\.parquet"):
+        check_mmeb_eval(val, roots)
 
 
 def test_an_unreadable_mmeb_image_skips_its_query_not_the_run(tmp_path):

@@ -472,20 +472,25 @@ def build_pair_datasets(samples: list[Sample], spec: dict, skips: Skips | None =
 PHI3_IMAGE = "<|image_1|>"              # MMEB's strings carry Phi-3-V's image token
 
 
-def mmeb_files(folder: Path, subset: str) -> list[Path]:
+def mmeb_files(folder: Path, subset: str, split: str = "test") -> list[Path]:
+    """One subset's parquet files of `split`, as the Hub names them (`test-00000-of-00001.parquet`, or
+    `test.parquet`): another split's file beside them was scored as test, and `--split val` scored the test
+    files under a @val name (a review)."""
     d = folder / subset
-    files = sorted(d.glob("*.parquet")) if d.is_dir() else []
+    files = sorted({*d.glob(f"{split}-*.parquet"), *d.glob(f"{split}.parquet")}) if d.is_dir() else []
     if not files:
-        raise UserError(f"MMEB-eval subset {subset}: no {d}/*.parquet (a local copy of TIGER-Lab/MMEB-eval: "
-                        f"<bench-root>/MMEB-eval/<subset>/test-*.parquet, images under eval_images/)")
+        others = sorted(p.name for p in d.glob("*.parquet")) if d.is_dir() else []
+        raise UserError(f"MMEB-eval subset {subset}: no {d}/{split}-*.parquet (a local copy of TIGER-Lab/MMEB-eval: "
+                        f"<bench-root>/MMEB-eval/<subset>/test-*.parquet, images under eval_images/; MMEB-eval has a "
+                        f"test split only)" + (f"; the folder has {', '.join(others[:3])}" if others else ""))
     return files
 
 
-def mmeb_eval_files(folder: Path, spec: dict) -> list[Path]:
+def mmeb_eval_files(folder: Path, spec: dict, split: str = "test") -> list[Path]:
     """Every file one MMEB-eval subset reads: its parquet files and the images their rows name (what a stored
     score or cached embedding depends on: an image replaced in place is another question)."""
     import pyarrow.parquet as pq
-    files = mmeb_files(folder, spec["subset"])
+    files = mmeb_files(folder, spec["subset"], split)
     images = folder / spec.get("images", "eval_images")
     named: set[str] = set()
     for f in files:
@@ -526,7 +531,7 @@ def mmeb_item(text: str, img: str, images: Path, where: str) -> Query:
 
 
 def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None,
-                    skipped: Counter | None = None) -> list[MMEBQuery]:
+                    skipped: Counter | None = None, split: str = "test") -> list[MMEBQuery]:
     """Rows of one MMEB-eval subset: the query, then its candidates (gold at index 0) as the data lists them.
     A row naming an image that is not there is skipped and counted in `skipped` (`missing_file`)."""
     import pyarrow as pa
@@ -535,7 +540,7 @@ def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None,
     images = folder / spec.get("images", "eval_images")
     skipped = Counter() if skipped is None else skipped
     out, first_missing = [], None
-    for f in mmeb_files(folder, subset):
+    for f in mmeb_files(folder, subset, split):
         try:
             table = pq.read_table(f)
         except (pa.ArrowException, OSError) as e:
@@ -574,7 +579,7 @@ def check_mmeb_eval(bench: Benchmark, roots) -> None:
     folder = bench.data.folder(roots)
     for spec in bench.options.get("datasets", []):
         if "subset" in spec:
-            mmeb_files(folder, spec["subset"])
+            mmeb_files(folder, spec["subset"], bench.data.split)
 
 
 BUILDERS: dict[str, Callable[[list[Sample], dict, Skips | None], list[MMEBQuery]]] = {
@@ -601,12 +606,12 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         if "subset" in spec:
             folder = bench.data.folder(ctx.roots)
             ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)))
-            ds.queries = build_mmeb_eval(folder, spec, ctx.limit, ds.skipped)
+            ds.queries = build_mmeb_eval(folder, spec, ctx.limit, ds.skipped, bench.data.split)
             datasets.append(ds)
             # the embeddings depend on the parquet files and the images the built rows read (an image replaced in
             # place is another input): those paths are in the queries, the parquet need not be read again
             images = sorted({it.query.image for q in ds.queries for it in (q.query, *q.candidates) if it.query.image})
-            keys[ds.name] = f"mmeb-{data_hash([*mmeb_files(folder, spec['subset']), *images], ctx.limit, spec)}"
+            keys[ds.name] = (f"mmeb-{data_hash([*mmeb_files(folder, spec['subset'], bench.data.split), *images], ctx.limit, spec)}")
             continue
         own = Skips()                # the samples this dataset's builder left out: counted per dataset, as queries
         if "path" in spec:
