@@ -122,7 +122,11 @@ def test_captions_that_are_not_texts_are_no_captions_not_stringified():
         def meta(self):
             return self._meta
     assert captions_of(S({"captions": ["a red circle", "a circle"]})) == ["a red circle", "a circle"]
-    assert captions_of(S({"captions": [None, 5]})) == [] and captions_of(S({"captions": ["ok", " "]})) == []
+    assert captions_of(S({"captions": [None, 5]})) == []
+    # a blank caption is none: it was scored as a caption (vlm models), ended an open_clip run with "an item with
+    # neither text nor an image", and one blank among good captions dropped the image (a review)
+    assert captions_of(S({"captions": ["ok", " ", "fine"]})) == ["ok", "fine"]
+    assert captions_of(S({"caption": "  "})) == [] == captions_of(S({"caption": ""}))
     assert relation_captions(S({"captions": ["true", "false"]}), "given") == ["true", "false"]
     for caps in (["only one"], "two words", ["fine", None], None):
         assert relation_captions(S({"captions": caps}), "given") is None

@@ -23,13 +23,14 @@ def captions_of(sample: Sample) -> list[str]:
             raise SampleProblem("bad_text", sample, f"its txt caption is not UTF-8 (byte {e.start})") from None
         return [ln.strip() for ln in text.splitlines() if ln.strip()]
     meta = sample.meta()
-    if isinstance(meta.get("captions"), list):         # every one a text, or none used (`[null, 5]` was "None", "5")
-        return list(meta["captions"]) if _texts(meta["captions"]) else []
-    if isinstance(meta.get("caption"), str):
-        return [meta["caption"]]
+    caps = meta.get("captions")
+    if isinstance(caps, list):        # every one a text, or none used (`[null, 5]` was "None", "5"); blank ones dropped
+        return [c for c in caps if c.strip()] if all(isinstance(c, str) for c in caps) else []
+    if isinstance(meta.get("caption"), str):     # a blank caption is none (it was scored, or ended an open_clip run)
+        return [meta["caption"]] if meta["caption"].strip() else []
     labels = meta.get("labels")
     desc = labels.get("description") if isinstance(labels, dict) else None
-    return [desc] if isinstance(desc, str) and desc else []
+    return [desc] if isinstance(desc, str) and desc.strip() else []
 
 
 def _texts(items: list) -> bool:
