@@ -302,6 +302,8 @@ def test_an_unreadable_mmeb_image_skips_its_query_not_the_run(tmp_path):
     res = run(Reader(), bench, ctx)
     assert res.metrics["precision@1"] == 1.0 and res.metrics["n"] == 2
     assert res.metrics["skipped_missing_file"] == 1 and res.metrics["skipped_bad_media"] == 1
+    first = res.tables["skipped_examples"]            # the CLI names the first of each (it named none: a review)
+    assert "row 1: " in first["missing_file"] and first["bad_media"] == "ImageNet-1K ImageNet-1K-1", first
     for rows, message in (([row("a.jpg", ())], "row 0: an empty candidate list"),
                           ([row("a.jpg", ("gold", ""))], "row 0: an item with neither text nor an image"),
                           ([row("missing.jpg")], "every row names an image that is not there"),
@@ -315,6 +317,7 @@ def test_an_unreadable_mmeb_image_skips_its_query_not_the_run(tmp_path):
     H.write_parquet(f, [row("a.jpg", ("gold label",)), row("a.jpg", ("gold", "x", "y", "z")), row("a.jpg")])
     res = run(Reader(), bench, ctx)                     # a one-candidate query is left out, counted; chance said
     assert res.metrics["skipped_one_candidate"] == 1 and res.metrics["n"] == 2
+    assert res.tables["skipped_examples"] == {"one_candidate": "ImageNet-1K ImageNet-1K-0"}
     assert res.metrics["chance"] == pytest.approx((1 / 4 + 1 / 2) / 2) and res.metrics["candidates_min"] == 2
     f.write_bytes(b"PAR1 not really")                   # a traceback (pyarrow's ArrowInvalid) before
     with pytest.raises(UserError, match="test-00000-of-00001.parquet: not a readable parquet file"):

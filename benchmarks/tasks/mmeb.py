@@ -82,6 +82,7 @@ class Dataset:
     ood: bool
     queries: list[MMEBQuery] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)      # queries left out, by reason (a missing image ...)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> the first query left out for it
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -176,6 +177,7 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
     hits: dict[str, list[bool]] = {}
     sizes: dict[str, list[int]] = {}              # candidates per scored query (the gold's copies left out)
     skipped: Counter = Counter(skips.counts if skips else {})
+    examples = dict(skips.first) if skips else {}  # reason -> first query left out (the CLI names it, a review)
     with bar(ctx, "mmeb datasets", len(datasets)) as pbar:
         for ds in datasets:
             if cache_key is None:
@@ -190,12 +192,18 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
             kept = [(q, s) for q, s in zip(ds.queries, scores) if s]           # [] : a query whose media do not read
             skipped.update(ds.skipped)
             skipped["bad_media"] += len(scores) - len(kept)
+            unread = [q.key for q, s in zip(ds.queries, scores) if not s]
+            for reason, where in (*ds.examples.items(), *([("bad_media", f"{ds.name} {unread[0]}")] if unread else [])):
+                examples.setdefault(reason, where)
             if not kept:                       # a P@1 of nothing: NaN, stored as a score and left out of results
                 raise UserError(f"benchmark dataset {ds.name}: every one of its {len(scores)} queries has an input "
                                 f"or a candidate whose media do not read")
             # the gold alone (one candidate, or only its copies): a hit by construction, nothing measured
             pairs = [(k, r) for k in kept if len(r := without_gold_copies(*k)) >= 2]
             skipped["one_candidate"] += len(kept) - len(pairs)
+            alone = [q.key for q, s in kept if len(without_gold_copies(q, s)) < 2]
+            if alone:
+                examples.setdefault("one_candidate", f"{ds.name} {alone[0]}")
             kept, ranked = [k for k, _ in pairs], [r for _, r in pairs]
             if not kept:              # (at a small --limit a set's candidates are few: not applicable there)
                 raise TooFewItems(f"benchmark dataset {ds.name}: every query has one candidate (its gold) only: "
@@ -214,7 +222,7 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
     metrics["chance"] = sum(r["chance"] for r in table) / len(table)        # averaged as precision@1 is
     metrics["candidates_min"] = float(min(k for ks in sizes.values() for k in ks))
     metrics.update({f"skipped_{k}": v for k, v in sorted(skipped.items()) if v})
-    return TaskResult(rows, metrics, {"datasets": table, **(skips.tables() if skips else {})})
+    return TaskResult(rows, metrics, {"datasets": table, **({"skipped_examples": examples} if examples else {})})
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -530,8 +538,8 @@ def mmeb_item(text: str, img: str, images: Path, where: str) -> Query:
     return Query(text=body, image=path)
 
 
-def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None,
-                    skipped: Counter | None = None, split: str = "test") -> list[MMEBQuery]:
+def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None, skipped: Counter | None = None,
+                    split: str = "test", examples: dict[str, str] | None = None) -> list[MMEBQuery]:
     """Rows of one MMEB-eval subset: the query, then its candidates (gold at index 0) as the data lists them.
     A row naming an image that is not there is skipped and counted in `skipped` (`missing_file`)."""
     import pyarrow as pa
@@ -564,6 +572,8 @@ def build_mmeb_eval(folder: Path, spec: dict, limit: int | None = None,
             except MissingImage as e:
                 skipped["missing_file"] += 1
                 first_missing = first_missing or f"{where}: {e}"
+                if examples is not None:
+                    examples.setdefault("missing_file", first_missing)
                 continue
             out.append(MMEBQuery(f"{subset}-{len(out)}", q, cands))
             if limit and len(out) >= limit:
@@ -606,7 +616,7 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
         if "subset" in spec:
             folder = bench.data.folder(ctx.roots)
             ds = Dataset(spec["name"], spec["meta_task"], bool(spec.get("ood", False)))
-            ds.queries = build_mmeb_eval(folder, spec, ctx.limit, ds.skipped, bench.data.split)
+            ds.queries = build_mmeb_eval(folder, spec, ctx.limit, ds.skipped, bench.data.split, ds.examples)
             datasets.append(ds)
             # the embeddings depend on the parquet files and the images the built rows read (an image replaced in
             # place is another input): those paths are in the queries, the parquet need not be read again
