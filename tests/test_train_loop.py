@@ -244,8 +244,9 @@ def test_resume_names_a_damaged_checkpoint_file_and_a_changed_recipe(tmp_path, w
     assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.shuffle_buffer=10"]) == 2
     assert "'runtime.shuffle_buffer'" in capsys.readouterr().err
     # other benchmarks scored from here on: their scores would be compared with the best score of the first ones
+    # (here evaluation is off, so the setting is refused as such: test_train_eval has the resume's own check)
     assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.eval.split=test"]) == 2
-    assert "'runtime.eval.split' ('val' -> 'test')" in capsys.readouterr().err
+    assert "'runtime.eval.split'" in capsys.readouterr().err
     # settings a resume may change are allowed
     assert main(["train", str(recipe), "--out", str(run), "--resume", "runtime.log_every=5"]) == 0
     capsys.readouterr()
