@@ -105,3 +105,21 @@ def test_random_init_is_seeded_once_under_decoding_threads(tiny_clip, tmp_path):
     ref, _, pre = open_clip.create_model_and_transforms(cfg.stem)
     for a, b in zip(ref.state_dict().values(), model.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_classes_the_model_reads_alike_are_refused(tiny_clip, tmp_path):
+    """`red` and `RED` in classnames.txt: open_clip's tokenizer lower-cases both, their class weights were
+    equal, and which one was predicted came down to rounding (a review). One line naming both."""
+    import shutil
+
+    from benchmarks.models import load_model
+    from benchmarks.registry import wds_benchmark
+    from benchmarks.tasks import Context, run_task
+    from vlm.errors import UserError
+    cfg, folder, ckpt = tiny_clip
+    copy = tmp_path / "wds_cased"
+    shutil.copytree(folder, copy)
+    names = (copy / "classnames.txt").read_text().splitlines()
+    (copy / "classnames.txt").write_text("\n".join([names[0], names[0].upper(), *names[2:]]) + "\n")
+    with pytest.raises(UserError, match=rf"classes '{names[0]}' and '{names[0].upper()}' embed identically"):
+        run_task(load_model(f"open_clip:{cfg}:{ckpt}"), wds_benchmark(copy), Context(progress=False))

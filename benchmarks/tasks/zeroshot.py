@@ -116,12 +116,26 @@ def evaluate(logits: torch.Tensor, labels: torch.Tensor, keys: list[str], classn
     return TaskResult(rows, metrics)
 
 
+def same_as_earlier(w: torch.Tensor, meta: WdsMeta) -> None:
+    """Two classes whose weights are equal (`red` and `RED` under a lower-casing tokenizer): the later one could
+    never be predicted, or only by rounding, which was scored (a review). One line naming both."""
+    _, inverse = torch.unique(w, dim=0, return_inverse=True)
+    first: dict[int, int] = {}
+    for c, g in enumerate(inverse.tolist()):
+        if g in first:
+            raise UserError(f"{meta.folder}: classes {meta.classnames[first[g]]!r} and {meta.classnames[c]!r} embed "
+                            "identically with this model (its tokenizer reads them alike, e.g. lower-cased): the later "
+                            "could never be predicted; rename one in classnames.txt")
+        first[g] = c
+
+
 def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
     meta = read_wds_meta(bench.data.folder(ctx.roots))
     t0 = time.perf_counter()
     feats, labels, keys, skips = image_features(model, meta, bench.data.split, ctx)   # [N, D]
     t1 = time.perf_counter()
     w = text_weights(model, meta, ctx)                                                 # [C, D]
+    same_as_earlier(w, meta)
     t2 = time.perf_counter()
     logits = 100.0 * feats @ w.T                                                       # [N, C]
     res = evaluate(logits, labels, keys, meta.classnames)
