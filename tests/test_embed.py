@@ -645,15 +645,20 @@ def test_export_and_search_unforeseen_input(setup, tmp_path, capsys, monkeypatch
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
     assert not (tmp_path / "x").exists()                   # nothing written before the settings were checked
-    # the model at run.json's path replaced by other weights: refused, not searched in another space
+    # the model at run.json's path replaced by other weights: refused, not searched in another space; a copy of
+    # the export's weights elsewhere is the same model (it was warned "not the weights": a review)
     shutil.copytree(ckpt, tmp_path / "moved")
-    (ckpt / "model.safetensors").touch()                   # same path, another weights file as far as we know
+    weights = bytearray((ckpt / "model.safetensors").read_bytes())
+    weights[-4:] = bytes(4)                                 # the last weight's bytes changed, the file still loads
+    (ckpt / "model.safetensors").write_bytes(bytes(weights))
     try:
         assert main(["search", "e", "--text", "a blue square"]) == 2
         assert "not the weights" in capsys.readouterr().err
         assert main(["search", "e", "--text", "a blue square", "-k", "1", "--model", str(tmp_path / "moved")]) == 0
         io = capsys.readouterr()
-        assert "ok" in io.out and "warning: --model" in io.err
+        assert "ok" in io.out and "warning" not in io.err
+        assert main(["search", "e", "--text", "a blue square", "-k", "1", "--model", str(ckpt)]) == 0
+        assert "warning: --model" in capsys.readouterr().err
     finally:
         shutil.copy2(tmp_path / "moved" / "model.safetensors", ckpt / "model.safetensors")
 
@@ -935,3 +940,31 @@ def test_an_export_into_its_input_copied_parts_a_stale_index_and_odd_text_are_na
     capsys.readouterr()
     export(config(model=str(ckpt), input=str(shards), out=str(tmp_path / "s"), modality=["image"]))
     assert "1 media file(s) beside its shards are not embedded" in capsys.readouterr().err
+
+
+def test_a_folder_samples_caption_and_source_are_what_was_embedded(tmp_path):
+    """Found by a review: a txt caption's BOM was embedded as text and its second line dropped (training and
+    clip-retrieval read the whole caption), and an audio row's source named the image beside it (a.jpg for
+    a.wav), which re-embedding as audio could not read."""
+    import pandas as pd
+    import soundfile as sf
+
+    import vlm
+    from vlm.embed import Embedder
+    from vlm.embed.export import export
+    ckpt = vlm.build("llava", "tiny", music=None, video=None).save_pretrained(tmp_path / "m")
+    src = tmp_path / "in"
+    src.mkdir()
+    H.image("red", 32).save(src / "a.jpg")
+    sf.write(src / "a.wav", np.sin(np.arange(8000) / 5).astype(np.float32) * 0.3, 16000)
+    (src / "a.txt").write_bytes("\ufeffa red circle\nbeside a tone".encode())
+    export(config(model=str(ckpt), input=str(src), out=str(tmp_path / "e"), modality=["audio", "text"],
+                  out_dtype="float32"))
+    meta = pd.read_parquet(tmp_path / "e" / "metadata" / "metadata_0.parquet")
+    assert meta["caption"].tolist() == ["a red circle\nbeside a tone"]
+    assert meta["source"].tolist() == [str(src / "a.wav")]
+    emb = Embedder.load(str(ckpt))
+    text = np.load(tmp_path / "e" / "text_emb" / "text_emb_0.npy")[0]
+    assert np.abs(text - emb.embed(texts=["a red circle\nbeside a tone"])[0]).max() < 1e-5
+    audio = np.load(tmp_path / "e" / "audio_emb" / "audio_emb_0.npy")[0]
+    assert np.abs(audio - emb.embed(audio=[meta["source"][0]])[0]).max() < 1e-5

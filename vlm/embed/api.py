@@ -84,9 +84,9 @@ class Embedder:
     def fingerprint(self) -> str:
         return self.backend.fingerprint
 
-    def matches(self, recorded: str) -> bool:
-        """Whether an export's recorded fingerprint is this model's (`Backend.matches`)."""
-        return self.backend.matches(recorded)
+    def matches(self, recorded: str, content: str | None = None) -> bool:
+        """Whether an export's recorded fingerprint (or content) is this model's (`Backend.matches`)."""
+        return self.backend.matches(recorded, content)
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ the network), `open_clip:/path/arch.json[:CKPT]` (an architecture config file), 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import threading
@@ -37,6 +38,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def file_id(p: Path) -> str:
     st = p.stat()
     return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def content_id(p: Path, window: int = 1 << 20) -> str:
+    """A file by content, not place: its size and the SHA-256 of its first and last MiB (a moved or copied
+    checkpoint is the same model; two checkpoints of one size differ in their bytes). Cheap on any size."""
+    h, size = hashlib.sha256(), p.stat().st_size
+    with open(p, "rb") as f:
+        h.update(f.read(window))
+        if size > window:
+            f.seek(max(window, size - window))
+            h.update(f.read(window))
+    return f"{size}|{h.hexdigest()[:16]}"
 
 
 def digest(*parts: str) -> str:
@@ -79,10 +92,21 @@ class Backend:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def matches(self, recorded: str) -> bool:
+    identity: tuple[str, tuple[Path, ...]] = ("", ())   # (its config, the weight / tokenizer files): `content`
+
+    def matches(self, recorded: str, content: str | None = None) -> bool:
         """Whether a fingerprint recorded by an export (run.json) is this model's: its own, or the one an
-        earlier version of the suite gave the same files (`legacy_fingerprint`, where the formula changed)."""
-        return recorded in (self.fingerprint, getattr(self, "legacy_fingerprint", None))
+        earlier version of the suite gave the same files (`legacy_fingerprint`, where the formula changed), or
+        (`content`, recorded beside it) the same files by content, moved or copied since (a copy of the
+        export's model was called "not the weights": a review)."""
+        return recorded in (self.fingerprint, getattr(self, "legacy_fingerprint", None)) or (
+            content is not None and content == self.content)
+
+    @functools.cached_property
+    def content(self) -> str:
+        """The weights and tokenizer by content (`content_id` of each file, its name beside it), not place."""
+        config, files = self.identity
+        return digest(type(self).__name__, config, *(f"{f.name}|{content_id(f)}" for f in files))
 
     def check(self, item: Item) -> None:
         for m in item.media:
@@ -178,7 +202,11 @@ TOKENIZER_EXTRAS = ("special_tokens_map.json", "added_tokens.json", "chat_templa
 
 def tokenizer_ids(folder: Path) -> list[str]:
     """`file_id`s of the tokenizer files a folder has: part of a model's fingerprint."""
-    return [file_id(folder / f) for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (folder / f).is_file()]
+    return [file_id(f) for f in tokenizer_files(folder)]
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    return [folder / f for f in (*TOKENIZER_FILES, *TOKENIZER_EXTRAS) if (folder / f).is_file()]
 
 
 class VLMBackend(Backend):
@@ -218,6 +246,7 @@ class VLMBackend(Backend):
         # the tokenizer is part of what a text embeds to: a swapped tokenizer.json is another model (cached
         # features and exports of the old one are not reused for it)
         self.fingerprint = digest("vlm", config, file_id(p / "model.safetensors"), *tokenizer_ids(p))
+        self.identity = (config, (p / "model.safetensors", *tokenizer_files(p)))
         # what exports written before the tokenizer counted recorded (`matches`: they still search and resume)
         self.legacy_fingerprint = digest("vlm", config, file_id(p / "model.safetensors"))
         self.modalities = tuple(raw.get("media") or raw.get("encoders") or {})    # format 2 | 1
@@ -356,6 +385,7 @@ class OpenClipBackend(Backend):
             if not (folder / "open_clip_config.json").is_file():
                 raise UserError(f"{folder}: no open_clip_config.json (not an open_clip local-dir)")
             config, ident = (folder / "open_clip_config.json").read_text(), [file_id(p) for p in sorted(folder.iterdir())]
+            files = tuple(p for p in sorted(folder.iterdir()) if p.is_file())
             try:
                 raw = json.loads(config)
                 local_cfg = raw.get("model_cfg", raw)           # as open_clip reads it
@@ -383,9 +413,11 @@ class OpenClipBackend(Backend):
                                 "give a local file)")
             ident = [file_id(Path(ckpt))] if ckpt else [f"random-init seed {seed}"]
             ident += tok_ids
+            files = (*([Path(ckpt)] if ckpt else []), *(tokenizer_files(Path(tok)) if tok_ids else []))
         self.arch, self.ckpt = arch, ckpt
         self.name = spec if len(spec) < 60 else f"open_clip:{arch}"
         self.fingerprint = digest("open_clip", arch, config, *ident)
+        self.identity = (f"{arch}|{config}|seed {seed if not files else '-'}", files)
         self._model = self._preprocess = self._tokenizer = None
 
     def load(self) -> None:

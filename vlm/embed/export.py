@@ -11,7 +11,7 @@ the same sample):
     OUT/audio_emb/audio_emb_N.npy ... (audio / music / video likewise)
     OUT/metadata/metadata_N.parquet   key, caption, source (the shard or file the sample came from)
     OUT/stats/stats_N.json            rows, every skipped sample with its reason, files left out beside a sample's own
-    OUT/run.json                      model, fingerprint, instruction, modalities, dim, the part plan
+    OUT/run.json                      model, fingerprint (and content), instruction, modalities, dim, the part plan
 N is zero-padded to log10(parts) + 1 digits, so names sort in part order.
 
 Parts are fixed by the input alone: each shard (or the sorted media files) cut into runs of at most
@@ -160,6 +160,9 @@ def plan_input(spec: str, part_size: int) -> InputPlan:
     return InputPlan("shards", shards, counts, parts)
 
 
+FILE_KIND_OF = {"image": "image", "audio": "audio", "music": "audio", "video": "video"}   # modality -> its files
+
+
 def _kind(name: str) -> str:
     ext = name.rsplit(".", 1)[-1].lower()
     return file_kind(ext) or ext
@@ -180,21 +183,21 @@ def _one_file_per_kind(files: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def caption_of(meta: dict, fields: dict[str, bytes], strict: bool = True) -> str | None:
-    """A sample's caption: json `caption`, `txt`, or a synthetic-world scene's canonical description. A txt
+    """A sample's caption: json `caption`, `txt` (all of it), or a synthetic-world scene's canonical description. A txt
     that is not UTF-8 makes the sample a bad one (SampleSkip `bad_text`), not a caption with U+FFFD in it,
     when the caption is embedded (`strict`); when it is only metadata, its bad bytes read as U+FFFD."""
     if isinstance(meta.get("caption"), str) and meta["caption"].strip():
         return meta["caption"].strip()
     if "txt" in fields:
-        try:
-            text = fields["txt"].decode("utf-8").strip()
+        try:                                # utf-8-sig: a BOM is no part of the caption (as training reads it)
+            text = fields["txt"].decode("utf-8-sig").strip()
         except UnicodeDecodeError as e:
             if not strict:                  # only the metadata's caption: kept, its bad bytes as U+FFFD
-                text = fields["txt"].decode("utf-8", errors="replace").strip()
+                text = fields["txt"].decode("utf-8-sig", errors="replace").strip()
             else:
                 raise SampleSkip("bad_text", f"txt is not UTF-8 text (byte {e.start}: {e.reason})") from None
-        if text:
-            return text.splitlines()[0].strip()
+        if text:                            # the whole caption, as training and clip-retrieval read it (its first
+            return text                     # line alone was embedded: a review)
     labels = meta.get("labels")
     desc = labels.get("description") if isinstance(labels, dict) else None
     return desc if isinstance(desc, str) and desc else None
@@ -266,8 +269,12 @@ class WindowReader(torch.utils.data.IterableDataset):
                 for f in extra:                 # a.jpg + a.png: one sample per name stem; the others listed
                     yield key, str(root / f), None, DUPLICATE_FILE, (f"{f}: {kept[_kind(f)]} has the same name stem "
                                                                       "(one sample per stem)")
-                media = [f for k, f in kept.items() if k in ("image", "audio", "video")]
-                where = str(root / (media[0] if media else files[0]))     # the media file, not its caption
+                # the source: the file embedded (a.wav for --modality audio, not the a.jpg beside it: a review),
+                # else the sample's first media file, not its caption
+                asked = {FILE_KIND_OF.get(m) for m in self.modalities}
+                media = ([f for k, f in kept.items() if k in asked]
+                         or [f for k, f in kept.items() if k in ("image", "audio", "video")])
+                where = str(root / (media[0] if media else files[0]))
                 try:
                     unusual = [f for f in kept.values() if not (root / f).is_file()]
                     if unusual:                 # a FIFO blocks read_bytes for ever; a broken symlink
@@ -498,7 +505,7 @@ def input_contents(plan: InputPlan) -> list:
 
 
 def manifest(cfg, backend, plan: InputPlan) -> dict:
-    return {"model": model_reference(cfg.model), "fingerprint": backend.fingerprint,
+    return {"model": model_reference(cfg.model), "fingerprint": backend.fingerprint, "content": backend.content,
             "instruction": cfg.instruction or None,          # "" and none embed alike
             "modalities": list(cfg.modality), "dtype": cfg.out_dtype, "part_size": cfg.part_size,
             "compute_dtype": cfg.dtype, "batch_size": cfg.batch_size,
@@ -526,7 +533,8 @@ def check_manifest(out: Path, want: dict, backend=None) -> None:
             raise UserError(f"{path}: does not read as the export's settings ({str(have)[:80]}); restore it, or "
                             f"export into another --out")
         same_model = have.get("fingerprint") == want.get("fingerprint") or (
-            backend is not None and isinstance(have.get("fingerprint"), str) and backend.matches(have["fingerprint"]))
+            backend is not None and isinstance(have.get("fingerprint"), str)
+            and backend.matches(have["fingerprint"], have.get("content")))
         diff = [f"{k} ({have.get(k)!r:.60} -> {want.get(k)!r:.60})" for k in SAME_EXPORT
                 if ((have.get(k) or None) if k == "instruction" else have.get(k)) != want.get(k)]
         diff += [f"{k} ({have[k]!r} -> {want.get(k)!r})" for k in SAME_EXPORT_IF_RECORDED

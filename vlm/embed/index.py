@@ -474,7 +474,7 @@ class Index:
                 raise UserError(f"{self.folder / 'run.json'}: no model recorded; pass the model that made the export")
             emb = Embedder.load(spec, device=device)
             want = self.run.get("fingerprint")
-            if want and not emb.matches(want):
+            if want and not emb.matches(want, self.run.get("content")):
                 raise UserError(f"{spec}: not the weights / tokenizer {self.folder} was exported with (changed or replaced since: "
                                 f"fingerprint {emb.fingerprint}, the export's {want}); re-export, or pass the model "
                                 f"explicitly if it is the same weights moved")
