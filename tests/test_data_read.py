@@ -492,8 +492,12 @@ def test_shard_lists_folders_globs_and_braces(tmp_path):
     assert expand_shards(str(tmp_path / "{a,b}")) == a + b
     assert expand_shards([str(tmp_path / "b"), str(tmp_path / "a" / "s-*.tar")]) == b + a
     (tmp_path / "empty").mkdir()
+    os.symlink(tmp_path / "a" / "s-0.tar", tmp_path / "b" / "link.tar")     # (b's folder: sorted before s-*)
+    # a shard reached twice was read twice without a word (a review): one line naming both ways
     for spec, msg in [(tmp_path / "x*", "no shard matches"), (tmp_path / "a" / "s-9.tar", "shard not found"),
-                      (tmp_path / "empty", "folder has no .tar shards")]:
+                      (tmp_path / "empty", "folder has no .tar shards"),
+                      (tmp_path / "a" / "s-{0,0,1}.tar", r"s-0.tar is given twice"),
+                      (tmp_path / "{a,b}", r"s-0.tar is given twice \(.*a/s-0.tar; .*b/link.tar\)")]:
         with pytest.raises(UserError, match=msg):
             expand_shards(str(spec))
 

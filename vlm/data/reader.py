@@ -77,11 +77,24 @@ def ends_digest(path: str, span: int = 1 << 16) -> str:
 
 def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """A list / brace pattern / glob of tar files, or a folder (its index.json shards, else *.tar); a folder
-    that a brace pattern or a glob names stands for its shards too."""
+    that a brace pattern or a glob names stands for its shards too. A shard reached twice (`a-{0,0,1}.tar`, a
+    symlink beside its target) is an error: its samples were read twice, without a word (a review)."""
+    out = _expand(spec)
+    seen: dict[str, str] = {}
+    for s in out:
+        real = s if is_remote(s) else os.path.realpath(s)
+        if real in seen:
+            raise UserError(f"shard {real} is given twice ({seen[real]}; {s}): its samples would be read twice "
+                            "(to read a source more often, give it a larger weight)")
+        seen[real] = s
+    return out
+
+
+def _expand(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     import braceexpand
 
     if isinstance(spec, (list, tuple)):
-        out = [s for item in spec for s in expand_shards(item)]
+        out = [s for item in spec for s in _expand(item)]
         if not out:
             raise UserError("no shards given")
         return out
@@ -125,9 +138,9 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             hits = sorted(glob.glob(pat))
             if not hits:
                 raise UserError(f"no shard matches {pat}")
-            out += [s for hit in hits for s in (expand_shards(hit) if os.path.isdir(hit) else [hit])]
+            out += [s for hit in hits for s in (_expand(hit) if os.path.isdir(hit) else [hit])]
         elif os.path.isdir(pat):
-            out += expand_shards(pat)
+            out += _expand(pat)
         elif os.path.exists(pat):
             out.append(pat)
         else:
