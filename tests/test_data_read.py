@@ -171,6 +171,16 @@ def test_a_source_smaller_than_the_shuffle_buffer_is_shuffled_one_epoch_at_a_tim
     mixed = keys(take(ShardPipeline(str(tmp_path / "big.tar"), model.processor, batch_size=4, shuffle_buffer=4,
                                     seed=1), 3))
     assert sorted(mixed) != [f"b{i:04d}" for i in range(12)]       # the first 12 draws cross into epoch 2
+    # a data state saved before the change (no "epoch_shuffle") resumes its own stream exactly (a review: it
+    # continued the new one, which the old run never drew)
+    old = ShardPipeline(str(tmp_path / "small.tar"), model.processor, batch_size=4, shuffle_buffer=1000, seed=1)
+    old.dataset.epoch_shuffle = False
+    first, then = keys(take(old, 3)), keys(take(old, 3))
+    state = old.state_dict()
+    del state["epoch_shuffle"]
+    resumed = ShardPipeline(str(tmp_path / "small.tar"), model.processor, batch_size=4, shuffle_buffer=1000, seed=1)
+    resumed.load_state_dict(state)
+    assert keys(take(resumed, 3)) == keys(take(old, 3)) and len(set(first + then)) < 12
 
 
 @pytest.mark.parametrize("workers,packing", [(0, False), (2, True)])

@@ -184,6 +184,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.done = [False] * self.workers
         self.start_epoch = 0
         self.remote_shards: dict[str, list] = {}      # url -> [refs, error index, reason, message]
+        self.epoch_shuffle = True      # a source smaller than the buffer shuffled per epoch (`reader.shuffled`);
+        #                                False: a state saved before that continues its own stream exactly
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -202,7 +204,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         remote = RemoteContext(RemoteSettings(cfg.remote_timeout, cfg.remote_retries, cfg.remote_backoff),
                                dict(self.remote_shards), replaying=start > 0)
         refs = slot_refs(self.sources, cfg.seed, self.rank * self.workers + w, self.world_size * self.workers,
-                         cfg.shuffle_buffer, self.start_epoch, cfg.epochs, cfg.split, remote)
+                         cfg.shuffle_buffer, self.start_epoch, cfg.epochs, cfg.split, remote, self.epoch_shuffle)
         if start > 0:
             refs = self._replay(refs, start, remote)
         self.remote = remote
@@ -435,6 +437,7 @@ class ShardPipeline:
                 "rank": self.rank, "world_size": self.world_size, "num_workers": ds.workers,
                 "positions": list(ds.positions), "done": list(ds.done), "order": list(self.order),
                 "sources": self._fingerprint(), "contents": self._contents(), "stats": self.stats.to_dict(),
+                "epoch_shuffle": ds.epoch_shuffle,
                 **({"remote_shards": {u: list(v) for u, v in ds.remote_shards.items()}} if ds.remote_shards else {})}
 
     def load_state_dict(self, state: dict) -> None:
@@ -458,6 +461,7 @@ class ShardPipeline:
         self.check_contents(state.get("contents"))
         self.cfg.seed = int(state["seed"])
         ds.start_epoch = int(state["start_epoch"])
+        ds.epoch_shuffle = bool(state.get("epoch_shuffle", False))       # states before it: their own stream
         ds.positions = [int(p) for p in state["positions"]]
         ds.done = [bool(d) for d in state["done"]]
         self.order = [int(w) for w in state["order"]]

@@ -354,19 +354,21 @@ def source_refs(source: Source, index: int, seed: int, slot: int, num_slots: int
         epoch += 1
 
 
-def shuffled(refs: Iterable[SampleRef], bufsize: int, rng: random.Random) -> Iterator[SampleRef]:
+def shuffled(refs: Iterable[SampleRef], bufsize: int, rng: random.Random,
+             per_epoch: bool = True) -> Iterator[SampleRef]:
     """A shuffle buffer (webdataset's `shuffle`): fill `bufsize`, then emit a random one per new item.
 
     A source smaller than the buffer is shuffled one epoch at a time: a buffer filling across epochs held
     many copies of each sample, so the draws were as if with replacement (a review: 5 distinct samples in
-    the first 12 of 12). Once the buffer is full (a source larger than it), items flow as in webdataset."""
+    the first 12 of 12). Once the buffer is full (a source larger than it), items flow as in webdataset.
+    `per_epoch=False`: the buffer as it was before (a resumed data state saved then continues its stream)."""
     if bufsize <= 1:
         yield from refs
         return
     buf: list[SampleRef] = []
     for ref in refs:
         if len(buf) < bufsize:
-            if buf and ref.epoch != buf[0].epoch:       # the buffer holds a whole epoch: emit it first
+            if per_epoch and buf and ref.epoch != buf[0].epoch:    # the buffer holds a whole epoch: emit it first
                 rng.shuffle(buf)
                 yield from buf
                 buf = []
@@ -381,14 +383,14 @@ def shuffled(refs: Iterable[SampleRef], bufsize: int, rng: random.Random) -> Ite
 
 def slot_refs(sources: Sequence[Source], seed: int, slot: int, num_slots: int, shuffle_buffer: int = 1000,
               start_epoch: int = 0, epochs: int | None = None, split: str = "sample",
-              remote: RemoteContext | None = None) -> Iterator[tuple[int, SampleRef]]:
+              remote: RemoteContext | None = None, epoch_shuffle: bool = True) -> Iterator[tuple[int, SampleRef]]:
     """(source index, ref) for one slot: each source's (shuffled) refs, mixed by weight.
 
     Each draw picks a source with probability proportional to its weight among the sources not yet
     exhausted (only finite `epochs` exhaust); every random choice is seeded by (seed, slot).
     """
     streams = [iter(shuffled(source_refs(s, i, seed, slot, num_slots, start_epoch, epochs, split, remote),
-                             shuffle_buffer, _rng(seed, i, slot, start_epoch, 1)))
+                             shuffle_buffer, _rng(seed, i, slot, start_epoch, 1), epoch_shuffle))
                for i, s in enumerate(sources)]
     live = list(range(len(sources)))
     mix = _rng(seed, slot, start_epoch, 2)
