@@ -457,13 +457,17 @@ def test_converters_write_only_what_reads_back(tmp_path):
     # caption columns are a sample each; a third column is not part of the caption; a header naming no file
     # column, or no caption column, is one line
     (tmp_path / "clotho.csv").write_text("file_name,caption_1,caption_2,caption_3\na.wav,a dog,\"a dog, loud\",\n"
-                                         "b.wav,rain,soft rain,rain on a roof\n")
-    report = convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "clotho.csv"), str(tmp_path / "o6"))
+                                         "b.wav,rain,soft rain,rain on a roof\nempty.wav,,,\n")
+    report = convert.convert_media_folder(str(tmp_path / "media"), str(tmp_path / "clotho.csv"), str(tmp_path / "o6"),
+                                          max_bad=0.5)
+    assert report.reasons == {"no_caption": 1}, report.reasons             # every caption blank: none, not "a list"
     got = sorted((s["__key__"], meta(s)["caption"]) for s in read_raw(tmp_path / "o6"))
     assert got == [("a", "a dog"), ("a_1", "a dog, loud"), ("b", "rain"), ("b_1", "soft rain"),
-                   ("b_2", "rain on a roof")] and report.written == 5 and not report.reasons
+                   ("b_2", "rain on a roof")] and report.written == 5
     (tmp_path / "path.csv").write_text("path,caption,duration\na.wav,ça sonne,0.2\n", encoding="utf-8")
     assert convert.read_captions(str(tmp_path / "path.csv")) == {"a.wav": "ça sonne"}
+    (tmp_path / "nodot.csv").write_text("clip001,a dog barks\nsub/clip2,rain\n")     # no header, names without dots
+    assert convert.read_captions(str(tmp_path / "nodot.csv")) == {"clip001": "a dog barks", "sub/clip2": "rain"}
     for name, text, said in (("nofile.csv", "name,caption\na.wav,x\n", "is a header with no file column"),
                              ("nocap.csv", "file,label\na.wav,x\n", "has no caption column")):
         (tmp_path / name).write_text(text)

@@ -574,15 +574,15 @@ CAPTION_COLUMN = re.compile(r"(caption|text|description)(_?\d+)?")           # c
 
 def _captions_header(row: list[str], path: str) -> tuple[int, list[int]] | None:
     """A captions CSV's first row -> (file column, caption columns) when it is a header, None when it is a
-    file's row. A first cell that is no file name (no extension) is a header: one naming no file or caption
-    column is an error, not a sample (a Clotho header, `file_name,caption_1..5`, was read as one)."""
+    file's row. A row naming a file column is a header (a Clotho header, `file_name,caption_1..5`, was read as
+    a sample); one naming a caption column but no file column is an error, not a sample."""
     names = [c.strip().lower() for c in row]
     file_col = next((i for i, c in enumerate(names) if c in FILE_COLUMNS), None)
     if file_col is None:
-        if "." in names[0] or len(names) < 2:
-            return None
+        if len(names) < 2 or not any(CAPTION_COLUMN.fullmatch(c) for c in names):
+            return None                       # a file's row (`clip001,a dog barks`: a name without a dot too)
         raise UserError(f"{path}: the first row ({','.join(row)[:80]}) is a header with no file column "
-                        f"({', '.join(FILE_COLUMNS)}); or give rows file,caption without a header")
+                        f"({', '.join(FILE_COLUMNS)}); name it so, or give rows file,caption without a header")
     caps = [i for i, c in enumerate(names) if CAPTION_COLUMN.fullmatch(c)]
     if not caps:
         raise UserError(f"{path}: the header ({','.join(row)[:80]}) has no caption column (caption, caption_1 "
@@ -629,8 +629,8 @@ def read_captions(path: str) -> dict[str, Any]:
                 if bad is not None:
                     raise UserError(f"{path}: line {bad + 2} has {len(rows[bad])} fields, the header "
                                     f"{n_header}: quote a caption that holds a comma")
-                pairs = [(r[file_col], r[caps[0]] if len(caps) == 1 else
-                          [r[c].strip() for c in caps if c < len(r) and r[c].strip()]) for r in rows]
+                pairs = [(r[file_col], r[caps[0]] if len(caps) == 1 else    # every blank: no caption, as one
+                          [r[c].strip() for c in caps if c < len(r) and r[c].strip()] or "") for r in rows]
         else:                                     # file,caption without a header: a comma in a caption is kept
             bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
             if bad is not None:
