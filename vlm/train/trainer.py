@@ -81,9 +81,9 @@ class StepResult:
 
 def decay_groups(model: nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None) -> list[dict]:
     """AdamW groups: weight decay on matrices, none on norms and biases (1-D), nn.Embedding tables and what a
-    module's own `no_weight_decay()` names (timm's position embeddings and class tokens); other parameter
-    tables decay (MERT's code embeddings, as fairseq decays them; open_clip's positional embedding, as open_clip
-    does). Each group is split again by `lr_scale` (the stage's pattern -> LR multiplier, matched as its
+    module's own `no_weight_decay()` names (timm's and open_clip's vision towers: position embeddings, class
+    tokens); other parameter tables decay (MERT's code embeddings, as fairseq decays them). Each group is split
+    again by `lr_scale` (the stage's pattern -> LR multiplier, matched as its
     `trainable` patterns are: on the model's names, a TaskModule's `model.` prefix dropped; a parameter takes
     its first match, else 1). Every group carries its `lr_scale`, which the schedule multiplies the stage's LR by."""
     embeds = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
