@@ -123,6 +123,18 @@ def test_a_swapped_tokenizer_is_another_fingerprint(setup, tmp_path):
     changed = VLMBackend(tmp_path / "m").fingerprint
     (tmp_path / "m" / "chat_template.jinja").write_text("{{ messages }}")   # a file the tokenizer also reads
     assert VLMBackend(tmp_path / "m").fingerprint not in (before, changed)
+    # by content: a copy is the same model, a checkpoint of the same size with one weight in its middle changed
+    # is not (the first version hashed the ends of the file only: a review)
+    shutil.copytree(tmp_path / "m", tmp_path / "copy")
+    weights = bytearray((tmp_path / "m" / "model.safetensors").read_bytes())
+    weights[len(weights) // 2] ^= 1
+    (tmp_path / "copy2").mkdir()
+    for f in (tmp_path / "m").iterdir():
+        (tmp_path / "copy2" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "copy2" / "model.safetensors").write_bytes(bytes(weights))
+    m, copy, other = (VLMBackend(tmp_path / n) for n in ("m", "copy", "copy2"))
+    assert copy.fingerprint != m.fingerprint and copy.matches(m.fingerprint, m.content)
+    assert not other.matches(m.fingerprint, m.content)
 
 
 @pytest.mark.usefixtures("one_intra_op_thread")
