@@ -135,6 +135,12 @@ def test_a_swapped_tokenizer_is_another_fingerprint(setup, tmp_path):
     m, copy, other = (VLMBackend(tmp_path / n) for n in ("m", "copy", "copy2"))
     assert copy.fingerprint != m.fingerprint and copy.matches(m.fingerprint, m.content)
     assert not other.matches(m.fingerprint, m.content)
+    from vlm.embed.backends import content_id
+    big = bytearray(5 << 20)                                 # past a first-and-last-MiB sample of the file
+    (tmp_path / "a.bin").write_bytes(bytes(big))
+    big[len(big) // 2] = 1
+    (tmp_path / "b.bin").write_bytes(bytes(big))
+    assert content_id(tmp_path / "a.bin") != content_id(tmp_path / "b.bin")
 
 
 @pytest.mark.usefixtures("one_intra_op_thread")
