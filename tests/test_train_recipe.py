@@ -237,6 +237,8 @@ def test_a_key_given_twice_is_refused_and_merge_keys_still_work(tmp_path):
     recipe = R.load_recipe(str(shared), ["stages.2.filter.max_difficulty=0.9"], check_files=False)
     assert recipe.stages[2].filter.max_difficulty == 0.9 != recipe.stages[1].filter.max_difficulty
     assert recipe.stages[1].filter.tasks == recipe.stages[2].filter.tasks
+    with pytest.raises(UserError, match=r"^override 'x': YAML: an alias refers"):
+        R.load_recipe("llava-tiny", ["x=&a [*a]"], check_files=False)
     (tmp_path / "loop.yaml").write_text("a: &a\n  b: *a\n")
     with pytest.raises(UserError, match=r"loop\.yaml: YAML: an alias refers to a mapping or list that holds it"):
         read_yaml(tmp_path / "loop.yaml")

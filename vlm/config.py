@@ -287,6 +287,8 @@ def apply_override(raw: dict, item: str) -> None:
         hint = ("; quote list items holding { } : or , (e.g. '[\"https://host/s-{000..009}.tar\"]')"
                 if any(c in text for c in "{}:,") else "")
         raise UserError(f"override '{key}': value {text!r} is not valid YAML ({e.problem}){hint}") from None
+    except UserError as e:                          # a recursive alias, one that expands without end
+        raise UserError(f"override '{key}': {e}") from None
     parts = key.split(".")
     node: Any = raw
     for i, part in enumerate(parts):
