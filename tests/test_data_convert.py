@@ -197,9 +197,10 @@ def test_unreadable_or_odd_parquet_and_jsonl_are_one_line(tmp_path, datasets_lib
     # an Image column under another name was left unread: every row trained text-only, exit 0 (a review)
     from datasets import Dataset, Features, List, Value
     from datasets import Image as HFImage
+    turns = List({"from": Value("string"), "value": Value("string")})
     Dataset.from_dict({"picture": [{"bytes": jpg("red"), "path": None}], "conversations": conv},
-                      features=Features({"picture": HFImage(), "conversations": List(
-                          {"from": Value("string"), "value": Value("string")})})).to_parquet(str(tmp_path / "pic.parquet"))
+                      features=Features({"picture": HFImage(), "conversations": turns})).to_parquet(
+        str(tmp_path / "pic.parquet"))
     with pytest.raises(UserError, match=r"pic\.parquet: column 'picture' holds images .* --image-column picture"):
         convert_hf_dataset(str(tmp_path / "pic.parquet"), str(tmp_path / "o1"))
     assert convert_hf_dataset(str(tmp_path / "pic.parquet"), str(tmp_path / "o9"), image_column="picture").written == 1

@@ -621,7 +621,8 @@ def run(model, bench: Benchmark, ctx: Context) -> TaskResult:
             # the embeddings depend on the parquet files and the images the built rows read (an image replaced in
             # place is another input): those paths are in the queries, the parquet need not be read again
             images = sorted({it.query.image for q in ds.queries for it in (q.query, *q.candidates) if it.query.image})
-            keys[ds.name] = (f"mmeb-{data_hash([*mmeb_files(folder, spec['subset'], bench.data.split), *images], ctx.limit, spec)}")
+            files = mmeb_files(folder, spec["subset"], bench.data.split)
+            keys[ds.name] = f"mmeb-{data_hash([*files, *images], ctx.limit, spec)}"
             continue
         own = Skips()                # the samples this dataset's builder left out: counted per dataset, as queries
         if "path" in spec:

@@ -199,9 +199,10 @@ def add_cli(subparsers) -> None:
     p = formats.add_parser("media-folder", help="audio/music/video files + captions JSON or CSV",
                            description="A folder of audio (flac/wav ...), music or mp4 files + captions -> caption shards.")
     p.add_argument("folder")
-    p.add_argument("--captions", required=True, help="JSON ({file: caption or [captions]} or [{file, caption}]) or CSV: rows file,caption, "
-                   "or a header naming a file column (file, file_name, path ...) and caption columns (caption, "
-                   "caption_1 ... as Clotho's: a sample per caption)")
+    p.add_argument("--captions", required=True,
+                   help="JSON ({file: caption or [captions]} or [{file, caption}]) or CSV: rows file,caption, or a "
+                        "header naming a file column (file, file_name, path ...) and caption columns (caption, "
+                        "caption_1 ... as Clotho's: a sample per caption)")
     p.add_argument("--kind", choices=[m for m in MODALITIES if m != "image"], default="audio",
                    help="placeholder to use (default audio)")
     _common_convert_args(p)

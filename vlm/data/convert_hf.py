@@ -212,8 +212,8 @@ def convert_hf_dataset(path: str, out: str, split: str | None = None, image_colu
     img_col = _column(names, image_column, IMAGE_COLUMNS, "image", path, required=image_column is not None)
     unread = [c for c in names if c != img_col and _holds_images(first[c])]
     if img_col is None and unread:        # the rows would train without their images, exit 0 (a review)
-        raise UserError(f"{path}: column {unread[0]!r} holds images but no column is named {' or '.join(IMAGE_COLUMNS)}: "
-                        f"name it with --image-column {unread[0]}")
+        raise UserError(f"{path}: column {unread[0]!r} holds images but no column is named "
+                        f"{' or '.join(IMAGE_COLUMNS)}: name it with --image-column {unread[0]}")
 
     def items() -> Iterator[tuple[int, dict]]:
         """The rows; a file that stops the stream (a corrupt parquet, one whose columns differ from the

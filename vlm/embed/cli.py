@@ -149,7 +149,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def warn_other_model(cfg: SearchConfig, index, emb) -> None:
     """--model given and not the weights file the export was made with (a moved copy of the same weights is
     fine; other weights give scores in another space): said on stderr after the results."""
-    if cfg.model and index.run.get("fingerprint") and not emb.matches(index.run["fingerprint"], index.run.get("content")):
+    recorded = index.run.get("fingerprint")
+    if cfg.model and recorded and not emb.matches(recorded, index.run.get("content")):
         import sys
         print(f"warning: --model {cfg.model} is not the weights / tokenizer {cfg.dir} was exported with "
               f"({index.run.get('model')}); the scores mean something only for the same weights", file=sys.stderr)

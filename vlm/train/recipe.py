@@ -277,7 +277,9 @@ def validate(recipe: Recipe, world_size: int = 1, check_files: bool = True) -> N
     if recipe.runtime.eval.benchmarks:
         _validate_eval(recipe, check_files)
     else:                   # evaluation off: a setting of it would be ignored (every: -1 trained, exit 0: a review)
-        given = [f.name for f in dataclasses.fields(EvalSpec) if getattr(recipe.runtime.eval, f.name) != getattr(EvalSpec(), f.name)]
+        default = EvalSpec()
+        given = [f.name for f in dataclasses.fields(EvalSpec)
+                 if getattr(recipe.runtime.eval, f.name) != getattr(default, f.name)]
         _require(not given, f"runtime.eval.{given[0] if given else ''}", "evaluation is off while "
                  "runtime.eval.benchmarks is empty: name the benchmarks, or drop the setting")
 

@@ -209,9 +209,9 @@ class MaskedPrediction(Objective):
                             f"(objective_settings.noise_prob {settings.noise_prob}) mixes clips of the micro-batch: "
                             "keep grad_accum 1, or set noise_prob 0")
         if stage.batch_size // world_size < 2:
-            raise UserError(f"recipe field '{where}.batch_size': {stage.batch_size} leaves each of {world_size} rank(s) "
-                            "one clip, which the noise mixture has no other clip to mix with: use batch_size >= 2 "
-                            "per rank, or noise_prob 0")
+            raise UserError(f"recipe field '{where}.batch_size': {stage.batch_size} leaves each of {world_size} "
+                            "rank(s) one clip, which the noise mixture has no other clip to mix with: use batch_size "
+                            ">= 2 per rank, or noise_prob 0")
 
     @classmethod
     def smoke_settings(cls, raw):
