@@ -739,7 +739,11 @@ def test_a_media_folder_as_other_tools_leave_it(setup, tmp_path, capsys):
     assert sorted((s["source"].rsplit("/", 1)[-1], s["reason"]) for s in left) == [
         ("case.jpg", "duplicate_file"), ("dup.png", "duplicate_file")]
     assert res.rows + res.skipped == 7
-    assert json.loads((tmp_path / "e" / "stats" / "summary.json").read_text())["left_out_files"] == 2
+    summary = json.loads((tmp_path / "e" / "stats" / "summary.json").read_text())
+    assert summary["left_out_files"] == 2
+    # what the listing did not read is in the summary too (it was said on stderr only: a review)
+    assert summary["not_read"] == 2 and summary["not_read_examples"][1] == "noext"
+    assert summary["not_read_examples"][0].endswith("linked (a symlink)")
     # the row of case.JPG is case.JPG's embedding (the two files differ)
     Image.new("RGB", (40, 30), (20, 20, 200)).save(src / "case.jpg", format="JPEG")
     os.unlink(src / "z.jpg")

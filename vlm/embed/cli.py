@@ -94,7 +94,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
           f"({res.items_per_s:,.0f} items/s, {res.model_seconds / max(res.seconds, 1e-9):.0%} of the time in the model); "
           f"skipped {res.skipped}" + (f" ({by_reason(res.skipped_by_reason)}; listed in {cfg.out}/stats/)" if res.skipped else "")
           + (f"; {summary['left_out_files']} file(s) left out beside a sample's own (left_out_files in {cfg.out}/stats/)"
-             if summary.get("left_out_files") else ""))
+             if summary.get("left_out_files") else "")
+          + (f"; {summary['not_read']} folder(s) / file(s) of no media kind not read (not_read in "
+             f"{cfg.out}/stats/summary.json)" if summary.get("not_read") else ""))
     reasons = by_reason(summary.get("skipped_by_reason", {}))             # the whole export's, this run's parts and earlier
     if summary and summary["parts_done"] == summary["parts"] and summary["rows"] == 0:   # finished, nothing in it
         from vlm.errors import UserError

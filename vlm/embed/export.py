@@ -91,14 +91,16 @@ class InputPlan:
     counts: list[int]               # samples per source
     parts: list[Part]
     files: list[list[str]] = field(default_factory=list)   # files mode: each sample's files (relative paths)
+    not_read: list[str] = field(default_factory=list)       # files mode: folders not entered, files of no media kind
 
     def samples(self) -> int:
         return sum(self.counts)
 
 
-def _media_groups(folder: Path) -> list[list[str]]:
-    """Files under `folder` grouped by path without extension (`a.jpg` + `a.txt` = one sample), sorted.
-    Folders os.walk cannot enter (unreadable) or does not follow (symlinks: they can loop) are said on stderr."""
+def _media_groups(folder: Path) -> tuple[list[list[str]], list[str]]:
+    """Files under `folder` grouped by path without extension (`a.jpg` + `a.txt` = one sample), sorted, and what
+    is not read: folders os.walk cannot enter (unreadable) or does not follow (symlinks: they can loop), files of
+    no media kind. Those are said on stderr and kept for stats/summary.json."""
     groups: dict[str, list[str]] = {}
     unread: list[str] = []
     other: list[str] = []                   # files of no media kind (no extension, .pdf ...): said, not silently gone
@@ -122,7 +124,7 @@ def _media_groups(folder: Path) -> list[list[str]]:
     if other:
         print(f"{folder}: {len(other)} file(s) of no media kind left out: {', '.join(map(text_of, other[:5]))}"
               f"{' ...' if len(other) > 5 else ''}", file=sys.stderr)
-    return [groups[k] for k in sorted(groups)]
+    return [groups[k] for k in sorted(groups)], unread + other
 
 
 def plan_input(spec: str, part_size: int) -> InputPlan:
@@ -137,12 +139,12 @@ def plan_input(spec: str, part_size: int) -> InputPlan:
     if spec.endswith((".tar.gz", ".tgz")) or (p.is_dir() and not any(p.glob("*.tar")) and any(p.glob("*.tar.gz"))):
         raise UserError(f"{spec}: compressed (.tar.gz) shards are not read; give uncompressed .tar shards")
     if p.is_dir() and not any(p.glob("*.tar")) and not (p / "index.json").exists():
-        groups = _media_groups(p)
+        groups, not_read = _media_groups(p)
         if not groups:
             raise UserError(f"{spec}: no shards and no media files to embed")
         parts = [Part(i, str(p), s, min(s + part_size, len(groups)))
                  for i, s in enumerate(range(0, len(groups), part_size))]
-        return InputPlan("files", [str(p)], [len(groups)], parts, groups)
+        return InputPlan("files", [str(p)], [len(groups)], parts, groups, not_read)
     shards = expand_shards(spec)
     if p.is_dir():                  # a folder of shards is read as its shards: media files beside them are said
         loose = sorted(f.name for f in p.iterdir() if f.is_file() and file_kind(f.name) is not None)
@@ -664,31 +666,31 @@ def export(cfg) -> ExportResult:
             rows += len(keys)
             skipped.update(s["reason"] for s in lost)
     seconds = time.perf_counter() - t0
-    _finish(out, world, rank, len(plan.parts), names)
+    _finish(out, world, rank, len(plan.parts), names, plan.not_read)
     lost = sum(skipped.values())
     return ExportResult(out, len(plan.parts), written, rows, lost, seconds, (rows + lost) / max(seconds, 1e-9),
                         model_s, redone, dict(skipped))
 
 
-def _finish(out: Path, world: int, rank: int, count: int, names: list[str]) -> None:
+def _finish(out: Path, world: int, rank: int, count: int, names: list[str], not_read: list[str]) -> None:
     """After every rank is done (a barrier under torchrun), rank 0 sums the parts' stats into stats/summary.json;
     the other ranks wait for it (a second barrier: each reads the summary it prints)."""
     import torch.distributed as dist
     if world == 1:
-        _write_summary(out, count, names)
+        _write_summary(out, count, names, not_read)
         return
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("gloo")
     dist.barrier()
     if rank == 0:
-        _write_summary(out, count, names)
+        _write_summary(out, count, names, not_read)
     dist.barrier()
     if owns:
         dist.destroy_process_group()
 
 
-def _write_summary(out: Path, count: int, names: list[str]) -> None:
+def _write_summary(out: Path, count: int, names: list[str], not_read: list[str]) -> None:
     parts = [json.loads((out / "stats" / f"stats_{n}.json").read_text()) for n in names
              if (out / "stats" / f"stats_{n}.json").exists()]
     reasons = Counter()
@@ -696,7 +698,9 @@ def _write_summary(out: Path, count: int, names: list[str]) -> None:
         reasons.update(p["skipped_by_reason"])
     summary = {"parts": count, "parts_done": len(parts), "rows": sum(p["rows"] for p in parts),
                "skipped": sum(len(p["skipped"]) for p in parts), "skipped_by_reason": dict(reasons),
-               "left_out_files": sum(len(p.get("left_out_files", [])) for p in parts)}
+               "left_out_files": sum(len(p.get("left_out_files", [])) for p in parts),
+               # a media folder's folders not entered and files of no media kind (said on stderr only before)
+               "not_read": len(not_read), "not_read_examples": [text_of(x) for x in not_read[:100]]}
     write_text(out / "stats" / "summary.json", json.dumps(summary, indent=1))
 
 
