@@ -898,6 +898,11 @@ def test_synthetic_world_task_subset(tmp_path, capsys):
     assert index["splits"]["train"]["tasks"]["color"] > index["splits"]["train"]["tasks"]["fine_detail"]  # 7 : 3
     assert set(index["splits"]["test"]["tasks"]) == {"color", "fine_detail"}
     assert list(index["wds"]) == ["colors"] and sorted(os.listdir(tmp_path / "fd" / "wds")) == ["colors"]
+    # `--tasks a key=value`: the list flag swallowed the override as a task name ('seed=3': unknown task)
+    assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "s3"), "--samples", "10",
+                     "--splits", "train", "--tasks", "color", "seed=3"]) == 0
+    index = json.loads((tmp_path / "s3" / "index.json").read_text())
+    assert index["seed"] == 3 and index["selected"] == ["color"]
     # a review: the image class sets were built whatever --tasks said (a music build had wds/shapes)
     assert vlm_main(["data", "build", "synthetic-world", "--out", str(tmp_path / "fd"), "--samples", "30",
                      "--tasks", "music_tempo", "--splits", "test"]) == 0

@@ -395,6 +395,9 @@ def _flag_value(value: Any, tp: Any) -> Any:
     return value
 
 
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")      # `key=value` (a dotted key), as a list flag may swallow it
+
+
 def config_from_args(cls: type, args: argparse.Namespace, what: str = "config field") -> Any:
     """A `--config` file, the flags given over it, then `key=value` overrides, typed as `cls`; a field set by both a
     flag and an override is refused."""
@@ -405,11 +408,19 @@ def config_from_args(cls: type, args: argparse.Namespace, what: str = "config fi
             value = getattr(args, f"cfg_{f.name}")
             tp = hints[f.name]
             flags[f.name] = _flag_value(value, tp)
+    # `--tasks a b key=value`: a list flag takes every word after it, the override too (it became a task name)
+    moved = []
+    for name, value in list(flags.items()):
+        if isinstance(value, list) and any(isinstance(v, str) and _OVERRIDE.match(v) for v in value):
+            moved += [v for v in value if isinstance(v, str) and _OVERRIDE.match(v)]
+            flags[name] = [v for v in value if not (isinstance(v, str) and _OVERRIDE.match(v))]
+            if not flags[name]:
+                del flags[name]
     raw = read_yaml(args.config) if getattr(args, "config", None) else {}
     for name, value in flags.items():      # list flags add to the file's list
         raw[name] = [*raw.get(name, []), *value] if isinstance(value, list) and isinstance(raw.get(name), list) else value
     given = {f.name: flag_of(f) or f"the {f.name.upper()} argument" for f in dataclasses.fields(cls) if f.name in flags}
-    for item in getattr(args, "overrides", None) or []:
+    for item in [*moved, *(getattr(args, "overrides", None) or [])]:
         root = item.partition("=")[0].split(".")[0]
         if root in given:      # which should win is a guess either way
             raise UserError(f"{root} is given twice, by {given[root]} and by '{item}'; give one")
