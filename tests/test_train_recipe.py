@@ -519,3 +519,24 @@ def test_a_shard_that_is_not_a_tar_is_named_before_training(tmp_path, world, cap
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
     assert "recipe field 'data.world.shards.0'" in err and "b.tar: corrupt tar header at byte 0" in err, err
+
+
+def test_a_recipe_takes_a_local_llm_folder_and_a_checkpoints_llm(tmp_path):
+    """`vlm train llava-tiny model.settings.llm=DIR` and `iaa-tiny model.settings.llm=vlm:CKPT` (README's own
+    examples) were refused at validation: the weightless skeleton loaded weights on the meta device (a review).
+    The skeleton now has the real model's parameter names and shapes, and nothing on the meta device is read."""
+    import torch
+
+    import vlm
+    from vlm.llm import build_tiny_llm
+    llm, tok = build_tiny_llm("qwen2", seed=0)
+    llm.save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    ckpt = vlm.build("llava", "tiny", audio=None, music=None, video=None).save_pretrained(tmp_path / "ck")
+    for recipe, spec in (("llava-tiny", str(tmp_path / "llm")), ("iaa-tiny", f"vlm:{ckpt}")):
+        r = R.load_recipe(recipe, [f"model.settings.llm={spec}"], check_files=False)
+        R.check_model(r)
+        skeleton = R.model_skeleton(r.model)
+        real = R.build_model(r.model)
+        assert {n: p.shape for n, p in skeleton.named_parameters()} == {n: p.shape for n, p in real.named_parameters()}
+        assert all(p.device == torch.device("meta") for p in skeleton.llm.parameters())

@@ -156,9 +156,16 @@ def load_llm(path: str | os.PathLike, trust_remote_code: bool = False, dtype=tor
     weights = list(p.glob("*.safetensors"))
     require(weights, f"{p}: no *.safetensors weights (pickled .bin files are never loaded)")
     try:
-        model = _attention_fallback(lambda a: AutoModelForCausalLM.from_pretrained(
-            p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype,
-            attn_implementation=a), "sdpa")
+        if torch.empty(0).is_meta:
+            # a recipe's weightless skeleton (`vlm.train.recipe.model_skeleton`): the architecture from config.json;
+            # from_pretrained refuses the meta device, so `vlm train ... llm=DIR` was refused (a review)
+            from transformers import AutoConfig
+            config = AutoConfig.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=dtype)
+        else:
+            model = _attention_fallback(lambda a: AutoModelForCausalLM.from_pretrained(
+                p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype,
+                attn_implementation=a), "sdpa")
     except (OSError, ValueError) as e:
         raise UserError(f"{p}: cannot load the LLM: {str(e).splitlines()[0]}") from None
     except Exception as e:  # safetensors raises its own error type on a corrupt file

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm.errors import UserError
-from vlm.model import ModelConfig, MultimodalLM
+from vlm.model import FORMAT_VERSION, ModelConfig, MultimodalLM
 from vlm.registry import LLM_SOURCES, Registry
 
 # The builders' keyword for each modality's encoder (`vision="tiny-clip"`, `audio="whisper:tiny"` ...).
@@ -140,13 +140,35 @@ def resolve_llm(spec: str | dict, seed: int | None = 0):
     return L.load_llm(spec)
 
 
+def checkpoint_model(path: str, what: str = "") -> MultimodalLM:
+    """A multimodal checkpoint folder's model (any format: its architecture from config.json, its weights); on
+    the meta device (a recipe's weightless skeleton, `vlm.train.recipe.model_skeleton`) the architecture only:
+    loading weights there failed, so `vlm train ... llm=vlm:CKPT` was refused with a bogus weights error."""
+    import torch
+
+    from vlm.model_files import (  # not vlm.loading: it imports the families
+        format_version,
+        load_multimodal,
+        load_tokenizer,
+        read_config,
+        upgrade,
+    )
+    p = Path(path)
+    raw = read_config(p)
+    if not ("llm" in raw and "media" in raw):
+        raise UserError(f"{path}: not a multimodal LM checkpoint{f' ({what})' if what else ''}")
+    if torch.empty(0).is_meta:                          # under `with torch.device("meta")`
+        if format_version(p, raw) < FORMAT_VERSION:
+            raw, _ = upgrade(raw, {})
+        return MultimodalLM.from_config(ModelConfig.from_dict(raw), load_tokenizer(p))
+    return load_multimodal(p, raw)
+
+
 def checkpoint_llm(path: str):
     """(LLM, tokenizer) of a vlm checkpoint: its LLM alone (LoRA adapters merged in; encoders, connectors and
     an IAA route left behind), trainable as the new model's stages say."""
     from vlm import llm as L
-    from vlm.model_files import load_multimodal, read_config     # not vlm.loading: it imports the families
-    p = Path(path)
-    model = load_multimodal(p, read_config(p))
+    model = checkpoint_model(path, "an LLM given as vlm:CKPT is a checkpoint's")
     llm = L.merged_copy(model.llm)
     for p in llm.parameters():
         p.requires_grad_(True)

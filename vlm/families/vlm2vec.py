@@ -19,17 +19,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from vlm.errors import require
 from vlm.families.base import (
     FAMILIES,
     PROJECTORS,
     Family,
+    checkpoint_model,
     register_family,
 )
-from vlm.model import FORMAT_VERSION, ModelConfig, MultimodalLM
-from vlm.model_files import format_version, load_multimodal, load_tokenizer, read_config, upgrade
+from vlm.model import FORMAT_VERSION, MultimodalLM
+from vlm.model_files import format_version, read_config, upgrade
 
 
 def _init_config(init: str) -> dict:
@@ -43,12 +42,9 @@ def _init_config(init: str) -> dict:
 
 
 def load_init(init: str) -> MultimodalLM:
-    """A checkpoint folder's model (any format, any MultimodalLM family: its architecture from config.json,
-    its weights); on the meta device (the recipe's skeleton) the architecture only."""
-    raw = _init_config(init)
-    if torch.empty(0).is_meta:                          # under `with torch.device("meta")`
-        return MultimodalLM.from_config(ModelConfig.from_dict(raw), load_tokenizer(Path(init)))
-    return load_multimodal(Path(init), read_config(Path(init)))   # the stored config: upgraded with its weights
+    """A checkpoint folder's model (any format, any MultimodalLM family); the architecture only on the meta
+    device (`checkpoint_model`)."""
+    return checkpoint_model(init, "a vlm2vec model starts from one: llava, iaa, dragonfly, omni ...")
 
 
 def build_vlm2vec(base: str = "llava", base_size: str | None = "tiny", base_settings: dict | None = None,
