@@ -668,3 +668,36 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(family, vide
     (a, ga), (b, gb) = grads
     assert torch.allclose(a, b, atol=1e-6) and ga.keys() == gb.keys() and len(ga) > 10
     assert all(torch.allclose(ga[n], gb[n], atol=1e-6) for n in ga)
+
+
+SCALED_OR_OTHER_LLMS = {
+    "granite": {"model_type": "granite", "logits_scaling": 4.0},       # divides its logits
+    "cohere": {"model_type": "cohere", "logit_scale": 0.25},           # multiplies them
+    "opt": {"model_type": "opt", "ffn_dim": 128, "word_embed_proj_dim": 64},   # final_layer_norm
+    "gpt_neox": {"model_type": "gpt_neox"},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(SCALED_OR_OTHER_LLMS))
+@pytest.mark.parametrize("family", ["llava", "iaa"])
+def test_any_llm_gives_its_own_causal_lms_logits(arch, family):
+    """Granite's logits_scaling and Cohere's logit_scale were dropped (the loss, sampling and likelihoods at the
+    wrong scale; IAA's text path was not the base LLM); OPT and GPT-NeoX were refused (their final norm is
+    final_layer_norm). A review. The text-only logits are the LLM's own, bit for bit."""
+    spec = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            **SCALED_OR_OTHER_LLMS[arch]}
+    m = build(family, "tiny", llm=spec, audio=None, music=None, video=None).eval()
+    ids = torch.tensor([[20, 25, 27, 29, 31]])
+    with torch.no_grad():
+        assert torch.equal(m.logits(ids), vlm.llm.base_model(m.llm)(input_ids=ids).logits)
+
+
+def test_an_llm_scaling_its_logits_in_an_unknown_way_is_refused(tmp_path):
+    """... and a scaling the suite does not know is refused, as is exporting one it applies (transformers'
+    Llava would not)."""
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    m = build("llava", "tiny", llm={**SCALED_OR_OTHER_LLMS["granite"], **sizes}, audio=None, music=None, video=None)
+    assert cli(["export", str(m.save_pretrained(tmp_path / "g")), "--to", "hf-llava", "--out", str(tmp_path / "hf")]) == 2
+    with pytest.raises(UserError, match="scales the logits .logits_scaling 4.0. in a way this suite does not apply"):
+        build("llava", "tiny", llm={"model_type": "llama", "logits_scaling": 4.0, **sizes}, audio=None, music=None,
+              video=None)

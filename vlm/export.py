@@ -45,9 +45,11 @@ def to_hf_llava(model: MultimodalLM, out: str | Path) -> Path:
     causal = llm_lib.base_model(causal)
     text_cfg = causal.config
     cap = getattr(text_cfg, "final_logit_softcapping", None)
-    require(not cap, f"hf-llava export: the LLM ({text_cfg.model_type}) caps its logits (final_logit_softcapping "
-            f"{cap}), which transformers' Llava does not apply: the exported model's logits would differ from "
-            "this one's; evaluate it with vlm eval / the lmms-eval plugin instead")
+    scaled = llm_lib.logit_scale(text_cfg) != 1.0
+    require(not cap and not scaled, f"hf-llava export: the LLM ({text_cfg.model_type}) "
+            f"{'caps its logits (final_logit_softcapping ' + str(cap) + ')' if cap else 'scales its logits'}, which "
+            "transformers' Llava does not apply: the exported model's logits would differ from this one's; "
+            "evaluate it with vlm eval / the lmms-eval plugin instead")
     cfg = LlavaConfig(vision_config=enc.hf_vision_config.to_dict(), text_config=text_cfg.to_dict(),
                       image_token_id=model.placeholder_id["image"], projector_hidden_act="gelu",
                       vision_feature_select_strategy=enc.feature_select, vision_feature_layer=enc.feature_layer,

@@ -215,10 +215,45 @@ def llm_parts(llm) -> LLMParts:
     causal = base_model(llm)
     backbone = causal.get_decoder()
     layers = next((getattr(backbone, n) for n in ("layers", "h", "blocks") if hasattr(backbone, n)), None)
-    norm = next((getattr(backbone, n) for n in ("norm", "final_layernorm", "ln_f") if hasattr(backbone, n)), None)
+    norm = next((getattr(backbone, n) for n in ("norm", "final_layernorm", "ln_f", "final_layer_norm")
+                 if hasattr(backbone, n)), None)                      # final_layer_norm: OPT, GPT-NeoX (Pythia)
     if layers is None or norm is None:
-        raise UserError(f"LLM {type(causal).__name__}: cannot find its decoder layers / final norm")
+        raise UserError(f"LLM {type(causal).__name__}: cannot find its decoder layers / final norm (a decoder "
+                        f"stack under layers / h / blocks and a final norm: Llama-, GPT-2-, OPT-like architectures)")
+    logit_scale(causal.config)                        # an unknown scaling of its logits: refused here, not ignored
     return LLMParts(causal.get_input_embeddings(), layers, norm, causal.get_output_embeddings(), backbone)
+
+
+# What a CausalLM's forward does to its lm_head's output that a backbone-and-head model (ours: an IAA route has
+# heads of its own) must do too: model_type prefix -> (config attribute, how). Granite divides by
+# logits_scaling, HyperCLOVA X multiplies by it, Cohere multiplies by logit_scale (they were dropped: the
+# training loss, sampling and likelihoods at the wrong scale, a review).
+LOGIT_SCALES = {"granite": ("logits_scaling", "divide"), "hyperclovax": ("logits_scaling", "multiply"),
+                "cohere": ("logit_scale", "multiply")}
+
+
+def logit_scale(config) -> float:
+    """The factor a CausalLM of `config` multiplies its lm_head's logits by (1.0: none); a config with a scaling
+    attribute this table does not know is a UserError (its semantics differ by model)."""
+    model_type = str(getattr(config, "model_type", ""))
+    for prefix, (attr, how) in LOGIT_SCALES.items():
+        if model_type.startswith(prefix):
+            value = getattr(config, attr, None)
+            return 1.0 if not value else (1.0 / value if how == "divide" else float(value))
+    unknown = [a for a in ("logits_scaling", "logit_scale") if getattr(config, a, None) not in (None, 1, 1.0)]
+    if unknown:
+        raise UserError(f"LLM {model_type}: its config scales the logits ({unknown[0]} {getattr(config, unknown[0])}) "
+                        "in a way this suite does not apply: refused (its loss and sampling would be off)")
+    return 1.0
+
+
+def finish_logits(config, logits: torch.Tensor) -> torch.Tensor:
+    """The lm_head's logits as the CausalLM returns them: scaled (`logit_scale`), then soft-capped (Gemma 2 / 3)."""
+    scale = logit_scale(config)
+    if scale != 1.0:
+        logits = logits * scale
+    cap = getattr(config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 # ---------------------------------------------------------------------------------------------

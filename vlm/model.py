@@ -227,11 +227,10 @@ class MultimodalLM(nn.Module):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states -> logits: the route's head on the path of the latest forward (or generation),
-        with the LLM's logit soft-capping if it has one."""
+        with the LLM's logit scaling and soft-capping if it has them (`vlm.llm.finish_logits`)."""
         with self.route.path(self._multimodal):
             logits = self.route.head(self.parts, hidden)
-        cap = getattr(llm_lib.base_model(self.llm).config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return llm_lib.finish_logits(llm_lib.base_model(self.llm).config, logits)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, media=None, labels=None, **_):
         """Last hidden states [B, L, D_lm] (no loss: that is an objective's, `vlm.train.objectives`).
