@@ -701,3 +701,7 @@ def test_an_llm_scaling_its_logits_in_an_unknown_way_is_refused(tmp_path):
     with pytest.raises(UserError, match="scales the logits .logits_scaling 4.0. in a way this suite does not apply"):
         build("llava", "tiny", llm={"model_type": "llama", "logits_scaling": 4.0, **sizes}, audio=None, music=None,
               video=None)
+    # a hybrid state-space LLM built, then cached generation crashed inside transformers (a review): refused
+    for arch, kind in (("jamba", "mamba"), ("bamba", "linear_attention")):
+        with pytest.raises(UserError, match=rf"layers of kind {kind} .*not supported"):
+            build("llava", "tiny", llm={"model_type": arch, **sizes}, audio=None, music=None, video=None)

@@ -221,7 +221,16 @@ def llm_parts(llm) -> LLMParts:
         raise UserError(f"LLM {type(causal).__name__}: cannot find its decoder layers / final norm (a decoder "
                         f"stack under layers / h / blocks and a final norm: Llama-, GPT-2-, OPT-like architectures)")
     logit_scale(causal.config)                        # an unknown scaling of its logits: refused here, not ignored
+    kinds = getattr(causal.config, "layers_block_type", None) or getattr(causal.config, "layer_types", None) or []
+    other = sorted({str(k) for k in kinds} - ATTENTION_LAYERS)
+    if other:                 # Jamba, Bamba ...: generation with the suite's KV cache crashed in transformers (a review)
+        raise UserError(f"LLM {type(causal).__name__}: layers of kind {', '.join(other)} (a hybrid state-space / "
+                        "linear-attention architecture), whose state the suite's cached generation does not carry: "
+                        "not supported")
     return LLMParts(causal.get_input_embeddings(), layers, norm, causal.get_output_embeddings(), backbone)
+
+
+ATTENTION_LAYERS = {"attention", "full_attention", "sliding_attention", "chunked_attention"}   # a config's layer kinds
 
 
 # What a CausalLM's forward does to its lm_head's output that a backbone-and-head model (ours: an IAA route has
