@@ -697,7 +697,8 @@ def test_an_llm_scaling_its_logits_in_an_unknown_way_is_refused(tmp_path):
     Llava would not)."""
     sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
     m = build("llava", "tiny", llm={**SCALED_OR_OTHER_LLMS["granite"], **sizes}, audio=None, music=None, video=None)
-    assert cli(["export", str(m.save_pretrained(tmp_path / "g")), "--to", "hf-llava", "--out", str(tmp_path / "hf")]) == 2
+    ck = m.save_pretrained(tmp_path / "g")
+    assert cli(["export", str(ck), "--to", "hf-llava", "--out", str(tmp_path / "hf")]) == 2
     with pytest.raises(UserError, match="scales the logits .logits_scaling 4.0. in a way this suite does not apply"):
         build("llava", "tiny", llm={"model_type": "llama", "logits_scaling": 4.0, **sizes}, audio=None, music=None,
               video=None)

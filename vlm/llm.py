@@ -223,7 +223,7 @@ def llm_parts(llm) -> LLMParts:
     logit_scale(causal.config)                        # an unknown scaling of its logits: refused here, not ignored
     kinds = getattr(causal.config, "layers_block_type", None) or getattr(causal.config, "layer_types", None) or []
     other = sorted({str(k) for k in kinds} - ATTENTION_LAYERS)
-    if other:                 # Jamba, Bamba ...: generation with the suite's KV cache crashed in transformers (a review)
+    if other:                 # Jamba, Bamba ...: cached generation crashed inside transformers (a review)
         raise UserError(f"LLM {type(causal).__name__}: layers of kind {', '.join(other)} (a hybrid state-space / "
                         "linear-attention architecture), whose state the suite's cached generation does not carry: "
                         "not supported")
