@@ -35,7 +35,7 @@ import yaml
 
 from vlm.atomic import write_text
 from vlm.config import load_yaml
-from vlm.errors import UserError, read_text
+from vlm.errors import UserError, read_jsonl, read_text
 
 START, END = "<!-- vlm-eval results: start -->", "<!-- vlm-eval results: end -->"
 RESULTS_KEY = "vlm-results"
@@ -192,16 +192,7 @@ def read_results(paths: list[Path]) -> list[dict[str, Any]]:
 def _read_file(p: Path) -> list[dict[str, Any]]:
     """One results file's rows (checked; none for an empty file)."""
     rows = []
-    lines = read_text(p, "results file (JSON lines)").splitlines()
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}: line {i} is not JSON ({e.msg})") from None
-        except RecursionError:
-            raise UserError(f"{p}: line {i} is JSON nested too deep to read") from None
+    for i, r in read_jsonl(p, "results file (JSON lines)"):
         why = row_problem(r)
         if why:
             raise UserError(f"{p}: line {i} {why}")

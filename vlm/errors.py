@@ -39,6 +39,22 @@ def read_text(path: str | os.PathLike, what: str, encoding: str = "utf-8-sig", n
         raise UserError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
 
 
+def read_jsonl(path: str | os.PathLike, what: str) -> list[tuple[int, object]]:
+    """A user's JSON Lines file (`read_text`): (line number, value) of each non-blank line; a line that does not
+    parse, or nests too deep to, is a UserError naming the file and the line."""
+    import json
+    out = []
+    for n, line in enumerate(read_text(path, what).splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {n} is not JSON ({e.msg}, column {e.colno})") from None
+            except RecursionError:
+                raise UserError(f"{path}: line {n} is JSON nested too deep to read") from None
+    return out
+
+
 def text_of(name: str) -> str:
     """A file or folder name as text: bytes that are not UTF-8 (kept by Python as surrogates, which no JSON,
     parquet or tar header takes) become U+FFFD."""

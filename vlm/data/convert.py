@@ -34,7 +34,7 @@ from typing import Any
 from vlm.atomic import write_text
 from vlm.data.template import normalise_conversation
 from vlm.data.writer import ShardWriter, validate_sample
-from vlm.errors import UserError, read_text, text_of
+from vlm.errors import UserError, read_jsonl, read_text, text_of
 from vlm.modalities import MODALITIES, PLACEHOLDERS, file_kind, short_error
 
 DEFAULT_TEMPLATES = ["a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "a photo of the {c}."]
@@ -252,20 +252,6 @@ def _load_json(path: str) -> Any:
         raise UserError(f"{path}: JSON nested too deep to read") from None
 
 
-def _load_jsonl(path: str) -> list[Any]:
-    """JSON Lines: one record per non-blank line; a line that does not parse is one error naming it."""
-    records = []
-    for n, line in enumerate(read_text(path, "JSON Lines file").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {n} is not JSON (column {e.colno}: {e.msg})") from None
-            except RecursionError:
-                raise UserError(f"{path}: line {n}: JSON nested too deep to read") from None
-    return records
-
-
 UNREAD_MEDIA_KEYS = ("video", "videos", "audio", "audios")     # llava-json record keys of media it does not read
 ALIASES = {"image": "images", "conversations": "messages"}       # llava-json record keys read under two names
 
@@ -316,7 +302,8 @@ def convert_llava_json(json_path: str, image_root: str, out: str, source: str | 
     (`{"type": "image"}` is `<image>`). A record with media this converter does not read (`video`, `audio`) is
     skipped and counted (`unread_media`), not trained as text. A `.jsonl` file is read one record per line.
     """
-    records = _load_jsonl(json_path) if json_path.lower().endswith(".jsonl") else _load_json(json_path)
+    records = ([r for _, r in read_jsonl(json_path, "JSON Lines file")] if json_path.lower().endswith(".jsonl")
+               else _load_json(json_path))
     if not isinstance(records, list):
         raise UserError(f"{json_path}: expected a list of records, got {type(records).__name__}")
     if not os.path.isdir(image_root):
