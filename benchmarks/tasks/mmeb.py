@@ -199,9 +199,10 @@ def evaluate(model, datasets: list[Dataset], ctx: Context, cache_key: Callable[[
                 raise UserError(f"benchmark dataset {ds.name}: every one of its {len(scores)} queries has an input "
                                 f"or a candidate whose media do not read")
             # the gold alone (one candidate, or only its copies): a hit by construction, nothing measured
-            pairs = [(k, r) for k in kept if len(r := without_gold_copies(*k)) >= 2]
+            all_ranked = [without_gold_copies(*k) for k in kept]
+            pairs = [(k, r) for k, r in zip(kept, all_ranked) if len(r) >= 2]
             skipped["one_candidate"] += len(kept) - len(pairs)
-            alone = [q.key for q, s in kept if len(without_gold_copies(q, s)) < 2]
+            alone = [q.key for (q, _), r in zip(kept, all_ranked) if len(r) < 2]
             if alone:
                 examples.setdefault("one_candidate", f"{ds.name} {alone[0]}")
             kept, ranked = [k for k, _ in pairs], [r for _, r in pairs]
