@@ -411,11 +411,13 @@ def config_from_args(cls: type, args: argparse.Namespace, what: str = "config fi
     # `--tasks a b key=value`: a list flag takes every word after it, the override too (it became a task name)
     moved = []
     for name, value in list(flags.items()):
-        if isinstance(value, list) and any(isinstance(v, str) and _OVERRIDE.match(v) for v in value):
-            moved += [v for v in value if isinstance(v, str) and _OVERRIDE.match(v)]
-            flags[name] = [v for v in value if not (isinstance(v, str) and _OVERRIDE.match(v))]
-            if not flags[name]:
-                del flags[name]
+        if isinstance(value, list):
+            swallowed = [v for v in value if isinstance(v, str) and _OVERRIDE.match(v)]
+            if swallowed:
+                moved += swallowed
+                flags[name] = [v for v in value if v not in swallowed]
+                if not flags[name]:
+                    del flags[name]
     raw = read_yaml(args.config) if getattr(args, "config", None) else {}
     for name, value in flags.items():      # list flags add to the file's list
         raw[name] = [*raw.get(name, []), *value] if isinstance(value, list) and isinstance(raw.get(name), list) else value
