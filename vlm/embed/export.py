@@ -507,7 +507,7 @@ def input_contents(plan: InputPlan) -> list:
 
 
 def manifest(cfg, backend, plan: InputPlan) -> dict:
-    return {"model": model_reference(cfg.model), "fingerprint": backend.fingerprint, "content": backend.content,
+    return {"model": model_reference(cfg.model), "fingerprint": backend.fingerprint,
             "instruction": cfg.instruction or None,          # "" and none embed alike
             "modalities": list(cfg.modality), "dtype": cfg.out_dtype, "part_size": cfg.part_size,
             "compute_dtype": cfg.dtype, "batch_size": cfg.batch_size,
@@ -558,7 +558,9 @@ def check_manifest(out: Path, want: dict, backend=None) -> None:
         raise UserError(f"{out} holds {len(made)} export file(s) ({made[0].relative_to(out)} ...) but no run.json "
                         f"(another export, or its run.json removed): its parts would be taken as this export's; "
                         f"use another --out or delete the folder")
-    write_text(path, json.dumps(want, indent=1))
+    # the model by content (a full read of its weights) only here, where run.json is first written: a resume, which
+    # compares fingerprints, does not read them again (`Backend.matches` reads them only when those differ)
+    write_text(path, json.dumps({**want, "content": backend.content} if backend is not None else want, indent=1))
 
 
 def _changed(a: dict, b: dict) -> str:
