@@ -162,9 +162,6 @@ def plan_input(spec: str, part_size: int) -> InputPlan:
     return InputPlan("shards", shards, counts, parts)
 
 
-FILE_KIND_OF = {"image": "image", "audio": "audio", "music": "audio", "video": "video"}   # modality -> its files
-
-
 def _kind(name: str) -> str:
     ext = name.rsplit(".", 1)[-1].lower()
     return file_kind(ext) or ext
@@ -273,7 +270,7 @@ class WindowReader(torch.utils.data.IterableDataset):
                                                                       "(one sample per stem)")
                 # the source: the file embedded (a.wav for --modality audio, not the a.jpg beside it: a review),
                 # else the sample's first media file, not its caption
-                asked = {FILE_KIND_OF.get(m) for m in self.modalities}
+                asked = {MODALITIES[m].files for m in self.modalities if m in MODALITIES}   # (text: its caption)
                 media = ([f for k, f in kept.items() if k in asked]
                          or [f for k, f in kept.items() if k in ("image", "audio", "video")])
                 where = str(root / (media[0] if media else files[0]))
