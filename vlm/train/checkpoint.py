@@ -15,6 +15,7 @@ Everything is loaded with safetensors or `torch.load(weights_only=True)`: no pic
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import random
@@ -133,42 +134,44 @@ def save(run_dir: Path, state: TrainerState, d, plain_model, optim_state: dict |
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     d.barrier()
-    try:
-        torch.save(rank_state, tmp / rank_file(d.rank))
-        if d.is_main:
-            plain_model.save_pretrained(tmp / MODEL_DIR)
-            torch.save(optim_state, tmp / OPTIM_FILE)
-        # each rank's own files on disk before trainer.json marks the folder complete and the rename puts it in place
-        fsync_files(tmp, [rank_file(d.rank), *([OPTIM_FILE] if d.is_main else [])])
-        if d.is_main:
-            fsync_files(tmp / MODEL_DIR)
-    except RuntimeError as e:       # torch's writer on a full disk: "[enforce fail at inline_container.cc] unexpected pos"
-        if "inline_container" not in str(e) and "file write failed" not in str(e):
-            raise
-        raise UserError(f"{tmp}: the checkpoint could not be written ({str(e).splitlines()[0][:160]}): is the disk "
-                        f"full? The checkpoints before it are whole; free space and rerun with --resume") from None
-    except FileNotFoundError as e:  # the folder removed under the save (`rm -rf checkpoints` while training)
-        if tmp.is_dir():
-            raise
-        raise _gone(tmp, e) from None
+    with _unless_removed(tmp):              # (the folder removed under the save: one line)
+        try:
+            torch.save(rank_state, tmp / rank_file(d.rank))
+            if d.is_main:
+                plain_model.save_pretrained(tmp / MODEL_DIR)
+                torch.save(optim_state, tmp / OPTIM_FILE)
+            # each rank's own files on disk before trainer.json marks the folder complete and it is renamed
+            fsync_files(tmp, [rank_file(d.rank), *([OPTIM_FILE] if d.is_main else [])])
+            if d.is_main:
+                fsync_files(tmp / MODEL_DIR)
+        except RuntimeError as e:   # torch's writer, disk full: "[enforce fail at inline_container.cc] unexpected pos"
+            if "inline_container" not in str(e) and "file write failed" not in str(e):
+                raise
+            raise UserError(f"{tmp}: the checkpoint could not be written ({str(e).splitlines()[0][:160]}): is the disk "
+                            f"full? The checkpoints before it are whole; free space and rerun with --resume") from None
     d.barrier()                                       # every rank's file is on disk
     if d.is_main:
-        try:
+        with _unless_removed(tmp):
             _write_json(tmp / TRAINER_FILE, asdict(state))
             replace_dir(tmp, final)                   # the old folder or the new, never a mix
-        except FileNotFoundError as e:
-            if tmp.is_dir():
-                raise
-            raise _gone(tmp, e) from None
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     d.barrier()
     return final
 
 
-def _gone(tmp: Path, e: OSError) -> UserError:
-    return UserError(f"{tmp}: the checkpoint being written was removed ({e.strerror}: {e.filename}; was the run's "
-                     f"checkpoints/ folder deleted while it trained?); the run stopped here: rerun with --resume")
+@contextlib.contextmanager
+def _unless_removed(tmp: Path):
+    """A FileNotFoundError because the folder being written was removed under the save (`rm -rf checkpoints`
+    while training) is one line; any other is raised as it is."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        if tmp.is_dir():
+            raise
+        raise UserError(f"{tmp}: the checkpoint being written was removed ({e.strerror}: {e.filename}; was the run's "
+                        f"checkpoints/ folder deleted while it trained?); the run stopped here: rerun with --resume") \
+            from None
 
 
 def _write_json(path: Path, obj) -> None:
