@@ -62,11 +62,13 @@ def check_header(h: bytes, pos: int) -> None:
     """
     if pos == 0 and h[:2] == b"\x1f\x8b":
         raise TarBroken("bad_tar", GZIP_MESSAGE)
+    if len(h) < 512:
+        return
     try:
-        checksum = _octal(h[148:156]) if len(h) == 512 else None
-    except TarBroken:
-        checksum = -1
-    if checksum is not None and checksum != sum(h) - sum(h[148:156]) + 256:  # checksum field = spaces
+        ok = _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256          # checksum field = spaces
+    except TarBroken:                                                      # not even a number there
+        ok = False
+    if not ok:
         raise TarBroken("bad_tar", f"corrupt tar header at byte {pos}")
 
 
