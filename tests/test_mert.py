@@ -566,6 +566,8 @@ MERT_BAD = [   # each trained with exit 0 before (a NaN teacher, an error traine
      "stages.0.objective_settings.teacher_settings", "steps must be an integer >= 1"),
     (["stages.0.objective_settings.teacher_settings={n_mels: 0}"],
      "stages.0.objective_settings.teacher_settings", "n_mels must be an integer >= 1"),
+    (["stages.0.objective_settings.teacher_settings={features: [log_mel, mfc]}"],
+     "stages.0.objective_settings.teacher_settings", "unknown feature kind 'mfc'"),
     (["stages.0.objective_settings.codebook_weight=-1"], "stages.0.objective_settings.codebook_weight", ">= 0"),
     (["stages.0.objective_settings.regression_weight=-1"], "stages.0.objective_settings.regression_weight", ">= 0"),
     (["stages.0.objective_settings.codebook_weight=0", "stages.0.objective_settings.regression=false"],

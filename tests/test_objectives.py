@@ -292,6 +292,36 @@ def test_kmeans_teacher_is_deterministic_for_a_seed():
     assert codes.shape == (4, 100, 2) and codes.max() < 8 and len(codes.unique()) > 1
 
 
+def test_kmeans_teacher_features_choose_its_codebooks_and_mfcc_are_torchaudios():
+    """`features` picks the mel_kmeans teacher's codebooks, one per kind; `mfcc` (HuBERT's first-iteration
+    features) is torchaudio's MFCC of the clip's log-mel bands with deltas and delta-deltas (39 values)."""
+    import torchaudio
+
+    from vlm.errors import UserError
+    from vlm.train.objectives.teachers import MelKMeans, normalise
+    gen = torch.Generator().manual_seed(0)
+    waves = [torch.stack([torch.from_numpy(tone(110 * (1 + i + j), 2.0, 24000)) for j in range(4)])
+             + 0.01 * torch.randn(4, 48000, generator=gen) for i in range(3)]
+    a = MelKMeans(codebook_size=8, features=["log_mel", "chroma", "mfcc"])
+    b = MelKMeans(codebook_size=8, features=["log_mel", "chroma", "mfcc"])
+    a.fit(iter(waves), seed=0)
+    b.fit(iter(waves), seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    codes = a(waves[0], 100)
+    assert a.codebook_sizes == [8, 8, 8] and codes.shape == (4, 100, 3) and len(codes[..., 2].unique()) > 1
+    mfcc = MelKMeans(codebook_size=8, features=["mfcc"]).features(waves[0], 100)[0]          # [4, 100, 39]
+    ref = torchaudio.transforms.MFCC(24000, n_mfcc=13, log_mels=True,
+                                     melkwargs={"n_fft": 1024, "hop_length": 320, "n_mels": 64})
+    static = ref(normalise(waves[0], None))[..., :100]                                      # [4, 13, 100]
+    d1 = torchaudio.functional.compute_deltas(static)
+    want = torch.cat([static, d1, torchaudio.functional.compute_deltas(d1)], 1).transpose(1, 2)
+    assert mfcc.shape == (4, 100, 39) and torch.allclose(mfcc, want, atol=1e-3), (mfcc - want).abs().max()
+    for bad, why in ([[], "non-empty list"], ["mfcc", "non-empty list"], [["mfc"], "unknown feature kind 'mfc'"],
+                     [["mfcc", "mfcc"], "given twice"]):
+        with pytest.raises(UserError, match=why):
+            MelKMeans(features=bad)
+
+
 def test_a_kmeans_teacher_fitted_on_silence_says_so(capsys):
     """Found by a review: pretraining on all-silent clips trained on with exit 0, the only sign sklearn's
     raw ConvergenceWarning ('Number of distinct clusters (1) found smaller than n_clusters')."""

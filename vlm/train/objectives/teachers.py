@@ -8,7 +8,7 @@ codebooks per frame) and the musical teacher (a constant-Q spectrum per frame).
 
 Three acoustic teachers, chosen in the recipe (`objective_settings.teacher`):
 - `mel_kmeans`: k-means units of log-mel and chroma frames fitted on the training audio (MERT-v0 /
-  HuBERT's first iteration); 2 codebooks.
+  HuBERT's first iteration); 2 codebooks (`features` adds MFCCs, HuBERT's own, or picks others).
 - `rvq`: a small residual-vector-quantised autoencoder trained first on the training audio (EnCodec's
   recipe in miniature, on log-mel frames instead of the waveform); 8 codebooks by default.
 - `encodec`: a user's local EnCodec checkpoint through transformers' `EncodecModel` (MERT-v1: 24 kHz
@@ -86,6 +86,11 @@ class AcousticTeacher(nn.Module):
     # setting -> (its lowest value, whether that value itself is refused): checked (and read as numbers) by `typed_limits`
     limits: ClassVar[dict[str, tuple[float, bool]]] = {}
 
+    @classmethod
+    def settings_error(cls, settings: dict[str, Any]) -> str | None:
+        """What is wrong with the teacher's own settings beyond `limits` (checked before anything is built)."""
+        return None
+
     def fit(self, batches, seed: int = 0) -> None:
         """Learn the codebooks from training audio: `batches` yields [B, N] waveforms at 24 kHz."""
 
@@ -136,31 +141,70 @@ class LogMel(nn.Module):
 @ACOUSTIC_TEACHERS.register("mel_kmeans")
 class MelKMeans(AcousticTeacher):
     """The MERT-v0 / HuBERT first-iteration teacher: k-means units of hand-made features fitted on the
-    training audio, no download. Two codebooks: log-mel frames (timbre, 64 mel bands) and chroma frames
-    (harmony, 12 pitch classes from the CQT), each standardised and clustered by k-means."""
+    training audio, no download. One codebook per feature kind (`features`), each standardised and clustered
+    by k-means: `log_mel` (n_mels log-mel bands: spectrum), `chroma` (12 log pitch classes from the CQT:
+    harmony; MERT-v0's pair is these two, the default) and `mfcc` (HuBERT's first-iteration features: 13
+    MFCCs of the log-mel bands with their deltas and delta-deltas, 39 values: the spectral envelope, i.e.
+    timbre, with pitch largely folded out)."""
 
     limits: ClassVar[dict[str, tuple[float, bool]]] = {"n_mels": (1, False)}
+    KINDS: ClassVar[tuple[str, ...]] = ("log_mel", "chroma", "mfcc")
+    N_MFCC: ClassVar[int] = 13
 
-    def __init__(self, codebook_size: int = 64, n_mels: int = 64, max_frames: int = 20000):
+    def __init__(self, codebook_size: int = 64, n_mels: int = 64, max_frames: int = 20000,
+                 features: list[str] | tuple[str, ...] = ("log_mel", "chroma")):
         super().__init__()
         _check_limits(type(self), "mel_kmeans", n_mels=n_mels)
-        self.codebook_sizes = [int(codebook_size)] * 2
+        error = self.features_error(features)
+        if error:
+            raise UserError(f"mel_kmeans teacher: {error}")
+        self.kinds = list(features)
+        self.codebook_sizes = [int(codebook_size)] * len(self.kinds)
         self.max_frames = max_frames
         self.log_mel = LogMel(n_mels)
         self.cqt = CQTTarget()
-        for i, d in enumerate([n_mels, 12]):
-            self.register_buffer(f"mean{i}", torch.zeros(d))
-            self.register_buffer(f"std{i}", torch.ones(d))
-            self.register_buffer(f"centroids{i}", torch.zeros(codebook_size, d))
+        if "mfcc" in self.kinds:
+            import torchaudio
+            self.register_buffer("dct", torchaudio.functional.create_dct(self.N_MFCC, n_mels, "ortho"))
+        dims = {"log_mel": n_mels, "chroma": 12, "mfcc": 3 * self.N_MFCC}
+        for i, kind in enumerate(self.kinds):
+            self.register_buffer(f"mean{i}", torch.zeros(dims[kind]))
+            self.register_buffer(f"std{i}", torch.ones(dims[kind]))
+            self.register_buffer(f"centroids{i}", torch.zeros(codebook_size, dims[kind]))
+
+    @classmethod
+    def features_error(cls, features: Any) -> str | None:
+        """What is wrong with a `features` setting (a non-empty list of distinct KINDS), or None."""
+        if isinstance(features, str) or not isinstance(features, (list, tuple)) or not features:
+            return f"features must be a non-empty list of {list(cls.KINDS)}, got {features!r}"
+        for f in features:
+            if f not in cls.KINDS:
+                return f"features: unknown feature kind {f!r}; known: {list(cls.KINDS)}"
+        if len(set(features)) < len(features):
+            return f"features: a kind is given twice in {list(features)}"
+        return None
+
+    @classmethod
+    def settings_error(cls, settings: dict[str, Any]) -> str | None:
+        return cls.features_error(settings["features"]) if "features" in settings else None
 
     def features(self, wave: Tensor, frames: int, lengths: Tensor | None = None,
                  cqt: Tensor | None = None) -> list[Tensor]:
-        """[B, frames, 64] log-mel and [B, frames, 12] log-chroma of the normalised clip (its CQT computed
-        here unless given: `cqt`, [B, frames, 336] as `CQTTarget` gives it)."""
+        """One [B, frames, d] tensor per feature kind of the normalised clip, in `features` order (its CQT
+        computed here unless given: `cqt`, [B, frames, 336] as `CQTTarget` gives it)."""
+        import torchaudio
         wave = normalise(wave.float(), lengths)
-        spec = self.cqt(wave, frames) if cqt is None else cqt
-        chroma = torch.log(self.cqt.chroma(spec) + 1e-5)                                # [B, T, 12]
-        return [self.log_mel(wave, frames), chroma]
+        out: dict[str, Tensor] = {}
+        if "log_mel" in self.kinds or "mfcc" in self.kinds:
+            out["log_mel"] = self.log_mel(wave, frames)                                   # [B, T, n_mels]
+        if "chroma" in self.kinds:
+            spec = self.cqt(wave, frames) if cqt is None else cqt
+            out["chroma"] = torch.log(self.cqt.chroma(spec) + 1e-5)                      # [B, T, 12]
+        if "mfcc" in self.kinds:
+            c = (out["log_mel"] @ self.dct).transpose(1, 2)                              # [B, 13, T]
+            d1 = torchaudio.functional.compute_deltas(c)
+            out["mfcc"] = torch.cat([c, d1, torchaudio.functional.compute_deltas(d1)], 1).transpose(1, 2)
+        return [out[k] for k in self.kinds]
 
     def fit(self, batches, seed: int = 0) -> None:
         from sklearn.cluster import KMeans
@@ -173,7 +217,7 @@ class MelKMeans(AcousticTeacher):
                                 f"objective setting teacher_frames, or the stage's audio, is too small)")
             distinct = torch.unique(x, dim=0).shape[0]
             if distinct < k:           # all-silent or all-alike audio: sklearn warned of 'distinct clusters' only
-                print(f"warning: the mel_kmeans teacher's {('log-mel', 'chroma')[i]} frames of the training audio "
+                print(f"warning: the mel_kmeans teacher's {self.kinds[i]} frames of the training audio "
                       f"take {distinct} distinct value(s) for {k} units: the clips are silent or alike, and the "
                       f"codes it predicts carry little", file=sys.stderr, flush=True)
             mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
@@ -191,7 +235,7 @@ class MelKMeans(AcousticTeacher):
         for i, f in enumerate(self.features(wave, frames, lengths, cqt)):
             z = (f - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")             # [B, T, d]
             codes.append(torch.cdist(z, getattr(self, f"centroids{i}")[None]).argmin(-1))   # [B, T]
-        return torch.stack(codes, -1)                                                  # [B, T, 2]
+        return torch.stack(codes, -1)                                                  # [B, T, K]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +588,9 @@ def teacher_settings_error(kind: str, settings: dict[str, Any]) -> str | None:
         typed_limits(ACOUSTIC_TEACHERS.get(kind), settings)
     except UserError as e:
         return f"teacher '{kind}': {e}"
+    error = ACOUSTIC_TEACHERS.get(kind).settings_error(settings)
+    if error:
+        return f"teacher '{kind}': {error}"
     if kind == "encodec":
         try:
             check_encodec_folder(settings.get("path"))
