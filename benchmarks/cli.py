@@ -76,6 +76,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"\n{done} run, {reused} already done, "                                     # skip is a skip)
           f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "
           f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses", file=sys.stderr)
+    if res.not_shown:
+        print(f"{res.not_shown} earlier result(s) in {cfg.out} not shown: other weights under a model's name, or a "
+              f"benchmark on other data or another --limit than it was last asked on (kept in {cfg.out}/results/)",
+              file=sys.stderr)
     print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",
           file=sys.stderr)
     check_something_applied(res)

@@ -38,7 +38,7 @@ from benchmarks.data import shard_files
 from benchmarks.metrics import skipped_items
 from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
-from benchmarks.store import RESULTS, latest, names_taken, read_records, same_model_key
+from benchmarks.store import RESULTS, latest, names_taken, not_shown, read_records, same_model_key
 from benchmarks.tasks import Context, TooFewItems, applicable, run_task
 from vlm.atomic import remove_torn, write_file, write_text
 from vlm.errors import UserError
@@ -189,6 +189,7 @@ class RunResult:
     models: list[EvalModel]
     cache_hits: int
     cache_misses: int
+    not_shown: int = 0                  # results in the folder the views leave out (`benchmarks.store.latest`)
 
     @property
     def reused(self) -> int:
@@ -232,14 +233,24 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     if not model_specs:
         raise UserError("no model given: --model PATH|open_clip:ARCH[:CKPT]")
     cfg.check()
+    # one model asked for twice (the same path, spelt alike or not) is one column, evaluated once
+    firsts: dict[str, str] = {}
+    for spec in model_specs:
+        firsts.setdefault(same_model_key(spec), spec)
+    model_specs = list(firsts.values())
     models = [load_model(s, cfg.device) for s in model_specs]       # bad paths fail here, before any work
     for m, name in zip(models, distinct([m.name for m in models], [str(m.spec) for m in models])):
         m.name = name
     taken = names_taken(cfg.out)          # names other models have in this folder (an earlier call's): kept apart
     for m in models:
-        if m.name in taken and same_model_key(str(m.spec)) not in taken[m.name]:
+        key = same_model_key(str(m.spec))
+        if m.name in taken and key not in taken[m.name]:
             m.name = next(n for n in (str(m.spec), *(f"{m.spec}#{k}" for k in range(2, 10**6)))
-                          if n not in taken or same_model_key(str(m.spec)) in taken[n])
+                          if n not in taken or key in taken[n])
+        elif m.name not in taken:         # a model an earlier call named otherwise (its path) keeps that name
+            own = sorted(n for n, specs in taken.items() if key in specs)
+            if own and own[0] not in {o.name for o in models}:
+                m.name = own[0]
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]
     names = distinct([b.name for b in benches], [folder_name(b) for b in benches])
@@ -265,12 +276,13 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
         write_report(cfg.out, table)
         write_chart(cfg.out, table)
         write_html(cfg.out, table, benches, cfg.roots)
-    return RunResult(table, records, models, ctx.cache.hits, ctx.cache.misses)
+    return RunResult(table, records, models, ctx.cache.hits, ctx.cache.misses, not_shown(read_records(cfg.out)))
 
 
 def aggregate(out: str | os.PathLike) -> "Any":
-    """One row per model x benchmark from every results/*/*.json in `out` (when a model name was evaluated
-    with other weights before, the latest asked for wins: `benchmarks.store.latest`); written as parquet and csv."""
+    """One row per model x benchmark from the results/*/*.json in `out` that compare like with like (a model
+    name's latest weights, a benchmark's latest data and limit: `benchmarks.store.latest`); written as parquet
+    and csv."""
     import pandas as pd
     rows = []
     for _, r in latest(read_records(out)):

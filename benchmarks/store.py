@@ -3,8 +3,11 @@ latest record of each (display name, benchmark), which every view of the folder 
 results.jsonl, report.md, report.html, model cards).
 
 A record's recency is when it was last asked for: `finished` (computed) or `used` (found done and reused by
-a later call), so the weights a call has just evaluated win over a result of other weights under the same
-name, computed or reused."""
+a later call). The views compare like with like: a display name's column holds the results of one set of
+weights, the fingerprint it was last asked for (a result an earlier call computed from other weights under
+that name is not shown beside them), and a benchmark's row the results of one question, the signature it was
+last asked as (its data, limit and definition: results on another build of the data or under another
+--limit are not shown beside the latest). What is left out stays in results/ (`not_shown` counts it)."""
 from __future__ import annotations
 
 import json
@@ -33,11 +36,23 @@ def recency(rec: dict[str, Any]) -> float:
 
 
 def latest(records: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[str, Any]]]:
-    """The most recent record per (model, benchmark), in the order the work was done."""
+    """The most recent record per (model, benchmark) among those of the weights each model name was last asked
+    for and of the question each benchmark was last asked as, in the order the work was done."""
+    ordered = sorted(records, key=lambda pr: recency(pr[1]))             # stable: ties keep the file order
+    weights = {r.get("model"): r.get("fingerprint") for _, r in ordered}   # the last asked for wins
+    question = {r.get("benchmark"): r.get("signature") for _, r in ordered}
     best: dict[tuple[Any, Any], tuple[Path, dict[str, Any]]] = {}
-    for p, r in sorted(records, key=lambda pr: recency(pr[1])):          # stable: ties keep the file order
-        best[(r.get("model"), r.get("benchmark"))] = (p, r)
+    for p, r in ordered:
+        if r.get("fingerprint") == weights[r.get("model")] and r.get("signature") == question[r.get("benchmark")]:
+            best[(r.get("model"), r.get("benchmark"))] = (p, r)
     return sorted(best.values(), key=lambda pr: recency(pr[1]))
+
+
+def not_shown(records: list[tuple[Path, dict[str, Any]]]) -> int:
+    """How many (model, benchmark) results of the folder `latest` leaves out (other weights under a name, or
+    another question under a benchmark's name)."""
+    shown = {(r.get("model"), r.get("benchmark")) for _, r in latest(records)}
+    return len({(r.get("model"), r.get("benchmark")) for _, r in records} - shown)
 
 
 def names_taken(out: str | os.PathLike) -> dict[str, set[str]]:

@@ -694,3 +694,46 @@ def test_json_fields_of_another_type_are_skipped_and_counted_once_per_sample(ass
     with pytest.raises(UserError, match=r"no samples for benchmark sw-text-fact \(task in \['text_fact'\]\); 1 "
                                         r"sample\(s\) whose json does not read could not be told apart"):
         evaluate([assets["llava"]], [get_benchmark("sw-text-fact")], replace(cfg, out=tmp_path / "t"))
+
+
+def test_a_folders_views_compare_one_set_of_weights_one_question_and_each_model_once(assets, tmp_path):
+    """Found by a review: a path whose weights changed showed the old weights' scores of benchmarks the new
+    weights were not asked on; a benchmark re-asked on other data or another --limit sat beside the old
+    question's scores; one checkpoint asked for twice (or spelt otherwise by a later call) was a second column;
+    --limit on a benchmark of several tasks took the first task's samples alone."""
+    import shutil
+    from dataclasses import replace
+
+    import pandas as pd
+
+    import vlm.families
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    one, two = tmp_path / "one" / "model", tmp_path / "two" / "model"
+    shutil.copytree(assets["llava"], one)
+    shutil.copytree(assets["llava"], two)
+    cfg = RunConfig(out=str(tmp_path / "out"), data=str(assets["world"]), cache_dir=str(tmp_path / "cache"),
+                    progress=False)
+    color, shape = get_benchmark("sw-vqa-color"), get_benchmark("sw-vqa-shape")
+    first = evaluate([str(one)], [color, shape], cfg)
+    assert first.not_shown == 0 and len(first.table) == 2
+    torch.manual_seed(1)
+    vlm.families.build("llava", "tiny").save_pretrained(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "model.safetensors", one / "model.safetensors")     # other weights in place
+    res = evaluate([str(one)], [shape], cfg)
+    assert list(res.table["benchmark"]) == ["sw-vqa-shape"] and res.not_shown == 1       # color: the old weights'
+    # the same path twice, spelt otherwise: one model, evaluated once (found done)
+    res = evaluate([str(one), str(one) + "/", str(tmp_path / "one" / ".." / "one" / "model")], [shape], cfg)
+    assert len(res.models) == 1 and res.reused == 1 and len(res.records) == 1
+    # another --limit for shape: the earlier full question's score is not shown beside the limited one
+    res = evaluate([str(two)], [shape], replace(cfg, limit=2))
+    assert list(res.table["model"]) == [str(two)] and res.not_shown == 2
+    # a model two calls name otherwise keeps its first name: one column
+    both = evaluate([str(one), str(two)], [color], replace(cfg, out=str(tmp_path / "out2")))
+    names = [m.name for m in both.models]
+    again = evaluate([str(two)], [color], replace(cfg, out=str(tmp_path / "out2")))
+    assert again.models[0].name == names[1] and again.reused == 1 and set(again.table["model"]) == set(names)
+    # --limit on a benchmark of several tasks draws from each task in turn
+    res = evaluate([str(one)], [get_benchmark("sw-vqa")], replace(cfg, out=str(tmp_path / "out3"), limit=4))
+    rows = pd.read_parquet(next((tmp_path / "out3" / "results").glob("*/sw-vqa.parquet")))
+    assert len(rows) == 4 and rows["task"].nunique() == 4, rows["task"].tolist()

@@ -159,34 +159,73 @@ def load_samples(bench: Benchmark, ctx: Context, split: str | None = None,
                  skips: Skips | None = None) -> tuple[list[Sample], str]:
     """The benchmark's samples of `split` (default its own) kept by its task filter, and their data hash. Under a
     task filter, a sample whose json does not parse or whose `task` is not a text is counted in `skips` (raised
-    without one): it cannot be told apart, so it is counted whatever its task."""
+    without one): it cannot be told apart, so it is counted whatever its task. `ctx.limit` N keeps the first N
+    samples; with several tasks, N drawn in turn from each task's first ones (a split stored task by task gave
+    its first task alone)."""
     folder: Path = bench.data.folder(ctx.roots)
     split = split or bench.data.split
     files = shard_files(folder, split)
     tasks = set(bench.data.tasks)
+    if ctx.limit and len(tasks) > 1:
+        return _limited_across_tasks(files, tasks, ctx.limit, folder, split, bench, skips)
     out: list[Sample] = []
     for s in iter_samples(files):
-        if tasks:                    # (without a filter the json is read where a task needs it: a wds sample's
-            try:                     # txt caption scores whatever its json, as clip_benchmark reads it)
-                task = s.meta().get("task")
-                if task is not None and not isinstance(task, str):
-                    raise SampleProblem("bad_json", s, f"its 'task' is a {type(task).__name__}, not a text")
-            except SampleProblem as e:
-                skip_or_raise(skips, e)
-                continue
-            if task not in tasks:
-                continue
+        # (without a filter the json is read where a task needs it: a wds sample's txt caption scores whatever
+        # its json, as clip_benchmark reads it)
+        if tasks and _task_of(s, skips) not in tasks:
+            continue
         out.append(s)
         if ctx.limit and len(out) >= ctx.limit:
             break
     if not out:
         if skips and not tasks:
             raise skips.nothing_usable(f"{folder}/{split}: benchmark {bench.name}")
-        unread = (f"; {sum(skips.counts.values())} sample(s) whose json does not read could not be told apart "
-                  f"(e.g. {next(iter(skips.messages.values()))})" if skips else "")
-        raise UserError(f"{folder}/{split}: no samples for benchmark {bench.name}"
-                        + (f" (task in {sorted(tasks)}){unread}" if tasks else ""))
+        raise _no_samples(folder, split, bench, tasks, skips)
     return out, data_hash(files, sorted(tasks), ctx.limit)
+
+
+def _task_of(s: Sample, skips: Skips | None) -> Any:
+    """A sample's `task` (None without one), or `_UNREAD` when its json does not read or its task is not a
+    text (counted in `skips`, raised without)."""
+    try:
+        task = s.meta().get("task")
+        if task is not None and not isinstance(task, str):
+            raise SampleProblem("bad_json", s, f"its 'task' is a {type(task).__name__}, not a text")
+        return task
+    except SampleProblem as e:
+        skip_or_raise(skips, e)
+        return _UNREAD
+
+
+_UNREAD = object()
+
+
+def _no_samples(folder: Path, split: str, bench: Benchmark, tasks: set[str], skips: Skips | None) -> UserError:
+    unread = (f"; {sum(skips.counts.values())} sample(s) whose json does not read could not be told apart "
+              f"(e.g. {next(iter(skips.messages.values()))})" if skips else "")
+    return UserError(f"{folder}/{split}: no samples for benchmark {bench.name}"
+                     + (f" (task in {sorted(tasks)}){unread}" if tasks else ""))
+
+
+def _limited_across_tasks(files: list[Path], tasks: set[str], limit: int, folder: Path, split: str,
+                          bench: Benchmark, skips: Skips | None) -> tuple[list[Sample], str]:
+    """`load_samples` under a limit with several tasks: each task's first `limit` samples in data order (the
+    read stops once every task has them), then one from each task in turn (in the order the tasks first
+    appear) until `limit` are taken."""
+    by_task: dict[str, list[Sample]] = {}
+    for s in iter_samples(files):
+        task = _task_of(s, skips)
+        if task in tasks and len(by_task.setdefault(task, [])) < limit:
+            by_task[task].append(s)
+            if len(by_task) == len(tasks) and all(len(v) >= limit for v in by_task.values()):
+                break
+    out: list[Sample] = []
+    for i in range(limit):
+        out += [v[i] for v in by_task.values() if i < len(v)]
+    out = out[:limit]
+    if not out:
+        raise _no_samples(folder, split, bench, tasks, skips)
+    return out, data_hash(files, sorted(tasks), limit, "across-tasks")
 
 
 def decoded_image(model, s: Sample, raw: bytes | None = None):
