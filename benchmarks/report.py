@@ -52,9 +52,14 @@ def split_of(bench: str) -> str:
 def capability_groups(table):
     """(type, capability label, rows) of the ok results; another split's results are a group of their own
     (`color @val`), never averaged with the test split's, and so are benchmarks of another kind under one
-    capability (`pitch (probe)`, the encoder alone, beside `pitch (vqa)`, the model answering)."""
+    capability (`pitch (probe)`, the encoder alone, beside `pitch (vqa)`, the model answering). A user's
+    folder (`wds:`, `audio-folder:`: type or capability `custom`) is a row of its own, labelled by its name: two
+    folders are two data sets, not one capability."""
     ok = table[table["status"] == "ok"].copy()
     ok["split"] = [split_of(b) for b in ok["benchmark"]]
+    own = (ok["type"] == "custom") | (ok["capability"] == "custom")
+    ok.loc[own, "capability"] = [b[: len(b) - len(sp) - 1] if sp else b
+                                 for b, sp in zip(ok.loc[own, "benchmark"], ok.loc[own, "split"])]
     if "kind" not in ok.columns:
         ok["kind"] = ""
     ok["kind"] = ok["kind"].fillna("")

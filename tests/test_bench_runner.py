@@ -278,6 +278,10 @@ def test_two_models_or_folders_of_one_name_keep_both_results(assets, tmp_path):
                    [get_benchmark(f"wds:{tmp_path / d / 'colors'}") for d in ("a", "b")], cfg)
     assert len(res.table) == 4 and res.table["model"].nunique() == 2 and res.table["benchmark"].nunique() == 2
     assert set(res.table["benchmark"]) == {f"wds:{tmp_path / d / 'colors'}" for d in ("a", "b")}
+    # two user folders are two rows of the capability table, each its own name, not one averaged "custom" row
+    from benchmarks.report import capability_groups
+    groups = {label: sorted(g["benchmark"].unique()) for _, label, g in capability_groups(res.table)}
+    assert groups == {f"wds:{tmp_path / d / 'colors'}": [f"wds:{tmp_path / d / 'colors'}"] for d in ("a", "b")}
 
 
 def test_a_name_another_call_gave_other_weights_keeps_both_and_shows_what_was_asked(assets, tmp_path):
