@@ -124,6 +124,28 @@ def check_data(bench: Benchmark, roots: Roots) -> None:
     shard_files(folder, bench.data.split)
     if bench.kind == "probe":
         shard_files(folder, bench.data.train_split or "train")
+    check_tasks_listed(bench, folder)
+
+
+def check_tasks_listed(bench: Benchmark, folder: Path) -> None:
+    """A benchmark none of whose tasks the split's `index.json` (a synthetic-world build's) lists: one line
+    before any model runs (found when the benchmark was reached, after other models' work). A split without a
+    readable index, or whose shards are not the ones the index lists, is read as it is (the samples loader
+    names what it lacks)."""
+    if not bench.data.tasks:
+        return
+    index = folder / bench.data.split / "index.json"
+    try:
+        raw = json.loads(index.read_text())
+        counts, listed = raw.get("tasks"), {s.get("file") for s in raw.get("shards")}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return
+    if listed != {f.name for f in shard_files(folder, bench.data.split)}:
+        return
+    if isinstance(counts, dict) and not any(isinstance(counts.get(t), int) and counts[t] > 0 for t in bench.data.tasks):
+        raise UserError(f"{folder}/{bench.data.split}: no samples for benchmark {bench.name} (task in "
+                        f"{sorted(bench.data.tasks)}; {index} lists {', '.join(sorted(counts)[:8]) or 'no task'}"
+                        f"{' ...' if len(counts) > 8 else ''})")
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -741,3 +741,33 @@ def test_a_folders_views_compare_one_set_of_weights_one_question_and_each_model_
     res = evaluate([str(one)], [get_benchmark("sw-vqa")], replace(cfg, out=str(tmp_path / "out3"), limit=4))
     rows = pd.read_parquet(next((tmp_path / "out3" / "results").glob("*/sw-vqa.parquet")))
     assert len(rows) == 4 and rows["task"].nunique() == 4, rows["task"].tolist()
+
+
+def test_a_model_or_benchmark_that_cannot_run_fails_before_any_work(assets, tmp_path):
+    """Found by a review: a truncated second checkpoint, a tokenizer missing, or a benchmark whose task the data
+    has none of failed when reached, after the first model's benchmarks had run (and no report was written)."""
+    import os
+    import shutil
+    from dataclasses import replace
+
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    from vlm.errors import UserError
+    good, bad, notok = (tmp_path / n for n in ("good", "bad", "notok"))
+    for d in (good, bad, notok):
+        shutil.copytree(assets["llava"], d)
+    data = (good / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    for f in notok.glob("tokenizer*"):
+        os.remove(f)
+    cfg = RunConfig(out=str(tmp_path / "out"), data=str(assets["world"]), cache_dir=str(tmp_path / "cache"),
+                    progress=False)
+    color = get_benchmark("sw-vqa-color")
+    for second, why in ((bad, "corrupt weights"), (notok, "the tokenizer does not load")):
+        with pytest.raises(UserError, match=why):
+            evaluate([str(good), str(second)], [color], cfg)
+        assert not list((tmp_path / "out").rglob("*.json"))                # nothing ran
+    nothing = replace(color, name="sw-vqa-nothing", data=replace(color.data, tasks=("no_such_task",)))
+    with pytest.raises(UserError, match=r"no samples for benchmark sw-vqa-nothing \(task in \['no_such_task'\]; .*index.json lists"):
+        evaluate([str(good)], [color, nothing], cfg)
+    assert not list((tmp_path / "out").rglob("*.json"))

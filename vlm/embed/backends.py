@@ -241,6 +241,9 @@ class VLMBackend(Backend):
                                 "checkpoint it was exported from, or open_clip:ARCH[:CKPT] to embed")
             what = f"a {family} checkpoint" if isinstance(family, str) and family else "this checkpoint"
             raise UserError(f"{path}: {what} is not an embedder (it has no LLM to embed prompts with)")
+        from vlm.model_files import check_weights_file, load_tokenizer
+        check_weights_file(p / "model.safetensors")     # what would fail at the first use, found now: a truncated
+        load_tokenizer(p)                               # weights file, a tokenizer that does not load
         self.spec, self.path = str(path), p
         self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
         # the tokenizer is part of what a text embeds to: a swapped tokenizer.json is another model (cached
