@@ -75,7 +75,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reused = sum(1 for r in res.records if r.get("status") == "ok" and r.get("reused"))   # (a reused
     print(f"\n{done} run, {reused} already done, "                                     # skip is a skip)
           f"{sum(1 for r in res.records if r.get('status') == 'skipped')} not applicable; "
-          f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses", file=sys.stderr)
+          + (f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses" if cfg.cache else "feature cache: off"),
+          file=sys.stderr)
     if res.not_shown:
         print(f"{res.not_shown} earlier result(s) in {cfg.out} not shown: other weights under a model's name, or a "
               f"benchmark on other data or another --limit than it was last asked on (kept in {cfg.out}/results/)",

@@ -279,6 +279,10 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     benches = [b if b.name == n else dataclasses.replace(b, name=n) for b, n in zip(benches, names)]
     for b in benches:
         check_data(b, cfg.roots)
+    try:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:                     # (a read-only place, /proc ...: a FileNotFoundError traceback)
+        raise UserError(f"eval config field 'out': cannot create the folder {cfg.out} ({e.strerror or e})") from None
     remove_torn([*Path(cfg.out).glob(".*.tmp-*"), *(Path(cfg.out) / RESULTS).glob("*/.*.tmp-*")])   # a killed run's
     ctx = Context(roots=cfg.roots, cache=FeatureCache(cfg.feature_cache), batch_size=cfg.batch_size,
                   workers=cfg.workers, progress=cfg.progress, limit=cfg.limit)

@@ -771,3 +771,6 @@ def test_a_model_or_benchmark_that_cannot_run_fails_before_any_work(assets, tmp_
     with pytest.raises(UserError, match=r"no samples for benchmark sw-vqa-nothing \(task in \['no_such_task'\]; .*index.json lists"):
         evaluate([str(good)], [color, nothing], cfg)
     assert not list((tmp_path / "out").rglob("*.json"))
+    if os.path.isdir("/proc/self"):                  # a place no folder can be made: one line (a traceback before)
+        with pytest.raises(UserError, match="eval config field 'out': cannot create the folder /proc/vlm-x/out"):
+            evaluate([str(good)], [color], replace(cfg, out="/proc/vlm-x/out"))
