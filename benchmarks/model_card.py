@@ -329,7 +329,7 @@ def render(card: str | os.PathLike, text: str | None = None, pending: dict[Path,
     if not rows:
         raise UserError(f"no results in {', '.join(map(str, files))}")
     meta["model-index"] = model_index(rows)
-    shown = "/".join(x for x in (card.parent.name, card.name) if x)
+    shown = "/".join(x for x in (card.resolve().parent.name, card.name) if x)   # the same from any working folder
     section = results_section(rows, [os.path.relpath(f, card.parent) for f in files], shown)
     if span is not None:
         body = body[:span[0]] + section + body[span[1]:]

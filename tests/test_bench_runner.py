@@ -395,6 +395,11 @@ def test_repeated_suites_are_all_evaluated():
     # the same --bench twice (it ran twice, the second as 'sw-vqa#2' in the results) is one benchmark
     assert [b.name for b in resolve(["sw-vqa", "sw-colors", "sw-vqa"], None)] == ["sw-vqa", "sw-colors"]
     assert from_dict(EvalConfig, {"out": "x", "suite": "synthetic-world-audio"}).suite == ["synthetic-world-audio"]
+    # `--bench a b`: b was called a bad override with a training recipe's example; it says to repeat the flag
+    from vlm.errors import UserError
+    with pytest.raises(UserError, match=r"^'sw-vqa-shape' is neither an option nor a key=value setting; a flag "
+                                        r"takes one value, repeat it for several \(--model A --model B\)$"):
+        config_from_args(EvalConfig, parser.parse_args(["--model", "m", "--bench", "sw-vqa", "sw-vqa-shape", "--out", "x"]))
 
 
 def test_a_question_whose_image_does_not_decode_is_skipped_and_counted(tmp_path):

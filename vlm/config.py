@@ -422,6 +422,12 @@ def config_from_args(cls: type, args: argparse.Namespace, what: str = "config fi
     for name, value in flags.items():      # list flags add to the file's list
         raw[name] = [*raw.get(name, []), *value] if isinstance(value, list) and isinstance(raw.get(name), list) else value
     given = {f.name: flag_of(f) or f"the {f.name.upper()} argument" for f in dataclasses.fields(cls) if f.name in flags}
+    repeat = [flag_of(f) for f in dataclasses.fields(cls) if f.metadata.get("repeat") and flag_of(f)]
+    for item in getattr(args, "overrides", None) or []:
+        if "=" not in item:      # `--bench A B`: B is no setting (a flag of one value is given once per value)
+            raise UserError(f"'{item}' is neither an option nor a key=value setting"
+                            + (f"; a flag takes one value, repeat it for several ({repeat[0]} A {repeat[0]} B)"
+                               if repeat else ""))
     for item in [*moved, *(getattr(args, "overrides", None) or [])]:
         root = item.partition("=")[0].split(".")[0]
         if root in given:      # which should win is a guess either way
