@@ -67,8 +67,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"\nProbe accuracy per encoder layer ({cfg.split or 'test'} split):\n" + layers)
     if cfg.model_card:
         from benchmarks.model_card import update_model_card
-        models = {m.name for m in res.models}
-        card = update_model_card(cfg.model_card, res.table[res.table["model"].isin(models)])
+        models, asked = {m.name for m in res.models}, {r["benchmark"] for r in res.records}
+        card = update_model_card(cfg.model_card,             # this run's results: not the folder's other benchmarks
+                                 res.table[res.table["model"].isin(models) & res.table["benchmark"].isin(asked)])
         print(f"model card: {card} (results: {card.parent}/results/{card.stem}.jsonl)", file=sys.stderr)
     say_records(res)
     done = sum(1 for r in res.records if r.get("status") == "ok" and not r.get("reused"))
@@ -81,9 +82,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{res.not_shown} earlier result(s) in {cfg.out} not shown: other weights under a model's name, or a "
               f"benchmark on other data or another --limit than it was last asked on (kept in {cfg.out}/results/)",
               file=sys.stderr)
+    check_something_applied(res)
     print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",
           file=sys.stderr)
-    check_something_applied(res)
     return 0
 
 

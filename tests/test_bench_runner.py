@@ -198,6 +198,13 @@ def test_cli_run_list_and_model_card(assets, tmp_path, capsys):
     assert rc == 1 and "0.9999" in cap.out
     rc, cap = _cli(["card", str(card)], capsys)
     assert rc == 0 and card.read_text() == text
+    # --model-card writes the run's results: not the other benchmarks the --out holds (they were added)
+    other = tmp_path / "card2.md"
+    other.write_text("---\nlibrary_name: vlm-suite\n---\n\n# again\n")
+    rc, cap = _cli(["eval", "--model", a["clip"], "--bench", "sw-colors", "--data", str(a["world"]), "--out",
+                    str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--quiet", "--model-card", str(other)], capsys)
+    again = yaml.safe_load(other.read_text().split("---\n")[1])["model-index"][0]["results"]
+    assert rc == 0 and [r["dataset"]["name"] for r in again] == ["sw-colors"]
     rc, cap = _cli(["eval", "list", "sw-vqa-*"], capsys)
     assert rc == 0 and "sw-vqa-color" in cap.out and "sw-shapes" not in cap.out
     rc, cap = _cli(["list", "benchmarks", "ub-*"], capsys)
@@ -369,6 +376,7 @@ def test_nothing_applicable_is_said_and_exits_2(assets, tmp_path, capsys):
                     "--out", str(tmp_path / "o"), "--quiet"], capsys)
     assert rc == 2 and "sw-vqa-color: not applicable (" in cap.err
     assert cap.err.strip().splitlines()[-1].startswith("vlm eval: error: nothing was evaluated")
+    assert "chart.png" not in cap.err                 # (a chart that was not written was advertised)
 
 
 def test_repeated_suites_are_all_evaluated():
