@@ -77,6 +77,9 @@ def build_if_absent(cfg: BuildConfig) -> Path:
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: a file, not a folder")
         check_build(cfg)                # before saying it builds (it printed "building ... (-5 training samples)")
+        if out.is_dir():                # a folder of other data: refused before "building ..." is said
+            from vlm.data.synthetic import check_out_folder
+            check_out_folder(str(out))
         print(f"building {cfg.dataset} ({cfg.samples} training samples) in {out}", flush=True)
         build(cfg)
     elif cfg.world_version is not None:
