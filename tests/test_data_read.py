@@ -398,6 +398,16 @@ def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):
     assert json.loads(capsys.readouterr().out)["samples"] == 22
     vlm_main(["data", "inspect", main])
     assert "bad_image: 3" in capsys.readouterr().out
+    # media the model has no encoder for: not_for_model, as a training stage names it (it was an error kind of
+    # inspect's own, unsupported_modality)
+    import vlm
+    sounds = [{"__key__": f"snd{i}", "wav": encode_audio(Audio(np.zeros(1600, np.float32), 16000), "wav"),
+               "json": conv("<audio>\nHigh or low?", "low")} for i in range(3)]
+    src = write_tar(tmp_path / "sounds.tar", [*sounds, *image_samples("img", 2)])
+    image_only = vlm.build("llava", vision="tiny-clip", llm="tiny:llama")
+    r = inspect_shards([src], processor=image_only.processor, samples=0)
+    assert r["ok"] == 2 and r["errors"]["skipped"] == {"not_for_model": 3}, r["errors"]
+    assert "audio media; the model takes image" in r["errors"]["first"]["not_for_model"]
     # nothing usable (every sample broken, a JPEG given as a shard): the report, then exit 2 for a script
     (tmp_path / "photo.tar").write_bytes(b"\xff\xd8\xff\xe0 a jpeg")
     assert vlm_main(["data", "inspect", str(tmp_path / "photo.tar")]) == 2

@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 from vlm.data.decode import RawSample, SampleError, decode_sample, read_meta
-from vlm.data.reader import DataStats, FileCache, expand_shards, read_fields, scan_shard
+from vlm.data.reader import NOT_FOR_MODEL, DataStats, FileCache, expand_shards, read_fields, scan_shard
 from vlm.data.writer import PAIR_SHAPE, pair_sides
 from vlm.modalities import MODALITIES
 
@@ -159,6 +159,10 @@ def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: i
                         raw, n_tokens = _inspect_pair(ref, fields, pair, processor, None if processor else template)
                     elif processor is not None:
                         raw = decode_sample(ref.key, fields, ref.shard)
+                        other = set(raw.media) - set(processor.preprocess)
+                        if other:                      # as a training stage drops it: fine data, not for this model
+                            raise SampleError(NOT_FOR_MODEL, f"{'/'.join(sorted(other))} media; the model takes "
+                                                             f"{'/'.join(sorted(processor.preprocess)) or 'text only'}")
                         p, converted = sp.process(raw)
                         stats.converted.update(converted)
                         n_tokens = len(p)
@@ -207,7 +211,7 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"  {lo:>6}-{hi:<6} {n:>7}  {'#' * max(1, round(40 * n / top))}")
     errors = r["errors"]
     if errors["skipped"]:
-        lines.append("errors:")
+        lines.append("skipped:")
         for reason, n in sorted(errors["skipped"].items(), key=lambda x: -x[1]):
             lines.append(f"  {reason}: {n}  e.g. {errors['first'].get(reason, '')}")
         for shard, c in errors["by_shard"].items():
