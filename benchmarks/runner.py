@@ -38,7 +38,14 @@ from benchmarks.data import shard_files
 from benchmarks.metrics import skipped_items
 from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
-from benchmarks.store import RESULTS, latest, names_taken, not_shown, read_records, same_model_key
+from benchmarks.store import (
+    RESULTS,
+    latest,
+    names_taken,
+    not_shown,
+    read_records,
+    same_model_key,
+)
 from benchmarks.tasks import Context, TooFewItems, applicable, run_task
 from vlm.atomic import remove_torn, write_file, write_text
 from vlm.errors import UserError

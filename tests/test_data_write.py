@@ -928,8 +928,9 @@ def test_a_build_never_overwrites_other_data_and_leaves_no_earlier_split(tmp_pat
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     assert vlm_main([*build, "--out", str(tmp_path / "mine")]) == 2
     assert "not a synthetic-world build (no index.json) and not empty" in capsys.readouterr().err
-    from vlm.data.cli import BuildConfig, build_if_absent       # the demo's / a recipe's build: refused before it
-    with pytest.raises(UserError, match="not a synthetic-world build"):      # says "building ..." (it said so first)
+    # the demo's / a recipe's build: refused before it says "building ..." (it said so first)
+    from vlm.data.cli import BuildConfig, build_if_absent
+    with pytest.raises(UserError, match="not a synthetic-world build"):
         build_if_absent(BuildConfig(out=str(tmp_path / "mine"), samples=12))
     assert "building" not in capsys.readouterr().out
     (tmp_path / "mine" / "notes.txt").unlink()

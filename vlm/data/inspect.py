@@ -22,7 +22,14 @@ from collections import Counter
 from typing import Any
 
 from vlm.data.decode import RawSample, SampleError, decode_sample, read_meta
-from vlm.data.reader import NOT_FOR_MODEL, DataStats, FileCache, expand_shards, read_fields, scan_shard
+from vlm.data.reader import (
+    NOT_FOR_MODEL,
+    DataStats,
+    FileCache,
+    expand_shards,
+    read_fields,
+    scan_shard,
+)
 from vlm.data.writer import PAIR_SHAPE, pair_sides
 from vlm.modalities import MODALITIES
 
