@@ -79,9 +79,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           + (f"feature cache: {res.cache_hits} hits, {res.cache_misses} misses" if cfg.cache else "feature cache: off"),
           file=sys.stderr)
     if res.not_shown:
-        print(f"{res.not_shown} earlier result(s) in {cfg.out} not shown: other weights under a model's name, or a "
-              f"benchmark on other data or another --limit than it was last asked on (kept in {cfg.out}/results/)",
-              file=sys.stderr)
+        print(f"{res.not_shown} earlier result file(s) in {cfg.out}/results/ not shown: other weights under a model's "
+              f"name, or a benchmark on other data or another --limit than it was last asked on", file=sys.stderr)
     check_something_applied(res)
     print(f"report: {cfg.out}/report.html ({cfg.out}/report.md)  chart: {cfg.out}/chart.png  rows: {cfg.out}/results/",
           file=sys.stderr)

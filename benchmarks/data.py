@@ -27,7 +27,13 @@ from vlm.data.convert import class_template_problem
 from vlm.data.decode import SampleError, decode_media
 from vlm.data.reader import FileCache, read_fields, scan_shard
 from vlm.errors import UserError, read_text
-from vlm.modalities import FILE_EXTENSIONS, MODALITIES, MediaError, media_order, placeholder_modalities
+from vlm.modalities import (
+    FILE_EXTENSIONS,
+    MODALITIES,
+    MediaError,
+    media_order,
+    placeholder_modalities,
+)
 
 
 @dataclass
@@ -98,6 +104,21 @@ def _numeric_key(p: Path) -> tuple:
 
 
 _NOTED: set[str] = set()         # nshards.txt files whose unread shards were already said
+
+
+def split_task_counts(folder: str | Path, split: str) -> dict[str, int] | None:
+    """Samples per task in `folder/split` as its `index.json` (a synthetic-world build's, a conversion's) lists
+    them; None when there is no readable index or its shards are not the split's .tar files (shards added or
+    removed since: the index no longer describes them)."""
+    index = Path(folder) / split / "index.json"
+    try:
+        raw = json.loads(index.read_text())
+        counts, listed = raw.get("tasks"), {s.get("file") for s in raw.get("shards")}
+        if listed != {f.name for f in shard_files(folder, split)} or not isinstance(counts, dict):
+            return None
+    except (OSError, ValueError, AttributeError, TypeError, UserError):
+        return None
+    return {t: n for t, n in counts.items() if isinstance(n, int) and not isinstance(n, bool)}
 
 
 def shard_files(folder: str | Path, split: str) -> list[Path]:

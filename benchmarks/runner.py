@@ -34,7 +34,7 @@ from typing import Any
 
 from benchmarks.cache import FeatureCache
 from benchmarks.config import RunConfig
-from benchmarks.data import shard_files
+from benchmarks.data import shard_files, split_task_counts
 from benchmarks.metrics import skipped_items
 from benchmarks.models import EvalModel, load_model
 from benchmarks.registry import Benchmark, Roots
@@ -68,7 +68,10 @@ def bench_signature(bench: Benchmark, limit: int | None, data: str = "") -> str:
     """What a stored result answers: the benchmark's definition, the limit, and the identity of its data
     (`data_identity`: a rebuilt split or an edited labels.csv is a new question, not a reused answer)."""
     d = dataclasses.asdict(bench)
-    return hashlib.sha256(json.dumps([d, limit, data], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = [d, limit, data]
+    if limit and len(bench.data.tasks) > 1:      # a limit drawn across the tasks (the first task's alone before)
+        key.append("limit-across-tasks")
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def data_identity(bench: Benchmark, roots: Roots) -> str:
@@ -135,24 +138,14 @@ def check_data(bench: Benchmark, roots: Roots) -> None:
 
 
 def check_tasks_listed(bench: Benchmark, folder: Path) -> None:
-    """A benchmark none of whose tasks the split's `index.json` (a synthetic-world build's) lists: one line
-    before any model runs (found when the benchmark was reached, after other models' work). A split without a
-    readable index, or whose shards are not the ones the index lists, is read as it is (the samples loader
-    names what it lacks)."""
-    if not bench.data.tasks:
-        return
-    index = folder / bench.data.split / "index.json"
-    try:
-        raw = json.loads(index.read_text())
-        counts, listed = raw.get("tasks"), {s.get("file") for s in raw.get("shards")}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return
-    if listed != {f.name for f in shard_files(folder, bench.data.split)}:
-        return
-    if isinstance(counts, dict) and not any(isinstance(counts.get(t), int) and counts[t] > 0 for t in bench.data.tasks):
+    """A benchmark none of whose tasks the split's `index.json` lists: one line before any model runs (found
+    when the benchmark was reached, after other models' work). A split without an index that describes its
+    shards is read as it is (the samples loader names what it lacks)."""
+    counts = split_task_counts(folder, bench.data.split) if bench.data.tasks else None
+    if counts is not None and not any(counts.get(t, 0) > 0 for t in bench.data.tasks):
         raise UserError(f"{folder}/{bench.data.split}: no samples for benchmark {bench.name} (task in "
-                        f"{sorted(bench.data.tasks)}; {index} lists {', '.join(sorted(counts)[:8]) or 'no task'}"
-                        f"{' ...' if len(counts) > 8 else ''})")
+                        f"{sorted(bench.data.tasks)}; {folder / bench.data.split / 'index.json'} lists "
+                        f"{', '.join(sorted(counts)[:8]) or 'no task'}{' ...' if len(counts) > 8 else ''})")
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -40,19 +40,19 @@ def latest(records: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[
     for and of the question each benchmark was last asked as, in the order the work was done."""
     ordered = sorted(records, key=lambda pr: recency(pr[1]))             # stable: ties keep the file order
     weights = {r.get("model"): r.get("fingerprint") for _, r in ordered}   # the last asked for wins
-    question = {r.get("benchmark"): r.get("signature") for _, r in ordered}
+    current = [(p, r) for p, r in ordered if r.get("fingerprint") == weights[r.get("model")]]
+    question = {r.get("benchmark"): r.get("signature") for _, r in current}   # (a hidden record sets none)
     best: dict[tuple[Any, Any], tuple[Path, dict[str, Any]]] = {}
-    for p, r in ordered:
-        if r.get("fingerprint") == weights[r.get("model")] and r.get("signature") == question[r.get("benchmark")]:
+    for p, r in current:
+        if r.get("signature") == question[r.get("benchmark")]:
             best[(r.get("model"), r.get("benchmark"))] = (p, r)
     return sorted(best.values(), key=lambda pr: recency(pr[1]))
 
 
 def not_shown(records: list[tuple[Path, dict[str, Any]]]) -> int:
-    """How many (model, benchmark) results of the folder `latest` leaves out (other weights under a name, or
-    another question under a benchmark's name)."""
-    shown = {(r.get("model"), r.get("benchmark")) for _, r in latest(records)}
-    return len({(r.get("model"), r.get("benchmark")) for _, r in records} - shown)
+    """How many result files of the folder `latest` leaves out (other weights under a name, or another question
+    under a benchmark's name)."""
+    return len(records) - len(latest(records))
 
 
 def names_taken(out: str | os.PathLike) -> dict[str, set[str]]:

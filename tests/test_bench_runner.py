@@ -738,13 +738,13 @@ def test_a_folders_views_compare_one_set_of_weights_one_question_and_each_model_
     vlm.families.build("llava", "tiny").save_pretrained(tmp_path / "other")
     shutil.copy(tmp_path / "other" / "model.safetensors", one / "model.safetensors")     # other weights in place
     res = evaluate([str(one)], [shape], cfg)
-    assert list(res.table["benchmark"]) == ["sw-vqa-shape"] and res.not_shown == 1       # color: the old weights'
+    assert list(res.table["benchmark"]) == ["sw-vqa-shape"] and res.not_shown == 2       # the old weights' two
     # the same path twice, spelt otherwise: one model, evaluated once (found done)
     res = evaluate([str(one), str(one) + "/", str(tmp_path / "one" / ".." / "one" / "model")], [shape], cfg)
     assert len(res.models) == 1 and res.reused == 1 and len(res.records) == 1
     # another --limit for shape: the earlier full question's score is not shown beside the limited one
     res = evaluate([str(two)], [shape], replace(cfg, limit=2))
-    assert list(res.table["model"]) == [str(two)] and res.not_shown == 2
+    assert list(res.table["model"]) == [str(two)] and res.not_shown == 3
     # a model two calls name otherwise keeps its first name: one column
     both = evaluate([str(one), str(two)], [color], replace(cfg, out=str(tmp_path / "out2")))
     names = [m.name for m in both.models]
@@ -787,3 +787,51 @@ def test_a_model_or_benchmark_that_cannot_run_fails_before_any_work(assets, tmp_
     if os.path.isdir("/proc/self"):                  # a place no folder can be made: one line (a traceback before)
         with pytest.raises(UserError, match="eval config field 'out': cannot create the folder /proc/vlm-x/out"):
             evaluate([str(good)], [color], replace(cfg, out="/proc/vlm-x/out"))
+
+
+def test_latest_hides_whole_rows_only_by_records_it_shows():
+    """Found by a review: a benchmark's question was taken from its newest record even when that record was
+    itself hidden (other weights under its model's name): every other model's row of it vanished."""
+    from pathlib import Path
+
+    from benchmarks.store import latest, not_shown
+
+    def rec(model, fp, bench, sig, t):
+        return Path(f"{model}-{fp}/{bench}.json"), {"model": model, "fingerprint": fp, "benchmark": bench,
+                                                   "signature": sig, "finished": t}
+    records = [rec("N", "n1", "X", "full", 1), rec("M", "f1", "X", "limit10", 2), rec("M", "f2", "Y", "y", 3)]
+    shown = [(r["model"], r["benchmark"]) for _, r in latest(records)]
+    assert shown == [("N", "X"), ("M", "Y")] and not_shown(records) == 1
+    # N asked again on X under a limit: the full question's result is left out (one question per row)
+    records.append(rec("N", "n1", "X2", "x", 4))
+    records.append(rec("K", "k1", "X", "limit10", 5))
+    assert [(r["model"], r["benchmark"]) for _, r in latest(records)] == [("M", "Y"), ("N", "X2"), ("K", "X")]
+
+
+def test_limit_across_tasks_reads_no_further_than_the_index_lets_it_need(assets, monkeypatch):
+    """Found by a review: a benchmark with a task the build lacks read the whole split under --limit (it waited
+    for every task to give `limit`); the split's index says what each task can give. And a limited result of
+    such a benchmark is another question than the first-task-only one stored before (its signature)."""
+    import dataclasses
+
+    import benchmarks.tasks as T
+    from benchmarks.registry import Roots, get_benchmark
+    from benchmarks.runner import bench_signature
+    color = get_benchmark("sw-vqa-color")
+    both = dataclasses.replace(color, name="two", data=dataclasses.replace(color.data, tasks=("color", "no_such_task")))
+    read = []
+    real = T.iter_samples
+
+    def counting(files):
+        for s in real(files):
+            read.append(s.key)
+            yield s
+    monkeypatch.setattr(T, "iter_samples", counting)
+    ctx = T.Context(roots=Roots(str(assets["world"])), batch_size=4, workers=0, progress=False, limit=2)
+    samples, _ = T.load_samples(both, ctx)
+    assert [s.meta()["task"] for s in samples] == ["color", "color"]
+    assert read[-1] == samples[-1].key                      # stopped at the second colour question
+    old = lambda b, lim: __import__("hashlib").sha256(__import__("json").dumps(         # noqa: E731
+        [dataclasses.asdict(b), lim, ""], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert bench_signature(color, 2) == old(color, 2) and bench_signature(both, 2) != old(both, 2)
+    assert bench_signature(both, None) == old(both, None)

@@ -427,6 +427,14 @@ def test_inspect_reads_pair_shards_as_training_does(pair_world, tiny_model, tmp_
                                                       "negatives": ["no"]}).encode()})
     r = inspect_shards([str(tmp_path / "bad.tar")])
     assert r["ok"] == 0 and r["errors"]["skipped"] == {"bad_pair": 1}
+    # a pair with audio for an image-only model: not_for_model, decided from the json as training does (its
+    # audio, here not even a sound file, is never decoded)
+    with wds.TarWriter(str(tmp_path / "audio.tar")) as w:
+        w.write({"__key__": "a0", "wav": b"not audio", "json": json.dumps(
+            {"query": {"text": "<audio>\nwhat is it?"}, "positive": {"text": "a bell"}}).encode()})
+    r = inspect_shards([str(tmp_path / "audio.tar")], processor=tiny_model.processor)
+    assert sorted(tiny_model.processor.preprocess) == ["image"], "the test needs an image-only model"
+    assert r["errors"]["skipped"] == {"not_for_model": 1}, r["errors"]
 
 
 def test_pairs_format_reads_only_the_sides_it_trains_and_refuses_empty_or_odd_sides(tiny_model):

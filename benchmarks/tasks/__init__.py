@@ -24,6 +24,7 @@ from benchmarks.data import (
     data_hash,
     iter_samples,
     shard_files,
+    split_task_counts,
 )
 from benchmarks.registry import Benchmark, Roots
 from vlm.errors import UserError
@@ -209,15 +210,18 @@ def _no_samples(folder: Path, split: str, bench: Benchmark, tasks: set[str], ski
 
 def _limited_across_tasks(files: list[Path], tasks: set[str], limit: int, folder: Path, split: str,
                           bench: Benchmark, skips: Skips | None) -> tuple[list[Sample], str]:
-    """`load_samples` under a limit with several tasks: each task's first `limit` samples in data order (the
-    read stops once every task has them), then one from each task in turn (in the order the tasks first
-    appear) until `limit` are taken."""
+    """`load_samples` under a limit with several tasks: each task's first `limit` samples in data order, then one
+    from each task in turn (in the order the tasks first appear) until `limit` are taken. The read stops once
+    every task has what it can give: `limit`, or fewer where the split's index lists fewer (a task it lists
+    none of gives none); without such an index, once every task has `limit` (else at the split's end)."""
+    counts = split_task_counts(folder, split)
+    want = {t: limit if counts is None else min(limit, counts.get(t, 0)) for t in tasks}
     by_task: dict[str, list[Sample]] = {}
     for s in iter_samples(files):
         task = _task_of(s, skips)
         if task in tasks and len(by_task.setdefault(task, [])) < limit:
             by_task[task].append(s)
-            if len(by_task) == len(tasks) and all(len(v) >= limit for v in by_task.values()):
+            if all(len(by_task.get(t, ())) >= n for t, n in want.items()):
                 break
     out: list[Sample] = []
     for i in range(limit):

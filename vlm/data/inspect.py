@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 from vlm.data.decode import RawSample, SampleError, decode_sample, read_meta
+from vlm.data.filters import sample_modalities
 from vlm.data.reader import (
     NOT_FOR_MODEL,
     DataStats,
@@ -154,6 +155,11 @@ def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: i
                     fields = read_fields(ref, files)
                     counts["extensions"].update(_ext(f) for f in fields)
                     counts["layouts"]["+".join(sorted({_ext(f) for f in fields}))] += 1
+                    if processor is not None and clips is None:    # as a training stage drops it, from the
+                        other = sample_modalities(read_meta(fields), list(fields)) - set(processor.preprocess)
+                        if other:                                   # json, before any decoding: fine data
+                            raise SampleError(NOT_FOR_MODEL, f"{'/'.join(sorted(other))} media; the model takes "
+                                                             f"{'/'.join(sorted(processor.preprocess)) or 'text only'}")
                     pair = None if clips else _pair_sides(fields)
                     if clips is not None:              # the `clips` batch format: 75 Hz frames of the crop
                         clip, converted = clips.make(ref.key, fields, ref.shard)
@@ -166,10 +172,6 @@ def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: i
                         raw, n_tokens = _inspect_pair(ref, fields, pair, processor, None if processor else template)
                     elif processor is not None:
                         raw = decode_sample(ref.key, fields, ref.shard)
-                        other = set(raw.media) - set(processor.preprocess)
-                        if other:                      # as a training stage drops it: fine data, not for this model
-                            raise SampleError(NOT_FOR_MODEL, f"{'/'.join(sorted(other))} media; the model takes "
-                                                             f"{'/'.join(sorted(processor.preprocess)) or 'text only'}")
                         p, converted = sp.process(raw)
                         stats.converted.update(converted)
                         n_tokens = len(p)

@@ -30,7 +30,7 @@ from vlm.embed.items import Item, read_media
 from vlm.errors import UserError
 from vlm.hub import offline, open_clip_hub_names, require_local
 from vlm.modalities import short_error
-from vlm.model_files import TOKENIZER_FILES
+from vlm.model_files import TOKENIZER_FILES, check_weights_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -241,9 +241,9 @@ class VLMBackend(Backend):
                                 "checkpoint it was exported from, or open_clip:ARCH[:CKPT] to embed")
             what = f"a {family} checkpoint" if isinstance(family, str) and family else "this checkpoint"
             raise UserError(f"{path}: {what} is not an embedder (it has no LLM to embed prompts with)")
-        from vlm.model_files import check_weights_file, load_tokenizer
         check_weights_file(p / "model.safetensors")     # what would fail at the first use, found now: a truncated
-        load_tokenizer(p)                               # weights file, a tokenizer that does not load
+        if not any((p / n).is_file() for n in TOKENIZER_FILES):     # weights file, no tokenizer (it loads later)
+            raise UserError(f"{p}: the tokenizer does not load: no {' or '.join(TOKENIZER_FILES)}")
         self.spec, self.path = str(path), p
         self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
         # the tokenizer is part of what a text embeds to: a swapped tokenizer.json is another model (cached
