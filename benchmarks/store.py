@@ -7,7 +7,8 @@ a later call). The views compare like with like: a display name's column holds t
 weights, the fingerprint it was last asked for (a result an earlier call computed from other weights under
 that name is not shown beside them), and a benchmark's row the results of one question, the signature it was
 last asked as (its data, limit and definition: results on another build of the data or under another
---limit are not shown beside the latest). What is left out stays in results/ (`not_shown` counts it)."""
+--limit are not shown beside the latest). `not_shown` counts the files left out; a model evaluated again on
+a benchmark replaces its own earlier file (one file per model folder and benchmark)."""
 from __future__ import annotations
 
 import json
