@@ -174,7 +174,7 @@ def run_one(model: EvalModel, bench: Benchmark, cfg: RunConfig, ctx: Context) ->
             _write_json(rec_path, rec)
             return rec | {"reused": True}
     rec: dict[str, Any] = dict(model=model.name, model_spec=model.spec, fingerprint=model.fingerprint,
-                               benchmark=bench.name, kind=bench.kind, type=bench.type, capability=bench.capability,
+                               benchmark=bench.name, data_root=str(bench.data.root), kind=bench.kind, type=bench.type, capability=bench.capability,
                                modality=bench.modality, metric=bench.metric, signature=sig, limit=cfg.limit)
     reason = applicable(model, bench)
     if reason is not None:
@@ -276,6 +276,16 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]
     names = distinct([b.name for b in benches], [folder_name(b) for b in benches])
+    held = names_taken(cfg.out, "benchmark", "data_root")       # a user folder's name an earlier call gave another
+    for i, (b, n) in enumerate(zip(benches, names)):           # folder of that name (`wds:colors`): kept apart
+        if folder_name(b) == b.name:                           # (a registered benchmark: its data is its own)
+            continue
+        root = same_model_key(str(b.data.root))
+        if held.get(n) and root not in held[n]:
+            names[i] = folder_name(b)
+        elif n not in held:                                    # one an earlier call named by its path keeps that
+            own = sorted(k for k, roots in held.items() if root in roots)
+            names[i] = own[0] if own and own[0] not in names else n
     benches = [b if b.name == n else dataclasses.replace(b, name=n) for b, n in zip(benches, names)]
     for b in benches:
         check_data(b, cfg.roots)

@@ -285,6 +285,16 @@ def test_two_models_or_folders_of_one_name_keep_both_results(assets, tmp_path):
                    [get_benchmark(f"wds:{tmp_path / d / 'colors'}") for d in ("a", "b")], cfg)
     assert len(res.table) == 4 and res.table["model"].nunique() == 2 and res.table["benchmark"].nunique() == 2
     assert set(res.table["benchmark"]) == {f"wds:{tmp_path / d / 'colors'}" for d in ("a", "b")}
+    # two calls, one folder each: the second keeps its path as its name (it replaced the first's results), and
+    # each folder asked again finds its own results
+    cfg2 = RunConfig(out=tmp_path / "out2", cache_dir=tmp_path / "cache", progress=False)
+    one = str(tmp_path / "one" / "model")
+    a, b = (get_benchmark(f"wds:{tmp_path / d / 'colors'}") for d in ("a", "b"))
+    evaluate([one], [a], cfg2)
+    second = evaluate([one], [b], cfg2)
+    assert second.records[0]["benchmark"] == f"wds:{tmp_path / 'b' / 'colors'}"
+    assert set(second.table["benchmark"]) == {"wds:colors", f"wds:{tmp_path / 'b' / 'colors'}"}
+    assert evaluate([one], [a], cfg2).reused == 1 and evaluate([one], [b], cfg2).reused == 1
     # two user folders are two rows of the capability table, each its own name, not one averaged "custom" row
     from benchmarks.report import capability_groups
     groups = {label: sorted(g["benchmark"].unique()) for _, label, g in capability_groups(res.table)}
