@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +276,9 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
                 m.name = own[0]
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]
+        if cfg.split == "train":           # (a probe refuses it: check_data)
+            print("note: --split train scores the samples a model may have trained on: it measures fit, not what "
+                  "the model does on unseen data", file=sys.stderr)
     names = distinct([b.name for b in benches], [folder_name(b) for b in benches])
     held = names_taken(cfg.out, "benchmark", "data_root")       # a user folder's name an earlier call gave another
     for i, (b, n) in enumerate(zip(benches, names)):           # folder of that name (`wds:colors`): kept apart

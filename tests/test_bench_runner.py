@@ -845,3 +845,14 @@ def test_limit_across_tasks_reads_no_further_than_the_index_lets_it_need(assets,
         [dataclasses.asdict(b), lim, ""], sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert bench_signature(color, 2) == old(color, 2) and bench_signature(both, 2) != old(both, 2)
     assert bench_signature(both, None) == old(both, None)
+
+
+def test_split_train_says_it_measures_fit(assets, tmp_path, capsys):
+    """A review: `--split train` on a VQA benchmark scored training data without a word (a probe refuses it)."""
+    from benchmarks.registry import get_benchmark
+    from benchmarks.runner import RunConfig, evaluate
+    from vlm.errors import UserError
+    cfg = RunConfig(out=str(tmp_path / "o"), data=str(assets["world"]), progress=False, split="train")
+    with pytest.raises(UserError, match="no 'train' split"):           # (this build has val and test only)
+        evaluate([assets["llava"]], [get_benchmark("sw-vqa-color")], cfg)
+    assert "note: --split train scores the samples a model may have trained on" in capsys.readouterr().err
