@@ -823,6 +823,7 @@ def test_limit_across_tasks_reads_no_further_than_the_index_lets_it_need(assets,
     for every task to give `limit`); the split's index says what each task can give. And a limited result of
     such a benchmark is another question than the first-task-only one stored before (its signature)."""
     import dataclasses
+    import hashlib
 
     import benchmarks.tasks as T
     from benchmarks.registry import Roots, get_benchmark
@@ -841,8 +842,9 @@ def test_limit_across_tasks_reads_no_further_than_the_index_lets_it_need(assets,
     samples, _ = T.load_samples(both, ctx)
     assert [s.meta()["task"] for s in samples] == ["color", "color"]
     assert read[-1] == samples[-1].key                      # stopped at the second colour question
-    old = lambda b, lim: __import__("hashlib").sha256(__import__("json").dumps(         # noqa: E731
-        [dataclasses.asdict(b), lim, ""], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def old(b, lim):                                        # the signature before the across-tasks limit
+        return hashlib.sha256(json.dumps([dataclasses.asdict(b), lim, ""], sort_keys=True, default=str).encode()
+                              ).hexdigest()[:16]
     assert bench_signature(color, 2) == old(color, 2) and bench_signature(both, 2) != old(both, 2)
     assert bench_signature(both, None) == old(both, None)
 
