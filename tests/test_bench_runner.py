@@ -383,10 +383,11 @@ def test_an_undecodable_image_is_skipped_and_counted_not_the_end_of_the_benchmar
 def test_nothing_applicable_is_said_and_exits_2(assets, tmp_path, capsys):
     """Every benchmark not applicable to the model: the reason was only in report.md, and the exit code 0."""
     rc, cap = _cli(["eval", "--model", assets["clip"], "--bench", "sw-vqa-color", "--data", str(assets["world"]),
-                    "--out", str(tmp_path / "o"), "--quiet"], capsys)
+                    "--out", str(tmp_path / "o"), "--quiet", "--no-cache"], capsys)
     assert rc == 2 and "sw-vqa-color: not applicable (" in cap.err
     assert cap.err.strip().splitlines()[-1].startswith("vlm eval: error: nothing was evaluated")
     assert "chart.png" not in cap.err                 # (a chart that was not written was advertised)
+    assert "feature cache: off" in cap.err            # (--no-cache printed hits and misses)
 
 
 def test_repeated_suites_are_all_evaluated():
