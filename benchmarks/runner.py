@@ -276,9 +276,6 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
                 m.name = own[0]
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]
-        if cfg.split == "train":           # (a probe refuses it: check_data)
-            print("note: --split train scores the samples a model may have trained on: it measures fit, not what "
-                  "the model does on unseen data", file=sys.stderr)
     names = distinct([b.name for b in benches], [folder_name(b) for b in benches])
     held = names_taken(cfg.out, "benchmark", "data_root")       # a user folder's name an earlier call gave another
     for i, (b, n) in enumerate(zip(benches, names)):           # folder of that name (`wds:colors`): kept apart
@@ -293,6 +290,9 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     benches = [b if b.name == n else dataclasses.replace(b, name=n) for b, n in zip(benches, names)]
     for b in benches:
         check_data(b, cfg.roots)
+    if cfg.split == "train":               # (a probe refuses it: check_data)
+        print("note: --split train scores the samples a model may have trained on: it measures fit, not what the "
+              "model does on unseen data", file=sys.stderr)
     try:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:                     # (a read-only place, /proc ...: a FileNotFoundError traceback)

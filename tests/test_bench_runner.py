@@ -852,10 +852,19 @@ def test_limit_across_tasks_reads_no_further_than_the_index_lets_it_need(assets,
 
 def test_split_train_says_it_measures_fit(assets, tmp_path, capsys):
     """A review: `--split train` on a VQA benchmark scored training data without a word (a probe refuses it)."""
+    from dataclasses import replace
+
     from benchmarks.registry import get_benchmark
     from benchmarks.runner import RunConfig, evaluate
+    from vlm.data.synthetic import build_synthetic_world
     from vlm.errors import UserError
-    cfg = RunConfig(out=str(tmp_path / "o"), data=str(assets["world"]), progress=False, split="train")
-    with pytest.raises(UserError, match="no 'train' split"):           # (this build has val and test only)
+    cfg = RunConfig(out=str(tmp_path / "o"), data=str(assets["world"]), progress=False, split="train", limit=2,
+                    cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match="no 'train' split"):           # (this build has val and test only):
         evaluate([assets["llava"]], [get_benchmark("sw-vqa-color")], cfg)
+    assert "note:" not in capsys.readouterr().err                      # the error alone, one line
+    build_synthetic_world(tmp_path / "sw", samples=12, seed=0, splits=("train",), workers=1, tasks=["color"],
+                          classification=False)
+    res = evaluate([assets["llava"]], [get_benchmark("sw-vqa-color")], replace(cfg, data=str(tmp_path / "sw")))
+    assert res.records[0]["status"] == "ok" and res.records[0]["benchmark"] == "sw-vqa-color@train"
     assert "note: --split train scores the samples a model may have trained on" in capsys.readouterr().err
