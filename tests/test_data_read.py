@@ -408,6 +408,12 @@ def test_inspect_reports_counts_lengths_and_errors(tmp_path, model, capsys):
     r = inspect_shards([src], processor=image_only.processor, samples=0)
     assert r["ok"] == 2 and r["errors"]["skipped"] == {"not_for_model": 3}, r["errors"]
     assert "audio media; the model takes image" in r["errors"]["first"]["not_for_model"]
+    # IAA trains nothing on text-only samples: not_for_model too, as its training stages drop them
+    iaa = vlm.build("iaa", "tiny")
+    assert iaa.processor.trains_text is False
+    r = inspect_shards([write_tar(tmp_path / "text.tar", [*text_samples("t", 2), *image_samples("i", 1)])],
+                       processor=iaa.processor, samples=0)
+    assert r["ok"] == 1 and r["errors"]["skipped"] == {"not_for_model": 2}, r["errors"]
     # nothing usable (every sample broken, a JPEG given as a shard): the report, then exit 2 for a script
     (tmp_path / "photo.tar").write_bytes(b"\xff\xd8\xff\xe0 a jpeg")
     assert vlm_main(["data", "inspect", str(tmp_path / "photo.tar")]) == 2

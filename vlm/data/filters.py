@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 from vlm.data.decode import SampleError
 from vlm.data.pipeline import SampleProcessor
-from vlm.data.reader import FILTERED, NOT_FOR_MODEL, DataStats, FileCache, SampleRef, read_fields
+from vlm.data.reader import (
+    FILTERED,
+    NOT_FOR_MODEL,
+    DataStats,
+    FileCache,
+    SampleRef,
+    read_fields,
+)
 from vlm.data.writer import sample_texts
 from vlm.errors import UserError
 from vlm.modalities import MODALITIES, file_kind, placeholder_modalities
@@ -132,15 +139,20 @@ class Filtering(SampleProcessor):
                                                   f"bounds it)")
             if not keep_sample(meta, self.sample_filter, extensions):
                 raise SampleError(FILTERED, f"not in {self.where}")
-            if self.takes is not None and not (have := sample_modalities(meta, extensions)) <= self.takes:
-                raise SampleError(NOT_FOR_MODEL, f"{'/'.join(sorted(have - self.takes))} media; the "
-                                                 f"model takes {'/'.join(sorted(self.takes))}")
-            if not self.trains_text and not sample_modalities(meta, extensions):
-                # IAA: text-only input runs the frozen LLM alone (in a batch of its own it had no gradient and
-                # ended the run; in a batch with media it trained the adaptors on a path it never takes)
-                raise SampleError(NOT_FOR_MODEL, "text only: the model's text path is its frozen LLM, nothing to "
-                                                 "train")
+            check_for_model(sample_modalities(meta, extensions), self.takes, self.trains_text)
         return super().__call__(ref, files, seed)
+
+
+def check_for_model(have: set[str], takes: frozenset[str] | set[str] | None, trains_text: bool) -> None:
+    """A SampleError `not_for_model` when a sample's media (`have`) are not all of the modalities the model
+    takes (None: any), or it is text only and the model trains nothing on text (IAA: text-only input runs the
+    frozen LLM alone; in a batch of its own it had no gradient and ended the run, in a batch with media it
+    trained the adaptors on a path it never takes)."""
+    if takes is not None and not have <= takes:
+        raise SampleError(NOT_FOR_MODEL, f"{'/'.join(sorted(have - takes))} media; the model takes "
+                                         f"{'/'.join(sorted(takes)) or 'text only'}")
+    if not trains_text and not have:
+        raise SampleError(NOT_FOR_MODEL, "text only: the model's text path is its frozen LLM, nothing to train")
 
 
 class FilterStats(DataStats):

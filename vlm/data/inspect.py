@@ -22,15 +22,8 @@ from collections import Counter
 from typing import Any
 
 from vlm.data.decode import RawSample, SampleError, decode_sample, read_meta
-from vlm.data.filters import sample_modalities
-from vlm.data.reader import (
-    NOT_FOR_MODEL,
-    DataStats,
-    FileCache,
-    expand_shards,
-    read_fields,
-    scan_shard,
-)
+from vlm.data.filters import check_for_model, sample_modalities
+from vlm.data.reader import DataStats, FileCache, expand_shards, read_fields, scan_shard
 from vlm.data.writer import PAIR_SHAPE, pair_sides
 from vlm.modalities import MODALITIES
 
@@ -156,10 +149,8 @@ def inspect_shards(shards: list[str], processor=None, samples: int = 3, limit: i
                     counts["extensions"].update(_ext(f) for f in fields)
                     counts["layouts"]["+".join(sorted({_ext(f) for f in fields}))] += 1
                     if processor is not None and clips is None:    # as a training stage drops it, from the
-                        other = sample_modalities(read_meta(fields), list(fields)) - set(processor.preprocess)
-                        if other:                                   # json, before any decoding: fine data
-                            raise SampleError(NOT_FOR_MODEL, f"{'/'.join(sorted(other))} media; the model takes "
-                                                             f"{'/'.join(sorted(processor.preprocess)) or 'text only'}")
+                        check_for_model(sample_modalities(read_meta(fields), list(fields)),    # json, before any
+                                        set(processor.preprocess), getattr(processor, "trains_text", True))  # decoding
                     pair = None if clips else _pair_sides(fields)
                     if clips is not None:              # the `clips` batch format: 75 Hz frames of the crop
                         clip, converted = clips.make(ref.key, fields, ref.shard)
