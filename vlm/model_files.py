@@ -163,17 +163,6 @@ def checked_config(f: Path, raw: dict) -> ModelConfig:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def check_weights_file(f: Path) -> None:
-    """Read a safetensors file's header, not its tensors (milliseconds): a truncated or damaged file is one line
-    naming it before any work, not when the weights load."""
-    from safetensors import SafetensorError, safe_open
-    try:
-        with safe_open(str(f), "pt"):
-            pass
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{f}: corrupt weights ({str(e).splitlines()[0]})") from None
-
-
 def load_tokenizer(p: Path):
     """The checkpoint folder's tokenizer; a missing or damaged file is one line naming the folder or file
     (transformers and the tokenizers library raise any kind of exception, some of them bare `Exception`)."""

@@ -26,11 +26,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from encoders.weights import read_safetensors
 from vlm.embed.items import Item, read_media
 from vlm.errors import UserError
 from vlm.hub import offline, open_clip_hub_names, require_local
 from vlm.modalities import short_error
-from vlm.model_files import TOKENIZER_FILES, check_weights_file
+from vlm.model_files import TOKENIZER_FILES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -241,8 +242,11 @@ class VLMBackend(Backend):
                                 "checkpoint it was exported from, or open_clip:ARCH[:CKPT] to embed")
             what = f"a {family} checkpoint" if isinstance(family, str) and family else "this checkpoint"
             raise UserError(f"{path}: {what} is not an embedder (it has no LLM to embed prompts with)")
-        check_weights_file(p / "model.safetensors")     # what would fail at the first use, found now: a truncated
-        if not any((p / n).is_file() for n in TOKENIZER_FILES):     # weights file, no tokenizer (it loads later)
+        # what would fail at the first use, found now: a truncated weights file (its header read alone, as a
+        # weightless skeleton reads it), no tokenizer (it loads later)
+        with torch.device("meta"):
+            read_safetensors(p / "model.safetensors")
+        if not any((p / n).is_file() for n in TOKENIZER_FILES):
             raise UserError(f"{p}: the tokenizer does not load: no {' or '.join(TOKENIZER_FILES)}")
         self.spec, self.path = str(path), p
         self.name = p.name if p.name not in ("final", "last") else f"{p.parent.name}/{p.name}"
