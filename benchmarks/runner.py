@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,21 @@ def folder_name(bench: Benchmark) -> str:
     return f"{prefix}:{bench.data.root}{rest[len(rest.split('@')[0]):]}"
 
 
+def kept_apart(name: str, key: str, longer: str, taken: dict[str, set[str]], used: Collection[str]) -> str:
+    """The display name of a model (or a user's data folder) whose identity is `key` (its resolved path), given
+    the names an earlier call stored in the folder (`taken`: name -> the identities under it): a name an earlier
+    call gave another identity goes to its longer name (`longer`, then `longer#2` ...); one this identity has
+    there under another name keeps that name (unless this call uses it already)."""
+    if taken.get(name) and key not in taken[name]:
+        return next(n for n in (longer, *(f"{longer}#{k}" for k in range(2, 10**6)))
+                    if not taken.get(n) or key in taken[n])
+    if name not in taken:
+        own = sorted(n for n, keys in taken.items() if key in keys)
+        if own and own[0] not in used:
+            return own[0]
+    return name
+
+
 def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -> RunResult:
     """Run every benchmark for every model into cfg.out, then rebuild the aggregate, report and chart."""
     from tqdm.auto import tqdm
@@ -264,29 +280,17 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
     models = [load_model(s, cfg.device) for s in model_specs]       # bad paths fail here, before any work
     for m, name in zip(models, distinct([m.name for m in models], [str(m.spec) for m in models])):
         m.name = name
-    taken = names_taken(cfg.out)          # names other models have in this folder (an earlier call's): kept apart
+    earlier = read_records(cfg.out)
+    taken = names_taken(earlier)          # names other models have in this folder (an earlier call's): kept apart
     for m in models:
-        key = same_model_key(str(m.spec))
-        if m.name in taken and key not in taken[m.name]:
-            m.name = next(n for n in (str(m.spec), *(f"{m.spec}#{k}" for k in range(2, 10**6)))
-                          if n not in taken or key in taken[n])
-        elif m.name not in taken:         # a model an earlier call named otherwise (its path) keeps that name
-            own = sorted(n for n, specs in taken.items() if key in specs)
-            if own and own[0] not in {o.name for o in models}:
-                m.name = own[0]
+        m.name = kept_apart(m.name, same_model_key(str(m.spec)), str(m.spec), taken, {o.name for o in models})
     if cfg.split:
         benches = [on_split(b, cfg.split) for b in benches]
     names = distinct([b.name for b in benches], [folder_name(b) for b in benches])
-    held = names_taken(cfg.out, "benchmark", "data_root")       # a user folder's name an earlier call gave another
-    for i, (b, n) in enumerate(zip(benches, names)):           # folder of that name (`wds:colors`): kept apart
-        if folder_name(b) == b.name:                           # (a registered benchmark: its data is its own)
-            continue
-        root = same_model_key(str(b.data.root))
-        if held.get(n) and root not in held[n]:
-            names[i] = folder_name(b)
-        elif n not in held:                                    # one an earlier call named by its path keeps that
-            own = sorted(k for k, roots in held.items() if root in roots)
-            names[i] = own[0] if own and own[0] not in names else n
+    held = names_taken(earlier, "benchmark", "data_root")       # a user folder's name an earlier call gave another
+    for i, b in enumerate(benches):                            # folder of that name (`wds:colors`): kept apart
+        if folder_name(b) != b.name:                           # (a registered benchmark: its data is its own)
+            names[i] = kept_apart(names[i], same_model_key(str(b.data.root)), folder_name(b), held, names)
     benches = [b if b.name == n else dataclasses.replace(b, name=n) for b, n in zip(benches, names)]
     for b in benches:
         check_data(b, cfg.roots)
@@ -307,7 +311,8 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
                 pbar.set_postfix_str(f"{m.name} / {b.name}")
                 records.append(run_one(m, b, cfg, ctx))
                 pbar.update(1)
-    table = aggregate(cfg.out)
+    stored = read_records(cfg.out)
+    table = aggregate(cfg.out, stored)
     from benchmarks.model_card import results_rows, write_results
     write_results(Path(cfg.out) / "results.jsonl", results_rows(table))
     if cfg.report:
@@ -316,16 +321,16 @@ def evaluate(model_specs: list[str], benches: list[Benchmark], cfg: RunConfig) -
         write_report(cfg.out, table)
         write_chart(cfg.out, table)
         write_html(cfg.out, table, benches, cfg.roots)
-    return RunResult(table, records, models, ctx.cache.hits, ctx.cache.misses, not_shown(read_records(cfg.out)))
+    return RunResult(table, records, models, ctx.cache.hits, ctx.cache.misses, not_shown(stored))
 
 
-def aggregate(out: str | os.PathLike) -> "Any":
-    """One row per model x benchmark from the results/*/*.json in `out` that compare like with like (a model
-    name's latest weights, a benchmark's latest data and limit: `benchmarks.store.latest`); written as parquet
-    and csv."""
+def aggregate(out: str | os.PathLike, stored: list | None = None) -> "Any":
+    """One row per model x benchmark from the results/*/*.json in `out` (`stored`: those records, read already)
+    that compare like with like (a model name's latest weights, a benchmark's latest data and limit:
+    `benchmarks.store.latest`); written as parquet and csv."""
     import pandas as pd
     rows = []
-    for _, r in latest(read_records(out)):
+    for _, r in latest(read_records(out) if stored is None else stored):
         rows.append(dict(model=r.get("model"), model_spec=r.get("model_spec"), benchmark=r.get("benchmark"),
                          kind=r.get("kind"), type=r.get("type"), capability=r.get("capability"),
                          modality=r.get("modality"), metric=r.get("metric"), score=r.get("score"),

@@ -56,12 +56,13 @@ def not_shown(records: list[tuple[Path, dict[str, Any]]]) -> int:
     return len(records) - len(latest(records))
 
 
-def names_taken(out: str | os.PathLike, field: str = "model", spec: str = "model_spec") -> dict[str, set[str]]:
-    """Display name -> the model specs stored under it (resolved paths where they are paths); with
-    field="benchmark", spec="data_root": a benchmark name -> the data folders stored under it (records written
-    before data_root was kept name none)."""
+def names_taken(records: list[tuple[Path, dict[str, Any]]], field: str = "model",
+                spec: str = "model_spec") -> dict[str, set[str]]:
+    """Display name -> the model specs its records (`read_records`) hold (resolved paths where they are paths);
+    with field="benchmark", spec="data_root": a benchmark name -> the data folders stored under it (records
+    written before data_root was kept name none)."""
     taken: dict[str, set[str]] = {}
-    for _, r in read_records(out):
+    for _, r in records:
         if isinstance(r.get(field), str):
             names = taken.setdefault(r[field], set())
             if r.get(spec) is not None:
