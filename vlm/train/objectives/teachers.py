@@ -155,7 +155,7 @@ class MelKMeans(AcousticTeacher):
                  features: list[str] | tuple[str, ...] = ("log_mel", "chroma")):
         super().__init__()
         _check_limits(type(self), "mel_kmeans", n_mels=n_mels)
-        error = self.features_error(features)
+        error = self.settings_error({"features": features})
         if error:
             raise UserError(f"mel_kmeans teacher: {error}")
         self.kinds = list(features)
@@ -173,8 +173,11 @@ class MelKMeans(AcousticTeacher):
             self.register_buffer(f"centroids{i}", torch.zeros(codebook_size, dims[kind]))
 
     @classmethod
-    def features_error(cls, features: Any) -> str | None:
+    def settings_error(cls, settings: dict[str, Any]) -> str | None:
         """What is wrong with a `features` setting (a non-empty list of distinct KINDS), or None."""
+        if "features" not in settings:
+            return None
+        features = settings["features"]
         if isinstance(features, str) or not isinstance(features, (list, tuple)) or not features:
             return f"features must be a non-empty list of {list(cls.KINDS)}, got {features!r}"
         for f in features:
@@ -183,10 +186,6 @@ class MelKMeans(AcousticTeacher):
         if len(set(features)) < len(features):
             return f"features: a kind is given twice in {list(features)}"
         return None
-
-    @classmethod
-    def settings_error(cls, settings: dict[str, Any]) -> str | None:
-        return cls.features_error(settings["features"]) if "features" in settings else None
 
     def features(self, wave: Tensor, frames: int, lengths: Tensor | None = None,
                  cqt: Tensor | None = None) -> list[Tensor]:
